@@ -1,0 +1,326 @@
+// The TypeScript side of the kernel ABI: pick a backend, dlopen its library, own device memory.
+//
+//   const be = openBackend({ name: "emu" });           // or "cuda" | "cpu"; default: see below
+//   const x = be.upload(new Float32Array(n), [n]);     // Tensor in device memory
+//   be.k.mn_relu2_forward(y.ptr, x.ptr, BigInt(n), be.stream);  // throws on a non-zero return
+//   const host = be.download(y) as Float32Array;
+//
+// Every function of cuda/kernels.h is in `be.k`, wrapped so that a non-zero return code throws an
+// Error carrying the library's message. Shape-checked wrappers live in cuda/ops.ts.
+import { kernelsHeaderSymbols } from "./abi.ts";
+import { findNvidiaLibrary } from "./libsearch.ts";
+
+export type BackendName = "cuda" | "emu" | "cpu";
+export const BACKEND_NAMES: readonly BackendName[] = ["cuda", "emu", "cpu"];
+export type Variant = "" | "tsan" | "asan";
+export type Dtype = "f32" | "bf16" | "i32" | "u16";
+export const DTYPE_BYTES: Record<Dtype, number> = { f32: 4, bf16: 2, i32: 4, u16: 2 };
+export type HostArray = Float32Array | Uint16Array | Int32Array;
+
+const BUILD_DIR = new URL("./build/", import.meta.url);
+
+export function libraryPath(name: BackendName, variant: Variant = ""): string {
+  const file = variant ? `libmn_${name}_${variant}.so` : `libmn_${name}.so`;
+  return new URL(file, BUILD_DIR).pathname;
+}
+
+/** A device buffer with a shape. `ptr` is null only for zero-size tensors on no backend. */
+export class Tensor {
+  constructor(
+    readonly ptr: Deno.PointerObject,
+    readonly shape: readonly number[],
+    readonly dtype: Dtype,
+    readonly label = "",
+  ) {}
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+  get nbytes(): number {
+    return this.numel * DTYPE_BYTES[this.dtype];
+  }
+  /** numel as a bigint, the form i64 ABI parameters take on Deno's fast FFI path. */
+  get n(): bigint {
+    return BigInt(this.numel);
+  }
+  toString(): string {
+    return `${this.label || "tensor"}[${this.shape.join(",")}]:${this.dtype}`;
+  }
+  /** The same memory viewed with another shape of equal element count. */
+  view(shape: readonly number[], label = this.label): Tensor {
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (n !== this.numel) {
+      throw new Error(`view ${this}: shape [${shape.join(",")}] has ${n} elements, not ${this.numel}`);
+    }
+    return new Tensor(this.ptr, shape, this.dtype, label);
+  }
+  /** A view of `count` rows starting at row `start` along the first dimension. */
+  rows(start: number, count: number): Tensor {
+    const rowElems = this.numel / this.shape[0];
+    if (start < 0 || count < 0 || start + count > this.shape[0]) {
+      throw new Error(`rows(${start}, ${count}) out of range for ${this}`);
+    }
+    const off = start * rowElems * DTYPE_BYTES[this.dtype];
+    const p = Deno.UnsafePointer.offset(this.ptr, off) as Deno.PointerObject;
+    return new Tensor(p, [count, ...this.shape.slice(1)], this.dtype, this.label);
+  }
+}
+
+// deno-lint-ignore no-explicit-any
+type Kernels = Record<string, (...args: any[]) => number>;
+
+export interface OpenOptions {
+  /** "cuda" | "emu" | "cpu"; default: $MN_BACKEND, else cuda when a GPU is visible, else cpu. */
+  name?: string;
+  /** sanitizer build of emu ("tsan" | "asan"); the process must preload the matching runtime. */
+  variant?: Variant;
+  /** device index (cuda), default $LOCAL_RANK or 0 */
+  device?: number;
+  /** an explicit library file instead of cuda/build/libmn_<name>.so */
+  libPath?: string;
+}
+
+export class Backend {
+  readonly k: Kernels;
+  /** functions of kernels.h this library does not export (a stale or partial build) */
+  readonly missing: string[] = [];
+  readonly stream: Deno.PointerValue = null;
+  bytesInUse = 0;
+  peakBytes = 0;
+  private live = new Map<bigint, number>();
+
+  private constructor(
+    readonly name: BackendName,
+    readonly libPath: string,
+    private readonly lib: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>>,
+  ) {
+    const raw = lib.symbols as unknown as Kernels;
+    const k: Kernels = {};
+    for (const [fname, fn] of Object.entries(raw)) {
+      if (fn === null) {
+        // Declared in kernels.h but not in this library: fail at the call, naming both.
+        k[fname] = () => {
+          throw new Error(`${fname}: not in ${libPath} (declared in cuda/kernels.h): rebuild with make -C cuda`);
+        };
+        this.missing.push(fname);
+        continue;
+      }
+      if (fname === "mn_last_error") {
+        k[fname] = fn;
+        continue;
+      }
+      k[fname] = (...args) => {
+        const rc = fn(...args);
+        if (rc !== 0) throw new Error(`${fname} (${this.name}): ${this.lastError()} [code ${rc}]`);
+        return rc;
+      };
+    }
+    this.k = k;
+  }
+
+  static open(opts: OpenOptions = {}): Backend {
+    const name = resolveBackendName(opts.name);
+    const variant = opts.variant ?? "";
+    if (variant && name !== "emu") throw new Error(`sanitizer variant "${variant}" exists only for emu`);
+    const path = opts.libPath ?? libraryPath(name, variant);
+    try {
+      Deno.statSync(path);
+    } catch {
+      const target = variant ? "sanitizers" : name;
+      throw new Error(
+        `${path} not found: build the ${name} backend first (make -C cuda ${target} -j2, or ./test.sh)`,
+      );
+    }
+    let lib;
+    try {
+      const syms = kernelsHeaderSymbols();
+      for (const f of Object.values(syms)) (f as { optional?: boolean }).optional = true;
+      lib = Deno.dlopen(path, syms);
+    } catch (e) {
+      throw new Error(`cannot load ${path}: ${(e as Error).message}`);
+    }
+    const be = new Backend(name, path, lib);
+    if (name === "cuda") be.initCuda(opts.device ?? Number(Deno.env.get("LOCAL_RANK") ?? "0"));
+    return be;
+  }
+
+  private initCuda(device: number) {
+    const count = this.deviceCount();
+    if (count === 0) throw new Error("backend cuda: no GPU visible (use --backend cpu or emu)");
+    if (device >= count) throw new Error(`backend cuda: device ${device} requested, ${count} visible`);
+    this.k.mn_set_device(device);
+    const enc = (s: string | null) => (s ? new TextEncoder().encode(s + "\0") : null);
+    const cublas = findNvidiaLibrary("libcublas.so", "MN_CUBLAS", "cublas");
+    const cublasLt = findNvidiaLibrary("libcublasLt.so", "MN_CUBLASLT", "cublas");
+    this.k.mn_gemm_init(enc(cublas), enc(cublasLt));
+    const out = new BigUint64Array(1);
+    this.k.mn_stream_create(out);
+    (this as { stream: Deno.PointerValue }).stream = Deno.UnsafePointer.create(out[0]);
+  }
+
+  lastError(): string {
+    const buf = new Uint8Array(512);
+    this.lib.symbols.mn_last_error(buf, buf.length);
+    return cString(buf);
+  }
+
+  deviceCount(): number {
+    const out = new Int32Array(1);
+    this.k.mn_device_count(out);
+    return out[0];
+  }
+
+  deviceName(device = 0): string {
+    const buf = new Uint8Array(300);
+    this.k.mn_device_name(device, buf, buf.length);
+    return cString(buf);
+  }
+
+  gemmProvider(): string {
+    const buf = new Uint8Array(64);
+    this.k.mn_gemm_provider(buf, buf.length);
+    return cString(buf);
+  }
+
+  alloc(shape: readonly number[], dtype: Dtype = "f32", label = ""): Tensor {
+    for (const d of shape) {
+      if (!Number.isInteger(d) || d < 0) {
+        throw new Error(`alloc ${label || "tensor"}: bad shape [${shape.join(",")}]`);
+      }
+    }
+    const bytes = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype];
+    const out = new BigUint64Array(1);
+    this.k.mn_malloc(out, BigInt(bytes));
+    const ptr = Deno.UnsafePointer.create(out[0]) as Deno.PointerObject;
+    this.live.set(out[0], bytes);
+    this.bytesInUse += bytes;
+    this.peakBytes = Math.max(this.peakBytes, this.bytesInUse);
+    return new Tensor(ptr, shape, dtype, label);
+  }
+
+  zeros(shape: readonly number[], dtype: Dtype = "f32", label = ""): Tensor {
+    const t = this.alloc(shape, dtype, label);
+    this.k.mn_memset(t.ptr, 0, BigInt(t.nbytes), this.stream);
+    return t;
+  }
+
+  free(t: Tensor) {
+    const addr = BigInt(Deno.UnsafePointer.value(t.ptr));
+    const bytes = this.live.get(addr);
+    if (bytes === undefined) throw new Error(`free ${t}: not an allocation of this backend (a view?)`);
+    this.live.delete(addr);
+    this.bytesInUse -= bytes;
+    this.k.mn_free(t.ptr);
+  }
+
+  upload(data: HostArray, shape?: readonly number[], dtype?: Dtype, label = ""): Tensor {
+    const dt = dtype ?? hostDtype(data);
+    const t = this.alloc(shape ?? [data.length], dt, label);
+    this.write(t, data);
+    return t;
+  }
+
+  write(t: Tensor, data: HostArray) {
+    if (data.byteLength !== t.nbytes) {
+      throw new Error(`write ${t}: host data has ${data.byteLength} bytes, tensor has ${t.nbytes}`);
+    }
+    this.k.mn_memcpy_h2d(t.ptr, data, BigInt(t.nbytes), this.stream);
+  }
+
+  download(t: Tensor): HostArray {
+    const out = t.dtype === "f32"
+      ? new Float32Array(t.numel)
+      : t.dtype === "i32"
+      ? new Int32Array(t.numel)
+      : new Uint16Array(t.numel);
+    if (t.numel > 0) this.k.mn_memcpy_d2h(out, t.ptr, BigInt(t.nbytes), this.stream);
+    return out;
+  }
+
+  /** Host Float32Array of an f32 or bf16 tensor. */
+  downloadF32(t: Tensor): Float32Array {
+    const h = this.download(t);
+    if (t.dtype === "f32") return h as Float32Array;
+    if (t.dtype === "bf16") return bf16ToF32(h as Uint16Array);
+    throw new Error(`downloadF32 ${t}: dtype ${t.dtype} is not a float`);
+  }
+
+  sync() {
+    this.k.mn_synchronize(this.stream);
+  }
+
+  /** Frees everything still allocated and releases the stream (call before Deno.exit). */
+  close() {
+    for (const [addr] of this.live) this.k.mn_free(Deno.UnsafePointer.create(addr));
+    this.live.clear();
+    this.bytesInUse = 0;
+    if (this.stream) this.k.mn_stream_destroy(this.stream);
+    this.k.mn_synchronize(null);
+  }
+}
+
+export function openBackend(opts: OpenOptions = {}): Backend {
+  return Backend.open(opts);
+}
+
+/** cuda when its library loads and sees a GPU; otherwise cpu. $MN_BACKEND overrides. */
+export function resolveBackendName(name?: string): BackendName {
+  const chosen = name ?? Deno.env.get("MN_BACKEND");
+  if (chosen !== undefined && chosen !== "") {
+    if (!(BACKEND_NAMES as readonly string[]).includes(chosen)) {
+      throw new Error(`--backend ${chosen}: expected one of ${BACKEND_NAMES.join(", ")}`);
+    }
+    return chosen as BackendName;
+  }
+  return gpuVisible() ? "cuda" : "cpu";
+}
+
+let gpuVisibleCache: boolean | undefined;
+export function gpuVisible(): boolean {
+  if (gpuVisibleCache !== undefined) return gpuVisibleCache;
+  gpuVisibleCache = false;
+  try {
+    Deno.statSync("/dev/nvidiactl");
+  } catch {
+    return false;
+  }
+  try {
+    const lib = Deno.dlopen(libraryPath("cuda"), {
+      mn_device_count: { parameters: ["buffer"], result: "i32" },
+    });
+    const out = new Int32Array(1);
+    gpuVisibleCache = lib.symbols.mn_device_count(out) === 0 && out[0] > 0;
+    lib.close();
+  } catch {
+    gpuVisibleCache = false;
+  }
+  return gpuVisibleCache;
+}
+
+export function hostDtype(a: HostArray): Dtype {
+  if (a instanceof Float32Array) return "f32";
+  if (a instanceof Int32Array) return "i32";
+  return "bf16";
+}
+
+function cString(buf: Uint8Array): string {
+  const end = buf.indexOf(0);
+  return new TextDecoder().decode(end < 0 ? buf : buf.subarray(0, end));
+}
+
+// bf16 bit patterns <-> float32 on the host (round to nearest even), for tests and checkpoints.
+export function bf16ToF32(h: Uint16Array): Float32Array {
+  const u = new Uint32Array(h.length);
+  for (let i = 0; i < h.length; i++) u[i] = h[i] << 16;
+  return new Float32Array(u.buffer);
+}
+
+export function f32ToBf16(f: Float32Array): Uint16Array {
+  const u = new Uint32Array(f.buffer, f.byteOffset, f.length);
+  const out = new Uint16Array(f.length);
+  for (let i = 0; i < f.length; i++) {
+    const x = u[i];
+    if ((x & 0x7fffffff) > 0x7f800000) out[i] = (x >>> 16) | 0x40;
+    else out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}

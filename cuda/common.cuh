@@ -1,0 +1,72 @@
+// Included first by every .cu file: the launch helper, error reporting and small per-element math
+// shared by kernels. Under nvcc it is plain CUDA; under g++ (-DMN_EMU) cuda/emu/cuda_emu.h is
+// force-included first and provides the execution model.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+#ifndef MN_EMU
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#define MN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+#include "kernels.h"
+#include "mn_error.h"
+
+typedef __nv_bfloat16 bf16;
+
+// ---- the launch helper: the only way kernels are started, so emu and cuda take one code path ----
+template <typename... KArgs, typename... Args>
+inline int mn_launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                     size_t smem_bytes, void* stream, Args... args) {
+#ifdef MN_EMU
+  (void)stream;
+  int rc = emu::launch(grid, block, smem_bytes, [&]() { kernel(KArgs(args)...); });
+  if (rc) return mn_fail(rc, "%s: %s", name, emu::launch_error());
+  return 0;
+#else
+  if (smem_bytes > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem_bytes);
+    if (e != cudaSuccess) return mn_fail((int)e, "%s: %s", name, cudaGetErrorString(e));
+  }
+  kernel<<<grid, block, smem_bytes, (cudaStream_t)stream>>>(KArgs(args)...);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return mn_fail((int)e, "%s launch: %s", name, cudaGetErrorString(e));
+  return 0;
+#endif
+}
+
+inline unsigned mn_blocks_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  return (unsigned)(b < 1 ? 1 : (b > 65535LL * 16 ? 65535LL * 16 : b));
+}
+
+// ---- per-element math, the same on host and device ----
+__host__ __device__ inline float mn_bf16_to_f32(bf16 x) { return __bfloat162float(x); }
+__host__ __device__ inline bf16 mn_f32_to_bf16(float x) { return __float2bfloat16_rn(x); }
+
+// Block-wide sum for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
+// `scratch` is __shared__ float[32]. Fixed order, so deterministic.
+__device__ inline float mn_block_sum(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = (blockDim.x + 31) / 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < nwarps; w++) total += scratch[w];
+  return total;
+}
+
+__device__ inline float mn_block_max(float v, float* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = (blockDim.x + 31) / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float m = scratch[0];
+  for (int w = 1; w < nwarps; w++) m = fmaxf(m, scratch[w]);
+  return m;
+}

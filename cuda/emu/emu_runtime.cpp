@@ -1,0 +1,111 @@
+// The emulator's launcher and collectives (see cuda_emu.h for the model and its limits).
+#include "cuda_emu.h"
+
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace emu {
+
+struct Warp {
+  std::unique_ptr<std::barrier<>> bar;
+  uint64_t slots[32];
+  int size = 32;
+};
+
+struct Block {
+  std::unique_ptr<std::barrier<>> sync;  // __syncthreads; exited threads drop out of it
+  std::vector<Warp> warps;
+  std::vector<unsigned char> smem;
+  unsigned nthreads = 0;
+
+  void reset_barriers() {
+    sync = std::make_unique<std::barrier<>>((std::ptrdiff_t)nthreads);
+    for (auto& w : warps) w.bar = std::make_unique<std::barrier<>>(w.size);
+  }
+};
+
+static thread_local std::string t_error;
+
+const char* launch_error() { return t_error.c_str(); }
+
+void syncthreads() { t_block->sync->arrive_and_wait(); }
+
+static Warp& my_warp() { return t_block->warps[t_linear_tid / 32]; }
+
+int warp_size_of_current() { return my_warp().size; }
+
+void syncwarp() { my_warp().bar->arrive_and_wait(); }
+
+uint64_t warp_exchange(uint64_t mine, int src_lane, bool* src_valid) {
+  Warp& w = my_warp();
+  w.slots[t_linear_tid % 32] = mine;
+  w.bar->arrive_and_wait();
+  *src_valid = src_lane >= 0 && src_lane < w.size;
+  uint64_t got = *src_valid ? w.slots[src_lane] : mine;
+  w.bar->arrive_and_wait();  // nobody overwrites a slot before every lane has read
+  return got;
+}
+
+unsigned warp_ballot(bool pred) {
+  Warp& w = my_warp();
+  w.slots[t_linear_tid % 32] = pred ? 1 : 0;
+  w.bar->arrive_and_wait();
+  unsigned bits = 0;
+  for (int l = 0; l < w.size; l++) bits |= (w.slots[l] ? 1u : 0u) << l;
+  w.bar->arrive_and_wait();
+  return bits;
+}
+
+void* dynamic_smem() { return t_block->smem.empty() ? nullptr : t_block->smem.data(); }
+
+int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
+  unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
+  unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
+  if (nthreads == 0 || nthreads > 1024 || block.z > 64 || nblocks == 0 || grid.y > 65535 ||
+      grid.z > 65535 || dynamic_smem_bytes > 227 * 1024) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "invalid launch configuration: grid (%u,%u,%u) block (%u,%u,%u) smem %zu bytes",
+                  grid.x, grid.y, grid.z, block.x, block.y, block.z, dynamic_smem_bytes);
+    t_error = buf;
+    return 9;  // cudaErrorInvalidConfiguration
+  }
+  Block blk;
+  blk.nthreads = (unsigned)nthreads;
+  // Poison dynamic shared memory: a kernel that reads what it never wrote sees NaNs, not zeros.
+  blk.smem.assign(dynamic_smem_bytes, 0xFF);
+  for (unsigned w = 0; w < (nthreads + 31) / 32; w++) {
+    blk.warps.emplace_back();
+    blk.warps.back().size = (int)std::min<unsigned long long>(32, nthreads - 32ull * w);
+  }
+  blk.reset_barriers();
+  // All threads leave a block together; the last one to arrive re-arms the barriers (threads that
+  // returned early dropped out of them) before anybody starts the next block.
+  std::barrier block_end((std::ptrdiff_t)nthreads, [&blk]() noexcept { blk.reset_barriers(); });
+
+  auto worker = [&](unsigned tid) {
+    t_block = &blk;
+    t_linear_tid = tid;
+    t_block_dim = block;
+    t_grid_dim = grid;
+    t_thread_idx = uint3{tid % block.x, (tid / block.x) % block.y, tid / (block.x * block.y)};
+    for (unsigned long long b = 0; b < nblocks; b++) {
+      t_block_idx = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y),
+                          (unsigned)(b / ((unsigned long long)grid.x * grid.y))};
+      body();
+      blk.sync->arrive_and_drop();
+      my_warp().bar->arrive_and_drop();
+      block_end.arrive_and_wait();
+    }
+    t_block = nullptr;
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(nthreads);
+  for (unsigned t = 0; t < nthreads; t++) threads.emplace_back(worker, t);
+  for (auto& th : threads) th.join();
+  return 0;
+}
+
+}  // namespace emu

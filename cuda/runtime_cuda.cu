@@ -1,0 +1,77 @@
+// Runtime for the cuda build: thin wrappers over the CUDA runtime. Compiled only by nvcc.
+#include "common.cuh"
+#ifndef MN_EMU
+
+static int check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return 0;
+  return mn_fail((int)e, "%s: %s", what, cudaGetErrorString(e));
+}
+
+MN_API int mn_backend_name(char* buf, int len) { return mn_copy_string(buf, len, "cuda"); }
+MN_API int mn_last_error(char* buf, int len) { return mn_copy_string(buf, len, mn_error_buf); }
+MN_API int mn_device_count(int* count) {
+  *count = 0;
+  cudaError_t e = cudaGetDeviceCount(count);
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
+    *count = 0;
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return check(e, "cudaGetDeviceCount");
+}
+MN_API int mn_device_name(int device, char* buf, int len) {
+  cudaDeviceProp prop;
+  if (int rc = check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties")) return rc;
+  char s[300];
+  std::snprintf(s, sizeof s, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+  return mn_copy_string(buf, len, s);
+}
+MN_API int mn_set_device(int device) { return check(cudaSetDevice(device), "cudaSetDevice"); }
+MN_API int mn_malloc(void** out, int64_t bytes) {
+  MN_REQUIRE(bytes >= 0, "mn_malloc: negative size %lld", (long long)bytes);
+  cudaError_t e = cudaMalloc(out, bytes == 0 ? 1 : (size_t)bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    size_t free_b = 0, total = 0;
+    cudaMemGetInfo(&free_b, &total);
+    return mn_fail(MN_ERR_OUT_OF_MEMORY, "out of GPU memory allocating %.1f MiB (%.1f MiB free of %.1f MiB)",
+                   bytes / 1048576.0, free_b / 1048576.0, total / 1048576.0);
+  }
+  return check(e, "cudaMalloc");
+}
+MN_API int mn_free(void* p) { return check(cudaFree(p), "cudaFree"); }
+MN_API int mn_memcpy_h2d(void* dst, void* src, int64_t bytes, void* s) {
+  return check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyHostToDevice, (cudaStream_t)s),
+               "cudaMemcpy host->device");
+}
+MN_API int mn_memcpy_d2h(void* dst, void* src, int64_t bytes, void* s) {
+  // Synchronous: the caller reads the host buffer right after.
+  if (int rc = check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyDeviceToHost, (cudaStream_t)s),
+                     "cudaMemcpy device->host"))
+    return rc;
+  return check(cudaStreamSynchronize((cudaStream_t)s), "cudaStreamSynchronize");
+}
+MN_API int mn_memcpy_d2d(void* dst, void* src, int64_t bytes, void* s) {
+  return check(cudaMemcpyAsync(dst, src, (size_t)bytes, cudaMemcpyDeviceToDevice, (cudaStream_t)s),
+               "cudaMemcpy device->device");
+}
+MN_API int mn_memset(void* p, int value, int64_t bytes, void* s) {
+  return check(cudaMemsetAsync(p, value, (size_t)bytes, (cudaStream_t)s), "cudaMemset");
+}
+MN_API int mn_stream_create(void** out) {
+  return check(cudaStreamCreateWithFlags((cudaStream_t*)out, cudaStreamNonBlocking), "cudaStreamCreate");
+}
+MN_API int mn_stream_destroy(void* s) { return check(cudaStreamDestroy((cudaStream_t)s), "cudaStreamDestroy"); }
+MN_API int mn_synchronize(void* s) {
+  if (s) return check(cudaStreamSynchronize((cudaStream_t)s), "cudaStreamSynchronize");
+  return check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+MN_API int mn_mem_get_info(int64_t* free_bytes, int64_t* total) {
+  size_t f = 0, t = 0;
+  if (int rc = check(cudaMemGetInfo(&f, &t), "cudaMemGetInfo")) return rc;
+  *free_bytes = (int64_t)f;
+  *total = (int64_t)t;
+  return 0;
+}
+#endif

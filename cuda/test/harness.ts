@@ -1,0 +1,202 @@
+// Kernel-check harness shared by cuda/*_test.ts.
+//
+// checkKernel() registers, for one kernel, one Deno test per target backend: emu vs cpu always,
+// cuda vs cpu when a GPU is visible (otherwise the test is registered ignored, so `deno test`
+// counts it as skipped). Under the sanitizer runs (MN_TEST_VARIANT=tsan|asan, started by
+// cuda/sanitizers_test.ts with the runtime preloaded) the emu target is the sanitized library.
+//
+// Each run gets a fresh random seed (or $MN_TEST_SEED); a failure prints it so it can be replayed.
+// Outputs are poisoned (all bytes 0xFF = NaN) before the call, so an element the kernel forgot to
+// write fails the comparison.
+import { Backend, type BackendName, type Dtype, gpuVisible, type HostArray, type Tensor, type Variant } from "../backend.ts";
+
+export const VARIANT = (Deno.env.get("MN_TEST_VARIANT") ?? "") as Variant;
+export const SEED = Number(Deno.env.get("MN_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
+export const HAS_GPU = VARIANT === "" && gpuVisible();
+
+const cache = new Map<string, Backend>();
+export function backend(name: BackendName, variant: Variant = ""): Backend {
+  const key = `${name}:${variant}`;
+  let be = cache.get(key);
+  if (!be) {
+    be = Backend.open({ name, variant });
+    cache.set(key, be);
+  }
+  return be;
+}
+
+/** The backends a kernel is checked on against cpu, with whether each can run here. */
+export function targets(): { name: BackendName; variant: Variant; run: boolean }[] {
+  if (VARIANT) return [{ name: "emu", variant: VARIANT, run: true }];
+  return [
+    { name: "emu", variant: "", run: true },
+    { name: "cuda", variant: "", run: HAS_GPU },
+  ];
+}
+
+/** mulberry32: small, fast, seedable. */
+export class Rng {
+  private s: number;
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
+  next(): number {
+    let t = (this.s += 0x6d2b79f5);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  uniform(n: number, lo = -1, hi = 1): Float32Array {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * this.next();
+    return a;
+  }
+  normal(n: number, std = 1): Float32Array {
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) {
+      const u = Math.max(this.next(), 1e-12), v = this.next();
+      a[i] = std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+    }
+    return a;
+  }
+  ints(n: number, hi: number): Int32Array {
+    const a = new Int32Array(n);
+    for (let i = 0; i < n; i++) a[i] = Math.floor(this.next() * hi);
+    return a;
+  }
+}
+
+/** A tensor filled with 0xFF bytes (NaN in f32 and bf16), so unwritten outputs are caught. */
+export function poisoned(be: Backend, shape: readonly number[], dtype: Dtype = "f32"): Tensor {
+  const t = be.alloc(shape, dtype);
+  be.k.mn_memset(t.ptr, 0xff, BigInt(t.nbytes), be.stream);
+  return t;
+}
+
+export interface Tol {
+  atol: number;
+  rtol: number;
+}
+// llm.c's rule: |got - want| <= atol + rtol * |want|.
+export const TOL_F32: Tol = { atol: 1e-5, rtol: 1e-5 };
+// bf16 has 8 mantissa bits: one rounding step is 2^-8 relative; two independent roundings can
+// differ by one ulp.
+export const TOL_BF16: Tol = { atol: 1e-5, rtol: 2 ** -7 };
+export const EXACT: Tol = { atol: 0, rtol: 0 };
+
+export function compare(what: string, got: ArrayLike<number>, want: ArrayLike<number>, tol: Tol) {
+  if (got.length !== want.length) {
+    throw new Error(`${what}: length ${got.length}, expected ${want.length} (seed ${SEED})`);
+  }
+  let worst = -1, worstExcess = 0, bad = 0;
+  for (let i = 0; i < got.length; i++) {
+    const g = got[i], w = want[i];
+    const err = Math.abs(g - w);
+    const limit = tol.atol + tol.rtol * Math.abs(w);
+    const ok = Number.isNaN(w) ? Number.isNaN(g) : g === w || err <= limit;
+    if (!ok) {
+      bad++;
+      const excess = Number.isNaN(err) ? Infinity : err - limit;
+      if (worst < 0 || excess > worstExcess) [worst, worstExcess] = [i, excess];
+    }
+  }
+  if (bad) {
+    throw new Error(
+      `${what}: ${bad}/${got.length} elements off; worst at [${worst}]: got ${got[worst]}, ` +
+        `want ${want[worst]} (atol ${tol.atol}, rtol ${tol.rtol}; replay with MN_TEST_SEED=${SEED})`,
+    );
+  }
+}
+
+export interface KernelCase<C> {
+  /** test name prefix, e.g. "rmsnorm_forward" */
+  name: string;
+  /** configurations (shapes); include sizes that are not multiples of the block size */
+  configs: C[];
+  /** runs the kernel on `be` for inputs drawn from `rng` (same seed on both backends) and returns
+   * its outputs downloaded to the host, as f32 arrays (or exact integer arrays). */
+  run: (be: Backend, cfg: C, rng: Rng) => Record<string, ArrayLike<number>>;
+  /** tolerance per output name (or one for all) */
+  tol: Tol | Record<string, Tol>;
+  /** label for a config in messages */
+  label?: (cfg: C) => string;
+}
+
+export function checkKernel<C>(kc: KernelCase<C>) {
+  for (const t of targets()) {
+    const tname = t.variant ? `${t.name}-${t.variant}` : t.name;
+    Deno.test({
+      name: `${kc.name}: ${tname} vs cpu`,
+      ignore: !t.run,
+      fn() {
+        const ref = backend("cpu");
+        const be = backend(t.name, t.variant);
+        kc.configs.forEach((cfg, ci) => {
+          const lbl = kc.label ? kc.label(cfg) : JSON.stringify(cfg);
+          const want = kc.run(ref, cfg, new Rng(SEED + ci));
+          const got = kc.run(be, cfg, new Rng(SEED + ci));
+          for (const key of Object.keys(want)) {
+            const tol = "atol" in kc.tol ? kc.tol as Tol : (kc.tol as Record<string, Tol>)[key];
+            if (!tol) throw new Error(`${kc.name}: no tolerance for output ${key}`);
+            compare(`${kc.name} ${lbl} ${key} (${tname} vs cpu)`, got[key], want[key], tol);
+          }
+        });
+      },
+    });
+  }
+}
+
+/** Uploads host arrays, runs `fn`, downloads `outputs`, frees everything it allocated. */
+export function withTensors(
+  be: Backend,
+  inputs: Record<string, { data: HostArray; shape: number[]; dtype?: Dtype }>,
+  outputs: Record<string, { shape: number[]; dtype?: Dtype; init?: HostArray }>,
+  fn: (t: Record<string, Tensor>) => void,
+): Record<string, Float32Array | Int32Array> {
+  const t: Record<string, Tensor> = {};
+  try {
+    for (const [k, v] of Object.entries(inputs)) t[k] = be.upload(v.data, v.shape, v.dtype, k);
+    for (const [k, v] of Object.entries(outputs)) {
+      if (v.init) t[k] = be.upload(v.init, v.shape, v.dtype, k);
+      else t[k] = poisoned(be, v.shape, v.dtype);
+    }
+    fn(t);
+    const res: Record<string, Float32Array | Int32Array> = {};
+    for (const k of Object.keys(outputs)) {
+      res[k] = t[k].dtype === "i32" ? be.download(t[k]) as Int32Array : be.downloadF32(t[k]);
+    }
+    return res;
+  } finally {
+    for (const v of Object.values(t)) be.free(v);
+  }
+}
+
+/**
+ * Central finite differences of the scalar L(x) = sum(g * f(x)) in float64: the gradient a
+ * backward kernel must produce for upstream gradient g. `f` is an independent float64 forward.
+ */
+export function numericalGrad(
+  f: (x: Float64Array) => ArrayLike<number>,
+  x: Float64Array,
+  g: ArrayLike<number>,
+  h = 1e-6,
+): Float64Array {
+  const out = new Float64Array(x.length);
+  const dot = (y: ArrayLike<number>) => {
+    let s = 0;
+    for (let i = 0; i < y.length; i++) s += g[i] * y[i];
+    return s;
+  };
+  for (let i = 0; i < x.length; i++) {
+    const x0 = x[i];
+    x[i] = x0 + h;
+    const up = dot(f(x));
+    x[i] = x0 - h;
+    const down = dot(f(x));
+    x[i] = x0;
+    out[i] = (up - down) / (2 * h);
+  }
+  return out;
+}
+
+export const f64 = (a: ArrayLike<number>) => Float64Array.from(a);
