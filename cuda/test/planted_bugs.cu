@@ -25,6 +25,11 @@ extern "C" __attribute__((visibility("default"))) int planted_reverse_blocks(flo
                    (const float*)inp, sync);
 }
 
-extern "C" __attribute__((visibility("default"))) int planted_off_by_one(float* out, int n) {
-  return mn_launch("off_by_one", off_by_one_kernel, (n + 64) / 64, 64, 0, nullptr, out, n);
+// Allocates exactly n floats (malloc, so AddressSanitizer puts a redzone right after) and runs
+// the off-by-one kernel on them.
+extern "C" __attribute__((visibility("default"))) int planted_off_by_one(int n) {
+  float* out = (float*)malloc(sizeof(float) * n);
+  int rc = mn_launch("off_by_one", off_by_one_kernel, (n + 64) / 64, 64, 0, nullptr, out, n);
+  free(out);
+  return rc;
 }

@@ -1,0 +1,110 @@
+// The ABI table, the three libraries against it, and the bindings' errors on bad input.
+import assert from "node:assert/strict";
+import { kernelsHeaderFunctions, kernelsHeaderSymbols, parseKernelsHeader } from "./abi.ts";
+import { Backend, libraryPath, resolveBackendName } from "./backend.ts";
+import { HAS_GPU } from "./test/harness.ts";
+
+function exists(p: string): boolean {
+  try {
+    return Deno.statSync(p).isFile;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("abi: kernels.h parses into a symbol table with only supported types", () => {
+  const fns = kernelsHeaderFunctions();
+  assert.ok(fns.length >= 30, `only ${fns.length} functions parsed`);
+  const names = new Set(fns.map((f) => f.name));
+  assert.equal(names.size, fns.length, "duplicate declarations in kernels.h");
+  for (const f of fns) assert.match(f.name, /^mn_[a-z0-9_]+$/);
+  const gemm = fns.find((f) => f.name === "mn_gemm_bf16")!;
+  assert.deepEqual(gemm.params.slice(0, 6).map((p) => p.type), ["i32", "i32", "i32", "i32", "i32", "f32"]);
+  assert.equal(fns.find((f) => f.name === "mn_malloc")!.params[0].type, "buffer");
+});
+
+Deno.test("abi: an unsupported parameter type is a clear error naming the function", () => {
+  assert.throws(
+    () => parseKernelsHeader("MN_API int mn_bad(float* x, size_t n);", "test.h"),
+    /test\.h: mn_bad: parameter n has unsupported type size_t/,
+  );
+  assert.throws(() => parseKernelsHeader("int nothing;", "empty.h"), /empty\.h: no MN_API declarations/);
+});
+
+const libs: [string, string][] = [
+  ["cpu", libraryPath("cpu")],
+  ["emu", libraryPath("emu")],
+  ["emu-tsan", libraryPath("emu", "tsan")],
+  ["emu-asan", libraryPath("emu", "asan")],
+  ["cuda", libraryPath("cuda")],
+];
+for (const [name, path] of libs) {
+  // The cuda library links against libcudart, which this machine has without a GPU, so loading it
+  // checks that the nvcc build exports every entry point even where nothing can run.
+  Deno.test({
+    name: `abi: lib for ${name} exports every function of kernels.h`,
+    ignore: !exists(path) && name === "cuda",
+    fn() {
+      assert.ok(exists(path), `${path} not built`);
+      // Sanitized libraries need their runtime preloaded to load; check their symbols with nm.
+      if (name.includes("san")) {
+        const out = new Deno.Command("nm", { args: ["-D", "--defined-only", path] }).outputSync();
+        const syms = new Set(new TextDecoder().decode(out.stdout).split("\n").map((l) => l.split(" ").pop()));
+        const missing = kernelsHeaderFunctions().map((f) => f.name).filter((n) => !syms.has(n));
+        assert.deepEqual(missing, [], `${path} lacks ${missing.join(", ")}`);
+        return;
+      }
+      const syms = kernelsHeaderSymbols();
+      for (const f of Object.values(syms)) (f as { optional?: boolean }).optional = true;
+      const lib = Deno.dlopen(path, syms);
+      const missing = Object.entries(lib.symbols).filter(([, f]) => f === null).map(([n]) => n);
+      lib.close();
+      assert.deepEqual(missing, [], `${path} lacks ${missing.join(", ")}`);
+    },
+  });
+}
+
+Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
+  assert.throws(() => resolveBackendName("rocm"), /^Error: --backend rocm: expected one of cuda, emu, cpu$/);
+  assert.throws(() => Backend.open({ name: "gpu" }), /--backend gpu: expected one of cuda, emu, cpu/);
+});
+
+Deno.test("backend: a missing library says which file and how to build it", () => {
+  assert.throws(
+    () => Backend.open({ name: "emu", libPath: "/nonexistent/libmn_emu.so" }),
+    /\/nonexistent\/libmn_emu\.so not found: build the emu backend first \(make -C cuda emu/,
+  );
+});
+
+Deno.test("backend: a sanitizer variant other than on emu is refused", () => {
+  assert.throws(() => Backend.open({ name: "cpu", variant: "tsan" }), /exists only for emu/);
+});
+
+Deno.test({
+  name: "backend: cuda without a GPU is a clear error, not a crash",
+  ignore: HAS_GPU || !exists(libraryPath("cuda")),
+  fn() {
+    assert.throws(() => Backend.open({ name: "cuda" }), /backend cuda: no GPU visible \(use --backend cpu or emu\)/);
+  },
+});
+
+Deno.test("backend: library errors come back as exceptions carrying the library's message", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = Backend.open({ name });
+    assert.throws(() => be.k.mn_cast_f32_to_bf16(null, null, -5n, null), /mn_cast_f32_to_bf16 \(.+\): cast_f32_to_bf16: n = -5 \[code 1\]/);
+    assert.throws(() => be.k.mn_set_device(3), /device 3 does not exist/);
+  }
+});
+
+Deno.test("backend: memory accounting, views and host round trips", () => {
+  const be = Backend.open({ name: "cpu" });
+  const before = be.bytesInUse;
+  const t = be.upload(new Float32Array([1, 2, 3, 4, 5, 6]), [3, 2]);
+  assert.equal(be.bytesInUse - before, 24);
+  assert.deepEqual([...be.download(t.rows(1, 2))], [3, 4, 5, 6]);
+  assert.throws(() => t.view([4, 2]), /has 8 elements, not 6/);
+  assert.throws(() => be.write(t, new Float32Array(5)), /host data has 20 bytes, tensor has 24/);
+  assert.throws(() => be.free(t.rows(1, 1)), /not an allocation of this backend/);
+  be.free(t);
+  assert.equal(be.bytesInUse, before);
+});
