@@ -1,0 +1,69 @@
+// Reference matmul: bf16 operands widened to fp32, multiplied by OpenBLAS's sgemm (row-major),
+// then C = alpha * product + beta * C stored as fp32 or rounded to bf16 (round to nearest even).
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu_common.h"
+
+MN_API int mn_gemm_init(const char*, const char*) { return 0; }
+MN_API int mn_gemm_provider(char* buf, int len) { return mn_copy_string(buf, len, "openblas"); }
+
+MN_API int mn_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, mn_bf16* A,
+                        int lda, int64_t stride_a, mn_bf16* B, int ldb, int64_t stride_b,
+                        float beta, void* C, int ldc, int64_t stride_c, int c_bf16, int batch,
+                        void*) {
+  MN_REQUIRE(M > 0 && N > 0 && K > 0 && batch > 0, "gemm: bad sizes M=%d N=%d K=%d batch=%d", M, N,
+             K, batch);
+  MN_REQUIRE(A && B && C, "gemm: NULL operand");
+  MN_REQUIRE(lda >= (trans_a ? M : K), "gemm: lda=%d is less than the %d columns of stored A", lda,
+             trans_a ? M : K);
+  MN_REQUIRE(ldb >= (trans_b ? K : N), "gemm: ldb=%d is less than the %d columns of stored B", ldb,
+             trans_b ? K : N);
+  MN_REQUIRE(ldc >= N, "gemm: ldc=%d is less than N=%d", ldc, N);
+  MN_REQUIRE(stride_a >= 0 && stride_b >= 0 && stride_c >= 0,
+             "gemm: negative batch stride (%lld, %lld, %lld)", (long long)stride_a,
+             (long long)stride_b, (long long)stride_c);
+  MN_REQUIRE(batch == 1 || stride_c > 0, "gemm: batch=%d items would all write one C (stride_c=0)",
+             batch);
+
+  // op(A) as a dense fp32 [M, K], op(B) as [K, N], the product as [M, N].
+  std::vector<float> a((size_t)M * K), b((size_t)K * N), p((size_t)M * N);
+  for (int bi = 0; bi < batch; bi++) {
+    const mn_bf16* Ai = A + bi * stride_a;
+    const mn_bf16* Bi = B + bi * stride_b;
+#pragma omp parallel for if ((int64_t)M * K > 100000)
+    for (int m = 0; m < M; m++)
+      for (int k = 0; k < K; k++)
+        a[(size_t)m * K + k] =
+            bf16_to_f32(trans_a ? Ai[(int64_t)k * lda + m] : Ai[(int64_t)m * lda + k]);
+#pragma omp parallel for if ((int64_t)K * N > 100000)
+    for (int k = 0; k < K; k++)
+      for (int n = 0; n < N; n++)
+        b[(size_t)k * N + n] =
+            bf16_to_f32(trans_b ? Bi[(int64_t)n * ldb + k] : Bi[(int64_t)k * ldb + n]);
+    // beta = 0 into a zeroed p, so the result cannot depend on what p held before (0 * NaN).
+    std::fill(p.begin(), p.end(), 0.0f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, a.data(), K, b.data(), N,
+                0.0f, p.data(), N);
+    // C = product + beta * C; with beta == 0 the old C is not read (it may be NaN garbage).
+#pragma omp parallel for if ((int64_t)M * N > 100000)
+    for (int m = 0; m < M; m++) {
+      int64_t row = bi * stride_c + (int64_t)m * ldc;
+      for (int n = 0; n < N; n++) {
+        float v = p[(size_t)m * N + n];
+        if (c_bf16) {
+          mn_bf16* c = (mn_bf16*)C + row + n;
+          if (beta != 0.0f) v += beta * bf16_to_f32(*c);
+          *c = f32_to_bf16(v);
+        } else {
+          float* c = (float*)C + row + n;
+          if (beta != 0.0f) v += beta * *c;
+          *c = v;
+        }
+      }
+    }
+  }
+  return 0;
+}
