@@ -1,0 +1,115 @@
+// LayerNorm and RMSNorm, reference: straight from the formulas, statistics in double.
+//   LayerNorm: mu = mean(x), var = mean((x - mu)^2) (biased, as torch), rstd = 1/sqrt(var + eps),
+//              y = (x - mu) * rstd * w + b
+//   RMSNorm:   rstd = 1/sqrt(mean(x^2) + eps), y = x * rstd
+#include "cpu_common.h"
+
+static int check_shape(const char* fn, int N, int C) {
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
+  return 0;
+}
+
+MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
+                                float* bias, int N, int C, float eps, void*) {
+  const char* fn = "layernorm_forward";
+  MN_REQUIRE(out && mean && rstd && inp && weight && bias, "%s: NULL pointer argument", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int i = 0; i < N; i++) {
+    const float* x = inp + (int64_t)i * C;
+    double mu = 0;
+    for (int c = 0; c < C; c++) mu += x[c];
+    mu /= C;
+    double var = 0;
+    for (int c = 0; c < C; c++) var += (x[c] - mu) * (x[c] - mu);
+    var /= C;
+    double rs = 1.0 / std::sqrt(var + (double)eps);
+    float* y = out + (int64_t)i * C;
+    for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mu) * rs * weight[c] + bias[c]);
+    mean[i] = (float)mu;
+    rstd[i] = (float)rs;
+  }
+  return 0;
+}
+
+// With xhat = (x - mean) * rstd and g = dout * w (the gradient reaching xhat):
+//   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  dw = sum_i dout * xhat,  db = sum_i dout
+MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
+                                 float* inp, float* weight, float* mean, float* rstd, int N, int C,
+                                 void*) {
+  const char* fn = "layernorm_backward";
+  MN_REQUIRE(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
+             "%s: NULL pointer argument", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int i = 0; i < N; i++) {
+    const float* x = inp + (int64_t)i * C;
+    const float* dy = dout + (int64_t)i * C;
+    double mu = mean[i], rs = rstd[i];
+    double sg = 0, sgx = 0;
+    for (int c = 0; c < C; c++) {
+      double g = (double)dy[c] * weight[c];
+      sg += g;
+      sgx += g * (x[c] - mu) * rs;
+    }
+    sg /= C;
+    sgx /= C;
+    float* dx = dinp + (int64_t)i * C;
+    for (int c = 0; c < C; c++) {
+      double g = (double)dy[c] * weight[c];
+      double xhat = (x[c] - mu) * rs;
+      dx[c] += (float)(rs * (g - sg - xhat * sgx));
+    }
+  }
+  // parameter gradients: each column summed over rows in order, then added once
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int c = 0; c < C; c++) {
+    double sw = 0, sb = 0;
+    for (int i = 0; i < N; i++) {
+      double dy = dout[(int64_t)i * C + c];
+      sw += dy * (inp[(int64_t)i * C + c] - (double)mean[i]) * rstd[i];
+      sb += dy;
+    }
+    dweight[c] += (float)sw;
+    dbias[c] += (float)sb;
+  }
+  return 0;
+}
+
+MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps, void*) {
+  const char* fn = "rmsnorm_forward";
+  MN_REQUIRE(out && rstd && inp, "%s: NULL pointer argument", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int i = 0; i < N; i++) {
+    const float* x = inp + (int64_t)i * C;
+    double ms = 0;
+    for (int c = 0; c < C; c++) ms += (double)x[c] * x[c];
+    double rs = 1.0 / std::sqrt(ms / C + (double)eps);
+    float* y = out + (int64_t)i * C;
+    for (int c = 0; c < C; c++) y[c] = (float)(x[c] * rs);
+    rstd[i] = (float)rs;
+  }
+  return 0;
+}
+
+// y_c = x_c * r(x), dr/dx_k = -r^3 x_k / C, so dx_k = r * dy_k - r^3 x_k / C * sum_c dy_c x_c
+MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd, int N, int C,
+                               void*) {
+  const char* fn = "rmsnorm_backward";
+  MN_REQUIRE(dinp && dout && inp && rstd, "%s: NULL pointer argument", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int i = 0; i < N; i++) {
+    const float* x = inp + (int64_t)i * C;
+    const float* dy = dout + (int64_t)i * C;
+    double r = rstd[i];
+    double dot = 0;
+    for (int c = 0; c < C; c++) dot += (double)dy[c] * x[c];
+    float* dx = dinp + (int64_t)i * C;
+    for (int c = 0; c < C; c++) dx[c] += (float)(r * dy[c] - r * r * r * x[c] * dot / C);
+  }
+  return 0;
+}

@@ -1,0 +1,458 @@
+import assert from "node:assert/strict";
+import {
+  backend,
+  checkKernel,
+  compare,
+  EXACT,
+  f64,
+  HAS_GPU,
+  numericalGrad,
+  Rng,
+  type Tol,
+  TOL_F32,
+  VARIANT,
+  withTensors,
+} from "./test/harness.ts";
+
+interface Cfg {
+  N: number;
+  C: number;
+}
+// C: a single element, less than a warp, odd, the GPT width, more than 256 threads cover in one
+// pass and not a multiple of 32; N: one row up to 64 rows (not a multiple of the 8 row groups).
+const allConfigs: Cfg[] = [
+  { N: 1, C: 1 },
+  { N: 3, C: 17 },
+  { N: 64, C: 1 },
+  { N: 5, C: 768 },
+  { N: 64, C: 1000 },
+  { N: 13, C: 33 },
+];
+// Under the sanitizers (10x slower emu) the largest shape is left out; every ragged edge (C not a
+// multiple of 32 or of the block, N not a multiple of the 8 row groups) is in the smaller ones.
+const configs = VARIANT ? allConfigs.filter(({ N, C }) => N * C <= 2000) : allConfigs;
+const label = ({ N, C }: Cfg) => `[${N},${C}]`;
+const EPS = 1e-5;
+
+/** rows with a per-row offset and scale, so mean subtraction and the variance both matter */
+function rowsOf(rng: Rng, N: number, C: number): Float32Array {
+  const x = rng.normal(N * C);
+  for (let i = 0; i < N; i++) {
+    const off = 4 * (rng.next() - 0.5), sc = 0.5 + 2 * rng.next();
+    for (let c = 0; c < C; c++) x[i * C + c] = off + sc * x[i * C + c];
+  }
+  return x;
+}
+
+// ---- independent float64 forwards (the definitions, as torch states them)
+function layernorm64(
+  x: Float64Array,
+  w: Float64Array,
+  b: Float64Array,
+  N: number,
+  C: number,
+  eps: number,
+) {
+  const out = new Float64Array(N * C), mean = new Float64Array(N), rstd = new Float64Array(N);
+  for (let i = 0; i < N; i++) {
+    let mu = 0;
+    for (let c = 0; c < C; c++) mu += x[i * C + c];
+    mu /= C;
+    let v = 0;
+    for (let c = 0; c < C; c++) v += (x[i * C + c] - mu) ** 2;
+    const r = 1 / Math.sqrt(v / C + eps);
+    for (let c = 0; c < C; c++) out[i * C + c] = (x[i * C + c] - mu) * r * w[c] + b[c];
+    mean[i] = mu;
+    rstd[i] = r;
+  }
+  return { out, mean, rstd };
+}
+
+function rmsnorm64(x: Float64Array, N: number, C: number, eps: number) {
+  const out = new Float64Array(N * C), rstd = new Float64Array(N);
+  for (let i = 0; i < N; i++) {
+    let ms = 0;
+    for (let c = 0; c < C; c++) ms += x[i * C + c] ** 2;
+    const r = 1 / Math.sqrt(ms / C + eps);
+    for (let c = 0; c < C; c++) out[i * C + c] = x[i * C + c] * r;
+    rstd[i] = r;
+  }
+  return { out, rstd };
+}
+
+// ---- emu (and cuda) vs cpu
+// Forward: fp32 block sums vs the reference's double statistics differ by a few ulp of values
+// that are O(1..10), hence fp32 tolerance.
+checkKernel({
+  name: "layernorm_forward",
+  configs,
+  label,
+  tol: TOL_F32,
+  run(be, { N, C }, rng) {
+    const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C);
+    return withTensors(
+      be,
+      {
+        x: { data: x, shape: [N, C] },
+        w: { data: w, shape: [C] },
+        b: { data: b, shape: [C] },
+      },
+      { out: { shape: [N, C] }, mean: { shape: [N] }, rstd: { shape: [N] } },
+      (t) => {
+        be.k.mn_layernorm_forward(
+          t.out.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          t.x.ptr,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          be.stream,
+        );
+      },
+    );
+  },
+});
+
+// Backward: statistics come from the cpu's forward on both backends (the same saved mean/rstd,
+// as in training). Grads start non-zero and backward runs twice (+= semantics). dweight/dbias sum
+// up to 2 x 64 rows of O(1..10) terms in another fp32 order than the double reference (measured
+// max error 4e-6 at [64,1000], a quarter of the fp32 limit), so a little more atol: 2e-5.
+const TOL_SUM: Tol = { atol: 2e-5, rtol: 1e-5 };
+checkKernel({
+  name: "layernorm_backward",
+  configs,
+  label,
+  tol: { dinp: TOL_F32, dweight: TOL_SUM, dbias: TOL_SUM },
+  run(be, { N, C }, rng) {
+    const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), dout = rng.normal(N * C);
+    const ref = backend("cpu");
+    const stats = withTensors(
+      ref,
+      {
+        x: { data: x, shape: [N, C] },
+        w: { data: w, shape: [C] },
+        b: { data: b, shape: [C] },
+      },
+      { out: { shape: [N, C] }, mean: { shape: [N] }, rstd: { shape: [N] } },
+      (t) => {
+        ref.k.mn_layernorm_forward(
+          t.out.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          t.x.ptr,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          ref.stream,
+        );
+      },
+    );
+    const init = { dinp: rng.normal(N * C), dweight: rng.normal(C), dbias: rng.normal(C) };
+    return withTensors(be, {
+      x: { data: x, shape: [N, C] },
+      w: { data: w, shape: [C] },
+      dout: { data: dout, shape: [N, C] },
+      mean: { data: stats.mean, shape: [N] },
+      rstd: { data: stats.rstd, shape: [N] },
+    }, {
+      dinp: { shape: [N, C], init: init.dinp },
+      dweight: { shape: [C], init: init.dweight },
+      dbias: { shape: [C], init: init.dbias },
+    }, (t) => {
+      for (let rep = 0; rep < 2; rep++) {
+        be.k.mn_layernorm_backward(
+          t.dinp.ptr,
+          t.dweight.ptr,
+          t.dbias.ptr,
+          t.dout.ptr,
+          t.x.ptr,
+          t.w.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          N,
+          C,
+          be.stream,
+        );
+      }
+    });
+  },
+});
+
+checkKernel({
+  name: "rmsnorm_forward",
+  configs,
+  label,
+  tol: TOL_F32,
+  run(be, { N, C }, rng) {
+    const x = rowsOf(rng, N, C);
+    return withTensors(be, { x: { data: x, shape: [N, C] } }, {
+      out: { shape: [N, C] },
+      rstd: { shape: [N] },
+    }, (t) => {
+      be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
+    });
+  },
+});
+
+checkKernel({
+  name: "rmsnorm_backward",
+  configs,
+  label,
+  tol: TOL_F32,
+  run(be, { N, C }, rng) {
+    const x = rowsOf(rng, N, C), dout = rng.normal(N * C);
+    const ref = backend("cpu");
+    const stats = withTensors(ref, { x: { data: x, shape: [N, C] } }, {
+      out: { shape: [N, C] },
+      rstd: { shape: [N] },
+    }, (t) => {
+      ref.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, ref.stream);
+    });
+    return withTensors(
+      be,
+      {
+        x: { data: x, shape: [N, C] },
+        dout: { data: dout, shape: [N, C] },
+        rstd: { data: stats.rstd, shape: [N] },
+      },
+      { dinp: { shape: [N, C], init: rng.normal(N * C) } },
+      (t) => {
+        be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+        be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+      },
+    );
+  },
+});
+
+// ---- cpu reference vs the float64 definitions and finite differences
+// Forward: fp32 inputs, double statistics, one fp32 rounding of the output: 1e-6 relative.
+const TOL_FWD64: Tol = { atol: 1e-6, rtol: 1e-6 };
+// Backward vs central differences (h = 1e-6, float64): the reference rounds the saved mean/rstd
+// and each gradient to fp32 (~1e-7 relative), the difference quotient adds ~1e-9; 1e-5 is slack.
+const TOL_GRAD: Tol = { atol: 1e-5, rtol: 1e-5 };
+
+const sub = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+  Float64Array.from(a, (v, i) => v - b[i]);
+
+Deno.test("layernorm: cpu matches float64 forward and finite-difference gradients (accumulating)", () => {
+  const be = backend("cpu");
+  for (const { N, C } of [{ N: 3, C: 17 }, { N: 2, C: 1 }, { N: 4, C: 40 }]) {
+    const rng = new Rng(7 * N + C);
+    const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), dout = rng.normal(N * C);
+    const init = { dinp: rng.normal(N * C), dweight: rng.normal(C), dbias: rng.normal(C) };
+    const r = withTensors(be, {
+      x: { data: x, shape: [N, C] },
+      w: { data: w, shape: [C] },
+      b: { data: b, shape: [C] },
+      dout: { data: dout, shape: [N, C] },
+    }, {
+      out: { shape: [N, C] },
+      mean: { shape: [N] },
+      rstd: { shape: [N] },
+      dinp: { shape: [N, C], init: init.dinp },
+      dweight: { shape: [C], init: init.dweight },
+      dbias: { shape: [C], init: init.dbias },
+    }, (t) => {
+      be.k.mn_layernorm_forward(
+        t.out.ptr,
+        t.mean.ptr,
+        t.rstd.ptr,
+        t.x.ptr,
+        t.w.ptr,
+        t.b.ptr,
+        N,
+        C,
+        EPS,
+        be.stream,
+      );
+      be.k.mn_layernorm_backward(
+        t.dinp.ptr,
+        t.dweight.ptr,
+        t.dbias.ptr,
+        t.dout.ptr,
+        t.x.ptr,
+        t.w.ptr,
+        t.mean.ptr,
+        t.rstd.ptr,
+        N,
+        C,
+        be.stream,
+      );
+    });
+    const [x64, w64, b64] = [f64(x), f64(w), f64(b)];
+    const want = layernorm64(x64, w64, b64, N, C, EPS);
+    compare(`[${N},${C}] out`, r.out, want.out, TOL_FWD64);
+    compare(`[${N},${C}] mean`, r.mean, want.mean, TOL_FWD64);
+    compare(`[${N},${C}] rstd`, r.rstd, want.rstd, TOL_FWD64);
+    const gx = numericalGrad((v) => layernorm64(v, w64, b64, N, C, EPS).out, x64, dout);
+    const gw = numericalGrad((v) => layernorm64(x64, v, b64, N, C, EPS).out, w64, dout);
+    const gb = numericalGrad((v) => layernorm64(x64, w64, v, N, C, EPS).out, b64, dout);
+    compare(`[${N},${C}] dinp`, sub(r.dinp, init.dinp), gx, TOL_GRAD);
+    compare(`[${N},${C}] dweight`, sub(r.dweight, init.dweight), gw, TOL_GRAD);
+    compare(`[${N},${C}] dbias`, sub(r.dbias, init.dbias), gb, TOL_GRAD);
+  }
+});
+
+Deno.test("rmsnorm: cpu matches float64 forward and finite-difference gradients (accumulating)", () => {
+  const be = backend("cpu");
+  for (const { N, C } of [{ N: 3, C: 17 }, { N: 2, C: 1 }, { N: 4, C: 40 }]) {
+    const rng = new Rng(11 * N + C);
+    const x = rowsOf(rng, N, C), dout = rng.normal(N * C), init = rng.normal(N * C);
+    const r = withTensors(be, {
+      x: { data: x, shape: [N, C] },
+      dout: { data: dout, shape: [N, C] },
+    }, {
+      out: { shape: [N, C] },
+      rstd: { shape: [N] },
+      dinp: { shape: [N, C], init },
+    }, (t) => {
+      be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
+      be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+    });
+    const x64 = f64(x);
+    const want = rmsnorm64(x64, N, C, EPS);
+    compare(`[${N},${C}] out`, r.out, want.out, TOL_FWD64);
+    compare(`[${N},${C}] rstd`, r.rstd, want.rstd, TOL_FWD64);
+    const gx = numericalGrad((v) => rmsnorm64(v, N, C, EPS).out, x64, dout);
+    compare(`[${N},${C}] dinp`, sub(r.dinp, init), gx, TOL_GRAD);
+  }
+});
+
+Deno.test("norms: NULL pointers, non-positive sizes and a bad eps are clear errors", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const a = be.zeros([2, 4]), b = be.zeros([2, 4]), w = be.zeros([4]), s = be.zeros([2]);
+    const k = be.k, st = be.stream;
+    try {
+      const cases: [() => void, RegExp][] = [
+        [
+          () => k.mn_layernorm_forward(a.ptr, s.ptr, null, b.ptr, w.ptr, w.ptr, 2, 4, EPS, st),
+          /mn_layernorm_forward .*layernorm_forward: NULL pointer/,
+        ],
+        [
+          () => k.mn_layernorm_forward(a.ptr, s.ptr, s.ptr, b.ptr, w.ptr, w.ptr, 0, 4, EPS, st),
+          /mn_layernorm_forward .*bad shape N = 0, C = 4/,
+        ],
+        [
+          () => k.mn_layernorm_forward(a.ptr, s.ptr, s.ptr, b.ptr, w.ptr, w.ptr, 2, 4, -1, st),
+          /mn_layernorm_forward .*eps = -1 must be >= 0/,
+        ],
+        [
+          () =>
+            k.mn_layernorm_backward(
+              a.ptr,
+              w.ptr,
+              null,
+              b.ptr,
+              b.ptr,
+              w.ptr,
+              s.ptr,
+              s.ptr,
+              2,
+              4,
+              st,
+            ),
+          /mn_layernorm_backward .*NULL pointer/,
+        ],
+        [
+          () =>
+            k.mn_layernorm_backward(
+              a.ptr,
+              w.ptr,
+              w.ptr,
+              b.ptr,
+              b.ptr,
+              w.ptr,
+              s.ptr,
+              s.ptr,
+              2,
+              -4,
+              st,
+            ),
+          /mn_layernorm_backward .*bad shape N = 2, C = -4/,
+        ],
+        [
+          () => k.mn_rmsnorm_forward(null, s.ptr, b.ptr, 2, 4, EPS, st),
+          /mn_rmsnorm_forward .*rmsnorm_forward: NULL pointer/,
+        ],
+        [
+          () => k.mn_rmsnorm_forward(a.ptr, s.ptr, b.ptr, 2, 0, EPS, st),
+          /mn_rmsnorm_forward .*bad shape N = 2, C = 0/,
+        ],
+        [
+          () => k.mn_rmsnorm_forward(a.ptr, s.ptr, b.ptr, 2, 4, NaN, st),
+          /mn_rmsnorm_forward .*eps = nan must be >= 0/,
+        ],
+        [
+          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, null, 2, 4, st),
+          /mn_rmsnorm_backward .*NULL pointer/,
+        ],
+        [
+          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, s.ptr, -1, 4, st),
+          /mn_rmsnorm_backward .*bad shape N = -1/,
+        ],
+      ];
+      for (const [fn, re] of cases) assert.throws(fn, re, `${name}: ${re}`);
+    } finally {
+      for (const t of [a, b, w, s]) be.free(t);
+    }
+  }
+});
+
+Deno.test({
+  name: "norms: cuda backward is bit-identical run to run (deterministic reductions)",
+  ignore: !HAS_GPU,
+  fn() {
+    const be = backend("cuda");
+    const N = 4096, C = 768, rng = new Rng(5);
+    const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), dout = rng.normal(N * C);
+    const runOnce = () =>
+      withTensors(be, {
+        x: { data: x, shape: [N, C] },
+        w: { data: w, shape: [C] },
+        b: { data: b, shape: [C] },
+        dout: { data: dout, shape: [N, C] },
+      }, {
+        out: { shape: [N, C] },
+        mean: { shape: [N] },
+        rstd: { shape: [N] },
+        dinp: { shape: [N, C], init: new Float32Array(N * C) },
+        dweight: { shape: [C], init: new Float32Array(C) },
+        dbias: { shape: [C], init: new Float32Array(C) },
+      }, (t) => {
+        be.k.mn_layernorm_forward(
+          t.out.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          t.x.ptr,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          be.stream,
+        );
+        be.k.mn_layernorm_backward(
+          t.dinp.ptr,
+          t.dweight.ptr,
+          t.dbias.ptr,
+          t.dout.ptr,
+          t.x.ptr,
+          t.w.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          N,
+          C,
+          be.stream,
+        );
+        be.sync();
+      });
+    const r1 = runOnce(), r2 = runOnce();
+    for (const key of Object.keys(r1)) compare(`run-to-run ${key}`, r2[key], r1[key], EXACT);
+  },
+});
