@@ -523,7 +523,10 @@ export class Graph {
         if (out.g) {
           const g = [r, w, k, v, a, b].map((x) => this.grad(x));
           if (kernel === "fast") this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
-          else this.k.mn_wkv7g_backward(...g, out.g.ptr, ...p, sCk.ptr, B, T, H, N, this.s);
+          else {
+            const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
+            this.k.mn_wkv7g_backward(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
+          }
         }
         this.dropGrad(out);
       });

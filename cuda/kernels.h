@@ -61,6 +61,10 @@ MN_API int mn_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alp
 MN_API int mn_cast_f32_to_bf16(mn_bf16* out, float* inp, int64_t n, void* stream); /* RNE */
 MN_API int mn_cast_bf16_to_f32(float* out, mn_bf16* inp, int64_t n, void* stream);
 
+/* ---- layout (transpose.cu) ----------------------------------------------------------------- */
+/* out[C, R] = x[R, C]^T, fp32 (Muon works on the wide orientation of tall matrices) */
+MN_API int mn_transpose(float* out, float* x, int R, int C, void* stream);
+
 /* ---- embedding (embedding.cu) -------------------------------------------------------------- */
 /* out[i, :] = wte[idx[i], :];  idx [N] int32 in [0, V), wte [V, C], out [N, C] */
 MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int C, int V,
@@ -112,5 +116,88 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step,
                         void* stream);
+
+/* ---- model ops (modelops.cu): the small pieces the RWKV/GPT forwards are composed of ---------
+ * Shapes: n elements; or N rows of C (row-major); "row vector" v [C] broadcast over rows. */
+/* unary activations, op codes: */
+#define MN_OP_TANH 1        /* tanh(x) */
+#define MN_OP_SIGMOID 2     /* 1 / (1 + exp(-x)) */
+#define MN_OP_RWKV7_DECAY 3 /* -softplus(-x) - 0.5 (softplus(z) = log(1 + exp(z)), stable) */
+#define MN_OP_EXP_MIN0 4    /* exp(min(x, 0)); gradient 0 where x > 0 (as torch.clamp(max=0)) */
+#define MN_OP_NEG 5         /* -x */
+MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* stream);
+/* dx += dout * f'(x); `out` is the forward's output (some ops use it), x the forward's input */
+MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
+                             void* stream);
+/* out = x * y */
+MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream);
+MN_API int mn_mul_backward(float* dx, float* dy, float* dout, float* x, float* y, int64_t n,
+                           void* stream); /* dx += dout*y; dy += dout*x; either may be NULL */
+/* out = x + (y - x) * g */
+MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, void* stream);
+MN_API int mn_lerp_backward(float* dx, float* dy, float* dg, float* dout, float* x, float* y,
+                            float* g, int64_t n, void* stream); /* any grad may be NULL */
+/* out[i,c] = x[i,c] + v[c] */
+MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream);
+/* dx += dout (dx may be NULL); dv[c] += sum_i dout[i,c] (deterministic) */
+MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C,
+                                      void* stream);
+/* out[i,c] = x[i,c] * v[c] */
+MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream);
+/* dx += dout*v; dv[c] += sum_i dout[i,c]*x[i,c]; either may be NULL */
+MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* x, float* v, int N,
+                                      int C, void* stream);
+/* token shift: out[b,t,:] = x[b,t-1,:] (zeros at t = 0); x, out [B,T,C] */
+MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void* stream);
+MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, void* stream);
+/* rows of D: out = x / max(||x||_2, eps) (F.normalize); x, out [N, D] */
+MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void* stream);
+MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps,
+                              void* stream);
+/* GroupNorm over G groups of D channels per row (nn.GroupNorm(G, G*D) on [N, G*D]), affine
+ * weight/bias [G*D]; mean, rstd [N, G] saved for backward */
+MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, float* weight,
+                                float* bias, int N, int G, int D, float eps, void* stream);
+MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float* dout, float* x,
+                                 float* weight, float* mean, float* rstd, int N, int G, int D,
+                                 void* stream);
+/* RWKV-7 bonus: out[i,h,:] = (sum_j r[i,h,j] k[i,h,j] u[h,j]) * v[i,h,:]; r,k,v,out [N,H,D],
+ * u [H,D] (time_faaaa). Backward accumulates dr, dk, dv [N,H,D] and du [H,D] (deterministic). */
+MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, float* u, int N, int H,
+                                  int D, void* stream);
+MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, float* dout,
+                                   float* r, float* k, float* v, float* u, int N, int H, int D,
+                                   void* stream);
+
+/* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
+ * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
+ * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;
+ * y_t = S_t r_t.  y [B,T,H,N] fp32 (written). T % 16 == 0; N in {16, 32, 64, 128} (64/128 in models,
+ * 16/32 for tests). Chunk c = steps 16c .. 16c+15.
+ * s_ckpt [B,H,T/16,N,N] fp32, written by forward: s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j] (the
+ *   state at the END of chunk c, stored transposed: key index j first). Same in both structures.
+ * sa [B,T,H,N] fp32, written by mn_wkv7_forward: sa_t = S_{t-1} a_t.
+ * Gradients dr, dw, dk, dv, da, db [B,T,H,N] fp32, ACCUMULATED (+=); dy [B,T,H,N] fp32.
+ * Backstepping structure (the original --fast_cuda): backward inverts the recurrence,
+ *   S_{t-1} = (S_t - v_t k_t^T - sa_t b_t^T) diag(1/d_t), reloading S from s_ckpt every 16 steps
+ *   (errors grow by up to 1/d per step within a chunk: meant for d in (0.545, 1) as the model has). */
+MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                           mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
+                           void* stream);
+MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                            float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                            mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
+                            void* stream);
+/* Reference structure (the original's default wkv7g): the same forward (no sa); backward RECOMPUTES
+ * each 16-step chunk forward from its checkpoint (no inversion of the recurrence): slowest, most
+ * accurate, any d in (0, 1). ws: scratch [B,H,17,N,N] fp32 (the 17 states S_{16c-1} .. S_{16c+15}
+ * of the chunk in progress), contents undefined afterwards; the cpu backend does not touch it. */
+MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
+                            void* stream);
+MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                             mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                             void* stream);
 
 #endif /* MN_KERNELS_H */

@@ -1,0 +1,206 @@
+// WKV-7 reference, written from the math in double precision (see cuda/kernels.h):
+//   d_t = exp(-exp(w_t)); sa_t = S_{t-1} a_t; S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;
+//   y_t = S_t r_t; S_{-1} = 0.
+// Forward: a naive recurrence that keeps every S_t. Backward: recomputes the forward in double from
+// the inputs (it does not read s_ckpt / sa / ws) and runs the textbook reverse pass with the full
+// matrix G_t = dL/dS_t. The backstepping (mn_wkv7_*) and recompute (mn_wkv7g_*) entry points are
+// the same math here; s_ckpt and sa are filled with the same meaning as the CUDA kernels:
+//   s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j] (end of chunk c, transposed);
+//   sa[b][t][h][i] = sa_t[i].
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace {
+
+constexpr int CHUNK = 16;
+
+int check(const char* fn, int B, int T, int H, int N) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(T % CHUNK == 0, "%s: T = %d is not a multiple of the chunk length %d", fn, T, CHUNK);
+  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
+             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
+  MN_REQUIRE(B <= 65535, "%s: B = %d exceeds the grid limit 65535", fn, B);
+  return 0;
+}
+
+// Threads only for real work: tiny test shapes stay on the calling thread (an OpenMP pool started
+// after emulator threads exited makes ThreadSanitizer report glibc's stack-cache reuse).
+bool parallel_worth_it(int B, int T, int H, int N) {
+  return B * H > 1 && (int64_t)B * H * T * N * N >= (1 << 22);
+}
+
+// One (batch, head) slice of the inputs, converted to double; x[t*N + i].
+struct Head {
+  int T, N;
+  std::vector<double> r, d, k, v, a, b, w;
+  std::vector<double> S;   // S[(t+1)*N*N + i*N + j] = S_t[i][j], S[0..N*N) = S_{-1} = 0
+  std::vector<double> sa;  // sa[t*N + i]
+
+  Head(int T_, int N_) : T(T_), N(N_) {
+    for (auto* x : {&r, &d, &k, &v, &a, &b, &w}) x->assign((size_t)T * N, 0.0);
+  }
+  void load(const mn_bf16* r_, const mn_bf16* w_, const mn_bf16* k_, const mn_bf16* v_,
+            const mn_bf16* a_, const mn_bf16* b_, int bb, int h, int H) {
+    for (int t = 0; t < T; t++)
+      for (int i = 0; i < N; i++) {
+        const int64_t g = (((int64_t)bb * T + t) * H + h) * N + i;
+        const size_t l = (size_t)t * N + i;
+        r[l] = bf16_to_f32(r_[g]);
+        w[l] = bf16_to_f32(w_[g]);
+        d[l] = std::exp(-std::exp(w[l]));
+        k[l] = bf16_to_f32(k_[g]);
+        v[l] = bf16_to_f32(v_[g]);
+        a[l] = bf16_to_f32(a_[g]);
+        b[l] = bf16_to_f32(b_[g]);
+      }
+  }
+  const double* state(int t) const { return S.data() + (size_t)(t + 1) * N * N; }  // S_t, t >= -1
+  void forward() {
+    const size_t NN = (size_t)N * N;
+    S.assign((size_t)(T + 1) * NN, 0.0);
+    sa.assign((size_t)T * N, 0.0);
+    for (int t = 0; t < T; t++) {
+      const double* P = state(t - 1);
+      double* C = S.data() + (size_t)(t + 1) * NN;
+      const double *at = &a[(size_t)t * N], *bt = &b[(size_t)t * N], *dt = &d[(size_t)t * N];
+      const double *kt = &k[(size_t)t * N], *vt = &v[(size_t)t * N];
+      for (int i = 0; i < N; i++) {
+        double s = 0;
+        for (int j = 0; j < N; j++) s += P[i * N + j] * at[j];
+        sa[(size_t)t * N + i] = s;
+        for (int j = 0; j < N; j++) C[i * N + j] = P[i * N + j] * dt[j] + s * bt[j] + vt[i] * kt[j];
+      }
+    }
+  }
+  double y(int t, int i) const {
+    const double* C = state(t);
+    double s = 0;
+    for (int j = 0; j < N; j++) s += C[i * N + j] * r[(size_t)t * N + j];
+    return s;
+  }
+};
+
+int forward(const char* fn, float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
+            mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N) {
+  if (int rc = check(fn, B, T, H, N)) return rc;
+  MN_REQUIRE(y && s_ckpt && r && w && k && v && a && b, "%s: NULL tensor argument", fn);
+  const int nc = T / CHUNK;
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
+  for (int bb = 0; bb < B; bb++)
+    for (int h = 0; h < H; h++) {
+      Head hd(T, N);
+      hd.load(r, w, k, v, a, b, bb, h, H);
+      hd.forward();
+      for (int t = 0; t < T; t++)
+        for (int i = 0; i < N; i++) {
+          const int64_t g = (((int64_t)bb * T + t) * H + h) * N + i;
+          y[g] = (float)hd.y(t, i);
+          if (sa) sa[g] = (float)hd.sa[(size_t)t * N + i];
+        }
+      for (int c = 0; c < nc; c++) {
+        const double* St = hd.state(c * CHUNK + CHUNK - 1);
+        float* dst = s_ckpt + (((int64_t)bb * H + h) * nc + c) * N * N;
+        for (int i = 0; i < N; i++)
+          for (int j = 0; j < N; j++) dst[(int64_t)j * N + i] = (float)St[i * N + j];
+      }
+    }
+  return 0;
+}
+
+int backward(const char* fn, float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
+             int B, int T, int H, int N) {
+  if (int rc = check(fn, B, T, H, N)) return rc;
+  MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b,
+             "%s: NULL tensor argument", fn);
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
+  for (int bb = 0; bb < B; bb++)
+    for (int h = 0; h < H; h++) {
+      Head hd(T, N);
+      hd.load(r, w, k, v, a, b, bb, h, H);
+      hd.forward();
+      std::vector<double> G((size_t)N * N, 0.0), dsa(N);
+      for (int t = T - 1; t >= 0; t--) {
+        const size_t o = (size_t)t * N;
+        const double *rt = &hd.r[o], *dt = &hd.d[o], *kt = &hd.k[o], *vt = &hd.v[o];
+        const double *at = &hd.a[o], *bt = &hd.b[o], *wt = &hd.w[o], *sat = &hd.sa[o];
+        const double* St = hd.state(t);
+        const double* Sp = hd.state(t - 1);
+        auto gi = [&](int i) { return (((int64_t)bb * T + t) * H + h) * N + i; };
+        std::vector<double> dyt(N);
+        for (int i = 0; i < N; i++) dyt[i] = dy[gi(i)];
+        // G_t = (carried from t+1) + dy_t r_t^T
+        for (int i = 0; i < N; i++)
+          for (int j = 0; j < N; j++) G[i * N + j] += dyt[i] * rt[j];
+        for (int j = 0; j < N; j++) {  // dr = S_t^T dy
+          double s = 0;
+          for (int i = 0; i < N; i++) s += St[i * N + j] * dyt[i];
+          dr[gi(j)] += (float)s;
+        }
+        for (int j = 0; j < N; j++) {  // column sums over the value index i
+          double sd = 0, sk = 0, sb = 0;
+          for (int i = 0; i < N; i++) {
+            sd += G[i * N + j] * Sp[i * N + j];
+            sk += G[i * N + j] * vt[i];
+            sb += G[i * N + j] * sat[i];
+          }
+          // dL/dw = dL/dd * dd/dw, dd/dw = -exp(w) d
+          dw[gi(j)] += (float)(sd * -std::exp(wt[j]) * dt[j]);
+          dk[gi(j)] += (float)sk;
+          db[gi(j)] += (float)sb;
+        }
+        for (int i = 0; i < N; i++) {  // row sums over the key index j
+          double sv = 0, ss = 0;
+          for (int j = 0; j < N; j++) {
+            sv += G[i * N + j] * kt[j];
+            ss += G[i * N + j] * bt[j];
+          }
+          dv[gi(i)] += (float)sv;
+          dsa[i] = ss;
+        }
+        for (int j = 0; j < N; j++) {  // da = S_{t-1}^T dsa
+          double s = 0;
+          for (int i = 0; i < N; i++) s += Sp[i * N + j] * dsa[i];
+          da[gi(j)] += (float)s;
+        }
+        // S_t = S_{t-1} (diag(d_t) + a_t b_t^T) + ..., so G_{t-1} (before its own dy r^T term)
+        // = G_t (diag(d_t) + b_t a_t^T) = G_t diag(d_t) + dsa_t a_t^T
+        for (int i = 0; i < N; i++)
+          for (int j = 0; j < N; j++) G[i * N + j] = G[i * N + j] * dt[j] + dsa[i] * at[j];
+      }
+    }
+  return 0;
+}
+
+}  // namespace
+
+MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                           mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N, void*) {
+  if (int rc = check("wkv7_forward", B, T, H, N)) return rc;
+  MN_REQUIRE(sa, "wkv7_forward: NULL tensor argument (sa)");
+  return forward("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N);
+}
+
+MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                            float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                            mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
+                            void*) {
+  if (int rc = check("wkv7_backward", B, T, H, N)) return rc;
+  MN_REQUIRE(s_ckpt && sa, "wkv7_backward: NULL tensor argument");
+  return backward("wkv7_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N);
+}
+
+MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N, void*) {
+  return forward("wkv7g_forward", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N);
+}
+
+MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                             mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                             void*) {
+  if (int rc = check("wkv7g_backward", B, T, H, N)) return rc;
+  MN_REQUIRE(s_ckpt && ws, "wkv7g_backward: NULL tensor argument");
+  return backward("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N);
+}

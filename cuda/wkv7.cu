@@ -1,0 +1,402 @@
+#include "common.cuh"
+// WKV-7, the RWKV-7 state recurrence (see cuda/kernels.h and shared/REFERENCE.md "WKV-7").
+//
+// Per (batch b, head h) a state S in R^{NxN}, S[i][j]: i = value channel, j = key channel,
+// S_{-1} = 0:
+//   d_t = exp(-exp(w_t));  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;
+//   y_t = S_t r_t.
+// Two structures, both one block of N threads per (h, b), fp32 state in registers:
+// - backstepping (mn_wkv7_*, the original --fast_cuda): forward saves S every 16 steps and sa_t;
+//   backward walks t downwards, thread i holding column i of S (inverting the recurrence:
+//   S_{t-1} = (S_t - v k^T - sa b^T) diag(1/d)) and row i / column i of G = dL/dS_t.
+// - recompute (mn_wkv7g_*): same forward; backward re-runs each 16-step chunk forward from its
+//   checkpoint into a scratch buffer and reads S_{t-1}, S_t back from it (no inversion).
+//
+// Checkpoint convention (shared with cuda/cpu/wkv7.cpp): chunk c = steps 16c .. 16c+15;
+//   s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j], i.e. the state at the END of chunk c, stored
+//   key-major (the transpose of S), so that forward thread i (row i) writes coalesced.
+
+namespace {
+
+constexpr int WKV7_CHUNK = 16;
+constexpr int WKV7G_STATES = WKV7_CHUNK + 1;  // S_{16c-1} .. S_{16c+15} in the scratch buffer
+
+// ---- per-element math -------------------------------------------------------------------------
+__host__ __device__ inline float wkv7_decay(float w) { return expf(-expf(w)); }
+// d(decay)/dw for decay d = exp(-exp(w))
+__host__ __device__ inline float wkv7_ddecay_dw(float w, float d) { return -expf(w) * d; }
+
+__device__ inline int64_t wkv7_index(int b, int t, int h, int i, int T, int H, int N) {
+  return (((int64_t)b * T + t) * H + h) * N + i;
+}
+
+// ---- forward pieces (thread i owns row s = S[i][:]) -------------------------------------------
+template <int N>
+__device__ inline float wkv7_row_sa(const float (&s)[N], const float* a) {
+  float sa = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; j++) sa += a[j] * s[j];
+  return sa;
+}
+
+template <int N>
+__device__ inline void wkv7_row_update(float (&s)[N], const float* d, const float* b,
+                                       const float* k, float sa, float vi) {
+#pragma unroll
+  for (int j = 0; j < N; j++) s[j] = s[j] * d[j] + sa * b[j] + vi * k[j];
+}
+
+// ---- backward pieces (thread i: column sc = S[:][i], grow = G[i][:], gcol = G[:][i]) ----------
+template <int N>
+__device__ inline float wkv7_dot(const float (&x)[N], const float* y) {
+  float acc = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; j++) acc += x[j] * y[j];
+  return acc;
+}
+
+// Inputs of one step, staged in shared memory by the block (all [N]).
+struct Wkv7Stage {
+  float *r, *d, *k, *v, *a, *b, *dy, *sa, *dsa;
+};
+
+// Own (index i) values of one step.
+struct Wkv7Own {
+  float r, w, d, k, v, a, b, dy;
+};
+
+// G_t = G_t(incoming) + dy_t r_t^T, on row i and column i.
+template <int N>
+__device__ inline void wkv7_add_dy_r(float (&grow)[N], float (&gcol)[N], const Wkv7Stage& s,
+                                     const Wkv7Own& o) {
+#pragma unroll
+  for (int j = 0; j < N; j++) {
+    grow[j] += o.dy * s.r[j];
+    gcol[j] += s.dy[j] * o.r;
+  }
+}
+
+// With sc = column i of S_{t-1} and G = G_t: the gradients of step t (accumulated into the outputs
+// at `ind`), then G <- G_{t-1} (without the dy_{t-1} r_{t-1}^T term, added by the next step).
+// Contains a block barrier: every thread of the block must call it.
+template <int N>
+__device__ inline void wkv7_grad_step(const float (&sc)[N], float (&grow)[N], float (&gcol)[N],
+                                      const Wkv7Stage& s, const Wkv7Own& o, int i, int64_t ind,
+                                      float* dw, float* dk, float* dv, float* da, float* db) {
+  float dd = 0.0f, dki = 0.0f, dbi = 0.0f, dvi = 0.0f, dsai = 0.0f;
+#pragma unroll
+  for (int j = 0; j < N; j++) {
+    dd += gcol[j] * sc[j];     // sum_j G[j][i] S_{t-1}[j][i]
+    dki += gcol[j] * s.v[j];   // (G^T v)[i]
+    dbi += gcol[j] * s.sa[j];  // (G^T sa)[i]
+    dvi += grow[j] * s.k[j];   // (G k)[i]
+    dsai += grow[j] * s.b[j];  // (G b)[i]
+  }
+  s.dsa[i] = dsai;  // the previous step's readers of dsa passed the staging barriers since
+  __syncthreads();
+  const float dai = wkv7_dot<N>(sc, s.dsa);  // (S_{t-1}^T dsa)[i]
+#pragma unroll
+  for (int j = 0; j < N; j++) {
+    grow[j] = grow[j] * s.d[j] + dsai * s.a[j];
+    gcol[j] = gcol[j] * o.d + o.a * s.dsa[j];
+  }
+  dw[ind] += dd * wkv7_ddecay_dw(o.w, o.d);
+  dk[ind] += dki;
+  dv[ind] += dvi;
+  da[ind] += dai;
+  db[ind] += dbi;
+}
+
+// Loads step t's inputs: own values into `o`, and the staged copies for the block. Two barriers:
+// nobody still reads the previous step's stage when it is overwritten, and all of it is written
+// before anyone reads it.
+__device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int64_t ind,
+                                  const bf16* r_, const bf16* w_, const bf16* k_, const bf16* v_,
+                                  const bf16* a_, const bf16* b_, const float* dy_) {
+  o.r = mn_bf16_to_f32(r_[ind]);
+  o.w = mn_bf16_to_f32(w_[ind]);
+  o.d = wkv7_decay(o.w);
+  o.k = mn_bf16_to_f32(k_[ind]);
+  o.v = mn_bf16_to_f32(v_[ind]);
+  o.a = mn_bf16_to_f32(a_[ind]);
+  o.b = mn_bf16_to_f32(b_[ind]);
+  o.dy = dy_[ind];
+  __syncthreads();
+  s.r[i] = o.r;
+  s.d[i] = o.d;
+  s.k[i] = o.k;
+  s.v[i] = o.v;
+  s.a[i] = o.a;
+  s.b[i] = o.b;
+  s.dy[i] = o.dy;
+}
+
+// ---- kernels ----------------------------------------------------------------------------------
+// grid (H, B), block N. Writes y [B,T,H,N], s_ckpt [B,H,T/16,N,N] (see the convention above) and,
+// when sa_out != nullptr, sa [B,T,H,N].
+template <int N>
+__global__ void __launch_bounds__(N)
+    wkv7_forward_kernel(float* y, float* s_ckpt, float* sa_out, const bf16* r_, const bf16* w_,
+                        const bf16* k_, const bf16* v_, const bf16* a_, const bf16* b_, int T,
+                        int H) {
+  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
+  __shared__ float r[N], d[N], k[N], a[N], b[N];
+  float s[N];  // row i of S
+#pragma unroll
+  for (int j = 0; j < N; j++) s[j] = 0.0f;
+  float* ckpt = s_ckpt + ((int64_t)bb * H + h) * (T / WKV7_CHUNK) * N * N;
+
+  for (int t = 0; t < T; t++) {
+    const int64_t ind = wkv7_index(bb, t, h, i, T, H, N);
+    const float vi = mn_bf16_to_f32(v_[ind]);
+    const float ri = mn_bf16_to_f32(r_[ind]), di = wkv7_decay(mn_bf16_to_f32(w_[ind]));
+    const float ki = mn_bf16_to_f32(k_[ind]), ai = mn_bf16_to_f32(a_[ind]);
+    const float bi = mn_bf16_to_f32(b_[ind]);
+    __syncthreads();  // the previous step's readers are done
+    r[i] = ri;
+    d[i] = di;
+    k[i] = ki;
+    a[i] = ai;
+    b[i] = bi;
+    __syncthreads();
+
+    const float sa = wkv7_row_sa<N>(s, a);
+    if (sa_out) sa_out[ind] = sa;
+    wkv7_row_update<N>(s, d, b, k, sa, vi);
+    y[ind] = wkv7_dot<N>(s, r);
+
+    if ((t + 1) % WKV7_CHUNK == 0) {
+      float* dst = ckpt + (int64_t)(t / WKV7_CHUNK) * N * N + i;
+#pragma unroll
+      for (int j = 0; j < N; j++) dst[j * N] = s[j];
+    }
+  }
+}
+
+// Backstepping backward. grid (H, B), block N.
+template <int N>
+__global__ void __launch_bounds__(N)
+    wkv7_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                         const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
+                         const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
+                         const float* sa_, int T, int H) {
+  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
+  __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
+  const Wkv7Stage st{r, d, k, v, a, b, dy, sa, dsa};
+  float sc[N], grow[N], gcol[N];
+#pragma unroll
+  for (int j = 0; j < N; j++) sc[j] = grow[j] = gcol[j] = 0.0f;
+  const float* ckpt = s_ckpt + ((int64_t)bb * H + h) * (T / WKV7_CHUNK) * N * N;
+
+  for (int t = T - 1; t >= 0; t--) {
+    const int64_t ind = wkv7_index(bb, t, h, i, T, H, N);
+    Wkv7Own o;
+    const float sai = sa_[ind];
+    wkv7_stage(st, o, i, ind, r_, w_, k_, v_, a_, b_, dy_);
+    sa[i] = sai;
+    __syncthreads();
+
+    if ((t + 1) % WKV7_CHUNK == 0) {  // reload S_t: row i of the checkpoint = column i of S
+      const float* src = ckpt + (int64_t)(t / WKV7_CHUNK) * N * N + (int64_t)i * N;
+#pragma unroll
+      for (int j = 0; j < N; j++) sc[j] = src[j];
+    }
+    dr[ind] += wkv7_dot<N>(sc, dy);  // (S_t^T dy)[i]
+    wkv7_add_dy_r<N>(grow, gcol, st, o);
+
+    // backstep: S_{t-1}[j][i] = (S_t - v k^T - sa b^T)[j][i] / d[i]
+    const float inv_d = 1.0f / o.d;
+#pragma unroll
+    for (int j = 0; j < N; j++) sc[j] = (sc[j] - v[j] * o.k - sa[j] * o.b) * inv_d;
+
+    wkv7_grad_step<N>(sc, grow, gcol, st, o, i, ind, dw, dk, dv, da, db);
+  }
+}
+
+// Recompute backward. grid (H, B), block N. ws: scratch [B,H,17,N,N],
+// ws[b][h][m][i][j] = S_{16c-1+m}[i][j] for the chunk c in progress (value index i first).
+template <int N>
+__global__ void __launch_bounds__(N)
+    wkv7g_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
+                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
+                          float* ws, int T, int H) {
+  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
+  __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
+  __shared__ float sa_chunk[WKV7_CHUNK][N];  // sa_t of the chunk's steps, recomputed
+  const Wkv7Stage st{r, d, k, v, a, b, dy, sa, dsa};
+  float grow[N], gcol[N];
+#pragma unroll
+  for (int j = 0; j < N; j++) grow[j] = gcol[j] = 0.0f;
+  const int nchunks = T / WKV7_CHUNK;
+  const float* ckpt = s_ckpt + ((int64_t)bb * H + h) * nchunks * N * N;
+  float* states = ws + ((int64_t)bb * H + h) * WKV7G_STATES * N * N;
+
+  for (int c = nchunks - 1; c >= 0; c--) {
+    // Phase A: thread i re-runs row i of the chunk forward from S_{16c-1} (checkpoint c-1, or 0).
+    {
+      float s[N];
+      if (c > 0) {
+        const float* src = ckpt + (int64_t)(c - 1) * N * N + i;
+#pragma unroll
+        for (int j = 0; j < N; j++) s[j] = src[j * N];
+      } else {
+#pragma unroll
+        for (int j = 0; j < N; j++) s[j] = 0.0f;
+      }
+      __syncthreads();  // the previous chunk's phase B is done with `states` and sa_chunk
+      float* row = states + (int64_t)i * N;
+#pragma unroll
+      for (int j = 0; j < N; j++) row[j] = s[j];
+      for (int m = 0; m < WKV7_CHUNK; m++) {
+        const int64_t ind = wkv7_index(bb, c * WKV7_CHUNK + m, h, i, T, H, N);
+        const float vi = mn_bf16_to_f32(v_[ind]), di = wkv7_decay(mn_bf16_to_f32(w_[ind]));
+        const float ki = mn_bf16_to_f32(k_[ind]), ai = mn_bf16_to_f32(a_[ind]);
+        const float bi = mn_bf16_to_f32(b_[ind]);
+        __syncthreads();
+        d[i] = di;
+        k[i] = ki;
+        a[i] = ai;
+        b[i] = bi;
+        __syncthreads();
+        const float sai = wkv7_row_sa<N>(s, a);
+        sa_chunk[m][i] = sai;
+        wkv7_row_update<N>(s, d, b, k, sai, vi);
+        row = states + (int64_t)(m + 1) * N * N + (int64_t)i * N;
+#pragma unroll
+        for (int j = 0; j < N; j++) row[j] = s[j];
+      }
+    }
+    // Phase B: the chunk's steps downwards, S_t and S_{t-1} read back by column.
+    for (int m = WKV7_CHUNK - 1; m >= 0; m--) {
+      const int64_t ind = wkv7_index(bb, c * WKV7_CHUNK + m, h, i, T, H, N);
+      Wkv7Own o;
+      wkv7_stage(st, o, i, ind, r_, w_, k_, v_, a_, b_, dy_);
+      sa[i] = sa_chunk[m][i];
+      __syncthreads();  // also orders phase A's writes of `states` before the reads below
+
+      float sc[N];
+      const float* cur = states + (int64_t)(m + 1) * N * N + i;
+#pragma unroll
+      for (int j = 0; j < N; j++) sc[j] = cur[(int64_t)j * N];  // S_t[j][i]
+      dr[ind] += wkv7_dot<N>(sc, dy);
+      wkv7_add_dy_r<N>(grow, gcol, st, o);
+      const float* prev = states + (int64_t)m * N * N + i;
+#pragma unroll
+      for (int j = 0; j < N; j++) sc[j] = prev[(int64_t)j * N];  // S_{t-1}[j][i]
+      wkv7_grad_step<N>(sc, grow, gcol, st, o, i, ind, dw, dk, dv, da, db);
+    }
+  }
+}
+
+// ---- host side ----------------------------------------------------------------------------------
+int wkv7_check(const char* fn, int B, int T, int H, int N) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(T % WKV7_CHUNK == 0, "%s: T = %d is not a multiple of the chunk length %d", fn, T,
+             WKV7_CHUNK);
+  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
+             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
+  MN_REQUIRE(B <= 65535, "%s: B = %d exceeds the grid limit 65535", fn, B);
+  return 0;
+}
+
+template <int N>
+int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, mn_bf16* r,
+                        mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
+                        int H, void* stream) {
+  return mn_launch(name, wkv7_forward_kernel<N>, dim3(H, B), dim3(N), 0, stream, y, s_ckpt, sa,
+                   (const bf16*)r, (const bf16*)w, (const bf16*)k, (const bf16*)v,
+                   (const bf16*)a, (const bf16*)b, T, H);
+}
+
+template <int N>
+int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                         float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, void* stream) {
+  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), dim3(N), 0, stream, dr,
+                   dw, dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
+                   (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
+                   (const float*)s_ckpt, (const float*)sa, T, H);
+}
+
+template <int N>
+int wkv7g_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                          mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H,
+                          void* stream) {
+  return mn_launch("wkv7g_backward", wkv7g_backward_kernel<N>, dim3(H, B), dim3(N), 0, stream,
+                   dr, dw, dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
+                   (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
+                   (const float*)s_ckpt, ws, T, H);
+}
+
+int wkv7_forward_common(const char* name, float* y, float* s_ckpt, float* sa, mn_bf16* r,
+                        mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
+                        int H, int N, void* stream) {
+  if (int rc = wkv7_check(name, B, T, H, N)) return rc;
+  MN_REQUIRE(y && s_ckpt && r && w && k && v && a && b, "%s: NULL tensor argument", name);
+#define MN_WKV7_FWD(NN) \
+  return wkv7_forward_launch<NN>(name, y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, stream)
+  switch (N) {
+    case 16: MN_WKV7_FWD(16);
+    case 32: MN_WKV7_FWD(32);
+    case 64: MN_WKV7_FWD(64);
+    default: MN_WKV7_FWD(128);
+  }
+#undef MN_WKV7_FWD
+}
+
+}  // namespace
+
+MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                           mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
+                           void* stream) {
+  if (int rc = wkv7_check("wkv7_forward", B, T, H, N)) return rc;
+  MN_REQUIRE(sa, "wkv7_forward: NULL tensor argument (sa)");
+  return wkv7_forward_common("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N, stream);
+}
+
+MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                            float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                            mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
+                            void* stream) {
+  if (int rc = wkv7_check("wkv7_backward", B, T, H, N)) return rc;
+  MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
+             "wkv7_backward: NULL tensor argument");
+#define MN_WKV7_BWD(NN)                                                                          \
+  return wkv7_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, \
+                                  H, stream)
+  switch (N) {
+    case 16: MN_WKV7_BWD(16);
+    case 32: MN_WKV7_BWD(32);
+    case 64: MN_WKV7_BWD(64);
+    default: MN_WKV7_BWD(128);
+  }
+#undef MN_WKV7_BWD
+}
+
+MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
+                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
+                            void* stream) {
+  return wkv7_forward_common("wkv7g_forward", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N,
+                             stream);
+}
+
+MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
+                             mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                             void* stream) {
+  if (int rc = wkv7_check("wkv7g_backward", B, T, H, N)) return rc;
+  MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && ws,
+             "wkv7g_backward: NULL tensor argument");
+#define MN_WKV7G_BWD(NN)                                                                         \
+  return wkv7g_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, ws, B, \
+                                   T, H, stream)
+  switch (N) {
+    case 16: MN_WKV7G_BWD(16);
+    case 32: MN_WKV7G_BWD(32);
+    case 64: MN_WKV7G_BWD(64);
+    default: MN_WKV7G_BWD(128);
+  }
+#undef MN_WKV7G_BWD
+}
