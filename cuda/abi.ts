@@ -47,3 +47,22 @@ export function kernelsHeaderSymbols(): Record<string, Deno.ForeignFunction> {
 export function kernelsHeaderFunctions(): AbiFunction[] {
   return parseKernelsHeader(Deno.readTextFileSync(HEADER_URL));
 }
+
+/** Integer constants of a header: every `#define NAME <int>` line (e.g. the MN_OP_* op codes). */
+export function parseHeaderConstants(
+  text: string,
+  file = "cuda/kernels.h",
+): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(/^[ \t]*#define[ \t]+([A-Za-z_]\w*)[ \t]+(-?\d+)\b(?![.\w])/gm)) {
+    const [, name, value] = m;
+    if (name in out) throw new Error(`${file}: ${name} is defined twice`);
+    out[name] = Number(value);
+  }
+  return out;
+}
+
+/** The `#define NAME <int>` constants of cuda/kernels.h, so TS never repeats their numbers. */
+export function kernelsHeaderConstants(): Record<string, number> {
+  return parseHeaderConstants(Deno.readTextFileSync(HEADER_URL));
+}

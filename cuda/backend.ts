@@ -18,6 +18,7 @@ export const DTYPE_BYTES: Record<Dtype, number> = { f32: 4, bf16: 2, i32: 4, u16
 export type HostArray = Float32Array | Uint16Array | Int32Array;
 
 const BUILD_DIR = new URL("./build/", import.meta.url);
+const PROFILE = Deno.env.get("MN_PROFILE") === "1";
 
 export function libraryPath(name: BackendName, variant: Variant = ""): string {
   const file = variant ? `libmn_${name}_${variant}.so` : `libmn_${name}.so`;
@@ -86,6 +87,9 @@ export class Backend {
   readonly stream: Deno.PointerValue = null;
   bytesInUse = 0;
   peakBytes = 0;
+  /** per-function call counts and host-side milliseconds, collected when MN_PROFILE=1 (on cuda
+   * the launches are asynchronous: synchronize, or set CUDA_LAUNCH_BLOCKING=1, to attribute time) */
+  readonly profile = new Map<string, { calls: number; ms: number }>();
   private live = new Map<bigint, number>();
 
   private constructor(
@@ -113,6 +117,18 @@ export class Backend {
         if (rc !== 0) throw new Error(`${fname} (${this.name}): ${this.lastError()} [code ${rc}]`);
         return rc;
       };
+      if (PROFILE) {
+        const inner = k[fname];
+        k[fname] = (...args) => {
+          const t0 = performance.now();
+          const rc = inner(...args);
+          const e = this.profile.get(fname) ?? { calls: 0, ms: 0 };
+          e.calls++;
+          e.ms += performance.now() - t0;
+          this.profile.set(fname, e);
+          return rc;
+        };
+      }
     }
     this.k = k;
   }
@@ -246,6 +262,15 @@ export class Backend {
 
   sync() {
     this.k.mn_synchronize(this.stream);
+  }
+
+  /** The MN_PROFILE=1 table: functions by total time. */
+  profileReport(): string {
+    const rows = [...this.profile.entries()].sort((a, b) => b[1].ms - a[1].ms);
+    const total = rows.reduce((s, [, e]) => s + e.ms, 0);
+    return rows.map(([n, e]) =>
+      `${n.padEnd(32)} ${String(e.calls).padStart(8)} calls ${e.ms.toFixed(1).padStart(10)} ms ${(100 * e.ms / total).toFixed(1).padStart(5)}%`
+    ).join("\n");
   }
 
   /** Frees everything still allocated and releases the stream (call before Deno.exit). */

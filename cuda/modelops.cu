@@ -1,0 +1,532 @@
+// Model ops: the small pieces the RWKV-7 (and GPT) forwards are composed of, with their backwards.
+// Elementwise ops are grid-stride loops; per-row ops (l2norm, groupnorm, bonus) give one warp to a
+// row of D elements; column reductions (dv of the row-vector ops, dweight/dbias of groupnorm, du of
+// the bonus) give a column to one thread column of a 32x8 block and sum rows in a fixed order, so
+// they are deterministic without float atomics. Every backward accumulates (+=).
+#include "common.cuh"
+
+namespace {
+
+constexpr int kThreads = 256;   // elementwise and warp-per-row kernels
+constexpr int kWarps = kThreads / 32;
+constexpr int kColTile = 32;    // column-reduction block: 32 columns x kColRows row lanes
+constexpr int kColRows = 8;
+constexpr int kBonusMaxD = 1024;  // du partials live in shared memory: kWarps * D floats
+
+// ---- per-element math, the same on host and device ----
+
+// torch.nn.functional.softplus with beta = 1, threshold = 20: z itself above the threshold.
+__host__ __device__ inline float softplus_f(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
+// d softplus(z) / dz, as torch's softplus_backward: 1 above the threshold, else e^z / (e^z + 1).
+__host__ __device__ inline float softplus_df(float z) {
+  if (z > 20.0f) return 1.0f;
+  float e = expf(z);
+  return e / (e + 1.0f);
+}
+
+__host__ __device__ inline bool unary_op_valid(int op) {
+  return op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_RWKV7_DECAY ||
+         op == MN_OP_EXP_MIN0 || op == MN_OP_NEG;
+}
+__host__ __device__ inline bool unary_bwd_needs_x(int op) {
+  return op == MN_OP_RWKV7_DECAY || op == MN_OP_EXP_MIN0;
+}
+__host__ __device__ inline bool unary_bwd_needs_out(int op) {
+  return op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_EXP_MIN0;
+}
+
+__host__ __device__ inline float unary_f(int op, float x) {
+  switch (op) {
+    case MN_OP_TANH: return tanhf(x);
+    case MN_OP_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case MN_OP_RWKV7_DECAY: return -softplus_f(-x) - 0.5f;
+    case MN_OP_EXP_MIN0: return expf(fminf(x, 0.0f));
+    default: return -x;  // MN_OP_NEG (op codes are validated on the host)
+  }
+}
+
+// f'(x), from the forward's input x and/or output y (as torch: tanh/sigmoid/exp use the result).
+// EXP_MIN0: torch.clamp(max=0) passes the gradient where x <= 0 (its mask is `self <= max`), so at
+// x == 0 the gradient is dout * exp(0) = dout; it is 0 only where x > 0.
+__host__ __device__ inline float unary_df(int op, float x, float y) {
+  switch (op) {
+    case MN_OP_TANH: return 1.0f - y * y;
+    case MN_OP_SIGMOID: return y * (1.0f - y);
+    case MN_OP_RWKV7_DECAY: return softplus_df(-x);  // d/dx [-softplus(-x)] = softplus'(-x)
+    case MN_OP_EXP_MIN0: return x <= 0.0f ? y : 0.0f;
+    default: return -1.0f;
+  }
+}
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sums each thread column's partial over the kColRows row lanes of a 32 x kColRows block, in
+// row-lane order; the result is valid in row lane 0. `tile` is __shared__ [kColRows][kColTile].
+__device__ inline float col_block_sum(float v, float (*tile)[kColTile]) {
+  tile[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  float s = 0.0f;
+  if (threadIdx.y == 0)
+    for (int r = 0; r < kColRows; r++) s += tile[r][threadIdx.x];
+  return s;
+}
+
+#define GRID_STRIDE(i, n)                                                     \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
+       i += (int64_t)gridDim.x * blockDim.x)
+
+// Warp-per-row loop: every lane of a warp takes the same rows, so warp shuffles inside are full.
+#define WARP_ROWS(row, rows)                                                             \
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < (rows); \
+       row += (int64_t)gridDim.x * kWarps)
+
+// ---- elementwise ----
+
+__global__ void unary_forward_kernel(float* out, const float* x, int op, int64_t n) {
+  GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
+}
+
+__global__ void unary_backward_kernel(float* dx, const float* dout, const float* x,
+                                      const float* out, int op, int64_t n) {
+  GRID_STRIDE(i, n) {
+    float xi = x ? x[i] : 0.0f, yi = out ? out[i] : 0.0f;
+    dx[i] += dout[i] * unary_df(op, xi, yi);
+  }
+}
+
+__global__ void mul_forward_kernel(float* out, const float* x, const float* y, int64_t n) {
+  GRID_STRIDE(i, n) out[i] = x[i] * y[i];
+}
+
+__global__ void mul_backward_kernel(float* dx, float* dy, const float* dout, const float* x,
+                                    const float* y, int64_t n) {
+  GRID_STRIDE(i, n) {
+    float d = dout[i];
+    if (dx) dx[i] += d * y[i];
+    if (dy) dy[i] += d * x[i];
+  }
+}
+
+__global__ void lerp_forward_kernel(float* out, const float* x, const float* y, const float* g,
+                                    int64_t n) {
+  GRID_STRIDE(i, n) out[i] = x[i] + (y[i] - x[i]) * g[i];
+}
+
+__global__ void lerp_backward_kernel(float* dx, float* dy, float* dg, const float* dout,
+                                     const float* x, const float* y, const float* g, int64_t n) {
+  GRID_STRIDE(i, n) {
+    float d = dout[i], gi = g[i];
+    if (dx) dx[i] += d * (1.0f - gi);
+    if (dy) dy[i] += d * gi;
+    if (dg) dg[i] += d * (y[i] - x[i]);
+  }
+}
+
+// out[i,c] = x[i,c] * v[c] (kMul) or x[i,c] + v[c]
+template <bool kMul>
+__global__ void row_vector_forward_kernel(float* out, const float* x, const float* v, int N,
+                                          int C) {
+  GRID_STRIDE(i, (int64_t)N * C) out[i] = kMul ? x[i] * v[i % C] : x[i] + v[i % C];
+}
+
+// dx[i,c] += dout[i,c] * (v ? v[c] : 1) (dx may be NULL); dv[c] += sum_i dout[i,c] * (x ? x : 1)
+// (dv may be NULL). One thread column per c; row lane r sums rows r, r + kColRows, ... in order.
+__global__ void row_vector_backward_kernel(float* dx, float* dv, const float* dout,
+                                           const float* x, const float* v, int N, int C) {
+  __shared__ float tile[kColRows][kColTile];
+  int c = blockIdx.x * kColTile + threadIdx.x;
+  float acc = 0.0f;
+  if (c < C) {
+    float vc = v ? v[c] : 1.0f;
+    for (int i = threadIdx.y; i < N; i += kColRows) {
+      int64_t k = (int64_t)i * C + c;
+      float d = dout[k];
+      if (dx) dx[k] += d * vc;
+      acc += x ? d * x[k] : d;
+    }
+  }
+  float s = col_block_sum(acc, tile);
+  if (dv && threadIdx.y == 0 && c < C) dv[c] += s;
+}
+
+__global__ void time_shift_forward_kernel(float* out, const float* x, int T, int C, int64_t n) {
+  int64_t TC = (int64_t)T * C;
+  GRID_STRIDE(i, n) out[i] = (i % TC) < C ? 0.0f : x[i - C];
+}
+
+__global__ void time_shift_backward_kernel(float* dx, const float* dout, int T, int C,
+                                           int64_t n) {
+  int64_t TC = (int64_t)T * C;
+  GRID_STRIDE(i, n) {
+    if ((i % TC) < TC - C) dx[i] += dout[i + C];
+  }
+}
+
+// ---- per-row: one warp per row of D ----
+
+// F.normalize: out = x / max(||x||, eps).
+__global__ void l2norm_forward_kernel(float* out, const float* x, int64_t rows, int D,
+                                      float eps) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const float* xr = x + row * D;
+    float ss = 0.0f;
+    for (int j = lane; j < D; j += 32) ss += xr[j] * xr[j];
+    float inv = 1.0f / fmaxf(sqrtf(warp_sum(ss)), eps);
+    for (int j = lane; j < D; j += 32) out[row * D + j] = xr[j] * inv;
+  }
+}
+
+// With n = ||x||: where n >= eps (torch's clamp_min passes the gradient where self >= min),
+// dx = dout / n - x (x . dout) / n^3; below eps the denominator is the constant eps: dx = dout/eps.
+__global__ void l2norm_backward_kernel(float* dx, const float* dout, const float* x, int64_t rows,
+                                       int D, float eps) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const float* xr = x + row * D;
+    const float* gr = dout + row * D;
+    float ss = 0.0f, dot = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      ss += xr[j] * xr[j];
+      dot += xr[j] * gr[j];
+    }
+    float nrm = sqrtf(warp_sum(ss));
+    dot = warp_sum(dot);
+    if (nrm >= eps) {
+      float inv = 1.0f / nrm;
+      float coef = dot * inv * inv * inv;
+      for (int j = lane; j < D; j += 32) dx[row * D + j] += gr[j] * inv - xr[j] * coef;
+    } else {
+      float inv = 1.0f / eps;
+      for (int j = lane; j < D; j += 32) dx[row * D + j] += gr[j] * inv;
+    }
+  }
+}
+
+// GroupNorm: row `row` of [N*G] is group g = row % G of sample row / G; channels g*D .. g*D+D-1.
+__global__ void groupnorm_forward_kernel(float* out, float* mean, float* rstd, const float* x,
+                                         const float* weight, const float* bias, int64_t rows,
+                                         int G, int D, float eps) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const float* xr = x + row * D;
+    const int c0 = (int)(row % G) * D;
+    float s = 0.0f;
+    for (int j = lane; j < D; j += 32) s += xr[j];
+    float m = warp_sum(s) / D;
+    float sq = 0.0f;
+    for (int j = lane; j < D; j += 32) sq += (xr[j] - m) * (xr[j] - m);
+    float rs = rsqrtf(warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
+    for (int j = lane; j < D; j += 32)
+      out[row * D + j] = (xr[j] - m) * rs * weight[c0 + j] + bias[c0 + j];
+    if (lane == 0) {
+      mean[row] = m;
+      rstd[row] = rs;
+    }
+  }
+}
+
+// dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
+__global__ void groupnorm_backward_dx_kernel(float* dx, const float* dout, const float* x,
+                                             const float* weight, const float* mean,
+                                             const float* rstd, int64_t rows, int G, int D) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const float* xr = x + row * D;
+    const float* gr = dout + row * D;
+    const int c0 = (int)(row % G) * D;
+    const float m = mean[row], rs = rstd[row];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      float dxh = gr[j] * weight[c0 + j];
+      s1 += dxh;
+      s2 += dxh * (xr[j] - m) * rs;
+    }
+    s1 = warp_sum(s1) / D;
+    s2 = warp_sum(s2) / D;
+    for (int j = lane; j < D; j += 32) {
+      float xh = (xr[j] - m) * rs;
+      dx[row * D + j] += rs * (gr[j] * weight[c0 + j] - s1 - xh * s2);
+    }
+  }
+}
+
+// dweight[c] += sum_i dout[i,c] * xhat[i,c]; dbias[c] += sum_i dout[i,c]; C = G*D columns.
+__global__ void groupnorm_backward_params_kernel(float* dweight, float* dbias, const float* dout,
+                                                 const float* x, const float* mean,
+                                                 const float* rstd, int N, int G, int D) {
+  __shared__ float tile[kColRows][kColTile];
+  const int C = G * D;
+  int c = blockIdx.x * kColTile + threadIdx.x;
+  float accw = 0.0f, accb = 0.0f;
+  if (c < C) {
+    int g = c / D;
+    for (int i = threadIdx.y; i < N; i += kColRows) {
+      int64_t k = (int64_t)i * C + c;
+      int64_t r = (int64_t)i * G + g;
+      float d = dout[k];
+      accw += d * (x[k] - mean[r]) * rstd[r];
+      accb += d;
+    }
+  }
+  float sw = col_block_sum(accw, tile);
+  __syncthreads();  // the tile is reused
+  float sb = col_block_sum(accb, tile);
+  if (threadIdx.y == 0 && c < C) {
+    dweight[c] += sw;
+    dbias[c] += sb;
+  }
+}
+
+// RWKV-7 bonus: row `row` of [N*H] is head h = row % H; s = sum_j r k u[h]; out = s * v.
+__global__ void bonus_forward_kernel(float* out, const float* r, const float* k, const float* v,
+                                     const float* u, int64_t rows, int H, int D) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const int64_t b = row * D;
+    const float* ur = u + (int64_t)(row % H) * D;
+    float s = 0.0f;
+    for (int j = lane; j < D; j += 32) s += r[b + j] * k[b + j] * ur[j];
+    s = warp_sum(s);
+    for (int j = lane; j < D; j += 32) out[b + j] = s * v[b + j];
+  }
+}
+
+// ds = dout . v; dv += s * dout; dr += ds * k * u; dk += ds * r * u.
+__global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, const float* dout,
+                                          const float* r, const float* k, const float* v,
+                                          const float* u, int64_t rows, int H, int D) {
+  int lane = threadIdx.x % 32;
+  WARP_ROWS(row, rows) {
+    const int64_t b = row * D;
+    const float* ur = u + (int64_t)(row % H) * D;
+    float s = 0.0f, ds = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      s += r[b + j] * k[b + j] * ur[j];
+      ds += dout[b + j] * v[b + j];
+    }
+    s = warp_sum(s);
+    ds = warp_sum(ds);
+    for (int j = lane; j < D; j += 32) {
+      dv[b + j] += s * dout[b + j];
+      dr[b + j] += ds * k[b + j] * ur[j];
+      dk[b + j] += ds * r[b + j] * ur[j];
+    }
+  }
+}
+
+// du[h,j] += sum_i (dout[i,h,:] . v[i,h,:]) r[i,h,j] k[i,h,j]. One block per head: warp w takes
+// rows i = w, w + kWarps, ... in order into its own shared slice; the slices are then summed in
+// warp order. Deterministic; parallel over heads only (simple first).
+__global__ void bonus_backward_u_kernel(float* du, const float* dout, const float* r,
+                                        const float* k, const float* v, int N, int H, int D) {
+  MN_DYNAMIC_SHARED(float, part);  // [kWarps][D]
+  const int h = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* mine = part + warp * D;
+  for (int j = lane; j < D; j += 32) mine[j] = 0.0f;
+  for (int i = warp; i < N; i += kWarps) {
+    const int64_t b = ((int64_t)i * H + h) * D;
+    float ds = 0.0f;
+    for (int j = lane; j < D; j += 32) ds += dout[b + j] * v[b + j];
+    ds = warp_sum(ds);
+    for (int j = lane; j < D; j += 32) mine[j] += ds * r[b + j] * k[b + j];
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float s = 0.0f;
+    for (int w = 0; w < kWarps; w++) s += part[w * D + j];
+    du[(int64_t)h * D + j] += s;
+  }
+}
+
+inline unsigned warp_row_blocks(int64_t rows) { return mn_blocks_for(rows, kWarps); }
+
+template <bool kMul>
+int row_vector_forward(const char* name, float* out, float* x, float* v, int N, int C,
+                       void* stream) {
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", name, N, C);
+  return mn_launch(name, row_vector_forward_kernel<kMul>, mn_blocks_for((int64_t)N * C, kThreads),
+                   kThreads, 0, stream, out, (const float*)x, (const float*)v, N, C);
+}
+
+}  // namespace
+
+// ---- entry points ----
+
+MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* stream) {
+  MN_REQUIRE(unary_op_valid(op), "unary_forward: unknown op code %d (see MN_OP_* in kernels.h)",
+             op);
+  MN_REQUIRE(n >= 0, "unary_forward: n = %lld", (long long)n);
+  if (n == 0) return 0;
+  return mn_launch("unary_forward", unary_forward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
+                   stream, out, (const float*)x, op, n);
+}
+
+MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
+                             void* stream) {
+  MN_REQUIRE(unary_op_valid(op), "unary_backward: unknown op code %d (see MN_OP_* in kernels.h)",
+             op);
+  MN_REQUIRE(n >= 0, "unary_backward: n = %lld", (long long)n);
+  MN_REQUIRE(dx && dout, "unary_backward: dx and dout are required");
+  MN_REQUIRE(x || !unary_bwd_needs_x(op), "unary_backward: op %d needs the forward input x", op);
+  MN_REQUIRE(out || !unary_bwd_needs_out(op), "unary_backward: op %d needs the forward output",
+             op);
+  if (n == 0) return 0;
+  return mn_launch("unary_backward", unary_backward_kernel, mn_blocks_for(n, kThreads), kThreads,
+                   0, stream, dx, (const float*)dout, (const float*)x, (const float*)out, op, n);
+}
+
+MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream) {
+  MN_REQUIRE(n >= 0, "mul_forward: n = %lld", (long long)n);
+  if (n == 0) return 0;
+  return mn_launch("mul_forward", mul_forward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
+                   stream, out, (const float*)x, (const float*)y, n);
+}
+
+MN_API int mn_mul_backward(float* dx, float* dy, float* dout, float* x, float* y, int64_t n,
+                           void* stream) {
+  MN_REQUIRE(n >= 0, "mul_backward: n = %lld", (long long)n);
+  if (n == 0 || (!dx && !dy)) return 0;
+  return mn_launch("mul_backward", mul_backward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
+                   stream, dx, dy, (const float*)dout, (const float*)x, (const float*)y, n);
+}
+
+MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, void* stream) {
+  MN_REQUIRE(n >= 0, "lerp_forward: n = %lld", (long long)n);
+  if (n == 0) return 0;
+  return mn_launch("lerp_forward", lerp_forward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
+                   stream, out, (const float*)x, (const float*)y, (const float*)g, n);
+}
+
+MN_API int mn_lerp_backward(float* dx, float* dy, float* dg, float* dout, float* x, float* y,
+                            float* g, int64_t n, void* stream) {
+  MN_REQUIRE(n >= 0, "lerp_backward: n = %lld", (long long)n);
+  if (n == 0 || (!dx && !dy && !dg)) return 0;
+  return mn_launch("lerp_backward", lerp_backward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
+                   stream, dx, dy, dg, (const float*)dout, (const float*)x, (const float*)y,
+                   (const float*)g, n);
+}
+
+MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream) {
+  return row_vector_forward<false>("add_row_vector_forward", out, x, v, N, C, stream);
+}
+
+MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C,
+                                      void* stream) {
+  MN_REQUIRE(N > 0 && C > 0, "add_row_vector_backward: bad shape N = %d, C = %d", N, C);
+  MN_REQUIRE(dv, "add_row_vector_backward: dv is required (only dx may be NULL)");
+  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
+  return mn_launch("add_row_vector_backward", row_vector_backward_kernel, grid, block, 0, stream,
+                   dx, dv, (const float*)dout, (const float*)nullptr, (const float*)nullptr, N, C);
+}
+
+MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream) {
+  return row_vector_forward<true>("mul_row_vector_forward", out, x, v, N, C, stream);
+}
+
+MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* x, float* v, int N,
+                                      int C, void* stream) {
+  MN_REQUIRE(N > 0 && C > 0, "mul_row_vector_backward: bad shape N = %d, C = %d", N, C);
+  if (!dx && !dv) return 0;
+  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
+  return mn_launch("mul_row_vector_backward", row_vector_backward_kernel, grid, block, 0, stream,
+                   dx, dv, (const float*)dout, (const float*)x, (const float*)v, N, C);
+}
+
+MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void* stream) {
+  MN_REQUIRE(B > 0 && T > 0 && C > 0, "time_shift_forward: bad shape [%d, %d, %d]", B, T, C);
+  MN_REQUIRE(out != x, "time_shift_forward: in-place is not supported");
+  int64_t n = (int64_t)B * T * C;
+  return mn_launch("time_shift_forward", time_shift_forward_kernel, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, out, (const float*)x, T, C, n);
+}
+
+MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, void* stream) {
+  MN_REQUIRE(B > 0 && T > 0 && C > 0, "time_shift_backward: bad shape [%d, %d, %d]", B, T, C);
+  MN_REQUIRE(dx && dout, "time_shift_backward: dx and dout are required");
+  MN_REQUIRE(dx != dout, "time_shift_backward: in-place is not supported");
+  int64_t n = (int64_t)B * T * C;
+  return mn_launch("time_shift_backward", time_shift_backward_kernel, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, dx, (const float*)dout, T, C, n);
+}
+
+MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void* stream) {
+  MN_REQUIRE(N > 0 && D > 0, "l2norm_forward: bad shape N = %d, D = %d", N, D);
+  MN_REQUIRE(eps >= 0.0f, "l2norm_forward: eps = %g must be >= 0", (double)eps);
+  return mn_launch("l2norm_forward", l2norm_forward_kernel, warp_row_blocks(N), kThreads, 0,
+                   stream, out, (const float*)x, (int64_t)N, D, eps);
+}
+
+MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps,
+                              void* stream) {
+  MN_REQUIRE(N > 0 && D > 0, "l2norm_backward: bad shape N = %d, D = %d", N, D);
+  MN_REQUIRE(eps >= 0.0f, "l2norm_backward: eps = %g must be >= 0", (double)eps);
+  MN_REQUIRE(dx && dout, "l2norm_backward: dx and dout are required");
+  return mn_launch("l2norm_backward", l2norm_backward_kernel, warp_row_blocks(N), kThreads, 0,
+                   stream, dx, (const float*)dout, (const float*)x, (int64_t)N, D, eps);
+}
+
+MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, float* weight,
+                                float* bias, int N, int G, int D, float eps, void* stream) {
+  MN_REQUIRE(N > 0 && G > 0 && D > 0, "groupnorm_forward: bad shape N = %d, G = %d, D = %d", N, G,
+             D);
+  MN_REQUIRE((int64_t)G * D <= 2147483647, "groupnorm_forward: G*D = %lld channels is too many",
+             (long long)G * D);
+  MN_REQUIRE(eps >= 0.0f, "groupnorm_forward: eps = %g must be >= 0", (double)eps);
+  int64_t rows = (int64_t)N * G;
+  return mn_launch("groupnorm_forward", groupnorm_forward_kernel, warp_row_blocks(rows), kThreads,
+                   0, stream, out, mean, rstd, (const float*)x, (const float*)weight,
+                   (const float*)bias, rows, G, D, eps);
+}
+
+MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float* dout, float* x,
+                                 float* weight, float* mean, float* rstd, int N, int G, int D,
+                                 void* stream) {
+  MN_REQUIRE(N > 0 && G > 0 && D > 0, "groupnorm_backward: bad shape N = %d, G = %d, D = %d", N,
+             G, D);
+  MN_REQUIRE((int64_t)G * D <= 2147483647, "groupnorm_backward: G*D = %lld channels is too many",
+             (long long)G * D);
+  MN_REQUIRE(dx && dweight && dbias, "groupnorm_backward: dx, dweight and dbias are required");
+  int64_t rows = (int64_t)N * G;
+  int rc = mn_launch("groupnorm_backward_dx", groupnorm_backward_dx_kernel, warp_row_blocks(rows),
+                     kThreads, 0, stream, dx, (const float*)dout, (const float*)x,
+                     (const float*)weight, (const float*)mean, (const float*)rstd, rows, G, D);
+  if (rc) return rc;
+  int C = G * D;
+  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
+  return mn_launch("groupnorm_backward_params", groupnorm_backward_params_kernel, grid, block, 0,
+                   stream, dweight, dbias, (const float*)dout, (const float*)x,
+                   (const float*)mean, (const float*)rstd, N, G, D);
+}
+
+MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, float* u, int N, int H,
+                                  int D, void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_bonus_forward: bad shape N = %d, H = %d, D = %d", N,
+             H, D);
+  int64_t rows = (int64_t)N * H;
+  return mn_launch("rwkv7_bonus_forward", bonus_forward_kernel, warp_row_blocks(rows), kThreads, 0,
+                   stream, out, (const float*)r, (const float*)k, (const float*)v,
+                   (const float*)u, rows, H, D);
+}
+
+MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, float* dout,
+                                   float* r, float* k, float* v, float* u, int N, int H, int D,
+                                   void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_bonus_backward: bad shape N = %d, H = %d, D = %d", N,
+             H, D);
+  MN_REQUIRE(D <= kBonusMaxD, "rwkv7_bonus_backward: head size D = %d > %d is not supported", D,
+             kBonusMaxD);
+  MN_REQUIRE(H <= 65535 * 16, "rwkv7_bonus_backward: H = %d heads is too many", H);
+  MN_REQUIRE(dr && dk && dv && du, "rwkv7_bonus_backward: dr, dk, dv and du are required");
+  int64_t rows = (int64_t)N * H;
+  int rc = mn_launch("rwkv7_bonus_backward_rkv", bonus_backward_rkv_kernel, warp_row_blocks(rows),
+                     kThreads, 0, stream, dr, dk, dv, (const float*)dout, (const float*)r,
+                     (const float*)k, (const float*)v, (const float*)u, rows, H, D);
+  if (rc) return rc;
+  return mn_launch("rwkv7_bonus_backward_u", bonus_backward_u_kernel, dim3(H), kThreads,
+                   (size_t)kWarps * D * sizeof(float), stream, du, (const float*)dout,
+                   (const float*)r, (const float*)k, (const float*)v, N, H, D);
+}
