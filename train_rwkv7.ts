@@ -581,7 +581,12 @@ async function main() {
     throw new ConfigError(`WORLD_SIZE=${world}: multi-process training needs the NCCL/CPU collectives, which have not landed yet; run one process`);
   }
   const master = rank === 0;
-  const be = Backend.open({ name: a.backend || undefined });
+  let be: Backend;
+  try {
+    be = Backend.open({ name: a.backend || undefined });
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
   const seed = a.random_seed !== -1 ? a.random_seed : Math.floor(Math.random() * 2 ** 31);
   const B = a.device_bsz, T = a.sequence_length;
   const valSteps = a.val_tokens / (B * T * world);
