@@ -40,33 +40,60 @@ function layout(c: G) {
   };
 }
 
+/** Operand element type: mn_gemm_bf16 (bf16 bits) or mn_gemm_f32 (C is then always fp32). */
+type Op = "bf16" | "f32";
+
 interface Data {
-  A: Uint16Array;
-  B: Uint16Array;
+  /** bf16 bits for mn_gemm_bf16, fp32 values for mn_gemm_f32 */
+  A: Uint16Array | Float32Array;
+  B: Uint16Array | Float32Array;
   /** the initial C (fp32, or bf16 bits when cbf16), or null: C starts poisoned (NaN), beta = 0 */
   C0: Float32Array | Uint16Array | null;
 }
 
-function draw(c: G, rng: Rng): Data {
+function draw(c: G, rng: Rng, op: Op = "bf16"): Data {
   const L = layout(c);
-  const A = f32ToBf16(rng.normal(L.sizeA));
-  const B = f32ToBf16(rng.normal(L.sizeB));
+  const A = op === "bf16" ? f32ToBf16(rng.normal(L.sizeA)) : rng.normal(L.sizeA);
+  const B = op === "bf16" ? f32ToBf16(rng.normal(L.sizeB)) : rng.normal(L.sizeB);
   let C0: Float32Array | Uint16Array | null = null;
   if (c.beta !== 0) C0 = c.cbf16 ? f32ToBf16(rng.normal(L.sizeC)) : rng.normal(L.sizeC);
   return { A, B, C0 };
 }
 
-function runGemm(be: Backend, c: G, d: Data): Float32Array {
+function runGemm(be: Backend, c: G, d: Data, op: Op = "bf16"): Float32Array {
   const L = layout(c);
   const cdt = c.cbf16 ? "bf16" : "f32";
   const res = withTensors(
     be,
     {
-      A: { data: d.A, shape: [L.sizeA], dtype: "bf16" },
-      B: { data: d.B, shape: [L.sizeB], dtype: "bf16" },
+      A: { data: d.A, shape: [L.sizeA], dtype: op },
+      B: { data: d.B, shape: [L.sizeB], dtype: op },
     },
     { C: d.C0 ? { shape: [L.sizeC], dtype: cdt, init: d.C0 } : { shape: [L.sizeC], dtype: cdt } },
     (t) => {
+      if (op === "f32") {
+        be.k.mn_gemm_f32(
+          c.ta,
+          c.tb,
+          c.M,
+          c.N,
+          c.K,
+          c.alpha,
+          t.A.ptr,
+          L.lda,
+          BigInt(L.strideA),
+          t.B.ptr,
+          L.ldb,
+          BigInt(L.strideB),
+          c.beta,
+          t.C.ptr,
+          L.ldc,
+          BigInt(L.strideC),
+          c.batch,
+          be.stream,
+        );
+        return;
+      }
       be.k.mn_gemm_bf16(
         c.ta,
         c.tb,
@@ -94,13 +121,14 @@ function runGemm(be: Backend, c: G, d: Data): Float32Array {
 }
 
 /**
- * float64 GEMM of the same bf16 inputs over the whole C buffer: written elements get
+ * float64 GEMM of the same inputs (bf16 or fp32) over the whole C buffer: written elements get
  * alpha * op(A) @ op(B) + beta * C0 (exact, not rounded to the output dtype); the padding between
  * rows and between batch items keeps C0 (NaN where C started poisoned).
  */
 function refGemm(c: G, d: Data): Float64Array {
   const L = layout(c);
-  const A = bf16ToF32(d.A), B = bf16ToF32(d.B);
+  const wide = (x: Uint16Array | Float32Array) => x instanceof Uint16Array ? bf16ToF32(x) : x;
+  const A = wide(d.A), B = wide(d.B);
   const C0 = d.C0 ? (c.cbf16 ? bf16ToF32(d.C0 as Uint16Array) : d.C0 as Float32Array) : null;
   const out = new Float64Array(L.sizeC).fill(NaN);
   if (C0) out.set(C0);
@@ -198,6 +226,47 @@ Deno.test("gemm_bf16: cpu matches a float64 matmul of the same bf16 inputs", () 
   });
 });
 
+// ---- mn_gemm_f32: the same shape table (every config, C forced to fp32), fp32 operands ----------
+// Error model: the operands are arbitrary fp32 values now, so each product rounds too (relative
+// 2^-24, a random walk like the additions'); the sum's error stays of the accErr size, which is
+// ~16x the typical size and still ~1e-6 sqrt(K) relative to |C|.
+const GEMM_F32_CONFIGS: G[] = [...F32_CONFIGS, ...BF16_CONFIGS].map((c) => ({ ...c, cbf16: 0 }));
+
+checkKernel({
+  name: "gemm_f32",
+  configs: GEMM_F32_CONFIGS,
+  tol: { atol: accErr(maxK(GEMM_F32_CONFIGS), maxAlpha(GEMM_F32_CONFIGS)), rtol: 1e-5 },
+  label,
+  run: (be, c, rng) => ({ C: runGemm(be, c, draw(c, rng, "f32"), "f32") }),
+});
+
+Deno.test("gemm_f32: cpu matches a float64 matmul of the same fp32 inputs", () => {
+  const be = backend("cpu");
+  GEMM_F32_CONFIGS.forEach((c, i) => {
+    const d = draw(c, new Rng(SEED + 200 + i), "f32");
+    const got = runGemm(be, c, d, "f32");
+    compare(`gemm_f32 ${label(c)} (cpu vs float64)`, got, refGemm(c, d), {
+      atol: accErr(c.K, Math.abs(c.alpha)),
+      rtol: 1e-6,
+    });
+  });
+});
+
+Deno.test("gemm_f32: operands are not rounded to bf16 (cpu, emu)", () => {
+  // 1 + 2^-20 has no bf16 representation (8 significant bits): squared with K = 1 it gives
+  // 1 + 2^-19 (+ 2^-40, lost in fp32), where a bf16 rounding of the operands would give exactly 1.
+  const x = 1 + 2 ** -20;
+  const c: G = { M: 1, N: 1, K: 1, ta: 0, tb: 0, batch: 1, alpha: 1, beta: 0, cbf16: 0, pad: 0 };
+  for (const name of ["cpu", "emu"] as const) {
+    const got = runGemm(backend(name), c, {
+      A: new Float32Array([x]),
+      B: new Float32Array([x]),
+      C0: null,
+    }, "f32");
+    assert.equal(got[0], 1 + 2 ** -19, name);
+  }
+});
+
 Deno.test("gemm_bf16: bf16 output is the round-to-nearest-even of the fp32 result", () => {
   // K = 1, alpha = 1: a*b of two 8-bit significands is exact in fp32, so the bf16 output must be
   // exactly RNE(a*b) (the host f32ToBf16 is checked against RNE in cast_test.ts). Cases: round
@@ -273,12 +342,44 @@ Deno.test("gemm_bf16: providers and argument checks", () => {
           batch,
           be.stream,
         );
-      call(0, 4, 4, 4, 4, 4); // valid
-      assert.throws(() => call(0, 4, 4, 4, 3, 4), /lda=3/);
-      assert.throws(() => call(1, 5, 4, 4, 4, 4), /lda=4/); // A stored [K, M] needs lda >= M
-      assert.throws(() => call(0, 4, 4, 4, 4, 3), /ldc=3/);
-      assert.throws(() => call(0, 0, 4, 4, 4, 4), /bad sizes/);
-      assert.throws(() => call(0, 2, 2, 2, 2, 2, 2, 0n), /stride_c=0/);
+      const callF32 = (
+        ta: number,
+        M: number,
+        N: number,
+        K: number,
+        lda: number,
+        ldc: number,
+        batch = 1,
+        sc = 0n,
+      ) =>
+        be.k.mn_gemm_f32(
+          ta,
+          0,
+          M,
+          N,
+          K,
+          1,
+          cz.ptr,
+          lda,
+          0n,
+          cz.ptr,
+          N,
+          0n,
+          0,
+          cz.ptr,
+          ldc,
+          sc,
+          batch,
+          be.stream,
+        );
+      for (const [f, fn] of [[call, "gemm"], [callF32, "gemm_f32"]] as const) {
+        f(0, 4, 4, 4, 4, 4); // valid
+        assert.throws(() => f(0, 4, 4, 4, 3, 4), new RegExp(`${fn}: lda=3`));
+        assert.throws(() => f(1, 5, 4, 4, 4, 4), /lda=4/); // A stored [K, M] needs lda >= M
+        assert.throws(() => f(0, 4, 4, 4, 4, 3), /ldc=3/);
+        assert.throws(() => f(0, 0, 4, 4, 4, 4), /bad sizes/);
+        assert.throws(() => f(0, 2, 2, 2, 2, 2, 2, 0n), /stride_c=0/);
+      }
     } finally {
       be.free(z);
       be.free(cz);

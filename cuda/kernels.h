@@ -56,6 +56,11 @@ MN_API int mn_gemm_provider(char* host_buf, int len); /* "cublas", "tiled-kernel
 MN_API int mn_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alpha, mn_bf16* A,
                         int lda, int64_t stride_a, mn_bf16* B, int ldb, int64_t stride_b, float beta,
                         void* C, int ldc, int64_t stride_c, int c_bf16, int batch, void* stream);
+/* Same semantics as mn_gemm_bf16 with fp32 A and B and an fp32 C (for exact-precision tests and
+ * fp32 matmuls): fp32 arithmetic throughout (cuBLAS CUBLAS_COMPUTE_32F_PEDANTIC, no TF32). */
+MN_API int mn_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alpha, float* A,
+                       int lda, int64_t stride_a, float* B, int ldb, int64_t stride_b, float beta,
+                       float* C, int ldc, int64_t stride_c, int batch, void* stream);
 
 /* ---- cast (cast.cu) ------------------------------------------------------------------------ */
 MN_API int mn_cast_f32_to_bf16(mn_bf16* out, float* inp, int64_t n, void* stream); /* RNE */
@@ -199,5 +204,13 @@ MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* 
                              float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                              mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
                              void* stream);
+/* The recompute structure with fp32 inputs r, w, k, v, a, b (otherwise exactly mn_wkv7g_*): an
+ * exact-fp32 path for tests (finite differences of a whole model need unrounded inputs). */
+MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
+                                float* a, float* b, int B, int T, int H, int N, void* stream);
+MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                                 float* dy, float* r, float* w, float* k, float* v, float* a,
+                                 float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                                 void* stream);
 
 #endif /* MN_KERNELS_H */

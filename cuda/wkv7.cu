@@ -11,6 +11,7 @@
 //   S_{t-1} = (S_t - v k^T - sa b^T) diag(1/d)) and row i / column i of G = dL/dS_t.
 // - recompute (mn_wkv7g_*): same forward; backward re-runs each 16-step chunk forward from its
 //   checkpoint into a scratch buffer and reads S_{t-1}, S_t back from it (no inversion).
+//   mn_wkv7g_*_f32 are the same kernels instantiated for fp32 inputs (template parameter TI).
 //
 // Checkpoint convention (shared with cuda/cpu/wkv7.cpp): chunk c = steps 16c .. 16c+15;
 //   s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j], i.e. the state at the END of chunk c, stored
@@ -25,6 +26,11 @@ constexpr int WKV7G_STATES = WKV7_CHUNK + 1;  // S_{16c-1} .. S_{16c+15} in the 
 __host__ __device__ inline float wkv7_decay(float w) { return expf(-expf(w)); }
 // d(decay)/dw for decay d = exp(-exp(w))
 __host__ __device__ inline float wkv7_ddecay_dw(float w, float d) { return -expf(w) * d; }
+
+// Inputs r, w, k, v, a, b are bf16 (mn_wkv7_*, mn_wkv7g_*) or fp32 (mn_wkv7g_*_f32); the kernels
+// are templated on that element type TI and read it only through these.
+__device__ inline float load_input(const bf16* p, int64_t i) { return mn_bf16_to_f32(p[i]); }
+__device__ inline float load_input(const float* p, int64_t i) { return p[i]; }
 
 __device__ inline int64_t wkv7_index(int b, int t, int h, int i, int T, int H, int N) {
   return (((int64_t)b * T + t) * H + h) * N + i;
@@ -110,16 +116,17 @@ __device__ inline void wkv7_grad_step(const float (&sc)[N], float (&grow)[N], fl
 // Loads step t's inputs: own values into `o`, and the staged copies for the block. Two barriers:
 // nobody still reads the previous step's stage when it is overwritten, and all of it is written
 // before anyone reads it.
+template <typename TI>
 __device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int64_t ind,
-                                  const bf16* r_, const bf16* w_, const bf16* k_, const bf16* v_,
-                                  const bf16* a_, const bf16* b_, const float* dy_) {
-  o.r = mn_bf16_to_f32(r_[ind]);
-  o.w = mn_bf16_to_f32(w_[ind]);
+                                  const TI* r_, const TI* w_, const TI* k_, const TI* v_,
+                                  const TI* a_, const TI* b_, const float* dy_) {
+  o.r = load_input(r_, ind);
+  o.w = load_input(w_, ind);
   o.d = wkv7_decay(o.w);
-  o.k = mn_bf16_to_f32(k_[ind]);
-  o.v = mn_bf16_to_f32(v_[ind]);
-  o.a = mn_bf16_to_f32(a_[ind]);
-  o.b = mn_bf16_to_f32(b_[ind]);
+  o.k = load_input(k_, ind);
+  o.v = load_input(v_, ind);
+  o.a = load_input(a_, ind);
+  o.b = load_input(b_, ind);
   o.dy = dy_[ind];
   __syncthreads();
   s.r[i] = o.r;
@@ -134,11 +141,10 @@ __device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int64_t
 // ---- kernels ----------------------------------------------------------------------------------
 // grid (H, B), block N. Writes y [B,T,H,N], s_ckpt [B,H,T/16,N,N] (see the convention above) and,
 // when sa_out != nullptr, sa [B,T,H,N].
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
-    wkv7_forward_kernel(float* y, float* s_ckpt, float* sa_out, const bf16* r_, const bf16* w_,
-                        const bf16* k_, const bf16* v_, const bf16* a_, const bf16* b_, int T,
-                        int H) {
+    wkv7_forward_kernel(float* y, float* s_ckpt, float* sa_out, const TI* r_, const TI* w_,
+                        const TI* k_, const TI* v_, const TI* a_, const TI* b_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float r[N], d[N], k[N], a[N], b[N];
   float s[N];  // row i of S
@@ -148,10 +154,10 @@ __global__ void __launch_bounds__(N)
 
   for (int t = 0; t < T; t++) {
     const int64_t ind = wkv7_index(bb, t, h, i, T, H, N);
-    const float vi = mn_bf16_to_f32(v_[ind]);
-    const float ri = mn_bf16_to_f32(r_[ind]), di = wkv7_decay(mn_bf16_to_f32(w_[ind]));
-    const float ki = mn_bf16_to_f32(k_[ind]), ai = mn_bf16_to_f32(a_[ind]);
-    const float bi = mn_bf16_to_f32(b_[ind]);
+    const float vi = load_input(v_, ind);
+    const float ri = load_input(r_, ind), di = wkv7_decay(load_input(w_, ind));
+    const float ki = load_input(k_, ind), ai = load_input(a_, ind);
+    const float bi = load_input(b_, ind);
     __syncthreads();  // the previous step's readers are done
     r[i] = ri;
     d[i] = di;
@@ -215,11 +221,11 @@ __global__ void __launch_bounds__(N)
 
 // Recompute backward. grid (H, B), block N. ws: scratch [B,H,17,N,N],
 // ws[b][h][m][i][j] = S_{16c-1+m}[i][j] for the chunk c in progress (value index i first).
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
     wkv7g_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
-                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
-                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
+                          const float* dy_, const TI* r_, const TI* w_, const TI* k_,
+                          const TI* v_, const TI* a_, const TI* b_, const float* s_ckpt,
                           float* ws, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
@@ -250,9 +256,9 @@ __global__ void __launch_bounds__(N)
       for (int j = 0; j < N; j++) row[j] = s[j];
       for (int m = 0; m < WKV7_CHUNK; m++) {
         const int64_t ind = wkv7_index(bb, c * WKV7_CHUNK + m, h, i, T, H, N);
-        const float vi = mn_bf16_to_f32(v_[ind]), di = wkv7_decay(mn_bf16_to_f32(w_[ind]));
-        const float ki = mn_bf16_to_f32(k_[ind]), ai = mn_bf16_to_f32(a_[ind]);
-        const float bi = mn_bf16_to_f32(b_[ind]);
+        const float vi = load_input(v_, ind), di = wkv7_decay(load_input(w_, ind));
+        const float ki = load_input(k_, ind), ai = load_input(a_, ind);
+        const float bi = load_input(b_, ind);
         __syncthreads();
         d[i] = di;
         k[i] = ki;
@@ -300,13 +306,16 @@ int wkv7_check(const char* fn, int B, int T, int H, int N) {
   return 0;
 }
 
-template <int N>
-int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, mn_bf16* r,
-                        mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
-                        int H, void* stream) {
-  return mn_launch(name, wkv7_forward_kernel<N>, dim3(H, B), dim3(N), 0, stream, y, s_ckpt, sa,
-                   (const bf16*)r, (const bf16*)w, (const bf16*)k, (const bf16*)v,
-                   (const bf16*)a, (const bf16*)b, T, H);
+// The device element type of an ABI input pointer.
+inline const bf16* dev_input(const mn_bf16* p) { return (const bf16*)p; }
+inline const float* dev_input(const float* p) { return p; }
+
+template <int N, typename TI>
+int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, const TI* r,
+                        const TI* w, const TI* k, const TI* v, const TI* a, const TI* b, int B,
+                        int T, int H, void* stream) {
+  return mn_launch(name, wkv7_forward_kernel<N, TI>, dim3(H, B), dim3(N), 0, stream, y, s_ckpt, sa,
+                   r, w, k, v, a, b, T, H);
 }
 
 template <int N>
@@ -319,24 +328,24 @@ int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, 
                    (const float*)s_ckpt, (const float*)sa, T, H);
 }
 
-template <int N>
-int wkv7g_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
-                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
-                          mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H,
+template <int N, typename TI>
+int wkv7g_backward_launch(const char* name, float* dr, float* dw, float* dk, float* dv, float* da,
+                          float* db, float* dy, const TI* r, const TI* w, const TI* k, const TI* v,
+                          const TI* a, const TI* b, float* s_ckpt, float* ws, int B, int T, int H,
                           void* stream) {
-  return mn_launch("wkv7g_backward", wkv7g_backward_kernel<N>, dim3(H, B), dim3(N), 0, stream,
-                   dr, dw, dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
-                   (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
-                   (const float*)s_ckpt, ws, T, H);
+  return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), dim3(N), 0, stream, dr, dw, dk,
+                   dv, da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
 }
 
-int wkv7_forward_common(const char* name, float* y, float* s_ckpt, float* sa, mn_bf16* r,
-                        mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
-                        int H, int N, void* stream) {
+// TA: the ABI input type (mn_bf16 or float).
+template <typename TA>
+int wkv7_forward_common(const char* name, float* y, float* s_ckpt, float* sa, TA* r, TA* w, TA* k,
+                        TA* v, TA* a, TA* b, int B, int T, int H, int N, void* stream) {
   if (int rc = wkv7_check(name, B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && r && w && k && v && a && b, "%s: NULL tensor argument", name);
-#define MN_WKV7_FWD(NN) \
-  return wkv7_forward_launch<NN>(name, y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, stream)
+#define MN_WKV7_FWD(NN)                                                                          \
+  return wkv7_forward_launch<NN>(name, y, s_ckpt, sa, dev_input(r), dev_input(w), dev_input(k), \
+                                 dev_input(v), dev_input(a), dev_input(b), B, T, H, stream)
   switch (N) {
     case 16: MN_WKV7_FWD(16);
     case 32: MN_WKV7_FWD(32);
@@ -344,6 +353,26 @@ int wkv7_forward_common(const char* name, float* y, float* s_ckpt, float* sa, mn
     default: MN_WKV7_FWD(128);
   }
 #undef MN_WKV7_FWD
+}
+
+template <typename TA>
+int wkv7g_backward_common(const char* name, float* dr, float* dw, float* dk, float* dv, float* da,
+                          float* db, float* dy, TA* r, TA* w, TA* k, TA* v, TA* a, TA* b,
+                          float* s_ckpt, float* ws, int B, int T, int H, int N, void* stream) {
+  if (int rc = wkv7_check(name, B, T, H, N)) return rc;
+  MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && ws,
+             "%s: NULL tensor argument", name);
+#define MN_WKV7G_BWD(NN)                                                                       \
+  return wkv7g_backward_launch<NN>(name, dr, dw, dk, dv, da, db, dy, dev_input(r), dev_input(w), \
+                                   dev_input(k), dev_input(v), dev_input(a), dev_input(b),     \
+                                   s_ckpt, ws, B, T, H, stream)
+  switch (N) {
+    case 16: MN_WKV7G_BWD(16);
+    case 32: MN_WKV7G_BWD(32);
+    case 64: MN_WKV7G_BWD(64);
+    default: MN_WKV7G_BWD(128);
+  }
+#undef MN_WKV7G_BWD
 }
 
 }  // namespace
@@ -378,25 +407,28 @@ MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* d
 MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
                             mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
                             void* stream) {
-  return wkv7_forward_common("wkv7g_forward", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N,
-                             stream);
+  return wkv7_forward_common("wkv7g_forward", y, s_ckpt, (float*)nullptr, r, w, k, v, a, b, B, T,
+                             H, N, stream);
 }
 
 MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                              float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                              mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
                              void* stream) {
-  if (int rc = wkv7_check("wkv7g_backward", B, T, H, N)) return rc;
-  MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && ws,
-             "wkv7g_backward: NULL tensor argument");
-#define MN_WKV7G_BWD(NN)                                                                         \
-  return wkv7g_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, ws, B, \
-                                   T, H, stream)
-  switch (N) {
-    case 16: MN_WKV7G_BWD(16);
-    case 32: MN_WKV7G_BWD(32);
-    case 64: MN_WKV7G_BWD(64);
-    default: MN_WKV7G_BWD(128);
-  }
-#undef MN_WKV7G_BWD
+  return wkv7g_backward_common("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b,
+                               s_ckpt, ws, B, T, H, N, stream);
+}
+
+MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
+                                float* a, float* b, int B, int T, int H, int N, void* stream) {
+  return wkv7_forward_common("wkv7g_forward_f32", y, s_ckpt, (float*)nullptr, r, w, k, v, a, b, B,
+                             T, H, N, stream);
+}
+
+MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                                 float* dy, float* r, float* w, float* k, float* v, float* a,
+                                 float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                                 void* stream) {
+  return wkv7g_backward_common("wkv7g_backward_f32", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b,
+                               s_ckpt, ws, B, T, H, N, stream);
 }

@@ -35,6 +35,8 @@ const INPUTS = ["r", "w", "k", "v", "a", "b"] as const;
 const GRADS = ["dr", "dw", "dk", "dv", "da", "db"] as const;
 type InputName = typeof INPUTS[number];
 type Inputs = Record<InputName, Uint16Array> & { dy: Float32Array };
+/** fp32 inputs of mn_wkv7g_*_f32 (not rounded to bf16) */
+type InputsF32 = Record<InputName, Float32Array> & { dy: Float32Array };
 
 const numel = ({ B, T, H, N }: Shape) => B * T * H * N;
 const label = (s: Shape, kind?: string) =>
@@ -45,14 +47,14 @@ const softplus = (z: number) => (z > 0 ? z + Math.log1p(Math.exp(-z)) : Math.log
 /**
  * Inputs as the model makes them ("model": w = -softplus(-x) - 0.5 so d in (0.545, 1); a = -kk,
  * b = kk * alpha with kk L2-normalised per head and alpha in (0, 1)), or independent random ones
- * with small magnitudes ("random"; w uniform in wRange). All rounded to bf16; dy fp32.
+ * with small magnitudes ("random"; w uniform in wRange). All fp32 (see makeInputs for bf16).
  */
-function makeInputs(
+function makeInputsF32(
   rng: Rng,
   s: Shape,
   kind: Kind,
   wRange: [number, number] = [-2.5, -0.5],
-): Inputs {
+): InputsF32 {
   const n = numel(s), N = s.N;
   let r: Float32Array,
     w: Float32Array,
@@ -83,14 +85,25 @@ function makeInputs(
     a = rng.uniform(n, -1 / Math.sqrt(N), 1 / Math.sqrt(N));
     b = rng.uniform(n, -1 / Math.sqrt(N), 1 / Math.sqrt(N));
   }
+  return { r, w, k, v, a, b, dy: rng.normal(n) };
+}
+
+/** makeInputsF32 with r, w, k, v, a, b rounded to bf16; dy stays fp32. */
+function makeInputs(
+  rng: Rng,
+  s: Shape,
+  kind: Kind,
+  wRange: [number, number] = [-2.5, -0.5],
+): Inputs {
+  const x = makeInputsF32(rng, s, kind, wRange);
   return {
-    r: f32ToBf16(r),
-    w: f32ToBf16(w),
-    k: f32ToBf16(k),
-    v: f32ToBf16(v),
-    a: f32ToBf16(a),
-    b: f32ToBf16(b),
-    dy: rng.normal(n),
+    r: f32ToBf16(x.r),
+    w: f32ToBf16(x.w),
+    k: f32ToBf16(x.k),
+    v: f32ToBf16(x.v),
+    a: f32ToBf16(x.a),
+    b: f32ToBf16(x.b),
+    dy: x.dy,
   };
 }
 
@@ -155,6 +168,45 @@ function runWkv(
   return out;
 }
 
+/** mn_wkv7g_forward_f32 then mn_wkv7g_backward_f32 on `be`; gradients start from `gradInit`. */
+function runWkvF32(
+  be: Backend,
+  s: Shape,
+  x: InputsF32,
+  gradInit: Float32Array[],
+): Record<string, Float32Array> {
+  const { B, T, H, N } = s, shp = [B, T, H, N];
+  const inputs: Record<string, { data: Float32Array; shape: number[] }> = {
+    dy: { data: x.dy, shape: shp },
+  };
+  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp };
+  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
+    y: { shape: shp },
+    s_ckpt: { shape: [B, H, T / CHUNK, N, N] },
+    ws: { shape: [B, H, CHUNK + 1, N, N] },
+  };
+  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: gradInit[i] }));
+  const res = withTensors(be, inputs, outputs, (t) => {
+    const ins = [t.r.ptr, t.w.ptr, t.k.ptr, t.v.ptr, t.a.ptr, t.b.ptr] as const;
+    be.k.mn_wkv7g_forward_f32(t.y.ptr, t.s_ckpt.ptr, ...ins, B, T, H, N, be.stream);
+    be.k.mn_wkv7g_backward_f32(
+      ...GRADS.map((g) => t[g].ptr),
+      t.dy.ptr,
+      ...ins,
+      t.s_ckpt.ptr,
+      t.ws.ptr,
+      B,
+      T,
+      H,
+      N,
+      be.stream,
+    );
+  });
+  const out = res as Record<string, Float32Array>;
+  delete out.ws;
+  return out;
+}
+
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
   for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
@@ -175,6 +227,11 @@ type F64Inputs = Record<InputName, Float64Array>;
 const toF64 = (x: Inputs): F64Inputs => {
   const o = {} as F64Inputs;
   for (const name of INPUTS) o[name] = Float64Array.from(bf16ToF32(x[name]));
+  return o;
+};
+const f32ToF64 = (x: InputsF32): F64Inputs => {
+  const o = {} as F64Inputs;
+  for (const name of INPUTS) o[name] = Float64Array.from(x[name]);
   return o;
 };
 
@@ -419,6 +476,68 @@ Deno.test("wkv7: T=1024 N=64 precision of both structures vs float64 (emu, cpu)"
   }
 });
 
+// ---- e) the fp32-input recompute structure (mn_wkv7g_*_f32) ---------------------------------------
+// Same kernels as mn_wkv7g_* with fp32 inputs, so the same error model and tolerances: emu vs cpu
+// REL.wkv7g (the fp32 state vs double), with the gradients accumulated onto non-zero values.
+const F32_SHAPES: Shape[] = [SHAPES[0], SHAPES[1]];
+for (const tgt of targets()) {
+  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
+  Deno.test({
+    name: `wkv7g_f32 forward+backward: ${tname} vs cpu`,
+    ignore: !tgt.run,
+    fn() {
+      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
+      const worst: Record<string, number> = {};
+      F32_SHAPES.forEach((s, si) => {
+        KINDS.forEach((kind, ki) => {
+          const rng = new Rng(SEED + 500 + 10 * si + ki);
+          const x = makeInputsF32(rng, s, kind, W_RANGE.wkv7g);
+          const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+          const want = runWkvF32(ref, s, x, init);
+          const got = runWkvF32(be, s, x, init);
+          for (const key of Object.keys(want)) {
+            const gi = (GRADS as readonly string[]).indexOf(key);
+            const w = gi >= 0 ? want[key].map((z, i) => z - init[gi][i]) : want[key];
+            const g = gi >= 0 ? got[key].map((z, i) => z - init[gi][i]) : got[key];
+            const rel = gi >= 0 ? REL.wkv7g.bwd : REL.wkv7g.fwd;
+            worst[key] = Math.max(worst[key] ?? 0, relErr(g, w));
+            compareRel(`wkv7g_f32 ${label(s, kind)} ${key} (${tname} vs cpu)`, g, w, rel);
+          }
+        });
+      });
+      console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmt(worst));
+    },
+  });
+}
+
+// cpu f32 vs the float64 TS recurrence on the SAME fp32 values (gradients from zero): cpu works in
+// double and stores fp32, so only that final rounding (<= 2^-24 relative per element, hence
+// normwise) separates them: 2e-7 (~3 ulps). A bf16 rounding of the inputs anywhere would cost
+// ~2^-9 and fail. Finite differences of the float64 forward (h = 1e-5): truncation ~h^2 f(3)/6,
+// ~1e-10 relative, and cancellation ~1e-16 |L| / h, ~1e-11 |L|: far below the fp32 storage, so
+// the same 2e-7.
+Deno.test("wkv7g_f32: cpu vs float64 recurrence and finite differences (exact fp32 inputs)", () => {
+  const be = backend("cpu");
+  const s: Shape = { B: 1, T: 32, H: 1, N: 16 };
+  for (const kind of ["model", "random"] as Kind[]) {
+    const rng = new Rng(SEED + 600 + (kind === "model" ? 0 : 1));
+    const x = makeInputsF32(rng, s, kind, [-2.5, 1]);
+    const xf = f32ToF64(x);
+    const ref = f64Forward(s, xf, true);
+    const refGrads = f64Backward(s, xf, x.dy);
+    const got = runWkvF32(be, s, x, GRADS.map(() => new Float32Array(numel(s))));
+    compareRel(`cpu f32 y ${kind}`, got.y, ref.y, 2e-7);
+    compareRel(`cpu f32 s_ckpt ${kind}`, got.s_ckpt, ckptFromStates(s, ref.states), 2e-7);
+    INPUTS.forEach((name, gi) => {
+      const g = GRADS[gi];
+      compareRel(`cpu f32 ${g} vs float64 backward (${kind})`, got[g], refGrads[gi], 2e-7);
+      const f = (z: Float64Array) => f64Forward(s, { ...xf, [name]: z }).y;
+      const num = numericalGrad(f, Float64Array.from(xf[name]), x.dy, 1e-5);
+      compareRel(`cpu f32 ${g} vs finite differences (${kind})`, got[g], num, 2e-7);
+    });
+  }
+});
+
 // ---- d) accumulation and argument checks ------------------------------------------------------
 for (const name of ["cpu", "emu", "cuda"] as const) {
   Deno.test({
@@ -495,6 +614,41 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
       assert.throws(
         () => be.k.mn_wkv7_forward(y, ck, null, i, i, i, i, i, i, 1, 16, 1, 16, null),
         /NULL/,
+      );
+      // the f32 entry points: same checks, their own names in the messages
+      assert.throws(
+        () => be.k.mn_wkv7g_forward_f32(y, ck, g, g, g, g, g, g, 1, 24, 1, 16, null),
+        /wkv7g_forward_f32: T = 24 is not a multiple/,
+      );
+      assert.throws(
+        () => be.k.mn_wkv7g_forward_f32(y, ck, g, g, g, g, null, g, 1, 16, 1, 16, null),
+        /wkv7g_forward_f32: NULL/,
+      );
+      assert.throws(
+        () =>
+          be.k.mn_wkv7g_backward_f32(
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            ck,
+            sa,
+            1,
+            16,
+            1,
+            48,
+            null,
+          ),
+        /wkv7g_backward_f32: head size N = 48/,
       );
       assert.throws(
         () =>

@@ -4,7 +4,8 @@
 // Forward: a naive recurrence that keeps every S_t. Backward: recomputes the forward in double from
 // the inputs (it does not read s_ckpt / sa / ws) and runs the textbook reverse pass with the full
 // matrix G_t = dL/dS_t. The backstepping (mn_wkv7_*) and recompute (mn_wkv7g_*) entry points are
-// the same math here; s_ckpt and sa are filled with the same meaning as the CUDA kernels:
+// the same math here; mn_wkv7g_*_f32 read fp32 inputs instead of bf16 (templated input loading);
+// s_ckpt and sa are filled with the same meaning as the CUDA kernels:
 //   s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j] (end of chunk c, transposed);
 //   sa[b][t][h][i] = sa_t[i].
 #include <vector>
@@ -30,6 +31,11 @@ bool parallel_worth_it(int B, int T, int H, int N) {
   return B * H > 1 && (int64_t)B * H * T * N * N >= (1 << 22);
 }
 
+// Inputs are bf16 (mn_wkv7_*, mn_wkv7g_*) or fp32 (mn_wkv7g_*_f32): the only difference is how
+// one element is read, so everything below is templated on the input type and uses this.
+inline double load_input(const mn_bf16* p, int64_t i) { return bf16_to_f32(p[i]); }
+inline double load_input(const float* p, int64_t i) { return p[i]; }
+
 // One (batch, head) slice of the inputs, converted to double; x[t*N + i].
 struct Head {
   int T, N;
@@ -40,19 +46,20 @@ struct Head {
   Head(int T_, int N_) : T(T_), N(N_) {
     for (auto* x : {&r, &d, &k, &v, &a, &b, &w}) x->assign((size_t)T * N, 0.0);
   }
-  void load(const mn_bf16* r_, const mn_bf16* w_, const mn_bf16* k_, const mn_bf16* v_,
-            const mn_bf16* a_, const mn_bf16* b_, int bb, int h, int H) {
+  template <typename TI>
+  void load(const TI* r_, const TI* w_, const TI* k_, const TI* v_, const TI* a_, const TI* b_,
+            int bb, int h, int H) {
     for (int t = 0; t < T; t++)
       for (int i = 0; i < N; i++) {
         const int64_t g = (((int64_t)bb * T + t) * H + h) * N + i;
         const size_t l = (size_t)t * N + i;
-        r[l] = bf16_to_f32(r_[g]);
-        w[l] = bf16_to_f32(w_[g]);
+        r[l] = load_input(r_, g);
+        w[l] = load_input(w_, g);
         d[l] = std::exp(-std::exp(w[l]));
-        k[l] = bf16_to_f32(k_[g]);
-        v[l] = bf16_to_f32(v_[g]);
-        a[l] = bf16_to_f32(a_[g]);
-        b[l] = bf16_to_f32(b_[g]);
+        k[l] = load_input(k_, g);
+        v[l] = load_input(v_, g);
+        a[l] = load_input(a_, g);
+        b[l] = load_input(b_, g);
       }
   }
   const double* state(int t) const { return S.data() + (size_t)(t + 1) * N * N; }  // S_t, t >= -1
@@ -81,8 +88,9 @@ struct Head {
   }
 };
 
-int forward(const char* fn, float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
-            mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N) {
+template <typename TI>
+int forward(const char* fn, float* y, float* s_ckpt, float* sa, const TI* r, const TI* w,
+            const TI* k, const TI* v, const TI* a, const TI* b, int B, int T, int H, int N) {
   if (int rc = check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && r && w && k && v && a && b, "%s: NULL tensor argument", fn);
   const int nc = T / CHUNK;
@@ -108,9 +116,10 @@ int forward(const char* fn, float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_b
   return 0;
 }
 
+template <typename TI>
 int backward(const char* fn, float* dr, float* dw, float* dk, float* dv, float* da, float* db,
-             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
-             int B, int T, int H, int N) {
+             const float* dy, const TI* r, const TI* w, const TI* k, const TI* v, const TI* a,
+             const TI* b, int B, int T, int H, int N) {
   if (int rc = check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b,
              "%s: NULL tensor argument", fn);
@@ -193,7 +202,7 @@ MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* d
 
 MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
                             mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N, void*) {
-  return forward("wkv7g_forward", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N);
+  return forward<mn_bf16>("wkv7g_forward", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N);
 }
 
 MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
@@ -203,4 +212,19 @@ MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* 
   if (int rc = check("wkv7g_backward", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && ws, "wkv7g_backward: NULL tensor argument");
   return backward("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N);
+}
+
+MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
+                                float* a, float* b, int B, int T, int H, int N, void*) {
+  return forward<float>("wkv7g_forward_f32", y, s_ckpt, nullptr, r, w, k, v, a, b, B, T, H, N);
+}
+
+MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                                 float* dy, float* r, float* w, float* k, float* v, float* a,
+                                 float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                                 void*) {
+  if (int rc = check("wkv7g_backward_f32", B, T, H, N)) return rc;
+  MN_REQUIRE(s_ckpt && ws, "wkv7g_backward_f32: NULL tensor argument");
+  return backward<float>("wkv7g_backward_f32", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T,
+                         H, N);
 }
