@@ -98,6 +98,12 @@ function rowsCols(v: Var): [number, number] {
 
 export class Graph {
   gradEnabled = true;
+  /**
+   * "bf16" (training): matmul operands and WKV-7 inputs rounded to bf16, fp32 accumulation, as
+   * autocast does. "f32": everything fp32 (and the wkv7g structure), for gradient checks whose
+   * finite differences would otherwise measure bf16 rounding.
+   */
+  precision: "bf16" | "f32" = "bf16";
   private tape: (() => void)[] = [];
   private live: Tensor[] = []; // this step's activations, returned to the pool by release()
   private pool: Pool;
@@ -403,6 +409,27 @@ export class Graph {
     return y;
   }
 
+  /** a matmul operand in this graph's precision (a parameter uses its cached bf16 shadow) */
+  private operand(v: Var): Tensor {
+    return this.precision === "f32" ? v.t : this.bf16Of(v);
+  }
+  /** an upstream gradient as a matmul operand */
+  private gradOperand(g: Tensor): Tensor {
+    if (this.precision === "f32") return g;
+    const t = this.out(g.shape, "dy.bf16", "bf16");
+    this.k.mn_cast_f32_to_bf16(t.ptr, g.ptr, g.n, this.s);
+    return t;
+  }
+  /** fp32 C = alpha op(A) op(B) + beta C with A, B in this graph's precision (see mn_gemm_bf16) */
+  private gemm(
+    ta: number, tb: number, M: number, N: number, K: number, alpha: number,
+    A: Deno.PointerValue, lda: number, sA: bigint, B: Deno.PointerValue, ldb: number, sB: bigint,
+    beta: number, C: Deno.PointerValue, ldc: number, sC: bigint, batch = 1,
+  ) {
+    if (this.precision === "f32") this.k.mn_gemm_f32(ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch, this.s);
+    else this.k.mn_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, 0, batch, this.s);
+  }
+
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
   private bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
@@ -422,24 +449,21 @@ export class Graph {
     if (bK !== K) {
       throw new Error(`matmul: [${a.shape.join(",")}] @ ${transB ? "T" : ""}[${b.shape.join(",")}]: inner sizes ${K} and ${bK} differ`);
     }
-    const ab = this.bf16Of(a), bb = this.bf16Of(b);
+    const ab = this.operand(a), bb = this.operand(b);
     const out = this.out([...a.shape.slice(0, -1), M], "matmul");
     const ldb = transB ? K : M;
-    this.k.mn_gemm_bf16(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n, 0, 1, this.s);
+    this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
     const y = new Var(out, this.needs(a, b));
     if (y.requiresGrad) {
       this.record(() => {
         if (y.g) {
-          const dy = this.out(y.shape, "dy.bf16", "bf16");
-          this.k.mn_cast_f32_to_bf16(dy.ptr, y.g.ptr, y.t.n, this.s);
+          const dy = this.gradOperand(y.g);
           // da[N,K] += dy[N,M] @ op(b)^T
-          if (a.requiresGrad) {
-            this.k.mn_gemm_bf16(0, transB ? 0 : 1, N, K, M, 1, dy.ptr, M, 0n, bb.ptr, ldb, 0n, 1, this.grad(a), K, 0n, 0, 1, this.s);
-          }
+          if (a.requiresGrad) this.gemm(0, transB ? 0 : 1, N, K, M, 1, dy.ptr, M, 0n, bb.ptr, ldb, 0n, 1, this.grad(a), K, 0n);
           // db += a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
           if (b.requiresGrad) {
-            if (transB) this.k.mn_gemm_bf16(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n, 0, 1, this.s);
-            else this.k.mn_gemm_bf16(1, 0, K, M, N, 1, ab.ptr, K, 0n, dy.ptr, M, 0n, 1, this.grad(b), M, 0n, 0, 1, this.s);
+            if (transB) this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
+            else this.gemm(1, 0, K, M, N, 1, ab.ptr, K, 0n, dy.ptr, M, 0n, 1, this.grad(b), M, 0n);
           }
         }
         this.dropGrad(y);
@@ -456,28 +480,27 @@ export class Graph {
     const [N, XC] = rowsCols(x);
     const [nb, D, C] = w.shape;
     if (XC !== nb * D) throw new Error(`blockMatmul: x has ${XC} columns, w needs ${nb}x${D}`);
-    const xb = this.bf16Of(x), wb = this.bf16Of(w);
+    const xb = this.operand(x), wb = this.operand(w);
     const outs: Var[] = [];
     const off = (t: Tensor, elems: number) => Deno.UnsafePointer.offset(t.ptr, elems * DTYPE_BYTES[t.dtype]);
     const all = this.out([nb, N, C], "blockMatmul");
-    this.k.mn_gemm_bf16(0, 0, N, C, D, 1, xb.ptr, XC, BigInt(D), wb.ptr, C, BigInt(D * C), 0, all.ptr, C, BigInt(N * C), 0, nb, this.s);
+    this.gemm(0, 0, N, C, D, 1, xb.ptr, XC, BigInt(D), wb.ptr, C, BigInt(D * C), 0, all.ptr, C, BigInt(N * C), nb);
     for (let i = 0; i < nb; i++) {
       const yi = new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w));
       outs.push(yi);
       if (!yi.requiresGrad) continue;
       this.record(() => {
         if (yi.g) {
-          const dy = this.out(yi.shape, "dy.bf16", "bf16");
-          this.k.mn_cast_f32_to_bf16(dy.ptr, yi.g.ptr, yi.t.n, this.s);
+          const dy = this.gradOperand(yi.g);
           if (x.requiresGrad) {
             // dx[:, iD:(i+1)D] += dy @ w[i]^T
             this.grad(x);
-            this.k.mn_gemm_bf16(0, 1, N, D, C, 1, dy.ptr, C, 0n, off(wb, i * D * C), C, 0n, 1, off(x.g!, i * D), XC, 0n, 0, 1, this.s);
+            this.gemm(0, 1, N, D, C, 1, dy.ptr, C, 0n, off(wb, i * D * C), C, 0n, 1, off(x.g!, i * D), XC, 0n);
           }
           if (w.requiresGrad) {
             // dw[i] += x[:, iD:(i+1)D]^T @ dy
             this.grad(w);
-            this.k.mn_gemm_bf16(1, 0, D, C, N, 1, off(xb, i * D), XC, 0n, dy.ptr, C, 0n, 1, off(w.g!, i * D * C), C, 0n, 0, 1, this.s);
+            this.gemm(1, 0, D, C, N, 1, off(xb, i * D), XC, 0n, dy.ptr, C, 0n, 1, off(w.g!, i * D * C), C, 0n);
           }
         }
         this.dropGrad(yi);
@@ -510,12 +533,15 @@ export class Graph {
     const [B, T, C] = r.shape;
     const N = C / H;
     for (const x of [w, k, v, a, b]) sameShape("wkv7", r.shape, x.shape);
-    const ins = [r, w, k, v, a, b].map((x) => this.bf16Of(x));
+    const f32 = this.precision === "f32"; // exact path: fp32 inputs, wkv7g structure
+    if (f32) kernel = "ref";
+    const ins = [r, w, k, v, a, b].map((x) => (f32 ? x.t : this.bf16Of(x)));
     const y = this.out(r.shape, "wkv7");
     const sCk = this.out([B, H, T / 16, N, N], "wkv7.s");
     const sa = kernel === "fast" ? this.out([B, T, H, N], "wkv7.sa") : null;
     const p = ins.map((t) => t.ptr);
     if (kernel === "fast") this.k.mn_wkv7_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
+    else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     const out = new Var(y, this.needs(r, w, k, v, a, b));
     if (out.requiresGrad) {
@@ -525,7 +551,8 @@ export class Graph {
           if (kernel === "fast") this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
           else {
             const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
-            this.k.mn_wkv7g_backward(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
+            if (f32) this.k.mn_wkv7g_backward_f32(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
+            else this.k.mn_wkv7g_backward(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
           }
         }
         this.dropGrad(out);
@@ -546,27 +573,25 @@ export class Graph {
     if (WC !== C) throw new Error(`lmHeadLoss: head is [${V},${WC}], x rows have ${C}`);
     if (targets.numel !== N) throw new Error(`lmHeadLoss: ${targets.numel} targets for ${N} rows`);
     const losses = this.out([N], "losses");
-    const xb = this.bf16Of(x), wb = this.bf16Of(W);
+    const xb = this.operand(x), wb = this.operand(W);
     const train = this.needs(x, W);
+    const f32 = this.precision === "f32";
     const rows = Math.min(chunkRows, N);
     const logits = this.pool.take([rows, V], "f32", "logits");
-    const dlb = train ? this.pool.take([rows, V], "bf16", "dlogits.bf16") : null;
+    const dlb = train && !f32 ? this.pool.take([rows, V], "bf16", "dlogits.bf16") : null;
     if (train && x.requiresGrad) this.grad(x);
     if (train && W.requiresGrad) this.grad(W);
     const rowOff = (t: Tensor, r: number, width: number) => Deno.UnsafePointer.offset(t.ptr, r * width * DTYPE_BYTES[t.dtype]);
     for (let r0 = 0; r0 < N; r0 += rows) {
       const n = Math.min(rows, N - r0);
-      this.k.mn_gemm_bf16(0, 1, n, V, C, 1, rowOff(xb, r0, C), C, 0n, wb.ptr, C, 0n, 0, logits.ptr, V, 0n, 0, 1, this.s);
+      this.gemm(0, 1, n, V, C, 1, rowOff(xb, r0, C), C, 0n, wb.ptr, C, 0n, 0, logits.ptr, V, 0n);
       const tgt = Deno.UnsafePointer.offset(targets.ptr, r0 * 4);
       this.k.mn_softcap_crossentropy(rowOff(losses, r0, 1), train ? logits.ptr : null, logits.ptr, tgt, n, V, softcap, lossScale / N, this.s);
       if (!train) continue;
-      this.k.mn_cast_f32_to_bf16(dlb!.ptr, logits.ptr, BigInt(n * V), this.s);
-      if (x.requiresGrad) {
-        this.k.mn_gemm_bf16(0, 0, n, C, V, 1, dlb!.ptr, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n, 0, 1, this.s);
-      }
-      if (W.requiresGrad) {
-        this.k.mn_gemm_bf16(1, 0, V, C, n, 1, dlb!.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, 1, W.g!.ptr, C, 0n, 0, 1, this.s);
-      }
+      const dl = f32 ? logits : dlb!;
+      if (!f32) this.k.mn_cast_f32_to_bf16(dlb!.ptr, logits.ptr, BigInt(n * V), this.s);
+      if (x.requiresGrad) this.gemm(0, 0, n, C, V, 1, dl.ptr, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n);
+      if (W.requiresGrad) this.gemm(1, 0, V, C, n, 1, dl.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, 1, W.g!.ptr, C, 0n);
     }
     this.pool.give(logits);
     if (dlb) this.pool.give(dlb);
