@@ -7,7 +7,12 @@ import { parseArgs } from "node:util";
 import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { Graph, Param, type Var } from "./cuda/autograd.ts";
-import { loadStateByName, readSafetensors, type StTensor, writeSafetensors } from "./cuda/safetensors.ts";
+import {
+  loadStateByName,
+  readSafetensors,
+  type StTensor,
+  writeSafetensors,
+} from "./cuda/safetensors.ts";
 
 // -----------------------------------------------------------------------------
 // flags: the original's (same names and defaults) then ours for small runs and tests
@@ -43,7 +48,9 @@ const BOOL_FLAGS = {
 } as const;
 
 function usage(): string {
-  const lines = Object.entries(FLAGS).map(([k, [d, h]]) => `  --${k.padEnd(16)} ${h} (default ${d || "none"})`);
+  const lines = Object.entries(FLAGS).map(([k, [d, h]]) =>
+    `  --${k.padEnd(16)} ${h} (default ${d || "none"})`
+  );
   for (const [k, h] of Object.entries(BOOL_FLAGS)) lines.push(`  --${k.padEnd(16)} ${h}`);
   return "usage: deno run -A train_rwkv7.ts [flags]\n" + lines.join("\n");
 }
@@ -54,7 +61,13 @@ export function parseFlags(argv: string[]) {
   for (const k of Object.keys(BOOL_FLAGS)) options[k] = { type: "boolean" };
   let values;
   try {
-    ({ values } = parseArgs({ args: argv, options, strict: true, allowPositionals: false, allowNegative: true }));
+    ({ values } = parseArgs({
+      args: argv,
+      options,
+      strict: true,
+      allowPositionals: false,
+      allowNegative: true,
+    }));
   } catch (e) {
     throw new ConfigError(`${(e as Error).message} (see --help)`);
   }
@@ -104,28 +117,44 @@ export function validate(a: Args, world: number) {
     throw new ConfigError(m);
   };
   if (a.wind_cuda) {
-    bad("--wind_cuda: the tensor-core WKV-7 kernel has not landed yet; use --fast_cuda (backstepping) or no flag (reference wkv7g)");
+    bad(
+      "--wind_cuda: the tensor-core WKV-7 kernel has not landed yet; use --fast_cuda (backstepping) or no flag (reference wkv7g)",
+    );
   }
-  if (![16, 32, 64, 128].includes(a.headsz)) bad(`--headsz ${a.headsz}: expected 16, 32, 64 or 128`);
-  if (a.n_embd <= 0 || a.n_embd % a.headsz) bad(`--headsz ${a.headsz} does not divide --n_embd ${a.n_embd}`);
+  if (![16, 32, 64, 128].includes(a.headsz)) {
+    bad(`--headsz ${a.headsz}: expected 16, 32, 64 or 128`);
+  }
+  if (a.n_embd <= 0 || a.n_embd % a.headsz) {
+    bad(`--headsz ${a.headsz} does not divide --n_embd ${a.n_embd}`);
+  }
   if (a.n_layer < 2) bad(`--n_layer ${a.n_layer}: RWKV-7's init needs at least 2 layers`);
-  if (a.sequence_length <= 0 || a.sequence_length % 16) bad(`--sequence_length ${a.sequence_length}: must be a positive multiple of 16 (WKV-7 chunks)`);
+  if (a.sequence_length <= 0 || a.sequence_length % 16) {
+    bad(`--sequence_length ${a.sequence_length}: must be a positive multiple of 16 (WKV-7 chunks)`);
+  }
   if (a.device_bsz <= 0) bad(`--device_bsz ${a.device_bsz}: must be positive`);
   if (a.bsz <= 0 || a.bsz % (a.device_bsz * world)) {
     bad(`--bsz ${a.bsz} is not divisible by --device_bsz ${a.device_bsz} x ${world} process(es)`);
   }
   const perStep = a.device_bsz * a.sequence_length * world;
   if (a.val_tokens <= 0 || a.val_tokens % perStep) {
-    bad(`--val_tokens ${a.val_tokens} is not divisible by device_bsz x sequence_length x world = ${perStep}`);
+    bad(
+      `--val_tokens ${a.val_tokens} is not divisible by device_bsz x sequence_length x world = ${perStep}`,
+    );
   }
   if (a.num_iterations < 0) bad(`--num_iterations ${a.num_iterations}: must be >= 0`);
   if (a.warmdown_iters < 0 || a.warmdown_iters > a.num_iterations) {
-    bad(`--warmdown_iters ${a.warmdown_iters}: must be in [0, num_iterations = ${a.num_iterations}]`);
+    bad(
+      `--warmdown_iters ${a.warmdown_iters}: must be in [0, num_iterations = ${a.num_iterations}]`,
+    );
   }
   if (a.vocab_size < 50257 && a.input_bin.includes("fineweb")) {
-    bad(`--vocab_size ${a.vocab_size} is smaller than GPT-2's 50257 tokens of --input_bin ${a.input_bin}`);
+    bad(
+      `--vocab_size ${a.vocab_size} is smaller than GPT-2's 50257 tokens of --input_bin ${a.input_bin}`,
+    );
   }
-  if (a.resume && a.init_from) bad("--resume and --init_from exclude each other (a checkpoint already has weights)");
+  if (a.resume && a.init_from) {
+    bad("--resume and --init_from exclude each other (a checkpoint already has weights)");
+  }
 }
 
 // -----------------------------------------------------------------------------
@@ -187,8 +216,10 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
     specs.push({ name, shape, init: () => init(shape.reduce((x, y) => x * y, 1)) });
   const zeros = (n: number) => new Float32Array(n);
   const fill = (v: number) => (n: number) => new Float32Array(n).fill(v);
-  const uniform = (b: number) => (n: number) => Float32Array.from({ length: n }, () => (2 * rng.next() - 1) * b);
-  const perChannel = (f: (i: number) => number) => (n: number) => Float32Array.from({ length: n }, (_, i) => f(i));
+  const uniform = (b: number) => (n: number) =>
+    Float32Array.from({ length: n }, () => (2 * rng.next() - 1) * b);
+  const perChannel = (f: (i: number) => number) => (n: number) =>
+    Float32Array.from({ length: n }, (_, i) => f(i));
   const ortho = (shape: number[], scale: number) => () => {
     if (shape.length === 2) {
       const [r, c] = shape;
@@ -196,12 +227,19 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
     }
     const [b, r, c] = shape;
     const out = new Float32Array(b * r * c);
-    for (let i = 0; i < b; i++) out.set(orthogonal(r, c, (r > c ? Math.sqrt(r / c) : 1) * scale, rng), i * r * c);
+    for (let i = 0; i < b; i++) {
+      out.set(orthogonal(r, c, (r > c ? Math.sqrt(r / c) : 1) * scale, rng), i * r * c);
+    }
     return out;
   };
-  const addOrtho = (name: string, shape: number[], scale: number) => specs.push({ name, shape, init: ortho(shape, scale) });
+  const addOrtho = (name: string, shape: number[], scale: number) =>
+    specs.push({ name, shape, init: ortho(shape, scale) });
 
-  add("transformer.wte.weight", [V, C], (n) => Float32Array.from({ length: n }, () => rng.normal()));
+  add(
+    "transformer.wte.weight",
+    [V, C],
+    (n) => Float32Array.from({ length: n }, () => rng.normal()),
+  );
   for (let l = 0; l < L; l++) {
     const p = `transformer.h.${l}.attn.`;
     const r01 = l / (L - 1), r10 = 1 - l / L;
@@ -209,10 +247,22 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
     add(p + "time_maa_x", [1, 1, C], perChannel((i) => 1 - Math.pow(ddd(i), 0.6 * r10 ** 0.9)));
     add(p + "time_maa_rg", [1, 1, C], perChannel((i) => 1 - Math.pow(ddd(i), 0.2 * r10)));
     add(p + "time_maa_wa", [1, 1, C], perChannel((i) => 1 - Math.pow(ddd(i), 0.9 * r10)));
-    add(p + "time_maa_k", [1, 1, C], perChannel((i) => 1 - (Math.pow(ddd(i), 0.9 * r10) + 0.4 * r01)));
-    add(p + "time_maa_v", [1, 1, C], perChannel((i) => 1 - (Math.pow(ddd(i), 0.4 * r10) + 0.6 * r01)));
+    add(
+      p + "time_maa_k",
+      [1, 1, C],
+      perChannel((i) => 1 - (Math.pow(ddd(i), 0.9 * r10) + 0.4 * r01)),
+    );
+    add(
+      p + "time_maa_v",
+      [1, 1, C],
+      perChannel((i) => 1 - (Math.pow(ddd(i), 0.4 * r10) + 0.6 * r01)),
+    );
     // decay_speed + 0.5 ("0.5 comes from F.softplus")
-    add(p + "time_decay", [1, 1, C], perChannel((n) => -7 + 5 * (n / (C - 1)) ** (0.85 + 1.0 * r01 ** 0.5) + 0.5));
+    add(
+      p + "time_decay",
+      [1, 1, C],
+      perChannel((n) => -7 + 5 * (n / (C - 1)) ** (0.85 + 1.0 * r01 ** 0.5) + 0.5),
+    );
     add(p + "time_faaaa", [1, 1, H, N], zeros);
     add(p + "time_aaaaa", [1, 1, C], zeros);
     add(p + "time_maa_w1", [C, 28 * 4], zeros);
@@ -283,11 +333,23 @@ export class Model {
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
       x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
-      const [att, v] = this.timeMix(g, l, g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias")), v1);
+      const [att, v] = this.timeMix(
+        g,
+        l,
+        g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias")),
+        v1,
+      );
       v1 = v;
       x = g.add(x, att);
       const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
-      x = g.add(x, g.matmul(g.relu2(g.matmul(h, P(b + "mlp.c_fc.weight"), true)), P(b + "mlp.c_proj.weight"), true));
+      x = g.add(
+        x,
+        g.matmul(
+          g.relu2(g.matmul(h, P(b + "mlp.c_fc.weight"), true)),
+          P(b + "mlp.c_proj.weight"),
+          true,
+        ),
+      );
     }
     x = g.rmsnorm(x);
     return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
@@ -300,7 +362,10 @@ export class Model {
     const lora = (inp: Var, w1: string, w2: string) => g.matmul(g.matmul(inp, P(w1)), P(w2));
     const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x
     const xxx = g.add(x, g.mulRow(xx, P("time_maa_x")));
-    const [mrg, mwa, mk, mv] = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    const [mrg, mwa, mk, mv] = g.blockMatmul(
+      g.tanh(g.matmul(xxx, P("time_maa_w1"))),
+      P("time_maa_w2"),
+    );
     const mix = (m: Var, base: string) => g.add(x, g.mul(xx, g.addRow(m, P(base))));
     const xrg = mix(mrg, "time_maa_rg"), xwa = mix(mwa, "time_maa_wa");
     const xk = mix(mk, "time_maa_k"), xv = mix(mv, "time_maa_v");
@@ -337,14 +402,32 @@ class Adam {
   step_ = 0;
   readonly m: Tensor[];
   readonly v: Tensor[];
-  constructor(readonly name: string, readonly params: Param[], readonly lr: number, readonly be: Backend) {
+  constructor(
+    readonly name: string,
+    readonly params: Param[],
+    readonly lr: number,
+    readonly be: Backend,
+  ) {
     this.m = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg"));
     this.v = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg_sq"));
   }
   step(lrFactor: number) {
     this.step_++;
     this.params.forEach((p, i) => {
-      this.be.k.mn_adam_step(p.data.ptr, p.grad.ptr, this.m[i].ptr, this.v[i].ptr, p.data.n, this.lr * lrFactor, 0.9, 0.95, 1e-8, 0, this.step_, this.be.stream);
+      this.be.k.mn_adam_step(
+        p.data.ptr,
+        p.grad.ptr,
+        this.m[i].ptr,
+        this.v[i].ptr,
+        p.data.n,
+        this.lr * lrFactor,
+        0.9,
+        0.95,
+        1e-8,
+        0,
+        this.step_,
+        this.be.stream,
+      );
       p.markUpdated();
     });
   }
@@ -359,7 +442,14 @@ class Muon {
   momentum = 0.95;
   readonly buf: Tensor[];
   private ws = new Map<string, Tensor>();
-  constructor(readonly name: string, readonly params: Param[], readonly lr: number, readonly be: Backend, readonly rank = 0, readonly world = 1) {
+  constructor(
+    readonly name: string,
+    readonly params: Param[],
+    readonly lr: number,
+    readonly be: Backend,
+    readonly rank = 0,
+    readonly world = 1,
+  ) {
     this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
   }
   private scratch(key: string, shape: number[], dtype: "f32" | "bf16" = "f32"): Tensor {
@@ -430,10 +520,14 @@ function getLr(it: number, a: Args): number {
 
 function globFiles(pattern: string, flag: string): string[] {
   const dir = dirname(pattern), base = pattern.slice(dir.length + 1);
-  const re = new RegExp("^" + base.split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*") + "$");
+  const re = new RegExp(
+    "^" + base.split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*") + "$",
+  );
   let names: string[] = [];
   try {
-    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && re.test(e.name)).map((e) => e.name);
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && re.test(e.name)).map((e) =>
+      e.name
+    );
   } catch { /* reported below */ }
   if (names.length === 0) {
     throw new ConfigError(
@@ -445,12 +539,22 @@ function globFiles(pattern: string, flag: string): string[] {
 
 function readShard(path: string): Uint16Array {
   const bytes = Deno.readFileSync(path);
-  if (bytes.length < 1024) throw new ConfigError(`${path}: ${bytes.length} bytes, shorter than the 1024-byte shard header`);
+  if (bytes.length < 1024) {
+    throw new ConfigError(
+      `${path}: ${bytes.length} bytes, shorter than the 1024-byte shard header`,
+    );
+  }
   const h = new Int32Array(bytes.buffer, 0, 256);
-  if (h[0] !== 20240520) throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+  if (h[0] !== 20240520) {
+    throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+  }
   if (h[1] !== 1) throw new ConfigError(`${path}: version ${h[1]}, expected 1`);
   if (bytes.length !== 1024 + 2 * h[2]) {
-    throw new ConfigError(`${path}: header says ${h[2]} tokens (${1024 + 2 * h[2]} bytes) but the file has ${bytes.length} bytes`);
+    throw new ConfigError(
+      `${path}: header says ${h[2]} tokens (${
+        1024 + 2 * h[2]
+      } bytes) but the file has ${bytes.length} bytes`,
+    );
   }
   return new Uint16Array(bytes.buffer, 1024, h[2]);
 }
@@ -461,12 +565,22 @@ class DataLoader {
   pos = 0;
   private tokens!: Uint16Array;
   ntokTotal = 0;
-  constructor(pattern: string, flag: string, readonly B: number, readonly T: number, readonly rank: number, readonly world: number, readonly vocab: number) {
+  constructor(
+    pattern: string,
+    flag: string,
+    readonly B: number,
+    readonly T: number,
+    readonly rank: number,
+    readonly world: number,
+    readonly vocab: number,
+  ) {
     this.files = globFiles(pattern, flag);
     for (const f of this.files) {
       const n = readShardHeaderCount(f);
       if (n < world * B * T + 1) {
-        throw new ConfigError(`${f}: ${n} tokens, fewer than one batch of ${world}x${B}x${T}+1; lower --device_bsz or --sequence_length`);
+        throw new ConfigError(
+          `${f}: ${n} tokens, fewer than one batch of ${world}x${B}x${T}+1; lower --device_bsz or --sequence_length`,
+        );
       }
       this.ntokTotal += n;
     }
@@ -486,12 +600,18 @@ class DataLoader {
     const buf = this.tokens.subarray(this.pos, this.pos + n + 1);
     for (let i = 0; i < buf.length; i++) {
       if (buf[i] >= this.vocab) {
-        throw new ConfigError(`${this.files[this.shard]}: token ${buf[i]} at ${this.pos + i} is >= --vocab_size ${this.vocab}`);
+        throw new ConfigError(
+          `${this.files[this.shard]}: token ${buf[i]} at ${
+            this.pos + i
+          } is >= --vocab_size ${this.vocab}`,
+        );
       }
     }
     const x = Int32Array.from(buf.subarray(0, n)), y = Int32Array.from(buf.subarray(1, n + 1));
     this.pos += n * this.world;
-    if (this.pos + n * this.world + 1 > this.tokens.length) this.seek((this.shard + 1) % this.files.length, this.rank * n);
+    if (this.pos + n * this.world + 1 > this.tokens.length) {
+      this.seek((this.shard + 1) % this.files.length, this.rank * n);
+    }
     return [x, y];
   }
 }
@@ -501,8 +621,12 @@ function readShardHeaderCount(path: string): number {
   try {
     const h = new Int32Array(256);
     const got = f.readSync(new Uint8Array(h.buffer)) ?? 0;
-    if (got < 1024) throw new ConfigError(`${path}: ${got} bytes, shorter than the 1024-byte shard header`);
-    if (h[0] !== 20240520) throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+    if (got < 1024) {
+      throw new ConfigError(`${path}: ${got} bytes, shorter than the 1024-byte shard header`);
+    }
+    if (h[0] !== 20240520) {
+      throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+    }
     if (h[1] !== 1) throw new ConfigError(`${path}: version ${h[1]}, expected 1`);
     return h[2];
   } finally {
@@ -514,10 +638,22 @@ function readShardHeaderCount(path: string): number {
 // checkpoints: weights under the PyTorch names (+ optimizer state and position in a second file)
 
 function hostParam(be: Backend, p: Param, which: "data" | "grad" = "data"): StTensor {
-  return { dtype: "F32", shape: [...p.shape], data: be.download(which === "data" ? p.data : p.grad) as Float32Array };
+  return {
+    dtype: "F32",
+    shape: [...p.shape],
+    data: be.download(which === "data" ? p.data : p.grad) as Float32Array,
+  };
 }
 
-function saveCheckpoint(path: string, model: Model, adams: Adam[], muon: Muon, step: number, loader: DataLoader, a: Args) {
+function saveCheckpoint(
+  path: string,
+  model: Model,
+  adams: Adam[],
+  muon: Muon,
+  step: number,
+  loader: DataLoader,
+  a: Args,
+) {
   const be = model.be;
   const weights = new Map<string, StTensor>();
   for (const p of model.params) weights.set(p.name, hostParam(be, p));
@@ -526,11 +662,25 @@ function saveCheckpoint(path: string, model: Model, adams: Adam[], muon: Muon, s
   for (const o of adams) {
     adamSteps[o.name] = o.step_;
     o.params.forEach((p, i) => {
-      opt.set(p.name + ".exp_avg", { dtype: "F32", shape: [...p.shape], data: be.download(o.m[i]) as Float32Array });
-      opt.set(p.name + ".exp_avg_sq", { dtype: "F32", shape: [...p.shape], data: be.download(o.v[i]) as Float32Array });
+      opt.set(p.name + ".exp_avg", {
+        dtype: "F32",
+        shape: [...p.shape],
+        data: be.download(o.m[i]) as Float32Array,
+      });
+      opt.set(p.name + ".exp_avg_sq", {
+        dtype: "F32",
+        shape: [...p.shape],
+        data: be.download(o.v[i]) as Float32Array,
+      });
     });
   }
-  muon.params.forEach((p, i) => opt.set(p.name + ".momentum_buffer", { dtype: "F32", shape: [...p.shape], data: be.download(muon.buf[i]) as Float32Array }));
+  muon.params.forEach((p, i) =>
+    opt.set(p.name + ".momentum_buffer", {
+      dtype: "F32",
+      shape: [...p.shape],
+      data: be.download(muon.buf[i]) as Float32Array,
+    })
+  );
   const meta = {
     step: String(step),
     adam_steps: JSON.stringify(adamSteps),
@@ -569,7 +719,7 @@ function loadWeights(path: string, model: Model) {
 // -----------------------------------------------------------------------------
 // main
 
-async function main() {
+function main() {
   const a = parseFlags(Deno.args);
   if (a.help) {
     console.log(usage());
@@ -578,7 +728,9 @@ async function main() {
   const rank = Number(Deno.env.get("RANK") ?? 0), world = Number(Deno.env.get("WORLD_SIZE") ?? 1);
   validate(a, world);
   if (world > 1) {
-    throw new ConfigError(`WORLD_SIZE=${world}: multi-process training needs the NCCL/CPU collectives, which have not landed yet; run one process`);
+    throw new ConfigError(
+      `WORLD_SIZE=${world}: multi-process training needs the NCCL/CPU collectives, which have not landed yet; run one process`,
+    );
   }
   const master = rank === 0;
   let be: Backend;
@@ -601,7 +753,8 @@ async function main() {
     be.write(xT, x);
     be.write(yT, y);
   };
-  const meanLoss = (losses: Tensor) => (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
+  const meanLoss = (losses: Tensor) =>
+    (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
 
   if (a.dump_grads) {
     upload(trainLoader.next());
@@ -611,20 +764,38 @@ async function main() {
     for (const p of model.params) out.set(p.name, hostParam(be, p, "grad"));
     out.set("loss", { dtype: "F32", shape: [], data: new Float32Array([loss]) });
     writeSafetensors(a.dump_grads, out, { loss: String(loss), backend: be.name });
-    console.log(`loss ${loss.toFixed(6)}; gradients of ${model.params.length} parameters written to ${a.dump_grads}`);
+    console.log(
+      `loss ${
+        loss.toFixed(6)
+      }; gradients of ${model.params.length} parameters written to ${a.dump_grads}`,
+    );
     be.close();
     return;
   }
-  const valLoader = new DataLoader(a.input_val_bin, "input_val_bin", B, T, rank, world, a.vocab_size);
+  const valLoader = new DataLoader(
+    a.input_val_bin,
+    "input_val_bin",
+    B,
+    T,
+    rank,
+    world,
+    a.vocab_size,
+  );
 
   // the original's six optimizer groups
   const blocks = model.params.filter((p) => p.name.startsWith("transformer.h."));
   const local = (p: Param) => p.name.replace(/^transformer\.h\.\d+\./, "");
-  const isMuon = (p: Param) => p.shape.length === 2 && !p.name.includes("_w1") && !p.name.includes("_w2");
+  const isMuon = (p: Param) =>
+    p.shape.length === 2 && !p.name.includes("_w1") && !p.name.includes("_w2");
   const adams = [
     new Adam("Adam-wte", [model.p("transformer.wte.weight")], 0.3, be),
     new Adam("Adam-head", [model.p("lm_head.weight")], 0.002, be),
-    new Adam("Adam", blocks.filter((p) => !isMuon(p) && !local(p).includes("lambdas") && !local(p).includes("ln")), a.adam_lr, be),
+    new Adam(
+      "Adam",
+      blocks.filter((p) => !isMuon(p) && !local(p).includes("lambdas") && !local(p).includes("ln")),
+      a.adam_lr,
+      be,
+    ),
     new Adam("Adam-s", blocks.filter((p) => local(p).includes("lambdas")), 0.02, be),
     new Adam("Adam-LN", blocks.filter((p) => local(p).includes("ln")), a.ln_lr, be),
   ];
@@ -648,7 +819,9 @@ async function main() {
         be.write(o.v[i], st.tensors.get(p.name + ".exp_avg_sq")!.data as Float32Array);
       });
     }
-    muon.params.forEach((p, i) => be.write(muon.buf[i], st.tensors.get(p.name + ".momentum_buffer")!.data as Float32Array));
+    muon.params.forEach((p, i) =>
+      be.write(muon.buf[i], st.tensors.get(p.name + ".momentum_buffer")!.data as Float32Array)
+    );
     startStep = Number(st.metadata.step);
     trainLoader.seek(Number(st.metadata.train_shard), Number(st.metadata.train_pos));
   }
@@ -667,13 +840,27 @@ async function main() {
       `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
       `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
     ];
-    Deno.writeTextFileSync(logfile, JSON.stringify(a) + "\n" + "=".repeat(100) + "\n" + code + "=".repeat(100) + "\n" + hw.join("\n") + "\n" + "=".repeat(100) + "\n");
+    Deno.writeTextFileSync(
+      logfile,
+      JSON.stringify(a) + "\n" + "=".repeat(100) + "\n" + code + "=".repeat(100) + "\n" +
+        hw.join("\n") + "\n" + "=".repeat(100) + "\n",
+    );
     console.log(JSON.stringify(a));
-    console.log(`Training DataLoader: total number of tokens: ${trainLoader.ntokTotal} across ${trainLoader.files.length} files`);
-    console.log(`Validation DataLoader: total number of tokens: ${valLoader.ntokTotal} across ${valLoader.files.length} files`);
-    for (const o of [...adams, muon]) for (const p of o.params) console.log(o.name.padEnd(10), JSON.stringify(p.shape).padEnd(20), p.name);
+    console.log(
+      `Training DataLoader: total number of tokens: ${trainLoader.ntokTotal} across ${trainLoader.files.length} files`,
+    );
+    console.log(
+      `Validation DataLoader: total number of tokens: ${valLoader.ntokTotal} across ${valLoader.files.length} files`,
+    );
+    for (const o of [...adams, muon]) {
+      for (const p of o.params) {
+        console.log(o.name.padEnd(10), JSON.stringify(p.shape).padEnd(20), p.name);
+      }
+    }
     console.log("model params", model.params.reduce((s, p) => s + p.numel, 0));
-    console.log(`seed ${seed}; ${accum} micro-step(s) of ${B}x${T} per step; backend ${be.name}; log ${logfile}`);
+    console.log(
+      `seed ${seed}; ${accum} micro-step(s) of ${B}x${T} per step; backend ${be.name}; log ${logfile}`,
+    );
   }
 
   let trainingTimeMs = 0;
@@ -700,7 +887,11 @@ async function main() {
       }
       g.gradEnabled = true;
       valLoss /= valSteps;
-      log(`step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${trainingTimeMs.toFixed(0)}ms step_avg:${fmtAvg(trainingTimeMs / (timedSteps - 1))}ms`);
+      log(
+        `step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${
+          trainingTimeMs.toFixed(0)
+        }ms step_avg:${fmtAvg(trainingTimeMs / (timedSteps - 1))}ms`,
+      );
       be.sync();
       t0 = performance.now();
     }
@@ -708,7 +899,15 @@ async function main() {
     if (master && (last || (a.save_every > 0 && step % a.save_every === 0)) && step > startStep) {
       be.sync();
       trainingTimeMs += performance.now() - t0;
-      saveCheckpoint(`${a.log_dir}/${runId}/state_step${String(step).padStart(6, "0")}.safetensors`, model, adams, muon, step, trainLoader, a);
+      saveCheckpoint(
+        `${a.log_dir}/${runId}/state_step${String(step).padStart(6, "0")}.safetensors`,
+        model,
+        adams,
+        muon,
+        step,
+        trainLoader,
+        a,
+      );
       be.sync();
       t0 = performance.now();
     }
@@ -733,11 +932,17 @@ async function main() {
     if (master) {
       be.sync();
       const approx = trainingTimeMs + performance.now() - t0;
-      log(`step:${step + 1}/${a.num_iterations} train_loss:${trainLoss.toFixed(4)} train_time:${approx.toFixed(0)}ms step_avg:${fmtAvg(approx / timedSteps)}ms`);
+      log(
+        `step:${step + 1}/${a.num_iterations} train_loss:${trainLoss.toFixed(4)} train_time:${
+          approx.toFixed(0)
+        }ms step_avg:${fmtAvg(approx / timedSteps)}ms`,
+      );
     }
   }
   log(`peak memory consumption: ${Math.floor(be.peakBytes / 1024 / 1024)} MiB`);
-  if (be.profile.size && master) console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
+  if (be.profile.size && master) {
+    console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
+  }
   be.close();
 }
 
@@ -747,7 +952,7 @@ function fmtAvg(x: number): string {
 
 if (import.meta.main) {
   try {
-    await main();
+    main();
   } catch (e) {
     if (e instanceof ConfigError) {
       console.error(`error: ${e.message}`);

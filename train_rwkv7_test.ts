@@ -6,11 +6,34 @@ import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
 import { type Args, Model, modelSpecs, parseFlags, Rng } from "./train_rwkv7.ts";
 
 const ROOT = new URL(".", import.meta.url).pathname;
-const TINY = ["--n_layer", "2", "--n_embd", "64", "--headsz", "16", "--sequence_length", "32", "--device_bsz", "2", "--vocab_size", "512"];
-const BROWN = ["--input_bin", "data/brown/brown_train_*.bin", "--input_val_bin", "data/brown/brown_val_*.bin"];
+const TINY = [
+  "--n_layer",
+  "2",
+  "--n_embd",
+  "64",
+  "--headsz",
+  "16",
+  "--sequence_length",
+  "32",
+  "--device_bsz",
+  "2",
+  "--vocab_size",
+  "512",
+];
+const BROWN = [
+  "--input_bin",
+  "data/brown/brown_train_*.bin",
+  "--input_val_bin",
+  "data/brown/brown_val_*.bin",
+];
 
 function ensureBrown() {
-  const out = new Deno.Command(Deno.execPath(), { args: ["run", "-A", "data/brown.ts"], cwd: ROOT, stdout: "piped", stderr: "piped" })
+  const out = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "data/brown.ts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  })
     .outputSync();
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
 }
@@ -23,7 +46,11 @@ function train(args: string[], env: Record<string, string> = {}) {
     stdout: "piped",
     stderr: "piped",
   }).outputSync();
-  return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
 }
 
 /** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
@@ -39,8 +66,16 @@ function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
     p.markUpdated();
   }
   const n = a.device_bsz * a.sequence_length;
-  const idx = be.upload(Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)), [n], "i32");
-  const tgt = be.upload(Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)), [n], "i32");
+  const idx = be.upload(
+    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
+    [n],
+    "i32",
+  );
+  const tgt = be.upload(
+    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
+    [n],
+    "i32",
+  );
   const g = new Graph(be);
   const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
   const lossOnly = () => {
@@ -55,7 +90,10 @@ function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
     const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
     g.backward();
     g.release();
-    return { loss: l, grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])) };
+    return {
+      loss: l,
+      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
+    };
   };
   return { a, be, model, g, rng, lossOnly, lossAndGrads };
 }
@@ -89,18 +127,27 @@ Deno.test("train_rwkv7: every parameter's gradient matches central finite differ
       // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
       const err = Math.abs(numeric - analytic), tol = 1e-4 + 3e-3 * gn;
       worst = Math.max(worst, err / tol);
-      assert.ok(err <= tol, `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`);
+      assert.ok(
+        err <= tol,
+        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
+      );
     }
     be.write(p.data, orig);
     p.markUpdated();
   }
-  console.log(`  ${model.params.length} parameters x 2 directions; worst error ${(100 * worst).toFixed(0)}% of tolerance`);
+  console.log(
+    `  ${model.params.length} parameters x 2 directions; worst error ${
+      (100 * worst).toFixed(0)
+    }% of tolerance`,
+  );
 });
 
-for (const [precision, kernelFlags, tol] of [
-  ["f32", [], 1e-4],
-  ["bf16", ["--fast_cuda"], 3e-2],
-] as const) {
+for (
+  const [precision, kernelFlags, tol] of [
+    ["f32", [], 1e-4],
+    ["bf16", ["--fast_cuda"], 3e-2],
+  ] as const
+) {
   Deno.test(`train_rwkv7: emu and cpu give the same loss and gradients (${precision}${kernelFlags.length ? ", --fast_cuda" : ""})`, () => {
     // f32: only summation order differs (1e-4 normwise). bf16: a different fp32 sum can round a
     // bf16 operand the other way, and those flips spread; 3e-2 normwise, measured below.
@@ -110,7 +157,10 @@ for (const [precision, kernelFlags, tol] of [
       return s.lossAndGrads();
     });
     const [cpu, emu] = res;
-    assert.ok(Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss), `loss cpu ${cpu.loss} emu ${emu.loss}`);
+    assert.ok(
+      Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss),
+      `loss cpu ${cpu.loss} emu ${emu.loss}`,
+    );
     let worst = 0;
     for (const [name, gc] of cpu.grads) {
       const ge = emu.grads.get(name)!;
@@ -118,7 +168,11 @@ for (const [precision, kernelFlags, tol] of [
       worst = Math.max(worst, rel);
       assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
     }
-    console.log(`  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${worst.toExponential(2)}`);
+    console.log(
+      `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
+        worst.toExponential(2)
+      }`,
+    );
   });
 }
 
@@ -131,7 +185,36 @@ function trainLosses(stdout: string): string[] {
 
 Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss", () => {
   ensureBrown();
-  const r = train([...BROWN, "--backend", "cpu", "--n_layer", "2", "--n_embd", "64", "--headsz", "16", "--sequence_length", "64", "--device_bsz", "4", "--bsz", "8", "--num_iterations", "30", "--warmdown_iters", "10", "--val_loss_every", "15", "--val_tokens", "4096", "--random_seed", "1", "--fast_cuda", "--log_dir", Deno.makeTempDirSync()]);
+  const r = train([
+    ...BROWN,
+    "--backend",
+    "cpu",
+    "--n_layer",
+    "2",
+    "--n_embd",
+    "64",
+    "--headsz",
+    "16",
+    "--sequence_length",
+    "64",
+    "--device_bsz",
+    "4",
+    "--bsz",
+    "8",
+    "--num_iterations",
+    "30",
+    "--warmdown_iters",
+    "10",
+    "--val_loss_every",
+    "15",
+    "--val_tokens",
+    "4096",
+    "--random_seed",
+    "1",
+    "--fast_cuda",
+    "--log_dir",
+    Deno.makeTempDirSync(),
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const v = valLosses(r.stdout);
   assert.equal(v.length, 3, r.stdout);
@@ -142,7 +225,26 @@ Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss"
 
 Deno.test("train_rwkv7: --resume continues bit-for-bit (cpu)", () => {
   ensureBrown();
-  const base = [...BROWN, ...TINY.slice(0, -2), "--backend", "cpu", "--bsz", "4", "--num_iterations", "6", "--warmdown_iters", "2", "--val_loss_every", "0", "--val_tokens", "2048", "--random_seed", "5", "--save_every", "3"];
+  const base = [
+    ...BROWN,
+    ...TINY.slice(0, -2),
+    "--backend",
+    "cpu",
+    "--bsz",
+    "4",
+    "--num_iterations",
+    "6",
+    "--warmdown_iters",
+    "2",
+    "--val_loss_every",
+    "0",
+    "--val_tokens",
+    "2048",
+    "--random_seed",
+    "5",
+    "--save_every",
+    "3",
+  ];
   const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
   const a = train([...base, "--log_dir", dirA]);
   assert.equal(a.code, 0, a.stderr);
@@ -156,14 +258,25 @@ Deno.test("train_rwkv7: --resume continues bit-for-bit (cpu)", () => {
   const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
   const wa = readSafetensors(`${dirA}/${runA}/state_step000006.safetensors`).tensors;
   const wb = readSafetensors(`${dirB}/${runB}/state_step000006.safetensors`).tensors;
-  for (const [name, t] of wa) assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
+  for (const [name, t] of wa) {
+    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
+  }
   console.log(`  steps 4-6 identical: ${lb.join("; ")}`);
 });
 
 Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
   ensureBrown();
   const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
-  const r = train([...BROWN, ...TINY.slice(0, -2), "--backend", "cpu", "--random_seed", "9", "--dump_grads", out]);
+  const r = train([
+    ...BROWN,
+    ...TINY.slice(0, -2),
+    "--backend",
+    "cpu",
+    "--random_seed",
+    "9",
+    "--dump_grads",
+    out,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const { tensors } = readSafetensors(out);
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
@@ -174,20 +287,45 @@ Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch nam
   assert.deepEqual(loss.shape, []);
   const l = (loss.data as Float32Array)[0];
   assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
-  assert.ok(norm(tensors.get("lm_head.weight")!.data as Float32Array) > 0, "lm_head has a gradient");
-  assert.ok(norm(tensors.get("transformer.h.0.attn.time_maa_w2")!.data as Float32Array) === 0, "zero-init w1 gives w2 no gradient (as in PyTorch)");
+  assert.ok(
+    norm(tensors.get("lm_head.weight")!.data as Float32Array) > 0,
+    "lm_head has a gradient",
+  );
+  assert.ok(
+    norm(tensors.get("transformer.h.0.attn.time_maa_w2")!.data as Float32Array) === 0,
+    "zero-init w1 gives w2 no gradient (as in PyTorch)",
+  );
 });
 
 Deno.test("train_rwkv7: --init_from lists missing, unexpected and mis-shaped tensors", () => {
   const dir = Deno.makeTempDirSync();
   const a = parseFlags([...TINY]);
   const specs = modelSpecs(a, new Rng(1));
-  const t = new Map(specs.slice(1).map((s) => [s.name, { dtype: "F32" as const, shape: s.shape, data: new Float32Array(s.shape.reduce((x, y) => x * y, 1)) }]));
+  const t = new Map(
+    specs.slice(1).map((
+      s,
+    ) => [s.name, {
+      dtype: "F32" as const,
+      shape: s.shape,
+      data: new Float32Array(s.shape.reduce((x, y) => x * y, 1)),
+    }]),
+  );
   t.set("bogus.weight", { dtype: "F32", shape: [2], data: new Float32Array(2) });
   t.set("lm_head.weight", { dtype: "F32", shape: [64, 512], data: new Float32Array(64 * 512) });
   writeSafetensors(`${dir}/w.safetensors`, t);
   ensureBrown();
-  const r = train([...BROWN, ...TINY, "--backend", "cpu", "--init_from", `${dir}/w.safetensors`, "--num_iterations", "1", "--warmdown_iters", "0"]);
+  const r = train([
+    ...BROWN,
+    ...TINY,
+    "--backend",
+    "cpu",
+    "--init_from",
+    `${dir}/w.safetensors`,
+    "--num_iterations",
+    "1",
+    "--warmdown_iters",
+    "0",
+  ]);
   assert.equal(r.code, 2, r.stdout + r.stderr);
   assert.match(r.stderr, /missing 1 \(transformer\.wte\.weight\)/);
   assert.match(r.stderr, /unexpected 1 \(bogus\.weight\)/);
@@ -197,8 +335,14 @@ Deno.test("train_rwkv7: --init_from lists missing, unexpected and mis-shaped ten
 
 Deno.test("train_rwkv7: invalid flags and combinations are one-line errors", () => {
   const cases: [string[], RegExp, Record<string, string>?][] = [
-    [["--bsz", "10", "--device_bsz", "4"], /--bsz 10 is not divisible by --device_bsz 4 x 1 process/],
-    [["--val_tokens", "1000"], /--val_tokens 1000 is not divisible by device_bsz x sequence_length x world = 65536/],
+    [
+      ["--bsz", "10", "--device_bsz", "4"],
+      /--bsz 10 is not divisible by --device_bsz 4 x 1 process/,
+    ],
+    [
+      ["--val_tokens", "1000"],
+      /--val_tokens 1000 is not divisible by device_bsz x sequence_length x world = 65536/,
+    ],
     [["--sequence_length", "40"], /--sequence_length 40: must be a positive multiple of 16/],
     [["--headsz", "48"], /--headsz 48: expected 16, 32, 64 or 128/],
     [["--headsz", "32", "--n_embd", "48"], /--headsz 32 does not divide --n_embd 48/],
@@ -206,16 +350,30 @@ Deno.test("train_rwkv7: invalid flags and combinations are one-line errors", () 
     [["--bogus"], /Unknown option '--bogus'/],
     [["--headsz", "abc"], /--headsz: expected an integer, got "abc"/],
     [["--muon_lr", "x"], /--muon_lr: expected a number, got "x"/],
-    [["--input_bin", "/nonexistent/x_*.bin"], /--input_bin \/nonexistent\/x_\*\.bin: no files match/],
-    [["--resume", "a.safetensors", "--init_from", "b.safetensors"], /--resume and --init_from exclude each other/],
+    [
+      ["--input_bin", "/nonexistent/x_*.bin"],
+      /--input_bin \/nonexistent\/x_\*\.bin: no files match/,
+    ],
+    [
+      ["--resume", "a.safetensors", "--init_from", "b.safetensors"],
+      /--resume and --init_from exclude each other/,
+    ],
     [["--n_layer", "1"], /--n_layer 1: RWKV-7's init needs at least 2 layers/],
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
-    [[], /WORLD_SIZE=2: multi-process training needs the NCCL\/CPU collectives, which have not landed yet/, { WORLD_SIZE: "2" }],
+    [
+      [],
+      /WORLD_SIZE=2: multi-process training needs the NCCL\/CPU collectives, which have not landed yet/,
+      { WORLD_SIZE: "2" },
+    ],
   ];
   for (const [args, re, env] of cases) {
     const r = train(args, env);
     assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
     assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
-    assert.equal(r.stderr.trim().split("\n").length, 1, `${args.join(" ")}: one line, got ${r.stderr}`);
+    assert.equal(
+      r.stderr.trim().split("\n").length,
+      1,
+      `${args.join(" ")}: one line, got ${r.stderr}`,
+    );
   }
 });

@@ -30,17 +30,66 @@ const cases: Case[] = [
     name: `gemm_bf16 ${S.N}x${S.C}x${4 * S.C}`,
     run: (be, t) => {
       const a = t([S.N, S.C], "bf16"), b = t([4 * S.C, S.C], "bf16"), c = t([S.N, 4 * S.C]);
-      return () => be.k.mn_gemm_bf16(0, 1, S.N, 4 * S.C, S.C, 1, a.ptr, S.C, 0n, b.ptr, S.C, 0n, 0, c.ptr, 4 * S.C, 0n, 0, 1, be.stream);
+      return () =>
+        be.k.mn_gemm_bf16(
+          0,
+          1,
+          S.N,
+          4 * S.C,
+          S.C,
+          1,
+          a.ptr,
+          S.C,
+          0n,
+          b.ptr,
+          S.C,
+          0n,
+          0,
+          c.ptr,
+          4 * S.C,
+          0n,
+          0,
+          1,
+          be.stream,
+        );
     },
   },
   {
     name: `layernorm fwd+bwd ${S.N}x${S.C}`,
     run: (be, t) => {
-      const x = t([S.N, S.C]), y = t([S.N, S.C]), w = t([S.C]), b = t([S.C]), m = t([S.N]), r = t([S.N]);
+      const x = t([S.N, S.C]),
+        y = t([S.N, S.C]),
+        w = t([S.C]),
+        b = t([S.C]),
+        m = t([S.N]),
+        r = t([S.N]);
       const dx = t([S.N, S.C]), dw = t([S.C]), db = t([S.C]);
       return () => {
-        be.k.mn_layernorm_forward(y.ptr, m.ptr, r.ptr, x.ptr, w.ptr, b.ptr, S.N, S.C, 1e-5, be.stream);
-        be.k.mn_layernorm_backward(dx.ptr, dw.ptr, db.ptr, y.ptr, x.ptr, w.ptr, m.ptr, r.ptr, S.N, S.C, be.stream);
+        be.k.mn_layernorm_forward(
+          y.ptr,
+          m.ptr,
+          r.ptr,
+          x.ptr,
+          w.ptr,
+          b.ptr,
+          S.N,
+          S.C,
+          1e-5,
+          be.stream,
+        );
+        be.k.mn_layernorm_backward(
+          dx.ptr,
+          dw.ptr,
+          db.ptr,
+          y.ptr,
+          x.ptr,
+          w.ptr,
+          m.ptr,
+          r.ptr,
+          S.N,
+          S.C,
+          be.stream,
+        );
       };
     },
   },
@@ -59,7 +108,18 @@ const cases: Case[] = [
     name: `softcap cross-entropy ${S.logitRows}x${S.V}`,
     run: (be, t) => {
       const lg = t([S.logitRows, S.V]), loss = t([S.logitRows]), tg = t([S.logitRows], "i32");
-      return () => be.k.mn_softcap_crossentropy(loss.ptr, lg.ptr, lg.ptr, tg.ptr, S.logitRows, S.V, 30, 1, be.stream);
+      return () =>
+        be.k.mn_softcap_crossentropy(
+          loss.ptr,
+          lg.ptr,
+          lg.ptr,
+          tg.ptr,
+          S.logitRows,
+          S.V,
+          30,
+          1,
+          be.stream,
+        );
     },
   },
   {
@@ -70,8 +130,39 @@ const cases: Case[] = [
       const y = t(shp), sa = t(shp), s = t([S.B, S.H, S.T / 16, S.D, S.D]);
       const g = Array.from({ length: 6 }, () => t(shp));
       return () => {
-        be.k.mn_wkv7_forward(y.ptr, s.ptr, sa.ptr, r.ptr, w.ptr, k.ptr, v.ptr, a.ptr, b.ptr, S.B, S.T, S.H, S.D, be.stream);
-        be.k.mn_wkv7_backward(...g.map((x) => x.ptr), y.ptr, r.ptr, w.ptr, k.ptr, v.ptr, a.ptr, b.ptr, s.ptr, sa.ptr, S.B, S.T, S.H, S.D, be.stream);
+        be.k.mn_wkv7_forward(
+          y.ptr,
+          s.ptr,
+          sa.ptr,
+          r.ptr,
+          w.ptr,
+          k.ptr,
+          v.ptr,
+          a.ptr,
+          b.ptr,
+          S.B,
+          S.T,
+          S.H,
+          S.D,
+          be.stream,
+        );
+        be.k.mn_wkv7_backward(
+          ...g.map((x) => x.ptr),
+          y.ptr,
+          r.ptr,
+          w.ptr,
+          k.ptr,
+          v.ptr,
+          a.ptr,
+          b.ptr,
+          s.ptr,
+          sa.ptr,
+          S.B,
+          S.T,
+          S.H,
+          S.D,
+          be.stream,
+        );
       };
     },
   },
@@ -79,7 +170,21 @@ const cases: Case[] = [
     name: `adam ${S.N * S.C}`,
     run: (be, t) => {
       const p = t([S.N * S.C]), g = t([S.N * S.C]), m = t([S.N * S.C]), v = t([S.N * S.C]);
-      return () => be.k.mn_adam_step(p.ptr, g.ptr, m.ptr, v.ptr, BigInt(S.N * S.C), 1e-3, 0.9, 0.95, 1e-8, 0, 1, be.stream);
+      return () =>
+        be.k.mn_adam_step(
+          p.ptr,
+          g.ptr,
+          m.ptr,
+          v.ptr,
+          BigInt(S.N * S.C),
+          1e-3,
+          0.9,
+          0.95,
+          1e-8,
+          0,
+          1,
+          be.stream,
+        );
     },
   },
 ];

@@ -199,7 +199,8 @@ export class Graph {
       x,
       op.toLowerCase(),
       (out) => this.k.mn_unary_forward(out.ptr, x.t.ptr, code, x.t.n, this.s),
-      (y) => this.k.mn_unary_backward(this.grad(x), y.g!.ptr, x.t.ptr, y.t.ptr, code, x.t.n, this.s),
+      (y) =>
+        this.k.mn_unary_backward(this.grad(x), y.g!.ptr, x.t.ptr, y.t.ptr, code, x.t.n, this.s),
     );
   }
   tanh(x: Var) {
@@ -238,7 +239,19 @@ export class Graph {
     if (z.requiresGrad) {
       this.record(() => {
         if (z.g) {
-          this.k.mn_axpby_backward(this.grad(x), this.grad(y), this.grad(sa), this.grad(sb), z.g.ptr, x.t.ptr, y.t.ptr, sa.t.ptr, sb.t.ptr, x.t.n, this.s);
+          this.k.mn_axpby_backward(
+            this.grad(x),
+            this.grad(y),
+            this.grad(sa),
+            this.grad(sb),
+            z.g.ptr,
+            x.t.ptr,
+            y.t.ptr,
+            sa.t.ptr,
+            sb.t.ptr,
+            x.t.n,
+            this.s,
+          );
         }
         this.dropGrad(z);
       });
@@ -261,7 +274,17 @@ export class Graph {
     const y = new Var(out, this.needs(a, b));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_mul_backward(this.grad(a), this.grad(b), y.g.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
+        if (y.g) {
+          this.k.mn_mul_backward(
+            this.grad(a),
+            this.grad(b),
+            y.g.ptr,
+            a.t.ptr,
+            b.t.ptr,
+            a.t.n,
+            this.s,
+          );
+        }
         this.dropGrad(y);
       });
     }
@@ -277,7 +300,19 @@ export class Graph {
     const z = new Var(out, this.needs(x, y, g));
     if (z.requiresGrad) {
       this.record(() => {
-        if (z.g) this.k.mn_lerp_backward(this.grad(x), this.grad(y), this.grad(g), z.g.ptr, x.t.ptr, y.t.ptr, g.t.ptr, x.t.n, this.s);
+        if (z.g) {
+          this.k.mn_lerp_backward(
+            this.grad(x),
+            this.grad(y),
+            this.grad(g),
+            z.g.ptr,
+            x.t.ptr,
+            y.t.ptr,
+            g.t.ptr,
+            x.t.n,
+            this.s,
+          );
+        }
         this.dropGrad(z);
       });
     }
@@ -287,13 +322,17 @@ export class Graph {
   /** x + v, with v [C] broadcast over the rows of x [..., C] */
   addRow(x: Var, v: Var): Var {
     const [N, C] = rowsCols(x);
-    if (v.t.numel !== C) throw new Error(`addRow: vector has ${v.t.numel} elements, rows have ${C}`);
+    if (v.t.numel !== C) {
+      throw new Error(`addRow: vector has ${v.t.numel} elements, rows have ${C}`);
+    }
     const out = this.out(x.shape, "addRow");
     this.k.mn_add_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
     const y = new Var(out, this.needs(x, v));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_add_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, N, C, this.s);
+        if (y.g) {
+          this.k.mn_add_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, N, C, this.s);
+        }
         this.dropGrad(y);
       });
     }
@@ -303,13 +342,26 @@ export class Graph {
   /** x * v, with v [C] broadcast over the rows of x [..., C] */
   mulRow(x: Var, v: Var): Var {
     const [N, C] = rowsCols(x);
-    if (v.t.numel !== C) throw new Error(`mulRow: vector has ${v.t.numel} elements, rows have ${C}`);
+    if (v.t.numel !== C) {
+      throw new Error(`mulRow: vector has ${v.t.numel} elements, rows have ${C}`);
+    }
     const out = this.out(x.shape, "mulRow");
     this.k.mn_mul_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
     const y = new Var(out, this.needs(x, v));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_mul_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
+        if (y.g) {
+          this.k.mn_mul_row_vector_backward(
+            this.grad(x),
+            this.grad(v),
+            y.g.ptr,
+            x.t.ptr,
+            v.t.ptr,
+            N,
+            C,
+            this.s,
+          );
+        }
         this.dropGrad(y);
       });
     }
@@ -353,11 +405,36 @@ export class Graph {
     const [N, C] = rowsCols(x);
     const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd");
     const out = this.out(x.shape, "layernorm");
-    this.k.mn_layernorm_forward(out.ptr, mean.ptr, rstd.ptr, x.t.ptr, w.t.ptr, b.t.ptr, N, C, eps, this.s);
+    this.k.mn_layernorm_forward(
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      x.t.ptr,
+      w.t.ptr,
+      b.t.ptr,
+      N,
+      C,
+      eps,
+      this.s,
+    );
     const y = new Var(out, this.needs(x, w, b));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_layernorm_backward(this.grad(x), this.grad(w), this.grad(b), y.g.ptr, x.t.ptr, w.t.ptr, mean.ptr, rstd.ptr, N, C, this.s);
+        if (y.g) {
+          this.k.mn_layernorm_backward(
+            this.grad(x),
+            this.grad(w),
+            this.grad(b),
+            y.g.ptr,
+            x.t.ptr,
+            w.t.ptr,
+            mean.ptr,
+            rstd.ptr,
+            N,
+            C,
+            this.s,
+          );
+        }
         this.dropGrad(y);
       });
     }
@@ -371,11 +448,38 @@ export class Graph {
     const D = C / G;
     const mean = this.out([N, G], "gn.mean"), rstd = this.out([N, G], "gn.rstd");
     const out = this.out(x.shape, "groupnorm");
-    this.k.mn_groupnorm_forward(out.ptr, mean.ptr, rstd.ptr, x.t.ptr, w.t.ptr, b.t.ptr, N, G, D, eps, this.s);
+    this.k.mn_groupnorm_forward(
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      x.t.ptr,
+      w.t.ptr,
+      b.t.ptr,
+      N,
+      G,
+      D,
+      eps,
+      this.s,
+    );
     const y = new Var(out, this.needs(x, w, b));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_groupnorm_backward(this.grad(x), this.grad(w), this.grad(b), y.g.ptr, x.t.ptr, w.t.ptr, mean.ptr, rstd.ptr, N, G, D, this.s);
+        if (y.g) {
+          this.k.mn_groupnorm_backward(
+            this.grad(x),
+            this.grad(w),
+            this.grad(b),
+            y.g.ptr,
+            x.t.ptr,
+            w.t.ptr,
+            mean.ptr,
+            rstd.ptr,
+            N,
+            G,
+            D,
+            this.s,
+          );
+        }
         this.dropGrad(y);
       });
     }
@@ -422,12 +526,66 @@ export class Graph {
   }
   /** fp32 C = alpha op(A) op(B) + beta C with A, B in this graph's precision (see mn_gemm_bf16) */
   private gemm(
-    ta: number, tb: number, M: number, N: number, K: number, alpha: number,
-    A: Deno.PointerValue, lda: number, sA: bigint, B: Deno.PointerValue, ldb: number, sB: bigint,
-    beta: number, C: Deno.PointerValue, ldc: number, sC: bigint, batch = 1,
+    ta: number,
+    tb: number,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Deno.PointerValue,
+    lda: number,
+    sA: bigint,
+    B: Deno.PointerValue,
+    ldb: number,
+    sB: bigint,
+    beta: number,
+    C: Deno.PointerValue,
+    ldc: number,
+    sC: bigint,
+    batch = 1,
   ) {
-    if (this.precision === "f32") this.k.mn_gemm_f32(ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, batch, this.s);
-    else this.k.mn_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC, 0, batch, this.s);
+    if (this.precision === "f32") {
+      this.k.mn_gemm_f32(
+        ta,
+        tb,
+        M,
+        N,
+        K,
+        alpha,
+        A,
+        lda,
+        sA,
+        B,
+        ldb,
+        sB,
+        beta,
+        C,
+        ldc,
+        sC,
+        batch,
+        this.s,
+      );
+    } else {this.k.mn_gemm_bf16(
+        ta,
+        tb,
+        M,
+        N,
+        K,
+        alpha,
+        A,
+        lda,
+        sA,
+        B,
+        ldb,
+        sB,
+        beta,
+        C,
+        ldc,
+        sC,
+        0,
+        batch,
+        this.s,
+      );}
   }
 
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
@@ -444,10 +602,16 @@ export class Graph {
    */
   matmul(a: Var, b: Var, transB = false): Var {
     const [N, K] = rowsCols(a);
-    if (b.shape.length !== 2) throw new Error(`matmul: weight must be 2-D, got [${b.shape.join(",")}]`);
+    if (b.shape.length !== 2) {
+      throw new Error(`matmul: weight must be 2-D, got [${b.shape.join(",")}]`);
+    }
     const [bK, M] = transB ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]];
     if (bK !== K) {
-      throw new Error(`matmul: [${a.shape.join(",")}] @ ${transB ? "T" : ""}[${b.shape.join(",")}]: inner sizes ${K} and ${bK} differ`);
+      throw new Error(
+        `matmul: [${a.shape.join(",")}] @ ${transB ? "T" : ""}[${
+          b.shape.join(",")
+        }]: inner sizes ${K} and ${bK} differ`,
+      );
     }
     const ab = this.operand(a), bb = this.operand(b);
     const out = this.out([...a.shape.slice(0, -1), M], "matmul");
@@ -459,11 +623,48 @@ export class Graph {
         if (y.g) {
           const dy = this.gradOperand(y.g);
           // da[N,K] += dy[N,M] @ op(b)^T
-          if (a.requiresGrad) this.gemm(0, transB ? 0 : 1, N, K, M, 1, dy.ptr, M, 0n, bb.ptr, ldb, 0n, 1, this.grad(a), K, 0n);
+          if (a.requiresGrad) {
+            this.gemm(
+              0,
+              transB ? 0 : 1,
+              N,
+              K,
+              M,
+              1,
+              dy.ptr,
+              M,
+              0n,
+              bb.ptr,
+              ldb,
+              0n,
+              1,
+              this.grad(a),
+              K,
+              0n,
+            );
+          }
           // db += a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
           if (b.requiresGrad) {
-            if (transB) this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
-            else this.gemm(1, 0, K, M, N, 1, ab.ptr, K, 0n, dy.ptr, M, 0n, 1, this.grad(b), M, 0n);
+            if (transB) {
+              this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
+            } else {this.gemm(
+                1,
+                0,
+                K,
+                M,
+                N,
+                1,
+                ab.ptr,
+                K,
+                0n,
+                dy.ptr,
+                M,
+                0n,
+                1,
+                this.grad(b),
+                M,
+                0n,
+              );}
           }
         }
         this.dropGrad(y);
@@ -482,9 +683,28 @@ export class Graph {
     if (XC !== nb * D) throw new Error(`blockMatmul: x has ${XC} columns, w needs ${nb}x${D}`);
     const xb = this.operand(x), wb = this.operand(w);
     const outs: Var[] = [];
-    const off = (t: Tensor, elems: number) => Deno.UnsafePointer.offset(t.ptr, elems * DTYPE_BYTES[t.dtype]);
+    const off = (t: Tensor, elems: number) =>
+      Deno.UnsafePointer.offset(t.ptr, elems * DTYPE_BYTES[t.dtype]);
     const all = this.out([nb, N, C], "blockMatmul");
-    this.gemm(0, 0, N, C, D, 1, xb.ptr, XC, BigInt(D), wb.ptr, C, BigInt(D * C), 0, all.ptr, C, BigInt(N * C), nb);
+    this.gemm(
+      0,
+      0,
+      N,
+      C,
+      D,
+      1,
+      xb.ptr,
+      XC,
+      BigInt(D),
+      wb.ptr,
+      C,
+      BigInt(D * C),
+      0,
+      all.ptr,
+      C,
+      BigInt(N * C),
+      nb,
+    );
     for (let i = 0; i < nb; i++) {
       const yi = new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w));
       outs.push(yi);
@@ -495,12 +715,46 @@ export class Graph {
           if (x.requiresGrad) {
             // dx[:, iD:(i+1)D] += dy @ w[i]^T
             this.grad(x);
-            this.gemm(0, 1, N, D, C, 1, dy.ptr, C, 0n, off(wb, i * D * C), C, 0n, 1, off(x.g!, i * D), XC, 0n);
+            this.gemm(
+              0,
+              1,
+              N,
+              D,
+              C,
+              1,
+              dy.ptr,
+              C,
+              0n,
+              off(wb, i * D * C),
+              C,
+              0n,
+              1,
+              off(x.g!, i * D),
+              XC,
+              0n,
+            );
           }
           if (w.requiresGrad) {
             // dw[i] += x[:, iD:(i+1)D]^T @ dy
             this.grad(w);
-            this.gemm(1, 0, D, C, N, 1, off(xb, i * D), XC, 0n, dy.ptr, C, 0n, 1, off(w.g!, i * D * C), C, 0n);
+            this.gemm(
+              1,
+              0,
+              D,
+              C,
+              N,
+              1,
+              off(xb, i * D),
+              XC,
+              0n,
+              dy.ptr,
+              C,
+              0n,
+              1,
+              off(w.g!, i * D * C),
+              C,
+              0n,
+            );
           }
         }
         this.dropGrad(yi);
@@ -518,7 +772,23 @@ export class Graph {
     const y = new Var(out, this.needs(r, k, v, u));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) this.k.mn_rwkv7_bonus_backward(this.grad(r), this.grad(k), this.grad(v), this.grad(u), y.g.ptr, r.t.ptr, k.t.ptr, v.t.ptr, u.t.ptr, N, H, D, this.s);
+        if (y.g) {
+          this.k.mn_rwkv7_bonus_backward(
+            this.grad(r),
+            this.grad(k),
+            this.grad(v),
+            this.grad(u),
+            y.g.ptr,
+            r.t.ptr,
+            k.t.ptr,
+            v.t.ptr,
+            u.t.ptr,
+            N,
+            H,
+            D,
+            this.s,
+          );
+        }
         this.dropGrad(y);
       });
     }
@@ -540,19 +810,44 @@ export class Graph {
     const sCk = this.out([B, H, T / 16, N, N], "wkv7.s");
     const sa = kernel === "fast" ? this.out([B, T, H, N], "wkv7.sa") : null;
     const p = ins.map((t) => t.ptr);
-    if (kernel === "fast") this.k.mn_wkv7_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
-    else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
+    if (kernel === "fast") {
+      this.k.mn_wkv7_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
+    } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     const out = new Var(y, this.needs(r, w, k, v, a, b));
     if (out.requiresGrad) {
       this.record(() => {
         if (out.g) {
           const g = [r, w, k, v, a, b].map((x) => this.grad(x));
-          if (kernel === "fast") this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
-          else {
+          if (kernel === "fast") {
+            this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
+          } else {
             const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
-            if (f32) this.k.mn_wkv7g_backward_f32(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
-            else this.k.mn_wkv7g_backward(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, this.s);
+            if (f32) {
+              this.k.mn_wkv7g_backward_f32(
+                ...g,
+                out.g.ptr,
+                ...p,
+                sCk.ptr,
+                ws.ptr,
+                B,
+                T,
+                H,
+                N,
+                this.s,
+              );
+            } else {this.k.mn_wkv7g_backward(
+                ...g,
+                out.g.ptr,
+                ...p,
+                sCk.ptr,
+                ws.ptr,
+                B,
+                T,
+                H,
+                N,
+                this.s,
+              );}
           }
         }
         this.dropGrad(out);
@@ -567,7 +862,14 @@ export class Graph {
    * backward (dx, dW += ...) runs right here with dloss = lossScale / N, since nothing follows
    * the loss. Returns the per-row losses [N] (device); their mean is the loss.
    */
-  lmHeadLoss(x: Var, W: Var, targets: Tensor, softcap: number, lossScale = 1, chunkRows = 8192): Tensor {
+  lmHeadLoss(
+    x: Var,
+    W: Var,
+    targets: Tensor,
+    softcap: number,
+    lossScale = 1,
+    chunkRows = 8192,
+  ): Tensor {
     const [N, C] = rowsCols(x);
     const [V, WC] = W.shape;
     if (WC !== C) throw new Error(`lmHeadLoss: head is [${V},${WC}], x rows have ${C}`);
@@ -581,17 +883,32 @@ export class Graph {
     const dlb = train && !f32 ? this.pool.take([rows, V], "bf16", "dlogits.bf16") : null;
     if (train && x.requiresGrad) this.grad(x);
     if (train && W.requiresGrad) this.grad(W);
-    const rowOff = (t: Tensor, r: number, width: number) => Deno.UnsafePointer.offset(t.ptr, r * width * DTYPE_BYTES[t.dtype]);
+    const rowOff = (t: Tensor, r: number, width: number) =>
+      Deno.UnsafePointer.offset(t.ptr, r * width * DTYPE_BYTES[t.dtype]);
     for (let r0 = 0; r0 < N; r0 += rows) {
       const n = Math.min(rows, N - r0);
       this.gemm(0, 1, n, V, C, 1, rowOff(xb, r0, C), C, 0n, wb.ptr, C, 0n, 0, logits.ptr, V, 0n);
       const tgt = Deno.UnsafePointer.offset(targets.ptr, r0 * 4);
-      this.k.mn_softcap_crossentropy(rowOff(losses, r0, 1), train ? logits.ptr : null, logits.ptr, tgt, n, V, softcap, lossScale / N, this.s);
+      this.k.mn_softcap_crossentropy(
+        rowOff(losses, r0, 1),
+        train ? logits.ptr : null,
+        logits.ptr,
+        tgt,
+        n,
+        V,
+        softcap,
+        lossScale / N,
+        this.s,
+      );
       if (!train) continue;
       const dl = f32 ? logits : dlb!;
       if (!f32) this.k.mn_cast_f32_to_bf16(dlb!.ptr, logits.ptr, BigInt(n * V), this.s);
-      if (x.requiresGrad) this.gemm(0, 0, n, C, V, 1, dl.ptr, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n);
-      if (W.requiresGrad) this.gemm(1, 0, V, C, n, 1, dl.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, 1, W.g!.ptr, C, 0n);
+      if (x.requiresGrad) {
+        this.gemm(0, 0, n, C, V, 1, dl.ptr, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n);
+      }
+      if (W.requiresGrad) {
+        this.gemm(1, 0, V, C, n, 1, dl.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, 1, W.g!.ptr, C, 0n);
+      }
     }
     this.pool.give(logits);
     if (dlb) this.pool.give(dlb);

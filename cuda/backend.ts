@@ -50,7 +50,9 @@ export class Tensor {
   view(shape: readonly number[], label = this.label): Tensor {
     const n = shape.reduce((a, b) => a * b, 1);
     if (n !== this.numel) {
-      throw new Error(`view ${this}: shape [${shape.join(",")}] has ${n} elements, not ${this.numel}`);
+      throw new Error(
+        `view ${this}: shape [${shape.join(",")}] has ${n} elements, not ${this.numel}`,
+      );
     }
     return new Tensor(this.ptr, shape, this.dtype, label);
   }
@@ -103,7 +105,9 @@ export class Backend {
       if (fn === null) {
         // Declared in kernels.h but not in this library: fail at the call, naming both.
         k[fname] = () => {
-          throw new Error(`${fname}: not in ${libPath} (declared in cuda/kernels.h): rebuild with make -C cuda`);
+          throw new Error(
+            `${fname}: not in ${libPath} (declared in cuda/kernels.h): rebuild with make -C cuda`,
+          );
         };
         this.missing.push(fname);
         continue;
@@ -136,7 +140,9 @@ export class Backend {
   static open(opts: OpenOptions = {}): Backend {
     const name = resolveBackendName(opts.name);
     const variant = opts.variant ?? "";
-    if (variant && name !== "emu") throw new Error(`sanitizer variant "${variant}" exists only for emu`);
+    if (variant && name !== "emu") {
+      throw new Error(`sanitizer variant "${variant}" exists only for emu`);
+    }
     const path = opts.libPath ?? libraryPath(name, variant);
     try {
       Deno.statSync(path);
@@ -162,7 +168,9 @@ export class Backend {
   private initCuda(device: number) {
     const count = this.deviceCount();
     if (count === 0) throw new Error("backend cuda: no GPU visible (use --backend cpu or emu)");
-    if (device >= count) throw new Error(`backend cuda: device ${device} requested, ${count} visible`);
+    if (device >= count) {
+      throw new Error(`backend cuda: device ${device} requested, ${count} visible`);
+    }
     this.k.mn_set_device(device);
     const enc = (s: string | null) => (s ? new TextEncoder().encode(s + "\0") : null);
     const cublas = findNvidiaLibrary("libcublas.so", "MN_CUBLAS", "cublas");
@@ -222,7 +230,9 @@ export class Backend {
   free(t: Tensor) {
     const addr = BigInt(Deno.UnsafePointer.value(t.ptr));
     const bytes = this.live.get(addr);
-    if (bytes === undefined) throw new Error(`free ${t}: not an allocation of this backend (a view?)`);
+    if (bytes === undefined) {
+      throw new Error(`free ${t}: not an allocation of this backend (a view?)`);
+    }
     this.live.delete(addr);
     this.bytesInUse -= bytes;
     this.k.mn_free(t.ptr);
@@ -269,7 +279,9 @@ export class Backend {
     const rows = [...this.profile.entries()].sort((a, b) => b[1].ms - a[1].ms);
     const total = rows.reduce((s, [, e]) => s + e.ms, 0);
     return rows.map(([n, e]) =>
-      `${n.padEnd(32)} ${String(e.calls).padStart(8)} calls ${e.ms.toFixed(1).padStart(10)} ms ${(100 * e.ms / total).toFixed(1).padStart(5)}%`
+      `${n.padEnd(32)} ${String(e.calls).padStart(8)} calls ${e.ms.toFixed(1).padStart(10)} ms ${
+        (100 * e.ms / total).toFixed(1).padStart(5)
+      }%`
     ).join("\n");
   }
 

@@ -19,7 +19,14 @@ Deno.test("abi: kernels.h parses into a symbol table with only supported types",
   assert.equal(names.size, fns.length, "duplicate declarations in kernels.h");
   for (const f of fns) assert.match(f.name, /^mn_[a-z0-9_]+$/);
   const gemm = fns.find((f) => f.name === "mn_gemm_bf16")!;
-  assert.deepEqual(gemm.params.slice(0, 6).map((p) => p.type), ["i32", "i32", "i32", "i32", "i32", "f32"]);
+  assert.deepEqual(gemm.params.slice(0, 6).map((p) => p.type), [
+    "i32",
+    "i32",
+    "i32",
+    "i32",
+    "i32",
+    "f32",
+  ]);
   assert.equal(fns.find((f) => f.name === "mn_malloc")!.params[0].type, "buffer");
 });
 
@@ -28,7 +35,10 @@ Deno.test("abi: an unsupported parameter type is a clear error naming the functi
     () => parseKernelsHeader("MN_API int mn_bad(float* x, size_t n);", "test.h"),
     /test\.h: mn_bad: parameter n has unsupported type size_t/,
   );
-  assert.throws(() => parseKernelsHeader("int nothing;", "empty.h"), /empty\.h: no MN_API declarations/);
+  assert.throws(
+    () => parseKernelsHeader("int nothing;", "empty.h"),
+    /empty\.h: no MN_API declarations/,
+  );
 });
 
 const libs: [string, string][] = [
@@ -49,7 +59,9 @@ for (const [name, path] of libs) {
       // Sanitized libraries need their runtime preloaded to load; check their symbols with nm.
       if (name.includes("san")) {
         const out = new Deno.Command("nm", { args: ["-D", "--defined-only", path] }).outputSync();
-        const syms = new Set(new TextDecoder().decode(out.stdout).split("\n").map((l) => l.split(" ").pop()));
+        const syms = new Set(
+          new TextDecoder().decode(out.stdout).split("\n").map((l) => l.split(" ").pop()),
+        );
         const missing = kernelsHeaderFunctions().map((f) => f.name).filter((n) => !syms.has(n));
         assert.deepEqual(missing, [], `${path} lacks ${missing.join(", ")}`);
         return;
@@ -65,8 +77,14 @@ for (const [name, path] of libs) {
 }
 
 Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
-  assert.throws(() => resolveBackendName("rocm"), /^Error: --backend rocm: expected one of cuda, emu, cpu$/);
-  assert.throws(() => Backend.open({ name: "gpu" }), /--backend gpu: expected one of cuda, emu, cpu/);
+  assert.throws(
+    () => resolveBackendName("rocm"),
+    /^Error: --backend rocm: expected one of cuda, emu, cpu$/,
+  );
+  assert.throws(
+    () => Backend.open({ name: "gpu" }),
+    /--backend gpu: expected one of cuda, emu, cpu/,
+  );
 });
 
 Deno.test("backend: a missing library says which file and how to build it", () => {
@@ -84,14 +102,20 @@ Deno.test({
   name: "backend: cuda without a GPU is a clear error, not a crash",
   ignore: HAS_GPU || !exists(libraryPath("cuda")),
   fn() {
-    assert.throws(() => Backend.open({ name: "cuda" }), /backend cuda: no GPU visible \(use --backend cpu or emu\)/);
+    assert.throws(
+      () => Backend.open({ name: "cuda" }),
+      /backend cuda: no GPU visible \(use --backend cpu or emu\)/,
+    );
   },
 });
 
 Deno.test("backend: library errors come back as exceptions carrying the library's message", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = Backend.open({ name });
-    assert.throws(() => be.k.mn_cast_f32_to_bf16(null, null, -5n, null), /mn_cast_f32_to_bf16 \(.+\): cast_f32_to_bf16: n = -5 \[code 1\]/);
+    assert.throws(
+      () => be.k.mn_cast_f32_to_bf16(null, null, -5n, null),
+      /mn_cast_f32_to_bf16 \(.+\): cast_f32_to_bf16: n = -5 \[code 1\]/,
+    );
     assert.throws(() => be.k.mn_set_device(3), /device 3 does not exist/);
   }
 });

@@ -12,9 +12,14 @@ checkKernel({
     // Values across many binades, plus exact halfway cases that test round-to-nearest-even.
     const x = rng.normal(n, 100);
     for (let i = 0; i < n; i += 7) x[i] = 1 + (2 * (i % 3) + 1) * 2 ** -8;
-    return withTensors(be, { x: { data: x, shape: [n] } }, { y: { shape: [n], dtype: "bf16" } }, (t) => {
-      be.k.mn_cast_f32_to_bf16(t.y.ptr, t.x.ptr, t.x.n, be.stream);
-    });
+    return withTensors(
+      be,
+      { x: { data: x, shape: [n] } },
+      { y: { shape: [n], dtype: "bf16" } },
+      (t) => {
+        be.k.mn_cast_f32_to_bf16(t.y.ptr, t.x.ptr, t.x.n, be.stream);
+      },
+    );
   },
 });
 
@@ -24,9 +29,14 @@ checkKernel({
   tol: EXACT,
   run(be, { n }, rng) {
     const x = f32ToBf16(rng.normal(n, 10));
-    return withTensors(be, { x: { data: x, shape: [n], dtype: "bf16" } }, { y: { shape: [n] } }, (t) => {
-      be.k.mn_cast_bf16_to_f32(t.y.ptr, t.x.ptr, t.x.n, be.stream);
-    });
+    return withTensors(
+      be,
+      { x: { data: x, shape: [n], dtype: "bf16" } },
+      { y: { shape: [n] } },
+      (t) => {
+        be.k.mn_cast_bf16_to_f32(t.y.ptr, t.x.ptr, t.x.n, be.stream);
+      },
+    );
   },
 });
 

@@ -38,7 +38,10 @@ function run(args: string[], env: Record<string, string>) {
 Deno.test("sanitizers: planted missing __syncthreads is reported by ThreadSanitizer", () => {
   const r = run(["run", "-A", "cuda/test/run_planted.ts", "race"], sanitizerEnv("tsan"));
   assert(r.text.includes("WARNING: ThreadSanitizer: data race"), r.text.slice(-3000));
-  assert(r.text.includes("reverse_block_kernel"), "the report names the kernel:\n" + r.text.slice(-3000));
+  assert(
+    r.text.includes("reverse_block_kernel"),
+    "the report names the kernel:\n" + r.text.slice(-3000),
+  );
   console.log("  TSan caught the planted race in reverse_block_kernel");
 });
 

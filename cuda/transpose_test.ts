@@ -7,7 +7,9 @@ checkKernel({
   tol: EXACT,
   label: ({ R, C }) => `[${R},${C}]`,
   run(be, { R, C }, rng) {
-    return withTensors(be, { x: { data: rng.normal(R * C), shape: [R, C] } }, { y: { shape: [C, R] } }, (t) => {
+    return withTensors(be, { x: { data: rng.normal(R * C), shape: [R, C] } }, {
+      y: { shape: [C, R] },
+    }, (t) => {
       be.k.mn_transpose(t.y.ptr, t.x.ptr, R, C, be.stream);
     });
   },
@@ -18,7 +20,10 @@ Deno.test("transpose: cpu is the index permutation; in-place is refused", () => 
   const x = new Float32Array([1, 2, 3, 4, 5, 6]);
   const r = withTensors(be, { x: { data: x, shape: [2, 3] } }, { y: { shape: [3, 2] } }, (t) => {
     be.k.mn_transpose(t.y.ptr, t.x.ptr, 2, 3, be.stream);
-    assert.throws(() => be.k.mn_transpose(t.x.ptr, t.x.ptr, 2, 3, be.stream), /in-place is not supported/);
+    assert.throws(
+      () => be.k.mn_transpose(t.x.ptr, t.x.ptr, 2, 3, be.stream),
+      /in-place is not supported/,
+    );
   });
   assert.deepEqual([...r.y], [1, 4, 2, 5, 3, 6]);
 });

@@ -8,7 +8,15 @@
 // Each run gets a fresh random seed (or $MN_TEST_SEED); a failure prints it so it can be replayed.
 // Outputs are poisoned (all bytes 0xFF = NaN) before the call, so an element the kernel forgot to
 // write fails the comparison.
-import { Backend, type BackendName, type Dtype, gpuVisible, type HostArray, type Tensor, type Variant } from "../backend.ts";
+import {
+  Backend,
+  type BackendName,
+  type Dtype,
+  gpuVisible,
+  type HostArray,
+  type Tensor,
+  type Variant,
+} from "../backend.ts";
 
 export const VARIANT = (Deno.env.get("MN_TEST_VARIANT") ?? "") as Variant;
 export const SEED = Number(Deno.env.get("MN_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
@@ -103,7 +111,9 @@ export function compare(what: string, got: ArrayLike<number>, want: ArrayLike<nu
   if (bad) {
     throw new Error(
       `${what}: ${bad}/${got.length} elements off; worst at [${worst}]: got ${got[worst]}, ` +
-        `want ${want[worst]} (atol ${tol.atol}, rtol ${tol.rtol}; replay with MN_TEST_SEED=${SEED})`,
+        `want ${
+          want[worst]
+        } (atol ${tol.atol}, rtol ${tol.rtol}; replay with MN_TEST_SEED=${SEED})`,
     );
   }
 }
