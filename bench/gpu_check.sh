@@ -47,8 +47,8 @@ if command -v deno >/dev/null 2>&1; then row deno ok "$(deno --version | head -n
 # ---- 2. build for the card, register/spill report
 nvcc_v=$(${CUDA_HOME:-/usr/local/cuda}/bin/nvcc --version 2>/dev/null | tail -n1)
 gpu=$(nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader 2>/dev/null | head -n1)
-row nvcc "${nvcc_v:+ok}${nvcc_v:-FAIL}" "${nvcc_v:-nvcc not found}"
-row gpu "${gpu:+ok}${gpu:-none}" "${gpu:-no GPU visible (nvidia-smi)}"
+if [[ -n $nvcc_v ]]; then row nvcc ok "$nvcc_v"; else row nvcc FAIL "nvcc not found (CUDA_HOME)"; fi
+if [[ -n $gpu ]]; then row gpu ok "$gpu"; else row gpu none "no GPU visible (nvidia-smi)"; fi
 if make -C cuda -j"$(nproc)" cuda cpu > "$logs/build.log" 2>&1; then row "build cuda+cpu" ok "cuda/build/libmn_cuda.so"; else row "build cuda+cpu" FAIL "see $logs/build.log"; finish; fi
 # ptxas: one line per kernel instantiation and arch: registers, spill stores/loads
 for f in cuda/build/cuda/*.o.ptxas.txt; do
