@@ -175,22 +175,27 @@ export class Graph {
   }
 
   // ---- ops: each forward kernel paired with its backward ----
-  private unaryLike(
-    x: Var,
-    label: string,
-    fwd: (out: Tensor) => void,
-    bwd: ((y: Var) => void) | null,
-  ): Var {
-    const out = this.out(x.shape, label);
-    fwd(out);
-    const y = new Var(out, this.needs(x));
-    if (y.requiresGrad && bwd) {
+  /** Wraps an op's output: records `bwd` (run only if the output got a gradient), then frees it. */
+  private node(out: Tensor, inputs: (Var | null)[], bwd: (y: Var & { g: Tensor }) => void): Var {
+    const y = new Var(out, this.needs(...inputs));
+    if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) bwd(y);
+        if (y.g) bwd(y as Var & { g: Tensor });
         this.dropGrad(y);
       });
     }
     return y;
+  }
+
+  private unaryLike(
+    x: Var,
+    label: string,
+    fwd: (out: Tensor) => void,
+    bwd: (y: Var & { g: Tensor }) => void,
+  ): Var {
+    const out = this.out(x.shape, label);
+    fwd(out);
+    return this.node(out, [x], bwd);
   }
 
   unary(x: Var, op: UnaryOp): Var {
@@ -199,8 +204,7 @@ export class Graph {
       x,
       op.toLowerCase(),
       (out) => this.k.mn_unary_forward(out.ptr, x.t.ptr, code, x.t.n, this.s),
-      (y) =>
-        this.k.mn_unary_backward(this.grad(x), y.g!.ptr, x.t.ptr, y.t.ptr, code, x.t.n, this.s),
+      (y) => this.k.mn_unary_backward(this.grad(x), y.g.ptr, x.t.ptr, y.t.ptr, code, x.t.n, this.s),
     );
   }
   tanh(x: Var) {
@@ -215,17 +219,10 @@ export class Graph {
     sameShape("add", a.shape, b.shape);
     const out = this.out(a.shape, "add");
     this.k.mn_add(out.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
-    const y = new Var(out, this.needs(a, b));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          if (a.requiresGrad) this.k.mn_axpy(this.grad(a), 1, y.g.ptr, a.t.n, this.s);
-          if (b.requiresGrad) this.k.mn_axpy(this.grad(b), 1, y.g.ptr, b.t.n, this.s);
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [a, b], (y) => {
+      if (a.requiresGrad) this.k.mn_axpy(this.grad(a), 1, y.g.ptr, a.t.n, this.s);
+      if (b.requiresGrad) this.k.mn_axpy(this.grad(b), 1, y.g.ptr, b.t.n, this.s);
+    });
   }
 
   /** alpha*x + beta*y with scalars that are either numbers (constants) or 1-element Vars. */
@@ -235,28 +232,21 @@ export class Graph {
     const sb = typeof beta === "number" ? this.input(this.constant(beta)) : beta;
     const out = this.out(x.shape, "axpby");
     this.k.mn_axpby_forward(out.ptr, x.t.ptr, y.t.ptr, sa.t.ptr, sb.t.ptr, x.t.n, this.s);
-    const z = new Var(out, this.needs(x, y, sa, sb));
-    if (z.requiresGrad) {
-      this.record(() => {
-        if (z.g) {
-          this.k.mn_axpby_backward(
-            this.grad(x),
-            this.grad(y),
-            this.grad(sa),
-            this.grad(sb),
-            z.g.ptr,
-            x.t.ptr,
-            y.t.ptr,
-            sa.t.ptr,
-            sb.t.ptr,
-            x.t.n,
-            this.s,
-          );
-        }
-        this.dropGrad(z);
-      });
-    }
-    return z;
+    return this.node(out, [x, y, sa, sb], (z) => {
+      this.k.mn_axpby_backward(
+        this.grad(x),
+        this.grad(y),
+        this.grad(sa),
+        this.grad(sb),
+        z.g.ptr,
+        x.t.ptr,
+        y.t.ptr,
+        sa.t.ptr,
+        sb.t.ptr,
+        x.t.n,
+        this.s,
+      );
+    });
   }
 
   /** element i of a 1-D parameter, as a 1-element Var whose gradient aliases the parameter's */
@@ -271,24 +261,17 @@ export class Graph {
     sameShape("mul", a.shape, b.shape);
     const out = this.out(a.shape, "mul");
     this.k.mn_mul_forward(out.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
-    const y = new Var(out, this.needs(a, b));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_mul_backward(
-            this.grad(a),
-            this.grad(b),
-            y.g.ptr,
-            a.t.ptr,
-            b.t.ptr,
-            a.t.n,
-            this.s,
-          );
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [a, b], (y) => {
+      this.k.mn_mul_backward(
+        this.grad(a),
+        this.grad(b),
+        y.g.ptr,
+        a.t.ptr,
+        b.t.ptr,
+        a.t.n,
+        this.s,
+      );
+    });
   }
 
   /** x + (y - x) * g */
@@ -297,26 +280,19 @@ export class Graph {
     sameShape("lerp", x.shape, g.shape);
     const out = this.out(x.shape, "lerp");
     this.k.mn_lerp_forward(out.ptr, x.t.ptr, y.t.ptr, g.t.ptr, x.t.n, this.s);
-    const z = new Var(out, this.needs(x, y, g));
-    if (z.requiresGrad) {
-      this.record(() => {
-        if (z.g) {
-          this.k.mn_lerp_backward(
-            this.grad(x),
-            this.grad(y),
-            this.grad(g),
-            z.g.ptr,
-            x.t.ptr,
-            y.t.ptr,
-            g.t.ptr,
-            x.t.n,
-            this.s,
-          );
-        }
-        this.dropGrad(z);
-      });
-    }
-    return z;
+    return this.node(out, [x, y, g], (z) => {
+      this.k.mn_lerp_backward(
+        this.grad(x),
+        this.grad(y),
+        this.grad(g),
+        z.g.ptr,
+        x.t.ptr,
+        y.t.ptr,
+        g.t.ptr,
+        x.t.n,
+        this.s,
+      );
+    });
   }
 
   /** x + v, with v [C] broadcast over the rows of x [..., C] */
@@ -327,16 +303,9 @@ export class Graph {
     }
     const out = this.out(x.shape, "addRow");
     this.k.mn_add_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
-    const y = new Var(out, this.needs(x, v));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_add_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, N, C, this.s);
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [x, v], (y) => {
+      this.k.mn_add_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, N, C, this.s);
+    });
   }
 
   /** x * v, with v [C] broadcast over the rows of x [..., C] */
@@ -347,25 +316,18 @@ export class Graph {
     }
     const out = this.out(x.shape, "mulRow");
     this.k.mn_mul_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
-    const y = new Var(out, this.needs(x, v));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_mul_row_vector_backward(
-            this.grad(x),
-            this.grad(v),
-            y.g.ptr,
-            x.t.ptr,
-            v.t.ptr,
-            N,
-            C,
-            this.s,
-          );
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [x, v], (y) => {
+      this.k.mn_mul_row_vector_backward(
+        this.grad(x),
+        this.grad(v),
+        y.g.ptr,
+        x.t.ptr,
+        v.t.ptr,
+        N,
+        C,
+        this.s,
+      );
+    });
   }
 
   /** out[b,t] = x[b,t-1], zeros at t = 0; x [B,T,C] */
@@ -375,7 +337,7 @@ export class Graph {
       x,
       "timeShift",
       (out) => this.k.mn_time_shift_forward(out.ptr, x.t.ptr, B, T, C, this.s),
-      (y) => this.k.mn_time_shift_backward(this.grad(x), y.g!.ptr, B, T, C, this.s),
+      (y) => this.k.mn_time_shift_backward(this.grad(x), y.g.ptr, B, T, C, this.s),
     );
   }
 
@@ -384,7 +346,7 @@ export class Graph {
       x,
       "relu2",
       (out) => this.k.mn_relu2_forward(out.ptr, x.t.ptr, x.t.n, this.s),
-      (y) => this.k.mn_relu2_backward(this.grad(x), y.g!.ptr, x.t.ptr, x.t.n, this.s),
+      (y) => this.k.mn_relu2_backward(this.grad(x), y.g.ptr, x.t.ptr, x.t.n, this.s),
     );
   }
 
@@ -396,7 +358,7 @@ export class Graph {
       x,
       "rmsnorm",
       (out) => this.k.mn_rmsnorm_forward(out.ptr, rstd.ptr, x.t.ptr, N, C, eps, this.s),
-      (y) => this.k.mn_rmsnorm_backward(this.grad(x), y.g!.ptr, x.t.ptr, rstd.ptr, N, C, this.s),
+      (y) => this.k.mn_rmsnorm_backward(this.grad(x), y.g.ptr, x.t.ptr, rstd.ptr, N, C, this.s),
     );
   }
 
@@ -417,28 +379,21 @@ export class Graph {
       eps,
       this.s,
     );
-    const y = new Var(out, this.needs(x, w, b));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_layernorm_backward(
-            this.grad(x),
-            this.grad(w),
-            this.grad(b),
-            y.g.ptr,
-            x.t.ptr,
-            w.t.ptr,
-            mean.ptr,
-            rstd.ptr,
-            N,
-            C,
-            this.s,
-          );
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [x, w, b], (y) => {
+      this.k.mn_layernorm_backward(
+        this.grad(x),
+        this.grad(w),
+        this.grad(b),
+        y.g.ptr,
+        x.t.ptr,
+        w.t.ptr,
+        mean.ptr,
+        rstd.ptr,
+        N,
+        C,
+        this.s,
+      );
+    });
   }
 
   /** nn.GroupNorm(G, G*D) on rows of x [..., G*D] */
@@ -461,29 +416,22 @@ export class Graph {
       eps,
       this.s,
     );
-    const y = new Var(out, this.needs(x, w, b));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_groupnorm_backward(
-            this.grad(x),
-            this.grad(w),
-            this.grad(b),
-            y.g.ptr,
-            x.t.ptr,
-            w.t.ptr,
-            mean.ptr,
-            rstd.ptr,
-            N,
-            G,
-            D,
-            this.s,
-          );
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [x, w, b], (y) => {
+      this.k.mn_groupnorm_backward(
+        this.grad(x),
+        this.grad(w),
+        this.grad(b),
+        y.g.ptr,
+        x.t.ptr,
+        w.t.ptr,
+        mean.ptr,
+        rstd.ptr,
+        N,
+        G,
+        D,
+        this.s,
+      );
+    });
   }
 
   /** F.normalize(x, dim=-1) over groups of D (the last dimension viewed as [..., C/D, D]) */
@@ -493,7 +441,7 @@ export class Graph {
       x,
       "l2norm",
       (out) => this.k.mn_l2norm_forward(out.ptr, x.t.ptr, rows, D, eps, this.s),
-      (y) => this.k.mn_l2norm_backward(this.grad(x), y.g!.ptr, x.t.ptr, rows, D, eps, this.s),
+      (y) => this.k.mn_l2norm_backward(this.grad(x), y.g.ptr, x.t.ptr, rows, D, eps, this.s),
     );
   }
 
@@ -503,14 +451,11 @@ export class Graph {
     const N = idx.numel;
     const out = this.out([...shape, C], "embedding");
     this.k.mn_embedding_forward(out.ptr, idx.ptr, W.t.ptr, N, C, V, this.s);
-    const y = new Var(out, this.needs(W));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) this.k.mn_embedding_backward(this.grad(W), idx.ptr, y.g.ptr, N, C, V, this.s);
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(
+      out,
+      [W],
+      (y) => this.k.mn_embedding_backward(this.grad(W), idx.ptr, y.g.ptr, N, C, V, this.s),
+    );
   }
 
   /** a matmul operand in this graph's precision (a parameter uses its cached bf16 shadow) */
@@ -617,60 +562,53 @@ export class Graph {
     const out = this.out([...a.shape.slice(0, -1), M], "matmul");
     const ldb = transB ? K : M;
     this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
-    const y = new Var(out, this.needs(a, b));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          const dy = this.gradOperand(y.g);
-          // da[N,K] += dy[N,M] @ op(b)^T
-          if (a.requiresGrad) {
-            this.gemm(
-              0,
-              transB ? 0 : 1,
-              N,
-              K,
-              M,
-              1,
-              dy.ptr,
-              M,
-              0n,
-              bb.ptr,
-              ldb,
-              0n,
-              1,
-              this.grad(a),
-              K,
-              0n,
-            );
-          }
-          // db += a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
-          if (b.requiresGrad) {
-            if (transB) {
-              this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
-            } else {this.gemm(
-                1,
-                0,
-                K,
-                M,
-                N,
-                1,
-                ab.ptr,
-                K,
-                0n,
-                dy.ptr,
-                M,
-                0n,
-                1,
-                this.grad(b),
-                M,
-                0n,
-              );}
-          }
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [a, b], (y) => {
+      const dy = this.gradOperand(y.g);
+      // da[N,K] += dy[N,M] @ op(b)^T
+      if (a.requiresGrad) {
+        this.gemm(
+          0,
+          transB ? 0 : 1,
+          N,
+          K,
+          M,
+          1,
+          dy.ptr,
+          M,
+          0n,
+          bb.ptr,
+          ldb,
+          0n,
+          1,
+          this.grad(a),
+          K,
+          0n,
+        );
+      }
+      // db += a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
+      if (b.requiresGrad) {
+        if (transB) {
+          this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
+        } else {this.gemm(
+            1,
+            0,
+            K,
+            M,
+            N,
+            1,
+            ab.ptr,
+            K,
+            0n,
+            dy.ptr,
+            M,
+            0n,
+            1,
+            this.grad(b),
+            M,
+            0n,
+          );}
+      }
+    });
   }
 
   /**
@@ -769,30 +707,23 @@ export class Graph {
     const D = C / H;
     const out = this.out(r.shape, "bonus");
     this.k.mn_rwkv7_bonus_forward(out.ptr, r.t.ptr, k.t.ptr, v.t.ptr, u.t.ptr, N, H, D, this.s);
-    const y = new Var(out, this.needs(r, k, v, u));
-    if (y.requiresGrad) {
-      this.record(() => {
-        if (y.g) {
-          this.k.mn_rwkv7_bonus_backward(
-            this.grad(r),
-            this.grad(k),
-            this.grad(v),
-            this.grad(u),
-            y.g.ptr,
-            r.t.ptr,
-            k.t.ptr,
-            v.t.ptr,
-            u.t.ptr,
-            N,
-            H,
-            D,
-            this.s,
-          );
-        }
-        this.dropGrad(y);
-      });
-    }
-    return y;
+    return this.node(out, [r, k, v, u], (y) => {
+      this.k.mn_rwkv7_bonus_backward(
+        this.grad(r),
+        this.grad(k),
+        this.grad(v),
+        this.grad(u),
+        y.g.ptr,
+        r.t.ptr,
+        k.t.ptr,
+        v.t.ptr,
+        u.t.ptr,
+        N,
+        H,
+        D,
+        this.s,
+      );
+    });
   }
 
   /**
@@ -814,46 +745,39 @@ export class Graph {
       this.k.mn_wkv7_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
     } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
-    const out = new Var(y, this.needs(r, w, k, v, a, b));
-    if (out.requiresGrad) {
-      this.record(() => {
-        if (out.g) {
-          const g = [r, w, k, v, a, b].map((x) => this.grad(x));
-          if (kernel === "fast") {
-            this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
-          } else {
-            const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
-            if (f32) {
-              this.k.mn_wkv7g_backward_f32(
-                ...g,
-                out.g.ptr,
-                ...p,
-                sCk.ptr,
-                ws.ptr,
-                B,
-                T,
-                H,
-                N,
-                this.s,
-              );
-            } else {this.k.mn_wkv7g_backward(
-                ...g,
-                out.g.ptr,
-                ...p,
-                sCk.ptr,
-                ws.ptr,
-                B,
-                T,
-                H,
-                N,
-                this.s,
-              );}
-          }
-        }
-        this.dropGrad(out);
-      });
-    }
-    return out;
+    return this.node(y, [r, w, k, v, a, b], (out) => {
+      const g = [r, w, k, v, a, b].map((x) => this.grad(x));
+      if (kernel === "fast") {
+        this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
+      } else {
+        const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
+        if (f32) {
+          this.k.mn_wkv7g_backward_f32(
+            ...g,
+            out.g.ptr,
+            ...p,
+            sCk.ptr,
+            ws.ptr,
+            B,
+            T,
+            H,
+            N,
+            this.s,
+          );
+        } else {this.k.mn_wkv7g_backward(
+            ...g,
+            out.g.ptr,
+            ...p,
+            sCk.ptr,
+            ws.ptr,
+            B,
+            T,
+            H,
+            N,
+            this.s,
+          );}
+      }
+    });
   }
 
   /**
