@@ -1,7 +1,10 @@
 // The emulator's launcher and collectives (see cuda_emu.h for the model and its limits).
 #include "cuda_emu.h"
 
+#include <condition_variable>
 #include <cstdio>
+#include <map>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -60,6 +63,63 @@ unsigned warp_ballot(bool pred) {
 
 void* dynamic_smem() { return t_block->smem.empty() ? nullptr : t_block->smem.data(); }
 
+// Worker threads kept between launches: creating up to 1024 OS threads per launch was most of the
+// emulator's cost. One pool per block size (kernels use a handful), so a launch wakes exactly the
+// threads it needs. Every worker runs the same job with its own thread index.
+class ThreadPool {
+ public:
+  explicit ThreadPool(unsigned n) {
+    for (unsigned i = 0; i < n; i++) threads_.emplace_back([this, i] { loop(i); });
+  }
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      quit_ = true;
+      ++generation_;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void run(const std::function<void(unsigned)>& job) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &job;
+      remaining_ = (unsigned)threads_.size();
+      ++generation_;
+    }
+    cv_.notify_all();
+    std::unique_lock<std::mutex> lk(mu_);
+    done_cv_.wait(lk, [&] { return remaining_ == 0; });
+    job_ = nullptr;
+  }
+
+ private:
+  void loop(unsigned tid) {
+    std::unique_lock<std::mutex> lk(mu_);
+    uint64_t seen = 0;  // the generation at construction: a run() may already have bumped it
+    for (;;) {
+      cv_.wait(lk, [&] { return generation_ != seen; });
+      seen = generation_;
+      if (quit_) return;
+      const std::function<void(unsigned)>* job = job_;
+      lk.unlock();
+      (*job)(tid);
+      lk.lock();
+      if (--remaining_ == 0) done_cv_.notify_one();
+    }
+  }
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  uint64_t generation_ = 0;
+  unsigned remaining_ = 0;
+  bool quit_ = false;
+  const std::function<void(unsigned)>* job_ = nullptr;
+};
+
+static std::mutex g_launch_mu;  // one launch at a time (blocks share function-static __shared__)
+static std::map<unsigned, std::unique_ptr<ThreadPool>> g_pools;
+
 int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
   unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
   unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
@@ -85,7 +145,7 @@ int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function
   // returned early dropped out of them) before anybody starts the next block.
   std::barrier block_end((std::ptrdiff_t)nthreads, [&blk]() noexcept { blk.reset_barriers(); });
 
-  auto worker = [&](unsigned tid) {
+  std::function<void(unsigned)> worker = [&](unsigned tid) {
     t_block = &blk;
     t_linear_tid = tid;
     t_block_dim = block;
@@ -101,10 +161,10 @@ int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function
     }
     t_block = nullptr;
   };
-  std::vector<std::thread> threads;
-  threads.reserve(nthreads);
-  for (unsigned t = 0; t < nthreads; t++) threads.emplace_back(worker, t);
-  for (auto& th : threads) th.join();
+  std::lock_guard<std::mutex> lk(g_launch_mu);
+  auto& pool = g_pools[(unsigned)nthreads];
+  if (!pool) pool = std::make_unique<ThreadPool>((unsigned)nthreads);
+  pool->run(worker);
   return 0;
 }
 
