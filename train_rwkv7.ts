@@ -7,6 +7,7 @@ import { parseArgs } from "node:util";
 import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { Graph, Param, type Var } from "./cuda/autograd.ts";
+import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -447,8 +448,6 @@ class Muon {
     readonly params: Param[],
     readonly lr: number,
     readonly be: Backend,
-    readonly rank = 0,
-    readonly world = 1,
   ) {
     this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
   }
@@ -458,21 +457,37 @@ class Muon {
     if (!t) this.ws.set(k, t = this.be.alloc(shape, dtype, "muon." + key));
     return t;
   }
-  step(lrFactor: number) {
+  step(lrFactor: number, coll: Collective) {
     const k = this.be.k, s = this.be.stream;
     this.params.forEach((p, i) => {
-      if (i % this.world !== this.rank) return;
       const [rows, cols] = p.shape;
       const n = p.data.n;
-      k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
-      k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
-      const g = this.scratch("g", [rows, cols]);
-      k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
-      k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
-      const X = this.newtonSchulz5(g, rows, cols);
-      k.mn_axpy(p.data.ptr, -this.lr * lrFactor * Math.sqrt(Math.max(1, rows / cols)), X.ptr, n, s);
+      const owner = i % coll.world; // the rank that orthogonalises this parameter's update
+      let upd = this.scratch("upd", [rows, cols]);
+      if (owner === coll.rank) {
+        k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
+        k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
+        const g = this.scratch("g", [rows, cols]);
+        k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
+        k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
+        const X = this.newtonSchulz5(g, rows, cols);
+        if (coll.world === 1) upd = X;
+        else k.mn_memcpy_d2d(upd.ptr, X.ptr, BigInt(upd.nbytes), s);
+      }
+      if (coll.world > 1) coll.broadcast(upd, owner); // the original all-reduces a zero-padded flat buffer
+      k.mn_axpy(
+        p.data.ptr,
+        -this.lr * lrFactor * Math.sqrt(Math.max(1, rows / cols)),
+        upd.ptr,
+        n,
+        s,
+      );
       p.markUpdated();
     });
+  }
+  /** every rank gets every momentum buffer (each lives on its owner), e.g. before a checkpoint */
+  gatherState(coll: Collective) {
+    if (coll.world > 1) this.buf.forEach((b, i) => coll.broadcast(b, i % coll.world));
   }
   /** zeropower_via_newtonschulz5 on G [rows, cols]; returns X in G's orientation */
   private newtonSchulz5(G: Tensor, rows: number, cols: number): Tensor {
@@ -686,6 +701,7 @@ function saveCheckpoint(
     adam_steps: JSON.stringify(adamSteps),
     train_shard: String(loader.shard),
     train_pos: String(loader.pos),
+    world: String(loader.world),
     config: JSON.stringify(a),
   };
   // optimizer file first: a checkpoint whose weights exist always has its optimizer state
@@ -727,19 +743,21 @@ function main() {
   }
   const rank = Number(Deno.env.get("RANK") ?? 0), world = Number(Deno.env.get("WORLD_SIZE") ?? 1);
   validate(a, world);
-  if (world > 1) {
-    throw new ConfigError(
-      `WORLD_SIZE=${world}: multi-process training needs the NCCL/CPU collectives, which have not landed yet; run one process`,
-    );
+  if (world > 1 && a.dump_grads) {
+    throw new ConfigError("--dump_grads runs in one process (WORLD_SIZE=1)");
   }
   const master = rank === 0;
-  let be: Backend;
+  let be: Backend, coll: Collective;
   try {
     be = Backend.open({ name: a.backend || undefined });
+    coll = openCollective(be); // NCCL on cuda, TCP on cpu/emu, nothing with one process
+    coll.agree(JSON.stringify(a), "flags"); // ranks started with different flags refuse to run
   } catch (e) {
     throw new ConfigError((e as Error).message);
   }
-  const seed = a.random_seed !== -1 ? a.random_seed : Math.floor(Math.random() * 2 ** 31);
+  // -1: a random seed, rank 0's for everyone (identical initial weights on every rank)
+  const seedWanted = a.random_seed !== -1 ? a.random_seed : Math.floor(Math.random() * 2 ** 31);
+  const seed = Number(coll.agree(String(seedWanted), "seed", false));
   const B = a.device_bsz, T = a.sequence_length;
   const valSteps = a.val_tokens / (B * T * world);
   const accum = a.bsz / (B * world);
@@ -769,6 +787,7 @@ function main() {
         loss.toFixed(6)
       }; gradients of ${model.params.length} parameters written to ${a.dump_grads}`,
     );
+    coll.destroy();
     be.close();
     return;
   }
@@ -799,7 +818,7 @@ function main() {
     new Adam("Adam-s", blocks.filter((p) => local(p).includes("lambdas")), 0.02, be),
     new Adam("Adam-LN", blocks.filter((p) => local(p).includes("ln")), a.ln_lr, be),
   ];
-  const muon = new Muon("Muon !!!", blocks.filter(isMuon), a.muon_lr, be, rank, world);
+  const muon = new Muon("Muon !!!", blocks.filter(isMuon), a.muon_lr, be);
 
   let startStep = 0;
   if (a.resume) {
@@ -823,7 +842,13 @@ function main() {
       be.write(muon.buf[i], st.tensors.get(p.name + ".momentum_buffer")!.data as Float32Array)
     );
     startStep = Number(st.metadata.step);
-    trainLoader.seek(Number(st.metadata.train_shard), Number(st.metadata.train_pos));
+    if (Number(st.metadata.world ?? 1) !== world) {
+      throw new ConfigError(
+        `--resume ${a.resume}: saved with WORLD_SIZE=${st.metadata.world}, now ${world} (the data order would differ)`,
+      );
+    }
+    // saved: rank 0's position; rank r reads B*T tokens further on, as the loader interleaves
+    trainLoader.seek(Number(st.metadata.train_shard), Number(st.metadata.train_pos) + rank * B * T);
   }
 
   // logging: the log file starts with the flags, this script's source and the hardware
@@ -863,6 +888,7 @@ function main() {
     );
   }
 
+  const valT = be.alloc([1], "f32", "val_loss");
   let trainingTimeMs = 0;
   be.sync();
   let t0 = performance.now();
@@ -887,6 +913,11 @@ function main() {
       }
       g.gradEnabled = true;
       valLoss /= valSteps;
+      if (world > 1) {
+        be.write(valT, new Float32Array([valLoss]));
+        coll.allReduceMean(valT);
+        valLoss = (be.download(valT) as Float32Array)[0];
+      }
       log(
         `step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${
           trainingTimeMs.toFixed(0)
@@ -896,18 +927,21 @@ function main() {
       t0 = performance.now();
     }
 
-    if (master && (last || (a.save_every > 0 && step % a.save_every === 0)) && step > startStep) {
+    if ((last || (a.save_every > 0 && step % a.save_every === 0)) && step > startStep) {
       be.sync();
       trainingTimeMs += performance.now() - t0;
-      saveCheckpoint(
-        `${a.log_dir}/${runId}/state_step${String(step).padStart(6, "0")}.safetensors`,
-        model,
-        adams,
-        muon,
-        step,
-        trainLoader,
-        a,
-      );
+      muon.gatherState(coll);
+      if (master) {
+        saveCheckpoint(
+          `${a.log_dir}/${runId}/state_step${String(step).padStart(6, "0")}.safetensors`,
+          model,
+          adams,
+          muon,
+          step,
+          trainLoader,
+          a,
+        );
+      }
       be.sync();
       t0 = performance.now();
     }
@@ -921,11 +955,13 @@ function main() {
       g.backward();
       g.release();
     }
+    if (world > 1) { for (const p of model.params) coll.allReduceMean(p.grad); // DDP's average
+     }
     const frac = Math.min(step / 500, 1);
     muon.momentum = (1 - frac) * 0.85 + frac * 0.95;
     const lrFactor = getLr(step, a);
     for (const o of adams) o.step(lrFactor);
-    muon.step(lrFactor);
+    muon.step(lrFactor, coll);
     for (const p of model.params) p.zeroGrad();
     // ----------------------------------------------
 
@@ -943,6 +979,7 @@ function main() {
   if (be.profile.size && master) {
     console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
   }
+  coll.destroy();
   be.close();
 }
 
