@@ -213,4 +213,36 @@ MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, flo
                                  float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
                                  void* stream);
 
+/* ---- causal attention (attention.cu): FlashAttention-2 style, CUDA cores, fp32 accumulation ----
+ * q, k, v [B,T,H,D] bf16 (the layout after the q/k/v linears: heads not transposed); D in
+ * {16, 32, 64, 128} (64/128 in models, 16/32 for tests); scale = 1/sqrt(D); causal: query t sees
+ * keys 0..t.  out[b,t,h,:] = sum_{j<=t} softmax_j(scale q_t.k_j) v_j, [B,T,H,D] fp32 (written);
+ * lse [B,H,T] fp32 (written) = log sum_{j<=t} exp(scale q_t.k_j), saved for backward.
+ * Backward: dout, out [B,T,H,D] fp32 and lse from the forward; dq, dk, dv [B,T,H,D] fp32,
+ * ACCUMULATED (+=), deterministic (no atomics). ws: scratch [B,H,T] fp32, contents undefined
+ * afterwards (cuda/emu keep Delta = rowsum(dout * out) there; the cpu backend, which recomputes
+ * everything from q, k, v in double, does not touch it). B, H <= 65535. */
+MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
+                                int T, int H, int D, void* stream);
+MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
+                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
+                                 int T, int H, int D, void* stream);
+
+/* ---- WKV-6 (wkv6.cu): the RWKV-6 state recurrence, per (batch, head) ------------------------
+ * r, k, v, w [B,T,H,N] bf16; decay d = exp(-exp(w)) (no clamp); u [H,N] fp32 (time_faaaa, the
+ * bonus of the current token, shared over batch and time). S [N,N] (row i = value channel, column
+ * j = key channel), S_{-1} = 0:
+ *   y_t = S_{t-1} r_t + v_t * sum_j r_t[j] u[j] k_t[j];   S_t = S_{t-1} diag(d_t) + v_t k_t^T.
+ * y [B,T,H,N] fp32 (written). N in {16, 32, 64, 128}; any T > 0 (no chunking).
+ * Backward: dr, dk, dv, dw [B,T,H,N] fp32 and du [H,N] fp32 (summed over batch and time), all
+ * ACCUMULATED (+=); dy [B,T,H,N] fp32. Deterministic: du goes through per-(b,h) partials in ws and
+ * an ordered sum over b. ws: fp32 scratch of B*H*N*(T+1) elements, [B,T,H,N] (the per-step terms
+ * c_t[i] = r_t[i] (S_{t-1}^T dy_t)[i] of dw, written by a forward scan, read by the reverse one)
+ * followed by [B,H,N] (du partials); contents undefined afterwards; the cpu backend ignores it. */
+MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
+                           int B, int T, int H, int N, void* stream);
+MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                            mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
+                            int B, int T, int H, int N, void* stream);
+
 #endif /* MN_KERNELS_H */

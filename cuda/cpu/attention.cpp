@@ -1,0 +1,133 @@
+// Causal attention reference, written from the math in double precision (see cuda/kernels.h):
+//   s_tj = q_t . k_j / sqrt(D) for j <= t;  P_tj = exp(s_tj - lse_t), lse_t = log sum_j exp(s_tj);
+//   out_t = sum_j P_tj v_j.
+// Backward (L with dL/dout = dout), per query row t, all from q, k, v (out, lse, ws are not read):
+//   dv_j += P_tj dout_t;  dP_tj = dout_t . v_j;  dS_tj = P_tj (dP_tj - sum_i P_ti dP_ti);
+//   dq_t += scale sum_j dS_tj k_j;  dk_j += scale dS_tj q_t.
+// Each row's scores are materialised (a vector of t+1 doubles); nothing is tiled.
+#include <algorithm>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace {
+
+int check(const char* fn, int B, int T, int H, int D) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(D == 16 || D == 32 || D == 64 || D == 128,
+             "%s: head size D = %d is not supported (16, 32, 64 or 128)", fn, D);
+  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
+             H);
+  return 0;
+}
+
+// Threads only for real work (tiny test shapes stay on the calling thread, see cpu/wkv7.cpp).
+bool parallel_worth_it(int B, int T, int H, int D) {
+  return B * H > 1 && (int64_t)B * H * T * T * D >= (1 << 22);
+}
+
+// One (batch, head) slice of q, k, v as double, x[t*D + d].
+struct Head {
+  int T, D;
+  double scale;
+  std::vector<double> q, k, v;
+  Head(const mn_bf16* q_, const mn_bf16* k_, const mn_bf16* v_, int b, int h, int T_, int H,
+       int D_)
+      : T(T_), D(D_), scale(1.0 / std::sqrt((double)D_)) {
+    q.resize((size_t)T * D);
+    k.resize((size_t)T * D);
+    v.resize((size_t)T * D);
+    for (int t = 0; t < T; t++)
+      for (int d = 0; d < D; d++) {
+        const int64_t g = (((int64_t)b * T + t) * H + h) * D + d;
+        q[(size_t)t * D + d] = bf16_to_f32(q_[g]);
+        k[(size_t)t * D + d] = bf16_to_f32(k_[g]);
+        v[(size_t)t * D + d] = bf16_to_f32(v_[g]);
+      }
+  }
+  // p[0..t] = softmax of row t's scores; returns lse_t.
+  double probs(int t, std::vector<double>& p) const {
+    p.assign((size_t)t + 1, 0.0);
+    double mx = -INFINITY;
+    for (int j = 0; j <= t; j++) {
+      double s = 0;
+      for (int d = 0; d < D; d++) s += q[(size_t)t * D + d] * k[(size_t)j * D + d];
+      p[j] = s * scale;
+      mx = std::max(mx, p[j]);
+    }
+    double sum = 0;
+    for (int j = 0; j <= t; j++) sum += std::exp(p[j] - mx);
+    const double lse = mx + std::log(sum);
+    for (int j = 0; j <= t; j++) p[j] = std::exp(p[j] - lse);
+    return lse;
+  }
+};
+
+}  // namespace
+
+MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
+                                int T, int H, int D, void* stream) {
+  (void)stream;
+  if (int rc = check("attention_forward", B, T, H, D)) return rc;
+  MN_REQUIRE(out && lse && q && k && v, "attention_forward: NULL tensor argument");
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const Head hd(q, k, v, b, h, T, H, D);
+      std::vector<double> p, o((size_t)D);
+      for (int t = 0; t < T; t++) {
+        lse[((int64_t)b * H + h) * T + t] = (float)hd.probs(t, p);
+        std::fill(o.begin(), o.end(), 0.0);
+        for (int j = 0; j <= t; j++)
+          for (int d = 0; d < D; d++) o[d] += p[j] * hd.v[(size_t)j * D + d];
+        float* orow = out + (((int64_t)b * T + t) * H + h) * D;
+        for (int d = 0; d < D; d++) orow[d] = (float)o[d];
+      }
+    }
+  return 0;
+}
+
+MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
+                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
+                                 int T, int H, int D, void* stream) {
+  (void)stream;
+  if (int rc = check("attention_backward", B, T, H, D)) return rc;
+  MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
+             "attention_backward: NULL tensor argument");
+#pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const Head hd(q, k, v, b, h, T, H, D);
+      const size_t n = (size_t)T * D;
+      std::vector<double> gq(n, 0.0), gk(n, 0.0), gv(n, 0.0), p, dp, g((size_t)D);
+      for (int t = 0; t < T; t++) {
+        hd.probs(t, p);
+        const float* grow = dout + (((int64_t)b * T + t) * H + h) * D;
+        for (int d = 0; d < D; d++) g[d] = grow[d];
+        dp.assign((size_t)t + 1, 0.0);
+        double delta = 0;  // sum_j P_tj dP_tj = dout_t . out_t
+        for (int j = 0; j <= t; j++) {
+          for (int d = 0; d < D; d++) dp[j] += g[d] * hd.v[(size_t)j * D + d];
+          delta += p[j] * dp[j];
+        }
+        for (int j = 0; j <= t; j++) {
+          const double ds = p[j] * (dp[j] - delta) * hd.scale;
+          for (int d = 0; d < D; d++) {
+            gv[(size_t)j * D + d] += p[j] * g[d];
+            gq[(size_t)t * D + d] += ds * hd.k[(size_t)j * D + d];
+            gk[(size_t)j * D + d] += ds * hd.q[(size_t)t * D + d];
+          }
+        }
+      }
+      // one fp32 addition per element: the result is exactly init + (float)gradient
+      for (int t = 0; t < T; t++)
+        for (int d = 0; d < D; d++) {
+          const int64_t o = (((int64_t)b * T + t) * H + h) * D + d;
+          const size_t l = (size_t)t * D + d;
+          dq[o] += (float)gq[l];
+          dk[o] += (float)gk[l];
+          dv[o] += (float)gv[l];
+        }
+    }
+  return 0;
+}
