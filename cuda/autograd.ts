@@ -117,16 +117,17 @@ export class Graph {
     this.s = be.stream;
   }
 
-  // ---- bookkeeping ----
-  private out(shape: readonly number[], label: string, dtype: Dtype = "f32"): Tensor {
+  // ---- bookkeeping (public so that a script can define its own ops: allocate with out(), wrap
+  // the result with node(out, inputs, backward), take input gradients with grad()) ----
+  out(shape: readonly number[], label: string, dtype: Dtype = "f32"): Tensor {
     const t = this.pool.take(shape, dtype, label);
     this.live.push(t);
     return t;
   }
-  private needs(...vs: (Var | null | undefined)[]): boolean {
+  needs(...vs: (Var | null | undefined)[]): boolean {
     return this.gradEnabled && vs.some((v) => v && v.requiresGrad);
   }
-  private record(fn: () => void) {
+  record(fn: () => void) {
     this.tape.push(fn);
   }
   /** The gradient buffer of v, zero-filled on first use (null when v needs no gradient). */
@@ -139,7 +140,7 @@ export class Graph {
     return v.g.ptr;
   }
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool. */
-  private dropGrad(v: Var) {
+  dropGrad(v: Var) {
     if (v.g && !v.param) {
       this.pool.give(v.g);
       v.g = null;
@@ -176,7 +177,7 @@ export class Graph {
 
   // ---- ops: each forward kernel paired with its backward ----
   /** Wraps an op's output: records `bwd` (run only if the output got a gradient), then frees it. */
-  private node(out: Tensor, inputs: (Var | null)[], bwd: (y: Var & { g: Tensor }) => void): Var {
+  node(out: Tensor, inputs: (Var | null)[], bwd: (y: Var & { g: Tensor }) => void): Var {
     const y = new Var(out, this.needs(...inputs));
     if (y.requiresGrad) {
       this.record(() => {
@@ -187,7 +188,7 @@ export class Graph {
     return y;
   }
 
-  private unaryLike(
+  unaryLike(
     x: Var,
     label: string,
     fwd: (out: Tensor) => void,
@@ -459,18 +460,18 @@ export class Graph {
   }
 
   /** a matmul operand in this graph's precision (a parameter uses its cached bf16 shadow) */
-  private operand(v: Var): Tensor {
+  operand(v: Var): Tensor {
     return this.precision === "f32" ? v.t : this.bf16Of(v);
   }
   /** an upstream gradient as a matmul operand */
-  private gradOperand(g: Tensor): Tensor {
+  gradOperand(g: Tensor): Tensor {
     if (this.precision === "f32") return g;
     const t = this.out(g.shape, "dy.bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, g.ptr, g.n, this.s);
     return t;
   }
   /** fp32 C = alpha op(A) op(B) + beta C with A, B in this graph's precision (see mn_gemm_bf16) */
-  private gemm(
+  gemm(
     ta: number,
     tb: number,
     M: number,
@@ -534,7 +535,7 @@ export class Graph {
   }
 
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
-  private bf16Of(v: Var): Tensor {
+  bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
     const t = this.out(v.shape, "bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, v.t.ptr, v.t.n, this.s);
