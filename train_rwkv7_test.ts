@@ -362,8 +362,14 @@ Deno.test("train_rwkv7: invalid flags and combinations are one-line errors", () 
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
     [
       [],
-      /WORLD_SIZE=2: multi-process training needs the NCCL\/CPU collectives, which have not landed yet/,
-      { WORLD_SIZE: "2" },
+      // a rank that never arrives: rank 0 gives up after the rendezvous timeout, naming it
+      /collective \(rank 0\/2\): timed out after 1500 ms waiting for rank\(s\) 1 of WORLD_SIZE=2/,
+      {
+        WORLD_SIZE: "2",
+        RANK: "0",
+        MASTER_PORT: String(20000 + Math.floor(Math.random() * 30000)),
+        MN_COLLECTIVE_TIMEOUT_MS: "1500",
+      },
     ],
   ];
   for (const [args, re, env] of cases) {

@@ -118,7 +118,9 @@ class ThreadPool {
 };
 
 static std::mutex g_launch_mu;  // one launch at a time (blocks share function-static __shared__)
-static std::map<unsigned, std::unique_ptr<ThreadPool>> g_pools;
+// Never destroyed: at process exit the workers just stop with the process (a destructor there
+// would race with a launch from another thread and join threads a dlclose'd library owns).
+static auto* g_pools = new std::map<unsigned, std::unique_ptr<ThreadPool>>();
 
 int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function<void()>& body) {
   unsigned long long nthreads = (unsigned long long)block.x * block.y * block.z;
@@ -162,7 +164,7 @@ int launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, const std::function
     t_block = nullptr;
   };
   std::lock_guard<std::mutex> lk(g_launch_mu);
-  auto& pool = g_pools[(unsigned)nthreads];
+  auto& pool = (*g_pools)[(unsigned)nthreads];
   if (!pool) pool = std::make_unique<ThreadPool>((unsigned)nthreads);
   pool->run(worker);
   return 0;
