@@ -854,11 +854,35 @@ function main() {
   // logging: the log file starts with the flags, this script's source and the hardware
   const runId = new Date().toISOString().replace(/T/, "-").replace(/:/g, "-").slice(0, 19);
   const logfile = `${a.log_dir}/${runId}.txt`;
+  // On a terminal, a progress bar sits below the log lines (on stderr, never in the log file).
+  const tty = master && Deno.stderr.isTerminal();
+  const enc = new TextEncoder();
   const log = (s: string, console_ = true) => {
     if (!master) return;
+    if (tty) Deno.stderr.writeSync(enc.encode("\r\x1b[K"));
     if (console_) console.log(s);
     Deno.writeTextFileSync(logfile, s + "\n", { append: true });
   };
+  const wall0 = performance.now();
+  const progress = (done: number, loss: number) => {
+    if (!tty) return;
+    const total = a.num_iterations - startStep, k = done - startStep, w = 30;
+    const secs = (performance.now() - wall0) / 1000, eta = k > 0 ? (secs / k) * (total - k) : NaN;
+    const bar = "=".repeat(Math.round((w * k) / Math.max(total, 1))).padEnd(w, " ");
+    const fmt = (
+      x: number,
+    ) => (Number.isFinite(x)
+      ? `${Math.floor(x / 60)}m${String(Math.round(x % 60)).padStart(2, "0")}s`
+      : "?");
+    Deno.stderr.writeSync(
+      enc.encode(
+        `\r[${bar}] step ${done}/${a.num_iterations} loss ${loss.toFixed(3)} elapsed ${
+          fmt(secs)
+        } eta ${fmt(eta)}`,
+      ),
+    );
+  };
+  const vals: [number, number][] = []; // (step, val loss) for the final summary
   if (master) {
     Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
     const hw = [
@@ -918,6 +942,7 @@ function main() {
         coll.allReduceMean(valT);
         valLoss = (be.download(valT) as Float32Array)[0];
       }
+      vals.push([step, valLoss]);
       log(
         `step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${
           trainingTimeMs.toFixed(0)
@@ -973,9 +998,20 @@ function main() {
           approx.toFixed(0)
         }ms step_avg:${fmtAvg(approx / timedSteps)}ms`,
       );
+      progress(step + 1, trainLoss);
     }
   }
   log(`peak memory consumption: ${Math.floor(be.peakBytes / 1024 / 1024)} MiB`);
+  if (master && vals.length) {
+    const secs = (performance.now() - wall0) / 1000, steps = a.num_iterations - startStep;
+    const [s0, v0] = vals[0], [s1, v1] = vals[vals.length - 1];
+    console.log(
+      `summary: ${steps} steps in ${secs.toFixed(0)} s (${
+        (a.bsz * T * steps / secs).toFixed(0)
+      } tokens/s over ${world} process(es)); ` +
+        `val loss ${v0.toFixed(4)} at step ${s0} -> ${v1.toFixed(4)} at step ${s1}; log ${logfile}`,
+    );
+  }
   if (be.profile.size && master) {
     console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
   }
