@@ -73,9 +73,9 @@ constexpr int att_bwd_smem_floats() {
 // - softmax: lane = 4 (row - r0) + g: the 4 lanes of a row take 8 keys each (keys 8g .. 8g+7), so
 //   the row max and sum need 2 shuffle steps (instead of 5 per row with a lane per key);
 // - P V: lane owns output columns d = lane + 32 j of the 8 rows.
-template <int D>
+template <int D, typename TI>
 __global__ void __launch_bounds__(ATT_THREADS)
-    attention_forward_kernel(float* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+    attention_forward_kernel(float* out, float* lse, const TI* q, const TI* k, const TI* v,
                              int T, int H, float scale) {
   constexpr int BR = ATT_FWD_BR, RPW = BR / ATT_WARPS, LDK = D + 1;
   constexpr int DPL = (D + 31) / 32;    // output columns per lane: d = lane + 32 j
@@ -243,8 +243,8 @@ __device__ inline AttBwdTiles att_bwd_tiles(float* smem) {
 }
 
 // Stages the query-side rows q0.. of the tile: q, dout, lse, Delta (whole block, no barrier).
-template <int D>
-__device__ inline void att_stage_queries(const AttBwdTiles& s, const bf16* q, const float* dout,
+template <int D, typename TI>
+__device__ inline void att_stage_queries(const AttBwdTiles& s, const TI* q, const float* dout,
                                          const float* lse, const float* delta, int b, int q0,
                                          int T, int H, int h) {
   att_stage_rows<D>(s.Q, D, q, b, q0, ATT_BWD_BR, T, H, h);
@@ -289,10 +289,10 @@ __device__ inline void att_bwd_probs(const AttBwdTiles& s, int q0, int k0, int T
 
 // dK, dV: grid (ceil(T/32), H, B), block 256. Thread (warp w, lane) owns keys c = 4w + i and
 // columns d = lane + 32 j.
-template <int D>
+template <int D, typename TI>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse,
-                                  const float* delta, const bf16* q, const bf16* k, const bf16* v,
+                                  const float* delta, const TI* q, const TI* k, const TI* v,
                                   int T, int H, float scale) {
   constexpr int RPW = ATT_BC / ATT_WARPS, DPL = (D + 31) / 32, LDK = D + 1;
   MN_DYNAMIC_SHARED(float, smem);
@@ -353,10 +353,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 // dQ: grid (ceil(T/32), H, B), block 256. Thread (warp w, lane) owns query rows r = 4w + i and
 // columns d = lane + 32 j.
-template <int D>
+template <int D, typename TI>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_dq_kernel(float* dq, const float* dout, const float* lse,
-                                 const float* delta, const bf16* q, const bf16* k, const bf16* v,
+                                 const float* delta, const TI* q, const TI* k, const TI* v,
                                  int T, int H, float scale) {
   constexpr int RPW = ATT_BWD_BR / ATT_WARPS, DPL = (D + 31) / 32, LDK = D + 1;
   MN_DYNAMIC_SHARED(float, smem);
@@ -418,19 +418,19 @@ int att_check(const char* fn, int B, int T, int H, int D) {
 
 inline unsigned att_tiles(int T, int rows) { return (unsigned)((T + rows - 1) / rows); }
 
-template <int D>
-int att_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B, int T, int H,
+template <int D, typename TI>
+int att_forward(float* out, float* lse, const TI* q, const TI* k, const TI* v, int B, int T, int H,
                 void* stream) {
   const float scale = 1.0f / sqrtf((float)D);
-  return mn_launch("attention_forward", attention_forward_kernel<D>,
+  return mn_launch("attention_forward", attention_forward_kernel<D, TI>,
                    dim3(att_tiles(T, ATT_FWD_BR), H, B), dim3(ATT_THREADS),
-                   sizeof(float) * att_fwd_smem_floats<D>(), stream, out, lse, (const bf16*)q,
-                   (const bf16*)k, (const bf16*)v, T, H, scale);
+                   sizeof(float) * att_fwd_smem_floats<D>(), stream, out, lse, q, k, v, T, H,
+                   scale);
 }
 
-template <int D>
+template <int D, typename TI>
 int att_backward(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
-                 mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B, int T, int H,
+                 const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H,
                  void* stream) {
   const float scale = 1.0f / sqrtf((float)D);
   const int64_t rows = (int64_t)B * T * H;
@@ -439,21 +439,20 @@ int att_backward(float* dq, float* dk, float* dv, float* dout, float* out, float
                          0, stream, ws, (const float*)dout, (const float*)out, B, T, H))
     return rc;
   const size_t smem = sizeof(float) * att_bwd_smem_floats<D>();
-  if (int rc = mn_launch("attention_backward_dkv", attention_backward_dkv_kernel<D>,
+  if (int rc = mn_launch("attention_backward_dkv", attention_backward_dkv_kernel<D, TI>,
                          dim3(att_tiles(T, ATT_BC), H, B), dim3(ATT_THREADS), smem, stream, dk, dv,
-                         (const float*)dout, (const float*)lse, (const float*)ws, (const bf16*)q,
-                         (const bf16*)k, (const bf16*)v, T, H, scale))
+                         (const float*)dout, (const float*)lse, (const float*)ws, q, k, v, T, H,
+                         scale))
     return rc;
-  return mn_launch("attention_backward_dq", attention_backward_dq_kernel<D>,
+  return mn_launch("attention_backward_dq", attention_backward_dq_kernel<D, TI>,
                    dim3(att_tiles(T, ATT_BWD_BR), H, B), dim3(ATT_THREADS), smem, stream, dq,
-                   (const float*)dout, (const float*)lse, (const float*)ws, (const bf16*)q,
-                   (const bf16*)k, (const bf16*)v, T, H, scale);
+                   (const float*)dout, (const float*)lse, (const float*)ws, q, k, v, T, H, scale);
 }
 
-}  // namespace
-
-MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
-                                int T, int H, int D, void* stream) {
+// One dispatch over D for both input types (bf16: the model's entry points; fp32: exact tests).
+template <typename TI>
+int att_forward_any(float* out, float* lse, const TI* q, const TI* k, const TI* v, int B, int T,
+                    int H, int D, void* stream) {
   if (int rc = att_check("attention_forward", B, T, H, D)) return rc;
   MN_REQUIRE(out && lse && q && k && v, "attention_forward: NULL tensor argument");
   switch (D) {
@@ -464,9 +463,10 @@ MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, 
   }
 }
 
-MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
-                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
-                                 int T, int H, int D, void* stream) {
+template <typename TI>
+int att_backward_any(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
+                     const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D,
+                     void* stream) {
   if (int rc = att_check("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
@@ -476,4 +476,32 @@ MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, f
     case 64: return att_backward<64>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
     default: return att_backward<128>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
   }
+}
+
+}  // namespace
+
+MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
+                                int T, int H, int D, void* stream) {
+  return att_forward_any(out, lse, (const bf16*)q, (const bf16*)k, (const bf16*)v, B, T, H, D,
+                         stream);
+}
+
+MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
+                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
+                                 int T, int H, int D, void* stream) {
+  return att_backward_any(dq, dk, dv, dout, out, lse, (const bf16*)q, (const bf16*)k,
+                          (const bf16*)v, ws, B, T, H, D, stream);
+}
+
+MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
+                                    int T, int H, int D, void* stream) {
+  return att_forward_any(out, lse, (const float*)q, (const float*)k, (const float*)v, B, T, H, D,
+                         stream);
+}
+
+MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
+                                     float* lse, float* q, float* k, float* v, float* ws, int B,
+                                     int T, int H, int D, void* stream) {
+  return att_backward_any(dq, dk, dv, dout, out, lse, (const float*)q, (const float*)k,
+                          (const float*)v, ws, B, T, H, D, stream);
 }

@@ -13,6 +13,7 @@ import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   compare,
+  f64,
   numericalGrad,
   Rng,
   SEED,
@@ -438,3 +439,136 @@ Deno.test("attention: bad arguments give clear errors (cpu, emu)", () => {
     });
   }
 });
+
+// ---- f) the fp32-input entry points (mn_attention_*_f32, for exact model-level tests) -----------
+// 1. Given bf16-representable inputs they must reproduce the bf16 entry points bit for bit (same
+//    arithmetic after the load), on every backend: this ties them to everything tested above.
+// 2. With inputs that are not bf16-representable, emu (and cuda) vs cpu and cpu vs the float64 TS
+//    reference, normwise with the bounds of a) (the error model does not depend on the input type).
+function runAttentionF32(
+  be: Backend,
+  s: Shape,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  dout: Float32Array,
+  init: Float32Array[],
+): Record<string, Float32Array> {
+  const { B, T, H, D } = s, shp = [B, T, H, D];
+  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
+    out: { shape: shp },
+    lse: { shape: [B, H, T] },
+    ws: { shape: [B, H, T] },
+  };
+  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: init[i] }));
+  const res = withTensors(
+    be,
+    {
+      q: { data: q, shape: shp },
+      k: { data: k, shape: shp },
+      v: { data: v, shape: shp },
+      dout: { data: dout, shape: shp },
+    },
+    outputs,
+    (t) => {
+      be.k.mn_attention_forward_f32(
+        t.out.ptr,
+        t.lse.ptr,
+        t.q.ptr,
+        t.k.ptr,
+        t.v.ptr,
+        B,
+        T,
+        H,
+        D,
+        null,
+      );
+      be.k.mn_attention_backward_f32(
+        t.dq.ptr,
+        t.dk.ptr,
+        t.dv.ptr,
+        t.dout.ptr,
+        t.out.ptr,
+        t.lse.ptr,
+        t.q.ptr,
+        t.k.ptr,
+        t.v.ptr,
+        t.ws.ptr,
+        B,
+        T,
+        H,
+        D,
+        null,
+      );
+    },
+  ) as Record<string, Float32Array>;
+  delete res.ws;
+  return res;
+}
+
+const F32_SHAPES: Shape[] = VARIANT
+  ? [{ B: 1, T: 17, H: 2, D: 16 }]
+  : [{ B: 2, T: 17, H: 3, D: 16 }, { B: 1, T: 100, H: 1, D: 64 }, { B: 1, T: 33, H: 2, D: 128 }];
+
+for (const tgt of targets()) {
+  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
+  Deno.test({
+    name: `attention fp32 inputs: = bf16 entry points on bf16 values; ${tname} vs cpu`,
+    ignore: !tgt.run,
+    fn() {
+      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
+      F32_SHAPES.forEach((s, si) => {
+        const rng = new Rng(SEED + 300 + si);
+        const x = makeInputs(rng, s);
+        const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+        for (const b of [ref, be]) {
+          const viaBf16 = runAttention(b, s, x, init);
+          const viaF32 = runAttentionF32(
+            b,
+            s,
+            bf16ToF32(x.q),
+            bf16ToF32(x.k),
+            bf16ToF32(x.v),
+            x.dout,
+            init,
+          );
+          for (const key of Object.keys(viaBf16)) {
+            compare(
+              `attention_f32 ${label(s)} ${key} (${b.name}: f32 vs bf16 entry)`,
+              viaF32[key],
+              viaBf16[key],
+              {
+                atol: 0,
+                rtol: 0,
+              },
+            );
+          }
+        }
+        // unrounded inputs: emu/cuda vs cpu, cpu vs float64
+        const q = rng.normal(numel(s)), k = rng.normal(numel(s)), v = rng.normal(numel(s));
+        const want = runAttentionF32(ref, s, q, k, v, x.dout, init);
+        const got = runAttentionF32(be, s, q, k, v, x.dout, init);
+        const gscale = Math.max(...GRADS.map((g, gi) => maxAbs(minus(want[g], init[gi]))));
+        GRADS.forEach((g, gi) =>
+          compare(
+            `attention_f32 ${label(s)} ${g} (${tname} vs cpu)`,
+            minus(got[g], init[gi]),
+            minus(want[g], init[gi]),
+            { atol: REL.grad * gscale, rtol: 0 },
+          )
+        );
+        for (const key of ["out", "lse"] as const) {
+          compareRel(
+            `attention_f32 ${label(s)} ${key} (${tname} vs cpu)`,
+            got[key],
+            want[key],
+            REL[key],
+          );
+        }
+        const r64 = f64Attention(s, { q: f64(q), k: f64(k), v: f64(v) });
+        compareRel(`attention_f32 ${label(s)} out (cpu vs float64)`, want.out, r64.out, 1e-6);
+        compareRel(`attention_f32 ${label(s)} lse (cpu vs float64)`, want.lse, r64.lse, 1e-6);
+      });
+    },
+  });
+}

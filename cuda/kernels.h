@@ -227,6 +227,13 @@ MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, 
 MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                  float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
                                  int T, int H, int D, void* stream);
+/* The same with fp32 q, k, v (otherwise exactly mn_attention_*): an exact-fp32 path for tests
+ * (finite differences of a whole model need unrounded inputs). */
+MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
+                                    int T, int H, int D, void* stream);
+MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
+                                     float* lse, float* q, float* k, float* v, float* ws, int B,
+                                     int T, int H, int D, void* stream);
 
 /* ---- WKV-6 (wkv6.cu): the RWKV-6 state recurrence, per (batch, head) ------------------------
  * r, k, v, w [B,T,H,N] bf16; decay d = exp(-exp(w)) (no clamp); u [H,N] fp32 (time_faaaa, the
@@ -244,5 +251,21 @@ MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16
 MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                             mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
                             int B, int T, int H, int N, void* stream);
+/* The same with fp32 r, k, v, w (no rounding of the inputs): for gradient checks by finite
+ * differences, which bf16 rounding would swamp. */
+MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
+                               int T, int H, int N, void* stream);
+MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                                float* r, float* k, float* v, float* w, float* u, float* ws,
+                                int B, int T, int H, int N, void* stream);
+
+/* ---- rotary (rotary.cu): the GPT-2 record's Rotary + apply_rotary_emb, per head --------------
+ * x, out [B,T,H,D] fp32, D even, half-split: x1 = x[..., :D/2], x2 = x[..., D/2:]. For position t
+ * and i < D/2: inv_freq_i = 1 / 10000^((2i)/D), f = t * inv_freq_i (fp32, as torch computes it),
+ * c = bf16(cos f), s = bf16(sin f) (the original caches cos/sin as bfloat16).
+ * Forward (written): y1 = x1 c + x2 s, y2 = -x1 s + x2 c; out may alias x.
+ * Backward: dx1 += dy1 c - dy2 s, dx2 += dy1 s + dy2 c (ACCUMULATED; dx must not alias dout). */
+MN_API int mn_rotary_forward(float* out, float* x, int B, int T, int H, int D, void* stream);
+MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, void* stream);
 
 #endif /* MN_KERNELS_H */

@@ -31,7 +31,10 @@ __host__ __device__ inline float wkv6_decay(float w) { return expf(-expf(w)); }
 // d(log d)/dw for d = exp(-exp(w))
 __host__ __device__ inline float wkv6_dlogdecay_dw(float w) { return -expf(w); }
 
+// Inputs r, k, v, w are bf16 (mn_wkv6_*) or fp32 (mn_wkv6_*_f32); the kernels are templated on
+// that element type TI and read it only through these.
 __device__ inline float wkv6_in(const bf16* p, int64_t i) { return mn_bf16_to_f32(p[i]); }
+__device__ inline float wkv6_in(const float* p, int64_t i) { return p[i]; }
 
 __device__ inline int64_t wkv6_index(int b, int t, int h, int i, int T, int H, int N) {
   return (((int64_t)b * T + t) * H + h) * N + i;
@@ -70,9 +73,9 @@ __device__ inline void wkv6_decay_add1(float (&x)[N], float d, float a, const fl
 
 // ---- kernels ----------------------------------------------------------------------------------
 // Forward. Thread i owns row i of S (value channel i). Writes y [B,T,H,N].
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
-    wkv6_forward_kernel(float* y, const bf16* r_, const bf16* k_, const bf16* v_, const bf16* w_,
+    wkv6_forward_kernel(float* y, const TI* r_, const TI* k_, const TI* v_, const TI* w_,
                         const float* u_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float r[N], k[N], d[N], ruk[N];
@@ -101,10 +104,10 @@ __global__ void __launch_bounds__(N)
 
 // Backward, forward scan. Thread i owns column i of S (key channel i): sc[j] = S_{t-1}[j][i].
 // dr += S_{t-1}^T dy + u k vdy; c_t -> cbuf [B,T,H,N]; du partial -> dupart [B,H,N] (written).
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
     wkv6_backward_scan_kernel(float* dr, float* cbuf, float* dupart, const float* dy_,
-                              const bf16* r_, const bf16* k_, const bf16* v_, const bf16* w_,
+                              const TI* r_, const TI* k_, const TI* v_, const TI* w_,
                               const float* u_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float v[N], dy[N];
@@ -134,10 +137,10 @@ __global__ void __launch_bounds__(N)
 
 // Backward, reverse scan for dk and dw. Thread i owns column i of G (key channel i):
 // gc[j] = G_t[j][i]. Reads c_t from cbuf (written by wkv6_backward_scan_kernel).
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
     wkv6_backward_dkdw_kernel(float* dk, float* dw, const float* cbuf, const float* dy_,
-                              const bf16* r_, const bf16* k_, const bf16* v_, const bf16* w_,
+                              const TI* r_, const TI* k_, const TI* v_, const TI* w_,
                               const float* u_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float v[N], dy[N];
@@ -167,10 +170,10 @@ __global__ void __launch_bounds__(N)
 }
 
 // Backward, reverse scan for dv. Thread i owns row i of G (value channel i): gr[j] = G_t[i][j].
-template <int N>
+template <int N, typename TI>
 __global__ void __launch_bounds__(N)
-    wkv6_backward_dv_kernel(float* dv, const float* dy_, const bf16* r_, const bf16* k_,
-                            const bf16* w_, const float* u_, int T, int H) {
+    wkv6_backward_dv_kernel(float* dv, const float* dy_, const TI* r_, const TI* k_,
+                            const TI* w_, const float* u_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float r[N], k[N], d[N], ruk[N];
   const float ui = u_[(int64_t)h * N + i];
@@ -215,58 +218,57 @@ int wkv6_check(const char* fn, int B, int T, int H, int N) {
   return 0;
 }
 
-template <int N>
-int wkv6_forward_launch(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
-                        int B, int T, int H, void* stream) {
-  return mn_launch("wkv6_forward", wkv6_forward_kernel<N>, dim3(H, B), dim3(N), 0, stream, y,
-                   (const bf16*)r, (const bf16*)k, (const bf16*)v, (const bf16*)w,
-                   (const float*)u, T, H);
+template <int N, typename TI>
+int wkv6_forward_launch(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, float* u, int B,
+                        int T, int H, void* stream) {
+  return mn_launch(fn, wkv6_forward_kernel<N, TI>, dim3(H, B), dim3(N), 0, stream, y,
+                   (const TI*)r, (const TI*)k, (const TI*)v, (const TI*)w, (const float*)u, T,
+                   H);
 }
 
-template <int N>
-int wkv6_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
-                         mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                         int B, int T, int H, void* stream) {
-  const bf16 *r_ = (const bf16*)r, *k_ = (const bf16*)k, *v_ = (const bf16*)v;
-  const bf16* w_ = (const bf16*)w;
+template <int N, typename TI>
+int wkv6_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du, float* dy, TI* r,
+                         TI* k, TI* v, TI* w, float* u, float* ws, int B, int T, int H,
+                         void* stream) {
+  const TI *r_ = r, *k_ = k, *v_ = v, *w_ = w;
   float* cbuf = ws;                             // [B,T,H,N]
   float* dupart = ws + (int64_t)B * T * H * N;  // [B,H,N]
   const dim3 grid(H, B), block(N);
-  if (int rc = mn_launch("wkv6_backward_scan", wkv6_backward_scan_kernel<N>, grid, block, 0,
+  if (int rc = mn_launch("wkv6_backward_scan", wkv6_backward_scan_kernel<N, TI>, grid, block, 0,
                          stream, dr, cbuf, dupart, (const float*)dy, r_, k_, v_, w_,
                          (const float*)u, T, H))
     return rc;
-  if (int rc = mn_launch("wkv6_backward_dkdw", wkv6_backward_dkdw_kernel<N>, grid, block, 0,
+  if (int rc = mn_launch("wkv6_backward_dkdw", wkv6_backward_dkdw_kernel<N, TI>, grid, block, 0,
                          stream, dk, dw, (const float*)cbuf, (const float*)dy, r_, k_, v_, w_,
                          (const float*)u, T, H))
     return rc;
-  if (int rc = mn_launch("wkv6_backward_dv", wkv6_backward_dv_kernel<N>, grid, block, 0, stream,
-                         dv, (const float*)dy, r_, k_, w_, (const float*)u, T, H))
+  if (int rc = mn_launch("wkv6_backward_dv", wkv6_backward_dv_kernel<N, TI>, grid, block, 0,
+                         stream, dv, (const float*)dy, r_, k_, w_, (const float*)u, T, H))
     return rc;
   return mn_launch("wkv6_du_reduce", wkv6_du_reduce_kernel<N>, dim3(H), block, 0, stream, du,
                    (const float*)dupart, B, H);
 }
 
-}  // namespace
-
-MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
-                           int B, int T, int H, int N, void* stream) {
-  if (int rc = wkv6_check("wkv6_forward", B, T, H, N)) return rc;
-  MN_REQUIRE(y && r && k && v && w && u, "wkv6_forward: NULL tensor argument");
+template <typename TI>
+int wkv6_forward_common(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, float* u, int B,
+                        int T, int H, int N, void* stream) {
+  if (int rc = wkv6_check(fn, B, T, H, N)) return rc;
+  MN_REQUIRE(y && r && k && v && w && u, "%s: NULL tensor argument", fn);
   switch (N) {
-    case 16: return wkv6_forward_launch<16>(y, r, k, v, w, u, B, T, H, stream);
-    case 32: return wkv6_forward_launch<32>(y, r, k, v, w, u, B, T, H, stream);
-    case 64: return wkv6_forward_launch<64>(y, r, k, v, w, u, B, T, H, stream);
-    default: return wkv6_forward_launch<128>(y, r, k, v, w, u, B, T, H, stream);
+    case 16: return wkv6_forward_launch<16>(fn, y, r, k, v, w, u, B, T, H, stream);
+    case 32: return wkv6_forward_launch<32>(fn, y, r, k, v, w, u, B, T, H, stream);
+    case 64: return wkv6_forward_launch<64>(fn, y, r, k, v, w, u, B, T, H, stream);
+    default: return wkv6_forward_launch<128>(fn, y, r, k, v, w, u, B, T, H, stream);
   }
 }
 
-MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
-                            mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                            int B, int T, int H, int N, void* stream) {
-  if (int rc = wkv6_check("wkv6_backward", B, T, H, N)) return rc;
+template <typename TI>
+int wkv6_backward_common(const char* fn, float* dr, float* dk, float* dv, float* dw, float* du,
+                         float* dy, TI* r, TI* k, TI* v, TI* w, float* u, float* ws, int B, int T,
+                         int H, int N, void* stream) {
+  if (int rc = wkv6_check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && ws,
-             "wkv6_backward: NULL tensor argument");
+             "%s: NULL tensor argument", fn);
 #define MN_WKV6_BWD(NN) \
   return wkv6_backward_launch<NN>(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, stream)
   switch (N) {
@@ -276,4 +278,31 @@ MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* d
     default: MN_WKV6_BWD(128);
   }
 #undef MN_WKV6_BWD
+}
+
+}  // namespace
+
+MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
+                           int B, int T, int H, int N, void* stream) {
+  return wkv6_forward_common("wkv6_forward", y, (bf16*)r, (bf16*)k, (bf16*)v, (bf16*)w, u, B, T,
+                             H, N, stream);
+}
+
+MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                            mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
+                            int B, int T, int H, int N, void* stream) {
+  return wkv6_backward_common("wkv6_backward", dr, dk, dv, dw, du, dy, (bf16*)r, (bf16*)k,
+                              (bf16*)v, (bf16*)w, u, ws, B, T, H, N, stream);
+}
+
+MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
+                               int T, int H, int N, void* stream) {
+  return wkv6_forward_common("wkv6_forward_f32", y, r, k, v, w, u, B, T, H, N, stream);
+}
+
+MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                                float* r, float* k, float* v, float* w, float* u, float* ws,
+                                int B, int T, int H, int N, void* stream) {
+  return wkv6_backward_common("wkv6_backward_f32", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T,
+                              H, N, stream);
 }

@@ -486,3 +486,122 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
     });
   }
 });
+
+// ---- e) fp32-input entry points (mn_wkv6_forward_f32 / mn_wkv6_backward_f32) ---------------------
+/** Forward then backward through the _f32 entry points, fp32 r, k, v, w; gradients from zero. */
+function runWkv6F32(
+  be: Backend,
+  s: Shape,
+  x: Record<InputName, Float32Array> & { u: Float32Array; dy: Float32Array },
+): Record<string, Float32Array> {
+  const { B, T, H, N } = s, shp = [B, T, H, N];
+  const inputs: Record<string, { data: Float32Array; shape: number[] }> = {
+    u: { data: x.u, shape: [H, N] },
+    dy: { data: x.dy, shape: shp },
+  };
+  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp };
+  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
+    y: { shape: shp },
+    ws: { shape: [B * H * N * (T + 1)] },
+  };
+  const zero = zeroGrads(s); // the gradients accumulate
+  GRADS.forEach((g, i) => (outputs[g] = { shape: gradShape(s, g), init: zero[i] }));
+  const out = withTensors(be, inputs, outputs, (t) => {
+    const ins = [t.r.ptr, t.k.ptr, t.v.ptr, t.w.ptr, t.u.ptr] as const;
+    be.k.mn_wkv6_forward_f32(t.y.ptr, ...ins, B, T, H, N, be.stream);
+    be.k.mn_wkv6_backward_f32(
+      ...GRADS.map((g) => t[g].ptr),
+      t.dy.ptr,
+      ...ins,
+      t.ws.ptr,
+      B,
+      T,
+      H,
+      N,
+      be.stream,
+    );
+  }) as Record<string, Float32Array>;
+  delete out.ws;
+  return out;
+}
+
+Deno.test("wkv6: the _f32 entry points equal the bf16 ones on bf16 values, and match float64 on any (cpu, emu)", () => {
+  const s: Shape = { B: 2, T: 12, H: 2, N: 16 };
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const rng = new Rng(SEED + 400);
+    // 1. bf16-exact values: the same arithmetic, so the same bits
+    const x = makeInputs(rng, s, "model");
+    const xf32 = {
+      r: bf16ToF32(x.r),
+      k: bf16ToF32(x.k),
+      v: bf16ToF32(x.v),
+      w: bf16ToF32(x.w),
+      u: x.u,
+      dy: x.dy,
+    };
+    const want = runWkv6(be, s, x, zeroGrads(s)), got = runWkv6F32(be, s, xf32);
+    for (const key of Object.keys(want)) {
+      compare(`${name} ${key}: f32 vs bf16 entry`, got[key], want[key], { atol: 0, rtol: 0 });
+    }
+  }
+  // 2. values off the bf16 grid (cpu): forward and every gradient vs the float64 reference and
+  // float64 central differences (the fp32 inputs are exact inputs to it)
+  const be = backend("cpu");
+  const rng = new Rng(SEED + 401);
+  const n = numel(s), { H, N } = s;
+  const w = rng.uniform(n, -4, 0);
+  const x = {
+    r: rng.uniform(n, -1, 1),
+    k: rng.uniform(n, -1, 1).map((z, i) => z * Math.exp(w[i])),
+    v: rng.uniform(n, -1, 1),
+    w,
+    u: rng.uniform(H * N, -1, 1),
+    dy: rng.normal(n),
+  };
+  assert.ok(x.r.some((z) => bf16ToF32(f32ToBf16(new Float32Array([z])))[0] !== z), "off-grid");
+  const xf: F64Inputs = {
+    r: Float64Array.from(x.r),
+    k: Float64Array.from(x.k),
+    v: Float64Array.from(x.v),
+    w: Float64Array.from(x.w),
+    u: Float64Array.from(x.u),
+  };
+  const got = runWkv6F32(be, s, x);
+  compareRel("cpu f32 y vs float64", got.y, f64Forward(s, xf), 1e-6);
+  (["r", "k", "v", "w", "u"] as const).forEach((name, gi) => {
+    const f = (z: Float64Array) => f64Forward(s, { ...xf, [name]: z });
+    const num = numericalGrad(f, Float64Array.from(xf[name]), x.dy, 1e-5);
+    compareRel(`cpu f32 ${GRADS[gi]} vs finite differences`, got[GRADS[gi]], num, 1e-6);
+  });
+});
+
+// the _f32 entry points on every target (and under the sanitizers) vs cpu, off-grid fp32 inputs
+for (const tgt of targets()) {
+  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
+  Deno.test({
+    name: `wkv6 _f32 entry points: ${tname} vs cpu`,
+    ignore: !tgt.run,
+    fn() {
+      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
+      const shapes = VARIANT ? [SHAPES[0]] : [SHAPES[1], SHAPES[3]];
+      shapes.forEach((s, si) => {
+        const rng = new Rng(SEED + 500 + si);
+        const n = numel(s), w = rng.uniform(n, -6, 1);
+        const x = {
+          r: rng.uniform(n, -1, 1),
+          k: rng.uniform(n, -1, 1).map((z, i) => z * Math.exp(Math.min(w[i], 0))),
+          v: rng.uniform(n, -1, 1),
+          w,
+          u: rng.uniform(s.H * s.N, -1, 1),
+          dy: rng.normal(n),
+        };
+        const want = runWkv6F32(ref, s, x), got = runWkv6F32(be, s, x);
+        for (const key of Object.keys(want)) {
+          const rel = key === "dw" ? REL.dw : key === "y" ? REL.fwd : REL.bwd;
+          compareRel(`wkv6_f32 ${label(s)} ${key} (${tname} vs cpu)`, got[key], want[key], rel);
+        }
+      });
+    },
+  });
+}

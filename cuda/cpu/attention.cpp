@@ -26,13 +26,17 @@ bool parallel_worth_it(int B, int T, int H, int D) {
   return B * H > 1 && (int64_t)B * H * T * T * D >= (1 << 22);
 }
 
+// Inputs are bf16 (the model's entry points) or fp32 (the _f32 entry points for exact tests).
+inline double in_value(mn_bf16 x) { return bf16_to_f32(x); }
+inline double in_value(float x) { return x; }
+
 // One (batch, head) slice of q, k, v as double, x[t*D + d].
 struct Head {
   int T, D;
   double scale;
   std::vector<double> q, k, v;
-  Head(const mn_bf16* q_, const mn_bf16* k_, const mn_bf16* v_, int b, int h, int T_, int H,
-       int D_)
+  template <typename TI>
+  Head(const TI* q_, const TI* k_, const TI* v_, int b, int h, int T_, int H, int D_)
       : T(T_), D(D_), scale(1.0 / std::sqrt((double)D_)) {
     q.resize((size_t)T * D);
     k.resize((size_t)T * D);
@@ -40,9 +44,9 @@ struct Head {
     for (int t = 0; t < T; t++)
       for (int d = 0; d < D; d++) {
         const int64_t g = (((int64_t)b * T + t) * H + h) * D + d;
-        q[(size_t)t * D + d] = bf16_to_f32(q_[g]);
-        k[(size_t)t * D + d] = bf16_to_f32(k_[g]);
-        v[(size_t)t * D + d] = bf16_to_f32(v_[g]);
+        q[(size_t)t * D + d] = in_value(q_[g]);
+        k[(size_t)t * D + d] = in_value(k_[g]);
+        v[(size_t)t * D + d] = in_value(v_[g]);
       }
   }
   // p[0..t] = softmax of row t's scores; returns lse_t.
@@ -63,11 +67,9 @@ struct Head {
   }
 };
 
-}  // namespace
-
-MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
-                                int T, int H, int D, void* stream) {
-  (void)stream;
+template <typename TI>
+int forward_impl(float* out, float* lse, const TI* q, const TI* k, const TI* v, int B, int T,
+                 int H, int D) {
   if (int rc = check("attention_forward", B, T, H, D)) return rc;
   MN_REQUIRE(out && lse && q && k && v, "attention_forward: NULL tensor argument");
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))
@@ -87,10 +89,9 @@ MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, 
   return 0;
 }
 
-MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
-                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
-                                 int T, int H, int D, void* stream) {
-  (void)stream;
+template <typename TI>
+int backward_impl(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
+                  const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D) {
   if (int rc = check("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
@@ -130,4 +131,28 @@ MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, f
         }
     }
   return 0;
+}
+
+}  // namespace
+
+MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
+                                int T, int H, int D, void*) {
+  return forward_impl(out, lse, q, k, v, B, T, H, D);
+}
+
+MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
+                                 float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
+                                 int T, int H, int D, void*) {
+  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D);
+}
+
+MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
+                                    int T, int H, int D, void*) {
+  return forward_impl(out, lse, q, k, v, B, T, H, D);
+}
+
+MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
+                                     float* lse, float* q, float* k, float* v, float* ws, int B,
+                                     int T, int H, int D, void*) {
+  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D);
 }

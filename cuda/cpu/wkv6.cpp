@@ -34,17 +34,20 @@ struct Head {
     for (auto* x : {&r, &k, &v, &w, &d}) x->assign((size_t)T * N, 0.0);
     u.assign(N, 0.0);
   }
-  void load(const mn_bf16* r_, const mn_bf16* k_, const mn_bf16* v_, const mn_bf16* w_,
-            const float* u_, int bb, int h, int H) {
+  static double in(mn_bf16 x) { return bf16_to_f32(x); }
+  static double in(float x) { return x; }
+  template <typename TI>
+  void load(const TI* r_, const TI* k_, const TI* v_, const TI* w_, const float* u_, int bb, int h,
+            int H) {
     for (int i = 0; i < N; i++) u[i] = u_[(int64_t)h * N + i];
     for (int t = 0; t < T; t++)
       for (int i = 0; i < N; i++) {
         const int64_t g = (((int64_t)bb * T + t) * H + h) * N + i;
         const size_t l = (size_t)t * N + i;
-        r[l] = bf16_to_f32(r_[g]);
-        k[l] = bf16_to_f32(k_[g]);
-        v[l] = bf16_to_f32(v_[g]);
-        w[l] = bf16_to_f32(w_[g]);
+        r[l] = in(r_[g]);
+        k[l] = in(k_[g]);
+        v[l] = in(v_[g]);
+        w[l] = in(w_[g]);
         d[l] = std::exp(-std::exp(w[l]));
       }
   }
@@ -74,10 +77,14 @@ struct Head {
 
 }  // namespace
 
-MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
-                           int B, int T, int H, int N, void*) {
-  if (int rc = check("wkv6_forward", B, T, H, N)) return rc;
-  MN_REQUIRE(y && r && k && v && w && u, "wkv6_forward: NULL tensor argument");
+// The bf16 entry points and their fp32-input twins share one body, templated on the input type.
+namespace {
+
+template <typename TI>
+int wkv6_forward_common(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, float* u, int B,
+                        int T, int H, int N) {
+  if (int rc = check(fn, B, T, H, N)) return rc;
+  MN_REQUIRE(y && r && k && v && w && u, "%s: NULL tensor argument", fn);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
   for (int bb = 0; bb < B; bb++)
     for (int h = 0; h < H; h++) {
@@ -92,12 +99,13 @@ MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16
   return 0;
 }
 
-MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
-                            mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                            int B, int T, int H, int N, void*) {
-  if (int rc = check("wkv6_backward", B, T, H, N)) return rc;
+template <typename TI>
+int wkv6_backward_common(const char* fn, float* dr, float* dk, float* dv, float* dw, float* du,
+                         float* dy, TI* r, TI* k, TI* v, TI* w, float* u, float* ws, int B, int T,
+                         int H, int N) {
+  if (int rc = check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && ws,
-             "wkv6_backward: NULL tensor argument");
+             "%s: NULL tensor argument", fn);
   // du partials per (b, h) in double, summed over b in order at the end (deterministic).
   std::vector<double> dupart((size_t)B * H * N, 0.0);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
@@ -149,4 +157,30 @@ MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* d
       du[(int64_t)h * N + j] += (float)s;
     }
   return 0;
+}
+
+}  // namespace
+
+MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
+                           int B, int T, int H, int N, void*) {
+  return wkv6_forward_common("wkv6_forward", y, r, k, v, w, u, B, T, H, N);
+}
+
+MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                            mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
+                            int B, int T, int H, int N, void*) {
+  return wkv6_backward_common("wkv6_backward", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H,
+                              N);
+}
+
+MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
+                               int T, int H, int N, void*) {
+  return wkv6_forward_common("wkv6_forward_f32", y, r, k, v, w, u, B, T, H, N);
+}
+
+MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
+                                float* r, float* k, float* v, float* w, float* u, float* ws,
+                                int B, int T, int H, int N, void*) {
+  return wkv6_backward_common("wkv6_backward_f32", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T,
+                              H, N);
 }

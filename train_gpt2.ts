@@ -1,0 +1,906 @@
+// GPT-2 speedrun trainer: Keller Jordan's modded-nanogpt train_gpt2.py of the 11/08/24 record
+// (124M GPT-2 with rotary, QK-norm, ReLU², value residual, x0 lambdas, Muon; 3242 steps to
+// 3.28 val loss on FineWeb) in Deno, on our kernels (cuda/), flag for flag.
+// One process per GPU (started by run.sh with RANK/WORLD_SIZE/LOCAL_RANK). Read top to bottom:
+// flags, model, optimizers, data, training loop. A record attempt edits this file.
+const code = Deno.readTextFileSync(new URL(import.meta.url)); // logged first, like the original
+import { parseArgs } from "node:util";
+import { dirname } from "node:path";
+import { Backend, type Tensor } from "./cuda/backend.ts";
+import { Graph, Param, type Var } from "./cuda/autograd.ts";
+import { type Collective, openCollective } from "./cuda/collectives.ts";
+import {
+  loadStateByName,
+  readSafetensors,
+  type StTensor,
+  writeSafetensors,
+} from "./cuda/safetensors.ts";
+
+// -----------------------------------------------------------------------------
+// flags: the original's Hyperparameters and optimizer settings (same values), then ours for small
+// runs and tests
+const FLAGS = {
+  input_bin: ["data/fineweb10B/fineweb_train_*.bin", "training shards (glob)"],
+  input_val_bin: ["data/fineweb10B/fineweb_val_*.bin", "validation shards (glob)"],
+  bsz: ["512", "sequences per optimizer step, all devices (the original's batch_size)"],
+  device_bsz: ["64", "sequences per device per micro-step (device_batch_size)"],
+  sequence_length: ["1024", "T, tokens per sequence"],
+  num_iterations: ["3242", "optimizer steps"],
+  warmup_iters: ["0", "steps of linear lr warmup at the start"],
+  warmdown_iters: ["926", "steps of linear lr warmdown at the end"],
+  val_loss_every: ["125", "val loss every N steps (0: only at the end)"],
+  val_tokens: ["10485760", "tokens per val-loss evaluation"],
+  save_every: ["0", "checkpoint every N steps (0: only at the end)"],
+  wte_lr: ["0.3", "Adam lr for transformer.wte.weight"],
+  head_lr: ["0.002", "Adam lr for lm_head.weight"],
+  muon_lr: ["0.02", "Muon lr for the 2-D block matrices"],
+  scalar_lr: ["0.02", "Adam lr for the blocks' scalars (lambdas, lamb)"],
+  n_layer: ["12", "blocks"],
+  n_embd: ["768", "model width"],
+  n_head: ["6", "attention heads (head dim n_embd/n_head: 16, 32, 64 or 128)"],
+  vocab_size: ["50304", "vocabulary (GPT-2's 50257 padded to a multiple of 128)"],
+  random_seed: ["-1", "seed for the initialisation (-1: random, printed)"],
+  backend: ["", "cuda | emu | cpu (default: cuda when a GPU is visible, else cpu)"],
+  init_from: ["", "load weights from a .safetensors file (PyTorch names)"],
+  resume: ["", "continue a run from its state_stepNNNNNN.safetensors checkpoint"],
+  dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
+  log_dir: ["logs", "where run logs and checkpoints go"],
+} as const;
+const BOOL_FLAGS = { help: "print the flags" } as const;
+
+function usage(): string {
+  const lines = Object.entries(FLAGS).map(([k, [d, h]]) =>
+    `  --${k.padEnd(16)} ${h} (default ${d || "none"})`
+  );
+  for (const [k, h] of Object.entries(BOOL_FLAGS)) lines.push(`  --${k.padEnd(16)} ${h}`);
+  return "usage: deno run -A train_gpt2.ts [flags]\n" + lines.join("\n");
+}
+
+export function parseFlags(argv: string[]) {
+  const options: Record<string, { type: "string" | "boolean"; default?: string }> = {};
+  for (const [k, [d]] of Object.entries(FLAGS)) options[k] = { type: "string", default: d };
+  for (const k of Object.keys(BOOL_FLAGS)) options[k] = { type: "boolean" };
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options,
+      strict: true,
+      allowPositionals: false,
+      allowNegative: true,
+    }));
+  } catch (e) {
+    throw new ConfigError(`${(e as Error).message} (see --help)`);
+  }
+  const str = (k: keyof typeof FLAGS) => values[k] as string;
+  const num = (k: keyof typeof FLAGS, integer = true) => {
+    const s = str(k), x = Number(s);
+    if (s.trim() === "" || !Number.isFinite(x) || (integer && !Number.isInteger(x))) {
+      throw new ConfigError(`--${k}: expected ${integer ? "an integer" : "a number"}, got "${s}"`);
+    }
+    return x;
+  };
+  return {
+    help: Boolean(values.help),
+    input_bin: str("input_bin"),
+    input_val_bin: str("input_val_bin"),
+    bsz: num("bsz"),
+    device_bsz: num("device_bsz"),
+    sequence_length: num("sequence_length"),
+    num_iterations: num("num_iterations"),
+    warmup_iters: num("warmup_iters"),
+    warmdown_iters: num("warmdown_iters"),
+    val_loss_every: num("val_loss_every"),
+    val_tokens: num("val_tokens"),
+    save_every: num("save_every"),
+    wte_lr: num("wte_lr", false),
+    head_lr: num("head_lr", false),
+    muon_lr: num("muon_lr", false),
+    scalar_lr: num("scalar_lr", false),
+    n_layer: num("n_layer"),
+    n_embd: num("n_embd"),
+    n_head: num("n_head"),
+    vocab_size: num("vocab_size"),
+    random_seed: num("random_seed"),
+    backend: str("backend"),
+    init_from: str("init_from"),
+    resume: str("resume"),
+    dump_grads: str("dump_grads"),
+    log_dir: str("log_dir"),
+  };
+}
+export type Args = ReturnType<typeof parseFlags>;
+
+export class ConfigError extends Error {}
+
+export function validate(a: Args, world: number) {
+  const bad = (m: string) => {
+    throw new ConfigError(m);
+  };
+  if (a.n_head <= 0 || a.n_embd <= 0 || a.n_embd % a.n_head) {
+    bad(`--n_head ${a.n_head} does not divide --n_embd ${a.n_embd}`);
+  }
+  const hd = a.n_embd / a.n_head;
+  if (![16, 32, 64, 128].includes(hd)) {
+    bad(`--n_embd ${a.n_embd} / --n_head ${a.n_head} = head dim ${hd}: expected 16, 32, 64 or 128`);
+  }
+  if (a.n_layer < 1) bad(`--n_layer ${a.n_layer}: must be >= 1`);
+  if (a.vocab_size < 2) bad(`--vocab_size ${a.vocab_size}: must be >= 2`);
+  if (a.sequence_length <= 0) bad(`--sequence_length ${a.sequence_length}: must be positive`);
+  if (a.device_bsz <= 0) bad(`--device_bsz ${a.device_bsz}: must be positive`);
+  if (a.bsz <= 0 || a.bsz % (a.device_bsz * world)) {
+    bad(`--bsz ${a.bsz} is not divisible by --device_bsz ${a.device_bsz} x ${world} process(es)`);
+  }
+  const perStep = a.device_bsz * a.sequence_length * world;
+  if (a.val_tokens <= 0 || a.val_tokens % perStep) {
+    bad(
+      `--val_tokens ${a.val_tokens} is not divisible by device_bsz x sequence_length x world = ${perStep}`,
+    );
+  }
+  if (a.num_iterations < 0) bad(`--num_iterations ${a.num_iterations}: must be >= 0`);
+  if (a.warmup_iters < 0) bad(`--warmup_iters ${a.warmup_iters}: must be >= 0`);
+  if (a.warmdown_iters < 0 || a.warmdown_iters > a.num_iterations) {
+    bad(
+      `--warmdown_iters ${a.warmdown_iters}: must be in [0, num_iterations = ${a.num_iterations}]`,
+    );
+  }
+  for (const k of ["wte_lr", "head_lr", "muon_lr", "scalar_lr"] as const) {
+    if (!(a[k] >= 0)) bad(`--${k} ${a[k]}: must be >= 0`);
+  }
+  if (a.vocab_size < 50257 && a.input_bin.includes("fineweb")) {
+    bad(
+      `--vocab_size ${a.vocab_size} is smaller than GPT-2's 50257 tokens of --input_bin ${a.input_bin}`,
+    );
+  }
+  if (a.resume && a.init_from) {
+    bad("--resume and --init_from exclude each other (a checkpoint already has weights)");
+  }
+}
+
+// -----------------------------------------------------------------------------
+// random numbers for the initialisation (seeded; PyTorch's generator is not reproduced)
+export class Rng {
+  private s: number;
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
+  next(): number { // mulberry32
+    let t = (this.s += 0x6d2b79f5);
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  normal(): number {
+    const u = Math.max(this.next(), 1e-300), v = this.next();
+    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+}
+
+// -----------------------------------------------------------------------------
+// the model: parameters with the PyTorch state_dict names, shapes and order of the original GPT
+
+interface ParamSpec {
+  name: string;
+  shape: number[];
+  init: () => Float32Array;
+}
+
+export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
+  const C = a.n_embd, L = a.n_layer, V = a.vocab_size;
+  const specs: ParamSpec[] = [];
+  const add = (name: string, shape: number[], init: (n: number) => Float32Array) =>
+    specs.push({ name, shape, init: () => init(shape.reduce((x, y) => x * y, 1)) });
+  const zeros = (n: number) => new Float32Array(n);
+  // nn.Linear's default init (kaiming_uniform_ with a = sqrt(5)): U(-1/sqrt(in), 1/sqrt(in))
+  const linear = (fanIn: number) => (n: number) =>
+    Float32Array.from({ length: n }, () => (2 * rng.next() - 1) / Math.sqrt(fanIn));
+
+  add(
+    "transformer.wte.weight",
+    [V, C],
+    (n) => Float32Array.from({ length: n }, () => rng.normal()),
+  );
+  for (let l = 0; l < L; l++) {
+    const b = `transformer.h.${l}.`;
+    add(b + "lambdas", [2], () => new Float32Array([1, 0]));
+    add(b + "attn.lamb", [], () => new Float32Array([0.5]));
+    add(b + "attn.c_q.weight", [C, C], linear(C));
+    add(b + "attn.c_k.weight", [C, C], linear(C));
+    add(b + "attn.c_v.weight", [C, C], linear(C));
+    add(b + "attn.c_proj.weight", [C, C], zeros); // zero init suggested by @Grad62304977
+    add(b + "mlp.c_fc.weight", [4 * C, C], linear(C));
+    add(b + "mlp.c_proj.weight", [C, 4 * C], zeros);
+  }
+  add("lm_head.weight", [V, C], zeros);
+  return specs;
+}
+
+// ops of this model that cuda/autograd.ts does not have, over the kernels they need
+
+/** apply_rotary_emb(x, cos, sin) of the original on x [B,T,H,D] (mn_rotary_*) */
+function rotary(g: Graph, x: Var): Var {
+  const [B, T, H, D] = x.shape;
+  const out = g.out(x.shape, "rotary");
+  g.k.mn_rotary_forward(out.ptr, x.t.ptr, B, T, H, D, g.s);
+  return g.node(out, [x], (y) => g.k.mn_rotary_backward(g.grad(x), y.g.ptr, B, T, H, D, g.s));
+}
+
+/**
+ * F.scaled_dot_product_attention(q, k, v, is_causal=True) on [B,T,H,D] fp32 activations: the
+ * kernel reads bf16 copies of q, k, v (the original's activations are bf16) and writes fp32; its
+ * dq, dk, dv (fp32) accumulate into the gradients of the fp32 q, k, v. With g.precision "f32"
+ * (gradient checks) the fp32-input kernels read q, k, v unrounded.
+ */
+function attention(g: Graph, q: Var, k: Var, v: Var): Var {
+  const [B, T, H, D] = q.shape;
+  const f32 = g.precision === "f32";
+  const [qi, ki, vi] = [q, k, v].map((x) => (f32 ? x.t : g.bf16Of(x)));
+  const out = g.out(q.shape, "attention");
+  const lse = g.out([B, H, T], "attention.lse");
+  if (f32) g.k.mn_attention_forward_f32(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
+  else g.k.mn_attention_forward(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
+  return g.node(out, [q, k, v], (y) => {
+    const ws = g.out([B, H, T], "attention.ws");
+    const args = [g.grad(q), g.grad(k), g.grad(v), y.g.ptr, out.ptr, lse.ptr] as const;
+    if (f32) {
+      g.k.mn_attention_backward_f32(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
+    } else g.k.mn_attention_backward(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
+  });
+}
+
+/** the same Var with another shape (same element count and memory) */
+function view(g: Graph, x: Var, shape: number[]): Var {
+  const t = x.t.view(shape);
+  return g.node(t, [x], (y) => {
+    if (x.requiresGrad) g.k.mn_axpy(g.grad(x), 1, y.g.ptr, x.t.n, g.s);
+  });
+}
+
+export class Model {
+  readonly params: Param[] = [];
+  readonly byName = new Map<string, Param>();
+  constructor(readonly be: Backend, readonly a: Args, specs: ParamSpec[]) {
+    for (const s of specs) {
+      const p = new Param(be, s.name, be.upload(s.init(), s.shape, "f32", s.name));
+      this.params.push(p);
+      this.byName.set(s.name, p);
+    }
+  }
+  p(name: string): Param {
+    const p = this.byName.get(name);
+    if (!p) throw new Error(`no parameter ${name}`);
+    return p;
+  }
+
+  /** GPT.forward: per-row losses [B*T] (device) of the batch (idx, targets: [B*T] int32) */
+  forward(g: Graph, idx: Tensor, targets: Tensor, lossScale: number): Tensor {
+    const a = this.a, B = a.device_bsz, T = a.sequence_length;
+    const P = (n: string) => g.param(this.p(n));
+    let x = g.rmsnorm(g.embedding(idx, P("transformer.wte.weight"), [B, T]));
+    const x0 = x;
+    let v1: Var | null = null;
+    for (let l = 0; l < a.n_layer; l++) { // Block.forward
+      const b = `transformer.h.${l}.`;
+      const lambdas = P(b + "lambdas");
+      x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
+      const [att, v] = this.attn(g, l, g.rmsnorm(x), v1);
+      v1 = v;
+      x = g.add(x, att);
+      const h = g.matmul(g.rmsnorm(x), P(b + "mlp.c_fc.weight"), true);
+      x = g.add(x, g.matmul(g.relu2(h), P(b + "mlp.c_proj.weight"), true));
+    }
+    x = g.rmsnorm(x);
+    return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+  }
+
+  /** CausalSelfAttention.forward: returns (y, v1) */
+  attn(g: Graph, layer: number, x: Var, v1: Var | null): [Var, Var] {
+    const a = this.a, B = a.device_bsz, T = a.sequence_length;
+    const H = a.n_head, D = a.n_embd / a.n_head;
+    const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
+    const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
+    let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
+    if (v1 === null) v1 = v; // the first block: later blocks mix in its v
+    // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
+    v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
+    q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
+    k = rotary(g, g.rmsnorm(k));
+    const y = view(g, attention(g, q, k, v), [B, T, a.n_embd]);
+    return [g.matmul(y, P("c_proj.weight"), true), v1];
+  }
+}
+
+// -----------------------------------------------------------------------------
+// optimizers: torch.optim.Adam (fused) and Muon, grouped as the original
+
+class Adam {
+  step_ = 0;
+  readonly m: Tensor[];
+  readonly v: Tensor[];
+  constructor(
+    readonly name: string,
+    readonly params: Param[],
+    readonly lr: number,
+    readonly be: Backend,
+  ) {
+    this.m = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg"));
+    this.v = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg_sq"));
+  }
+  step(lrFactor: number) {
+    this.step_++;
+    this.params.forEach((p, i) => {
+      this.be.k.mn_adam_step(
+        p.data.ptr,
+        p.grad.ptr,
+        this.m[i].ptr,
+        this.v[i].ptr,
+        p.data.n,
+        this.lr * lrFactor,
+        0.9,
+        0.95,
+        1e-8,
+        0,
+        this.step_,
+        this.be.stream,
+      );
+      p.markUpdated();
+    });
+  }
+}
+
+/**
+ * Muon: SGD-momentum (Nesterov) whose update is orthogonalised by 5 quintic Newton-Schulz steps
+ * (bf16 matmuls, fp32 accumulation), scaled by max(1, rows/cols)^0.5. Parameter i is processed by
+ * rank i % world (the original's split); with one process that is every parameter.
+ */
+class Muon {
+  momentum = 0.95;
+  readonly buf: Tensor[];
+  private ws = new Map<string, Tensor>();
+  constructor(
+    readonly name: string,
+    readonly params: Param[],
+    readonly lr: number,
+    readonly be: Backend,
+  ) {
+    this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
+  }
+  private scratch(key: string, shape: number[], dtype: "f32" | "bf16" = "f32"): Tensor {
+    const k = `${key}:${shape.join("x")}:${dtype}`;
+    let t = this.ws.get(k);
+    if (!t) this.ws.set(k, t = this.be.alloc(shape, dtype, "muon." + key));
+    return t;
+  }
+  step(lrFactor: number, coll: Collective) {
+    const k = this.be.k, s = this.be.stream;
+    this.params.forEach((p, i) => {
+      const [rows, cols] = p.shape;
+      const n = p.data.n;
+      const owner = i % coll.world; // the rank that orthogonalises this parameter's update
+      let upd = this.scratch("upd", [rows, cols]);
+      if (owner === coll.rank) {
+        k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
+        k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
+        const g = this.scratch("g", [rows, cols]);
+        k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
+        k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
+        const X = this.newtonSchulz5(g, rows, cols);
+        if (coll.world === 1) upd = X;
+        else k.mn_memcpy_d2d(upd.ptr, X.ptr, BigInt(upd.nbytes), s);
+      }
+      if (coll.world > 1) coll.broadcast(upd, owner); // the original all-reduces a zero-padded flat buffer
+      k.mn_axpy(
+        p.data.ptr,
+        -this.lr * lrFactor * Math.sqrt(Math.max(1, rows / cols)),
+        upd.ptr,
+        n,
+        s,
+      );
+      p.markUpdated();
+    });
+  }
+  /** every rank gets every momentum buffer (each lives on its owner), e.g. before a checkpoint */
+  gatherState(coll: Collective) {
+    if (coll.world > 1) this.buf.forEach((b, i) => coll.broadcast(b, i % coll.world));
+  }
+  /** zeropower_via_newtonschulz5 on G [rows, cols]; returns X in G's orientation */
+  private newtonSchulz5(G: Tensor, rows: number, cols: number): Tensor {
+    const k = this.be.k, s = this.be.stream;
+    const [a, b, c] = [3.4445, -4.775, 2.0315];
+    const tall = rows > cols;
+    const [m, n] = tall ? [cols, rows] : [rows, cols]; // iterate on the wide orientation
+    const X = this.scratch("X", [m, n]);
+    if (tall) k.mn_transpose(X.ptr, G.ptr, rows, cols, s);
+    else k.mn_memcpy_d2d(X.ptr, G.ptr, BigInt(X.nbytes), s);
+    const nrm = this.scratch("norm", [1]);
+    k.mn_sum_squares(nrm.ptr, X.ptr, X.n, s);
+    const norm = Math.sqrt((this.be.download(nrm) as Float32Array)[0]);
+    k.mn_scale(X.ptr, X.ptr, 1 / (norm + 1e-7), X.n, s);
+    const Xb = this.scratch("Xb", [m, n], "bf16"), A = this.scratch("A", [m, m], "bf16");
+    const Bb = this.scratch("B", [m, n], "bf16"), Bf = this.scratch("Bf", [m, n]);
+    for (let it = 0; it < 5; it++) {
+      k.mn_cast_f32_to_bf16(Xb.ptr, X.ptr, X.n, s);
+      k.mn_gemm_bf16(0, 1, m, m, n, 1, Xb.ptr, n, 0n, Xb.ptr, n, 0n, 0, A.ptr, m, 0n, 1, 1, s); // A = X X^T
+      k.mn_gemm_bf16(0, 0, m, n, m, 1, A.ptr, m, 0n, Xb.ptr, n, 0n, 0, Bb.ptr, n, 0n, 1, 1, s); // B = A X
+      k.mn_cast_bf16_to_f32(Bf.ptr, Bb.ptr, Bf.n, s);
+      k.mn_axpby_forward(X.ptr, X.ptr, Bf.ptr, this.constOf(a), this.constOf(b), X.n, s); // aX + bB
+      k.mn_gemm_bf16(0, 0, m, n, m, c, A.ptr, m, 0n, Bb.ptr, n, 0n, 1, X.ptr, n, 0n, 0, 1, s); // + c A B
+    }
+    if (!tall) return X;
+    const Y = this.scratch("Y", [rows, cols]);
+    k.mn_transpose(Y.ptr, X.ptr, m, n, s);
+    return Y;
+  }
+  private constOf(x: number) {
+    const t = this.scratch(`c${x}`, [1]);
+    this.be.write(t, new Float32Array([x]));
+    return t.ptr;
+  }
+}
+
+/** get_lr: linear warmup over warmup_iters, constant, then linear warmdown to 0 */
+function getLr(it: number, a: Args): number {
+  if (it < a.warmup_iters) return (it + 1) / a.warmup_iters;
+  if (it < a.num_iterations - a.warmdown_iters) return 1.0;
+  return (a.num_iterations - it) / a.warmdown_iters;
+}
+
+// -----------------------------------------------------------------------------
+// data: modded-nanogpt .bin shards (256 int32 header: magic 20240520, version 1, count; uint16)
+
+function globFiles(pattern: string, flag: string): string[] {
+  const dir = dirname(pattern), base = pattern.slice(dir.length + 1);
+  const re = new RegExp(
+    "^" + base.split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*") + "$",
+  );
+  let names: string[] = [];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && re.test(e.name)).map((e) =>
+      e.name
+    );
+  } catch { /* reported below */ }
+  if (names.length === 0) {
+    throw new ConfigError(
+      `--${flag} ${pattern}: no files match (FineWeb: deno run -A data/cached_fineweb10B.ts 8; small local corpus: deno task data:brown)`,
+    );
+  }
+  return names.sort().map((n) => `${dir}/${n}`);
+}
+
+function readShard(path: string): Uint16Array {
+  const bytes = Deno.readFileSync(path);
+  if (bytes.length < 1024) {
+    throw new ConfigError(
+      `${path}: ${bytes.length} bytes, shorter than the 1024-byte shard header`,
+    );
+  }
+  const h = new Int32Array(bytes.buffer, 0, 256);
+  if (h[0] !== 20240520) {
+    throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+  }
+  if (h[1] !== 1) throw new ConfigError(`${path}: version ${h[1]}, expected 1`);
+  if (bytes.length !== 1024 + 2 * h[2]) {
+    throw new ConfigError(
+      `${path}: header says ${h[2]} tokens (${
+        1024 + 2 * h[2]
+      } bytes) but the file has ${bytes.length} bytes`,
+    );
+  }
+  return new Uint16Array(bytes.buffer, 1024, h[2]);
+}
+
+class DataLoader {
+  readonly files: string[];
+  shard = 0;
+  pos = 0;
+  private tokens!: Uint16Array;
+  ntokTotal = 0;
+  constructor(
+    pattern: string,
+    flag: string,
+    readonly B: number,
+    readonly T: number,
+    readonly rank: number,
+    readonly world: number,
+    readonly vocab: number,
+  ) {
+    this.files = globFiles(pattern, flag);
+    for (const f of this.files) {
+      const n = readShardHeaderCount(f);
+      if (n < world * B * T + 1) {
+        throw new ConfigError(
+          `${f}: ${n} tokens, fewer than one batch of ${world}x${B}x${T}+1; lower --device_bsz or --sequence_length`,
+        );
+      }
+      this.ntokTotal += n;
+    }
+    this.reset();
+  }
+  reset() {
+    this.seek(0, this.rank * this.B * this.T);
+  }
+  seek(shard: number, pos: number) {
+    this.shard = shard;
+    this.pos = pos;
+    this.tokens = readShard(this.files[shard]);
+  }
+  /** inputs and targets for the next batch, [B*T] int32 each */
+  next(): [Int32Array, Int32Array] {
+    const n = this.B * this.T;
+    const buf = this.tokens.subarray(this.pos, this.pos + n + 1);
+    for (let i = 0; i < buf.length; i++) {
+      if (buf[i] >= this.vocab) {
+        throw new ConfigError(
+          `${this.files[this.shard]}: token ${buf[i]} at ${
+            this.pos + i
+          } is >= --vocab_size ${this.vocab}`,
+        );
+      }
+    }
+    const x = Int32Array.from(buf.subarray(0, n)), y = Int32Array.from(buf.subarray(1, n + 1));
+    this.pos += n * this.world;
+    if (this.pos + n * this.world + 1 > this.tokens.length) {
+      this.seek((this.shard + 1) % this.files.length, this.rank * n);
+    }
+    return [x, y];
+  }
+}
+
+function readShardHeaderCount(path: string): number {
+  const f = Deno.openSync(path);
+  try {
+    const h = new Int32Array(256);
+    const got = f.readSync(new Uint8Array(h.buffer)) ?? 0;
+    if (got < 1024) {
+      throw new ConfigError(`${path}: ${got} bytes, shorter than the 1024-byte shard header`);
+    }
+    if (h[0] !== 20240520) {
+      throw new ConfigError(`${path}: magic ${h[0]}, expected 20240520 (not a token shard?)`);
+    }
+    if (h[1] !== 1) throw new ConfigError(`${path}: version ${h[1]}, expected 1`);
+    return h[2];
+  } finally {
+    f.close();
+  }
+}
+
+// -----------------------------------------------------------------------------
+// checkpoints: weights under the PyTorch names (+ optimizer state and position in a second file)
+
+function hostParam(be: Backend, p: Param, which: "data" | "grad" = "data"): StTensor {
+  return {
+    dtype: "F32",
+    shape: [...p.shape],
+    data: be.download(which === "data" ? p.data : p.grad) as Float32Array,
+  };
+}
+
+function saveCheckpoint(
+  path: string,
+  model: Model,
+  adams: Adam[],
+  muon: Muon,
+  step: number,
+  loader: DataLoader,
+  a: Args,
+) {
+  const be = model.be;
+  const weights = new Map<string, StTensor>();
+  for (const p of model.params) weights.set(p.name, hostParam(be, p));
+  const opt = new Map<string, StTensor>();
+  const adamSteps: Record<string, number> = {};
+  for (const o of adams) {
+    adamSteps[o.name] = o.step_;
+    o.params.forEach((p, i) => {
+      opt.set(p.name + ".exp_avg", {
+        dtype: "F32",
+        shape: [...p.shape],
+        data: be.download(o.m[i]) as Float32Array,
+      });
+      opt.set(p.name + ".exp_avg_sq", {
+        dtype: "F32",
+        shape: [...p.shape],
+        data: be.download(o.v[i]) as Float32Array,
+      });
+    });
+  }
+  muon.params.forEach((p, i) =>
+    opt.set(p.name + ".momentum_buffer", {
+      dtype: "F32",
+      shape: [...p.shape],
+      data: be.download(muon.buf[i]) as Float32Array,
+    })
+  );
+  const meta = {
+    step: String(step),
+    adam_steps: JSON.stringify(adamSteps),
+    train_shard: String(loader.shard),
+    train_pos: String(loader.pos),
+    world: String(loader.world),
+    config: JSON.stringify(a),
+  };
+  // optimizer file first: a checkpoint whose weights exist always has its optimizer state
+  writeSafetensors(path.replace(/\.safetensors$/, ".opt.safetensors"), opt, meta);
+  writeSafetensors(path, weights, { format: "pt", step: String(step) });
+}
+
+function loadWeights(path: string, model: Model) {
+  let file;
+  try {
+    file = readSafetensors(path);
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  const expected = model.params.map((p) => ({ name: p.name, shape: [...p.shape] }));
+  let tensors;
+  try {
+    tensors = loadStateByName(expected, file.tensors, path);
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  for (const p of model.params) {
+    const t = tensors.get(p.name)!;
+    const data = t.dtype === "F32" ? t.data as Float32Array : null;
+    if (!data) throw new ConfigError(`${path}: ${p.name} is ${t.dtype}, expected F32`);
+    model.be.write(p.data, data);
+    p.markUpdated();
+  }
+}
+
+// -----------------------------------------------------------------------------
+// main
+
+function main() {
+  const a = parseFlags(Deno.args);
+  if (a.help) {
+    console.log(usage());
+    return;
+  }
+  const rank = Number(Deno.env.get("RANK") ?? 0), world = Number(Deno.env.get("WORLD_SIZE") ?? 1);
+  validate(a, world);
+  if (world > 1 && a.dump_grads) {
+    throw new ConfigError("--dump_grads runs in one process (WORLD_SIZE=1)");
+  }
+  const master = rank === 0;
+  let be: Backend, coll: Collective;
+  try {
+    be = Backend.open({ name: a.backend || undefined });
+    coll = openCollective(be); // NCCL on cuda, TCP on cpu/emu, nothing with one process
+    coll.agree(JSON.stringify(a), "flags"); // ranks started with different flags refuse to run
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
+  }
+  // -1: a random seed, rank 0's for everyone (identical initial weights on every rank)
+  const seedWanted = a.random_seed !== -1 ? a.random_seed : Math.floor(Math.random() * 2 ** 31);
+  const seed = Number(coll.agree(String(seedWanted), "seed", false));
+  const B = a.device_bsz, T = a.sequence_length;
+  const valSteps = a.val_tokens / (B * T * world);
+  const accum = a.bsz / (B * world);
+
+  const trainLoader = new DataLoader(a.input_bin, "input_bin", B, T, rank, world, a.vocab_size);
+  const model = new Model(be, a, modelSpecs(a, new Rng(seed)));
+  if (a.init_from) loadWeights(a.init_from, model);
+  const g = new Graph(be);
+  const xT = be.alloc([B * T], "i32", "x"), yT = be.alloc([B * T], "i32", "y");
+  const upload = ([x, y]: [Int32Array, Int32Array]) => {
+    be.write(xT, x);
+    be.write(yT, y);
+  };
+  const meanLoss = (losses: Tensor) =>
+    (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
+
+  if (a.dump_grads) {
+    upload(trainLoader.next());
+    const loss = meanLoss(model.forward(g, xT, yT, 1));
+    g.backward();
+    const out = new Map<string, StTensor>();
+    for (const p of model.params) out.set(p.name, hostParam(be, p, "grad"));
+    out.set("loss", { dtype: "F32", shape: [], data: new Float32Array([loss]) });
+    writeSafetensors(a.dump_grads, out, { loss: String(loss), backend: be.name });
+    console.log(
+      `loss ${
+        loss.toFixed(6)
+      }; gradients of ${model.params.length} parameters written to ${a.dump_grads}`,
+    );
+    coll.destroy();
+    be.close();
+    return;
+  }
+  const valLoader = new DataLoader(
+    a.input_val_bin,
+    "input_val_bin",
+    B,
+    T,
+    rank,
+    world,
+    a.vocab_size,
+  );
+
+  // the original's four optimizers: Adam for wte and lm_head, Muon for the blocks' matrices
+  // (raw_model.transformer.h.parameters() with ndim == 2), Adam for their scalars (ndim < 2)
+  const blocks = model.params.filter((p) => p.name.startsWith("transformer.h."));
+  const adams = [
+    new Adam("Adam-wte", [model.p("transformer.wte.weight")], a.wte_lr, be),
+    new Adam("Adam-head", [model.p("lm_head.weight")], a.head_lr, be),
+    new Adam("Adam-s", blocks.filter((p) => p.shape.length < 2), a.scalar_lr, be),
+  ];
+  const muon = new Muon("Muon", blocks.filter((p) => p.shape.length === 2), a.muon_lr, be);
+
+  let startStep = 0;
+  if (a.resume) {
+    loadWeights(a.resume, model);
+    const optPath = a.resume.replace(/\.safetensors$/, ".opt.safetensors");
+    let st;
+    try {
+      st = readSafetensors(optPath);
+    } catch (e) {
+      throw new ConfigError(`--resume: ${(e as Error).message}`);
+    }
+    const steps = JSON.parse(st.metadata.adam_steps ?? "{}");
+    for (const o of adams) {
+      o.step_ = steps[o.name] ?? 0;
+      o.params.forEach((p, i) => {
+        be.write(o.m[i], st.tensors.get(p.name + ".exp_avg")!.data as Float32Array);
+        be.write(o.v[i], st.tensors.get(p.name + ".exp_avg_sq")!.data as Float32Array);
+      });
+    }
+    muon.params.forEach((p, i) =>
+      be.write(muon.buf[i], st.tensors.get(p.name + ".momentum_buffer")!.data as Float32Array)
+    );
+    startStep = Number(st.metadata.step);
+    if (Number(st.metadata.world ?? 1) !== world) {
+      throw new ConfigError(
+        `--resume ${a.resume}: saved with WORLD_SIZE=${st.metadata.world}, now ${world} (the data order would differ)`,
+      );
+    }
+    // saved: rank 0's position; rank r reads B*T tokens further on, as the loader interleaves
+    trainLoader.seek(Number(st.metadata.train_shard), Number(st.metadata.train_pos) + rank * B * T);
+  }
+
+  // logging: the log file starts with the flags, this script's source and the hardware
+  const runId = crypto.randomUUID(); // logs/<uuid>.txt and logs/<uuid>/, as the original
+  const logfile = `${a.log_dir}/${runId}.txt`;
+  const log = (s: string, console_ = true) => {
+    if (!master) return;
+    if (console_) console.log(s);
+    Deno.writeTextFileSync(logfile, s + "\n", { append: true });
+  };
+  if (master) {
+    Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
+    const hw = [
+      `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
+      `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
+    ];
+    Deno.writeTextFileSync(
+      logfile,
+      JSON.stringify(a) + "\n" + "=".repeat(100) + "\n" + code + "=".repeat(100) + "\n" +
+        hw.join("\n") + "\n" + "=".repeat(100) + "\n",
+    );
+    console.log(JSON.stringify(a));
+    console.log(
+      `Training DataLoader: total number of tokens: ${trainLoader.ntokTotal} across ${trainLoader.files.length} files`,
+    );
+    console.log(
+      `Validation DataLoader: total number of tokens: ${valLoader.ntokTotal} across ${valLoader.files.length} files`,
+    );
+    for (const o of [...adams, muon]) {
+      for (const p of o.params) {
+        console.log(o.name.padEnd(10), JSON.stringify(p.shape).padEnd(20), p.name);
+      }
+    }
+    console.log("model params", model.params.reduce((s, p) => s + p.numel, 0));
+    console.log(
+      `seed ${seed}; ${accum} micro-step(s) of ${B}x${T} per step; backend ${be.name}; log ${logfile}`,
+    );
+  }
+
+  const valT = be.alloc([1], "f32", "val_loss");
+  let trainingTimeMs = 0;
+  be.sync();
+  let t0 = performance.now();
+  for (let step = startStep; step <= a.num_iterations; step++) {
+    const last = step === a.num_iterations;
+    if (step === 10) { // the original ignores the first 10 steps' time
+      trainingTimeMs = 0;
+      t0 = performance.now();
+    }
+    const timedSteps = step <= 11 ? NaN : step - 10 + 1;
+
+    if (last || (a.val_loss_every > 0 && step % a.val_loss_every === 0)) {
+      be.sync();
+      trainingTimeMs += performance.now() - t0;
+      valLoader.reset();
+      g.gradEnabled = false;
+      let valLoss = 0;
+      for (let i = 0; i < valSteps; i++) {
+        upload(valLoader.next());
+        valLoss += meanLoss(model.forward(g, xT, yT, 1));
+        g.release();
+      }
+      g.gradEnabled = true;
+      valLoss /= valSteps;
+      if (world > 1) {
+        be.write(valT, new Float32Array([valLoss]));
+        coll.allReduceMean(valT);
+        valLoss = (be.download(valT) as Float32Array)[0];
+      }
+      log(
+        `step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${
+          trainingTimeMs.toFixed(0)
+        }ms step_avg:${fmtAvg(trainingTimeMs / (timedSteps - 1))}ms`,
+      );
+      be.sync();
+      t0 = performance.now();
+    }
+
+    if ((last || (a.save_every > 0 && step % a.save_every === 0)) && step > startStep) {
+      be.sync();
+      trainingTimeMs += performance.now() - t0;
+      muon.gatherState(coll);
+      if (master) {
+        saveCheckpoint(
+          `${a.log_dir}/${runId}/state_step${String(step).padStart(6, "0")}.safetensors`,
+          model,
+          adams,
+          muon,
+          step,
+          trainLoader,
+          a,
+        );
+      }
+      be.sync();
+      t0 = performance.now();
+    }
+    if (last) break;
+
+    // --------------- training section ---------------
+    let trainLoss = 0;
+    for (let i = 1; i <= accum; i++) {
+      upload(trainLoader.next());
+      trainLoss = meanLoss(model.forward(g, xT, yT, 1 / accum)); // grads come out already averaged
+      g.backward();
+      g.release();
+    }
+    if (world > 1) { for (const p of model.params) coll.allReduceMean(p.grad); // DDP's average
+     }
+    const frac = Math.min(step / 500, 1);
+    muon.momentum = (1 - frac) * 0.85 + frac * 0.95;
+    const lrFactor = getLr(step, a);
+    for (const o of adams) o.step(lrFactor);
+    muon.step(lrFactor, coll);
+    for (const p of model.params) p.zeroGrad();
+    // ----------------------------------------------
+
+    if (master) {
+      be.sync();
+      const approx = trainingTimeMs + performance.now() - t0;
+      log(
+        `step:${step + 1}/${a.num_iterations} train_loss:${trainLoss.toFixed(4)} train_time:${
+          approx.toFixed(0)
+        }ms step_avg:${fmtAvg(approx / timedSteps)}ms`,
+      );
+    }
+  }
+  log(`peak memory consumption: ${Math.floor(be.peakBytes / 1024 / 1024)} MiB`);
+  if (be.profile.size && master) {
+    console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
+  }
+  coll.destroy();
+  be.close();
+}
+
+function fmtAvg(x: number): string {
+  return Number.isFinite(x) ? x.toFixed(2) : "nan";
+}
+
+if (import.meta.main) {
+  try {
+    main();
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(`error: ${e.message}`);
+      Deno.exit(2);
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,493 @@
+// train_rwkv6.ts: the WKV-6 graph op (bf16 path) against an fp64 reference, whole-model gradients
+// by finite differences (fp32 path), emu = cpu on the whole model (bf16), a Brown training run,
+// resume, --dump_grads, errors.
+import assert from "node:assert/strict";
+import { Backend } from "./cuda/backend.ts";
+import { Graph, Param } from "./cuda/autograd.ts";
+import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
+import { type Args, Model, modelSpecs, parseFlags, Rng, wkv6 } from "./train_rwkv6.ts";
+
+const ROOT = new URL(".", import.meta.url).pathname;
+const TINY = [
+  "--n_layer",
+  "2",
+  "--n_embd",
+  "64",
+  "--headsz",
+  "16",
+  "--sequence_length",
+  "32",
+  "--device_bsz",
+  "2",
+  "--vocab_size",
+  "512",
+];
+const BROWN = [
+  "--input_bin",
+  "data/brown/brown_train_*.bin",
+  "--input_val_bin",
+  "data/brown/brown_val_*.bin",
+];
+
+let brownReady = false;
+function ensureBrown() {
+  if (brownReady) return;
+  const out = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "data/brown.ts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  brownReady = true;
+}
+
+function train(args: string[], env: Record<string, string> = {}) {
+  const out = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "train_rwkv6.ts", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
+
+/** round to the nearest bf16 (ties to even), so the kernel's cast of these values is exact */
+function bf16Round(x: number): number {
+  const f = new Float32Array([x]), u = new Uint32Array(f.buffer);
+  u[0] = (u[0] + 0x7fff + ((u[0] >> 16) & 1)) & 0xffff0000;
+  return f[0];
+}
+
+/** The RWKV-6 recurrence in fp64: r,k,v,w [B,T,H,N], u [H,N] -> y [B,T,H,N] */
+function wkv6Ref(
+  r: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  w: ArrayLike<number>,
+  u: ArrayLike<number>,
+  B: number,
+  T: number,
+  H: number,
+  N: number,
+): Float64Array {
+  const y = new Float64Array(B * T * H * N);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const S = new Float64Array(N * N); // S[i*N+j]: value channel i, key channel j
+      for (let t = 0; t < T; t++) {
+        const o = ((b * T + t) * H + h) * N;
+        let bonus = 0;
+        for (let j = 0; j < N; j++) bonus += r[o + j] * u[h * N + j] * k[o + j];
+        for (let i = 0; i < N; i++) {
+          let s = 0;
+          for (let j = 0; j < N; j++) s += S[i * N + j] * r[o + j];
+          y[o + i] = s + v[o + i] * bonus;
+        }
+        for (let i = 0; i < N; i++) {
+          for (let j = 0; j < N; j++) {
+            S[i * N + j] = S[i * N + j] * Math.exp(-Math.exp(w[o + j])) + v[o + i] * k[o + j];
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+Deno.test("train_rwkv6: the WKV-6 graph op matches an fp64 reference, values and gradients (cpu)", () => {
+  // Inputs are bf16-exact, so the op's bf16 casts are lossless and the reference sees the same
+  // numbers: forward and backward can be held to fp32 accuracy. Gradients are checked as
+  // directional derivatives of L = sum(dy * y) by central differences of the fp64 reference.
+  const be = Backend.open({ name: "cpu" });
+  const B = 2, T = 12, H = 2, N = 16, C = H * N, n = B * T * C;
+  const rng = new Rng(11);
+  const gen = (len: number, f: () => number) =>
+    Float64Array.from({ length: len }, () => bf16Round(f()));
+  const host = {
+    r: gen(n, () => rng.normal() * 0.5),
+    k: gen(n, () => rng.normal() * 0.5),
+    v: gen(n, () => rng.normal()),
+    w: gen(n, () => -2 + rng.normal()), // decays exp(-exp(w)) spread over (0, 1)
+    u: gen(C, () => rng.normal() * 0.5),
+  };
+  const params = Object.fromEntries(
+    Object.entries(host).map(([name, x]) => [
+      name,
+      new Param(be, name, be.upload(Float32Array.from(x), name === "u" ? [H, N] : [B, T, C])),
+    ]),
+  ) as Record<keyof typeof host, Param>;
+  const g = new Graph(be);
+  const P = (p: Param) => g.param(p);
+  const y = wkv6(g, P(params.r), P(params.k), P(params.v), P(params.w), P(params.u), H);
+  const dy = Float64Array.from({ length: n }, () => rng.normal());
+  const yk = be.download(y.t) as Float32Array;
+  const yRef = wkv6Ref(host.r, host.k, host.v, host.w, host.u, B, T, H, N);
+  const ferr = norm(yk.map((v, i) => v - yRef[i])) / norm(yRef);
+  assert.ok(ferr < 1e-5, `forward: normwise error ${ferr}`);
+  y.g = be.upload(Float32Array.from(dy), [B, T, C]);
+  g.backward();
+  const L = (x: typeof host) => {
+    const yy = wkv6Ref(x.r, x.k, x.v, x.w, x.u, B, T, H, N);
+    return yy.reduce((s, v, i) => s + v * dy[i], 0);
+  };
+  const h = 1e-5;
+  let worst = 0;
+  for (const name of Object.keys(host) as (keyof typeof host)[]) {
+    const grad = be.download(params[name].grad) as Float32Array;
+    for (let rep = 0; rep < 2; rep++) {
+      const z = Float64Array.from(host[name], () => rng.normal());
+      const zn = norm(z);
+      const d = z.map((v) => v / zn);
+      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
+      const up = { ...host, [name]: host[name].map((v, i) => v + h * d[i]) };
+      const down = { ...host, [name]: host[name].map((v, i) => v - h * d[i]) };
+      const numeric = (L(up) - L(down)) / (2 * h);
+      assert.ok(Math.abs(numeric) > 1e-2, `d${name}: derivative ${numeric} too small to test`);
+      const err = Math.abs(numeric - analytic), tol = 1e-6 + 1e-4 * norm(grad);
+      worst = Math.max(worst, err / tol);
+      assert.ok(
+        err <= tol,
+        `d${name}: directional derivative ${numeric} by FD, ${analytic} by backward`,
+      );
+    }
+  }
+  g.release();
+  be.close();
+  console.log(
+    `  forward error ${ferr.toExponential(1)}; 5 inputs x 2 directions, worst error ${
+      worst.toExponential(1)
+    } x tolerance`,
+  );
+});
+
+/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
+function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
+  const a: Args = parseFlags([...TINY, ...extra]);
+  const be = Backend.open({ name: backendName });
+  const rng = new Rng(3);
+  const model = new Model(be, a, modelSpecs(a, rng));
+  for (const p of model.params) {
+    const h = be.download(p.data) as Float32Array;
+    for (let i = 0; i < h.length; i++) h[i] += 0.05 * rng.normal();
+    be.write(p.data, h);
+    p.markUpdated();
+  }
+  const n = a.device_bsz * a.sequence_length;
+  const idx = be.upload(
+    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
+    [n],
+    "i32",
+  );
+  const tgt = be.upload(
+    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
+    [n],
+    "i32",
+  );
+  const g = new Graph(be);
+  const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
+  const lossOnly = () => {
+    g.gradEnabled = false;
+    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
+    g.release();
+    g.gradEnabled = true;
+    return l;
+  };
+  const lossAndGrads = () => {
+    for (const p of model.params) p.zeroGrad();
+    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
+    g.backward();
+    g.release();
+    return {
+      loss: l,
+      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
+    };
+  };
+  return { a, be, model, g, rng, lossOnly, lossAndGrads };
+}
+
+Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
+  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup("cpu");
+  g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
+  const { grads } = lossAndGrads();
+  // h = 2.5e-3, not train_rwkv7's 1e-2: the loss is strongly curved along key.weight (its init
+  // is 10x smaller than the other projections'), and at h = 1e-2 the O(h^2) term alone is 0.5%.
+  const h = 2.5e-3;
+  let worst = 0, worstName = "";
+  for (const p of model.params) {
+    const grad = grads.get(p.name)!;
+    const orig = (be.download(p.data) as Float32Array).slice();
+    const gn = norm(grad);
+    // Two directions: along the analytic gradient (tests its length) and a random one (tests
+    // its direction); each is a unit vector, so the derivative is a dot product with grad.
+    const z = Float32Array.from(orig, () => rng.normal());
+    const zn = norm(z);
+    const dirs = [gn > 0 ? grad.map((v) => v / gn) : z.map((v) => v / zn), z.map((v) => v / zn)];
+    for (const d of dirs) {
+      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
+      be.write(p.data, orig.map((v, i) => v + h * d[i]));
+      p.markUpdated();
+      const up = lossOnly();
+      be.write(p.data, orig.map((v, i) => v - h * d[i]));
+      p.markUpdated();
+      const down = lossOnly();
+      const numeric = (up - down) / (2 * h);
+      // fp32 forward: loss noise ~1e-6 / 2h = 2e-4; O(h^2) truncation ~1e-3 relative
+      const err = Math.abs(numeric - analytic), tol = 4e-4 + 3e-3 * gn;
+      if (err / tol > worst) [worst, worstName] = [err / tol, p.name];
+      assert.ok(
+        err <= tol,
+        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
+      );
+    }
+    be.write(p.data, orig);
+    p.markUpdated();
+  }
+  console.log(
+    `  ${model.params.length} parameters x 2 directions; worst error ${
+      (100 * worst).toFixed(0)
+    }% of tolerance (${worstName})`,
+  );
+});
+
+Deno.test("train_rwkv6: emu and cpu give the same loss and gradients (bf16)", () => {
+  // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread;
+  // 3e-2 normwise, as for train_rwkv7.
+  const tol = 3e-2;
+  const [cpu, emu] = (["cpu", "emu"] as const).map((name) => tinySetup(name).lossAndGrads());
+  assert.ok(
+    Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss),
+    `loss cpu ${cpu.loss} emu ${emu.loss}`,
+  );
+  let worst = 0, worstName = "";
+  for (const [name, gc] of cpu.grads) {
+    const ge = emu.grads.get(name)!;
+    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
+    if (rel > worst) [worst, worstName] = [rel, name];
+    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
+  }
+  console.log(
+    `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
+      worst.toExponential(2)
+    } (${worstName})`,
+  );
+});
+
+function valLosses(stdout: string): number[] {
+  return [...stdout.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
+}
+function trainLosses(stdout: string): string[] {
+  return [...stdout.matchAll(/^(step:\d+\/\d+ train_loss:[\d.]+)/gm)].map((m) => m[1]);
+}
+
+Deno.test("train_rwkv6: a short cpu run on the Brown corpus lowers the val loss", () => {
+  ensureBrown();
+  const r = train([
+    ...BROWN,
+    "--backend",
+    "cpu",
+    "--n_layer",
+    "2",
+    "--n_embd",
+    "64",
+    "--headsz",
+    "16",
+    "--sequence_length",
+    "32",
+    "--device_bsz",
+    "4",
+    "--bsz",
+    "4",
+    "--num_iterations",
+    "20",
+    "--warmdown_iters",
+    "5",
+    "--val_loss_every",
+    "10",
+    "--val_tokens",
+    "1024",
+    "--adam_lr",
+    "0.006",
+    "--random_seed",
+    "1",
+    "--log_dir",
+    Deno.makeTempDirSync(),
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const v = valLosses(r.stdout);
+  assert.equal(v.length, 3, r.stdout);
+  console.log(`  val loss ${v.join(" -> ")}`);
+  assert.ok(v[2] < v[0] - 1.0, `val loss did not fall clearly: ${v.join(", ")}`);
+  assert.match(r.stdout, /peak memory consumption: \d+ MiB/);
+});
+
+Deno.test("train_rwkv6: --resume continues bit-for-bit (cpu)", () => {
+  ensureBrown();
+  const base = [
+    ...BROWN,
+    ...TINY.slice(0, -2),
+    "--backend",
+    "cpu",
+    "--bsz",
+    "2",
+    "--num_iterations",
+    "4",
+    "--warmdown_iters",
+    "2",
+    "--val_loss_every",
+    "0",
+    "--val_tokens",
+    "2048",
+    "--random_seed",
+    "5",
+    "--save_every",
+    "2",
+  ];
+  const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
+  const a = train([...base, "--log_dir", dirA]);
+  assert.equal(a.code, 0, a.stderr);
+  const runA = [...Deno.readDirSync(dirA)].find((e) => e.isDirectory)!.name;
+  const ck = `${dirA}/${runA}/state_step000002.safetensors`;
+  const b = train([...base, "--log_dir", dirB, "--resume", ck]);
+  assert.equal(b.code, 0, b.stderr);
+  const la = trainLosses(a.stdout), lb = trainLosses(b.stdout);
+  assert.deepEqual(lb, la.slice(2), "train losses after the resume point");
+  assert.deepEqual(valLosses(b.stdout), valLosses(a.stdout).slice(-1));
+  const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
+  const wa = readSafetensors(`${dirA}/${runA}/state_step000004.safetensors`).tensors;
+  const wb = readSafetensors(`${dirB}/${runB}/state_step000004.safetensors`).tensors;
+  for (const [name, t] of wa) {
+    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
+  }
+  console.log(`  steps 3-4 identical: ${lb.join("; ")}`);
+});
+
+Deno.test("train_rwkv6: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
+  ensureBrown();
+  const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
+  const r = train([
+    ...BROWN,
+    ...TINY.slice(0, -2),
+    "--backend",
+    "cpu",
+    "--random_seed",
+    "9",
+    "--dump_grads",
+    out,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const { tensors } = readSafetensors(out);
+  const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
+  const specs = modelSpecs(a, new Rng(9));
+  assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
+  assert.equal(specs.length, 1 + 26 * 2 + 2, "wte (tied to lm_head), 26 per block, ln_out");
+  for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
+  assert.deepEqual(tensors.get("transformer.h.0.attn.time_maa_w2")!.shape, [5, 32, 64]);
+  assert.deepEqual(tensors.get("transformer.h.0.attn.time_faaaa")!.shape, [4, 16]);
+  assert.deepEqual(tensors.get("transformer.h.0.attn.gate_w1")!.shape, [64, 160]);
+  const loss = tensors.get("loss")!;
+  assert.deepEqual(loss.shape, []);
+  const l = (loss.data as Float32Array)[0];
+  assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
+  assert.ok(
+    norm(tensors.get("transformer.wte.weight")!.data as Float32Array) > 0,
+    "the tied embedding/head has a gradient",
+  );
+  assert.ok(
+    norm(tensors.get("transformer.h.0.attn.time_maa_w2")!.data as Float32Array) === 0,
+    "zero-init time_maa_w1 gives time_maa_w2 no gradient (as in PyTorch)",
+  );
+  assert.ok(
+    norm(tensors.get("transformer.h.0.attn.gate_w1")!.data as Float32Array) === 0,
+    "zero-init output.weight gives the gate LoRA no gradient",
+  );
+});
+
+Deno.test("train_rwkv6: invalid flags and combinations are one-line errors", () => {
+  const cases: [string[], RegExp][] = [
+    [
+      ["--bsz", "10", "--device_bsz", "4"],
+      /--bsz 10 is not divisible by --device_bsz 4 x 1 process/,
+    ],
+    [
+      ["--val_tokens", "1000"],
+      /--val_tokens 1000 is not divisible by device_bsz x sequence_length x world = 65536/,
+    ],
+    [["--headsz", "48"], /--headsz 48: expected 16, 32, 64 or 128/],
+    [["--headsz", "32", "--n_embd", "48"], /--headsz 32 does not divide --n_embd 48/],
+    [
+      ["--fla_cuda"],
+      /--fla_cuda: flash-linear-attention's chunked WKV-6 kernel has not landed yet/,
+    ],
+    [["--bogus"], /Unknown option '--bogus'/],
+    [["--emb_scale", "x"], /--emb_scale: expected a number, got "x"/],
+    [
+      ["--input_bin", "/nonexistent/x_*.bin"],
+      /--input_bin \/nonexistent\/x_\*\.bin: no files match/,
+    ],
+    [
+      ["--resume", "a.safetensors", "--init_from", "b.safetensors"],
+      /--resume and --init_from exclude each other/,
+    ],
+    [["--n_layer", "1"], /--n_layer 1: RWKV-6's init needs at least 2 layers/],
+    [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
+  ];
+  for (const [args, re] of cases) {
+    const r = train(args);
+    assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
+    assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(
+      r.stderr.trim().split("\n").length,
+      1,
+      `${args.join(" ")}: one line, got ${r.stderr}`,
+    );
+  }
+});
+
+Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied weight under both names", () => {
+  ensureBrown();
+  const dir = Deno.makeTempDirSync();
+  const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "4"]);
+  const specs = modelSpecs(a, new Rng(4));
+  const t = new Map(
+    specs.map((s) => [s.name, { dtype: "F32" as const, shape: s.shape, data: s.init() }]),
+  );
+  t.set("lm_head.weight", t.get("transformer.wte.weight")!); // state_dict() lists both
+  writeSafetensors(`${dir}/w.safetensors`, t);
+  const args = [
+    ...BROWN,
+    ...TINY.slice(0, -2),
+    "--backend",
+    "cpu",
+    "--num_iterations",
+    "0",
+    "--warmdown_iters",
+    "0",
+    "--val_tokens",
+    "256",
+    "--log_dir",
+    dir,
+  ];
+  const fresh = train([...args, "--random_seed", "4"]);
+  const loaded = train([...args, "--random_seed", "77", "--init_from", `${dir}/w.safetensors`]);
+  assert.equal(fresh.code, 0, fresh.stderr);
+  assert.equal(loaded.code, 0, loaded.stderr);
+  assert.deepEqual(
+    valLosses(loaded.stdout),
+    valLosses(fresh.stdout),
+    "same weights, same val loss",
+  );
+  t.delete("transformer.h.0.ln1.bias");
+  writeSafetensors(`${dir}/bad.safetensors`, t);
+  const bad = train([...args, "--init_from", `${dir}/bad.safetensors`]);
+  assert.equal(bad.code, 2, bad.stdout + bad.stderr);
+  assert.match(bad.stderr, /missing 1 \(transformer\.h\.0\.ln1\.bias\)/);
+  assert.equal(bad.stderr.trim().split("\n").length, 1, "one line");
+});
