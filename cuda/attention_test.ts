@@ -283,6 +283,28 @@ Deno.test({
   },
 });
 
+// The gradients at T=1024 too: emu against the cpu reference, which is a naive attention computed
+// in double (so this is the kernel against a float64 naive attention, rounded once to fp32).
+// Same bounds as a); 16 query tiles and 32 key tiles exercise the online softmax over a long row.
+Deno.test({
+  name: "attention: emu forward and gradients vs the double-precision naive reference at T=1024",
+  ignore: VARIANT !== "",
+  fn() {
+    const s: Shape = { B: 1, T: 1024, H: 1, D: 64 };
+    const x = makeInputs(new Rng(SEED + 202), s);
+    const zero = GRADS.map(() => new Float32Array(numel(s)));
+    const want = runAttention(backend("cpu"), s, x, zero);
+    const got = runAttention(backend("emu"), s, x, zero);
+    const errs: Record<string, number> = {};
+    for (const key of Object.keys(want)) {
+      errs[key] = relErr(got[key], want[key]);
+      const rel = (GRADS as readonly string[]).includes(key) ? REL.grad : REL[key as "out" | "lse"];
+      compareRel(`emu ${key} vs cpu (T=1024)`, got[key], want[key], rel);
+    }
+    console.log(`emu vs cpu (T=1024, D=64): ${fmt(errs)}`);
+  },
+});
+
 // ---- c) backward vs float64 finite differences -------------------------------------------------
 // L = sum(dout * out) with the TS float64 forward; central differences with h = 1e-5: truncation
 // ~h^2 |f'''| ~ 1e-10 relative, cancellation ~1e-16 |L| / h ~ 1e-11: negligible. cpu: double,
