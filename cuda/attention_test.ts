@@ -13,8 +13,12 @@ import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   compare,
+  compareRel,
   f64,
+  fmtErrors,
+  maxAbs,
   numericalGrad,
+  relErr,
   Rng,
   SEED,
   targets,
@@ -118,25 +122,10 @@ function runForward(be: Backend, s: Shape, x: Inputs): Record<string, Float32Arr
   ) as Record<string, Float32Array>;
 }
 
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
 function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
   let e = 0;
   for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
   return e;
-}
-/** normwise relative error max|got - want| / max|want| */
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  return maxAbsDiff(got, want) / Math.max(maxAbs(want), 1e-30);
-}
-function compareRel(what: string, got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
-  compare(what, got, want, { atol: rel * maxAbs(want), rtol: 0 });
-}
-function fmt(o: Record<string, number>): string {
-  return Object.entries(o).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ");
 }
 const minus = (a: Float32Array, b: Float32Array) => a.map((z, i) => z - b[i]);
 
@@ -242,7 +231,7 @@ for (const tgt of targets()) {
           }
         });
       });
-      console.log(`attention ${tname} vs cpu, worst normwise relative error:`, fmt(worst));
+      console.log(`attention ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
     },
   });
 }
@@ -261,7 +250,7 @@ Deno.test({
     const ref = f64Attention(s, toF64(x));
     const got = runForward(backend("cpu"), s, x);
     const errs = { out: relErr(got.out, ref.out), lse: relErr(got.lse, ref.lse) };
-    console.log(`cpu vs f64 (T=1024, D=64): ${fmt(errs)}`);
+    console.log(`cpu vs f64 (T=1024, D=64): ${fmtErrors(errs)}`);
     compareRel("cpu out vs float64 (T=1024)", got.out, ref.out, 1e-6);
     compareRel("cpu lse vs float64 (T=1024)", got.lse, ref.lse, 1e-6);
 
@@ -279,7 +268,7 @@ Deno.test({
       const rel = (GRADS as readonly string[]).includes(key) ? REL.grad : REL[key as "out" | "lse"];
       compareRel(`emu ${key} vs cpu (T=256)`, got2[key], want[key], rel);
     }
-    console.log(`emu vs cpu (T=256, H=2, D=64, ${ms.toFixed(0)} ms fwd+bwd): ${fmt(errs2)}`);
+    console.log(`emu vs cpu (T=256, H=2, D=64, ${ms.toFixed(0)} ms fwd+bwd): ${fmtErrors(errs2)}`);
   },
 });
 
@@ -301,7 +290,7 @@ Deno.test({
       const rel = (GRADS as readonly string[]).includes(key) ? REL.grad : REL[key as "out" | "lse"];
       compareRel(`emu ${key} vs cpu (T=1024)`, got[key], want[key], rel);
     }
-    console.log(`emu vs cpu (T=1024, D=64): ${fmt(errs)}`);
+    console.log(`emu vs cpu (T=1024, D=64): ${fmtErrors(errs)}`);
   },
 });
 

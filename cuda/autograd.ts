@@ -490,48 +490,9 @@ export class Graph {
     sC: bigint,
     batch = 1,
   ) {
-    if (this.precision === "f32") {
-      this.k.mn_gemm_f32(
-        ta,
-        tb,
-        M,
-        N,
-        K,
-        alpha,
-        A,
-        lda,
-        sA,
-        B,
-        ldb,
-        sB,
-        beta,
-        C,
-        ldc,
-        sC,
-        batch,
-        this.s,
-      );
-    } else {this.k.mn_gemm_bf16(
-        ta,
-        tb,
-        M,
-        N,
-        K,
-        alpha,
-        A,
-        lda,
-        sA,
-        B,
-        ldb,
-        sB,
-        beta,
-        C,
-        ldc,
-        sC,
-        0,
-        batch,
-        this.s,
-      );}
+    const args = [ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC] as const;
+    if (this.precision === "f32") this.k.mn_gemm_f32(...args, batch, this.s);
+    else this.k.mn_gemm_bf16(...args, 0, batch, this.s); // 0: fp32 C
   }
 
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */

@@ -15,7 +15,11 @@ import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   compare,
+  compareRel,
+  fmtErrors,
+  maxAbs,
   numericalGrad,
+  relErr,
   Rng,
   SEED,
   targets,
@@ -121,24 +125,6 @@ function runWkv6(
 }
 
 const zeroGrads = (s: Shape) => GRADS.map((g) => new Float32Array(gradNumel(s, g)));
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
-/** normwise relative error max|got - want| / max|want| */
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let e = 0;
-  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
-  return e / Math.max(maxAbs(want), 1e-30);
-}
-function compareRel(what: string, got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
-  compare(what, got, want, { atol: rel * maxAbs(want), rtol: 0 });
-}
-function fmt(o: Record<string, number>): string {
-  return Object.entries(o).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ");
-}
 
 // ---- independent float64 reference in TypeScript (written from the math) ------------------------
 type F64Inputs = Record<InputName | "u", Float64Array>;
@@ -344,7 +330,7 @@ for (const tgt of targets()) {
           }
         });
       });
-      console.log(`wkv6 ${tname} vs cpu, worst normwise relative error:`, fmt(worst));
+      console.log(`wkv6 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
     },
   });
 }
@@ -397,7 +383,7 @@ Deno.test("wkv6: T=512 N=64 precision vs float64 (emu, cpu)", () => {
       const ms = performance.now() - t0;
       const errs: Record<string, number> = { y: relErr(got.y, refY) };
       GRADS.forEach((g, i) => (errs[g] = relErr(got[g], refGrads[i])));
-      console.log(`${name} vs f64 (T=512, N=64, ${kind}, ${ms.toFixed(0)} ms): ${fmt(errs)}`);
+      console.log(`${name} vs f64 (T=512, N=64, ${kind}, ${ms.toFixed(0)} ms): ${fmtErrors(errs)}`);
       for (const [k, e] of Object.entries(errs)) {
         const bound = k === "dw" ? bounds[name].dw : bounds[name].main;
         assert.ok(

@@ -14,7 +14,11 @@ import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   compare,
+  compareRel,
+  fmtErrors,
+  maxAbs,
   numericalGrad,
+  relErr,
   Rng,
   SEED,
   targets,
@@ -207,21 +211,6 @@ function runWkvF32(
   return out;
 }
 
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
-/** normwise relative error max|got - want| / max|want| */
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let e = 0;
-  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
-  return e / Math.max(maxAbs(want), 1e-30);
-}
-function compareRel(what: string, got: ArrayLike<number>, want: ArrayLike<number>, rel: number) {
-  compare(what, got, want, { atol: rel * maxAbs(want), rtol: 0 });
-}
-
 // ---- independent float64 reference in TypeScript (written from the math) ------------------------
 type F64Inputs = Record<InputName, Float64Array>;
 const toF64 = (x: Inputs): F64Inputs => {
@@ -393,14 +382,10 @@ for (const st of ["wkv7", "wkv7g"] as Structure[]) {
             }
           });
         });
-        console.log(`${st} ${tname} vs cpu, worst normwise relative error:`, fmt(worst));
+        console.log(`${st} ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
       },
     });
   }
-}
-
-function fmt(o: Record<string, number>): string {
-  return Object.entries(o).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ");
 }
 
 // ---- b) cpu against float64 finite differences and the TS float64 forward ----------------------
@@ -465,7 +450,7 @@ Deno.test("wkv7: T=1024 N=64 precision of both structures vs float64 (emu, cpu)"
     };
     if (st === "wkv7") errs.sa = relErr(got.sa, ref.sa);
     GRADS.forEach((g, i) => (errs[g] = relErr(got[g], refGrads[i])));
-    console.log(`${what} vs f64 (T=1024, N=64, ${ms.toFixed(0)} ms fwd+bwd): ${fmt(errs)}`);
+    console.log(`${what} vs f64 (T=1024, N=64, ${ms.toFixed(0)} ms fwd+bwd): ${fmtErrors(errs)}`);
     for (const [k, e] of Object.entries(errs)) {
       const bound = (GRADS as readonly string[]).includes(k) ? bounds[what].bwd : bounds[what].fwd;
       assert.ok(
@@ -505,7 +490,7 @@ for (const tgt of targets()) {
           }
         });
       });
-      console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmt(worst));
+      console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
     },
   });
 }

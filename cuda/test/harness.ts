@@ -210,3 +210,32 @@ export function numericalGrad(
 }
 
 export const f64 = (a: ArrayLike<number>) => Float64Array.from(a);
+
+/** max |a[i]| */
+export function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+/** normwise relative error max|got - want| / max|want| (for tensors whose elements can be tiny) */
+export function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  let e = 0;
+  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
+  return e / Math.max(maxAbs(want), 1e-30);
+}
+
+/** compare() with a normwise bound: every element within rel * max|want| */
+export function compareRel(
+  what: string,
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  rel: number,
+) {
+  compare(what, got, want, { atol: rel * maxAbs(want), rtol: 0 });
+}
+
+/** "key 1.2e-7, key 3.4e-6" for printing measured errors */
+export function fmtErrors(o: Record<string, number>): string {
+  return Object.entries(o).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ");
+}
