@@ -268,4 +268,18 @@ MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, floa
 MN_API int mn_rotary_forward(float* out, float* x, int B, int T, int H, int D, void* stream);
 MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, void* stream);
 
+/* ---- tensor-core wrappers (mma.cu): ABI self-test of cuda/mma.cuh ----------------------------
+ * D [M,N] fp32 (written) = A [M,K] bf16 @ B [K,N] bf16 + C [M,N] fp32, all row-major, with
+ * M % 16 == 0, N % 8 == 0, K % 16 == 0. One warp per 16x8 tile of D: tiles staged in shared memory,
+ * fragments by ldmatrix (.x4 / .x4.trans for A, .x2.trans for B), products by
+ * mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32 (fp32 accumulation). The cpu backend accumulates in
+ * double. */
+MN_API int mn_mma_selftest(float* D, mn_bf16* A, mn_bf16* B, float* C, int M, int N, int K,
+                           void* stream);
+/* ldmatrix layout probe (one warp): a 16x16 b16 tile whose element (r, c) holds r * 16 + c, loaded
+ * by ldmatrix.x4 (which = 0) or ldmatrix.x4.trans (which = 1) with matrix q = the 8x8 block at
+ * (rows 8 (q % 2), cols 8 (q / 2)). lane_rows, lane_cols: int32 [32 lanes][4 regs][2 halves]
+ * (written), the tile row / column of the element each half of each register received. */
+MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* stream);
+
 #endif /* MN_KERNELS_H */

@@ -68,6 +68,9 @@ void syncwarp();                    // warp barrier
 uint64_t warp_exchange(uint64_t mine, int src_lane, bool* src_valid);  // collective slot swap
 unsigned warp_ballot(bool pred);
 void* dynamic_smem();
+// Collective: every lane of the (full) warp copies `bytes` bytes from `mine` into all[lane * bytes];
+// on return `all` holds every lane's block (lane order). At most 256 bytes per lane.
+void warp_allgather(const void* mine, size_t bytes, void* all);
 int warp_size_of_current();  // lanes in this thread's warp (the last warp of a block may be short)
 
 // Runs body() once per CUDA thread for every block of the grid. Returns 0, or a CUDA-like error

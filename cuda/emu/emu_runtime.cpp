@@ -3,6 +3,7 @@
 
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <string>
@@ -15,6 +16,7 @@ struct Warp {
   std::unique_ptr<std::barrier<>> bar;
   uint64_t slots[32];
   int size = 32;
+  unsigned char gather[32 * 256];  // warp_allgather's staging area (256 bytes per lane)
 };
 
 struct Block {
@@ -49,6 +51,21 @@ uint64_t warp_exchange(uint64_t mine, int src_lane, bool* src_valid) {
   uint64_t got = *src_valid ? w.slots[src_lane] : mine;
   w.bar->arrive_and_wait();  // nobody overwrites a slot before every lane has read
   return got;
+}
+
+void warp_allgather(const void* mine, size_t bytes, void* all) {
+  Warp& w = my_warp();
+  if (bytes > sizeof(w.gather) / 32) {
+    std::fprintf(stderr, "emu: warp_allgather of %zu bytes per lane (max %zu)\n", bytes,
+                 sizeof(w.gather) / 32);
+    std::abort();
+  }
+  unsigned char* area = w.gather;
+  int lane = (int)(t_linear_tid % 32);
+  std::memcpy(area + (size_t)lane * bytes, mine, bytes);
+  w.bar->arrive_and_wait();
+  std::memcpy(all, area, (size_t)w.size * bytes);
+  w.bar->arrive_and_wait();  // nobody overwrites the area before every lane has read it
 }
 
 unsigned warp_ballot(bool pred) {
