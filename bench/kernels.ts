@@ -166,6 +166,9 @@ const cases: Case[] = [
       };
     },
   },
+  // [anchor] wind WKV-7 bench case goes here
+  // [anchor] chunked WKV-6 bench case goes here
+  // [anchor] tensor-core attention bench case goes here
   {
     name: `adam ${S.N * S.C}`,
     run: (be, t) => {

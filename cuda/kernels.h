@@ -282,4 +282,10 @@ MN_API int mn_mma_selftest(float* D, mn_bf16* A, mn_bf16* B, float* C, int M, in
  * (written), the tile row / column of the element each half of each register received. */
 MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* stream);
 
+/* ---- [anchor] WKV-7 wind: tensor-core chunk-16 WKV-7 (wkv7_wind.cu) goes here ---- */
+
+/* ---- [anchor] WKV-6 chunked (--fla_cuda, wkv6_chunked.cu) goes here ---- */
+
+/* ---- [anchor] tensor-core attention (attention_tc.cu) goes here ---- */
+
 #endif /* MN_KERNELS_H */
