@@ -5,8 +5,8 @@
 // Fragment layouts, from the PTX ISA ("Warp-level matrix fragments"):
 //  * mma.m16n8k16 with .bf16 inputs (PTX ISA 9.7.14.5.8 in the 9.x manuals, 9.7.13.4.8 in older
 //    ones, "Matrix Fragments for mma.m16n8k16 with floating point type"; the A formula below was
-//    compared line by line with a transcription of that section on 2026-11-28; B and C follow the
-//    same table): groupID = lane >> 2, tig = lane % 4 (thread id in group).
+//    compared with a transcription of that section on 2026-11-28; B and C were not in the excerpt
+//    read, so the first real-GPU run of cuda/mma_test.ts is their check): groupID = lane >> 2, tig = lane % 4 (thread id in group).
 //    A (16x16, .row): 4 .b32 regs, each 2 bf16 (low half = element 0). Element i in 0..7 (reg i/2):
 //      row = groupID + 8 * ((i / 2) % 2)   (a0,a1,a4,a5: groupID; a2,a3,a6,a7: groupID + 8)
 //      col = tig * 2 + (i % 2) + 8 * (i / 4)
