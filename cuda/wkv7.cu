@@ -6,8 +6,8 @@
 //   d_t = exp(-exp(w_t));  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;
 //   y_t = S_t r_t.
 // Two structures, both one block per (h, b), fp32 state in registers. The forward has one thread
-// per row i (block N); the backward one row i per P = wkv7_lanes(N) adjacent lanes (block N*P; P = 1
-// for N <= 32, N/32 above: see "lane slices" below), so that no kernel spills registers.
+// per row i (block N); the backward P = wkv7_lanes(N) adjacent lanes per row (block N*P; P = 1 for
+// N <= 32, N/32 above: see "lane slices" below), so that no kernel spills registers.
 // - backstepping (mn_wkv7_*, the original --fast_cuda): forward saves S every 16 steps and sa_t;
 //   backward walks t downwards, row i holding column i of S (inverting the recurrence:
 //   S_{t-1} = (S_t - v k^T - sa b^T) diag(1/d)) and row i / column i of G = dL/dS_t.
@@ -364,8 +364,9 @@ template <int N>
 int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                          mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, void* stream) {
-  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), dim3(N * wkv7_lanes(N)), 0, stream, dr,
-                   dw, dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
+  const dim3 block(N * wkv7_lanes(N));  // P lanes per row
+  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), block, 0, stream, dr, dw,
+                   dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
                    (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
                    (const float*)s_ckpt, (const float*)sa, T, H);
 }
@@ -375,8 +376,9 @@ int wkv7g_backward_launch(const char* name, float* dr, float* dw, float* dk, flo
                           float* db, float* dy, const TI* r, const TI* w, const TI* k, const TI* v,
                           const TI* a, const TI* b, float* s_ckpt, float* ws, int B, int T, int H,
                           void* stream) {
-  return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), dim3(N * wkv7_lanes(N)), 0, stream, dr, dw, dk,
-                   dv, da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
+  const dim3 block(N * wkv7_lanes(N));  // P lanes per row
+  return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), block, 0, stream, dr, dw, dk, dv,
+                   da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
 }
 
 // TA: the ABI input type (mn_bf16 or float).
