@@ -67,6 +67,20 @@ constexpr int att_bwd_smem_floats() {
   return 2 * ATT_BWD_BR * D + 2 * ATT_BC * (D + 1) + 2 * ATT_BWD_BR * ATT_LDS + 2 * ATT_BWD_BR;
 }
 
+// Minimum resident blocks per SM asked of ptxas for the forward (0: none, its own heuristic).
+// On sm_80 at D = 64 that heuristic aims at 4 blocks (64 registers) and spills 4 bytes, while the
+// 41.7 KB of shared memory per block let only 3 blocks fit in the SM's 164 KB anyway: asking for 3
+// gives it 79 registers, no spill, and the same occupancy. (The CUDA guide's pattern for
+// per-architecture launch bounds; sm_90 and the other D keep the default.)
+template <int D>
+constexpr int att_fwd_min_blocks() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  return D == 64 ? 3 : 0;
+#else
+  return 0;
+#endif
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 // grid (ceil(T/64), H, B), block 256. Warp w owns query rows r0 = 8w .. 8w+7 of the tile:
 // - scores: lane c = key c of the tile, for the 8 rows;
@@ -74,7 +88,7 @@ constexpr int att_bwd_smem_floats() {
 //   the row max and sum need 2 shuffle steps (instead of 5 per row with a lane per key);
 // - P V: lane owns output columns d = lane + 32 j of the 8 rows.
 template <int D, typename TI>
-__global__ void __launch_bounds__(ATT_THREADS)
+__global__ void __launch_bounds__(ATT_THREADS, att_fwd_min_blocks<D>())
     attention_forward_kernel(float* out, float* lse, const TI* q, const TI* k, const TI* v,
                              int T, int H, float scale) {
   constexpr int BR = ATT_FWD_BR, RPW = BR / ATT_WARPS, LDK = D + 1;

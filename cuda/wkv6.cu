@@ -170,8 +170,11 @@ __global__ void __launch_bounds__(N)
 }
 
 // Backward, reverse scan for dv. Thread i owns row i of G (value channel i): gr[j] = G_t[i][j].
+// Launch bounds (N, 1): without the minimum of 1 block per SM, ptxas aims at a higher occupancy and
+// spills 4 bytes at N = 64 (bf16, sm_80); the grid has only H*B blocks, so that occupancy is not
+// needed.
 template <int N, typename TI>
-__global__ void __launch_bounds__(N)
+__global__ void __launch_bounds__(N, 1)
     wkv6_backward_dv_kernel(float* dv, const float* dy_, const TI* r_, const TI* k_,
                             const TI* w_, const float* u_, int T, int H) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;

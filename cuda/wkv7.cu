@@ -5,9 +5,11 @@
 // S_{-1} = 0:
 //   d_t = exp(-exp(w_t));  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;
 //   y_t = S_t r_t.
-// Two structures, both one block of N threads per (h, b), fp32 state in registers:
+// Two structures, both one block per (h, b), fp32 state in registers. The forward has one thread
+// per row i (block N); the backward P = wkv7_lanes(N) adjacent lanes per row (block N*P; P = 1 for
+// N <= 32, N/32 above: see "lane slices" below), so that no kernel spills registers.
 // - backstepping (mn_wkv7_*, the original --fast_cuda): forward saves S every 16 steps and sa_t;
-//   backward walks t downwards, thread i holding column i of S (inverting the recurrence:
+//   backward walks t downwards, row i holding column i of S (inverting the recurrence:
 //   S_{t-1} = (S_t - v k^T - sa b^T) diag(1/d)) and row i / column i of G = dL/dS_t.
 // - recompute (mn_wkv7g_*): same forward; backward re-runs each 16-step chunk forward from its
 //   checkpoint into a scratch buffer and reads S_{t-1}, S_t back from it (no inversion).
@@ -36,31 +38,49 @@ __device__ inline int64_t wkv7_index(int b, int t, int h, int i, int T, int H, i
   return (((int64_t)b * T + t) * H + h) * N + i;
 }
 
-// ---- forward pieces (thread i owns row s = S[i][:]) -------------------------------------------
-template <int N>
-__device__ inline float wkv7_row_sa(const float (&s)[N], const float* a) {
-  float sa = 0.0f;
+// ---- lane slices -------------------------------------------------------------------------------
+// The backward kernels keep 3 vectors of N fp32 per row in registers (column of S, row and column
+// of G). At N >= 64 that does not fit in 255 registers, so there each row is split over
+// P = N/32 adjacent lanes of one warp (block N*P threads): lane p of row i holds the entries
+// j = jj*P + p, jj < N/P, of each vector (interleaved, so the P lanes read P consecutive shared
+// words: no bank conflicts), and dot products are summed over the P lanes with shuffles.
+// N <= 32 keeps one thread per row (P = 1, no shuffles). The forward keeps N per thread (P = 1).
+// Per thread that is 3 x 32 state registers at N = 64 (block 128) and N = 128 (block 512, where the
+// register file allows 128 per thread); ptxas fits both in 128 registers on sm_80 and sm_90.
+__host__ __device__ constexpr int wkv7_lanes(int N) { return N >= 64 ? N / 32 : 1; }
+
+// Sum of x over the P adjacent lanes of a row (a butterfly of xor shuffles). IEEE addition is
+// commutative, so every lane of the row ends with the bitwise same value, run after run.
+// Every lane of the warp must call it.
+template <int P>
+__device__ inline float wkv7_lane_sum(float x) {
 #pragma unroll
-  for (int j = 0; j < N; j++) sa += a[j] * s[j];
-  return sa;
+  for (int m = 1; m < P; m <<= 1) x += __shfl_xor_sync(0xffffffffu, x, m);
+  return x;
 }
 
-template <int N>
-__device__ inline void wkv7_row_update(float (&s)[N], const float* d, const float* b,
-                                       const float* k, float sa, float vi) {
-#pragma unroll
-  for (int j = 0; j < N; j++) s[j] = s[j] * d[j] + sa * b[j] + vi * k[j];
-}
-
-// ---- backward pieces (thread i: column sc = S[:][i], grow = G[i][:], gcol = G[:][i]) ----------
-template <int N>
-__device__ inline float wkv7_dot(const float (&x)[N], const float* y) {
+// Partial dot product of this lane's slice x[jj] (entry j = jj*P + p) with a full vector y[N].
+template <int NS, int P>
+__device__ inline float wkv7_slice_dot(const float (&x)[NS], const float* y, int p) {
   float acc = 0.0f;
 #pragma unroll
-  for (int j = 0; j < N; j++) acc += x[j] * y[j];
+  for (int jj = 0; jj < NS; jj++) acc += x[jj] * y[jj * P + p];
   return acc;
 }
 
+// ---- forward pieces (a thread owns the slice s of row i of S) ---------------------------------
+// s <- s diag(d) + sa b^T + v k^T on the slice (sa = the full (S a)[i], vi = v[i]).
+template <int NS, int P>
+__device__ inline void wkv7_row_update(float (&s)[NS], const float* d, const float* b,
+                                       const float* k, float sa, float vi, int p) {
+#pragma unroll
+  for (int jj = 0; jj < NS; jj++) {
+    const int j = jj * P + p;
+    s[jj] = s[jj] * d[j] + sa * b[j] + vi * k[j];
+  }
+}
+
+// ---- backward pieces (slices sc of S[:][i], grow of G[i][:], gcol of G[:][i]) -----------------
 // Inputs of one step, staged in shared memory by the block (all [N]).
 struct Wkv7Stage {
   float *r, *d, *k, *v, *a, *b, *dy, *sa, *dsa;
@@ -71,53 +91,70 @@ struct Wkv7Own {
   float r, w, d, k, v, a, b, dy;
 };
 
-// G_t = G_t(incoming) + dy_t r_t^T, on row i and column i.
-template <int N>
-__device__ inline void wkv7_add_dy_r(float (&grow)[N], float (&gcol)[N], const Wkv7Stage& s,
-                                     const Wkv7Own& o) {
+// G_t = G_t(incoming) + dy_t r_t^T, on the slices of row i and column i.
+template <int NS, int P>
+__device__ inline void wkv7_add_dy_r(float (&grow)[NS], float (&gcol)[NS], const Wkv7Stage& s,
+                                     const Wkv7Own& o, int p) {
 #pragma unroll
-  for (int j = 0; j < N; j++) {
-    grow[j] += o.dy * s.r[j];
-    gcol[j] += s.dy[j] * o.r;
+  for (int jj = 0; jj < NS; jj++) {
+    const int j = jj * P + p;
+    grow[jj] += o.dy * s.r[j];
+    gcol[jj] += s.dy[j] * o.r;
   }
 }
 
 // With sc = column i of S_{t-1} and G = G_t: the gradients of step t (accumulated into the outputs
-// at `ind`), then G <- G_{t-1} (without the dy_{t-1} r_{t-1}^T term, added by the next step).
-// Contains a block barrier: every thread of the block must call it.
-template <int N>
-__device__ inline void wkv7_grad_step(const float (&sc)[N], float (&grow)[N], float (&gcol)[N],
-                                      const Wkv7Stage& s, const Wkv7Own& o, int i, int64_t ind,
-                                      float* dw, float* dk, float* dv, float* da, float* db) {
+// at `ind` by lane 0 of the row), then G <- G_{t-1} (without the dy_{t-1} r_{t-1}^T term, added by
+// the next step). Contains a block barrier and shuffles: every thread of the block must call it.
+// BACKSTEP: sc comes in as column i of S_t and is first turned into S_{t-1} by inverting the
+// recurrence, S_{t-1}[j][i] = (S_t - v k^T - sa b^T)[j][i] / d[i], in the same loop (one pass over
+// the staged v, sa: a separate pass lets the compiler keep them in registers, which spills at
+// N=128 on sm_80).
+template <int NS, int P, bool BACKSTEP>
+__device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float (&gcol)[NS],
+                                      const Wkv7Stage& s, const Wkv7Own& o, int i, int p,
+                                      int64_t ind, float* dw, float* dk, float* dv, float* da,
+                                      float* db) {
   float dd = 0.0f, dki = 0.0f, dbi = 0.0f, dvi = 0.0f, dsai = 0.0f;
+  const float inv_d = BACKSTEP ? 1.0f / o.d : 0.0f;
 #pragma unroll
-  for (int j = 0; j < N; j++) {
-    dd += gcol[j] * sc[j];     // sum_j G[j][i] S_{t-1}[j][i]
-    dki += gcol[j] * s.v[j];   // (G^T v)[i]
-    dbi += gcol[j] * s.sa[j];  // (G^T sa)[i]
-    dvi += grow[j] * s.k[j];   // (G k)[i]
-    dsai += grow[j] * s.b[j];  // (G b)[i]
+  for (int jj = 0; jj < NS; jj++) {
+    const int j = jj * P + p;
+    if constexpr (BACKSTEP) sc[jj] = (sc[jj] - s.v[j] * o.k - s.sa[j] * o.b) * inv_d;
+    dd += gcol[jj] * sc[jj];     // sum_j G[j][i] S_{t-1}[j][i]
+    dki += gcol[jj] * s.v[j];    // (G^T v)[i]
+    dbi += gcol[jj] * s.sa[j];   // (G^T sa)[i]
+    dvi += grow[jj] * s.k[j];    // (G k)[i]
+    dsai += grow[jj] * s.b[j];   // (G b)[i]
   }
-  s.dsa[i] = dsai;  // the previous step's readers of dsa passed the staging barriers since
+  dd = wkv7_lane_sum<P>(dd);
+  dki = wkv7_lane_sum<P>(dki);
+  dbi = wkv7_lane_sum<P>(dbi);
+  dvi = wkv7_lane_sum<P>(dvi);
+  dsai = wkv7_lane_sum<P>(dsai);
+  if (p == 0) s.dsa[i] = dsai;  // the previous step's readers of dsa passed the staging barriers
   __syncthreads();
-  const float dai = wkv7_dot<N>(sc, s.dsa);  // (S_{t-1}^T dsa)[i]
+  const float dai = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, s.dsa, p));  // (S_{t-1}^T dsa)[i]
 #pragma unroll
-  for (int j = 0; j < N; j++) {
-    grow[j] = grow[j] * s.d[j] + dsai * s.a[j];
-    gcol[j] = gcol[j] * o.d + o.a * s.dsa[j];
+  for (int jj = 0; jj < NS; jj++) {
+    const int j = jj * P + p;
+    grow[jj] = grow[jj] * s.d[j] + dsai * s.a[j];
+    gcol[jj] = gcol[jj] * o.d + o.a * s.dsa[j];
   }
-  dw[ind] += dd * wkv7_ddecay_dw(o.w, o.d);
-  dk[ind] += dki;
-  dv[ind] += dvi;
-  da[ind] += dai;
-  db[ind] += dbi;
+  if (p == 0) {
+    dw[ind] += dd * wkv7_ddecay_dw(o.w, o.d);
+    dk[ind] += dki;
+    dv[ind] += dvi;
+    da[ind] += dai;
+    db[ind] += dbi;
+  }
 }
 
-// Loads step t's inputs: own values into `o`, and the staged copies for the block. Two barriers:
-// nobody still reads the previous step's stage when it is overwritten, and all of it is written
-// before anyone reads it.
+// Loads step t's inputs: own values into `o` (every lane of the row), and the staged copies for
+// the block (lane 0 of the row). Two barriers: nobody still reads the previous step's stage when
+// it is overwritten, and all of it is written before anyone reads it.
 template <typename TI>
-__device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int64_t ind,
+__device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int p, int64_t ind,
                                   const TI* r_, const TI* w_, const TI* k_, const TI* v_,
                                   const TI* a_, const TI* b_, const float* dy_) {
   o.r = load_input(r_, ind);
@@ -129,13 +166,15 @@ __device__ inline void wkv7_stage(const Wkv7Stage& s, Wkv7Own& o, int i, int64_t
   o.b = load_input(b_, ind);
   o.dy = dy_[ind];
   __syncthreads();
-  s.r[i] = o.r;
-  s.d[i] = o.d;
-  s.k[i] = o.k;
-  s.v[i] = o.v;
-  s.a[i] = o.a;
-  s.b[i] = o.b;
-  s.dy[i] = o.dy;
+  if (p == 0) {
+    s.r[i] = o.r;
+    s.d[i] = o.d;
+    s.k[i] = o.k;
+    s.v[i] = o.v;
+    s.a[i] = o.a;
+    s.b[i] = o.b;
+    s.dy[i] = o.dy;
+  }
 }
 
 // ---- kernels ----------------------------------------------------------------------------------
@@ -166,10 +205,10 @@ __global__ void __launch_bounds__(N)
     b[i] = bi;
     __syncthreads();
 
-    const float sa = wkv7_row_sa<N>(s, a);
+    const float sa = wkv7_slice_dot<N, 1>(s, a, 0);
     if (sa_out) sa_out[ind] = sa;
-    wkv7_row_update<N>(s, d, b, k, sa, vi);
-    y[ind] = wkv7_dot<N>(s, r);
+    wkv7_row_update<N, 1>(s, d, b, k, sa, vi, 0);
+    y[ind] = wkv7_slice_dot<N, 1>(s, r, 0);
 
     if ((t + 1) % WKV7_CHUNK == 0) {
       float* dst = ckpt + (int64_t)(t / WKV7_CHUNK) * N * N + i;
@@ -179,118 +218,121 @@ __global__ void __launch_bounds__(N)
   }
 }
 
-// Backstepping backward. grid (H, B), block N.
+// Backstepping backward. grid (H, B), block N*P (lane p of row i is thread i*P + p).
 template <int N>
-__global__ void __launch_bounds__(N)
+__global__ void __launch_bounds__(N * wkv7_lanes(N))
     wkv7_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
                          const float* sa_, int T, int H) {
-  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
+  constexpr int P = wkv7_lanes(N), NS = N / P;
+  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x / P, p = threadIdx.x % P;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
   const Wkv7Stage st{r, d, k, v, a, b, dy, sa, dsa};
-  float sc[N], grow[N], gcol[N];
+  float sc[NS], grow[NS], gcol[NS];  // slices of S[:][i], G[i][:], G[:][i]
 #pragma unroll
-  for (int j = 0; j < N; j++) sc[j] = grow[j] = gcol[j] = 0.0f;
+  for (int jj = 0; jj < NS; jj++) sc[jj] = grow[jj] = gcol[jj] = 0.0f;
   const float* ckpt = s_ckpt + ((int64_t)bb * H + h) * (T / WKV7_CHUNK) * N * N;
 
   for (int t = T - 1; t >= 0; t--) {
     const int64_t ind = wkv7_index(bb, t, h, i, T, H, N);
     Wkv7Own o;
     const float sai = sa_[ind];
-    wkv7_stage(st, o, i, ind, r_, w_, k_, v_, a_, b_, dy_);
-    sa[i] = sai;
+    wkv7_stage(st, o, i, p, ind, r_, w_, k_, v_, a_, b_, dy_);
+    if (p == 0) sa[i] = sai;
     __syncthreads();
 
     if ((t + 1) % WKV7_CHUNK == 0) {  // reload S_t: row i of the checkpoint = column i of S
-      const float* src = ckpt + (int64_t)(t / WKV7_CHUNK) * N * N + (int64_t)i * N;
+      const float* src = ckpt + (int64_t)(t / WKV7_CHUNK) * N * N + (int64_t)i * N + p;
 #pragma unroll
-      for (int j = 0; j < N; j++) sc[j] = src[j];
+      for (int jj = 0; jj < NS; jj++) sc[jj] = src[jj * P];
     }
-    dr[ind] += wkv7_dot<N>(sc, dy);  // (S_t^T dy)[i]
-    wkv7_add_dy_r<N>(grow, gcol, st, o);
-
-    // backstep: S_{t-1}[j][i] = (S_t - v k^T - sa b^T)[j][i] / d[i]
-    const float inv_d = 1.0f / o.d;
-#pragma unroll
-    for (int j = 0; j < N; j++) sc[j] = (sc[j] - v[j] * o.k - sa[j] * o.b) * inv_d;
-
-    wkv7_grad_step<N>(sc, grow, gcol, st, o, i, ind, dw, dk, dv, da, db);
+    const float dri = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, dy, p));  // (S_t^T dy)[i]
+    if (p == 0) dr[ind] += dri;
+    wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
+    // backsteps sc to S_{t-1}, then the gradients of step t
+    wkv7_grad_step<NS, P, true>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db);
   }
 }
 
-// Recompute backward. grid (H, B), block N. ws: scratch [B,H,17,N,N],
-// ws[b][h][m][i][j] = S_{16c-1+m}[i][j] for the chunk c in progress (value index i first).
+// Recompute backward. grid (H, B), block N*P (lane p of row i is thread i*P + p). ws: scratch
+// [B,H,17,N,N], ws[b][h][m][i][j] = S_{16c-1+m}[i][j] for the chunk c in progress (value index i
+// first).
 template <int N, typename TI>
-__global__ void __launch_bounds__(N)
+__global__ void __launch_bounds__(N * wkv7_lanes(N))
     wkv7g_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                           const float* dy_, const TI* r_, const TI* w_, const TI* k_,
                           const TI* v_, const TI* a_, const TI* b_, const float* s_ckpt,
                           float* ws, int T, int H) {
-  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
+  constexpr int P = wkv7_lanes(N), NS = N / P;
+  const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x / P, p = threadIdx.x % P;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
   __shared__ float sa_chunk[WKV7_CHUNK][N];  // sa_t of the chunk's steps, recomputed
   const Wkv7Stage st{r, d, k, v, a, b, dy, sa, dsa};
-  float grow[N], gcol[N];
+  float grow[NS], gcol[NS];  // slices of G[i][:], G[:][i]
 #pragma unroll
-  for (int j = 0; j < N; j++) grow[j] = gcol[j] = 0.0f;
+  for (int jj = 0; jj < NS; jj++) grow[jj] = gcol[jj] = 0.0f;
   const int nchunks = T / WKV7_CHUNK;
   const float* ckpt = s_ckpt + ((int64_t)bb * H + h) * nchunks * N * N;
   float* states = ws + ((int64_t)bb * H + h) * WKV7G_STATES * N * N;
 
   for (int c = nchunks - 1; c >= 0; c--) {
-    // Phase A: thread i re-runs row i of the chunk forward from S_{16c-1} (checkpoint c-1, or 0).
+    // Phase A: the lanes of row i re-run it forward over the chunk from S_{16c-1} (checkpoint
+    // c-1, or 0), each on its slice.
     {
-      float s[N];
+      float s[NS];  // slice of S[i][:]
       if (c > 0) {
-        const float* src = ckpt + (int64_t)(c - 1) * N * N + i;
+        const float* src = ckpt + (int64_t)(c - 1) * N * N + (int64_t)p * N + i;
 #pragma unroll
-        for (int j = 0; j < N; j++) s[j] = src[j * N];
+        for (int jj = 0; jj < NS; jj++) s[jj] = src[(int64_t)jj * P * N];  // transposed
       } else {
 #pragma unroll
-        for (int j = 0; j < N; j++) s[j] = 0.0f;
+        for (int jj = 0; jj < NS; jj++) s[jj] = 0.0f;
       }
       __syncthreads();  // the previous chunk's phase B is done with `states` and sa_chunk
-      float* row = states + (int64_t)i * N;
+      float* row = states + (int64_t)i * N + p;
 #pragma unroll
-      for (int j = 0; j < N; j++) row[j] = s[j];
+      for (int jj = 0; jj < NS; jj++) row[jj * P] = s[jj];
       for (int m = 0; m < WKV7_CHUNK; m++) {
         const int64_t ind = wkv7_index(bb, c * WKV7_CHUNK + m, h, i, T, H, N);
         const float vi = load_input(v_, ind), di = wkv7_decay(load_input(w_, ind));
         const float ki = load_input(k_, ind), ai = load_input(a_, ind);
         const float bi = load_input(b_, ind);
         __syncthreads();
-        d[i] = di;
-        k[i] = ki;
-        a[i] = ai;
-        b[i] = bi;
+        if (p == 0) {
+          d[i] = di;
+          k[i] = ki;
+          a[i] = ai;
+          b[i] = bi;
+        }
         __syncthreads();
-        const float sai = wkv7_row_sa<N>(s, a);
-        sa_chunk[m][i] = sai;
-        wkv7_row_update<N>(s, d, b, k, sai, vi);
-        row = states + (int64_t)(m + 1) * N * N + (int64_t)i * N;
+        const float sai = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(s, a, p));
+        if (p == 0) sa_chunk[m][i] = sai;
+        wkv7_row_update<NS, P>(s, d, b, k, sai, vi, p);
+        row = states + (int64_t)(m + 1) * N * N + (int64_t)i * N + p;
 #pragma unroll
-        for (int j = 0; j < N; j++) row[j] = s[j];
+        for (int jj = 0; jj < NS; jj++) row[jj * P] = s[jj];
       }
     }
     // Phase B: the chunk's steps downwards, S_t and S_{t-1} read back by column.
     for (int m = WKV7_CHUNK - 1; m >= 0; m--) {
       const int64_t ind = wkv7_index(bb, c * WKV7_CHUNK + m, h, i, T, H, N);
       Wkv7Own o;
-      wkv7_stage(st, o, i, ind, r_, w_, k_, v_, a_, b_, dy_);
-      sa[i] = sa_chunk[m][i];
+      wkv7_stage(st, o, i, p, ind, r_, w_, k_, v_, a_, b_, dy_);
+      if (p == 0) sa[i] = sa_chunk[m][i];
       __syncthreads();  // also orders phase A's writes of `states` before the reads below
 
-      float sc[N];
-      const float* cur = states + (int64_t)(m + 1) * N * N + i;
+      float sc[NS];  // slice of S_t[:][i], then of S_{t-1}[:][i]
+      const float* cur = states + (int64_t)(m + 1) * N * N + (int64_t)p * N + i;
 #pragma unroll
-      for (int j = 0; j < N; j++) sc[j] = cur[(int64_t)j * N];  // S_t[j][i]
-      dr[ind] += wkv7_dot<N>(sc, dy);
-      wkv7_add_dy_r<N>(grow, gcol, st, o);
-      const float* prev = states + (int64_t)m * N * N + i;
+      for (int jj = 0; jj < NS; jj++) sc[jj] = cur[(int64_t)jj * P * N];  // S_t[j][i]
+      const float dri = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, dy, p));
+      if (p == 0) dr[ind] += dri;
+      wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
+      const float* prev = states + (int64_t)m * N * N + (int64_t)p * N + i;
 #pragma unroll
-      for (int j = 0; j < N; j++) sc[j] = prev[(int64_t)j * N];  // S_{t-1}[j][i]
-      wkv7_grad_step<N>(sc, grow, gcol, st, o, i, ind, dw, dk, dv, da, db);
+      for (int jj = 0; jj < NS; jj++) sc[jj] = prev[(int64_t)jj * P * N];  // S_{t-1}[j][i]
+      wkv7_grad_step<NS, P, false>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db);
     }
   }
 }
@@ -322,8 +364,9 @@ template <int N>
 int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                          mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, void* stream) {
-  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), dim3(N), 0, stream, dr,
-                   dw, dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
+  const dim3 block(N * wkv7_lanes(N));  // P lanes per row
+  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), block, 0, stream, dr, dw,
+                   dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
                    (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
                    (const float*)s_ckpt, (const float*)sa, T, H);
 }
@@ -333,8 +376,9 @@ int wkv7g_backward_launch(const char* name, float* dr, float* dw, float* dk, flo
                           float* db, float* dy, const TI* r, const TI* w, const TI* k, const TI* v,
                           const TI* a, const TI* b, float* s_ckpt, float* ws, int B, int T, int H,
                           void* stream) {
-  return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), dim3(N), 0, stream, dr, dw, dk,
-                   dv, da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
+  const dim3 block(N * wkv7_lanes(N));  // P lanes per row
+  return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), block, 0, stream, dr, dw, dk, dv,
+                   da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
 }
 
 // TA: the ABI input type (mn_bf16 or float).

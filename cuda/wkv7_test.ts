@@ -334,7 +334,7 @@ const SHAPES: Shape[] = VARIANT ? [{ B: 2, T: 32, H: 2, N: 16 }, { B: 1, T: 16, 
   { B: 1, T: 16, H: 1, N: 16 },
   { B: 2, T: 32, H: 2, N: 32 },
   { B: 1, T: 64, H: 1, N: 64 },
-  { B: 1, T: 16, H: 1, N: 128 },
+  { B: 1, T: 32, H: 1, N: 128 }, // two chunks: checkpoint reloads at the lane-split N=128
   { B: 2, T: 48, H: 3, N: 16 },
 ];
 const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random"];
@@ -530,22 +530,26 @@ for (const name of ["cpu", "emu", "cuda"] as const) {
     ignore: name === "cuda" && !targets().some((t) => t.name === "cuda" && t.run),
     fn() {
       const be = backend(name);
-      const s: Shape = { B: 1, T: 32, H: 2, N: 16 };
-      for (const st of ["wkv7", "wkv7g"] as Structure[]) {
-        const rng = new Rng(SEED + 300);
-        const x = makeInputs(rng, s, "model");
-        const zero = GRADS.map(() => new Float32Array(numel(s)));
-        const init = GRADS.map(() => rng.normal(numel(s)));
-        const g0 = runWkv(be, st, s, x, zero);
-        const g1 = runWkv(be, st, s, x, init);
-        const again = runWkv(be, st, s, x, zero);
-        GRADS.forEach((g, i) => {
-          // same inputs, same bits; and init + g is one fp32 addition of the same g
-          compare(`${name} ${st} ${g} rerun`, again[g], g0[g], { atol: 0, rtol: 0 });
-          const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
-          compare(`${name} ${st} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
-          assert.ok(maxAbs(g0[g]) > 0, `${name} ${st} ${g} is all zero`);
-        });
+      // N=16: one thread per row; N=128: rows split over 4 lanes, sums across lanes by shuffles
+      // (a fixed butterfly order: the same bits run after run).
+      const shapes: Shape[] = [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 16, H: 1, N: 128 }];
+      for (const s of shapes) {
+        for (const st of ["wkv7", "wkv7g"] as Structure[]) {
+          const rng = new Rng(SEED + 300);
+          const x = makeInputs(rng, s, "model");
+          const zero = GRADS.map(() => new Float32Array(numel(s)));
+          const init = GRADS.map(() => rng.normal(numel(s)));
+          const g0 = runWkv(be, st, s, x, zero);
+          const g1 = runWkv(be, st, s, x, init);
+          const again = runWkv(be, st, s, x, zero);
+          GRADS.forEach((g, i) => {
+            // same inputs, same bits; and init + g is one fp32 addition of the same g
+            compare(`${name} ${st} ${g} rerun`, again[g], g0[g], { atol: 0, rtol: 0 });
+            const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
+            compare(`${name} ${st} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
+            assert.ok(maxAbs(g0[g]) > 0, `${name} ${st} ${g} is all zero`);
+          });
+        }
       }
     },
   });
