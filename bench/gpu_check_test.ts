@@ -33,9 +33,10 @@ Deno.test({
         `ptxas report lacks ${file} for sm_80`,
       );
     }
-    // The exit code says whether a WKV/attention kernel at N <= 64 spills (a real finding, shown).
-    const spillFail = /^spills \(wkv\/attn, N<=64\)\s+FAIL/m.test(text);
-    assert.equal(out.code, spillFail ? 1 : 0, text);
+    // No WKV or attention kernel may spill registers (they keep fp32 state in registers; a spill
+    // is a silent slowdown): the build report is the check, and the exit code follows it.
+    assert.match(text, /^spills \(wkv\/attention\)\s+ok\s+none/m, "a WKV/attention kernel spills");
+    assert.equal(out.code, 0, text);
     console.log(
       text.split("== gpu_check summary")[1].split("\n").filter((l) => l.trim()).slice(1).map((l) =>
         "  " + l
