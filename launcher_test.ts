@@ -71,6 +71,29 @@ Deno.test("launcher: --nproc_per_node and multi-node flags give torchrun's ranks
   });
 });
 
+Deno.test("launcher: one rank per GPU, counting only those CUDA_VISIBLE_DEVICES leaves visible", () => {
+  // a stand-in nvidia-smi that lists 8 GPUs, as on the record machines
+  const bin = Deno.makeTempDirSync();
+  const gpus = Array.from({ length: 8 }, (_, i) => `GPU ${i}: NVIDIA H100 (UUID: GPU-${i})`);
+  Deno.writeTextFileSync(
+    `${bin}/nvidia-smi`,
+    `#!/bin/sh\nprintf '%s\\n' ${gpus.map((g) => `'${g}'`).join(" ")}\n`,
+  );
+  Deno.chmodSync(`${bin}/nvidia-smi`, 0o755);
+  const path = `${bin}:${Deno.env.get("PATH")}`;
+  const ranks = (env: Record<string, string>) => {
+    const r = launch(["--dry_run"], { PATH: path, ...env });
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n");
+    for (const l of lines) assert.match(l, /train_rwkv7\.ts --backend cuda\s*$/);
+    return lines.length;
+  };
+  assert.equal(ranks({}), 8);
+  assert.equal(ranks({ CUDA_VISIBLE_DEVICES: "2,5" }), 2);
+  assert.equal(ranks({ CUDA_VISIBLE_DEVICES: "0,1,2,3,4,5,6,7,8,9" }), 8, "never more than exist");
+  Deno.removeSync(bin, { recursive: true });
+});
+
 Deno.test("launcher: bad launcher flags are one-line errors", () => {
   const cases: [string[], RegExp][] = [
     [["--nproc_per_node"], /--nproc_per_node needs a value/],

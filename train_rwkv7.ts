@@ -546,7 +546,7 @@ function globFiles(pattern: string, flag: string): string[] {
   } catch { /* reported below */ }
   if (names.length === 0) {
     throw new ConfigError(
-      `--${flag} ${pattern}: no files match (FineWeb: deno run -A data/cached_fineweb10B.ts 8; small local corpus: deno task data:brown)`,
+      `--${flag} ${pattern}: no files match (FineWeb: deno run -A data/cached_fineweb10B.ts 18; small local corpus: deno task data:brown)`,
     );
   }
   return names.sort().map((n) => `${dir}/${n}`);
@@ -901,6 +901,16 @@ function main() {
     console.log(
       `Validation DataLoader: total number of tokens: ${valLoader.ntokTotal} across ${valLoader.files.length} files`,
     );
+    // Each step reads bsz x T tokens; past the end the loader wraps around and trains on the same
+    // tokens again, which the records never do (they download enough FineWeb shards).
+    const tokensNeeded = a.num_iterations * a.bsz * T;
+    if (trainLoader.ntokTotal < tokensNeeded) {
+      log(
+        `warning: --input_bin has ${trainLoader.ntokTotal} tokens but ${a.num_iterations} steps read ${tokensNeeded}: the data repeats (FineWeb: deno run -A data/cached_fineweb10B.ts ${
+          Math.ceil(tokensNeeded / 1e8)
+        })`,
+      );
+    }
     for (const o of [...adams, muon]) {
       for (const p of o.params) {
         console.log(o.name.padEnd(10), JSON.stringify(p.shape).padEnd(20), p.name);
@@ -952,7 +962,9 @@ function main() {
       t0 = performance.now();
     }
 
-    if ((last || (a.save_every > 0 && step % a.save_every === 0)) && step > startStep) {
+    // as the original: also at step 0 when --save_every is set (not again right after --resume)
+    const saveDue = last || (a.save_every > 0 && step % a.save_every === 0);
+    if (saveDue && (step > startStep || step === 0)) {
       be.sync();
       trainingTimeMs += performance.now() - t0;
       muon.gatherState(coll);

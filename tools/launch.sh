@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The launcher behind run_rwkv7.sh (and its siblings): tools/launch.sh SCRIPT [launcher flags] [trainer flags]
 #
-# With GPUs: trains SCRIPT's record config on FineWeb (data/fineweb10B; --download fetches 8 train
-#   shards + val first), one process per GPU. Without a GPU: says so and runs SCRIPT on the cpu
-#   backend with $MN_CPU_DEMO_ARGS (the wrapper's small config) on the Brown corpus (built on first
-#   use), so the whole pipeline can be seen working.
+# With GPUs: trains SCRIPT's record config on FineWeb (data/fineweb10B; --download fetches val + the
+#   18 train shards the run reads, 27 for RWKV-6), one process per GPU. Without a GPU: says so and
+#   runs SCRIPT on the cpu backend with $MN_CPU_DEMO_ARGS (the wrapper's small config) on the Brown
+#   corpus (built on first use), so the whole pipeline can be seen working.
 # Launcher flags (torchrun's names):
 #   --nproc_per_node N   processes on this machine (default: every visible GPU; 1 without GPUs)
 #   --nnodes N --node_rank R --master_addr HOST --master_port PORT   multi-node (all nodes run this)
@@ -53,6 +53,12 @@ done
 
 ngpu=0
 if command -v nvidia-smi >/dev/null 2>&1; then ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); fi
+# CUDA_VISIBLE_DEVICES hides GPUs from the CUDA runtime (which the trainers use) but not from
+# nvidia-smi: count its entries, or every LOCAL_RANK past them would ask for a missing device.
+if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]] && ((ngpu > 0)); then
+  visible=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c '[^[:space:]]' || true)
+  ngpu=$((visible < ngpu ? visible : ngpu))
+fi
 if [[ -z $nproc ]]; then nproc=$((ngpu > 0 ? ngpu : 1)); fi
 ((nproc >= 1)) || { echo "error: --nproc_per_node must be at least 1" >&2; exit 2; }
 if ((ngpu > 0 && nproc > ngpu)); then
@@ -68,12 +74,19 @@ fi
 if ((ngpu > 0)); then
   backend=cuda
   defaults=()
-  if ((!dry)) && ! compgen -G "data/fineweb10B/fineweb_val_*.bin" >/dev/null; then
+  # 100M tokens per shard; the record configs read bsz 512 x 1024 tokens a step: 3200-3242 steps
+  # (RWKV-7, GPT-2) need 18 train shards, RWKV-6's 5100 steps 27 (the original README fetches 18).
+  shards=18
+  [[ $script == *rwkv6* ]] && shards=27
+  have=$(compgen -G "data/fineweb10B/fineweb_train_*.bin" | wc -l || true)
+  if ((!dry)) && { ! compgen -G "data/fineweb10B/fineweb_val_*.bin" >/dev/null || ((have < shards)); }; then
     if ((download)); then
-      deno run -A data/cached_fineweb10B.ts 8
-    else
-      echo "error: no FineWeb shards in data/fineweb10B/: fetch them by adding --download (or: deno run -A data/cached_fineweb10B.ts 8)" >&2
+      deno run -A data/cached_fineweb10B.ts "$shards"
+    elif ((have == 0)); then
+      echo "error: no FineWeb shards in data/fineweb10B/: fetch them by adding --download (or: deno run -A data/cached_fineweb10B.ts $shards)" >&2
       exit 2
+    else
+      echo "warning: data/fineweb10B/ has $have of the $shards train shards the record run reads: the data will repeat (add --download to fetch the rest)" >&2
     fi
   fi
 else
