@@ -175,6 +175,8 @@ Deno.test("train_gpt2: emu and cpu give the same loss and gradients (bf16 mode, 
   // Both round the same fp32 activations to bf16 matmul/attention operands, but their fp32 sums
   // differ in order, so an operand can round the other way and that flip spreads through the
   // later layers: 1e-2 normwise per gradient tensor (2.4e-3 measured at this seed; printed).
+  assert.equal(parseFlags([]).cuda_core_attention, false, "tensor cores by default");
+  assert.equal(parseFlags(["--cuda_core_attention"]).cuda_core_attention, true);
   emuVsCpu(["--cuda_core_attention"], 1e-2);
 });
 

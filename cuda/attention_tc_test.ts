@@ -125,18 +125,20 @@ function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
 const minus = (a: Float32Array, b: Float32Array) => a.map((z, i) => z - b[i]);
 
 // ---- a) emu (and cuda) vs cpu ---------------------------------------------------------------------
-// T = 1 (one key), 17, 33, 40 (one partial 64-row tile), 64 (one full tile), 100 (a full and a
-// partial tile: the online softmax across key tiles, skipped 16-row blocks, ragged ends); every
-// head size (D = 16/32 exercise one/two 16-wide k steps, 128 the half-height backward tiles).
-// On a GPU also longer sequences (many tiles, unbalanced grid).
+// T = 1 (one key), 17, 40 (one partial 64-row tile), 64 (one full tile), 100, 200 (full and
+// partial tiles: the online softmax across key tiles, the dK/dV loop over several query tiles,
+// skipped 16-row blocks, ragged ends); every head size (D = 16/32: one/two 16-wide k steps; 128
+// at T = 80: the dK/dV kernel's 32-row query tiles, three of them). On a GPU also longer
+// sequences (many tiles, an unbalanced grid).
 const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 17, H: 1, D: 16 }, { B: 1, T: 1, H: 1, D: 64 }] : [
   { B: 2, T: 1, H: 2, D: 64 },
   { B: 1, T: 17, H: 2, D: 64 },
   { B: 1, T: 64, H: 1, D: 64 },
   { B: 1, T: 100, H: 1, D: 64 },
+  { B: 1, T: 200, H: 1, D: 64 },
   { B: 2, T: 17, H: 3, D: 16 },
   { B: 1, T: 40, H: 1, D: 32 },
-  { B: 1, T: 33, H: 1, D: 128 },
+  { B: 1, T: 80, H: 1, D: 128 },
 ];
 const GPU_SHAPES: Shape[] = [
   { B: 2, T: 300, H: 3, D: 64 },
