@@ -19,8 +19,11 @@
 //   + P V, with P fed from the accumulator registers straight into the A operand of the next mma.
 //   out = O / l, lse = (m + log2 l) ln 2.
 // Backward (P recomputed from lse, never stored):
-//   a. Delta = rowsum(dout * out) (fp32 dout) into ws [B,H,T];
-//   b. dK, dV: a block = 64 keys (16 per warp), looping over the query tiles at or after them:
+//   a. Delta = rowsum(bf16(dout) * out) into ws [B,H,T] (the same rounded dout as in dP, so that
+//      dS = P (dP - Delta) sums to 0 over a row as it should: with the fp32 dout the mismatch
+//      doubled the dq/dk error on nearly one-hot rows);
+//   b. dK, dV: a block = 64 keys (16 per warp), looping over the query tiles (64 rows; 32 for
+//      D = 128, for registers) at or after them:
 //      S^T = K Q^T, P^T = 2^(S^T - lse log2 e), dP^T = V dO^T, dS^T = P^T (dP^T - Delta),
 //      dV += P^T dO, dK += dS^T Q (accumulators in registers, one += per element at the end);
 //   c. dQ: a block = 64 queries (16 per warp), looping over the key tiles up to the diagonal:
@@ -274,7 +277,8 @@ __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 }
 
 // ---- backward ---------------------------------------------------------------------------------
-// Delta[b,h,t] = sum_d dout[b,t,h,d] out[b,t,h,d] in fp32; one warp per (b, t, h) row.
+// Delta[b,h,t] = sum_d bf16(dout[b,t,h,d]) out[b,t,h,d], summed in fp32; one warp per (b, t, h)
+// row.
 template <int D>
 __global__ void __launch_bounds__(TC_THREADS)
     attention_tc_delta_kernel(float* delta, const float* dout, const float* out, int B, int T,
@@ -306,7 +310,8 @@ __global__ void __launch_bounds__(TC_THREADS)
   bf16* sdO = sQ + BQ * LD;                  // [BQ][LD] dout rounded to bf16
   float* sL = reinterpret_cast<float*>(sdO + BQ * LD);  // [BQ] lse log2(e) (0 past T)
   float* sDelta = sL + BQ;                              // [BQ] Delta (0 past T)
-  const int h = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * TC_BC;  // key tile 0 (most work) first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int k0 = blockIdx.x * TC_BC;  // key tile 0 (the most query tiles) starts first
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
   const int kw0 = k0 + 16 * warp;
 
