@@ -46,7 +46,12 @@ const FLAGS = {
   dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
   log_dir: ["logs", "where run logs and checkpoints go"],
 } as const;
-const BOOL_FLAGS = { help: "print the flags" } as const;
+const BOOL_FLAGS = {
+  help: "print the flags",
+  cuda_core_attention:
+    "attention on CUDA cores (mn_attention_*, fp32 products) instead of tensor " +
+    "cores (mn_attention_tc_*, bf16 P and dS): the yardstick for speed and accuracy",
+} as const;
 
 function usage(): string {
   const lines = Object.entries(FLAGS).map(([k, [d, h]]) =>
@@ -82,6 +87,7 @@ export function parseFlags(argv: string[]) {
   };
   return {
     help: Boolean(values.help),
+    cuda_core_attention: Boolean(values.cuda_core_attention),
     input_bin: str("input_bin"),
     input_val_bin: str("input_val_bin"),
     bsz: num("bsz"),
@@ -228,23 +234,27 @@ function rotary(g: Graph, x: Var): Var {
 /**
  * F.scaled_dot_product_attention(q, k, v, is_causal=True) on [B,T,H,D] fp32 activations: the
  * kernel reads bf16 copies of q, k, v (the original's activations are bf16) and writes fp32; its
- * dq, dk, dv (fp32) accumulate into the gradients of the fp32 q, k, v. With g.precision "f32"
- * (gradient checks) the fp32-input kernels read q, k, v unrounded.
+ * dq, dk, dv (fp32) accumulate into the gradients of the fp32 q, k, v. By default the tensor-core
+ * kernels (mn_attention_tc_*: bf16 P and dS as mma operands, as FlashAttention); cudaCore selects
+ * the CUDA-core ones (fp32 products). With g.precision "f32" (gradient checks) the fp32-input
+ * CUDA-core kernels read q, k, v unrounded.
  */
-function attention(g: Graph, q: Var, k: Var, v: Var): Var {
+function attention(g: Graph, q: Var, k: Var, v: Var, cudaCore: boolean): Var {
   const [B, T, H, D] = q.shape;
   const f32 = g.precision === "f32";
   const [qi, ki, vi] = [q, k, v].map((x) => (f32 ? x.t : g.bf16Of(x)));
   const out = g.out(q.shape, "attention");
   const lse = g.out([B, H, T], "attention.lse");
-  if (f32) g.k.mn_attention_forward_f32(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
-  else g.k.mn_attention_forward(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
+  const [fwd, bwd] = f32
+    ? [g.k.mn_attention_forward_f32, g.k.mn_attention_backward_f32]
+    : cudaCore
+    ? [g.k.mn_attention_forward, g.k.mn_attention_backward]
+    : [g.k.mn_attention_tc_forward, g.k.mn_attention_tc_backward];
+  fwd(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
   return g.node(out, [q, k, v], (y) => {
     const ws = g.out([B, H, T], "attention.ws");
     const args = [g.grad(q), g.grad(k), g.grad(v), y.g.ptr, out.ptr, lse.ptr] as const;
-    if (f32) {
-      g.k.mn_attention_backward_f32(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
-    } else g.k.mn_attention_backward(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
+    bwd(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
   });
 }
 
@@ -305,7 +315,7 @@ export class Model {
     v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
     q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
     k = rotary(g, g.rmsnorm(k));
-    const y = view(g, attention(g, q, k, v), [B, T, a.n_embd]);
+    const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
     return [g.matmul(y, P("c_proj.weight"), true), v1];
   }
 }

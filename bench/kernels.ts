@@ -168,7 +168,42 @@ const cases: Case[] = [
   },
   // [anchor] wind WKV-7 bench case goes here
   // [anchor] chunked WKV-6 bench case goes here
-  // [anchor] tensor-core attention bench case goes here
+  // causal attention fwd+bwd: CUDA cores (the yardstick) next to tensor cores, same shapes; the
+  // model size adds B = 1 (a quarter of the work: how the grid fills the GPU)
+  ...(size === "model" ? [1, S.B] : [S.B]).flatMap((B) =>
+    (["cuda-core", "tensor-core"] as const).map((impl): Case => ({
+      name: `attention ${impl} fwd+bwd B${B} T${S.T} H${S.H} D${S.D}`,
+      run: (be, t) => {
+        const shp = [B, S.T, S.H, S.D];
+        const [q, k, v] = [t(shp, "bf16"), t(shp, "bf16"), t(shp, "bf16")];
+        const out = t(shp), dout = t(shp), lse = t([B, S.H, S.T]), ws = t([B, S.H, S.T]);
+        const [dq, dk, dv] = [t(shp), t(shp), t(shp)];
+        const tc = impl === "tensor-core";
+        const fwd = tc ? be.k.mn_attention_tc_forward : be.k.mn_attention_forward;
+        const bwd = tc ? be.k.mn_attention_tc_backward : be.k.mn_attention_backward;
+        return () => {
+          fwd(out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, B, S.T, S.H, S.D, be.stream);
+          bwd(
+            dq.ptr,
+            dk.ptr,
+            dv.ptr,
+            dout.ptr,
+            out.ptr,
+            lse.ptr,
+            q.ptr,
+            k.ptr,
+            v.ptr,
+            ws.ptr,
+            B,
+            S.T,
+            S.H,
+            S.D,
+            be.stream,
+          );
+        };
+      },
+    }))
+  ),
   {
     name: `adam ${S.N * S.C}`,
     run: (be, t) => {

@@ -286,6 +286,20 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
 
 /* ---- [anchor] WKV-6 chunked (--fla_cuda, wkv6_chunked.cu) goes here ---- */
 
-/* ---- [anchor] tensor-core attention (attention_tc.cu) goes here ---- */
+/* ---- causal attention on tensor cores (attention_tc.cu): FlashAttention-2 structure ------------
+ * Exactly the semantics, layouts and workspace contract of mn_attention_forward/backward above:
+ * q, k, v [B,T,H,D] bf16; out [B,T,H,D] fp32 (written); lse [B,H,T] fp32 (written); dout, out,
+ * lse from the forward; dq, dk, dv [B,T,H,D] fp32 ACCUMULATED (+=), deterministic (no atomics);
+ * ws scratch [B,H,T] fp32 (Delta on cuda/emu, from the bf16-rounded dout; the cpu backend, the
+ * double-precision reference of mn_attention_*, does not touch it). Every product runs as
+ * mma.m16n8k16 with bf16 operands and fp32 accumulation: P, dS and dout are rounded to bf16 as
+ * mma operands (softmax statistics, Delta and all sums stay fp32), so results differ from
+ * mn_attention_* by a few bf16 roundings (up to ~5e-3 normwise; cuda/attention_tc_test.ts).
+ * D in {16, 32, 64, 128}, any T >= 1, B, H <= 65535; tensor pointers 16-byte aligned. */
+MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v,
+                                   int B, int T, int H, int D, void* stream);
+MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
+                                    float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
+                                    int B, int T, int H, int D, void* stream);
 
 #endif /* MN_KERNELS_H */
