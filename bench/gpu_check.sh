@@ -120,7 +120,7 @@ else
 fi
 
 # ---- 5. kernel micro-benchmarks at model shapes
-if timeout 120 deno run -A bench/kernels.ts --size model --reps 20 > "$logs/kernels_bench.log" 2>&1; then
+if timeout 120 deno run -A bench/kernels.ts --size model --reps 20 --backends cuda > "$logs/kernels_bench.log" 2>&1; then
   row "kernel benchmarks" ok "$logs/kernels_bench.log"
   cat "$logs/kernels_bench.log"
 else

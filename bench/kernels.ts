@@ -1,6 +1,6 @@
 // Times each kernel family on the cpu and emu backends (and cuda when a GPU is visible) and
 // prints one table. Not a test: figures depend on the machine (see README for measured ones).
-//   deno run -A bench/kernels.ts [--size small|model] [--reps N]
+//   deno run -A bench/kernels.ts [--size small|model] [--reps N] [--backends cpu,emu,cuda]
 // "small" shapes keep the emulator (one OS thread per CUDA thread) within seconds; "model" uses a
 // 124M-config layer slice (B*T = 4096 rows, C = 768) and skips emu.
 import { parseArgs } from "node:util";
@@ -9,7 +9,11 @@ import { kernelsHeaderConstants } from "../cuda/abi.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { size: { type: "string", default: "small" }, reps: { type: "string", default: "5" } },
+  options: {
+    size: { type: "string", default: "small" },
+    reps: { type: "string", default: "5" },
+    backends: { type: "string" }, // default: cpu, emu (small shapes only), cuda (with a GPU)
+  },
   strict: true,
 });
 const size = values.size === "model" ? "model" : "small";
@@ -230,6 +234,16 @@ const cases: Case[] = [
 const backends: BackendName[] = ["cpu"];
 if (size === "small") backends.push("emu");
 if (gpuVisible()) backends.push("cuda");
+if (values.backends !== undefined) {
+  const want = values.backends.split(",");
+  for (const b of want) {
+    if (!["cpu", "emu", "cuda"].includes(b)) {
+      console.error(`error: --backends: '${b}' is not one of cpu, emu, cuda`);
+      Deno.exit(2);
+    }
+  }
+  backends.splice(0, backends.length, ...(want as BackendName[]));
+}
 
 const rows: string[][] = [];
 for (const name of backends) {
