@@ -217,18 +217,28 @@ __global__ void __launch_bounds__(N)
 // step t, so when d_t is tiny every term is: no cancellation of large terms (the running-sum form
 // of cuda/wkv6.cu loses dw's relative accuracy there). Cost O(16^3) per channel and chunk.
 template <int N>
-__device__ inline float wkv6c_dlogd(float P, float gl, const float (&sdy)[WKV6C_CHUNK],
+__device__ __forceinline__ float wkv6c_dlogd(float P, float gl, const float (&sdy)[WKV6C_CHUNK],
                                     const float (&gv)[WKV6C_CHUNK],
                                     const float (*vd)[WKV6C_CHUNK], const float (*r)[N],
                                     const float (*k)[N], const float (*g)[N], int t, int L,
                                     int j) {
+  // Loops over the whole chunk with guards: inlined into a fully unrolled loop over t, every
+  // index of the register arrays sdy, gv, kd is then a constant (no local memory).
   const float gt = g[t][j];
-  float D = P * expf(gl);
-  for (int tau = 0; tau < t; tau++) D += gv[tau] * k[tau][j] * expf(gl - g[tau][j]);
-  for (int s = t + 1; s < L; s++) {
+  float D = P * expf(gl), kd[WKV6C_CHUNK];  // kd[tau] = k_tau exp(g_t - g_tau), tau < t
+#pragma unroll
+  for (int tau = 0; tau < WKV6C_CHUNK; tau++) {
+    kd[tau] = tau < t ? k[tau][j] * expf(gt - g[tau][j]) : 0.0f;
+    if (tau < t) D += gv[tau] * k[tau][j] * expf(gl - g[tau][j]);
+  }
+#pragma unroll
+  for (int s = 1; s < WKV6C_CHUNK; s++) {
+    if (s <= t || s >= L) continue;
     // exp(gp_s - g_tau) = exp(gp_s - g_t) exp(g_t - g_tau), both factors <= 1
     float inner = 0.0f;
-    for (int tau = 0; tau < t; tau++) inner += vd[s][tau] * k[tau][j] * expf(gt - g[tau][j]);
+#pragma unroll
+    for (int tau = 0; tau < WKV6C_CHUNK - 1; tau++)
+      if (tau < t) inner += vd[s][tau] * kd[tau];
     D += r[s][j] * (sdy[s] * expf(g[s - 1][j]) + inner * expf(g[s - 1][j] - gt));
   }
   return D;
@@ -295,7 +305,9 @@ __global__ void __launch_bounds__(N)
   __syncthreads();  // A and vd complete; everyone is done reading v from vk
 
   float du_acc = 0.0f;
-  for (int t = 0; t < L; t++) {
+#pragma unroll
+  for (int t = 0; t < CH; t++) {  // unrolled: sdy[t], gv[t] stay in registers
+    if (t >= L) continue;
     const float gt = g[t][x], gp = wkv6c_gprev<N>(g, t, x);
     float drt = expf(gp) * sdy[t];
     for (int tau = 0; tau < t; tau++) drt += vd[t][tau] * k[tau][x] * expf(gp - g[tau][x]);

@@ -142,10 +142,14 @@ const SHAPES: Shape[] = VARIANT ? [{ B: 2, T: 21, H: 2, N: 16 }] : [
   { B: 2, T: 97, H: 3, N: 16 },
 ];
 const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random", "extreme"];
-// Tolerances, normwise (see the top). Worst measured over 20 seeds on emu in brackets:
-// y, s_ckpt, dr, dk, dv, du [TODO]: 5e-6. dw, the running sum [TODO]: 5e-5.
-const REL = { main: 5e-6, dw: 5e-5 };
-
+// Tolerances, normwise (see the top). Worst measured over 9 seeds on emu in brackets:
+// y, s_ckpt, dr, dk, dv, du [1.7e-6, s_ckpt random]: 5e-6. dw on model and random inputs
+// [1.8e-6]: 5e-6 (the kernel's dw is a sum of genuinely small terms, no running-sum cancellation).
+// dw on "extreme" inputs [1.4e-5]: 5e-5. There the cumulative log-decays reach |g| ~ 16 * 55 = 870
+// within a chunk and a decay factor exp(g_a - g_b) carries the fp32 rounding of g (~|g| 2^-24
+// absolute in the exponent, ~5e-5 relative), while dw = dL/dlog d * exp(w) weights exactly those
+// channels by exp(w) up to 55.
+const REL = { main: 5e-6, dw: 5e-6, dwExtreme: 5e-5 };
 for (const tgt of targets()) {
   const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
   Deno.test({
@@ -168,7 +172,7 @@ for (const tgt of targets()) {
             const g = gi >= 0 ? got[key].map((z, i) => z - init[gi][i]) : got[key];
             const tag = `${key} ${kind}`;
             worst[tag] = Math.max(worst[tag] ?? 0, relErr(g, w));
-            const rel = key === "dw" ? REL.dw : REL.main;
+            const rel = key !== "dw" ? REL.main : kind === "extreme" ? REL.dwExtreme : REL.dw;
             compareRel(`wkv6_chunked ${label(s, kind)} ${key} (${tname} vs cpu)`, g, w, rel);
           }
         });
@@ -179,10 +183,12 @@ for (const tgt of targets()) {
 }
 
 // ---- b) a long sequence: many chunks of carried state -----------------------------------------
-Deno.test("wkv6_chunked: T=512 N=64 vs the double reference, and no worse than wkv6 (emu)", () => {
+// 32 chunks of carried state. For comparison, the sequential kernel (cuda/wkv6_test.ts) measures
+// dw errors of 4e-6 (model) and 1.3e-5 (random) on this shape.
+Deno.test("wkv6_chunked: T=512 N=64 vs the double reference (emu)", () => {
   const s: Shape = { B: 1, T: 512, H: 1, N: 64 };
-  // Worst measured over 20 seeds in brackets: y, dr, dk, dv, du [TODO]; dw [TODO].
-  const bound = { main: 1e-5, dw: 1e-4 };
+  // Worst measured over 9 seeds in brackets: y, dr, dk, dv, du, dw [1.3e-6]: 5e-6.
+  const bound = { main: 5e-6, dw: 5e-6 };
   for (const kind of ["model", "random"] as Kind[]) {
     const rng = new Rng(SEED + 200 + (kind === "model" ? 0 : 1));
     const x = makeInputs(rng, s, kind);
@@ -274,7 +280,26 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
       );
       assert.throws(
         () =>
-          be.k.mn_wkv6_chunked_backward(g, g, g, g, g, g, i, i, i, i, g, g, null, 1, 16, 1, 16, null),
+          be.k.mn_wkv6_chunked_backward(
+            g,
+            g,
+            g,
+            g,
+            g,
+            g,
+            i,
+            i,
+            i,
+            i,
+            g,
+            g,
+            null,
+            1,
+            16,
+            1,
+            16,
+            null,
+          ),
         /wkv6_chunked_backward: NULL/,
       );
     });
