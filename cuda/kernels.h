@@ -287,11 +287,12 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
 /* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
  * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,
  * y [B,T,H,N] fp32 written; dr, dk, dv, dw [B,T,H,N] and du [H,N] fp32 ACCUMULATED, du summed over
- * batch and time, deterministic), computed as flash-linear-attention's chunk_rwkv6 does: T in
- * chunks of 16 steps (the last one may be shorter: any T > 0), pairwise interactions inside a
- * chunk from cumulative log-decays log d = -exp(w) (every factor exp(<= 0), so no overflow for any
- * decay), only the N x N state carried from chunk to chunk, fp32, CUDA cores. NC = ceil(T / 16).
- * N in {16, 32, 64, 128}.
+ * batch and time, deterministic), computed in the manner of flash-linear-attention's chunk_rwkv6
+ * (which the original's --fla_cuda calls; the differences, rounding only, are listed in
+ * wkv6_chunked.cu): T in chunks of 16 steps (the last one may be shorter: any T > 0), pairwise
+ * interactions inside a chunk from cumulative log-decays log d = -exp(w) (every factor exp(<= 0),
+ * so no overflow for any decay), only the N x N state carried from chunk to chunk, fp32, CUDA
+ * cores. dw is chunk-local (no running sum over T). NC = ceil(T / 16). N in {16, 32, 64, 128}.
  * s_ckpt [B,H,NC,N,N] fp32, written by forward, read by backward: s_ckpt[b][h][c][j][i] =
  *   S_{16c-1}[i][j], the state entering chunk c (key index j first; chunk 0's is 0).
  * ws: backward scratch of B*H*NC*N*(N+1) fp32 elements, contents undefined afterwards (the state

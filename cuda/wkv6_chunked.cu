@@ -29,6 +29,17 @@
 //   the value index, expanded over the chunk (wkv6c_dlogd): local to the chunk, no cross-chunk sum,
 //   and accurate for tiny d (FLA and cuda/wkv6.cu use a running sum of larger terms instead).
 // du goes through per-(b, h, chunk) partials and an ordered sum (deterministic).
+//
+// Relation to the original's --fla_cuda (train_rwkv6.py, RUN_FLA_CHUNK): it calls fla's
+// chunk_rwkv6(r, k, v, -exp(w), u, scale=1.0, initial_state=None, chunk_size=32) on bf16 tensors
+// transposed to [B,H,T,N], with u = time_faaaa.bfloat16() [H,N]. Same function here: scale 1 (no
+// scaling of r), u [H,N] shared over the batch with du summed over it, zero initial state, log
+// decay -exp(w). Differences, all in rounding only: (1) the original computes -exp(w) in bf16 (a
+// bf16 tensor op), so its log-decays carry a 2^-9 relative rounding; here -exp(w) is fp32 from the
+// bf16 w, as in the default kernel. (2) fla feeds bf16 operands to tensor-core matmuls inside a
+// chunk and returns y in bf16; here everything is fp32 on CUDA cores and y is fp32 (the trainer's
+// default path keeps y fp32 too). (3) Chunks of 16, not 32: an evaluation order, not a semantic.
+// (4) No transposes: [B,T,H,N] is read in place.
 
 namespace {
 
