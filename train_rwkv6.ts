@@ -44,7 +44,7 @@ const FLAGS = {
 } as const;
 const BOOL_FLAGS = {
   fla_cuda:
-    "chunked WKV-6 (our kernel in the manner of flash-linear-attention's chunk_rwkv6, which the original's --fla_cuda calls; same function, other evaluation order)",
+    "our chunked WKV-6 kernel (cuda/wkv6_chunked.cu) in place of flash-linear-attention's chunk_rwkv6, which the original's --fla_cuda calls: the same function, evaluated in 16-step chunks",
   help: "print the flags",
 } as const;
 
