@@ -43,7 +43,8 @@ const FLAGS = {
   log_dir: ["logs", "where run logs and checkpoints go"],
 } as const;
 const BOOL_FLAGS = {
-  fla_cuda: "flash-linear-attention's chunked WKV-6 (the original's --fla_cuda)",
+  fla_cuda:
+    "our chunked WKV-6 kernel (cuda/wkv6_chunked.cu) in place of flash-linear-attention's chunk_rwkv6, which the original's --fla_cuda calls: the same function, evaluated in 16-step chunks",
   help: "print the flags",
 } as const;
 
@@ -115,11 +116,6 @@ export function validate(a: Args, world: number) {
   const bad = (m: string) => {
     throw new ConfigError(m);
   };
-  if (a.fla_cuda) {
-    bad(
-      "--fla_cuda: flash-linear-attention's chunked WKV-6 kernel has not landed yet; run without it (the original's default wkv6 kernel)",
-    );
-  }
   if (![16, 32, 64, 128].includes(a.headsz)) {
     bad(`--headsz ${a.headsz}: expected 16, 32, 64 or 128`);
   }
@@ -261,14 +257,29 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
  * (its .bfloat16() calls), u [H,N] rounded to bf16 too (gradient straight through) but passed as
  * fp32. Output y [B,T,C] fp32; backward accumulates into all five gradients. In the graph's "f32"
  * precision (gradient checks) nothing is rounded: the kernel's fp32-input entry points.
+ * chunked (--fla_cuda): mn_wkv6_chunked_* instead, the same function evaluated in 16-step chunks
+ * as flash-linear-attention's chunk_rwkv6 does (the original calls it with scale 1, u [H,N] and
+ * log-decay -exp(w)); its per-chunk states live from forward to backward. bf16 path only.
  */
-export function wkv6(g: Graph, r: Var, k: Var, v: Var, w: Var, u: Var, H: number): Var {
+export function wkv6(
+  g: Graph,
+  r: Var,
+  k: Var,
+  v: Var,
+  w: Var,
+  u: Var,
+  H: number,
+  chunked = false,
+): Var {
   const [B, T, C] = r.shape;
   const N = C / H;
   for (const x of [k, v, w]) {
     if (x.shape.join() !== r.shape.join()) throw new Error("wkv6: r, k, v, w shapes differ");
   }
   const f32 = g.precision === "f32";
+  if (f32 && chunked) {
+    throw new Error("wkv6: the chunked kernel (--fla_cuda) has no fp32-input path");
+  }
   let uf = u.t;
   if (!f32) {
     uf = g.out(u.shape, "wkv6.u");
@@ -276,6 +287,33 @@ export function wkv6(g: Graph, r: Var, k: Var, v: Var, w: Var, u: Var, H: number
   }
   const [rp, kp, vp, wp] = [r, k, v, w].map((x) => (f32 ? x.t : g.bf16Of(x)).ptr);
   const y = g.out([B, T, C], "wkv6");
+  if (chunked) {
+    const n = new BigInt64Array(2); // [s_ckpt elements, backward ws elements]
+    g.k.mn_wkv6_chunked_sizes(n.subarray(0, 1), n.subarray(1, 2), B, T, H, N);
+    const sCkpt = g.out([Number(n[0])], "wkv6.s_ckpt"); // [B,H,ceil(T/16),N,N]
+    g.k.mn_wkv6_chunked_forward(y.ptr, sCkpt.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
+    return g.node(y, [r, k, v, w, u], (out) => {
+      const gp = (x: Var) => g.grad(x) ?? g.out(x.shape, "wkv6.unused").ptr;
+      const ws = g.out([Number(n[1])], "wkv6.ws");
+      const grads = [gp(r), gp(k), gp(v), gp(w), gp(u)] as const;
+      g.k.mn_wkv6_chunked_backward(
+        ...grads,
+        out.g.ptr,
+        rp,
+        kp,
+        vp,
+        wp,
+        uf.ptr,
+        sCkpt.ptr,
+        ws.ptr,
+        B,
+        T,
+        H,
+        N,
+        g.s,
+      );
+    });
+  }
   if (f32) g.k.mn_wkv6_forward_f32(y.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
   else g.k.mn_wkv6_forward(y.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
   return g.node(y, [r, k, v, w, u], (out) => {
@@ -367,7 +405,7 @@ export class Model {
     const w = g.addRow(ww, P("time_decay"));
 
     const kw = g.mul(k, g.unary(w, "EXP_MIN0")); // k * clamp(w, max=0).exp()
-    let y = wkv6(g, r, kw, v, w, P("time_faaaa"), H);
+    let y = wkv6(g, r, kw, v, w, P("time_faaaa"), H, this.a.fla_cuda);
     y = g.groupnorm(y, P("ln_x.weight"), P("ln_x.bias"), H, 64e-5);
     return g.matmul(g.mul(y, gate), P("output.weight"), true);
   }

@@ -171,7 +171,35 @@ const cases: Case[] = [
     },
   },
   // [anchor] wind WKV-7 bench case goes here
-  // [anchor] chunked WKV-6 bench case goes here
+  {
+    name: `wkv6 chunked (--fla_cuda) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
+    run: (be, t) => {
+      const shp = [S.B, S.T, S.H, S.D];
+      const [r, k, v, w] = Array.from({ length: 4 }, () => t(shp, "bf16"));
+      const u = t([S.H, S.D]), y = t(shp), du = t([S.H, S.D]);
+      const n = new BigInt64Array(2); // [s_ckpt elements, ws elements]
+      be.k.mn_wkv6_chunked_sizes(n.subarray(0, 1), n.subarray(1, 2), S.B, S.T, S.H, S.D);
+      const sCkpt = t([Number(n[0])]), ws = t([Number(n[1])]);
+      const g = Array.from({ length: 4 }, () => t(shp));
+      return () => {
+        const ins = [r.ptr, k.ptr, v.ptr, w.ptr, u.ptr] as const;
+        be.k.mn_wkv6_chunked_forward(y.ptr, sCkpt.ptr, ...ins, S.B, S.T, S.H, S.D, be.stream);
+        be.k.mn_wkv6_chunked_backward(
+          ...g.map((x) => x.ptr),
+          du.ptr,
+          y.ptr,
+          ...ins,
+          sCkpt.ptr,
+          ws.ptr,
+          S.B,
+          S.T,
+          S.H,
+          S.D,
+          be.stream,
+        );
+      };
+    },
+  },
   // causal attention fwd+bwd: CUDA cores (the yardstick) next to tensor cores, same shapes; the
   // model size adds B = 1 (a quarter of the work: how the grid fills the GPU)
   ...(size === "model" ? [1, S.B] : [S.B]).flatMap((B) =>

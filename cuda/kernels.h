@@ -284,7 +284,30 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
 
 /* ---- [anchor] WKV-7 wind: tensor-core chunk-16 WKV-7 (wkv7_wind.cu) goes here ---- */
 
-/* ---- [anchor] WKV-6 chunked (--fla_cuda, wkv6_chunked.cu) goes here ---- */
+/* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
+ * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,
+ * y [B,T,H,N] fp32 written; dr, dk, dv, dw [B,T,H,N] and du [H,N] fp32 ACCUMULATED, du summed over
+ * batch and time, deterministic), computed in the manner of flash-linear-attention's chunk_rwkv6
+ * (which the original's --fla_cuda calls; the differences, rounding only, are listed in
+ * wkv6_chunked.cu): T in chunks of 16 steps (the last one may be shorter: any T > 0), pairwise
+ * interactions inside a chunk from cumulative log-decays log d = -exp(w) (every factor exp(<= 0),
+ * so no overflow for any decay), only the N x N state carried from chunk to chunk, fp32, CUDA
+ * cores. dw is chunk-local (no running sum over T). NC = ceil(T / 16). N in {16, 32, 64, 128}.
+ * s_ckpt [B,H,NC,N,N] fp32, written by forward, read by backward: s_ckpt[b][h][c][j][i] =
+ *   S_{16c-1}[i][j], the state entering chunk c (key index j first; chunk 0's is 0).
+ * ws: backward scratch of B*H*NC*N*(N+1) fp32 elements, contents undefined afterwards (the state
+ *   gradient at each chunk's end [B,H,NC,N,N], then du partials [B,H,NC,N]); the cpu backend does
+ *   not touch it.
+ * mn_wkv6_chunked_sizes gives both element counts (host_ckpt_elems, host_ws_elems).
+ * The cpu backend is the naive double-precision recurrence of mn_wkv6_* (it also writes s_ckpt). */
+MN_API int mn_wkv6_chunked_sizes(int64_t* host_ckpt_elems, int64_t* host_ws_elems, int B, int T,
+                                 int H, int N);
+MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* k, mn_bf16* v,
+                                   mn_bf16* w, float* u, int B, int T, int H, int N, void* stream);
+MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, float* du,
+                                    float* dy, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w,
+                                    float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
+                                    void* stream);
 
 /* ---- causal attention on tensor cores (attention_tc.cu): FlashAttention-2 structure ------------
  * Exactly the semantics, layouts and workspace contract of mn_attention_forward/backward above:
