@@ -3,12 +3,21 @@
 // differences of the loss on the exact-fp32 path (g.precision "f32": fp32 matmuls and the
 // fp32-input attention kernels; the rotary table is bf16 in both, a constant).
 import assert from "node:assert/strict";
-import { Backend } from "./cuda/backend.ts";
-import { Graph } from "./cuda/autograd.ts";
 import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
-import { type Args, Model, modelSpecs, parseFlags, Rng } from "./train_gpt2.ts";
+import {
+  BROWN,
+  checkFlagErrors,
+  checkGradientsByFiniteDifferences,
+  checkResume,
+  compareBackends,
+  ensureBrown,
+  norm,
+  runTrainer,
+  valLosses,
+} from "./cuda/test/trainer_harness.ts";
+import * as trainer from "./train_gpt2.ts";
+import { parseFlags } from "./train_gpt2.ts";
 
-const ROOT = new URL(".", import.meta.url).pathname;
 const TINY = [
   "--n_layer",
   "2",
@@ -23,152 +32,21 @@ const TINY = [
   "--vocab_size",
   "512",
 ];
-const BROWN = [
-  "--input_bin",
-  "data/brown/brown_train_*.bin",
-  "--input_val_bin",
-  "data/brown/brown_val_*.bin",
-];
-
-function ensureBrown() {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "data/brown.ts"],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .outputSync();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-}
-
-function train(args: string[], env: Record<string, string> = {}) {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "train_gpt2.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).outputSync();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
-
-/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
-function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
-  const a: Args = parseFlags([...TINY, ...extra]);
-  const be = Backend.open({ name: backendName });
-  const rng = new Rng(3);
-  const model = new Model(be, a, modelSpecs(a, rng));
-  for (const p of model.params) {
-    const h = be.download(p.data) as Float32Array;
-    for (let i = 0; i < h.length; i++) h[i] += 0.05 * rng.normal();
-    be.write(p.data, h);
-    p.markUpdated();
-  }
-  const n = a.device_bsz * a.sequence_length;
-  const idx = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const tgt = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const g = new Graph(be);
-  const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
-  const lossOnly = () => {
-    g.gradEnabled = false;
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.release();
-    g.gradEnabled = true;
-    return l;
-  };
-  const lossAndGrads = () => {
-    for (const p of model.params) p.zeroGrad();
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.backward();
-    g.release();
-    return {
-      loss: l,
-      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
-    };
-  };
-  return { a, be, model, g, rng, lossOnly, lossAndGrads };
-}
-
-const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
+const train = (args: string[], env: Record<string, string> = {}) =>
+  runTrainer("train_gpt2.ts", args, env);
 
 Deno.test("train_gpt2: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
-  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup("cpu");
-  g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
-  const { grads } = lossAndGrads();
-  const h = 1e-2;
-  let worst = 0;
-  for (const p of model.params) {
-    const grad = grads.get(p.name)!;
-    const orig = (be.download(p.data) as Float32Array).slice();
-    const gn = norm(grad);
-    // Two directions: along the analytic gradient (tests its length) and a random one (tests
-    // its direction); each is a unit vector, so the derivative is a dot product with grad.
-    const z = Float32Array.from(orig, () => rng.normal());
-    const zn = norm(z);
-    const dirs = [gn > 0 ? grad.map((v) => v / gn) : z.map((v) => v / zn), z.map((v) => v / zn)];
-    for (const d of dirs) {
-      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
-      be.write(p.data, orig.map((v, i) => v + h * d[i]));
-      p.markUpdated();
-      const up = lossOnly();
-      be.write(p.data, orig.map((v, i) => v - h * d[i]));
-      p.markUpdated();
-      const down = lossOnly();
-      const numeric = (up - down) / (2 * h);
-      // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
-      const err = Math.abs(numeric - analytic), tol = 1e-4 + 3e-3 * gn;
-      worst = Math.max(worst, err / tol);
-      assert.ok(
-        err <= tol,
-        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
-      );
-    }
-    be.write(p.data, orig);
-    p.markUpdated();
-  }
-  console.log(
-    `  ${model.params.length} parameters x 2 directions; worst error ${
-      (100 * worst).toFixed(0)
-    }% of tolerance`,
-  );
+  // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
+  checkGradientsByFiniteDifferences(trainer, TINY, 1e-2, (gn) => 1e-4 + 3e-3 * gn);
 });
 
-/** Loss and gradients of the tiny model on cpu and emu (same init and batch); the worst normwise
- * relative gradient difference is asserted <= tol, the loss difference <= 1e-3 relative. */
+/** emu vs cpu (same init and batch): the worst normwise relative gradient difference <= tol, the
+ * loss difference <= 1e-3 relative; and only block 0's lamb without gradient. */
 function emuVsCpu(extra: string[], tol: number) {
-  const [cpu, emu] = (["cpu", "emu"] as const).map((name) => tinySetup(name, extra).lossAndGrads());
-  assert.ok(
-    Math.abs(cpu.loss - emu.loss) <= 1e-3 * Math.abs(cpu.loss),
-    `loss cpu ${cpu.loss} emu ${emu.loss}`,
-  );
-  let worst = 0, zero = 0;
-  for (const [name, gc] of cpu.grads) {
-    const ge = emu.grads.get(name)!;
-    if (norm(gc) === 0) zero++;
-    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
-    worst = Math.max(worst, rel);
-    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
-  }
+  const { cpu } = compareBackends(trainer, [...TINY, ...extra], tol, { lossTol: 1e-3 });
   // only block 0's lamb has no gradient: there v1 = v, so v + lamb (v1 - v) does not depend on it
-  assert.equal(zero, 1, "exactly one all-zero gradient (transformer.h.0.attn.lamb)");
-  assert.equal(norm(cpu.grads.get("transformer.h.0.attn.lamb")!), 0);
-  console.log(
-    `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
-      worst.toExponential(2)
-    }`,
-  );
+  const zero = [...cpu.grads].filter(([, g]) => norm(g) === 0).map(([name]) => name);
+  assert.deepEqual(zero, ["transformer.h.0.attn.lamb"], "exactly one all-zero gradient");
 }
 
 Deno.test("train_gpt2: emu and cpu give the same loss and gradients (bf16 mode, --cuda_core_attention)", () => {
@@ -190,13 +68,6 @@ Deno.test("train_gpt2: emu with tensor-core attention (the default) matches cpu 
   // kernel gives O(1).
   emuVsCpu([], 5e-2);
 });
-
-function valLosses(stdout: string): number[] {
-  return [...stdout.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
-}
-function trainLosses(stdout: string): string[] {
-  return [...stdout.matchAll(/^(step:\d+\/\d+ train_loss:[\d.]+)/gm)].map((m) => m[1]);
-}
 
 Deno.test("train_gpt2: a short cpu run on the Brown corpus lowers the val loss", () => {
   ensureBrown();
@@ -238,44 +109,17 @@ Deno.test("train_gpt2: a short cpu run on the Brown corpus lowers the val loss",
 });
 
 Deno.test("train_gpt2: --resume continues bit-for-bit (cpu)", () => {
-  ensureBrown();
-  const base = [
-    ...BROWN,
-    ...TINY.slice(0, -2),
-    "--backend",
-    "cpu",
-    "--bsz",
-    "4",
-    "--num_iterations",
-    "6",
-    "--warmdown_iters",
-    "2",
-    "--val_loss_every",
-    "0",
-    "--val_tokens",
-    "2048",
-    "--random_seed",
-    "5",
-    "--save_every",
-    "3",
-  ];
-  const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
-  const a = train([...base, "--log_dir", dirA]);
-  assert.equal(a.code, 0, a.stderr);
-  const runA = [...Deno.readDirSync(dirA)].find((e) => e.isDirectory)!.name;
-  const ck3 = `${dirA}/${runA}/state_step000003.safetensors`;
-  const b = train([...base, "--log_dir", dirB, "--resume", ck3]);
-  assert.equal(b.code, 0, b.stderr);
-  const la = trainLosses(a.stdout), lb = trainLosses(b.stdout);
-  assert.deepEqual(lb, la.slice(3), "train losses after the resume point");
-  assert.deepEqual(valLosses(b.stdout), valLosses(a.stdout).slice(-1));
-  const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
-  const wa = readSafetensors(`${dirA}/${runA}/state_step000006.safetensors`).tensors;
-  const wb = readSafetensors(`${dirB}/${runB}/state_step000006.safetensors`).tensors;
-  for (const [name, t] of wa) {
-    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
-  }
-  console.log(`  steps 4-6 identical: ${lb.join("; ")}`);
+  const base = [...BROWN, ...TINY.slice(0, -2), "--backend", "cpu", "--bsz", "4"];
+  checkResume(
+    "train_gpt2.ts",
+    [
+      ...base,
+      ...["--warmdown_iters", "2", "--val_loss_every", "0", "--val_tokens", "2048"],
+      ...["--random_seed", "5"],
+    ],
+    3,
+    6,
+  );
 });
 
 Deno.test("train_gpt2: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
@@ -294,7 +138,7 @@ Deno.test("train_gpt2: --dump_grads writes every gradient under its PyTorch name
   assert.equal(r.code, 0, r.stderr);
   const { tensors } = readSafetensors(out);
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
-  const specs = modelSpecs(a, new Rng(9));
+  const specs = trainer.modelSpecs(a, new trainer.Rng(9));
   assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
   for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
   const loss = tensors.get("loss")!;
@@ -315,7 +159,7 @@ Deno.test("train_gpt2: --dump_grads writes every gradient under its PyTorch name
 Deno.test("train_gpt2: --init_from lists missing, unexpected and mis-shaped tensors", () => {
   const dir = Deno.makeTempDirSync();
   const a = parseFlags([...TINY]);
-  const specs = modelSpecs(a, new Rng(1));
+  const specs = trainer.modelSpecs(a, new trainer.Rng(1));
   const t = new Map(
     specs.slice(1).map((
       s,
@@ -379,14 +223,5 @@ Deno.test("train_gpt2: invalid flags and combinations are one-line errors", () =
     [["--n_layer", "0"], /--n_layer 0: must be >= 1/],
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
   ];
-  for (const [args, re, env] of cases) {
-    const r = train(args, env);
-    assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
-    assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
-    assert.equal(
-      r.stderr.trim().split("\n").length,
-      1,
-      `${args.join(" ")}: one line, got ${r.stderr}`,
-    );
-  }
+  checkFlagErrors("train_gpt2.ts", cases);
 });

@@ -1,0 +1,265 @@
+// What the three trainer test files (train_gpt2_test.ts, train_rwkv6_test.ts, train_rwkv7_test.ts)
+// share: running a trainer script, a tiny perturbed model on one backend, the whole-model checks
+// (finite differences, emu vs cpu), resume and flag-error checks. The trainers themselves stay
+// self-contained; each exports parseFlags, Rng, modelSpecs and Model with the same shapes.
+import assert from "node:assert/strict";
+import { Backend, type BackendName, type Tensor } from "../backend.ts";
+import { Graph, type Param } from "../autograd.ts";
+import { readSafetensors } from "../safetensors.ts";
+
+export const ROOT = new URL("../../", import.meta.url).pathname;
+export const BROWN = [
+  "--input_bin",
+  "data/brown/brown_train_*.bin",
+  "--input_val_bin",
+  "data/brown/brown_val_*.bin",
+];
+
+let brownReady = false;
+/** Builds the Brown shards once per test process (data/brown.ts is a no-op when they exist). */
+export function ensureBrown() {
+  if (brownReady) return;
+  const out = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "data/brown.ts"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  brownReady = true;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `deno run -A SCRIPT ARGS` in the repository root. */
+export function runTrainer(script: string, args: string[], env: Record<string, string> = {}) {
+  const out = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  } as RunResult;
+}
+
+export const norm = (x: ArrayLike<number>) =>
+  Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
+
+export function valLosses(stdout: string): number[] {
+  return [...stdout.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
+}
+export function trainLosses(stdout: string): string[] {
+  return [...stdout.matchAll(/^(step:\d+\/\d+ train_loss:[\d.]+)/gm)].map((m) => m[1]);
+}
+
+interface TrainerRng {
+  next(): number;
+  normal(): number;
+}
+interface TrainerArgs {
+  device_bsz: number;
+  sequence_length: number;
+  vocab_size: number;
+}
+/** The part of a train_*.ts module the whole-model tests use. */
+export interface TrainerModule<A extends TrainerArgs, S> {
+  parseFlags(argv: string[]): A;
+  Rng: new (seed: number) => TrainerRng;
+  modelSpecs(a: A, rng: TrainerRng): S;
+  Model: new (be: Backend, a: A, specs: S) => {
+    params: Param[];
+    forward(g: Graph, idx: Tensor, targets: Tensor, lossScale: number): Tensor;
+  };
+}
+
+/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
+export function tinySetup<A extends TrainerArgs, S>(
+  mod: TrainerModule<A, S>,
+  flags: string[],
+  backendName: BackendName,
+) {
+  const a = mod.parseFlags(flags);
+  const be = Backend.open({ name: backendName });
+  const rng = new mod.Rng(3);
+  const model = new mod.Model(be, a, mod.modelSpecs(a, rng));
+  for (const p of model.params) {
+    const h = be.download(p.data) as Float32Array;
+    for (let i = 0; i < h.length; i++) h[i] += 0.05 * rng.normal();
+    be.write(p.data, h);
+    p.markUpdated();
+  }
+  const n = a.device_bsz * a.sequence_length;
+  const tokens = () =>
+    be.upload(
+      Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
+      [n],
+      "i32",
+    );
+  const idx = tokens(), tgt = tokens();
+  const g = new Graph(be);
+  const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
+  const lossOnly = () => {
+    g.gradEnabled = false;
+    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
+    g.release();
+    g.gradEnabled = true;
+    return l;
+  };
+  const lossAndGrads = () => {
+    for (const p of model.params) p.zeroGrad();
+    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
+    g.backward();
+    g.release();
+    return {
+      loss: l,
+      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
+    };
+  };
+  return { a, be, model, g, rng, lossOnly, lossAndGrads };
+}
+
+/**
+ * Every parameter's gradient against central finite differences of the loss on the cpu backend's
+ * exact-fp32 path, along two unit directions per parameter: the analytic gradient (tests its
+ * length) and a random one (tests its direction). Asserts |FD - analytic| <= tol(|grad|).
+ */
+export function checkGradientsByFiniteDifferences<A extends TrainerArgs, S>(
+  mod: TrainerModule<A, S>,
+  flags: string[],
+  h: number,
+  tol: (gradNorm: number) => number,
+) {
+  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup(mod, flags, "cpu");
+  g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
+  const { grads } = lossAndGrads();
+  let worst = 0, worstName = "";
+  for (const p of model.params) {
+    const grad = grads.get(p.name)!;
+    const orig = (be.download(p.data) as Float32Array).slice();
+    const gn = norm(grad);
+    const z = Float32Array.from(orig, () => rng.normal());
+    const zn = norm(z);
+    const dirs = [gn > 0 ? grad.map((v) => v / gn) : z.map((v) => v / zn), z.map((v) => v / zn)];
+    for (const d of dirs) {
+      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
+      be.write(p.data, orig.map((v, i) => v + h * d[i]));
+      p.markUpdated();
+      const up = lossOnly();
+      be.write(p.data, orig.map((v, i) => v - h * d[i]));
+      p.markUpdated();
+      const down = lossOnly();
+      const numeric = (up - down) / (2 * h);
+      const err = Math.abs(numeric - analytic), bound = tol(gn);
+      if (err / bound > worst) [worst, worstName] = [err / bound, p.name];
+      assert.ok(
+        err <= bound,
+        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
+      );
+    }
+    be.write(p.data, orig);
+    p.markUpdated();
+  }
+  be.close();
+  console.log(
+    `  ${model.params.length} parameters x 2 directions; worst error ${
+      (100 * worst).toFixed(0)
+    }% of tolerance (${worstName})`,
+  );
+}
+
+/**
+ * The same tiny model and batch on cpu and on emu (or cuda): the loss within tol relative and every
+ * gradient tensor within tol normwise relative. Returns both results for trainer-specific checks.
+ */
+export function compareBackends<A extends TrainerArgs, S>(
+  mod: TrainerModule<A, S>,
+  flags: string[],
+  tol: number,
+  opts: { other?: BackendName; precision?: "bf16" | "f32"; lossTol?: number } = {},
+) {
+  const [cpu, other] = (["cpu", opts.other ?? "emu"] as const).map((name) => {
+    const s = tinySetup(mod, flags, name);
+    if (opts.precision) s.g.precision = opts.precision;
+    const r = s.lossAndGrads();
+    s.be.close();
+    return r;
+  });
+  const lossTol = opts.lossTol ?? tol;
+  assert.ok(
+    Math.abs(cpu.loss - other.loss) <= lossTol * Math.abs(cpu.loss),
+    `loss cpu ${cpu.loss} ${opts.other ?? "emu"} ${other.loss}`,
+  );
+  let worst = 0, worstName = "";
+  for (const [name, gc] of cpu.grads) {
+    const ge = other.grads.get(name)!;
+    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
+    if (rel > worst) [worst, worstName] = [rel, name];
+    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
+  }
+  console.log(
+    `  loss cpu ${cpu.loss.toFixed(6)} ${opts.other ?? "emu"} ${
+      other.loss.toFixed(6)
+    }; worst gradient difference ${worst.toExponential(2)} (${worstName})`,
+  );
+  return { cpu, other };
+}
+
+/**
+ * Trains `steps` steps saving every `saveEvery`, resumes a second run from the checkpoint at
+ * `saveEvery` and asserts the remaining train losses, the final val loss and the final weights are
+ * bit-identical.
+ */
+export function checkResume(script: string, base: string[], saveEvery: number, steps: number) {
+  ensureBrown();
+  const args = [...base, "--num_iterations", String(steps), "--save_every", String(saveEvery)];
+  const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
+  const a = runTrainer(script, [...args, "--log_dir", dirA]);
+  assert.equal(a.code, 0, a.stderr);
+  const runA = [...Deno.readDirSync(dirA)].find((e) => e.isDirectory)!.name;
+  const ckpt = (dir: string, run: string, step: number) =>
+    `${dir}/${run}/state_step${String(step).padStart(6, "0")}.safetensors`;
+  const b = runTrainer(script, [
+    ...args,
+    "--log_dir",
+    dirB,
+    "--resume",
+    ckpt(dirA, runA, saveEvery),
+  ]);
+  assert.equal(b.code, 0, b.stderr);
+  const la = trainLosses(a.stdout), lb = trainLosses(b.stdout);
+  assert.deepEqual(lb, la.slice(saveEvery), "train losses after the resume point");
+  assert.deepEqual(valLosses(b.stdout), valLosses(a.stdout).slice(-1));
+  const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
+  const wa = readSafetensors(ckpt(dirA, runA, steps)).tensors;
+  const wb = readSafetensors(ckpt(dirB, runB, steps)).tensors;
+  for (const [name, t] of wa) {
+    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
+  }
+  console.log(`  steps ${saveEvery + 1}-${steps} identical: ${lb.join("; ")}`);
+}
+
+/** Each case must fail with exactly one stderr line matching its pattern. */
+export function checkFlagErrors(
+  script: string,
+  cases: [string[], RegExp, Record<string, string>?][],
+) {
+  for (const [args, re, env] of cases) {
+    const r = runTrainer(script, args, env);
+    assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
+    assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
+    assert.equal(
+      r.stderr.trim().split("\n").length,
+      1,
+      `${args.join(" ")}: one line, got ${r.stderr}`,
+    );
+  }
+}
