@@ -255,9 +255,11 @@ __device__ __forceinline__ float wkv6c_dlogd(float P, float gl, const float (&sd
   return D;
 }
 
-// dr, dk, dv, dw and the du partials of one chunk. grid (NC, H, B), block N.
+// dr, dk, dv, dw and the du partials of one chunk. grid (NC, H, B), block N. At N = 16 ptxas
+// aims for 128 registers and spills on sm_80; asking for one block per SM lifts that cap there
+// (a minimum of 0 is the default: larger N keep their register counts).
 template <int N>
-__global__ void __launch_bounds__(N)
+__global__ void __launch_bounds__(N, N == 16 ? 1 : 0)
     wkv6c_grads_kernel(float* dr, float* dk, float* dv, float* dw, float* dupart,
                        const float* dy_, const bf16* r_, const bf16* k_, const bf16* v_,
                        const bf16* w_, const float* u_, const float* s_ckpt,
