@@ -5,9 +5,20 @@ import assert from "node:assert/strict";
 import { Backend } from "./cuda/backend.ts";
 import { Graph, Param } from "./cuda/autograd.ts";
 import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
-import { type Args, Model, modelSpecs, parseFlags, Rng, wkv6 } from "./train_rwkv6.ts";
+import {
+  BROWN,
+  checkFlagErrors,
+  checkGradientsByFiniteDifferences,
+  checkResume,
+  compareBackends,
+  ensureBrown,
+  norm,
+  runTrainer,
+  valLosses,
+} from "./cuda/test/trainer_harness.ts";
+import * as trainer from "./train_rwkv6.ts";
+import { parseFlags, Rng, wkv6 } from "./train_rwkv6.ts";
 
-const ROOT = new URL(".", import.meta.url).pathname;
 const TINY = [
   "--n_layer",
   "2",
@@ -22,42 +33,8 @@ const TINY = [
   "--vocab_size",
   "512",
 ];
-const BROWN = [
-  "--input_bin",
-  "data/brown/brown_train_*.bin",
-  "--input_val_bin",
-  "data/brown/brown_val_*.bin",
-];
-
-let brownReady = false;
-function ensureBrown() {
-  if (brownReady) return;
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "data/brown.ts"],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  }).outputSync();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-  brownReady = true;
-}
-
-function train(args: string[], env: Record<string, string> = {}) {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "train_rwkv6.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).outputSync();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
-
-const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
+const train = (args: string[], env: Record<string, string> = {}) =>
+  runTrainer("train_rwkv6.ts", args, env);
 
 /** round to the nearest bf16 (ties to even), so the kernel's cast of these values is exact */
 function bf16Round(x: number): number {
@@ -174,150 +151,25 @@ for (
   });
 }
 
-/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
-function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
-  const a: Args = parseFlags([...TINY, ...extra]);
-  const be = Backend.open({ name: backendName });
-  const rng = new Rng(3);
-  const model = new Model(be, a, modelSpecs(a, rng));
-  for (const p of model.params) {
-    const h = be.download(p.data) as Float32Array;
-    for (let i = 0; i < h.length; i++) h[i] += 0.05 * rng.normal();
-    be.write(p.data, h);
-    p.markUpdated();
-  }
-  const n = a.device_bsz * a.sequence_length;
-  const idx = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const tgt = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const g = new Graph(be);
-  const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
-  const lossOnly = () => {
-    g.gradEnabled = false;
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.release();
-    g.gradEnabled = true;
-    return l;
-  };
-  const lossAndGrads = () => {
-    for (const p of model.params) p.zeroGrad();
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.backward();
-    g.release();
-    return {
-      loss: l,
-      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
-    };
-  };
-  return { a, be, model, g, rng, lossOnly, lossAndGrads };
-}
-
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
-  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup("cpu");
-  g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
-  const { grads } = lossAndGrads();
   // h = 2.5e-3, not train_rwkv7's 1e-2: the loss is strongly curved along key.weight (its init
   // is 10x smaller than the other projections'), and at h = 1e-2 the O(h^2) term alone is 0.5%.
-  const h = 2.5e-3;
-  let worst = 0, worstName = "";
-  for (const p of model.params) {
-    const grad = grads.get(p.name)!;
-    const orig = (be.download(p.data) as Float32Array).slice();
-    const gn = norm(grad);
-    // Two directions: along the analytic gradient (tests its length) and a random one (tests
-    // its direction); each is a unit vector, so the derivative is a dot product with grad.
-    const z = Float32Array.from(orig, () => rng.normal());
-    const zn = norm(z);
-    const dirs = [gn > 0 ? grad.map((v) => v / gn) : z.map((v) => v / zn), z.map((v) => v / zn)];
-    for (const d of dirs) {
-      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
-      be.write(p.data, orig.map((v, i) => v + h * d[i]));
-      p.markUpdated();
-      const up = lossOnly();
-      be.write(p.data, orig.map((v, i) => v - h * d[i]));
-      p.markUpdated();
-      const down = lossOnly();
-      const numeric = (up - down) / (2 * h);
-      // fp32 forward: loss noise ~1e-6 / 2h = 2e-4; O(h^2) truncation ~1e-3 relative
-      const err = Math.abs(numeric - analytic), tol = 4e-4 + 3e-3 * gn;
-      if (err / tol > worst) [worst, worstName] = [err / tol, p.name];
-      assert.ok(
-        err <= tol,
-        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
-      );
-    }
-    be.write(p.data, orig);
-    p.markUpdated();
-  }
-  console.log(
-    `  ${model.params.length} parameters x 2 directions; worst error ${
-      (100 * worst).toFixed(0)
-    }% of tolerance (${worstName})`,
-  );
+  // fp32 forward: loss noise ~1e-6 / 2h = 2e-4; O(h^2) truncation ~1e-3 relative.
+  checkGradientsByFiniteDifferences(trainer, TINY, 2.5e-3, (gn) => 4e-4 + 3e-3 * gn);
 });
 
 Deno.test("train_rwkv6: emu and cpu give the same loss and gradients (bf16)", () => {
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread;
   // 3e-2 normwise, as for train_rwkv7.
-  const tol = 3e-2;
-  const [cpu, emu] = (["cpu", "emu"] as const).map((name) => tinySetup(name).lossAndGrads());
-  assert.ok(
-    Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss),
-    `loss cpu ${cpu.loss} emu ${emu.loss}`,
-  );
-  let worst = 0, worstName = "";
-  for (const [name, gc] of cpu.grads) {
-    const ge = emu.grads.get(name)!;
-    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
-    if (rel > worst) [worst, worstName] = [rel, name];
-    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
-  }
-  console.log(
-    `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
-      worst.toExponential(2)
-    } (${worstName})`,
-  );
+  compareBackends(trainer, TINY, 3e-2);
 });
 
 Deno.test("train_rwkv6: --fla_cuda (chunked WKV-6) on emu matches cpu, loss and gradients (bf16)", () => {
   // The same model and batch as the test above through mn_wkv6_chunked_* (cpu: the double
   // reference; that the op really takes the chunked kernel on emu is checked against fp64 at the
   // top); the same 3e-2 normwise tolerance for the same bf16 reason. T = 32: two chunks.
-  const tol = 3e-2;
-  const [cpu, emu] = (["cpu", "emu"] as const).map((name) =>
-    tinySetup(name, ["--fla_cuda"]).lossAndGrads()
-  );
-  assert.ok(
-    Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss),
-    `loss cpu ${cpu.loss} emu ${emu.loss}`,
-  );
-  let worst = 0, worstName = "";
-  for (const [name, gc] of cpu.grads) {
-    const ge = emu.grads.get(name)!;
-    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
-    if (rel > worst) [worst, worstName] = [rel, name];
-    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
-  }
-  console.log(
-    `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
-      worst.toExponential(2)
-    } (${worstName})`,
-  );
+  compareBackends(trainer, [...TINY, "--fla_cuda"], 3e-2);
 });
-
-function valLosses(stdout: string): number[] {
-  return [...stdout.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
-}
-function trainLosses(stdout: string): string[] {
-  return [...stdout.matchAll(/^(step:\d+\/\d+ train_loss:[\d.]+)/gm)].map((m) => m[1]);
-}
 
 Deno.test("train_rwkv6: a short cpu run on the Brown corpus lowers the val loss", () => {
   ensureBrown();
@@ -396,44 +248,17 @@ Deno.test("train_rwkv6: a --fla_cuda smoke run (cpu, 10 steps) trains through th
 });
 
 Deno.test("train_rwkv6: --resume continues bit-for-bit (cpu)", () => {
-  ensureBrown();
-  const base = [
-    ...BROWN,
-    ...TINY.slice(0, -2),
-    "--backend",
-    "cpu",
-    "--bsz",
-    "2",
-    "--num_iterations",
-    "4",
-    "--warmdown_iters",
-    "2",
-    "--val_loss_every",
-    "0",
-    "--val_tokens",
-    "2048",
-    "--random_seed",
-    "5",
-    "--save_every",
-    "2",
-  ];
-  const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
-  const a = train([...base, "--log_dir", dirA]);
-  assert.equal(a.code, 0, a.stderr);
-  const runA = [...Deno.readDirSync(dirA)].find((e) => e.isDirectory)!.name;
-  const ck = `${dirA}/${runA}/state_step000002.safetensors`;
-  const b = train([...base, "--log_dir", dirB, "--resume", ck]);
-  assert.equal(b.code, 0, b.stderr);
-  const la = trainLosses(a.stdout), lb = trainLosses(b.stdout);
-  assert.deepEqual(lb, la.slice(2), "train losses after the resume point");
-  assert.deepEqual(valLosses(b.stdout), valLosses(a.stdout).slice(-1));
-  const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
-  const wa = readSafetensors(`${dirA}/${runA}/state_step000004.safetensors`).tensors;
-  const wb = readSafetensors(`${dirB}/${runB}/state_step000004.safetensors`).tensors;
-  for (const [name, t] of wa) {
-    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
-  }
-  console.log(`  steps 3-4 identical: ${lb.join("; ")}`);
+  checkResume(
+    "train_rwkv6.ts",
+    [
+      ...BROWN,
+      ...TINY.slice(0, -2),
+      ...["--backend", "cpu", "--bsz", "2", "--warmdown_iters", "2", "--val_loss_every", "0"],
+      ...["--val_tokens", "2048", "--random_seed", "5"],
+    ],
+    2,
+    4,
+  );
 });
 
 Deno.test("train_rwkv6: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
@@ -452,7 +277,7 @@ Deno.test("train_rwkv6: --dump_grads writes every gradient under its PyTorch nam
   assert.equal(r.code, 0, r.stderr);
   const { tensors } = readSafetensors(out);
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
-  const specs = modelSpecs(a, new Rng(9));
+  const specs = trainer.modelSpecs(a, new Rng(9));
   assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
   assert.equal(specs.length, 1 + 26 * 2 + 2, "wte (tied to lm_head), 26 per block, ln_out");
   for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
@@ -502,23 +327,14 @@ Deno.test("train_rwkv6: invalid flags and combinations are one-line errors", () 
     [["--n_layer", "1"], /--n_layer 1: RWKV-6's init needs at least 2 layers/],
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
   ];
-  for (const [args, re] of cases) {
-    const r = train(args);
-    assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
-    assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
-    assert.equal(
-      r.stderr.trim().split("\n").length,
-      1,
-      `${args.join(" ")}: one line, got ${r.stderr}`,
-    );
-  }
+  checkFlagErrors("train_rwkv6.ts", cases);
 });
 
 Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied weight under both names", () => {
   ensureBrown();
   const dir = Deno.makeTempDirSync();
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "4"]);
-  const specs = modelSpecs(a, new Rng(4));
+  const specs = trainer.modelSpecs(a, new Rng(4));
   const t = new Map(
     specs.map((s) => [s.name, { dtype: "F32" as const, shape: s.shape, data: s.init() }]),
   );
