@@ -55,9 +55,9 @@ struct WindDims {
   static constexpr size_t FWD_SMEM =
       (size_t)(10 * CM + SM + 3 * TM) * 2 + (size_t)(CH * CH + CH * N + N) * 4;
   // backward: 12 chunk matrices, S0, G, 7 time matrices (bf16); AB [16][16], dU [16][N], L [16][N],
-  // gL [16][N], E [N], gE [N], E-gradient partials [WARPS][N] (fp32)
+  // gL [16][N], E [N], gE [N], E-gradient partials [WARPS][N], band [4][16] (fp32)
   static constexpr size_t BWD_SMEM = (size_t)(12 * CM + 2 * SM + 7 * TM) * 2 +
-                                     (size_t)(CH * CH + 3 * CH * N + 2 * N + WARPS * N) * 4;
+                                     (size_t)(CH * CH + 3 * CH * N + 2 * N + WARPS * N + 4 * CH) * 4;
 };
 
 // Chunk matrices [16][LDC] bf16, row t = local step, column = channel.
@@ -187,10 +187,12 @@ __device__ inline void wind_prep_channel(float (&L)[CH], const ChunkMats& m, flo
 //   p = 0: x0 y0^T strictly lower -> fp32 out0 (ld 16);   p = 1: x0 y1^T strictly lower -> bf16 t1
 //   p = 2: x1 y0^T lower -> bf16 t2;                       p = 3: x1 y1^T lower -> bf16 t3
 // out0b: when non-null, p = 0 goes there in bf16 (ld LDT) instead of fp32.
+// band: when non-null, the entries whose decay factor is exactly 1 are moved out of the tiles into
+// band [4][16] fp32: band[p][t] = entry (t, t - 1) for p = 0, 1 (t >= 1) and (t, t) for p = 2, 3.
 template <int N>
 __device__ inline void wind_time_products(const bf16* x0, const bf16* x1, const bf16* y0,
                                           const bf16* y1, float* out0, bf16* out0b, bf16* t1,
-                                          bf16* t2, bf16* t3) {
+                                          bf16* t2, bf16* t3, float* band) {
   using D = WindDims<N>;
   const int warp = threadIdx.x / 32;
   for (int p = warp; p < 4; p += D::WARPS) {
@@ -198,6 +200,16 @@ __device__ inline void wind_time_products(const bf16* x0, const bf16* x1, const 
     zero8(acc);
     mm_acc<false, true>(acc, p < 2 ? x0 : x1, D::LDC, p % 2 == 0 ? y0 : y1, D::LDC, N);
     mask_lower(acc, p < 2);
+    if (band) {
+#pragma unroll
+      for (int q = 0; q < 8; q++) {
+        const int r = frag_row(q), c = frag_col(q);
+        if (r - c == (p < 2 ? 1 : 0)) {
+          band[p * CH + r] = acc[q];
+          acc[q] = 0.0f;
+        }
+      }
+    }
     if (p == 0) {
       if (out0b)
         store_tile(acc, out0b, D::LDT);
@@ -253,7 +265,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
     for (int jt = 0; jt < NT; jt++) store_tile(st[jt], S0 + i0 * LDS + 16 * jt, LDS);
     __syncthreads();
 
-    wind_time_products<N>(m.ac, m.rc, m.bc, m.kc, AB, nullptr, AK, QB, QK);
+    wind_time_products<N>(m.ac, m.rc, m.bc, m.kc, AB, nullptr, AK, QB, QK, nullptr);
     __syncthreads();
 
     {  // right-hand side of the solve, columns i0..: As S0^T + AK V
@@ -337,6 +349,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
   float* E = gL + CH * N;             // [N]
   float* gE = E + N;                  // [N]: sum_t (k dKe + b dBe) e^{L15-L}
   float* dEp = gE + N;                // [WARPS][N]: per-warp partial sums of G * S0 over rows
+  float* band = dEp + WARPS * N;      // [4][16]: the unit-decay entries of dAB, dAK, dQB, dQK
   float* gLx = dUf;
 
   const int h = blockIdx.x, bb = blockIdx.y, tid = threadIdx.x;
@@ -397,7 +410,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
     }
     __syncthreads();
 
-    wind_time_products<N>(m.ac, m.rc, m.bc, m.kc, AB, nullptr, AK, QB, QK);
+    wind_time_products<N>(m.ac, m.rc, m.bc, m.kc, AB, nullptr, AK, QB, QK, nullptr);
     __syncthreads();
 
     {  // dU = QB^T dY + Be G^T, columns i0..
@@ -423,23 +436,34 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
     }
     __syncthreads();
 
-    wind_time_products<N>(dZ, dY, m.u, m.v, nullptr, dAB, dAK, dQB, dQK);
+    // dAB, dAK without their first subdiagonal, dQB, dQK without their diagonal: see below.
+    wind_time_products<N>(dZ, dY, m.u, m.v, nullptr, dAB, dAK, dQB, dQK, band);
     __syncthreads();
 
     {  // this warp's channels j = i0..i0+15: the input gradients
+      // The entries of the 16x16 matrices whose decay factor is exactly 1 (QB, QK at (t, t): r_t.b_t,
+      // r_t.k_t; AB, AK at (t, t-1): a_t.b_{t-1}, a_t.k_{t-1}; Ke, Be at t = 15) are taken out of the
+      // decay gradients, where their two contributions cancel exactly (the same term, + at one L
+      // index and - at another that every suffix sum includes together): with fast decays they
+      // dominate the sums while the true dw is small, and their bf16 rounding would not cancel.
+      // Their input gradients are added in fp32 from band (dr_t += dQB_tt b_t + dQK_tt k_t etc.).
       const int j0 = i0;
-      float gl[8], glx[8], ge[8];
-      float L[8], Lx[8], L15[8];
-      int64_t gi[8];
+      const float* dqb = band + 2 * CH;  // diagonals of dQB, dQK
+      const float* dqk = band + 3 * CH;
+      const float* dab = band;  // first subdiagonals of dAB, dAK: dab[t] = dAB[t][t-1]
+      const float* dak = band + CH;
+      float gl[8], glx[8], ge[8], L[8], Lx[8], L15[8];
 #pragma unroll
       for (int q = 0; q < 8; q++) {
         const int t = frag_row(q), j = j0 + frag_col(q);
         L[q] = Ls[t * N + j];
         Lx[q] = t ? Ls[(t - 1) * N + j] : 0.0f;
         L15[q] = Ls[(CH - 1) * N + j];
-        gi[q] = ind0 + t * tstride + j;
         ge[q] = 0.0f;
       }
+      // global index of element q, and of the same channel one step later / earlier
+      auto at = [&](int q) { return ind0 + frag_row(q) * tstride + j0 + frag_col(q); };
+      auto in = [](const bf16* p, int64_t i) { return mn_bf16_to_f32(p[i]); };
       float x[8], y[8];
       // r: dRc = dQB Bc + dQK Kc, dRs = dY S0
       zero8(x);
@@ -449,9 +473,11 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<false, false>(y, dY, LDC, S0 + j0, LDS, N);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
+        const int t = frag_row(q);
+        const int64_t i = at(q);
         const float g = x[q] * expf(L[q] - 0.5f * L15[q]) + y[q] * expf(L[q]);
-        dr_[gi[q]] += g;
-        gl[q] = mn_bf16_to_f32(r_[gi[q]]) * g;
+        gl[q] = in(r_, i) * g;
+        dr_[i] += g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i);
       }
       // k: dKc = dAK^T Ac + dQK^T Rc, dKe = V G
       zero8(x);
@@ -461,11 +487,19 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<false, false>(y, m.v, LDC, Gs + j0, LDS, N);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
-        const float kq = mn_bf16_to_f32(k_[gi[q]]), to_end = expf(L15[q] - L[q]);
-        const float g = x[q] * expf(0.5f * L15[q] - L[q]) + y[q] * to_end;
-        dk_[gi[q]] += g;
-        gl[q] -= kq * g;
-        ge[q] += kq * y[q] * to_end;
+        const int t = frag_row(q);
+        const int64_t i = at(q);
+        const float kq = in(k_, i);
+        const float gc = x[q] * expf(0.5f * L15[q] - L[q]), ge_ = y[q] * expf(L15[q] - L[q]);
+        float g = gc + ge_ + dqk[t] * in(r_, i);
+        if (t < CH - 1) {
+          g += dak[t + 1] * in(a_, i + tstride);
+          gl[q] -= kq * (gc + ge_);
+          ge[q] += kq * ge_;
+        } else {
+          gl[q] -= kq * gc;
+        }
+        dk_[i] += g;
       }
       // a: dAc = dAB Bc + dAK Kc, dAs = dZ S0
       zero8(x);
@@ -475,9 +509,11 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<false, false>(y, dZ, LDC, S0 + j0, LDS, N);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
+        const int t = frag_row(q);
+        const int64_t i = at(q);
         const float g = x[q] * expf(Lx[q] - 0.5f * L15[q]) + y[q] * expf(Lx[q]);
-        da_[gi[q]] += g;
-        glx[q] = mn_bf16_to_f32(a_[gi[q]]) * g;
+        glx[q] = in(a_, i) * g;
+        da_[i] += t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g;
       }
       // b: dBc = dAB^T Ac + dQB^T Rc, dBe = U G
       zero8(x);
@@ -487,11 +523,19 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<false, false>(y, m.u, LDC, Gs + j0, LDS, N);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
-        const float bq = mn_bf16_to_f32(b_[gi[q]]), to_end = expf(L15[q] - L[q]);
-        const float g = x[q] * expf(0.5f * L15[q] - L[q]) + y[q] * to_end;
-        db_[gi[q]] += g;
-        gl[q] -= bq * g;
-        ge[q] += bq * y[q] * to_end;
+        const int t = frag_row(q);
+        const int64_t i = at(q);
+        const float bq = in(b_, i);
+        const float gc = x[q] * expf(0.5f * L15[q] - L[q]), ge_ = y[q] * expf(L15[q] - L[q]);
+        float g = gc + ge_ + dqb[t] * in(r_, i);
+        if (t < CH - 1) {
+          g += dab[t + 1] * in(a_, i + tstride);
+          gl[q] -= bq * (gc + ge_);
+          ge[q] += bq * ge_;
+        } else {
+          gl[q] -= bq * gc;
+        }
+        db_[i] += g;
       }
       // v: dV = QK^T dY + AK^T dZ + Ke G^T
       zero8(x);
@@ -499,7 +543,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<true, false>(x, AK, LDT, dZ + j0, LDC, CH);
       mm_acc<false, true>(x, m.ke, LDC, Gs + j0 * LDS, LDS, N);
 #pragma unroll
-      for (int q = 0; q < 8; q++) dv_[gi[q]] += x[q];
+      for (int q = 0; q < 8; q++) dv_[at(q)] += x[q];
 
       store_tile(gl, gL + j0, N);
       store_tile(glx, gLx + j0, N);

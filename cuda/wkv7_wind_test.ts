@@ -137,13 +137,15 @@ const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 32, H: 2, N: 16 }] : [
   { B: 1, T: 32, H: 1, N: 128 },
 ];
 const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random"];
-// Normwise bounds. Measured worst over seeds on emu (all shapes above): y 3.7e-3, s_ckpt 2.0e-3,
-// sa 3.9e-3, gradients 7e-3; dw of the "random" kind 4e-2: with fast decays the gradient of a
-// log-decay is a small difference of suffix sums of terms of the inputs' size (their rounding does
-// not shrink with it). The bounds leave a factor ~1.5-2 for other seeds and the cuda build (same
-// operand rounding; fp32 sums in another order).
+// Normwise bounds. Measured worst over 12 seeds on emu (all shapes and kinds above): y 4.8e-3,
+// s_ckpt 3.0e-3, sa 7.1e-3, gradients 8.0e-3 (db; dw of the "model" kind 6e-3), and dw of the
+// "random" kind 2.9e-2: with fast decays the gradient of a log-decay is a small difference of suffix
+// sums of terms of the inputs' size, whose bf16 rounding does not shrink with it (the kernel takes
+// the exactly cancelling unit-decay terms out, which cut this by ~1.4x; the rest is the algorithm's).
+// The bounds leave a factor ~2 for other seeds and the cuda build (same operand rounding, fp32 sums
+// in another order).
 const REL = 1.5e-2;
-const REL_DW_RANDOM = 1e-1;
+const REL_DW_RANDOM = 6e-2;
 
 for (const tgt of targets()) {
   const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
