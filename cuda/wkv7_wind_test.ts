@@ -130,7 +130,9 @@ function runWind(
 // ---- a) emu (and cuda) vs cpu -----------------------------------------------------------------
 // Every head size (N = 16, 32 use 1 and 2 warps, 64 and 128 the model's 4 and 8), several chunks
 // (the state and its gradient cross chunk boundaries), B, H > 1 (indexing).
-const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 32, H: 2, N: 16 }] : [
+// Under the sanitizer builds (MN_TEST_VARIANT) two shapes: one warp, and four (barriers between
+// warps, shared tiles written by one warp and read by others).
+const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 32, H: 1, N: 64 }] : [
   { B: 1, T: 48, H: 1, N: 16 },
   { B: 2, T: 32, H: 2, N: 32 },
   { B: 1, T: 48, H: 1, N: 64 },
