@@ -186,6 +186,15 @@ const cases: Case[] = [
           ...ins,
           s.ptr,
           sa.ptr,
+          S.B,
+          S.T,
+          S.H,
+          S.D,
+          be.stream,
+        );
+      };
+    },
+  },
   {
     name: `wkv6 chunked (--fla_cuda) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
     run: (be, t) => {
