@@ -1,11 +1,20 @@
 // train_rwkv7.ts: whole-model gradients, emu = cpu, a Brown training run, resume, errors.
 import assert from "node:assert/strict";
-import { Backend } from "./cuda/backend.ts";
-import { Graph } from "./cuda/autograd.ts";
 import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
-import { type Args, Model, modelSpecs, parseFlags, Rng } from "./train_rwkv7.ts";
+import {
+  BROWN,
+  checkFlagErrors,
+  checkGradientsByFiniteDifferences,
+  checkResume,
+  compareBackends,
+  ensureBrown,
+  norm,
+  runTrainer,
+  valLosses,
+} from "./cuda/test/trainer_harness.ts";
+import * as trainer from "./train_rwkv7.ts";
+import { parseFlags, Rng } from "./train_rwkv7.ts";
 
-const ROOT = new URL(".", import.meta.url).pathname;
 const TINY = [
   "--n_layer",
   "2",
@@ -20,126 +29,13 @@ const TINY = [
   "--vocab_size",
   "512",
 ];
-const BROWN = [
-  "--input_bin",
-  "data/brown/brown_train_*.bin",
-  "--input_val_bin",
-  "data/brown/brown_val_*.bin",
-];
 
-function ensureBrown() {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "data/brown.ts"],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .outputSync();
-  assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-}
-
-function train(args: string[], env: Record<string, string> = {}) {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "train_rwkv7.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).outputSync();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
-
-/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
-function tinySetup(backendName: "cpu" | "emu", extra: string[] = []) {
-  const a: Args = parseFlags([...TINY, ...extra]);
-  const be = Backend.open({ name: backendName });
-  const rng = new Rng(3);
-  const model = new Model(be, a, modelSpecs(a, rng));
-  for (const p of model.params) {
-    const h = be.download(p.data) as Float32Array;
-    for (let i = 0; i < h.length; i++) h[i] += 0.05 * rng.normal();
-    be.write(p.data, h);
-    p.markUpdated();
-  }
-  const n = a.device_bsz * a.sequence_length;
-  const idx = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const tgt = be.upload(
-    Int32Array.from({ length: n }, () => Math.floor(rng.next() * a.vocab_size)),
-    [n],
-    "i32",
-  );
-  const g = new Graph(be);
-  const mean = (t: Float32Array) => t.reduce((s, v) => s + v, 0) / t.length;
-  const lossOnly = () => {
-    g.gradEnabled = false;
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.release();
-    g.gradEnabled = true;
-    return l;
-  };
-  const lossAndGrads = () => {
-    for (const p of model.params) p.zeroGrad();
-    const l = mean(be.download(model.forward(g, idx, tgt, 1)) as Float32Array);
-    g.backward();
-    g.release();
-    return {
-      loss: l,
-      grads: new Map(model.params.map((p) => [p.name, be.download(p.grad) as Float32Array])),
-    };
-  };
-  return { a, be, model, g, rng, lossOnly, lossAndGrads };
-}
-
-const norm = (x: ArrayLike<number>) => Math.sqrt(Array.from(x).reduce((s, v) => s + v * v, 0));
+const train = (args: string[], env: Record<string, string> = {}) =>
+  runTrainer("train_rwkv7.ts", args, env);
 
 Deno.test("train_rwkv7: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
-  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup("cpu");
-  g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
-  const { grads } = lossAndGrads();
-  const h = 1e-2;
-  let worst = 0;
-  for (const p of model.params) {
-    const grad = grads.get(p.name)!;
-    const orig = (be.download(p.data) as Float32Array).slice();
-    const gn = norm(grad);
-    // Two directions: along the analytic gradient (tests its length) and a random one (tests
-    // its direction); each is a unit vector, so the derivative is a dot product with grad.
-    const z = Float32Array.from(orig, () => rng.normal());
-    const zn = norm(z);
-    const dirs = [gn > 0 ? grad.map((v) => v / gn) : z.map((v) => v / zn), z.map((v) => v / zn)];
-    for (const d of dirs) {
-      const analytic = grad.reduce((s, v, i) => s + v * d[i], 0);
-      be.write(p.data, orig.map((v, i) => v + h * d[i]));
-      p.markUpdated();
-      const up = lossOnly();
-      be.write(p.data, orig.map((v, i) => v - h * d[i]));
-      p.markUpdated();
-      const down = lossOnly();
-      const numeric = (up - down) / (2 * h);
-      // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
-      const err = Math.abs(numeric - analytic), tol = 1e-4 + 3e-3 * gn;
-      worst = Math.max(worst, err / tol);
-      assert.ok(
-        err <= tol,
-        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
-      );
-    }
-    be.write(p.data, orig);
-    p.markUpdated();
-  }
-  console.log(
-    `  ${model.params.length} parameters x 2 directions; worst error ${
-      (100 * worst).toFixed(0)
-    }% of tolerance`,
-  );
+  // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
+  checkGradientsByFiniteDifferences(trainer, TINY, 1e-2, (gn) => 1e-4 + 3e-3 * gn);
 });
 
 for (
@@ -155,42 +51,17 @@ for (
   Deno.test(`train_rwkv7: emu and cpu give the same loss and gradients (${[precision, ...kernelFlags].join(", ")})`, () => {
     // f32: only summation order differs (1e-4 normwise). bf16: a different fp32 sum can round a
     // bf16 operand the other way, and those flips spread; 3e-2 normwise, measured below.
-    const res = (["cpu", "emu"] as const).map((name) => {
-      const s = tinySetup(name, [...kernelFlags]);
-      s.g.precision = precision;
-      // the flag must select its kernel: count the calls of its backward entry point
-      let calls = 0;
-      const inner = s.be.k[wkvKernel];
-      s.be.k[wkvKernel] = (...args) => (calls++, inner(...args));
-      const out = s.lossAndGrads();
-      assert.equal(calls, 2, `${name}: ${wkvKernel} calls (one per layer)`);
-      return out;
+    // the flag must select its kernel: count the calls of its backward entry point
+    compareBackends(trainer, [...TINY, ...kernelFlags], tol, {
+      precision,
+      instrument: (name, be) => {
+        let calls = 0;
+        const inner = be.k[wkvKernel];
+        be.k[wkvKernel] = (...args) => (calls++, inner(...args));
+        return () => assert.equal(calls, 2, `${name}: ${wkvKernel} calls (one per layer)`);
+      },
     });
-    const [cpu, emu] = res;
-    assert.ok(
-      Math.abs(cpu.loss - emu.loss) <= tol * Math.abs(cpu.loss),
-      `loss cpu ${cpu.loss} emu ${emu.loss}`,
-    );
-    let worst = 0;
-    for (const [name, gc] of cpu.grads) {
-      const ge = emu.grads.get(name)!;
-      const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
-      worst = Math.max(worst, rel);
-      assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
-    }
-    console.log(
-      `  loss cpu ${cpu.loss.toFixed(6)} emu ${emu.loss.toFixed(6)}; worst gradient difference ${
-        worst.toExponential(2)
-      }`,
-    );
   });
-}
-
-function valLosses(stdout: string): number[] {
-  return [...stdout.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
-}
-function trainLosses(stdout: string): string[] {
-  return [...stdout.matchAll(/^(step:\d+\/\d+ train_loss:[\d.]+)/gm)].map((m) => m[1]);
 }
 
 Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss", () => {
@@ -234,44 +105,17 @@ Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss"
 });
 
 Deno.test("train_rwkv7: --resume continues bit-for-bit (cpu)", () => {
-  ensureBrown();
-  const base = [
-    ...BROWN,
-    ...TINY.slice(0, -2),
-    "--backend",
-    "cpu",
-    "--bsz",
-    "4",
-    "--num_iterations",
-    "6",
-    "--warmdown_iters",
-    "2",
-    "--val_loss_every",
-    "0",
-    "--val_tokens",
-    "2048",
-    "--random_seed",
-    "5",
-    "--save_every",
-    "3",
-  ];
-  const dirA = Deno.makeTempDirSync(), dirB = Deno.makeTempDirSync();
-  const a = train([...base, "--log_dir", dirA]);
-  assert.equal(a.code, 0, a.stderr);
-  const runA = [...Deno.readDirSync(dirA)].find((e) => e.isDirectory)!.name;
-  const ck3 = `${dirA}/${runA}/state_step000003.safetensors`;
-  const b = train([...base, "--log_dir", dirB, "--resume", ck3]);
-  assert.equal(b.code, 0, b.stderr);
-  const la = trainLosses(a.stdout), lb = trainLosses(b.stdout);
-  assert.deepEqual(lb, la.slice(3), "train losses after the resume point");
-  assert.deepEqual(valLosses(b.stdout), valLosses(a.stdout).slice(-1));
-  const runB = [...Deno.readDirSync(dirB)].find((e) => e.isDirectory)!.name;
-  const wa = readSafetensors(`${dirA}/${runA}/state_step000006.safetensors`).tensors;
-  const wb = readSafetensors(`${dirB}/${runB}/state_step000006.safetensors`).tensors;
-  for (const [name, t] of wa) {
-    assert.deepEqual(wb.get(name)!.data, t.data, `${name} differs after resume`);
-  }
-  console.log(`  steps 4-6 identical: ${lb.join("; ")}`);
+  checkResume(
+    "train_rwkv7.ts",
+    [
+      ...BROWN,
+      ...TINY.slice(0, -2),
+      ...["--backend", "cpu", "--bsz", "4", "--warmdown_iters", "2", "--val_loss_every", "0"],
+      ...["--val_tokens", "2048", "--random_seed", "5"],
+    ],
+    3,
+    6,
+  );
 });
 
 Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
@@ -290,7 +134,7 @@ Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch nam
   assert.equal(r.code, 0, r.stderr);
   const { tensors } = readSafetensors(out);
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
-  const specs = modelSpecs(a, new Rng(9));
+  const specs = trainer.modelSpecs(a, new Rng(9));
   assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
   for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
   const loss = tensors.get("loss")!;
@@ -310,7 +154,7 @@ Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch nam
 Deno.test("train_rwkv7: --init_from lists missing, unexpected and mis-shaped tensors", () => {
   const dir = Deno.makeTempDirSync();
   const a = parseFlags([...TINY]);
-  const specs = modelSpecs(a, new Rng(1));
+  const specs = trainer.modelSpecs(a, new Rng(1));
   const t = new Map(
     specs.slice(1).map((
       s,
@@ -381,14 +225,5 @@ Deno.test("train_rwkv7: invalid flags and combinations are one-line errors", () 
       },
     ],
   ];
-  for (const [args, re, env] of cases) {
-    const r = train(args, env);
-    assert.notEqual(r.code, 0, `${args.join(" ")} should fail`);
-    assert.match(r.stderr, re, `${args.join(" ")}: ${r.stderr}`);
-    assert.equal(
-      r.stderr.trim().split("\n").length,
-      1,
-      `${args.join(" ")}: one line, got ${r.stderr}`,
-    );
-  }
+  checkFlagErrors("train_rwkv7.ts", cases);
 });

@@ -184,12 +184,20 @@ export function compareBackends<A extends TrainerArgs, S>(
   mod: TrainerModule<A, S>,
   flags: string[],
   tol: number,
-  opts: { other?: BackendName; precision?: "bf16" | "f32"; lossTol?: number } = {},
+  opts: {
+    other?: BackendName;
+    precision?: "bf16" | "f32";
+    lossTol?: number;
+    /** called on each backend before the forward; the function it returns, after the backward */
+    instrument?: (name: BackendName, be: Backend) => () => void;
+  } = {},
 ) {
   const [cpu, other] = (["cpu", opts.other ?? "emu"] as const).map((name) => {
     const s = tinySetup(mod, flags, name);
     if (opts.precision) s.g.precision = opts.precision;
+    const after = opts.instrument?.(name, s.be);
     const r = s.lossAndGrads();
+    after?.();
     s.be.close();
     return r;
   });
