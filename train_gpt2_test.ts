@@ -3,6 +3,7 @@
 // differences of the loss on the exact-fp32 path (g.precision "f32": fp32 matmuls and the
 // fp32-input attention kernels; the rotary table is bf16 in both, a constant).
 import assert from "node:assert/strict";
+import type { BackendName } from "./cuda/backend.ts";
 import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
 import {
   BROWN,
@@ -11,6 +12,7 @@ import {
   checkResume,
   compareBackends,
   ensureBrown,
+  KERNEL_BACKENDS,
   norm,
   runTrainer,
   valLosses,
@@ -40,34 +42,48 @@ Deno.test("train_gpt2: every parameter's gradient matches central finite differe
   checkGradientsByFiniteDifferences(trainer, TINY, 1e-2, (gn) => 1e-4 + 3e-3 * gn);
 });
 
-/** emu vs cpu (same init and batch): the worst normwise relative gradient difference <= tol, the
- * loss difference <= 1e-3 relative; and only block 0's lamb without gradient. */
-function emuVsCpu(extra: string[], tol: number) {
-  const { cpu } = compareBackends(trainer, [...TINY, ...extra], tol, { lossTol: 1e-3 });
+/** emu or cuda vs cpu (same init and batch): the worst normwise relative gradient difference
+ * <= tol, the loss difference <= 1e-3 relative; and only block 0's lamb without gradient. */
+function versusCpu(other: BackendName, extra: string[], tol: number) {
+  const { cpu } = compareBackends(trainer, [...TINY, ...extra], tol, { other, lossTol: 1e-3 });
   // only block 0's lamb has no gradient: there v1 = v, so v + lamb (v1 - v) does not depend on it
   const zero = [...cpu.grads].filter(([, g]) => norm(g) === 0).map(([name]) => name);
   assert.deepEqual(zero, ["transformer.h.0.attn.lamb"], "exactly one all-zero gradient");
 }
 
-Deno.test("train_gpt2: emu and cpu give the same loss and gradients (bf16 mode, --cuda_core_attention)", () => {
-  // Both round the same fp32 activations to bf16 matmul/attention operands, but their fp32 sums
-  // differ in order, so an operand can round the other way and that flip spreads through the
-  // later layers: 1e-2 normwise per gradient tensor (2.4e-3 measured at this seed; printed).
+Deno.test("train_gpt2: tensor-core attention is the default, --cuda_core_attention the yardstick", () => {
   assert.equal(parseFlags([]).cuda_core_attention, false, "tensor cores by default");
   assert.equal(parseFlags(["--cuda_core_attention"]).cuda_core_attention, true);
-  emuVsCpu(["--cuda_core_attention"], 1e-2);
 });
 
-Deno.test("train_gpt2: emu with tensor-core attention (the default) matches cpu (bf16 mode)", () => {
-  // The cpu backend's mn_attention_tc_* is its exact (double) attention; on emu the tensor-core
-  // kernels also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3 normwise
-  // per attention gradient), which adds to the bf16 operand flips of the test above and spreads
-  // through the layers. Measured at this seed: <= 6e-3 for every matrix, 2.2e-2 for the blocks'
-  // lambdas (2 scalars, each a sum over the whole [B,T,C] activation with cancellation); the
-  // CUDA-core run above is 2.4e-3. Bound 5e-2 normwise per gradient tensor; a broken tensor-core
-  // kernel gives O(1).
-  emuVsCpu([], 5e-2);
-});
+for (const { other, ignore } of KERNEL_BACKENDS) {
+  Deno.test({
+    name:
+      `train_gpt2: ${other} and cpu give the same loss and gradients (bf16 mode, --cuda_core_attention)`,
+    ignore,
+    fn() {
+      // Both round the same fp32 activations to bf16 matmul/attention operands, but their fp32
+      // sums differ in order, so an operand can round the other way and that flip spreads through
+      // the later layers: 1e-2 normwise per gradient tensor (2.4e-3 measured on emu; printed).
+      versusCpu(other, ["--cuda_core_attention"], 1e-2);
+    },
+  });
+
+  Deno.test({
+    name: `train_gpt2: ${other} with tensor-core attention (the default) matches cpu (bf16 mode)`,
+    ignore,
+    fn() {
+      // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core
+      // kernels also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3
+      // normwise per attention gradient), which adds to the bf16 operand flips of the test above
+      // and spreads through the layers. Measured on emu: <= 6e-3 for every matrix, 2.2e-2 for the
+      // blocks' lambdas (2 scalars, each a sum over the whole [B,T,C] activation with
+      // cancellation); the CUDA-core run above is 2.4e-3. Bound 5e-2 normwise per gradient
+      // tensor; a broken tensor-core kernel gives O(1).
+      versusCpu(other, [], 5e-2);
+    },
+  });
+}
 
 Deno.test("train_gpt2: a short cpu run on the Brown corpus lowers the val loss", () => {
   ensureBrown();

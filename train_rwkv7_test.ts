@@ -8,6 +8,7 @@ import {
   checkResume,
   compareBackends,
   ensureBrown,
+  KERNEL_BACKENDS,
   norm,
   runTrainer,
   valLosses,
@@ -48,20 +49,29 @@ for (
     ["bf16", ["--wind_cuda"], 5e-2, "mn_wkv7_wind_backward"],
   ] as const
 ) {
-  Deno.test(`train_rwkv7: emu and cpu give the same loss and gradients (${[precision, ...kernelFlags].join(", ")})`, () => {
-    // f32: only summation order differs (1e-4 normwise). bf16: a different fp32 sum can round a
-    // bf16 operand the other way, and those flips spread; 3e-2 normwise, measured below.
-    // the flag must select its kernel: count the calls of its backward entry point
-    compareBackends(trainer, [...TINY, ...kernelFlags], tol, {
-      precision,
-      instrument: (name, be) => {
-        let calls = 0;
-        const inner = be.k[wkvKernel];
-        be.k[wkvKernel] = (...args) => (calls++, inner(...args));
-        return () => assert.equal(calls, 2, `${name}: ${wkvKernel} calls (one per layer)`);
+  for (const { other, ignore } of KERNEL_BACKENDS) {
+    Deno.test({
+      name: `train_rwkv7: ${other} and cpu give the same loss and gradients (${
+        [precision, ...kernelFlags].join(", ")
+      })`,
+      ignore,
+      fn() {
+        // f32: only summation order differs (1e-4 normwise). bf16: a different fp32 sum can round
+        // a bf16 operand the other way, and those flips spread; 3e-2 normwise, measured on emu.
+        // The flag must select its kernel: count the calls of its backward entry point.
+        compareBackends(trainer, [...TINY, ...kernelFlags], tol, {
+          other,
+          precision,
+          instrument: (name, be) => {
+            let calls = 0;
+            const inner = be.k[wkvKernel];
+            be.k[wkvKernel] = (...args) => (calls++, inner(...args));
+            return () => assert.equal(calls, 2, `${name}: ${wkvKernel} calls (one per layer)`);
+          },
+        });
       },
     });
-  });
+  }
 }
 
 Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss", () => {

@@ -80,10 +80,12 @@ if [[ -z $gpu ]]; then
 fi
 ((dry)) && { row "stop" info "--dry-run: not running the GPU stages"; finish; }
 
-# ---- 3. every kernel: cuda vs cpu (the harness enables those tests when a GPU is visible; the
-# filter keeps the tests whose names carry "cuda": the cuda-vs-cpu checks and the ABI check)
-if timeout 240 deno test -A cuda/ --filter cuda > "$logs/kernel_tests.log" 2>&1; then st=ok; else st=FAIL; fi
-row "kernel tests cuda vs cpu" $st "$(grep -E 'passed \|' "$logs/kernel_tests.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
+# ---- 3. every kernel and every trainer's whole model: cuda vs cpu. The harness enables those
+# tests when a GPU is visible; the filter keeps the tests whose names have "cuda" as a word (the
+# cuda-vs-cpu kernel checks, the ABI check and the whole-model comparisons), not --fast_cuda & co.
+if timeout 300 deno test -A cuda/ train_gpt2_test.ts train_rwkv6_test.ts train_rwkv7_test.ts \
+  --filter '/(^|[ :(])cuda[ )]/' > "$logs/kernel_tests.log" 2>&1; then st=ok; else st=FAIL; fi
+row "cuda vs cpu tests" $st "$(grep -E 'passed \|' "$logs/kernel_tests.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
 
 # ---- 4. every trainer and kernel variant at the 124M config on the carried Brown shards
 # One run per (script, kernel flag); each is cut at $run_limit s, and the stage stops starting runs

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { Backend, type BackendName, type Tensor } from "../backend.ts";
 import { Graph, type Param } from "../autograd.ts";
 import { readSafetensors } from "../safetensors.ts";
+import { HAS_GPU } from "./harness.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
 export const BROWN = [
@@ -80,6 +81,13 @@ export interface TrainerModule<A extends TrainerArgs, S> {
     forward(g: Graph, idx: Tensor, targets: Tensor, lossScale: number): Tensor;
   };
 }
+
+/** Where the whole-model backend comparisons run: emu always; cuda with a GPU (otherwise the test
+ * is registered as ignored, so the summary counts it as a skipped GPU check). */
+export const KERNEL_BACKENDS: { other: BackendName; ignore: boolean }[] = [
+  { other: "emu", ignore: false },
+  { other: "cuda", ignore: !HAS_GPU },
+];
 
 /** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
 export function tinySetup<A extends TrainerArgs, S>(
