@@ -117,11 +117,6 @@ export function validate(a: Args, world: number) {
   const bad = (m: string) => {
     throw new ConfigError(m);
   };
-  if (a.wind_cuda) {
-    bad(
-      "--wind_cuda: the tensor-core WKV-7 kernel has not landed yet; use --fast_cuda (backstepping) or no flag (reference wkv7g)",
-    );
-  }
   if (![16, 32, 64, 128].includes(a.headsz)) {
     bad(`--headsz ${a.headsz}: expected 16, 32, 64 or 128`);
   }
@@ -388,7 +383,8 @@ export class Model {
     const mkk = g.sigmoid(g.addRow(lora(xk, "mk_w1", "mk_w2"), P("time_misc_k")));
     k = g.mul(k, g.unary(g.mul(w, mkk), "EXP_MIN0")); // k * clamp(w*mk, max=0).exp()
 
-    const kernel = this.a.fast_cuda ? "fast" : "ref";
+    // --wind_cuda wins over --fast_cuda, as in the original
+    const kernel = this.a.wind_cuda ? "wind" : this.a.fast_cuda ? "fast" : "ref";
     let y = g.wkv7(r, w, k, v, g.unary(kk, "NEG"), g.mul(kk, aa), H, kernel);
     y = g.groupnorm(y, P("ln_x.weight"), P("ln_x.bias"), H, 64e-5);
     y = g.add(y, g.rwkv7Bonus(r, k, v, P("time_faaaa"), H));

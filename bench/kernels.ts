@@ -170,7 +170,31 @@ const cases: Case[] = [
       };
     },
   },
-  // [anchor] wind WKV-7 bench case goes here
+  {
+    name: `wkv7 (wind, tensor cores) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
+    run: (be, t) => {
+      const shp = [S.B, S.T, S.H, S.D];
+      const [r, w, k, v, a, b] = Array.from({ length: 6 }, () => t(shp, "bf16"));
+      const y = t(shp), sa = t(shp), s = t([S.B, S.H, S.T / 16, S.D, S.D]);
+      const g = Array.from({ length: 6 }, () => t(shp));
+      const ins = [r, w, k, v, a, b].map((x) => x.ptr);
+      return () => {
+        be.k.mn_wkv7_wind_forward(y.ptr, s.ptr, sa.ptr, ...ins, S.B, S.T, S.H, S.D, be.stream);
+        be.k.mn_wkv7_wind_backward(
+          ...g.map((x) => x.ptr),
+          y.ptr,
+          ...ins,
+          s.ptr,
+          sa.ptr,
+          S.B,
+          S.T,
+          S.H,
+          S.D,
+          be.stream,
+        );
+      };
+    },
+  },
   {
     name: `wkv6 chunked (--fla_cuda) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
     run: (be, t) => {

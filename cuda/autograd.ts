@@ -84,6 +84,8 @@ class Pool {
 }
 
 const OP = kernelsHeaderConstants();
+/** WKV-7 structure: "ref" = wkv7g, "fast" = backstepping, "wind" = tensor-core chunk-16. */
+export type Wkv7Kernel = "ref" | "fast" | "wind";
 export type UnaryOp = "TANH" | "SIGMOID" | "RWKV7_DECAY" | "EXP_MIN0" | "NEG";
 
 function sameShape(what: string, a: readonly number[], b: readonly number[]) {
@@ -690,9 +692,10 @@ export class Graph {
 
   /**
    * WKV-7 on [B,T,H*N] inputs (fp32 values cast to bf16 as the original's .bfloat16()).
-   * kernel: "fast" = backstepping (--fast_cuda), "ref" = wkv7g (default).
+   * kernel: "fast" = backstepping (--fast_cuda), "wind" = tensor-core chunk-16 (--wind_cuda; the
+   * same ABI and saved buffers as "fast"), "ref" = wkv7g (default).
    */
-  wkv7(r: Var, w: Var, k: Var, v: Var, a: Var, b: Var, H: number, kernel: "fast" | "ref"): Var {
+  wkv7(r: Var, w: Var, k: Var, v: Var, a: Var, b: Var, H: number, kernel: Wkv7Kernel): Var {
     const [B, T, C] = r.shape;
     const N = C / H;
     for (const x of [w, k, v, a, b]) sameShape("wkv7", r.shape, x.shape);
@@ -701,16 +704,20 @@ export class Graph {
     const ins = [r, w, k, v, a, b].map((x) => (f32 ? x.t : this.bf16Of(x)));
     const y = this.out(r.shape, "wkv7");
     const sCk = this.out([B, H, T / 16, N, N], "wkv7.s");
-    const sa = kernel === "fast" ? this.out([B, T, H, N], "wkv7.sa") : null;
+    const sa = kernel !== "ref" ? this.out([B, T, H, N], "wkv7.sa") : null;
     const p = ins.map((t) => t.ptr);
     if (kernel === "fast") {
       this.k.mn_wkv7_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
+    } else if (kernel === "wind") {
+      this.k.mn_wkv7_wind_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
     } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     return this.node(y, [r, w, k, v, a, b], (out) => {
       const g = [r, w, k, v, a, b].map((x) => this.grad(x));
       if (kernel === "fast") {
         this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
+      } else if (kernel === "wind") {
+        this.k.mn_wkv7_wind_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
       } else {
         const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
         if (f32) {

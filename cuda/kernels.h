@@ -282,7 +282,28 @@ MN_API int mn_mma_selftest(float* D, mn_bf16* A, mn_bf16* B, float* C, int M, in
  * (written), the tile row / column of the element each half of each register received. */
 MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* stream);
 
-/* ---- [anchor] WKV-7 wind: tensor-core chunk-16 WKV-7 (wkv7_wind.cu) goes here ---- */
+/* ---- WKV-7 wind (wkv7_wind.cu): tensor-core chunk-16 WKV-7 (the original's --wind_cuda) --------
+ * Exactly the semantics, shapes and saved buffers of mn_wkv7_forward / mn_wkv7_backward above:
+ * r, w, k, v, a, b [B,T,H,N] bf16; y [B,T,H,N] fp32 (written); s_ckpt [B,H,T/16,N,N] fp32 (written,
+ * s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j]); sa [B,T,H,N] fp32 (written, sa_t = S_{t-1} a_t);
+ * dr, dw, dk, dv, da, db [B,T,H,N] fp32 ACCUMULATED (+=); dy [B,T,H,N] fp32. No workspace.
+ * T % 16 == 0; N in {16, 32, 64, 128}. Each 16-step chunk is solved in closed form: 16x16 and
+ * 16xN products as bf16 mma.sync with fp32 accumulation (operands, including the state, rounded
+ * to bf16: normwise relative error ~5e-3 against the exact recurrence, up to ~3e-2 for dw with
+ * decays much faster than the model's), a 16x16 triangular solve,
+ * state and element-wise math in fp32; within a chunk the cumulative decays are centred, which
+ * needs sum_t exp(w_t) over a chunk below ~170 (d > 2.4e-5 on average; the model's d > 0.545).
+ * Backward reads S0 of each chunk from s_ckpt and sa_t from sa (no recurrence inversion, so no
+ * 1/d error growth). Dynamic shared memory: forward 39 KiB (N=64) / 88 KiB (N=128); backward
+ * 65 KiB (N=64) / 154 KiB (N=128, fits sm_80 and sm_90). The cpu backend is the double-precision
+ * reference of mn_wkv7_* (it fills s_ckpt and sa identically). */
+MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
+                                mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
+                                int H, int N, void* stream);
+MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+                                 float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
+                                 mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
+                                 int H, int N, void* stream);
 
 /* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
  * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,
