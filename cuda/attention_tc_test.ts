@@ -20,6 +20,7 @@ import assert from "node:assert/strict";
 import { f32ToBf16 } from "./backend.ts";
 import {
   checkAttentionAccumulates,
+  checkAttentionArguments,
   compareVsCpu,
   GRADS,
   type Kind,
@@ -32,14 +33,15 @@ import {
 import {
   backend,
   compare,
-  CUDA_RUNS,
   fmtErrors,
+  forShapesAndKinds,
   relErr,
   Rng,
   SEED,
+  type ShapeCase,
+  testAccumulates,
   testTargets,
   VARIANT,
-  withTensors,
 } from "./test/harness.ts";
 
 // ---- a) emu (and cuda) vs cpu ---------------------------------------------------------------------
@@ -75,27 +77,20 @@ const REL_TC = { out: 5e-3, lse: 1e-5, grad: 1.5e-2 };
 testTargets((tname) => `attention_tc forward+backward: ${tname} vs cpu`, (ref, be, tname, tgt) => {
   const worst: Record<string, number> = {};
   const shapes = tgt.name === "cuda" ? [...SHAPES, ...GPU_SHAPES] : SHAPES;
-  shapes.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 10 * si + ki);
-      const x = makeInputs(rng, s, kind);
-      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-      const want = runAttention(ref, s, x, init, "tc");
-      const got = runAttention(be, s, x, init, "tc");
-      compareVsCpu("attention_tc", tname, s, kind, want, got, init, REL_TC, worst);
-    });
+  forShapesAndKinds(shapes, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runAttention(ref, s, x, init, "tc");
+    const got = runAttention(be, s, x, init, "tc");
+    compareVsCpu("attention_tc", tname, s, kind, want, got, init, REL_TC, worst);
   });
   console.log(`attention_tc ${tname} vs cpu, worst normwise error:`, fmtErrors(worst));
 });
 
 // ---- b) accumulation and determinism ----------------------------------------------------------
-for (const name of ["emu", "cuda"] as const) {
-  Deno.test({
-    name: `attention_tc: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: VARIANT !== "" || (name === "cuda" && !CUDA_RUNS),
-    fn: () => checkAttentionAccumulates(backend(name), name, "tc"),
-  });
-}
+testAccumulates("attention_tc", ["emu", "cuda"], (name) => {
+  checkAttentionAccumulates(backend(name), name, "tc");
+}, VARIANT !== "");
 
 // ---- c) causality ---------------------------------------------------------------------------------
 // Changing key/value j0 must leave every earlier query's out and lse bit-identical (masked keys
@@ -142,40 +137,15 @@ Deno.test({
 Deno.test("attention_tc: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const n = 2 * 16 * 2 * 128;
-    withTensors(be, {}, {
-      f: { shape: [n] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const f = t.f.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size D = 256 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
-        [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
-      ];
-      for (const [B, T, H, D, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} D=${D}`;
-        assert.throws(
-          () => be.k.mn_attention_tc_forward(f, f, i, i, i, B, T, H, D, null),
-          new RegExp("attention_tc_forward: .*" + re.source),
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null),
-          new RegExp("attention_tc_backward: .*" + re.source),
-          where,
-        );
-      }
-      assert.throws(
-        () => be.k.mn_attention_tc_forward(f, null, i, i, i, 1, 16, 1, 16, null),
-        /attention_tc_forward: NULL tensor argument/,
-      );
-      assert.throws(
-        () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
-        /attention_tc_backward: NULL tensor argument/,
-      );
+    const cases: ShapeCase[] = [
+      [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
+      [1, 16, 1, 256, /head size D = 256 is not supported/],
+      [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
+      [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
+      [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
+    ];
+    const named = (entry: string, re: RegExp) => new RegExp(`${entry}: .*` + re.source);
+    checkAttentionArguments(be, name, "tc", cases, named, (f, i) => {
       const odd = Deno.UnsafePointer.offset(i as Deno.PointerObject, 2); // 2-byte aligned
       assert.throws(
         () => be.k.mn_attention_tc_forward(f, f, odd, i, i, 1, 16, 1, 16, null),

@@ -12,6 +12,7 @@ import type { Backend } from "./backend.ts";
 import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   checkAttentionAccumulates,
+  checkAttentionArguments,
   compareVsCpu,
   GRADS,
   type Inputs,
@@ -27,13 +28,14 @@ import {
   backend,
   compare,
   compareRel,
-  CUDA_RUNS,
   f64,
   fmtErrors,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
+  testAccumulates,
   testTargets,
   VARIANT,
   withTensors,
@@ -119,15 +121,12 @@ const REL = { out: 1e-5, lse: 5e-6, grad: 2e-5 };
 
 testTargets((tname) => `attention forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
-  SHAPES.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 10 * si + ki);
-      const x = makeInputs(rng, s, kind);
-      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-      const want = runAttention(ref, s, x, init);
-      const got = runAttention(be, s, x, init);
-      compareVsCpu("attention", tname, s, kind, want, got, init, REL, worst);
-    });
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runAttention(ref, s, x, init);
+    const got = runAttention(be, s, x, init);
+    compareVsCpu("attention", tname, s, kind, want, got, init, REL, worst);
   });
   console.log(`attention ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
 });
@@ -218,13 +217,9 @@ Deno.test("attention: backward (cpu, emu) vs float64 finite differences", () => 
 });
 
 // ---- d) accumulation, determinism, causality, arguments ----------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `attention: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !CUDA_RUNS,
-    fn: () => checkAttentionAccumulates(backend(name, name === "emu" ? VARIANT : ""), name, "cc"),
-  });
-}
+testAccumulates("attention", ["cpu", "emu", "cuda"], (name) => {
+  checkAttentionAccumulates(backend(name, name === "emu" ? VARIANT : ""), name, "cc");
+});
 
 // Changing key/value j0 must leave every earlier query's out and lse bit-identical (masked keys
 // contribute exactly 0) and change query j0's; changing q and dout of query t0 must leave dq of
@@ -287,44 +282,15 @@ Deno.test("attention: causal masking (cpu, emu)", () => {
 
 Deno.test("attention: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    const n = 2 * 16 * 2 * 128;
-    withTensors(be, {}, {
-      f: { shape: [n] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const f = t.f.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size D = 256 is not supported/],
-        [1, 16, 1, 0, /head size D = 0 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
-        [1, 16, -1, 64, /H = -1 must all be > 0/],
-        [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
-      ];
-      for (const [B, T, H, D, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} D=${D}`;
-        assert.throws(
-          () => be.k.mn_attention_forward(f, f, i, i, i, B, T, H, D, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_attention_backward(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null),
-          re,
-          where,
-        );
-      }
-      assert.throws(
-        () => be.k.mn_attention_forward(f, null, i, i, i, 1, 16, 1, 16, null),
-        /attention_forward: NULL tensor argument/,
-      );
-      assert.throws(
-        () => be.k.mn_attention_backward(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
-        /attention_backward: NULL tensor argument/,
-      );
-    });
+    checkAttentionArguments(backend(name), name, "cc", [
+      [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
+      [1, 16, 1, 256, /head size D = 256 is not supported/],
+      [1, 16, 1, 0, /head size D = 0 is not supported/],
+      [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
+      [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
+      [1, 16, -1, 64, /H = -1 must all be > 0/],
+      [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
+    ]);
   }
 });
 

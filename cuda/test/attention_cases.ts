@@ -1,10 +1,12 @@
 // Shared by cuda/attention_test.ts (CUDA-core kernels) and cuda/attention_tc_test.ts (tensor
 // cores): shapes, inputs, a forward+backward runner for every attention entry point, and the
 // checks both files make the same way. No Deno.test here (test files must not import each other).
+import assert from "node:assert/strict";
 import type { Backend } from "../backend.ts";
 import { f32ToBf16 } from "../backend.ts";
 import {
   checkAccumulates,
+  checkShapeErrors,
   compare,
   compareRel,
   maxAbs,
@@ -13,6 +15,7 @@ import {
   relErr,
   Rng,
   SEED,
+  type ShapeCase,
   withTensors,
 } from "./harness.ts";
 
@@ -155,4 +158,45 @@ export function checkAttentionAccumulates(be: Backend, name: string, impl: Impl)
   const init = GRADS.map(() => rng.normal(numel(s)));
   const run = (g: Float32Array[]) => runAttention(be, s, x, g, impl);
   checkAccumulates(name, run, GRADS, zero, init, ["out", "lse"]);
+}
+
+/**
+ * The argument checks of mn_attention_* ("cc") or mn_attention_tc_* ("tc") on `be`: each shape
+ * case makes forward and backward throw (error matching `match(entry, re)`), a NULL lse / ws is
+ * named; then `more(f, i)` with an fp32 and a bf16 buffer of 2*16*2*128 elements.
+ */
+export function checkAttentionArguments(
+  be: Backend,
+  name: string,
+  impl: "cc" | "tc",
+  cases: ShapeCase[],
+  match?: (entry: string, re: RegExp) => RegExp,
+  more?: (f: Deno.PointerValue, i: Deno.PointerValue) => void,
+) {
+  const n = 2 * 16 * 2 * 128;
+  const [fwdName, bwdName] = impl === "tc"
+    ? ["attention_tc_forward", "attention_tc_backward"]
+    : ["attention_forward", "attention_backward"];
+  const [fwd, bwd] = impl === "tc"
+    ? [be.k.mn_attention_tc_forward, be.k.mn_attention_tc_backward]
+    : [be.k.mn_attention_forward, be.k.mn_attention_backward];
+  withTensors(be, {}, {
+    f: { shape: [n] },
+    i: { shape: [n], dtype: "bf16" },
+  }, (t) => {
+    const f = t.f.ptr, i = t.i.ptr;
+    checkShapeErrors(name, "D", cases, [
+      [fwdName, (B, T, H, D) => fwd(f, f, i, i, i, B, T, H, D, null)],
+      [bwdName, (B, T, H, D) => bwd(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null)],
+    ], match);
+    assert.throws(
+      () => fwd(f, null, i, i, i, 1, 16, 1, 16, null),
+      new RegExp(`${fwdName}: NULL tensor argument`),
+    );
+    assert.throws(
+      () => bwd(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
+      new RegExp(`${bwdName}: NULL tensor argument`),
+    );
+    more?.(f, i);
+  });
 }

@@ -323,3 +323,62 @@ export function checkAccumulates(
     assert.ok(maxAbs(g0[g]) > 0, `${what} ${g} is all zero`);
   });
 }
+
+/** Registers `<kernel>: backward accumulates (+=) and is deterministic (<backend>)` per backend
+ * in `names` (cuda ignored without a GPU; all ignored when `ignore`); `fn` gets the name. */
+export function testAccumulates(
+  kernel: string,
+  names: readonly ("cpu" | "emu" | "cuda")[],
+  fn: (name: "cpu" | "emu" | "cuda") => void,
+  ignore = false,
+) {
+  for (const name of names) {
+    Deno.test({
+      name: `${kernel}: backward accumulates (+=) and is deterministic (${name})`,
+      ignore: ignore || (name === "cuda" && !CUDA_RUNS),
+      fn: () => fn(name),
+    });
+  }
+}
+
+/**
+ * Runs `fn` for every shape and kind with its own Rng(SEED + seedBase + 10 * shape index + kind
+ * index), the same on every backend: the sweep of the kernels' emu/cuda-vs-cpu tests.
+ */
+export function forShapesAndKinds<S, K>(
+  shapes: readonly S[],
+  kinds: readonly K[],
+  fn: (s: S, kind: K, rng: Rng) => void,
+  seedBase = 0,
+) {
+  shapes.forEach((s, si) =>
+    kinds.forEach((kind, ki) => fn(s, kind, new Rng(SEED + seedBase + 10 * si + ki)))
+  );
+}
+
+/** [B, T, H, head size, what the error message must match] */
+export type ShapeCase = [number, number, number, number, RegExp];
+
+/**
+ * Bad-shape checks: for each case every entry point in `calls` (name, call with B, T, H and the
+ * head size) must throw, its error matching `match(name, re)` (by default just `re`). Assertion
+ * messages "<backend> B=.. T=.. H=.. <dim>=..".
+ */
+export function checkShapeErrors(
+  backendName: string,
+  dim: string,
+  cases: readonly ShapeCase[],
+  calls: [string, (B: number, T: number, H: number, X: number) => unknown][],
+  match: (entry: string, re: RegExp) => RegExp | ((e: unknown) => boolean) = (_, re) => re,
+) {
+  for (const [B, T, H, X, re] of cases) {
+    const where = `${backendName} B=${B} T=${T} H=${H} ${dim}=${X}`;
+    for (const [entry, call] of calls) {
+      assert.throws(() => call(B, T, H, X), match(entry, re), where);
+    }
+  }
+}
+
+/** An error whose message names the entry point ("<entry>: ") and matches `re`. */
+export const errorFrom = (entry: string, re: RegExp) => (e: unknown) =>
+  e instanceof Error && e.message.includes(`${entry}: `) && re.test(e.message);
