@@ -13,11 +13,15 @@ import type { Backend } from "./backend.ts";
 import {
   backend,
   checkAccumulates,
-  CUDA_RUNS,
+  checkShapeErrors,
+  errorFrom,
   fmtErrors,
+  forShapesAndKinds,
   relErr,
   Rng,
   SEED,
+  type ShapeCase,
+  testAccumulates,
   testTargets,
   VARIANT,
   withTensors,
@@ -67,18 +71,15 @@ const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random", "extreme"];
 const REL = { main: 5e-6, dw: 5e-6, dwExtreme: 5e-5 };
 testTargets((tname) => `wkv6_chunked forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
-  SHAPES.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 10 * si + ki);
-      const x = makeInputs(rng, s, kind);
-      const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
-      const want = runChunked(ref, s, x, init);
-      const got = runChunked(be, s, x, init);
-      const rel = (key: string) =>
-        key !== "dw" ? REL.main : kind === "extreme" ? REL.dwExtreme : REL.dw;
-      const tag = (key: string) => `${key} ${kind}`;
-      compareVsCpu("wkv6_chunked", tname, s, kind, want, got, GRADS, init, rel, worst, tag);
-    });
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
+    const want = runChunked(ref, s, x, init);
+    const got = runChunked(be, s, x, init);
+    const rel = (key: string) =>
+      key !== "dw" ? REL.main : kind === "extreme" ? REL.dwExtreme : REL.dw;
+    const tag = (key: string) => `${key} ${kind}`;
+    compareVsCpu("wkv6_chunked", tname, s, kind, want, got, GRADS, init, rel, worst, tag);
   });
   console.log(`wkv6_chunked ${tname} vs cpu, worst normwise error:`, fmtErrors(worst));
 });
@@ -108,21 +109,15 @@ Deno.test("wkv6_chunked: T=512 N=64 vs the double reference (emu)", () => {
 });
 
 // ---- c) accumulation, determinism, argument checks -----------------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv6_chunked: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !CUDA_RUNS,
-    fn() {
-      const be = backend(name);
-      const s: Shape = { B: 3, T: 37, H: 2, N: 16 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s, "model");
-      const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
-      const run = (g: Float32Array[]) => runChunked(be, s, x, g);
-      checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt"]);
-    },
-  });
-}
+testAccumulates("wkv6_chunked", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  const s: Shape = { B: 3, T: 37, H: 2, N: 16 };
+  const rng = new Rng(SEED + 300);
+  const x = makeInputs(rng, s, "model");
+  const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
+  const run = (g: Float32Array[]) => runChunked(be, s, x, g);
+  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt"]);
+});
 
 Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give clear errors", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -142,55 +137,31 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
       i: { shape: [n], dtype: "bf16" },
     }, (t) => {
       const y = t.y.ptr, g = t.g.ptr, ws = t.ws.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
+      const cases: ShapeCase[] = [
         [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
         [1, 16, 1, 0, /head size N = 0 is not supported/],
         [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
         [1, 0, 1, 64, /B = 1, T = 0, H = 1 must all be > 0/],
         [65536, 1, 1, 16, /B = 65536, H = 1 exceed the grid limit 65535/],
       ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        const says = (fn: string) => (e: unknown) =>
-          e instanceof Error && e.message.includes(`${fn}: `) && re.test(e.message);
-        assert.throws(
-          () => be.k.mn_wkv6_chunked_forward(y, g, i, i, i, i, g, B, T, H, N, null),
-          says("wkv6_chunked_forward"),
-          where,
-        );
-        assert.throws(
-          () =>
+      checkShapeErrors(name, "N", cases, [
+        [
+          "wkv6_chunked_forward",
+          (B, T, H, N) => be.k.mn_wkv6_chunked_forward(y, g, i, i, i, i, g, B, T, H, N, null),
+        ],
+        [
+          "wkv6_chunked_backward",
+          (B, T, H, N) =>
             be.k.mn_wkv6_chunked_backward(g, g, g, g, g, g, i, i, i, i, g, g, ws, B, T, H, N, null),
-          says("wkv6_chunked_backward"),
-          where,
-        );
-      }
+        ],
+      ], errorFrom);
       assert.throws(
         () => be.k.mn_wkv6_chunked_forward(y, null, i, i, i, i, g, 1, 16, 1, 16, null),
         /wkv6_chunked_forward: NULL/,
       );
+      const g6 = [g, g, g, g, g, g] as const, i4 = [i, i, i, i] as const;
       assert.throws(
-        () =>
-          be.k.mn_wkv6_chunked_backward(
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            i,
-            i,
-            i,
-            i,
-            g,
-            g,
-            null,
-            1,
-            16,
-            1,
-            16,
-            null,
-          ),
+        () => be.k.mn_wkv6_chunked_backward(...g6, ...i4, g, g, null, 1, 16, 1, 16, null),
         /wkv6_chunked_backward: NULL/,
       );
     });

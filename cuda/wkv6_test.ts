@@ -15,14 +15,18 @@ import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   checkAccumulates,
+  checkShapeErrors,
   compare,
   compareRel,
-  CUDA_RUNS,
+  errorFrom,
   fmtErrors,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
+  type ShapeCase,
+  testAccumulates,
   testTargets,
   VARIANT,
   withTensors,
@@ -219,18 +223,15 @@ const REL = { fwd: 5e-6, bwd: 5e-6, dw: 5e-5 };
 
 testTargets((tname) => `wkv6 forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
-  SHAPES.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 10 * si + ki);
-      const x = makeInputs(rng, s, kind);
-      const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
-      const want = runWkv6(ref, "wkv6", s, x, init);
-      const got = runWkv6(be, "wkv6", s, x, init);
-      const rel = (key: string) =>
-        key === "dw" ? REL.dw : (GRADS as readonly string[]).includes(key) ? REL.bwd : REL.fwd;
-      const tag = (key: string) => `${key} ${kind}`;
-      compareVsCpu("wkv6", tname, s, kind, want, got, GRADS, init, rel, worst, tag);
-    });
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
+    const want = runWkv6(ref, "wkv6", s, x, init);
+    const got = runWkv6(be, "wkv6", s, x, init);
+    const rel = (key: string) =>
+      key === "dw" ? REL.dw : (GRADS as readonly string[]).includes(key) ? REL.bwd : REL.fwd;
+    const tag = (key: string) => `${key} ${kind}`;
+    compareVsCpu("wkv6", tname, s, kind, want, got, GRADS, init, rel, worst, tag);
   });
   console.log(`wkv6 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
 });
@@ -296,21 +297,15 @@ Deno.test("wkv6: T=512 N=64 precision vs float64 (emu, cpu)", () => {
 });
 
 // ---- d) accumulation and argument checks ------------------------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv6: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !CUDA_RUNS,
-    fn() {
-      const be = backend(name);
-      const s: Shape = { B: 3, T: 21, H: 2, N: 16 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s, "model");
-      const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
-      const run = (g: Float32Array[]) => runWkv6(be, "wkv6", s, x, g);
-      checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y"]);
-    },
-  });
-}
+testAccumulates("wkv6", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  const s: Shape = { B: 3, T: 21, H: 2, N: 16 };
+  const rng = new Rng(SEED + 300);
+  const x = makeInputs(rng, s, "model");
+  const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
+  const run = (g: Float32Array[]) => runWkv6(be, "wkv6", s, x, g);
+  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y"]);
+});
 
 Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -323,7 +318,7 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
       i: { shape: [n], dtype: "bf16" },
     }, (t) => {
       const y = t.y.ptr, g = t.g.ptr, ws = t.ws.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
+      const cases: ShapeCase[] = [
         [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
         [1, 16, 1, 256, /head size N = 256 is not supported/],
         [1, 16, 1, 0, /head size N = 0 is not supported/],
@@ -332,22 +327,15 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
         [1, 16, -1, 64, /must all be > 0/],
         [65536, 1, 1, 16, /B = 65536 exceeds the grid limit 65535/],
       ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        // the message names the entry point and says what is wrong
-        const says = (fn: string) => (e: unknown) =>
-          e instanceof Error && e.message.includes(`${fn}: `) && re.test(e.message);
-        assert.throws(
-          () => be.k.mn_wkv6_forward(y, i, i, i, i, g, B, T, H, N, null),
-          says("wkv6_forward"),
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, null),
-          says("wkv6_backward"),
-          where,
-        );
-      }
+      // the message names the entry point and says what is wrong
+      checkShapeErrors(name, "N", cases, [
+        ["wkv6_forward", (B, T, H, N) => be.k.mn_wkv6_forward(y, i, i, i, i, g, B, T, H, N, null)],
+        [
+          "wkv6_backward",
+          (B, T, H, N) =>
+            be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, null),
+        ],
+      ], errorFrom);
       assert.throws(
         () => be.k.mn_wkv6_forward(y, i, i, i, i, null, 1, 16, 1, 16, null),
         /wkv6_forward: NULL/,

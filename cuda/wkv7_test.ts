@@ -14,19 +14,22 @@ import { bf16ToF32 } from "./backend.ts";
 import {
   backend,
   checkAccumulates,
+  checkShapeErrors,
   compareRel,
-  CUDA_RUNS,
   fmtErrors,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
+  testAccumulates,
   testTargets,
   VARIANT,
   withTensors,
 } from "./test/harness.ts";
 import { compareVsCpu, numel, type Shape } from "./test/wkv_cases.ts";
 import {
+  BAD_SHAPES,
   CHUNK,
   GRADS,
   type InputName,
@@ -191,18 +194,15 @@ const W_RANGE: Record<Structure, [number, number]> = { wkv7: [-2.5, -0.5], wkv7g
 for (const st of ["wkv7", "wkv7g"] as Structure[]) {
   testTargets((tname) => `${st} forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
     const worst: Record<string, number> = {};
-    SHAPES.forEach((s, si) => {
-      KINDS.forEach((kind, ki) => {
-        const rng = new Rng(SEED + 10 * si + ki);
-        const x = makeInputs(rng, s, kind, W_RANGE[st]);
-        const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-        const want = runWkv(ref, st, s, x, init);
-        const got = runWkv(be, st, s, x, init);
-        // the grads started from `init`: compare what the call added, and the sums
-        const rel = (key: string) =>
-          (GRADS as readonly string[]).includes(key) ? REL[st].bwd : REL[st].fwd;
-        compareVsCpu(st, tname, s, kind, want, got, GRADS, init, rel, worst);
-      });
+    forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+      const x = makeInputs(rng, s, kind, W_RANGE[st]);
+      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+      const want = runWkv(ref, st, s, x, init);
+      const got = runWkv(be, st, s, x, init);
+      // the grads started from `init`: compare what the call added, and the sums
+      const rel = (key: string) =>
+        (GRADS as readonly string[]).includes(key) ? REL[st].bwd : REL[st].fwd;
+      compareVsCpu(st, tname, s, kind, want, got, GRADS, init, rel, worst);
     });
     console.log(`${st} ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
   });
@@ -287,18 +287,15 @@ Deno.test("wkv7: T=1024 N=64 precision of both structures vs float64 (emu, cpu)"
 const F32_SHAPES: Shape[] = [SHAPES[0], SHAPES[1]];
 testTargets((tname) => `wkv7g_f32 forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
-  F32_SHAPES.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 500 + 10 * si + ki);
-      const x = makeInputsF32(rng, s, kind, W_RANGE.wkv7g);
-      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-      const want = runWkvF32(ref, s, x, init);
-      const got = runWkvF32(be, s, x, init);
-      const rel = (key: string) =>
-        (GRADS as readonly string[]).includes(key) ? REL.wkv7g.bwd : REL.wkv7g.fwd;
-      compareVsCpu("wkv7g_f32", tname, s, kind, want, got, GRADS, init, rel, worst);
-    });
-  });
+  forShapesAndKinds(F32_SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputsF32(rng, s, kind, W_RANGE.wkv7g);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runWkvF32(ref, s, x, init);
+    const got = runWkvF32(be, s, x, init);
+    const rel = (key: string) =>
+      (GRADS as readonly string[]).includes(key) ? REL.wkv7g.bwd : REL.wkv7g.fwd;
+    compareVsCpu("wkv7g_f32", tname, s, kind, want, got, GRADS, init, rel, worst);
+  }, 500);
   console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
 });
 
@@ -331,27 +328,21 @@ Deno.test("wkv7g_f32: cpu vs float64 recurrence and finite differences (exact fp
 });
 
 // ---- d) accumulation and argument checks ------------------------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv7: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !CUDA_RUNS,
-    fn() {
-      const be = backend(name);
-      // N=16: one thread per row; N=128: rows split over 4 lanes, sums across lanes by shuffles
-      // (a fixed butterfly order: the same bits run after run).
-      const shapes: Shape[] = [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 16, H: 1, N: 128 }];
-      for (const s of shapes) {
-        for (const st of ["wkv7", "wkv7g"] as Structure[]) {
-          const rng = new Rng(SEED + 300);
-          const x = makeInputs(rng, s, "model");
-          const init = GRADS.map(() => rng.normal(numel(s)));
-          const run = (g: Float32Array[]) => runWkv(be, st, s, x, g);
-          checkAccumulates(`${name} ${st}`, run, GRADS, zeroGrads(s), init);
-        }
-      }
-    },
-  });
-}
+testAccumulates("wkv7", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  // N=16: one thread per row; N=128: rows split over 4 lanes, sums across lanes by shuffles
+  // (a fixed butterfly order: the same bits run after run).
+  const shapes: Shape[] = [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 16, H: 1, N: 128 }];
+  for (const s of shapes) {
+    for (const st of ["wkv7", "wkv7g"] as Structure[]) {
+      const rng = new Rng(SEED + 300);
+      const x = makeInputs(rng, s, "model");
+      const init = GRADS.map(() => rng.normal(numel(s)));
+      const run = (g: Float32Array[]) => runWkv(be, st, s, x, g);
+      checkAccumulates(`${name} ${st}`, run, GRADS, zeroGrads(s), init);
+    }
+  }
+});
 
 Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -366,38 +357,19 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
       i: { shape: [n], dtype: "bf16" },
     }, (t) => {
       const y = t.y.ptr, ck = t.ck.ptr, sa = t.sa.ptr, g = t.g.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 24, 1, 64, /T = 24 is not a multiple of the chunk length 16/],
-        [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size N = 256 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 16, 0, 64, /must all be > 0/],
-      ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        assert.throws(
-          () => be.k.mn_wkv7_forward(y, ck, sa, i, i, i, i, i, i, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_wkv7g_forward(y, ck, i, i, i, i, i, i, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () =>
-            be.k.mn_wkv7_backward(g, g, g, g, g, g, g, i, i, i, i, i, i, ck, sa, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () =>
-            be.k.mn_wkv7g_backward(g, g, g, g, g, g, g, i, i, i, i, i, i, ck, sa, B, T, H, N, null),
-          re,
-          where,
-        );
-      }
+      const i6 = [i, i, i, i, i, i] as const, g7 = [g, g, g, g, g, g, g] as const;
+      checkShapeErrors(name, "N", BAD_SHAPES, [
+        ["wkv7_forward", (B, T, H, N) => be.k.mn_wkv7_forward(y, ck, sa, ...i6, B, T, H, N, null)],
+        ["wkv7g_forward", (B, T, H, N) => be.k.mn_wkv7g_forward(y, ck, ...i6, B, T, H, N, null)],
+        [
+          "wkv7_backward",
+          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+        ],
+        [
+          "wkv7g_backward",
+          (B, T, H, N) => be.k.mn_wkv7g_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+        ],
+      ]);
       assert.throws(
         () => be.k.mn_wkv7_forward(y, ck, null, i, i, i, i, i, i, 1, 16, 1, 16, null),
         /NULL/,
@@ -412,55 +384,12 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
         /wkv7g_forward_f32: NULL/,
       );
       assert.throws(
-        () =>
-          be.k.mn_wkv7g_backward_f32(
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            ck,
-            sa,
-            1,
-            16,
-            1,
-            48,
-            null,
-          ),
+        // six gradients, dy and the six fp32 inputs
+        () => be.k.mn_wkv7g_backward_f32(...g7, ...g7.slice(1), ck, sa, 1, 16, 1, 48, null),
         /wkv7g_backward_f32: head size N = 48/,
       );
       assert.throws(
-        () =>
-          be.k.mn_wkv7g_backward(
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            i,
-            i,
-            i,
-            i,
-            i,
-            i,
-            ck,
-            null,
-            1,
-            16,
-            1,
-            16,
-            null,
-          ),
+        () => be.k.mn_wkv7g_backward(...g7, ...i6, ck, null, 1, 16, 1, 16, null),
         /NULL/,
       );
     });

@@ -16,18 +16,21 @@ import type { Backend } from "./backend.ts";
 import {
   backend,
   checkAccumulates,
+  checkShapeErrors,
   compareRel,
-  CUDA_RUNS,
   fmtErrors,
+  forShapesAndKinds,
   relErr,
   Rng,
   SEED,
+  testAccumulates,
   testTargets,
   VARIANT,
   withTensors,
 } from "./test/harness.ts";
 import { compareVsCpu, numel, type Shape } from "./test/wkv_cases.ts";
 import {
+  BAD_SHAPES,
   GRADS,
   type Inputs,
   type Kind,
@@ -72,17 +75,14 @@ const REL_DW_RANDOM = 6e-2;
 
 testTargets((tname) => `wkv7_wind forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
-  SHAPES.forEach((s, si) => {
-    KINDS.forEach((kind, ki) => {
-      const rng = new Rng(SEED + 10 * si + ki);
-      const x = makeInputs(rng, s, kind);
-      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-      const want = runWind(ref, s, x, init);
-      const got = runWind(be, s, x, init);
-      // the grads started from `init`: what the call added is compared
-      const rel = (key: string) => key === "dw" && kind === "random" ? REL_DW_RANDOM : REL;
-      compareVsCpu("wind", tname, s, kind, want, got, GRADS, init, rel, worst);
-    });
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runWind(ref, s, x, init);
+    const got = runWind(be, s, x, init);
+    // the grads started from `init`: what the call added is compared
+    const rel = (key: string) => key === "dw" && kind === "random" ? REL_DW_RANDOM : REL;
+    compareVsCpu("wind", tname, s, kind, want, got, GRADS, init, rel, worst);
   });
   console.log(`wkv7_wind ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
 });
@@ -147,21 +147,15 @@ Deno.test("wkv7_wind: a sign error or a misplaced fragment exceeds the bounds (c
 });
 
 // ---- d) accumulation, determinism and argument checks -----------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv7_wind: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !CUDA_RUNS,
-    fn() {
-      const be = backend(name);
-      const s: Shape = { B: 1, T: 32, H: 2, N: 16 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s, "model");
-      const init = GRADS.map(() => rng.normal(numel(s)));
-      const run = (g: Float32Array[]) => runWind(be, s, x, g);
-      checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt", "sa"]);
-    },
-  });
-}
+testAccumulates("wkv7_wind", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  const s: Shape = { B: 1, T: 32, H: 2, N: 16 };
+  const rng = new Rng(SEED + 300);
+  const x = makeInputs(rng, s, "model");
+  const init = GRADS.map(() => rng.normal(numel(s)));
+  const run = (g: Float32Array[]) => runWind(be, s, x, g);
+  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt", "sa"]);
+});
 
 Deno.test("wkv7_wind: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -172,76 +166,24 @@ Deno.test("wkv7_wind: bad arguments give clear errors (cpu, emu)", () => {
       i: { shape: [n], dtype: "bf16" },
     }, (t) => {
       const f = t.f.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 24, 1, 64, /T = 24 is not a multiple of the chunk length 16/],
-        [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size N = 256 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 16, 0, 64, /must all be > 0/],
-      ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        assert.throws(
-          () => be.k.mn_wkv7_wind_forward(f, f, f, i, i, i, i, i, i, B, T, H, N, null),
-          new RegExp("wkv7_wind_forward: .*" + re.source),
-          where,
-        );
-        assert.throws(
-          () =>
-            be.k.mn_wkv7_wind_backward(
-              f,
-              f,
-              f,
-              f,
-              f,
-              f,
-              f,
-              i,
-              i,
-              i,
-              i,
-              i,
-              i,
-              f,
-              f,
-              B,
-              T,
-              H,
-              N,
-              null,
-            ),
-          new RegExp("wkv7_wind_backward: .*" + re.source),
-          where,
-        );
-      }
+      const i6 = [i, i, i, i, i, i] as const, f7 = [f, f, f, f, f, f, f] as const;
+      const named = (entry: string, re: RegExp) => new RegExp(`${entry}: .*` + re.source);
+      checkShapeErrors(name, "N", BAD_SHAPES, [
+        [
+          "wkv7_wind_forward",
+          (B, T, H, N) => be.k.mn_wkv7_wind_forward(f, f, f, ...i6, B, T, H, N, null),
+        ],
+        [
+          "wkv7_wind_backward",
+          (B, T, H, N) => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, f, B, T, H, N, null),
+        ],
+      ], named);
       assert.throws(
         () => be.k.mn_wkv7_wind_forward(f, f, null, i, i, i, i, i, i, 1, 16, 1, 16, null),
         /wkv7_wind_forward: NULL tensor argument/,
       );
       assert.throws(
-        () =>
-          be.k.mn_wkv7_wind_backward(
-            f,
-            f,
-            f,
-            f,
-            f,
-            f,
-            f,
-            i,
-            i,
-            i,
-            i,
-            i,
-            i,
-            f,
-            null,
-            1,
-            16,
-            1,
-            16,
-            null,
-          ),
+        () => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, null, 1, 16, 1, 16, null),
         /wkv7_wind_backward: NULL tensor argument/,
       );
     });

@@ -3,7 +3,7 @@
 // forward+backward runner for every entry point. No Deno.test here.
 import type { Backend, Dtype, HostArray } from "../backend.ts";
 import { f32ToBf16 } from "../backend.ts";
-import type { Rng } from "./harness.ts";
+import type { Rng, ShapeCase } from "./harness.ts";
 import { withTensors } from "./harness.ts";
 import { numel, type Shape } from "./wkv_cases.ts";
 
@@ -135,3 +135,12 @@ export function runWkv7(
   delete out.scratch;
   return out;
 }
+
+/** Shapes every WKV-7 entry point rejects, with what its error message says. */
+export const BAD_SHAPES: ShapeCase[] = [
+  [1, 24, 1, 64, /T = 24 is not a multiple of the chunk length 16/],
+  [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
+  [1, 16, 1, 256, /head size N = 256 is not supported/],
+  [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
+  [1, 16, 0, 64, /must all be > 0/],
+];
