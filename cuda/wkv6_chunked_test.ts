@@ -24,7 +24,6 @@ import {
   testAccumulates,
   testTargets,
   VARIANT,
-  withTensors,
 } from "./test/harness.ts";
 import { compareVsCpu, type Shape } from "./test/wkv_cases.ts";
 import {
@@ -35,6 +34,7 @@ import {
   type Kind,
   makeInputs as makeWkv6Inputs,
   runWkv6,
+  withArgBuffers,
   zeroGrads,
 } from "./test/wkv6_cases.ts";
 
@@ -129,14 +129,7 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
         ws: s.B * s.H * NC * s.N * (s.N + 1),
       });
     }
-    const n = 2 * 32 * 2 * 128;
-    withTensors(be, {}, {
-      y: { shape: [n] },
-      g: { shape: [n] },
-      ws: { shape: [n * 2] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const y = t.y.ptr, g = t.g.ptr, ws = t.ws.ptr, i = t.i.ptr;
+    withArgBuffers(be, (y, g, ws, i) => {
       const cases: ShapeCase[] = [
         [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
         [1, 16, 1, 0, /head size N = 0 is not supported/],

@@ -29,7 +29,6 @@ import {
   testAccumulates,
   testTargets,
   VARIANT,
-  withTensors,
 } from "./test/harness.ts";
 import { compareVsCpu, label, numel, type Shape } from "./test/wkv_cases.ts";
 import {
@@ -41,6 +40,7 @@ import {
   type Kind,
   makeInputs,
   runWkv6,
+  withArgBuffers,
   zeroGrads,
 } from "./test/wkv6_cases.ts";
 
@@ -310,14 +310,7 @@ testAccumulates("wkv6", ["cpu", "emu", "cuda"], (name) => {
 Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const n = 2 * 32 * 2 * 128;
-    withTensors(be, {}, {
-      y: { shape: [n] },
-      g: { shape: [n] },
-      ws: { shape: [n * 2] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const y = t.y.ptr, g = t.g.ptr, ws = t.ws.ptr, i = t.i.ptr;
+    withArgBuffers(be, (y, g, ws, i) => {
       const cases: ShapeCase[] = [
         [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
         [1, 16, 1, 256, /head size N = 256 is not supported/],

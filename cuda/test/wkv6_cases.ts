@@ -126,3 +126,23 @@ export function runWkv6(
   delete out.ws;
   return out;
 }
+
+/** Runs `fn` with device buffers for the argument checks: fp32 y, g (2*32*2*128 elements), ws
+ * (twice that) and a bf16 i, all large enough for any shape the checks pass. */
+export function withArgBuffers(
+  be: Backend,
+  fn: (
+    y: Deno.PointerValue,
+    g: Deno.PointerValue,
+    ws: Deno.PointerValue,
+    i: Deno.PointerValue,
+  ) => void,
+) {
+  const n = 2 * 32 * 2 * 128;
+  withTensors(be, {}, {
+    y: { shape: [n] },
+    g: { shape: [n] },
+    ws: { shape: [n * 2] },
+    i: { shape: [n], dtype: "bf16" },
+  }, (t) => fn(t.y.ptr, t.g.ptr, t.ws.ptr, t.i.ptr));
+}
