@@ -17,112 +17,32 @@
 // (iii) the sub-matrices of the n-major B loader (K in Q K^T) swapped: each failed the first
 // shape, with gradient errors of 3 to 5 against bounds of 0.04 to 0.06.
 import assert from "node:assert/strict";
-import type { Backend } from "./backend.ts";
 import { f32ToBf16 } from "./backend.ts";
+import {
+  checkAttentionAccumulates,
+  checkAttentionArguments,
+  compareVsCpu,
+  GRADS,
+  type Kind,
+  makeInputs,
+  numel,
+  runAttention,
+  type Shape,
+  zeroGrads,
+} from "./test/attention_cases.ts";
 import {
   backend,
   compare,
-  compareRel,
   fmtErrors,
-  maxAbs,
+  forShapesAndKinds,
   relErr,
   Rng,
   SEED,
-  targets,
+  type ShapeCase,
+  testAccumulates,
+  testTargets,
   VARIANT,
-  withTensors,
 } from "./test/harness.ts";
-
-interface Shape {
-  B: number;
-  T: number;
-  H: number;
-  D: number;
-}
-/** "normal": q, k, v ~ N(0, 1); "sharp": q, k ~ N(0, 3), scores with std ~9: nearly one-hot
- * softmax rows, where the running max and the masking must be exactly right. */
-type Kind = "normal" | "sharp";
-interface Inputs {
-  q: Uint16Array;
-  k: Uint16Array;
-  v: Uint16Array;
-  dout: Float32Array;
-}
-const GRADS = ["dq", "dk", "dv"] as const;
-/** "tc": mn_attention_tc_*; "cc": the CUDA-core mn_attention_* */
-type Impl = "tc" | "cc";
-
-const numel = ({ B, T, H, D }: Shape) => B * T * H * D;
-const label = (s: Shape, kind?: string) =>
-  `(B=${s.B},T=${s.T},H=${s.H},D=${s.D}${kind ? " " + kind : ""})`;
-
-function makeInputs(rng: Rng, s: Shape, kind: Kind = "normal"): Inputs {
-  const n = numel(s), std = kind === "sharp" ? 3 : 1;
-  return {
-    q: f32ToBf16(rng.normal(n, std)),
-    k: f32ToBf16(rng.normal(n, std)),
-    v: f32ToBf16(rng.normal(n)),
-    dout: rng.normal(n),
-  };
-}
-
-/** Forward then backward (each backend uses its own out/lse); grads start at `init`. */
-function runAttention(
-  be: Backend,
-  s: Shape,
-  x: Inputs,
-  init: Float32Array[],
-  impl: Impl = "tc",
-): Record<string, Float32Array> {
-  const { B, T, H, D } = s, shp = [B, T, H, D];
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    out: { shape: shp },
-    lse: { shape: [B, H, T] },
-    ws: { shape: [B, H, T] },
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: init[i] }));
-  const fwd = impl === "tc" ? be.k.mn_attention_tc_forward : be.k.mn_attention_forward;
-  const bwd = impl === "tc" ? be.k.mn_attention_tc_backward : be.k.mn_attention_backward;
-  const res = withTensors(
-    be,
-    {
-      q: { data: x.q, shape: shp, dtype: "bf16" },
-      k: { data: x.k, shape: shp, dtype: "bf16" },
-      v: { data: x.v, shape: shp, dtype: "bf16" },
-      dout: { data: x.dout, shape: shp },
-    },
-    outputs,
-    (t) => {
-      fwd(t.out.ptr, t.lse.ptr, t.q.ptr, t.k.ptr, t.v.ptr, B, T, H, D, be.stream);
-      bwd(
-        t.dq.ptr,
-        t.dk.ptr,
-        t.dv.ptr,
-        t.dout.ptr,
-        t.out.ptr,
-        t.lse.ptr,
-        t.q.ptr,
-        t.k.ptr,
-        t.v.ptr,
-        t.ws.ptr,
-        B,
-        T,
-        H,
-        D,
-        be.stream,
-      );
-    },
-  ) as Record<string, Float32Array>;
-  delete res.ws;
-  return res;
-}
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let e = 0;
-  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
-  return e;
-}
-const minus = (a: Float32Array, b: Float32Array) => a.map((z, i) => z - b[i]);
 
 // ---- a) emu (and cuda) vs cpu ---------------------------------------------------------------------
 // T = 1 (one key), 17, 40 (one partial 64-row tile), 64 (one full tile), 100, 200 (full and
@@ -154,78 +74,23 @@ const KINDS: Kind[] = VARIANT ? ["normal"] : ["normal", "sharp"];
 // itself, whose fp32 dot-product error scales with sum_i |q_i k_i| rather than |q.k|.
 const REL_TC = { out: 5e-3, lse: 1e-5, grad: 1.5e-2 };
 
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `attention_tc forward+backward: ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      const worst: Record<string, number> = {};
-      const shapes = tgt.name === "cuda" ? [...SHAPES, ...GPU_SHAPES] : SHAPES;
-      shapes.forEach((s, si) => {
-        KINDS.forEach((kind, ki) => {
-          const rng = new Rng(SEED + 10 * si + ki);
-          const x = makeInputs(rng, s, kind);
-          const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-          const want = runAttention(ref, s, x, init);
-          const got = runAttention(be, s, x, init);
-          // the grads started from `init`: compare what the call added, against the largest of
-          // the three (dq and dk vanish exactly at T = 1)
-          const added = (r: Record<string, Float32Array>) =>
-            GRADS.map((g, gi) => minus(r[g], init[gi]));
-          const [wg, gg] = [added(want), added(got)];
-          const gscale = Math.max(...wg.map(maxAbs));
-          GRADS.forEach((key, gi) => {
-            worst[key] = Math.max(worst[key] ?? 0, maxAbsDiff(gg[gi], wg[gi]) / gscale);
-            compare(`attention_tc ${label(s, kind)} ${key} (${tname} vs cpu)`, gg[gi], wg[gi], {
-              atol: REL_TC.grad * gscale,
-              rtol: 0,
-            });
-          });
-          for (const key of ["out", "lse"] as const) {
-            worst[key] = Math.max(worst[key] ?? 0, relErr(got[key], want[key]));
-            compareRel(
-              `attention_tc ${label(s, kind)} ${key} (${tname} vs cpu)`,
-              got[key],
-              want[key],
-              REL_TC[key],
-            );
-          }
-        });
-      });
-      console.log(`attention_tc ${tname} vs cpu, worst normwise error:`, fmtErrors(worst));
-    },
+testTargets((tname) => `attention_tc forward+backward: ${tname} vs cpu`, (ref, be, tname, tgt) => {
+  const worst: Record<string, number> = {};
+  const shapes = tgt.name === "cuda" ? [...SHAPES, ...GPU_SHAPES] : SHAPES;
+  forShapesAndKinds(shapes, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runAttention(ref, s, x, init, "tc");
+    const got = runAttention(be, s, x, init, "tc");
+    compareVsCpu("attention_tc", tname, s, kind, want, got, init, REL_TC, worst);
   });
-}
+  console.log(`attention_tc ${tname} vs cpu, worst normwise error:`, fmtErrors(worst));
+});
 
 // ---- b) accumulation and determinism ----------------------------------------------------------
-for (const name of ["emu", "cuda"] as const) {
-  Deno.test({
-    name: `attention_tc: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: VARIANT !== "" || (name === "cuda" && !targets().some((t) => t.name === name && t.run)),
-    fn() {
-      const be = backend(name);
-      const s: Shape = { B: 1, T: 40, H: 2, D: 32 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s);
-      const zero = GRADS.map(() => new Float32Array(numel(s)));
-      const init = GRADS.map(() => rng.normal(numel(s)));
-      const g0 = runAttention(be, s, x, zero);
-      const g1 = runAttention(be, s, x, init);
-      const again = runAttention(be, s, x, zero);
-      for (const key of ["out", "lse", ...GRADS]) {
-        compare(`${name} ${key} rerun`, again[key], g0[key], { atol: 0, rtol: 0 });
-      }
-      GRADS.forEach((g, i) => {
-        // init + g is one fp32 addition of the same g
-        const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
-        compare(`${name} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
-        assert.ok(maxAbs(g0[g]) > 0, `${name} ${g} is all zero`);
-      });
-    },
-  });
-}
+testAccumulates("attention_tc", ["emu", "cuda"], (name) => {
+  checkAttentionAccumulates(backend(name), name, "tc");
+}, VARIANT !== "");
 
 // ---- c) causality ---------------------------------------------------------------------------------
 // Changing key/value j0 must leave every earlier query's out and lse bit-identical (masked keys
@@ -240,16 +105,17 @@ Deno.test({
     const { H, D } = s;
     const row = (t: number) => t * H * D;
     const be = backend("emu"), exact = { atol: 0, rtol: 0 };
-    const zero = GRADS.map(() => new Float32Array(numel(s)));
+    const zero = zeroGrads(s);
     const x = makeInputs(new Rng(SEED + 400), s);
-    const base = runAttention(be, s, x, zero);
+    const run = (y: typeof x) => runAttention(be, s, y, zero, "tc");
+    const base = run(x);
     for (const j0 of [0, 63, 64]) {
       const rng = new Rng(SEED + 401 + j0);
       const lo = row(j0), hi = row(j0 + 1);
       const y = { ...x, k: x.k.slice(), v: x.v.slice() };
       y.k.set(f32ToBf16(rng.normal(D)), lo);
       y.v.set(f32ToBf16(rng.normal(D)), lo);
-      const kv = runAttention(be, s, y, zero);
+      const kv = run(y);
       compare(`out before key ${j0}`, kv.out.subarray(0, lo), base.out.subarray(0, lo), exact);
       compare(`lse before key ${j0}`, kv.lse.subarray(0, j0), base.lse.subarray(0, j0), exact);
       assert.ok(relErr(kv.out.subarray(lo, hi), base.out.subarray(lo, hi)) > 0);
@@ -257,7 +123,7 @@ Deno.test({
       const z = { ...x, q: x.q.slice(), dout: x.dout.slice() };
       z.q.set(f32ToBf16(rng.normal(D)), lo);
       z.dout.set(rng.normal(D), lo);
-      const qd = runAttention(be, s, z, zero);
+      const qd = run(z);
       compare(`dq before query ${j0}`, qd.dq.subarray(0, lo), base.dq.subarray(0, lo), exact);
       compare(`dq after query ${j0}`, qd.dq.subarray(hi), base.dq.subarray(hi), exact);
       compare(`dk after query ${j0}`, qd.dk.subarray(hi), base.dk.subarray(hi), exact);
@@ -271,40 +137,15 @@ Deno.test({
 Deno.test("attention_tc: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const n = 2 * 16 * 2 * 128;
-    withTensors(be, {}, {
-      f: { shape: [n] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const f = t.f.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size D = 256 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
-        [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
-      ];
-      for (const [B, T, H, D, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} D=${D}`;
-        assert.throws(
-          () => be.k.mn_attention_tc_forward(f, f, i, i, i, B, T, H, D, null),
-          new RegExp("attention_tc_forward: .*" + re.source),
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null),
-          new RegExp("attention_tc_backward: .*" + re.source),
-          where,
-        );
-      }
-      assert.throws(
-        () => be.k.mn_attention_tc_forward(f, null, i, i, i, 1, 16, 1, 16, null),
-        /attention_tc_forward: NULL tensor argument/,
-      );
-      assert.throws(
-        () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
-        /attention_tc_backward: NULL tensor argument/,
-      );
+    const cases: ShapeCase[] = [
+      [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
+      [1, 16, 1, 256, /head size D = 256 is not supported/],
+      [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
+      [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
+      [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
+    ];
+    const named = (entry: string, re: RegExp) => new RegExp(`${entry}: .*` + re.source);
+    checkAttentionArguments(be, name, "tc", cases, named, (f, i) => {
       const odd = Deno.UnsafePointer.offset(i as Deno.PointerObject, 2); // 2-byte aligned
       assert.throws(
         () => be.k.mn_attention_tc_forward(f, f, odd, i, i, 1, 16, 1, 16, null),

@@ -11,99 +11,35 @@ import assert from "node:assert/strict";
 import type { Backend } from "./backend.ts";
 import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
+  checkAttentionAccumulates,
+  checkAttentionArguments,
+  compareVsCpu,
+  GRADS,
+  type Inputs,
+  type Kind,
+  label,
+  makeInputs,
+  numel,
+  runAttention,
+  type Shape,
+  zeroGrads,
+} from "./test/attention_cases.ts";
+import {
   backend,
   compare,
   compareRel,
   f64,
   fmtErrors,
-  maxAbs,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
-  targets,
+  testAccumulates,
+  testTargets,
   VARIANT,
   withTensors,
 } from "./test/harness.ts";
-
-interface Shape {
-  B: number;
-  T: number;
-  H: number;
-  D: number;
-}
-/** "normal": q, k, v ~ N(0, 1) (scores ~ N(0, 1)); "sharp": q, k ~ N(0, 3), scores with std ~9,
- * so that softmax rows are nearly one-hot and the running max must be subtracted correctly. */
-type Kind = "normal" | "sharp";
-interface Inputs {
-  q: Uint16Array;
-  k: Uint16Array;
-  v: Uint16Array;
-  dout: Float32Array;
-}
-const GRADS = ["dq", "dk", "dv"] as const;
-
-const numel = ({ B, T, H, D }: Shape) => B * T * H * D;
-const label = (s: Shape, kind?: string) =>
-  `(B=${s.B},T=${s.T},H=${s.H},D=${s.D}${kind ? " " + kind : ""})`;
-
-function makeInputs(rng: Rng, s: Shape, kind: Kind = "normal"): Inputs {
-  const n = numel(s), std = kind === "sharp" ? 3 : 1;
-  return {
-    q: f32ToBf16(rng.normal(n, std)),
-    k: f32ToBf16(rng.normal(n, std)),
-    v: f32ToBf16(rng.normal(n)),
-    dout: rng.normal(n),
-  };
-}
-
-/** Forward then backward on `be` (each backend uses its own out/lse); grads start at `init`. */
-function runAttention(
-  be: Backend,
-  s: Shape,
-  x: Inputs,
-  init: Float32Array[],
-): Record<string, Float32Array> {
-  const { B, T, H, D } = s, shp = [B, T, H, D];
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    out: { shape: shp },
-    lse: { shape: [B, H, T] },
-    ws: { shape: [B, H, T] },
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: init[i] }));
-  const res = withTensors(
-    be,
-    {
-      q: { data: x.q, shape: shp, dtype: "bf16" },
-      k: { data: x.k, shape: shp, dtype: "bf16" },
-      v: { data: x.v, shape: shp, dtype: "bf16" },
-      dout: { data: x.dout, shape: shp },
-    },
-    outputs,
-    (t) => {
-      be.k.mn_attention_forward(t.out.ptr, t.lse.ptr, t.q.ptr, t.k.ptr, t.v.ptr, B, T, H, D, null);
-      be.k.mn_attention_backward(
-        t.dq.ptr,
-        t.dk.ptr,
-        t.dv.ptr,
-        t.dout.ptr,
-        t.out.ptr,
-        t.lse.ptr,
-        t.q.ptr,
-        t.k.ptr,
-        t.v.ptr,
-        t.ws.ptr,
-        B,
-        T,
-        H,
-        D,
-        null,
-      );
-    },
-  ) as Record<string, Float32Array>;
-  delete res.ws;
-  return res;
-}
 
 /** Forward only on `be`. */
 function runForward(be: Backend, s: Shape, x: Inputs): Record<string, Float32Array> {
@@ -121,13 +57,6 @@ function runForward(be: Backend, s: Shape, x: Inputs): Record<string, Float32Arr
     },
   ) as Record<string, Float32Array>;
 }
-
-function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let e = 0;
-  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
-  return e;
-}
-const minus = (a: Float32Array, b: Float32Array) => a.map((z, i) => z - b[i]);
 
 // ---- independent float64 reference in TypeScript (written from the math) ------------------------
 interface F64 {
@@ -190,51 +119,17 @@ const KINDS: Kind[] = VARIANT ? ["normal"] : ["normal", "sharp"];
 // scale or softmax gives O(1e-2) or worse, one bf16 rounding of anything ~4e-3.
 const REL = { out: 1e-5, lse: 5e-6, grad: 2e-5 };
 
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `attention forward+backward: ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      const worst: Record<string, number> = {};
-      SHAPES.forEach((s, si) => {
-        KINDS.forEach((kind, ki) => {
-          const rng = new Rng(SEED + 10 * si + ki);
-          const x = makeInputs(rng, s, kind);
-          const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-          const want = runAttention(ref, s, x, init);
-          const got = runAttention(be, s, x, init);
-          // the grads started from `init`: compare what the call added
-          const added = (r: Record<string, Float32Array>) =>
-            GRADS.map((g, gi) => minus(r[g], init[gi]));
-          const [wg, gg] = [added(want), added(got)];
-          // gradient errors are measured against the largest of the three gradients: dq and dk
-          // vanish exactly at T = 1 (a single key) while the kernel's are rounding-sized
-          const gscale = Math.max(...wg.map(maxAbs));
-          GRADS.forEach((key, gi) => {
-            const e = maxAbsDiff(gg[gi], wg[gi]) / gscale;
-            worst[key] = Math.max(worst[key] ?? 0, e);
-            compare(`attention ${label(s, kind)} ${key} (${tname} vs cpu)`, gg[gi], wg[gi], {
-              atol: REL.grad * gscale,
-              rtol: 0,
-            });
-          });
-          for (const key of ["out", "lse"] as const) {
-            worst[key] = Math.max(worst[key] ?? 0, relErr(got[key], want[key]));
-            compareRel(
-              `attention ${label(s, kind)} ${key} (${tname} vs cpu)`,
-              got[key],
-              want[key],
-              REL[key],
-            );
-          }
-        });
-      });
-      console.log(`attention ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
-    },
+testTargets((tname) => `attention forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
+  const worst: Record<string, number> = {};
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runAttention(ref, s, x, init);
+    const got = runAttention(be, s, x, init);
+    compareVsCpu("attention", tname, s, kind, want, got, init, REL, worst);
   });
-}
+  console.log(`attention ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
+});
 
 // ---- b) longer sequences ---------------------------------------------------------------------
 // cpu vs the float64 TS attention at T=1024 (cpu works in double and stores fp32: one rounding,
@@ -257,7 +152,7 @@ Deno.test({
     const s2: Shape = { B: 1, T: 256, H: 2, D: 64 };
     const rng = new Rng(SEED + 201);
     const x2 = makeInputs(rng, s2);
-    const zero = GRADS.map(() => new Float32Array(numel(s2)));
+    const zero = zeroGrads(s2);
     const want = runAttention(backend("cpu"), s2, x2, zero);
     const t0 = performance.now();
     const got2 = runAttention(backend("emu"), s2, x2, zero);
@@ -281,7 +176,7 @@ Deno.test({
   fn() {
     const s: Shape = { B: 1, T: 1024, H: 1, D: 64 };
     const x = makeInputs(new Rng(SEED + 202), s);
-    const zero = GRADS.map(() => new Float32Array(numel(s)));
+    const zero = zeroGrads(s);
     const want = runAttention(backend("cpu"), s, x, zero);
     const got = runAttention(backend("emu"), s, x, zero);
     const errs: Record<string, number> = {};
@@ -309,7 +204,7 @@ Deno.test("attention: backward (cpu, emu) vs float64 finite differences", () => 
       return numericalGrad(f, Float64Array.from(xf[name]), x.dout, 1e-5);
     });
     const ref = f64Attention(s, xf);
-    const zero = GRADS.map(() => new Float32Array(numel(s)));
+    const zero = zeroGrads(s);
     for (const [name, rel] of [["cpu", 1e-6], ["emu", REL.grad]] as const) {
       const got = runAttention(backend(name, name === "emu" ? VARIANT : ""), s, x, zero);
       compareRel(`${name} out vs float64 (${kind})`, got.out, ref.out, rel);
@@ -322,32 +217,9 @@ Deno.test("attention: backward (cpu, emu) vs float64 finite differences", () => 
 });
 
 // ---- d) accumulation, determinism, causality, arguments ----------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `attention: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !targets().some((t) => t.name === "cuda" && t.run),
-    fn() {
-      const be = backend(name, name === "emu" ? VARIANT : "");
-      const s: Shape = { B: 1, T: 40, H: 2, D: 32 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s);
-      const zero = GRADS.map(() => new Float32Array(numel(s)));
-      const init = GRADS.map(() => rng.normal(numel(s)));
-      const g0 = runAttention(be, s, x, zero);
-      const g1 = runAttention(be, s, x, init);
-      const again = runAttention(be, s, x, zero);
-      for (const key of ["out", "lse", ...GRADS]) {
-        compare(`${name} ${key} rerun`, again[key], g0[key], { atol: 0, rtol: 0 });
-      }
-      GRADS.forEach((g, i) => {
-        // init + g is one fp32 addition of the same g
-        const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
-        compare(`${name} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
-        assert.ok(maxAbs(g0[g]) > 0, `${name} ${g} is all zero`);
-      });
-    },
-  });
-}
+testAccumulates("attention", ["cpu", "emu", "cuda"], (name) => {
+  checkAttentionAccumulates(backend(name, name === "emu" ? VARIANT : ""), name, "cc");
+});
 
 // Changing key/value j0 must leave every earlier query's out and lse bit-identical (masked keys
 // contribute exactly 0) and change query j0's; changing q and dout of query t0 must leave dq of
@@ -389,7 +261,7 @@ Deno.test("attention: causal masking (cpu, emu)", () => {
     for (const t0 of [0, 40, 69]) {
       const rng = new Rng(SEED + 500 + t0);
       const x = makeInputs(rng, s);
-      const zero = GRADS.map(() => new Float32Array(numel(s)));
+      const zero = zeroGrads(s);
       const base = runAttention(be, s, x, zero);
       const y = { ...x, q: x.q.slice(), dout: x.dout.slice() };
       y.q.set(f32ToBf16(rng.normal(H * D, 2)), row(t0, 0));
@@ -410,44 +282,15 @@ Deno.test("attention: causal masking (cpu, emu)", () => {
 
 Deno.test("attention: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    const n = 2 * 16 * 2 * 128;
-    withTensors(be, {}, {
-      f: { shape: [n] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const f = t.f.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size D = 256 is not supported/],
-        [1, 16, 1, 0, /head size D = 0 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
-        [1, 16, -1, 64, /H = -1 must all be > 0/],
-        [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
-      ];
-      for (const [B, T, H, D, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} D=${D}`;
-        assert.throws(
-          () => be.k.mn_attention_forward(f, f, i, i, i, B, T, H, D, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_attention_backward(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null),
-          re,
-          where,
-        );
-      }
-      assert.throws(
-        () => be.k.mn_attention_forward(f, null, i, i, i, 1, 16, 1, 16, null),
-        /attention_forward: NULL tensor argument/,
-      );
-      assert.throws(
-        () => be.k.mn_attention_backward(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
-        /attention_backward: NULL tensor argument/,
-      );
-    });
+    checkAttentionArguments(backend(name), name, "cc", [
+      [1, 16, 1, 48, /head size D = 48 is not supported \(16, 32, 64 or 128\)/],
+      [1, 16, 1, 256, /head size D = 256 is not supported/],
+      [1, 16, 1, 0, /head size D = 0 is not supported/],
+      [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
+      [1, 0, 1, 64, /T = 0, H = 1 must all be > 0/],
+      [1, 16, -1, 64, /H = -1 must all be > 0/],
+      [1, 1, 70000, 16, /H = 70000 exceed the grid limit 65535/],
+    ]);
   }
 });
 
@@ -456,130 +299,38 @@ Deno.test("attention: bad arguments give clear errors (cpu, emu)", () => {
 //    arithmetic after the load), on every backend: this ties them to everything tested above.
 // 2. With inputs that are not bf16-representable, emu (and cuda) vs cpu and cpu vs the float64 TS
 //    reference, normwise with the bounds of a) (the error model does not depend on the input type).
-function runAttentionF32(
-  be: Backend,
-  s: Shape,
-  q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
-  dout: Float32Array,
-  init: Float32Array[],
-): Record<string, Float32Array> {
-  const { B, T, H, D } = s, shp = [B, T, H, D];
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    out: { shape: shp },
-    lse: { shape: [B, H, T] },
-    ws: { shape: [B, H, T] },
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: init[i] }));
-  const res = withTensors(
-    be,
-    {
-      q: { data: q, shape: shp },
-      k: { data: k, shape: shp },
-      v: { data: v, shape: shp },
-      dout: { data: dout, shape: shp },
-    },
-    outputs,
-    (t) => {
-      be.k.mn_attention_forward_f32(
-        t.out.ptr,
-        t.lse.ptr,
-        t.q.ptr,
-        t.k.ptr,
-        t.v.ptr,
-        B,
-        T,
-        H,
-        D,
-        null,
-      );
-      be.k.mn_attention_backward_f32(
-        t.dq.ptr,
-        t.dk.ptr,
-        t.dv.ptr,
-        t.dout.ptr,
-        t.out.ptr,
-        t.lse.ptr,
-        t.q.ptr,
-        t.k.ptr,
-        t.v.ptr,
-        t.ws.ptr,
-        B,
-        T,
-        H,
-        D,
-        null,
-      );
-    },
-  ) as Record<string, Float32Array>;
-  delete res.ws;
-  return res;
-}
-
 const F32_SHAPES: Shape[] = VARIANT
   ? [{ B: 1, T: 17, H: 2, D: 16 }]
   : [{ B: 2, T: 17, H: 3, D: 16 }, { B: 1, T: 100, H: 1, D: 64 }, { B: 1, T: 33, H: 2, D: 128 }];
 
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `attention fp32 inputs: = bf16 entry points on bf16 values; ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      F32_SHAPES.forEach((s, si) => {
-        const rng = new Rng(SEED + 300 + si);
-        const x = makeInputs(rng, s);
-        const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-        for (const b of [ref, be]) {
-          const viaBf16 = runAttention(b, s, x, init);
-          const viaF32 = runAttentionF32(
-            b,
-            s,
-            bf16ToF32(x.q),
-            bf16ToF32(x.k),
-            bf16ToF32(x.v),
-            x.dout,
-            init,
-          );
-          for (const key of Object.keys(viaBf16)) {
-            compare(
-              `attention_f32 ${label(s)} ${key} (${b.name}: f32 vs bf16 entry)`,
-              viaF32[key],
-              viaBf16[key],
-              {
-                atol: 0,
-                rtol: 0,
-              },
-            );
-          }
-        }
-        // unrounded inputs: emu/cuda vs cpu, cpu vs float64
-        const q = rng.normal(numel(s)), k = rng.normal(numel(s)), v = rng.normal(numel(s));
-        const want = runAttentionF32(ref, s, q, k, v, x.dout, init);
-        const got = runAttentionF32(be, s, q, k, v, x.dout, init);
-        const gscale = Math.max(...GRADS.map((g, gi) => maxAbs(minus(want[g], init[gi]))));
-        GRADS.forEach((g, gi) =>
+testTargets(
+  (tname) => `attention fp32 inputs: = bf16 entry points on bf16 values; ${tname} vs cpu`,
+  (ref, be, tname) => {
+    F32_SHAPES.forEach((s, si) => {
+      const rng = new Rng(SEED + 300 + si);
+      const x = makeInputs(rng, s);
+      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+      const xF32 = { q: bf16ToF32(x.q), k: bf16ToF32(x.k), v: bf16ToF32(x.v), dout: x.dout };
+      for (const b of [ref, be]) {
+        const viaBf16 = runAttention(b, s, x, init);
+        const viaF32 = runAttention(b, s, xF32, init, "cc_f32");
+        for (const key of Object.keys(viaBf16)) {
           compare(
-            `attention_f32 ${label(s)} ${g} (${tname} vs cpu)`,
-            minus(got[g], init[gi]),
-            minus(want[g], init[gi]),
-            { atol: REL.grad * gscale, rtol: 0 },
-          )
-        );
-        for (const key of ["out", "lse"] as const) {
-          compareRel(
-            `attention_f32 ${label(s)} ${key} (${tname} vs cpu)`,
-            got[key],
-            want[key],
-            REL[key],
+            `attention_f32 ${label(s)} ${key} (${b.name}: f32 vs bf16 entry)`,
+            viaF32[key],
+            viaBf16[key],
+            { atol: 0, rtol: 0 },
           );
         }
-        const r64 = f64Attention(s, { q: f64(q), k: f64(k), v: f64(v) });
-        compareRel(`attention_f32 ${label(s)} out (cpu vs float64)`, want.out, r64.out, 1e-6);
-        compareRel(`attention_f32 ${label(s)} lse (cpu vs float64)`, want.lse, r64.lse, 1e-6);
-      });
-    },
-  });
-}
+      }
+      // unrounded inputs: emu/cuda vs cpu, cpu vs float64
+      const q = rng.normal(numel(s)), k = rng.normal(numel(s)), v = rng.normal(numel(s));
+      const want = runAttention(ref, s, { q, k, v, dout: x.dout }, init, "cc_f32");
+      const got = runAttention(be, s, { q, k, v, dout: x.dout }, init, "cc_f32");
+      compareVsCpu("attention_f32", tname, s, undefined, want, got, init, REL);
+      const r64 = f64Attention(s, { q: f64(q), k: f64(k), v: f64(v) });
+      compareRel(`attention_f32 ${label(s)} out (cpu vs float64)`, want.out, r64.out, 1e-6);
+      compareRel(`attention_f32 ${label(s)} lse (cpu vs float64)`, want.lse, r64.lse, 1e-6);
+    });
+  },
+);

@@ -71,30 +71,8 @@ function runGemm(be: Backend, c: G, d: Data, op: Op = "bf16"): Float32Array {
     },
     { C: d.C0 ? { shape: [L.sizeC], dtype: cdt, init: d.C0 } : { shape: [L.sizeC], dtype: cdt } },
     (t) => {
-      if (op === "f32") {
-        be.k.mn_gemm_f32(
-          c.ta,
-          c.tb,
-          c.M,
-          c.N,
-          c.K,
-          c.alpha,
-          t.A.ptr,
-          L.lda,
-          BigInt(L.strideA),
-          t.B.ptr,
-          L.ldb,
-          BigInt(L.strideB),
-          c.beta,
-          t.C.ptr,
-          L.ldc,
-          BigInt(L.strideC),
-          c.batch,
-          be.stream,
-        );
-        return;
-      }
-      be.k.mn_gemm_bf16(
+      // the arguments both entry points share; mn_gemm_bf16 adds c_bf16 before the batch
+      const args = [
         c.ta,
         c.tb,
         c.M,
@@ -111,10 +89,9 @@ function runGemm(be: Backend, c: G, d: Data, op: Op = "bf16"): Float32Array {
         t.C.ptr,
         L.ldc,
         BigInt(L.strideC),
-        c.cbf16,
-        c.batch,
-        be.stream,
-      );
+      ] as const;
+      if (op === "f32") be.k.mn_gemm_f32(...args, c.batch, be.stream);
+      else be.k.mn_gemm_bf16(...args, c.cbf16, c.batch, be.stream);
     },
   );
   return res.C as Float32Array;
@@ -311,67 +288,12 @@ Deno.test("gemm_bf16: providers and argument checks", () => {
     const z = be.zeros([64], "bf16");
     const cz = be.zeros([64]);
     try {
-      const call = (
-        ta: number,
-        M: number,
-        N: number,
-        K: number,
-        lda: number,
-        ldc: number,
-        batch = 1,
-        sc = 0n,
-      ) =>
-        be.k.mn_gemm_bf16(
-          ta,
-          0,
-          M,
-          N,
-          K,
-          1,
-          z.ptr,
-          lda,
-          0n,
-          z.ptr,
-          N,
-          0n,
-          0,
-          cz.ptr,
-          ldc,
-          sc,
-          0,
-          batch,
-          be.stream,
-        );
-      const callF32 = (
-        ta: number,
-        M: number,
-        N: number,
-        K: number,
-        lda: number,
-        ldc: number,
-        batch = 1,
-        sc = 0n,
-      ) =>
-        be.k.mn_gemm_f32(
-          ta,
-          0,
-          M,
-          N,
-          K,
-          1,
-          cz.ptr,
-          lda,
-          0n,
-          cz.ptr,
-          N,
-          0n,
-          0,
-          cz.ptr,
-          ldc,
-          sc,
-          batch,
-          be.stream,
-        );
+      // (ta, M, N, K, lda, ldc, batch = 1, stride_c = 0) with B = [K, N] untransposed, ldb = N
+      type Call = [number, number, number, number, number, number, number?, bigint?];
+      const args = (ab: Deno.PointerValue, [ta, M, N, K, lda, ldc, , sc = 0n]: Call) =>
+        [ta, 0, M, N, K, 1, ab, lda, 0n, ab, N, 0n, 0, cz.ptr, ldc, sc] as const;
+      const call = (...a: Call) => be.k.mn_gemm_bf16(...args(z.ptr, a), 0, a[6] ?? 1, be.stream);
+      const callF32 = (...a: Call) => be.k.mn_gemm_f32(...args(cz.ptr, a), a[6] ?? 1, be.stream);
       for (const [f, fn] of [[call, "gemm"], [callF32, "gemm_f32"]] as const) {
         f(0, 4, 4, 4, 4, 4); // valid
         assert.throws(() => f(0, 4, 4, 4, 3, 4), new RegExp(`${fn}: lda=3`));

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { Backend, Tensor } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -43,6 +44,52 @@ function rowsOf(rng: Rng, N: number, C: number): Float32Array {
   }
   return x;
 }
+
+// ---- the kernels on tensors named as in kernels.h (out, mean, rstd, x, w, b, dinp, ...)
+type Named = Record<string, Tensor>;
+/** the layernorm forward's inputs x [N,C], w [C], b [C] */
+const lnInputs = (x: Float32Array, w: Float32Array, b: Float32Array, N: number, C: number) => ({
+  x: { data: x, shape: [N, C] },
+  w: { data: w, shape: [C] },
+  b: { data: b, shape: [C] },
+});
+/** the layernorm forward's outputs out [N,C], mean [N], rstd [N] */
+const lnOutputs = (N: number, C: number) => ({
+  out: { shape: [N, C] },
+  mean: { shape: [N] },
+  rstd: { shape: [N] },
+});
+const lnForward = (be: Backend, t: Named, N: number, C: number) =>
+  be.k.mn_layernorm_forward(
+    t.out.ptr,
+    t.mean.ptr,
+    t.rstd.ptr,
+    t.x.ptr,
+    t.w.ptr,
+    t.b.ptr,
+    N,
+    C,
+    EPS,
+    be.stream,
+  );
+const lnBackward = (be: Backend, t: Named, N: number, C: number) =>
+  be.k.mn_layernorm_backward(
+    t.dinp.ptr,
+    t.dweight.ptr,
+    t.dbias.ptr,
+    t.dout.ptr,
+    t.x.ptr,
+    t.w.ptr,
+    t.mean.ptr,
+    t.rstd.ptr,
+    N,
+    C,
+    be.stream,
+  );
+const rmsForward = (be: Backend, t: Named, N: number, C: number) =>
+  be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
+const rmsBackward = (be: Backend, t: Named, N: number, C: number) =>
+  be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
 
 // ---- independent float64 forwards (the definitions, as torch states them)
 function layernorm64(
@@ -90,29 +137,7 @@ checkKernel({
   tol: TOL_F32,
   run(be, { N, C }, rng) {
     const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C);
-    return withTensors(
-      be,
-      {
-        x: { data: x, shape: [N, C] },
-        w: { data: w, shape: [C] },
-        b: { data: b, shape: [C] },
-      },
-      { out: { shape: [N, C] }, mean: { shape: [N] }, rstd: { shape: [N] } },
-      (t) => {
-        be.k.mn_layernorm_forward(
-          t.out.ptr,
-          t.mean.ptr,
-          t.rstd.ptr,
-          t.x.ptr,
-          t.w.ptr,
-          t.b.ptr,
-          N,
-          C,
-          EPS,
-          be.stream,
-        );
-      },
-    );
+    return withTensors(be, lnInputs(x, w, b, N, C), lnOutputs(N, C), (t) => lnForward(be, t, N, C));
   },
 });
 
@@ -131,26 +156,9 @@ checkKernel({
     const ref = backend("cpu");
     const stats = withTensors(
       ref,
-      {
-        x: { data: x, shape: [N, C] },
-        w: { data: w, shape: [C] },
-        b: { data: b, shape: [C] },
-      },
-      { out: { shape: [N, C] }, mean: { shape: [N] }, rstd: { shape: [N] } },
-      (t) => {
-        ref.k.mn_layernorm_forward(
-          t.out.ptr,
-          t.mean.ptr,
-          t.rstd.ptr,
-          t.x.ptr,
-          t.w.ptr,
-          t.b.ptr,
-          N,
-          C,
-          EPS,
-          ref.stream,
-        );
-      },
+      lnInputs(x, w, b, N, C),
+      lnOutputs(N, C),
+      (t) => lnForward(ref, t, N, C),
     );
     const init = { dinp: rng.normal(N * C), dweight: rng.normal(C), dbias: rng.normal(C) };
     return withTensors(be, {
@@ -164,21 +172,7 @@ checkKernel({
       dweight: { shape: [C], init: init.dweight },
       dbias: { shape: [C], init: init.dbias },
     }, (t) => {
-      for (let rep = 0; rep < 2; rep++) {
-        be.k.mn_layernorm_backward(
-          t.dinp.ptr,
-          t.dweight.ptr,
-          t.dbias.ptr,
-          t.dout.ptr,
-          t.x.ptr,
-          t.w.ptr,
-          t.mean.ptr,
-          t.rstd.ptr,
-          N,
-          C,
-          be.stream,
-        );
-      }
+      for (let rep = 0; rep < 2; rep++) lnBackward(be, t, N, C);
     });
   },
 });
@@ -193,9 +187,7 @@ checkKernel({
     return withTensors(be, { x: { data: x, shape: [N, C] } }, {
       out: { shape: [N, C] },
       rstd: { shape: [N] },
-    }, (t) => {
-      be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
-    });
+    }, (t) => rmsForward(be, t, N, C));
   },
 });
 
@@ -210,9 +202,7 @@ checkKernel({
     const stats = withTensors(ref, { x: { data: x, shape: [N, C] } }, {
       out: { shape: [N, C] },
       rstd: { shape: [N] },
-    }, (t) => {
-      ref.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, ref.stream);
-    });
+    }, (t) => rmsForward(ref, t, N, C));
     return withTensors(
       be,
       {
@@ -222,8 +212,8 @@ checkKernel({
       },
       { dinp: { shape: [N, C], init: rng.normal(N * C) } },
       (t) => {
-        be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
-        be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+        rmsBackward(be, t, N, C);
+        rmsBackward(be, t, N, C);
       },
     );
   },
@@ -245,44 +235,14 @@ Deno.test("layernorm: cpu matches float64 forward and finite-difference gradient
     const rng = new Rng(7 * N + C);
     const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), dout = rng.normal(N * C);
     const init = { dinp: rng.normal(N * C), dweight: rng.normal(C), dbias: rng.normal(C) };
-    const r = withTensors(be, {
-      x: { data: x, shape: [N, C] },
-      w: { data: w, shape: [C] },
-      b: { data: b, shape: [C] },
-      dout: { data: dout, shape: [N, C] },
-    }, {
-      out: { shape: [N, C] },
-      mean: { shape: [N] },
-      rstd: { shape: [N] },
+    const r = withTensors(be, { ...lnInputs(x, w, b, N, C), dout: { data: dout, shape: [N, C] } }, {
+      ...lnOutputs(N, C),
       dinp: { shape: [N, C], init: init.dinp },
       dweight: { shape: [C], init: init.dweight },
       dbias: { shape: [C], init: init.dbias },
     }, (t) => {
-      be.k.mn_layernorm_forward(
-        t.out.ptr,
-        t.mean.ptr,
-        t.rstd.ptr,
-        t.x.ptr,
-        t.w.ptr,
-        t.b.ptr,
-        N,
-        C,
-        EPS,
-        be.stream,
-      );
-      be.k.mn_layernorm_backward(
-        t.dinp.ptr,
-        t.dweight.ptr,
-        t.dbias.ptr,
-        t.dout.ptr,
-        t.x.ptr,
-        t.w.ptr,
-        t.mean.ptr,
-        t.rstd.ptr,
-        N,
-        C,
-        be.stream,
-      );
+      lnForward(be, t, N, C);
+      lnBackward(be, t, N, C);
     });
     const [x64, w64, b64] = [f64(x), f64(w), f64(b)];
     const want = layernorm64(x64, w64, b64, N, C, EPS);
@@ -311,8 +271,8 @@ Deno.test("rmsnorm: cpu matches float64 forward and finite-difference gradients 
       rstd: { shape: [N] },
       dinp: { shape: [N, C], init },
     }, (t) => {
-      be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
-      be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+      rmsForward(be, t, N, C);
+      rmsBackward(be, t, N, C);
     });
     const x64 = f64(x);
     const want = rmsnorm64(x64, N, C, EPS);
@@ -412,44 +372,14 @@ Deno.test({
     const N = 4096, C = 768, rng = new Rng(5);
     const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), dout = rng.normal(N * C);
     const runOnce = () =>
-      withTensors(be, {
-        x: { data: x, shape: [N, C] },
-        w: { data: w, shape: [C] },
-        b: { data: b, shape: [C] },
-        dout: { data: dout, shape: [N, C] },
-      }, {
-        out: { shape: [N, C] },
-        mean: { shape: [N] },
-        rstd: { shape: [N] },
+      withTensors(be, { ...lnInputs(x, w, b, N, C), dout: { data: dout, shape: [N, C] } }, {
+        ...lnOutputs(N, C),
         dinp: { shape: [N, C], init: new Float32Array(N * C) },
         dweight: { shape: [C], init: new Float32Array(C) },
         dbias: { shape: [C], init: new Float32Array(C) },
       }, (t) => {
-        be.k.mn_layernorm_forward(
-          t.out.ptr,
-          t.mean.ptr,
-          t.rstd.ptr,
-          t.x.ptr,
-          t.w.ptr,
-          t.b.ptr,
-          N,
-          C,
-          EPS,
-          be.stream,
-        );
-        be.k.mn_layernorm_backward(
-          t.dinp.ptr,
-          t.dweight.ptr,
-          t.dbias.ptr,
-          t.dout.ptr,
-          t.x.ptr,
-          t.w.ptr,
-          t.mean.ptr,
-          t.rstd.ptr,
-          N,
-          C,
-          be.stream,
-        );
+        lnForward(be, t, N, C);
+        lnBackward(be, t, N, C);
         be.sync();
       });
     const r1 = runOnce(), r2 = runOnce();

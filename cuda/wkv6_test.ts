@@ -14,120 +14,38 @@ import type { Backend } from "./backend.ts";
 import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
+  checkAccumulates,
+  checkShapeErrors,
   compare,
   compareRel,
+  errorFrom,
   fmtErrors,
-  maxAbs,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
-  targets,
+  type ShapeCase,
+  testAccumulates,
+  testTargets,
   VARIANT,
-  withTensors,
 } from "./test/harness.ts";
-
-interface Shape {
-  B: number;
-  T: number;
-  H: number;
-  N: number;
-}
-type Kind = "model" | "random";
-const INPUTS = ["r", "k", "v", "w"] as const;
-const GRADS = ["dr", "dk", "dv", "dw", "du"] as const;
-type InputName = typeof INPUTS[number];
-type GradName = typeof GRADS[number];
-type Inputs = Record<InputName, Uint16Array> & { u: Float32Array; dy: Float32Array };
-
-const numel = ({ B, T, H, N }: Shape) => B * T * H * N;
-const gradShape = (s: Shape, g: GradName) => (g === "du" ? [s.H, s.N] : [s.B, s.T, s.H, s.N]);
-const gradNumel = (s: Shape, g: GradName) => gradShape(s, g).reduce((a, b) => a * b, 1);
-const label = (s: Shape, kind?: string) =>
-  `(B=${s.B},T=${s.T},H=${s.H},N=${s.N}${kind ? " " + kind : ""})`;
-
-/**
- * Inputs as the RWKV-6 model makes them ("model"): w = time_decay + lora, time_decay per channel
- * in (-6, -1) plus a tanh-bounded per-token part of +-0.9, so w in about (-6.9, -0.1) and
- * d = exp(-exp(w)) in (0.40, 0.999); k pre-scaled by exp(min(w, 0)); u (time_faaaa) in (-1, 1).
- * Or independent random ones ("random"): r, k, v, u uniform in (-1, 1), w uniform in wRange.
- */
-function makeInputs(
-  rng: Rng,
-  s: Shape,
-  kind: Kind,
-  wRange: [number, number] = [-6, 1],
-): Inputs {
-  const n = numel(s), { H, N } = s;
-  let r: Float32Array, k: Float32Array, v: Float32Array, w: Float32Array;
-  const u = rng.uniform(H * N, -1, 1);
-  if (kind === "model") {
-    const decay = rng.uniform(H * N, -6, -1), lora = rng.normal(n);
-    w = lora.map((z, g) => decay[g % (H * N)] + 0.9 * Math.tanh(z));
-    r = rng.normal(n);
-    k = rng.normal(n).map((z, g) => z * Math.exp(Math.min(w[g], 0)));
-    v = rng.normal(n);
-  } else {
-    r = rng.uniform(n, -1, 1);
-    k = rng.uniform(n, -1, 1);
-    v = rng.uniform(n, -1, 1);
-    w = rng.uniform(n, wRange[0], wRange[1]);
-  }
-  return {
-    r: f32ToBf16(r),
-    k: f32ToBf16(k),
-    v: f32ToBf16(v),
-    w: f32ToBf16(w),
-    u,
-    dy: rng.normal(n),
-  };
-}
-
-/** Forward then backward on `be`; gradients start from `gradInit` (+=). */
-function runWkv6(
-  be: Backend,
-  s: Shape,
-  x: Inputs,
-  gradInit: Float32Array[],
-): Record<string, Float32Array> {
-  const { B, T, H, N } = s, shp = [B, T, H, N];
-  const inputs: Record<
-    string,
-    { data: Float32Array | Uint16Array; shape: number[]; dtype?: "bf16" }
-  > = {
-    u: { data: x.u, shape: [H, N] },
-    dy: { data: x.dy, shape: shp },
-  };
-  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp, dtype: "bf16" };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    y: { shape: shp },
-    ws: { shape: [B * H * N * (T + 1)] },
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: gradShape(s, g), init: gradInit[i] }));
-  const res = withTensors(be, inputs, outputs, (t) => {
-    const ins = [t.r.ptr, t.k.ptr, t.v.ptr, t.w.ptr, t.u.ptr] as const;
-    be.k.mn_wkv6_forward(t.y.ptr, ...ins, B, T, H, N, be.stream);
-    be.k.mn_wkv6_backward(
-      ...GRADS.map((g) => t[g].ptr),
-      t.dy.ptr,
-      ...ins,
-      t.ws.ptr,
-      B,
-      T,
-      H,
-      N,
-      be.stream,
-    );
-  });
-  const out = res as Record<string, Float32Array>;
-  delete out.ws;
-  return out;
-}
-
-const zeroGrads = (s: Shape) => GRADS.map((g) => new Float32Array(gradNumel(s, g)));
+import { compareVsCpu, label, numel, type Shape } from "./test/wkv_cases.ts";
+import {
+  gradNumel,
+  GRADS,
+  INPUTS,
+  type Inputs,
+  type InputsF32,
+  type Kind,
+  makeInputs,
+  runWkv6,
+  withArgBuffers,
+  zeroGrads,
+} from "./test/wkv6_cases.ts";
 
 // ---- independent float64 reference in TypeScript (written from the math) ------------------------
-type F64Inputs = Record<InputName | "u", Float64Array>;
+type F64Inputs = Record<typeof INPUTS[number] | "u", Float64Array>;
 const toF64 = (x: Inputs): F64Inputs => {
   const o = {} as F64Inputs;
   for (const name of INPUTS) o[name] = Float64Array.from(bf16ToF32(x[name]));
@@ -303,37 +221,20 @@ const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random"];
 // running-sum form, see cuda/wkv6.cu) [model 2.9e-6; random, d down to 0.066: 6.7e-6] gets 5e-5.
 const REL = { fwd: 5e-6, bwd: 5e-6, dw: 5e-5 };
 
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `wkv6 forward+backward: ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      const worst: Record<string, number> = {};
-      SHAPES.forEach((s, si) => {
-        KINDS.forEach((kind, ki) => {
-          const rng = new Rng(SEED + 10 * si + ki);
-          const x = makeInputs(rng, s, kind);
-          const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
-          const want = runWkv6(ref, s, x, init);
-          const got = runWkv6(be, s, x, init);
-          for (const key of Object.keys(want)) {
-            const gi = (GRADS as readonly string[]).indexOf(key);
-            // the grads started from `init`: compare what the call added
-            const w = gi >= 0 ? want[key].map((z, i) => z - init[gi][i]) : want[key];
-            const g = gi >= 0 ? got[key].map((z, i) => z - init[gi][i]) : got[key];
-            const rel = key === "dw" ? REL.dw : gi >= 0 ? REL.bwd : REL.fwd;
-            const tag = `${key} ${kind}`;
-            worst[tag] = Math.max(worst[tag] ?? 0, relErr(g, w));
-            compareRel(`wkv6 ${label(s, kind)} ${key} (${tname} vs cpu)`, g, w, rel);
-          }
-        });
-      });
-      console.log(`wkv6 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
-    },
+testTargets((tname) => `wkv6 forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
+  const worst: Record<string, number> = {};
+  forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputs(rng, s, kind);
+    const init = GRADS.map((g) => rng.normal(gradNumel(s, g), 0.1));
+    const want = runWkv6(ref, "wkv6", s, x, init);
+    const got = runWkv6(be, "wkv6", s, x, init);
+    const rel = (key: string) =>
+      key === "dw" ? REL.dw : (GRADS as readonly string[]).includes(key) ? REL.bwd : REL.fwd;
+    const tag = (key: string) => `${key} ${kind}`;
+    compareVsCpu("wkv6", tname, s, kind, want, got, GRADS, init, rel, worst, tag);
   });
-}
+  console.log(`wkv6 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
+});
 
 // ---- b) cpu against float64 finite differences and the TS float64 references ---------------------
 // B = 2 and H = 2 so that du is summed over the batch and kept per head.
@@ -344,7 +245,7 @@ Deno.test("wkv6: cpu forward/backward vs float64 references and finite differenc
     const rng = new Rng(SEED + 100 + (kind === "model" ? 0 : 1));
     const x = makeInputs(rng, s, kind);
     const xf = toF64(x);
-    const got = runWkv6(be, s, x, zeroGrads(s));
+    const got = runWkv6(be, "wkv6", s, x, zeroGrads(s));
     // cpu works in double and stores fp32: only the final rounding (2^-24 relative) separates them.
     compareRel(`cpu y ${kind}`, got.y, f64Forward(s, xf), 1e-6);
     const pairs = f64Backward(s, xf, x.dy), scan = f64BackwardScan(s, xf, x.dy);
@@ -379,7 +280,7 @@ Deno.test("wkv6: T=512 N=64 precision vs float64 (emu, cpu)", () => {
     const refGrads = f64BackwardScan(s, xf, x.dy);
     for (const name of ["cpu", "emu"] as const) {
       const t0 = performance.now();
-      const got = runWkv6(backend(name), s, x, zeroGrads(s));
+      const got = runWkv6(backend(name), "wkv6", s, x, zeroGrads(s));
       const ms = performance.now() - t0;
       const errs: Record<string, number> = { y: relErr(got.y, refY) };
       GRADS.forEach((g, i) => (errs[g] = relErr(got[g], refGrads[i])));
@@ -396,43 +297,21 @@ Deno.test("wkv6: T=512 N=64 precision vs float64 (emu, cpu)", () => {
 });
 
 // ---- d) accumulation and argument checks ------------------------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv6: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !targets().some((t) => t.name === "cuda" && t.run),
-    fn() {
-      const be = backend(name);
-      const s: Shape = { B: 3, T: 21, H: 2, N: 16 };
-      const rng = new Rng(SEED + 300);
-      const x = makeInputs(rng, s, "model");
-      const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
-      const g0 = runWkv6(be, s, x, zeroGrads(s));
-      const g1 = runWkv6(be, s, x, init);
-      const again = runWkv6(be, s, x, zeroGrads(s));
-      compare(`${name} y rerun`, again.y, g0.y, { atol: 0, rtol: 0 });
-      GRADS.forEach((g, i) => {
-        // same inputs, same bits; and init + g is one fp32 addition of the same g
-        compare(`${name} ${g} rerun`, again[g], g0[g], { atol: 0, rtol: 0 });
-        const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
-        compare(`${name} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
-        assert.ok(maxAbs(g0[g]) > 0, `${name} ${g} is all zero`);
-      });
-    },
-  });
-}
+testAccumulates("wkv6", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  const s: Shape = { B: 3, T: 21, H: 2, N: 16 };
+  const rng = new Rng(SEED + 300);
+  const x = makeInputs(rng, s, "model");
+  const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
+  const run = (g: Float32Array[]) => runWkv6(be, "wkv6", s, x, g);
+  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y"]);
+});
 
 Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const n = 2 * 32 * 2 * 128;
-    withTensors(be, {}, {
-      y: { shape: [n] },
-      g: { shape: [n] },
-      ws: { shape: [n * 2] },
-      i: { shape: [n], dtype: "bf16" },
-    }, (t) => {
-      const y = t.y.ptr, g = t.g.ptr, ws = t.ws.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
+    withArgBuffers(be, (y, g, ws, i) => {
+      const cases: ShapeCase[] = [
         [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
         [1, 16, 1, 256, /head size N = 256 is not supported/],
         [1, 16, 1, 0, /head size N = 0 is not supported/],
@@ -441,22 +320,15 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
         [1, 16, -1, 64, /must all be > 0/],
         [65536, 1, 1, 16, /B = 65536 exceeds the grid limit 65535/],
       ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        // the message names the entry point and says what is wrong
-        const says = (fn: string) => (e: unknown) =>
-          e instanceof Error && e.message.includes(`${fn}: `) && re.test(e.message);
-        assert.throws(
-          () => be.k.mn_wkv6_forward(y, i, i, i, i, g, B, T, H, N, null),
-          says("wkv6_forward"),
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, null),
-          says("wkv6_backward"),
-          where,
-        );
-      }
+      // the message names the entry point and says what is wrong
+      checkShapeErrors(name, "N", cases, [
+        ["wkv6_forward", (B, T, H, N) => be.k.mn_wkv6_forward(y, i, i, i, i, g, B, T, H, N, null)],
+        [
+          "wkv6_backward",
+          (B, T, H, N) =>
+            be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, null),
+        ],
+      ], errorFrom);
       assert.throws(
         () => be.k.mn_wkv6_forward(y, i, i, i, i, null, 1, 16, 1, 16, null),
         /wkv6_forward: NULL/,
@@ -475,41 +347,8 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
 
 // ---- e) fp32-input entry points (mn_wkv6_forward_f32 / mn_wkv6_backward_f32) ---------------------
 /** Forward then backward through the _f32 entry points, fp32 r, k, v, w; gradients from zero. */
-function runWkv6F32(
-  be: Backend,
-  s: Shape,
-  x: Record<InputName, Float32Array> & { u: Float32Array; dy: Float32Array },
-): Record<string, Float32Array> {
-  const { B, T, H, N } = s, shp = [B, T, H, N];
-  const inputs: Record<string, { data: Float32Array; shape: number[] }> = {
-    u: { data: x.u, shape: [H, N] },
-    dy: { data: x.dy, shape: shp },
-  };
-  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    y: { shape: shp },
-    ws: { shape: [B * H * N * (T + 1)] },
-  };
-  const zero = zeroGrads(s); // the gradients accumulate
-  GRADS.forEach((g, i) => (outputs[g] = { shape: gradShape(s, g), init: zero[i] }));
-  const out = withTensors(be, inputs, outputs, (t) => {
-    const ins = [t.r.ptr, t.k.ptr, t.v.ptr, t.w.ptr, t.u.ptr] as const;
-    be.k.mn_wkv6_forward_f32(t.y.ptr, ...ins, B, T, H, N, be.stream);
-    be.k.mn_wkv6_backward_f32(
-      ...GRADS.map((g) => t[g].ptr),
-      t.dy.ptr,
-      ...ins,
-      t.ws.ptr,
-      B,
-      T,
-      H,
-      N,
-      be.stream,
-    );
-  }) as Record<string, Float32Array>;
-  delete out.ws;
-  return out;
-}
+const runWkv6F32 = (be: Backend, s: Shape, x: InputsF32) =>
+  runWkv6(be, "wkv6_f32", s, x, zeroGrads(s));
 
 Deno.test("wkv6: the _f32 entry points equal the bf16 ones on bf16 values, and match float64 on any (cpu, emu)", () => {
   const s: Shape = { B: 2, T: 12, H: 2, N: 16 };
@@ -526,7 +365,7 @@ Deno.test("wkv6: the _f32 entry points equal the bf16 ones on bf16 values, and m
       u: x.u,
       dy: x.dy,
     };
-    const want = runWkv6(be, s, x, zeroGrads(s)), got = runWkv6F32(be, s, xf32);
+    const want = runWkv6(be, "wkv6", s, x, zeroGrads(s)), got = runWkv6F32(be, s, xf32);
     for (const key of Object.keys(want)) {
       compare(`${name} ${key}: f32 vs bf16 entry`, got[key], want[key], { atol: 0, rtol: 0 });
     }
@@ -563,31 +402,23 @@ Deno.test("wkv6: the _f32 entry points equal the bf16 ones on bf16 values, and m
 });
 
 // the _f32 entry points on every target (and under the sanitizers) vs cpu, off-grid fp32 inputs
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `wkv6 _f32 entry points: ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      const shapes = VARIANT ? [SHAPES[0]] : [SHAPES[1], SHAPES[3]];
-      shapes.forEach((s, si) => {
-        const rng = new Rng(SEED + 500 + si);
-        const n = numel(s), w = rng.uniform(n, -6, 1);
-        const x = {
-          r: rng.uniform(n, -1, 1),
-          k: rng.uniform(n, -1, 1).map((z, i) => z * Math.exp(Math.min(w[i], 0))),
-          v: rng.uniform(n, -1, 1),
-          w,
-          u: rng.uniform(s.H * s.N, -1, 1),
-          dy: rng.normal(n),
-        };
-        const want = runWkv6F32(ref, s, x), got = runWkv6F32(be, s, x);
-        for (const key of Object.keys(want)) {
-          const rel = key === "dw" ? REL.dw : key === "y" ? REL.fwd : REL.bwd;
-          compareRel(`wkv6_f32 ${label(s)} ${key} (${tname} vs cpu)`, got[key], want[key], rel);
-        }
-      });
-    },
+testTargets((tname) => `wkv6 _f32 entry points: ${tname} vs cpu`, (ref, be, tname) => {
+  const shapes = VARIANT ? [SHAPES[0]] : [SHAPES[1], SHAPES[3]];
+  shapes.forEach((s, si) => {
+    const rng = new Rng(SEED + 500 + si);
+    const n = numel(s), w = rng.uniform(n, -6, 1);
+    const x = {
+      r: rng.uniform(n, -1, 1),
+      k: rng.uniform(n, -1, 1).map((z, i) => z * Math.exp(Math.min(w[i], 0))),
+      v: rng.uniform(n, -1, 1),
+      w,
+      u: rng.uniform(s.H * s.N, -1, 1),
+      dy: rng.normal(n),
+    };
+    const want = runWkv6F32(ref, s, x), got = runWkv6F32(be, s, x);
+    for (const key of Object.keys(want)) {
+      const rel = key === "dw" ? REL.dw : key === "y" ? REL.fwd : REL.bwd;
+      compareRel(`wkv6_f32 ${label(s)} ${key} (${tname} vs cpu)`, got[key], want[key], rel);
+    }
   });
-}
+});

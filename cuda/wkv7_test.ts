@@ -10,206 +10,46 @@
 // elements can be tiny while their absolute error is set by the tensor's scale).
 import assert from "node:assert/strict";
 import type { Backend } from "./backend.ts";
-import { bf16ToF32, f32ToBf16 } from "./backend.ts";
+import { bf16ToF32 } from "./backend.ts";
 import {
   backend,
-  compare,
+  checkAccumulates,
+  checkShapeErrors,
   compareRel,
   fmtErrors,
-  maxAbs,
+  forShapesAndKinds,
   numericalGrad,
   relErr,
   Rng,
   SEED,
-  targets,
+  testAccumulates,
+  testTargets,
   VARIANT,
   withTensors,
 } from "./test/harness.ts";
+import { compareVsCpu, numel, type Shape } from "./test/wkv_cases.ts";
+import {
+  BAD_SHAPES,
+  CHUNK,
+  GRADS,
+  type InputName,
+  INPUTS,
+  type Inputs,
+  type InputsF32,
+  type Kind,
+  makeInputs,
+  makeInputsF32,
+  runWkv7,
+  zeroGrads,
+} from "./test/wkv7_cases.ts";
 
 type Structure = "wkv7" | "wkv7g";
-interface Shape {
-  B: number;
-  T: number;
-  H: number;
-  N: number;
-}
-type Kind = "model" | "random";
-const CHUNK = 16;
-const INPUTS = ["r", "w", "k", "v", "a", "b"] as const;
-const GRADS = ["dr", "dw", "dk", "dv", "da", "db"] as const;
-type InputName = typeof INPUTS[number];
-type Inputs = Record<InputName, Uint16Array> & { dy: Float32Array };
-/** fp32 inputs of mn_wkv7g_*_f32 (not rounded to bf16) */
-type InputsF32 = Record<InputName, Float32Array> & { dy: Float32Array };
-
-const numel = ({ B, T, H, N }: Shape) => B * T * H * N;
-const label = (s: Shape, kind?: string) =>
-  `(B=${s.B},T=${s.T},H=${s.H},N=${s.N}${kind ? " " + kind : ""})`;
-
-const softplus = (z: number) => (z > 0 ? z + Math.log1p(Math.exp(-z)) : Math.log1p(Math.exp(z)));
-
-/**
- * Inputs as the model makes them ("model": w = -softplus(-x) - 0.5 so d in (0.545, 1); a = -kk,
- * b = kk * alpha with kk L2-normalised per head and alpha in (0, 1)), or independent random ones
- * with small magnitudes ("random"; w uniform in wRange). All fp32 (see makeInputs for bf16).
- */
-function makeInputsF32(
-  rng: Rng,
-  s: Shape,
-  kind: Kind,
-  wRange: [number, number] = [-2.5, -0.5],
-): InputsF32 {
-  const n = numel(s), N = s.N;
-  let r: Float32Array,
-    w: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    a: Float32Array,
-    b: Float32Array;
-  if (kind === "model") {
-    const x = rng.normal(n);
-    w = x.map((xi) => -softplus(-xi) - 0.5);
-    const kk = rng.normal(n), alpha = rng.uniform(n, 0, 1);
-    for (let g = 0; g < n; g += N) {
-      let ss = 0;
-      for (let i = 0; i < N; i++) ss += kk[g + i] ** 2;
-      const inv = 1 / Math.max(Math.sqrt(ss), 1e-12);
-      for (let i = 0; i < N; i++) kk[g + i] *= inv;
-    }
-    a = kk.map((z) => -z);
-    b = kk.map((z, i) => z * alpha[i]);
-    r = rng.normal(n);
-    k = rng.normal(n, 0.5);
-    v = rng.normal(n);
-  } else {
-    w = rng.uniform(n, wRange[0], wRange[1]);
-    r = rng.uniform(n, -1, 1);
-    k = rng.uniform(n, -1, 1);
-    v = rng.uniform(n, -1, 1);
-    a = rng.uniform(n, -1 / Math.sqrt(N), 1 / Math.sqrt(N));
-    b = rng.uniform(n, -1 / Math.sqrt(N), 1 / Math.sqrt(N));
-  }
-  return { r, w, k, v, a, b, dy: rng.normal(n) };
-}
-
-/** makeInputsF32 with r, w, k, v, a, b rounded to bf16; dy stays fp32. */
-function makeInputs(
-  rng: Rng,
-  s: Shape,
-  kind: Kind,
-  wRange: [number, number] = [-2.5, -0.5],
-): Inputs {
-  const x = makeInputsF32(rng, s, kind, wRange);
-  return {
-    r: f32ToBf16(x.r),
-    w: f32ToBf16(x.w),
-    k: f32ToBf16(x.k),
-    v: f32ToBf16(x.v),
-    a: f32ToBf16(x.a),
-    b: f32ToBf16(x.b),
-    dy: x.dy,
-  };
-}
-
 /** Forward then backward of one structure on `be`; gradients start from `gradInit` (+=). */
-function runWkv(
-  be: Backend,
-  st: Structure,
-  s: Shape,
-  x: Inputs,
-  gradInit: Float32Array[],
-): Record<string, Float32Array> {
-  const { B, T, H, N } = s, shp = [B, T, H, N];
-  const inputs: Record<
-    string,
-    { data: Float32Array | Uint16Array; shape: number[]; dtype?: "bf16" }
-  > = {
-    dy: { data: x.dy, shape: shp },
-  };
-  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp, dtype: "bf16" };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    y: { shape: shp },
-    s_ckpt: { shape: [B, H, T / CHUNK, N, N] },
-    scratch: { shape: st === "wkv7" ? shp : [B, H, CHUNK + 1, N, N] }, // sa, or ws
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: gradInit[i] }));
-  const res = withTensors(be, inputs, outputs, (t) => {
-    const ins = [t.r.ptr, t.w.ptr, t.k.ptr, t.v.ptr, t.a.ptr, t.b.ptr] as const;
-    const grads = GRADS.map((g) => t[g].ptr);
-    if (st === "wkv7") {
-      be.k.mn_wkv7_forward(t.y.ptr, t.s_ckpt.ptr, t.scratch.ptr, ...ins, B, T, H, N, be.stream);
-      be.k.mn_wkv7_backward(
-        ...grads,
-        t.dy.ptr,
-        ...ins,
-        t.s_ckpt.ptr,
-        t.scratch.ptr,
-        B,
-        T,
-        H,
-        N,
-        be.stream,
-      );
-    } else {
-      be.k.mn_wkv7g_forward(t.y.ptr, t.s_ckpt.ptr, ...ins, B, T, H, N, be.stream);
-      be.k.mn_wkv7g_backward(
-        ...grads,
-        t.dy.ptr,
-        ...ins,
-        t.s_ckpt.ptr,
-        t.scratch.ptr,
-        B,
-        T,
-        H,
-        N,
-        be.stream,
-      );
-    }
-  });
-  const out = res as Record<string, Float32Array>;
-  if (st === "wkv7") out.sa = out.scratch;
-  delete out.scratch;
-  return out;
-}
-
+const runWkv = (be: Backend, st: Structure, s: Shape, x: Inputs, gradInit: Float32Array[]) =>
+  runWkv7(be, st, s, x, gradInit);
 /** mn_wkv7g_forward_f32 then mn_wkv7g_backward_f32 on `be`; gradients start from `gradInit`. */
-function runWkvF32(
-  be: Backend,
-  s: Shape,
-  x: InputsF32,
-  gradInit: Float32Array[],
-): Record<string, Float32Array> {
-  const { B, T, H, N } = s, shp = [B, T, H, N];
-  const inputs: Record<string, { data: Float32Array; shape: number[] }> = {
-    dy: { data: x.dy, shape: shp },
-  };
-  for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    y: { shape: shp },
-    s_ckpt: { shape: [B, H, T / CHUNK, N, N] },
-    ws: { shape: [B, H, CHUNK + 1, N, N] },
-  };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: gradInit[i] }));
-  const res = withTensors(be, inputs, outputs, (t) => {
-    const ins = [t.r.ptr, t.w.ptr, t.k.ptr, t.v.ptr, t.a.ptr, t.b.ptr] as const;
-    be.k.mn_wkv7g_forward_f32(t.y.ptr, t.s_ckpt.ptr, ...ins, B, T, H, N, be.stream);
-    be.k.mn_wkv7g_backward_f32(
-      ...GRADS.map((g) => t[g].ptr),
-      t.dy.ptr,
-      ...ins,
-      t.s_ckpt.ptr,
-      t.ws.ptr,
-      B,
-      T,
-      H,
-      N,
-      be.stream,
-    );
-  });
-  const out = res as Record<string, Float32Array>;
-  delete out.ws;
-  return out;
-}
+const runWkvF32 = (be: Backend, s: Shape, x: InputsF32, gradInit: Float32Array[]) =>
+  runWkv7(be, "wkv7g_f32", s, x, gradInit);
 
 // ---- independent float64 reference in TypeScript (written from the math) ------------------------
 type F64Inputs = Record<InputName, Float64Array>;
@@ -352,40 +192,20 @@ const REL = {
 const W_RANGE: Record<Structure, [number, number]> = { wkv7: [-2.5, -0.5], wkv7g: [-2.5, 1] };
 
 for (const st of ["wkv7", "wkv7g"] as Structure[]) {
-  for (const tgt of targets()) {
-    const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-    Deno.test({
-      name: `${st} forward+backward: ${tname} vs cpu`,
-      ignore: !tgt.run,
-      fn() {
-        const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-        const worst: Record<string, number> = {};
-        SHAPES.forEach((s, si) => {
-          KINDS.forEach((kind, ki) => {
-            const rng = new Rng(SEED + 10 * si + ki);
-            const x = makeInputs(rng, s, kind, W_RANGE[st]);
-            const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-            const want = runWkv(ref, st, s, x, init);
-            const got = runWkv(be, st, s, x, init);
-            for (const key of Object.keys(want)) {
-              const isGrad = (GRADS as readonly string[]).includes(key);
-              // the grads started from `init`: compare what the call added, and the sums
-              const w = isGrad
-                ? want[key].map((z, i) => z - init[GRADS.indexOf(key as typeof GRADS[number])][i])
-                : want[key];
-              const g = isGrad
-                ? got[key].map((z, i) => z - init[GRADS.indexOf(key as typeof GRADS[number])][i])
-                : got[key];
-              const rel = isGrad ? REL[st].bwd : REL[st].fwd;
-              worst[key] = Math.max(worst[key] ?? 0, relErr(g, w));
-              compareRel(`${st} ${label(s, kind)} ${key} (${tname} vs cpu)`, g, w, rel);
-            }
-          });
-        });
-        console.log(`${st} ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
-      },
+  testTargets((tname) => `${st} forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
+    const worst: Record<string, number> = {};
+    forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+      const x = makeInputs(rng, s, kind, W_RANGE[st]);
+      const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+      const want = runWkv(ref, st, s, x, init);
+      const got = runWkv(be, st, s, x, init);
+      // the grads started from `init`: compare what the call added, and the sums
+      const rel = (key: string) =>
+        (GRADS as readonly string[]).includes(key) ? REL[st].bwd : REL[st].fwd;
+      compareVsCpu(st, tname, s, kind, want, got, GRADS, init, rel, worst);
     });
-  }
+    console.log(`${st} ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
+  });
 }
 
 // ---- b) cpu against float64 finite differences and the TS float64 forward ----------------------
@@ -396,7 +216,7 @@ Deno.test("wkv7: cpu forward/backward vs float64 recurrence and finite differenc
     const rng = new Rng(SEED + 100 + (kind === "model" ? 0 : 1));
     const x = makeInputs(rng, s, kind, [-2.5, 1]);
     const xf = toF64(x);
-    const zero = GRADS.map(() => new Float32Array(numel(s)));
+    const zero = zeroGrads(s);
     const ref = f64Forward(s, xf, true);
     const num = INPUTS.map((name) => {
       const f = (z: Float64Array) => f64Forward(s, { ...xf, [name]: z }).y;
@@ -426,7 +246,7 @@ Deno.test("wkv7: T=1024 N=64 precision of both structures vs float64 (emu, cpu)"
   const ref = f64Forward(s, xf, true);
   const refCkpt = ckptFromStates(s, ref.states);
   const refGrads = f64Backward(s, xf, x.dy);
-  const zero = GRADS.map(() => new Float32Array(numel(s)));
+  const zero = zeroGrads(s);
   // Bounds, normwise; worst measured over 12 seeds in brackets. cpu: double, stored as fp32
   // [5e-8]. emu forward, fp32 over 1024 steps [3.3e-7]; recompute backward [4.1e-7]; backstepping
   // backward [dr, dw, da 1.4e-5; dk, dv, db as recompute].
@@ -465,35 +285,19 @@ Deno.test("wkv7: T=1024 N=64 precision of both structures vs float64 (emu, cpu)"
 // Same kernels as mn_wkv7g_* with fp32 inputs, so the same error model and tolerances: emu vs cpu
 // REL.wkv7g (the fp32 state vs double), with the gradients accumulated onto non-zero values.
 const F32_SHAPES: Shape[] = [SHAPES[0], SHAPES[1]];
-for (const tgt of targets()) {
-  const tname = tgt.variant ? `${tgt.name}-${tgt.variant}` : tgt.name;
-  Deno.test({
-    name: `wkv7g_f32 forward+backward: ${tname} vs cpu`,
-    ignore: !tgt.run,
-    fn() {
-      const ref = backend("cpu"), be = backend(tgt.name, tgt.variant);
-      const worst: Record<string, number> = {};
-      F32_SHAPES.forEach((s, si) => {
-        KINDS.forEach((kind, ki) => {
-          const rng = new Rng(SEED + 500 + 10 * si + ki);
-          const x = makeInputsF32(rng, s, kind, W_RANGE.wkv7g);
-          const init = GRADS.map(() => rng.normal(numel(s), 0.1));
-          const want = runWkvF32(ref, s, x, init);
-          const got = runWkvF32(be, s, x, init);
-          for (const key of Object.keys(want)) {
-            const gi = (GRADS as readonly string[]).indexOf(key);
-            const w = gi >= 0 ? want[key].map((z, i) => z - init[gi][i]) : want[key];
-            const g = gi >= 0 ? got[key].map((z, i) => z - init[gi][i]) : got[key];
-            const rel = gi >= 0 ? REL.wkv7g.bwd : REL.wkv7g.fwd;
-            worst[key] = Math.max(worst[key] ?? 0, relErr(g, w));
-            compareRel(`wkv7g_f32 ${label(s, kind)} ${key} (${tname} vs cpu)`, g, w, rel);
-          }
-        });
-      });
-      console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
-    },
-  });
-}
+testTargets((tname) => `wkv7g_f32 forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
+  const worst: Record<string, number> = {};
+  forShapesAndKinds(F32_SHAPES, KINDS, (s, kind, rng) => {
+    const x = makeInputsF32(rng, s, kind, W_RANGE.wkv7g);
+    const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+    const want = runWkvF32(ref, s, x, init);
+    const got = runWkvF32(be, s, x, init);
+    const rel = (key: string) =>
+      (GRADS as readonly string[]).includes(key) ? REL.wkv7g.bwd : REL.wkv7g.fwd;
+    compareVsCpu("wkv7g_f32", tname, s, kind, want, got, GRADS, init, rel, worst);
+  }, 500);
+  console.log(`wkv7g_f32 ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
+});
 
 // cpu f32 vs the float64 TS recurrence on the SAME fp32 values (gradients from zero): cpu works in
 // double and stores fp32, so only that final rounding (<= 2^-24 relative per element, hence
@@ -510,7 +314,7 @@ Deno.test("wkv7g_f32: cpu vs float64 recurrence and finite differences (exact fp
     const xf = f32ToF64(x);
     const ref = f64Forward(s, xf, true);
     const refGrads = f64Backward(s, xf, x.dy);
-    const got = runWkvF32(be, s, x, GRADS.map(() => new Float32Array(numel(s))));
+    const got = runWkvF32(be, s, x, zeroGrads(s));
     compareRel(`cpu f32 y ${kind}`, got.y, ref.y, 2e-7);
     compareRel(`cpu f32 s_ckpt ${kind}`, got.s_ckpt, ckptFromStates(s, ref.states), 2e-7);
     INPUTS.forEach((name, gi) => {
@@ -524,36 +328,21 @@ Deno.test("wkv7g_f32: cpu vs float64 recurrence and finite differences (exact fp
 });
 
 // ---- d) accumulation and argument checks ------------------------------------------------------
-for (const name of ["cpu", "emu", "cuda"] as const) {
-  Deno.test({
-    name: `wkv7: backward accumulates (+=) and is deterministic (${name})`,
-    ignore: name === "cuda" && !targets().some((t) => t.name === "cuda" && t.run),
-    fn() {
-      const be = backend(name);
-      // N=16: one thread per row; N=128: rows split over 4 lanes, sums across lanes by shuffles
-      // (a fixed butterfly order: the same bits run after run).
-      const shapes: Shape[] = [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 16, H: 1, N: 128 }];
-      for (const s of shapes) {
-        for (const st of ["wkv7", "wkv7g"] as Structure[]) {
-          const rng = new Rng(SEED + 300);
-          const x = makeInputs(rng, s, "model");
-          const zero = GRADS.map(() => new Float32Array(numel(s)));
-          const init = GRADS.map(() => rng.normal(numel(s)));
-          const g0 = runWkv(be, st, s, x, zero);
-          const g1 = runWkv(be, st, s, x, init);
-          const again = runWkv(be, st, s, x, zero);
-          GRADS.forEach((g, i) => {
-            // same inputs, same bits; and init + g is one fp32 addition of the same g
-            compare(`${name} ${st} ${g} rerun`, again[g], g0[g], { atol: 0, rtol: 0 });
-            const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
-            compare(`${name} ${st} ${g} += init`, g1[g], expect, { atol: 0, rtol: 0 });
-            assert.ok(maxAbs(g0[g]) > 0, `${name} ${st} ${g} is all zero`);
-          });
-        }
-      }
-    },
-  });
-}
+testAccumulates("wkv7", ["cpu", "emu", "cuda"], (name) => {
+  const be = backend(name);
+  // N=16: one thread per row; N=128: rows split over 4 lanes, sums across lanes by shuffles
+  // (a fixed butterfly order: the same bits run after run).
+  const shapes: Shape[] = [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 16, H: 1, N: 128 }];
+  for (const s of shapes) {
+    for (const st of ["wkv7", "wkv7g"] as Structure[]) {
+      const rng = new Rng(SEED + 300);
+      const x = makeInputs(rng, s, "model");
+      const init = GRADS.map(() => rng.normal(numel(s)));
+      const run = (g: Float32Array[]) => runWkv(be, st, s, x, g);
+      checkAccumulates(`${name} ${st}`, run, GRADS, zeroGrads(s), init);
+    }
+  }
+});
 
 Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -568,38 +357,19 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
       i: { shape: [n], dtype: "bf16" },
     }, (t) => {
       const y = t.y.ptr, ck = t.ck.ptr, sa = t.sa.ptr, g = t.g.ptr, i = t.i.ptr;
-      const cases: [number, number, number, number, RegExp][] = [
-        [1, 24, 1, 64, /T = 24 is not a multiple of the chunk length 16/],
-        [1, 16, 1, 48, /head size N = 48 is not supported \(16, 32, 64 or 128\)/],
-        [1, 16, 1, 256, /head size N = 256 is not supported/],
-        [0, 16, 1, 64, /B = 0, T = 16, H = 1 must all be > 0/],
-        [1, 16, 0, 64, /must all be > 0/],
-      ];
-      for (const [B, T, H, N, re] of cases) {
-        const where = `${name} B=${B} T=${T} H=${H} N=${N}`;
-        assert.throws(
-          () => be.k.mn_wkv7_forward(y, ck, sa, i, i, i, i, i, i, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () => be.k.mn_wkv7g_forward(y, ck, i, i, i, i, i, i, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () =>
-            be.k.mn_wkv7_backward(g, g, g, g, g, g, g, i, i, i, i, i, i, ck, sa, B, T, H, N, null),
-          re,
-          where,
-        );
-        assert.throws(
-          () =>
-            be.k.mn_wkv7g_backward(g, g, g, g, g, g, g, i, i, i, i, i, i, ck, sa, B, T, H, N, null),
-          re,
-          where,
-        );
-      }
+      const i6 = [i, i, i, i, i, i] as const, g7 = [g, g, g, g, g, g, g] as const;
+      checkShapeErrors(name, "N", BAD_SHAPES, [
+        ["wkv7_forward", (B, T, H, N) => be.k.mn_wkv7_forward(y, ck, sa, ...i6, B, T, H, N, null)],
+        ["wkv7g_forward", (B, T, H, N) => be.k.mn_wkv7g_forward(y, ck, ...i6, B, T, H, N, null)],
+        [
+          "wkv7_backward",
+          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+        ],
+        [
+          "wkv7g_backward",
+          (B, T, H, N) => be.k.mn_wkv7g_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+        ],
+      ]);
       assert.throws(
         () => be.k.mn_wkv7_forward(y, ck, null, i, i, i, i, i, i, 1, 16, 1, 16, null),
         /NULL/,
@@ -614,55 +384,12 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
         /wkv7g_forward_f32: NULL/,
       );
       assert.throws(
-        () =>
-          be.k.mn_wkv7g_backward_f32(
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            ck,
-            sa,
-            1,
-            16,
-            1,
-            48,
-            null,
-          ),
+        // six gradients, dy and the six fp32 inputs
+        () => be.k.mn_wkv7g_backward_f32(...g7, ...g7.slice(1), ck, sa, 1, 16, 1, 48, null),
         /wkv7g_backward_f32: head size N = 48/,
       );
       assert.throws(
-        () =>
-          be.k.mn_wkv7g_backward(
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            g,
-            i,
-            i,
-            i,
-            i,
-            i,
-            i,
-            ck,
-            null,
-            1,
-            16,
-            1,
-            16,
-            null,
-          ),
+        () => be.k.mn_wkv7g_backward(...g7, ...i6, ck, null, 1, 16, 1, 16, null),
         /NULL/,
       );
     });

@@ -8,6 +8,7 @@
 // Each run gets a fresh random seed (or $MN_TEST_SEED); a failure prints it so it can be replayed.
 // Outputs are poisoned (all bytes 0xFF = NaN) before the call, so an element the kernel forgot to
 // write fails the comparison.
+import assert from "node:assert/strict";
 import {
   Backend,
   type BackendName,
@@ -239,3 +240,145 @@ export function compareRel(
 export function fmtErrors(o: Record<string, number>): string {
   return Object.entries(o).map(([k, v]) => `${k} ${v.toExponential(1)}`).join(", ");
 }
+
+// ---- pieces shared by the kernel tests' own loops ------------------------------------------------
+
+/** "emu", "cuda", or "emu-tsan" under a sanitizer variant: how test names spell a target. */
+export const targetName = (t: { name: BackendName; variant: Variant }) =>
+  t.variant ? `${t.name}-${t.variant}` : t.name;
+
+/** Whether the cuda backend runs here (a GPU is visible and no sanitizer variant is selected). */
+export const CUDA_RUNS = targets().some((t) => t.name === "cuda" && t.run);
+
+/**
+ * Registers one Deno test per target (as checkKernel does, for tests with their own loops): named
+ * `name(tname)`, ignored where the target cannot run, `fn` gets the cpu reference and the target.
+ */
+export function testTargets(
+  name: (tname: string) => string,
+  fn: (ref: Backend, be: Backend, tname: string, target: { name: BackendName }) => void,
+) {
+  for (const tgt of targets()) {
+    const tname = targetName(tgt);
+    Deno.test({
+      name: name(tname),
+      ignore: !tgt.run,
+      fn: () => fn(backend("cpu"), backend(tgt.name, tgt.variant), tname, tgt),
+    });
+  }
+}
+
+/** max |got[i] - want[i]| */
+export function maxAbsDiff(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  let e = 0;
+  for (let i = 0; i < got.length; i++) e = Math.max(e, Math.abs(got[i] - want[i]));
+  return e;
+}
+
+/** a - b elementwise (in fp32) */
+export const minus = (a: Float32Array, b: ArrayLike<number>) => a.map((z, i) => z - b[i]);
+
+/**
+ * The outputs of a backward that accumulated onto `init` (gradient `grads[i]` started at
+ * `init[i]`), with those gradients replaced by what the call added; other outputs as they are.
+ * Keeps the key order.
+ */
+export function addedPart(
+  out: Record<string, Float32Array>,
+  grads: readonly string[],
+  init: Float32Array[],
+): Record<string, Float32Array> {
+  const res: Record<string, Float32Array> = {};
+  for (const key of Object.keys(out)) {
+    const gi = grads.indexOf(key);
+    res[key] = gi >= 0 ? minus(out[key], init[gi]) : out[key];
+  }
+  return res;
+}
+
+/**
+ * The accumulate-and-determinism check of a backward kernel: `run(gradInit)` runs forward then
+ * backward with the gradients starting at gradInit. Run from `zero` twice and from `init` once:
+ * the outputs named in `same` and every gradient must be bit-identical between the two runs from
+ * zero; each gradient from `init` must be init + (the gradient from zero), one fp32 addition, bit
+ * for bit; and no gradient may be all zero. Messages start with `what`.
+ */
+export function checkAccumulates(
+  what: string,
+  run: (gradInit: Float32Array[]) => Record<string, ArrayLike<number>>,
+  grads: readonly string[],
+  zero: Float32Array[],
+  init: Float32Array[],
+  same: readonly string[] = [],
+) {
+  const g0 = run(zero);
+  const g1 = run(init);
+  const again = run(zero);
+  for (const key of same) compare(`${what} ${key} rerun`, again[key], g0[key], EXACT);
+  grads.forEach((g, i) => {
+    // same inputs, same bits; and init + g is one fp32 addition of the same g
+    compare(`${what} ${g} rerun`, again[g], g0[g], EXACT);
+    const expect = init[i].map((z, j) => Math.fround(z + g0[g][j]));
+    compare(`${what} ${g} += init`, g1[g], expect, EXACT);
+    assert.ok(maxAbs(g0[g]) > 0, `${what} ${g} is all zero`);
+  });
+}
+
+/** Registers `<kernel>: backward accumulates (+=) and is deterministic (<backend>)` per backend
+ * in `names` (cuda ignored without a GPU; all ignored when `ignore`); `fn` gets the name. */
+export function testAccumulates(
+  kernel: string,
+  names: readonly ("cpu" | "emu" | "cuda")[],
+  fn: (name: "cpu" | "emu" | "cuda") => void,
+  ignore = false,
+) {
+  for (const name of names) {
+    Deno.test({
+      name: `${kernel}: backward accumulates (+=) and is deterministic (${name})`,
+      ignore: ignore || (name === "cuda" && !CUDA_RUNS),
+      fn: () => fn(name),
+    });
+  }
+}
+
+/**
+ * Runs `fn` for every shape and kind with its own Rng(SEED + seedBase + 10 * shape index + kind
+ * index), the same on every backend: the sweep of the kernels' emu/cuda-vs-cpu tests.
+ */
+export function forShapesAndKinds<S, K>(
+  shapes: readonly S[],
+  kinds: readonly K[],
+  fn: (s: S, kind: K, rng: Rng) => void,
+  seedBase = 0,
+) {
+  shapes.forEach((s, si) =>
+    kinds.forEach((kind, ki) => fn(s, kind, new Rng(SEED + seedBase + 10 * si + ki)))
+  );
+}
+
+/** [B, T, H, head size, what the error message must match] */
+export type ShapeCase = [number, number, number, number, RegExp];
+
+/**
+ * Bad-shape checks: for each case every entry point in `calls` (name, call with B, T, H and the
+ * head size) must throw, its error matching `match(name, re)` (by default just `re`). Assertion
+ * messages "<backend> B=.. T=.. H=.. <dim>=..".
+ */
+export function checkShapeErrors(
+  backendName: string,
+  dim: string,
+  cases: readonly ShapeCase[],
+  calls: [string, (B: number, T: number, H: number, X: number) => unknown][],
+  match: (entry: string, re: RegExp) => RegExp | ((e: unknown) => boolean) = (_, re) => re,
+) {
+  for (const [B, T, H, X, re] of cases) {
+    const where = `${backendName} B=${B} T=${T} H=${H} ${dim}=${X}`;
+    for (const [entry, call] of calls) {
+      assert.throws(() => call(B, T, H, X), match(entry, re), where);
+    }
+  }
+}
+
+/** An error whose message names the entry point ("<entry>: ") and matches `re`. */
+export const errorFrom = (entry: string, re: RegExp) => (e: unknown) =>
+  e instanceof Error && e.message.includes(`${entry}: `) && re.test(e.message);
