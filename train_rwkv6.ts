@@ -480,7 +480,7 @@ class Muon {
       const [rows, cols] = p.shape;
       const n = p.data.n;
       const owner = i % coll.world; // the rank that orthogonalises this parameter's update
-      let upd = this.scratch("upd", [rows, cols]);
+      const upd = this.scratch("upd", [rows, cols]);
       if (owner === coll.rank) {
         k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
         k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
@@ -488,8 +488,10 @@ class Muon {
         k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
         k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
         const X = this.newtonSchulz5(g, rows, cols);
-        if (coll.world === 1) upd = X;
-        else k.mn_memcpy_d2d(upd.ptr, X.ptr, BigInt(upd.nbytes), s);
+        // the original applies the bf16 output of its Newton-Schulz iteration
+        const x16 = this.scratch("upd16", [rows, cols], "bf16");
+        k.mn_cast_f32_to_bf16(x16.ptr, X.ptr, n, s);
+        k.mn_cast_bf16_to_f32(upd.ptr, x16.ptr, n, s);
       }
       if (coll.world > 1) coll.broadcast(upd, owner);
       // (the original's split of [3C, C] fused-QKV matrices never applies: none is 3:1 here)
