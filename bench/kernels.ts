@@ -21,8 +21,8 @@ const reps = Number(values.reps);
 const OP = kernelsHeaderConstants();
 
 const S = size === "model"
-  ? { N: 4096, C: 768, V: 50304, B: 4, T: 1024, H: 12, D: 64, logitRows: 1024 }
-  : { N: 256, C: 128, V: 2048, B: 1, T: 64, H: 2, D: 64, logitRows: 64 };
+  ? { N: 4096, C: 768, V: 50304, B: 4, T: 1024, H: 12, D: 64, logitRows: 1024, Bwkv: 32 }
+  : { N: 256, C: 128, V: 2048, B: 1, T: 64, H: 2, D: 64, logitRows: 64, Bwkv: 1 };
 
 interface Case {
   name: string;
@@ -126,75 +126,33 @@ const cases: Case[] = [
         );
     },
   },
-  {
-    name: `wkv7 (backstepping) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
-    run: (be, t) => {
-      const shp = [S.B, S.T, S.H, S.D];
-      const [r, w, k, v, a, b] = Array.from({ length: 6 }, () => t(shp, "bf16"));
-      const y = t(shp), sa = t(shp), s = t([S.B, S.H, S.T / 16, S.D, S.D]);
-      const g = Array.from({ length: 6 }, () => t(shp));
-      return () => {
-        be.k.mn_wkv7_forward(
-          y.ptr,
-          s.ptr,
-          sa.ptr,
-          r.ptr,
-          w.ptr,
-          k.ptr,
-          v.ptr,
-          a.ptr,
-          b.ptr,
-          S.B,
-          S.T,
-          S.H,
-          S.D,
-          be.stream,
-        );
-        be.k.mn_wkv7_backward(
-          ...g.map((x) => x.ptr),
-          y.ptr,
-          r.ptr,
-          w.ptr,
-          k.ptr,
-          v.ptr,
-          a.ptr,
-          b.ptr,
-          s.ptr,
-          sa.ptr,
-          S.B,
-          S.T,
-          S.H,
-          S.D,
-          be.stream,
-        );
-      };
-    },
-  },
-  {
-    name: `wkv7 (wind, tensor cores) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
-    run: (be, t) => {
-      const shp = [S.B, S.T, S.H, S.D];
-      const [r, w, k, v, a, b] = Array.from({ length: 6 }, () => t(shp, "bf16"));
-      const y = t(shp), sa = t(shp), s = t([S.B, S.H, S.T / 16, S.D, S.D]);
-      const g = Array.from({ length: 6 }, () => t(shp));
-      const ins = [r, w, k, v, a, b].map((x) => x.ptr);
-      return () => {
-        be.k.mn_wkv7_wind_forward(y.ptr, s.ptr, sa.ptr, ...ins, S.B, S.T, S.H, S.D, be.stream);
-        be.k.mn_wkv7_wind_backward(
-          ...g.map((x) => x.ptr),
-          y.ptr,
-          ...ins,
-          s.ptr,
-          sa.ptr,
-          S.B,
-          S.T,
-          S.H,
-          S.D,
-          be.stream,
-        );
-      };
-    },
-  },
+  // the three WKV-7 structures at the record's per-GPU batch (device_bsz 32 x T 1024, 12 heads of 64)
+  ...(["wkv7g (default)", "backstepping (--fast_cuda)", "wind (--wind_cuda)"] as const).map(
+    (kind): Case => ({
+      name: `wkv7 ${kind} fwd+bwd B${S.Bwkv} T${S.T} H${S.H} N${S.D}`,
+      run: (be, t) => {
+        const B = S.Bwkv, shp = [B, S.T, S.H, S.D];
+        const ins = Array.from({ length: 6 }, () => t(shp, "bf16").ptr); // r, w, k, v, a, b
+        const y = t(shp), sa = t(shp), s = t([B, S.H, S.T / 16, S.D, S.D]);
+        const g = Array.from({ length: 6 }, () => t(shp).ptr);
+        const dims = [B, S.T, S.H, S.D, be.stream] as const;
+        if (kind.startsWith("wkv7g")) {
+          const ws = t([B, S.H, 17, S.D, S.D]);
+          return () => {
+            be.k.mn_wkv7g_forward(y.ptr, s.ptr, ...ins, ...dims);
+            be.k.mn_wkv7g_backward(...g, y.ptr, ...ins, s.ptr, ws.ptr, ...dims);
+          };
+        }
+        const [fwd, bwd] = kind.startsWith("wind")
+          ? [be.k.mn_wkv7_wind_forward, be.k.mn_wkv7_wind_backward]
+          : [be.k.mn_wkv7_forward, be.k.mn_wkv7_backward];
+        return () => {
+          fwd(y.ptr, s.ptr, sa.ptr, ...ins, ...dims);
+          bwd(...g, y.ptr, ...ins, s.ptr, sa.ptr, ...dims); // y doubles as dy: any finite values
+        };
+      },
+    }),
+  ),
   {
     name: `wkv6 chunked (--fla_cuda) fwd+bwd B${S.B} T${S.T} H${S.H} N${S.D}`,
     run: (be, t) => {
