@@ -4,11 +4,12 @@
 // fp32-input attention kernels; the rotary table is bf16 in both, a constant).
 import assert from "node:assert/strict";
 import type { BackendName } from "./cuda/backend.ts";
-import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
 import {
   BROWN,
+  checkDumpGrads,
   checkFlagErrors,
   checkGradientsByFiniteDifferences,
+  checkInitFromMismatch,
   checkResume,
   compareBackends,
   ensureBrown,
@@ -139,73 +140,15 @@ Deno.test("train_gpt2: --resume continues bit-for-bit (cpu)", () => {
 });
 
 Deno.test("train_gpt2: --dump_grads writes every gradient under its PyTorch name plus a scalar loss", () => {
-  ensureBrown();
-  const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
-  const r = train([
-    ...BROWN,
-    ...TINY.slice(0, -2),
-    "--backend",
-    "cpu",
-    "--random_seed",
-    "9",
-    "--dump_grads",
-    out,
-  ]);
-  assert.equal(r.code, 0, r.stderr);
-  const { tensors } = readSafetensors(out);
-  const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "9"]);
-  const specs = trainer.modelSpecs(a, new trainer.Rng(9));
-  assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
-  for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
-  const loss = tensors.get("loss")!;
-  assert.deepEqual(loss.shape, []);
-  const l = (loss.data as Float32Array)[0];
-  assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
-  assert.ok(
-    norm(tensors.get("lm_head.weight")!.data as Float32Array) > 0,
-    "lm_head has a gradient",
-  );
+  const { grad, specs } = checkDumpGrads(trainer, "train_gpt2.ts", TINY.slice(0, -2));
+  assert.ok(norm(grad("lm_head.weight")) > 0, "lm_head has a gradient");
   // the zero-init lm_head passes no gradient back at init (as in PyTorch): every other gradient
   // of the first batch is exactly zero
-  for (const s of specs.slice(0, -1)) {
-    assert.equal(norm(tensors.get(s.name)!.data as Float32Array), 0, `${s.name} at init`);
-  }
+  for (const s of specs.slice(0, -1)) assert.equal(norm(grad(s.name)), 0, `${s.name} at init`);
 });
 
 Deno.test("train_gpt2: --init_from lists missing, unexpected and mis-shaped tensors", () => {
-  const dir = Deno.makeTempDirSync();
-  const a = parseFlags([...TINY]);
-  const specs = trainer.modelSpecs(a, new trainer.Rng(1));
-  const t = new Map(
-    specs.slice(1).map((
-      s,
-    ) => [s.name, {
-      dtype: "F32" as const,
-      shape: s.shape,
-      data: new Float32Array(s.shape.reduce((x, y) => x * y, 1)),
-    }]),
-  );
-  t.set("bogus.weight", { dtype: "F32", shape: [2], data: new Float32Array(2) });
-  t.set("lm_head.weight", { dtype: "F32", shape: [64, 512], data: new Float32Array(64 * 512) });
-  writeSafetensors(`${dir}/w.safetensors`, t);
-  ensureBrown();
-  const r = train([
-    ...BROWN,
-    ...TINY,
-    "--backend",
-    "cpu",
-    "--init_from",
-    `${dir}/w.safetensors`,
-    "--num_iterations",
-    "1",
-    "--warmdown_iters",
-    "0",
-  ]);
-  assert.equal(r.code, 2, r.stdout + r.stderr);
-  assert.match(r.stderr, /missing 1 \(transformer\.wte\.weight\)/);
-  assert.match(r.stderr, /unexpected 1 \(bogus\.weight\)/);
-  assert.match(r.stderr, /mis-shaped 1 \(lm_head\.weight: file \[64,512\] vs model \[512,64\]\)/);
-  assert.equal(r.stderr.trim().split("\n").length, 1, "one line");
+  checkInitFromMismatch(trainer, "train_gpt2.ts", TINY, "lm_head.weight");
 });
 
 Deno.test("train_gpt2: invalid flags and combinations are one-line errors", () => {

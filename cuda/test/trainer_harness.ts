@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { Backend, type BackendName, type Tensor } from "../backend.ts";
 import { Graph, type Param } from "../autograd.ts";
-import { readSafetensors } from "../safetensors.ts";
+import { readSafetensors, writeSafetensors } from "../safetensors.ts";
 import { HAS_GPU } from "./harness.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
@@ -65,6 +65,10 @@ export function trainLosses(stdout: string): string[] {
 interface TrainerRng {
   next(): number;
   normal(): number;
+}
+interface TrainerSpec {
+  name: string;
+  shape: number[];
 }
 interface TrainerArgs {
   device_bsz: number;
@@ -278,4 +282,79 @@ export function checkFlagErrors(
       `${args.join(" ")}: one line, got ${r.stderr}`,
     );
   }
+}
+
+/**
+ * `--dump_grads` on the cpu backend (tiny model, seed 9): the file holds every parameter's gradient
+ * under its name and shape, in model order, plus a scalar loss near ln(50304) at init. Returns the
+ * gradient tensors (by name, as float32 arrays) and the specs for trainer-specific checks.
+ */
+export function checkDumpGrads<A extends TrainerArgs, S extends TrainerSpec[]>(
+  mod: TrainerModule<A, S>,
+  script: string,
+  flags: string[],
+) {
+  ensureBrown();
+  const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
+  const r = runTrainer(script, [
+    ...BROWN,
+    ...flags,
+    ...["--backend", "cpu", "--random_seed", "9", "--dump_grads", out],
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const { tensors } = readSafetensors(out);
+  const specs = mod.modelSpecs(mod.parseFlags([...flags, "--random_seed", "9"]), new mod.Rng(9));
+  assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
+  for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
+  const loss = tensors.get("loss")!;
+  assert.deepEqual(loss.shape, []);
+  const l = (loss.data as Float32Array)[0];
+  assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
+  const grad = (name: string) => tensors.get(name)!.data as Float32Array;
+  return { grad, specs };
+}
+
+/**
+ * `--init_from` a file that lacks the first parameter, has an unknown tensor and holds
+ * `misShaped` transposed: one stderr line naming all three, exit code 2.
+ */
+export function checkInitFromMismatch<A extends TrainerArgs, S extends TrainerSpec[]>(
+  mod: TrainerModule<A, S>,
+  script: string,
+  flags: string[],
+  misShaped: string,
+) {
+  const dir = Deno.makeTempDirSync();
+  const specs = mod.modelSpecs(mod.parseFlags(flags), new mod.Rng(1));
+  const zeros = (shape: number[]) => ({
+    dtype: "F32" as const,
+    shape,
+    data: new Float32Array(shape.reduce((x, y) => x * y, 1)),
+  });
+  const t = new Map(specs.slice(1).map((s) => [s.name, zeros(s.shape)]));
+  t.set("bogus.weight", zeros([2]));
+  const shape = specs.find((s) => s.name === misShaped)!.shape;
+  t.set(misShaped, zeros([...shape].reverse()));
+  writeSafetensors(`${dir}/w.safetensors`, t);
+  ensureBrown();
+  const r = runTrainer(script, [
+    ...BROWN,
+    ...flags,
+    ...["--backend", "cpu", "--init_from", `${dir}/w.safetensors`],
+    ...["--num_iterations", "1", "--warmdown_iters", "0"],
+  ]);
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  const re = (x: string) => x.replace(/[.[\]]/g, "\\$&");
+  assert.match(r.stderr, new RegExp(`missing 1 \\(${re(specs[0].name)}\\)`));
+  assert.match(r.stderr, /unexpected 1 \(bogus\.weight\)/);
+  const [rows, cols] = shape;
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `mis-shaped 1 \\(${
+        re(misShaped)
+      }: file \\[${cols},${rows}\\] vs model \\[${rows},${cols}\\]\\)`,
+    ),
+  );
+  assert.equal(r.stderr.trim().split("\n").length, 1, "one line");
 }
