@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include "entry_checks.h"
 // Causal attention, FlashAttention-2 structure on CUDA cores (no tensor cores), fp32 accumulation.
 // See cuda/kernels.h for the ABI. q, k, v [B,T,H,D] bf16; scale = 1/sqrt(D); query t sees keys
 // 0..t. No T x T matrix is ever stored: scores live one (query tile x key tile) at a time in
@@ -421,15 +422,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
 }
 
 // ---- host side ----------------------------------------------------------------------------------
-int att_check(const char* fn, int B, int T, int H, int D) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(D == 16 || D == 32 || D == 64 || D == 128,
-             "%s: head size D = %d is not supported (16, 32, 64 or 128)", fn, D);
-  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
-             H);
-  return 0;
-}
-
 inline unsigned att_tiles(int T, int rows) { return (unsigned)((T + rows - 1) / rows); }
 
 template <int D, typename TI>
@@ -467,7 +459,7 @@ int att_backward(float* dq, float* dk, float* dv, float* dout, float* out, float
 template <typename TI>
 int att_forward_any(float* out, float* lse, const TI* q, const TI* k, const TI* v, int B, int T,
                     int H, int D, void* stream) {
-  if (int rc = att_check("attention_forward", B, T, H, D)) return rc;
+  if (int rc = mn_check_attention_shape("attention_forward", B, T, H, D)) return rc;
   MN_REQUIRE(out && lse && q && k && v, "attention_forward: NULL tensor argument");
   switch (D) {
     case 16: return att_forward<16>(out, lse, q, k, v, B, T, H, stream);
@@ -481,7 +473,7 @@ template <typename TI>
 int att_backward_any(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
                      const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D,
                      void* stream) {
-  if (int rc = att_check("attention_backward", B, T, H, D)) return rc;
+  if (int rc = mn_check_attention_shape("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
   switch (D) {

@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include "entry_checks.h"
 #include "mma.cuh"
 // Causal attention on tensor cores, FlashAttention-2 structure: the same ABI, layouts and
 // workspace contract as mn_attention_forward/backward (cuda/attention.cu, see cuda/kernels.h), with
@@ -531,17 +532,6 @@ constexpr size_t tc_dq_smem() {
   return sizeof(bf16) * (2 * TC_BR + 2 * TC_BC) * (D + 8);
 }
 
-inline bool tc_aligned(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
-int tc_check(const char* fn, int B, int T, int H, int D) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(D == 16 || D == 32 || D == 64 || D == 128,
-             "%s: head size D = %d is not supported (16, 32, 64 or 128)", fn, D);
-  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
-             H);
-  return 0;
-}
-
 inline unsigned tc_tiles(int T, int rows) { return (unsigned)((T + rows - 1) / rows); }
 
 template <int D>
@@ -577,10 +567,7 @@ int tc_backward(float* dq, float* dk, float* dv, const float* dout, const float*
 
 MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v,
                                    int B, int T, int H, int D, void* stream) {
-  if (int rc = tc_check("attention_tc_forward", B, T, H, D)) return rc;
-  MN_REQUIRE(out && lse && q && k && v, "attention_tc_forward: NULL tensor argument");
-  MN_REQUIRE(tc_aligned(out) && tc_aligned(q) && tc_aligned(k) && tc_aligned(v),
-             "attention_tc_forward: out, q, k, v must be 16-byte aligned");
+  if (int rc = mn_check_attention_tc_forward(out, lse, q, k, v, B, T, H, D)) return rc;
   const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
   switch (D) {
     case 16: return tc_forward<16>(out, lse, bq, bk, bv, B, T, H, stream);
@@ -593,12 +580,9 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, void* stream) {
-  if (int rc = tc_check("attention_tc_backward", B, T, H, D)) return rc;
-  MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
-             "attention_tc_backward: NULL tensor argument");
-  MN_REQUIRE(tc_aligned(dq) && tc_aligned(dk) && tc_aligned(dv) && tc_aligned(dout) &&
-                 tc_aligned(q) && tc_aligned(k) && tc_aligned(v),
-             "attention_tc_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned");
+  if (int rc = mn_check_attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
+                                                H, D))
+    return rc;
   const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
   switch (D) {
     case 16: return tc_backward<16>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, stream);

@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include "entry_checks.h"
 // Chunked WKV-6 (the --fla_cuda variant): the RWKV-6 recurrence of cuda/wkv6.cu, evaluated the way
 // flash-linear-attention's chunk_rwkv6 does it: T is cut into chunks of WKV6C_CHUNK = 16 steps
 // (the last one may be shorter); only the N x N state crosses chunk boundaries, everything inside
@@ -371,15 +372,6 @@ __global__ void __launch_bounds__(N)
 }
 
 // ---- host side ----------------------------------------------------------------------------------
-int wkv6c_check(const char* fn, int B, int T, int H, int N) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
-             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
-  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
-             H);
-  return 0;
-}
-
 // Elements of ws for the backward: ds_ckpt [B,H,NC,N,N], then dupart [B,H,NC,N].
 int64_t wkv6c_ws_elems(int B, int T, int H, int N) {
   return (int64_t)B * H * wkv6c_chunks(T) * N * (N + 1);
@@ -422,7 +414,7 @@ int wkv6c_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du,
 
 MN_API int mn_wkv6_chunked_sizes(int64_t* host_ckpt_elems, int64_t* host_ws_elems, int B, int T,
                                  int H, int N) {
-  if (int rc = wkv6c_check("wkv6_chunked_sizes", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape("wkv6_chunked_sizes", B, T, H, N)) return rc;
   MN_REQUIRE(host_ckpt_elems && host_ws_elems, "wkv6_chunked_sizes: NULL output argument");
   *host_ckpt_elems = (int64_t)B * H * wkv6c_chunks(T) * N * N;
   *host_ws_elems = wkv6c_ws_elems(B, T, H, N);
@@ -433,9 +425,9 @@ MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16*
                                    mn_bf16* w, float* u, int B, int T, int H, int N,
                                    void* stream) {
   const char* fn = "wkv6_chunked_forward";
-  if (int rc = wkv6c_check(fn, B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && r && k && v && w && u, "%s: NULL tensor argument", fn);
-  MN_REQUIRE(wkv6c_chunks(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
+  if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
 #define MN_WKV6C_FWD(NN)                                                                   \
   return wkv6c_forward_launch<NN>(y, s_ckpt, (bf16*)r, (bf16*)k, (bf16*)v, (bf16*)w, u, B, T, \
                                   H, stream)
@@ -453,10 +445,10 @@ MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, 
                                     float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
                                     void* stream) {
   const char* fn = "wkv6_chunked_backward";
-  if (int rc = wkv6c_check(fn, B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && s_ckpt && ws,
              "%s: NULL tensor argument", fn);
-  MN_REQUIRE(wkv6c_chunks(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
+  if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
 #define MN_WKV6C_BWD(NN)                                                                       \
   return wkv6c_backward_launch<NN>(dr, dk, dv, dw, du, dy, (bf16*)r, (bf16*)k, (bf16*)v,       \
                                    (bf16*)w, u, s_ckpt, ws, B, T, H, stream)

@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include "entry_checks.h"
 #include "mma.cuh"
 // WKV-7 on tensor cores, chunk-16 form (the original's --wind_cuda algorithm; see cuda/kernels.h
 // and shared/REFERENCE.md "WKV-7"). Same semantics and saved buffers as mn_wkv7_forward/backward.
@@ -611,15 +612,6 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
 }
 
 // ---- host side ----------------------------------------------------------------------------------
-int wind_check(const char* fn, int B, int T, int H, int N) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(T % CH == 0, "%s: T = %d is not a multiple of the chunk length %d", fn, T, CH);
-  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
-             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
-  MN_REQUIRE(B <= 65535, "%s: B = %d exceeds the grid limit 65535", fn, B);
-  return 0;
-}
-
 template <int N>
 int wind_forward_launch(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
                         mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, void* stream) {
@@ -645,7 +637,7 @@ int wind_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, 
 MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
                                 mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
                                 int H, int N, void* stream) {
-  if (int rc = wind_check("wkv7_wind_forward", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_forward", B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && sa && r && w && k && v && a && b,
              "wkv7_wind_forward: NULL tensor argument");
   switch (N) {
@@ -660,7 +652,7 @@ MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, flo
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
                                  int H, int N, void* stream) {
-  if (int rc = wind_check("wkv7_wind_backward", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
 #define MN_WIND_BWD(NN)                                                                          \

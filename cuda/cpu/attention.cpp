@@ -8,18 +8,10 @@
 #include <algorithm>
 #include <vector>
 
+#include "../entry_checks.h"
 #include "cpu_common.h"
 
 namespace {
-
-int check(const char* fn, int B, int T, int H, int D) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(D == 16 || D == 32 || D == 64 || D == 128,
-             "%s: head size D = %d is not supported (16, 32, 64 or 128)", fn, D);
-  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
-             H);
-  return 0;
-}
 
 // Threads only for real work (tiny test shapes stay on the calling thread, see cpu/wkv7.cpp).
 bool parallel_worth_it(int B, int T, int H, int D) {
@@ -70,7 +62,7 @@ struct Head {
 template <typename TI>
 int forward_impl(float* out, float* lse, const TI* q, const TI* k, const TI* v, int B, int T,
                  int H, int D) {
-  if (int rc = check("attention_forward", B, T, H, D)) return rc;
+  if (int rc = mn_check_attention_shape("attention_forward", B, T, H, D)) return rc;
   MN_REQUIRE(out && lse && q && k && v, "attention_forward: NULL tensor argument");
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))
   for (int b = 0; b < B; b++)
@@ -92,7 +84,7 @@ int forward_impl(float* out, float* lse, const TI* q, const TI* k, const TI* v, 
 template <typename TI>
 int backward_impl(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
                   const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D) {
-  if (int rc = check("attention_backward", B, T, H, D)) return rc;
+  if (int rc = mn_check_attention_shape("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))

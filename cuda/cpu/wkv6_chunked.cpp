@@ -5,27 +5,17 @@
 // in double, so that tests can check the kernels' state scan; ws is not touched.
 #include <vector>
 
+#include "../entry_checks.h"
 #include "cpu_common.h"
 
 namespace {
 
 constexpr int CHUNK = 16;  // the chunk length of the ABI (cuda/kernels.h)
 
-int check(const char* fn, int B, int T, int H, int N) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
-             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
-  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
-             H);
-  return 0;
-}
-
-int64_t chunks(int T) { return (T + CHUNK - 1) / CHUNK; }
-
 // s_ckpt[b][h][c][j][i] = S_{16c-1}[i][j]: S_t = S_{t-1} diag(exp(-exp(w_t))) + v_t k_t^T, S_{-1} = 0
 void checkpoints(float* s_ckpt, const mn_bf16* k, const mn_bf16* v, const mn_bf16* w, int B,
                  int T, int H, int N) {
-  const int64_t NC = chunks(T);
+  const int64_t NC = mn_wkv6_chunked_count(T);
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
       std::vector<double> S((size_t)N * N, 0.0);  // S[i * N + j]
@@ -50,9 +40,9 @@ void checkpoints(float* s_ckpt, const mn_bf16* k, const mn_bf16* v, const mn_bf1
 
 MN_API int mn_wkv6_chunked_sizes(int64_t* host_ckpt_elems, int64_t* host_ws_elems, int B, int T,
                                  int H, int N) {
-  if (int rc = check("wkv6_chunked_sizes", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape("wkv6_chunked_sizes", B, T, H, N)) return rc;
   MN_REQUIRE(host_ckpt_elems && host_ws_elems, "wkv6_chunked_sizes: NULL output argument");
-  const int64_t NC = chunks(T);
+  const int64_t NC = mn_wkv6_chunked_count(T);
   *host_ckpt_elems = (int64_t)B * H * NC * N * N;
   *host_ws_elems = (int64_t)B * H * NC * N * (N + 1);
   return 0;
@@ -62,9 +52,9 @@ MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16*
                                    mn_bf16* w, float* u, int B, int T, int H, int N,
                                    void* stream) {
   const char* fn = "wkv6_chunked_forward";
-  if (int rc = check(fn, B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && r && k && v && w && u, "%s: NULL tensor argument", fn);
-  MN_REQUIRE(chunks(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
+  if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
   if (int rc = mn_wkv6_forward(y, r, k, v, w, u, B, T, H, N, stream)) return rc;
   checkpoints(s_ckpt, k, v, w, B, T, H, N);
   return 0;
@@ -75,9 +65,9 @@ MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, 
                                     float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
                                     void* stream) {
   const char* fn = "wkv6_chunked_backward";
-  if (int rc = check(fn, B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && s_ckpt && ws,
              "%s: NULL tensor argument", fn);
-  MN_REQUIRE(chunks(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
+  if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
   return mn_wkv6_backward(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, N, stream);
 }

@@ -2,26 +2,14 @@
 // buffers as mn_wkv7_forward / mn_wkv7_backward, so the cpu backend is that double-precision
 // reference (cuda/cpu/wkv7.cpp): forward fills y, s_ckpt and sa exactly as the kernel defines them;
 // backward recomputes everything from the inputs and does not read s_ckpt or sa. Only the argument
-// checks are this file's own, so that errors name the wind entry points.
+// checks differ (cuda/entry_checks.h), so that errors name the wind entry points.
+#include "../entry_checks.h"
 #include "cpu_common.h"
-
-namespace {
-
-int check(const char* fn, int B, int T, int H, int N) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
-  MN_REQUIRE(T % 16 == 0, "%s: T = %d is not a multiple of the chunk length 16", fn, T);
-  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
-             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
-  MN_REQUIRE(B <= 65535, "%s: B = %d exceeds the grid limit 65535", fn, B);
-  return 0;
-}
-
-}  // namespace
 
 MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
                                 mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
                                 int H, int N, void* stream) {
-  if (int rc = check("wkv7_wind_forward", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_forward", B, T, H, N)) return rc;
   MN_REQUIRE(y && s_ckpt && sa && r && w && k && v && a && b,
              "wkv7_wind_forward: NULL tensor argument");
   return mn_wkv7_forward(y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N, stream);
@@ -31,7 +19,7 @@ MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, flo
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
                                  int H, int N, void* stream) {
-  if (int rc = check("wkv7_wind_backward", B, T, H, N)) return rc;
+  if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
   return mn_wkv7_backward(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, H, N,

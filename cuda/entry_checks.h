@@ -1,0 +1,68 @@
+// Argument checks shared by a kernel family's entry points in every build (cuda/emu in the .cu
+// file, the cpu reference in cpu/<family>.cpp): a bad call gets the same one-line message from
+// every backend, and the rule lives in one place. Host code only; include after kernels.h.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.h"
+#include "mn_error.h"
+
+inline bool mn_aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+
+// causal attention (attention.cu, attention_tc.cu): the grid is (query tiles, H, B)
+inline int mn_check_attention_shape(const char* fn, int B, int T, int H, int D) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(D == 16 || D == 32 || D == 64 || D == 128,
+             "%s: head size D = %d is not supported (16, 32, 64 or 128)", fn, D);
+  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
+             H);
+  return 0;
+}
+
+// the tensor-core kernels load q, k, v, out and dout with 16-byte vector loads
+inline int mn_check_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                         mn_bf16* v, int B, int T, int H, int D) {
+  if (int rc = mn_check_attention_shape("attention_tc_forward", B, T, H, D)) return rc;
+  MN_REQUIRE(out && lse && q && k && v, "attention_tc_forward: NULL tensor argument");
+  MN_REQUIRE(mn_aligned16(out) && mn_aligned16(q) && mn_aligned16(k) && mn_aligned16(v),
+             "attention_tc_forward: out, q, k, v must be 16-byte aligned");
+  return 0;
+}
+inline int mn_check_attention_tc_backward(float* dq, float* dk, float* dv, float* dout,
+                                          float* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                          mn_bf16* v, float* ws, int B, int T, int H, int D) {
+  if (int rc = mn_check_attention_shape("attention_tc_backward", B, T, H, D)) return rc;
+  MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
+             "attention_tc_backward: NULL tensor argument");
+  MN_REQUIRE(mn_aligned16(dq) && mn_aligned16(dk) && mn_aligned16(dv) && mn_aligned16(dout) &&
+                 mn_aligned16(q) && mn_aligned16(k) && mn_aligned16(v),
+             "attention_tc_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned");
+  return 0;
+}
+
+// tensor-core WKV-7 (wkv7_wind.cu): 16-step chunks, grid (H, B)
+inline int mn_check_wkv7_wind_shape(const char* fn, int B, int T, int H, int N) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(T % 16 == 0, "%s: T = %d is not a multiple of the chunk length 16", fn, T);
+  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
+             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
+  MN_REQUIRE(B <= 65535, "%s: B = %d exceeds the grid limit 65535", fn, B);
+  return 0;
+}
+
+// chunked WKV-6 (wkv6_chunked.cu): 16-step chunks, the last one possibly shorter; grid
+// (chunks, H, B) for the parallel passes
+inline int64_t mn_wkv6_chunked_count(int T) { return (T + 15) / 16; }
+inline int mn_check_wkv6_chunked_shape(const char* fn, int B, int T, int H, int N) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0, "%s: B = %d, T = %d, H = %d must all be > 0", fn, B, T, H);
+  MN_REQUIRE(N == 16 || N == 32 || N == 64 || N == 128,
+             "%s: head size N = %d is not supported (16, 32, 64 or 128)", fn, N);
+  MN_REQUIRE(B <= 65535 && H <= 65535, "%s: B = %d, H = %d exceed the grid limit 65535", fn, B,
+             H);
+  return 0;
+}
+inline int mn_check_wkv6_chunked_count(const char* fn, int T) {
+  MN_REQUIRE(mn_wkv6_chunked_count(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
+  return 0;
+}
