@@ -4,7 +4,13 @@
 # Needs no network. Takes Deno from PATH, or from .gpu-carry/deno.xz (made on a machine that has
 # Deno by ../shared/tools/pack-deno-for-gpu.sh, or: xz -T2 -9 -c "$(command -v deno)" > .gpu-carry/deno.xz).
 #
-#   bench/gpu_check.sh [--dry-run] [--logs DIR] [--steps N]
+#   bench/gpu_check.sh [--dry-run] [--logs DIR] [--steps N] [--stages build,tests,trainers,bench]
+#
+# --stages: run only these (default all four, in that order; Deno is always set up, and the build
+# is what every later stage loads, so leave it out only when the library is already built).
+# Time limits (seconds): MN_GPU_CHECK_TESTS_S (300) for the cuda-vs-cpu tests, MN_GPU_CHECK_RUN_S
+# (100) per trainer run, MN_GPU_CHECK_STAGE_S (390, counted from this script's start) after which no
+# trainer run starts, MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks.
 #
 # --dry-run: run every stage that needs no GPU (Deno, nvcc build, register/spill report) and stop,
 # saying so, where a GPU is required. CI runs it this way so the script does not rot.
@@ -13,14 +19,22 @@ cd "$(dirname "$0")/.."
 dry=0
 logs=${OUT:-bench/gpu_logs}/gpu_check-$(date +%Y%m%d-%H%M%S)
 steps=16
+stages=build,tests,trainers,bench
 while (($#)); do
   case $1 in
     --dry-run) dry=1; shift ;;
     --logs) logs=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
-    *) echo "error: unknown flag $1 (expected --dry-run, --logs DIR, --steps N)" >&2; exit 2 ;;
+    --stages) stages=$2; shift 2 ;;
+    *) echo "error: unknown flag $1 (expected --dry-run, --logs DIR, --steps N, --stages LIST)" >&2; exit 2 ;;
   esac
 done
+for st in ${stages//,/ }; do
+  case $st in build | tests | trainers | bench) ;;
+    *) echo "error: --stages $stages: unknown stage $st (expected build, tests, trainers, bench)" >&2; exit 2 ;;
+  esac
+done
+want() { [[ ,$stages, == *,$1,* ]]; }
 mkdir -p "$logs"
 summary=()
 failed=0
@@ -49,6 +63,7 @@ nvcc_v=$(${CUDA_HOME:-/usr/local/cuda}/bin/nvcc --version 2>/dev/null | tail -n1
 gpu=$(nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv,noheader 2>/dev/null | head -n1)
 if [[ -n $nvcc_v ]]; then row nvcc ok "$nvcc_v"; else row nvcc FAIL "nvcc not found (CUDA_HOME)"; fi
 if [[ -n $gpu ]]; then row gpu ok "$gpu"; else row gpu none "no GPU visible (nvidia-smi)"; fi
+if want build; then
 if make -C cuda -j"$(nproc)" cuda cpu > "$logs/build.log" 2>&1; then row "build cuda+cpu" ok "cuda/build/libmn_cuda.so"; else row "build cuda+cpu" FAIL "see $logs/build.log"; finish; fi
 # ptxas: one line per kernel instantiation and arch: registers, spill stores/loads
 for f in cuda/build/cuda/*.o.ptxas.txt; do
@@ -67,6 +82,7 @@ else
   row "spills (wkv/attention)" ok "none"
 fi
 row "spills (all kernels)" info "$(echo "$spills" | grep -c . || true) instantiation(s) spill; table in $logs/ptxas.txt"
+fi
 
 if [[ -z $gpu ]]; then
   row "stop" info "no GPU: the cuda-vs-cpu tests, trainer timing and kernel benchmarks need one"
@@ -78,43 +94,74 @@ fi
 # ---- 3. every kernel and every trainer's whole model: cuda vs cpu. The harness enables those
 # tests when a GPU is visible; the filter keeps the tests whose names have "cuda" as a word (the
 # cuda-vs-cpu kernel checks, the ABI check and the whole-model comparisons), not --fast_cuda & co.
-if timeout 300 deno test -A cuda/ train_gpt2_test.ts train_rwkv6_test.ts train_rwkv7_test.ts \
-  --filter '/(^|[ :(])cuda[ )]/' > "$logs/kernel_tests.log" 2>&1; then st=ok; else st=FAIL; fi
-row "cuda vs cpu tests" $st "$(grep -E 'passed \|' "$logs/kernel_tests.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
+# Test files run in parallel (one process each, all on the one GPU): the cpu references dominate.
+if want tests; then
+  if timeout -k 5 "${MN_GPU_CHECK_TESTS_S:-300}" deno test -A --no-check --parallel cuda/ train_gpt2_test.ts \
+    train_rwkv6_test.ts train_rwkv7_test.ts --filter '/(^|[ :(])cuda[ )]/' > "$logs/kernel_tests.log" 2>&1; then
+    st=ok
+  else st=FAIL; fi
+  row "cuda vs cpu tests" $st "$(grep -E 'passed \|' "$logs/kernel_tests.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
+  # one row per failed test, so the summary names them
+  sed 's/\x1b\[[0-9;]*m//g' "$logs/kernel_tests.log" | grep -E ' \.\.\. FAILED' | sed -E 's/ \.\.\. FAILED.*//' |
+    sort -u | while read -r t; do echo "$t"; done > "$logs/failed_tests.txt"
+  while read -r t; do row "  failed" FAIL "$t"; done < "$logs/failed_tests.txt"
+fi
 
 # ---- 4. every trainer and kernel variant at the 124M config on the carried Brown shards
 # One run per (script, kernel flag); each is cut at $run_limit s, and the stage stops starting runs
 # once $stage_limit s of the whole check have passed, so the benchmarks still get their turn.
 run_limit=${MN_GPU_CHECK_RUN_S:-100}
 stage_limit=${MN_GPU_CHECK_STAGE_S:-390}
+# the record paths first, the yardsticks (reference WKV-7, CUDA-core attention) last
 train_runs=(
-  "train_rwkv7.ts --fast_cuda" "train_rwkv7.ts --wind_cuda" "train_rwkv7.ts"
-  "train_rwkv6.ts" "train_rwkv6.ts --fla_cuda"
-  "train_gpt2.ts" "train_gpt2.ts --cuda_core_attention"
+  "train_rwkv7.ts --fast_cuda" "train_gpt2.ts" "train_rwkv7.ts --wind_cuda"
+  "train_rwkv6.ts" "train_rwkv6.ts --fla_cuda" "train_rwkv7.ts" "train_gpt2.ts --cuda_core_attention"
 )
-if compgen -G "data/brown/brown_train_*.bin" >/dev/null; then
+# "step ms/step, tok/s, MFU, first -> last loss, peak" from a trainer log. ms/step is the log's
+# step_avg (steps 11.. as in the originals); for a run cut before that, the mean over steps 3.. of
+# the cumulative train_time (steps 1-2 carry the warm-up).
+run_stats() {
+  awk -v tok=32768 '
+    /^step:[0-9]+\/[0-9]+ train_loss/ {
+      split($1, s, /[:\/]/); n = s[2] + 0
+      match($0, /train_loss:[0-9.]+/); loss = substr($0, RSTART + 11, RLENGTH - 11)
+      match($0, /train_time:[0-9.]+/); tt[n] = substr($0, RSTART + 11, RLENGTH - 11) + 0
+      if (match($0, /step_avg:[0-9.]+ms/)) avg = substr($0, RSTART + 9, RLENGTH - 11) + 0
+      if (n == 1) first = loss
+      last = loss; lastn = n
+    }
+    /peak memory/ { sub(/.*: /, ""); peak = $0 }
+    END {
+      if (!lastn) { print "no step finished"; exit }
+      ms = avg; how = "step_avg"
+      if (!(ms > 0)) { k = (lastn < 10 ? lastn : 10); if (k >= 3) { ms = (tt[k] - tt[2]) / (k - 2); how = "steps 3-" k } }
+      if (ms > 0) { tps = tok / (ms / 1000); printf "step %.1fms (%s), %.0f tok/s, MFU %.1f%%", ms, how, tps, 100 * tps * 6 * 1.24e8 / 989e12 }
+      else printf "step n/a"
+      printf ", loss %s -> %s (step %d), peak %s\n", first, last, lastn, (peak == "" ? "n/a" : peak)
+    }' "$1"
+}
+if ! want trainers; then
+  :
+elif compgen -G "data/brown/brown_train_*.bin" >/dev/null; then
   for spec in "${train_runs[@]}"; do
     read -r script kern <<<"$spec"
     name="${script%.ts} ${kern:-default}"
     f="$logs/$(echo "$name" | tr ' ' _ | tr -d -).log"
     if ((SECONDS > stage_limit)); then row "$name" skip "time budget of the check spent (${SECONDS}s)"; continue; fi
-    MN_BACKEND=cuda timeout "$run_limit" deno run -A "$script" $kern --input_bin 'data/brown/brown_train_*.bin' \
+    MN_BACKEND=cuda timeout -k 5 "$run_limit" deno run -A "$script" $kern --input_bin 'data/brown/brown_train_*.bin' \
       --input_val_bin 'data/brown/brown_val_*.bin' --device_bsz 32 --bsz 32 --num_iterations "$steps" \
       --warmdown_iters 2 --val_loss_every 0 --val_tokens 32768 --random_seed 1 --log_dir "$logs/runs" \
       > "$f" 2>&1
     rc=$?
+    stats=$(run_stats "$f")
     if ((rc == 0)); then
-      avg=$(grep -E '^step:[0-9]+/[0-9]+ train_loss' "$f" | tail -n1 | sed -E 's/.*step_avg:([0-9.na]+)ms.*/\1/')
-      last=$(grep -E '^step:[0-9]+/[0-9]+ train_loss' "$f" | tail -n1 | sed -E 's/.*train_loss:([0-9.]+).*/\1/')
-      first=$(grep -E '^step:1/' "$f" | sed -E 's/.*train_loss:([0-9.]+).*/\1/')
-      peak=$(grep -E 'peak memory' "$f" | sed -E 's/.*: //')
-      # tokens/s and MFU (6 x params FLOPs per token, bf16 dense peak 989 TFLOPS for H100/H200 SXM)
-      stats=$(awk -v ms="$avg" -v tok=32768 'BEGIN { if (ms + 0 > 0) { tps = tok / (ms / 1000); printf "%.0f tok/s, MFU %.1f%%", tps, 100 * tps * 6 * 1.24e8 / 989e12 } else print "n/a" }')
-      row "$name" ok "step_avg ${avg}ms, $stats, loss $first -> $last, peak $peak"
+      row "$name" ok "$stats"
     elif grep -q "not landed\|not yet" "$f"; then
       row "$name" skip "$(grep -m1 "not landed\|not yet" "$f" | cut -c1-100)"
+    elif ((rc == 124)) && [[ $stats == step* ]] && ! grep -qiE '^error|Error:' "$f"; then
+      row "$name" cut "at ${run_limit}s: $stats"
     else
-      row "$name" FAIL "rc $rc (124: cut at ${run_limit}s), see $f"
+      row "$name" FAIL "rc $rc (124: cut at ${run_limit}s), see $f; $(grep -m1 -iE 'error' "$f" | cut -c1-120)"
     fi
   done
 else
@@ -122,10 +169,13 @@ else
 fi
 
 # ---- 5. kernel micro-benchmarks at model shapes
-if timeout 120 deno run -A bench/kernels.ts --size model --reps 20 --backends cuda > "$logs/kernels_bench.log" 2>&1; then
+if ! want bench; then
+  :
+elif timeout -k 5 "${MN_GPU_CHECK_BENCH_S:-120}" deno run -A bench/kernels.ts --size model --reps 20 --backends cuda \
+  > "$logs/kernels_bench.log" 2>&1; then
   row "kernel benchmarks" ok "$logs/kernels_bench.log"
   cat "$logs/kernels_bench.log"
 else
-  row "kernel benchmarks" FAIL "see $logs/kernels_bench.log"
+  row "kernel benchmarks" FAIL "rc $? (124: cut at ${MN_GPU_CHECK_BENCH_S:-120}s), see $logs/kernels_bench.log"
 fi
 finish

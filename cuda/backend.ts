@@ -19,6 +19,9 @@ export type HostArray = Float32Array | Uint16Array | Int32Array;
 
 const BUILD_DIR = new URL("./build/", import.meta.url);
 const PROFILE = Deno.env.get("MN_PROFILE") === "1";
+// MN_PROFILE_JSON=path: with MN_PROFILE=1, close() also writes the per-call-shape table there (the
+// calibration data of the step-cost model: time every entry point at the shapes a real step uses).
+const PROFILE_JSON = Deno.env.get("MN_PROFILE_JSON") ?? "";
 
 export function libraryPath(name: BackendName, variant: Variant = ""): string {
   const file = variant ? `libmn_${name}_${variant}.so` : `libmn_${name}.so`;
@@ -89,9 +92,14 @@ export class Backend {
   readonly stream: Deno.PointerValue = null;
   bytesInUse = 0;
   peakBytes = 0;
+  /** the device this backend runs on (cuda), from OpenOptions.device or $LOCAL_RANK */
+  currentDevice = 0;
   /** per-function call counts and host-side milliseconds, collected when MN_PROFILE=1 (on cuda
    * the launches are asynchronous: synchronize, or set CUDA_LAUNCH_BLOCKING=1, to attribute time) */
   readonly profile = new Map<string, { calls: number; ms: number }>();
+  /** the same per call shape: key "fname(integer args...)" (pointers and fractional scalars such
+   * as learning rates left out), with the fastest call */
+  readonly profileShapes = new Map<string, { calls: number; ms: number; minMs: number }>();
   private live = new Map<bigint, number>();
 
   private constructor(
@@ -126,10 +134,19 @@ export class Backend {
         k[fname] = (...args) => {
           const t0 = performance.now();
           const rc = inner(...args);
+          const ms = performance.now() - t0;
           const e = this.profile.get(fname) ?? { calls: 0, ms: 0 };
           e.calls++;
-          e.ms += performance.now() - t0;
+          e.ms += ms;
           this.profile.set(fname, e);
+          const key = `${fname}(${
+            args.filter((x) => typeof x === "bigint" || Number.isInteger(x)).join(",")
+          })`;
+          const s = this.profileShapes.get(key) ?? { calls: 0, ms: 0, minMs: Infinity };
+          s.calls++;
+          s.ms += ms;
+          s.minMs = Math.min(s.minMs, ms);
+          this.profileShapes.set(key, s);
           return rc;
         };
       }
@@ -172,6 +189,7 @@ export class Backend {
       throw new Error(`backend cuda: device ${device} requested, ${count} visible`);
     }
     this.k.mn_set_device(device);
+    this.currentDevice = device;
     const enc = (s: string | null) => (s ? new TextEncoder().encode(s + "\0") : null);
     const cublas = findNvidiaLibrary("libcublas.so", "MN_CUBLAS", "cublas");
     const cublasLt = findNvidiaLibrary("libcublasLt.so", "MN_CUBLASLT", "cublas");
@@ -285,8 +303,23 @@ export class Backend {
     ).join("\n");
   }
 
+  /** The per-call-shape profile as JSON rows, slowest total first. */
+  profileShapesJson(): string {
+    const rows = [...this.profileShapes.entries()].sort((a, b) => b[1].ms - a[1].ms)
+      .map(([call, e]) => ({ call, ...e }));
+    return JSON.stringify({ backend: this.name, device: this.deviceLabel(), rows }, null, 1);
+  }
+
+  private deviceLabel(): string {
+    return this.name === "cuda" ? this.deviceName(this.currentDevice) : this.name;
+  }
+
   /** Frees everything still allocated and releases the stream (call before Deno.exit). */
   close() {
+    if (PROFILE_JSON && this.profileShapes.size) {
+      Deno.writeTextFileSync(PROFILE_JSON + ".tmp", this.profileShapesJson());
+      Deno.renameSync(PROFILE_JSON + ".tmp", PROFILE_JSON);
+    }
     for (const [addr] of this.live) this.k.mn_free(Deno.UnsafePointer.create(addr));
     this.live.clear();
     this.bytesInUse = 0;

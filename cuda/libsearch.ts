@@ -57,15 +57,19 @@ export function pythonSitePackages(): string[] {
     `${home}/miniconda3/lib/python3*/site-packages`,
     `${home}/anaconda3/lib/python3*/site-packages`,
   ];
+  // The environment of the `python3` on PATH (a venv such as /opt/torch/.venv/bin), first.
+  const pathDirs = (Deno.env.get("PATH") ?? "").split(":").filter((d) => isFile(`${d}/python3`));
+  pats.unshift(...pathDirs.map((d) => `${d.replace(/\/bin\/?$/, "")}/lib/python3*/site-packages`));
   const venv = Deno.env.get("VIRTUAL_ENV");
   if (venv) pats.unshift(`${venv}/lib/python3*/site-packages`);
-  return pats.flatMap(expandGlob);
+  return [...new Set(pats.flatMap(expandGlob))];
 }
 
 /**
  * Searches for a library file named like `stem` (e.g. "libcublas.so") with any version suffix.
  * Order: the env variable `envVar` (a file path), LD_LIBRARY_PATH, CUDA folders, then the wheels'
- * site-packages/nvidia/<wheelDir>/lib. Returns the first existing absolute path, or null.
+ * site-packages/nvidia/<wheelDir>/lib (CUDA 12 wheels) or nvidia/cu13/lib (CUDA 13 wheels put all
+ * their libraries there, NCCL's excepted). Returns the first existing absolute path, or null.
  */
 export function findNvidiaLibrary(stem: string, envVar: string, wheelDir: string): string | null {
   const forced = Deno.env.get(envVar);
@@ -79,7 +83,9 @@ export function findNvidiaLibrary(stem: string, envVar: string, wheelDir: string
     "/usr/local/cuda/lib64",
     ...expandGlob("/usr/local/cuda-*/lib64"),
     "/usr/lib/x86_64-linux-gnu",
-    ...pythonSitePackages().map((sp) => `${sp}/nvidia/${wheelDir}/lib`),
+    ...pythonSitePackages().flatMap((
+      sp,
+    ) => [`${sp}/nvidia/${wheelDir}/lib`, `${sp}/nvidia/cu13/lib`]),
   ];
   for (const dir of dirs) {
     const names = listDir(dir).filter((n) => n === stem || n.startsWith(stem + "."));

@@ -17,9 +17,24 @@ export const BROWN = [
 ];
 
 let brownReady = false;
-/** Builds the Brown shards once per test process (data/brown.ts is a no-op when they exist). */
+/** Builds the Brown shards once per test process. Shards already there (carried to an offline GPU
+ * machine) are used as they are: data/brown.ts imports npm packages, which need a network. */
 export function ensureBrown() {
   if (brownReady) return;
+  const names = (() => {
+    try {
+      return [...Deno.readDirSync(`${ROOT}data/brown`)].map((e) => e.name);
+    } catch {
+      return [];
+    }
+  })();
+  if (
+    names.some((n) => /^brown_train_\d+\.bin$/.test(n)) &&
+    names.some((n) => /^brown_val_\d+\.bin$/.test(n))
+  ) {
+    brownReady = true;
+    return;
+  }
   const out = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "data/brown.ts"],
     cwd: ROOT,

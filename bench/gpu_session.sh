@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# One short lease of a GPU machine, every check in one command, each stage with its own time budget
+# (issue #18): correctness first, then timings, memory at the record batches, the per-kernel profile
+# at record shapes, and the PyTorch original beside ours. Logs are packed as they are made into
+# $OUT/gpu_session.tar.gz (the device tool brings back at most 8 files), the summary into
+# $OUT/summary.txt and stdout.
+#
+# Prepare on a machine with Deno (the GPU machine has no network):
+#   deno task data:brown && ../shared/tools/pack-deno-for-gpu.sh
+#   bench/gpu_session.sh --pack-blas            # .gpu-carry/blas.tar.xz: OpenBLAS for the cpu reference
+#   make -C cuda cpu                            # the cpu reference (the GPU machine lacks cblas.h)
+#   bench/original_side_by_side.sh prepare MIRROR   # optional: the originals, into .gpu-carry/original
+# Carry .gpu-carry data/brown cuda/build/cpu cuda/build/libmn_cpu.so; run `bash bench/gpu_session.sh`.
+# MN_GPU_SESSION_S (500): the whole budget; stages are cut so that the packing still happens.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [[ ${1:-} == --pack-blas ]]; then
+  d=$(mktemp -d)/blas && mkdir -p "$d" && for l in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$l" "$d/" || exit 1
+  done
+  mkdir -p .gpu-carry && tar -cJf .gpu-carry/blas.tar.xz -C "$(dirname "$d")" blas && ls -la .gpu-carry/blas.tar.xz
+  exit
+fi
+budget=${MN_GPU_SESSION_S:-500}
+out=${OUT:-bench/gpu_logs}
+L=/tmp/gpu_session
+rm -rf "$L" && mkdir -p "$L" "$out"
+pack() { tar -czf "$out/gpu_session.tar.gz.tmp" -C /tmp gpu_session 2>/dev/null && mv -f "$out/gpu_session.tar.gz.tmp" "$out/gpu_session.tar.gz"; }
+say() { echo "[$(printf '%4d' $SECONDS)s] $*" | tee -a "$L/summary.txt"; }
+left() { echo $((budget - SECONDS)); }
+# a stage's limit: its own cap, or what is left of the budget less a reserve for later stages
+cap() { local c=$1 reserve=${2:-0} l; l=$(($(left) - reserve)); ((l < c)) && c=$l; ((c < 0)) && c=0; echo $c; }
+trap 'pack; cp -f "$L/summary.txt" "$out/summary.txt"' EXIT
+
+# ---- setup: Deno, OpenBLAS for the cpu reference, the carried cpu build made newer than its sources
+say "setup: $(nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | head -n1)"
+if [[ -f .gpu-carry/deno.xz ]] && ! command -v deno >/dev/null; then
+  xz -d -c .gpu-carry/deno.xz > /tmp/deno 2>/dev/null ||
+    python3 -c "import lzma,shutil;shutil.copyfileobj(lzma.open('.gpu-carry/deno.xz'),open('/tmp/deno','wb'))"
+  chmod +x /tmp/deno && export PATH=/tmp:$PATH
+fi
+if [[ -f .gpu-carry/blas.tar.xz ]]; then
+  tar -xJf .gpu-carry/blas.tar.xz -C /tmp && export LD_LIBRARY_PATH=/tmp/blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+find cuda/build/cpu cuda/build/libmn_cpu.so -exec touch {} + 2>/dev/null
+# the cuda-vs-cpu tests run one process per test file, each with a cpu reference: no oversubscription
+export OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2
+{
+  nvidia-smi; nvcc --version; deno --version; python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda)'
+  deno eval 'import { findNvidiaLibrary } from "./cuda/libsearch.ts";
+    for (const [s, e, w] of [["libcublas.so", "MN_CUBLAS", "cublas"], ["libcublasLt.so", "MN_CUBLASLT", "cublas"], ["libnccl.so", "MN_NCCL", "nccl"]]) console.log(s, findNvidiaLibrary(s, e, w));'
+  ldd cuda/build/libmn_cpu.so
+} > "$L/env.log" 2>&1
+say "deno: $(deno --version 2>&1 | head -n1); $(grep -E '^libcublas.so ' "$L/env.log")"
+
+# ---- in the background: the original's first run fills torch.compile's and the extension caches
+# (CPU-bound, minutes), so that its timed run at the end starts fast.
+if [[ -d .gpu-carry/original ]]; then
+  # its own process group (setsid), so that the whole tree can be stopped at once
+  setsid bash -c "timeout -k 5 $(cap 200) bench/original_side_by_side.sh run rwkv7 2 32 $L/orig_rwkv7_warm.log
+    timeout -k 5 $(cap 120) bench/original_side_by_side.sh run gpt2 2 32 $L/orig_gpt2_warm.log" &
+  warm_pid=$!
+fi
+
+# ---- 1a. build and every cuda-vs-cpu test (never trimmed: this is what the lease is for)
+MN_GPU_CHECK_TESTS_S=$(cap 170 250) bash bench/gpu_check.sh --logs "$L/check" --stages build,tests 2>&1 |
+  tee "$L/check_1.txt" | sed -n '/== gpu_check summary/,$p' | tee -a "$L/summary.txt"
+pack
+if [[ -n ${warm_pid:-} ]]; then
+  # the timings below want the GPU and CPUs to themselves
+  w=$(cap 40 220); say "waiting up to ${w}s for the original's warm-up"
+  for ((i = 0; i < w; i++)); do kill -0 "$warm_pid" 2>/dev/null || break; sleep 1; done
+  kill -- -"$warm_pid" 2>/dev/null; sleep 1; pkill -9 -f 'train_(rwkv7|gpt2)\.py' 2>/dev/null
+  say "original warm-up: $(grep -hE '^step:[0-9]+/' "$L"/orig_*_warm.log 2>/dev/null | tail -n2 | tr '\n' ' ')"
+fi
+
+# ---- 1b. every trainer and kernel variant at the 124M config, B 32 x T 1024, then the kernel bench
+# (a run may start until STAGE_S and then take RUN_S)
+MN_GPU_CHECK_RUN_S=35 MN_GPU_CHECK_STAGE_S=$(($(cap 185 130) - 35)) MN_GPU_CHECK_BENCH_S=$(cap 25 100) \
+  bash bench/gpu_check.sh --logs "$L/check" --stages trainers,bench --steps 14 2>&1 |
+  tee "$L/check_2.txt" | sed -n '/== gpu_check summary/,$p' | tee -a "$L/summary.txt"
+pack
+
+# ---- 2+3. the record batches: peak memory (ours: the allocator's count; the card: nvidia-smi's
+# sampled maximum) and every kernel timed at record shapes (MN_PROFILE with blocking launches: the
+# calibration data of the step-cost model, per entry point and call shape, in profile_*.json)
+record_run() { # name, limit, script, flags...
+  local name=$1 lim=$2; shift 2
+  ((lim < 10)) && { say "$name: skipped (budget spent)"; return; }
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$L/smi_$name.txt" 2>/dev/null &
+  local smi=$!
+  MN_BACKEND=cuda MN_PROFILE=1 MN_PROFILE_JSON="$L/profile_$name.json" CUDA_LAUNCH_BLOCKING=1 \
+    timeout -k 5 "$lim" deno run -A "$@" --input_bin 'data/brown/brown_train_*.bin' \
+    --input_val_bin 'data/brown/brown_val_*.bin' --num_iterations 3 --warmdown_iters 1 --val_loss_every 0 \
+    --log_dir "$L/runs" > "$L/record_$name.log" 2>&1
+  local rc=$?
+  kill "$smi" 2>/dev/null
+  say "$name: rc $rc; $(grep -m1 'peak memory' "$L/record_$name.log"); card max $(sort -n "$L/smi_$name.txt" | tail -n1) MiB; $(grep -m1 -iE 'out of memory|error' "$L/record_$name.log" | cut -c1-160)"
+}
+v32=$((2 * 32 * 1024)); v64=$((64 * 1024))
+record_run rwkv7_fast_b32 "$(cap 40 60)" train_rwkv7.ts --fast_cuda --device_bsz 32 --bsz 32 --val_tokens $v32
+record_run gpt2_b64 "$(cap 35 40)" train_gpt2.ts --device_bsz 64 --bsz 64 --val_tokens $v64
+record_run rwkv7_fast_b16 "$(cap 30 40)" train_rwkv7.ts --fast_cuda --device_bsz 16 --bsz 16 --val_tokens $v32
+pack
+
+# ---- 4. the original beside ours: same card, data, B 32 x T 1024, 16 steps (step_avg over 11..16)
+if [[ -d .gpu-carry/original ]]; then
+  for m in rwkv7 gpt2; do
+    lim=$(cap 60 5)
+    ((lim < 20)) && { say "original $m: skipped (budget spent)"; continue; }
+    timeout -k 5 "$lim" bench/original_side_by_side.sh run $m 16 32 "$L/orig_$m.log"
+    say "original $m (rc $?): $(grep -E '^step:1/|^step:16/' "$L/orig_$m.log" | tr '\n' ' ') $(grep -m1 'peak memory' "$L/orig_$m.log")"
+  done
+fi
+say "done; logs in gpu_session.tar.gz"
