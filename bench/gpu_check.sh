@@ -8,6 +8,7 @@
 #
 # --stages: run only these (default all four, in that order; Deno is always set up, and the build
 # is what every later stage loads, so leave it out only when the library is already built).
+# MN_GPU_CHECK_TESTS_FILTER replaces the test filter; MN_GPU_CHECK_RUNS runs only the first N trainers.
 # Time limits (seconds): MN_GPU_CHECK_TESTS_S (300) for the cuda-vs-cpu tests, MN_GPU_CHECK_RUN_S
 # (100) per trainer run, MN_GPU_CHECK_STAGE_S (390, counted from this script's start) after which no
 # trainer run starts, MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks.
@@ -38,7 +39,13 @@ want() { [[ ,$stages, == *,$1,* ]]; }
 mkdir -p "$logs"
 summary=()
 failed=0
-row() { summary+=("$(printf '%-28s %-6s %s' "$1" "$2" "$3")"); [[ $2 == FAIL ]] && failed=1; return 0; }
+# each row is printed as it is made (progress) and again in the summary table at the end
+row() {
+  summary+=("$(printf '%-28s %-6s %s' "$1" "$2" "$3")")
+  echo "${summary[-1]}"
+  [[ $2 == FAIL ]] && failed=1
+  return 0
+}
 finish() {
   echo
   echo "== gpu_check summary ($(date -u +%Y-%m-%dT%H:%MZ)); logs in $logs"
@@ -97,7 +104,7 @@ fi
 # Test files run in parallel (one process each, all on the one GPU): the cpu references dominate.
 if want tests; then
   if timeout -k 5 "${MN_GPU_CHECK_TESTS_S:-300}" deno test -A --no-check --parallel cuda/ train_gpt2_test.ts \
-    train_rwkv6_test.ts train_rwkv7_test.ts --filter '/(^|[ :(])cuda[ )]/' > "$logs/kernel_tests.log" 2>&1; then
+    train_rwkv6_test.ts train_rwkv7_test.ts --filter "${MN_GPU_CHECK_TESTS_FILTER:-/(^|[ :(])cuda[ )]/}" > "$logs/kernel_tests.log" 2>&1; then
     st=ok
   else st=FAIL; fi
   row "cuda vs cpu tests" $st "$(grep -E 'passed \|' "$logs/kernel_tests.log" | tail -n1 | sed 's/\x1b\[[0-9;]*m//g')"
@@ -140,6 +147,8 @@ run_stats() {
       printf ", loss %s -> %s (step %d), peak %s\n", first, last, lastn, (peak == "" ? "n/a" : peak)
     }' "$1"
 }
+# MN_GPU_CHECK_RUNS: how many of these to run (a short rerun)
+train_runs=("${train_runs[@]:0:${MN_GPU_CHECK_RUNS:-${#train_runs[@]}}}")
 if ! want trainers; then
   :
 elif compgen -G "data/brown/brown_train_*.bin" >/dev/null; then

@@ -12,6 +12,12 @@
 #   bench/original_side_by_side.sh prepare MIRROR   # optional: the originals, into .gpu-carry/original
 # Carry .gpu-carry data/brown cuda/build/cpu cuda/build/libmn_cpu.so; run `bash bench/gpu_session.sh`.
 # MN_GPU_SESSION_S (500): the whole budget; stages are cut so that the packing still happens.
+# MN_GPU_SESSION_STAGES (tests,trainers,record,original): a shorter list for a rerun; the stage caps
+# MN_GS_TESTS_S (170), MN_GS_TRAIN_S (185), MN_GS_TRAIN_STAGES (trainers,bench), MN_GS_BENCH_S (25),
+# MN_GS_RECORD_S (40/35 per run), and MN_GPU_CHECK_TESTS_FILTER / MN_GPU_CHECK_RUNS (gpu_check.sh).
+# Progress goes straight to stdout (the device tool returns its tail; never pipe this into `tail`,
+# which prints nothing when the command is cut), stage outputs to files: a stage that leaves a
+# process behind holding its output cannot stall the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [[ ${1:-} == --pack-blas ]]; then
@@ -22,11 +28,16 @@ if [[ ${1:-} == --pack-blas ]]; then
   exit
 fi
 budget=${MN_GPU_SESSION_S:-500}
+stages=${MN_GPU_SESSION_STAGES:-tests,trainers,record,original}
+want() { [[ ,$stages, == *,$1,* ]]; }
 out=${OUT:-bench/gpu_logs}
 L=/tmp/gpu_session
 rm -rf "$L" && mkdir -p "$L" "$out"
 pack() { tar -czf "$out/gpu_session.tar.gz.tmp" -C /tmp gpu_session 2>/dev/null && mv -f "$out/gpu_session.tar.gz.tmp" "$out/gpu_session.tar.gz"; }
-say() { echo "[$(printf '%4d' $SECONDS)s] $*" | tee -a "$L/summary.txt"; }
+say() {
+  echo "[$(printf '%4d' $SECONDS)s] $*" | tee -a "$L/summary.txt"
+  cp -f "$L/summary.txt" "$out/summary.txt"
+}
 left() { echo $((budget - SECONDS)); }
 # a stage's limit: its own cap, or what is left of the budget less a reserve for later stages
 cap() { local c=$1 reserve=${2:-0} l; l=$(($(left) - reserve)); ((l < c)) && c=$l; ((c < 0)) && c=0; echo $c; }
@@ -42,7 +53,8 @@ fi
 if [[ -f .gpu-carry/blas.tar.xz ]]; then
   tar -xJf .gpu-carry/blas.tar.xz -C /tmp && export LD_LIBRARY_PATH=/tmp/blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-find cuda/build/cpu cuda/build/libmn_cpu.so -exec touch {} + 2>/dev/null
+# carried builds (cuda/build, or its cpu part) must look newer than the freshly copied sources
+find cuda/build -exec touch {} + 2>/dev/null
 # the cuda-vs-cpu tests run one process per test file, each with a cpu reference: no oversubscription
 export OPENBLAS_NUM_THREADS=2 OMP_NUM_THREADS=2
 {
@@ -55,7 +67,7 @@ say "deno: $(deno --version 2>&1 | head -n1); $(grep -E '^libcublas.so ' "$L/env
 
 # ---- in the background: the original's first run fills torch.compile's and the extension caches
 # (CPU-bound, minutes), so that its timed run at the end starts fast.
-if [[ -d .gpu-carry/original ]]; then
+if want original && [[ -d .gpu-carry/original ]]; then
   # its own process group (setsid), so that the whole tree can be stopped at once
   setsid bash -c "timeout -k 5 $(cap 200) bench/original_side_by_side.sh run rwkv7 2 32 $L/orig_rwkv7_warm.log
     timeout -k 5 $(cap 120) bench/original_side_by_side.sh run gpt2 2 32 $L/orig_gpt2_warm.log" &
@@ -63,9 +75,18 @@ if [[ -d .gpu-carry/original ]]; then
 fi
 
 # ---- 1a. build and every cuda-vs-cpu test (never trimmed: this is what the lease is for)
-MN_GPU_CHECK_TESTS_S=$(cap 170 250) bash bench/gpu_check.sh --logs "$L/check" --stages build,tests 2>&1 |
-  tee "$L/check_1.txt" | sed -n '/== gpu_check summary/,$p' | tee -a "$L/summary.txt"
-pack
+check() { # log name, gpu_check flags...: the check's summary table into the session summary
+  local f=$L/$1.txt; shift
+  # live on stdout through tee, without making the script wait for whatever holds the output
+  bash bench/gpu_check.sh --logs "$L/check" "$@" > >(tee "$f" | sed 's/^/  | /') 2>&1 < /dev/null
+  sleep 1
+  sed -n '/== gpu_check summary/,$p' "$f" >> "$L/summary.txt"
+  cp -f "$L/summary.txt" "$out/summary.txt"
+  pack
+}
+say "stage tests"
+if want tests; then MN_GPU_CHECK_TESTS_S=$(cap "${MN_GS_TESTS_S:-170}" 250) check check_1 --stages build,tests
+else check check_1 --stages build; fi
 if [[ -n ${warm_pid:-} ]]; then
   # the timings below want the GPU and CPUs to themselves
   w=$(cap 40 220); say "waiting up to ${w}s for the original's warm-up"
@@ -76,10 +97,11 @@ fi
 
 # ---- 1b. every trainer and kernel variant at the 124M config, B 32 x T 1024, then the kernel bench
 # (a run may start until STAGE_S and then take RUN_S)
-MN_GPU_CHECK_RUN_S=35 MN_GPU_CHECK_STAGE_S=$(($(cap 185 130) - 35)) MN_GPU_CHECK_BENCH_S=$(cap 25 100) \
-  bash bench/gpu_check.sh --logs "$L/check" --stages trainers,bench --steps 14 2>&1 |
-  tee "$L/check_2.txt" | sed -n '/== gpu_check summary/,$p' | tee -a "$L/summary.txt"
-pack
+say "stage trainers"
+if want trainers; then
+  MN_GPU_CHECK_RUN_S=35 MN_GPU_CHECK_STAGE_S=$(($(cap "${MN_GS_TRAIN_S:-185}" 130) - 35)) \
+    MN_GPU_CHECK_BENCH_S=$(cap "${MN_GS_BENCH_S:-25}" 100) check check_2 --stages "${MN_GS_TRAIN_STAGES:-trainers,bench}" --steps 14
+fi
 
 # ---- 2+3. the record batches: peak memory (ours: the allocator's count; the card: nvidia-smi's
 # sampled maximum) and every kernel timed at record shapes (MN_PROFILE with blocking launches: the
@@ -92,23 +114,26 @@ record_run() { # name, limit, script, flags...
   MN_BACKEND=cuda MN_PROFILE=1 MN_PROFILE_JSON="$L/profile_$name.json" CUDA_LAUNCH_BLOCKING=1 \
     timeout -k 5 "$lim" deno run -A "$@" --input_bin 'data/brown/brown_train_*.bin' \
     --input_val_bin 'data/brown/brown_val_*.bin' --num_iterations 3 --warmdown_iters 1 --val_loss_every 0 \
-    --log_dir "$L/runs" > "$L/record_$name.log" 2>&1
+    --log_dir "$L/runs" > "$L/record_$name.log" 2>&1 < /dev/null
   local rc=$?
   kill "$smi" 2>/dev/null
   say "$name: rc $rc; $(grep -m1 'peak memory' "$L/record_$name.log"); card max $(sort -n "$L/smi_$name.txt" | tail -n1) MiB; $(grep -m1 -iE 'out of memory|error' "$L/record_$name.log" | cut -c1-160)"
+  ((rc)) && tail -n 4 "$L/record_$name.log" | cut -c1-200
+  pack
 }
 v32=$((2 * 32 * 1024)); v64=$((64 * 1024))
-record_run rwkv7_fast_b32 "$(cap 40 60)" train_rwkv7.ts --fast_cuda --device_bsz 32 --bsz 32 --val_tokens $v32
-record_run gpt2_b64 "$(cap 35 40)" train_gpt2.ts --device_bsz 64 --bsz 64 --val_tokens $v64
-record_run rwkv7_fast_b16 "$(cap 30 40)" train_rwkv7.ts --fast_cuda --device_bsz 16 --bsz 16 --val_tokens $v32
+say "stage record"
+want record && record_run rwkv7_fast_b32 "$(cap "${MN_GS_RECORD_S:-40}" 60)" train_rwkv7.ts --fast_cuda --device_bsz 32 --bsz 32 --val_tokens $v32
+want record && record_run gpt2_b64 "$(cap "${MN_GS_RECORD_S:-35}" 40)" train_gpt2.ts --device_bsz 64 --bsz 64 --val_tokens $v64
+want record && record_run rwkv7_fast_b16 "$(cap 30 40)" train_rwkv7.ts --fast_cuda --device_bsz 16 --bsz 16 --val_tokens $v32
 pack
 
 # ---- 4. the original beside ours: same card, data, B 32 x T 1024, 16 steps (step_avg over 11..16)
-if [[ -d .gpu-carry/original ]]; then
+if want original && [[ -d .gpu-carry/original ]]; then
   for m in rwkv7 gpt2; do
     lim=$(cap 60 5)
     ((lim < 20)) && { say "original $m: skipped (budget spent)"; continue; }
-    timeout -k 5 "$lim" bench/original_side_by_side.sh run $m 16 32 "$L/orig_$m.log"
+    timeout -k 5 "$lim" bench/original_side_by_side.sh run $m 16 32 "$L/orig_$m.log" < /dev/null
     say "original $m (rc $?): $(grep -E '^step:1/|^step:16/' "$L/orig_$m.log" | tr '\n' ' ') $(grep -m1 'peak memory' "$L/orig_$m.log")"
   done
 fi

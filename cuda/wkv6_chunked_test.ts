@@ -116,7 +116,7 @@ testAccumulates("wkv6_chunked", ["cpu", "emu", "cuda"], (name) => {
   const x = makeInputs(rng, s, "model");
   const init = GRADS.map((g) => rng.normal(gradNumel(s, g)));
   const run = (g: Float32Array[]) => runChunked(be, s, x, g);
-  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt"]);
+  checkAccumulates(name, run, GRADS, zeroGrads(s), init, ["y", "s_ckpt"], name === "cuda");
 });
 
 Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give clear errors", () => {
