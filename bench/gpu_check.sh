@@ -162,6 +162,7 @@ elif compgen -G "data/brown/brown_train_*.bin" >/dev/null; then
       --warmdown_iters 2 --val_loss_every 0 --val_tokens 32768 --random_seed 1 --log_dir "$logs/runs" \
       > "$f" 2>&1
     rc=$?
+    find "$logs/runs" -name '*.safetensors' -delete 2>/dev/null # the end-of-run checkpoint: GBs, unused
     stats=$(run_stats "$f")
     if ((rc == 0)); then
       row "$name" ok "$stats"

@@ -33,7 +33,12 @@ want() { [[ ,$stages, == *,$1,* ]]; }
 out=${OUT:-bench/gpu_logs}
 L=/tmp/gpu_session
 rm -rf "$L" && mkdir -p "$L" "$out"
-pack() { tar -czf "$out/gpu_session.tar.gz.tmp" -C /tmp gpu_session 2>/dev/null && mv -f "$out/gpu_session.tar.gz.tmp" "$out/gpu_session.tar.gz"; }
+# Logs only: the trainers' end-of-run checkpoints (1-2 GB each) once made this take minutes and
+# the archive too big to come back (2026-12-04), so they are left out (and deleted after each run).
+pack() {
+  tar -czf "$out/gpu_session.tar.gz.tmp" --exclude='*.safetensors' --exclude='*.pt' -C /tmp gpu_session 2>/dev/null &&
+    mv -f "$out/gpu_session.tar.gz.tmp" "$out/gpu_session.tar.gz"
+}
 say() {
   echo "[$(printf '%4d' $SECONDS)s] $*" | tee -a "$L/summary.txt"
   cp -f "$L/summary.txt" "$out/summary.txt"
@@ -119,6 +124,9 @@ record_run() { # name, limit, script, flags...
   kill "$smi" 2>/dev/null
   say "$name: rc $rc; $(grep -m1 'peak memory' "$L/record_$name.log"); card max $(sort -n "$L/smi_$name.txt" | tail -n1) MiB; $(grep -m1 -iE 'out of memory|error' "$L/record_$name.log" | cut -c1-160)"
   ((rc)) && tail -n 4 "$L/record_$name.log" | cut -c1-200
+  find "$L/runs" -name '*.safetensors' -delete 2>/dev/null
+  # the per-call-shape profile comes back on its own, not only inside the archive
+  [[ -f $L/profile_$name.json ]] && gzip -c "$L/profile_$name.json" > "$out/profile_$name.json.gz"
   pack
 }
 v32=$((2 * 32 * 1024)); v64=$((64 * 1024))
