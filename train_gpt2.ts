@@ -40,7 +40,10 @@ const FLAGS = {
   n_head: ["6", "attention heads (head dim n_embd/n_head: 16, 32, 64 or 128)"],
   vocab_size: ["50304", "vocabulary (GPT-2's 50257 padded to a multiple of 128)"],
   random_seed: ["-1", "seed for the initialisation (-1: random, printed)"],
-  backend: ["", "cuda | emu | cpu (default: cuda when a GPU is visible, else cpu)"],
+  backend: [
+    "",
+    "cuda | emu | cpu | dry (dry: record calls, run nothing; default: cuda when a GPU is visible, else cpu)",
+  ],
   init_from: ["", "load weights from a .safetensors file (PyTorch names)"],
   resume: ["", "continue a run from its state_stepNNNNNN.safetensors checkpoint"],
   dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
@@ -816,6 +819,7 @@ function main() {
   be.sync();
   let t0 = performance.now();
   for (let step = startStep; step <= a.num_iterations; step++) {
+    be.mark(`step ${step}`); // a point for call traces (bench/step_cost.ts); nothing otherwise
     const last = step === a.num_iterations;
     if (step === 10) { // the original ignores the first 10 steps' time
       trainingTimeMs = 0;

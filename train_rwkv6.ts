@@ -25,7 +25,10 @@ const FLAGS = {
   device_bsz: ["64", "sequences per device per micro-step"],
   bsz: ["512", "sequences per optimizer step, all devices"],
   random_seed: ["-1", "seed for the initialisation (-1: random, printed)"],
-  backend: ["", "cuda | emu | cpu (default: cuda when a GPU is visible, else cpu)"],
+  backend: [
+    "",
+    "cuda | emu | cpu | dry (dry: record calls, run nothing; default: cuda when a GPU is visible, else cpu)",
+  ],
   input_bin: ["data/fineweb10B/fineweb_train_*.bin", "training shards (glob)"],
   input_val_bin: ["data/fineweb10B/fineweb_val_*.bin", "validation shards (glob)"],
   num_iterations: ["5100", "optimizer steps"],
@@ -914,6 +917,7 @@ function main() {
   be.sync();
   let t0 = performance.now();
   for (let step = startStep; step <= a.num_iterations; step++) {
+    be.mark(`step ${step}`); // a point for call traces (bench/step_cost.ts); nothing otherwise
     const last = step === a.num_iterations;
     if (step === 10) { // the original ignores the first 10 steps' time
       trainingTimeMs = 0;

@@ -79,11 +79,11 @@ for (const [name, path] of libs) {
 Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
   assert.throws(
     () => resolveBackendName("rocm"),
-    /^Error: --backend rocm: expected one of cuda, emu, cpu$/,
+    /^Error: --backend rocm: expected one of cuda, emu, cpu, dry$/,
   );
   assert.throws(
     () => Backend.open({ name: "gpu" }),
-    /--backend gpu: expected one of cuda, emu, cpu/,
+    /--backend gpu: expected one of cuda, emu, cpu, dry/,
   );
 });
 

@@ -48,7 +48,7 @@
 import type { Backend, Tensor } from "./backend.ts";
 import { findNvidiaLibrary } from "./libsearch.ts";
 
-export type CollectiveKind = "single" | "tcp" | "nccl";
+export type CollectiveKind = "single" | "tcp" | "nccl" | "dry";
 
 export interface Collective {
   readonly rank: number;
@@ -131,6 +131,8 @@ export function openCollective(
   if (forced !== undefined && !["single", "tcp", "nccl"].includes(forced)) {
     throw new Error(`MN_COLLECTIVE=${forced}: expected single, tcp or nccl`);
   }
+  // the dry backend (bench/step_cost.ts) simulates one rank of WORLD_SIZE: nothing to connect to
+  if (be.name === "dry") return new DryCollective(be, d);
   const kind = (forced as CollectiveKind | undefined) ??
     (d.world === 1 ? "single" : be.name === "cuda" ? "nccl" : "tcp");
   if (kind === "single") {
@@ -167,6 +169,39 @@ class SingleCollective implements Collective {
     requireRoot(root, 1);
   }
   barrier() {}
+  agree(value: string, _what: string, _check = true): string {
+    return value;
+  }
+  destroy() {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// "dry": one simulated rank of d.world; each collective is recorded in the backend's trace with its
+// bytes, and the launches the nccl kind would make around it (the mean's scale) are made.
+
+class DryCollective implements Collective {
+  readonly kind = "dry" as const;
+  readonly rank: number;
+  readonly world: number;
+  constructor(private readonly be: Backend, d: DistEnv) {
+    this.rank = d.rank;
+    this.world = d.world;
+  }
+  allReduceSum(t: Tensor) {
+    requireF32(t, "allReduceSum");
+    if (this.world > 1 && t.numel > 0) this.be.trace?.collective("all_reduce", t.nbytes, t.dtype);
+  }
+  allReduceMean(t: Tensor) {
+    this.allReduceSum(t);
+    scaleByWorld(this.be, t, this.world);
+  }
+  broadcast(t: Tensor, root: number) {
+    requireRoot(root, this.world);
+    if (this.world > 1 && t.numel > 0) this.be.trace?.collective("broadcast", t.nbytes, t.dtype);
+  }
+  barrier() {
+    this.be.sync();
+  }
   agree(value: string, _what: string, _check = true): string {
     return value;
   }
