@@ -17,7 +17,8 @@
 // DRAM round trip), and every launch at least the device's minimum kernel time. The estimate of the
 // step: between two host syncs the host's launches (launches x per-launch host cost) overlap the
 // device's work and the longer of the two counts; each sync adds a drain. A launch
-// with fewer blocks than SMs that moves more than 4 MB is flagged as under-parallel.
+// of ours (not cuBLAS's) with fewer blocks than SMs that moves more than 4 MB is flagged as
+// under-parallel.
 import { parseArgs } from "node:util";
 import { kernelsHeaderFunctions } from "../cuda/abi.ts";
 import { namedArgs, type TraceFile } from "../cuda/dry.ts";
@@ -299,7 +300,8 @@ export function priceLaunch(l: Launch, hw: Hardware): [number, number, boolean] 
   const fill = Math.min(1, l.blocks / hw.sms);
   const serial = (l.serialSteps ?? 0) * hw.roundTripUs / 1e3;
   const shaped = Math.max(roof / Math.max(fill, 1e-9), serial, hw.minKernelUs / 1e3);
-  return [roof, shaped, l.blocks < hw.sms && bytes > 4e6];
+  // cuBLAS chooses its own grids (cost_model.ts models split-K); only our kernels are flagged
+  return [roof, shaped, l.blocks < hw.sms && bytes > 4e6 && l.kernel !== "cublas_gemm"];
 }
 
 export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
