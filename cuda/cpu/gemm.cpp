@@ -145,10 +145,13 @@ MN_API int mn_gemm_bf16(int trans_a, int trans_b, int M, int N, int K, float alp
   const int rows_b = trans_b ? N : K, cols_b = trans_b ? K : N;
   float* wa = widened_a.get((size_t)rows_a * cols_a);
   float* wb = widened_b.get((size_t)rows_b * cols_b);
-  // product tiles: fp32 C with beta == 0 needs none; else up to 2^18 floats (1 MiB) per thread
+  // Product tiles: fp32 C with beta == 0 needs none; else each thread's block of C, cut into
+  // row ranges of at most 2^21 floats (8 MiB) but at least 1024 rows: every sgemm call packs its
+  // whole B block again, which costs as much as the multiply when the rows are few.
   const bool direct = !c_bf16 && beta == 0.0f;
+  const int block_rows = N >= M ? M : std::min(M, ((M + 15) / 16 + nt - 1) / nt * 16);
   const int tile_cols = N >= M ? std::min(N, ((N + 15) / 16 + nt - 1) / nt * 16) : N;
-  const int tile_rows = std::max(64, (1 << 18) / tile_cols);
+  const int tile_rows = std::min(block_rows, std::max(1024, (1 << 21) / tile_cols));
   bool ok = wa && wb;
   for (int t = 0; t < nt && !direct && ok; t++) ok = tiles[t].get((size_t)tile_rows * tile_cols);
   if (!ok) return mn_fail(MN_ERR_OUT_OF_MEMORY, "gemm: out of memory for the fp32 operands");
