@@ -71,8 +71,9 @@ void blas_one_thread() {
 }
 
 int thread_count(int64_t M, int64_t N, int64_t K) {
-  // below ~64^3 multiply-adds a second thread costs more than it saves (OpenBLAS's own threshold)
-  if (M * N * K < (int64_t)1 << 18 || std::max(M, N) < 32) return 1;
+  // up to 128^3 multiply-adds (~50 us on one core) a second thread saves little, and on a busy
+  // machine waiting for it can cost a whole scheduler time slice
+  if (M * N * K <= (int64_t)1 << 21 || std::max(M, N) < 32) return 1;
   return std::clamp(omp_get_max_threads(), 1, kMaxThreads);
 }
 
