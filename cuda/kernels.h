@@ -14,7 +14,19 @@
  * - Element counts are int64_t `n`; byte counts are int64_t `bytes`. Never mix them.
  * - BACKWARD KERNELS ACCUMULATE: every gradient output is `+=`, never `=`, so that a tensor used
  *   twice and gradient accumulation over micro-steps both just work. Zero grads before a step.
- * - Reductions are deterministic (no float atomics): same inputs, same bits, every run.
+ * - Reductions are deterministic (no float atomics): same inputs, same bits, every run. Sums over
+ *   rows or elements (the parameter gradients dv/dweight/dbias/du, axpby's da/db, sum_squares) run
+ *   over a full grid in two stages (cuda/reduce.cuh): blocks over row tiles (or element chunks)
+ *   write partials, a second pass adds them in a fixed order. The tiling depends on the shape only.
+ * - Scratch: those two-stage reductions (and embedding_backward's sort) keep their partials in
+ *   library-internal scratch, not in a caller's buffer (cuda/scratch.h): on cuda one buffer per
+ *   (device, stream), allocated with cudaMalloc on first use and grown (never shrunk) in 1 MiB steps;
+ *   on emu a malloc per host thread; cpu needs none. It is NOT one of the caller's mn_malloc
+ *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
+ *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
+ *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
+ *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12). Growing it waits for the stream, so the first call of
+ *   a bigger shape synchronizes once; no call may be captured into a CUDA graph.
  */
 #ifndef MN_KERNELS_H
 #define MN_KERNELS_H
