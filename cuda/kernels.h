@@ -25,7 +25,8 @@
  *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
  *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
  *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
- *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12). Growing it waits for the stream, so the first call of
+ *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12) and ~5 N ints for
+ *   embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the stream, so the first call of
  *   a bigger shape synchronizes once; no call may be captured into a CUDA graph.
  */
 #ifndef MN_KERNELS_H
@@ -86,7 +87,9 @@ MN_API int mn_transpose(float* out, float* x, int R, int C, void* stream);
 /* out[i, :] = wte[idx[i], :];  idx [N] int32 in [0, V), wte [V, C], out [N, C] */
 MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int C, int V,
                                 void* stream);
-/* dwte[idx[i], :] += dout[i, :], deterministic (fixed summation order over i) */
+/* dwte[idx[i], :] += dout[i, :], deterministic: every element is the fp32 running sum over i in
+ * increasing order, bit for bit on every backend. cuda/emu: a stable radix sort of the ids, then
+ * one warp per (id, 32 columns) (library scratch: 5 N + 16 ceil(N / 1024) + 2 ints). */
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
                                  void* stream);
 
