@@ -79,6 +79,9 @@ struct Dot2Term {  // sum(dout * x) and sum(dout * y) with one read of dout: da 
 
 // All four gradients in one pass over dout (the model's case: the blocks' lambdas): dx, dy
 // elementwise, da, db summed. Each element is read and written by one thread (in-place safe).
+// kSame: dx == dy (x and y are one tensor, as in the first block where x is x0): the element gets
+// both contributions in the order of the unfused kernel, (dx + a g) + b g, with one store.
+template <bool kSame>
 struct AxpbyAllTerm {
   float* dx;
   float* dy;
@@ -95,10 +98,17 @@ struct AxpbyAllTerm {
     av = a[0];
     bv = b[0];
   }
-  __device__ Load load(int64_t i) const { return Load{dout[i], x[i], y[i], dx[i], dy[i]}; }
+  __device__ Load load(int64_t i) const {
+    return Load{dout[i], x[i], y[i], dx[i], kSame ? 0.0f : dy[i]};
+  }
   __device__ void use(int64_t i, const Load& l, float* acc) const {
-    dx[i] = l.dx + axpby_dx(av, l.g);
-    dy[i] = l.dy + axpby_dx(bv, l.g);
+    const float tx = l.dx + axpby_dx(av, l.g);
+    if (kSame) {
+      dx[i] = tx + axpby_dx(bv, l.g);
+    } else {
+      dx[i] = tx;
+      dy[i] = l.dy + axpby_dx(bv, l.g);
+    }
     acc[0] += dot_term(l.g, l.x);
     acc[1] += dot_term(l.g, l.y);
   }
@@ -173,10 +183,14 @@ MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* 
       return rc;
   }
   const char* name = "axpby_backward_dadb";
+  if (dx && dy && da && db && dx == dy)
+    return mn_reduce::full_sums<2>("axpby_backward_fused",
+                                   AxpbyAllTerm<true>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
+                                   db, n, 1, part, stream);
   if (dx && dy && da && db)
     return mn_reduce::full_sums<2>("axpby_backward_fused",
-                                   AxpbyAllTerm{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da, db, n, 1,
-                                   part, stream);
+                                   AxpbyAllTerm<false>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
+                                   db, n, 1, part, stream);
   if (dx || dy) {
     int rc = EW_LAUNCH("axpby_backward_dxdy", axpby_backward_dxdy_kernel, n, dx, dy,
                        (const float*)dout, (const float*)a, (const float*)b, n);

@@ -112,7 +112,8 @@ MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, vo
 /* out = a[0]*x + b[0]*y with a, b scalars in device memory (the blocks' learned lambdas) */
 MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, int64_t n,
                             void* stream);
-/* dx += a*dout; dy += b*dout; da += sum(dout*x); db += sum(dout*y). dx/dy/da/db may be NULL. */
+/* dx += a*dout; dy += b*dout; da += sum(dout*x); db += sum(dout*y). dx/dy/da/db may be NULL;
+ * dx may be dy and da may be db (x, y one tensor; a, b one scalar): both contributions added. */
 MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* dout, float* x,
                              float* y, float* a, float* b, int64_t n, void* stream);
 MN_API int mn_add(float* out, float* x, float* y, int64_t n, void* stream);     /* out = x + y */

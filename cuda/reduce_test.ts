@@ -121,6 +121,33 @@ function axpby(n: number, want: ("dx" | "dy" | "da" | "db")[]): Call {
   };
 }
 
+/** x and y one tensor, and a and b one scalar (the first block's x = a x0 + b x0): dx == dy and
+ * da == db, so each element gets both contributions */
+function axpbyAliased(n: number): Call {
+  return (be, rng) => {
+    const x = rng.normal(n), dout = rng.normal(n), a = rng.normal(1);
+    return runWith(
+      be,
+      { x: [x, [n]], dout: [dout, [n]], a: [a, [1]] },
+      { dx: [rng.normal(n), [n]], da: [rng.normal(1), [1]] },
+      (p) =>
+        be.k.mn_axpby_backward(
+          p.dx,
+          p.dx,
+          p.da,
+          p.da,
+          p.dout,
+          p.x,
+          p.x,
+          p.a,
+          p.a,
+          BigInt(n),
+          be.stream,
+        ),
+    );
+  };
+}
+
 function sumSquares(n: number): Call {
   return (be, rng) =>
     runWith(
@@ -320,12 +347,10 @@ const AXPBY_SETS: ("dx" | "dy" | "da" | "db")[][] = [
 const fullTol = sumTol(Math.max(...SIZES));
 check(
   "axpby_backward",
-  SIZES.flatMap((n) =>
-    AXPBY_SETS.map((want) => ({
-      label: `n=${n} ${want}`,
-      call: axpby(n, want),
-    }))
-  ),
+  SIZES.flatMap((n) => [
+    ...AXPBY_SETS.map((want) => ({ label: `n=${n} ${want}`, call: axpby(n, want) })),
+    { label: `n=${n} dx = dy, da = db`, call: axpbyAliased(n) },
+  ]),
   { dx: TOL_F32, dy: TOL_F32, da: fullTol, db: fullTol },
 );
 // sum_squares writes (out starts at 123). Positive terms, no cancellation: each result is at most
