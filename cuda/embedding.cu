@@ -263,6 +263,8 @@ MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, 
                                  void* stream) {
   if (int rc = embedding_check("embedding_backward", dwte, idx, dout, N, C, V)) return rc;
   MN_REQUIRE(V < 2147483647, "embedding_backward: V = %d is too large", V);
+  MN_REQUIRE(C <= 65535 * 32, "embedding_backward: C = %d is too large (at most %d)", C,
+             65535 * 32);
   const int tiles = (int)(((int64_t)N + kSortTile - 1) / kSortTile);
   int bits = 0;
   while (bits < 31 && (V >> bits) != 0) bits++;  // keys lie in [0, V]
