@@ -161,7 +161,7 @@ Deno.test("multi-process: 2 and 3 ranks (tcp collective, bucketed all-reduce) tr
     ...TINY_BROWN,
     ...["--num_iterations", "4", "--val_loss_every", "1", "--val_tokens", "1152"],
   ];
-  const run = (world: number, bsz: number, dir: string, extra: string[] = []) => {
+  const run = (world: number, bsz: number, extra: string[]) => {
     const port = String(freePort());
     return Promise.all(Array.from({ length: world }, (_, r) =>
       new Deno.Command(Deno.execPath(), {
@@ -189,8 +189,8 @@ Deno.test("multi-process: 2 and 3 ranks (tcp collective, bucketed all-reduce) tr
   const tol = { 2: { tensor: 1e-5, model: 1e-5 }, 3: { tensor: 3e-2, model: 2e-5 } } as const;
   for (const world of [2, 3] as const) {
     const d1 = Deno.makeTempDirSync(), d = Deno.makeTempDirSync();
-    const [one] = await run(1, 2 * world, d1, ["--log_dir", d1]);
-    const outs = await run(world, 2 * world, d, ["--log_dir", d, "--bucket_cap_mb", "0.25"]);
+    const [one] = await run(1, 2 * world, ["--log_dir", d1]);
+    const outs = await run(world, 2 * world, ["--log_dir", d, "--bucket_cap_mb", "0.25"]);
     assert.doesNotMatch(one, /gradient all-reduce/, "one process has no buckets");
     // the bucket layout, logged once by rank 0: lm_head first (backward's order), wte last
     const lines = outs[0].split("\n").filter((l) => l.startsWith("gradient all-reduce"));

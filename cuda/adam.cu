@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "entry_checks.h"
 
 // torch's lerp: a + w (b - a) for w < 0.5, else b - (b - a)(1 - w) (exact at both ends).
 __host__ __device__ inline float adam_lerp(float a, float b, float w) {
@@ -74,31 +75,24 @@ __global__ void adam_multi_step_kernel(const int64_t* list, int count, int64_t t
   }
 }
 
-// Argument checks and the host scalars shared by both entry points.
-static int adam_scalars(const char* fn, float lr, float beta1, float beta2, float eps,
-                        float weight_decay, int step, float* step_size, float* bc2_sqrt) {
-  MN_REQUIRE(step >= 1, "%s: step = %d (steps count from 1)", fn, step);
-  MN_REQUIRE(lr >= 0.0f && eps >= 0.0f && weight_decay >= 0.0f,
-             "%s: lr=%g eps=%g weight_decay=%g must be >= 0", fn, lr, eps, weight_decay);
-  MN_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
-             "%s: betas (%g, %g) must be in [0, 1)", fn, beta1, beta2);
+// The host scalars of both entry points (after mn_check_adam).
+static void adam_scalars(float lr, float beta1, float beta2, int step, float* step_size,
+                         float* bc2_sqrt) {
   const double bc1 = 1.0 - std::pow((double)beta1, (double)step);
   const double bc2 = 1.0 - std::pow((double)beta2, (double)step);
   *step_size = (float)((double)lr / bc1);
   *bc2_sqrt = (float)std::sqrt(bc2);
-  return 0;
 }
 
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step,
                         void* stream) {
   MN_REQUIRE(n >= 0, "adam_step: n = %lld", (long long)n);
-  float step_size, bc2_sqrt;
-  int rc = adam_scalars("adam_step", lr, beta1, beta2, eps, weight_decay, step, &step_size,
-                        &bc2_sqrt);
-  if (rc) return rc;
+  if (int rc = mn_check_adam("adam_step", lr, beta1, beta2, eps, weight_decay, step)) return rc;
   if (n == 0) return 0;
   MN_REQUIRE(param && grad && m && v, "adam_step: NULL tensor");
+  float step_size, bc2_sqrt;
+  adam_scalars(lr, beta1, beta2, step, &step_size, &bc2_sqrt);
   return mn_launch("adam_step", adam_step_kernel, mn_blocks_for(n, 256), 256, 0, stream, param,
                    (const float*)grad, m, v, n, beta1, beta2, eps, weight_decay, step_size,
                    bc2_sqrt);
@@ -106,17 +100,12 @@ MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n
 
 MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int step, void* stream) {
-  MN_REQUIRE(count >= 0 && total_n >= 0, "adam_multi_step: count = %d, total_n = %lld", count,
-             (long long)total_n);
-  MN_REQUIRE((count == 0) == (total_n == 0),
-             "adam_multi_step: %d tensors cannot hold total_n = %lld elements", count,
-             (long long)total_n);
-  float step_size, bc2_sqrt;
-  int rc = adam_scalars("adam_multi_step", lr, beta1, beta2, eps, weight_decay, step, &step_size,
-                        &bc2_sqrt);
-  if (rc) return rc;
+  if (int rc = mn_check_adam_multi_step(list, count, total_n)) return rc;
+  if (int rc = mn_check_adam("adam_multi_step", lr, beta1, beta2, eps, weight_decay, step))
+    return rc;
   if (count == 0) return 0;
-  MN_REQUIRE(list, "adam_multi_step: NULL list");
+  float step_size, bc2_sqrt;
+  adam_scalars(lr, beta1, beta2, step, &step_size, &bc2_sqrt);
   return mn_launch("adam_multi_step", adam_multi_step_kernel, mn_blocks_for(total_n, 256), 256, 0,
                    stream, (const int64_t*)list, count, total_n, beta1, beta2, eps, weight_decay,
                    step_size, bc2_sqrt);

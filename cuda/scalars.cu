@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "common.cuh"
+#include "entry_checks.h"
 
 // The factor 1 / (sqrt(sumsq) + eps), in double as the trainers computed it on the host before
 // (then used in fp32, as a host float alpha of mn_scale was).
@@ -43,20 +44,14 @@ static inline int sum_threads(int64_t n) {
 }
 
 MN_API int mn_sum_into(float* out, float* x, int64_t n, float alpha, float beta, void* stream) {
-  MN_REQUIRE(out && x, "sum_into: NULL pointer argument");
-  MN_REQUIRE(n > 0, "sum_into: n = %lld must be > 0", (long long)n);
-  MN_REQUIRE(out < x || out >= x + n, "sum_into: out must not lie inside x");
+  if (int rc = mn_check_sum_into(out, x, n)) return rc;
   return mn_launch("sum_into", sum_into_kernel, 1, sum_threads(n), 0, stream, out, (const float*)x,
                    n, alpha, beta);
 }
 
 MN_API int mn_scale_by_inv_norm(float* out, float* x, float* sumsq, float eps, int64_t n,
                                 void* stream) {
-  MN_REQUIRE(out && x && sumsq, "scale_by_inv_norm: NULL pointer argument");
-  MN_REQUIRE(n > 0, "scale_by_inv_norm: n = %lld must be > 0", (long long)n);
-  MN_REQUIRE(eps > 0.0f, "scale_by_inv_norm: eps = %g must be > 0", eps);
-  MN_REQUIRE(sumsq < x || sumsq >= x + n, "scale_by_inv_norm: sumsq must not lie inside x");
-  MN_REQUIRE(sumsq < out || sumsq >= out + n, "scale_by_inv_norm: sumsq must not lie inside out");
+  if (int rc = mn_check_scale_by_inv_norm(out, x, sumsq, eps, n)) return rc;
   return mn_launch("scale_by_inv_norm", scale_by_inv_norm_kernel, mn_blocks_for(n, 256), 256, 0,
                    stream, out, (const float*)x, (const float*)sumsq, eps, n);
 }

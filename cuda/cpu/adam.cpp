@@ -2,6 +2,7 @@
 //   g = grad + wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 // mn_adam_multi_step: the same element update over each tensor of a list.
+#include "../entry_checks.h"
 #include "cpu_common.h"
 
 namespace {
@@ -9,16 +10,6 @@ namespace {
 struct AdamScalars {
   double b1, b2, bc1, bc2, lr, eps, wd;
 };
-
-int adam_check(const char* fn, float lr, float beta1, float beta2, float eps, float weight_decay,
-               int step) {
-  MN_REQUIRE(step >= 1, "%s: step = %d (steps count from 1)", fn, step);
-  MN_REQUIRE(lr >= 0.0f && eps >= 0.0f && weight_decay >= 0.0f,
-             "%s: lr=%g eps=%g weight_decay=%g must be >= 0", fn, lr, eps, weight_decay);
-  MN_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
-             "%s: betas (%g, %g) must be in [0, 1)", fn, beta1, beta2);
-  return 0;
-}
 
 AdamScalars adam_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
                          int step) {
@@ -48,8 +39,7 @@ void adam_tensor(float* param, const float* grad, float* m, float* v, int64_t n,
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step, void*) {
   MN_REQUIRE(n >= 0, "adam_step: n = %lld", (long long)n);
-  int rc = adam_check("adam_step", lr, beta1, beta2, eps, weight_decay, step);
-  if (rc) return rc;
+  if (int rc = mn_check_adam("adam_step", lr, beta1, beta2, eps, weight_decay, step)) return rc;
   if (n == 0) return 0;
   MN_REQUIRE(param && grad && m && v, "adam_step: NULL tensor");
   adam_tensor(param, grad, m, v, n, adam_scalars(lr, beta1, beta2, eps, weight_decay, step));
@@ -58,15 +48,10 @@ MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n
 
 MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int step, void*) {
-  MN_REQUIRE(count >= 0 && total_n >= 0, "adam_multi_step: count = %d, total_n = %lld", count,
-             (long long)total_n);
-  MN_REQUIRE((count == 0) == (total_n == 0),
-             "adam_multi_step: %d tensors cannot hold total_n = %lld elements", count,
-             (long long)total_n);
-  int rc = adam_check("adam_multi_step", lr, beta1, beta2, eps, weight_decay, step);
-  if (rc) return rc;
+  if (int rc = mn_check_adam_multi_step(list, count, total_n)) return rc;
+  if (int rc = mn_check_adam("adam_multi_step", lr, beta1, beta2, eps, weight_decay, step))
+    return rc;
   if (count == 0) return 0;
-  MN_REQUIRE(list, "adam_multi_step: NULL list");
   // the list is in "device" memory, which is host memory here: check it as the kernel assumes it
   int64_t offset = 0;
   for (int t = 0; t < count; t++) {
