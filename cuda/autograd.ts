@@ -19,12 +19,20 @@ export class Param {
   readonly grad: Tensor;
   private shadow: Tensor | null = null;
   private shadowFresh = false;
+  /** `grad`: where the gradient lives, zeroed by the caller (e.g. a view of one flat buffer that
+   * holds every gradient, for bucketed all-reduces); by default a zeroed allocation of its own. */
   constructor(
     readonly be: Backend,
     readonly name: string,
     readonly data: Tensor,
+    grad?: Tensor,
   ) {
-    this.grad = be.zeros(data.shape, "f32", name + ".grad");
+    if (grad && (grad.dtype !== "f32" || grad.numel !== data.numel)) {
+      throw new Error(`Param ${name}: gradient ${grad} does not fit ${data}`);
+    }
+    this.grad = grad
+      ? grad.view(data.shape, name + ".grad")
+      : be.zeros(data.shape, "f32", name + ".grad");
   }
   get shape(): readonly number[] {
     return this.data.shape;

@@ -357,6 +357,27 @@ const adamStep: Cost = (a) => {
   const n = need(a, "n");
   return n <= 0 ? [] : [elementwise("adam_step_kernel", n, 4 * n * F32, 3 * n * F32, 12 + EXP)];
 };
+// adam_multi_step_kernel: mn_blocks_for(total_n, 256) x 256, grid-stride over every tensor's
+// elements: adam_step's bytes for total_n elements, plus the list (6 int64 a tensor, read through
+// L1/L2 by the searches; counted once).
+const adamMultiStep: Cost = (a) => {
+  const n = need(a, "total_n"), count = need(a, "count");
+  return n <= 0 ? [] : [
+    elementwise("adam_multi_step_kernel", n, 4 * n * F32 + 48 * count, 3 * n * F32, 12 + EXP),
+  ];
+};
+
+// ---- device-side scalars (scalars.cu) -----------------------------------------------------------
+// sum_into_kernel: ONE block of sum_threads(n) (= reduceThreads) threads: n/threads serial steps.
+const sumInto: Cost = (a) => {
+  const n = need(a, "n"), t = reduceThreads(n);
+  return [launch("sum_into_kernel", 1, t, n * F32 + F32, F32, n, 0, cdiv(n, t))];
+};
+// scale_by_inv_norm_kernel: mn_blocks_for(n, 256) x 256; reads x and the one sumsq, writes out
+const scaleByInvNorm: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("scale_by_inv_norm_kernel", n, n * F32 + F32, n * F32, 1)];
+};
 
 // ---- model ops (modelops.cu) --------------------------------------------------------------------
 // Elementwise ops: mn_blocks_for(n, 256) x 256; warp-per-row ops: mn_blocks_for(rows, 8) x 256;
@@ -1040,6 +1061,10 @@ const TABLE: Record<string, Cost> = {
   mn_softcap_crossentropy: softcapCrossentropy,
   // adam.cu
   mn_adam_step: adamStep,
+  mn_adam_multi_step: adamMultiStep,
+  // scalars.cu
+  mn_sum_into: sumInto,
+  mn_scale_by_inv_norm: scaleByInvNorm,
   // modelops.cu
   mn_unary_forward: unaryForward,
   mn_unary_backward: unaryBackward,

@@ -28,6 +28,8 @@ const SMALL: Record<string, number> = {
   K: 64,
   R: 32,
   n: 4096,
+  count: 3,
+  total_n: 4096,
   bytes: 1024,
   batch: 2,
   op: 1,

@@ -137,6 +137,24 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step,
                         void* stream);
+/* The same step over `count` tensors in one launch (as PyTorch's fused/foreach Adam): for each
+ * tensor exactly mn_adam_step's per-element math (the same bits on every backend).
+ * list: DEVICE array of int64_t [count][6], per tensor {param, grad, m, v, n, offset}: four device
+ * addresses of fp32 tensors of n >= 1 elements and offset = the sum of n over the tensors before it
+ * (so the tensors tile [0, total_n)); total_n = the sum of every n (the grid covers it: the host
+ * side cannot read `list`). Tensors must not overlap one another. */
+MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int step, void* stream);
+
+/* ---- device-side scalars (scalars.cu): results left in, and factors read from, device memory,
+ * so a training step never downloads a value to decide its next launch ------------------------ */
+/* out[0] = alpha * sum(x) + beta * out[0] (beta == 0: out not read); deterministic (one block,
+ * fixed order, fp32 accumulation); out must not lie inside x */
+MN_API int mn_sum_into(float* out, float* x, int64_t n, float alpha, float beta, void* stream);
+/* out = x / (sqrt(sumsq[0]) + eps), sumsq[0] read from device memory (e.g. mn_sum_squares's
+ * result; the factor is computed in double, used in fp32). out may alias x; sumsq may not. */
+MN_API int mn_scale_by_inv_norm(float* out, float* x, float* sumsq, float eps, int64_t n,
+                                void* stream);
 
 /* ---- model ops (modelops.cu): the small pieces the RWKV/GPT forwards are composed of ---------
  * Shapes: n elements; or N rows of C (row-major); "row vector" v [C] broadcast over rows. */
