@@ -12,7 +12,8 @@
 //   to hit L2/L1) unless noted: a second pass whose working set cannot stay in the H100's 50 MB L2
 //   counts again (cross-entropy's passes over the logits, the recompute WKV-7's scratch).
 // - Accumulating (`+=`) outputs are read and written. Separate launches never share a read:
-//   each counts its own.
+//   each counts its own. The partials of the two-stage reductions (library scratch, scratch.h)
+//   are written by stage 1 and read by stage 2 like any tensor.
 // - Pointer arguments are device addresses; 0 means NULL. A pointer parameter missing from `a`
 //   counts as present (non-NULL). Only the entry points whose launches depend on it look.
 
@@ -88,6 +89,160 @@ function elementwise(
   flopsPerElem: number,
 ): Launch {
   return launch(kernel, blocksFor(n, 256), 256, read, written, n * flopsPerElem);
+}
+
+// ---- two-stage reductions (reduce.cuh; used by elementwise.cu, norm.cu and modelops.cu) ---------
+// Column sums out_k[c] += sum_i term_k(i, c) over [N, C], K = 1 or 2 outputs:
+//   stage 1 col_sums_kernel<K, Term>: grid (ceil(C/32), tiles), block (32, 8); block (x, y) sums
+//     its 32 columns over the rows of tile y and writes a partial row to scratch [tiles][K][C];
+//   stage 2 ("column_sums_finish") col_sums_kernel<K, PartialsTerm<K>>: grid (ceil(C/32), 1),
+//     block (32, 8), sums the tiles' partials in order and adds them to out_k (read and written).
+//   One tile: stage 1 adds straight into out_k and there is no stage 2.
+// Full sums out_k (= or +=) sum_i term_k(i) over n elements: stage 1 full_sums_kernel<K, Term>:
+//   `blocks` blocks of 256, block b over its contiguous chunk, a partial per block to scratch;
+//   stage 2 ("full_sums_finish") one block of 256 over the partials. One block: no stage 2.
+// Each thread loads 4 rows (elements) before adding them: its dependent DRAM round trips are the
+// groups of 4 plus the leftovers one at a time (loadRounds), the serialSteps of these launches.
+const RED_COLS = 32; // kCols: columns per block (one warp)
+const RED_LANES = 8; // kLanes: row lanes per block
+const RED_UNROLL = 4; // kUnroll: loads in flight per thread
+const RED_TARGET_BLOCKS = 1024; // kTargetBlocks
+const RED_MIN_TILE_ROWS = 64; // kMinTileRows
+const RED_MAX_TILES = 256; // kMaxTiles
+const FULL_THREADS = 256; // kFullThreads
+const FULL_MAX_BLOCKS = 1024; // kFullMaxBlocks
+const FULL_MIN_CHUNK = 4096; // kFullMinChunk
+
+/** reduce.cuh col_plan: column blocks, row tiles (grid.y) and rows per tile (a multiple of 32). */
+function colPlan(N: number, C: number) {
+  const colBlocks = cdiv(C, RED_COLS);
+  const want = cdiv(RED_TARGET_BLOCKS, colBlocks);
+  const byRows = cdiv(N, RED_MIN_TILE_ROWS);
+  const tiles0 = Math.max(1, Math.min(want, byRows, RED_MAX_TILES));
+  const step = RED_LANES * RED_UNROLL;
+  const tileRows = cdiv(cdiv(N, tiles0), step) * step;
+  return { colBlocks, tiles: cdiv(N, tileRows), tileRows };
+}
+
+/** reduce.cuh full_plan: blocks and the chunk of elements per block (a multiple of 1024). */
+function fullPlan(n: number) {
+  const step = FULL_THREADS * RED_UNROLL;
+  const chunk = cdiv(Math.max(cdiv(n, FULL_MAX_BLOCKS), FULL_MIN_CHUNK), step) * step;
+  return { blocks: cdiv(n, chunk), chunk };
+}
+
+/** Dependent load rounds of the busiest thread of a reduce.cuh loop over `rows` rows (elements)
+ * `stride` apart: groups of 4 loads issued together, then the leftovers one at a time. */
+function loadRounds(rows: number, stride: number): number {
+  const r = cdiv(rows, stride);
+  return Math.floor(r / RED_UNROLL) + (r % RED_UNROLL);
+}
+
+/** reduce.cuh col_sums<K, Term> over [N, C]: `read`, `written` and `flops` are stage 1's own
+ * traffic and work (the term's loads and any fused elementwise output); the partials and the K
+ * outputs [C] are added here. */
+function colSums(
+  term: string,
+  K: number,
+  N: number,
+  C: number,
+  read: number,
+  written: number,
+  flops: number,
+): Launch[] {
+  const p = colPlan(N, C);
+  const threads = RED_COLS * RED_LANES;
+  const kernel = `col_sums_kernel<${K},${term}>`;
+  const out = K * C * F32; // out_k [C]: += (read and written)
+  if (p.tiles === 1) {
+    return [
+      launch(
+        kernel,
+        p.colBlocks,
+        threads,
+        read + out,
+        written + out,
+        flops,
+        0,
+        loadRounds(N, RED_LANES),
+      ),
+    ];
+  }
+  const part = p.tiles * K * C * F32;
+  return [
+    launch(
+      kernel,
+      p.colBlocks * p.tiles,
+      threads,
+      read,
+      written + part,
+      flops,
+      0,
+      loadRounds(p.tileRows, RED_LANES),
+    ),
+    launch(
+      `col_sums_kernel<${K},PartialsTerm>`,
+      p.colBlocks,
+      threads,
+      part + out,
+      out,
+      p.tiles * K * C,
+      0,
+      loadRounds(p.tiles, RED_LANES),
+    ),
+  ];
+}
+
+/** reduce.cuh full_sums<K, Term> over n elements, like colSums; `accumulate`: out_k += (read). */
+function fullSums(
+  term: string,
+  K: number,
+  n: number,
+  read: number,
+  written: number,
+  flops: number,
+  accumulate: boolean,
+): Launch[] {
+  const p = fullPlan(n);
+  const kernel = `full_sums_kernel<${K},${term}>`;
+  const out = K * F32, outRead = accumulate ? out : 0;
+  if (p.blocks === 1) {
+    return [
+      launch(
+        kernel,
+        1,
+        FULL_THREADS,
+        read + outRead,
+        written + out,
+        flops,
+        0,
+        loadRounds(n, FULL_THREADS),
+      ),
+    ];
+  }
+  const part = p.blocks * K * F32;
+  return [
+    launch(
+      kernel,
+      p.blocks,
+      FULL_THREADS,
+      read,
+      written + part,
+      flops,
+      0,
+      loadRounds(p.chunk, FULL_THREADS),
+    ),
+    launch(
+      `full_sums_kernel<${K},FullPartialsTerm>`,
+      1,
+      FULL_THREADS,
+      part + outRead,
+      out,
+      p.blocks * K,
+      0,
+      loadRounds(p.blocks, FULL_THREADS),
+    ),
+  ];
 }
 
 // ---- runtime (runtime_cuda.cu) ------------------------------------------------------------------
@@ -166,26 +321,76 @@ const embeddingForward: Cost = (a) => {
   const read = N * F32 + Math.min(N, V) * C * F32;
   return [elementwise("embedding_forward_kernel", N * C, read, N * C * F32, 1)];
 };
-// embedding_backward_kernel: one thread per channel c, threads = C < 128 ? 32*ceil(C/32) : 128,
-// ceil(C/threads) blocks (6 at C = 768); each thread walks all N rows, EMB_K = 8 at a time, with a
-// read-modify-write of dwte per group: ceil(N/8) dependent steps. dwte rows touched (at most
-// min(N, V) distinct) are read and written; idx is read by every thread (L2).
+// mn_embedding_backward: a stable LSD radix sort of the ids, 4 bits a pass, then one warp per
+// (id, 32 columns). T = ceil(N/1024) tiles of 1024 keys, P = ceil(bitlen(V)/4) passes (4 for
+// V = 50,304). Per pass:
+//   sort_count_kernel: T x 256; reads the keys (pass 0: idx) 4N, writes hist [16][T] ints;
+//   exclusive_scan_kernel: 1 x scan_threads(16T) (32..1024); hist read and written in place;
+//   sort_scatter_kernel: T x 256; reads the keys (pass 0: idx), the rows (pass 0: none, rows are
+//     positions) and hist; writes keys and rows 8N.
+// Then once segment_starts_kernel: 1 x scan_threads(N); reads the sorted keys (keys[p - 1] is the
+// neighbour's load again: L1/L2), writes seg [S + 1] and nseg; and embedding_segments_kernel:
+// grid (min(ceil(4096 / ceil(C/32)), ceil(min(N, V)/8)), ceil(C/32)) x 256, (171, 24) at C = 768:
+// reads every row of dout once (N*C*4), rows [N], and per segment seg, keys and the id's dwte row,
+// which it writes back (read-modify-write, no other dwte row is touched).
+// ESTIMATE: S, the number of distinct ids in idx, is data the model does not see; it takes the
+// upper bound S = min(N, V) (each id once: real text repeats ids, so fewer dwte rows move).
+// serialSteps (estimates): the one-block scans walk scan_threads' share of the elements twice,
+// every load an L2 hit (the previous launch wrote them, about half a DRAM round trip): counted as
+// one step per element of a thread's share. A warp of the segments kernel walks ceil(S / warps)
+// segments, 3 dependent loads each (seg, then keys/rows, then dwte/dout); a frequent id's long
+// segment adds 2 per 32 rows, not modelled. Sort work is integer: fp32Flops are rough op counts.
+const SORT_TILE = 1024; // kSortThreads * kSortItems
+/** embedding.cu scan_threads: a multiple of 32, >= 16 elements each, 32..1024 */
+const scanThreads = (n: number) => Math.min(Math.max(cdiv(n, 512) * 32, 32), 1024);
 const embeddingBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), V = need(a, "V");
-  const threads = C < 128 ? 32 * cdiv(C, 32) : 128;
-  const rows = Math.min(N, V) * C * F32;
-  return [
+  const tiles = cdiv(N, SORT_TILE);
+  let bits = 0;
+  while (bits < 31 && Math.floor(V / 2 ** bits) !== 0) bits++; // bitlen(V): keys lie in [0, V]
+  const passes = cdiv(bits, 4);
+  const histN = 16 * tiles, hist = histN * F32, keys = N * F32;
+  const scanT = scanThreads(histN);
+  const out: Launch[] = [];
+  for (let p = 0; p < passes; p++) {
+    out.push(launch("sort_count_kernel", tiles, 256, keys, hist, 8 * N));
+    out.push(
+      launch("exclusive_scan_kernel", 1, scanT, hist, hist, 2 * histN, 0, cdiv(histN, scanT)),
+    );
+    out.push(
+      launch("sort_scatter_kernel", tiles, 256, (p === 0 ? 1 : 2) * keys + hist, 2 * keys, 32 * N),
+    );
+  }
+  const S = Math.min(N, V); // ESTIMATE: distinct ids (see above)
+  const segT = scanThreads(N);
+  out.push(
     launch(
-      "embedding_backward_kernel",
-      cdiv(C, threads),
-      threads,
-      N * F32 + N * C * F32 + rows,
-      rows,
+      "segment_starts_kernel",
+      1,
+      segT,
+      keys,
+      (S + 1) * F32 + F32, // seg, nseg
+      4 * N,
+      0,
+      cdiv(N, segT),
+    ),
+  );
+  const colChunks = cdiv(C, 32);
+  const segBlocks = Math.max(1, Math.min(cdiv(4096, colChunks), cdiv(Math.min(N, V), 8)));
+  const row = C * F32;
+  out.push(
+    launch(
+      "embedding_segments_kernel",
+      segBlocks * colChunks,
+      256,
+      N * row + keys + (S + 1) * F32 + S * F32 + F32 + S * row, // dout; rows; seg; keys; nseg; dwte
+      S * row,
       N * C,
       0,
-      cdiv(N, 8),
+      3 * cdiv(S, segBlocks * 8),
     ),
-  ];
+  );
+  return out;
 };
 
 // ---- norms (norm.cu) ----------------------------------------------------------------------------
@@ -206,9 +411,10 @@ const layernormForward: Cost = (a) => {
     ),
   ];
 };
-// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp +=), then
-// layernorm_backward_params_kernel: ceil(C/32) blocks of (32, 8) threads (24 at C = 768), each
-// thread summing rows ty, ty+8, ...: ceil(N/8) serial steps; dweight, dbias +=.
+// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp +=), then dweight, dbias by
+// reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
+// reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
+// L2), writes 2 partial rows per tile; stage 2 adds them to dweight, dbias (+=).
 const layernormBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C");
   const act = N * C * F32;
@@ -221,16 +427,7 @@ const layernormBackward: Cost = (a) => {
       act,
       14 * N * C,
     ),
-    launch(
-      "layernorm_backward_params_kernel",
-      cdiv(C, 32),
-      256,
-      2 * act + 2 * N * F32 + 2 * C * F32, // dout, inp; mean, rstd; dweight, dbias
-      2 * C * F32,
-      6 * N * C,
-      0,
-      cdiv(N, 8),
-    ),
+    ...colSums("LayerNormParamTerm", 2, N, C, 2 * act + 2 * N * F32, 0, 6 * N * C),
   ];
 };
 // rmsnorm_forward_kernel: N blocks x norm_threads(C); writes out and rstd [N]
@@ -257,9 +454,8 @@ const rmsnormBackward: Cost = (a) => {
 };
 
 // ---- elementwise (elementwise.cu) ---------------------------------------------------------------
-// EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby_backward_dadb,
-// sum_squares) are ONE block of reduce_threads(n) threads: n/threads serial steps on one SM.
-const reduceThreads = (n: number) => n > 16384 ? 1024 : n >= 256 ? 256 : 32 * cdiv(n, 32);
+// EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby's da, db and
+// sum_squares) are reduce.cuh's two-stage full sums (see fullSums).
 
 const relu2Forward: Cost = (a) => {
   const n = need(a, "n");
@@ -273,11 +469,31 @@ const axpbyForward: Cost = (a) => {
   const n = need(a, "n");
   return [elementwise("axpby_forward_kernel", n, 2 * n * F32 + 2 * F32, n * F32, 3)];
 };
-// mn_axpby_backward: axpby_backward_dxdy_kernel if dx or dy (each given one +=), then
-// axpby_backward_dadb_kernel (1 block) if da or db, reading dout again plus x (da) and y (db).
+// mn_axpby_backward:
+// - all four gradients: one pass, full_sums<2, AxpbyAllTerm> (accumulate): reads dout, x, y, dx,
+//   dy and the scalars a, b; writes dx, dy (dx += a g; dy += b g) and the partials of da, db. With
+//   dx == dy (x and y one tensor) it reads dx once and writes it once (AxpbyAllTerm<true>).
+// - otherwise axpby_backward_dxdy_kernel if dx or dy (each given one +=), then if da or db
+//   full_sums<2, Dot2Term> (da and db: dout, x, y) or full_sums<1, DotTerm> (dout and x for da,
+//   or y for db), accumulating into da, db.
+// x and y the same device address (one tensor): its one load per element counted once.
 const axpbyBackward: Cost = (a) => {
   const n = need(a, "n");
   const dx = has(a, "dx"), dy = has(a, "dy"), da = has(a, "da"), db = has(a, "db");
+  const same = (p: string, q: string) => typeof a[p] === "number" && a[p] === a[q];
+  const xy = same("x", "y") ? 1 : 2; // distinct x, y tensors read
+  if (dx && dy && da && db) {
+    const grads = same("dx", "dy") ? 1 : 2;
+    return fullSums(
+      "AxpbyAllTerm",
+      2,
+      n,
+      (1 + xy + grads) * n * F32 + 2 * F32, // dout, x, y, dx, dy; a, b
+      grads * n * F32,
+      8 * n,
+      true,
+    );
+  }
   const out: Launch[] = [];
   if (dx || dy) {
     const k = (dx ? 1 : 0) + (dy ? 1 : 0);
@@ -285,22 +501,8 @@ const axpbyBackward: Cost = (a) => {
       elementwise("axpby_backward_dxdy_kernel", n, (1 + k) * n * F32 + k * F32, k * n * F32, 2 * k),
     );
   }
-  if (da || db) {
-    const k = (da ? 1 : 0) + (db ? 1 : 0);
-    const t = reduceThreads(n);
-    out.push(
-      launch(
-        "axpby_backward_dadb_kernel",
-        1,
-        t,
-        (1 + k) * n * F32 + k * F32,
-        k * F32,
-        2 * k * n,
-        0,
-        cdiv(n, t),
-      ),
-    );
-  }
+  if (da && db) out.push(...fullSums("Dot2Term", 2, n, (1 + xy) * n * F32, 0, 4 * n, true));
+  else if (da || db) out.push(...fullSums("DotTerm", 1, n, 2 * n * F32, 0, 2 * n, true));
   return out;
 };
 const add: Cost = (a) => {
@@ -319,26 +521,29 @@ const fill: Cost = (a) => {
   const n = need(a, "n");
   return [elementwise("ew_fill_kernel", n, 0, n * F32, 0)];
 };
+// mn_sum_squares: full_sums<1, SquareTerm> over x (out = sum, not accumulated)
 const sumSquares: Cost = (a) => {
-  const n = need(a, "n"), t = reduceThreads(n);
-  return [launch("sum_squares_kernel", 1, t, n * F32, F32, 2 * n, 0, cdiv(n, t))];
+  const n = need(a, "n");
+  return fullSums("SquareTerm", 1, n, n * F32, 0, 2 * n, false);
 };
 
 // ---- loss (crossentropy.cu) ---------------------------------------------------------------------
-// softcap_crossentropy_kernel: one block of 256 per row (N blocks), three passes over the row of V
-// logits: max, sum of exp, then loss and (if dlogits) the gradient; without dlogits the third pass
-// does not run. The later passes hit L2 only if the rows in flight fit there. Estimate: 8 resident
-// 256-thread blocks per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so each pass reads
-// DRAM again.
+// softcap_crossentropy_kernel: one block of 256 per row (N blocks), two passes over the row of V
+// logits: an online softmax (each thread's running max and rescaled sum of exp, merged in a fixed
+// order), then, only with dlogits, the loss gradient; without dlogits there is one pass. The
+// second pass hits L2 only if the rows in flight fit there. Estimate: 8 resident 256-thread blocks
+// per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so it reads DRAM again.
+// FLOPs per logit (estimates): pass 1 z (capped: a tanh) and one exp with the compare and add of
+// the online update; pass 2 z, exp, dz (capped: another exp and a division) and the products.
 const softcapCrossentropy: Cost = (a) => {
   const N = need(a, "N"), V = need(a, "V");
   const grad = has(a, "dlogits");
   const row = V * F32;
-  const passes = grad ? 3 : 2;
+  const passes = grad ? 2 : 1;
   const inFlight = Math.min(N, 8 * SMS) * row;
   const logitReads = inFlight > L2_BYTES ? passes * N * row : N * row;
   const capped = (a.softcap ?? 1) > 0;
-  const perElem = (capped ? 2 * EXP : 2) + EXP + (grad ? (capped ? 4 * EXP : 2 * EXP) : 0);
+  const perElem = (capped ? EXP : 1) + EXP + 2 + (grad ? (capped ? 4 * EXP : 2 * EXP) : 0);
   return [
     launch(
       "softcap_crossentropy_kernel",
@@ -368,9 +573,11 @@ const adamMultiStep: Cost = (a) => {
 };
 
 // ---- device-side scalars (scalars.cu) -----------------------------------------------------------
-// sum_into_kernel: ONE block of sum_threads(n) (= reduceThreads) threads: n/threads serial steps.
+// sum_into_kernel: ONE block of sum_threads(n) threads (1024 above 16,384 elements, 256 from 256,
+// else 32*ceil(n/32)): n/threads serial steps.
+const sumThreads = (n: number) => n > 16384 ? 1024 : n >= 256 ? 256 : 32 * cdiv(n, 32);
 const sumInto: Cost = (a) => {
-  const n = need(a, "n"), t = reduceThreads(n);
+  const n = need(a, "n"), t = sumThreads(n);
   return [launch("sum_into_kernel", 1, t, n * F32 + F32, F32, n, 0, cdiv(n, t))];
 };
 // scale_by_inv_norm_kernel: mn_blocks_for(n, 256) x 256; reads x and the one sumsq, writes out
@@ -381,9 +588,9 @@ const scaleByInvNorm: Cost = (a) => {
 
 // ---- model ops (modelops.cu) --------------------------------------------------------------------
 // Elementwise ops: mn_blocks_for(n, 256) x 256; warp-per-row ops: mn_blocks_for(rows, 8) x 256;
-// column reductions: ceil(C/32) blocks of (32, 8) threads, ceil(N/8) rows per thread in order.
+// column reductions (row-vector dv, GroupNorm dweight/dbias, bonus du): reduce.cuh's two-stage
+// column sums (colSums).
 const warpRowBlocks = (rows: number) => blocksFor(rows, 8);
-const colBlocks = (C: number) => cdiv(C, 32);
 
 // per-element FLOPs of unary_f / unary_df by op code (MN_OP_*: 1 tanh, 2 sigmoid, 3 rwkv7 decay,
 // 4 exp(min(x, 0)), 5 neg); estimates
@@ -436,34 +643,26 @@ function rowVectorForward(a: Record<string, number>): Launch[] {
   const act = N * C * F32;
   return [elementwise("row_vector_forward_kernel", N * C, act + C * F32, act, 2)];
 }
-// row_vector_backward_kernel: ceil(C/32) blocks of (32, 8) (24 at C = 768); each thread walks
-// ceil(N/8) rows; reads dout, x (if non-NULL), v [C] (if non-NULL); dx += (if non-NULL); dv [C]
-// += (if non-NULL).
-function rowVectorBackward(N: number, C: number, dx: boolean, dv: boolean, x: boolean, v: boolean) {
+// row_vector_backward (dx may be NULL; dv NULL only for mul):
+// - dv: col_sums<1, RowVecTerm<kMul, kDx>> over [N, C] (colSums): stage 1 reads dout, x (mul)
+//   and, with dx fused in (dx += dout * (mul ? v[c] : 1)), dx and v [C] (mul), writes dx; dv +=.
+// - dv NULL: row_vector_dx_kernel<kMul>: mn_blocks_for(N*C, 256) x 256; reads dout, dx, v [C];
+//   writes dx.
+function rowVectorBackward(N: number, C: number, mul: boolean, dx: boolean, dv: boolean) {
   const act = N * C * F32;
-  const read = act + (x ? act : 0) + (v ? C * F32 : 0) + (dx ? act : 0) + (dv ? C * F32 : 0);
-  const written = (dx ? act : 0) + (dv ? C * F32 : 0);
-  const flops = N * C * ((dx ? 2 : 0) + (x ? 2 : 1));
-  return launch(
-    "row_vector_backward_kernel",
-    colBlocks(C),
-    256,
-    read,
-    written,
-    flops,
-    0,
-    cdiv(N, 8),
-  );
+  if (!dv) return [elementwise("row_vector_dx_kernel", N * C, 2 * act + C * F32, act, 2)];
+  const read = act + (mul ? act : 0) + (dx ? act + (mul ? C * F32 : 0) : 0);
+  const flops = N * C * ((dx ? 2 : 0) + (mul ? 2 : 1));
+  return colSums("RowVecTerm", 1, N, C, read, dx ? act : 0, flops);
 }
-// mn_add_row_vector_backward: x = v = NULL; dv required, dx optional
-const addRowVectorBackward: Cost = (a) => [
-  rowVectorBackward(need(a, "N"), need(a, "C"), has(a, "dx"), true, false, false),
-];
+// mn_add_row_vector_backward: dv required, dx optional
+const addRowVectorBackward: Cost = (a) =>
+  rowVectorBackward(need(a, "N"), need(a, "C"), false, has(a, "dx"), true);
 // mn_mul_row_vector_backward: no launch when dx and dv are both NULL
 const mulRowVectorBackward: Cost = (a) => {
   const dx = has(a, "dx"), dv = has(a, "dv");
   if (!dx && !dv) return [];
-  return [rowVectorBackward(need(a, "N"), need(a, "C"), dx, dv, has(a, "x"), has(a, "v"))];
+  return rowVectorBackward(need(a, "N"), need(a, "C"), true, dx, dv);
 };
 // time_shift_forward_kernel: mn_blocks_for(B*T*C, 256); reads x for t < T-1, writes all of out
 const timeShiftForward: Cost = (a) => {
@@ -505,9 +704,9 @@ const groupnormForward: Cost = (a) => {
     ),
   ];
 };
-// groupnorm_backward: groupnorm_backward_dx_kernel (warp per (row, group); dx +=), then
-// groupnorm_backward_params_kernel: ceil(G*D/32) blocks of (32, 8), ceil(N/8) rows per thread;
-// dweight, dbias +=.
+// groupnorm_backward: groupnorm_backward_dx_kernel (warp per (row, group); dx +=), then dweight,
+// dbias by col_sums<2, GroupNormParamTerm> over [N, C = G*D] (colSums): stage 1 reads dout, x and
+// mean, rstd [N, G] (re-read by the column blocks of one group: L2); dweight, dbias +=.
 const groupnormBackward: Cost = (a) => {
   const N = need(a, "N"), G = need(a, "G"), D = need(a, "D");
   const rows = N * G, C = G * D, act = rows * D * F32;
@@ -520,16 +719,7 @@ const groupnormBackward: Cost = (a) => {
       act,
       14 * rows * D,
     ),
-    launch(
-      "groupnorm_backward_params_kernel",
-      colBlocks(C),
-      256,
-      2 * act + 2 * rows * F32 + 2 * C * F32, // dout, x; mean, rstd; dweight, dbias
-      2 * C * F32,
-      6 * rows * D,
-      0,
-      cdiv(N, 8),
-    ),
+    ...colSums("GroupNormParamTerm", 2, N, C, 2 * act + 2 * rows * F32, 0, 6 * rows * D),
   ];
 };
 // bonus_forward_kernel: warp per (row, head), rows = N*H; reads r, k, v, u; writes out
@@ -547,10 +737,9 @@ const rwkv7BonusForward: Cost = (a) => {
     ),
   ];
 };
-// rwkv7_bonus_backward: bonus_backward_rkv_kernel (warp per row; dr, dk, dv +=), then
-// bonus_backward_u_kernel: ONE block of 256 per head (H blocks), 8 warps walking rows i = w,
-// w+8, ... of all N: reads dout, v, r, k again (a separate launch: counted again) and du +=;
-// ceil(N/8) serial steps per warp.
+// rwkv7_bonus_backward: bonus_backward_rkv_kernel (warp per (row, head); dr, dk, dv +=; writes
+// ds = dout . v [N, H] to library scratch), then du by col_sums<1, BonusDuTerm> over [N, C = H*D]
+// (colSums): stage 1 reads ds, r, k again (a separate launch: counted again), du += sum ds r k.
 const rwkv7BonusBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const rows = N * H, act = rows * D * F32;
@@ -560,19 +749,10 @@ const rwkv7BonusBackward: Cost = (a) => {
       warpRowBlocks(rows),
       256,
       7 * act + H * D * F32, // dout, r, k, v; dr, dk, dv; u
-      3 * act,
+      3 * act + rows * F32, // dr, dk, dv; ds
       14 * rows * D,
     ),
-    launch(
-      "bonus_backward_u_kernel",
-      H,
-      256,
-      4 * act + H * D * F32,
-      H * D * F32,
-      6 * rows * D,
-      0,
-      cdiv(N, 8),
-    ),
+    ...colSums("BonusDuTerm", 1, N, H * D, 2 * act + rows * F32, 0, 3 * rows * D),
   ];
 };
 

@@ -206,20 +206,29 @@ Deno.test("cost model: mn_layernorm_forward and backward at N = 32768, C = 768",
   assert.deepEqual([f.blocks, f.threads], [32768, 256]);
   assert.equal(f.bytesRead, 100669440);
   assert.equal(f.bytesWritten, 100925440);
-  // Backward: dinp kernel (N blocks x 256) then the params kernel: ceil(768/32) = 24 blocks of
-  // (32, 8) threads, each thread walking rows ty, ty+8, ...: 4096 serial steps. The params kernel
-  // reads dout, inp (2 * 100,663,296), mean, rstd (262,144), dweight, dbias (6144): 201,594,880;
-  // writes dweight, dbias: 6144.
-  const [dinp, params] = callLaunches("mn_layernorm_backward", { N: ROWS, C });
+  // Backward: dinp kernel (N blocks x 256), then dweight/dbias by reduce.cuh's two-stage column
+  // sums, col_sums<2, LayerNormParamTerm>. col_plan(32768, 768): col_blocks = ceil(768/32) = 24;
+  // tiles = min(ceil(1024/24) = 43, ceil(32768/64) = 512, 256) = 43; tile_rows = ceil(32768/43) =
+  // 763 rounded up to a multiple of 8*4 = 768, so tiles = ceil(32768/768) = 43: grid (24, 43) =
+  // 1032 blocks of (32, 8). A thread walks rows ty, ty+8, ... of its tile: 768/8 = 96 rows, loaded
+  // 4 at a time = 24 rounds. Stage 1 reads dout, inp (2 * 100,663,296) and mean, rstd (262,144):
+  // 201,588,736; writes the partials [43][2][768] floats = 264,192. Stage 2 ("column_sums_finish",
+  // grid (24, 1)) reads the partials and dweight, dbias (6144): 270,336, writes 6144; its thread
+  // walks ceil(43/8) = 6 tile rows: one round of 4 and 2 single loads = 3.
+  const [dinp, params, finish] = callLaunches("mn_layernorm_backward", { N: ROWS, C });
   assert.equal(dinp.kernel, "layernorm_backward_dinp_kernel");
   assert.deepEqual([dinp.blocks, dinp.threads], [32768, 256]);
   // dout, inp, dinp (3 * 100,663,296) + weight 3072 + mean, rstd 262,144
   assert.equal(dinp.bytesRead, 3 * 100663296 + 3072 + 262144);
   assert.equal(dinp.bytesWritten, 100663296);
-  assert.equal(params.kernel, "layernorm_backward_params_kernel");
-  assert.deepEqual([params.blocks, params.threads, params.serialSteps], [24, 256, 4096]);
-  assert.equal(params.bytesRead, 201594880);
-  assert.equal(params.bytesWritten, 6144);
+  assert.equal(params.kernel, "col_sums_kernel<2,LayerNormParamTerm>");
+  assert.deepEqual([params.blocks, params.threads, params.serialSteps], [1032, 256, 24]);
+  assert.equal(params.bytesRead, 201588736);
+  assert.equal(params.bytesWritten, 264192);
+  assert.equal(finish.kernel, "col_sums_kernel<2,PartialsTerm>");
+  assert.deepEqual([finish.blocks, finish.threads, finish.serialSteps], [24, 256, 3]);
+  assert.equal(finish.bytesRead, 270336);
+  assert.equal(finish.bytesWritten, 6144);
 });
 
 Deno.test("cost model: mn_wkv7_forward at B = 32, T = 1024, H = 12, N = 64", () => {
@@ -245,36 +254,100 @@ Deno.test("cost model: mn_wkv7_forward at B = 32, T = 1024, H = 12, N = 64", () 
   assert.equal(bw.bytesWritten, 603979776);
 });
 
-Deno.test("cost model: mn_add_row_vector_backward at N = 32768, C = 768", () => {
-  // modelops.cu row_vector_backward_kernel: grid ceil(768/32) = 24 blocks of (32, 8) = 256
-  // threads, each thread summing rows ty, ty+8, ...: ceil(32768/8) = 4096 serial steps.
-  // With dx: reads dout and dx (2 * 100,663,296) and dv [C] (3072): 201,329,664; writes dx and dv:
-  // 100,666,368. Without dx (NULL): reads dout + dv 100,666,368, writes dv 3072.
-  const [l] = callLaunches("mn_add_row_vector_backward", { dx: 1, dv: 2, dout: 3, N: ROWS, C });
-  assert.equal(l.kernel, "row_vector_backward_kernel");
-  assert.deepEqual([l.blocks, l.threads, l.serialSteps], [24, 256, 4096]);
-  assert.equal(l.bytesRead, 201329664);
-  assert.equal(l.bytesWritten, 100666368);
+Deno.test("cost model: the row-vector backwards at N = 32768, C = 768", () => {
+  // modelops.cu row_vector_backward: dv by col_sums<1, RowVecTerm> with dx fused in; the plan of
+  // [32768, 768] as for LayerNorm's parameters: grid (24, 43) = 1032 blocks of (32, 8), 24 load
+  // rounds a thread, partials [43][768] floats = 132,096 bytes.
+  // add, with dx: stage 1 reads dout and dx (2 * 100,663,296) = 201,326,592; writes dx and the
+  // partials: 100,663,296 + 132,096 = 100,795,392. Stage 2 (grid (24, 1)) reads the partials and
+  // dv [C] (3072): 135,168; writes dv: 3072.
+  const [l, fin] = callLaunches("mn_add_row_vector_backward", {
+    dx: 1,
+    dv: 2,
+    dout: 3,
+    N: ROWS,
+    C,
+  });
+  assert.equal(l.kernel, "col_sums_kernel<1,RowVecTerm>");
+  assert.deepEqual([l.blocks, l.threads, l.serialSteps], [1032, 256, 24]);
+  assert.equal(l.bytesRead, 201326592);
+  assert.equal(l.bytesWritten, 100795392);
+  assert.equal(fin.kernel, "col_sums_kernel<1,PartialsTerm>");
+  assert.deepEqual([fin.blocks, fin.threads, fin.serialSteps], [24, 256, 3]);
+  assert.equal(fin.bytesRead, 135168);
+  assert.equal(fin.bytesWritten, 3072);
+  // without dx (NULL): stage 1 reads dout only (100,663,296), writes the partials (132,096)
   const [nodx] = callLaunches("mn_add_row_vector_backward", { dx: 0, dv: 2, dout: 3, N: ROWS, C });
-  assert.equal(nodx.bytesRead, 100666368);
-  assert.equal(nodx.bytesWritten, 3072);
+  assert.equal(nodx.bytesRead, 100663296);
+  assert.equal(nodx.bytesWritten, 132096);
+  // mul, dx and dv: stage 1 reads dout, x, dx (3 * 100,663,296) and v [C] (3072, the dx factor):
+  // 301,992,960; writes dx and the partials as add: 100,795,392
+  const mul = { dx: 1, dv: 2, dout: 3, x: 4, v: 5, N: ROWS, C };
+  const [m] = callLaunches("mn_mul_row_vector_backward", mul);
+  assert.equal(m.bytesRead, 301992960);
+  assert.equal(m.bytesWritten, 100795392);
+  // mul with dv NULL: row_vector_dx_kernel alone, mn_blocks_for(25,165,824, 256) = 98,304 blocks;
+  // reads dout, dx and v: 201,329,664; writes dx: 100,663,296
+  const dxOnly = callLaunches("mn_mul_row_vector_backward", { ...mul, dv: 0 });
+  assert.deepEqual(dxOnly.map((x) => [x.kernel, x.blocks, x.bytesRead, x.bytesWritten]), [
+    ["row_vector_dx_kernel", 98304, 201329664, 100663296],
+  ]);
+  // N = 64: ceil(64/64) = 1 tile, stage 1 adds into dv (read and written) and there is no stage 2
+  const one = callLaunches("mn_add_row_vector_backward", { dx: 0, dv: 2, dout: 3, N: 64, C });
+  assert.deepEqual(one.map((x) => [x.blocks, x.bytesRead, x.bytesWritten]), [
+    [24, 64 * 768 * 4 + 3072, 3072],
+  ]);
 });
 
-Deno.test("cost model: one-block reductions and launch counts that depend on NULL pointers", () => {
-  // elementwise.cu mn_axpby_backward: the dxdy kernel only with dx or dy, the one-block dadb
-  // kernel (reduce_threads(n) = 1024 for n > 16384) only with da or db.
+Deno.test("cost model: full sums (axpby_backward, sum_squares) and launches that depend on NULL pointers", () => {
+  // reduce.cuh full_plan(n = 32768 * 768 = 25,165,824): chunk = max(4096, ceil(n/1024) = 24,576)
+  // rounded up to a multiple of 256*4 = 24,576; blocks = n / 24,576 = 1024 of 256 threads; a thread
+  // walks 24,576/256 = 96 elements, 4 loads at a time: 24 rounds. Stage 2 ("full_sums_finish"):
+  // one block of 256 over the 1024 partials (4 a thread: 1 round).
   const n = ROWS * C;
+  // da only: axpby_backward_dadb = full_sums<1, DotTerm>: reads dout and x (2 * 100,663,296),
+  // writes 1024 partials (4096); stage 2 reads them and da (+=): 4100, writes da: 4
   const only = callLaunches("mn_axpby_backward", { dx: 0, dy: 0, da: 1, db: 0, n });
-  assert.equal(only.length, 1);
-  assert.deepEqual([only[0].kernel, only[0].blocks, only[0].threads], [
-    "axpby_backward_dadb_kernel",
-    1,
-    1024,
+  assert.deepEqual(only.map((l) => [l.kernel, l.blocks, l.threads, l.serialSteps]), [
+    ["full_sums_kernel<1,DotTerm>", 1024, 256, 24],
+    ["full_sums_kernel<1,FullPartialsTerm>", 1, 256, 1],
   ]);
-  // reads dout and x (2 * 100,663,296) and da (4); 24,576 elements per thread in sequence
-  assert.equal(only[0].bytesRead, 201326596);
-  assert.equal(only[0].serialSteps, 24576);
-  assert.equal(callLaunches("mn_axpby_backward", { dx: 1, dy: 1, da: 1, db: 1, n }).length, 2);
+  const onlyBytes = only.map((l) => [l.bytesRead, l.bytesWritten]);
+  assert.deepEqual(onlyBytes, [[201326592, 4096], [4100, 4]]);
+  // all four gradients (distinct tensors): the fused pass full_sums<2, AxpbyAllTerm> reads dout,
+  // x, y, dx, dy (5 * 100,663,296) and a, b (8): 503,316,488; writes dx, dy (2 * 100,663,296) and
+  // 1024 * 2 partials (8192): 201,334,784. Stage 2 reads 8192 + da, db (8), writes da, db (8).
+  const all = { dx: 1, dy: 2, da: 3, db: 4, x: 5, y: 6, n };
+  const fused = callLaunches("mn_axpby_backward", all);
+  assert.deepEqual(fused.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
+    ["full_sums_kernel<2,AxpbyAllTerm>", 1024, 503316488, 201334784],
+    ["full_sums_kernel<2,FullPartialsTerm>", 1, 8200, 8],
+  ]);
+  // dx == dy and x == y (the first block, x = x0): AxpbyAllTerm<true> loads dout, x, dx (3 *
+  // 100,663,296) + a, b and stores dx once: 301,989,896 read, 100,663,296 + 8192 written
+  const [same] = callLaunches("mn_axpby_backward", { ...all, dy: 1, y: 5 });
+  assert.deepEqual([same.bytesRead, same.bytesWritten], [301989896, 100671488]);
+  // dx without dy, da and db: the dx/dy kernel (98,304 blocks), then full_sums<2, Dot2Term>
+  // (dout, x, y: 3 * 100,663,296 read) and its finish
+  const split = callLaunches("mn_axpby_backward", { ...all, dy: 0 });
+  assert.deepEqual(split.map((l) => [l.kernel, l.blocks, l.bytesRead]), [
+    ["axpby_backward_dxdy_kernel", 98304, 201326596],
+    ["full_sums_kernel<2,Dot2Term>", 1024, 301989888],
+    ["full_sums_kernel<2,FullPartialsTerm>", 1, 8200],
+  ]);
+  // sum_squares of a 768 x 768 matrix (589,824): chunk = max(576, 4096) = 4096, 144 blocks (16
+  // elements a thread: 4 rounds), reading 2,359,296 and writing 144 partials (576); stage 2 reads
+  // them and writes out (4; out =, not +=, so out is not read)
+  const ss = callLaunches("mn_sum_squares", { out: 1, x: 2, n: 768 * 768 });
+  assert.deepEqual(
+    ss.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten, l.serialSteps]),
+    [
+      ["full_sums_kernel<1,SquareTerm>", 144, 2359296, 576, 4],
+      ["full_sums_kernel<1,FullPartialsTerm>", 1, 576, 4, 1],
+    ],
+  );
+  // up to 4096 elements: one block, no stage 2
+  assert.equal(callLaunches("mn_sum_squares", { out: 1, x: 2, n: 4096 }).length, 1);
   assert.deepEqual(callLaunches("mn_mul_backward", { dx: 0, dy: 0, n }), []);
   // attention backward: Delta, dK/dV and dQ kernels
   const att = callLaunches("mn_attention_backward", { B: 32, T: 1024, H: 12, D: 64 });
@@ -290,4 +363,85 @@ Deno.test("cost model: one-block reductions and launch counts that depend on NUL
   assert.deepEqual(tc.map((l) => l.blocks), [98304, 6144, 6144]);
   // pairs of 16-blocks per head: 64 * 65 / 2 = 2080; dK/dV does 4 products of 2*16*16*64 each
   assert.equal(tc[1].tcFlops, 32 * 12 * 2080 * 4 * 32768);
+});
+
+Deno.test("cost model: GroupNorm and bonus backwards at N = 32768, H = G = 12, D = 64", () => {
+  // modelops.cu: both end in column sums over [32768, 12 * 64 = 768]: grid (24, 43), then the
+  // finish. GroupNorm's stage 1 reads dout, x (2 * 100,663,296) and mean, rstd [N, G] (2 * 4 *
+  // 393,216 = 3,145,728): 204,472,320; writes [43][2][768] partials: 264,192.
+  const gn = callLaunches("mn_groupnorm_backward", { N: ROWS, G: 12, D: 64 });
+  assert.deepEqual(gn.map((l) => [l.kernel, l.blocks]), [
+    ["groupnorm_backward_dx_kernel", 49152],
+    ["col_sums_kernel<2,GroupNormParamTerm>", 1032],
+    ["col_sums_kernel<2,PartialsTerm>", 24],
+  ]);
+  assert.deepEqual([gn[1].bytesRead, gn[1].bytesWritten], [204472320, 264192]);
+  // bonus: the rkv kernel also writes ds [N, H] (1,572,864) after dr, dk, dv (3 * 100,663,296);
+  // du's stage 1 reads ds and r, k: 1,572,864 + 2 * 100,663,296 = 202,899,456, writes 132,096
+  const bo = callLaunches("mn_rwkv7_bonus_backward", { N: ROWS, H: 12, D: 64 });
+  assert.deepEqual(bo.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
+    ["bonus_backward_rkv_kernel", 49152, 7 * 100663296 + 3072, 3 * 100663296 + 1572864],
+    ["col_sums_kernel<1,BonusDuTerm>", 1032, 202899456, 132096],
+    ["col_sums_kernel<1,PartialsTerm>", 24, 135168, 3072],
+  ]);
+});
+
+Deno.test("cost model: mn_embedding_backward at N = 32768, C = 768, V = 50304", () => {
+  // embedding.cu: bitlen(50304) = 16 -> 4 radix passes; tiles = 32768/1024 = 32; hist 16 * 32 =
+  // 512 ints (2048 bytes). Per pass: sort_count_kernel 32 x 256 (reads the keys, pass 0 idx:
+  // 131,072; writes hist 2048), exclusive_scan_kernel 1 x scan_threads(512) = 32 (hist read and
+  // written; 16 elements a thread), sort_scatter_kernel 32 x 256 (reads the keys, from pass 1 the
+  // rows too, and hist; writes keys, rows: 262,144). Then segment_starts_kernel 1 x
+  // scan_threads(32768) = min(64 * 32, 1024) = 1024 (reads the keys 131,072; writes seg [S + 1]
+  // and nseg) and embedding_segments_kernel grid (min(ceil(4096/24) = 171, 32768/8), 24) = 4104
+  // blocks of 256.
+  const ls = callLaunches("mn_embedding_backward", {
+    dwte: 1,
+    idx: 2,
+    dout: 3,
+    N: ROWS,
+    C,
+    V: 50304,
+  });
+  const pass = ["sort_count_kernel", "exclusive_scan_kernel", "sort_scatter_kernel"];
+  assert.deepEqual(ls.map((l) => l.kernel), [
+    ...pass,
+    ...pass,
+    ...pass,
+    ...pass,
+    "segment_starts_kernel",
+    "embedding_segments_kernel",
+  ]);
+  const grids = ls.slice(0, 3).map((l) => [l.blocks, l.threads]);
+  assert.deepEqual(grids, [[32, 256], [1, 32], [32, 256]]);
+  assert.deepEqual([ls[0].bytesRead, ls[0].bytesWritten], [131072, 2048]);
+  assert.deepEqual([ls[2].bytesRead, ls[2].bytesWritten], [131072 + 2048, 262144]);
+  assert.deepEqual([ls[5].bytesRead, ls[5].bytesWritten], [262144 + 2048, 262144]);
+  const [starts, seg] = ls.slice(12);
+  assert.deepEqual([starts.blocks, starts.threads, starts.bytesRead], [1, 1024, 131072]);
+  // S (distinct ids) estimated as min(N, V) = 32768: seg 32,769 ints + nseg = 131,080 written.
+  // The segments kernel reads dout (100,663,296), rows (131,072), seg (131,076), keys at the
+  // segment starts (131,072), nseg (4) and the S dwte rows (100,663,296): 201,719,816; writes the
+  // S dwte rows: 100,663,296.
+  assert.equal(starts.bytesWritten, 131080);
+  assert.deepEqual([seg.blocks, seg.threads, seg.bytesRead, seg.bytesWritten], [
+    4104,
+    256,
+    201719816,
+    100663296,
+  ]);
+});
+
+Deno.test("cost model: mn_softcap_crossentropy, 8192 rows of V = 50304", () => {
+  // crossentropy.cu: one block of 256 per row; an online-softmax pass, then the gradient pass when
+  // dlogits is given. A row is 201,216 bytes; 8 * 132 = 1056 rows in flight = 212 MB > L2, so the
+  // gradient pass reads the logits again: 2 * 8192 * 201,216 = 3,296,722,944 + targets and
+  // x[target] (2 * 32,768): 3,296,788,480. Writes losses (32,768) and dlogits (1,648,361,472).
+  const a = { losses: 1, dlogits: 2, logits: 3, targets: 4, N: 8192, V: 50304, softcap: 30 };
+  const [g] = callLaunches("mn_softcap_crossentropy", a);
+  assert.deepEqual([g.kernel, g.blocks, g.threads], ["softcap_crossentropy_kernel", 8192, 256]);
+  assert.deepEqual([g.bytesRead, g.bytesWritten], [3296788480, 1648394240]);
+  // without dlogits: one pass (1,648,361,472 + 65,536 read), only the losses written
+  const [f] = callLaunches("mn_softcap_crossentropy", { ...a, dlogits: 0 });
+  assert.deepEqual([f.bytesRead, f.bytesWritten], [1648427008, 32768]);
 });
