@@ -6,7 +6,7 @@ const code = Deno.readTextFileSync(new URL(import.meta.url)); // logged first, l
 import { parseArgs } from "node:util";
 import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
-import { Graph, Param, type Var } from "./cuda/autograd.ts";
+import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
   loadStateByName,
@@ -915,6 +915,9 @@ function main() {
     );
   }
 
+  // micro-step gradients summed in a fixed order: N micro-steps here train bit-identically to N
+  // processes (see GradAccumulator)
+  const gradAcc = new GradAccumulator(be, model.params);
   const valT = be.alloc([1], "f32", "val_loss");
   let trainingTimeMs = 0;
   be.sync();
@@ -979,12 +982,12 @@ function main() {
 
     // --------------- training section ---------------
     let trainLoss = 0;
-    for (let i = 1; i <= accum; i++) {
+    gradAcc.run(accum, () => {
       upload(trainLoader.next());
       trainLoss = meanLoss(model.forward(g, xT, yT, 1 / accum)); // grads come out already averaged
       g.backward();
       g.release();
-    }
+    });
     if (world > 1) { for (const p of model.params) coll.allReduceMean(p.grad); // DDP's average
      }
     const frac = Math.min(step / 500, 1);
