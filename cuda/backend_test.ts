@@ -1,7 +1,14 @@
 // The ABI table, the three libraries against it, and the bindings' errors on bad input.
 import assert from "node:assert/strict";
+import { dirname } from "node:path";
 import { kernelsHeaderFunctions, kernelsHeaderSymbols, parseKernelsHeader } from "./abi.ts";
-import { Backend, libraryPath, resolveBackendName } from "./backend.ts";
+import {
+  Backend,
+  defaultBackend,
+  type GpuProbe,
+  libraryPath,
+  resolveBackendName,
+} from "./backend.ts";
 import { HAS_GPU } from "./test/harness.ts";
 
 function exists(p: string): boolean {
@@ -105,6 +112,51 @@ Deno.test({
     assert.throws(
       () => Backend.open({ name: "cuda" }),
       /backend cuda: no GPU visible \(use --backend cpu or emu\)/,
+    );
+  },
+});
+
+// libmn_cuda.so's GPU count under driver states this machine does not have: cudaGetDeviceCount and
+// cudaDriverGetVersion are answered by cuda/test/fake_cudart.cpp, preloaded ahead of libcudart.
+const FAKE_CUDART = `${dirname(libraryPath("cuda"))}/libfake_cudart.so`;
+Deno.test({
+  name: "backend: only 'no device' or 'no driver' count as 0 GPUs; a too-old driver is an error",
+  ignore: !exists(libraryPath("cuda")) || !exists(FAKE_CUDART),
+  fn() {
+    const probe = (error: number, driver: number, devices = 0): GpuProbe => {
+      const script = `import { probeGpus } from "${new URL("./backend.ts", import.meta.url)}";
+        console.log(JSON.stringify(probeGpus(undefined, "/dev/null")));`;
+      const out = new Deno.Command(Deno.execPath(), {
+        args: ["eval", script],
+        env: {
+          LD_PRELOAD: FAKE_CUDART,
+          MN_FAKE_CUDA_ERROR: String(error),
+          MN_FAKE_CUDA_DRIVER: String(driver),
+          MN_FAKE_CUDA_DEVICES: String(devices),
+        },
+      }).outputSync();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      return JSON.parse(new TextDecoder().decode(out.stdout));
+    };
+    // cudaSuccess, cudaErrorNoDevice (100), cudaErrorInsufficientDriver (35) without a driver
+    assert.deepEqual(probe(0, 13000, 2), { count: 2, error: "" });
+    assert.deepEqual(probe(100, 13000), { count: 0, error: "" });
+    assert.deepEqual(probe(35, 0), { count: 0, error: "" });
+    // a driver for CUDA 12.2 under this build's CUDA 13 runtime
+    const old = probe(35, 12020);
+    assert.equal(old.count, 0);
+    assert.match(
+      old.error,
+      /^cudaGetDeviceCount: the NVIDIA driver supports CUDA 12\.2, older than this build's CUDA runtime \d+\.\d+: update the driver/,
+    );
+    // any other failure keeps the runtime's own words (cudaErrorInitializationError = 3)
+    assert.match(probe(3, 13000).error, /^cudaGetDeviceCount: .*initiali[sz]ation error/i);
+    // and choosing a backend from a failed check is that error, not a quiet cpu run
+    assert.equal(defaultBackend({ count: 0, error: "" }), "cpu");
+    assert.equal(defaultBackend({ count: 1, error: "" }), "cuda");
+    assert.throws(
+      () => defaultBackend(old),
+      /^Error: the GPU check failed: cudaGetDeviceCount: the NVIDIA driver supports CUDA 12\.2.*\(fix it, or choose --backend cpu to run without a GPU\)$/,
     );
   },
 });
