@@ -44,6 +44,10 @@ const FLAGS = {
   init_from: ["", "load weights from a .safetensors file (PyTorch names)"],
   resume: ["", "continue a run from its state_stepNNNNNN.safetensors checkpoint"],
   dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
+  precision: [
+    "bf16",
+    "with --dump_grads: bf16 (the training path: bf16 matmul operands, as the original's autocast) or f32 (every op in fp32, for checks against a float64 reference)",
+  ],
   log_dir: ["logs", "where run logs and checkpoints go"],
 } as const;
 const BOOL_FLAGS = {
@@ -112,6 +116,7 @@ export function parseFlags(argv: string[]) {
     init_from: str("init_from"),
     resume: str("resume"),
     dump_grads: str("dump_grads"),
+    precision: str("precision") as "bf16" | "f32",
     log_dir: str("log_dir"),
   };
 }
@@ -123,6 +128,12 @@ export function validate(a: Args, world: number) {
   const bad = (m: string) => {
     throw new ConfigError(m);
   };
+  if (a.precision !== "bf16" && a.precision !== "f32") {
+    bad(`--precision ${a.precision}: expected bf16 or f32`);
+  }
+  if (a.precision !== "bf16" && !a.dump_grads) {
+    bad(`--precision ${a.precision} is for --dump_grads (training runs in bf16, as the original)`);
+  }
   if (a.n_head <= 0 || a.n_embd <= 0 || a.n_embd % a.n_head) {
     bad(`--n_head ${a.n_head} does not divide --n_embd ${a.n_embd}`);
   }
@@ -697,13 +708,18 @@ function main() {
     (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
 
   if (a.dump_grads) {
+    g.precision = a.precision;
     upload(trainLoader.next());
     const loss = meanLoss(model.forward(g, xT, yT, 1));
     g.backward();
     const out = new Map<string, StTensor>();
     for (const p of model.params) out.set(p.name, hostParam(be, p, "grad"));
     out.set("loss", { dtype: "F32", shape: [], data: new Float32Array([loss]) });
-    writeSafetensors(a.dump_grads, out, { loss: String(loss), backend: be.name });
+    writeSafetensors(a.dump_grads, out, {
+      loss: String(loss),
+      backend: be.name,
+      precision: a.precision,
+    });
     console.log(
       `loss ${
         loss.toFixed(6)

@@ -9,12 +9,14 @@ import {
   checkDumpGrads,
   checkFlagErrors,
   checkGradientsByFiniteDifferences,
+  checkHelp,
   checkInitFromMismatch,
   checkResume,
   compareBackends,
   ensureBrown,
   KERNEL_BACKENDS,
   norm,
+  PRECISION_FLAG_CASES,
   runTrainer,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
@@ -182,5 +184,6 @@ Deno.test("train_gpt2: invalid flags and combinations are one-line errors", () =
     [["--n_layer", "0"], /--n_layer 0: must be >= 1/],
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
   ];
-  checkFlagErrors("train_gpt2.ts", cases);
+  checkFlagErrors("train_gpt2.ts", [...cases, ...PRECISION_FLAG_CASES]);
+  checkHelp("train_gpt2.ts");
 });

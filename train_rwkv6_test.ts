@@ -10,11 +10,13 @@ import {
   checkDumpGrads,
   checkFlagErrors,
   checkGradientsByFiniteDifferences,
+  checkHelp,
   checkResume,
   compareBackends,
   ensureBrown,
   KERNEL_BACKENDS,
   norm,
+  PRECISION_FLAG_CASES,
   runTrainer,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
@@ -317,7 +319,8 @@ Deno.test("train_rwkv6: invalid flags and combinations are one-line errors", () 
     [["--n_layer", "1"], /--n_layer 1: RWKV-6's init needs at least 2 layers/],
     [["--backend", "rocm"], /--backend rocm: expected one of cuda, emu, cpu/],
   ];
-  checkFlagErrors("train_rwkv6.ts", cases);
+  checkFlagErrors("train_rwkv6.ts", [...cases, ...PRECISION_FLAG_CASES]);
+  checkHelp("train_rwkv6.ts");
 });
 
 Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied weight under both names", () => {

@@ -5,12 +5,14 @@ import {
   checkDumpGrads,
   checkFlagErrors,
   checkGradientsByFiniteDifferences,
+  checkHelp,
   checkInitFromMismatch,
   checkResume,
   compareBackends,
   ensureBrown,
   KERNEL_BACKENDS,
   norm,
+  PRECISION_FLAG_CASES,
   runTrainer,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
@@ -179,5 +181,6 @@ Deno.test("train_rwkv7: invalid flags and combinations are one-line errors", () 
       },
     ],
   ];
-  checkFlagErrors("train_rwkv7.ts", cases);
+  checkFlagErrors("train_rwkv7.ts", [...cases, ...PRECISION_FLAG_CASES]);
+  checkHelp("train_rwkv7.ts");
 });

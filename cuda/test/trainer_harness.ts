@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { Backend, type BackendName, type Tensor } from "../backend.ts";
 import { Graph, type Param } from "../autograd.ts";
 import { readSafetensors, writeSafetensors } from "../safetensors.ts";
+import { readShardTokens } from "../../data/shard.ts";
 import { HAS_GPU } from "./harness.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
@@ -282,6 +283,24 @@ export function checkResume(script: string, base: string[], saveEvery: number, s
   console.log(`  steps ${saveEvery + 1}-${steps} identical: ${lb.join("; ")}`);
 }
 
+/** The --precision flag's errors, the same in every trainer. */
+export const PRECISION_FLAG_CASES: [string[], RegExp][] = [
+  [["--precision", "fp16"], /--precision fp16: expected bf16 or f32/],
+  [
+    ["--precision", "f32"],
+    /--precision f32 is for --dump_grads \(training runs in bf16, as the original\)/,
+  ],
+];
+
+/** --help lists --dump_grads and both values of --precision, with bf16 the default. */
+export function checkHelp(script: string) {
+  const r = runTrainer(script, ["--help"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^ {2}--dump_grads +\S/m);
+  const line = r.stdout.split("\n").find((l) => l.startsWith("  --precision")) ?? "";
+  assert.match(line, /bf16 \(the training path.*f32 \(every op in fp32.*\(default bf16\)$/, line);
+}
+
 /** Each case must fail with exactly one stderr line matching its pattern. */
 export function checkFlagErrors(
   script: string,
@@ -300,9 +319,12 @@ export function checkFlagErrors(
 }
 
 /**
- * `--dump_grads` on the cpu backend (tiny model, seed 9): the file holds every parameter's gradient
- * under its name and shape, in model order, plus a scalar loss near ln(50304) at init. Returns the
- * gradient tensors (by name, as float32 arrays) and the specs for trainer-specific checks.
+ * `--dump_grads` on the cpu backend (tiny model, seed 9), with the default precision and with
+ * `--precision f32`: each file holds every parameter's gradient under its name and shape, in model
+ * order, plus a scalar loss near ln(50304) at init; each is bit-identical to the same model, batch
+ * (the first of the train shards) and graph precision computed here in-process, and the two
+ * precisions' gradients differ. Returns the default (bf16) file's gradient tensors (by name, as
+ * float32 arrays) and the specs for trainer-specific checks.
  */
 export function checkDumpGrads<A extends TrainerArgs, S extends TrainerSpec[]>(
   mod: TrainerModule<A, S>,
@@ -310,22 +332,59 @@ export function checkDumpGrads<A extends TrainerArgs, S extends TrainerSpec[]>(
   flags: string[],
 ) {
   ensureBrown();
-  const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
-  const r = runTrainer(script, [
-    ...BROWN,
-    ...flags,
-    ...["--backend", "cpu", "--random_seed", "9", "--dump_grads", out],
-  ]);
-  assert.equal(r.code, 0, r.stderr);
-  const { tensors } = readSafetensors(out);
   const specs = mod.modelSpecs(mod.parseFlags([...flags, "--random_seed", "9"]), new mod.Rng(9));
-  assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
-  for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
-  const loss = tensors.get("loss")!;
-  assert.deepEqual(loss.shape, []);
-  const l = (loss.data as Float32Array)[0];
-  assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
-  const grad = (name: string) => tensors.get(name)!.data as Float32Array;
+  const dumped = new Map<string, Map<string, Float32Array>>();
+  for (const precision of ["bf16", "f32"] as const) {
+    const out = `${Deno.makeTempDirSync()}/grads.safetensors`;
+    const r = runTrainer(script, [
+      ...BROWN,
+      ...flags,
+      ...["--backend", "cpu", "--random_seed", "9", "--dump_grads", out],
+      ...(precision === "bf16" ? [] : ["--precision", precision]),
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const { tensors, metadata } = readSafetensors(out);
+    assert.equal(metadata.precision, precision);
+    assert.deepEqual([...tensors.keys()], [...specs.map((s) => s.name), "loss"]);
+    for (const s of specs) assert.deepEqual(tensors.get(s.name)!.shape, s.shape, s.name);
+    const loss = tensors.get("loss")!;
+    assert.deepEqual(loss.shape, []);
+    const l = (loss.data as Float32Array)[0];
+    assert.ok(l > 9 && l < 12, `loss ${l} (about ln 50304 = 10.8 at init)`);
+    const grads = new Map([...tensors].map(([k, t]) => [k, t.data as Float32Array]));
+    // the same computation here: the trainer's init for seed 9 and its first batch
+    const a = mod.parseFlags([...flags, "--random_seed", "9"]);
+    const be = Backend.open({ name: "cpu" });
+    const model = new mod.Model(be, a, mod.modelSpecs(a, new mod.Rng(9)));
+    const first = [...Deno.readDirSync(`${ROOT}data/brown`)].map((e) => e.name)
+      .filter((n) => /^brown_train_.*\.bin$/.test(n)).sort()[0];
+    const n = a.device_bsz * a.sequence_length;
+    const tokens = Int32Array.from(
+      readShardTokens(`${ROOT}data/brown/${first}`).subarray(0, n + 1),
+    );
+    const g = new Graph(be);
+    g.precision = precision;
+    const losses = model.forward(
+      g,
+      be.upload(tokens.slice(0, n), [n], "i32"),
+      be.upload(tokens.slice(1), [n], "i32"),
+      1,
+    );
+    const mean = (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / n;
+    g.backward();
+    assert.equal(Math.fround(mean), l, `${precision}: loss`);
+    for (const p of model.params) {
+      assert.deepEqual(grads.get(p.name), be.download(p.grad), `${precision}: ${p.name}`);
+    }
+    be.close();
+    dumped.set(precision, grads);
+  }
+  const differ = specs.filter((s) => {
+    const [x, y] = [dumped.get("bf16")!.get(s.name)!, dumped.get("f32")!.get(s.name)!];
+    return x.some((v, i) => v !== y[i]);
+  });
+  assert.ok(differ.length > 0, "--precision f32 gives the same gradients as bf16");
+  const grad = (name: string) => dumped.get("bf16")!.get(name)!;
   return { grad, specs };
 }
 
