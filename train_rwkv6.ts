@@ -697,6 +697,9 @@ function saveCheckpoint(
   const be = model.be;
   const weights = new Map<string, StTensor>();
   for (const p of model.params) weights.set(p.name, hostParam(be, p));
+  // PyTorch's state_dict() of the original lists the tied weight under both names, lm_head.weight
+  // last, and a strict load_state_dict wants both: the file holds it twice (README, "Checkpoints")
+  weights.set("lm_head.weight", weights.get("transformer.wte.weight")!);
   const opt = new Map<string, StTensor>();
   const adamSteps: Record<string, number> = {};
   for (const o of adams) {
@@ -744,11 +747,16 @@ function loadWeights(path: string, model: Model) {
   const expected = model.params.map((p) => ({ name: p.name, shape: [...p.shape] }));
   let tensors;
   try {
-    // a PyTorch state_dict of this model holds the tied weight twice (lm_head.weight too)
+    // a PyTorch state_dict of this model (and our checkpoints) hold the tied weight twice
     const inFile = new Map(file.tensors);
     const head = inFile.get("lm_head.weight"), wte = inFile.get("transformer.wte.weight");
     if (head && (!wte || head.shape.join() === wte.shape.join())) {
       if (!wte) inFile.set("transformer.wte.weight", head);
+      else if (head.data.some((v, i) => !Object.is(v, wte.data[i]))) {
+        throw new Error(
+          `${path}: lm_head.weight and transformer.wte.weight differ, but this model ties them (one tensor)`,
+        );
+      }
       inFile.delete("lm_head.weight");
     }
     tensors = loadStateByName(expected, inFile, path);
@@ -886,11 +894,14 @@ function main() {
     if (console_) console.log(s);
     Deno.writeTextFileSync(logfile, s + "\n", { append: true });
   };
+  // each rank names its own device (LOCAL_RANK's): rank 0 in the log header, the others here
+  const device = `${be.deviceName(be.currentDevice)} (LOCAL_RANK ${be.currentDevice})`;
+  if (!master) console.log(`rank ${rank}: device ${device}`);
   if (master) {
     Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
     const hw = [
       `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
-      `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
+      `device: ${device}; WORLD_SIZE=${world}`,
     ];
     Deno.writeTextFileSync(
       logfile,

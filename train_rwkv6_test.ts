@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { Backend } from "./cuda/backend.ts";
 import { Graph, Param } from "./cuda/autograd.ts";
-import { writeSafetensors } from "./cuda/safetensors.ts";
+import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
 import {
   BROWN,
   checkDumpGrads,
@@ -323,7 +323,7 @@ Deno.test("train_rwkv6: invalid flags and combinations are one-line errors", () 
   checkHelp("train_rwkv6.ts");
 });
 
-Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied weight under both names", () => {
+Deno.test("train_rwkv6: checkpoints and --init_from use the PyTorch state_dict names, the tied weight under both", () => {
   ensureBrown();
   const dir = Deno.makeTempDirSync();
   const a = parseFlags([...TINY.slice(0, -2), "--random_seed", "4"]);
@@ -347,7 +347,8 @@ Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied wei
     "--log_dir",
     dir,
   ];
-  const fresh = train([...args, "--random_seed", "4"]);
+  const freshDir = `${dir}/fresh`;
+  const fresh = train([...args, "--random_seed", "4", "--log_dir", freshDir]);
   const loaded = train([...args, "--random_seed", "77", "--init_from", `${dir}/w.safetensors`]);
   assert.equal(fresh.code, 0, fresh.stderr);
   assert.equal(loaded.code, 0, loaded.stderr);
@@ -355,6 +356,30 @@ Deno.test("train_rwkv6: --init_from takes a PyTorch state_dict with the tied wei
     valLosses(loaded.stdout),
     valLosses(fresh.stdout),
     "same weights, same val loss",
+  );
+  // the run's own checkpoint: exactly the keys of the original's state_dict() (named_parameters
+  // order, then lm_head.weight, the tied tensor's second name), so a strict load_state_dict takes
+  // it; and --init_from takes it back
+  const run = [...Deno.readDirSync(freshDir)].find((e) => e.isDirectory)!.name;
+  const ckpt = `${freshDir}/${run}/state_step000000.safetensors`;
+  const saved = readSafetensors(ckpt).tensors;
+  assert.deepEqual([...saved.keys()], [...specs.map((s) => s.name), "lm_head.weight"]);
+  assert.deepEqual(saved.get("lm_head.weight"), saved.get("transformer.wte.weight"));
+  for (const [name, want] of t) assert.deepEqual(saved.get(name)!.data, want.data, name);
+  const again = train([...args, "--random_seed", "77", "--init_from", ckpt]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.deepEqual(valLosses(again.stdout), valLosses(fresh.stdout), "from our own checkpoint");
+  // the two names of one tensor must agree
+  const head = saved.get("lm_head.weight")!;
+  const changed = (head.data as Float32Array).slice();
+  changed[5] += 1;
+  saved.set("lm_head.weight", { ...head, data: changed });
+  writeSafetensors(`${dir}/untied.safetensors`, saved);
+  const untied = train([...args, "--init_from", `${dir}/untied.safetensors`]);
+  assert.equal(untied.code, 2, untied.stdout + untied.stderr);
+  assert.match(
+    untied.stderr,
+    /untied\.safetensors: lm_head\.weight and transformer\.wte\.weight differ, but this model ties them/,
   );
   t.delete("transformer.h.0.ln1.bias");
   writeSafetensors(`${dir}/bad.safetensors`, t);
