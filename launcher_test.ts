@@ -37,6 +37,32 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "launcher: without a GPU, the cpu demo splits its global batch over --nproc_per_node",
+  ignore: gpuVisible(),
+  fn() {
+    const r = launch(["--dry_run", "--fast_cuda", "--nproc_per_node", "2"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /^CPU demo over 2 processes: --device_bsz 4 each \(global --bsz 8 unchanged\)$/m,
+    );
+    const lines = r.stdout.trim().split("\n");
+    assert.equal(lines.length, 2);
+    for (const l of lines) assert.match(l, / --device_bsz 4 --bsz 8 /);
+    // a batch set on the command line is left alone (the trainer checks it)
+    const own = launch(["--dry_run", "--nproc_per_node", "3", "--bsz", "6", "--device_bsz", "2"]);
+    assert.equal(own.code, 0, own.stderr);
+    assert.match(own.stdout, / --device_bsz 8 --bsz 8 .* --bsz 6 --device_bsz 2\s*$/m);
+    const odd = launch(["--dry_run", "--nproc_per_node", "3"]);
+    assert.equal(odd.code, 2);
+    assert.match(
+      odd.stderr,
+      /^error: the CPU demo's --bsz 8 does not split over 3 processes: choose a process count that divides it, or pass --bsz and --device_bsz$/m,
+    );
+  },
+});
+
 Deno.test("launcher: trainer flags pass through after the defaults (so they override them)", () => {
   const r = launch(["--dry_run", "--num_iterations", "7", "--headsz", "16", "--bsz=16"]);
   assert.equal(r.code, 0, r.stderr);
@@ -175,6 +201,10 @@ Deno.test("multi-process: 2 ranks (tcp collective) train like 1 process with gra
     [...new TextDecoder().decode(o.stdout).matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
   const v1 = vals(one), v2 = vals(two[0]);
   assert.equal(v1.length, 5);
+  assert.match(
+    new TextDecoder().decode(two[1].stdout),
+    /^rank 1: device host CPU \(cpu backend\) \(LOCAL_RANK 0\)$/m,
+  );
   // The same data and the same gradient sums in the same order: micro-step gradients are added
   // whole, in micro-step order (GradAccumulator), as the all-reduce adds the ranks' in rank order,
   // and the 1/2 scalings are exact. So the weights and optimizer state must be bit-identical, on
@@ -215,6 +245,29 @@ Deno.test("multi-process: 2 ranks (tcp collective) train like 1 process with gra
       v2.join(" ")
     }; ${compared} weights and optimizer values bit-identical`,
   );
+});
+
+Deno.test({
+  name: "multi-process: ./run_rwkv7.sh --fast_cuda --nproc_per_node 2 runs the cpu demo on 2 ranks",
+  ignore: gpuVisible(),
+  fn() {
+    ensureBrown();
+    // the demo config, cut to one step and a small val set
+    const r = launch(
+      [
+        "--fast_cuda",
+        "--nproc_per_node",
+        "2",
+        ...["--num_iterations", "1", "--warmdown_iters", "1", "--val_tokens", "512"],
+      ],
+      { MASTER_PORT: String(freePort()) },
+    );
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stderr, /^started ranks 0 1 of 2 /m);
+    assert.doesNotMatch(r.stderr, /no such job/);
+    assert.match(r.stdout, /^seed 1337; 1 micro-step\(s\) of 4x64 per step; backend cpu;/m);
+    assert.match(r.stdout, /^summary: 1 steps in .* over 2 process\(es\)\); val loss /m);
+  },
 });
 
 Deno.test("multi-process: a rank killed mid-run takes the whole launch down quickly, naming it", async () => {

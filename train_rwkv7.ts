@@ -892,11 +892,14 @@ function main() {
     );
   };
   const vals: [number, number][] = []; // (step, val loss) for the final summary
+  // each rank names its own device (LOCAL_RANK's): rank 0 in the log header, the others here
+  const device = `${be.deviceName(be.currentDevice)} (LOCAL_RANK ${be.currentDevice})`;
+  if (!master) console.log(`rank ${rank}: device ${device}`);
   if (master) {
     Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
     const hw = [
       `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
-      `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
+      `device: ${device}; WORLD_SIZE=${world}`,
     ];
     Deno.writeTextFileSync(
       logfile,
