@@ -83,6 +83,43 @@ for (const [name, path] of libs) {
   });
 }
 
+/** The GPU code in a CUDA fat binary: "sass <arch>" / "ptx <arch>" per entry. Layout (as nvcc
+ * writes it): a 16-byte header (u32 magic 0xBA55ED50, u16 version, u16 header size 16, u64 size of
+ * the entries), then entries of u16 kind (1 PTX, 2 ELF/SASS), u16, u32 entry header size, u64
+ * payload size, ..., u32 sm arch at byte 28 of the entry header. */
+function fatbinCode(bytes: Uint8Array): string[] {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const code: string[] = [];
+  for (let i = 0; i + 16 <= bytes.length; i += 8) { // fat binaries are 8-byte aligned
+    if (dv.getUint32(i, true) !== 0xba55ed50 || dv.getUint16(i + 6, true) !== 16) continue;
+    const end = i + 16 + Number(dv.getBigUint64(i + 8, true));
+    for (let p = i + 16; p + 32 <= end;) {
+      const kind = dv.getUint16(p, true), headerSize = dv.getUint32(p + 4, true);
+      code.push(
+        `${kind === 1 ? "ptx" : kind === 2 ? "sass" : `kind${kind}`} ${dv.getUint32(p + 28, true)}`,
+      );
+      p += headerSize + Number(dv.getBigUint64(p + 8, true));
+    }
+    i = end - 8;
+  }
+  return code;
+}
+
+Deno.test({
+  name: "abi: the cuda library carries sm_80 and sm_90 SASS and compute_90 PTX (JIT on newer GPUs)",
+  ignore: !exists(libraryPath("cuda")),
+  fn() {
+    const code = fatbinCode(Deno.readFileSync(libraryPath("cuda")));
+    assert.deepEqual([...new Set(code)].sort(), ["ptx 90", "sass 80", "sass 90"]);
+    const count = (c: string) => code.filter((x) => x === c).length;
+    // every .cu file's object brings its PTX and both SASS builds (the link adds one SASS pair)
+    const files = [...Deno.readDirSync(dirname(dirname(libraryPath("cuda"))))]
+      .filter((e) => e.name.endsWith(".cu")).length;
+    assert.equal(count("ptx 90"), files);
+    assert.ok(count("sass 80") >= files && count("sass 90") >= files, code.join(", "));
+  },
+});
+
 Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
   assert.throws(
     () => resolveBackendName("rocm"),
