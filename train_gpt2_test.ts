@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import type { BackendName } from "./cuda/backend.ts";
 import {
+  type BackendCheck,
   BROWN,
   checkDumpGrads,
   checkFlagErrors,
@@ -40,15 +41,41 @@ const TINY = [
 const train = (args: string[], env: Record<string, string> = {}) =>
   runTrainer("train_gpt2.ts", args, env);
 
+// The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
+// bounds come from tools/tolerance_sweep.ts: the worst figure over its seeds and over OpenBLAS's
+// kernels (default and OPENBLAS_CORETYPE=Haswell) is in brackets; each bound leaves a margin of 2x
+// or more over it.
+/** FD: fp32 forward, loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative. */
+export const FD_CHECK = { flags: TINY, h: 1e-2, tol: { abs: 1e-4, rel: 3e-3 } };
+export const BACKEND_CHECKS: BackendCheck[] = [
+  // Both round the same fp32 activations to bf16 matmul/attention operands, but their fp32 sums
+  // differ in order, so an operand can round the other way and that flip spreads through the
+  // later layers; worst in the blocks' lambdas (2 scalars, each a sum over the whole [B,T,C]
+  // activation with cancellation).
+  {
+    label: "bf16 mode, --cuda_core_attention",
+    flags: [...TINY, "--cuda_core_attention"],
+    tol: 1e-2,
+    lossTol: 1e-3,
+  },
+  // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core kernels
+  // also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3 normwise per
+  // attention gradient), which adds to the bf16 operand flips above and spreads through the
+  // layers. A broken tensor-core kernel gives O(1).
+  { label: "bf16 mode, tensor-core attention", flags: TINY, tol: 5e-2, lossTol: 1e-3 },
+];
+
 Deno.test("train_gpt2: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
-  // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
-  checkGradientsByFiniteDifferences(trainer, TINY, 1e-2, (gn) => 1e-4 + 3e-3 * gn);
+  checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
 });
 
-/** emu or cuda vs cpu (same init and batch): the worst normwise relative gradient difference
- * <= tol, the loss difference <= 1e-3 relative; and only block 0's lamb without gradient. */
-function versusCpu(other: BackendName, extra: string[], tol: number) {
-  const { cpu } = compareBackends(trainer, [...TINY, ...extra], tol, { other, lossTol: 1e-3 });
+/** emu or cuda vs cpu (same init and batch): compareBackends with the check's bounds; and only
+ * block 0's lamb without gradient. */
+function versusCpu(other: BackendName, check: BackendCheck) {
+  const { cpu } = compareBackends(trainer, check.flags, check.tol, {
+    other,
+    lossTol: check.lossTol,
+  });
   // only block 0's lamb has no gradient: there v1 = v, so v + lamb (v1 - v) does not depend on it
   const zero = [...cpu.grads].filter(([, g]) => norm(g) === 0).map(([name]) => name);
   assert.deepEqual(zero, ["transformer.h.0.attn.lamb"], "exactly one all-zero gradient");
@@ -65,10 +92,7 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
       `train_gpt2: ${other} and cpu give the same loss and gradients (bf16 mode, --cuda_core_attention)`,
     ignore,
     fn() {
-      // Both round the same fp32 activations to bf16 matmul/attention operands, but their fp32
-      // sums differ in order, so an operand can round the other way and that flip spreads through
-      // the later layers: 1e-2 normwise per gradient tensor (2.4e-3 measured on emu; printed).
-      versusCpu(other, ["--cuda_core_attention"], 1e-2);
+      versusCpu(other, BACKEND_CHECKS[0]);
     },
   });
 
@@ -76,14 +100,7 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
     name: `train_gpt2: ${other} with tensor-core attention (the default) matches cpu (bf16 mode)`,
     ignore,
     fn() {
-      // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core
-      // kernels also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3
-      // normwise per attention gradient), which adds to the bf16 operand flips of the test above
-      // and spreads through the layers. Measured on emu: <= 6e-3 for every matrix, 2.2e-2 for the
-      // blocks' lambdas (2 scalars, each a sum over the whole [B,T,C] activation with
-      // cancellation); the CUDA-core run above is 2.4e-3. Bound 5e-2 normwise per gradient
-      // tensor; a broken tensor-core kernel gives O(1).
-      versusCpu(other, [], 5e-2);
+      versusCpu(other, BACKEND_CHECKS[1]);
     },
   });
 }

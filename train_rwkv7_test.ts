@@ -1,6 +1,7 @@
 // train_rwkv7.ts: whole-model gradients, emu = cpu, a Brown training run, resume, errors.
 import assert from "node:assert/strict";
 import {
+  type BackendCheck,
   BROWN,
   checkDumpGrads,
   checkFlagErrors,
@@ -36,39 +37,56 @@ const TINY = [
 const train = (args: string[], env: Record<string, string> = {}) =>
   runTrainer("train_rwkv7.ts", args, env);
 
+// The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
+// bounds come from tools/tolerance_sweep.ts: the worst figure over its seeds and over OpenBLAS's
+// kernels (default and OPENBLAS_CORETYPE=Haswell) is in brackets; each bound leaves a margin of 2x
+// or more over it.
+/** FD: fp32 forward, loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative. */
+export const FD_CHECK = { flags: TINY, h: 1e-2, tol: { abs: 1e-4, rel: 3e-3 } };
+/** Each check names the WKV-7 backward its flags must select (its calls are counted). */
+export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
+  // f32: only summation order differs.
+  { label: "f32", flags: TINY, precision: "f32", tol: 1e-4, wkvKernel: "mn_wkv7g_backward_f32" },
+  // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
+  {
+    label: "bf16, --fast_cuda",
+    flags: [...TINY, "--fast_cuda"],
+    precision: "bf16",
+    tol: 3e-2,
+    wkvKernel: "mn_wkv7_backward",
+  },
+  // --wind_cuda: emu's tensor-core kernel rounds every mma operand (the state included) to bf16,
+  // ~5e-3 normwise per WKV-7 call against the cpu's double-precision reference, and that spreads
+  // through the model.
+  {
+    label: "bf16, --wind_cuda",
+    flags: [...TINY, "--wind_cuda"],
+    precision: "bf16",
+    tol: 5e-2,
+    wkvKernel: "mn_wkv7_wind_backward",
+  },
+];
+
 Deno.test("train_rwkv7: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
-  // fp32 forward: loss noise ~1e-6 / 2h = 5e-5; O(h^2) truncation ~1e-3 relative
-  checkGradientsByFiniteDifferences(trainer, TINY, 1e-2, (gn) => 1e-4 + 3e-3 * gn);
+  checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
 });
 
-for (
-  const [precision, kernelFlags, tol, wkvKernel] of [
-    ["f32", [], 1e-4, "mn_wkv7g_backward_f32"],
-    ["bf16", ["--fast_cuda"], 3e-2, "mn_wkv7_backward"],
-    // --wind_cuda: emu's tensor-core kernel rounds every mma operand (the state included) to bf16,
-    // ~5e-3 normwise per WKV-7 call against the cpu's double-precision reference; through the
-    // model the gradients differ by 1.0e-2 (measured), so 5e-2.
-    ["bf16", ["--wind_cuda"], 5e-2, "mn_wkv7_wind_backward"],
-  ] as const
-) {
+for (const check of BACKEND_CHECKS) {
   for (const { other, ignore } of KERNEL_BACKENDS) {
     Deno.test({
-      name: `train_rwkv7: ${other} and cpu give the same loss and gradients (${
-        [precision, ...kernelFlags].join(", ")
-      })`,
+      name: `train_rwkv7: ${other} and cpu give the same loss and gradients (${check.label})`,
       ignore,
       fn() {
-        // f32: only summation order differs (1e-4 normwise). bf16: a different fp32 sum can round
-        // a bf16 operand the other way, and those flips spread; 3e-2 normwise, measured on emu.
-        // The flag must select its kernel: count the calls of its backward entry point.
-        compareBackends(trainer, [...TINY, ...kernelFlags], tol, {
+        // The flags must select their kernel: count the calls of its backward entry point.
+        compareBackends(trainer, check.flags, check.tol, {
           other,
-          precision,
+          precision: check.precision,
           instrument: (name, be) => {
             let calls = 0;
-            const inner = be.k[wkvKernel];
-            be.k[wkvKernel] = (...args) => (calls++, inner(...args));
-            return () => assert.equal(calls, 2, `${name}: ${wkvKernel} calls (one per layer)`);
+            const inner = be.k[check.wkvKernel];
+            be.k[check.wkvKernel] = (...args) => (calls++, inner(...args));
+            return () =>
+              assert.equal(calls, 2, `${name}: ${check.wkvKernel} calls (one per layer)`);
           },
         });
       },

@@ -7,7 +7,7 @@ import { Backend, type BackendName, type Tensor } from "../backend.ts";
 import { Graph, type Param } from "../autograd.ts";
 import { readSafetensors, writeSafetensors } from "../safetensors.ts";
 import { readShardTokens } from "../../data/shard.ts";
-import { HAS_GPU } from "./harness.ts";
+import { HAS_GPU, SEED } from "./harness.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
 export const BROWN = [
@@ -109,15 +109,17 @@ export const KERNEL_BACKENDS: { other: BackendName; ignore: boolean }[] = [
   { other: "cuda", ignore: !HAS_GPU },
 ];
 
-/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch. */
+/** A tiny model with every parameter perturbed away from its (partly zero) init, and a batch, all
+ * drawn from `seed` (the tests': harness.ts SEED, fresh each run, replayed by MN_TEST_SEED). */
 export function tinySetup<A extends TrainerArgs, S>(
   mod: TrainerModule<A, S>,
   flags: string[],
   backendName: BackendName,
+  seed = SEED,
 ) {
   const a = mod.parseFlags(flags);
   const be = Backend.open({ name: backendName });
-  const rng = new mod.Rng(3);
+  const rng = new mod.Rng(seed);
   const model = new mod.Model(be, a, mod.modelSpecs(a, rng));
   for (const p of model.params) {
     const h = be.download(p.data) as Float32Array;
@@ -155,21 +157,31 @@ export function tinySetup<A extends TrainerArgs, S>(
   return { a, be, model, g, rng, lossOnly, lossAndGrads };
 }
 
+/** A finite-difference check's tolerance on |FD - analytic| for a gradient of norm |grad|:
+ * abs + rel * |grad|. */
+export interface FdTol {
+  abs: number;
+  rel: number;
+}
+
 /**
  * Every parameter's gradient against central finite differences of the loss on the cpu backend's
  * exact-fp32 path, along two unit directions per parameter: the analytic gradient (tests its
- * length) and a random one (tests its direction). Asserts |FD - analytic| <= tol(|grad|).
+ * length) and a random one (tests its direction). Returns the worst |FD - analytic| / tol(|grad|)
+ * and where; asserts it is <= 1 unless `measureOnly` (tools/tolerance_sweep.ts).
  */
 export function checkGradientsByFiniteDifferences<A extends TrainerArgs, S>(
   mod: TrainerModule<A, S>,
   flags: string[],
   h: number,
-  tol: (gradNorm: number) => number,
-) {
-  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup(mod, flags, "cpu");
+  tol: FdTol,
+  seed = SEED,
+  measureOnly = false,
+): { worst: number; where: string } {
+  const { be, model, g, rng, lossOnly, lossAndGrads } = tinySetup(mod, flags, "cpu", seed);
   g.precision = "f32"; // bf16 rounding would make the loss piecewise constant at FD's scale
   const { grads } = lossAndGrads();
-  let worst = 0, worstName = "";
+  let worst = 0, where = "";
   for (const p of model.params) {
     const grad = grads.get(p.name)!;
     const orig = (be.download(p.data) as Float32Array).slice();
@@ -186,27 +198,84 @@ export function checkGradientsByFiniteDifferences<A extends TrainerArgs, S>(
       p.markUpdated();
       const down = lossOnly();
       const numeric = (up - down) / (2 * h);
-      const err = Math.abs(numeric - analytic), bound = tol(gn);
-      if (err / bound > worst) [worst, worstName] = [err / bound, p.name];
+      const err = Math.abs(numeric - analytic), bound = tol.abs + tol.rel * gn;
+      if (err / bound > worst) [worst, where] = [err / bound, p.name];
       assert.ok(
-        err <= bound,
-        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn})`,
+        measureOnly || err <= bound,
+        `${p.name}: directional derivative ${numeric} by FD, ${analytic} by backward (|grad| ${gn}; replay with MN_TEST_SEED=${seed})`,
       );
     }
     be.write(p.data, orig);
     p.markUpdated();
   }
   be.close();
-  console.log(
-    `  ${model.params.length} parameters x 2 directions; worst error ${
-      (100 * worst).toFixed(0)
-    }% of tolerance (${worstName})`,
-  );
+  if (!measureOnly) {
+    console.log(
+      `  ${model.params.length} parameters x 2 directions; worst error ${
+        (100 * worst).toFixed(0)
+      }% of tolerance (${where}; seed ${seed})`,
+    );
+  }
+  return { worst, where };
+}
+
+/** A whole-model backend comparison: its flags, bounds and precision (see compareBackends). */
+export interface BackendCheck {
+  /** the test name's suffix, e.g. "bf16, --fast_cuda" */
+  label: string;
+  flags: string[];
+  /** normwise relative bound on every gradient tensor */
+  tol: number;
+  /** relative bound on the loss (default tol) */
+  lossTol?: number;
+  precision?: "bf16" | "f32";
+}
+
+/** The tiny model's (tinySetup) loss and every gradient on one backend. */
+export function tinyLossAndGrads<A extends TrainerArgs, S>(
+  mod: TrainerModule<A, S>,
+  flags: string[],
+  name: BackendName,
+  seed = SEED,
+  precision?: "bf16" | "f32",
+  instrument?: (name: BackendName, be: Backend) => () => void,
+) {
+  const s = tinySetup(mod, flags, name, seed);
+  if (precision) s.g.precision = precision;
+  const after = instrument?.(name, s.be);
+  const r = s.lossAndGrads();
+  after?.();
+  s.be.close();
+  return r;
+}
+
+export interface LossAndGrads {
+  loss: number;
+  grads: Map<string, Float32Array>;
+}
+
+/** The loss's relative difference and each gradient tensor's normwise relative difference. */
+export function backendDifference(cpu: LossAndGrads, other: LossAndGrads) {
+  let worst = 0, worstName = "";
+  const perTensor = new Map<string, number>();
+  for (const [name, gc] of cpu.grads) {
+    const ge = other.grads.get(name)!;
+    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
+    perTensor.set(name, rel);
+    if (rel > worst) [worst, worstName] = [rel, name];
+  }
+  return {
+    loss: Math.abs(cpu.loss - other.loss) / Math.abs(cpu.loss),
+    worst,
+    worstName,
+    perTensor,
+  };
 }
 
 /**
- * The same tiny model and batch on cpu and on emu (or cuda): the loss within tol relative and every
- * gradient tensor within tol normwise relative. Returns both results for trainer-specific checks.
+ * The same tiny model and batch (drawn from `seed`) on cpu and on emu (or cuda): the loss within
+ * lossTol relative and every gradient tensor within tol normwise relative. Returns both results for
+ * trainer-specific checks.
  */
 export function compareBackends<A extends TrainerArgs, S>(
   mod: TrainerModule<A, S>,
@@ -216,35 +285,29 @@ export function compareBackends<A extends TrainerArgs, S>(
     other?: BackendName;
     precision?: "bf16" | "f32";
     lossTol?: number;
+    seed?: number;
     /** called on each backend before the forward; the function it returns, after the backward */
     instrument?: (name: BackendName, be: Backend) => () => void;
   } = {},
 ) {
-  const [cpu, other] = (["cpu", opts.other ?? "emu"] as const).map((name) => {
-    const s = tinySetup(mod, flags, name);
-    if (opts.precision) s.g.precision = opts.precision;
-    const after = opts.instrument?.(name, s.be);
-    const r = s.lossAndGrads();
-    after?.();
-    s.be.close();
-    return r;
-  });
-  const lossTol = opts.lossTol ?? tol;
-  assert.ok(
-    Math.abs(cpu.loss - other.loss) <= lossTol * Math.abs(cpu.loss),
-    `loss cpu ${cpu.loss} ${opts.other ?? "emu"} ${other.loss}`,
+  const seed = opts.seed ?? SEED, otherName = opts.other ?? "emu";
+  const [cpu, other] = (["cpu", otherName] as const).map((name) =>
+    tinyLossAndGrads(mod, flags, name, seed, opts.precision, opts.instrument)
   );
-  let worst = 0, worstName = "";
-  for (const [name, gc] of cpu.grads) {
-    const ge = other.grads.get(name)!;
-    const rel = norm(gc.map((v, i) => v - ge[i])) / Math.max(norm(gc), 1e-12);
-    if (rel > worst) [worst, worstName] = [rel, name];
-    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol}`);
+  const d = backendDifference(cpu, other);
+  const lossTol = opts.lossTol ?? tol;
+  const replay = `replay with MN_TEST_SEED=${seed}`;
+  assert.ok(
+    d.loss <= lossTol,
+    `loss cpu ${cpu.loss} ${otherName} ${other.loss}: relative difference ${d.loss} > ${lossTol} (${replay})`,
+  );
+  for (const [name, rel] of d.perTensor) {
+    assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol} (${replay})`);
   }
   console.log(
-    `  loss cpu ${cpu.loss.toFixed(6)} ${opts.other ?? "emu"} ${
+    `  loss cpu ${cpu.loss.toFixed(6)} ${otherName} ${
       other.loss.toFixed(6)
-    }; worst gradient difference ${worst.toExponential(2)} (${worstName})`,
+    }; worst gradient difference ${d.worst.toExponential(2)} (${d.worstName}; seed ${seed})`,
   );
   return { cpu, other };
 }
