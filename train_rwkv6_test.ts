@@ -157,22 +157,23 @@ for (
 }
 
 // The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
-// bounds come from tools/tolerance_sweep.ts: the worst figure over its seeds and over OpenBLAS's
-// kernels (default and OPENBLAS_CORETYPE=Haswell) is in brackets; each bound leaves a margin of 2x
-// or more over it.
-/** FD: h = 2.5e-3, not train_rwkv7's 1e-2: the loss is strongly curved along key.weight (its init
- * is 10x smaller than the other projections'), and at h = 1e-2 the O(h^2) term alone is 0.5%.
- * fp32 forward: loss noise ~1e-6 / 2h = 2e-4; O(h^2) truncation ~1e-3 relative. */
+// bounds come from tools/tolerance_sweep.ts, each seed with OpenBLAS's default kernels and with
+// OPENBLAS_CORETYPE=Haswell (2026-12-04): the worst figure and the median of the per-seed worst
+// are in brackets; each bound is 2x or more the worst.
+/** FD (Richardson-extrapolated central differences at h and h/2, see the harness): h = 2.5e-3,
+ * not train_rwkv7's 1e-2, as the loss is strongly curved along key.weight (its init is 10x smaller
+ * than the other projections'; plain central differences at h = 2.5e-3 failed seed 8 by their
+ * O(h^2) term). fp32 loss noise ~(5/3) 1e-6 / h. [worst 24% of this bound, seeds 1-40 x 2 BLAS] */
 export const FD_CHECK = { flags: TINY, h: 2.5e-3, tol: { abs: 4e-4, rel: 3e-3 } };
 export const BACKEND_CHECKS: BackendCheck[] = [
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
-  { label: "bf16", flags: TINY, tol: 3e-2 },
+  // [seeds 1-12 x 2 BLAS: worst 1.1e-2 (time_faaaa), median 4.3e-3; loss 7.5e-5]
+  { label: "bf16", flags: TINY, tol: 3e-2, lossTol: 3e-4 },
   // The same model and batch through mn_wkv6_chunked_* (cpu: the double reference; that the op
   // really takes the chunked kernel on emu is checked against fp64 at the top), the same bf16
-  // reason. T = 32: two chunks.
-  { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2 },
+  // reason. T = 32: two chunks. [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.2e-3; loss 7.5e-5]
+  { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2, lossTol: 3e-4 },
 ];
-
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
   checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
 });
@@ -182,7 +183,12 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
     name: `train_rwkv6: ${other} and cpu give the same loss and gradients (bf16)`,
     ignore,
     fn() {
-      compareBackends(trainer, BACKEND_CHECKS[0].flags, BACKEND_CHECKS[0].tol, { other });
+      const check = BACKEND_CHECKS[0];
+      compareBackends(trainer, check.flags, check.tol, {
+        other,
+        smallTol: check.smallTol,
+        lossTol: check.lossTol,
+      });
     },
   });
 
@@ -191,7 +197,12 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
       `train_rwkv6: --fla_cuda (chunked WKV-6) on ${other} matches cpu, loss and gradients (bf16)`,
     ignore,
     fn() {
-      compareBackends(trainer, BACKEND_CHECKS[1].flags, BACKEND_CHECKS[1].tol, { other });
+      const check = BACKEND_CHECKS[1];
+      compareBackends(trainer, check.flags, check.tol, {
+        other,
+        smallTol: check.smallTol,
+        lossTol: check.lossTol,
+      });
     },
   });
 }

@@ -8,6 +8,7 @@
 // Prints one line per check: the worst over everything, where, and its ratio to the test's bound.
 //
 //   deno run -A tools/tolerance_sweep.ts [--seeds 1-20] [--coretypes default,Haswell] [--only TEXT]
+//     [--no-fd]   (--only: checks whose "<trainer> <label>" contains TEXT; "fd": the FD checks)
 //
 // Slow (the emu side of a seed is 5-20 s per check on 2 cores): the default sweep takes about half
 // an hour. Not a test; the tests themselves run one fresh seed each.
@@ -17,6 +18,7 @@ import {
   backendDifference,
   checkGradientsByFiniteDifferences,
   type LossAndGrads,
+  SMALL_TENSOR,
   tinyLossAndGrads,
   type TrainerModule,
 } from "../cuda/test/trainer_harness.ts";
@@ -119,6 +121,7 @@ async function sweep() {
       seeds: { type: "string", default: "1-20" },
       coretypes: { type: "string", default: "default,Haswell" },
       only: { type: "string", default: "" },
+      "no-fd": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -131,7 +134,7 @@ async function sweep() {
   );
   for (const [trainer, load] of Object.entries(TRAINERS)) {
     const [mod, tables] = await load();
-    if (!values.only || `${trainer} fd`.includes(values.only)) {
+    if (!values["no-fd"] && (!values.only || `${trainer} fd`.includes(values.only))) {
       let worst = { ratio: 0, where: "", seed: 0, coretype: "" };
       for (const ct of coretypes) {
         const dir = `${tmp}/${trainer}-fd-${ct}`;
@@ -155,26 +158,42 @@ async function sweep() {
         Deno.mkdirSync(dirs[i]);
         runChild(["--cpu", trainer, String(index), values.seeds!, dirs[i]], ct);
       });
-      let grad = { rel: 0, name: "", seed: 0, coretype: "" }, loss = 0;
-      const perSeed: number[] = [];
+      // the worst normwise difference per seed, separately for tensors of <= SMALL_TENSOR
+      // elements (bound: smallTol) and the others (bound: tol)
+      const classes = ["large", "small"] as const;
+      const worst = {
+        large: { rel: 0, name: "", seed: 0, coretype: "", perSeed: [] as number[] },
+        small: { rel: 0, name: "", seed: 0, coretype: "", perSeed: [] as number[] },
+      };
+      let loss = 0;
       for (const seed of seeds) {
         const emu = tinyLossAndGrads(mod, check.flags, "emu", seed, check.precision);
-        let seedWorst = 0;
+        const seedWorst = { large: 0, small: 0 };
         coretypes.forEach((ct, i) => {
-          const d = backendDifference(decode(Deno.readFileSync(`${dirs[i]}/${seed}.bin`)), emu);
+          const cpu = decode(Deno.readFileSync(`${dirs[i]}/${seed}.bin`));
+          const d = backendDifference(cpu, emu);
           loss = Math.max(loss, d.loss);
-          seedWorst = Math.max(seedWorst, d.worst);
-          if (d.worst > grad.rel) grad = { rel: d.worst, name: d.worstName, seed, coretype: ct };
+          for (const [name, rel] of d.perTensor) {
+            const c = cpu.grads.get(name)!.length <= SMALL_TENSOR ? "small" : "large";
+            seedWorst[c] = Math.max(seedWorst[c], rel);
+            if (rel > worst[c].rel) Object.assign(worst[c], { rel, name, seed, coretype: ct });
+          }
         });
-        perSeed.push(seedWorst);
+        for (const c of classes) worst[c].perSeed.push(seedWorst[c]);
       }
-      perSeed.sort((a, b) => a - b);
       const lossTol = check.lossTol ?? check.tol;
+      const parts = classes.filter((c) => worst[c].name).map((c) => {
+        const w = worst[c], bound = c === "small" ? check.smallTol ?? check.tol : check.tol;
+        const sorted = [...w.perSeed].sort((a, b) => a - b);
+        return `${c === "small" ? `<= ${SMALL_TENSOR} elements` : "tensors"} worst ${fmt(w.rel)} ` +
+          `(${w.name}, seed ${w.seed}, ${w.coretype}), median ${
+            fmt(sorted[sorted.length >> 1])
+          }, ` +
+          `bound ${bound} = ${(bound / w.rel).toFixed(1)}x`;
+      });
       console.log(
-        `${trainer} emu vs cpu (${check.label}): gradients worst ${fmt(grad.rel)} (${grad.name}, ` +
-          `seed ${grad.seed}, ${grad.coretype}), median ${fmt(perSeed[perSeed.length >> 1])}; ` +
-          `bound ${check.tol} = ${(check.tol / grad.rel).toFixed(1)}x the worst; loss worst ` +
-          `${fmt(loss)}, bound ${lossTol} = ${(lossTol / loss).toFixed(0)}x`,
+        `${trainer} emu vs cpu (${check.label}): ${parts.join("; ")}; loss worst ${fmt(loss)}, ` +
+          `bound ${lossTol} = ${(lossTol / loss).toFixed(0)}x`,
       );
     }
   }
