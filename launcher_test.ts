@@ -176,75 +176,91 @@ function ensureBrown() {
   assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
 }
 
-Deno.test("multi-process: 2 ranks (tcp collective) train like 1 process with gradient accumulation", async () => {
+Deno.test("multi-process: 2 and 3 ranks (tcp collective, bucketed all-reduce) train bit-identically to 1 process with gradient accumulation", async () => {
   ensureBrown();
-  const common = [...TINY_BROWN, "--bsz", "4", "--num_iterations", "4", "--val_loss_every", "1"];
-  const run = (world: number, dir: string, port: number) =>
-    Promise.all(Array.from({ length: world }, (_, r) =>
+  // bsz 2 x world: `world` micro-steps of 2 x 32 on 1 process, one on each of `world` ranks: the
+  // same batches, and the same per-batch gradients (the 1/world is in the loss scale), summed in the
+  // same order: micro-step gradients are added whole, in micro-step order (GradAccumulator), as the
+  // all-reduce adds the ranks' in rank order, each addition rounded to float32. So the weights and
+  // the optimizer state must be bit-identical, on any BLAS, in the default bf16 path (where Muon's
+  // bf16-rounded update would turn any last-bit difference into a visible one). val_tokens 1152:
+  // 18, 9 or 6 val batches per rank, the same tokens every way; the val losses sum them in another
+  // order (one process: all in turn; several: per rank, then all-reduced) and print 4 decimals:
+  // one unit in the last printed place. Buckets of at most 0.25 MiB: the tiny model's blocks (~50 KB
+  // each) make several, the 12.9 MB wte and lm_head one each.
+  const common = [
+    ...TINY_BROWN,
+    ...["--num_iterations", "4", "--val_loss_every", "1", "--val_tokens", "1152"],
+  ];
+  const run = (world: number, bsz: number, extra: string[]) => {
+    const port = String(freePort());
+    return Promise.all(Array.from({ length: world }, (_, r) =>
       new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", "train_rwkv7.ts", ...common, "--log_dir", dir],
+        args: ["run", "-A", "train_rwkv7.ts", ...common, "--bsz", String(bsz), ...extra],
         cwd: ROOT,
-        env: {
-          RANK: String(r),
-          WORLD_SIZE: String(world),
-          MASTER_ADDR: "127.0.0.1",
-          MASTER_PORT: String(port),
-        },
+        env: { RANK: String(r), WORLD_SIZE: String(world), MASTER_PORT: port },
         stdout: "piped",
         stderr: "piped",
-      }).output()));
-  const d1 = Deno.makeTempDirSync(), d2 = Deno.makeTempDirSync();
-  const [one] = await run(1, d1, freePort());
-  const two = await run(2, d2, freePort());
-  for (const o of [one, ...two]) assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
-  const vals = (o: Deno.CommandOutput) =>
-    [...new TextDecoder().decode(o.stdout).matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
-  const v1 = vals(one), v2 = vals(two[0]);
-  assert.equal(v1.length, 5);
-  assert.match(
-    new TextDecoder().decode(two[1].stdout),
-    /^rank 1: device host CPU \(cpu backend\) \(LOCAL_RANK 0\)$/m,
-  );
-  // The same data and the same gradient sums in the same order: micro-step gradients are added
-  // whole, in micro-step order (GradAccumulator), as the all-reduce adds the ranks' in rank order,
-  // and the 1/2 scalings are exact. So the weights and optimizer state must be bit-identical, on
-  // any BLAS and in the default bf16 path (Muon's bf16-rounded update would turn any last-bit
-  // difference into a visible one). The val losses sum their batches in another order (one
-  // process: all in turn; two: per rank, then all-reduced) and print 4 decimals: one unit in the
-  // last printed place.
-  v1.forEach((v, i) =>
-    assert.ok(
-      Math.abs(v - v2[i]) <= 1e-4 + 1e-9,
-      `val loss at eval ${i}: 1 process ${v}, 2 processes ${v2[i]}`,
-    )
-  );
+      }).output().then((o) => {
+        assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+        return new TextDecoder().decode(o.stdout);
+      })));
+  };
+  const vals = (out: string) => [...out.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
   const { readSafetensors } = await import("./cuda/safetensors.ts");
   const ck = (dir: string, suffix: string) => {
     const run = [...Deno.readDirSync(dir)].find((e) => e.isDirectory)!.name;
     return readSafetensors(`${dir}/${run}/state_step000004${suffix}`).tensors;
   };
-  let compared = 0;
-  for (const suffix of [".safetensors", ".opt.safetensors"]) {
-    const w1 = ck(d1, suffix), w2 = ck(d2, suffix);
-    assert.deepEqual([...w2.keys()], [...w1.keys()]);
-    for (const [name, t] of w1) {
-      const a = t.data as Float32Array, b = w2.get(name)!.data as Float32Array;
-      const diff = a.findIndex((x, i) => !Object.is(x, b[i]));
-      assert.equal(
-        diff,
-        -1,
-        `${name}${
-          suffix === ".safetensors" ? "" : " (optimizer state)"
-        } after 4 steps: element ${diff} is ${a[diff]} with 1 process, ${b[diff]} with 2`,
-      );
-      compared += a.length;
+  for (const world of [2, 3] as const) {
+    const d1 = Deno.makeTempDirSync(), d = Deno.makeTempDirSync();
+    const [one] = await run(1, 2 * world, ["--log_dir", d1]);
+    const outs = await run(world, 2 * world, ["--log_dir", d, "--bucket_cap_mb", "0.25"]);
+    assert.doesNotMatch(one, /gradient all-reduce/, "one process has no buckets");
+    // the bucket layout, logged once by rank 0: lm_head first (backward's order), wte last
+    const lines = outs[0].split("\n").filter((l) => l.startsWith("gradient all-reduce"));
+    assert.equal(lines.length, 1, outs[0]);
+    const m =
+      /^gradient all-reduce: (\d+) bucket\(s\) of <= 0.25 MiB, in this order: #0 [\d.]+ MiB lm_head\.weight; .*transformer\.wte\.weight$/
+        .exec(lines[0]);
+    assert.ok(m && Number(m[1]) >= 4, lines[0]);
+    for (const o of outs.slice(1)) assert.doesNotMatch(o, /gradient all-reduce/);
+    // every other rank names its own device
+    outs.slice(1).forEach((o, i) =>
+      assert.match(
+        o,
+        new RegExp(`^rank ${i + 1}: device host CPU \\(cpu backend\\) \\(LOCAL_RANK 0\\)$`, "m"),
+      )
+    );
+    const v1 = vals(one), v = vals(outs[0]);
+    assert.equal(v1.length, 5);
+    v1.forEach((x, i) =>
+      assert.ok(
+        Math.abs(x - v[i]) <= 1e-4 + 1e-9,
+        `val loss at eval ${i}: 1 process ${x}, ${world} processes ${v[i]}`,
+      )
+    );
+    let compared = 0;
+    for (const suffix of [".safetensors", ".opt.safetensors"]) {
+      const w1 = ck(d1, suffix), w = ck(d, suffix);
+      assert.deepEqual([...w.keys()], [...w1.keys()]);
+      for (const [name, t] of w1) {
+        const a = t.data as Float32Array, b = w.get(name)!.data as Float32Array;
+        const diff = a.findIndex((x, i) => !Object.is(x, b[i]));
+        assert.equal(
+          diff,
+          -1,
+          `${name}${suffix === ".safetensors" ? "" : " (optimizer state)"} after 4 steps: ` +
+            `element ${diff} is ${a[diff]} with 1 process, ${b[diff]} with ${world}`,
+        );
+        compared += a.length;
+      }
     }
+    console.log(
+      `  ${world} ranks, ${m![1]} buckets: val loss ${v.join(" ")} (1 process: ${v1.join(" ")}); ` +
+        `${compared} weights and optimizer values bit-identical`,
+    );
   }
-  console.log(
-    `  val loss 1 process ${v1.join(" ")}; 2 processes ${
-      v2.join(" ")
-    }; ${compared} weights and optimizer values bit-identical`,
-  );
 });
 
 Deno.test({
@@ -284,6 +300,8 @@ Deno.test("multi-process: a rank killed mid-run takes the whole launch down quic
       "200",
       "--val_loss_every",
       "0",
+      "--bucket_cap_mb", // many buckets a step: the kill lands in or between all-reduces
+      "0.25",
     ],
     cwd: ROOT,
     env: { MASTER_PORT: String(freePort()), NO_COLOR: "1" },

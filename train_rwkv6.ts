@@ -25,7 +25,10 @@ const FLAGS = {
   device_bsz: ["64", "sequences per device per micro-step"],
   bsz: ["512", "sequences per optimizer step, all devices"],
   random_seed: ["-1", "seed for the initialisation (-1: random, printed)"],
-  backend: ["", "cuda | emu | cpu (default: cuda when a GPU is visible, else cpu)"],
+  backend: [
+    "",
+    "cuda | emu | cpu | dry (dry: record calls, run nothing; default: cuda when a GPU is visible, else cpu)",
+  ],
   input_bin: ["data/fineweb10B/fineweb_train_*.bin", "training shards (glob)"],
   input_val_bin: ["data/fineweb10B/fineweb_val_*.bin", "validation shards (glob)"],
   num_iterations: ["5100", "optimizer steps"],
@@ -45,6 +48,7 @@ const FLAGS = {
     "with --dump_grads: bf16 (the training path: bf16 matmul operands, as the original's autocast) or f32 (every op in fp32, for checks against a float64 reference)",
   ],
   log_dir: ["logs", "where run logs and checkpoints go"],
+  bucket_cap_mb: ["64", "gradient all-reduce bucket size in MiB (as DDP's; multi-process runs)"],
 } as const;
 const BOOL_FLAGS = {
   fla_cuda:
@@ -111,6 +115,7 @@ export function parseFlags(argv: string[]) {
     dump_grads: str("dump_grads"),
     precision: str("precision") as "bf16" | "f32",
     log_dir: str("log_dir"),
+    bucket_cap_mb: num("bucket_cap_mb", false),
   };
 }
 export type Args = ReturnType<typeof parseFlags>;
@@ -157,6 +162,7 @@ export function validate(a: Args, world: number) {
       `--vocab_size ${a.vocab_size} is smaller than GPT-2's 50257 tokens of --input_bin ${a.input_bin}`,
     );
   }
+  if (!(a.bucket_cap_mb > 0)) bad(`--bucket_cap_mb ${a.bucket_cap_mb}: must be positive`);
   if (a.resume && a.init_from) {
     bad("--resume and --init_from exclude each other (a checkpoint already has weights)");
   }
@@ -357,12 +363,30 @@ export function wkv6(
 export class Model {
   readonly params: Param[] = [];
   readonly byName = new Map<string, Param>();
+  /** Every gradient in one buffer, the parameters in reverse order (about the order backward
+   * produces their gradients), each at a 256-byte aligned offset: a bucket of the all-reduce is a
+   * slice of it, and zeroing every gradient is one memset. */
+  readonly grads: Tensor;
+  /** [offset, padded length] of parameter i's gradient in `grads`, in elements */
+  readonly gradAt: [number, number][] = [];
   constructor(readonly be: Backend, readonly a: Args, specs: ParamSpec[]) {
-    for (const s of specs) {
-      const p = new Param(be, s.name, be.upload(s.init(), s.shape, "f32", s.name));
+    const numel = (s: ParamSpec) => s.shape.reduce((x, y) => x * y, 1);
+    let total = 0;
+    for (let i = specs.length - 1; i >= 0; i--) {
+      const padded = Math.ceil(numel(specs[i]) / 64) * 64;
+      this.gradAt[i] = [total, padded];
+      total += padded;
+    }
+    this.grads = be.zeros([total], "f32", "grads");
+    specs.forEach((s, i) => {
+      const grad = this.grads.rows(this.gradAt[i][0], numel(s));
+      const p = new Param(be, s.name, be.upload(s.init(), s.shape, "f32", s.name), grad);
       this.params.push(p);
       this.byName.set(s.name, p);
-    }
+    });
+  }
+  zeroGrads() {
+    this.be.k.mn_memset(this.grads.ptr, 0, BigInt(this.grads.nbytes), this.be.stream);
   }
   p(name: string): Param {
     const p = this.byName.get(name);
@@ -430,6 +454,9 @@ class Adam {
   step_ = 0;
   readonly m: Tensor[];
   readonly v: Tensor[];
+  /** the group's tensors for mn_adam_multi_step, in device memory: one launch steps them all */
+  private readonly list: Tensor;
+  private readonly total: bigint;
   constructor(
     readonly name: string,
     readonly params: Param[],
@@ -438,39 +465,56 @@ class Adam {
   ) {
     this.m = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg"));
     this.v = params.map((p) => be.zeros(p.shape, "f32", p.name + ".exp_avg_sq"));
+    const list = new BigInt64Array(6 * params.length); // {param, grad, m, v, n, offset} each
+    const addr = (t: Tensor) => BigInt(Deno.UnsafePointer.value(t.ptr));
+    let total = 0n;
+    params.forEach((p, i) => {
+      list.set(
+        [addr(p.data), addr(p.grad), addr(this.m[i]), addr(this.v[i]), p.data.n, total],
+        6 * i,
+      );
+      total += p.data.n;
+    });
+    this.list = be.upload(new Int32Array(list.buffer), [12 * params.length], "i32", name + ".list");
+    this.total = total;
   }
   step(lrFactor: number) {
     this.step_++;
-    this.params.forEach((p, i) => {
-      this.be.k.mn_adam_step(
-        p.data.ptr,
-        p.grad.ptr,
-        this.m[i].ptr,
-        this.v[i].ptr,
-        p.data.n,
-        this.lr * lrFactor,
-        0.9,
-        0.95,
-        1e-8,
-        0,
-        this.step_,
-        this.be.stream,
-      );
-      p.markUpdated();
-    });
+    this.be.k.mn_adam_multi_step(
+      this.list.ptr,
+      this.params.length,
+      this.total,
+      this.lr * lrFactor,
+      0.9,
+      0.95,
+      1e-8,
+      0,
+      this.step_,
+      this.be.stream,
+    );
+    for (const p of this.params) p.markUpdated();
   }
 }
 
 /**
  * Muon: SGD-momentum 0.95 (Nesterov) whose update is orthogonalised by 5 quintic Newton-Schulz
  * steps (bf16 matmuls, fp32 accumulation), scaled by max(rows, cols)^0.5 (this original's scale,
- * "update.square().mean() == 1"). Parameter i is processed by rank i % world and broadcast (the
- * original computes every update on every rank: same result, less work).
+ * "update.square().mean() == 1"). Parameter i is processed by rank i % world and the updates are
+ * exchanged in one all-reduce of a flat bf16 buffer (the original computes every update on every
+ * rank: same result, less work).
  */
 class Muon {
   momentum = 0.95;
   readonly buf: Tensor[];
   private ws = new Map<string, Tensor>();
+  /** Newton-Schulz a, b in device memory (mn_axpby_forward reads them there), uploaded once */
+  private readonly ab: Tensor;
+  /** every update in bf16, in parameter order (the original's updates_flat): each rank writes its
+   * parameters' slots, zeros elsewhere, and one all-reduce gives every rank all of them */
+  private readonly flat: Tensor;
+  private readonly flat32: Tensor;
+  /** element offset of parameter i's slot in `flat` (256-byte aligned) */
+  private readonly at: number[] = [];
   constructor(
     readonly name: string,
     readonly params: Param[],
@@ -478,6 +522,17 @@ class Muon {
     readonly be: Backend,
   ) {
     this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
+    this.ab = be.upload(new Float32Array([3.4445, -4.775]), [2], "f32", "muon.ns_ab");
+    let total = 0;
+    for (const p of params) {
+      this.at.push(total);
+      total += Math.ceil(p.numel / 128) * 128;
+    }
+    this.flat = be.zeros([total], "bf16", "muon.updates_flat");
+    this.flat32 = be.alloc([total], "f32", "muon.updates_f32");
+  }
+  private slot(t: Tensor, i: number): Tensor {
+    return t.rows(this.at[i], this.params[i].numel);
   }
   private scratch(key: string, shape: number[], dtype: "f32" | "bf16" = "f32"): Tensor {
     const k = `${key}:${shape.join("x")}:${dtype}`;
@@ -487,26 +542,28 @@ class Muon {
   }
   step(lrFactor: number, coll: Collective) {
     const k = this.be.k, s = this.be.stream;
+    // the other ranks' slots must hold zeros for the sum
+    if (coll.world > 1) k.mn_memset(this.flat.ptr, 0, BigInt(this.flat.nbytes), s);
     this.params.forEach((p, i) => {
+      if (i % coll.world !== coll.rank) return; // rank i % world orthogonalises parameter i
       const [rows, cols] = p.shape;
       const n = p.data.n;
-      const owner = i % coll.world; // the rank that orthogonalises this parameter's update
-      const upd = this.scratch("upd", [rows, cols]);
-      if (owner === coll.rank) {
-        k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
-        k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
-        const g = this.scratch("g", [rows, cols]);
-        k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
-        k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
-        const X = this.newtonSchulz5(g, rows, cols);
-        // the original applies the bf16 output of its Newton-Schulz iteration
-        const x16 = this.scratch("upd16", [rows, cols], "bf16");
-        k.mn_cast_f32_to_bf16(x16.ptr, X.ptr, n, s);
-        k.mn_cast_bf16_to_f32(upd.ptr, x16.ptr, n, s);
-      }
-      if (coll.world > 1) coll.broadcast(upd, owner);
+      k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
+      k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
+      const g = this.scratch("g", [rows, cols]);
+      k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
+      k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
+      const X = this.newtonSchulz5(g, rows, cols);
+      // the original applies the bf16 output of its Newton-Schulz iteration
+      k.mn_cast_f32_to_bf16(this.slot(this.flat, i).ptr, X.ptr, n, s);
+    });
+    if (coll.world > 1) coll.allReduceSum(this.flat); // one collective for every update
+    k.mn_cast_bf16_to_f32(this.flat32.ptr, this.flat.ptr, this.flat.n, s);
+    this.params.forEach((p, i) => {
+      const [rows, cols] = p.shape;
       // (the original's split of [3C, C] fused-QKV matrices never applies: none is 3:1 here)
-      k.mn_axpy(p.data.ptr, -this.lr * lrFactor * Math.sqrt(Math.max(rows, cols)), upd.ptr, n, s);
+      const lr = this.lr * lrFactor * Math.sqrt(Math.max(rows, cols));
+      k.mn_axpy(p.data.ptr, -lr, this.slot(this.flat32, i).ptr, p.data.n, s);
       p.markUpdated();
     });
   }
@@ -517,7 +574,7 @@ class Muon {
   /** zeropower_via_newtonschulz5 on G [rows, cols]; returns X in G's orientation */
   private newtonSchulz5(G: Tensor, rows: number, cols: number): Tensor {
     const k = this.be.k, s = this.be.stream;
-    const [a, b, c] = [3.4445, -4.775, 2.0315];
+    const c = 2.0315; // (a, b: this.ab)
     const tall = rows > cols;
     const [m, n] = tall ? [cols, rows] : [rows, cols]; // iterate on the wide orientation
     const X = this.scratch("X", [m, n]);
@@ -525,8 +582,7 @@ class Muon {
     else k.mn_memcpy_d2d(X.ptr, G.ptr, BigInt(X.nbytes), s);
     const nrm = this.scratch("norm", [1]);
     k.mn_sum_squares(nrm.ptr, X.ptr, X.n, s);
-    const norm = Math.sqrt((this.be.download(nrm) as Float32Array)[0]);
-    k.mn_scale(X.ptr, X.ptr, 1 / (norm + 1e-7), X.n, s);
+    k.mn_scale_by_inv_norm(X.ptr, X.ptr, nrm.ptr, 1e-7, X.n, s); // X / (||X|| + 1e-7), on the device
     const Xb = this.scratch("Xb", [m, n], "bf16"), A = this.scratch("A", [m, m], "bf16");
     const Bb = this.scratch("B", [m, n], "bf16"), Bf = this.scratch("Bf", [m, n]);
     for (let it = 0; it < 5; it++) {
@@ -534,7 +590,7 @@ class Muon {
       k.mn_gemm_bf16(0, 1, m, m, n, 1, Xb.ptr, n, 0n, Xb.ptr, n, 0n, 0, A.ptr, m, 0n, 1, 1, s); // A = X X^T
       k.mn_gemm_bf16(0, 0, m, n, m, 1, A.ptr, m, 0n, Xb.ptr, n, 0n, 0, Bb.ptr, n, 0n, 1, 1, s); // B = A X
       k.mn_cast_bf16_to_f32(Bf.ptr, Bb.ptr, Bf.n, s);
-      k.mn_axpby_forward(X.ptr, X.ptr, Bf.ptr, this.constOf(a), this.constOf(b), X.n, s); // aX + bB
+      k.mn_axpby_forward(X.ptr, X.ptr, Bf.ptr, this.ab.ptr, this.ab.rows(1, 1).ptr, X.n, s); // aX + bB
       k.mn_gemm_bf16(0, 0, m, n, m, c, A.ptr, m, 0n, Bb.ptr, n, 0n, 1, X.ptr, n, 0n, 0, 1, s); // + c A B
     }
     if (!tall) return X;
@@ -542,11 +598,28 @@ class Muon {
     k.mn_transpose(Y.ptr, X.ptr, m, n, s);
     return Y;
   }
-  private constOf(x: number) {
-    const t = this.scratch(`c${x}`, [1]);
-    this.be.write(t, new Float32Array([x]));
-    return t.ptr;
+}
+
+/**
+ * The gradient all-reduce's buckets (DDP's): runs of consecutive parameters of the flat gradient
+ * buffer, which holds them in reverse order (about the order backward produces them; DDP orders its
+ * buckets by reversed model.parameters() too), each closed before it would pass capBytes (a bigger
+ * parameter is a bucket alone). Together they tile the buffer.
+ */
+function gradBuckets(model: Model, capBytes: number): { grads: Tensor; names: string[] }[] {
+  const out: { grads: Tensor; names: string[] }[] = [];
+  let start = 0, end = 0, names: string[] = [];
+  for (let i = model.params.length - 1; i >= 0; i--) {
+    const [offset, padded] = model.gradAt[i]; // === end: the buffer is in this order
+    if (names.length && (offset + padded - start) * 4 > capBytes) {
+      out.push({ grads: model.grads.rows(start, end - start), names });
+      [start, names] = [end, []];
+    }
+    end = offset + padded;
+    names.push(model.params[i].name);
   }
+  if (names.length) out.push({ grads: model.grads.rows(start, end - start), names });
+  return out;
 }
 
 /** lr multiplier: no warmup, constant, then linear warmdown over the last warmdown_iters steps */
@@ -938,12 +1011,26 @@ function main() {
 
   // micro-step gradients summed in a fixed order: N micro-steps here train bit-identically to N
   // processes (see GradAccumulator)
-  const gradAcc = new GradAccumulator(be, model.params);
-  const valT = be.alloc([1], "f32", "val_loss");
+  const gradAcc = new GradAccumulator(be, model.params, model.grads);
+  const valT = be.alloc([1], "f32", "val_loss"), lossT = be.alloc([1], "f32", "train_loss");
+  const buckets = world > 1 ? gradBuckets(model, a.bucket_cap_mb * 2 ** 20) : [];
+  if (buckets.length) {
+    log(
+      `gradient all-reduce: ${buckets.length} bucket(s) of <= ${a.bucket_cap_mb} MiB, in this order: ` +
+        buckets.map((b, i) =>
+          `#${i} ${(b.grads.nbytes / 2 ** 20).toFixed(2)} MiB ${b.names[0]}${
+            b.names.length > 1
+              ? ` .. ${b.names[b.names.length - 1]} (${b.names.length} tensors)`
+              : ""
+          }`
+        ).join("; "),
+    );
+  }
   let trainingTimeMs = 0;
   be.sync();
   let t0 = performance.now();
   for (let step = startStep; step <= a.num_iterations; step++) {
+    be.mark(`step ${step}`); // a point for call traces (bench/step_cost.ts); nothing otherwise
     const last = step === a.num_iterations;
     if (step === 10) { // the original ignores the first 10 steps' time
       trainingTimeMs = 0;
@@ -956,19 +1043,17 @@ function main() {
       trainingTimeMs += performance.now() - t0;
       valLoader.reset();
       g.gradEnabled = false;
-      let valLoss = 0;
       for (let i = 0; i < valSteps; i++) {
         upload(valLoader.next());
-        valLoss += meanLoss(model.forward(g, xT, yT, 1));
+        const losses = model.forward(g, xT, yT, 1);
+        // the mean over all val batches, summed on the device (beta 0 starts it afresh)
+        const w = 1 / (losses.numel * valSteps);
+        be.k.mn_sum_into(valT.ptr, losses.ptr, losses.n, w, i === 0 ? 0 : 1, be.stream);
         g.release();
       }
       g.gradEnabled = true;
-      valLoss /= valSteps;
-      if (world > 1) {
-        be.write(valT, new Float32Array([valLoss]));
-        coll.allReduceMean(valT);
-        valLoss = (be.download(valT) as Float32Array)[0];
-      }
+      coll.allReduceMean(valT); // (nothing with one process)
+      const valLoss = (be.download(valT) as Float32Array)[0];
       log(
         `step:${step}/${a.num_iterations} val_loss:${valLoss.toFixed(4)} train_time:${
           trainingTimeMs.toFixed(0)
@@ -1001,23 +1086,27 @@ function main() {
     if (last) break;
 
     // --------------- training section ---------------
-    let trainLoss = 0;
-    gradAcc.run(accum, () => {
+    gradAcc.run(accum, (i) => {
       upload(trainLoader.next());
-      trainLoss = meanLoss(model.forward(g, xT, yT, 1 / accum)); // grads come out already averaged
+      // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the loss
+      // scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
+      const losses = model.forward(g, xT, yT, 1 / (accum * world));
+      // the logged loss is the last micro-step's, as the original's; its mean stays on the device
+      if (i === accum - 1) {
+        be.k.mn_sum_into(lossT.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
+      }
       g.backward();
       g.release();
     });
-    if (world > 1) { for (const p of model.params) coll.allReduceMean(p.grad); // DDP's average
-     }
+    for (const b of buckets) coll.allReduceSum(b.grads); // bucket by bucket, in backward's order
     const lrFactor = getLr(step, a);
     for (const o of adams) o.step(lrFactor);
     muon.step(lrFactor, coll);
-    for (const p of model.params) p.zeroGrad();
+    model.zeroGrads();
     // ----------------------------------------------
 
     if (master) {
-      be.sync();
+      const trainLoss = (be.download(lossT) as Float32Array)[0]; // the step's one wait
       const approx = trainingTimeMs + performance.now() - t0;
       log(
         `step:${step + 1}/${a.num_iterations} train_loss:${trainLoss.toFixed(4)} train_time:${

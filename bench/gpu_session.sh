@@ -126,7 +126,13 @@ record_run() { # name, limit, script, flags...
   ((rc)) && tail -n 4 "$L/record_$name.log" | cut -c1-200
   find "$L/runs" -name '*.safetensors' -delete 2>/dev/null
   # the per-call-shape profile comes back on its own, not only inside the archive
-  [[ -f $L/profile_$name.json ]] && gzip -c "$L/profile_$name.json" > "$out/profile_$name.json.gz"
+  if [[ -f $L/profile_$name.json ]]; then
+    gzip -c "$L/profile_$name.json" > "$out/profile_$name.json.gz"
+    # measured vs the step-cost model, per ABI function (the calibration data)
+    timeout -k 2 20 deno run -A bench/step_cost.ts --measured "$L/profile_$name.json" --hw H200 \
+      > "$L/measured_vs_model_$name.md" 2>&1 < /dev/null
+    head -n 12 "$L/measured_vs_model_$name.md" | cut -c1-200
+  fi
   pack
 }
 v32=$((2 * 32 * 1024)); v64=$((64 * 1024))

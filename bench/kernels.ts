@@ -1,8 +1,11 @@
 // Times each kernel family on the cpu and emu backends (and cuda when a GPU is visible) and
 // prints one table. Not a test: figures depend on the machine (see README for measured ones).
-//   deno run -A bench/kernels.ts [--size small|model] [--reps N] [--backends cpu,emu,cuda]
+//   deno run -A bench/kernels.ts [--size small|model|record] [--reps N] [--backends cpu,emu,cuda]
 // "small" shapes keep the emulator (one OS thread per CUDA thread) within seconds; "model" uses a
-// 124M-config layer slice (B*T = 4096 rows, C = 768) and skips emu.
+// 124M-config layer slice (B*T = 4096 rows, C = 768) and skips emu; "record" the GPT-2 record's
+// micro-batch (64 x 1024 = 65,536 rows) for the memory-bound kernels only, and skips emu.
+// Cases that declare the DRAM bytes one call must move (each tensor read or written once) get two
+// more columns on cuda: their GB/s, and that of a device-to-device copy moving the same bytes.
 import { parseArgs } from "node:util";
 import { Backend, type BackendName, gpuVisible, type Tensor } from "../cuda/backend.ts";
 import { kernelsHeaderConstants } from "../cuda/abi.ts";
@@ -16,20 +19,188 @@ const { values } = parseArgs({
   },
   strict: true,
 });
-const size = values.size === "model" ? "model" : "small";
+const size = values.size === "model" || values.size === "record" ? values.size : "small";
 const reps = Number(values.reps);
 const OP = kernelsHeaderConstants();
 
-const S = size === "model"
+const S = size === "record"
+  ? { N: 65536, C: 768, V: 50304, B: 64, T: 1024, H: 12, D: 64, logitRows: 8192, Bwkv: 32 }
+  : size === "model"
   ? { N: 4096, C: 768, V: 50304, B: 4, T: 1024, H: 12, D: 64, logitRows: 1024, Bwkv: 32 }
   : { N: 256, C: 128, V: 2048, B: 1, T: 64, H: 2, D: 64, logitRows: 64, Bwkv: 1 };
 
 interface Case {
   name: string;
   run: (be: Backend, t: (shape: number[], dtype?: "f32" | "bf16" | "i32") => Tensor) => () => void;
+  /** DRAM bytes one call must move at least (every tensor read or written once) */
+  bytes?: number;
 }
 
-const cases: Case[] = [
+const F = 4; // bytes per fp32
+const NC = S.N * S.C;
+/** ids in [0, V) drawn as GPT-2 text would repeat them: a few very frequent, a long tail */
+function zipfIds(n: number, V: number): Int32Array {
+  const ids = new Int32Array(n);
+  let s = 12345;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const u = (s >>> 8) / 16777216; // [0, 1)
+    ids[i] = Math.min(V - 1, Math.floor(Math.exp(u * Math.log(V)) - 1)); // ~1/rank
+  }
+  return ids;
+}
+
+// The kernels issue #14 moved to full-grid reductions (and the embedding sort, the one-pass
+// cross-entropy statistics), at `S`'s rows with their ideal traffic.
+const reductionCases: Case[] = [
+  {
+    name: `add_row_vector bwd dx+dv ${S.N}x${S.C}`,
+    bytes: 3 * NC * F, // dout; dx read and written
+    run: (be, t) => {
+      const [dx, dv, dout] = [t([S.N, S.C]), t([S.C]), t([S.N, S.C])];
+      return () => be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, be.stream);
+    },
+  },
+  {
+    name: `mul_row_vector bwd dx+dv ${S.N}x${S.C}`,
+    bytes: 4 * NC * F, // dout, x; dx read and written
+    run: (be, t) => {
+      const [dx, dv, dout, x, v] = [
+        t([S.N, S.C]),
+        t([S.C]),
+        t([S.N, S.C]),
+        t([S.N, S.C]),
+        t([S.C]),
+      ];
+      return () =>
+        be.k.mn_mul_row_vector_backward(
+          dx.ptr,
+          dv.ptr,
+          dout.ptr,
+          x.ptr,
+          v.ptr,
+          S.N,
+          S.C,
+          be.stream,
+        );
+    },
+  },
+  {
+    name: `axpby bwd dx,dy,da,db ${NC}`,
+    bytes: 7 * NC * F, // dout, x, y; dx and dy read and written
+    run: (be, t) => {
+      const [dx, dy, dout, x, y] = Array.from({ length: 5 }, () => t([NC]));
+      const [a, b, da, db] = Array.from({ length: 4 }, () => t([1]));
+      const n = BigInt(NC);
+      return () =>
+        be.k.mn_axpby_backward(
+          dx.ptr,
+          dy.ptr,
+          da.ptr,
+          db.ptr,
+          dout.ptr,
+          x.ptr,
+          y.ptr,
+          a.ptr,
+          b.ptr,
+          n,
+          be.stream,
+        );
+    },
+  },
+  {
+    name: `sum_squares ${NC}`,
+    bytes: NC * F,
+    run: (be, t) => {
+      const [x, out] = [t([NC]), t([1])];
+      return () => be.k.mn_sum_squares(out.ptr, x.ptr, BigInt(NC), be.stream);
+    },
+  },
+  {
+    name: `layernorm bwd ${S.N}x${S.C}`,
+    bytes: 4 * NC * F, // dout, inp; dinp read and written (the params pass re-reads dout, inp)
+    run: (be, t) => {
+      const [dx, dout, x] = [t([S.N, S.C]), t([S.N, S.C]), t([S.N, S.C])];
+      const [dw, db, w] = [t([S.C]), t([S.C]), t([S.C])];
+      const [m, r] = [t([S.N]), t([S.N])];
+      return () =>
+        be.k.mn_layernorm_backward(
+          dx.ptr,
+          dw.ptr,
+          db.ptr,
+          dout.ptr,
+          x.ptr,
+          w.ptr,
+          m.ptr,
+          r.ptr,
+          S.N,
+          S.C,
+          be.stream,
+        );
+    },
+  },
+  {
+    name: `groupnorm bwd ${S.N}x${S.H}x${S.D}`,
+    bytes: 4 * NC * F,
+    run: (be, t) => {
+      const [dx, dout, x] = [t([S.N, S.C]), t([S.N, S.C]), t([S.N, S.C])];
+      const [dw, db, w] = [t([S.C]), t([S.C]), t([S.C])];
+      const [m, r] = [t([S.N, S.H]), t([S.N, S.H])];
+      return () =>
+        be.k.mn_groupnorm_backward(
+          dx.ptr,
+          dw.ptr,
+          db.ptr,
+          dout.ptr,
+          x.ptr,
+          w.ptr,
+          m.ptr,
+          r.ptr,
+          S.N,
+          S.H,
+          S.D,
+          be.stream,
+        );
+    },
+  },
+  {
+    name: `rwkv7_bonus bwd ${S.N}x${S.H}x${S.D}`,
+    bytes: 10 * NC * F, // dout, r, k, v; dr, dk, dv read and written
+    run: (be, t) => {
+      const g = Array.from({ length: 9 }, () => t([S.N, S.C]).ptr); // dr dk dv dout r k v + 2 spare
+      const [du, u] = [t([S.C]), t([S.C])];
+      return () =>
+        be.k.mn_rwkv7_bonus_backward(
+          g[0],
+          g[1],
+          g[2],
+          du.ptr,
+          g[3],
+          g[4],
+          g[5],
+          g[6],
+          u.ptr,
+          S.N,
+          S.H,
+          S.D,
+          be.stream,
+        );
+    },
+  },
+  {
+    name: `embedding bwd ${S.N}x${S.C} V${S.V} (Zipf ids)`,
+    bytes: NC * F, // dout (plus the rows of dwte it touches)
+    run: (be, t) => {
+      const [dwte, dout] = [t([S.V, S.C]), t([S.N, S.C])];
+      const idx = t([S.N], "i32");
+      be.write(idx, zipfIds(S.N, S.V));
+      return () =>
+        be.k.mn_embedding_backward(dwte.ptr, idx.ptr, dout.ptr, S.N, S.C, S.V, be.stream);
+    },
+  },
+];
+
+const cases: Case[] = size === "record" ? [] : [
   {
     name: `gemm_bf16 ${S.N}x${S.C}x${4 * S.C}`,
     run: (be, t) => {
@@ -240,9 +411,32 @@ const cases: Case[] = [
     },
   },
 ];
+cases.push(...reductionCases);
+if (size === "record") {
+  cases.push({
+    name: `softcap cross-entropy ${S.logitRows}x${S.V}`,
+    bytes: 3 * S.logitRows * S.V * F, // logits read twice (statistics, gradient), dlogits written
+    run: (be, t) => {
+      const lg = t([S.logitRows, S.V]), loss = t([S.logitRows]), tg = t([S.logitRows], "i32");
+      return () =>
+        be.k.mn_softcap_crossentropy(
+          loss.ptr,
+          lg.ptr,
+          lg.ptr,
+          tg.ptr,
+          S.logitRows,
+          S.V,
+          30,
+          1,
+          be.stream,
+        );
+    },
+  });
+}
 
 const backends: BackendName[] = ["cpu"];
 if (size === "small") backends.push("emu");
+if (size === "record") backends.splice(0, 1); // cpu at 65,536 rows: minutes, and no use
 if (gpuVisible()) backends.push("cuda");
 if (values.backends !== undefined) {
   const want = values.backends.split(",");
@@ -272,12 +466,31 @@ for (const name of backends) {
     for (let i = 0; i < reps; i++) fn();
     be.sync();
     const ms = (performance.now() - t0) / reps;
-    rows.push([name, c.name, ms.toFixed(3)]);
+    let rates = ["", ""];
+    if (c.bytes && name === "cuda") {
+      // a copy reads and writes half the bytes each
+      const half = Math.floor(c.bytes / 2 / F) * F;
+      const [src, dst] = [be.zeros([half / F]), be.zeros([half / F])];
+      be.k.mn_memcpy_d2d(dst.ptr, src.ptr, BigInt(half), be.stream);
+      be.sync();
+      const c0 = performance.now();
+      for (let i = 0; i < reps; i++) be.k.mn_memcpy_d2d(dst.ptr, src.ptr, BigInt(half), be.stream);
+      be.sync();
+      const copyMs = (performance.now() - c0) / reps;
+      rates = [(c.bytes / ms / 1e6).toFixed(0), (2 * half / copyMs / 1e6).toFixed(0)];
+      be.free(src);
+      be.free(dst);
+    }
+    rows.push([name, c.name, ms.toFixed(3), ...rates]);
     for (const x of made) be.free(x);
   }
   be.close();
 }
 const w0 = Math.max(...rows.map((r) => r[1].length));
 console.log(`kernel timings (${size} shapes, ${reps} reps, ms per call)`);
-console.log(`${"backend".padEnd(8)} ${"kernel".padEnd(w0)} ms`);
-for (const [b, n, ms] of rows) console.log(`${b.padEnd(8)} ${n.padEnd(w0)} ${ms.padStart(10)}`);
+console.log(`${"backend".padEnd(8)} ${"kernel".padEnd(w0)} ${"ms".padStart(10)}  GB/s  copy GB/s`);
+for (const [b, n, ms, gbs, copy] of rows) {
+  console.log(
+    `${b.padEnd(8)} ${n.padEnd(w0)} ${ms.padStart(10)} ${gbs.padStart(5)} ${copy.padStart(10)}`,
+  );
+}

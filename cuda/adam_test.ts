@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
-import type { Backend } from "./backend.ts";
-import { backend, checkKernel, compare, Rng, SEED, withTensors } from "./test/harness.ts";
+import type { Backend, Tensor } from "./backend.ts";
+import {
+  backend,
+  checkKernel,
+  compare,
+  EXACT,
+  Rng,
+  SEED,
+  VARIANT,
+  withTensors,
+} from "./test/harness.ts";
 
 interface AdamCfg {
   n: number;
@@ -186,6 +195,154 @@ Deno.test("adam_step: argument checks", () => {
       assert.throws(() => step(1, 0.9, -1), /lr=-1/);
     } finally {
       be.free(t);
+    }
+  }
+});
+
+// ---- mn_adam_multi_step: one launch over a list of tensors, the same bits as mn_adam_step
+
+/** The device list of mn_adam_multi_step: {param, grad, m, v, n, offset} per tensor, int64. */
+function adamList(be: Backend, tensors: { p: Tensor; g: Tensor; m: Tensor; v: Tensor }[]) {
+  const list = new BigInt64Array(6 * tensors.length);
+  let offset = 0n;
+  tensors.forEach((t, i) => {
+    const addr = (x: Tensor) => BigInt(Deno.UnsafePointer.value(x.ptr));
+    list.set([addr(t.p), addr(t.g), addr(t.m), addr(t.v), t.p.n, offset], 6 * i);
+    offset += t.p.n;
+  });
+  return {
+    list: be.upload(new Int32Array(list.buffer), [12 * tensors.length], "i32"),
+    total: offset,
+  };
+}
+
+// the last size spans several blocks' worth of tensors; left out under the (slow) sanitizers
+const MULTI_SIZES = [1, 3, 257, 1000, 4097, 2, ...(VARIANT ? [] : [70000])];
+const MULTI_STEPS = 3;
+
+/** Adam over MULTI_SIZES tensors, per tensor (mn_adam_step) or all at once (mn_adam_multi_step). */
+function runAdamTensors(be: Backend, multi: boolean, c: AdamCfg, seed: number) {
+  const rng = new Rng(seed);
+  const data = MULTI_SIZES.map((n) => draw({ ...c, n, steps: MULTI_STEPS }, rng));
+  const ts = MULTI_SIZES.map((n, i) => ({
+    p: be.upload(data[i].p0, [n]),
+    g: be.alloc([n]),
+    m: be.upload(data[i].m0, [n]),
+    v: be.upload(data[i].v0, [n]),
+  }));
+  const { list, total } = adamList(be, ts);
+  try {
+    for (let s = 0; s < MULTI_STEPS; s++) {
+      ts.forEach((t, i) => be.write(t.g, data[i].grads[s]));
+      const step = c.firstStep + s;
+      if (multi) {
+        be.k.mn_adam_multi_step(
+          list.ptr,
+          ts.length,
+          total,
+          c.lr,
+          c.beta1,
+          c.beta2,
+          c.eps,
+          c.wd,
+          step,
+          be.stream,
+        );
+      } else {
+        for (const t of ts) {
+          be.k.mn_adam_step(
+            t.p.ptr,
+            t.g.ptr,
+            t.m.ptr,
+            t.v.ptr,
+            t.p.n,
+            c.lr,
+            c.beta1,
+            c.beta2,
+            c.eps,
+            c.wd,
+            step,
+            be.stream,
+          );
+        }
+      }
+    }
+    const cat = (k: "p" | "m" | "v") => {
+      const out = new Float32Array(Number(total));
+      let o = 0;
+      for (const t of ts) {
+        out.set(be.download(t[k]) as Float32Array, o);
+        o += t[k].numel;
+      }
+      return out;
+    };
+    return { param: cat("p"), m: cat("m"), v: cat("v") };
+  } finally {
+    for (const t of ts) for (const x of [t.p, t.g, t.m, t.v]) be.free(x);
+    be.free(list);
+  }
+}
+
+Deno.test("adam_multi_step: the same bits as mn_adam_step on each tensor (cpu and emu)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const [ci, c] of CONFIGS.entries()) {
+      const one = runAdamTensors(be, false, c, SEED + 31 + ci);
+      const all = runAdamTensors(be, true, c, SEED + 31 + ci);
+      for (const k of ["param", "m", "v"] as const) {
+        compare(`${name} ${label(c)} ${k}: multi vs per tensor`, all[k], one[k], EXACT);
+      }
+    }
+  }
+});
+
+// emu's one launch over all tensors vs the cpu reference: adam_step's tolerances
+checkKernel({
+  name: "adam_multi_step",
+  configs: CONFIGS,
+  tol: {
+    param: { atol: 5e-7, rtol: 1e-6 },
+    m: { atol: 1e-6 * GRAD_STD, rtol: 1e-6 },
+    v: { atol: 1e-9, rtol: 1e-6 },
+  },
+  label,
+  run: (be, c, rng) => runAdamTensors(be, true, c, Math.floor(rng.next() * 2 ** 31)),
+});
+
+Deno.test("adam_multi_step: argument checks (the cpu also checks the list)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const x = be.zeros([8]);
+    const step = (list: Tensor | null, count: number, total: bigint, stepNo = 1, b1 = 0.9) =>
+      be.k.mn_adam_multi_step(
+        list?.ptr ?? null,
+        count,
+        total,
+        1e-3,
+        b1,
+        0.999,
+        1e-8,
+        0,
+        stepNo,
+        be.stream,
+      );
+    const { list } = adamList(be, [{ p: x, g: x, m: x, v: x }]);
+    try {
+      step(null, 0, 0n); // nothing to do
+      assert.throws(() => step(list, 1, 8n, 0), /adam_multi_step: step = 0/);
+      assert.throws(() => step(list, 1, 8n, 1, 1.0), /betas/);
+      assert.throws(() => step(list, 0, 8n), /0 tensors cannot hold total_n = 8/);
+      assert.throws(() => step(null, 1, 8n), /NULL list/);
+      if (name === "cpu") {
+        assert.throws(() => step(list, 1, 9n), /hold 8 elements, total_n = 9/);
+        const bad = new BigInt64Array(be.download(list).buffer);
+        bad[5] = 1n;
+        be.write(list, new Int32Array(bad.buffer));
+        assert.throws(() => step(list, 1, 8n), /tensor 0 has offset 1, expected 0/);
+      }
+    } finally {
+      be.free(list);
+      be.free(x);
     }
   }
 });

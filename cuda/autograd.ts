@@ -22,12 +22,20 @@ export class Param {
   sink: Tensor;
   private shadow: Tensor | null = null;
   private shadowFresh = false;
+  /** `grad`: where the gradient lives, zeroed by the caller (e.g. a view of one flat buffer that
+   * holds every gradient, for bucketed all-reduces); by default a zeroed allocation of its own. */
   constructor(
     readonly be: Backend,
     readonly name: string,
     readonly data: Tensor,
+    grad?: Tensor,
   ) {
-    this.grad = be.zeros(data.shape, "f32", name + ".grad");
+    if (grad && (grad.dtype !== "f32" || grad.numel !== data.numel)) {
+      throw new Error(`Param ${name}: gradient ${grad} does not fit ${data}`);
+    }
+    this.grad = grad
+      ? grad.view(data.shape, name + ".grad")
+      : be.zeros(data.shape, "f32", name + ".grad");
     this.sink = this.grad;
   }
   get shape(): readonly number[] {
@@ -60,12 +68,36 @@ export class Param {
  * backward add into p.grad directly would fold micro-step 2's terms into micro-step 1's sums inside
  * the kernels' own reductions, so 1 process x N micro-steps would round differently from N
  * processes x 1 micro-step, whose all-reduce adds whole gradients in rank order (cuda/collectives.ts).
- * With this order the two are bit-identical (launcher_test.ts). Costs one more gradient buffer per
- * parameter, allocated only when there is a second micro-step.
+ * With this order the two are bit-identical (launcher_test.ts). Costs one more gradient buffer,
+ * allocated only when there is a second micro-step. With `flat`, the buffer every p.grad is a view
+ * of (a trainer's Model.grads), the extra buffer has the same layout: one memset and one add per
+ * later micro-step.
  */
 export class GradAccumulator {
-  private extra: Tensor[] | null = null;
-  constructor(readonly be: Backend, readonly params: readonly Param[]) {}
+  private extra: Tensor | null = null;
+  private sinks: Tensor[] = [];
+  constructor(
+    readonly be: Backend,
+    readonly params: readonly Param[],
+    readonly flat?: Tensor,
+  ) {}
+  private allocate() {
+    if (!this.flat) {
+      this.sinks = this.params.map((p) => this.be.alloc(p.shape, "f32", p.name + ".micro_grad"));
+      return;
+    }
+    const flat = this.flat, extra = this.be.alloc([flat.numel], "f32", "micro_grads");
+    const base = BigInt(Deno.UnsafePointer.value(flat.ptr));
+    this.sinks = this.params.map((p) => {
+      const bytes = BigInt(Deno.UnsafePointer.value(p.grad.ptr)) - base;
+      const at = Number(bytes / 4n);
+      if (bytes % 4n || at < 0 || at + p.numel > flat.numel) {
+        throw new Error(`GradAccumulator: ${p.name}'s gradient is not inside ${flat}`);
+      }
+      return extra.rows(at, p.numel).view(p.shape, p.name + ".micro_grad");
+    });
+    this.extra = extra;
+  }
   /** microStep(i) runs micro-step i's forward, backward and release; i = 0 .. accum-1. */
   run(accum: number, microStep: (i: number) => void) {
     const k = this.be.k, s = this.be.stream;
@@ -74,19 +106,18 @@ export class GradAccumulator {
         microStep(i);
         continue;
       }
-      const extra = this.extra ??= this.params.map((p) =>
-        this.be.alloc(p.shape, "f32", p.name + ".micro_grad")
-      );
-      this.params.forEach((p, j) => {
-        k.mn_memset(extra[j].ptr, 0, BigInt(extra[j].nbytes), s);
-        p.sink = extra[j];
-      });
+      if (!this.sinks.length) this.allocate();
+      const zero = (t: Tensor) => k.mn_memset(t.ptr, 0, BigInt(t.nbytes), s);
+      if (this.extra) zero(this.extra);
+      else this.sinks.forEach(zero);
+      this.params.forEach((p, j) => p.sink = this.sinks[j]);
       try {
         microStep(i);
       } finally {
         for (const p of this.params) p.sink = p.grad;
       }
-      this.params.forEach((p, j) => k.mn_axpy(p.grad.ptr, 1, extra[j].ptr, p.grad.n, s));
+      if (this.extra) k.mn_axpy(this.flat!.ptr, 1, this.extra.ptr, this.flat!.n, s);
+      else this.params.forEach((p, j) => k.mn_axpy(p.grad.ptr, 1, this.sinks[j].ptr, p.grad.n, s));
     }
   }
 }

@@ -8,10 +8,12 @@
 // Every function of cuda/kernels.h is in `be.k`, wrapped so that a non-zero return code throws an
 // Error carrying the library's message. Shape-checked wrappers live in cuda/ops.ts.
 import { kernelsHeaderSymbols } from "./abi.ts";
+import { CallTrace, dryLibrary } from "./dry.ts";
 import { findNvidiaLibrary } from "./libsearch.ts";
 
-export type BackendName = "cuda" | "emu" | "cpu";
-export const BACKEND_NAMES: readonly BackendName[] = ["cuda", "emu", "cpu"];
+// dry: no kernel runs; every call is recorded (cuda/dry.ts), for bench/step_cost.ts
+export type BackendName = "cuda" | "emu" | "cpu" | "dry";
+export const BACKEND_NAMES: readonly BackendName[] = ["cuda", "emu", "cpu", "dry"];
 export type Variant = "" | "tsan" | "asan";
 export type Dtype = "f32" | "bf16" | "i32" | "u16";
 export const DTYPE_BYTES: Record<Dtype, number> = { f32: 4, bf16: 2, i32: 4, u16: 2 };
@@ -22,6 +24,10 @@ const PROFILE = Deno.env.get("MN_PROFILE") === "1";
 // MN_PROFILE_JSON=path: with MN_PROFILE=1, close() also writes the per-call-shape table there (the
 // calibration data of the step-cost model: time every entry point at the shapes a real step uses).
 const PROFILE_JSON = Deno.env.get("MN_PROFILE_JSON") ?? "";
+// MN_TRACE=path: record every ABI call (cuda/dry.ts) and write the trace at close(); the dry backend
+// always records. MN_DRY_STOP_AT=label: a dry run writes its trace and exits at that mark.
+const TRACE_PATH = Deno.env.get("MN_TRACE") ?? "";
+const DRY_STOP_AT = Deno.env.get("MN_DRY_STOP_AT") ?? "";
 
 export function libraryPath(name: BackendName, variant: Variant = ""): string {
   const file = variant ? `libmn_${name}_${variant}.so` : `libmn_${name}.so`;
@@ -97,9 +103,11 @@ export class Backend {
   /** per-function call counts and host-side milliseconds, collected when MN_PROFILE=1 (on cuda
    * the launches are asynchronous: synchronize, or set CUDA_LAUNCH_BLOCKING=1, to attribute time) */
   readonly profile = new Map<string, { calls: number; ms: number }>();
-  /** the same per call shape: key "fname(integer args...)" (pointers and fractional scalars such
-   * as learning rates left out), with the fastest call */
+  /** the same per call shape: key "fname(args...)", every argument in kernels.h order with pointers
+   * and host buffers as "_" (bench/step_cost.ts --measured prices the same calls), and the fastest */
   readonly profileShapes = new Map<string, { calls: number; ms: number; minMs: number }>();
+  /** every ABI call, when MN_TRACE is set or on the dry backend */
+  readonly trace: CallTrace | null = null;
   private live = new Map<bigint, number>();
 
   private constructor(
@@ -109,6 +117,8 @@ export class Backend {
   ) {
     const raw = lib.symbols as unknown as Kernels;
     const k: Kernels = {};
+    const trace = TRACE_PATH || name === "dry" ? new CallTrace() : null;
+    this.trace = trace;
     for (const [fname, fn] of Object.entries(raw)) {
       if (fn === null) {
         // Declared in kernels.h but not in this library: fail at the call, naming both.
@@ -125,6 +135,7 @@ export class Backend {
         continue;
       }
       k[fname] = (...args) => {
+        trace?.call(fname, args);
         const rc = fn(...args);
         if (rc !== 0) throw new Error(`${fname} (${this.name}): ${this.lastError()} [code ${rc}]`);
         return rc;
@@ -140,7 +151,8 @@ export class Backend {
           e.ms += ms;
           this.profile.set(fname, e);
           const key = `${fname}(${
-            args.filter((x) => typeof x === "bigint" || Number.isInteger(x)).join(",")
+            args.map((x) => typeof x === "bigint" || typeof x === "number" ? String(x) : "_")
+              .join(",")
           })`;
           const s = this.profileShapes.get(key) ?? { calls: 0, ms: 0, minMs: Infinity };
           s.calls++;
@@ -159,6 +171,11 @@ export class Backend {
     const variant = opts.variant ?? "";
     if (variant && name !== "emu") {
       throw new Error(`sanitizer variant "${variant}" exists only for emu`);
+    }
+    if (name === "dry") {
+      const be = new Backend(name, "dry (records calls)", dryLibrary(libraryPath("cpu")));
+      be.initDevice(0);
+      return be;
     }
     const path = opts.libPath ?? libraryPath(name, variant);
     try {
@@ -188,6 +205,11 @@ export class Backend {
     if (device >= count) {
       throw new Error(`backend cuda: device ${device} requested, ${count} visible`);
     }
+    this.initDevice(device);
+  }
+
+  /** cuda and dry: the device, cuBLAS and a stream of our own (dry: fake ones, recorded) */
+  private initDevice(device: number) {
     this.k.mn_set_device(device);
     this.currentDevice = device;
     const enc = (s: string | null) => (s ? new TextEncoder().encode(s + "\0") : null);
@@ -314,8 +336,24 @@ export class Backend {
     return this.name === "cuda" ? this.deviceName(this.currentDevice) : this.name;
   }
 
+  /**
+   * A point in the program a trace should show (the trainers mark the start of each step as
+   * "step N"): recorded with the bytes allocated now and the peak so far; nothing otherwise.
+   */
+  mark(label: string) {
+    if (!this.trace) return;
+    this.trace.mark(label, this.bytesInUse, this.peakBytes);
+    if (this.name === "dry" && label === DRY_STOP_AT) {
+      this.trace.write(TRACE_PATH || "dry_trace.json", this.name, this.peakBytes);
+      Deno.exit(0);
+    }
+  }
+
   /** Frees everything still allocated and releases the stream (call before Deno.exit). */
   close() {
+    if (this.trace && (TRACE_PATH || this.name === "dry")) {
+      this.trace.write(TRACE_PATH || "dry_trace.json", this.name, this.peakBytes);
+    }
     if (PROFILE_JSON && this.profileShapes.size) {
       Deno.writeTextFileSync(PROFILE_JSON + ".tmp", this.profileShapesJson());
       Deno.renameSync(PROFILE_JSON + ".tmp", PROFILE_JSON);

@@ -123,11 +123,11 @@ Deno.test({
 Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
   assert.throws(
     () => resolveBackendName("rocm"),
-    /^Error: --backend rocm: expected one of cuda, emu, cpu$/,
+    /^Error: --backend rocm: expected one of cuda, emu, cpu, dry$/,
   );
   assert.throws(
     () => Backend.open({ name: "gpu" }),
-    /--backend gpu: expected one of cuda, emu, cpu/,
+    /--backend gpu: expected one of cuda, emu, cpu, dry/,
   );
 });
 

@@ -21,7 +21,9 @@
 // rank 0; rank 0 reads them IN RANK ORDER, computes, and answers every rank with a reply frame:
 // - allReduceSum: rank 0 adds the ranks' float32 arrays in rank order (((x0 + x1) + x2) + ...,
 //   rounded to float32 after each addition), so the result is deterministic and bit-identical on
-//   every rank. allReduceMean = allReduceSum, then be.k.mn_scale by 1/world on each rank.
+//   every rank (bf16 arrays: each addition in float32, rounded to bf16, as NCCL adds bf16).
+//   allReduceMean: the same sum, multiplied on rank 0 by float32(1/world) (one float32 rounding,
+//   the bits of mn_scale by 1/world) before it is sent back: the averaging costs no launch.
 // - broadcast: the root's bytes (any dtype) travel root -> rank 0 -> the others.
 // - barrier: empty frames. agree: rank 0 compares the ranks' strings and answers with its own value
 //   or with the error, which every rank then throws.
@@ -44,22 +46,23 @@
 // "nccl" kind (backend cuda): the same TCP star carries the rendezvous, the 128-byte ncclUniqueId
 // from rank 0 to the others, barrier() and agree(); allReduce/broadcast run in NCCL on be.stream
 // (asynchronous with respect to the host, ordered with the kernels on that stream). NCCL's summation
-// order is its own (ring/tree), deterministic for a fixed topology but not rank order. A failed NCCL
-// call, an error reported for an operation in flight (a peer that died) or a failure at destroy()
-// tears the communicator down with ncclCommAbort, never ncclCommDestroy, which would wait for the
-// dead peer forever; cuda/collectives_test.ts runs these paths against a stand-in libnccl.
+// order is its own (ring/tree), deterministic for a fixed topology but not rank order;
+// allReduceMean is ncclAvg (NCCL >= 2.10), one call, no scaling launch. A failed NCCL call, an
+// error reported for an operation in flight (a peer that died) or a failure at destroy() tears the
+// communicator down with ncclCommAbort, never ncclCommDestroy, which would wait for the dead peer
+// forever; cuda/collectives_test.ts runs these paths against a stand-in libnccl.
 import type { Backend, Tensor } from "./backend.ts";
 import { findNvidiaLibrary } from "./libsearch.ts";
 
-export type CollectiveKind = "single" | "tcp" | "nccl";
+export type CollectiveKind = "single" | "tcp" | "nccl" | "dry";
 
 export interface Collective {
   readonly rank: number;
   readonly world: number;
   readonly kind: CollectiveKind;
-  /** In place: t (float32, in the backend's device memory) becomes the sum over ranks. */
+  /** In place: t (float32 or bf16, in the backend's device memory) becomes the sum over ranks. */
   allReduceSum(t: Tensor): void;
-  /** In place: the sum over ranks, then scaled by 1/world on each rank (be.k.mn_scale). */
+  /** In place (float32): the sum over ranks times 1/world, inside the collective (no launch). */
   allReduceMean(t: Tensor): void;
   /** In place: every rank's t becomes root's t (any dtype; sizes must agree). */
   broadcast(t: Tensor, root: number): void;
@@ -136,6 +139,8 @@ export function openCollective(
   if (forced !== undefined && !["single", "tcp", "nccl"].includes(forced)) {
     throw new Error(`MN_COLLECTIVE=${forced}: expected single, tcp or nccl`);
   }
+  // the dry backend (bench/step_cost.ts) simulates one rank of WORLD_SIZE: nothing to connect to
+  if (be.name === "dry") return new DryCollective(be, d);
   const kind = (forced as CollectiveKind | undefined) ??
     (d.world === 1 ? "single" : be.name === "cuda" ? "nccl" : "tcp");
   if (kind === "single") {
@@ -163,10 +168,10 @@ class SingleCollective implements Collective {
   readonly world = 1;
   readonly kind = "single" as const;
   allReduceSum(t: Tensor) {
-    requireF32(t, "allReduceSum");
+    requireReducible(t, "allReduceSum", true);
   }
   allReduceMean(t: Tensor) {
-    requireF32(t, "allReduceMean");
+    requireReducible(t, "allReduceMean", false);
   }
   broadcast(_t: Tensor, root: number) {
     requireRoot(root, 1);
@@ -178,8 +183,42 @@ class SingleCollective implements Collective {
   destroy() {}
 }
 
-function requireF32(t: Tensor, op: string) {
-  if (t.dtype !== "f32") throw new Error(`${op} ${t}: only f32 tensors can be reduced`);
+// ---------------------------------------------------------------------------------------------
+// "dry": one simulated rank of d.world; each collective is recorded in the backend's trace with its
+// bytes (the nccl kind makes no launch around one: its mean is ncclAvg).
+
+class DryCollective implements Collective {
+  readonly kind = "dry" as const;
+  readonly rank: number;
+  readonly world: number;
+  constructor(private readonly be: Backend, d: DistEnv) {
+    this.rank = d.rank;
+    this.world = d.world;
+  }
+  allReduceSum(t: Tensor) {
+    requireReducible(t, "allReduceSum", true);
+    if (this.world > 1 && t.numel > 0) this.be.trace?.collective("all_reduce", t.nbytes, t.dtype);
+  }
+  allReduceMean(t: Tensor) {
+    requireReducible(t, "allReduceMean", false);
+    if (this.world > 1 && t.numel > 0) this.be.trace?.collective("all_reduce", t.nbytes, t.dtype);
+  }
+  broadcast(t: Tensor, root: number) {
+    requireRoot(root, this.world);
+    if (this.world > 1 && t.numel > 0) this.be.trace?.collective("broadcast", t.nbytes, t.dtype);
+  }
+  barrier() {
+    this.be.sync();
+  }
+  agree(value: string, _what: string, _check = true): string {
+    return value;
+  }
+  destroy() {}
+}
+
+function requireReducible(t: Tensor, op: string, bf16: boolean) {
+  if (t.dtype === "f32" || (bf16 && t.dtype === "bf16")) return;
+  throw new Error(`${op} ${t}: only ${bf16 ? "f32 and bf16" : "f32"} tensors can be reduced`);
 }
 
 function requireRoot(root: number, world: number) {
@@ -449,7 +488,7 @@ class TcpStar {
   private broken: string | null = null;
   private readonly hdrOut = new Uint8Array(HDR);
   private readonly hdrIn = new Uint8Array(HDR);
-  private scratch = new Float32Array(0);
+  private scratch = new Uint8Array(0);
 
   private constructor(
     readonly rank: number,
@@ -763,30 +802,54 @@ class TcpStar {
     }
   }
 
-  private scratchF32(n: number): Float32Array {
-    if (this.scratch.length < n) this.scratch = new Float32Array(n);
+  private scratchBytes(n: number): Uint8Array {
+    if (this.scratch.length < n) this.scratch = new Uint8Array(n);
     return this.scratch.subarray(0, n);
   }
 
-  /** In place over ranks: x = ((x_0 + x_1) + x_2) + ... in rank order, in float32. */
-  allReduceSumF32(x: Float32Array, mean: boolean) {
+  /**
+   * In place over ranks: x = ((x_0 + x_1) + x_2) + ... in rank order, in float32 (a Float32Array)
+   * or in float32 rounded to bf16 after each addition (a Uint16Array of bf16 bits). mean (float32
+   * only): the sum is then multiplied by float32(1/world) on rank 0, before it is sent back.
+   */
+  allReduceSum(x: Float32Array | Uint16Array, mean: boolean) {
+    const bf16 = x instanceof Uint16Array;
+    if (bf16 && mean) throw new Error(`${this.prefix}: allReduceMean of bf16 is not supported`);
+    const dtype = bf16 ? 1 : 0, width = bf16 ? 2 : 4;
     const bytes = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
-    const tmp = this.rank === 0 ? this.scratchF32(x.length) : x;
-    const tmpBytes = new Uint8Array(tmp.buffer, tmp.byteOffset, tmp.byteLength);
-    this.op(mean ? OP.ALLREDUCE_MEAN : OP.ALLREDUCE_SUM, 0, x.byteLength, bytes, {
+    const tmpBytes = this.rank === 0 ? this.scratchBytes(x.byteLength) : bytes;
+    const f32 = !bf16 ? x as Float32Array : null;
+    const tmp32 = !bf16 ? new Float32Array(tmpBytes.buffer, 0, x.length) : null;
+    const tmp16 = bf16 ? new Uint16Array(tmpBytes.buffer, 0, x.length) : null;
+    this.op(mean ? OP.ALLREDUCE_MEAN : OP.ALLREDUCE_SUM, dtype, x.byteLength, bytes, {
       onRequest: (r, h, ctx) => {
+        if (h.arg !== dtype) {
+          throw new Error(
+            `rank ${r} reduces ${h.arg ? "bf16" : "f32"} in ${ctx}, rank 0 ${
+              bf16 ? "bf16" : "f32"
+            }`,
+          );
+        }
         if (h.size !== x.byteLength) {
-          throw new Error(`rank ${r} has ${h.size / 4} elements in ${ctx}, rank 0 has ${x.length}`);
+          throw new Error(
+            `rank ${r} has ${h.size / width} elements in ${ctx}, rank 0 has ${x.length}`,
+          );
         }
         return tmpBytes;
       },
       // Rank r's data is added as soon as it is read, r = 1, 2, ... A Float32Array store rounds
       // each sum to float32; the double-precision sum of two floats is exact enough (53 >= 2*24+2
       // bits) that this equals a float32 addition.
-      afterRequest: () => {
-        for (let i = 0; i < x.length; i++) x[i] += tmp[i];
+      afterRequest: (r) => {
+        if (f32) {
+          for (let i = 0; i < x.length; i++) f32[i] += tmp32![i];
+          if (mean && r === this.world - 1) {
+            const alpha = Math.fround(1 / this.world);
+            for (let i = 0; i < x.length; i++) f32[i] *= alpha;
+          }
+        } else addBf16(x as Uint16Array, tmp16!);
       },
-      replyFor: () => ({ arg: 0, payload: bytes }),
+      replyFor: () => ({ arg: dtype, payload: bytes }),
       replyInto: () => bytes,
     });
   }
@@ -895,15 +958,14 @@ class TcpCollective implements Collective {
 
   allReduceMean(t: Tensor) {
     this.reduce(t, true, "allReduceMean");
-    scaleByWorld(this.be, t, this.world);
   }
 
   private reduce(t: Tensor, mean: boolean, what: string) {
-    requireF32(t, what);
+    requireReducible(t, what, !mean);
     if (this.world === 1) return;
     // An empty tensor still takes part, so that every rank makes the same sequence of calls.
-    const host = this.be.download(t) as Float32Array;
-    this.star.allReduceSumF32(host, mean);
+    const host = this.be.download(t) as Float32Array | Uint16Array;
+    this.star.allReduceSum(host, mean);
     if (t.numel > 0) this.be.write(t, host);
   }
 
@@ -929,8 +991,19 @@ class TcpCollective implements Collective {
   }
 }
 
-function scaleByWorld(be: Backend, t: Tensor, world: number) {
-  if (world > 1 && t.numel > 0) be.k.mn_scale(t.ptr, t.ptr, 1 / world, t.n, be.stream);
+/** x += y elementwise on bf16 bit patterns: a float32 addition rounded to bf16 (to nearest even,
+ * NaN kept quiet), as NCCL reduces bf16. */
+function addBf16(x: Uint16Array, y: Uint16Array) {
+  const f = new Float32Array(2), u = new Uint32Array(f.buffer);
+  for (let i = 0; i < x.length; i++) {
+    u[0] = x[i] << 16;
+    u[1] = y[i] << 16;
+    f[0] += f[1];
+    const b = u[0];
+    x[i] = (b & 0x7fffffff) > 0x7f800000
+      ? (b >>> 16) | 0x40
+      : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -964,8 +1037,10 @@ export const NCCL = {
   success: 0,
   inProgress: 7,
   sum: 0,
+  avg: 4, // NCCL >= 2.10
   uint8: 1,
   float32: 7,
+  bfloat16: 9, // NCCL >= 2.10, CUDA >= 11
 } as const;
 
 const NCCL_UNIQUE_ID: Deno.NativeStructType = {
@@ -1043,6 +1118,11 @@ class NcclCollective implements Collective {
     this.check(this.nccl.ncclGetVersion(ver), "ncclGetVersion");
     // Mixed NCCL versions across ranks can hang in init; refuse them up front.
     this.agree(`${ver[0]} (${path.split("/").pop()})`, "NCCL version");
+    if (ver[0] < 21000) { // ncclGetVersion's code is major * 10000 + minor * 100 + patch since 2.9
+      throw new Error(
+        `collective nccl: ${path} is NCCL ${ver[0]}; 2.10 or later is needed (ncclAvg, bf16)`,
+      );
+    }
     const id = new Uint8Array(NCCL_UNIQUE_ID_BYTES);
     if (this.rank === 0) this.check(this.nccl.ncclGetUniqueId(id), "ncclGetUniqueId");
     if (this.world > 1) star.broadcastBytes(id, 0);
@@ -1095,19 +1175,24 @@ class NcclCollective implements Collective {
   }
 
   allReduceSum(t: Tensor) {
-    requireF32(t, "allReduceSum");
-    this.live("allReduceSum");
-    if (t.numel === 0) return;
-    this.check(
-      this.nccl.ncclAllReduce(t.ptr, t.ptr, t.n, NCCL.float32, NCCL.sum, this.comm, this.be.stream),
-      `ncclAllReduce(${t})`,
-    );
-    this.checkAsync(`ncclAllReduce(${t})`);
+    requireReducible(t, "allReduceSum", true);
+    this.allReduce(t, NCCL.sum, "allReduceSum");
   }
 
   allReduceMean(t: Tensor) {
-    this.allReduceSum(t);
-    scaleByWorld(this.be, t, this.world);
+    requireReducible(t, "allReduceMean", false);
+    this.allReduce(t, NCCL.avg, "allReduceMean");
+  }
+
+  private allReduce(t: Tensor, op: number, what: string) {
+    this.live(what);
+    if (t.numel === 0) return;
+    const dtype = t.dtype === "bf16" ? NCCL.bfloat16 : NCCL.float32;
+    this.check(
+      this.nccl.ncclAllReduce(t.ptr, t.ptr, t.n, dtype, op, this.comm, this.be.stream),
+      `ncclAllReduce(${t})`,
+    );
+    this.checkAsync(`ncclAllReduce(${t})`);
   }
 
   broadcast(t: Tensor, root: number) {

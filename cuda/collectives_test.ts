@@ -2,7 +2,7 @@
 // cpu backend), its failure modes (a mismatching agree(), a rank that never arrives, a rank 0 that
 // is not there, a rank that dies mid-run), the "single" kind, and, with a GPU, "nccl" at world 1.
 import assert from "node:assert/strict";
-import { Backend, gpuVisible } from "./backend.ts";
+import { Backend, bf16ToF32, f32ToBf16, gpuVisible } from "./backend.ts";
 import { findNccl, ncclInfo, openCollective, parseDistEnv } from "./collectives.ts";
 import { fnv1a, N, rankData } from "./test/collective_worker.ts";
 
@@ -90,6 +90,16 @@ function rankOrderSum(world: number, order = [...Array(world).keys()]): Float32A
   return acc;
 }
 
+/** bf16 sum over ranks in rank order, each addition in float32 rounded to bf16 (as NCCL's) */
+function rankOrderSumBf16(world: number): Uint16Array {
+  let acc = f32ToBf16(rankData(0));
+  for (let r = 1; r < world; r++) {
+    const a = bf16ToF32(acc), x = bf16ToF32(f32ToBf16(rankData(r)));
+    acc = f32ToBf16(a.map((v, i) => v + x[i]));
+  }
+  return acc;
+}
+
 for (const world of [2, 3]) {
   Deno.test(`collectives tcp: ${world} processes reduce, broadcast and agree identically`, async () => {
     const rs = await runRanks(world, { MN_TEST_SCENARIO: "ops" });
@@ -105,6 +115,7 @@ for (const world of [2, 3]) {
       assert.equal(o.sumHash, fnv1a(sum), `rank ${o.rank} sum differs from the rank-order sum`);
       assert.deepEqual(o.meanHead, Array.from(mean.subarray(0, 4)));
       assert.equal(o.meanHash, fnv1a(mean), `rank ${o.rank} mean`);
+      assert.equal(o.bf16Hash, fnv1a(rankOrderSumBf16(world)), `rank ${o.rank} bf16 sum`);
       assert.equal(o.bcastHash, fnv1a(rankData(100 + world - 1)), `rank ${o.rank} broadcast`);
       assert.deepEqual(o.bcastI32, [0, 0, 1 << 30, 0]);
       assert.equal(o.agreed, `cfg-${world}`);

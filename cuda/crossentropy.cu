@@ -2,9 +2,12 @@
 //   z = softcap * tanh(x / softcap)   (z = x when softcap <= 0)
 //   loss = logsumexp(z) - z[target]
 //   dlogits = dloss * (softmax(z) - onehot(target)) * (1 - tanh^2(x / softcap))
-// One block per row, three passes over the row: max of z, sum of exp(z - max), then the loss and
-// the gradient. The gradient pass reads x[i] and writes dlogits[i] from the same thread, so dlogits
-// may be logits itself (the lm head reuses the logits buffer).
+// One block per row, two passes over the row (one without dlogits): an online softmax pass keeps
+// each thread's running max m and sum s of exp(z - m) (rescaling s when m grows), the block merges
+// the threads' (m, s) pairs in thread order (deterministic), then a second pass writes the
+// gradient. The gradient pass reads x[i] and writes dlogits[i] from the same thread, so dlogits
+// may be logits itself (the lm head reuses the logits buffer); no thread writes before the block
+// has merged (a barrier), so every read of the first pass sees the logits.
 //
 // A target outside [0, V) cannot be reported from the GPU without a host sync, so that row gets a
 // NaN loss and, when dlogits is given, a NaN gradient row: the failure shows in the loss instead of
@@ -27,10 +30,43 @@ __host__ __device__ inline float ce_dz(float x, float softcap) {
   return 4.0f * e / (d * d);
 }
 
+// Online softmax statistics: (m, s) with s = sum exp(z_j - m) over the values seen, m their max.
+// Adding z keeps s exact up to rounding: a larger z rescales s by exp(m - z) (<= 1, no overflow).
+struct SoftmaxStat {
+  float m, s;
+};
+__host__ __device__ inline SoftmaxStat softmax_add(SoftmaxStat a, float z) {
+  if (z > a.m) return SoftmaxStat{z, a.s * expf(a.m - z) + 1.0f};  // a.m = -inf: s = 0 * 0 + 1
+  return SoftmaxStat{a.m, a.s + expf(z - a.m)};
+}
+// Merge of two partial statistics (the same formula both ways round, with an empty side exact).
+__host__ __device__ inline SoftmaxStat softmax_merge(SoftmaxStat a, SoftmaxStat b) {
+  const float m = fmaxf(a.m, b.m);
+  if (m == -INFINITY) return SoftmaxStat{m, 0.0f};
+  return SoftmaxStat{m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
+}
+
+// Block-wide merge of every thread's statistic, in a fixed order (warp butterflies, then the warps
+// in order); every thread gets the result. `sm` is __shared__ SoftmaxStat[32].
+__device__ inline SoftmaxStat block_softmax_merge(SoftmaxStat v, SoftmaxStat* sm) {
+  for (int o = 16; o > 0; o >>= 1) {
+    SoftmaxStat other{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)};
+    // merge in lane order, so both lanes of a pair compute the same bits
+    v = (threadIdx.x & o) ? softmax_merge(other, v) : softmax_merge(v, other);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = (blockDim.x + 31) / 32;
+  __syncthreads();
+  if (lane == 0) sm[warp] = v;
+  __syncthreads();
+  SoftmaxStat all = sm[0];
+  for (int w = 1; w < nwarps; w++) all = softmax_merge(all, sm[w]);
+  return all;
+}
+
 __global__ void __launch_bounds__(CE_THREADS)
     softcap_crossentropy_kernel(float* losses, float* dlogits, const float* logits,
                                 const int32_t* targets, int V, float softcap, float dloss) {
-  __shared__ float scratch[32];
+  __shared__ SoftmaxStat sm[32];
   const int64_t row = blockIdx.x;
   const float* x = logits + row * V;
   const int target = targets[row];
@@ -38,13 +74,10 @@ __global__ void __launch_bounds__(CE_THREADS)
   // Read before the first barrier: no thread writes dlogits (possibly = logits) before that.
   const float z_target = valid ? ce_z(x[target], softcap) : 0.0f;
 
-  float m = -INFINITY;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, ce_z(x[i], softcap));
-  m = mn_block_max(m, scratch);
-
-  float s = 0.0f;
-  for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(ce_z(x[i], softcap) - m);
-  s = mn_block_sum(s, scratch);
+  SoftmaxStat st{-INFINITY, 0.0f};
+  for (int i = threadIdx.x; i < V; i += blockDim.x) st = softmax_add(st, ce_z(x[i], softcap));
+  st = block_softmax_merge(st, sm);
+  const float m = st.m, s = st.s;
 
   const float nan = __int_as_float(0x7fc00000);
   const float lse = m + logf(s);

@@ -1,12 +1,13 @@
 // Elementwise fp32 ops: relu(x)^2, a*x + b*y with device-side scalars, add/axpy/scale/fill, and the
 // two full reductions (axpby's scalar gradients, sum of squares).
 //
-// Full reductions run as ONE block of up to 1024 threads: thread t sums elements t, t + T, ...
-// in order, then mn_block_sum combines the threads in a fixed order. Deterministic, and needs no
-// scratch memory (the ABI has no workspace argument), at the price of using a single SM.
+// Full reductions are reduce.cuh's two-stage full sums: up to 1024 blocks of 256 threads each sum
+// a contiguous chunk in a fixed order into a partial (library scratch), one block sums the partials
+// in block order. Deterministic; inputs up to 4096 elements take one block and no scratch.
 // In-place use (out == x or out == y) is fine everywhere: each element is read and written by the
 // same thread.
 #include "common.cuh"
+#include "reduce.cuh"
 
 __host__ __device__ inline float relu2_fwd(float x) { return x > 0.0f ? x * x : 0.0f; }
 __host__ __device__ inline float relu2_grad(float x, float dout) {
@@ -33,33 +34,95 @@ __global__ void axpby_forward_kernel(float* out, const float* x, const float* y,
   EW_GRID_STRIDE(i, n) out[i] = av * x[i] + bv * y[i];
 }
 
+// d(a x + b y)/dx contributes a * dout (and b * dout to dy): shared by the dx/dy pass and the
+// fused pass with the scalar gradients, so both round the same way.
+__host__ __device__ inline float axpby_dx(float a, float dout) { return a * dout; }
+
 __global__ void axpby_backward_dxdy_kernel(float* dx, float* dy, const float* dout, const float* a,
                                            const float* b, int64_t n) {
   const float av = dx ? a[0] : 0.0f, bv = dy ? b[0] : 0.0f;
   EW_GRID_STRIDE(i, n) {
     float g = dout[i];
-    if (dx) dx[i] += av * g;
-    if (dy) dy[i] += bv * g;
+    if (dx) dx[i] += axpby_dx(av, g);
+    if (dy) dy[i] += axpby_dx(bv, g);
   }
 }
 
-// da[0] += sum(dout * x), db[0] += sum(dout * y); one block (see the file comment)
-__global__ void axpby_backward_dadb_kernel(float* da, float* db, const float* dout, const float* x,
-                                           const float* y, int64_t n) {
-  __shared__ float scratch[32];
-  float sa = 0.0f, sb = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    float g = dout[i];
-    if (da) sa += g * x[i];
-    if (db) sb += g * y[i];
+// Full-sum terms (reduce.cuh): sum(a * b) over one or two pairs, and sum(x^2).
+__host__ __device__ inline float dot_term(float a, float b) { return a * b; }
+
+struct DotTerm {  // sum(dout * x): da (or db with y)
+  const float* dout;
+  const float* x;
+  struct Load {
+    float g, x;
+  };
+  __device__ void begin() {}
+  __device__ Load load(int64_t i) const { return Load{dout[i], x[i]}; }
+  __device__ void use(int64_t, const Load& l, float* acc) const { acc[0] += dot_term(l.g, l.x); }
+};
+
+struct Dot2Term {  // sum(dout * x) and sum(dout * y) with one read of dout: da and db
+  const float* dout;
+  const float* x;
+  const float* y;
+  struct Load {
+    float g, x, y;
+  };
+  __device__ void begin() {}
+  __device__ Load load(int64_t i) const { return Load{dout[i], x[i], y[i]}; }
+  __device__ void use(int64_t, const Load& l, float* acc) const {
+    acc[0] += dot_term(l.g, l.x);
+    acc[1] += dot_term(l.g, l.y);
   }
-  sa = mn_block_sum(sa, scratch);
-  sb = mn_block_sum(sb, scratch);
-  if (threadIdx.x == 0) {
-    if (da) da[0] += sa;
-    if (db) db[0] += sb;
+};
+
+// All four gradients in one pass over dout (the model's case: the blocks' lambdas): dx, dy
+// elementwise, da, db summed. Each element is read and written by one thread (in-place safe).
+// kSame: dx == dy (x and y are one tensor, as in the first block where x is x0): the element gets
+// both contributions in the order of the unfused kernel, (dx + a g) + b g, with one store.
+template <bool kSame>
+struct AxpbyAllTerm {
+  float* dx;
+  float* dy;
+  const float* dout;
+  const float* x;
+  const float* y;
+  const float* a;
+  const float* b;
+  float av, bv;
+  struct Load {
+    float g, x, y, dx, dy;
+  };
+  __device__ void begin() {
+    av = a[0];
+    bv = b[0];
   }
-}
+  __device__ Load load(int64_t i) const {
+    return Load{dout[i], x[i], y[i], dx[i], kSame ? 0.0f : dy[i]};
+  }
+  __device__ void use(int64_t i, const Load& l, float* acc) const {
+    const float tx = l.dx + axpby_dx(av, l.g);
+    if (kSame) {
+      dx[i] = tx + axpby_dx(bv, l.g);
+    } else {
+      dx[i] = tx;
+      dy[i] = l.dy + axpby_dx(bv, l.g);
+    }
+    acc[0] += dot_term(l.g, l.x);
+    acc[1] += dot_term(l.g, l.y);
+  }
+};
+
+struct SquareTerm {
+  const float* x;
+  struct Load {
+    float x;
+  };
+  __device__ void begin() {}
+  __device__ Load load(int64_t i) const { return Load{x[i]}; }
+  __device__ void use(int64_t, const Load& l, float* acc) const { acc[0] += dot_term(l.x, l.x); }
+};
 
 __global__ void ew_add_kernel(float* out, const float* x, const float* y, int64_t n) {
   EW_GRID_STRIDE(i, n) out[i] = x[i] + y[i];
@@ -75,21 +138,6 @@ __global__ void ew_scale_kernel(float* out, const float* x, float alpha, int64_t
 
 __global__ void ew_fill_kernel(float* out, float value, int64_t n) {
   EW_GRID_STRIDE(i, n) out[i] = value;
-}
-
-__global__ void sum_squares_kernel(float* out, const float* x, int64_t n) {
-  __shared__ float scratch[32];
-  float s = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
-  s = mn_block_sum(s, scratch);
-  if (threadIdx.x == 0) out[0] = s;
-}
-
-// Threads of the single reduction block: 1024 for large n (the most loads in flight one block can
-// have); for small n one warp per 32 elements, at most 256 (cheaper to launch, above all on emu).
-static inline int reduce_threads(int64_t n) {
-  if (n > 16384) return 1024;
-  return n >= 256 ? 256 : (int)(32 * ((n + 31) / 32));
 }
 
 #define EW_REQUIRE_N(fn, n) MN_REQUIRE((n) > 0, "%s: n = %lld must be > 0", fn, (long long)(n))
@@ -129,15 +177,29 @@ MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* 
   MN_REQUIRE(!da || x, "%s: da given but x is NULL", fn);
   MN_REQUIRE(!db || y, "%s: db given but y is NULL", fn);
   EW_REQUIRE_N(fn, n);
+  float* part = nullptr;
+  if (da || db) {
+    if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 2), stream))
+      return rc;
+  }
+  const char* name = "axpby_backward_dadb";
+  if (dx && dy && da && db && dx == dy)
+    return mn_reduce::full_sums<2>("axpby_backward_fused",
+                                   AxpbyAllTerm<true>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
+                                   db, n, 1, part, stream);
+  if (dx && dy && da && db)
+    return mn_reduce::full_sums<2>("axpby_backward_fused",
+                                   AxpbyAllTerm<false>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
+                                   db, n, 1, part, stream);
   if (dx || dy) {
     int rc = EW_LAUNCH("axpby_backward_dxdy", axpby_backward_dxdy_kernel, n, dx, dy,
                        (const float*)dout, (const float*)a, (const float*)b, n);
     if (rc) return rc;
   }
-  if (da || db) {
-    return mn_launch("axpby_backward_dadb", axpby_backward_dadb_kernel, 1, reduce_threads(n), 0,
-                     stream, da, db, (const float*)dout, (const float*)x, (const float*)y, n);
-  }
+  if (da && db)
+    return mn_reduce::full_sums<2>(name, Dot2Term{dout, x, y}, da, db, n, 1, part, stream);
+  if (da) return mn_reduce::full_sums<1>(name, DotTerm{dout, x}, da, nullptr, n, 1, part, stream);
+  if (db) return mn_reduce::full_sums<1>(name, DotTerm{dout, y}, db, nullptr, n, 1, part, stream);
   return 0;
 }
 
@@ -173,6 +235,8 @@ MN_API int mn_sum_squares(float* out, float* x, int64_t n, void* stream) {
   const char* fn = "sum_squares";
   EW_REQUIRE_PTRS(fn, out && x);
   EW_REQUIRE_N(fn, n);
-  return mn_launch(fn, sum_squares_kernel, 1, reduce_threads(n), 0, stream, out, (const float*)x,
-                   n);
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 1), stream))
+    return rc;
+  return mn_reduce::full_sums<1>(fn, SquareTerm{x}, out, nullptr, n, 0, part, stream);
 }

@@ -3,10 +3,12 @@ import {
   backend,
   checkKernel,
   compare,
+  CUDA_RUNS,
   EXACT,
   f64,
   numericalGrad,
   Rng,
+  SEED,
   VARIANT,
   withTensors,
 } from "./test/harness.ts";
@@ -17,8 +19,10 @@ interface Cfg {
   C: number;
   V: number;
 }
-// Small V relative to N: ids repeat, several times within one group of rows, which is what the
-// backward's in-register merge of repeated ids must get right.
+// Small V relative to N: ids repeat, many times for one id (more rows than the 32 the backward's
+// segment walk loads at once). The backward sorts ids in tiles of 1024 keys, 4 bits per pass: the
+// larger shapes span 2 and 3 tiles (ragged last tiles) and 3 and 4 passes (V = 300: 9 bits with
+// the invalid-id key V; V = 50,257, GPT-2's vocabulary: 16 bits).
 const allConfigs: Cfg[] = [
   { N: 1, C: 1, V: 1 },
   { N: 5, C: 17, V: 3 },
@@ -26,10 +30,13 @@ const allConfigs: Cfg[] = [
   { N: 37, C: 768, V: 50 },
   { N: 64, C: 1000, V: 7 },
   { N: 9, C: 200, V: 1 }, // every row the same id
+  { N: 1100, C: 4, V: 300 },
+  { N: 2049, C: 40, V: 300 },
+  { N: 1500, C: 3, V: 50257 },
 ];
-// Under the sanitizers (10x slower emu) the largest shape is left out: the ragged edges that
-// could go out of bounds are all in the smaller ones.
-const configs = VARIANT ? allConfigs.filter(({ N, C }) => N * C <= 30000) : allConfigs;
+// Under the sanitizers (10x slower emu) the largest shapes are left out: the ragged edges that
+// could go out of bounds, and two sort tiles, are all in the smaller ones.
+const configs = VARIANT ? allConfigs.filter(({ N, C }) => N * C <= 30000 && N <= 1100) : allConfigs;
 const label = ({ N, C, V }: Cfg) => `N=${N} C=${C} V=${V}`;
 
 function ids(rng: Rng, N: number, V: number): Int32Array {
@@ -54,7 +61,8 @@ checkKernel({
 });
 
 // Each dwte element is an fp32 running sum over rows in increasing order on every backend (the
-// kernel's register merge of repeated ids keeps that order), so the results are bit-identical.
+// kernel sorts rows by id stably and walks each id's rows in order), so the results are
+// bit-identical.
 // dwte starts non-zero and backward runs twice: accumulation, not assignment.
 checkKernel({
   name: "embedding_backward",
@@ -206,3 +214,60 @@ Deno.test("embedding: emu stays in bounds on a bad id (NaN row forward, dropped 
   compare("forward", r.out, [3, 4, NaN, NaN, NaN, NaN, 1, 2], EXACT);
   compare("backward", r.dwte, [1000, 1000, 1, 1], EXACT);
 });
+
+/** dwte after `init` += dout rows in increasing row order, fp32 additions, bad ids dropped */
+function serialBackward(
+  init: Float32Array,
+  idx: Int32Array,
+  dout: Float32Array,
+  C: number,
+  V: number,
+): Float32Array {
+  const d = init.slice();
+  for (let i = 0; i < idx.length; i++) {
+    const v = idx[i];
+    if (v < 0 || v >= V) continue;
+    for (let c = 0; c < C; c++) d[v * C + c] = Math.fround(d[v * C + c] + dout[i * C + c]);
+  }
+  return d;
+}
+
+// 65,537 rows over 7 ids (~9,400 rows each, 65 sort tiles, the last with one key), and bad ids
+// (negative, = V, > V) spread over several tiles: every backend against the fp32 serial sum, bit
+// for bit (cuda also twice: deterministic). emu takes ~2 s for the big one.
+for (const name of VARIANT ? [] : ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `embedding_backward: ${name} is the serial fp32 sum at 65,537 rows; bad ids dropped`,
+    ignore: name === "cuda" && !CUDA_RUNS,
+    fn() {
+      const be = backend(name);
+      const rng = new Rng(SEED + 77);
+      const cases = [{ N: 65537, C: 3, V: 7, bad: false }, { N: 3001, C: 5, V: 10, bad: true }];
+      for (const { N, C, V, bad } of cases) {
+        if (bad && name === "cpu") continue; // the cpu reference refuses bad ids
+        const idx = rng.ints(N, V);
+        if (bad) { for (let i = 3; i < N; i += 97) idx[i] = [-1, V, V + 5, -1000][i % 4]; }
+        const dout = rng.normal(N * C), init = rng.normal(V * C);
+        const run = () =>
+          withTensors(
+            be,
+            { idx: { data: idx, shape: [N] }, dout: { data: dout, shape: [N, C] } },
+            {
+              dwte: { shape: [V, C], init },
+            },
+            (t) =>
+              be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, be.stream),
+          )
+            .dwte;
+        const got = run();
+        compare(
+          `${name} N=${N} V=${V} vs serial`,
+          got,
+          serialBackward(init, idx, dout, C, V),
+          EXACT,
+        );
+        if (name === "cuda") compare(`${name} N=${N} twice`, run(), got, EXACT);
+      }
+    },
+  });
+}

@@ -66,3 +66,39 @@ inline int mn_check_wkv6_chunked_count(const char* fn, int T) {
   MN_REQUIRE(mn_wkv6_chunked_count(T) <= 65535, "%s: T = %d gives more than 65535 chunks", fn, T);
   return 0;
 }
+
+// Adam (adam.cu): the hyperparameters of mn_adam_step and mn_adam_multi_step
+inline int mn_check_adam(const char* fn, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, int step) {
+  MN_REQUIRE(step >= 1, "%s: step = %d (steps count from 1)", fn, step);
+  MN_REQUIRE(lr >= 0.0f && eps >= 0.0f && weight_decay >= 0.0f,
+             "%s: lr=%g eps=%g weight_decay=%g must be >= 0", fn, lr, eps, weight_decay);
+  MN_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
+             "%s: betas (%g, %g) must be in [0, 1)", fn, beta1, beta2);
+  return 0;
+}
+inline int mn_check_adam_multi_step(int64_t* list, int count, int64_t total_n) {
+  MN_REQUIRE(count >= 0 && total_n >= 0, "adam_multi_step: count = %d, total_n = %lld", count,
+             (long long)total_n);
+  MN_REQUIRE((count == 0) == (total_n == 0),
+             "adam_multi_step: %d tensors cannot hold total_n = %lld elements", count,
+             (long long)total_n);
+  MN_REQUIRE(count == 0 || list, "adam_multi_step: NULL list");
+  return 0;
+}
+
+// device-side scalars (scalars.cu)
+inline int mn_check_sum_into(float* out, float* x, int64_t n) {
+  MN_REQUIRE(out && x, "sum_into: NULL pointer argument");
+  MN_REQUIRE(n > 0, "sum_into: n = %lld must be > 0", (long long)n);
+  MN_REQUIRE(out < x || out >= x + n, "sum_into: out must not lie inside x");
+  return 0;
+}
+inline int mn_check_scale_by_inv_norm(float* out, float* x, float* sumsq, float eps, int64_t n) {
+  MN_REQUIRE(out && x && sumsq, "scale_by_inv_norm: NULL pointer argument");
+  MN_REQUIRE(n > 0, "scale_by_inv_norm: n = %lld must be > 0", (long long)n);
+  MN_REQUIRE(eps > 0.0f, "scale_by_inv_norm: eps = %g must be > 0", eps);
+  MN_REQUIRE(sumsq < x || sumsq >= x + n, "scale_by_inv_norm: sumsq must not lie inside x");
+  MN_REQUIRE(sumsq < out || sumsq >= out + n, "scale_by_inv_norm: sumsq must not lie inside out");
+  return 0;
+}

@@ -14,7 +14,20 @@
  * - Element counts are int64_t `n`; byte counts are int64_t `bytes`. Never mix them.
  * - BACKWARD KERNELS ACCUMULATE: every gradient output is `+=`, never `=`, so that a tensor used
  *   twice and gradient accumulation over micro-steps both just work. Zero grads before a step.
- * - Reductions are deterministic (no float atomics): same inputs, same bits, every run.
+ * - Reductions are deterministic (no float atomics): same inputs, same bits, every run. Sums over
+ *   rows or elements (the parameter gradients dv/dweight/dbias/du, axpby's da/db, sum_squares) run
+ *   over a full grid in two stages (cuda/reduce.cuh): blocks over row tiles (or element chunks)
+ *   write partials, a second pass adds them in a fixed order. The tiling depends on the shape only.
+ * - Scratch: those two-stage reductions (and embedding_backward's sort) keep their partials in
+ *   library-internal scratch, not in a caller's buffer (cuda/scratch.h): on cuda one buffer per
+ *   (device, stream), allocated with cudaMalloc on first use and grown (never shrunk) in 1 MiB steps;
+ *   on emu a malloc per host thread; cpu needs none. It is NOT one of the caller's mn_malloc
+ *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
+ *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
+ *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
+ *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12) and ~5 N ints for
+ *   embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the stream, so the first call of
+ *   a bigger shape synchronizes once; no call may be captured into a CUDA graph.
  */
 #ifndef MN_KERNELS_H
 #define MN_KERNELS_H
@@ -74,7 +87,9 @@ MN_API int mn_transpose(float* out, float* x, int R, int C, void* stream);
 /* out[i, :] = wte[idx[i], :];  idx [N] int32 in [0, V), wte [V, C], out [N, C] */
 MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int C, int V,
                                 void* stream);
-/* dwte[idx[i], :] += dout[i, :], deterministic (fixed summation order over i) */
+/* dwte[idx[i], :] += dout[i, :], deterministic: every element is the fp32 running sum over i in
+ * increasing order, bit for bit on every backend. cuda/emu: a stable radix sort of the ids, then
+ * one warp per (id, 32 columns) (library scratch: 5 N + 16 ceil(N / 1024) + 2 ints). */
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
                                  void* stream);
 
@@ -97,7 +112,8 @@ MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, vo
 /* out = a[0]*x + b[0]*y with a, b scalars in device memory (the blocks' learned lambdas) */
 MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, int64_t n,
                             void* stream);
-/* dx += a*dout; dy += b*dout; da += sum(dout*x); db += sum(dout*y). dx/dy/da/db may be NULL. */
+/* dx += a*dout; dy += b*dout; da += sum(dout*x); db += sum(dout*y). dx/dy/da/db may be NULL;
+ * dx may be dy and da may be db (x, y one tensor; a, b one scalar): both contributions added. */
 MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* dout, float* x,
                              float* y, float* a, float* b, int64_t n, void* stream);
 MN_API int mn_add(float* out, float* x, float* y, int64_t n, void* stream);     /* out = x + y */
@@ -121,6 +137,24 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step,
                         void* stream);
+/* The same step over `count` tensors in one launch (as PyTorch's fused/foreach Adam): for each
+ * tensor exactly mn_adam_step's per-element math (the same bits on every backend).
+ * list: DEVICE array of int64_t [count][6], per tensor {param, grad, m, v, n, offset}: four device
+ * addresses of fp32 tensors of n >= 1 elements and offset = the sum of n over the tensors before it
+ * (so the tensors tile [0, total_n)); total_n = the sum of every n (the grid covers it: the host
+ * side cannot read `list`). Tensors must not overlap one another. */
+MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int step, void* stream);
+
+/* ---- device-side scalars (scalars.cu): results left in, and factors read from, device memory,
+ * so a training step never downloads a value to decide its next launch ------------------------ */
+/* out[0] = alpha * sum(x) + beta * out[0] (beta == 0: out not read); deterministic (one block,
+ * fixed order, fp32 accumulation); out must not lie inside x */
+MN_API int mn_sum_into(float* out, float* x, int64_t n, float alpha, float beta, void* stream);
+/* out = x / (sqrt(sumsq[0]) + eps), sumsq[0] read from device memory (e.g. mn_sum_squares's
+ * result; the factor is computed in double, used in fp32). out may alias x; sumsq may not. */
+MN_API int mn_scale_by_inv_norm(float* out, float* x, float* sumsq, float eps, int64_t n,
+                                void* stream);
 
 /* ---- model ops (modelops.cu): the small pieces the RWKV/GPT forwards are composed of ---------
  * Shapes: n elements; or N rows of C (row-major); "row vector" v [C] broadcast over rows. */

@@ -1,17 +1,18 @@
 // Model ops: the small pieces the RWKV-7 (and GPT) forwards are composed of, with their backwards.
 // Elementwise ops are grid-stride loops; per-row ops (l2norm, groupnorm, bonus) give one warp to a
 // row of D elements; column reductions (dv of the row-vector ops, dweight/dbias of groupnorm, du of
-// the bonus) give a column to one thread column of a 32x8 block and sum rows in a fixed order, so
-// they are deterministic without float atomics. Every backward accumulates (+=).
+// the bonus) are the two-stage column sums of reduce.cuh (full grid of row tiles, partials summed
+// in a fixed order), so they are deterministic without float atomics. Every backward accumulates.
 #include "common.cuh"
+#include "reduce.cuh"
 
 namespace {
 
 constexpr int kThreads = 256;   // elementwise and warp-per-row kernels
 constexpr int kWarps = kThreads / 32;
-constexpr int kColTile = 32;    // column-reduction block: 32 columns x kColRows row lanes
-constexpr int kColRows = 8;
-constexpr int kBonusMaxD = 1024;  // du partials live in shared memory: kWarps * D floats
+// The bonus backward once kept du partials in shared memory; the limit stays so that every backend
+// (the cpu reference checks it too) accepts the same shapes.
+constexpr int kBonusMaxD = 1024;
 
 // ---- per-element math, the same on host and device ----
 
@@ -63,16 +64,20 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
-// Sums each thread column's partial over the kColRows row lanes of a 32 x kColRows block, in
-// row-lane order; the result is valid in row lane 0. `tile` is __shared__ [kColRows][kColTile].
-__device__ inline float col_block_sum(float v, float (*tile)[kColTile]) {
-  tile[threadIdx.y][threadIdx.x] = v;
-  __syncthreads();
-  float s = 0.0f;
-  if (threadIdx.y == 0)
-    for (int r = 0; r < kColRows; r++) s += tile[r][threadIdx.x];
-  return s;
+// Row-vector ops, out = x * v (mul) or x + v (add, where v and x below are exactly 1):
+// d out / d x contributes dout * v, d out / d v contributes dout * x. Used by the fused dx+dv term
+// and the dx-only kernel alike, so both round the same way.
+__host__ __device__ inline float rowvec_dx(float dout, float v) { return dout * v; }
+__host__ __device__ inline float rowvec_dv(float dout, float x) { return dout * x; }
+
+// Normalised value of a norm: (x - mean) * rstd. GroupNorm's forward, dx and parameter-gradient
+// kernels all use it, so dweight sees the same xhat the forward produced.
+__host__ __device__ inline float norm_xhat(float x, float mean, float rstd) {
+  return (x - mean) * rstd;
 }
+
+// One row's term of the bonus gradient du[h, j]: ds * r[j] * k[j], ds = dout . v of that row.
+__host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }
 
 #define GRID_STRIDE(i, n)                                                     \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
@@ -132,25 +137,40 @@ __global__ void row_vector_forward_kernel(float* out, const float* x, const floa
   GRID_STRIDE(i, (int64_t)N * C) out[i] = kMul ? x[i] * v[i % C] : x[i] + v[i % C];
 }
 
-// dx[i,c] += dout[i,c] * (v ? v[c] : 1) (dx may be NULL); dv[c] += sum_i dout[i,c] * (x ? x : 1)
-// (dv may be NULL). One thread column per c; row lane r sums rows r, r + kColRows, ... in order.
-__global__ void row_vector_backward_kernel(float* dx, float* dv, const float* dout,
-                                           const float* x, const float* v, int N, int C) {
-  __shared__ float tile[kColRows][kColTile];
-  int c = blockIdx.x * kColTile + threadIdx.x;
-  float acc = 0.0f;
-  if (c < C) {
-    float vc = v ? v[c] : 1.0f;
-    for (int i = threadIdx.y; i < N; i += kColRows) {
-      int64_t k = (int64_t)i * C + c;
-      float d = dout[k];
-      if (dx) dx[k] += d * vc;
-      acc += x ? d * x[k] : d;
-    }
-  }
-  float s = col_block_sum(acc, tile);
-  if (dv && threadIdx.y == 0 && c < C) dv[c] += s;
+// dx[i,c] += dout[i,c] * (kMul ? v[c] : 1) alone (mul_row_vector_backward with dv NULL).
+template <bool kMul>
+__global__ void row_vector_dx_kernel(float* __restrict__ dx, const float* __restrict__ dout,
+                                     const float* __restrict__ v, int C, int64_t n) {
+  GRID_STRIDE(i, n) dx[i] += rowvec_dx(dout[i], kMul ? v[i % C] : 1.0f);
 }
+
+// Column-sum term of the row-vector backwards: dv[c] += sum_i dout[i,c] * (kMul ? x[i,c] : 1),
+// with dx[i,c] += dout[i,c] * (kMul ? v[c] : 1) fused in when kDx (dout is read once).
+template <bool kMul, bool kDx>
+struct RowVecTerm {
+  float* dx;
+  const float* dout;
+  const float* x;
+  const float* v;
+  int C;
+  float vc;
+  struct Load {
+    float d, x, dx;
+  };
+  __device__ void begin(int c) { vc = kMul && kDx ? v[c] : 1.0f; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    Load l;
+    l.d = dout[e];
+    l.x = kMul ? x[e] : 1.0f;
+    l.dx = kDx ? dx[e] : 0.0f;
+    return l;
+  }
+  __device__ void use(int64_t i, int c, const Load& l, float* acc) const {
+    if (kDx) dx[i * C + c] = l.dx + rowvec_dx(l.d, vc);
+    acc[0] += rowvec_dv(l.d, l.x);
+  }
+};
 
 __global__ void time_shift_forward_kernel(float* out, const float* x, int T, int C, int64_t n) {
   int64_t TC = (int64_t)T * C;
@@ -221,7 +241,7 @@ __global__ void groupnorm_forward_kernel(float* out, float* mean, float* rstd, c
     for (int j = lane; j < D; j += 32) sq += (xr[j] - m) * (xr[j] - m);
     float rs = rsqrtf(warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
     for (int j = lane; j < D; j += 32)
-      out[row * D + j] = (xr[j] - m) * rs * weight[c0 + j] + bias[c0 + j];
+      out[row * D + j] = norm_xhat(xr[j], m, rs) * weight[c0 + j] + bias[c0 + j];
     if (lane == 0) {
       mean[row] = m;
       rstd[row] = rs;
@@ -243,43 +263,39 @@ __global__ void groupnorm_backward_dx_kernel(float* dx, const float* dout, const
     for (int j = lane; j < D; j += 32) {
       float dxh = gr[j] * weight[c0 + j];
       s1 += dxh;
-      s2 += dxh * (xr[j] - m) * rs;
+      s2 += dxh * norm_xhat(xr[j], m, rs);
     }
     s1 = warp_sum(s1) / D;
     s2 = warp_sum(s2) / D;
     for (int j = lane; j < D; j += 32) {
-      float xh = (xr[j] - m) * rs;
+      float xh = norm_xhat(xr[j], m, rs);
       dx[row * D + j] += rs * (gr[j] * weight[c0 + j] - s1 - xh * s2);
     }
   }
 }
 
-// dweight[c] += sum_i dout[i,c] * xhat[i,c]; dbias[c] += sum_i dout[i,c]; C = G*D columns.
-__global__ void groupnorm_backward_params_kernel(float* dweight, float* dbias, const float* dout,
-                                                 const float* x, const float* mean,
-                                                 const float* rstd, int N, int G, int D) {
-  __shared__ float tile[kColRows][kColTile];
-  const int C = G * D;
-  int c = blockIdx.x * kColTile + threadIdx.x;
-  float accw = 0.0f, accb = 0.0f;
-  if (c < C) {
-    int g = c / D;
-    for (int i = threadIdx.y; i < N; i += kColRows) {
-      int64_t k = (int64_t)i * C + c;
-      int64_t r = (int64_t)i * G + g;
-      float d = dout[k];
-      accw += d * (x[k] - mean[r]) * rstd[r];
-      accb += d;
-    }
+// Column-sum terms of the GroupNorm parameter gradients over C = G*D columns:
+// dweight[c] += sum_i dout[i,c] * xhat[i,c]; dbias[c] += sum_i dout[i,c].
+struct GroupNormParamTerm {
+  const float* dout;
+  const float* x;
+  const float* mean;
+  const float* rstd;
+  int G, D;
+  int g;
+  struct Load {
+    float d, x, m, r;
+  };
+  __device__ void begin(int c) { g = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)G * D) + c, r = i * G + g;
+    return Load{dout[e], x[e], mean[r], rstd[r]};
   }
-  float sw = col_block_sum(accw, tile);
-  __syncthreads();  // the tile is reused
-  float sb = col_block_sum(accb, tile);
-  if (threadIdx.y == 0 && c < C) {
-    dweight[c] += sw;
-    dbias[c] += sb;
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    acc[0] += l.d * norm_xhat(l.x, l.m, l.r);
+    acc[1] += l.d;
   }
-}
+};
 
 // RWKV-7 bonus: row `row` of [N*H] is head h = row % H; s = sum_j r k u[h]; out = s * v.
 __global__ void bonus_forward_kernel(float* out, const float* r, const float* k, const float* v,
@@ -295,10 +311,11 @@ __global__ void bonus_forward_kernel(float* out, const float* r, const float* k,
   }
 }
 
-// ds = dout . v; dv += s * dout; dr += ds * k * u; dk += ds * r * u.
-__global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, const float* dout,
-                                          const float* r, const float* k, const float* v,
-                                          const float* u, int64_t rows, int H, int D) {
+// ds = dout . v; dv += s * dout; dr += ds * k * u; dk += ds * r * u; ds_out[row] = ds (for du).
+__global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float* ds_out,
+                                          const float* dout, const float* r, const float* k,
+                                          const float* v, const float* u, int64_t rows, int H,
+                                          int D) {
   int lane = threadIdx.x % 32;
   WARP_ROWS(row, rows) {
     const int64_t b = row * D;
@@ -315,32 +332,30 @@ __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, const
       dr[b + j] += ds * k[b + j] * ur[j];
       dk[b + j] += ds * r[b + j] * ur[j];
     }
+    if (lane == 0) ds_out[row] = ds;
   }
 }
 
-// du[h,j] += sum_i (dout[i,h,:] . v[i,h,:]) r[i,h,j] k[i,h,j]. One block per head: warp w takes
-// rows i = w, w + kWarps, ... in order into its own shared slice; the slices are then summed in
-// warp order. Deterministic; parallel over heads only (simple first).
-__global__ void bonus_backward_u_kernel(float* du, const float* dout, const float* r,
-                                        const float* k, const float* v, int N, int H, int D) {
-  MN_DYNAMIC_SHARED(float, part);  // [kWarps][D]
-  const int h = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* mine = part + warp * D;
-  for (int j = lane; j < D; j += 32) mine[j] = 0.0f;
-  for (int i = warp; i < N; i += kWarps) {
-    const int64_t b = ((int64_t)i * H + h) * D;
-    float ds = 0.0f;
-    for (int j = lane; j < D; j += 32) ds += dout[b + j] * v[b + j];
-    ds = warp_sum(ds);
-    for (int j = lane; j < D; j += 32) mine[j] += ds * r[b + j] * k[b + j];
+// Column-sum term of du over the C = H*D columns of [N, H*D]: du[h,j] += sum_i ds[i,h] r k, with
+// ds [N, H] from bonus_backward_rkv_kernel.
+struct BonusDuTerm {
+  const float* ds;
+  const float* r;
+  const float* k;
+  int H, D;
+  int h;
+  struct Load {
+    float ds, r, k;
+  };
+  __device__ void begin(int c) { h = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)H * D) + c;
+    return Load{ds[i * H + h], r[e], k[e]};
   }
-  __syncthreads();
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float s = 0.0f;
-    for (int w = 0; w < kWarps; w++) s += part[w * D + j];
-    du[(int64_t)h * D + j] += s;
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    acc[0] += bonus_du_term(l.ds, l.r, l.k);
   }
-}
+};
 
 inline unsigned warp_row_blocks(int64_t rows) { return mn_blocks_for(rows, kWarps); }
 
@@ -350,6 +365,26 @@ int row_vector_forward(const char* name, float* out, float* x, float* v, int N, 
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", name, N, C);
   return mn_launch(name, row_vector_forward_kernel<kMul>, mn_blocks_for((int64_t)N * C, kThreads),
                    kThreads, 0, stream, out, (const float*)x, (const float*)v, N, C);
+}
+
+// dx (may be NULL) and dv (may be NULL when kMul) of the row-vector ops: dv by the column sums with
+// dx fused in, or dx alone by an elementwise pass.
+template <bool kMul>
+int row_vector_backward(const char* name, float* dx, float* dv, const float* dout,
+                        const float* x, const float* v, int N, int C, void* stream) {
+  if (!dv) {
+    const int64_t n = (int64_t)N * C;
+    return mn_launch(name, row_vector_dx_kernel<kMul>, mn_blocks_for(n, kThreads), kThreads, 0,
+                     stream, dx, dout, v, C, n);
+  }
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
+    return rc;
+  if (dx)
+    return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, true>{dx, dout, x, v, C, 1.0f}, dv,
+                                  nullptr, N, C, part, stream);
+  return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, false>{nullptr, dout, x, v, C, 1.0f}, dv,
+                                nullptr, N, C, part, stream);
 }
 
 }  // namespace
@@ -418,9 +453,8 @@ MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, 
                                       void* stream) {
   MN_REQUIRE(N > 0 && C > 0, "add_row_vector_backward: bad shape N = %d, C = %d", N, C);
   MN_REQUIRE(dv, "add_row_vector_backward: dv is required (only dx may be NULL)");
-  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
-  return mn_launch("add_row_vector_backward", row_vector_backward_kernel, grid, block, 0, stream,
-                   dx, dv, (const float*)dout, (const float*)nullptr, (const float*)nullptr, N, C);
+  return row_vector_backward<false>("add_row_vector_backward", dx, dv, dout, nullptr, nullptr, N,
+                                    C, stream);
 }
 
 MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream) {
@@ -431,9 +465,9 @@ MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* 
                                       int C, void* stream) {
   MN_REQUIRE(N > 0 && C > 0, "mul_row_vector_backward: bad shape N = %d, C = %d", N, C);
   if (!dx && !dv) return 0;
-  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
-  return mn_launch("mul_row_vector_backward", row_vector_backward_kernel, grid, block, 0, stream,
-                   dx, dv, (const float*)dout, (const float*)x, (const float*)v, N, C);
+  MN_REQUIRE(dout && (!dx || v) && (!dv || x),
+             "mul_row_vector_backward: dout, v (for dx) and x (for dv) are required");
+  return row_vector_backward<true>("mul_row_vector_backward", dx, dv, dout, x, v, N, C, stream);
 }
 
 MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void* stream) {
@@ -495,11 +529,15 @@ MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float*
                      kThreads, 0, stream, dx, (const float*)dout, (const float*)x,
                      (const float*)weight, (const float*)mean, (const float*)rstd, rows, G, D);
   if (rc) return rc;
-  int C = G * D;
-  dim3 grid((C + kColTile - 1) / kColTile), block(kColTile, kColRows);
-  return mn_launch("groupnorm_backward_params", groupnorm_backward_params_kernel, grid, block, 0,
-                   stream, dweight, dbias, (const float*)dout, (const float*)x,
-                   (const float*)mean, (const float*)rstd, N, G, D);
+  const int C = G * D;
+  float* part = nullptr;
+  if ((rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream)))
+    return rc;
+  return mn_reduce::col_sums<2>(
+      "groupnorm_backward_params",
+      GroupNormParamTerm{(const float*)dout, (const float*)x, (const float*)mean,
+                         (const float*)rstd, G, D, 0},
+      dweight, dbias, N, C, part, stream);
 }
 
 MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, float* u, int N, int H,
@@ -519,14 +557,22 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
              H, D);
   MN_REQUIRE(D <= kBonusMaxD, "rwkv7_bonus_backward: head size D = %d > %d is not supported", D,
              kBonusMaxD);
-  MN_REQUIRE(H <= 65535 * 16, "rwkv7_bonus_backward: H = %d heads is too many", H);
   MN_REQUIRE(dr && dk && dv && du, "rwkv7_bonus_backward: dr, dk, dv and du are required");
-  int64_t rows = (int64_t)N * H;
+  MN_REQUIRE((int64_t)H * D <= 2147483647, "rwkv7_bonus_backward: H*D = %lld is too many",
+             (long long)H * D);
+  const int64_t rows = (int64_t)N * H;
+  const int C = H * D;
+  // scratch: ds [N, H], then the du partials
+  float* ds = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&ds, rows + mn_reduce::col_scratch_floats(N, C, 1),
+                                         stream))
+    return rc;
+  float* part = ds + rows;
   int rc = mn_launch("rwkv7_bonus_backward_rkv", bonus_backward_rkv_kernel, warp_row_blocks(rows),
-                     kThreads, 0, stream, dr, dk, dv, (const float*)dout, (const float*)r,
+                     kThreads, 0, stream, dr, dk, dv, ds, (const float*)dout, (const float*)r,
                      (const float*)k, (const float*)v, (const float*)u, rows, H, D);
   if (rc) return rc;
-  return mn_launch("rwkv7_bonus_backward_u", bonus_backward_u_kernel, dim3(H), kThreads,
-                   (size_t)kWarps * D * sizeof(float), stream, du, (const float*)dout,
-                   (const float*)r, (const float*)k, (const float*)v, N, H, D);
+  return mn_reduce::col_sums<1>("rwkv7_bonus_backward_u",
+                                BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
+                                nullptr, N, C, part, stream);
 }

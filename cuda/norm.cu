@@ -2,10 +2,16 @@
 // (F.rms_norm(x, (C,), eps)) over rows of C elements, fp32 statistics.
 //
 // Forward and dinp: one block per row, block sums by mn_block_sum (fixed order). LayerNorm's
-// dweight/dbias: a second kernel where each column is owned by one block column of NORM_RG
-// threads; each thread sums a fixed strided subset of the rows, and the NORM_RG partials are added
-// in a fixed order, so the result is deterministic.
+// dweight/dbias: reduce.cuh's two-stage column sums (a full grid of row tiles writes partials to
+// library scratch, a second pass adds them in tile order), so the result is deterministic.
 #include "common.cuh"
+#include "reduce.cuh"
+
+// xhat = (x - mean) * rstd: the forward, dinp and the parameter gradients all use this one
+// rounding, so dweight sees the xhat the forward produced.
+__host__ __device__ inline float ln_xhat(float x, float mean, float rstd) {
+  return (x - mean) * rstd;
+}
 
 // Threads per row block: enough warps to cover C, at most 256, a multiple of 32 (mn_block_sum).
 static inline int norm_threads(int C) {
@@ -29,7 +35,8 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
     v += d * d;
   }
   const float r = rsqrtf(mn_block_sum(v, scratch) / C + eps);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) y[c] = (x[c] - m) * r * weight[c] + bias[c];
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    y[c] = ln_xhat(x[c], m, r) * weight[c] + bias[c];
   if (threadIdx.x == 0) {
     mean[row] = m;
     rstd[row] = r;
@@ -50,49 +57,38 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float g = dy[c] * weight[c];
     sg += g;
-    sgx += g * (x[c] - m) * r;
+    sgx += g * ln_xhat(x[c], m, r);
   }
   const float mg = mn_block_sum(sg, scratch) / C;
   const float mgx = mn_block_sum(sgx, scratch) / C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float g = dy[c] * weight[c];
-    float xhat = (x[c] - m) * r;
+    float xhat = ln_xhat(x[c], m, r);
     dx[c] += r * (g - mg - xhat * mgx);
   }
 }
 
-constexpr int NORM_COLS = 32;  // columns per block (one warp-width: coalesced row reads)
-constexpr int NORM_RG = 8;     // row groups per block: thread (tx, ty) sums rows ty, ty+8, ...
-
-// dweight[c] += sum_i dout[i,c] * xhat[i,c];  dbias[c] += sum_i dout[i,c]
-__global__ void layernorm_backward_params_kernel(float* dweight, float* dbias, const float* dout,
-                                                 const float* inp, const float* mean,
-                                                 const float* rstd, int N, int C) {
-  __shared__ float pw[NORM_RG][NORM_COLS];
-  __shared__ float pb[NORM_RG][NORM_COLS];
-  const int c = blockIdx.x * NORM_COLS + threadIdx.x;
-  float sw = 0.0f, sb = 0.0f;
-  if (c < C) {
-    for (int i = threadIdx.y; i < N; i += NORM_RG) {
-      int64_t e = (int64_t)i * C + c;
-      float dy = dout[e];
-      sw += dy * (inp[e] - mean[i]) * rstd[i];
-      sb += dy;
-    }
+// Column-sum terms (reduce.cuh) of dweight[c] += sum_i dout[i,c] * xhat[i,c] and
+// dbias[c] += sum_i dout[i,c].
+struct LayerNormParamTerm {
+  const float* dout;
+  const float* inp;
+  const float* mean;
+  const float* rstd;
+  int C;
+  struct Load {
+    float d, x, m, r;
+  };
+  __device__ void begin(int) {}
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    return Load{dout[e], inp[e], mean[i], rstd[i]};
   }
-  pw[threadIdx.y][threadIdx.x] = sw;
-  pb[threadIdx.y][threadIdx.x] = sb;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    float tw = 0.0f, tb = 0.0f;
-    for (int k = 0; k < NORM_RG; k++) {
-      tw += pw[k][threadIdx.x];
-      tb += pb[k][threadIdx.x];
-    }
-    dweight[c] += tw;
-    dbias[c] += tb;
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    acc[0] += l.d * ln_xhat(l.x, l.m, l.r);
+    acc[1] += l.d;
   }
-}
+};
 
 __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, int C,
                                        float eps) {
@@ -146,10 +142,13 @@ MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, floa
                      0, stream, dinp, (const float*)dout, (const float*)inp,
                      (const float*)weight, (const float*)mean, (const float*)rstd, C);
   if (rc) return rc;
-  return mn_launch("layernorm_backward_params", layernorm_backward_params_kernel,
-                   (C + NORM_COLS - 1) / NORM_COLS, dim3(NORM_COLS, NORM_RG), 0, stream, dweight,
-                   dbias, (const float*)dout, (const float*)inp, (const float*)mean,
-                   (const float*)rstd, N, C);
+  float* part = nullptr;
+  if ((rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream)))
+    return rc;
+  return mn_reduce::col_sums<2>("layernorm_backward_params",
+                                LayerNormParamTerm{(const float*)dout, (const float*)inp,
+                                                   (const float*)mean, (const float*)rstd, C},
+                                dweight, dbias, N, C, part, stream);
 }
 
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps,

@@ -1,6 +1,9 @@
 // Runtime for the cuda build: thin wrappers over the CUDA runtime. Compiled only by nvcc.
 #include "common.cuh"
 #ifndef MN_EMU
+#include <mutex>
+
+#include "scratch.h"
 
 static int check(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return 0;
@@ -86,6 +89,57 @@ MN_API int mn_mem_get_info(int64_t* free_bytes, int64_t* total) {
   if (int rc = check(cudaMemGetInfo(&f, &t), "cudaMemGetInfo")) return rc;
   *free_bytes = (int64_t)f;
   *total = (int64_t)t;
+  return 0;
+}
+
+// ---- scratch (scratch.h): one buffer per (device, stream), grown on demand, never shrunk ----
+namespace {
+struct ScratchSlot {
+  int device;
+  void* stream;
+  void* ptr;
+  int64_t bytes;
+};
+constexpr int kScratchSlots = 64;  // (device, stream) pairs; a process uses one or two
+std::mutex g_scratch_mu;
+ScratchSlot g_scratch[kScratchSlots];
+int g_scratch_used = 0;
+}  // namespace
+
+int mn_scratch(void** out, int64_t bytes, void* stream) {
+  MN_REQUIRE(bytes >= 0, "scratch: negative size %lld", (long long)bytes);
+  int device = 0;
+  if (int rc = check(cudaGetDevice(&device), "scratch: cudaGetDevice")) return rc;
+  std::lock_guard<std::mutex> lk(g_scratch_mu);
+  ScratchSlot* slot = nullptr;
+  for (int i = 0; i < g_scratch_used && !slot; i++)
+    if (g_scratch[i].device == device && g_scratch[i].stream == stream) slot = &g_scratch[i];
+  if (!slot) {
+    MN_REQUIRE(g_scratch_used < kScratchSlots, "scratch: more than %d (device, stream) pairs",
+               kScratchSlots);
+    slot = &g_scratch[g_scratch_used++];
+    *slot = ScratchSlot{device, stream, nullptr, 0};
+  }
+  if (slot->bytes < bytes) {
+    const int64_t mib = 1 << 20;
+    int64_t grown = (bytes + mib - 1) / mib * mib;
+    if (slot->ptr) {
+      // queued kernels on this stream may still read the old buffer
+      if (int rc = check(cudaStreamSynchronize((cudaStream_t)stream), "scratch: sync")) return rc;
+      if (int rc = check(cudaFree(slot->ptr), "scratch: cudaFree")) return rc;
+      slot->ptr = nullptr;
+      slot->bytes = 0;
+    }
+    cudaError_t e = cudaMalloc(&slot->ptr, (size_t)grown);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      slot->ptr = nullptr;
+      return mn_fail(MN_ERR_OUT_OF_MEMORY, "scratch: out of GPU memory allocating %.1f MiB",
+                     grown / 1048576.0);
+    }
+    slot->bytes = grown;
+  }
+  *out = slot->ptr;
   return 0;
 }
 #endif

@@ -6,6 +6,9 @@
 
 #include "kernels.h"
 #include "mn_error.h"
+#ifdef MN_EMU
+#include "scratch.h"
+#endif
 
 #ifndef MN_BACKEND_NAME
 #error "define MN_BACKEND_NAME (\"emu\" or \"cpu\")"
@@ -64,3 +67,31 @@ MN_API int mn_mem_get_info(int64_t* free_bytes, int64_t* total) {
   *total = 0;
   return 0;
 }
+
+#ifdef MN_EMU
+// Scratch for the emu build's multi-stage kernels (scratch.h): emu runs every call synchronously on
+// the calling thread, so one buffer per host thread is never shared by two calls in flight; it is
+// reallocated to exactly the requested size so that AddressSanitizer sees an overrun.
+namespace {
+struct EmuScratch {
+  void* p = nullptr;
+  int64_t bytes = -1;
+  ~EmuScratch() { std::free(p); }
+};
+thread_local EmuScratch t_scratch;
+}  // namespace
+
+int mn_scratch(void** out, int64_t bytes, void*) {
+  MN_REQUIRE(bytes >= 0, "scratch: negative size %lld", (long long)bytes);
+  if (bytes != t_scratch.bytes) {
+    std::free(t_scratch.p);
+    t_scratch.p = std::malloc(bytes == 0 ? 1 : (size_t)bytes);
+    t_scratch.bytes = t_scratch.p ? bytes : -1;
+    if (!t_scratch.p)
+      return mn_fail(MN_ERR_OUT_OF_MEMORY, "out of memory allocating %lld bytes of scratch",
+                     (long long)bytes);
+  }
+  *out = t_scratch.p;
+  return 0;
+}
+#endif

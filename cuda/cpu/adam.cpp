@@ -1,31 +1,73 @@
 // Reference Adam step (torch.optim.Adam, amsgrad off), each element in double, state stored fp32:
 //   g = grad + wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
 //   p = p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// mn_adam_multi_step: the same element update over each tensor of a list.
+#include "../entry_checks.h"
 #include "cpu_common.h"
+
+namespace {
+
+struct AdamScalars {
+  double b1, b2, bc1, bc2, lr, eps, wd;
+};
+
+AdamScalars adam_scalars(float lr, float beta1, float beta2, float eps, float weight_decay,
+                         int step) {
+  const double b1 = beta1, b2 = beta2;
+  return {b1, b2, 1.0 - std::pow(b1, step), 1.0 - std::pow(b2, step), lr, eps, weight_decay};
+}
+
+// One tensor of n elements.
+void adam_tensor(float* param, const float* grad, float* m, float* v, int64_t n,
+                 const AdamScalars& s) {
+#pragma omp parallel for if (n > 100000)
+  for (int64_t i = 0; i < n; i++) {
+    double p = param[i];
+    double g = (double)grad[i] + s.wd * p;
+    double mi = s.b1 * m[i] + (1.0 - s.b1) * g;
+    double vi = s.b2 * v[i] + (1.0 - s.b2) * g * g;
+    m[i] = (float)mi;
+    v[i] = (float)vi;
+    // the update uses the stored (fp32) moments, as every later step will
+    double denom = std::sqrt((double)v[i]) / std::sqrt(s.bc2) + s.eps;
+    param[i] = (float)(p - s.lr / s.bc1 * (double)m[i] / denom);
+  }
+}
+
+}  // namespace
 
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
                         float beta1, float beta2, float eps, float weight_decay, int step, void*) {
   MN_REQUIRE(n >= 0, "adam_step: n = %lld", (long long)n);
-  MN_REQUIRE(step >= 1, "adam_step: step = %d (steps count from 1)", step);
-  MN_REQUIRE(lr >= 0.0f && eps >= 0.0f && weight_decay >= 0.0f,
-             "adam_step: lr=%g eps=%g weight_decay=%g must be >= 0", lr, eps, weight_decay);
-  MN_REQUIRE(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f,
-             "adam_step: betas (%g, %g) must be in [0, 1)", beta1, beta2);
+  if (int rc = mn_check_adam("adam_step", lr, beta1, beta2, eps, weight_decay, step)) return rc;
   if (n == 0) return 0;
   MN_REQUIRE(param && grad && m && v, "adam_step: NULL tensor");
-  const double b1 = beta1, b2 = beta2;
-  const double bc1 = 1.0 - std::pow(b1, step), bc2 = 1.0 - std::pow(b2, step);
-#pragma omp parallel for if (n > 100000)
-  for (int64_t i = 0; i < n; i++) {
-    double p = param[i];
-    double g = (double)grad[i] + (double)weight_decay * p;
-    double mi = b1 * m[i] + (1.0 - b1) * g;
-    double vi = b2 * v[i] + (1.0 - b2) * g * g;
-    m[i] = (float)mi;
-    v[i] = (float)vi;
-    // the update uses the stored (fp32) moments, as every later step will
-    double denom = std::sqrt((double)v[i]) / std::sqrt(bc2) + eps;
-    param[i] = (float)(p - (double)lr / bc1 * (double)m[i] / denom);
+  adam_tensor(param, grad, m, v, n, adam_scalars(lr, beta1, beta2, eps, weight_decay, step));
+  return 0;
+}
+
+MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int step, void*) {
+  if (int rc = mn_check_adam_multi_step(list, count, total_n)) return rc;
+  if (int rc = mn_check_adam("adam_multi_step", lr, beta1, beta2, eps, weight_decay, step))
+    return rc;
+  if (count == 0) return 0;
+  // the list is in "device" memory, which is host memory here: check it as the kernel assumes it
+  int64_t offset = 0;
+  for (int t = 0; t < count; t++) {
+    const int64_t* e = list + 6 * t;
+    MN_REQUIRE(e[0] && e[1] && e[2] && e[3], "adam_multi_step: tensor %d has a NULL address", t);
+    MN_REQUIRE(e[4] >= 1, "adam_multi_step: tensor %d has n = %lld", t, (long long)e[4]);
+    MN_REQUIRE(e[5] == offset, "adam_multi_step: tensor %d has offset %lld, expected %lld", t,
+               (long long)e[5], (long long)offset);
+    offset += e[4];
+  }
+  MN_REQUIRE(offset == total_n, "adam_multi_step: the tensors hold %lld elements, total_n = %lld",
+             (long long)offset, (long long)total_n);
+  const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, weight_decay, step);
+  for (int t = 0; t < count; t++) {
+    const int64_t* e = list + 6 * t;
+    adam_tensor((float*)e[0], (const float*)e[1], (float*)e[2], (float*)e[3], e[4], s);
   }
   return 0;
 }

@@ -8,9 +8,11 @@
 // s_ckpt and sa are filled with the same meaning as the CUDA kernels:
 //   s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j] (end of chunk c, transposed);
 //   sa[b][t][h][i] = sa_t[i].
+#include <algorithm>
 #include <vector>
 
 #include "cpu_common.h"
+#include "cpu_math.h"
 
 namespace {
 
@@ -37,11 +39,20 @@ inline double load_input(const mn_bf16* p, int64_t i) { return bf16_to_f32(p[i])
 inline double load_input(const float* p, int64_t i) { return p[i]; }
 
 // One (batch, head) slice of the inputs, converted to double; x[t*N + i].
+//
+// Loop order (issue #19): every sum below adds its terms in the textbook order (index ascending,
+// from 0), one element at a time as before, but the loops run over the other index innermost, so
+// the compiler evaluates 2-8 of these sums side by side in vector lanes: the same operations on
+// the same values, so the same bits. The forward works on S_t transposed (ST[j*N + i] = S_t[i][j])
+// so that sa and y are such column-wise sums; the backward keeps the states as S_t[i][j] and G_t in
+// both orientations (updated by the same expressions, so equal) for its row and column sums.
 struct Head {
   int T, N;
   std::vector<double> r, d, k, v, a, b, w;
   std::vector<double> S;   // S[(t+1)*N*N + i*N + j] = S_t[i][j], S[0..N*N) = S_{-1} = 0
   std::vector<double> sa;  // sa[t*N + i]
+  std::vector<double> Y;   // y[t*N + i] = (S_t r_t)_i
+  std::vector<double> ckpt;  // the transposed state at every chunk end: ckpt[c*N*N + j*N + i]
 
   Head(int T_, int N_) : T(T_), N(N_) {
     for (auto* x : {&r, &d, &k, &v, &a, &b, &w}) x->assign((size_t)T * N, 0.0);
@@ -63,30 +74,43 @@ struct Head {
       }
   }
   const double* state(int t) const { return S.data() + (size_t)(t + 1) * N * N; }  // S_t, t >= -1
-  void forward() {
-    const size_t NN = (size_t)N * N;
-    S.assign((size_t)(T + 1) * NN, 0.0);
-    sa.assign((size_t)T * N, 0.0);
-    for (int t = 0; t < T; t++) {
-      const double* P = state(t - 1);
-      double* C = S.data() + (size_t)(t + 1) * NN;
-      const double *at = &a[(size_t)t * N], *bt = &b[(size_t)t * N], *dt = &d[(size_t)t * N];
-      const double *kt = &k[(size_t)t * N], *vt = &v[(size_t)t * N];
-      for (int i = 0; i < N; i++) {
-        double s = 0;
-        for (int j = 0; j < N; j++) s += P[i * N + j] * at[j];
-        sa[(size_t)t * N + i] = s;
-        for (int j = 0; j < N; j++) C[i * N + j] = P[i * N + j] * dt[j] + s * bt[j] + vt[i] * kt[j];
-      }
-    }
-  }
-  double y(int t, int i) const {
-    const double* C = state(t);
-    double s = 0;
-    for (int j = 0; j < N; j++) s += C[i * N + j] * r[(size_t)t * N + j];
-    return s;
-  }
 };
+
+// The recurrence of one head, compiled for the CPU's vector width (cpu_math.h).
+// all_states: keep every S_t (row-major) for the backward; else only the chunk-end checkpoints.
+MN_HOST_ISA_CLONES
+void head_forward(Head& hd, bool all_states) {
+  const int T = hd.T, N = hd.N;
+  auto &S = hd.S, &ckpt = hd.ckpt, &sa = hd.sa, &Y = hd.Y;
+  const auto &a = hd.a, &b = hd.b, &d = hd.d, &k = hd.k, &v = hd.v, &r = hd.r;
+  const size_t NN = (size_t)N * N;
+  if (all_states) S.assign((size_t)(T + 1) * NN, 0.0);
+  ckpt.assign((size_t)(T / CHUNK) * NN, 0.0);
+  sa.assign((size_t)T * N, 0.0);
+  Y.assign((size_t)T * N, 0.0);
+  std::vector<double> P(NN, 0.0), C(NN);  // S_{t-1} and S_t, transposed
+  for (int t = 0; t < T; t++) {
+    const double *at = &a[(size_t)t * N], *bt = &b[(size_t)t * N], *dt = &d[(size_t)t * N];
+    const double *kt = &k[(size_t)t * N], *vt = &v[(size_t)t * N], *rt = &r[(size_t)t * N];
+    double* __restrict s = &sa[(size_t)t * N];  // sa_i = sum_j S_{t-1}[i][j] a_j
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++) s[i] += P[(size_t)j * N + i] * at[j];
+    // S_t[i][j] = S_{t-1}[i][j] d_j + sa_i b_j + v_i k_j
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++)
+        C[(size_t)j * N + i] = P[(size_t)j * N + i] * dt[j] + s[i] * bt[j] + vt[i] * kt[j];
+    double* __restrict yt = &Y[(size_t)t * N];  // y_i = sum_j S_t[i][j] r_j
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++) yt[i] += C[(size_t)j * N + i] * rt[j];
+    if (t % CHUNK == CHUNK - 1) std::copy(C.begin(), C.end(), ckpt.begin() + (t / CHUNK) * NN);
+    if (all_states) {
+      double* St = S.data() + (size_t)(t + 1) * NN;
+      for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) St[(size_t)i * N + j] = C[(size_t)j * N + i];
+    }
+    P.swap(C);
+  }
+}
 
 template <typename TI>
 int forward(const char* fn, float* y, float* s_ckpt, float* sa, const TI* r, const TI* w,
@@ -99,21 +123,88 @@ int forward(const char* fn, float* y, float* s_ckpt, float* sa, const TI* r, con
     for (int h = 0; h < H; h++) {
       Head hd(T, N);
       hd.load(r, w, k, v, a, b, bb, h, H);
-      hd.forward();
+      head_forward(hd, false);
       for (int t = 0; t < T; t++)
         for (int i = 0; i < N; i++) {
           const int64_t g = (((int64_t)bb * T + t) * H + h) * N + i;
-          y[g] = (float)hd.y(t, i);
+          y[g] = (float)hd.Y[(size_t)t * N + i];
           if (sa) sa[g] = (float)hd.sa[(size_t)t * N + i];
         }
-      for (int c = 0; c < nc; c++) {
-        const double* St = hd.state(c * CHUNK + CHUNK - 1);
-        float* dst = s_ckpt + (((int64_t)bb * H + h) * nc + c) * N * N;
-        for (int i = 0; i < N; i++)
-          for (int j = 0; j < N; j++) dst[(int64_t)j * N + i] = (float)St[i * N + j];
-      }
+      // s_ckpt holds S transposed, as the checkpoints do
+      const int64_t NN = (int64_t)N * N;
+      float* dst = s_ckpt + ((int64_t)bb * H + h) * nc * NN;
+      for (int64_t e = 0; e < nc * NN; e++) dst[e] = (float)hd.ckpt[e];
     }
   return 0;
+}
+
+// The reverse pass of one head (its forward states in hd), compiled for the CPU's vector width.
+MN_HOST_ISA_CLONES
+void head_backward(const Head& hd, const float* dy, float* dr, float* dw, float* dk, float* dv,
+                   float* da, float* db, int bb, int h, int H) {
+  const int T = hd.T, N = hd.N;
+  // G[i*N + j] = G_t[i][j] and GT[j*N + i], the same numbers
+  std::vector<double> G((size_t)N * N, 0.0), GT((size_t)N * N, 0.0), dsa(N), dyt(N);
+  std::vector<double> sj(N), sd(N), sk(N), sb(N), sv(N);
+  for (int t = T - 1; t >= 0; t--) {
+    const size_t o = (size_t)t * N;
+    const double *rt = &hd.r[o], *dt = &hd.d[o], *kt = &hd.k[o], *vt = &hd.v[o];
+    const double *at = &hd.a[o], *bt = &hd.b[o], *wt = &hd.w[o], *sat = &hd.sa[o];
+    const double* St = hd.state(t);
+    const double* Sp = hd.state(t - 1);
+    auto gi = [&](int i) { return (((int64_t)bb * T + t) * H + h) * N + i; };
+    for (int i = 0; i < N; i++) dyt[i] = dy[gi(i)];
+    // G_t = (carried from t+1) + dy_t r_t^T
+    for (int i = 0; i < N; i++)
+      for (int j = 0; j < N; j++) G[(size_t)i * N + j] += dyt[i] * rt[j];
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++) GT[(size_t)j * N + i] += dyt[i] * rt[j];
+    // dr = S_t^T dy: sums over i
+    std::fill(sj.begin(), sj.end(), 0.0);
+    for (int i = 0; i < N; i++)
+      for (int j = 0; j < N; j++) sj[j] += St[(size_t)i * N + j] * dyt[i];
+    for (int j = 0; j < N; j++) dr[gi(j)] += (float)sj[j];
+    // column sums over the value index i
+    std::fill(sd.begin(), sd.end(), 0.0);
+    std::fill(sk.begin(), sk.end(), 0.0);
+    std::fill(sb.begin(), sb.end(), 0.0);
+    for (int i = 0; i < N; i++)
+      for (int j = 0; j < N; j++) {
+        const double g = G[(size_t)i * N + j];
+        sd[j] += g * Sp[(size_t)i * N + j];
+        sk[j] += g * vt[i];
+        sb[j] += g * sat[i];
+      }
+    for (int j = 0; j < N; j++) {
+      // dL/dw = dL/dd * dd/dw, dd/dw = -exp(w) d
+      dw[gi(j)] += (float)(sd[j] * -std::exp(wt[j]) * dt[j]);
+      dk[gi(j)] += (float)sk[j];
+      db[gi(j)] += (float)sb[j];
+    }
+    // row sums over the key index j (from G transposed)
+    std::fill(sv.begin(), sv.end(), 0.0);
+    std::fill(dsa.begin(), dsa.end(), 0.0);
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++) {
+        const double g = GT[(size_t)j * N + i];
+        sv[i] += g * kt[j];
+        dsa[i] += g * bt[j];
+      }
+    for (int i = 0; i < N; i++) dv[gi(i)] += (float)sv[i];
+    // da = S_{t-1}^T dsa: sums over i
+    std::fill(sj.begin(), sj.end(), 0.0);
+    for (int i = 0; i < N; i++)
+      for (int j = 0; j < N; j++) sj[j] += Sp[(size_t)i * N + j] * dsa[i];
+    for (int j = 0; j < N; j++) da[gi(j)] += (float)sj[j];
+    // S_t = S_{t-1} (diag(d_t) + a_t b_t^T) + ..., so G_{t-1} (before its own dy r^T term)
+    // = G_t (diag(d_t) + b_t a_t^T) = G_t diag(d_t) + dsa_t a_t^T
+    for (int i = 0; i < N; i++)
+      for (int j = 0; j < N; j++)
+        G[(size_t)i * N + j] = G[(size_t)i * N + j] * dt[j] + dsa[i] * at[j];
+    for (int j = 0; j < N; j++)
+      for (int i = 0; i < N; i++)
+        GT[(size_t)j * N + i] = GT[(size_t)j * N + i] * dt[j] + dsa[i] * at[j];
+  }
 }
 
 template <typename TI>
@@ -128,56 +219,8 @@ int backward(const char* fn, float* dr, float* dw, float* dk, float* dv, float* 
     for (int h = 0; h < H; h++) {
       Head hd(T, N);
       hd.load(r, w, k, v, a, b, bb, h, H);
-      hd.forward();
-      std::vector<double> G((size_t)N * N, 0.0), dsa(N);
-      for (int t = T - 1; t >= 0; t--) {
-        const size_t o = (size_t)t * N;
-        const double *rt = &hd.r[o], *dt = &hd.d[o], *kt = &hd.k[o], *vt = &hd.v[o];
-        const double *at = &hd.a[o], *bt = &hd.b[o], *wt = &hd.w[o], *sat = &hd.sa[o];
-        const double* St = hd.state(t);
-        const double* Sp = hd.state(t - 1);
-        auto gi = [&](int i) { return (((int64_t)bb * T + t) * H + h) * N + i; };
-        std::vector<double> dyt(N);
-        for (int i = 0; i < N; i++) dyt[i] = dy[gi(i)];
-        // G_t = (carried from t+1) + dy_t r_t^T
-        for (int i = 0; i < N; i++)
-          for (int j = 0; j < N; j++) G[i * N + j] += dyt[i] * rt[j];
-        for (int j = 0; j < N; j++) {  // dr = S_t^T dy
-          double s = 0;
-          for (int i = 0; i < N; i++) s += St[i * N + j] * dyt[i];
-          dr[gi(j)] += (float)s;
-        }
-        for (int j = 0; j < N; j++) {  // column sums over the value index i
-          double sd = 0, sk = 0, sb = 0;
-          for (int i = 0; i < N; i++) {
-            sd += G[i * N + j] * Sp[i * N + j];
-            sk += G[i * N + j] * vt[i];
-            sb += G[i * N + j] * sat[i];
-          }
-          // dL/dw = dL/dd * dd/dw, dd/dw = -exp(w) d
-          dw[gi(j)] += (float)(sd * -std::exp(wt[j]) * dt[j]);
-          dk[gi(j)] += (float)sk;
-          db[gi(j)] += (float)sb;
-        }
-        for (int i = 0; i < N; i++) {  // row sums over the key index j
-          double sv = 0, ss = 0;
-          for (int j = 0; j < N; j++) {
-            sv += G[i * N + j] * kt[j];
-            ss += G[i * N + j] * bt[j];
-          }
-          dv[gi(i)] += (float)sv;
-          dsa[i] = ss;
-        }
-        for (int j = 0; j < N; j++) {  // da = S_{t-1}^T dsa
-          double s = 0;
-          for (int i = 0; i < N; i++) s += Sp[i * N + j] * dsa[i];
-          da[gi(j)] += (float)s;
-        }
-        // S_t = S_{t-1} (diag(d_t) + a_t b_t^T) + ..., so G_{t-1} (before its own dy r^T term)
-        // = G_t (diag(d_t) + b_t a_t^T) = G_t diag(d_t) + dsa_t a_t^T
-        for (int i = 0; i < N; i++)
-          for (int j = 0; j < N; j++) G[i * N + j] = G[i * N + j] * dt[j] + dsa[i] * at[j];
-      }
+      head_forward(hd, true);
+      head_backward(hd, dy, dr, dw, dk, dv, da, db, bb, h, H);
     }
   return 0;
 }

@@ -1,13 +1,14 @@
 // One rank of a multi-process collectives test (cuda/collectives_test.ts starts 1-3 of these with
 // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). MN_TEST_SCENARIO picks what it does:
-//   ops    allReduceSum, allReduceMean, broadcast (f32 and i32), agree, barrier; prints one JSON line
+//   ops    allReduceSum (f32 and bf16), allReduceMean, broadcast (f32 and i32), agree, barrier;
+//          prints one JSON line
 //   agree  agree() on "cfg-A", except rank $MN_TEST_BAD_RANK, which says "cfg-B"
 //   crash  one allReduceSum, then rank $MN_TEST_CRASH_RANK exits (code 3) and the others reduce again
 //   join   the rendezvous only
 //   mismatch  rank 1 broadcasts while the others all-reduce
 //   slow   rank 1 sleeps $MN_TEST_SLEEP_MS before its allReduceSum
 // Errors go to stderr as one line, "worker rank R: <message>", with exit code 1.
-import { openBackend } from "../backend.ts";
+import { f32ToBf16, openBackend } from "../backend.ts";
 import { openCollective } from "../collectives.ts";
 
 /** Elements per rank: 1 MiB of float32, more than a socket buffer holds, so transfers are partial. */
@@ -72,6 +73,9 @@ function main() {
     const m = be.upload(rankData(rank));
     comm.allReduceMean(m);
     const mean = be.download(m) as Float32Array;
+    const h = be.upload(f32ToBf16(rankData(rank)), [N], "bf16");
+    comm.allReduceSum(h);
+    const bf16Sum = be.download(h) as Uint16Array;
     const root = world - 1;
     const b = be.upload(rankData(100 + rank));
     comm.broadcast(b, root);
@@ -87,6 +91,7 @@ function main() {
       sumHash: fnv1a(sum),
       meanHead: Array.from(mean.subarray(0, 4)),
       meanHash: fnv1a(mean),
+      bf16Hash: fnv1a(bf16Sum),
       bcastHash: fnv1a(be.download(b)),
       bcastI32: Array.from(be.download(bi)),
       agreed,

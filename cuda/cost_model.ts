@@ -1,0 +1,1158 @@
+// The cost of each ABI call (cuda/kernels.h) on the cuda backend: the kernel launches one call
+// issues, each with its grid, DRAM bytes and FLOPs, for the step-cost tool (issue #13).
+//
+// One entry per ABI function, grouped by source file in the order of kernels.h, each mirroring
+// the launch code of the .cu function named in its comment (grid and block formulas, how many
+// kernels, what each reads and writes). Where the source is explicit (grids, blocks, tensor
+// sizes) the numbers are exact; FLOP counts of CUDA-core math and the L2 reuse assumptions are
+// estimates and say so.
+//
+// Conventions of the byte counts:
+// - Each distinct input byte of a launch is read once (data re-read by the same launch is assumed
+//   to hit L2/L1) unless noted: a second pass whose working set cannot stay in the H100's 50 MB L2
+//   counts again (cross-entropy's passes over the logits, the recompute WKV-7's scratch).
+// - Accumulating (`+=`) outputs are read and written. Separate launches never share a read:
+//   each counts its own.
+// - Pointer arguments are device addresses; 0 means NULL. A pointer parameter missing from `a`
+//   counts as present (non-NULL). Only the entry points whose launches depend on it look.
+
+/** One kernel launch of an ABI call, as the cuda build issues it. */
+export interface Launch {
+  kernel: string; // the __global__ function name (or "cublas_gemm", "memset", "memcpy_d2d", ...)
+  blocks: number; // grid size in blocks (x*y*z) for these arguments
+  threads: number; // threads per block
+  bytesRead: number; // DRAM bytes this launch reads, as implemented (see the file comment)
+  bytesWritten: number;
+  tcFlops: number; // tensor-core FLOPs (mma/cuBLAS bf16): 2*M*N*K per GEMM
+  fp32Flops: number; // CUDA-core FLOPs, rough (multiply-add = 2; exp/div/tanh ~ 4-8)
+  serialSteps?: number; // dependent steps a single block walks in sequence, when that bounds it
+}
+
+// ---- shared sizes and helpers -------------------------------------------------------------------
+
+const F32 = 4; // bytes of float / int32
+const BF16 = 2; // bytes of bf16
+/** rough CUDA-core FLOPs of one expf / logf / tanhf / division (estimate) */
+const EXP = 8;
+/** H100 L2 (bytes): the working-set limit below which a re-read is assumed to hit L2 */
+const L2_BYTES = 50 * 1024 * 1024;
+/** H100 SMs, used only to size the resident set of the cross-entropy rows (estimate) */
+const SMS = 132;
+
+/** common.cuh mn_blocks_for: ceil(n / threads), clamped to [1, 65535 * 16] */
+export function blocksFor(n: number, threads: number): number {
+  const b = Math.ceil(n / threads);
+  return b < 1 ? 1 : Math.min(b, 65535 * 16);
+}
+
+const cdiv = (a: number, b: number) => Math.ceil(a / b);
+
+/** An integer/float argument that the entry point needs. */
+function need(a: Record<string, number>, name: string): number {
+  const v = a[name];
+  if (typeof v !== "number" || !Number.isFinite(v)) {
+    throw new Error(`cost_model: argument ${name} missing (got ${v})`);
+  }
+  return v;
+}
+
+/** Whether a pointer argument is non-NULL (missing from `a` counts as present). */
+function has(a: Record<string, number>, name: string): boolean {
+  return a[name] !== 0;
+}
+
+function launch(
+  kernel: string,
+  blocks: number,
+  threads: number,
+  bytesRead: number,
+  bytesWritten: number,
+  fp32Flops: number,
+  tcFlops = 0,
+  serialSteps?: number,
+): Launch {
+  const l: Launch = { kernel, blocks, threads, bytesRead, bytesWritten, tcFlops, fp32Flops };
+  if (serialSteps !== undefined) l.serialSteps = serialSteps;
+  return l;
+}
+
+type Cost = (a: Record<string, number>) => Launch[];
+const host: Cost = () => [];
+
+/** A grid-stride elementwise kernel over n elements (mn_blocks_for(n, 256) x 256 threads). */
+function elementwise(
+  kernel: string,
+  n: number,
+  read: number,
+  written: number,
+  flopsPerElem: number,
+): Launch {
+  return launch(kernel, blocksFor(n, 256), 256, read, written, n * flopsPerElem);
+}
+
+// ---- runtime (runtime_cuda.cu) ------------------------------------------------------------------
+// cudaMemcpyAsync D2D and cudaMemsetAsync run the driver's own copy/fill kernels; their grid is
+// not ours. Estimate: a full-GPU grid of 256 threads moving 16 bytes each.
+const driverBlocks = (bytes: number) => blocksFor(cdiv(bytes, 16), 256);
+
+const memcpyD2d: Cost = (a) => {
+  const bytes = need(a, "bytes");
+  return bytes <= 0 ? [] : [launch("memcpy_d2d", driverBlocks(bytes), 256, bytes, bytes, 0)];
+};
+const memset: Cost = (a) => {
+  const bytes = need(a, "bytes");
+  return bytes <= 0 ? [] : [launch("memset", driverBlocks(bytes), 256, 0, bytes, 0)];
+};
+
+// ---- matmul (gemm.cu: cublasGemmStridedBatchedEx) -----------------------------------------------
+// cuBLAS picks its own kernel; ASSUMPTION: 128x128 output tiles, 256 threads, one block per tile
+// per batch item (the usual shape of the large sm_90 bf16 kernels). Where that leaves the GPU
+// short of blocks and K is long (a weight gradient [768 x 768] over K = 32768 rows: 36 tiles),
+// cuBLAS splits K (split-K / stream-K kernels); modelled as up to ceil(K / 1024) blocks per tile,
+// never more than one wave of 132. Not ours to change, and calibrated only as part of the whole
+// step (bench/step_cost.ts --calibrate). A, B and C are each read/written once per batch item; an
+// operand with batch stride 0 (shared by all items) is read once.
+const GEMM_WAVE = 132;
+function gemm(a: Record<string, number>, ab: number, cBytes: number, tensorCores: boolean): Launch {
+  const M = need(a, "M"), N = need(a, "N"), K = need(a, "K"), batch = need(a, "batch");
+  const items = (stride: string) => (a[stride] === 0 ? 1 : batch);
+  const readAB = M * K * ab * items("stride_a") + K * N * ab * items("stride_b");
+  const cTotal = M * N * cBytes * batch;
+  const readC = (a.beta ?? 0) !== 0 ? cTotal : 0;
+  const flops = 2 * M * N * K * batch;
+  const tiles = cdiv(M, 128) * cdiv(N, 128) * batch;
+  const blocks = tiles >= GEMM_WAVE
+    ? tiles
+    : Math.max(tiles, Math.min(GEMM_WAVE, tiles * cdiv(K, 1024)));
+  return launch(
+    "cublas_gemm",
+    blocks,
+    256,
+    readAB + readC,
+    cTotal,
+    tensorCores ? 0 : flops,
+    tensorCores ? flops : 0,
+  );
+}
+// mn_gemm_bf16: bf16 A, B; C fp32 (c_bf16 == 0) or bf16; CUBLAS_COMPUTE_32F on bf16 = tensor cores
+const gemmBf16: Cost = (a) => [gemm(a, BF16, need(a, "c_bf16") ? BF16 : F32, true)];
+// mn_gemm_f32: CUBLAS_COMPUTE_32F_PEDANTIC, fp32 CUDA-core arithmetic (no TF32)
+const gemmF32: Cost = (a) => [gemm(a, F32, F32, false)];
+
+// ---- cast (cast.cu) -----------------------------------------------------------------------------
+// cast_f32_to_bf16_kernel / cast_bf16_to_f32_kernel: mn_blocks_for(n, 256) x 256; n == 0: no launch
+const castF32ToBf16: Cost = (a) => {
+  const n = need(a, "n");
+  return n <= 0 ? [] : [elementwise("cast_f32_to_bf16_kernel", n, n * F32, n * BF16, 1)];
+};
+const castBf16ToF32: Cost = (a) => {
+  const n = need(a, "n");
+  return n <= 0 ? [] : [elementwise("cast_bf16_to_f32_kernel", n, n * BF16, n * F32, 1)];
+};
+
+// ---- layout (transpose.cu) ----------------------------------------------------------------------
+// transpose_kernel: grid (ceil(C/32), ceil(R/32)), block (32, 8)
+const transpose: Cost = (a) => {
+  const R = need(a, "R"), C = need(a, "C");
+  const bytes = R * C * F32;
+  return [launch("transpose_kernel", cdiv(C, 32) * cdiv(R, 32), 256, bytes, bytes, 0)];
+};
+
+// ---- embedding (embedding.cu) -------------------------------------------------------------------
+// embedding_forward_kernel: mn_blocks_for(N*C, 256) x 256. Reads idx and the gathered rows of wte
+// (at most min(N, V) distinct rows: repeated ids assumed to hit L2), writes out [N, C].
+const embeddingForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), V = need(a, "V");
+  const read = N * F32 + Math.min(N, V) * C * F32;
+  return [elementwise("embedding_forward_kernel", N * C, read, N * C * F32, 1)];
+};
+// embedding_backward_kernel: one thread per channel c, threads = C < 128 ? 32*ceil(C/32) : 128,
+// ceil(C/threads) blocks (6 at C = 768); each thread walks all N rows, EMB_K = 8 at a time, with a
+// read-modify-write of dwte per group: ceil(N/8) dependent steps. dwte rows touched (at most
+// min(N, V) distinct) are read and written; idx is read by every thread (L2).
+const embeddingBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), V = need(a, "V");
+  const threads = C < 128 ? 32 * cdiv(C, 32) : 128;
+  const rows = Math.min(N, V) * C * F32;
+  return [
+    launch(
+      "embedding_backward_kernel",
+      cdiv(C, threads),
+      threads,
+      N * F32 + N * C * F32 + rows,
+      rows,
+      N * C,
+      0,
+      cdiv(N, 8),
+    ),
+  ];
+};
+
+// ---- norms (norm.cu) ----------------------------------------------------------------------------
+// norm_threads(C): 32*ceil(C/32), at most 256
+const normThreads = (C: number) => Math.min(32 * cdiv(C, 32), 256);
+
+// layernorm_forward_kernel: one block per row (N blocks), three passes over the row (in L1).
+const layernormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  return [
+    launch(
+      "layernorm_forward_kernel",
+      N,
+      normThreads(C),
+      N * C * F32 + 2 * C * F32,
+      N * C * F32 + 2 * N * F32,
+      8 * N * C,
+    ),
+  ];
+};
+// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp +=), then
+// layernorm_backward_params_kernel: ceil(C/32) blocks of (32, 8) threads (24 at C = 768), each
+// thread summing rows ty, ty+8, ...: ceil(N/8) serial steps; dweight, dbias +=.
+const layernormBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  const act = N * C * F32;
+  return [
+    launch(
+      "layernorm_backward_dinp_kernel",
+      N,
+      normThreads(C),
+      3 * act + C * F32 + 2 * N * F32, // dout, inp, dinp; weight; mean, rstd
+      act,
+      14 * N * C,
+    ),
+    launch(
+      "layernorm_backward_params_kernel",
+      cdiv(C, 32),
+      256,
+      2 * act + 2 * N * F32 + 2 * C * F32, // dout, inp; mean, rstd; dweight, dbias
+      2 * C * F32,
+      6 * N * C,
+      0,
+      cdiv(N, 8),
+    ),
+  ];
+};
+// rmsnorm_forward_kernel: N blocks x norm_threads(C); writes out and rstd [N]
+const rmsnormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  return [
+    launch(
+      "rmsnorm_forward_kernel",
+      N,
+      normThreads(C),
+      N * C * F32,
+      N * C * F32 + N * F32,
+      4 * N * C,
+    ),
+  ];
+};
+// rmsnorm_backward_kernel: N blocks; reads dout, inp, rstd, dinp (+=)
+const rmsnormBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  const act = N * C * F32;
+  return [
+    launch("rmsnorm_backward_kernel", N, normThreads(C), 3 * act + N * F32, act, 7 * N * C),
+  ];
+};
+
+// ---- elementwise (elementwise.cu) ---------------------------------------------------------------
+// EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby_backward_dadb,
+// sum_squares) are ONE block of reduce_threads(n) threads: n/threads serial steps on one SM.
+const reduceThreads = (n: number) => n > 16384 ? 1024 : n >= 256 ? 256 : 32 * cdiv(n, 32);
+
+const relu2Forward: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("relu2_forward_kernel", n, n * F32, n * F32, 2)];
+};
+const relu2Backward: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("relu2_backward_kernel", n, 3 * n * F32, n * F32, 4)];
+};
+const axpbyForward: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("axpby_forward_kernel", n, 2 * n * F32 + 2 * F32, n * F32, 3)];
+};
+// mn_axpby_backward: axpby_backward_dxdy_kernel if dx or dy (each given one +=), then
+// axpby_backward_dadb_kernel (1 block) if da or db, reading dout again plus x (da) and y (db).
+const axpbyBackward: Cost = (a) => {
+  const n = need(a, "n");
+  const dx = has(a, "dx"), dy = has(a, "dy"), da = has(a, "da"), db = has(a, "db");
+  const out: Launch[] = [];
+  if (dx || dy) {
+    const k = (dx ? 1 : 0) + (dy ? 1 : 0);
+    out.push(
+      elementwise("axpby_backward_dxdy_kernel", n, (1 + k) * n * F32 + k * F32, k * n * F32, 2 * k),
+    );
+  }
+  if (da || db) {
+    const k = (da ? 1 : 0) + (db ? 1 : 0);
+    const t = reduceThreads(n);
+    out.push(
+      launch(
+        "axpby_backward_dadb_kernel",
+        1,
+        t,
+        (1 + k) * n * F32 + k * F32,
+        k * F32,
+        2 * k * n,
+        0,
+        cdiv(n, t),
+      ),
+    );
+  }
+  return out;
+};
+const add: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("ew_add_kernel", n, 2 * n * F32, n * F32, 1)];
+};
+const axpy: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("ew_axpy_kernel", n, 2 * n * F32, n * F32, 2)];
+};
+const scale: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("ew_scale_kernel", n, n * F32, n * F32, 1)];
+};
+const fill: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("ew_fill_kernel", n, 0, n * F32, 0)];
+};
+const sumSquares: Cost = (a) => {
+  const n = need(a, "n"), t = reduceThreads(n);
+  return [launch("sum_squares_kernel", 1, t, n * F32, F32, 2 * n, 0, cdiv(n, t))];
+};
+
+// ---- loss (crossentropy.cu) ---------------------------------------------------------------------
+// softcap_crossentropy_kernel: one block of 256 per row (N blocks), three passes over the row of V
+// logits: max, sum of exp, then loss and (if dlogits) the gradient; without dlogits the third pass
+// does not run. The later passes hit L2 only if the rows in flight fit there. Estimate: 8 resident
+// 256-thread blocks per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so each pass reads
+// DRAM again.
+const softcapCrossentropy: Cost = (a) => {
+  const N = need(a, "N"), V = need(a, "V");
+  const grad = has(a, "dlogits");
+  const row = V * F32;
+  const passes = grad ? 3 : 2;
+  const inFlight = Math.min(N, 8 * SMS) * row;
+  const logitReads = inFlight > L2_BYTES ? passes * N * row : N * row;
+  const capped = (a.softcap ?? 1) > 0;
+  const perElem = (capped ? 2 * EXP : 2) + EXP + (grad ? (capped ? 4 * EXP : 2 * EXP) : 0);
+  return [
+    launch(
+      "softcap_crossentropy_kernel",
+      N,
+      256,
+      logitReads + 2 * N * F32, // + targets, x[target]
+      N * F32 + (grad ? N * row : 0),
+      N * V * perElem,
+    ),
+  ];
+};
+
+// ---- optimizer (adam.cu) ------------------------------------------------------------------------
+// adam_step_kernel: mn_blocks_for(n, 256) x 256; reads param, grad, m, v; writes param, m, v
+const adamStep: Cost = (a) => {
+  const n = need(a, "n");
+  return n <= 0 ? [] : [elementwise("adam_step_kernel", n, 4 * n * F32, 3 * n * F32, 12 + EXP)];
+};
+// adam_multi_step_kernel: mn_blocks_for(total_n, 256) x 256, grid-stride over every tensor's
+// elements: adam_step's bytes for total_n elements, plus the list (6 int64 a tensor, read through
+// L1/L2 by the searches; counted once).
+const adamMultiStep: Cost = (a) => {
+  const n = need(a, "total_n"), count = need(a, "count");
+  return n <= 0 ? [] : [
+    elementwise("adam_multi_step_kernel", n, 4 * n * F32 + 48 * count, 3 * n * F32, 12 + EXP),
+  ];
+};
+
+// ---- device-side scalars (scalars.cu) -----------------------------------------------------------
+// sum_into_kernel: ONE block of sum_threads(n) (= reduceThreads) threads: n/threads serial steps.
+const sumInto: Cost = (a) => {
+  const n = need(a, "n"), t = reduceThreads(n);
+  return [launch("sum_into_kernel", 1, t, n * F32 + F32, F32, n, 0, cdiv(n, t))];
+};
+// scale_by_inv_norm_kernel: mn_blocks_for(n, 256) x 256; reads x and the one sumsq, writes out
+const scaleByInvNorm: Cost = (a) => {
+  const n = need(a, "n");
+  return [elementwise("scale_by_inv_norm_kernel", n, n * F32 + F32, n * F32, 1)];
+};
+
+// ---- model ops (modelops.cu) --------------------------------------------------------------------
+// Elementwise ops: mn_blocks_for(n, 256) x 256; warp-per-row ops: mn_blocks_for(rows, 8) x 256;
+// column reductions: ceil(C/32) blocks of (32, 8) threads, ceil(N/8) rows per thread in order.
+const warpRowBlocks = (rows: number) => blocksFor(rows, 8);
+const colBlocks = (C: number) => cdiv(C, 32);
+
+// per-element FLOPs of unary_f / unary_df by op code (MN_OP_*: 1 tanh, 2 sigmoid, 3 rwkv7 decay,
+// 4 exp(min(x, 0)), 5 neg); estimates
+const UNARY_FWD: Record<number, number> = { 1: EXP, 2: EXP + 2, 3: 2 * EXP + 2, 4: EXP, 5: 1 };
+const UNARY_BWD: Record<number, number> = { 1: 4, 2: 4, 3: 2 * EXP + 2, 4: 3, 5: 2 };
+
+const unaryForward: Cost = (a) => {
+  const n = need(a, "n"), op = need(a, "op");
+  return n <= 0
+    ? []
+    : [elementwise("unary_forward_kernel", n, n * F32, n * F32, UNARY_FWD[op] ?? 8)];
+};
+// unary_backward_kernel reads x and out wherever the pointer is non-NULL (not only when the op
+// needs them), dout, and dx (+=)
+const unaryBackward: Cost = (a) => {
+  const n = need(a, "n"), op = need(a, "op");
+  if (n <= 0) return [];
+  const inputs = 2 + (has(a, "x") ? 1 : 0) + (has(a, "out") ? 1 : 0);
+  return [
+    elementwise("unary_backward_kernel", n, inputs * n * F32, n * F32, UNARY_BWD[op] ?? 4),
+  ];
+};
+const mulForward: Cost = (a) => {
+  const n = need(a, "n");
+  return n <= 0 ? [] : [elementwise("mul_forward_kernel", n, 2 * n * F32, n * F32, 1)];
+};
+// mul_backward_kernel: dout; dx += dout*y (reads y, dx); dy += dout*x (reads x, dy)
+const mulBackward: Cost = (a) => {
+  const n = need(a, "n");
+  const k = (has(a, "dx") ? 1 : 0) + (has(a, "dy") ? 1 : 0);
+  if (n <= 0 || k === 0) return [];
+  return [elementwise("mul_backward_kernel", n, (1 + 2 * k) * n * F32, k * n * F32, 2 * k)];
+};
+const lerpForward: Cost = (a) => {
+  const n = need(a, "n");
+  return n <= 0 ? [] : [elementwise("lerp_forward_kernel", n, 3 * n * F32, n * F32, 3)];
+};
+// lerp_backward_kernel: dout, g always; dx, dy: +=; dg: += and reads x, y
+const lerpBackward: Cost = (a) => {
+  const n = need(a, "n");
+  const dx = has(a, "dx"), dy = has(a, "dy"), dg = has(a, "dg");
+  const k = (dx ? 1 : 0) + (dy ? 1 : 0) + (dg ? 1 : 0);
+  if (n <= 0 || k === 0) return [];
+  const reads = 2 + k + (dg ? 2 : 0);
+  return [elementwise("lerp_backward_kernel", n, reads * n * F32, k * n * F32, 3 * k)];
+};
+// row_vector_forward_kernel<false/true>: mn_blocks_for(N*C, 256) x 256; reads x and v [C]
+function rowVectorForward(a: Record<string, number>): Launch[] {
+  const N = need(a, "N"), C = need(a, "C");
+  const act = N * C * F32;
+  return [elementwise("row_vector_forward_kernel", N * C, act + C * F32, act, 2)];
+}
+// row_vector_backward_kernel: ceil(C/32) blocks of (32, 8) (24 at C = 768); each thread walks
+// ceil(N/8) rows; reads dout, x (if non-NULL), v [C] (if non-NULL); dx += (if non-NULL); dv [C]
+// += (if non-NULL).
+function rowVectorBackward(N: number, C: number, dx: boolean, dv: boolean, x: boolean, v: boolean) {
+  const act = N * C * F32;
+  const read = act + (x ? act : 0) + (v ? C * F32 : 0) + (dx ? act : 0) + (dv ? C * F32 : 0);
+  const written = (dx ? act : 0) + (dv ? C * F32 : 0);
+  const flops = N * C * ((dx ? 2 : 0) + (x ? 2 : 1));
+  return launch(
+    "row_vector_backward_kernel",
+    colBlocks(C),
+    256,
+    read,
+    written,
+    flops,
+    0,
+    cdiv(N, 8),
+  );
+}
+// mn_add_row_vector_backward: x = v = NULL; dv required, dx optional
+const addRowVectorBackward: Cost = (a) => [
+  rowVectorBackward(need(a, "N"), need(a, "C"), has(a, "dx"), true, false, false),
+];
+// mn_mul_row_vector_backward: no launch when dx and dv are both NULL
+const mulRowVectorBackward: Cost = (a) => {
+  const dx = has(a, "dx"), dv = has(a, "dv");
+  if (!dx && !dv) return [];
+  return [rowVectorBackward(need(a, "N"), need(a, "C"), dx, dv, has(a, "x"), has(a, "v"))];
+};
+// time_shift_forward_kernel: mn_blocks_for(B*T*C, 256); reads x for t < T-1, writes all of out
+const timeShiftForward: Cost = (a) => {
+  const B = need(a, "B"), T = need(a, "T"), C = need(a, "C");
+  const n = B * T * C;
+  return [elementwise("time_shift_forward_kernel", n, B * (T - 1) * C * F32, n * F32, 1)];
+};
+// time_shift_backward_kernel: dx[t] += dout[t+1] for t < T-1 (dx, dout read; dx written there)
+const timeShiftBackward: Cost = (a) => {
+  const B = need(a, "B"), T = need(a, "T"), C = need(a, "C");
+  const moved = B * (T - 1) * C * F32;
+  return [elementwise("time_shift_backward_kernel", B * T * C, 2 * moved, moved, 1)];
+};
+// l2norm_forward_kernel: warp per row of D, mn_blocks_for(N, 8) x 256
+const l2normForward: Cost = (a) => {
+  const N = need(a, "N"), D = need(a, "D");
+  return [
+    launch("l2norm_forward_kernel", warpRowBlocks(N), 256, N * D * F32, N * D * F32, 3 * N * D),
+  ];
+};
+// l2norm_backward_kernel: reads dx (+=), dout, x
+const l2normBackward: Cost = (a) => {
+  const N = need(a, "N"), D = need(a, "D");
+  const act = N * D * F32;
+  return [launch("l2norm_backward_kernel", warpRowBlocks(N), 256, 3 * act, act, 8 * N * D)];
+};
+// groupnorm_forward_kernel: warp per (row, group), rows = N*G; writes out, mean, rstd [N, G]
+const groupnormForward: Cost = (a) => {
+  const N = need(a, "N"), G = need(a, "G"), D = need(a, "D");
+  const rows = N * G, act = rows * D * F32;
+  return [
+    launch(
+      "groupnorm_forward_kernel",
+      warpRowBlocks(rows),
+      256,
+      act + 2 * G * D * F32,
+      act + 2 * rows * F32,
+      8 * rows * D,
+    ),
+  ];
+};
+// groupnorm_backward: groupnorm_backward_dx_kernel (warp per (row, group); dx +=), then
+// groupnorm_backward_params_kernel: ceil(G*D/32) blocks of (32, 8), ceil(N/8) rows per thread;
+// dweight, dbias +=.
+const groupnormBackward: Cost = (a) => {
+  const N = need(a, "N"), G = need(a, "G"), D = need(a, "D");
+  const rows = N * G, C = G * D, act = rows * D * F32;
+  return [
+    launch(
+      "groupnorm_backward_dx_kernel",
+      warpRowBlocks(rows),
+      256,
+      3 * act + C * F32 + 2 * rows * F32, // dout, x, dx; weight; mean, rstd
+      act,
+      14 * rows * D,
+    ),
+    launch(
+      "groupnorm_backward_params_kernel",
+      colBlocks(C),
+      256,
+      2 * act + 2 * rows * F32 + 2 * C * F32, // dout, x; mean, rstd; dweight, dbias
+      2 * C * F32,
+      6 * rows * D,
+      0,
+      cdiv(N, 8),
+    ),
+  ];
+};
+// bonus_forward_kernel: warp per (row, head), rows = N*H; reads r, k, v, u; writes out
+const rwkv7BonusForward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const rows = N * H, act = rows * D * F32;
+  return [
+    launch(
+      "bonus_forward_kernel",
+      warpRowBlocks(rows),
+      256,
+      3 * act + H * D * F32,
+      act,
+      5 * rows * D,
+    ),
+  ];
+};
+// rwkv7_bonus_backward: bonus_backward_rkv_kernel (warp per row; dr, dk, dv +=), then
+// bonus_backward_u_kernel: ONE block of 256 per head (H blocks), 8 warps walking rows i = w,
+// w+8, ... of all N: reads dout, v, r, k again (a separate launch: counted again) and du +=;
+// ceil(N/8) serial steps per warp.
+const rwkv7BonusBackward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const rows = N * H, act = rows * D * F32;
+  return [
+    launch(
+      "bonus_backward_rkv_kernel",
+      warpRowBlocks(rows),
+      256,
+      7 * act + H * D * F32, // dout, r, k, v; dr, dk, dv; u
+      3 * act,
+      14 * rows * D,
+    ),
+    launch(
+      "bonus_backward_u_kernel",
+      H,
+      256,
+      4 * act + H * D * F32,
+      H * D * F32,
+      6 * rows * D,
+      0,
+      cdiv(N, 8),
+    ),
+  ];
+};
+
+// ---- WKV-7 (wkv7.cu) ----------------------------------------------------------------------------
+// grid (H, B); forward block N (thread = row of S), backward block N*P with P = N >= 64 ? N/32 : 1
+// lanes per row; t walked in order: T serial steps. Inputs r, w, k, v, a, b [B,T,H,N] in `inBytes`.
+const wkv7Lanes = (N: number) => (N >= 64 ? N / 32 : 1);
+
+function wkv7Shape(a: Record<string, number>) {
+  const B = need(a, "B"), T = need(a, "T"), H = need(a, "H"), N = need(a, "N");
+  const elems = B * T * H * N; // one [B,T,H,N] tensor
+  const ckpt = B * H * (T / 16) * N * N * F32; // s_ckpt [B,H,T/16,N,N] fp32
+  return { B, T, H, N, elems, ckpt };
+}
+
+// wkv7_forward_kernel: reads the 6 inputs; writes y, s_ckpt and (mn_wkv7_forward only) sa.
+// Per step and row: sa = s.a (2N), s = s d + sa b + v k (5N), y = s.r (2N); 2 exps per thread.
+function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean): Launch[] {
+  const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
+  return [
+    launch(
+      "wkv7_forward_kernel",
+      H * B,
+      N,
+      6 * elems * inBytes,
+      elems * F32 * (withSa ? 2 : 1) + ckpt,
+      B * H * T * N * (9 * N + 2 * EXP),
+      0,
+      T,
+    ),
+  ];
+}
+// wkv7_backward_kernel (backstepping): reads dy, sa (fp32), the 6 bf16 inputs, every checkpoint;
+// dr, dw, dk, dv, da, db +=. Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
+// dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
+const wkv7Backward: Cost = (a) => {
+  const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
+  return [
+    launch(
+      "wkv7_backward_kernel",
+      H * B,
+      N * wkv7Lanes(N),
+      2 * elems * F32 + 6 * elems * BF16 + ckpt + 6 * elems * F32,
+      6 * elems * F32,
+      B * H * T * N * (32 * N + 3 * EXP),
+      0,
+      T,
+    ),
+  ];
+};
+// wkv7g_backward_kernel (recompute): per 16-step chunk, phase A re-runs the chunk forward from
+// checkpoint c-1 and stores the 17 states S_{16c-1} .. S_{16c+15} [N,N] fp32 in ws; phase B reads
+// them back, S_t and S_{t-1} at step t (S_{t-1} is S_t of the next step down: a hit, so 17 distinct
+// state reads per chunk). ws traffic (estimate): when all blocks' scratch B*H*17*N*N*4 fits in L2
+// it is counted once written and once read; otherwise (1.1e8 bytes at B=32, H=12, N=64: it does
+// not) every chunk's 17 stores and 17 loads count: an upper bound, as L2 absorbs part of it.
+function wkv7gBackward(a: Record<string, number>, inBytes: number): Launch[] {
+  const { B, T, H, N, elems } = wkv7Shape(a);
+  const nc = T / 16;
+  const state = N * N * F32;
+  const wsAll = B * H * 17 * state;
+  const fits = wsAll <= L2_BYTES;
+  const wsWrite = fits ? wsAll : B * H * nc * 17 * state;
+  const wsRead = fits ? wsAll : B * H * nc * 17 * state;
+  const ckptRead = B * H * Math.max(nc - 1, 0) * state;
+  return [
+    launch(
+      "wkv7g_backward_kernel",
+      H * B,
+      N * wkv7Lanes(N),
+      elems * F32 + 6 * elems * inBytes + ckptRead + wsRead + 6 * elems * F32,
+      6 * elems * F32 + wsWrite,
+      B * H * T * N * (7 * N + 30 * N + 4 * EXP),
+      0,
+      T,
+    ),
+  ];
+}
+
+// ---- causal attention (attention.cu): CUDA cores ------------------------------------------------
+// Forward grid (ceil(T/64), H, B) x 256; backward: attention_delta_kernel (ceil(B*T*H/8) x 256),
+// attention_backward_dkv_kernel and attention_backward_dq_kernel (grid (ceil(T/32), H, B) x 256).
+// q, k, v of one (b, h) are re-read by every tile of that head: assumed to hit L2 (the blocks of a
+// head are adjacent in the grid), so each is counted once. FLOPs are those the tiles compute,
+// masked entries included (the kernels compute whole tiles); exp ~ EXP per score.
+interface AttnShape {
+  B: number;
+  T: number;
+  H: number;
+  D: number;
+  elems: number; // B*T*H*D
+  rows: number; // B*H*T
+}
+function attnShape(a: Record<string, number>): AttnShape {
+  const B = need(a, "B"), T = need(a, "T"), H = need(a, "H"), D = need(a, "D");
+  return { B, T, H, D, elems: B * T * H * D, rows: B * H * T };
+}
+
+/** (query tile, key tile) pairs one (b, h) walks, and the longest block's tile count. */
+function attnCorePairs(T: number) {
+  let fwd = 0, fwdMax = 0, dkv = 0, dq = 0;
+  for (let q0 = 0; q0 < T; q0 += 64) {
+    const nkt = Math.floor((Math.min(q0 + 64, T) - 1) / 32) + 1; // forward: 64 rows x 32 keys
+    fwd += nkt;
+    fwdMax = Math.max(fwdMax, nkt);
+  }
+  const nt = cdiv(T, 32);
+  for (let kt = 0; kt < nt; kt++) dkv += nt - kt; // dK/dV: query tiles from the key tile on
+  for (let qt = 0; qt < nt; qt++) dq += qt + 1; // dQ: key tiles up to the diagonal
+  return { fwd, fwdMax, dkv, dq, bwdMax: nt };
+}
+
+function attentionForward(a: Record<string, number>, inBytes: number): Launch[] {
+  const s = attnShape(a);
+  const p = attnCorePairs(s.T);
+  const perPair = 64 * 32 * (4 * s.D + EXP + 4); // QK^T + PV + exp + softmax bookkeeping
+  return [
+    launch(
+      "attention_forward_kernel",
+      cdiv(s.T, 64) * s.H * s.B,
+      256,
+      3 * s.elems * inBytes,
+      s.elems * F32 + s.rows * F32,
+      s.B * s.H * p.fwd * perPair,
+      0,
+      p.fwdMax,
+    ),
+  ];
+}
+function attentionBackward(a: Record<string, number>, inBytes: number): Launch[] {
+  const s = attnShape(a);
+  const p = attnCorePairs(s.T);
+  const qkv = 3 * s.elems * inBytes, act = s.elems * F32, vec = s.rows * F32;
+  const grid = cdiv(s.T, 32) * s.H * s.B;
+  return [
+    launch("attention_delta_kernel", cdiv(s.rows, 8), 256, 2 * act, vec, 2 * s.elems),
+    launch(
+      "attention_backward_dkv_kernel",
+      grid,
+      256,
+      qkv + act + 2 * vec + 2 * act, // q, k, v; dout; lse, Delta; dk, dv (+=)
+      2 * act,
+      s.B * s.H * p.dkv * 32 * 32 * (8 * s.D + EXP + 4),
+      0,
+      p.bwdMax,
+    ),
+    launch(
+      "attention_backward_dq_kernel",
+      grid,
+      256,
+      qkv + act + 2 * vec + act, // q, k, v; dout; lse, Delta; dq (+=)
+      act,
+      s.B * s.H * p.dq * 32 * 32 * (6 * s.D + EXP + 4),
+      0,
+      p.bwdMax,
+    ),
+  ];
+}
+
+// ---- WKV-6 (wkv6.cu) ----------------------------------------------------------------------------
+// Every kernel grid (H, B), block N, t walked in order (T serial steps); inputs r, k, v, w
+// [B,T,H,N] in `inBytes`, u [H,N] fp32.
+function wkv6Shape(a: Record<string, number>) {
+  const B = need(a, "B"), T = need(a, "T"), H = need(a, "H"), N = need(a, "N");
+  return { B, T, H, N, elems: B * T * H * N, u: H * N * F32 };
+}
+// wkv6_forward_kernel: per step and thread: bonus sum N, y dot 2N, state update 3N; 2 exps
+function wkv6Forward(a: Record<string, number>, inBytes: number): Launch[] {
+  const { B, T, H, N, elems, u } = wkv6Shape(a);
+  return [
+    launch(
+      "wkv6_forward_kernel",
+      H * B,
+      N,
+      4 * elems * inBytes + u,
+      elems * F32,
+      B * H * T * N * (6 * N + 2 * EXP),
+      0,
+      T,
+    ),
+  ];
+}
+// wkv6_backward: wkv6_backward_scan_kernel (forward scan: dr +=, c_t -> ws, du partials -> ws),
+// wkv6_backward_dkdw_kernel (reverse: reads c_t; dk, dw +=), wkv6_backward_dv_kernel (reverse:
+// dv +=), wkv6_du_reduce_kernel (grid (H), block N: sums the B partials in order; du +=).
+function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
+  const { B, T, H, N, elems, u } = wkv6Shape(a);
+  const act = elems * F32, part = B * H * N * F32, steps = B * H * T * N;
+  return [
+    launch(
+      "wkv6_backward_scan_kernel",
+      H * B,
+      N,
+      act + 4 * elems * inBytes + u + act, // dy; r, k, v, w; u; dr
+      act + act + part, // dr; c_t; du partials
+      steps * (7 * N + 2 * EXP),
+      0,
+      T,
+    ),
+    launch(
+      "wkv6_backward_dkdw_kernel",
+      H * B,
+      N,
+      act + act + 4 * elems * inBytes + u + 2 * act, // c_t; dy; r, k, v, w; u; dk, dw
+      2 * act,
+      steps * (7 * N + 3 * EXP),
+      0,
+      T,
+    ),
+    launch(
+      "wkv6_backward_dv_kernel",
+      H * B,
+      N,
+      act + 3 * elems * inBytes + u + act, // dy; r, k, w; u; dv
+      act,
+      steps * (6 * N + 2 * EXP),
+      0,
+      T,
+    ),
+    launch("wkv6_du_reduce_kernel", H, N, part + u, u, B * H * N, 0, B),
+  ];
+}
+
+// ---- rotary (rotary.cu) -------------------------------------------------------------------------
+// rotary_kernel<false/true>: one thread per (row, i < D/2) pair, mn_blocks_for(B*T*H*D/2, 256);
+// cos/sin recomputed per pair (powf, cosf, sinf: ~3 EXP). Backward accumulates (dx +=).
+function rotary(a: Record<string, number>, backward: boolean): Launch[] {
+  const B = need(a, "B"), T = need(a, "T"), H = need(a, "H"), D = need(a, "D");
+  const pairs = B * T * H * Math.floor(D / 2);
+  const act = B * T * H * D * F32;
+  return [
+    launch(
+      "rotary_kernel",
+      blocksFor(pairs, 256),
+      256,
+      backward ? 2 * act : act,
+      act,
+      pairs * (3 * EXP + 6),
+    ),
+  ];
+}
+
+// ---- tensor-core wrappers (mma.cu) --------------------------------------------------------------
+// mma_selftest_kernel: grid (N/8, M/16), one warp per 16x8 tile of D
+const mmaSelftest: Cost = (a) => {
+  const M = need(a, "M"), N = need(a, "N"), K = need(a, "K");
+  return [
+    launch(
+      "mma_selftest_kernel",
+      Math.floor(N / 8) * Math.floor(M / 16),
+      32,
+      M * K * BF16 + K * N * BF16 + M * N * F32,
+      M * N * F32,
+      0,
+      2 * M * N * K,
+    ),
+  ];
+};
+// mma_fragment_map_kernel: one warp; writes lane_rows, lane_cols int32 [32][4][2]
+const mmaFragmentMap: Cost = () => [
+  launch("mma_fragment_map_kernel", 1, 32, 0, 2 * 32 * 4 * 2 * F32, 0),
+];
+
+// ---- WKV-7 wind (wkv7_wind.cu): tensor-core chunk-16 --------------------------------------------
+// wind_forward_kernel / wind_backward_kernel: grid (H, B), block 2N (N/16 warps); the chunks of a
+// (b, h) are walked in order: T/16 serial steps. Tensor-core FLOPs per chunk, from the mm_acc
+// calls: forward 4 products of 16*N*N multiply-adds each (As S0^T, Rs S0^T: [16 x N] outputs,
+// K = N; U^T Be, V^T Ke: [N x N] outputs, K = 16: 4 x 32 N^2 FLOPs) and 7 of 16*16*N (AB, AK, QB,
+// QK, AK V, QB U, QK V: 7 x 512 N); backward 8 of the first kind (256 N^2) and 19 of the second
+// (19 x 512 N), counted from the mm_acc calls of wind_backward_kernel. CUDA-core work
+// (the 16x16 solve, decays, element-wise scalings) is a rough estimate.
+function windShape(a: Record<string, number>) {
+  const s = wkv7Shape(a);
+  return { ...s, nc: s.T / 16 };
+}
+const wkv7WindForward: Cost = (a) => {
+  const { B, H, N, elems, ckpt, nc } = windShape(a);
+  const chunks = B * H * nc;
+  return [
+    launch(
+      "wind_forward_kernel",
+      H * B,
+      2 * N,
+      6 * elems * BF16,
+      2 * elems * F32 + ckpt, // y, sa, s_ckpt
+      chunks * (N * N + 1000 * N),
+      chunks * (128 * N * N + 3584 * N),
+      nc,
+    ),
+  ];
+};
+const wkv7WindBackward: Cost = (a) => {
+  const { B, H, N, elems, nc } = windShape(a);
+  const chunks = B * H * nc;
+  const ckptRead = B * H * Math.max(nc - 1, 0) * N * N * F32; // S0 of chunk c = s_ckpt[c-1]
+  return [
+    launch(
+      "wind_backward_kernel",
+      H * B,
+      2 * N,
+      6 * elems * BF16 + 2 * elems * F32 + ckptRead + 6 * elems * F32, // inputs; sa, dy; grads +=
+      6 * elems * F32,
+      chunks * (2 * N * N + 3000 * N),
+      chunks * (256 * N * N + 9728 * N),
+      nc,
+    ),
+  ];
+};
+
+// ---- WKV-6 chunked (wkv6_chunked.cu) ------------------------------------------------------------
+// NC = ceil(T/16) chunks. wkv6c_state_kernel / wkv6c_dstate_kernel: grid (H, B), block N, chunks
+// in order (NC serial steps); wkv6c_output_kernel / wkv6c_grads_kernel: grid (NC, H, B), block N;
+// wkv6c_du_kernel: grid (H), block N, B*NC partials in order. CUDA-core FLOPs are estimates.
+function wkv6cShape(a: Record<string, number>) {
+  const s = wkv6Shape(a);
+  const NC = cdiv(s.T, 16);
+  const ckpt = s.B * s.H * NC * s.N * s.N * F32; // s_ckpt / ds_ckpt [B,H,NC,N,N]
+  const lastLen = s.T - (NC - 1) * 16;
+  return { ...s, NC, ckpt, lastLen };
+}
+// mn_wkv6_chunked_forward: wkv6c_state_kernel (reads k, v, w of every chunk but the last, writes
+// all NC checkpoints), then wkv6c_output_kernel (reads checkpoints of chunks > 0, r, k, v, w, u;
+// writes y).
+const wkv6ChunkedForward: Cost = (a) => {
+  const { B, T, H, N, NC, ckpt, lastLen, u, elems } = wkv6cShape(a);
+  const scanned = B * (T - lastLen) * H * N; // elements of the chunks the state scan consumes
+  const pair = 120 * N * (3 + EXP) + 16 * N * 2; // strict pairs with an exp, plus the diagonal
+  return [
+    launch(
+      "wkv6c_state_kernel",
+      H * B,
+      N,
+      3 * scanned * BF16,
+      ckpt,
+      B * H * (NC - 1) * N * (33 * N + 3 * 16 * EXP),
+      0,
+      NC,
+    ),
+    launch(
+      "wkv6c_output_kernel",
+      NC * H * B,
+      N,
+      ckpt * (NC - 1) / NC + 4 * elems * BF16 + u,
+      elems * F32,
+      B * H * NC * (pair + N * (32 * N + 272 + 16 * (2 + EXP))),
+    ),
+  ];
+};
+// mn_wkv6_chunked_backward: wkv6c_dstate_kernel (reads dy, r, w of chunks > 0, writes all NC
+// state-gradient checkpoints into ws), wkv6c_grads_kernel (reads dy, r, k, v, w, u, s_ckpt of
+// chunks > 0 and ds_ckpt of chunks < NC-1; dr, dk, dv, dw +=; writes the du partials into ws),
+// wkv6c_du_kernel (du +=).
+const wkv6ChunkedBackward: Cost = (a) => {
+  const { B, T, H, N, NC, ckpt, u, elems } = wkv6cShape(a);
+  const scanned = B * (T - Math.min(16, T)) * H * N; // chunks 1 .. NC-1
+  const act = elems * F32, part = B * H * NC * N * F32;
+  const pair = 120 * N * (3 + EXP) + 136 * 2 * N;
+  return [
+    launch(
+      "wkv6c_dstate_kernel",
+      H * B,
+      N,
+      scanned * F32 + 2 * scanned * BF16,
+      ckpt,
+      B * H * (NC - 1) * N * (33 * N + 3 * 16 * EXP),
+      0,
+      NC,
+    ),
+    launch(
+      "wkv6c_grads_kernel",
+      NC * H * B,
+      N,
+      act + 4 * elems * BF16 + u + 2 * ckpt * (NC - 1) / NC + 4 * act, // dy; r,k,v,w; u; S0, Gc;
+      4 * act + part, //                                                  dr, dk, dv, dw +=
+      B * H * NC * (pair + N * (96 * N + 12000)),
+    ),
+    launch("wkv6c_du_kernel", H, N, part + u, u, B * H * NC * N, 0, B * NC),
+  ];
+};
+
+// ---- causal attention on tensor cores (attention_tc.cu) -----------------------------------------
+// Forward and dQ: grid (ceil(T/64), H, B) x 128; dK/dV: grid (ceil(T/64), H, B) x 128;
+// attention_tc_delta_kernel: ceil(B*T*H/4) x 128. Warps skip the 16-row blocks the causal mask
+// empties, so per (b, h) the mma work is over the pairs (query block >= key block) of 16-blocks:
+// nb (nb + 1) / 2 with nb = ceil(T/16), each pair a 16 x 16 x D product per matrix product: 2 in
+// the forward (S, P V), 4 in dK/dV (S^T, dP^T, dV, dK), 3 in dQ (S, dP, dQ). Bytes as attention.cu.
+function attnTcPairs(T: number) {
+  const nb = cdiv(T, 16);
+  return nb * (nb + 1) / 2;
+}
+const attentionTcForward: Cost = (a) => {
+  const s = attnShape(a);
+  const pairs = s.B * s.H * attnTcPairs(s.T);
+  const mm = 2 * 16 * 16 * s.D; // one 16x16xD product
+  return [
+    launch(
+      "attention_tc_forward_kernel",
+      cdiv(s.T, 64) * s.H * s.B,
+      128,
+      3 * s.elems * BF16,
+      s.elems * F32 + s.rows * F32,
+      pairs * 256 * (EXP + 4),
+      pairs * 2 * mm,
+      cdiv(s.T, 64),
+    ),
+  ];
+};
+const attentionTcBackward: Cost = (a) => {
+  const s = attnShape(a);
+  const pairs = s.B * s.H * attnTcPairs(s.T);
+  const mm = 2 * 16 * 16 * s.D;
+  const qkv = 3 * s.elems * BF16, act = s.elems * F32, vec = s.rows * F32;
+  const grid = cdiv(s.T, 64) * s.H * s.B;
+  return [
+    launch("attention_tc_delta_kernel", cdiv(s.rows, 4), 128, 2 * act, vec, 3 * s.elems),
+    launch(
+      "attention_tc_backward_dkv_kernel",
+      grid,
+      128,
+      qkv + act + 2 * vec + 2 * act, // q, k, v; dout; lse, Delta; dk, dv (+=)
+      2 * act,
+      pairs * 256 * (EXP + 4),
+      pairs * 4 * mm,
+      cdiv(s.T, 64),
+    ),
+    launch(
+      "attention_tc_backward_dq_kernel",
+      grid,
+      128,
+      qkv + act + 2 * vec + act, // q, k, v; dout; lse, Delta; dq (+=)
+      act,
+      pairs * 256 * (EXP + 4),
+      pairs * 3 * mm,
+      cdiv(s.T, 64),
+    ),
+  ];
+};
+
+// ---- the table ----------------------------------------------------------------------------------
+const TABLE: Record<string, Cost> = {
+  // runtime (runtime_cuda.cu): host-side calls; copies and syncs are in hostTransfer
+  mn_backend_name: host,
+  mn_last_error: host,
+  mn_device_count: host,
+  mn_device_name: host,
+  mn_set_device: host,
+  mn_malloc: host,
+  mn_free: host,
+  mn_memcpy_h2d: host,
+  mn_memcpy_d2h: host,
+  mn_memcpy_d2d: memcpyD2d,
+  mn_memset: memset,
+  mn_stream_create: host,
+  mn_stream_destroy: host,
+  mn_synchronize: host,
+  mn_mem_get_info: host,
+  // matmul (gemm.cu)
+  mn_gemm_init: host,
+  mn_gemm_provider: host,
+  mn_gemm_bf16: gemmBf16,
+  mn_gemm_f32: gemmF32,
+  // cast.cu
+  mn_cast_f32_to_bf16: castF32ToBf16,
+  mn_cast_bf16_to_f32: castBf16ToF32,
+  // transpose.cu
+  mn_transpose: transpose,
+  // embedding.cu
+  mn_embedding_forward: embeddingForward,
+  mn_embedding_backward: embeddingBackward,
+  // norm.cu
+  mn_layernorm_forward: layernormForward,
+  mn_layernorm_backward: layernormBackward,
+  mn_rmsnorm_forward: rmsnormForward,
+  mn_rmsnorm_backward: rmsnormBackward,
+  // elementwise.cu
+  mn_relu2_forward: relu2Forward,
+  mn_relu2_backward: relu2Backward,
+  mn_axpby_forward: axpbyForward,
+  mn_axpby_backward: axpbyBackward,
+  mn_add: add,
+  mn_axpy: axpy,
+  mn_scale: scale,
+  mn_fill: fill,
+  mn_sum_squares: sumSquares,
+  // crossentropy.cu
+  mn_softcap_crossentropy: softcapCrossentropy,
+  // adam.cu
+  mn_adam_step: adamStep,
+  mn_adam_multi_step: adamMultiStep,
+  // scalars.cu
+  mn_sum_into: sumInto,
+  mn_scale_by_inv_norm: scaleByInvNorm,
+  // modelops.cu
+  mn_unary_forward: unaryForward,
+  mn_unary_backward: unaryBackward,
+  mn_mul_forward: mulForward,
+  mn_mul_backward: mulBackward,
+  mn_lerp_forward: lerpForward,
+  mn_lerp_backward: lerpBackward,
+  mn_add_row_vector_forward: rowVectorForward,
+  mn_add_row_vector_backward: addRowVectorBackward,
+  mn_mul_row_vector_forward: rowVectorForward,
+  mn_mul_row_vector_backward: mulRowVectorBackward,
+  mn_time_shift_forward: timeShiftForward,
+  mn_time_shift_backward: timeShiftBackward,
+  mn_l2norm_forward: l2normForward,
+  mn_l2norm_backward: l2normBackward,
+  mn_groupnorm_forward: groupnormForward,
+  mn_groupnorm_backward: groupnormBackward,
+  mn_rwkv7_bonus_forward: rwkv7BonusForward,
+  mn_rwkv7_bonus_backward: rwkv7BonusBackward,
+  // wkv7.cu
+  mn_wkv7_forward: (a) => wkv7Forward(a, BF16, true),
+  mn_wkv7_backward: wkv7Backward,
+  mn_wkv7g_forward: (a) => wkv7Forward(a, BF16, false),
+  mn_wkv7g_backward: (a) => wkv7gBackward(a, BF16),
+  mn_wkv7g_forward_f32: (a) => wkv7Forward(a, F32, false),
+  mn_wkv7g_backward_f32: (a) => wkv7gBackward(a, F32),
+  // attention.cu
+  mn_attention_forward: (a) => attentionForward(a, BF16),
+  mn_attention_backward: (a) => attentionBackward(a, BF16),
+  mn_attention_forward_f32: (a) => attentionForward(a, F32),
+  mn_attention_backward_f32: (a) => attentionBackward(a, F32),
+  // wkv6.cu
+  mn_wkv6_forward: (a) => wkv6Forward(a, BF16),
+  mn_wkv6_backward: (a) => wkv6Backward(a, BF16),
+  mn_wkv6_forward_f32: (a) => wkv6Forward(a, F32),
+  mn_wkv6_backward_f32: (a) => wkv6Backward(a, F32),
+  // rotary.cu
+  mn_rotary_forward: (a) => rotary(a, false),
+  mn_rotary_backward: (a) => rotary(a, true),
+  // mma.cu
+  mn_mma_selftest: mmaSelftest,
+  mn_mma_fragment_map: mmaFragmentMap,
+  // wkv7_wind.cu
+  mn_wkv7_wind_forward: wkv7WindForward,
+  mn_wkv7_wind_backward: wkv7WindBackward,
+  // wkv6_chunked.cu (mn_wkv6_chunked_sizes is host arithmetic)
+  mn_wkv6_chunked_sizes: host,
+  mn_wkv6_chunked_forward: wkv6ChunkedForward,
+  mn_wkv6_chunked_backward: wkv6ChunkedBackward,
+  // attention_tc.cu
+  mn_attention_tc_forward: attentionTcForward,
+  mn_attention_tc_backward: attentionTcBackward,
+};
+
+/** The ABI functions this table covers; a test checks it equals every function of kernels.h. */
+export const COSTED_FUNCTIONS: readonly string[] = Object.freeze(Object.keys(TABLE));
+
+/** What an ABI call costs on the cuda backend; [] for host-only calls (names, sizes, errors,
+ * stream/device management). `a` maps each parameter name of cuda/kernels.h to its value: numbers
+ * for int/int64_t/float/double parameters, and for pointers the device address (0 = NULL). */
+export function callLaunches(fn: string, a: Record<string, number>): Launch[] {
+  const cost = TABLE[fn];
+  if (!cost) throw new Error(`cost_model: no cost for ${fn} (add it to cuda/cost_model.ts)`);
+  return cost(a);
+}
+
+/** Host<->device copies and synchronizations of a call, counted by the tool separately; null for
+ * calls with neither. */
+export function hostTransfer(
+  fn: string,
+  a: Record<string, number>,
+): { h2d: number; d2h: number; sync: boolean } | null {
+  switch (fn) {
+    // cudaMemcpyAsync from pageable host memory (Deno buffers are pageable): the call returns only
+    // once the source has been staged, so it is effectively synchronous w.r.t. the host for large
+    // copies, but it does not wait for earlier work on the stream. Reported as sync = false.
+    case "mn_memcpy_h2d":
+      return { h2d: need(a, "bytes"), d2h: 0, sync: false };
+    // cudaMemcpyAsync + cudaStreamSynchronize
+    case "mn_memcpy_d2h":
+      return { h2d: 0, d2h: need(a, "bytes"), sync: true };
+    // cudaStreamSynchronize / cudaDeviceSynchronize
+    case "mn_synchronize":
+      return { h2d: 0, d2h: 0, sync: true };
+    // cudaFree synchronizes the device implicitly (CUDA runtime documentation)
+    case "mn_free":
+      return { h2d: 0, d2h: 0, sync: true };
+    default:
+      return null;
+  }
+}
