@@ -83,6 +83,8 @@ Deno.test("launcher: --nproc_per_node and multi-node flags give torchrun's ranks
     "--master_addr",
     "10.1.2.3",
     "--master_port=4000",
+    // without a GPU the cpu demo runs; its global batch of 8 does not split over 6 processes
+    ...["--bsz", "12", "--device_bsz", "2"],
   ]);
   assert.equal(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split("\n");
