@@ -40,7 +40,8 @@ const train = (args: string[], env: Record<string, string> = {}) =>
 // The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
 // bounds come from tools/tolerance_sweep.ts, each seed with OpenBLAS's default kernels and with
 // OPENBLAS_CORETYPE=Haswell (2026-12-04): the worst figure and the median of the per-seed worst
-// are in brackets; each bound is 2x or more the worst. The blocks' lambdas (2 scalars, each a sum
+// are in brackets; each bound is 2x or more the worst Re-run on seeds 1-12 after
+// main's kernel changes (two-stage reductions, cpu gemm): the same worst figures within 10%. The blocks' lambdas (2 scalars, each a sum
 // over a whole [B,T,C] activation, with cancellation: heavy-tailed) have their own bound.
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): fp32 loss
  * noise ~(5/3) 1e-6 / h; truncation O(h^4). [worst 13% of this bound, seeds 1-40 x 2 BLAS] */
@@ -48,8 +49,8 @@ export const FD_CHECK = { flags: TINY, h: 1e-2, tol: { abs: 1e-4, rel: 3e-3 } };
 /** Each check names the WKV-7 backward its flags must select (its calls are counted). Figures:
  * seeds 1-12 x 2 BLAS. */
 export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
-  // f32: only summation order differs. [tensors: worst 1.3e-6, median 1.0e-6; lambdas: 3.8e-6,
-  // median 1.2e-6; loss 1.5e-8]
+  // f32: only summation order differs. [tensors: worst 1.3e-6, median 1.0e-6; lambdas: 3.9e-6,
+  // median 2.0e-6; loss 1.5e-8]
   {
     label: "f32",
     flags: TINY,
