@@ -45,7 +45,7 @@ const train = (args: string[], env: Record<string, string> = {}) =>
 // bounds come from tools/tolerance_sweep.ts over seeds 1-20, each with OpenBLAS's default kernels
 // and with OPENBLAS_CORETYPE=Haswell (40 cpu runs per check, 2026-12-04; the figures for tensors
 // of more than 2 elements from seeds 1-12): the worst figure and the median of the per-seed worst
-// are in brackets; each bound is 2x or more the worst Re-run on seeds 1-12 after
+// are in brackets; each bound is 2x or more the worst. Re-run on seeds 1-12 after
 // main's kernel changes (two-stage reductions, cpu gemm): the same worst figures within 10%.
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): fp32 loss
  * noise ~(5/3) 1e-6 / h; truncation O(h^4). [worst 12% of this bound, 40 seeds x 2 BLAS] */

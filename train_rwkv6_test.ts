@@ -159,7 +159,7 @@ for (
 // The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
 // bounds come from tools/tolerance_sweep.ts, each seed with OpenBLAS's default kernels and with
 // OPENBLAS_CORETYPE=Haswell (2026-12-04): the worst figure and the median of the per-seed worst
-// are in brackets; each bound is 2x or more the worst Re-run on seeds 1-12 after
+// are in brackets; each bound is 2x or more the worst. Re-run on seeds 1-12 after
 // main's kernel changes (two-stage reductions, cpu gemm): the same worst figures within 10%.
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): h = 2.5e-3,
  * not train_rwkv7's 1e-2, as the loss is strongly curved along key.weight (its init is 10x smaller

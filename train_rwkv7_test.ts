@@ -40,7 +40,7 @@ const train = (args: string[], env: Record<string, string> = {}) =>
 // The whole-model checks on random inputs (a fresh seed per run; MN_TEST_SEED replays one). Their
 // bounds come from tools/tolerance_sweep.ts, each seed with OpenBLAS's default kernels and with
 // OPENBLAS_CORETYPE=Haswell (2026-12-04): the worst figure and the median of the per-seed worst
-// are in brackets; each bound is 2x or more the worst Re-run on seeds 1-12 after
+// are in brackets; each bound is 2x or more the worst. Re-run on seeds 1-12 after
 // main's kernel changes (two-stage reductions, cpu gemm): the same worst figures within 10%. The blocks' lambdas (2 scalars, each a sum
 // over a whole [B,T,C] activation, with cancellation: heavy-tailed) have their own bound.
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): fp32 loss
