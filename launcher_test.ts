@@ -290,6 +290,7 @@ Deno.test({
 
 Deno.test("multi-process: a rank killed mid-run takes the whole launch down quickly, naming it", async () => {
   ensureBrown();
+  const tag = crypto.randomUUID();
   const child = new Deno.Command("bash", {
     args: [
       "run_rwkv7.sh",
@@ -306,11 +307,12 @@ Deno.test("multi-process: a rank killed mid-run takes the whole launch down quic
       "0.25",
     ],
     cwd: ROOT,
-    env: { MASTER_PORT: String(freePort()), NO_COLOR: "1" },
+    env: { MASTER_PORT: String(freePort()), NO_COLOR: "1", MN_TEST_LAUNCH: tag },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  // find rank 1 (a child of the launcher whose environment says RANK=1) once training runs
+  // find rank 1 (a child of this launcher: its environment has our tag, and RANK=1) once training
+  // runs; the tag keeps a concurrent test run's ranks on the same machine out of it
   let victim = 0;
   for (let i = 0; i < 300 && !victim; i++) {
     await new Promise((r) => setTimeout(r, 100));
@@ -320,7 +322,8 @@ Deno.test("multi-process: a rank killed mid-run takes the whole launch down quic
         const env = Deno.readTextFileSync(`/proc/${e.name}/environ`).split("\0");
         const cmd = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
         if (
-          env.includes("RANK=1") && cmd.includes("train_rwkv7.ts") && env.includes("WORLD_SIZE=2")
+          env.includes(`MN_TEST_LAUNCH=${tag}`) && env.includes("RANK=1") &&
+          cmd.includes("train_rwkv7.ts")
         ) victim = Number(e.name);
       } catch { /* gone or not ours */ }
     }
