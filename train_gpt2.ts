@@ -7,7 +7,7 @@ const code = Deno.readTextFileSync(new URL(import.meta.url)); // logged first, l
 import { parseArgs } from "node:util";
 import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
-import { Graph, Param, type Var } from "./cuda/autograd.ts";
+import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
   loadStateByName,
@@ -47,6 +47,10 @@ const FLAGS = {
   init_from: ["", "load weights from a .safetensors file (PyTorch names)"],
   resume: ["", "continue a run from its state_stepNNNNNN.safetensors checkpoint"],
   dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
+  precision: [
+    "bf16",
+    "with --dump_grads: bf16 (the training path: bf16 matmul operands, as the original's autocast) or f32 (every op in fp32, for checks against a float64 reference)",
+  ],
   log_dir: ["logs", "where run logs and checkpoints go"],
   bucket_cap_mb: ["64", "gradient all-reduce bucket size in MiB (as DDP's; multi-process runs)"],
 } as const;
@@ -116,6 +120,7 @@ export function parseFlags(argv: string[]) {
     init_from: str("init_from"),
     resume: str("resume"),
     dump_grads: str("dump_grads"),
+    precision: str("precision") as "bf16" | "f32",
     log_dir: str("log_dir"),
     bucket_cap_mb: num("bucket_cap_mb", false),
   };
@@ -128,6 +133,12 @@ export function validate(a: Args, world: number) {
   const bad = (m: string) => {
     throw new ConfigError(m);
   };
+  if (a.precision !== "bf16" && a.precision !== "f32") {
+    bad(`--precision ${a.precision}: expected bf16 or f32`);
+  }
+  if (a.precision !== "bf16" && !a.dump_grads) {
+    bad(`--precision ${a.precision} is for --dump_grads (training runs in bf16, as the original)`);
+  }
   if (a.n_head <= 0 || a.n_embd <= 0 || a.n_embd % a.n_head) {
     bad(`--n_head ${a.n_head} does not divide --n_embd ${a.n_embd}`);
   }
@@ -768,13 +779,18 @@ function main() {
     (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
 
   if (a.dump_grads) {
+    g.precision = a.precision;
     upload(trainLoader.next());
     const loss = meanLoss(model.forward(g, xT, yT, 1));
     g.backward();
     const out = new Map<string, StTensor>();
     for (const p of model.params) out.set(p.name, hostParam(be, p, "grad"));
     out.set("loss", { dtype: "F32", shape: [], data: new Float32Array([loss]) });
-    writeSafetensors(a.dump_grads, out, { loss: String(loss), backend: be.name });
+    writeSafetensors(a.dump_grads, out, {
+      loss: String(loss),
+      backend: be.name,
+      precision: a.precision,
+    });
     console.log(
       `loss ${
         loss.toFixed(6)
@@ -843,11 +859,14 @@ function main() {
     if (console_) console.log(s);
     Deno.writeTextFileSync(logfile, s + "\n", { append: true });
   };
+  // each rank names its own device (LOCAL_RANK's): rank 0 in the log header, the others here
+  const device = `${be.deviceName(be.currentDevice)} (LOCAL_RANK ${be.currentDevice})`;
+  if (!master) console.log(`rank ${rank}: device ${device}`);
   if (master) {
     Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
     const hw = [
       `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
-      `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
+      `device: ${device}; WORLD_SIZE=${world}`,
     ];
     Deno.writeTextFileSync(
       logfile,
@@ -882,6 +901,9 @@ function main() {
     );
   }
 
+  // micro-step gradients summed in a fixed order: N micro-steps here train bit-identically to N
+  // processes (see GradAccumulator)
+  const gradAcc = new GradAccumulator(be, model.params, model.grads);
   const valT = be.alloc([1], "f32", "val_loss"), lossT = be.alloc([1], "f32", "train_loss");
   const buckets = world > 1 ? gradBuckets(model, a.bucket_cap_mb * 2 ** 20) : [];
   if (buckets.length) {
@@ -956,18 +978,18 @@ function main() {
     if (last) break;
 
     // --------------- training section ---------------
-    for (let i = 1; i <= accum; i++) {
+    gradAcc.run(accum, (i) => {
       upload(trainLoader.next());
       // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the loss
       // scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
       const losses = model.forward(g, xT, yT, 1 / (accum * world));
       // the logged loss is the last micro-step's, as the original's; its mean stays on the device
-      if (i === accum) {
+      if (i === accum - 1) {
         be.k.mn_sum_into(lossT.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
       }
       g.backward();
       g.release();
-    }
+    });
     for (const b of buckets) coll.allReduceSum(b.grads); // bucket by bucket, in backward's order
     const frac = Math.min(step / 500, 1);
     muon.momentum = (1 - frac) * 0.85 + frac * 0.95;

@@ -6,7 +6,7 @@ const code = Deno.readTextFileSync(new URL(import.meta.url)); // logged first, l
 import { parseArgs } from "node:util";
 import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
-import { Graph, Param, type Var } from "./cuda/autograd.ts";
+import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
   loadStateByName,
@@ -43,6 +43,10 @@ const FLAGS = {
   init_from: ["", "load weights from a .safetensors file (PyTorch names)"],
   resume: ["", "continue a run from its state_stepNNNNNN.safetensors checkpoint"],
   dump_grads: ["", "write one batch's gradients to this .safetensors file and exit"],
+  precision: [
+    "bf16",
+    "with --dump_grads: bf16 (the training path: bf16 matmul operands, as the original's autocast) or f32 (every op in fp32, for checks against a float64 reference)",
+  ],
   log_dir: ["logs", "where run logs and checkpoints go"],
   bucket_cap_mb: ["64", "gradient all-reduce bucket size in MiB (as DDP's; multi-process runs)"],
 } as const;
@@ -109,6 +113,7 @@ export function parseFlags(argv: string[]) {
     init_from: str("init_from"),
     resume: str("resume"),
     dump_grads: str("dump_grads"),
+    precision: str("precision") as "bf16" | "f32",
     log_dir: str("log_dir"),
     bucket_cap_mb: num("bucket_cap_mb", false),
   };
@@ -121,6 +126,12 @@ export function validate(a: Args, world: number) {
   const bad = (m: string) => {
     throw new ConfigError(m);
   };
+  if (a.precision !== "bf16" && a.precision !== "f32") {
+    bad(`--precision ${a.precision}: expected bf16 or f32`);
+  }
+  if (a.precision !== "bf16" && !a.dump_grads) {
+    bad(`--precision ${a.precision} is for --dump_grads (training runs in bf16, as the original)`);
+  }
   if (![16, 32, 64, 128].includes(a.headsz)) {
     bad(`--headsz ${a.headsz}: expected 16, 32, 64 or 128`);
   }
@@ -759,6 +770,9 @@ function saveCheckpoint(
   const be = model.be;
   const weights = new Map<string, StTensor>();
   for (const p of model.params) weights.set(p.name, hostParam(be, p));
+  // PyTorch's state_dict() of the original lists the tied weight under both names, lm_head.weight
+  // last, and a strict load_state_dict wants both: the file holds it twice (README, "Checkpoints")
+  weights.set("lm_head.weight", weights.get("transformer.wte.weight")!);
   const opt = new Map<string, StTensor>();
   const adamSteps: Record<string, number> = {};
   for (const o of adams) {
@@ -806,11 +820,16 @@ function loadWeights(path: string, model: Model) {
   const expected = model.params.map((p) => ({ name: p.name, shape: [...p.shape] }));
   let tensors;
   try {
-    // a PyTorch state_dict of this model holds the tied weight twice (lm_head.weight too)
+    // a PyTorch state_dict of this model (and our checkpoints) hold the tied weight twice
     const inFile = new Map(file.tensors);
     const head = inFile.get("lm_head.weight"), wte = inFile.get("transformer.wte.weight");
     if (head && (!wte || head.shape.join() === wte.shape.join())) {
       if (!wte) inFile.set("transformer.wte.weight", head);
+      else if (head.data.some((v, i) => !Object.is(v, wte.data[i]))) {
+        throw new Error(
+          `${path}: lm_head.weight and transformer.wte.weight differ, but this model ties them (one tensor)`,
+        );
+      }
       inFile.delete("lm_head.weight");
     }
     tensors = loadStateByName(expected, inFile, path);
@@ -869,13 +888,18 @@ function main() {
     (be.download(losses) as Float32Array).reduce((s, v) => s + v, 0) / losses.numel;
 
   if (a.dump_grads) {
+    g.precision = a.precision;
     upload(trainLoader.next());
     const loss = meanLoss(model.forward(g, xT, yT, 1));
     g.backward();
     const out = new Map<string, StTensor>();
     for (const p of model.params) out.set(p.name, hostParam(be, p, "grad"));
     out.set("loss", { dtype: "F32", shape: [], data: new Float32Array([loss]) });
-    writeSafetensors(a.dump_grads, out, { loss: String(loss), backend: be.name });
+    writeSafetensors(a.dump_grads, out, {
+      loss: String(loss),
+      backend: be.name,
+      precision: a.precision,
+    });
     console.log(
       `loss ${
         loss.toFixed(6)
@@ -943,11 +967,14 @@ function main() {
     if (console_) console.log(s);
     Deno.writeTextFileSync(logfile, s + "\n", { append: true });
   };
+  // each rank names its own device (LOCAL_RANK's): rank 0 in the log header, the others here
+  const device = `${be.deviceName(be.currentDevice)} (LOCAL_RANK ${be.currentDevice})`;
+  if (!master) console.log(`rank ${rank}: device ${device}`);
   if (master) {
     Deno.mkdirSync(`${a.log_dir}/${runId}`, { recursive: true });
     const hw = [
       `Running Deno ${Deno.version.deno} (V8 ${Deno.version.v8}), backend ${be.name} (${be.libPath}), GEMM ${be.gemmProvider()}`,
-      `device: ${be.deviceName(0)}; WORLD_SIZE=${world}`,
+      `device: ${device}; WORLD_SIZE=${world}`,
     ];
     Deno.writeTextFileSync(
       logfile,
@@ -982,6 +1009,9 @@ function main() {
     );
   }
 
+  // micro-step gradients summed in a fixed order: N micro-steps here train bit-identically to N
+  // processes (see GradAccumulator)
+  const gradAcc = new GradAccumulator(be, model.params, model.grads);
   const valT = be.alloc([1], "f32", "val_loss"), lossT = be.alloc([1], "f32", "train_loss");
   const buckets = world > 1 ? gradBuckets(model, a.bucket_cap_mb * 2 ** 20) : [];
   if (buckets.length) {
@@ -1056,18 +1086,18 @@ function main() {
     if (last) break;
 
     // --------------- training section ---------------
-    for (let i = 1; i <= accum; i++) {
+    gradAcc.run(accum, (i) => {
       upload(trainLoader.next());
       // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the loss
       // scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
       const losses = model.forward(g, xT, yT, 1 / (accum * world));
       // the logged loss is the last micro-step's, as the original's; its mean stays on the device
-      if (i === accum) {
+      if (i === accum - 1) {
         be.k.mn_sum_into(lossT.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
       }
       g.backward();
       g.release();
-    }
+    });
     for (const b of buckets) coll.allReduceSum(b.grads); // bucket by bucket, in backward's order
     const lrFactor = getLr(step, a);
     for (const o of adams) o.step(lrFactor);

@@ -1,7 +1,7 @@
 // A small tape autograd over the kernel ABI, so a record attempt can change a model's forward
 // without hand-writing its backward: every op below launches its forward kernel and, when grad is
 // on, records a closure that launches the paired backward kernel(s). Backward kernels accumulate
-// (+=), so a value used twice, and gradient accumulation over micro-steps, need nothing special.
+// (+=), so a value used twice needs nothing special; micro-steps are summed by GradAccumulator.
 //
 //   const g = new Graph(be);
 //   const h = g.linear(g.rmsnorm(x), W);  ...  const loss = g.lmHeadLoss(h, head, targets, 30);
@@ -17,6 +17,9 @@ import { kernelsHeaderConstants } from "./abi.ts";
 /** A trainable tensor: fp32 master weights, fp32 gradient, bf16 shadow copy for matmuls. */
 export class Param {
   readonly grad: Tensor;
+  /** Where backward adds this parameter's gradient: `grad`, except during a micro-step after the
+   * first one of GradAccumulator.run (then a zeroed buffer of its own, added to `grad` after). */
+  sink: Tensor;
   private shadow: Tensor | null = null;
   private shadowFresh = false;
   /** `grad`: where the gradient lives, zeroed by the caller (e.g. a view of one flat buffer that
@@ -33,6 +36,7 @@ export class Param {
     this.grad = grad
       ? grad.view(data.shape, name + ".grad")
       : be.zeros(data.shape, "f32", name + ".grad");
+    this.sink = this.grad;
   }
   get shape(): readonly number[] {
     return this.data.shape;
@@ -57,6 +61,67 @@ export class Param {
   }
 }
 
+/**
+ * Gradient accumulation over micro-steps in PyTorch's order (AccumulateGrad): the first micro-step's
+ * backward writes p.grad (zero beforehand); each later one computes its gradient alone, in zeroed
+ * buffers, which are then added to p.grad: one rounding per element, in micro-step order. Letting
+ * backward add into p.grad directly would fold micro-step 2's terms into micro-step 1's sums inside
+ * the kernels' own reductions, so 1 process x N micro-steps would round differently from N
+ * processes x 1 micro-step, whose all-reduce adds whole gradients in rank order (cuda/collectives.ts).
+ * With this order the two are bit-identical (launcher_test.ts). Costs one more gradient buffer,
+ * allocated only when there is a second micro-step. With `flat`, the buffer every p.grad is a view
+ * of (a trainer's Model.grads), the extra buffer has the same layout: one memset and one add per
+ * later micro-step.
+ */
+export class GradAccumulator {
+  private extra: Tensor | null = null;
+  private sinks: Tensor[] = [];
+  constructor(
+    readonly be: Backend,
+    readonly params: readonly Param[],
+    readonly flat?: Tensor,
+  ) {}
+  private allocate() {
+    if (!this.flat) {
+      this.sinks = this.params.map((p) => this.be.alloc(p.shape, "f32", p.name + ".micro_grad"));
+      return;
+    }
+    const flat = this.flat, extra = this.be.alloc([flat.numel], "f32", "micro_grads");
+    const base = BigInt(Deno.UnsafePointer.value(flat.ptr));
+    this.sinks = this.params.map((p) => {
+      const bytes = BigInt(Deno.UnsafePointer.value(p.grad.ptr)) - base;
+      const at = Number(bytes / 4n);
+      if (bytes % 4n || at < 0 || at + p.numel > flat.numel) {
+        throw new Error(`GradAccumulator: ${p.name}'s gradient is not inside ${flat}`);
+      }
+      return extra.rows(at, p.numel).view(p.shape, p.name + ".micro_grad");
+    });
+    this.extra = extra;
+  }
+  /** microStep(i) runs micro-step i's forward, backward and release; i = 0 .. accum-1. */
+  run(accum: number, microStep: (i: number) => void) {
+    const k = this.be.k, s = this.be.stream;
+    for (let i = 0; i < accum; i++) {
+      if (i === 0) {
+        microStep(i);
+        continue;
+      }
+      if (!this.sinks.length) this.allocate();
+      const zero = (t: Tensor) => k.mn_memset(t.ptr, 0, BigInt(t.nbytes), s);
+      if (this.extra) zero(this.extra);
+      else this.sinks.forEach(zero);
+      this.params.forEach((p, j) => p.sink = this.sinks[j]);
+      try {
+        microStep(i);
+      } finally {
+        for (const p of this.params) p.sink = p.grad;
+      }
+      if (this.extra) k.mn_axpy(this.flat!.ptr, 1, this.extra.ptr, this.flat!.n, s);
+      else this.params.forEach((p, j) => k.mn_axpy(p.grad.ptr, 1, this.sinks[j].ptr, p.grad.n, s));
+    }
+  }
+}
+
 /** A value in the graph: a tensor, and its gradient once backward asks for it. */
 export class Var {
   g: Tensor | null = null;
@@ -65,7 +130,7 @@ export class Var {
     readonly requiresGrad: boolean,
     readonly param: Param | null = null,
   ) {
-    if (param) this.g = param.grad;
+    if (param) this.g = param.sink;
   }
   get shape(): readonly number[] {
     return this.t.shape;
@@ -264,7 +329,7 @@ export class Graph {
   scalarOf(p: Var, i: number): Var {
     if (!p.param) throw new Error("scalarOf: expects a parameter");
     const v = new Var(p.t.rows(i, 1), true);
-    v.g = p.param.grad.rows(i, 1);
+    v.g = p.param.sink.rows(i, 1);
     return v;
   }
 

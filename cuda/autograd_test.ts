@@ -1,7 +1,7 @@
 // The tape's own behaviour: shape errors from TypeScript, buffer reuse, gradients through fan-out.
 import assert from "node:assert/strict";
-import { Graph, Param } from "./autograd.ts";
-import { backend } from "./test/harness.ts";
+import { GradAccumulator, Graph, Param } from "./autograd.ts";
+import { backend, Rng } from "./test/harness.ts";
 
 Deno.test("autograd: mismatched shapes passed from TypeScript are clear errors, not crashes", () => {
   const be = backend("cpu");
@@ -55,4 +55,39 @@ Deno.test("autograd: a value used twice gets the sum of both gradients (accumula
   g.backward();
   assert.deepEqual([...be.download(p.grad)], [2, 4, 6]);
   g.release();
+});
+
+Deno.test("autograd: GradAccumulator adds each later micro-step's whole gradient to p.grad, in order", () => {
+  // An embedding backward sums many rows into one token's gradient: letting micro-step 2 add into
+  // micro-step 1's sums rounds differently from computing it alone and adding it once (PyTorch's
+  // AccumulateGrad, and what a rank-ordered all-reduce of N processes' gradients does).
+  const be = backend("cpu");
+  const g = new Graph(be);
+  const V = 3, C = 4, N = 500;
+  const rng = new Rng(7);
+  const p = new Param(be, "wte", be.upload(rng.normal(V * C), [V, C]));
+  const micro = [0, 1, 2].map(() => ({
+    idx: be.upload(rng.ints(N, V), [N], "i32"),
+    dout: be.upload(rng.normal(N * C), [N, C]),
+  }));
+  const step = (i: number) => {
+    const y = g.embedding(micro[i].idx, g.param(p), [1, N]);
+    be.k.mn_memcpy_d2d(g.grad(y), micro[i].dout.ptr, BigInt(N * C * 4), be.stream);
+    g.backward();
+    g.release();
+  };
+  const alone = micro.map((_, i) => {
+    p.zeroGrad();
+    step(i);
+    return be.download(p.grad) as Float32Array;
+  });
+  p.zeroGrad();
+  new GradAccumulator(be, [p]).run(3, step);
+  const want = alone[0].map((x, j) => Math.fround(Math.fround(x + alone[1][j]) + alone[2][j]));
+  assert.deepEqual(be.download(p.grad), want);
+  assert.equal(p.sink, p.grad, "backward writes p.grad again afterwards");
+  // the order matters for these values: adding straight into p.grad rounds differently
+  p.zeroGrad();
+  [0, 1, 2].forEach(step);
+  assert.notDeepEqual(be.download(p.grad), want);
 });

@@ -379,29 +379,65 @@ export function resolveBackendName(name?: string): BackendName {
     }
     return chosen as BackendName;
   }
-  return gpuVisible() ? "cuda" : "cpu";
+  return defaultBackend(gpuProbe());
 }
 
-let gpuVisibleCache: boolean | undefined;
-export function gpuVisible(): boolean {
-  if (gpuVisibleCache !== undefined) return gpuVisibleCache;
-  gpuVisibleCache = false;
-  try {
-    Deno.statSync("/dev/nvidiactl");
-  } catch {
-    return false;
+/** The backend chosen when none is named: cuda with a GPU, cpu without one; a GPU check that
+ * failed (a driver the CUDA runtime cannot use, ...) is an error, never a quiet cpu run. */
+export function defaultBackend(probe: GpuProbe): BackendName {
+  if (probe.error) {
+    throw new Error(
+      `the GPU check failed: ${probe.error} (fix it, or choose --backend cpu to run without a GPU)`,
+    );
   }
+  return probe.count > 0 ? "cuda" : "cpu";
+}
+
+/** What the cuda library says about the GPUs here: how many, or why it could not count them. */
+export interface GpuProbe {
+  count: number;
+  /** "" when the count is known (0 included: no NVIDIA device node, driver or cuda build) */
+  error: string;
+}
+
+/** Asks libmn_cuda.so's mn_device_count (see cuda/runtime_cuda.cu for which CUDA errors mean
+ * "no GPU"). No device node or no cuda build here is 0 GPUs; a library that is there but does
+ * not load, or a driver error, is reported. */
+export function probeGpus(libPath = libraryPath("cuda"), deviceNode = "/dev/nvidiactl"): GpuProbe {
+  for (const path of [deviceNode, libPath]) {
+    try {
+      Deno.statSync(path);
+    } catch {
+      return { count: 0, error: "" };
+    }
+  }
+  let lib;
   try {
-    const lib = Deno.dlopen(libraryPath("cuda"), {
+    lib = Deno.dlopen(libPath, {
       mn_device_count: { parameters: ["buffer"], result: "i32" },
+      mn_last_error: { parameters: ["buffer", "i32"], result: "i32" },
     });
-    const out = new Int32Array(1);
-    gpuVisibleCache = lib.symbols.mn_device_count(out) === 0 && out[0] > 0;
-    lib.close();
-  } catch {
-    gpuVisibleCache = false;
+  } catch (e) {
+    return { count: 0, error: `cannot load ${libPath}: ${(e as Error).message}` };
   }
-  return gpuVisibleCache;
+  try {
+    const out = new Int32Array(1);
+    if (lib.symbols.mn_device_count(out) === 0) return { count: out[0], error: "" };
+    const buf = new Uint8Array(512);
+    lib.symbols.mn_last_error(buf, buf.length);
+    return { count: 0, error: cString(buf) };
+  } finally {
+    lib.close();
+  }
+}
+
+let gpuProbeCache: GpuProbe | undefined;
+/** probeGpus() for this machine, once per process. */
+export function gpuProbe(): GpuProbe {
+  return gpuProbeCache ??= probeGpus();
+}
+export function gpuVisible(): boolean {
+  return gpuProbe().count > 0;
 }
 
 export function hostDtype(a: HostArray): Dtype {

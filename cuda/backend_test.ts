@@ -1,7 +1,14 @@
 // The ABI table, the three libraries against it, and the bindings' errors on bad input.
 import assert from "node:assert/strict";
+import { dirname } from "node:path";
 import { kernelsHeaderFunctions, kernelsHeaderSymbols, parseKernelsHeader } from "./abi.ts";
-import { Backend, libraryPath, resolveBackendName } from "./backend.ts";
+import {
+  Backend,
+  defaultBackend,
+  type GpuProbe,
+  libraryPath,
+  resolveBackendName,
+} from "./backend.ts";
 import { HAS_GPU } from "./test/harness.ts";
 
 function exists(p: string): boolean {
@@ -76,6 +83,43 @@ for (const [name, path] of libs) {
   });
 }
 
+/** The GPU code in a CUDA fat binary: "sass <arch>" / "ptx <arch>" per entry. Layout (as nvcc
+ * writes it): a 16-byte header (u32 magic 0xBA55ED50, u16 version, u16 header size 16, u64 size of
+ * the entries), then entries of u16 kind (1 PTX, 2 ELF/SASS), u16, u32 entry header size, u64
+ * payload size, ..., u32 sm arch at byte 28 of the entry header. */
+function fatbinCode(bytes: Uint8Array): string[] {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const code: string[] = [];
+  for (let i = 0; i + 16 <= bytes.length; i += 8) { // fat binaries are 8-byte aligned
+    if (dv.getUint32(i, true) !== 0xba55ed50 || dv.getUint16(i + 6, true) !== 16) continue;
+    const end = i + 16 + Number(dv.getBigUint64(i + 8, true));
+    for (let p = i + 16; p + 32 <= end;) {
+      const kind = dv.getUint16(p, true), headerSize = dv.getUint32(p + 4, true);
+      code.push(
+        `${kind === 1 ? "ptx" : kind === 2 ? "sass" : `kind${kind}`} ${dv.getUint32(p + 28, true)}`,
+      );
+      p += headerSize + Number(dv.getBigUint64(p + 8, true));
+    }
+    i = end - 8;
+  }
+  return code;
+}
+
+Deno.test({
+  name: "abi: the cuda library carries sm_80 and sm_90 SASS and compute_90 PTX (JIT on newer GPUs)",
+  ignore: !exists(libraryPath("cuda")),
+  fn() {
+    const code = fatbinCode(Deno.readFileSync(libraryPath("cuda")));
+    assert.deepEqual([...new Set(code)].sort(), ["ptx 90", "sass 80", "sass 90"]);
+    const count = (c: string) => code.filter((x) => x === c).length;
+    // every .cu file's object brings its PTX and both SASS builds (the link adds one SASS pair)
+    const files = [...Deno.readDirSync(dirname(dirname(libraryPath("cuda"))))]
+      .filter((e) => e.name.endsWith(".cu")).length;
+    assert.equal(count("ptx 90"), files);
+    assert.ok(count("sass 80") >= files && count("sass 90") >= files, code.join(", "));
+  },
+});
+
 Deno.test("backend: a wrong backend name is a one-line error listing the choices", () => {
   assert.throws(
     () => resolveBackendName("rocm"),
@@ -105,6 +149,51 @@ Deno.test({
     assert.throws(
       () => Backend.open({ name: "cuda" }),
       /backend cuda: no GPU visible \(use --backend cpu or emu\)/,
+    );
+  },
+});
+
+// libmn_cuda.so's GPU count under driver states this machine does not have: cudaGetDeviceCount and
+// cudaDriverGetVersion are answered by cuda/test/fake_cudart.cpp, preloaded ahead of libcudart.
+const FAKE_CUDART = `${dirname(libraryPath("cuda"))}/libfake_cudart.so`;
+Deno.test({
+  name: "backend: only 'no device' or 'no driver' count as 0 GPUs; a too-old driver is an error",
+  ignore: !exists(libraryPath("cuda")) || !exists(FAKE_CUDART),
+  fn() {
+    const probe = (error: number, driver: number, devices = 0): GpuProbe => {
+      const script = `import { probeGpus } from "${new URL("./backend.ts", import.meta.url)}";
+        console.log(JSON.stringify(probeGpus(undefined, "/dev/null")));`;
+      const out = new Deno.Command(Deno.execPath(), {
+        args: ["eval", script],
+        env: {
+          LD_PRELOAD: FAKE_CUDART,
+          MN_FAKE_CUDA_ERROR: String(error),
+          MN_FAKE_CUDA_DRIVER: String(driver),
+          MN_FAKE_CUDA_DEVICES: String(devices),
+        },
+      }).outputSync();
+      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+      return JSON.parse(new TextDecoder().decode(out.stdout));
+    };
+    // cudaSuccess, cudaErrorNoDevice (100), cudaErrorInsufficientDriver (35) without a driver
+    assert.deepEqual(probe(0, 13000, 2), { count: 2, error: "" });
+    assert.deepEqual(probe(100, 13000), { count: 0, error: "" });
+    assert.deepEqual(probe(35, 0), { count: 0, error: "" });
+    // a driver for CUDA 12.2 under this build's CUDA 13 runtime
+    const old = probe(35, 12020);
+    assert.equal(old.count, 0);
+    assert.match(
+      old.error,
+      /^cudaGetDeviceCount: the NVIDIA driver supports CUDA 12\.2, older than this build's CUDA runtime \d+\.\d+: update the driver/,
+    );
+    // any other failure keeps the runtime's own words (cudaErrorInitializationError = 3)
+    assert.match(probe(3, 13000).error, /^cudaGetDeviceCount: .*initiali[sz]ation error/i);
+    // and choosing a backend from a failed check is that error, not a quiet cpu run
+    assert.equal(defaultBackend({ count: 0, error: "" }), "cpu");
+    assert.equal(defaultBackend({ count: 1, error: "" }), "cuda");
+    assert.throws(
+      () => defaultBackend(old),
+      /^Error: the GPU check failed: cudaGetDeviceCount: the NVIDIA driver supports CUDA 12\.2.*\(fix it, or choose --backend cpu to run without a GPU\)$/,
     );
   },
 });

@@ -47,7 +47,10 @@
 // from rank 0 to the others, barrier() and agree(); allReduce/broadcast run in NCCL on be.stream
 // (asynchronous with respect to the host, ordered with the kernels on that stream). NCCL's summation
 // order is its own (ring/tree), deterministic for a fixed topology but not rank order;
-// allReduceMean is ncclAvg (NCCL >= 2.10), one call, no scaling launch.
+// allReduceMean is ncclAvg (NCCL >= 2.10), one call, no scaling launch. A failed NCCL call, an
+// error reported for an operation in flight (a peer that died) or a failure at destroy() tears the
+// communicator down with ncclCommAbort, never ncclCommDestroy, which would wait for the dead peer
+// forever; cuda/collectives_test.ts runs these paths against a stand-in libnccl.
 import type { Backend, Tensor } from "./backend.ts";
 import { findNvidiaLibrary } from "./libsearch.ts";
 
@@ -84,6 +87,8 @@ export interface CollectiveOptions {
   /** force a kind (default: $MN_COLLECTIVE, else single for WORLD_SIZE 1, nccl on cuda, else tcp);
    * "tcp" and "nccl" also work with WORLD_SIZE 1 (tests) */
   kind?: CollectiveKind;
+  /** tests with a stand-in libnccl (MN_NCCL) that touches no memory: "nccl" over cpu/emu */
+  ncclOnHost?: boolean;
 }
 
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -142,7 +147,7 @@ export function openCollective(
     if (d.world !== 1) throw new Error(`collective "single" needs WORLD_SIZE=1, got ${d.world}`);
     return new SingleCollective();
   }
-  if (kind === "nccl" && be.name !== "cuda") {
+  if (kind === "nccl" && be.name !== "cuda" && !opts.ncclOnHost) {
     throw new Error(`collective "nccl" needs the cuda backend, not ${be.name}`);
   }
   const star = TcpStar.open(d, timeoutMs, opTimeoutMs);
@@ -1020,6 +1025,7 @@ function addBf16(x: Uint16Array, y: Uint16Array) {
 //   ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count,
 //     ncclDataType_t datatype, int root, ncclComm_t comm, cudaStream_t stream);
 //   ncclResult_t ncclCommDestroy(ncclComm_t comm);
+//   ncclResult_t ncclCommAbort(ncclComm_t comm);
 //   ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* asyncError);
 //   const char* ncclGetErrorString(ncclResult_t result);
 //   const char* ncclGetLastError(ncclComm_t comm);          (NCCL >= 2.13)
@@ -1055,6 +1061,7 @@ const NCCL_SYMBOLS = {
     result: "i32",
   },
   ncclCommDestroy: { parameters: ["pointer"], result: "i32" },
+  ncclCommAbort: { parameters: ["pointer"], result: "i32" },
   ncclCommGetAsyncError: { parameters: ["pointer", "buffer"], result: "i32" },
   ncclGetErrorString: { parameters: ["i32"], result: "pointer" },
   ncclGetLastError: { parameters: ["pointer"], result: "pointer", optional: true },
@@ -1125,6 +1132,7 @@ class NcclCollective implements Collective {
     this.comm = Deno.UnsafePointer.create(out[0]);
   }
 
+  /** Throws for a failed call; a communicator that was live is aborted first (see abortComm). */
   private check(rc: number, what: string) {
     if (rc === NCCL.success) return;
     const s = this.nccl.ncclGetErrorString(rc);
@@ -1134,10 +1142,23 @@ class NcclCollective implements Collective {
       const l = Deno.UnsafePointerView.getCString(last);
       if (l) msg += `: ${l}`;
     }
-    throw new Error(
-      `collective (rank ${this.rank}/${this.world}): ${what} failed: ${msg} [ncclResult_t ${rc}] ` +
-        `(NCCL_DEBUG=WARN prints more)`,
-    );
+    const err = `collective (rank ${this.rank}/${this.world}): ${what} failed: ${msg} ` +
+      `[ncclResult_t ${rc}] (NCCL_DEBUG=WARN prints more)`;
+    this.abortComm(err);
+    throw new Error(err);
+  }
+
+  /**
+   * The error-path teardown: ncclCommAbort returns without waiting for the operations in flight,
+   * where ncclCommDestroy waits for them, forever once a peer rank is gone. The star is aborted too
+   * (rank 0 tells the others why). Afterwards every call fails and destroy() does nothing.
+   */
+  private abortComm(reason: string) {
+    const comm = this.comm;
+    if (comm === null) return;
+    this.comm = null;
+    this.nccl.ncclCommAbort(comm); // its own result adds nothing to the error being reported
+    this.star.abort(reason);
   }
 
   /** Errors of operations already enqueued (a peer that died, a network failure). */
@@ -1205,16 +1226,31 @@ class NcclCollective implements Collective {
     return this.star.agree(value, what, check);
   }
 
+  /** Waits for this rank's stream; if that or an enqueued operation failed, aborts the
+   * communicator (and throws that error), else destroys it. */
   destroy() {
-    if (this.comm !== null) {
-      const comm = this.comm;
-      this.comm = null;
-      try {
-        this.be.sync();
-      } finally {
-        this.check(this.nccl.ncclCommDestroy(comm), "ncclCommDestroy");
-        this.star.close();
+    if (this.comm === null) return;
+    try {
+      this.be.sync();
+      this.checkAsync("destroy"); // aborts on an error of an operation in flight
+    } catch (e) {
+      this.abortComm((e as Error).message);
+      throw e;
+    }
+    const comm = this.comm;
+    this.comm = null;
+    try {
+      const rc = this.nccl.ncclCommDestroy(comm);
+      if (rc !== NCCL.success) {
+        const s = this.nccl.ncclGetErrorString(rc);
+        throw new Error(
+          `collective (rank ${this.rank}/${this.world}): ncclCommDestroy failed: ${
+            s ? Deno.UnsafePointerView.getCString(s) : "unknown error"
+          } [ncclResult_t ${rc}]`,
+        );
       }
+    } finally {
+      this.star.close();
     }
   }
 }

@@ -292,6 +292,55 @@ Deno.test("collectives: the launch environment is checked", () => {
   }
 });
 
+// The "nccl" kind's teardown on error paths, against a stand-in libnccl whose ncclCommDestroy never
+// returns (as NCCL's waits for a peer rank that died): each failure must end in ncclCommAbort.
+const FAKE_NCCL = new URL("./build/libfake_nccl.so", import.meta.url).pathname;
+Deno.test("collectives nccl: an error aborts the communicator (ncclCommAbort), never waits in ncclCommDestroy", async () => {
+  const run = async (env: Record<string, string>) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("./test/fake_nccl_run.ts", import.meta.url).pathname],
+      env: { MN_NCCL: FAKE_NCCL, FAKE_NCCL_PEER_DEAD: "1", ...env },
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(30_000),
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    const calls = new TextDecoder().decode(out.stderr).split("\n")
+      .filter((l) => l.startsWith("fake-nccl: ")).map((l) => l.slice(11));
+    assert.equal(out.code, 0, text + new TextDecoder().decode(out.stderr));
+    return { text, calls };
+  };
+  // no failure: the ordinary teardown
+  const ok = await run({ FAKE_NCCL_PEER_DEAD: "0" });
+  assert.match(ok.text, /^allReduceSum: ok\ndestroy: ok$/m);
+  assert.deepEqual(ok.calls, ["ncclCommInitRank", "ncclAllReduce", "ncclCommDestroy"]);
+  const remote =
+    /ncclAllReduce\(.*\) failed: remote process exited or there was a network error \[ncclResult_t 6\]/;
+  // the call itself fails; the teardown after it has nothing left to do
+  const failed = await run({ FAKE_NCCL_ALLREDUCE_RESULT: "6" });
+  assert.match(
+    failed.text,
+    new RegExp(`^allReduceSum: collective \\(rank 0/1\\): ${remote.source}`, "m"),
+  );
+  assert.match(failed.text, /^destroy: ok$/m);
+  assert.deepEqual(failed.calls, ["ncclCommInitRank", "ncclAllReduce", "ncclCommAbort"]);
+  // an enqueued operation fails later (a peer died): reported by the call's own check
+  const async = await run({ FAKE_NCCL_ASYNC_ERROR: "6" });
+  assert.match(
+    async.text,
+    new RegExp(`^allReduceSum: collective \\(rank 0/1\\): ${remote.source}`, "m"),
+  );
+  assert.deepEqual(async.calls, ["ncclCommInitRank", "ncclAllReduce", "ncclCommAbort"]);
+  // ... or only seen at destroy()
+  const late = await run({ FAKE_NCCL_ASYNC_ERROR: "6", FAKE_NCCL_ASYNC_FROM: "2" });
+  assert.match(late.text, /^allReduceSum: ok$/m);
+  assert.match(
+    late.text,
+    /^destroy: collective \(rank 0\/1\): destroy failed: remote process exited/m,
+  );
+  assert.deepEqual(late.calls, ["ncclCommInitRank", "ncclAllReduce", "ncclCommAbort"]);
+});
+
 const HAS_NCCL = gpuVisible() && findNccl() !== null;
 Deno.test({
   name: "collectives nccl (GPU): world-1 communicator all-reduces and broadcasts in place",

@@ -12,13 +12,27 @@ static int check(cudaError_t e, const char* what) {
 
 MN_API int mn_backend_name(char* buf, int len) { return mn_copy_string(buf, len, "cuda"); }
 MN_API int mn_last_error(char* buf, int len) { return mn_copy_string(buf, len, mn_error_buf); }
+// "No GPU" is cudaErrorNoDevice, or no NVIDIA driver at all (the runtime then says
+// cudaErrorInsufficientDriver and cudaDriverGetVersion gives 0). Any other failure, such as a
+// driver older than this build's CUDA runtime, is an error with its reason: reported as "0 GPUs"
+// it would send a trainer to the cpu backend without a word. (cuda/backend_test.ts checks this
+// mapping by interposing a fake cudaGetDeviceCount/cudaDriverGetVersion, test/fake_cudart.cpp.)
 MN_API int mn_device_count(int* count) {
   *count = 0;
   cudaError_t e = cudaGetDeviceCount(count);
-  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver) {
-    *count = 0;
-    (void)cudaGetLastError();
-    return 0;
+  if (e == cudaSuccess) return 0;
+  *count = 0;
+  (void)cudaGetLastError();
+  int driver = 0, runtime = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = -1;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  if (e == cudaErrorNoDevice || (e == cudaErrorInsufficientDriver && driver == 0)) return 0;
+  if (e == cudaErrorInsufficientDriver) {
+    return mn_fail((int)e,
+                   "cudaGetDeviceCount: the NVIDIA driver supports CUDA %d.%d, older than this "
+                   "build's CUDA runtime %d.%d: update the driver (or build with an older CUDA "
+                   "toolkit)",
+                   driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
   }
   return check(e, "cudaGetDeviceCount");
 }

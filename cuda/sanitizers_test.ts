@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
+import { SINGLE_THREADED_REFERENCE } from "./test/harness.ts";
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const CUDA_DIR = `${ROOT}/cuda`;
@@ -14,13 +15,20 @@ function runtimePath(name: "libtsan.so" | "libasan.so"): string {
   return new TextDecoder().decode(out.stdout).trim();
 }
 
+// Single-threaded BLAS and OpenMP in the sanitized process (SINGLE_THREADED_REFERENCE): the only
+// threads besides Deno's are then the emulator's, which are instrumented.
 function sanitizerEnv(kind: "tsan" | "asan"): Record<string, string> {
   return kind === "tsan"
     ? {
+      ...SINGLE_THREADED_REFERENCE,
       LD_PRELOAD: runtimePath("libtsan.so"),
       TSAN_OPTIONS: `suppressions=${CUDA_DIR}/test/tsan.supp report_signal_unsafe=0`,
     }
-    : { LD_PRELOAD: runtimePath("libasan.so"), ASAN_OPTIONS: "detect_leaks=0" };
+    : {
+      ...SINGLE_THREADED_REFERENCE,
+      LD_PRELOAD: runtimePath("libasan.so"),
+      ASAN_OPTIONS: "detect_leaks=0",
+    };
 }
 
 function run(args: string[], env: Record<string, string>) {

@@ -97,6 +97,28 @@ else
   # shellcheck disable=SC2206
   defaults=(${MN_CPU_DEMO_ARGS:-})
   set +f
+  # The demo's --device_bsz is for one process; with several, each takes its share of the same
+  # global --bsz (unless the command line sets the batch itself).
+  world=$((nnodes * nproc))
+  own_batch=0
+  for a in "${args[@]}"; do [[ $a == --bsz || $a == --bsz=* || $a == --device_bsz* ]] && own_batch=1; done
+  if ((world > 1 && !own_batch)); then
+    for i in "${!defaults[@]}"; do
+      [[ ${defaults[$i]} == --bsz ]] && demo_bsz=${defaults[$((i + 1))]}
+    done
+    for i in "${!defaults[@]}"; do
+      if [[ ${defaults[$i]} == --device_bsz && -n ${demo_bsz:-} ]]; then
+        if ((demo_bsz % world)); then
+          echo "error: the CPU demo's --bsz $demo_bsz does not split over $world processes: choose a process count that divides it, or pass --bsz and --device_bsz" >&2
+          exit 2
+        fi
+        if ((defaults[i + 1] * world > demo_bsz)); then
+          defaults[i + 1]=$((demo_bsz / world))
+          echo "CPU demo over $world processes: --device_bsz ${defaults[$((i + 1))]} each (global --bsz $demo_bsz unchanged)" >&2
+        fi
+      fi
+    done
+  fi
 fi
 
 if ((!dry)); then
@@ -144,13 +166,16 @@ for ((r = 0; r < nproc; r++)); do
   ranks+=("$rank")
 done
 echo "started ranks ${ranks[*]} of $world (logs in $logdir)" >&2
-left=${#pids[@]}
-while ((left > 0)); do
+live=("${pids[@]}")
+while ((${#live[@]} > 0)); do
   set +e
-  wait -n -p done_pid "${pids[@]}"
+  wait -n -p done_pid "${live[@]}"
   rc=$?
   set -e
-  left=$((left - 1))
+  # wait only on ranks still running (bash says "no such job" for one already reaped)
+  still=()
+  for p in "${live[@]}"; do [[ $p == "$done_pid" ]] || still+=("$p"); done
+  live=("${still[@]}")
   if ((rc != 0)); then
     for i in "${!pids[@]}"; do [[ ${pids[$i]} == "$done_pid" ]] && failed=${ranks[$i]}; done
     echo "error: rank ${failed:-?} exited with code $rc; stopping the other ranks. Its last lines ($logdir/rank${failed:-?}.log):" >&2

@@ -23,11 +23,26 @@ export const VARIANT = (Deno.env.get("MN_TEST_VARIANT") ?? "") as Variant;
 export const SEED = Number(Deno.env.get("MN_TEST_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 export const HAS_GPU = VARIANT === "" && gpuVisible();
 
+/** The environment that keeps a sanitized run's process free of thread pools the sanitizer cannot
+ * see into: the cpu reference loaded beside the sanitized emu library would otherwise start
+ * OpenBLAS's and libgomp's (uninstrumented) workers, whose synchronisation ThreadSanitizer misses,
+ * so it reports races inside them (seen with OpenBLAS's Haswell kernels: sgemm_beta vs a memset). */
+export const SINGLE_THREADED_REFERENCE = { OPENBLAS_NUM_THREADS: "1", OMP_NUM_THREADS: "1" };
+
 const cache = new Map<string, Backend>();
 export function backend(name: BackendName, variant: Variant = ""): Backend {
   const key = `${name}:${variant}`;
   let be = cache.get(key);
   if (!be) {
+    const threaded = Object.entries(SINGLE_THREADED_REFERENCE)
+      .filter(([k, v]) => Deno.env.get(k) !== v).map(([k, v]) => `${k}=${v}`);
+    if (VARIANT && name === "cpu" && threaded.length) {
+      throw new Error(
+        `sanitized run (MN_TEST_VARIANT=${VARIANT}): the cpu reference needs ${
+          threaded.join(" ")
+        } (cuda/sanitizers_test.ts sets them)`,
+      );
+    }
     be = Backend.open({ name, variant });
     cache.set(key, be);
   }
