@@ -103,19 +103,23 @@ void sgemm_block(int m0, int m1, int n0, int n1, int K, float alpha, const Opera
               a.ld, b.cols_from(n0), b.ld, beta, C + (int64_t)m0 * ldc + n0, (int)ldc);
 }
 
-// Splits C [M, N] among nt threads along its longer side; calls fn(t, m0, m1, n0, n1) on each.
+// Splits C [M, N] into nt parts along its longer side; calls fn(t, m0, m1, n0, n1) for each part,
+// t being the thread that runs it (parts are sized for nt threads: a smaller team runs several
+// parts per thread, so no part outgrows the tile of the thread that runs it).
 template <class F>
 void split_c(int M, int N, int nt, F fn) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    int lo, hi;
-    if (N >= M) {
-      share(N, t, n, &lo, &hi);
-      fn(t, 0, M, lo, hi);
-    } else {
-      share(M, t, n, &lo, &hi);
-      fn(t, lo, hi, 0, N);
+    const int t = omp_get_thread_num(), team = omp_get_num_threads();
+    for (int part = t; part < nt; part += team) {
+      int lo, hi;
+      if (N >= M) {
+        share(N, part, nt, &lo, &hi);
+        fn(t, 0, M, lo, hi);
+      } else {
+        share(M, part, nt, &lo, &hi);
+        fn(t, lo, hi, 0, N);
+      }
     }
   }
 }
