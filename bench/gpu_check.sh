@@ -11,7 +11,8 @@
 # MN_GPU_CHECK_TESTS_FILTER replaces the test filter; MN_GPU_CHECK_RUNS runs only the first N trainers.
 # Time limits (seconds): MN_GPU_CHECK_TESTS_S (300) for the cuda-vs-cpu tests, MN_GPU_CHECK_RUN_S
 # (100) per trainer run, MN_GPU_CHECK_STAGE_S (390, counted from this script's start) after which no
-# trainer run starts, MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks.
+# trainer run starts, MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks, MN_GPU_CHECK_RECORD_S (90) for
+# the record-shape ones (bench/kernels.ts --record: measured vs the step-cost model per family).
 #
 # --dry-run: run every stage that needs no GPU (Deno, nvcc build, register/spill report) and stop,
 # saying so, where a GPU is required. CI runs it this way so the script does not rot.
@@ -187,5 +188,15 @@ elif timeout -k 5 "${MN_GPU_CHECK_BENCH_S:-120}" deno run -A bench/kernels.ts --
   cat "$logs/kernels_bench.log"
 else
   row "kernel benchmarks" FAIL "rc $? (124: cut at ${MN_GPU_CHECK_BENCH_S:-120}s), see $logs/kernels_bench.log"
+fi
+# the record shapes (65,536 rows): each family measured against the step-cost model's estimate
+if ! want bench; then
+  :
+elif timeout -k 5 "${MN_GPU_CHECK_RECORD_S:-90}" deno run -A bench/kernels.ts --record --reps 10 --backends cuda \
+  > "$logs/kernels_record.log" 2>&1; then
+  row "record-shape kernels" ok "$logs/kernels_record.log (measured/est per family)"
+  cat "$logs/kernels_record.log"
+else
+  row "record-shape kernels" FAIL "rc $? (124: cut at ${MN_GPU_CHECK_RECORD_S:-90}s), see $logs/kernels_record.log"
 fi
 finish

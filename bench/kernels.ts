@@ -1,14 +1,21 @@
 // Times each kernel family on the cpu and emu backends (and cuda when a GPU is visible) and
 // prints one table. Not a test: figures depend on the machine (see README for measured ones).
-//   deno run -A bench/kernels.ts [--size small|model|record] [--reps N] [--backends cpu,emu,cuda]
+//   deno run -A bench/kernels.ts [--size small|model|record | --record] [--reps N]
+//                                [--backends cpu,emu,cuda] [--hw H100|H200|A800]
 // "small" shapes keep the emulator (one OS thread per CUDA thread) within seconds; "model" uses a
 // 124M-config layer slice (B*T = 4096 rows, C = 768) and skips emu; "record" the GPT-2 record's
 // micro-batch (64 x 1024 = 65,536 rows) for the memory-bound kernels only, and skips emu.
 // Cases that declare the DRAM bytes one call must move (each tensor read or written once) get two
 // more columns on cuda: their GB/s, and that of a device-to-device copy moving the same bytes.
+// Every case also gets the step-cost model's estimate (cuda/cost_model.ts, the launches its calls
+// make on the cuda build, priced "with launch shapes" on --hw, default H200 = the lent card kind)
+// and, on cuda, measured / estimated: the per-family calibration of bench/step_cost.ts.
 import { parseArgs } from "node:util";
 import { Backend, type BackendName, gpuVisible, type Tensor } from "../cuda/backend.ts";
-import { kernelsHeaderConstants } from "../cuda/abi.ts";
+import { kernelsHeaderConstants, kernelsHeaderFunctions } from "../cuda/abi.ts";
+import { namedArgs } from "../cuda/dry.ts";
+import { callLaunches } from "../cuda/cost_model.ts";
+import { HARDWARE, priceLaunch } from "./step_cost.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -16,10 +23,25 @@ const { values } = parseArgs({
     size: { type: "string", default: "small" },
     reps: { type: "string", default: "5" },
     backends: { type: "string" }, // default: cpu, emu (small shapes only), cuda (with a GPU)
+    record: { type: "boolean", default: false }, // = --size record
+    hw: { type: "string", default: "H200" },
   },
   strict: true,
 });
-const size = values.size === "model" || values.size === "record" ? values.size : "small";
+const size = values.record
+  ? "record"
+  : values.size === "model" || values.size === "record"
+  ? values.size
+  : "small";
+if (!["small", "model", "record"].includes(values.size!)) {
+  console.error(`error: --size: '${values.size}' is not one of small, model, record`);
+  Deno.exit(2);
+}
+const hw = HARDWARE[values.hw!];
+if (!hw) {
+  console.error(`error: --hw: '${values.hw}' is not one of ${Object.keys(HARDWARE).join(", ")}`);
+  Deno.exit(2);
+}
 const reps = Number(values.reps);
 const OP = kernelsHeaderConstants();
 
@@ -449,6 +471,31 @@ if (values.backends !== undefined) {
   backends.splice(0, backends.length, ...(want as BackendName[]));
 }
 
+// The model's estimate of one call of each case: the case runs once on the dry backend (nothing
+// executes, every ABI call is recorded with its arguments) and each call's launches are priced.
+const abiByName = new Map(kernelsHeaderFunctions().map((f) => [f.name, f]));
+const dry = Backend.open({ name: "dry" }); // not closed: closing a dry backend writes its trace
+function estimateMs(c: Case): number {
+  const made: Tensor[] = [];
+  const fn = c.run(dry, (shape, dtype = "f32") => {
+    const x = dry.zeros(shape, dtype);
+    made.push(x);
+    return x;
+  });
+  const trace = dry.trace!;
+  const from = trace.events.length;
+  fn();
+  let ms = 0;
+  for (const e of trace.events.slice(from)) {
+    if (!("c" in e)) continue;
+    const f = trace.functions[e.c];
+    for (const l of callLaunches(f, namedArgs(abiByName.get(f)!, e.a))) ms += priceLaunch(l, hw)[1];
+  }
+  for (const x of made) dry.free(x);
+  return ms;
+}
+const estimates = new Map(cases.map((c) => [c.name, estimateMs(c)]));
+
 const rows: string[][] = [];
 for (const name of backends) {
   const be = Backend.open({ name });
@@ -481,16 +528,23 @@ for (const name of backends) {
       be.free(src);
       be.free(dst);
     }
-    rows.push([name, c.name, ms.toFixed(3), ...rates]);
+    const est = estimates.get(c.name)!;
+    rows.push([name, c.name, ms.toFixed(3), ...rates, est.toFixed(3), (ms / est).toFixed(2)]);
     for (const x of made) be.free(x);
   }
   be.close();
 }
 const w0 = Math.max(...rows.map((r) => r[1].length));
-console.log(`kernel timings (${size} shapes, ${reps} reps, ms per call)`);
-console.log(`${"backend".padEnd(8)} ${"kernel".padEnd(w0)} ${"ms".padStart(10)}  GB/s  copy GB/s`);
-for (const [b, n, ms, gbs, copy] of rows) {
+console.log(`kernel timings (${size} shapes, ${reps} reps, ms per call; est: ${hw.name} model)`);
+console.log(
+  `${"backend".padEnd(8)} ${"kernel".padEnd(w0)} ${"ms".padStart(10)}  GB/s  copy GB/s` +
+    `     est ms  measured/est`,
+);
+for (const [b, n, ms, gbs, copy, est, ratio] of rows) {
+  // the ratio says something only where the model describes the machine that ran it: cuda
+  const r = b === "cuda" ? ratio : "";
   console.log(
-    `${b.padEnd(8)} ${n.padEnd(w0)} ${ms.padStart(10)} ${gbs.padStart(5)} ${copy.padStart(10)}`,
+    `${b.padEnd(8)} ${n.padEnd(w0)} ${ms.padStart(10)} ${gbs.padStart(5)} ${copy.padStart(10)}` +
+      ` ${est.padStart(10)} ${r.padStart(13)}`,
   );
 }
