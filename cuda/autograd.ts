@@ -198,7 +198,7 @@ export class Graph {
    */
   precision: "bf16" | "f32" = "bf16";
   private tape: (() => void)[] = [];
-  /** each parameter's first use in this forward: the tape length when param() first saw it */
+  /** each parameter's first recorded use in this forward: the tape index of that entry */
   private firstUses = new Map<Param, number>();
   private live: Tensor[] = []; // this step's activations, returned to the pool by release()
   private pool: Pool;
@@ -222,7 +222,11 @@ export class Graph {
   needs(...vs: (Var | null | undefined)[]): boolean {
     return this.gradEnabled && vs.some((v) => v && v.requiresGrad);
   }
-  record(fn: () => void) {
+  /** Records a backward closure; `inputs`: the values whose gradients it adds to (for firstUse). */
+  record(fn: () => void, inputs: readonly (Var | null)[]) {
+    for (const v of inputs) {
+      if (v?.param && !this.firstUses.has(v.param)) this.firstUses.set(v.param, this.tape.length);
+    }
     this.tape.push(fn);
   }
   /** The gradient buffer of v, zero-filled on first use (null when v needs no gradient). */
@@ -255,12 +259,12 @@ export class Graph {
     return new Var(t, false);
   }
   param(p: Param): Var {
-    if (!this.firstUses.has(p)) this.firstUses.set(p, this.tape.length);
     return new Var(p.data, true, p);
   }
-  /** The tape position from which p's gradient is final in backward: every op that uses p was
-   * recorded at or after it, so once backward has run the entries >= this one, p's gradient is
-   * complete. undefined: p was not used since the last backward/release. */
+  /** The tape position from which p's gradient is final in backward: every recorded closure that
+   * adds to it is at or after this index, so once backward has run the entries >= this one, p's
+   * gradient is complete. undefined: no recorded closure adds to it (unused, or its gradient was
+   * written in the forward, as lmHeadLoss does): final before backward starts. */
   firstUse(p: Param): number | undefined {
     return this.firstUses.get(p);
   }
@@ -293,7 +297,7 @@ export class Graph {
       this.record(() => {
         if (y.g) bwd(y as Var & { g: Tensor });
         this.dropGrad(y);
-      });
+      }, inputs);
     }
     return y;
   }
@@ -768,7 +772,7 @@ export class Graph {
           }
         }
         this.dropGrad(yi);
-      });
+      }, [x, w]);
     }
     return outs;
   }
