@@ -1138,7 +1138,9 @@ function main() {
       muon.step(inputs, coll);
       model.zeroGrads();
     }, () => {
-      g.release(); // a capture that failed: nothing it recorded ran, the bf16 copies are stale
+      // after a replay or a capture that failed (nothing it recorded ran): the tape and pool as an
+      // eager step leaves them, and the bf16 weight copies stale (the weights moved on the device)
+      g.release();
       for (const p of model.params) p.markUpdated();
     });
     // ----------------------------------------------

@@ -249,7 +249,7 @@ export class BucketedAllReduce {
  * weight copies are stale after every optimizer step; the tape and pool are empty).
  *
  * If the capture fails (an allocation, an unsupported call), the capture is ended and thrown
- * away (nothing in it ran), `abort` resets the host state the body left mid-way, one line is
+ * away (nothing in it ran), `resetHost` resets the host state the body left mid-way, one line is
  * logged, and this step and every later one run eagerly. Capture, instantiate and launch:
  * https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#creating-a-graph-using-stream-capture
  * https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__GRAPH.html (cudaGraphInstantiateWithFlags, cudaGraphLaunch)
@@ -276,11 +276,16 @@ export class StepGraph {
     }
   }
 
-  /** One training step: `body` enqueues it (the host prepared its inputs before). */
-  run(body: () => void, abort: () => void) {
+  /** One training step: `body` enqueues it (the host prepared its inputs before). `resetHost`
+   * puts the host-side state the body keeps back to where a finished eager step leaves it: after a
+   * capture that failed mid-way, and after every replay (which runs no host code: the bf16 weight
+   * copies must be marked stale, as the body's optimizer step would, or a later eager forward such
+   * as validation would use copies from before the replayed update). */
+  run(body: () => void, resetHost: () => void) {
     if (this.mode === "eager" || this.steps++ < this.warmup) return body();
     if (this.mode === "replay") {
       this.be.k.mn_graph_launch(this.exec, this.be.stream);
+      resetHost();
       return;
     }
     const k = this.be.k, s = this.be.stream, out = new BigUint64Array(1);
@@ -294,7 +299,7 @@ export class StepGraph {
       this.exec = Deno.UnsafePointer.create(out[0]);
       this.mode = "replay";
     } catch (e) {
-      abort();
+      resetHost();
       this.mode = "eager";
       this.log(
         `cuda_graph: capture failed, running eagerly: ${(e as Error).message.split("\n")[0]}`,

@@ -204,3 +204,16 @@ Deno.test("StepGraph: a capture that fails is aborted, logged once, and the step
   ]);
   assert.equal(sg.replaying, false);
 });
+
+Deno.test("StepGraph: after the capture a step is one replay, no body, and the host state reset", () => {
+  const be = backend("dry");
+  const lines: string[] = [];
+  const sg = new StepGraph(be, true, (l) => lines.push(l), 2);
+  let bodies = 0, resets = 0;
+  for (let i = 0; i < 6; i++) sg.run(() => bodies++, () => resets++);
+  assert.equal(bodies, 3); // 2 warm-up steps and the captured one
+  assert.equal(resets, 3); // each of the 3 replays
+  assert.ok(sg.replaying);
+  assert.deepEqual(lines, ["cuda_graph: step captured after 2 warm-up steps; replaying it"]);
+  sg.close();
+});
