@@ -9,11 +9,11 @@ import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
-  BucketedAllReduce,
   gradBuckets,
   type InputSlot,
-  StepGraph,
-  StepInputs,
+  MuonScalars,
+  type StepInputs,
+  TrainStep,
 } from "./cuda/step.ts";
 import {
   loadStateByName,
@@ -507,6 +507,8 @@ class Muon {
   private ws = new Map<string, Tensor>();
   /** Newton-Schulz a, b in device memory (mn_axpby_forward reads them there), uploaded once */
   private readonly ab: Tensor;
+  /** momentum and learning rates, from device memory (cuda/step.ts) */
+  private readonly scalars: MuonScalars;
   /** every update in bf16, in parameter order (the original's updates_flat): each rank writes its
    * parameters' slots, zeros elsewhere, and one all-reduce gives every rank all of them */
   private readonly flat: Tensor;
@@ -521,6 +523,7 @@ class Muon {
   ) {
     this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
     this.ab = be.upload(new Float32Array([3.4445, -4.775]), [2], "f32", "muon.ns_ab");
+    this.scalars = new MuonScalars(name, params.length);
     let total = 0;
     for (const p of params) {
       this.at.push(total);
@@ -541,23 +544,14 @@ class Muon {
   private stepLr(_p: Param, lrFactor: number): number {
     return this.lr * lrFactor;
   }
-  /** the per-step scalars in StepInputs: {momentum, 1, -lr of each parameter} */
   get inputSlot(): InputSlot {
-    return { name: `muon:${this.name}`, dtype: "f32", numel: 2 + this.params.length };
+    return this.scalars.inputSlot;
   }
   stage(inputs: StepInputs, lrFactor: number) {
-    const v = inputs.f32(this.inputSlot.name);
-    v[0] = this.momentum;
-    v[1] = 1;
-    this.params.forEach((p, i) => (v[2 + i] = -this.stepLr(p, lrFactor)));
-  }
-  private scalars(inputs: StepInputs) {
-    const t = inputs.tensor(this.inputSlot.name);
-    const at = (i: number) => t.rows(i, 1).ptr;
-    return { mom: at(0), one: at(1), lr: (i: number) => at(2 + i) };
+    this.scalars.stage(inputs, this.momentum, (i) => this.stepLr(this.params[i], lrFactor));
   }
   step(inputs: StepInputs, coll: Collective) {
-    const k = this.be.k, s = this.be.stream, sc = this.scalars(inputs);
+    const k = this.be.k, s = this.be.stream, sc = this.scalars.at(inputs);
     // the other ranks' slots must hold zeros for the sum
     if (coll.world > 1) k.mn_memset(this.flat.ptr, 0, BigInt(this.flat.nbytes), s);
     this.params.forEach((p, i) => {
@@ -1037,17 +1031,18 @@ function main() {
         ).join("; "),
     );
   }
-  // the step's inputs: every micro-step's batch and the optimizers' per-step scalars, one
-  // asynchronous upload from pinned memory per step (cuda/step.ts)
-  const inputs = new StepInputs(be, [
-    { name: "x", dtype: "i32", numel: accum * B * T },
-    { name: "y", dtype: "i32", numel: accum * B * T },
-    ...[...adams, muon].map((o) => o.inputSlot),
-  ]);
-  const xs = Array.from({ length: accum }, (_, i) => inputs.tensor("x").rows(i * B * T, B * T));
-  const ys = Array.from({ length: accum }, (_, i) => inputs.tensor("y").rows(i * B * T, B * T));
-  const allReduce = new BucketedAllReduce(be, coll, buckets);
-  const stepGraph = new StepGraph(be, a.cuda_graph, log);
+  const train = new TrainStep(be, g, model, {
+    accum,
+    world,
+    rows: B * T,
+    coll,
+    buckets,
+    optimizers: [...adams, muon],
+    acc: gradAcc,
+    loss: lossT,
+    cudaGraph: a.cuda_graph,
+    log,
+  });
   let trainingTimeMs = 0;
   be.sync();
   let t0 = performance.now();
@@ -1109,39 +1104,13 @@ function main() {
     if (last) break;
 
     // --------------- training section ---------------
-    // the host prepares the step (it may run a step ahead of the device), then enqueues it
-    inputs.begin();
-    for (let i = 0; i < accum; i++) {
-      const [x, y] = trainLoader.next();
-      inputs.i32("x").set(x, i * B * T);
-      inputs.i32("y").set(y, i * B * T);
-    }
     const frac = Math.min(step / 500, 1);
     muon.momentum = (1 - frac) * 0.85 + frac * 0.95;
-    const lrFactor = getLr(step, a);
-    for (const o of [...adams, muon]) o.stage(inputs, lrFactor);
-    inputs.upload();
-    stepGraph.run(() => {
-      gradAcc.run(accum, (i) => {
-        // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the loss
-        // scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
-        const losses = model.forward(g, xs[i], ys[i], 1 / (accum * world));
-        // the logged loss is the last micro-step's, as the original's; its mean stays on the device
-        if (i === accum - 1) {
-          be.k.mn_sum_into(lossT.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
-          // the all-reduce buckets start inside this backward, each once its gradients are final
-          allReduce.backward(g, i > 0 ? gradAcc : null);
-        } else g.backward();
-        g.release();
-      }, buckets.length > 0);
-      for (const o of adams) o.step(inputs);
-      muon.step(inputs, coll);
-      model.zeroGrads();
-    }, () => {
-      // after a replay or a capture that failed (nothing it recorded ran): the tape and pool as an
-      // eager step leaves them, and the bf16 weight copies stale (the weights moved on the device)
-      g.release();
-      for (const p of model.params) p.markUpdated();
+    // the host prepares the step (it may run a step ahead of the device), then enqueues it
+    train.prepare(() => trainLoader.next(), getLr(step, a));
+    train.run(() => {
+      for (const o of adams) o.step(train.inputs);
+      muon.step(train.inputs, coll);
     });
     // ----------------------------------------------
 
@@ -1170,9 +1139,7 @@ function main() {
   if (be.profile.size && master) {
     console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
   }
-  stepGraph.close();
-  allReduce.close();
-  inputs.close();
+  train.close();
   coll.destroy();
   be.close();
 }

@@ -315,3 +315,143 @@ export class StepGraph {
     this.exec = null;
   }
 }
+
+/** An optimizer as TrainStep drives it: its per-step values go into StepInputs before the step. */
+export interface StepOptimizer {
+  readonly inputSlot: InputSlot;
+  stage(inputs: StepInputs, lrFactor: number): void;
+}
+
+/** Muon's per-step values in StepInputs, {momentum, 1, -lr of each parameter}, and their device
+ * addresses for mn_axpby_forward (which reads its two factors from device memory). */
+export class MuonScalars {
+  constructor(readonly name: string, readonly count: number) {}
+  get inputSlot(): InputSlot {
+    return { name: `muon:${this.name}`, dtype: "f32", numel: 2 + this.count };
+  }
+  stage(inputs: StepInputs, momentum: number, lr: (i: number) => number) {
+    const v = inputs.f32(this.inputSlot.name);
+    v[0] = momentum;
+    v[1] = 1;
+    for (let i = 0; i < this.count; i++) v[2 + i] = -lr(i);
+  }
+  at(inputs: StepInputs) {
+    const t = inputs.tensor(this.inputSlot.name);
+    const at = (i: number) => t.rows(i, 1).ptr;
+    return { mom: at(0), one: at(1), lr: (i: number) => at(2 + i) };
+  }
+}
+
+/** What TrainStep needs of a trainer's model. */
+export interface StepModel {
+  readonly params: Param[];
+  readonly grads: Tensor;
+  zeroGrads(): void;
+  /** per-row losses of one micro-step's batch (idx, targets: [rows] int32), gradients scaled */
+  forward(g: Graph, idx: Tensor, targets: Tensor, lossScale: number): Tensor;
+}
+
+/**
+ * One training step of the three trainers, host side and device side apart: prepare() fills and
+ * uploads the step's inputs (every micro-step's batch, the optimizers' scalars), run() enqueues
+ * every micro-step's forward and backward (gradients summed in a fixed order by GradAccumulator:
+ * N micro-steps here train bit-identically to N processes), the bucketed all-reduce inside the
+ * last backward, the optimizers' launches and the gradient zeroing, or replays them (--cuda_graph).
+ * Neither waits for the device; the last micro-step's mean loss is left in `loss`.
+ */
+export class TrainStep {
+  readonly inputs: StepInputs;
+  private readonly xs: Tensor[];
+  private readonly ys: Tensor[];
+  private readonly acc: GradAccumulator;
+  private readonly allReduce: BucketedAllReduce;
+  private readonly graph: StepGraph;
+  private readonly accum: number;
+  private readonly rows: number;
+  private readonly scale: number;
+  private readonly loss: Tensor;
+  private readonly optimizers: readonly StepOptimizer[];
+
+  constructor(
+    readonly be: Backend,
+    readonly g: Graph,
+    readonly model: StepModel,
+    o: {
+      /** micro-steps per step, processes, tokens per micro-step (B * T) */
+      accum: number;
+      world: number;
+      rows: number;
+      coll: Collective;
+      buckets: readonly GradBucket[];
+      optimizers: readonly StepOptimizer[];
+      acc: GradAccumulator;
+      /** where the last micro-step's mean loss goes (device, 1 float) */
+      loss: Tensor;
+      cudaGraph: boolean;
+      log: (s: string) => void;
+    },
+  ) {
+    const { accum, rows } = o;
+    this.accum = accum;
+    this.scale = 1 / (accum * o.world);
+    this.loss = o.loss;
+    this.optimizers = o.optimizers;
+    this.inputs = new StepInputs(be, [
+      { name: "x", dtype: "i32", numel: accum * rows },
+      { name: "y", dtype: "i32", numel: accum * rows },
+      ...o.optimizers.map((p) => p.inputSlot),
+    ]);
+    this.xs = Array.from({ length: accum }, (_, i) => this.inputs.tensor("x").rows(i * rows, rows));
+    this.ys = Array.from({ length: accum }, (_, i) => this.inputs.tensor("y").rows(i * rows, rows));
+    this.rows = rows;
+    this.acc = o.acc;
+    this.allReduce = new BucketedAllReduce(be, o.coll, o.buckets);
+    this.graph = new StepGraph(be, o.cudaGraph, o.log);
+  }
+
+  /** The host's part, which may run a step ahead of the device: batches from `next`, the
+   * optimizers' scalars for this lrFactor, one upload. */
+  prepare(next: () => [Int32Array, Int32Array], lrFactor: number) {
+    const inp = this.inputs;
+    inp.begin();
+    for (let i = 0; i < this.accum; i++) {
+      const [x, y] = next();
+      inp.i32("x").set(x, i * this.rows);
+      inp.i32("y").set(y, i * this.rows);
+    }
+    for (const o of this.optimizers) o.stage(inp, lrFactor);
+    inp.upload();
+  }
+
+  /** The device's part: `update` enqueues the optimizers' launches (reading this.inputs). */
+  run(update: () => void) {
+    const { be, g, model } = this;
+    this.graph.run(() => {
+      this.acc.run(this.accum, (i) => {
+        // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the
+        // loss scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
+        const losses = model.forward(g, this.xs[i], this.ys[i], this.scale);
+        // the logged loss is the last micro-step's, as the original's; its mean stays on the device
+        if (i === this.accum - 1) {
+          be.k.mn_sum_into(this.loss.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
+          // the all-reduce buckets start inside this backward, each once its gradients are final
+          this.allReduce.backward(g, i > 0 ? this.acc : null);
+        } else g.backward();
+        g.release();
+      }, this.allReduce.buckets.length > 0);
+      update();
+      model.zeroGrads();
+    }, () => {
+      // after a replay or a capture that failed (nothing it recorded ran): the tape and pool as an
+      // eager step leaves them, and the bf16 weight copies stale (the weights moved on the device)
+      g.release();
+      for (const p of model.params) p.markUpdated();
+    });
+  }
+
+  close() {
+    this.graph.close();
+    this.allReduce.close();
+    this.inputs.close();
+  }
+}
