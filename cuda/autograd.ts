@@ -143,12 +143,17 @@ export class GradAccumulator {
 /** A value in the graph: a tensor, and its gradient once backward asks for it. */
 export class Var {
   g: Tensor | null = null;
+  /** the parameter whose gradient `g` is part of, for a view of one (scalarOf); else `param` */
+  gradOf: Param | null = null;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
     readonly param: Param | null = null,
   ) {
-    if (param) this.g = param.sink;
+    if (param) {
+      this.g = param.sink;
+      this.gradOf = param;
+    }
   }
   get shape(): readonly number[] {
     return this.t.shape;
@@ -225,7 +230,8 @@ export class Graph {
   /** Records a backward closure; `inputs`: the values whose gradients it adds to (for firstUse). */
   record(fn: () => void, inputs: readonly (Var | null)[]) {
     for (const v of inputs) {
-      if (v?.param && !this.firstUses.has(v.param)) this.firstUses.set(v.param, this.tape.length);
+      const p = v?.gradOf;
+      if (p && !this.firstUses.has(p)) this.firstUses.set(p, this.tape.length);
     }
     this.tape.push(fn);
   }
@@ -369,6 +375,7 @@ export class Graph {
     if (!p.param) throw new Error("scalarOf: expects a parameter");
     const v = new Var(p.t.rows(i, 1), true);
     v.g = p.param.sink.rows(i, 1);
+    v.gradOf = p.param; // closures that add to v's gradient add to the parameter's (firstUse)
     return v;
   }
 

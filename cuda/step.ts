@@ -291,11 +291,18 @@ export class StepGraph {
     const k = this.be.k, s = this.be.stream, out = new BigUint64Array(1);
     try {
       k.mn_graph_begin_capture(s);
+      let failed: unknown = null;
       try {
         body();
-      } finally {
-        k.mn_graph_end_capture(s, out); // ends the capture whether or not the body got through
+      } catch (e) {
+        failed = e;
       }
+      try {
+        k.mn_graph_end_capture(s, out); // ends the capture whether or not the body got through
+      } catch (e) {
+        failed ??= e; // the body's error, if any, is the cause worth logging
+      }
+      if (failed !== null) throw failed;
       this.exec = Deno.UnsafePointer.create(out[0]);
       this.mode = "replay";
     } catch (e) {

@@ -74,6 +74,29 @@ Deno.test("BucketedAllReduce: each bucket starts inside backward once final; a p
   g.release();
 });
 
+Deno.test("BucketedAllReduce: a parameter reached only through scalarOf views holds its bucket until their backward", () => {
+  const be = backend("cpu");
+  const grads = be.zeros([128], "f32", "grads");
+  // the trainers' layout: the later parameter (w) first in the buffer
+  const lam = new Param(be, "lam", be.upload(new Float32Array([0.5, -2]), [2]), grads.rows(64, 2));
+  const w = new Param(be, "w", be.upload(new Float32Array([1, 2, 3, 4]), [N]), grads.rows(0, N));
+  const model = { params: [lam, w], gradAt: [[64, 64], [0, 64]] as [number, number][], grads };
+  const g = new Graph(be);
+  const x = g.input(be.upload(new Float32Array([1, -1, 2, 0.5]), [N]));
+  const x2 = g.input(be.upload(new Float32Array([3, 1, -2, 1]), [N]));
+  const L = g.param(lam);
+  const y = g.mul(g.axpby(g.scalarOf(L, 0), x, g.scalarOf(L, 1), x2), g.param(w));
+  be.k.mn_fill(g.grad(y), 1, BigInt(N), be.stream);
+  const buckets = gradBuckets(model, 1);
+  assert.deepEqual(buckets.map((b) => b.names), [["w"], ["lam"]]);
+  const { coll, seen } = recordingCollective(grads, be);
+  new BucketedAllReduce(be, coll, buckets).backward(g, null);
+  const final = be.download(lam.grad) as Float32Array;
+  assert.ok(final.every((v) => v !== 0));
+  assert.deepEqual([...seen[1].flat.subarray(64, 66)], [...final], "lam's bucket started early");
+  g.release();
+});
+
 Deno.test("BucketedAllReduce: with accumulation the per-bucket adds give the bits of one add after backward", () => {
   const be = backend("cpu");
   const runOnce = (bucketed: boolean) => {
