@@ -9,6 +9,13 @@ import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
 import {
+  gradBuckets,
+  type InputSlot,
+  MuonScalars,
+  type StepInputs,
+  TrainStep,
+} from "./cuda/step.ts";
+import {
   loadStateByName,
   readSafetensors,
   type StTensor,
@@ -54,6 +61,9 @@ const BOOL_FLAGS = {
   fast_cuda: "backstepping WKV-7 kernel (the original's --fast_cuda)",
   wind_cuda: "tensor-core WKV-7 kernel (the original's --wind_cuda)",
   help: "print the flags",
+  cuda_graph:
+    "cuda: capture the training step once after warm-up into a CUDA graph and replay it (off " +
+    "until a GPU run shows it correct and faster; other backends run eagerly)",
 } as const;
 
 function usage(): string {
@@ -90,6 +100,7 @@ export function parseFlags(argv: string[]) {
   };
   return {
     help: Boolean(values.help),
+    cuda_graph: Boolean(values.cuda_graph),
     headsz: num("headsz"),
     muon_lr: num("muon_lr", false),
     adam_lr: num("adam_lr", false),
@@ -458,18 +469,26 @@ class Adam {
     this.list = be.upload(new Int32Array(list.buffer), [12 * params.length], "i32", name + ".list");
     this.total = total;
   }
-  step(lrFactor: number) {
+  /** the group's per-step scalars in StepInputs: {lr, step} */
+  get inputSlot(): InputSlot {
+    return { name: `adam:${this.name}`, dtype: "f32", numel: 2 };
+  }
+  /** the coming step's lr and (bias-correction) step count, into the host side of `inputs` */
+  stage(inputs: StepInputs, lrFactor: number) {
     this.step_++;
-    this.be.k.mn_adam_multi_step(
+    inputs.f32(this.inputSlot.name).set([this.lr * lrFactor, this.step_]);
+  }
+  /** the step's launch: lr and step are read from device memory (a replayed graph follows them) */
+  step(inputs: StepInputs) {
+    this.be.k.mn_adam_multi_step_dev(
       this.list.ptr,
       this.params.length,
       this.total,
-      this.lr * lrFactor,
+      inputs.tensor(this.inputSlot.name).ptr,
       0.9,
       0.95,
       1e-8,
       0,
-      this.step_,
       this.be.stream,
     );
     for (const p of this.params) p.markUpdated();
@@ -488,6 +507,8 @@ class Muon {
   private ws = new Map<string, Tensor>();
   /** Newton-Schulz a, b in device memory (mn_axpby_forward reads them there), uploaded once */
   private readonly ab: Tensor;
+  /** momentum and learning rates, from device memory (cuda/step.ts) */
+  private readonly scalars: MuonScalars;
   /** every update in bf16, in parameter order (the original's updates_flat): each rank writes its
    * parameters' slots, zeros elsewhere, and one all-reduce gives every rank all of them */
   private readonly flat: Tensor;
@@ -502,6 +523,7 @@ class Muon {
   ) {
     this.buf = params.map((p) => be.zeros(p.shape, "f32", p.name + ".momentum_buffer"));
     this.ab = be.upload(new Float32Array([3.4445, -4.775]), [2], "f32", "muon.ns_ab");
+    this.scalars = new MuonScalars(name, params.length);
     let total = 0;
     for (const p of params) {
       this.at.push(total);
@@ -519,19 +541,27 @@ class Muon {
     if (!t) this.ws.set(k, t = this.be.alloc(shape, dtype, "muon." + key));
     return t;
   }
-  step(lrFactor: number, coll: Collective) {
-    const k = this.be.k, s = this.be.stream;
+  private stepLr(_p: Param, lrFactor: number): number {
+    return this.lr * lrFactor;
+  }
+  get inputSlot(): InputSlot {
+    return this.scalars.inputSlot;
+  }
+  stage(inputs: StepInputs, lrFactor: number) {
+    this.scalars.stage(inputs, this.momentum, (i) => this.stepLr(this.params[i], lrFactor));
+  }
+  step(inputs: StepInputs, coll: Collective) {
+    const k = this.be.k, s = this.be.stream, sc = this.scalars.at(inputs);
     // the other ranks' slots must hold zeros for the sum
     if (coll.world > 1) k.mn_memset(this.flat.ptr, 0, BigInt(this.flat.nbytes), s);
     this.params.forEach((p, i) => {
       if (i % coll.world !== coll.rank) return; // rank i % world orthogonalises parameter i
       const [rows, cols] = p.shape;
       const n = p.data.n;
-      k.mn_scale(this.buf[i].ptr, this.buf[i].ptr, this.momentum, n, s); // buf = momentum*buf + g
-      k.mn_axpy(this.buf[i].ptr, 1, p.grad.ptr, n, s);
+      // momentum and 1 from device memory: buf = momentum*buf + g; nesterov: g + momentum*buf
+      k.mn_axpby_forward(this.buf[i].ptr, this.buf[i].ptr, p.grad.ptr, sc.mom, sc.one, n, s);
       const g = this.scratch("g", [rows, cols]);
-      k.mn_memcpy_d2d(g.ptr, p.grad.ptr, BigInt(g.nbytes), s); // nesterov: g + momentum*buf
-      k.mn_axpy(g.ptr, this.momentum, this.buf[i].ptr, n, s);
+      k.mn_axpby_forward(g.ptr, p.grad.ptr, this.buf[i].ptr, sc.one, sc.mom, n, s);
       const X = this.newtonSchulz5(g, rows, cols);
       // the original writes the scaled update into its bf16 flat buffer before applying it
       k.mn_scale(X.ptr, X.ptr, Math.sqrt(Math.max(1, rows / cols)), n, s);
@@ -540,7 +570,8 @@ class Muon {
     if (coll.world > 1) coll.allReduceSum(this.flat); // the original's all_reduce(updates_flat)
     k.mn_cast_bf16_to_f32(this.flat32.ptr, this.flat.ptr, this.flat.n, s);
     this.params.forEach((p, i) => {
-      k.mn_axpy(p.data.ptr, -this.lr * lrFactor, this.slot(this.flat32, i).ptr, p.data.n, s);
+      const upd = this.slot(this.flat32, i).ptr; // p += -lr * update, lr from device memory
+      k.mn_axpby_forward(p.data.ptr, p.data.ptr, upd, sc.one, sc.lr(i), p.data.n, s);
       p.markUpdated();
     });
   }
@@ -575,28 +606,6 @@ class Muon {
     k.mn_transpose(Y.ptr, X.ptr, m, n, s);
     return Y;
   }
-}
-
-/**
- * The gradient all-reduce's buckets (DDP's): runs of consecutive parameters of the flat gradient
- * buffer, which holds them in reverse order (about the order backward produces them; DDP orders its
- * buckets by reversed model.parameters() too), each closed before it would pass capBytes (a bigger
- * parameter is a bucket alone). Together they tile the buffer.
- */
-function gradBuckets(model: Model, capBytes: number): { grads: Tensor; names: string[] }[] {
-  const out: { grads: Tensor; names: string[] }[] = [];
-  let start = 0, end = 0, names: string[] = [];
-  for (let i = model.params.length - 1; i >= 0; i--) {
-    const [offset, padded] = model.gradAt[i]; // === end: the buffer is in this order
-    if (names.length && (offset + padded - start) * 4 > capBytes) {
-      out.push({ grads: model.grads.rows(start, end - start), names });
-      [start, names] = [end, []];
-    }
-    end = offset + padded;
-    names.push(model.params[i].name);
-  }
-  if (names.length) out.push({ grads: model.grads.rows(start, end - start), names });
-  return out;
 }
 
 /** lr multiplier: no warmup, constant, then linear warmdown over the last warmdown_iters steps */
@@ -1022,6 +1031,18 @@ function main() {
         ).join("; "),
     );
   }
+  const train = new TrainStep(be, g, model, {
+    accum,
+    world,
+    rows: B * T,
+    coll,
+    buckets,
+    optimizers: [...adams, muon],
+    acc: gradAcc,
+    loss: lossT,
+    cudaGraph: a.cuda_graph,
+    log,
+  });
   let trainingTimeMs = 0;
   be.sync();
   let t0 = performance.now();
@@ -1083,25 +1104,14 @@ function main() {
     if (last) break;
 
     // --------------- training section ---------------
-    gradAcc.run(accum, (i) => {
-      upload(trainLoader.next());
-      // grads come out averaged over micro-steps and ranks: DDP's 1/world is folded into the loss
-      // scale, so the all-reduce is a plain sum (and 1 process accumulating = N processes)
-      const losses = model.forward(g, xT, yT, 1 / (accum * world));
-      // the logged loss is the last micro-step's, as the original's; its mean stays on the device
-      if (i === accum - 1) {
-        be.k.mn_sum_into(lossT.ptr, losses.ptr, losses.n, 1 / losses.numel, 0, be.stream);
-      }
-      g.backward();
-      g.release();
-    });
-    for (const b of buckets) coll.allReduceSum(b.grads); // bucket by bucket, in backward's order
     const frac = Math.min(step / 500, 1);
     muon.momentum = (1 - frac) * 0.85 + frac * 0.95;
-    const lrFactor = getLr(step, a);
-    for (const o of adams) o.step(lrFactor);
-    muon.step(lrFactor, coll);
-    model.zeroGrads();
+    // the host prepares the step (it may run a step ahead of the device), then enqueues it
+    train.prepare(() => trainLoader.next(), getLr(step, a));
+    train.run(() => {
+      for (const o of adams) o.step(train.inputs);
+      muon.step(train.inputs, coll);
+    });
     // ----------------------------------------------
 
     if (master) {
@@ -1129,6 +1139,7 @@ function main() {
   if (be.profile.size && master) {
     console.log("kernel time by function (MN_PROFILE=1):\n" + be.profileReport());
   }
+  train.close();
   coll.destroy();
   be.close();
 }

@@ -4,15 +4,17 @@
 # Needs no network. Takes Deno from PATH, or from .gpu-carry/deno.xz (made on a machine that has
 # Deno by ../shared/tools/pack-deno-for-gpu.sh, or: xz -T2 -9 -c "$(command -v deno)" > .gpu-carry/deno.xz).
 #
-#   bench/gpu_check.sh [--dry-run] [--logs DIR] [--steps N] [--stages build,tests,trainers,bench]
+#   bench/gpu_check.sh [--dry-run] [--logs DIR] [--steps N] [--stages build,tests,trainers,graph,bench]
 #
-# --stages: run only these (default all four, in that order; Deno is always set up, and the build
+# --stages: run only these (default all five, in that order; Deno is always set up, and the build
 # is what every later stage loads, so leave it out only when the library is already built).
 # MN_GPU_CHECK_TESTS_FILTER replaces the test filter; MN_GPU_CHECK_RUNS runs only the first N trainers.
 # Time limits (seconds): MN_GPU_CHECK_TESTS_S (300) for the cuda-vs-cpu tests, MN_GPU_CHECK_RUN_S
 # (100) per trainer run, MN_GPU_CHECK_STAGE_S (390, counted from this script's start) after which no
-# trainer run starts, MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks, MN_GPU_CHECK_RECORD_S (90) for
-# the record-shape ones (bench/kernels.ts --record: measured vs the step-cost model per family).
+# trainer run starts, MN_GPU_CHECK_GRAPH_S (60) per run of the graph stage (MN_GPU_CHECK_GRAPH_RUNS
+# (1): how many of its trainers), MN_GPU_CHECK_BENCH_S (120) for the kernel benchmarks,
+# MN_GPU_CHECK_RECORD_S (90) for the record-shape ones (bench/kernels.ts --record: measured vs the
+# step-cost model per family).
 #
 # --dry-run: run every stage that needs no GPU (Deno, nvcc build, register/spill report) and stop,
 # saying so, where a GPU is required. CI runs it this way so the script does not rot.
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 dry=0
 logs=${OUT:-bench/gpu_logs}/gpu_check-$(date +%Y%m%d-%H%M%S)
 steps=16
-stages=build,tests,trainers,bench
+stages=build,tests,trainers,graph,bench
 while (($#)); do
   case $1 in
     --dry-run) dry=1; shift ;;
@@ -32,8 +34,8 @@ while (($#)); do
   esac
 done
 for st in ${stages//,/ }; do
-  case $st in build | tests | trainers | bench) ;;
-    *) echo "error: --stages $stages: unknown stage $st (expected build, tests, trainers, bench)" >&2; exit 2 ;;
+  case $st in build | tests | trainers | graph | bench) ;;
+    *) echo "error: --stages $stages: unknown stage $st (expected build, tests, trainers, graph, bench)" >&2; exit 2 ;;
   esac
 done
 want() { [[ ,$stages, == *,$1,* ]]; }
@@ -179,7 +181,52 @@ else
   row "trainers" FAIL "no data/brown shards carried (deno task data:brown; carry data/brown)"
 fi
 
-# ---- 5. kernel micro-benchmarks at model shapes
+# ---- 5. CUDA graph replay (--cuda_graph, issue #16): one trainer run eagerly and replayed, the same
+# steps on the same data. Both run the same kernels on the same inputs (the replay reads the per-step
+# values from device memory, as the eager step does), so the losses are expected bit-identical
+# (printed to 4 decimals, as logged); the row gives both losses and both step times (step_avg over
+# steps 11.., as the trainers log it). A capture that failed falls back to eager: a FAIL row.
+graph_runs=("train_gpt2.ts" "train_rwkv7.ts --fast_cuda")
+graph_runs=("${graph_runs[@]:0:${MN_GPU_CHECK_GRAPH_RUNS:-1}}")
+graph_steps=$((steps < 14 ? 14 : steps)) # step_avg needs steps past 11
+last_loss() { grep -E '^step:[0-9]+/[0-9]+ train_loss' "$1" | tail -n1 | sed -E 's/.*train_loss:([0-9.]+).*/\1/'; }
+step_ms() { grep -E '^step:[0-9]+/[0-9]+ train_loss' "$1" | tail -n1 | sed -E 's/.*step_avg:([0-9.na]+)ms.*/\1/'; }
+if ! want graph; then
+  :
+elif compgen -G "data/brown/brown_train_*.bin" >/dev/null; then
+  for spec in "${graph_runs[@]}"; do
+    read -r script kern <<<"$spec"
+    name="graph ${script%.ts} ${kern:-default}"
+    declare -A grc=()
+    for mode in eager replay; do
+      f="$logs/graph_$(echo "${script%.ts}_${kern}_$mode" | tr -d -).log"
+      flag=""; [[ $mode == replay ]] && flag=--cuda_graph
+      MN_BACKEND=cuda timeout -k 5 "${MN_GPU_CHECK_GRAPH_S:-60}" deno run -A "$script" $kern $flag \
+        --input_bin 'data/brown/brown_train_*.bin' --input_val_bin 'data/brown/brown_val_*.bin' \
+        --device_bsz 32 --bsz 32 --num_iterations "$graph_steps" --warmdown_iters 2 --val_loss_every 0 \
+        --val_tokens 32768 --random_seed 1 --log_dir "$logs/runs" > "$f" 2>&1
+      grc[$mode]=$?
+      find "$logs/runs" -name '*.safetensors' -delete 2>/dev/null
+    done
+    fe="$logs/graph_$(echo "${script%.ts}_${kern}_eager" | tr -d -).log"
+    fr="$logs/graph_$(echo "${script%.ts}_${kern}_replay" | tr -d -).log"
+    le=$(last_loss "$fe"); lr=$(last_loss "$fr")
+    what="after $graph_steps steps: loss eager $le, replay $lr; step eager $(step_ms "$fe")ms, replay $(step_ms "$fr")ms"
+    if grep -q "cuda_graph: capture failed" "$fr"; then
+      row "$name" FAIL "$(grep -m1 'cuda_graph: capture failed' "$fr" | cut -c1-140)"
+    elif ((grc[eager] || grc[replay])); then
+      row "$name" FAIL "rc eager ${grc[eager]}, replay ${grc[replay]} (124: cut); see $fe, $fr"
+    elif [[ -n $le && $le == "$lr" ]] && grep -q "cuda_graph: step captured" "$fr"; then
+      row "$name" ok "$what"
+    else
+      row "$name" FAIL "$what"
+    fi
+  done
+else
+  row "graph" FAIL "no data/brown shards carried (deno task data:brown; carry data/brown)"
+fi
+
+# ---- 6. kernel micro-benchmarks at model shapes
 if ! want bench; then
   :
 elif timeout -k 5 "${MN_GPU_CHECK_BENCH_S:-120}" deno run -A bench/kernels.ts --size model --reps 20 --backends cuda \

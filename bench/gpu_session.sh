@@ -13,9 +13,9 @@
 # Carry .gpu-carry data/brown cuda/build/cpu cuda/build/libmn_cpu.so; run `bash bench/gpu_session.sh`.
 # MN_GPU_SESSION_S (500): the whole budget; stages are cut so that the packing still happens.
 # MN_GPU_SESSION_STAGES (tests,trainers,record,original): a shorter list for a rerun; the stage caps
-# MN_GS_TESTS_S (170), MN_GS_TRAIN_S (185), MN_GS_TRAIN_STAGES (trainers,bench), MN_GS_BENCH_S (25),
-# MN_GS_KREC_S (20, bench/kernels.ts --record), MN_GS_RECORD_S (40/35 per run), and
-# MN_GPU_CHECK_TESTS_FILTER / MN_GPU_CHECK_RUNS (gpu_check.sh).
+# MN_GS_TESTS_S (170), MN_GS_TRAIN_S (185), MN_GS_TRAIN_STAGES (trainers,graph,bench),
+# MN_GS_BENCH_S (25), MN_GS_KREC_S (20, bench/kernels.ts --record), MN_GS_RECORD_S (40/35 per run),
+# and MN_GPU_CHECK_TESTS_FILTER / MN_GPU_CHECK_RUNS (gpu_check.sh).
 # Progress goes straight to stdout (the device tool returns its tail; never pipe this into `tail`,
 # which prints nothing when the command is cut), stage outputs to files: a stage that leaves a
 # process behind holding its output cannot stall the script.
@@ -105,9 +105,10 @@ fi
 # (a run may start until STAGE_S and then take RUN_S)
 say "stage trainers"
 if want trainers; then
-  MN_GPU_CHECK_RUN_S=35 MN_GPU_CHECK_STAGE_S=$(($(cap "${MN_GS_TRAIN_S:-185}" 130) - 35)) \
+  # the graph stage (eager vs --cuda_graph, 2 runs of <= 30 s) comes out of the trainers' share
+  MN_GPU_CHECK_RUN_S=35 MN_GPU_CHECK_STAGE_S=$(($(cap "${MN_GS_TRAIN_S:-185}" 130) - 35 - 60)) MN_GPU_CHECK_GRAPH_S=30 \
     MN_GPU_CHECK_BENCH_S=$(cap "${MN_GS_BENCH_S:-25}" 100) MN_GPU_CHECK_RECORD_S=$(cap "${MN_GS_KREC_S:-20}" 100) \
-    check check_2 --stages "${MN_GS_TRAIN_STAGES:-trainers,bench}" --steps 14
+    check check_2 --stages "${MN_GS_TRAIN_STAGES:-trainers,graph,bench}" --steps 14
 fi
 
 # ---- 2+3. the record batches: peak memory (ours: the allocator's count; the card: nvidia-smi's

@@ -36,11 +36,15 @@ export interface Hardware {
   launchHostUs: number; // host time per kernel launch (driver + our FFI call)
   minKernelUs: number; // shortest time a launch occupies the device back to back
   roundTripUs: number; // one dependent DRAM round trip (a serial chain's step)
+  busBw: number; // NCCL all-reduce bus bandwidth over 8 GPUs (nccl-tests' busbw), bytes/s
 }
 
 // H100 SXM: 3.35 TB/s and 132 SMs (datasheet); bf16 790 TFLOP/s as measured on the lent H200 kind
 // (the same SMs and clocks); fp32 ~60 TFLOP/s (datasheet 67). H200: copy 4.3 TB/s measured here.
 // A800 80 GB (the RWKV records' card): 2.0 TB/s, 108 SMs, ~280 TFLOP/s bf16 achieved, 19.5 fp32.
+// busBw: an assumption, not a measurement here: NVLink 4 (450 GB/s a direction) reaches ~360 GB/s
+// of all-reduce bus bandwidth on 8 GPUs in nccl-tests' terms; the A800's NVLink is capped at 400
+// GB/s both ways (~150). An all-reduce of S bytes on n ranks then takes 2 (n - 1) / n * S / busBw.
 export const HARDWARE: Record<string, Hardware> = {
   H100: {
     name: "H100 SXM",
@@ -51,6 +55,7 @@ export const HARDWARE: Record<string, Hardware> = {
     launchHostUs: 4,
     minKernelUs: 2.5,
     roundTripUs: 0.7,
+    busBw: 360e9,
   },
   H200: {
     name: "H200",
@@ -61,6 +66,7 @@ export const HARDWARE: Record<string, Hardware> = {
     launchHostUs: 4,
     minKernelUs: 2.5,
     roundTripUs: 0.7,
+    busBw: 360e9,
   },
   A800: {
     name: "A800 80GB",
@@ -71,6 +77,7 @@ export const HARDWARE: Record<string, Hardware> = {
     launchHostUs: 4,
     minKernelUs: 3,
     roundTripUs: 0.8,
+    busBw: 150e9,
   },
 };
 
@@ -239,7 +246,8 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
   const byName = new Map(abi.map((f) => [f.name, f]));
   let on = false, peak = 0, inUse = 0;
   const calls: { fn: string; a: Record<string, number> }[] = [];
-  const colls: { op: string; bytes: number; dtype: string }[] = [];
+  // at: how many calls came before it (where it sits in the host's sequence)
+  const colls: { op: string; bytes: number; dtype: string; at: number }[] = [];
   for (const e of t.events) {
     if ("mark" in e) {
       if (e.mark === from) on = true;
@@ -251,7 +259,7 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
       continue;
     }
     if (!on) continue;
-    if ("coll" in e) colls.push({ op: e.coll, bytes: e.bytes, dtype: e.dtype });
+    if ("coll" in e) colls.push({ op: e.coll, bytes: e.bytes, dtype: e.dtype, at: calls.length });
     else {
       const fn = t.functions[e.c];
       calls.push({ fn, a: namedArgs(byName.get(fn)!, e.a) });
@@ -270,6 +278,10 @@ export interface StepCost {
   d2hBytes: number;
   collectives: number;
   collectiveBytes: number;
+  /** the gradient buckets' all-reduce time (busBw), and how much of it runs while the backward
+   * still computes (the comm stream starts a bucket when it is final: cuda/step.ts) */
+  gradCommMs: number;
+  gradCommHiddenMs: number;
   dramBytes: number;
   rooflineMs: number;
   shapedMs: number;
@@ -312,7 +324,9 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
   // Host syncs cut the step into segments: inside one the host's launches overlap the device's
   // work (the segment takes the longer of the two), at its end the host waits for the device.
   let segDevice = 0, segHost = 0, estimate = 0;
+  const devAt: number[] = []; // device time (shaped) before call j
   for (const { fn, a } of calls) {
+    devAt.push(shaped);
     if (fn === "mn_memset") memsets++;
     const f = fam.get(fn) ??
       { fn, calls: 0, launches: 0, roofMs: 0, shapedMs: 0, bytes: 0, flagged: 0 };
@@ -348,6 +362,8 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
     }
   }
   estimate += Math.max(segDevice, segHost);
+  devAt.push(shaped);
+  const comm = gradCommOverlap(spec.world, colls, calls, devAt, hw);
   const hostMs = launches * hw.launchHostUs / 1e3;
   const tokens = spec.bsz / spec.world * T;
   return {
@@ -359,6 +375,8 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
     d2hBytes: d2h,
     collectives: colls.length,
     collectiveBytes: colls.reduce((s, c) => s + c.bytes, 0),
+    gradCommMs: comm.total,
+    gradCommHiddenMs: comm.hidden,
     dramBytes: dram,
     rooflineMs: roof,
     shapedMs: shaped,
@@ -370,6 +388,34 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
     families: [...fam.values()].sort((x, y) => y.shapedMs - x.shapedMs),
     flagged: flagged.sort((x, y) => y.ms - x.ms),
   };
+}
+
+/**
+ * The gradient buckets on the communication stream: bucket i (an f32 all-reduce; Muon's is bf16,
+ * on the compute stream) may start once the compute stream has reached it (its event) and the
+ * previous bucket is done; the compute stream waits for the last at the join (the first
+ * mn_stream_wait_event after it). What ends after the join is exposed, the rest hidden.
+ */
+function gradCommOverlap(
+  world: number,
+  colls: { op: string; bytes: number; dtype: string; at: number }[],
+  calls: { fn: string }[],
+  devAt: number[],
+  hw: Hardware,
+): { total: number; hidden: number } {
+  const buckets = colls.filter((c) => c.op === "all_reduce" && c.dtype === "f32");
+  if (!buckets.length || world < 2) return { total: 0, hidden: 0 };
+  let end = 0, total = 0;
+  for (const b of buckets) {
+    const t = 2 * (world - 1) / world * b.bytes / hw.busBw * 1e3;
+    end = Math.max(end, devAt[b.at]) + t;
+    total += t;
+  }
+  const last = buckets[buckets.length - 1].at;
+  let join = calls.findIndex((c, j) => j >= last && c.fn === "mn_stream_wait_event");
+  if (join < 0) join = last;
+  const exposed = Math.max(0, end - devAt[join]);
+  return { total, hidden: total - exposed };
 }
 
 const gb = (b: number) => (b / 1e9).toFixed(1);
@@ -446,16 +492,16 @@ export function measuredVsEstimated(path: string, hw: Hardware): string {
 
 export function formatTable(rows: StepCost[]): string {
   const head =
-    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | DRAM GB | memsets | peak GB |";
-  const sep = "|---|---|---|---|---|---|---|---|---|---|---|---|";
+    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | grad all-reduce ms (hidden) | DRAM GB | memsets | peak GB |";
+  const sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|";
   const lines = rows.map((r) =>
     `| ${r.name} | ${r.rooflineMs.toFixed(0)} | ${r.shapedMs.toFixed(0)} | ${
       r.hostMs.toFixed(0)
     } | ${r.estimateMs.toFixed(0)} | ${
       r.tokensPerS.toFixed(0)
     } | ${r.launches} | ${r.hostSyncs} | ${r.collectives} (${gb(r.collectiveBytes)}) | ${
-      gb(r.dramBytes)
-    } | ${r.memsets} | ${gb(r.peakBytes)} |`
+      r.gradCommMs.toFixed(1)
+    } (${r.gradCommHiddenMs.toFixed(1)}) | ${gb(r.dramBytes)} | ${r.memsets} | ${gb(r.peakBytes)} |`
   );
   return [head, sep, ...lines].join("\n");
 }

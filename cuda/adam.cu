@@ -57,9 +57,9 @@ __device__ inline int adam_find_tensor(const int64_t* list, int count, int64_t j
 // Grid-stride over the flat index space [0, total_n) of all tensors. A thread keeps the tensor of
 // its previous element and searches only when its next element lies outside it (large tensors
 // span many grid strides; small ones are passed over by the search).
-__global__ void adam_multi_step_kernel(const int64_t* list, int count, int64_t total_n,
-                                       float beta1, float beta2, float eps, float weight_decay,
-                                       float step_size, float bc2_sqrt) {
+__device__ inline void adam_multi_step_body(const int64_t* list, int count, int64_t total_n,
+                                            float beta1, float beta2, float eps,
+                                            float weight_decay, float step_size, float bc2_sqrt) {
   int t = -1;
   int64_t begin = 0, end = 0;
   for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < total_n;
@@ -75,13 +75,31 @@ __global__ void adam_multi_step_kernel(const int64_t* list, int count, int64_t t
   }
 }
 
-// The host scalars of both entry points (after mn_check_adam).
-static void adam_scalars(float lr, float beta1, float beta2, int step, float* step_size,
-                         float* bc2_sqrt) {
-  const double bc1 = 1.0 - std::pow((double)beta1, (double)step);
-  const double bc2 = 1.0 - std::pow((double)beta2, (double)step);
+__global__ void adam_multi_step_kernel(const int64_t* list, int count, int64_t total_n,
+                                       float beta1, float beta2, float eps, float weight_decay,
+                                       float step_size, float bc2_sqrt) {
+  adam_multi_step_body(list, count, total_n, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt);
+}
+
+// The scalars of every entry point, in double: on the host (after mn_check_adam), or on the
+// device from lr and step in device memory (mn_adam_multi_step_dev).
+__host__ __device__ inline void adam_scalars(float lr, float beta1, float beta2, int step,
+                                             float* step_size, float* bc2_sqrt) {
+  const double bc1 = 1.0 - pow((double)beta1, (double)step);
+  const double bc2 = 1.0 - pow((double)beta2, (double)step);
   *step_size = (float)((double)lr / bc1);
-  *bc2_sqrt = (float)std::sqrt(bc2);
+  *bc2_sqrt = (float)sqrt(bc2);
+}
+
+// lr_step = {lr, step} in device memory, written before the launch (or a graph replay, whose
+// kernel arguments are frozen): each block's first thread derives the two scalars once.
+__global__ void adam_multi_step_dev_kernel(const int64_t* list, int count, int64_t total_n,
+                                           const float* lr_step, float beta1, float beta2,
+                                           float eps, float weight_decay) {
+  __shared__ float sc[2];
+  if (threadIdx.x == 0) adam_scalars(lr_step[0], beta1, beta2, (int)lr_step[1], &sc[0], &sc[1]);
+  __syncthreads();
+  adam_multi_step_body(list, count, total_n, beta1, beta2, eps, weight_decay, sc[0], sc[1]);
 }
 
 MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n, float lr,
@@ -109,4 +127,18 @@ MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float l
   return mn_launch("adam_multi_step", adam_multi_step_kernel, mn_blocks_for(total_n, 256), 256, 0,
                    stream, (const int64_t*)list, count, total_n, beta1, beta2, eps, weight_decay,
                    step_size, bc2_sqrt);
+}
+
+MN_API int mn_adam_multi_step_dev(int64_t* list, int count, int64_t total_n, float* lr_step,
+                                  float beta1, float beta2, float eps, float weight_decay,
+                                  void* stream) {
+  if (int rc = mn_check_adam_multi_step(list, count, total_n)) return rc;
+  // lr and step are on the device: checked with a representative value, the rest by the caller
+  if (int rc = mn_check_adam("adam_multi_step_dev", 0.0f, beta1, beta2, eps, weight_decay, 1))
+    return rc;
+  MN_REQUIRE(lr_step, "adam_multi_step_dev: NULL lr_step");
+  if (count == 0) return 0;
+  return mn_launch("adam_multi_step_dev", adam_multi_step_dev_kernel, mn_blocks_for(total_n, 256),
+                   256, 0, stream, (const int64_t*)list, count, total_n, (const float*)lr_step,
+                   beta1, beta2, eps, weight_decay);
 }

@@ -220,8 +220,9 @@ function adamList(be: Backend, tensors: { p: Tensor; g: Tensor; m: Tensor; v: Te
 const MULTI_SIZES = [1, 3, 257, 1000, 4097, 2, ...(VARIANT ? [] : [70000])];
 const MULTI_STEPS = 3;
 
-/** Adam over MULTI_SIZES tensors, per tensor (mn_adam_step) or all at once (mn_adam_multi_step). */
-function runAdamTensors(be: Backend, multi: boolean, c: AdamCfg, seed: number) {
+/** Adam over MULTI_SIZES tensors, per tensor (mn_adam_step) or all at once (mn_adam_multi_step,
+ * or "dev": mn_adam_multi_step_dev with lr and step written to device memory before each step). */
+function runAdamTensors(be: Backend, multi: boolean | "dev", c: AdamCfg, seed: number) {
   const rng = new Rng(seed);
   const data = MULTI_SIZES.map((n) => draw({ ...c, n, steps: MULTI_STEPS }, rng));
   const ts = MULTI_SIZES.map((n, i) => ({
@@ -231,11 +232,25 @@ function runAdamTensors(be: Backend, multi: boolean, c: AdamCfg, seed: number) {
     v: be.upload(data[i].v0, [n]),
   }));
   const { list, total } = adamList(be, ts);
+  const lrStep = be.alloc([2]);
   try {
     for (let s = 0; s < MULTI_STEPS; s++) {
       ts.forEach((t, i) => be.write(t.g, data[i].grads[s]));
       const step = c.firstStep + s;
-      if (multi) {
+      if (multi === "dev") {
+        be.write(lrStep, new Float32Array([c.lr, step]));
+        be.k.mn_adam_multi_step_dev(
+          list.ptr,
+          ts.length,
+          total,
+          lrStep.ptr,
+          c.beta1,
+          c.beta2,
+          c.eps,
+          c.wd,
+          be.stream,
+        );
+      } else if (multi) {
         be.k.mn_adam_multi_step(
           list.ptr,
           ts.length,
@@ -280,6 +295,7 @@ function runAdamTensors(be: Backend, multi: boolean, c: AdamCfg, seed: number) {
   } finally {
     for (const t of ts) for (const x of [t.p, t.g, t.m, t.v]) be.free(x);
     be.free(list);
+    be.free(lrStep);
   }
 }
 
@@ -292,6 +308,29 @@ Deno.test("adam_multi_step: the same bits as mn_adam_step on each tensor (cpu an
       for (const k of ["param", "m", "v"] as const) {
         compare(`${name} ${label(c)} ${k}: multi vs per tensor`, all[k], one[k], EXACT);
       }
+    }
+  }
+});
+
+Deno.test("adam_multi_step_dev: lr and step from device memory, the same bits as adam_multi_step (cpu and emu)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const [ci, c] of CONFIGS.entries()) {
+      const dev = runAdamTensors(be, "dev", c, SEED + 47 + ci);
+      const multi = runAdamTensors(be, true, c, SEED + 47 + ci);
+      for (const k of ["param", "m", "v"] as const) {
+        compare(`${name} ${label(c)} ${k}: dev vs multi`, dev[k], multi[k], EXACT);
+      }
+    }
+    if (name === "cpu") { // the one backend that can read the device scalars before the launch
+      const x = be.zeros([8]);
+      const { list } = adamList(be, [{ p: x, g: x, m: x, v: x }]);
+      const ls = be.upload(new Float32Array([1e-3, 1.5]));
+      assert.throws(
+        () => be.k.mn_adam_multi_step_dev(list.ptr, 1, 8n, ls.ptr, 0.9, 0.95, 1e-8, 0, be.stream),
+        /step 1.5 is not an integer/,
+      );
+      for (const t of [x, list, ls]) be.free(t);
     }
   }
 });

@@ -98,8 +98,10 @@ export class GradAccumulator {
     });
     this.extra = extra;
   }
-  /** microStep(i) runs micro-step i's forward, backward and release; i = 0 .. accum-1. */
-  run(accum: number, microStep: (i: number) => void) {
+  /** microStep(i) runs micro-step i's forward, backward and release; i = 0 .. accum-1.
+   * deferLastAdd: the last micro-step's add into `flat` is left to the caller, slice by slice
+   * (addSlice over slices that tile `flat`), e.g. each all-reduce bucket as soon as it is final. */
+  run(accum: number, microStep: (i: number) => void, deferLastAdd = false) {
     const k = this.be.k, s = this.be.stream;
     for (let i = 0; i < accum; i++) {
       if (i === 0) {
@@ -116,21 +118,42 @@ export class GradAccumulator {
       } finally {
         for (const p of this.params) p.sink = p.grad;
       }
+      if (deferLastAdd && i === accum - 1) {
+        if (!this.extra) throw new Error("GradAccumulator: deferLastAdd needs the flat buffer");
+        continue;
+      }
       if (this.extra) k.mn_axpy(this.flat!.ptr, 1, this.extra.ptr, this.flat!.n, s);
       else this.params.forEach((p, j) => k.mn_axpy(p.grad.ptr, 1, this.sinks[j].ptr, p.grad.n, s));
     }
+  }
+  /** The add of one slice of `flat` (its elements' micro-step gradient into the running sum):
+   * the same elementwise sums as the whole-buffer add, for run(..., deferLastAdd). */
+  addSlice(slice: Tensor) {
+    const flat = this.flat!, extra = this.extra!;
+    const bytes = BigInt(Deno.UnsafePointer.value(slice.ptr)) -
+      BigInt(Deno.UnsafePointer.value(flat.ptr));
+    const at = Number(bytes / 4n);
+    if (bytes % 4n || at < 0 || at + slice.numel > flat.numel) {
+      throw new Error(`GradAccumulator: ${slice} is not inside ${flat}`);
+    }
+    this.be.k.mn_axpy(slice.ptr, 1, extra.rows(at, slice.numel).ptr, slice.n, this.be.stream);
   }
 }
 
 /** A value in the graph: a tensor, and its gradient once backward asks for it. */
 export class Var {
   g: Tensor | null = null;
+  /** the parameter whose gradient `g` is part of, for a view of one (scalarOf); else `param` */
+  gradOf: Param | null = null;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
     readonly param: Param | null = null,
   ) {
-    if (param) this.g = param.sink;
+    if (param) {
+      this.g = param.sink;
+      this.gradOf = param;
+    }
   }
   get shape(): readonly number[] {
     return this.t.shape;
@@ -180,6 +203,8 @@ export class Graph {
    */
   precision: "bf16" | "f32" = "bf16";
   private tape: (() => void)[] = [];
+  /** each parameter's first recorded use in this forward: the tape index of that entry */
+  private firstUses = new Map<Param, number>();
   private live: Tensor[] = []; // this step's activations, returned to the pool by release()
   private pool: Pool;
   private consts = new Map<number, Tensor>();
@@ -202,7 +227,12 @@ export class Graph {
   needs(...vs: (Var | null | undefined)[]): boolean {
     return this.gradEnabled && vs.some((v) => v && v.requiresGrad);
   }
-  record(fn: () => void) {
+  /** Records a backward closure; `inputs`: the values whose gradients it adds to (for firstUse). */
+  record(fn: () => void, inputs: readonly (Var | null)[]) {
+    for (const v of inputs) {
+      const p = v?.gradOf;
+      if (p && !this.firstUses.has(p)) this.firstUses.set(p, this.tape.length);
+    }
     this.tape.push(fn);
   }
   /** The gradient buffer of v, zero-filled on first use (null when v needs no gradient). */
@@ -237,17 +267,32 @@ export class Graph {
   param(p: Param): Var {
     return new Var(p.data, true, p);
   }
+  /** The tape position from which p's gradient is final in backward: every recorded closure that
+   * adds to it is at or after this index, so once backward has run the entries >= this one, p's
+   * gradient is complete. undefined: no recorded closure adds to it (unused, or its gradient was
+   * written in the forward, as lmHeadLoss does): final before backward starts. */
+  firstUse(p: Param): number | undefined {
+    return this.firstUses.get(p);
+  }
 
-  /** Runs the recorded backward closures in reverse order and clears the tape. */
-  backward() {
-    for (let i = this.tape.length - 1; i >= 0; i--) this.tape[i]();
+  /** Runs the recorded backward closures in reverse order and clears the tape. progress(i), if
+   * given, is called before the first closure with the tape length and after closure i with i:
+   * "every entry >= i has run". */
+  backward(progress?: (done: number) => void) {
+    progress?.(this.tape.length);
+    for (let i = this.tape.length - 1; i >= 0; i--) {
+      this.tape[i]();
+      progress?.(i);
+    }
     this.tape = [];
+    this.firstUses.clear();
   }
   /** Returns every activation of this step to the pool (call after backward, or after eval). */
   release() {
     for (const t of this.live) this.pool.give(t);
     this.live = [];
     this.tape = [];
+    this.firstUses.clear();
   }
 
   // ---- ops: each forward kernel paired with its backward ----
@@ -258,7 +303,7 @@ export class Graph {
       this.record(() => {
         if (y.g) bwd(y as Var & { g: Tensor });
         this.dropGrad(y);
-      });
+      }, inputs);
     }
     return y;
   }
@@ -330,6 +375,7 @@ export class Graph {
     if (!p.param) throw new Error("scalarOf: expects a parameter");
     const v = new Var(p.t.rows(i, 1), true);
     v.g = p.param.sink.rows(i, 1);
+    v.gradOf = p.param; // closures that add to v's gradient add to the parameter's (firstUse)
     return v;
   }
 
@@ -733,7 +779,7 @@ export class Graph {
           }
         }
         this.dropGrad(yi);
-      });
+      }, [x, w]);
     }
     return outs;
   }

@@ -60,8 +60,10 @@ export interface Collective {
   readonly rank: number;
   readonly world: number;
   readonly kind: CollectiveKind;
-  /** In place: t (float32 or bf16, in the backend's device memory) becomes the sum over ranks. */
-  allReduceSum(t: Tensor): void;
+  /** In place: t (float32 or bf16, in the backend's device memory) becomes the sum over ranks.
+   * stream (nccl): where the collective runs, default be.stream (the caller orders it by events);
+   * the other kinds run synchronously and ignore it. */
+  allReduceSum(t: Tensor, stream?: Deno.PointerValue): void;
   /** In place (float32): the sum over ranks times 1/world, inside the collective (no launch). */
   allReduceMean(t: Tensor): void;
   /** In place: every rank's t becomes root's t (any dtype; sizes must agree). */
@@ -1174,22 +1176,22 @@ class NcclCollective implements Collective {
     }
   }
 
-  allReduceSum(t: Tensor) {
+  allReduceSum(t: Tensor, stream?: Deno.PointerValue) {
     requireReducible(t, "allReduceSum", true);
-    this.allReduce(t, NCCL.sum, "allReduceSum");
+    this.allReduce(t, NCCL.sum, "allReduceSum", stream ?? this.be.stream);
   }
 
   allReduceMean(t: Tensor) {
     requireReducible(t, "allReduceMean", false);
-    this.allReduce(t, NCCL.avg, "allReduceMean");
+    this.allReduce(t, NCCL.avg, "allReduceMean", this.be.stream);
   }
 
-  private allReduce(t: Tensor, op: number, what: string) {
+  private allReduce(t: Tensor, op: number, what: string, stream: Deno.PointerValue) {
     this.live(what);
     if (t.numel === 0) return;
     const dtype = t.dtype === "bf16" ? NCCL.bfloat16 : NCCL.float32;
     this.check(
-      this.nccl.ncclAllReduce(t.ptr, t.ptr, t.n, dtype, op, this.comm, this.be.stream),
+      this.nccl.ncclAllReduce(t.ptr, t.ptr, t.n, dtype, op, this.comm, stream),
       `ncclAllReduce(${t})`,
     );
     this.checkAsync(`ncclAllReduce(${t})`);

@@ -1209,6 +1209,17 @@ const TABLE: Record<string, Cost> = {
   mn_stream_destroy: host,
   mn_synchronize: host,
   mn_mem_get_info: host,
+  mn_host_alloc: host,
+  mn_host_free: host,
+  mn_event_create: host,
+  mn_event_destroy: host,
+  mn_event_record: host,
+  mn_event_synchronize: host,
+  mn_stream_wait_event: host,
+  mn_graph_begin_capture: host,
+  mn_graph_end_capture: host,
+  mn_graph_launch: host,
+  mn_graph_destroy: host,
   // matmul (gemm.cu)
   mn_gemm_init: host,
   mn_gemm_provider: host,
@@ -1242,6 +1253,8 @@ const TABLE: Record<string, Cost> = {
   // adam.cu
   mn_adam_step: adamStep,
   mn_adam_multi_step: adamMultiStep,
+  mn_adam_multi_step_dev: (a) =>
+    adamMultiStep(a).map((l) => ({ ...l, kernel: "adam_multi_step_dev_kernel" })),
   // scalars.cu
   mn_sum_into: sumInto,
   mn_scale_by_inv_norm: scaleByInvNorm,
@@ -1318,15 +1331,17 @@ export function hostTransfer(
   a: Record<string, number>,
 ): { h2d: number; d2h: number; sync: boolean } | null {
   switch (fn) {
-    // cudaMemcpyAsync from pageable host memory (Deno buffers are pageable): the call returns only
-    // once the source has been staged, so it is effectively synchronous w.r.t. the host for large
-    // copies, but it does not wait for earlier work on the stream. Reported as sync = false.
+    // cudaMemcpyAsync: from pinned memory (a step's inputs, cuda/step.ts) a DMA the host does not
+    // wait for; from pageable memory (uploads outside the step) it returns once the source has been
+    // staged. Neither waits for earlier work on the stream: sync = false.
     case "mn_memcpy_h2d":
       return { h2d: need(a, "bytes"), d2h: 0, sync: false };
     // cudaMemcpyAsync + cudaStreamSynchronize
     case "mn_memcpy_d2h":
       return { h2d: 0, d2h: need(a, "bytes"), sync: true };
-    // cudaStreamSynchronize / cudaDeviceSynchronize
+    // cudaStreamSynchronize / cudaDeviceSynchronize. (Not mn_event_synchronize: StepInputs waits
+    // there for the copy of two steps before, which bounds the host's lead to a step and does not
+    // drain the queue.)
     case "mn_synchronize":
       return { h2d: 0, d2h: 0, sync: true };
     // cudaFree synchronizes the device implicitly (CUDA runtime documentation)

@@ -90,6 +90,8 @@ export function dryLibrary(
 ): Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>> {
   const abi = kernelsHeaderFunctions();
   let next = FAKE_BASE;
+  let streams = 0, events = 0;
+  const pinned = new Map<bigint, Uint8Array>(); // kept alive until mn_host_free
   let cpu: Deno.DynamicLibrary<Record<string, Deno.ForeignFunction>> | null = null;
   const writeString = (buf: Uint8Array, len: number, s: string) => {
     const b = new TextEncoder().encode(s);
@@ -110,7 +112,19 @@ export function dryLibrary(
       next += ((BigInt(bytes) + ALIGN - 1n) / ALIGN) * ALIGN + ALIGN;
       return 0;
     },
-    mn_stream_create: (out: BigUint64Array) => ((out[0] = 0x10n), 0),
+    mn_stream_create: (out: BigUint64Array) => ((out[0] = 0x10n + BigInt(streams++)), 0),
+    mn_event_create: (out: BigUint64Array) => ((out[0] = 0x1000n + BigInt(events++)), 0),
+    mn_graph_end_capture: (_s: unknown, out: BigUint64Array) => ((out[0] = 0x2000n), 0),
+    // pinned memory is real: the trainers write batches and step scalars into it
+    mn_host_alloc: (out: BigUint64Array, bytes: bigint) => {
+      const mem = new Uint8Array(Math.max(1, Number(bytes)));
+      const p = Deno.UnsafePointer.of(mem);
+      const addr = BigInt(Deno.UnsafePointer.value(p));
+      pinned.set(addr, mem);
+      out[0] = addr;
+      return 0;
+    },
+    mn_host_free: (p: Deno.PointerValue) => (pinned.delete(BigInt(Deno.UnsafePointer.value(p))), 0),
     mn_mem_get_info: (free: BigInt64Array, total: BigInt64Array) => {
       free[0] = total[0] = 80n << 30n;
       return 0;

@@ -167,11 +167,13 @@ typedef int (*gemm_strided_batched_ex_fn)(
     const void* beta, void* C, int Ctype, int ldc, long long strideC, int batchCount,
     int computeType, int algo);
 typedef const char* (*status_string_fn)(int status);
+typedef int (*set_workspace_fn)(void* handle, void* workspace, size_t bytes);
 }  // namespace cublas_abi
 static_assert(CUDA_R_16BF == 14 && CUDA_R_32F == 0, "cudaDataType values (library_types.h)");
 
 namespace {
 constexpr int kMaxDevices = 64;
+constexpr size_t kWorkspaceBytes = 32u << 20;
 struct CublasState {
   std::mutex mu;
   bool initialized = false;  // mn_gemm_init ran (explicitly, or implicitly on first use)
@@ -181,7 +183,9 @@ struct CublasState {
   cublas_abi::set_stream_fn set_stream = nullptr;
   cublas_abi::gemm_strided_batched_ex_fn gemm = nullptr;
   cublas_abi::status_string_fn status_string = nullptr;
+  cublas_abi::set_workspace_fn set_workspace = nullptr;
   void* handle[kMaxDevices] = {};
+  void* workspace[kMaxDevices] = {};  // ours, set on handle[d] (see kWorkspaceBytes)
   cudaStream_t stream[kMaxDevices] = {};  // the stream last set on handle[d]
 };
 CublasState g_cublas;
@@ -219,7 +223,8 @@ void cublas_load(const char* cublas_path, const char* cublaslt_path) {
   g_cublas.set_stream = (cublas_abi::set_stream_fn)dlsym(lib, "cublasSetStream_v2");
   g_cublas.gemm = (cublas_abi::gemm_strided_batched_ex_fn)dlsym(lib, "cublasGemmStridedBatchedEx");
   g_cublas.status_string = (cublas_abi::status_string_fn)dlsym(lib, "cublasGetStatusString");
-  if (!g_cublas.create || !g_cublas.set_stream || !g_cublas.gemm)
+  g_cublas.set_workspace = (cublas_abi::set_workspace_fn)dlsym(lib, "cublasSetWorkspace_v2");
+  if (!g_cublas.create || !g_cublas.set_stream || !g_cublas.gemm || !g_cublas.set_workspace)
     return cublas_fallback_warning("a cuBLAS symbol is missing");
   g_cublas.available = true;
 }
@@ -268,12 +273,29 @@ static int cublas_handle_for(void* stream, void** out) {
     }
     g_cublas.handle[dev] = h;
     g_cublas.stream[dev] = nullptr;  // a new handle runs on the default stream
+    // A workspace of our own, allocated here (the first GEMM, long before any graph capture):
+    // with cuBLAS's default pool a GEMM may allocate inside a capture, which capture forbids (and
+    // each capture would keep another workspace alive). cuBLAS's CUDA-graph notes ask for
+    // exactly this; 32 MiB is their recommendation for Hopper (4 MiB elsewhere):
+    //   https://docs.nvidia.com/cuda/cublas/index.html#cuda-graphs-support
+    //   https://docs.nvidia.com/cuda/cublas/index.html#cublassetworkspace
+    e = cudaMalloc(&g_cublas.workspace[dev], kWorkspaceBytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      g_cublas.workspace[dev] = nullptr;
+      return mn_fail(MN_ERR_OUT_OF_MEMORY, "gemm: cuBLAS workspace: %s", cudaGetErrorString(e));
+    }
   }
   if (g_cublas.stream[dev] != (cudaStream_t)stream) {
     int st = g_cublas.set_stream(g_cublas.handle[dev], (cudaStream_t)stream);
     if (st != cublas_abi::CUBLAS_STATUS_SUCCESS)
       return mn_fail(st, "gemm: cublasSetStream: %s (%d)", cublas_status_name(st), st);
     g_cublas.stream[dev] = (cudaStream_t)stream;
+    // cublasSetStream puts the handle back on the default workspace pool every time
+    // (https://docs.nvidia.com/cuda/cublas/index.html#cublassetstream): set ours again.
+    st = g_cublas.set_workspace(g_cublas.handle[dev], g_cublas.workspace[dev], kWorkspaceBytes);
+    if (st != cublas_abi::CUBLAS_STATUS_SUCCESS)
+      return mn_fail(st, "gemm: cublasSetWorkspace: %s (%d)", cublas_status_name(st), st);
   }
   *out = g_cublas.handle[dev];
   return 0;

@@ -57,6 +57,27 @@ MN_API int mn_stream_create(void** host_out);
 MN_API int mn_stream_destroy(void* stream);
 MN_API int mn_synchronize(void* stream); /* waits for the stream, or the whole device if NULL */
 MN_API int mn_mem_get_info(int64_t* host_free, int64_t* host_total);
+/* Pinned (page-locked) host memory: cudaMallocHost on cuda, so that mn_memcpy_h2d from it is a true
+ * asynchronous copy (from pageable memory the runtime stages it and the host waits); plain malloc on
+ * emu/cpu. The host must not write a pinned buffer while a copy from it may still be queued. */
+MN_API int mn_host_alloc(void** host_out, int64_t bytes);
+MN_API int mn_host_free(void* pinned);
+/* Events: order one stream after a point of another (mn_stream_wait_event, no host wait), or let
+ * the host wait for that point alone (mn_event_synchronize). cpu/emu: no-ops (every call already
+ * ran when it returned). Timing is disabled (cudaEventDisableTiming: the cheapest kind). */
+MN_API int mn_event_create(void** host_out);
+MN_API int mn_event_destroy(void* event);
+MN_API int mn_event_record(void* event, void* stream);
+MN_API int mn_event_synchronize(void* event);
+MN_API int mn_stream_wait_event(void* stream, void* event);
+/* CUDA graphs (cuda only; emu/cpu fail with a message, a caller runs eagerly there): begin
+ * capturing `stream` (thread-local mode), end the capture and instantiate it (host_exec_out: a
+ * cudaGraphExec_t), replay it on a stream, destroy it. A failed capture is ended and discarded
+ * before the error is returned, so the stream is usable again. */
+MN_API int mn_graph_begin_capture(void* stream);
+MN_API int mn_graph_end_capture(void* stream, void** host_exec_out);
+MN_API int mn_graph_launch(void* exec, void* stream);
+MN_API int mn_graph_destroy(void* exec);
 
 /* ---- matmul (gemm.cu: cuBLAS on cuda, our tiled kernel on emu; cpu: OpenBLAS) ----------------
  * For each batch item i: C_i[M,N] = alpha * op(A_i)[M,K] @ op(B_i)[K,N] + beta * C_i
@@ -145,6 +166,13 @@ MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n
  * side cannot read `list`). Tensors must not overlap one another. */
 MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int step, void* stream);
+/* mn_adam_multi_step with lr and step read from DEVICE memory, lr_step = {lr, step (an integer
+ * >= 1 stored as float, exact up to 2^24)}: a step whose launches are recorded once (a CUDA graph)
+ * still follows the schedule. The same bits as mn_adam_multi_step on emu and cpu; on cuda the
+ * bias corrections come from the device's double pow (within an ulp of the host's). */
+MN_API int mn_adam_multi_step_dev(int64_t* list, int count, int64_t total_n, float* lr_step,
+                                  float beta1, float beta2, float eps, float weight_decay,
+                                  void* stream);
 
 /* ---- device-side scalars (scalars.cu): results left in, and factors read from, device memory,
  * so a training step never downloads a value to decide its next launch ------------------------ */

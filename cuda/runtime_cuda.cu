@@ -92,6 +92,69 @@ MN_API int mn_mem_get_info(int64_t* free_bytes, int64_t* total) {
   return 0;
 }
 
+// ---- pinned memory, events, graphs -----------------------------------------------------------
+MN_API int mn_host_alloc(void** out, int64_t bytes) {
+  MN_REQUIRE(bytes >= 0, "mn_host_alloc: negative size %lld", (long long)bytes);
+  return check(cudaMallocHost(out, bytes == 0 ? 1 : (size_t)bytes), "cudaMallocHost");
+}
+MN_API int mn_host_free(void* p) { return check(cudaFreeHost(p), "cudaFreeHost"); }
+MN_API int mn_event_create(void** out) {
+  return check(cudaEventCreateWithFlags((cudaEvent_t*)out, cudaEventDisableTiming), "cudaEventCreate");
+}
+MN_API int mn_event_destroy(void* e) { return check(cudaEventDestroy((cudaEvent_t)e), "cudaEventDestroy"); }
+MN_API int mn_event_record(void* e, void* s) {
+  return check(cudaEventRecord((cudaEvent_t)e, (cudaStream_t)s), "cudaEventRecord");
+}
+MN_API int mn_event_synchronize(void* e) {
+  return check(cudaEventSynchronize((cudaEvent_t)e), "cudaEventSynchronize");
+}
+MN_API int mn_stream_wait_event(void* s, void* e) {
+  return check(cudaStreamWaitEvent((cudaStream_t)s, (cudaEvent_t)e, 0), "cudaStreamWaitEvent");
+}
+// Stream capture turns every call on `stream` (and on streams that wait on an event recorded in
+// it: the fork/join of the communication stream) into graph nodes instead of running them:
+//   https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#creating-a-graph-using-stream-capture
+//   https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#cross-stream-dependencies-and-events
+// Thread-local mode: the capture forbids "unsafe" calls (cudaMalloc, synchronous copies, stream
+// syncs: what a step must not do anyway) on this thread only. Global mode would also fail the
+// capture for such calls from threads that are not ours (NCCL's proxy thread), which NCCL's guide
+// names as the case for thread-local mode:
+//   https://docs.nvidia.com/deeplearning/nccl/user-guide/docs/usage/cudagraph.html
+//   https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__STREAM.html (cudaStreamBeginCapture,
+//   cudaThreadExchangeStreamCaptureMode)
+MN_API int mn_graph_begin_capture(void* s) {
+  MN_REQUIRE(s, "graph capture: the legacy default stream cannot be captured");
+  return check(cudaStreamBeginCapture((cudaStream_t)s, cudaStreamCaptureModeThreadLocal),
+               "cudaStreamBeginCapture");
+}
+MN_API int mn_graph_end_capture(void* s, void** exec_out) {
+  *exec_out = nullptr;
+  cudaGraph_t graph = nullptr;
+  // Ends the capture even when a call inside it failed (the capture is then invalidated and this
+  // returns cudaErrorStreamCaptureInvalidated): afterwards the stream runs eagerly again.
+  cudaError_t e = cudaStreamEndCapture((cudaStream_t)s, &graph);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    if (graph) cudaGraphDestroy(graph);
+    return check(e, "cudaStreamEndCapture");
+  }
+  cudaGraphExec_t exec = nullptr;
+  e = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+  cudaGraphDestroy(graph);  // the executable graph is a copy; the template is no longer needed
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return check(e, "cudaGraphInstantiateWithFlags");
+  }
+  *exec_out = exec;
+  return 0;
+}
+MN_API int mn_graph_launch(void* exec, void* s) {
+  return check(cudaGraphLaunch((cudaGraphExec_t)exec, (cudaStream_t)s), "cudaGraphLaunch");
+}
+MN_API int mn_graph_destroy(void* exec) {
+  return check(cudaGraphExecDestroy((cudaGraphExec_t)exec), "cudaGraphExecDestroy");
+}
+
 // ---- scratch (scratch.h): one buffer per (device, stream), grown on demand, never shrunk ----
 namespace {
 struct ScratchSlot {

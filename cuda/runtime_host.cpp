@@ -68,6 +68,31 @@ MN_API int mn_mem_get_info(int64_t* free_bytes, int64_t* total) {
   return 0;
 }
 
+MN_API int mn_host_alloc(void** out, int64_t bytes) { return mn_malloc(out, bytes); }
+MN_API int mn_host_free(void* p) { return mn_free(p); }
+// Every call has finished when it returns: there is nothing for an event to mark. A non-NULL
+// handle all the same, so that callers treat events alike on every backend.
+MN_API int mn_event_create(void** out) {
+  static char event;
+  *out = &event;
+  return 0;
+}
+MN_API int mn_event_destroy(void*) { return 0; }
+MN_API int mn_event_record(void*, void*) { return 0; }
+MN_API int mn_event_synchronize(void*) { return 0; }
+MN_API int mn_stream_wait_event(void*, void*) { return 0; }
+static int no_graphs() {
+  return mn_fail(MN_ERR_INVALID_ARG, "CUDA graphs exist only on the cuda backend (%s runs eagerly)",
+                 MN_BACKEND_NAME);
+}
+MN_API int mn_graph_begin_capture(void*) { return no_graphs(); }
+MN_API int mn_graph_end_capture(void*, void** out) {
+  *out = nullptr;
+  return no_graphs();
+}
+MN_API int mn_graph_launch(void*, void*) { return no_graphs(); }
+MN_API int mn_graph_destroy(void*) { return no_graphs(); }
+
 #ifdef MN_EMU
 // Scratch for the emu build's multi-stage kernels (scratch.h): emu runs every call synchronously on
 // the calling thread, so one buffer per host thread is never shared by two calls in flight; it is

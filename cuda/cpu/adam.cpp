@@ -46,6 +46,17 @@ MN_API int mn_adam_step(float* param, float* grad, float* m, float* v, int64_t n
   return 0;
 }
 
+MN_API int mn_adam_multi_step_dev(int64_t* list, int count, int64_t total_n, float* lr_step,
+                                  float beta1, float beta2, float eps, float weight_decay,
+                                  void* stream) {
+  MN_REQUIRE(lr_step, "adam_multi_step_dev: NULL lr_step");
+  const float step = lr_step[1];  // "device" memory is host memory here
+  MN_REQUIRE(step >= 1 && step <= 16777216.0f && step == (float)(int)step,
+             "adam_multi_step_dev: step %g is not an integer in [1, 2^24]", (double)step);
+  return mn_adam_multi_step(list, count, total_n, lr_step[0], beta1, beta2, eps, weight_decay,
+                            (int)step, stream);
+}
+
 MN_API int mn_adam_multi_step(int64_t* list, int count, int64_t total_n, float lr, float beta1,
                               float beta2, float eps, float weight_decay, int step, void*) {
   if (int rc = mn_check_adam_multi_step(list, count, total_n)) return rc;
