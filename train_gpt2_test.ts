@@ -55,13 +55,16 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // differ in order, so an operand can round the other way and that flip spreads through the
   // later layers. [tensors: worst 2.2e-3, median 1.4e-3; the blocks' lambdas and lamb (each a
   // sum over a whole [B,T,C] activation, with cancellation, so heavy-tailed): worst 1.0e-2
-  // (seed 3 with the Haswell kernels; 2.4e-3 with the default ones), median 4e-4; loss 2.4e-6]
+  // (seed 3 with the Haswell kernels; 2.4e-3 with the default ones), median 4e-4; loss 2.4e-6 in
+  // the sweep, but 1.8e-5 at MN_TEST_SEED=1729930821, met outside it: the loss difference is as
+  // heavy-tailed as the lambdas' (one flipped operand moves every later row), so its bound is 5x
+  // that worst rather than 2x the sweep's; a wrong kernel moves the loss by 1e-2 or more]
   {
     label: "bf16 mode, --cuda_core_attention",
     flags: [...TINY, "--cuda_core_attention"],
     tol: 5e-3,
     smallTol: 3e-2,
-    lossTol: 1e-5,
+    lossTol: 1e-4,
   },
   // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core kernels
   // also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3 normwise per
