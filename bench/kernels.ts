@@ -58,7 +58,8 @@ const reductionCases: Case[] = [
     bytes: 3 * NC * F, // dout; dx read and written
     run: (be, t) => {
       const [dx, dv, dout] = [t([S.N, S.C]), t([S.C]), t([S.N, S.C])];
-      return () => be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, be.stream);
+      return () =>
+        be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, -1, be.stream);
     },
   },
   {
@@ -81,6 +82,7 @@ const reductionCases: Case[] = [
           v.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
     },
@@ -104,6 +106,7 @@ const reductionCases: Case[] = [
           a.ptr,
           b.ptr,
           n,
+          -1,
           be.stream,
         );
     },
@@ -135,6 +138,7 @@ const reductionCases: Case[] = [
           r.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
     },
@@ -159,6 +163,7 @@ const reductionCases: Case[] = [
           S.N,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
     },
@@ -183,6 +188,7 @@ const reductionCases: Case[] = [
           S.N,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
     },
@@ -195,7 +201,7 @@ const reductionCases: Case[] = [
       const idx = t([S.N], "i32");
       be.write(idx, zipfIds(S.N, S.V));
       return () =>
-        be.k.mn_embedding_backward(dwte.ptr, idx.ptr, dout.ptr, S.N, S.C, S.V, be.stream);
+        be.k.mn_embedding_backward(dwte.ptr, idx.ptr, dout.ptr, S.N, S.C, S.V, -1, be.stream);
     },
   },
 ];
@@ -263,6 +269,7 @@ const cases: Case[] = size === "record" ? [] : [
           r.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
       };
@@ -275,7 +282,7 @@ const cases: Case[] = size === "record" ? [] : [
       const n = BigInt(S.N * S.C);
       return () => {
         be.k.mn_unary_forward(y.ptr, x.ptr, OP.MN_OP_TANH, n, be.stream);
-        be.k.mn_unary_backward(dx.ptr, y.ptr, x.ptr, y.ptr, OP.MN_OP_TANH, n, be.stream);
+        be.k.mn_unary_backward(dx.ptr, y.ptr, x.ptr, y.ptr, OP.MN_OP_TANH, n, -1, be.stream);
       };
     },
   },
@@ -311,7 +318,7 @@ const cases: Case[] = size === "record" ? [] : [
           const ws = t([B, S.H, 17, S.D, S.D]);
           return () => {
             be.k.mn_wkv7g_forward(y.ptr, s.ptr, ...ins, ...dims);
-            be.k.mn_wkv7g_backward(...g, y.ptr, ...ins, s.ptr, ws.ptr, ...dims);
+            be.k.mn_wkv7g_backward(...g, y.ptr, ...ins, s.ptr, ws.ptr, -1, ...dims);
           };
         }
         const [fwd, bwd] = kind.startsWith("wind")
@@ -348,6 +355,7 @@ const cases: Case[] = size === "record" ? [] : [
           S.T,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
       };

@@ -24,6 +24,7 @@ import { kernelsHeaderFunctions } from "../cuda/abi.ts";
 import { namedArgs, type TraceFile } from "../cuda/dry.ts";
 import { callLaunches, hostTransfer, type Launch } from "../cuda/cost_model.ts";
 import { writeShard } from "../data/shard.ts";
+import { GRAD_MEMSET_MARK } from "../cuda/autograd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -240,8 +241,10 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
   let on = false, peak = 0, inUse = 0;
   const calls: { fn: string; a: Record<string, number> }[] = [];
   const colls: { op: string; bytes: number; dtype: string }[] = [];
+  let gradMemsets = 0;
   for (const e of t.events) {
     if ("mark" in e) {
+      if (on && e.mark === GRAD_MEMSET_MARK) gradMemsets++;
       if (e.mark === from) on = true;
       else if (e.mark === to) {
         peak = e.peak;
@@ -258,7 +261,7 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
     }
   }
   if (!on) throw new Error(`trace has no mark "${from}"`);
-  return { calls, colls, peak, inUse };
+  return { calls, colls, peak, inUse, gradMemsets };
 }
 
 export interface StepCost {
@@ -278,6 +281,8 @@ export interface StepCost {
   tokensPerS: number;
   peakBytes: number;
   memsets: number;
+  /** of those, memsets of activation gradients (the tape's fallback, cuda/autograd.ts) */
+  gradMemsets: number;
   families: {
     fn: string;
     calls: number;
@@ -305,7 +310,7 @@ export function priceLaunch(l: Launch, hw: Hardware): [number, number, boolean] 
 }
 
 export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
-  const { calls, colls, peak } = stepCalls(t);
+  const { calls, colls, peak, gradMemsets } = stepCalls(t);
   const fam = new Map<string, StepCost["families"][number]>();
   const flagged: StepCost["flagged"] = [];
   let launches = 0, syncs = 0, h2d = 0, d2h = 0, dram = 0, roof = 0, shaped = 0, memsets = 0;
@@ -367,6 +372,7 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
     tokensPerS: tokens / (estimate / 1e3),
     peakBytes: peak,
     memsets,
+    gradMemsets,
     families: [...fam.values()].sort((x, y) => y.shapedMs - x.shapedMs),
     flagged: flagged.sort((x, y) => y.ms - x.ms),
   };
@@ -446,7 +452,7 @@ export function measuredVsEstimated(path: string, hw: Hardware): string {
 
 export function formatTable(rows: StepCost[]): string {
   const head =
-    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | DRAM GB | memsets | peak GB |";
+    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | DRAM GB | memsets (act. grads) | peak GB |";
   const sep = "|---|---|---|---|---|---|---|---|---|---|---|---|";
   const lines = rows.map((r) =>
     `| ${r.name} | ${r.rooflineMs.toFixed(0)} | ${r.shapedMs.toFixed(0)} | ${
@@ -455,7 +461,7 @@ export function formatTable(rows: StepCost[]): string {
       r.tokensPerS.toFixed(0)
     } | ${r.launches} | ${r.hostSyncs} | ${r.collectives} (${gb(r.collectiveBytes)}) | ${
       gb(r.dramBytes)
-    } | ${r.memsets} | ${gb(r.peakBytes)} |`
+    } | ${r.memsets} (${r.gradMemsets}) | ${gb(r.peakBytes)} |`
   );
   return [head, sep, ...lines].join("\n");
 }

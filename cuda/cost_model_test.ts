@@ -57,6 +57,7 @@ const SMALL: Record<string, number> = {
   softcap: 30,
   dloss: 1,
   value: 0,
+  accumulate: -1,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {

@@ -145,7 +145,27 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
         [
           "wkv6_chunked_backward",
           (B, T, H, N) =>
-            be.k.mn_wkv6_chunked_backward(g, g, g, g, g, g, i, i, i, i, g, g, ws, B, T, H, N, null),
+            be.k.mn_wkv6_chunked_backward(
+              g,
+              g,
+              g,
+              g,
+              g,
+              g,
+              i,
+              i,
+              i,
+              i,
+              g,
+              g,
+              ws,
+              B,
+              T,
+              H,
+              N,
+              -1,
+              null,
+            ),
         ],
       ], errorFrom);
       assert.throws(
@@ -154,7 +174,7 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
       );
       const g6 = [g, g, g, g, g, g] as const, i4 = [i, i, i, i] as const;
       assert.throws(
-        () => be.k.mn_wkv6_chunked_backward(...g6, ...i4, g, g, null, 1, 16, 1, 16, null),
+        () => be.k.mn_wkv6_chunked_backward(...g6, ...i4, g, g, null, 1, 16, 1, 16, -1, null),
         /wkv6_chunked_backward: NULL/,
       );
     });
