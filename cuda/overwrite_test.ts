@@ -51,6 +51,16 @@ function simple(
 }
 
 const f = (rng: Rng, n: number, lo = -1, hi = 1) => ({ data: rng.uniform(n, lo, hi), shape: [n] });
+/** a norm's input x [rows, C], affine w, b [C], dy, and the forward's out and statistics [stats] */
+const normInputs = (r: Rng, rows: number, C: number, stats: number): In => ({
+  x: f(r, rows * C),
+  w: f(r, C),
+  b: f(r, C),
+  dy: f(r, rows * C),
+  out: f(r, rows * C),
+  mean: f(r, stats),
+  rstd: f(r, stats),
+});
 
 // shapes: small (the emu runs a block's threads as host threads), with the reductions' two-stage
 // paths where they have one (n > 4096 elements for the full sums, N > 64 rows for the column sums)
@@ -132,15 +142,7 @@ const CASES: Case[] = [
   simple(
     "mn_groupnorm_backward",
     [N * 24, 24, 24],
-    (r) => ({
-      x: f(r, N * 24),
-      w: f(r, 24),
-      b: f(r, 24),
-      dy: f(r, N * 24),
-      out: f(r, N * 24),
-      mean: f(r, N * 3),
-      rstd: f(r, N * 3),
-    }),
+    (r) => normInputs(r, N, 24, N * 3),
     (be, t, acc) => {
       be.k.mn_groupnorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, 3, 8, 1e-5, be.stream);
       be.k.mn_groupnorm_backward(
@@ -185,15 +187,7 @@ const CASES: Case[] = [
   simple(
     "mn_layernorm_backward",
     [N * C, C, C],
-    (r) => ({
-      x: f(r, N * C),
-      w: f(r, C),
-      b: f(r, C),
-      dy: f(r, N * C),
-      out: f(r, N * C),
-      mean: f(r, N),
-      rstd: f(r, N),
-    }),
+    (r) => normInputs(r, N, C, N),
     (be, t, acc) => {
       be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
       be.k.mn_layernorm_backward(
