@@ -97,7 +97,8 @@ MN_API int mn_transpose(float* out, float* x, int R, int C, void* stream);
 MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int C, int V,
                                 void* stream);
 /* dwte[idx[i], :] += dout[i, :], deterministic: every element is the fp32 running sum over i in
- * increasing order, bit for bit on every backend. cuda/emu: a stable radix sort of the ids, then
+ * increasing order, bit for bit on every backend. Bit 0 of accumulate clear: dwte is zeroed first
+ * (rows no id selects get no term). cuda/emu: a stable radix sort of the ids, then
  * one warp per (id, 32 columns) (library scratch: 5 N + 16 ceil(N / 1024) + 2 ints). */
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
                                  int accumulate, void* stream);

@@ -8,7 +8,8 @@
 //     loaded before any is added, so 4 loads per operand are in flight), the 8 row lanes are added
 //     in lane order, and the block writes its partial row to scratch [tiles][K][C];
 //   stage 2 is the same kernel over the partials ([tiles, K*C] as one tile): the tiles are summed
-//     in tile order and added to out_k[c].
+//     in tile order and added to out_k[c] (or stored there: bit k of `accumulate` clear, the
+//     backward convention of kernels.h).
 //   With one tile (small N), stage 1 adds straight into out and there is no stage 2.
 // Full sums, out_k = sum_i term_k(i) over n elements: stage 1, `blocks` blocks of 256 threads, block
 //   b owns the contiguous chunk [b * chunk, (b + 1) * chunk), thread t sums elements t, t + 256, ...
