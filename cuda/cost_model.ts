@@ -839,16 +839,21 @@ function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean
   ];
 }
 // wkv7_backward_kernel (backstepping): reads dy, sa (fp32), the 6 bf16 inputs, every checkpoint;
-// dr, dw, dk, dv, da, db += or = (read only when +=). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
+// dr, dw, dk, dv, da, db all += or all = (read only when +=; a mixed mask first zero-fills the
+// overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
 // dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
 const wkv7Backward: Cost = (a) => {
   const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
+  const added = accCount(a, 6), mixed = added > 0 && added < 6;
+  const fills = mixed ? 6 - added : 0;
+  const fill = elementwise("ew_fill_kernel", elems, 0, elems * F32, 0);
   return [
+    ...Array.from({ length: fills }, () => fill),
     launch(
       "wkv7_backward_kernel",
       H * B,
       N * wkv7Lanes(N),
-      2 * elems * F32 + 6 * elems * BF16 + ckpt + accCount(a, 6) * elems * F32,
+      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? 6 : added) * elems * F32,
       6 * elems * F32,
       B * H * T * N * (32 * N + 3 * EXP),
       0,
@@ -995,7 +1000,11 @@ function wkv6Forward(a: Record<string, number>, inBytes: number): Launch[] {
 function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
   const { B, T, H, N, elems, u } = wkv6Shape(a);
   const act = elems * F32, part = B * H * N * F32, steps = B * H * T * N;
+  // dk, dw (bits 1, 3) share one compile-time flag: when they differ the overwritten one is
+  // zero-filled first and both are added into
+  const mixed = acc(a, 1) !== acc(a, 3), dkdwRead = mixed ? 2 : acc(a, 1) + acc(a, 3);
   return [
+    ...(mixed ? [elementwise("ew_fill_kernel", elems, 0, act, 0)] : []),
     launch(
       "wkv6_backward_scan_kernel",
       H * B,
@@ -1010,7 +1019,7 @@ function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
       "wkv6_backward_dkdw_kernel",
       H * B,
       N,
-      act + act + 4 * elems * inBytes + u + (acc(a, 1) + acc(a, 3)) * act, // c_t; dy; r,k,v,w; u; dk, dw
+      act + act + 4 * elems * inBytes + u + dkdwRead * act, // c_t; dy; r, k, v, w; u; dk, dw
       2 * act,
       steps * (7 * N + 3 * EXP),
       0,

@@ -238,6 +238,8 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
 MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
                            void* stream);
+/* (mn_wkv7_backward: a mask that adds into some of the six gradients and overwrites others zero-fills
+ * the overwritten ones first: the kernel's flag is compile-time, so N = 128 keeps its registers) */
 MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,

@@ -137,7 +137,10 @@ __global__ void __launch_bounds__(N)
 
 // Backward, reverse scan for dk and dw. Thread i owns column i of G (key channel i):
 // gc[j] = G_t[j][i]. Reads c_t from cbuf (written by wkv6_backward_scan_kernel).
-template <int N, typename TI>
+// At N = 128 the state column fills the registers and runtime flags made ptxas spill: there kAcc
+// fixes them at compile time (dk and dw both added into, or both overwritten; the launcher
+// zero-fills one of them when their bits differ). Smaller N read the bits of `acc` at run time.
+template <int N, typename TI, bool kAcc>
 __global__ void __launch_bounds__(N)
     wkv6_backward_dkdw_kernel(float* dk, float* dw, const float* cbuf, const float* dy_,
                               const TI* r_, const TI* k_, const TI* v_, const TI* w_,
@@ -145,7 +148,7 @@ __global__ void __launch_bounds__(N)
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float v[N], dy[N];
   const float ui = u_[(int64_t)h * N + i];
-  const int ak = MN_ACC_BIT(acc, 0), aw = MN_ACC_BIT(acc, 1);
+  const int ak = N == 128 ? kAcc : MN_ACC_BIT(acc, 0), aw = N == 128 ? kAcc : MN_ACC_BIT(acc, 1);
   float gc[N];
 #pragma unroll
   for (int j = 0; j < N; j++) gc[j] = 0.0f;
@@ -203,15 +206,14 @@ __global__ void __launch_bounds__(N, 1)
   }
 }
 
-// du[h][i] += sum_{b = 0..B-1} dupart[b][h][i], in order of b. grid (H), block N.
+// du[h][i] (+)= sum_{b = 0..B-1} dupart[b][h][i], in order of b. grid (H), block N.
 template <int N>
 __global__ void __launch_bounds__(N)
-    wkv6_du_reduce_kernel(float* du, const float* dupart, int B, int H, int acc_bit) {
+    wkv6_du_reduce_kernel(float* du, const float* dupart, int B, int H, int acc) {
   const int h = blockIdx.x, i = threadIdx.x;
-  const int acc_out = acc_bit;
-  float acc = 0.0f;
-  for (int b = 0; b < B; b++) acc += dupart[((int64_t)b * H + h) * N + i];
-  MN_GRAD_STORE(du[(int64_t)h * N + i], acc, acc_out);
+  float sum = 0.0f;
+  for (int b = 0; b < B; b++) sum += dupart[((int64_t)b * H + h) * N + i];
+  MN_GRAD_STORE(du[(int64_t)h * N + i], sum, acc);
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -243,10 +245,20 @@ int wkv6_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du, 
                          stream, dr, cbuf, dupart, (const float*)dy, r_, k_, v_, w_,
                          (const float*)u, T, H, MN_ACC_BIT(accumulate, 0)))
     return rc;
-  if (int rc = mn_launch("wkv6_backward_dkdw", wkv6_backward_dkdw_kernel<N, TI>, grid, block, 0,
-                         stream, dk, dw, (const float*)cbuf, (const float*)dy, r_, k_, v_, w_,
-                         (const float*)u, T, H,
-                         MN_ACC_BIT(accumulate, 1) | MN_ACC_BIT(accumulate, 3) << 1))
+  // dk, dw: bits 1 and 3; at N = 128, when they differ the overwritten one is zeroed and both are
+  // added into (see the kernel)
+  int ak = MN_ACC_BIT(accumulate, 1), aw = MN_ACC_BIT(accumulate, 3);
+  if (N == 128 && ak != aw) {
+    if (int rc = mn_fill(ak ? dw : dk, 0.0f, (int64_t)B * T * H * N, stream)) return rc;
+    ak = aw = 1;
+  }
+  auto dkdw = wkv6_backward_dkdw_kernel<N, TI, true>;
+  if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
+    if (!ak) dkdw = wkv6_backward_dkdw_kernel<N, TI, false>;
+  }
+  if (int rc = mn_launch("wkv6_backward_dkdw", dkdw, grid, block, 0, stream, dk, dw,
+                         (const float*)cbuf, (const float*)dy, r_, k_, v_, w_, (const float*)u, T,
+                         H, ak | aw << 1))
     return rc;
   if (int rc = mn_launch("wkv6_backward_dv", wkv6_backward_dv_kernel<N, TI>, grid, block, 0,
                          stream, dv, (const float*)dy, r_, k_, w_, (const float*)u, T, H,

@@ -219,12 +219,17 @@ __global__ void __launch_bounds__(N)
 }
 
 // Backstepping backward. grid (H, B), block N*P (lane p of row i is thread i*P + p).
-template <int N>
+// At N = 128 the state slices fill the registers and a runtime accumulate mask made ptxas spill:
+// there kAcc fixes it at compile time (all six added into, or all overwritten; the launcher
+// zero-fills the overwritten ones of a mixed mask). Smaller N take the mask `acc_in` at run time
+// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead).
+template <int N, bool kAcc>
 __global__ void __launch_bounds__(N * wkv7_lanes(N))
     wkv7_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
-                         const float* sa_, int T, int H, int acc) {
+                         const float* sa_, int T, int H, int acc_in) {
+  const int acc = N == 128 ? (kAcc ? -1 : 0) : acc_in;
   constexpr int P = wkv7_lanes(N), NS = N / P;
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x / P, p = threadIdx.x % P;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
@@ -366,10 +371,23 @@ int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, 
                          mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
                          void* stream) {
   const dim3 block(N * wkv7_lanes(N));  // P lanes per row
-  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), block, 0, stream, dr, dw,
-                   dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
-                   (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
-                   (const float*)s_ckpt, (const float*)sa, T, H, accumulate);
+  int mask = accumulate & 63;
+  if (N == 128 && mask != 0 && mask != 63) {  // mixed: zero the overwritten ones, add into all
+    float* grads[6] = {dr, dw, dk, dv, da, db};
+    for (int i = 0; i < 6; i++) {
+      if (MN_ACC_BIT(mask, i)) continue;
+      if (int rc = mn_fill(grads[i], 0.0f, (int64_t)B * T * H * N, stream)) return rc;
+    }
+    mask = 63;
+  }
+  auto kernel = wkv7_backward_kernel<N, true>;
+  if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
+    if (!mask) kernel = wkv7_backward_kernel<N, false>;
+  }
+  return mn_launch("wkv7_backward", kernel, dim3(H, B), block, 0, stream, dr, dw, dk, dv, da, db,
+                   (const float*)dy, (const bf16*)r, (const bf16*)w, (const bf16*)k,
+                   (const bf16*)v, (const bf16*)a, (const bf16*)b, (const float*)s_ckpt,
+                   (const float*)sa, T, H, mask);
 }
 
 template <int N, typename TI>
