@@ -234,8 +234,14 @@ const CASES: Case[] = [
 
 // the recurrences and attention, through the runners their own tests use
 const WS: WkvShape = { B: 1, T: 32, H: 2, N: 16 };
-const wn = WS.B * WS.T * WS.H * WS.N;
-for (const impl of ["wkv7", "wkv7g", "wkv7g_f32", "wind"] as const) {
+// N = 128: the backstep WKV-7 and WKV-6 dk/dw kernels fix their flags at compile time there
+const WS128: WkvShape = { B: 1, T: 16, H: 1, N: 128 };
+const wkvImpls = [
+  ...(["wkv7", "wkv7g", "wkv7g_f32", "wind"] as const).map((impl) => [impl, WS] as const),
+  ["wkv7", WS128] as const,
+];
+for (const [impl, WS] of wkvImpls) {
+  const wn = WS.B * WS.T * WS.H * WS.N;
   const fn = {
     wkv7: "mn_wkv7_backward",
     wkv7g: "mn_wkv7g_backward",
@@ -243,7 +249,7 @@ for (const impl of ["wkv7", "wkv7g", "wkv7g_f32", "wind"] as const) {
     wind: "mn_wkv7_wind_backward",
   }[impl];
   CASES.push({
-    fn,
+    fn: `${fn} N=${WS.N}`,
     grads: w7.GRADS.map(() => wn),
     run(be, init, acc) {
       const rng = new Rng(SEED);
@@ -255,14 +261,18 @@ for (const impl of ["wkv7", "wkv7g", "wkv7g_f32", "wind"] as const) {
     },
   });
 }
-for (const impl of ["wkv6", "wkv6_f32", "chunked"] as const) {
+const wkv6Impls = [
+  ...(["wkv6", "wkv6_f32", "chunked"] as const).map((impl) => [impl, WS] as const),
+  ["wkv6", WS128] as const,
+];
+for (const [impl, WS] of wkv6Impls) {
   const fn = {
     wkv6: "mn_wkv6_backward",
     wkv6_f32: "mn_wkv6_backward_f32",
     chunked: "mn_wkv6_chunked_backward",
   }[impl];
   CASES.push({
-    fn,
+    fn: `${fn} N=${WS.N}`,
     grads: w6.GRADS.map((g) => w6.gradNumel(WS, g)),
     run(be, init, acc) {
       const x = w6.makeInputs(new Rng(SEED), WS, "model");
