@@ -839,12 +839,12 @@ function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean
   ];
 }
 // wkv7_backward_kernel (backstepping): reads dy, sa (fp32), the 6 bf16 inputs, every checkpoint;
-// dr, dw, dk, dv, da, db all += or all = (read only when +=; a mixed mask first zero-fills the
-// overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
+// dr, dw, dk, dv, da, db += or = (read only when +=; at N = 128 the flag is compile-time: a mixed
+// mask first zero-fills the overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
 // dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
 const wkv7Backward: Cost = (a) => {
   const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
-  const added = accCount(a, 6), mixed = added > 0 && added < 6;
+  const added = accCount(a, 6), mixed = N === 128 && added > 0 && added < 6;
   const fills = mixed ? 6 - added : 0;
   const fill = elementwise("ew_fill_kernel", elems, 0, elems * F32, 0);
   return [
@@ -1000,9 +1000,10 @@ function wkv6Forward(a: Record<string, number>, inBytes: number): Launch[] {
 function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
   const { B, T, H, N, elems, u } = wkv6Shape(a);
   const act = elems * F32, part = B * H * N * F32, steps = B * H * T * N;
-  // dk, dw (bits 1, 3) share one compile-time flag: when they differ the overwritten one is
-  // zero-filled first and both are added into
-  const mixed = acc(a, 1) !== acc(a, 3), dkdwRead = mixed ? 2 : acc(a, 1) + acc(a, 3);
+  // at N = 128 dk, dw (bits 1, 3) share one compile-time flag: when they differ the overwritten
+  // one is zero-filled first and both are added into
+  const mixed = N === 128 && acc(a, 1) !== acc(a, 3);
+  const dkdwRead = mixed ? 2 : acc(a, 1) + acc(a, 3);
   return [
     ...(mixed ? [elementwise("ew_fill_kernel", elems, 0, act, 0)] : []),
     launch(
