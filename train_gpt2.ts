@@ -256,7 +256,10 @@ function rotary(g: Graph, x: Var): Var {
   const [B, T, H, D] = x.shape;
   const out = g.out(x.shape, "rotary");
   g.k.mn_rotary_forward(out.ptr, x.t.ptr, B, T, H, D, g.s);
-  return g.node(out, [x], (y) => g.k.mn_rotary_backward(g.grad(x), y.g.ptr, B, T, H, D, g.s));
+  return g.node(out, [x], (y) => {
+    const [[dx], acc] = g.grads(x);
+    g.k.mn_rotary_backward(dx, y.g.ptr, B, T, H, D, acc, g.s);
+  });
 }
 
 /**
@@ -281,17 +284,16 @@ function attention(g: Graph, q: Var, k: Var, v: Var, cudaCore: boolean): Var {
   fwd(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
   return g.node(out, [q, k, v], (y) => {
     const ws = g.out([B, H, T], "attention.ws");
-    const args = [g.grad(q), g.grad(k), g.grad(v), y.g.ptr, out.ptr, lse.ptr] as const;
-    bwd(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, g.s);
+    const [[dq, dk, dv], acc] = g.grads(q, k, v);
+    const args = [dq, dk, dv, y.g.ptr, out.ptr, lse.ptr] as const;
+    bwd(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, acc, g.s);
   });
 }
 
 /** the same Var with another shape (same element count and memory) */
 function view(g: Graph, x: Var, shape: number[]): Var {
   const t = x.t.view(shape);
-  return g.node(t, [x], (y) => {
-    if (x.requiresGrad) g.k.mn_axpy(g.grad(x), 1, y.g.ptr, x.t.n, g.s);
-  });
+  return g.node(t, [x], (y) => g.passGrad(x, y));
 }
 
 export class Model {

@@ -280,10 +280,17 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
   return specs;
 }
 
+/** The five gradient outputs of the WKV-6 backward and their accumulate mask: the kernel writes
+ * every one, so an input that needs none gets a throwaway buffer, overwritten (bit clear). */
+function wkv6Grads(g: Graph, xs: Var[]): [Deno.PointerValue[], number] {
+  const [ptrs, acc] = g.grads(...xs);
+  return [ptrs.map((p, i) => p ?? g.out(xs[i].shape, "wkv6.unused").ptr), acc];
+}
+
 /**
  * WKV-6 as a graph op (the original's WKV_6 autograd.Function): r, k, v, w [B,T,C] cast to bf16
  * (its .bfloat16() calls), u [H,N] rounded to bf16 too (gradient straight through) but passed as
- * fp32. Output y [B,T,C] fp32; backward accumulates into all five gradients. In the graph's "f32"
+ * fp32. Output y [B,T,C] fp32; backward writes all five gradients (grads' mask). In the graph's "f32"
  * precision (gradient checks) nothing is rounded: the kernel's fp32-input entry points.
  * chunked (--fla_cuda): mn_wkv6_chunked_* instead, the same function evaluated in 16-step chunks
  * as flash-linear-attention's chunk_rwkv6 does (the original calls it with scale 1, u [H,N] and
@@ -321,9 +328,8 @@ export function wkv6(
     const sCkpt = g.out([Number(n[0])], "wkv6.s_ckpt"); // [B,H,ceil(T/16),N,N]
     g.k.mn_wkv6_chunked_forward(y.ptr, sCkpt.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
     return g.node(y, [r, k, v, w, u], (out) => {
-      const gp = (x: Var) => g.grad(x) ?? g.out(x.shape, "wkv6.unused").ptr;
+      const [grads, acc] = wkv6Grads(g, [r, k, v, w, u]);
       const ws = g.out([Number(n[1])], "wkv6.ws");
-      const grads = [gp(r), gp(k), gp(v), gp(w), gp(u)] as const;
       g.k.mn_wkv6_chunked_backward(
         ...grads,
         out.g.ptr,
@@ -338,6 +344,7 @@ export function wkv6(
         T,
         H,
         N,
+        acc,
         g.s,
       );
     });
@@ -345,10 +352,8 @@ export function wkv6(
   if (f32) g.k.mn_wkv6_forward_f32(y.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
   else g.k.mn_wkv6_forward(y.ptr, rp, kp, vp, wp, uf.ptr, B, T, H, N, g.s);
   return g.node(y, [r, k, v, w, u], (out) => {
-    // the kernel writes every gradient: an input that needs none gets a throwaway buffer
-    const gp = (x: Var) => g.grad(x) ?? g.out(x.shape, "wkv6.unused").ptr;
+    const [grads, acc] = wkv6Grads(g, [r, k, v, w, u]);
     const ws = g.out([B * H * N * (T + 1)], "wkv6.ws");
-    const grads = [gp(r), gp(k), gp(v), gp(w), gp(u)] as const;
     if (f32) {
       g.k.mn_wkv6_backward_f32(
         ...grads,
@@ -363,10 +368,12 @@ export function wkv6(
         T,
         H,
         N,
+        acc,
         g.s,
       );
     } else {
-      g.k.mn_wkv6_backward(...grads, out.g.ptr, rp, kp, vp, wp, uf.ptr, ws.ptr, B, T, H, N, g.s);
+      const args = [...grads, out.g.ptr, rp, kp, vp, wp, uf.ptr, ws.ptr, B, T, H, N, acc] as const;
+      g.k.mn_wkv6_backward(...args, g.s);
     }
   });
 }

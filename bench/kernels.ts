@@ -80,7 +80,8 @@ const reductionCases: Case[] = [
     bytes: 3 * NC * F, // dout; dx read and written
     run: (be, t) => {
       const [dx, dv, dout] = [t([S.N, S.C]), t([S.C]), t([S.N, S.C])];
-      return () => be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, be.stream);
+      return () =>
+        be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, -1, be.stream);
     },
   },
   {
@@ -103,6 +104,7 @@ const reductionCases: Case[] = [
           v.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
     },
@@ -126,6 +128,7 @@ const reductionCases: Case[] = [
           a.ptr,
           b.ptr,
           n,
+          -1,
           be.stream,
         );
     },
@@ -157,6 +160,7 @@ const reductionCases: Case[] = [
           r.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
     },
@@ -181,6 +185,7 @@ const reductionCases: Case[] = [
           S.N,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
     },
@@ -205,6 +210,7 @@ const reductionCases: Case[] = [
           S.N,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
     },
@@ -217,7 +223,7 @@ const reductionCases: Case[] = [
       const idx = t([S.N], "i32");
       be.write(idx, zipfIds(S.N, S.V));
       return () =>
-        be.k.mn_embedding_backward(dwte.ptr, idx.ptr, dout.ptr, S.N, S.C, S.V, be.stream);
+        be.k.mn_embedding_backward(dwte.ptr, idx.ptr, dout.ptr, S.N, S.C, S.V, -1, be.stream);
     },
   },
 ];
@@ -285,6 +291,7 @@ const cases: Case[] = size === "record" ? [] : [
           r.ptr,
           S.N,
           S.C,
+          -1,
           be.stream,
         );
       };
@@ -297,7 +304,7 @@ const cases: Case[] = size === "record" ? [] : [
       const n = BigInt(S.N * S.C);
       return () => {
         be.k.mn_unary_forward(y.ptr, x.ptr, OP.MN_OP_TANH, n, be.stream);
-        be.k.mn_unary_backward(dx.ptr, y.ptr, x.ptr, y.ptr, OP.MN_OP_TANH, n, be.stream);
+        be.k.mn_unary_backward(dx.ptr, y.ptr, x.ptr, y.ptr, OP.MN_OP_TANH, n, -1, be.stream);
       };
     },
   },
@@ -328,20 +335,22 @@ const cases: Case[] = size === "record" ? [] : [
         const ins = Array.from({ length: 6 }, () => t(shp, "bf16").ptr); // r, w, k, v, a, b
         const y = t(shp), sa = t(shp), s = t([B, S.H, S.T / 16, S.D, S.D]);
         const g = Array.from({ length: 6 }, () => t(shp).ptr);
-        const dims = [B, S.T, S.H, S.D, be.stream] as const;
+        const dims = [B, S.T, S.H, S.D] as const;
         if (kind.startsWith("wkv7g")) {
           const ws = t([B, S.H, 17, S.D, S.D]);
           return () => {
-            be.k.mn_wkv7g_forward(y.ptr, s.ptr, ...ins, ...dims);
-            be.k.mn_wkv7g_backward(...g, y.ptr, ...ins, s.ptr, ws.ptr, ...dims);
+            be.k.mn_wkv7g_forward(y.ptr, s.ptr, ...ins, ...dims, be.stream);
+            // accumulate 0: the tape's first write of each gradient
+            be.k.mn_wkv7g_backward(...g, y.ptr, ...ins, s.ptr, ws.ptr, ...dims, 0, be.stream);
           };
         }
         const [fwd, bwd] = kind.startsWith("wind")
           ? [be.k.mn_wkv7_wind_forward, be.k.mn_wkv7_wind_backward]
           : [be.k.mn_wkv7_forward, be.k.mn_wkv7_backward];
         return () => {
-          fwd(y.ptr, s.ptr, sa.ptr, ...ins, ...dims);
-          bwd(...g, y.ptr, ...ins, s.ptr, sa.ptr, ...dims); // y doubles as dy: any finite values
+          fwd(y.ptr, s.ptr, sa.ptr, ...ins, ...dims, be.stream);
+          // y doubles as dy: any finite values; accumulate 0: the tape's first write of each grad
+          bwd(...g, y.ptr, ...ins, s.ptr, sa.ptr, ...dims, 0, be.stream);
         };
       },
     }),
@@ -370,6 +379,7 @@ const cases: Case[] = size === "record" ? [] : [
           S.T,
           S.H,
           S.D,
+          -1,
           be.stream,
         );
       };
@@ -405,6 +415,7 @@ const cases: Case[] = size === "record" ? [] : [
             S.T,
             S.H,
             S.D,
+            0, // the tape's first write of each gradient: overwrite
             be.stream,
           );
         };
@@ -434,6 +445,81 @@ const cases: Case[] = size === "record" ? [] : [
   },
 ];
 cases.push(...reductionCases);
+
+// Issue #14's other half: backward kernels as the tape now calls them on a gradient's first write,
+// overwriting it (accumulate 0: the gradient is written, never read), at `S`'s rows.
+const act = () => [S.N, S.C];
+const overwriteCases: Case[] = [
+  {
+    name: `mul bwd dx+dy overwrite ${S.N}x${S.C}`,
+    bytes: 5 * NC * F, // dout, x, y; dx, dy written
+    run: (be, t) => {
+      const [dx, dy, dout, x, y] = Array.from({ length: 5 }, () => t(act()).ptr);
+      return () => be.k.mn_mul_backward(dx, dy, dout, x, y, BigInt(NC), 0, be.stream);
+    },
+  },
+  {
+    name: `unary bwd (tanh) overwrite ${S.N}x${S.C}`,
+    bytes: 4 * NC * F, // dout, x, out; dx written
+    run: (be, t) => {
+      const [dx, dout, x, y] = Array.from({ length: 4 }, () => t(act()).ptr);
+      return () => be.k.mn_unary_backward(dx, dout, x, y, OP.MN_OP_TANH, BigInt(NC), 0, be.stream);
+    },
+  },
+  {
+    name: `lerp bwd dx+dy+dg overwrite ${S.N}x${S.C}`,
+    bytes: 7 * NC * F, // dout, x, y, g; dx, dy, dg written
+    run: (be, t) => {
+      const p = Array.from({ length: 7 }, () => t(act()).ptr);
+      return () =>
+        be.k.mn_lerp_backward(p[0], p[1], p[2], p[3], p[4], p[5], p[6], BigInt(NC), 0, be.stream);
+    },
+  },
+  {
+    name: `relu2 bwd overwrite ${S.N}x${4 * S.C}`,
+    bytes: 3 * 4 * NC * F, // dout, x; dx written
+    run: (be, t) => {
+      const [dx, dout, x] = Array.from({ length: 3 }, () => t([S.N, 4 * S.C]).ptr);
+      return () => be.k.mn_relu2_backward(dx, dout, x, BigInt(4 * NC), 0, be.stream);
+    },
+  },
+  {
+    name: `rmsnorm bwd overwrite ${S.N}x${S.C}`,
+    bytes: 3 * NC * F, // dout, x; dx written
+    run: (be, t) => {
+      const [dx, dout, x] = Array.from({ length: 3 }, () => t(act()).ptr);
+      const r = t([S.N]);
+      return () => be.k.mn_rmsnorm_backward(dx, dout, x, r.ptr, S.N, S.C, 0, be.stream);
+    },
+  },
+  {
+    name: `time_shift bwd overwrite ${S.N}x${S.C}`,
+    bytes: 2 * NC * F, // dout; dx written (the last step's as zeros)
+    run: (be, t) => {
+      const [dx, dout] = [t(act()).ptr, t(act()).ptr];
+      const B = S.N / S.T;
+      return () => be.k.mn_time_shift_backward(dx, dout, B, S.T, S.C, 0, be.stream);
+    },
+  },
+  {
+    name: `l2norm bwd overwrite ${S.N * S.H}x${S.D}`,
+    bytes: 3 * NC * F, // dout, x; dx written
+    run: (be, t) => {
+      const [dx, dout, x] = Array.from({ length: 3 }, () => t(act()).ptr);
+      return () => be.k.mn_l2norm_backward(dx, dout, x, S.N * S.H, S.D, 1e-12, 0, be.stream);
+    },
+  },
+  {
+    name: `add_row_vector bwd dx+dv overwrite ${S.N}x${S.C}`,
+    bytes: 2 * NC * F, // dout; dx written
+    run: (be, t) => {
+      const [dx, dv, dout] = [t(act()), t([S.C]), t(act())];
+      return () =>
+        be.k.mn_add_row_vector_backward(dx.ptr, dv.ptr, dout.ptr, S.N, S.C, 0, be.stream);
+    },
+  },
+];
+if (size === "record") cases.push(...overwriteCases);
 if (size === "record") {
   cases.push({
     name: `softcap cross-entropy ${S.logitRows}x${S.V}`,

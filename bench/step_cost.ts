@@ -24,6 +24,7 @@ import { kernelsHeaderFunctions } from "../cuda/abi.ts";
 import { namedArgs, type TraceFile } from "../cuda/dry.ts";
 import { callLaunches, hostTransfer, type Launch } from "../cuda/cost_model.ts";
 import { writeShard } from "../data/shard.ts";
+import { GRAD_MEMSET_MARK } from "../cuda/autograd.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -248,8 +249,10 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
   const calls: { fn: string; a: Record<string, number> }[] = [];
   // at: how many calls came before it (where it sits in the host's sequence)
   const colls: { op: string; bytes: number; dtype: string; at: number }[] = [];
+  let gradMemsets = 0;
   for (const e of t.events) {
     if ("mark" in e) {
+      if (on && e.mark === GRAD_MEMSET_MARK) gradMemsets++;
       if (e.mark === from) on = true;
       else if (e.mark === to) {
         peak = e.peak;
@@ -266,7 +269,7 @@ export function stepCalls(t: TraceFile, from = "step 1", to = "step 2") {
     }
   }
   if (!on) throw new Error(`trace has no mark "${from}"`);
-  return { calls, colls, peak, inUse };
+  return { calls, colls, peak, inUse, gradMemsets };
 }
 
 export interface StepCost {
@@ -290,6 +293,8 @@ export interface StepCost {
   tokensPerS: number;
   peakBytes: number;
   memsets: number;
+  /** of those, memsets of activation gradients (the tape's fallback, cuda/autograd.ts) */
+  gradMemsets: number;
   families: {
     fn: string;
     calls: number;
@@ -317,7 +322,7 @@ export function priceLaunch(l: Launch, hw: Hardware): [number, number, boolean] 
 }
 
 export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
-  const { calls, colls, peak } = stepCalls(t);
+  const { calls, colls, peak, gradMemsets } = stepCalls(t);
   const fam = new Map<string, StepCost["families"][number]>();
   const flagged: StepCost["flagged"] = [];
   let launches = 0, syncs = 0, h2d = 0, d2h = 0, dram = 0, roof = 0, shaped = 0, memsets = 0;
@@ -385,6 +390,7 @@ export function priceStep(spec: RunSpec, t: TraceFile, hw: Hardware): StepCost {
     tokensPerS: tokens / (estimate / 1e3),
     peakBytes: peak,
     memsets,
+    gradMemsets,
     families: [...fam.values()].sort((x, y) => y.shapedMs - x.shapedMs),
     flagged: flagged.sort((x, y) => y.ms - x.ms),
   };
@@ -492,7 +498,7 @@ export function measuredVsEstimated(path: string, hw: Hardware): string {
 
 export function formatTable(rows: StepCost[]): string {
   const head =
-    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | grad all-reduce ms (hidden) | DRAM GB | memsets | peak GB |";
+    "| config | roofline ms | with launch shapes ms | host launch ms | est. ms/step | tokens/s | launches | host syncs | collectives (GB) | grad all-reduce ms (hidden) | DRAM GB | memsets (act. grads) | peak GB |";
   const sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|";
   const lines = rows.map((r) =>
     `| ${r.name} | ${r.rooflineMs.toFixed(0)} | ${r.shapedMs.toFixed(0)} | ${
@@ -501,7 +507,9 @@ export function formatTable(rows: StepCost[]): string {
       r.tokensPerS.toFixed(0)
     } | ${r.launches} | ${r.hostSyncs} | ${r.collectives} (${gb(r.collectiveBytes)}) | ${
       r.gradCommMs.toFixed(1)
-    } (${r.gradCommHiddenMs.toFixed(1)}) | ${gb(r.dramBytes)} | ${r.memsets} | ${gb(r.peakBytes)} |`
+    } (${r.gradCommHiddenMs.toFixed(1)}) | ${gb(r.dramBytes)} | ${r.memsets} (${r.gradMemsets}) | ${
+      gb(r.peakBytes)
+    } |`
   );
   return [head, sep, ...lines].join("\n");
 }

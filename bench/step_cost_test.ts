@@ -177,14 +177,19 @@ Deno.test("step_cost: dry allocator counts like a real one; host-only size queri
 // traffic is a few bucketed all-reduces plus Muon's one, not one collective per tensor.
 const MAX_SYNCS_PER_STEP = 1;
 const MAX_COLLECTIVES_PER_STEP = 10;
+// Issue #14: backward overwrites each activation gradient on its first write, so a step zeroes no
+// activation gradient; its memsets are the flat parameter gradients, the second micro-step's
+// parameter gradients (GradAccumulator) and Muon's flat update buffer.
+const MAX_MEMSETS_PER_STEP = 3;
 
-Deno.test("step_cost: record configs (dry runs, rank 0 of 8): peak memory within the budget, at most one host sync and 10 collectives a step, one Adam launch per group", () => {
+Deno.test("step_cost: record configs (dry runs, rank 0 of 8): peak memory within the budget, at most one host sync and 10 collectives a step, one Adam launch per group, no activation-gradient memset", () => {
   const tmp = Deno.makeTempDirSync({ prefix: "peak_" });
   try {
     const shards = syntheticShards(`${tmp}/shards`);
     for (const [name, budget] of Object.entries(PEAK_BUDGET)) {
       const spec = RECORD_RUNS.find((r) => r.name === name)!;
-      const { peak, calls, colls } = stepCalls(dryTrace(spec, shards, tmp));
+      const { peak, calls, colls, gradMemsets } = stepCalls(dryTrace(spec, shards, tmp));
+      const memsets = calls.filter(({ fn }) => fn === "mn_memset").length;
       const syncs = calls.filter(({ fn, a }) => hostTransfer(fn, a)?.sync).length;
       const adam = calls.filter(({ fn }) =>
         fn === "mn_adam_step" || fn.startsWith("mn_adam_multi_step")
@@ -195,6 +200,9 @@ Deno.test("step_cost: record configs (dry runs, rank 0 of 8): peak memory within
       assert.ok(syncs <= MAX_SYNCS_PER_STEP, `${name}: ${syncs} host syncs in a step`);
       assert.ok(colls.length <= MAX_COLLECTIVES_PER_STEP, `${name}: ${colls.length} collectives`);
       assert.ok(adam.every(({ fn }) => fn === "mn_adam_multi_step_dev") && adam.length <= 5, name);
+      console.log(`  ${name}: ${memsets} memsets, ${gradMemsets} of activation gradients`);
+      assert.equal(gradMemsets, 0, `${name}: activation gradients zeroed in a step`);
+      assert.ok(memsets <= MAX_MEMSETS_PER_STEP, `${name}: ${memsets} memsets in a step`);
       console.log(
         `  ${name}: peak ${(peak / 1e9).toFixed(2)} GB (budget ${(budget / 1e9).toFixed(0)} GB)`,
       );

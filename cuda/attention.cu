@@ -308,7 +308,7 @@ template <int D, typename TI>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse,
                                   const float* delta, const TI* q, const TI* k, const TI* v,
-                                  int T, int H, float scale) {
+                                  int T, int H, float scale, int acc) {
   constexpr int RPW = ATT_BC / ATT_WARPS, DPL = (D + 31) / 32, LDK = D + 1;
   MN_DYNAMIC_SHARED(float, smem);
   const AttBwdTiles s = att_bwd_tiles<D>(smem);
@@ -360,8 +360,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int64_t base = att_row(b, t, h, T, H, D);
 #pragma unroll
     for (int j = 0; j < DPL; j++) {
-      dk[base + lane + 32 * j] += gk[i][j] * scale;
-      dv[base + lane + 32 * j] += gv[i][j];
+      MN_GRAD_STORE(dk[base + lane + 32 * j], gk[i][j] * scale, MN_ACC_BIT(acc, 0));
+      MN_GRAD_STORE(dv[base + lane + 32 * j], gv[i][j], MN_ACC_BIT(acc, 1));
     }
   }
 }
@@ -372,7 +372,7 @@ template <int D, typename TI>
 __global__ void __launch_bounds__(ATT_THREADS)
     attention_backward_dq_kernel(float* dq, const float* dout, const float* lse,
                                  const float* delta, const TI* q, const TI* k, const TI* v,
-                                 int T, int H, float scale) {
+                                 int T, int H, float scale, int acc) {
   constexpr int RPW = ATT_BWD_BR / ATT_WARPS, DPL = (D + 31) / 32, LDK = D + 1;
   MN_DYNAMIC_SHARED(float, smem);
   const AttBwdTiles s = att_bwd_tiles<D>(smem);
@@ -417,7 +417,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (t >= T) continue;
     const int64_t base = att_row(b, t, h, T, H, D);
 #pragma unroll
-    for (int j = 0; j < DPL; j++) dq[base + lane + 32 * j] += g[i][j] * scale;
+    for (int j = 0; j < DPL; j++) MN_GRAD_STORE(dq[base + lane + 32 * j], g[i][j] * scale, acc);
   }
 }
 
@@ -437,7 +437,7 @@ int att_forward(float* out, float* lse, const TI* q, const TI* k, const TI* v, i
 template <int D, typename TI>
 int att_backward(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
                  const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H,
-                 void* stream) {
+                 int accumulate, void* stream) {
   const float scale = 1.0f / sqrtf((float)D);
   const int64_t rows = (int64_t)B * T * H;
   if (int rc = mn_launch("attention_backward_delta", attention_delta_kernel<D>,
@@ -448,11 +448,12 @@ int att_backward(float* dq, float* dk, float* dv, float* dout, float* out, float
   if (int rc = mn_launch("attention_backward_dkv", attention_backward_dkv_kernel<D, TI>,
                          dim3(att_tiles(T, ATT_BC), H, B), dim3(ATT_THREADS), smem, stream, dk, dv,
                          (const float*)dout, (const float*)lse, (const float*)ws, q, k, v, T, H,
-                         scale))
+                         scale, accumulate >> 1 & 3))
     return rc;
   return mn_launch("attention_backward_dq", attention_backward_dq_kernel<D, TI>,
                    dim3(att_tiles(T, ATT_BWD_BR), H, B), dim3(ATT_THREADS), smem, stream, dq,
-                   (const float*)dout, (const float*)lse, (const float*)ws, q, k, v, T, H, scale);
+                   (const float*)dout, (const float*)lse, (const float*)ws, q, k, v, T, H, scale,
+                   MN_ACC_BIT(accumulate, 0));
 }
 
 // One dispatch over D for both input types (bf16: the model's entry points; fp32: exact tests).
@@ -472,15 +473,19 @@ int att_forward_any(float* out, float* lse, const TI* q, const TI* k, const TI* 
 template <typename TI>
 int att_backward_any(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
                      const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D,
-                     void* stream) {
+                     int accumulate, void* stream) {
   if (int rc = mn_check_attention_shape("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
   switch (D) {
-    case 16: return att_backward<16>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
-    case 32: return att_backward<32>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
-    case 64: return att_backward<64>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
-    default: return att_backward<128>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, stream);
+    case 16:
+      return att_backward<16>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, accumulate, stream);
+    case 32:
+      return att_backward<32>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, accumulate, stream);
+    case 64:
+      return att_backward<64>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, accumulate, stream);
+    default:
+      return att_backward<128>(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, accumulate, stream);
   }
 }
 
@@ -494,9 +499,9 @@ MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, 
 
 MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                  float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
-                                 int T, int H, int D, void* stream) {
+                                 int T, int H, int D, int accumulate, void* stream) {
   return att_backward_any(dq, dk, dv, dout, out, lse, (const bf16*)q, (const bf16*)k,
-                          (const bf16*)v, ws, B, T, H, D, stream);
+                          (const bf16*)v, ws, B, T, H, D, accumulate, stream);
 }
 
 MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
@@ -507,7 +512,7 @@ MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, 
 
 MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
                                      float* lse, float* q, float* k, float* v, float* ws, int B,
-                                     int T, int H, int D, void* stream) {
+                                     int T, int H, int D, int accumulate, void* stream) {
   return att_backward_any(dq, dk, dv, dout, out, lse, (const float*)q, (const float*)k,
-                          (const float*)v, ws, B, T, H, D, stream);
+                          (const float*)v, ws, B, T, H, D, accumulate, stream);
 }

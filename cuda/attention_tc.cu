@@ -302,7 +302,8 @@ template <int D>
 __global__ void __launch_bounds__(TC_THREADS)
     attention_tc_backward_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse,
                                      const float* delta, const bf16* q, const bf16* k,
-                                     const bf16* v, int T, int H, float scale, float scale_log2) {
+                                     const bf16* v, int T, int H, float scale, float scale_log2,
+                                     int acc) {
   constexpr int BQ = tc_bwd_bq<D>(), LD = D + 8, KS = D / 16, QT = BQ / 8, DT = D / 8;
   MN_DYNAMIC_SHARED(uint4, smem);
   bf16* sK = reinterpret_cast<bf16*>(smem);  // [BC][LD]
@@ -400,11 +401,13 @@ __global__ void __launch_bounds__(TC_THREADS)
     for (int dt = 0; dt < DT; dt++) {
       float2* pk = reinterpret_cast<float2*>(dk + base + 8 * dt + 2 * tig);
       float2* pv = reinterpret_cast<float2*>(dv + base + 8 * dt + 2 * tig);
-      float2 xk = *pk, xv = *pv;
-      xk.x += gk[dt][2 * r] * scale;
-      xk.y += gk[dt][2 * r + 1] * scale;
-      xv.x += gv[dt][2 * r];
-      xv.y += gv[dt][2 * r + 1];
+      // overwriting: the old values are not loaded (they may be NaN)
+      const bool ak = MN_ACC_BIT(acc, 0), av = MN_ACC_BIT(acc, 1);
+      float2 xk = ak ? *pk : float2{0.0f, 0.0f}, xv = av ? *pv : float2{0.0f, 0.0f};
+      xk.x = ak ? xk.x + gk[dt][2 * r] * scale : gk[dt][2 * r] * scale;
+      xk.y = ak ? xk.y + gk[dt][2 * r + 1] * scale : gk[dt][2 * r + 1] * scale;
+      xv.x = av ? xv.x + gv[dt][2 * r] : gv[dt][2 * r];
+      xv.y = av ? xv.y + gv[dt][2 * r + 1] : gv[dt][2 * r + 1];
       *pk = xk;
       *pv = xv;
     }
@@ -416,7 +419,8 @@ template <int D>
 __global__ void __launch_bounds__(TC_THREADS)
     attention_tc_backward_dq_kernel(float* dq, const float* dout, const float* lse,
                                     const float* delta, const bf16* q, const bf16* k,
-                                    const bf16* v, int T, int H, float scale, float scale_log2) {
+                                    const bf16* v, int T, int H, float scale, float scale_log2,
+                                    int acc) {
   constexpr int LD = D + 8, KS = D / 16, NT = TC_BC / 8, DT = D / 8;
   MN_DYNAMIC_SHARED(uint4, smem);
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // [BR][LD]
@@ -509,9 +513,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
       float2* p = reinterpret_cast<float2*>(dq + base + 8 * dt + 2 * tig);
-      float2 x = *p;
-      x.x += gq[dt][2 * r] * scale;
-      x.y += gq[dt][2 * r + 1] * scale;
+      float2 x = acc ? *p : float2{0.0f, 0.0f};
+      x.x = acc ? x.x + gq[dt][2 * r] * scale : gq[dt][2 * r] * scale;
+      x.y = acc ? x.y + gq[dt][2 * r + 1] * scale : gq[dt][2 * r + 1] * scale;
       *p = x;
     }
   }
@@ -546,7 +550,7 @@ int tc_forward(float* out, float* lse, const bf16* q, const bf16* k, const bf16*
 template <int D>
 int tc_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
                 const float* lse, const bf16* q, const bf16* k, const bf16* v, float* ws, int B,
-                int T, int H, void* stream) {
+                int T, int H, int accumulate, void* stream) {
   const float scale = 1.0f / sqrtf((float)D), scale_log2 = TC_LOG2E * scale;
   const int64_t rows = (int64_t)B * T * H;
   if (int rc = mn_launch("attention_tc_backward_delta", attention_tc_delta_kernel<D>,
@@ -556,11 +560,12 @@ int tc_backward(float* dq, float* dk, float* dv, const float* dout, const float*
   if (int rc = mn_launch("attention_tc_backward_dkv", attention_tc_backward_dkv_kernel<D>,
                          dim3(tc_tiles(T, TC_BC), H, B), dim3(TC_THREADS), tc_dkv_smem<D>(),
                          stream, dk, dv, dout, lse, (const float*)ws, q, k, v, T, H, scale,
-                         scale_log2))
+                         scale_log2, accumulate >> 1 & 3))
     return rc;
   return mn_launch("attention_tc_backward_dq", attention_tc_backward_dq_kernel<D>,
                    dim3(tc_tiles(T, TC_BR), H, B), dim3(TC_THREADS), tc_dq_smem<D>(), stream, dq,
-                   dout, lse, (const float*)ws, q, k, v, T, H, scale, scale_log2);
+                   dout, lse, (const float*)ws, q, k, v, T, H, scale, scale_log2,
+                   MN_ACC_BIT(accumulate, 0));
 }
 
 }  // namespace
@@ -579,15 +584,20 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
-                                    int B, int T, int H, int D, void* stream) {
+                                    int B, int T, int H, int D, int accumulate, void* stream) {
   if (int rc = mn_check_attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
                                                 H, D))
     return rc;
   const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
   switch (D) {
-    case 16: return tc_backward<16>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, stream);
-    case 32: return tc_backward<32>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, stream);
-    case 64: return tc_backward<64>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, stream);
-    default: return tc_backward<128>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, stream);
+    case 16:
+      return tc_backward<16>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
+    case 32:
+      return tc_backward<32>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
+    case 64:
+      return tc_backward<64>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
+    default:
+      return tc_backward<128>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate,
+                              stream);
   }
 }

@@ -152,7 +152,7 @@ Deno.test("attention_tc: bad arguments give clear errors (cpu, emu)", () => {
         /attention_tc_forward: out, q, k, v must be 16-byte aligned/,
       );
       assert.throws(
-        () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, odd, i, f, 1, 16, 1, 16, null),
+        () => be.k.mn_attention_tc_backward(f, f, f, f, f, f, i, odd, i, f, 1, 16, 1, 16, -1, null),
         /attention_tc_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned/,
       );
     });

@@ -1,7 +1,10 @@
 // A small tape autograd over the kernel ABI, so a record attempt can change a model's forward
 // without hand-writing its backward: every op below launches its forward kernel and, when grad is
-// on, records a closure that launches the paired backward kernel(s). Backward kernels accumulate
-// (+=), so a value used twice needs nothing special; micro-steps are summed by GradAccumulator.
+// on, records a closure that launches the paired backward kernel(s). Each backward call tells its
+// kernel, per gradient output, whether to add into it or overwrite it (the `accumulate` mask of
+// kernels.h; see Graph.grads): the first writer of an activation gradient overwrites an
+// uninitialised buffer, later writers (a value used twice) add; parameter gradients always add.
+// Micro-steps are summed by GradAccumulator.
 //
 //   const g = new Graph(be);
 //   const h = g.linear(g.rmsnorm(x), W);  ...  const loss = g.lmHeadLoss(h, head, targets, 30);
@@ -9,8 +12,10 @@
 //   g.release();           // returns this step's activations to the pool (reused next step)
 //
 // Memory: activations come from a pool of exact-size buffers that are reused step after step, so
-// after the first step there are no allocations. An activation's gradient is allocated (zeroed)
-// when first needed in backward and returned to the pool as soon as its producer's backward ran.
+// after the first step there are no allocations. An activation's gradient is taken from the pool
+// (not zeroed: its first writer overwrites it) when first needed in backward, or is the incoming
+// gradient itself where the op passes it through (add, views), and goes back to the pool as soon
+// as its producer's backward ran.
 import { type Backend, type Dtype, DTYPE_BYTES, Tensor } from "./backend.ts";
 import { kernelsHeaderConstants } from "./abi.ts";
 
@@ -180,6 +185,8 @@ class Pool {
 }
 
 const OP = kernelsHeaderConstants();
+/** The trace mark before each memset of an activation gradient (bench/step_cost.ts counts them) */
+export const GRAD_MEMSET_MARK = "activation-gradient memset";
 /** WKV-7 structure: "ref" = wkv7g, "fast" = backstepping, "wind" = tensor-core chunk-16. */
 export type Wkv7Kernel = "ref" | "fast" | "wind";
 export type UnaryOp = "TANH" | "SIGMOID" | "RWKV7_DECAY" | "EXP_MIN0" | "NEG";
@@ -208,6 +215,10 @@ export class Graph {
   private live: Tensor[] = []; // this step's activations, returned to the pool by release()
   private pool: Pool;
   private consts = new Map<number, Tensor>();
+  /** gradient buffers this graph took from its pool (only those may be handed on by passGrad) */
+  private pooledGrads = new WeakSet<Tensor>();
+  /** memsets of activation gradients so far (the fallbacks of grad() and grads(); 0 in the models) */
+  gradMemsets = 0;
   readonly k: Backend["k"];
   readonly s: Deno.PointerValue;
 
@@ -235,14 +246,77 @@ export class Graph {
     }
     this.tape.push(fn);
   }
-  /** The gradient buffer of v, zero-filled on first use (null when v needs no gradient). */
+  /** The gradient buffer of v, zero-filled on first use (null when v needs no gradient): for a
+   * writer that adds into only part of it. Costs a memset (counted in gradMemsets); ops that write
+   * the whole gradient use grads() instead. */
   grad(v: Var): Deno.PointerValue {
     if (!v.requiresGrad) return null;
     if (!v.g) {
-      v.g = this.pool.take(v.shape, "f32", "grad");
-      this.k.mn_memset(v.g.ptr, 0, BigInt(v.g.nbytes), this.s);
+      this.takeGrad(v);
+      this.be.mark(GRAD_MEMSET_MARK);
+      this.k.mn_memset(v.g!.ptr, 0, BigInt(v.g!.nbytes), this.s);
+      this.gradMemsets++;
     }
-    return v.g.ptr;
+    return v.g!.ptr;
+  }
+  private takeGrad(v: Var): Tensor {
+    const t = this.pool.take(v.shape, "f32", "grad");
+    this.pooledGrads.add(t);
+    return v.g = t;
+  }
+  /**
+   * The gradient outputs of one backward call, in its signature order, and its `accumulate` mask
+   * (kernels.h): bit i set when the i-th gradient already holds a sum to add to (a parameter's, or
+   * an activation's written by an earlier consumer), clear when this call is its first writer (the
+   * buffer comes from the pool uninitialised and the kernel writes all of it). The caller must
+   * write every element of each gradient it gets with a clear bit. null / no-grad entries: a NULL
+   * pointer. A gradient that is new and appears twice in one call is zeroed and added into by
+   * both (kernels do not promise to write aliased outputs in signature order), unless `inOrder`
+   * (the kernel documents that it does, e.g. axpby's dx == dy): then its first occurrence
+   * overwrites and the later ones add.
+   */
+  grads(...vs: (Var | null)[]): [Deno.PointerValue[], number] {
+    return this.gradsOf(vs, false);
+  }
+  /** grads() for a kernel that writes aliased gradient outputs in signature order */
+  gradsInOrder(...vs: (Var | null)[]): [Deno.PointerValue[], number] {
+    return this.gradsOf(vs, true);
+  }
+  private gradsOf(vs: (Var | null)[], inOrder: boolean): [Deno.PointerValue[], number] {
+    let acc = 0;
+    const ptrs = vs.map((v, i) => {
+      if (!v || !v.requiresGrad) return null;
+      if (!v.g) {
+        if (!inOrder && vs.indexOf(v, i + 1) >= 0) return this.grad(v), acc |= 1 << i, v.g!.ptr;
+        return this.takeGrad(v).ptr;
+      }
+      acc |= 1 << i; // an earlier occurrence in this call took it: add
+      return v.g.ptr;
+    });
+    return [ptrs, acc];
+  }
+  /**
+   * Gives x the gradient y.g, whose elements are x's one for one (an identity backward: add,
+   * views): when x has none yet it takes y.g over (no copy; y's dropGrad then has nothing to
+   * return), else y.g is added into it. A y.g this graph did not take from its pool (set by a
+   * caller) is copied rather than handed on, so the pool never takes in a foreign buffer.
+   * adopt = false: copy even then (y.g still has other uses).
+   */
+  passGrad(x: Var, y: Var & { g: Tensor }, adopt = true) {
+    if (!x.requiresGrad) return;
+    if (y.g.numel !== x.t.numel) {
+      throw new Error(`passGrad: ${y.g} does not fit the gradient of ${x.t}`);
+    }
+    if (x.g) {
+      this.k.mn_axpy(x.g.ptr, 1, y.g.ptr, x.t.n, this.s);
+    } else if (adopt && this.pooledGrads.has(y.g)) {
+      const t = y.g.view(x.shape, "grad");
+      this.pooledGrads.add(t);
+      x.g = t;
+      y.g = null as unknown as Tensor; // handed on: y's dropGrad must not pool it
+    } else {
+      this.k.mn_memcpy_d2d(this.takeGrad(x).ptr, y.g.ptr, BigInt(y.g.nbytes), this.s);
+    }
   }
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool. */
   dropGrad(v: Var) {
@@ -325,7 +399,10 @@ export class Graph {
       x,
       op.toLowerCase(),
       (out) => this.k.mn_unary_forward(out.ptr, x.t.ptr, code, x.t.n, this.s),
-      (y) => this.k.mn_unary_backward(this.grad(x), y.g.ptr, x.t.ptr, y.t.ptr, code, x.t.n, this.s),
+      (y) => {
+        const [[dx], acc] = this.grads(x);
+        this.k.mn_unary_backward(dx, y.g.ptr, x.t.ptr, y.t.ptr, code, x.t.n, acc, this.s);
+      },
     );
   }
   tanh(x: Var) {
@@ -341,8 +418,16 @@ export class Graph {
     const out = this.out(a.shape, "add");
     this.k.mn_add(out.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
     return this.node(out, [a, b], (y) => {
-      if (a.requiresGrad) this.k.mn_axpy(this.grad(a), 1, y.g.ptr, a.t.n, this.s);
-      if (b.requiresGrad) this.k.mn_axpy(this.grad(b), 1, y.g.ptr, b.t.n, this.s);
+      if (a === b) {
+        const [[da], acc] = this.grads(a);
+        if (acc) this.k.mn_axpy(da, 2, y.g.ptr, a.t.n, this.s);
+        else this.k.mn_scale(da, y.g.ptr, 2, a.t.n, this.s);
+        return;
+      }
+      // the identity to both: a new gradient takes y.g over, so the one to hand it is the last
+      const first = !a.g && b.g ? b : a, second = first === a ? b : a;
+      this.passGrad(first, y, !second.requiresGrad);
+      this.passGrad(second, y);
     });
   }
 
@@ -354,17 +439,19 @@ export class Graph {
     const out = this.out(x.shape, "axpby");
     this.k.mn_axpby_forward(out.ptr, x.t.ptr, y.t.ptr, sa.t.ptr, sb.t.ptr, x.t.n, this.s);
     return this.node(out, [x, y, sa, sb], (z) => {
+      const [[dx, dy, da, db], acc] = this.gradsInOrder(x, y, sa, sb);
       this.k.mn_axpby_backward(
-        this.grad(x),
-        this.grad(y),
-        this.grad(sa),
-        this.grad(sb),
+        dx,
+        dy,
+        da,
+        db,
         z.g.ptr,
         x.t.ptr,
         y.t.ptr,
         sa.t.ptr,
         sb.t.ptr,
         x.t.n,
+        acc,
         this.s,
       );
     });
@@ -384,15 +471,8 @@ export class Graph {
     const out = this.out(a.shape, "mul");
     this.k.mn_mul_forward(out.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
     return this.node(out, [a, b], (y) => {
-      this.k.mn_mul_backward(
-        this.grad(a),
-        this.grad(b),
-        y.g.ptr,
-        a.t.ptr,
-        b.t.ptr,
-        a.t.n,
-        this.s,
-      );
+      const [[da, db], acc] = this.gradsInOrder(a, b);
+      this.k.mn_mul_backward(da, db, y.g.ptr, a.t.ptr, b.t.ptr, a.t.n, acc, this.s);
     });
   }
 
@@ -403,17 +483,8 @@ export class Graph {
     const out = this.out(x.shape, "lerp");
     this.k.mn_lerp_forward(out.ptr, x.t.ptr, y.t.ptr, g.t.ptr, x.t.n, this.s);
     return this.node(out, [x, y, g], (z) => {
-      this.k.mn_lerp_backward(
-        this.grad(x),
-        this.grad(y),
-        this.grad(g),
-        z.g.ptr,
-        x.t.ptr,
-        y.t.ptr,
-        g.t.ptr,
-        x.t.n,
-        this.s,
-      );
+      const [[dx, dy, dg], acc] = this.grads(x, y, g);
+      this.k.mn_lerp_backward(dx, dy, dg, z.g.ptr, x.t.ptr, y.t.ptr, g.t.ptr, x.t.n, acc, this.s);
     });
   }
 
@@ -426,7 +497,8 @@ export class Graph {
     const out = this.out(x.shape, "addRow");
     this.k.mn_add_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
     return this.node(out, [x, v], (y) => {
-      this.k.mn_add_row_vector_backward(this.grad(x), this.grad(v), y.g.ptr, N, C, this.s);
+      const [[dx, dv], acc] = this.grads(x, v);
+      this.k.mn_add_row_vector_backward(dx, dv, y.g.ptr, N, C, acc, this.s);
     });
   }
 
@@ -439,16 +511,8 @@ export class Graph {
     const out = this.out(x.shape, "mulRow");
     this.k.mn_mul_row_vector_forward(out.ptr, x.t.ptr, v.t.ptr, N, C, this.s);
     return this.node(out, [x, v], (y) => {
-      this.k.mn_mul_row_vector_backward(
-        this.grad(x),
-        this.grad(v),
-        y.g.ptr,
-        x.t.ptr,
-        v.t.ptr,
-        N,
-        C,
-        this.s,
-      );
+      const [[dx, dv], acc] = this.grads(x, v);
+      this.k.mn_mul_row_vector_backward(dx, dv, y.g.ptr, x.t.ptr, v.t.ptr, N, C, acc, this.s);
     });
   }
 
@@ -459,7 +523,10 @@ export class Graph {
       x,
       "timeShift",
       (out) => this.k.mn_time_shift_forward(out.ptr, x.t.ptr, B, T, C, this.s),
-      (y) => this.k.mn_time_shift_backward(this.grad(x), y.g.ptr, B, T, C, this.s),
+      (y) => {
+        const [[dx], acc] = this.grads(x);
+        this.k.mn_time_shift_backward(dx, y.g.ptr, B, T, C, acc, this.s);
+      },
     );
   }
 
@@ -468,7 +535,10 @@ export class Graph {
       x,
       "relu2",
       (out) => this.k.mn_relu2_forward(out.ptr, x.t.ptr, x.t.n, this.s),
-      (y) => this.k.mn_relu2_backward(this.grad(x), y.g.ptr, x.t.ptr, x.t.n, this.s),
+      (y) => {
+        const [[dx], acc] = this.grads(x);
+        this.k.mn_relu2_backward(dx, y.g.ptr, x.t.ptr, x.t.n, acc, this.s);
+      },
     );
   }
 
@@ -480,7 +550,10 @@ export class Graph {
       x,
       "rmsnorm",
       (out) => this.k.mn_rmsnorm_forward(out.ptr, rstd.ptr, x.t.ptr, N, C, eps, this.s),
-      (y) => this.k.mn_rmsnorm_backward(this.grad(x), y.g.ptr, x.t.ptr, rstd.ptr, N, C, this.s),
+      (y) => {
+        const [[dx], acc] = this.grads(x);
+        this.k.mn_rmsnorm_backward(dx, y.g.ptr, x.t.ptr, rstd.ptr, N, C, acc, this.s);
+      },
     );
   }
 
@@ -502,10 +575,11 @@ export class Graph {
       this.s,
     );
     return this.node(out, [x, w, b], (y) => {
+      const [[dx, dw, db], acc] = this.grads(x, w, b);
       this.k.mn_layernorm_backward(
-        this.grad(x),
-        this.grad(w),
-        this.grad(b),
+        dx,
+        dw,
+        db,
         y.g.ptr,
         x.t.ptr,
         w.t.ptr,
@@ -513,6 +587,7 @@ export class Graph {
         rstd.ptr,
         N,
         C,
+        acc,
         this.s,
       );
     });
@@ -539,10 +614,11 @@ export class Graph {
       this.s,
     );
     return this.node(out, [x, w, b], (y) => {
+      const [[dx, dw, db], acc] = this.grads(x, w, b);
       this.k.mn_groupnorm_backward(
-        this.grad(x),
-        this.grad(w),
-        this.grad(b),
+        dx,
+        dw,
+        db,
         y.g.ptr,
         x.t.ptr,
         w.t.ptr,
@@ -551,6 +627,7 @@ export class Graph {
         N,
         G,
         D,
+        acc,
         this.s,
       );
     });
@@ -563,7 +640,10 @@ export class Graph {
       x,
       "l2norm",
       (out) => this.k.mn_l2norm_forward(out.ptr, x.t.ptr, rows, D, eps, this.s),
-      (y) => this.k.mn_l2norm_backward(this.grad(x), y.g.ptr, x.t.ptr, rows, D, eps, this.s),
+      (y) => {
+        const [[dx], acc] = this.grads(x);
+        this.k.mn_l2norm_backward(dx, y.g.ptr, x.t.ptr, rows, D, eps, acc, this.s);
+      },
     );
   }
 
@@ -573,11 +653,10 @@ export class Graph {
     const N = idx.numel;
     const out = this.out([...shape, C], "embedding");
     this.k.mn_embedding_forward(out.ptr, idx.ptr, W.t.ptr, N, C, V, this.s);
-    return this.node(
-      out,
-      [W],
-      (y) => this.k.mn_embedding_backward(this.grad(W), idx.ptr, y.g.ptr, N, C, V, this.s),
-    );
+    return this.node(out, [W], (y) => {
+      const [[dW], acc] = this.grads(W);
+      this.k.mn_embedding_backward(dW, idx.ptr, y.g.ptr, N, C, V, acc, this.s);
+    });
   }
 
   /** a matmul operand in this graph's precision (a parameter uses its cached bf16 shadow) */
@@ -647,7 +726,9 @@ export class Graph {
     this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
     return this.node(out, [a, b], (y) => {
       const dy = this.gradOperand(y.g);
-      // da[N,K] += dy[N,M] @ op(b)^T
+      const [[da, db], acc] = this.grads(a, b);
+      const [betaA, betaB] = [acc & 1, (acc >> 1) & 1]; // 0: cuBLAS does not read C
+      // da[N,K] (+)= dy[N,M] @ op(b)^T
       if (a.requiresGrad) {
         this.gemm(
           0,
@@ -662,16 +743,16 @@ export class Graph {
           bb.ptr,
           ldb,
           0n,
-          1,
-          this.grad(a),
+          betaA,
+          da,
           K,
           0n,
         );
       }
-      // db += a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
+      // db (+)= a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
       if (b.requiresGrad) {
         if (transB) {
-          this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, 1, this.grad(b), K, 0n);
+          this.gemm(1, 0, M, K, N, 1, dy.ptr, M, 0n, ab.ptr, K, 0n, betaB, db, K, 0n);
         } else {this.gemm(
             1,
             0,
@@ -685,8 +766,8 @@ export class Graph {
             dy.ptr,
             M,
             0n,
-            1,
-            this.grad(b),
+            betaB,
+            db,
             M,
             0n,
           );}
@@ -727,60 +808,72 @@ export class Graph {
       nb,
     );
     for (let i = 0; i < nb; i++) {
-      const yi = new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w));
-      outs.push(yi);
-      if (!yi.requiresGrad) continue;
-      this.record(() => {
-        if (yi.g) {
-          const dy = this.gradOperand(yi.g);
-          if (x.requiresGrad) {
-            // dx[:, iD:(i+1)D] += dy @ w[i]^T
-            this.grad(x);
-            this.gemm(
-              0,
-              1,
-              N,
-              D,
-              C,
-              1,
-              dy.ptr,
-              C,
-              0n,
-              off(wb, i * D * C),
-              C,
-              0n,
-              1,
-              off(x.g!, i * D),
-              XC,
-              0n,
-            );
-          }
-          if (w.requiresGrad) {
-            // dw[i] += x[:, iD:(i+1)D]^T @ dy
-            this.grad(w);
-            this.gemm(
-              1,
-              0,
-              D,
-              C,
-              N,
-              1,
-              off(xb, i * D),
-              XC,
-              0n,
-              dy.ptr,
-              C,
-              0n,
-              1,
-              off(w.g!, i * D * C),
-              C,
-              0n,
-            );
-          }
-        }
-        this.dropGrad(yi);
-      }, [x, w]);
+      outs.push(new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w)));
     }
+    if (!this.needs(x, w)) return outs;
+    // One closure for all nb outputs (recorded together, so their gradients are complete together):
+    // output i writes columns iD..(i+1)D of dx and block i of dw, so together they cover both
+    // tensors and each may overwrite its part; when an output got no gradient its part would stay
+    // unwritten, and the tensor is zeroed first instead.
+    this.record(() => {
+      const every = outs.every((yi) => yi.g);
+      const dest = (v: Var): [Tensor | null, number] => {
+        if (!v.requiresGrad) return [null, 1];
+        if (!every) return this.grad(v), [v.g, 1];
+        const [, acc] = this.grads(v);
+        return [v.g, acc];
+      };
+      const [xg, ax] = outs.some((yi) => yi.g) ? dest(x) : [null, 1];
+      const [wg, aw] = outs.some((yi) => yi.g) ? dest(w) : [null, 1];
+      for (let i = nb - 1; i >= 0; i--) {
+        const yi = outs[i];
+        if (!yi.g) continue;
+        const dy = this.gradOperand(yi.g);
+        if (xg) {
+          // dx[:, iD:(i+1)D] (+)= dy @ w[i]^T
+          this.gemm(
+            0,
+            1,
+            N,
+            D,
+            C,
+            1,
+            dy.ptr,
+            C,
+            0n,
+            off(wb, i * D * C),
+            C,
+            0n,
+            ax,
+            off(xg, i * D),
+            XC,
+            0n,
+          );
+        }
+        if (wg) {
+          // dw[i] (+)= x[:, iD:(i+1)D]^T @ dy
+          this.gemm(
+            1,
+            0,
+            D,
+            C,
+            N,
+            1,
+            off(xb, i * D),
+            XC,
+            0n,
+            dy.ptr,
+            C,
+            0n,
+            aw,
+            off(wg, i * D * C),
+            C,
+            0n,
+          );
+        }
+      }
+      for (const yi of outs) this.dropGrad(yi);
+    }, [x, w]);
     return outs;
   }
 
@@ -791,11 +884,12 @@ export class Graph {
     const out = this.out(r.shape, "bonus");
     this.k.mn_rwkv7_bonus_forward(out.ptr, r.t.ptr, k.t.ptr, v.t.ptr, u.t.ptr, N, H, D, this.s);
     return this.node(out, [r, k, v, u], (y) => {
+      const [[dr, dk, dv, du], acc] = this.grads(r, k, v, u);
       this.k.mn_rwkv7_bonus_backward(
-        this.grad(r),
-        this.grad(k),
-        this.grad(v),
-        this.grad(u),
+        dr,
+        dk,
+        dv,
+        du,
         y.g.ptr,
         r.t.ptr,
         k.t.ptr,
@@ -804,6 +898,7 @@ export class Graph {
         N,
         H,
         D,
+        acc,
         this.s,
       );
     });
@@ -832,11 +927,12 @@ export class Graph {
     } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     return this.node(y, [r, w, k, v, a, b], (out) => {
-      const g = [r, w, k, v, a, b].map((x) => this.grad(x));
+      const [g, acc] = this.grads(r, w, k, v, a, b);
       if (kernel === "fast") {
-        this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
+        this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, acc, this.s);
       } else if (kernel === "wind") {
-        this.k.mn_wkv7_wind_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, this.s);
+        const args = [...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, acc] as const;
+        this.k.mn_wkv7_wind_backward(...args, this.s);
       } else {
         const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
         if (f32) {
@@ -850,6 +946,7 @@ export class Graph {
             T,
             H,
             N,
+            acc,
             this.s,
           );
         } else {this.k.mn_wkv7g_backward(
@@ -862,6 +959,7 @@ export class Graph {
             T,
             H,
             N,
+            acc,
             this.s,
           );}
       }
@@ -893,8 +991,10 @@ export class Graph {
     const rows = Math.min(chunkRows, N);
     const logits = this.pool.take([rows, V], "f32", "logits");
     const dlb = train && !f32 ? this.pool.take([rows, V], "bf16", "dlogits.bf16") : null;
-    if (train && x.requiresGrad) this.grad(x);
-    if (train && W.requiresGrad) this.grad(W);
+    // the row chunks of dx tile it (each may overwrite its rows); dW sums over the chunks, so only
+    // the first chunk may overwrite it
+    const [, acc] = train ? this.grads(x, W) : [null, 3];
+    const betaX = acc & 1, betaW = (acc >> 1) & 1;
     const rowOff = (t: Tensor, r: number, width: number) =>
       Deno.UnsafePointer.offset(t.ptr, r * width * DTYPE_BYTES[t.dtype]);
     for (let r0 = 0; r0 < N; r0 += rows) {
@@ -916,10 +1016,12 @@ export class Graph {
       const dl = f32 ? logits : dlb!;
       if (!f32) this.k.mn_cast_f32_to_bf16(dlb!.ptr, logits.ptr, BigInt(n * V), this.s);
       if (x.requiresGrad) {
-        this.gemm(0, 0, n, C, V, 1, dl.ptr, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n);
+        const xg = rowOff(x.g!, r0, C);
+        this.gemm(0, 0, n, C, V, 1, dl.ptr, V, 0n, wb.ptr, C, 0n, betaX, xg, C, 0n);
       }
       if (W.requiresGrad) {
-        this.gemm(1, 0, V, C, n, 1, dl.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, 1, W.g!.ptr, C, 0n);
+        const beta = r0 === 0 ? betaW : 1;
+        this.gemm(1, 0, V, C, n, 1, dl.ptr, V, 0n, rowOff(xb, r0, C), C, 0n, beta, W.g!.ptr, C, 0n);
       }
     }
     this.pool.give(logits);

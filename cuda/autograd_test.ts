@@ -91,3 +91,48 @@ Deno.test("autograd: GradAccumulator adds each later micro-step's whole gradient
   [0, 1, 2].forEach(step);
   assert.notDeepEqual(be.download(p.grad), want);
 });
+
+// Issue #14: backward overwrites each activation gradient on its first write and adds after; a
+// step's second run takes its gradient buffers from the pool still holding the first run's
+// gradients, so any kernel that added into (or left unwritten part of) a buffer it was told to
+// overwrite changes the second run's parameter gradients. Covers the aliased outputs (axpby(x, x),
+// mul(x, x)), add's pass-through (both inputs new, and x + x), blockMatmul's column blocks and the
+// loss head's row chunks.
+Deno.test("autograd: first writes overwrite stale pool buffers (same bits on a second step), no memset", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name), rng = new Rng(7);
+    const N = 16, C = 8, V = 11;
+    const param = (n: string, shape: number[]) =>
+      new Param(be, n, be.upload(rng.uniform(shape.reduce((a, b) => a * b)), shape));
+    const [W0, W, Wb, head, lam] = [
+      param("w0", [C, C]),
+      param("w", [C, C]),
+      param("wb", [2, C / 2, C]),
+      param("head", [V, C]),
+      param("lam", [2]),
+    ];
+    const x = be.upload(rng.uniform(N * C), [N, C]);
+    const targets = be.upload(Int32Array.from({ length: N }, (_, i) => (3 * i) % V), [N], "i32");
+    const g = new Graph(be);
+    const step = () => {
+      for (const p of [W0, W, Wb, head, lam]) p.zeroGrad();
+      const x0 = g.rmsnorm(g.matmul(g.input(x), g.param(W0), true));
+      const h = g.matmul(x0, g.param(W), true);
+      const l = g.param(lam);
+      const a = g.axpby(g.scalarOf(l, 0), x0, g.scalarOf(l, 1), x0);
+      const [b1, b2] = g.blockMatmul(h, g.param(Wb));
+      const m = g.mul(b1, b1);
+      const s = g.add(g.add(m, b2), a);
+      g.lmHeadLoss(g.tanh(g.add(s, s)), g.param(head), targets, 30, 1, N / 2);
+      g.backward();
+      g.release();
+      return [W0, W, Wb, head, lam].map((p) => be.downloadF32(p.grad));
+    };
+    const first = step(), second = step();
+    first.forEach((f, i) => {
+      assert.ok(f.some((v) => v !== 0) && f.every(Number.isFinite), `${name} grad ${i}`);
+      assert.deepEqual(second[i], f, `${name}: parameter ${i}'s gradient on the second step`);
+    });
+    assert.equal(g.gradMemsets, 0, `${name}: activation gradients zeroed`);
+  }
+});

@@ -13,6 +13,7 @@
 
 #include "kernels.h"
 #include "mn_error.h"
+#include "grad_acc.h"
 
 typedef __nv_bfloat16 bf16;
 

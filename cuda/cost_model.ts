@@ -11,7 +11,8 @@
 // - Each distinct input byte of a launch is read once (data re-read by the same launch is assumed
 //   to hit L2/L1) unless noted: a second pass whose working set cannot stay in the H100's 50 MB L2
 //   counts again (cross-entropy's passes over the logits, the recompute WKV-7's scratch).
-// - Accumulating (`+=`) outputs are read and written. Separate launches never share a read:
+// - Accumulating (`+=`) outputs are read and written; a backward output whose bit of
+//   `accumulate` is clear (kernels.h) is written only (acc() below). Separate launches never share a read:
 //   each counts its own. The partials of the two-stage reductions (library scratch, scratch.h)
 //   are written by stage 1 and read by stage 2 like any tensor.
 // - Pointer arguments are device addresses; 0 means NULL. A pointer parameter missing from `a`
@@ -55,6 +56,19 @@ function need(a: Record<string, number>, name: string): number {
     throw new Error(`cost_model: argument ${name} missing (got ${v})`);
   }
   return v;
+}
+
+/** Bit i of a backward call's `accumulate` (kernels.h): 1 = the i-th gradient output is added
+ * into (read and written), 0 = overwritten (written only). Missing counts as -1 (all set). */
+function acc(a: Record<string, number>, i: number): number {
+  return ((a.accumulate ?? -1) >> i) & 1;
+}
+
+/** How many of the first n gradient outputs are added into (see acc). */
+function accCount(a: Record<string, number>, n: number): number {
+  let k = 0;
+  for (let i = 0; i < n; i++) k += acc(a, i);
+  return k;
 }
 
 /** Whether a pointer argument is non-NULL (missing from `a` counts as present). */
@@ -149,18 +163,19 @@ function colSums(
   read: number,
   written: number,
   flops: number,
+  accumulated = K, // outputs added into (read as well as written)
 ): Launch[] {
   const p = colPlan(N, C);
   const threads = RED_COLS * RED_LANES;
   const kernel = `col_sums_kernel<${K},${term}>`;
-  const out = K * C * F32; // out_k [C]: += (read and written)
+  const out = K * C * F32, outRead = accumulated * C * F32; // out_k [C]
   if (p.tiles === 1) {
     return [
       launch(
         kernel,
         p.colBlocks,
         threads,
-        read + out,
+        read + outRead,
         written + out,
         flops,
         0,
@@ -184,7 +199,7 @@ function colSums(
       `col_sums_kernel<${K},PartialsTerm>`,
       p.colBlocks,
       threads,
-      part + out,
+      part + outRead,
       out,
       p.tiles * K * C,
       0,
@@ -193,7 +208,8 @@ function colSums(
   ];
 }
 
-/** reduce.cuh full_sums<K, Term> over n elements, like colSums; `accumulate`: out_k += (read). */
+/** reduce.cuh full_sums<K, Term> over n elements, like colSums; `accumulated`: how many of the K
+ * outputs are added into (read). */
 function fullSums(
   term: string,
   K: number,
@@ -201,11 +217,11 @@ function fullSums(
   read: number,
   written: number,
   flops: number,
-  accumulate: boolean,
+  accumulated: number,
 ): Launch[] {
   const p = fullPlan(n);
   const kernel = `full_sums_kernel<${K},${term}>`;
-  const out = K * F32, outRead = accumulate ? out : 0;
+  const out = K * F32, outRead = accumulated * F32;
   if (p.blocks === 1) {
     return [
       launch(
@@ -332,7 +348,8 @@ const embeddingForward: Cost = (a) => {
 // neighbour's load again: L1/L2), writes seg [S + 1] and nseg; and embedding_segments_kernel:
 // grid (min(ceil(4096 / ceil(C/32)), ceil(min(N, V)/8)), ceil(C/32)) x 256, (171, 24) at C = 768:
 // reads every row of dout once (N*C*4), rows [N], and per segment seg, keys and the id's dwte row,
-// which it writes back (read-modify-write, no other dwte row is touched).
+// which it writes back (read-modify-write, no other dwte row is touched). Overwriting (bit 0 of
+// accumulate clear): mn_fill zeroes all of dwte first (ew_fill_kernel, V*C floats written).
 // ESTIMATE: S, the number of distinct ids in idx, is data the model does not see; it takes the
 // upper bound S = min(N, V) (each id once: real text repeats ids, so fewer dwte rows move).
 // serialSteps (estimates): the one-block scans walk scan_threads' share of the elements twice,
@@ -352,6 +369,7 @@ const embeddingBackward: Cost = (a) => {
   const histN = 16 * tiles, hist = histN * F32, keys = N * F32;
   const scanT = scanThreads(histN);
   const out: Launch[] = [];
+  if (!acc(a, 0)) out.push(elementwise("ew_fill_kernel", V * C, 0, V * C * F32, 0));
   for (let p = 0; p < passes; p++) {
     out.push(launch("sort_count_kernel", tiles, 256, keys, hist, 8 * N));
     out.push(
@@ -411,7 +429,7 @@ const layernormForward: Cost = (a) => {
     ),
   ];
 };
-// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp +=), then dweight, dbias by
+// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp += or =), then dweight, dbias by
 // reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
 // reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
 // L2), writes 2 partial rows per tile; stage 2 adds them to dweight, dbias (+=).
@@ -423,11 +441,20 @@ const layernormBackward: Cost = (a) => {
       "layernorm_backward_dinp_kernel",
       N,
       normThreads(C),
-      3 * act + C * F32 + 2 * N * F32, // dout, inp, dinp; weight; mean, rstd
+      (2 + acc(a, 0)) * act + C * F32 + 2 * N * F32, // dout, inp, dinp (+=); weight; mean, rstd
       act,
       14 * N * C,
     ),
-    ...colSums("LayerNormParamTerm", 2, N, C, 2 * act + 2 * N * F32, 0, 6 * N * C),
+    ...colSums(
+      "LayerNormParamTerm",
+      2,
+      N,
+      C,
+      2 * act + 2 * N * F32,
+      0,
+      6 * N * C,
+      acc(a, 1) + acc(a, 2),
+    ),
   ];
 };
 // rmsnorm_forward_kernel: N blocks x norm_threads(C); writes out and rstd [N]
@@ -444,13 +471,12 @@ const rmsnormForward: Cost = (a) => {
     ),
   ];
 };
-// rmsnorm_backward_kernel: N blocks; reads dout, inp, rstd, dinp (+=)
+// rmsnorm_backward_kernel: N blocks; reads dout, inp, rstd, dinp (when +=)
 const rmsnormBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C");
   const act = N * C * F32;
-  return [
-    launch("rmsnorm_backward_kernel", N, normThreads(C), 3 * act + N * F32, act, 7 * N * C),
-  ];
+  const read = (2 + acc(a, 0)) * act + N * F32;
+  return [launch("rmsnorm_backward_kernel", N, normThreads(C), read, act, 7 * N * C)];
 };
 
 // ---- elementwise (elementwise.cu) ---------------------------------------------------------------
@@ -463,46 +489,55 @@ const relu2Forward: Cost = (a) => {
 };
 const relu2Backward: Cost = (a) => {
   const n = need(a, "n");
-  return [elementwise("relu2_backward_kernel", n, 3 * n * F32, n * F32, 4)];
+  return [elementwise("relu2_backward_kernel", n, (2 + acc(a, 0)) * n * F32, n * F32, 4)];
 };
 const axpbyForward: Cost = (a) => {
   const n = need(a, "n");
   return [elementwise("axpby_forward_kernel", n, 2 * n * F32 + 2 * F32, n * F32, 3)];
 };
 // mn_axpby_backward:
-// - all four gradients: one pass, full_sums<2, AxpbyAllTerm> (accumulate): reads dout, x, y, dx,
-//   dy and the scalars a, b; writes dx, dy (dx += a g; dy += b g) and the partials of da, db. With
-//   dx == dy (x and y one tensor) it reads dx once and writes it once (AxpbyAllTerm<true>).
-// - otherwise axpby_backward_dxdy_kernel if dx or dy (each given one +=), then if da or db
+// - all four gradients: one pass, full_sums<2, AxpbyAllTerm>: reads dout, x, y, dx, dy (those
+//   added into) and the scalars a, b; writes dx, dy (dx += a g or = a g; dy likewise) and the
+//   partials of da, db. With dx == dy (x and y one tensor) it reads dx at most once and writes it
+//   once (AxpbyAllTerm<true>).
+// - otherwise axpby_backward_dxdy_kernel if dx or dy (each given one store), then if da or db
 //   full_sums<2, Dot2Term> (da and db: dout, x, y) or full_sums<1, DotTerm> (dout and x for da,
-//   or y for db), accumulating into da, db.
+//   or y for db), into da, db (read when added into).
 // x and y the same device address (one tensor): its one load per element counted once.
 const axpbyBackward: Cost = (a) => {
   const n = need(a, "n");
   const dx = has(a, "dx"), dy = has(a, "dy"), da = has(a, "da"), db = has(a, "db");
   const same = (p: string, q: string) => typeof a[p] === "number" && a[p] === a[q];
   const xy = same("x", "y") ? 1 : 2; // distinct x, y tensors read
+  const ax = dx ? acc(a, 0) : 0, ay = dy ? acc(a, 1) : 0;
+  const aa = da ? acc(a, 2) : 0, ab = db ? acc(a, 3) : 0;
   if (dx && dy && da && db) {
-    const grads = same("dx", "dy") ? 1 : 2;
+    const grads = same("dx", "dy") ? 1 : 2, gradsRead = same("dx", "dy") ? ax : ax + ay;
     return fullSums(
       "AxpbyAllTerm",
       2,
       n,
-      (1 + xy + grads) * n * F32 + 2 * F32, // dout, x, y, dx, dy; a, b
+      (1 + xy + gradsRead) * n * F32 + 2 * F32, // dout, x, y, dx, dy (+=); a, b
       grads * n * F32,
       8 * n,
-      true,
+      aa + ab,
     );
   }
   const out: Launch[] = [];
   if (dx || dy) {
-    const k = (dx ? 1 : 0) + (dy ? 1 : 0);
+    const k = (dx ? 1 : 0) + (dy ? 1 : 0), kr = ax + ay;
     out.push(
-      elementwise("axpby_backward_dxdy_kernel", n, (1 + k) * n * F32 + k * F32, k * n * F32, 2 * k),
+      elementwise(
+        "axpby_backward_dxdy_kernel",
+        n,
+        (1 + kr) * n * F32 + k * F32,
+        k * n * F32,
+        2 * k,
+      ),
     );
   }
-  if (da && db) out.push(...fullSums("Dot2Term", 2, n, (1 + xy) * n * F32, 0, 4 * n, true));
-  else if (da || db) out.push(...fullSums("DotTerm", 1, n, 2 * n * F32, 0, 2 * n, true));
+  if (da && db) out.push(...fullSums("Dot2Term", 2, n, (1 + xy) * n * F32, 0, 4 * n, aa + ab));
+  else if (da || db) out.push(...fullSums("DotTerm", 1, n, 2 * n * F32, 0, 2 * n, aa + ab));
   return out;
 };
 const add: Cost = (a) => {
@@ -524,7 +559,7 @@ const fill: Cost = (a) => {
 // mn_sum_squares: full_sums<1, SquareTerm> over x (out = sum, not accumulated)
 const sumSquares: Cost = (a) => {
   const n = need(a, "n");
-  return fullSums("SquareTerm", 1, n, n * F32, 0, 2 * n, false);
+  return fullSums("SquareTerm", 1, n, n * F32, 0, 2 * n, 0);
 };
 
 // ---- loss (crossentropy.cu) ---------------------------------------------------------------------
@@ -604,11 +639,11 @@ const unaryForward: Cost = (a) => {
     : [elementwise("unary_forward_kernel", n, n * F32, n * F32, UNARY_FWD[op] ?? 8)];
 };
 // unary_backward_kernel reads x and out wherever the pointer is non-NULL (not only when the op
-// needs them), dout, and dx (+=)
+// needs them), dout, and dx (when +=)
 const unaryBackward: Cost = (a) => {
   const n = need(a, "n"), op = need(a, "op");
   if (n <= 0) return [];
-  const inputs = 2 + (has(a, "x") ? 1 : 0) + (has(a, "out") ? 1 : 0);
+  const inputs = 1 + acc(a, 0) + (has(a, "x") ? 1 : 0) + (has(a, "out") ? 1 : 0);
   return [
     elementwise("unary_backward_kernel", n, inputs * n * F32, n * F32, UNARY_BWD[op] ?? 4),
   ];
@@ -617,24 +652,26 @@ const mulForward: Cost = (a) => {
   const n = need(a, "n");
   return n <= 0 ? [] : [elementwise("mul_forward_kernel", n, 2 * n * F32, n * F32, 1)];
 };
-// mul_backward_kernel: dout; dx += dout*y (reads y, dx); dy += dout*x (reads x, dy)
+// mul_backward_kernel: dout; dx += dout*y (reads y, and dx when +=); dy += dout*x likewise
 const mulBackward: Cost = (a) => {
   const n = need(a, "n");
-  const k = (has(a, "dx") ? 1 : 0) + (has(a, "dy") ? 1 : 0);
+  const dx = has(a, "dx"), dy = has(a, "dy");
+  const k = (dx ? 1 : 0) + (dy ? 1 : 0), kr = (dx ? acc(a, 0) : 0) + (dy ? acc(a, 1) : 0);
   if (n <= 0 || k === 0) return [];
-  return [elementwise("mul_backward_kernel", n, (1 + 2 * k) * n * F32, k * n * F32, 2 * k)];
+  return [elementwise("mul_backward_kernel", n, (1 + k + kr) * n * F32, k * n * F32, 2 * k)];
 };
 const lerpForward: Cost = (a) => {
   const n = need(a, "n");
   return n <= 0 ? [] : [elementwise("lerp_forward_kernel", n, 3 * n * F32, n * F32, 3)];
 };
-// lerp_backward_kernel: dout, g always; dx, dy: +=; dg: += and reads x, y
+// lerp_backward_kernel: dout, g always; dx, dy, dg (read when +=); dg also reads x, y
 const lerpBackward: Cost = (a) => {
   const n = need(a, "n");
   const dx = has(a, "dx"), dy = has(a, "dy"), dg = has(a, "dg");
   const k = (dx ? 1 : 0) + (dy ? 1 : 0) + (dg ? 1 : 0);
+  const kr = (dx ? acc(a, 0) : 0) + (dy ? acc(a, 1) : 0) + (dg ? acc(a, 2) : 0);
   if (n <= 0 || k === 0) return [];
-  const reads = 2 + k + (dg ? 2 : 0);
+  const reads = 2 + kr + (dg ? 2 : 0);
   return [elementwise("lerp_backward_kernel", n, reads * n * F32, k * n * F32, 3 * k)];
 };
 // row_vector_forward_kernel<false/true>: mn_blocks_for(N*C, 256) x 256; reads x and v [C]
@@ -645,24 +682,27 @@ function rowVectorForward(a: Record<string, number>): Launch[] {
 }
 // row_vector_backward (dx may be NULL; dv NULL only for mul):
 // - dv: col_sums<1, RowVecTerm<kMul, kDx>> over [N, C] (colSums): stage 1 reads dout, x (mul)
-//   and, with dx fused in (dx += dout * (mul ? v[c] : 1)), dx and v [C] (mul), writes dx; dv +=.
-// - dv NULL: row_vector_dx_kernel<kMul>: mn_blocks_for(N*C, 256) x 256; reads dout, dx, v [C];
-//   writes dx.
-function rowVectorBackward(N: number, C: number, mul: boolean, dx: boolean, dv: boolean) {
-  const act = N * C * F32;
-  if (!dv) return [elementwise("row_vector_dx_kernel", N * C, 2 * act + C * F32, act, 2)];
-  const read = act + (mul ? act : 0) + (dx ? act + (mul ? C * F32 : 0) : 0);
+//   and, with dx fused in (dx += or = dout * (mul ? v[c] : 1)), dx (when +=) and v [C] (mul),
+//   writes dx; dv += or =.
+// - dv NULL: row_vector_dx_kernel<kMul>: mn_blocks_for(N*C, 256) x 256; reads dout, dx (when +=),
+//   v [C]; writes dx.
+function rowVectorBackward(a: Record<string, number>, mul: boolean, dx: boolean, dv: boolean) {
+  const N = need(a, "N"), C = need(a, "C");
+  const act = N * C * F32, dxRead = acc(a, 0) * act;
+  if (!dv) {
+    return [elementwise("row_vector_dx_kernel", N * C, act + dxRead + C * F32, act, 2)];
+  }
+  const read = act + (mul ? act : 0) + (dx ? dxRead + (mul ? C * F32 : 0) : 0);
   const flops = N * C * ((dx ? 2 : 0) + (mul ? 2 : 1));
-  return colSums("RowVecTerm", 1, N, C, read, dx ? act : 0, flops);
+  return colSums("RowVecTerm", 1, N, C, read, dx ? act : 0, flops, acc(a, 1));
 }
 // mn_add_row_vector_backward: dv required, dx optional
-const addRowVectorBackward: Cost = (a) =>
-  rowVectorBackward(need(a, "N"), need(a, "C"), false, has(a, "dx"), true);
+const addRowVectorBackward: Cost = (a) => rowVectorBackward(a, false, has(a, "dx"), true);
 // mn_mul_row_vector_backward: no launch when dx and dv are both NULL
 const mulRowVectorBackward: Cost = (a) => {
   const dx = has(a, "dx"), dv = has(a, "dv");
   if (!dx && !dv) return [];
-  return rowVectorBackward(need(a, "N"), need(a, "C"), true, dx, dv);
+  return rowVectorBackward(a, true, dx, dv);
 };
 // time_shift_forward_kernel: mn_blocks_for(B*T*C, 256); reads x for t < T-1, writes all of out
 const timeShiftForward: Cost = (a) => {
@@ -670,11 +710,15 @@ const timeShiftForward: Cost = (a) => {
   const n = B * T * C;
   return [elementwise("time_shift_forward_kernel", n, B * (T - 1) * C * F32, n * F32, 1)];
 };
-// time_shift_backward_kernel: dx[t] += dout[t+1] for t < T-1 (dx, dout read; dx written there)
+// time_shift_backward_kernel: dx[t] += dout[t+1] for t < T-1 (dx, dout read; dx written there);
+// overwriting, dx[t] = dout[t+1] and the last step's dx = 0 (all of dx written, none read)
 const timeShiftBackward: Cost = (a) => {
   const B = need(a, "B"), T = need(a, "T"), C = need(a, "C");
   const moved = B * (T - 1) * C * F32;
-  return [elementwise("time_shift_backward_kernel", B * T * C, 2 * moved, moved, 1)];
+  const written = acc(a, 0) ? moved : B * T * C * F32;
+  return [
+    elementwise("time_shift_backward_kernel", B * T * C, (1 + acc(a, 0)) * moved, written, 1),
+  ];
 };
 // l2norm_forward_kernel: warp per row of D, mn_blocks_for(N, 8) x 256
 const l2normForward: Cost = (a) => {
@@ -683,11 +727,11 @@ const l2normForward: Cost = (a) => {
     launch("l2norm_forward_kernel", warpRowBlocks(N), 256, N * D * F32, N * D * F32, 3 * N * D),
   ];
 };
-// l2norm_backward_kernel: reads dx (+=), dout, x
+// l2norm_backward_kernel: reads dx (when +=), dout, x
 const l2normBackward: Cost = (a) => {
   const N = need(a, "N"), D = need(a, "D");
-  const act = N * D * F32;
-  return [launch("l2norm_backward_kernel", warpRowBlocks(N), 256, 3 * act, act, 8 * N * D)];
+  const act = N * D * F32, read = (2 + acc(a, 0)) * act;
+  return [launch("l2norm_backward_kernel", warpRowBlocks(N), 256, read, act, 8 * N * D)];
 };
 // groupnorm_forward_kernel: warp per (row, group), rows = N*G; writes out, mean, rstd [N, G]
 const groupnormForward: Cost = (a) => {
@@ -704,7 +748,7 @@ const groupnormForward: Cost = (a) => {
     ),
   ];
 };
-// groupnorm_backward: groupnorm_backward_dx_kernel (warp per (row, group); dx +=), then dweight,
+// groupnorm_backward: groupnorm_backward_dx_kernel (warp per (row, group); dx += or =), then dweight,
 // dbias by col_sums<2, GroupNormParamTerm> over [N, C = G*D] (colSums): stage 1 reads dout, x and
 // mean, rstd [N, G] (re-read by the column blocks of one group: L2); dweight, dbias +=.
 const groupnormBackward: Cost = (a) => {
@@ -715,11 +759,20 @@ const groupnormBackward: Cost = (a) => {
       "groupnorm_backward_dx_kernel",
       warpRowBlocks(rows),
       256,
-      3 * act + C * F32 + 2 * rows * F32, // dout, x, dx; weight; mean, rstd
+      (2 + acc(a, 0)) * act + C * F32 + 2 * rows * F32, // dout, x, dx (+=); weight; mean, rstd
       act,
       14 * rows * D,
     ),
-    ...colSums("GroupNormParamTerm", 2, N, C, 2 * act + 2 * rows * F32, 0, 6 * rows * D),
+    ...colSums(
+      "GroupNormParamTerm",
+      2,
+      N,
+      C,
+      2 * act + 2 * rows * F32,
+      0,
+      6 * rows * D,
+      acc(a, 1) + acc(a, 2),
+    ),
   ];
 };
 // bonus_forward_kernel: warp per (row, head), rows = N*H; reads r, k, v, u; writes out
@@ -737,7 +790,7 @@ const rwkv7BonusForward: Cost = (a) => {
     ),
   ];
 };
-// rwkv7_bonus_backward: bonus_backward_rkv_kernel (warp per (row, head); dr, dk, dv +=; writes
+// rwkv7_bonus_backward: bonus_backward_rkv_kernel (warp per (row, head); dr, dk, dv += or =; writes
 // ds = dout . v [N, H] to library scratch), then du by col_sums<1, BonusDuTerm> over [N, C = H*D]
 // (colSums): stage 1 reads ds, r, k again (a separate launch: counted again), du += sum ds r k.
 const rwkv7BonusBackward: Cost = (a) => {
@@ -748,11 +801,11 @@ const rwkv7BonusBackward: Cost = (a) => {
       "bonus_backward_rkv_kernel",
       warpRowBlocks(rows),
       256,
-      7 * act + H * D * F32, // dout, r, k, v; dr, dk, dv; u
+      (4 + acc(a, 0) + acc(a, 1) + acc(a, 2)) * act + H * D * F32, // dout, r, k, v; dr, dk, dv; u
       3 * act + rows * F32, // dr, dk, dv; ds
       14 * rows * D,
     ),
-    ...colSums("BonusDuTerm", 1, N, H * D, 2 * act + rows * F32, 0, 3 * rows * D),
+    ...colSums("BonusDuTerm", 1, N, H * D, 2 * act + rows * F32, 0, 3 * rows * D, acc(a, 3)),
   ];
 };
 
@@ -786,16 +839,21 @@ function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean
   ];
 }
 // wkv7_backward_kernel (backstepping): reads dy, sa (fp32), the 6 bf16 inputs, every checkpoint;
-// dr, dw, dk, dv, da, db +=. Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
+// dr, dw, dk, dv, da, db += or = (read only when +=; at N = 128 the flag is compile-time: a mixed
+// mask first zero-fills the overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
 // dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
 const wkv7Backward: Cost = (a) => {
   const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
+  const added = accCount(a, 6), mixed = N === 128 && added > 0 && added < 6;
+  const fills = mixed ? 6 - added : 0;
+  const fill = elementwise("ew_fill_kernel", elems, 0, elems * F32, 0);
   return [
+    ...Array.from({ length: fills }, () => fill),
     launch(
       "wkv7_backward_kernel",
       H * B,
       N * wkv7Lanes(N),
-      2 * elems * F32 + 6 * elems * BF16 + ckpt + 6 * elems * F32,
+      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? 6 : added) * elems * F32,
       6 * elems * F32,
       B * H * T * N * (32 * N + 3 * EXP),
       0,
@@ -823,7 +881,7 @@ function wkv7gBackward(a: Record<string, number>, inBytes: number): Launch[] {
       "wkv7g_backward_kernel",
       H * B,
       N * wkv7Lanes(N),
-      elems * F32 + 6 * elems * inBytes + ckptRead + wsRead + 6 * elems * F32,
+      elems * F32 + 6 * elems * inBytes + ckptRead + wsRead + accCount(a, 6) * elems * F32,
       6 * elems * F32 + wsWrite,
       B * H * T * N * (7 * N + 30 * N + 4 * EXP),
       0,
@@ -893,7 +951,7 @@ function attentionBackward(a: Record<string, number>, inBytes: number): Launch[]
       "attention_backward_dkv_kernel",
       grid,
       256,
-      qkv + act + 2 * vec + 2 * act, // q, k, v; dout; lse, Delta; dk, dv (+=)
+      qkv + act + 2 * vec + (acc(a, 1) + acc(a, 2)) * act, // q, k, v; dout; lse, Delta; dk, dv (+=)
       2 * act,
       s.B * s.H * p.dkv * 32 * 32 * (8 * s.D + EXP + 4),
       0,
@@ -903,7 +961,7 @@ function attentionBackward(a: Record<string, number>, inBytes: number): Launch[]
       "attention_backward_dq_kernel",
       grid,
       256,
-      qkv + act + 2 * vec + act, // q, k, v; dout; lse, Delta; dq (+=)
+      qkv + act + 2 * vec + acc(a, 0) * act, // q, k, v; dout; lse, Delta; dq (+=)
       act,
       s.B * s.H * p.dq * 32 * 32 * (6 * s.D + EXP + 4),
       0,
@@ -935,18 +993,24 @@ function wkv6Forward(a: Record<string, number>, inBytes: number): Launch[] {
     ),
   ];
 }
-// wkv6_backward: wkv6_backward_scan_kernel (forward scan: dr +=, c_t -> ws, du partials -> ws),
-// wkv6_backward_dkdw_kernel (reverse: reads c_t; dk, dw +=), wkv6_backward_dv_kernel (reverse:
-// dv +=), wkv6_du_reduce_kernel (grid (H), block N: sums the B partials in order; du +=).
+// wkv6_backward: wkv6_backward_scan_kernel (forward scan: dr, c_t -> ws, du partials -> ws),
+// wkv6_backward_dkdw_kernel (reverse: reads c_t; dk, dw), wkv6_backward_dv_kernel (reverse:
+// dv), wkv6_du_reduce_kernel (grid (H), block N: sums the B partials in order; du). Each gradient
+// += (read) or = by its bit of accumulate.
 function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
   const { B, T, H, N, elems, u } = wkv6Shape(a);
   const act = elems * F32, part = B * H * N * F32, steps = B * H * T * N;
+  // at N = 128 dk, dw (bits 1, 3) share one compile-time flag: when they differ the overwritten
+  // one is zero-filled first and both are added into
+  const mixed = N === 128 && acc(a, 1) !== acc(a, 3);
+  const dkdwRead = mixed ? 2 : acc(a, 1) + acc(a, 3);
   return [
+    ...(mixed ? [elementwise("ew_fill_kernel", elems, 0, act, 0)] : []),
     launch(
       "wkv6_backward_scan_kernel",
       H * B,
       N,
-      act + 4 * elems * inBytes + u + act, // dy; r, k, v, w; u; dr
+      act + 4 * elems * inBytes + u + acc(a, 0) * act, // dy; r, k, v, w; u; dr
       act + act + part, // dr; c_t; du partials
       steps * (7 * N + 2 * EXP),
       0,
@@ -956,7 +1020,7 @@ function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
       "wkv6_backward_dkdw_kernel",
       H * B,
       N,
-      act + act + 4 * elems * inBytes + u + 2 * act, // c_t; dy; r, k, v, w; u; dk, dw
+      act + act + 4 * elems * inBytes + u + dkdwRead * act, // c_t; dy; r, k, v, w; u; dk, dw
       2 * act,
       steps * (7 * N + 3 * EXP),
       0,
@@ -966,19 +1030,19 @@ function wkv6Backward(a: Record<string, number>, inBytes: number): Launch[] {
       "wkv6_backward_dv_kernel",
       H * B,
       N,
-      act + 3 * elems * inBytes + u + act, // dy; r, k, w; u; dv
+      act + 3 * elems * inBytes + u + acc(a, 2) * act, // dy; r, k, w; u; dv
       act,
       steps * (6 * N + 2 * EXP),
       0,
       T,
     ),
-    launch("wkv6_du_reduce_kernel", H, N, part + u, u, B * H * N, 0, B),
+    launch("wkv6_du_reduce_kernel", H, N, part + acc(a, 4) * u, u, B * H * N, 0, B),
   ];
 }
 
 // ---- rotary (rotary.cu) -------------------------------------------------------------------------
 // rotary_kernel<false/true>: one thread per (row, i < D/2) pair, mn_blocks_for(B*T*H*D/2, 256);
-// cos/sin recomputed per pair (powf, cosf, sinf: ~3 EXP). Backward accumulates (dx +=).
+// cos/sin recomputed per pair (powf, cosf, sinf: ~3 EXP). Backward: dx += (read) or = (not).
 function rotary(a: Record<string, number>, backward: boolean): Launch[] {
   const B = need(a, "B"), T = need(a, "T"), H = need(a, "H"), D = need(a, "D");
   const pairs = B * T * H * Math.floor(D / 2);
@@ -988,7 +1052,7 @@ function rotary(a: Record<string, number>, backward: boolean): Launch[] {
       "rotary_kernel",
       blocksFor(pairs, 256),
       256,
-      backward ? 2 * act : act,
+      backward ? (1 + acc(a, 0)) * act : act,
       act,
       pairs * (3 * EXP + 6),
     ),
@@ -1053,7 +1117,7 @@ const wkv7WindBackward: Cost = (a) => {
       "wind_backward_kernel",
       H * B,
       2 * N,
-      6 * elems * BF16 + 2 * elems * F32 + ckptRead + 6 * elems * F32, // inputs; sa, dy; grads +=
+      6 * elems * BF16 + 2 * elems * F32 + ckptRead + accCount(a, 6) * elems * F32, // + grads +=
       6 * elems * F32,
       chunks * (2 * N * N + 3000 * N),
       chunks * (256 * N * N + 9728 * N),
@@ -1065,7 +1129,8 @@ const wkv7WindBackward: Cost = (a) => {
 // ---- WKV-6 chunked (wkv6_chunked.cu) ------------------------------------------------------------
 // NC = ceil(T/16) chunks. wkv6c_state_kernel / wkv6c_dstate_kernel: grid (H, B), block N, chunks
 // in order (NC serial steps); wkv6c_output_kernel / wkv6c_grads_kernel: grid (NC, H, B), block N;
-// wkv6c_du_kernel: grid (H), block N, B*NC partials in order. CUDA-core FLOPs are estimates.
+// du: col_sums<1, Wkv6cDuTerm> over the [B*NC, H*N] partials (colSums). CUDA-core FLOPs are
+// estimates.
 function wkv6cShape(a: Record<string, number>) {
   const s = wkv6Shape(a);
   const NC = cdiv(s.T, 16);
@@ -1103,8 +1168,8 @@ const wkv6ChunkedForward: Cost = (a) => {
 };
 // mn_wkv6_chunked_backward: wkv6c_dstate_kernel (reads dy, r, w of chunks > 0, writes all NC
 // state-gradient checkpoints into ws), wkv6c_grads_kernel (reads dy, r, k, v, w, u, s_ckpt of
-// chunks > 0 and ds_ckpt of chunks < NC-1; dr, dk, dv, dw +=; writes the du partials into ws),
-// wkv6c_du_kernel (du +=).
+// chunks > 0 and ds_ckpt of chunks < NC-1; dr, dk, dv, dw += or =; writes the du partials into
+// ws), then du by the column sums of the B*NC partial rows (du += or =).
 const wkv6ChunkedBackward: Cost = (a) => {
   const { B, T, H, N, NC, ckpt, u, elems } = wkv6cShape(a);
   const scanned = B * (T - Math.min(16, T)) * H * N; // chunks 1 .. NC-1
@@ -1125,11 +1190,12 @@ const wkv6ChunkedBackward: Cost = (a) => {
       "wkv6c_grads_kernel",
       NC * H * B,
       N,
-      act + 4 * elems * BF16 + u + 2 * ckpt * (NC - 1) / NC + 4 * act, // dy; r,k,v,w; u; S0, Gc;
-      4 * act + part, //                                                  dr, dk, dv, dw +=
+      // dy; r, k, v, w; u; S0, Gc; dr, dk, dv, dw (+=)
+      act + 4 * elems * BF16 + u + 2 * ckpt * (NC - 1) / NC + accCount(a, 4) * act,
+      4 * act + part,
       B * H * NC * (pair + N * (96 * N + 12000)),
     ),
-    launch("wkv6c_du_kernel", H, N, part + u, u, B * H * NC * N, 0, B * NC),
+    ...colSums("Wkv6cDuTerm", 1, B * NC, H * N, part, 0, B * H * NC * N, acc(a, 4)),
   ];
 };
 
@@ -1172,7 +1238,7 @@ const attentionTcBackward: Cost = (a) => {
       "attention_tc_backward_dkv_kernel",
       grid,
       128,
-      qkv + act + 2 * vec + 2 * act, // q, k, v; dout; lse, Delta; dk, dv (+=)
+      qkv + act + 2 * vec + (acc(a, 1) + acc(a, 2)) * act, // q, k, v; dout; lse, Delta; dk, dv
       2 * act,
       pairs * 256 * (EXP + 4),
       pairs * 4 * mm,
@@ -1182,7 +1248,7 @@ const attentionTcBackward: Cost = (a) => {
       "attention_tc_backward_dq_kernel",
       grid,
       128,
-      qkv + act + 2 * vec + act, // q, k, v; dout; lse, Delta; dq (+=)
+      qkv + act + 2 * vec + acc(a, 0) * act, // q, k, v; dout; lse, Delta; dq (+=)
       act,
       pairs * 256 * (EXP + 4),
       pairs * 3 * mm,

@@ -57,6 +57,7 @@ const SMALL: Record<string, number> = {
   softcap: 30,
   dloss: 1,
   value: 0,
+  accumulate: -1,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {
@@ -456,4 +457,26 @@ Deno.test("cost model: mn_softcap_crossentropy, 8192 rows of V = 50304", () => {
   // without dlogits: one pass (1,648,361,472 + 65,536 read), only the losses written
   const [f] = callLaunches("mn_softcap_crossentropy", { ...a, dlogits: 0 });
   assert.deepEqual([f.bytesRead, f.bytesWritten], [1648427008, 32768]);
+});
+
+Deno.test("cost model: an overwritten gradient (its accumulate bit clear) is written, not read", () => {
+  const n = 1 << 20, act = 4 * n;
+  const bytes = (fn: string, a: Record<string, number>) =>
+    callLaunches(fn, a).reduce((s, l) => [s[0] + l.bytesRead, s[1] + l.bytesWritten], [0, 0]);
+  // mul_backward: dout, x, y always; dx, dy read only when added into
+  assert.deepEqual(bytes("mn_mul_backward", { n, accumulate: -1 }), [5 * act, 2 * act]);
+  assert.deepEqual(bytes("mn_mul_backward", { n, accumulate: 0 }), [3 * act, 2 * act]);
+  assert.deepEqual(bytes("mn_mul_backward", { n, accumulate: 0b10 }), [4 * act, 2 * act]);
+  // time_shift_backward overwriting also writes the last step's zeros (B*T*C in all)
+  const ts = { B: 2, T: 4, C: 8 };
+  assert.deepEqual(bytes("mn_time_shift_backward", { ...ts, accumulate: 0 }), [192, 256]);
+  assert.deepEqual(bytes("mn_time_shift_backward", { ...ts, accumulate: 1 }), [384, 192]);
+  // embedding_backward overwriting zero-fills all of dwte first
+  const emb = callLaunches("mn_embedding_backward", { N: 64, C: 32, V: 100, accumulate: 0 });
+  assert.deepEqual([emb[0].kernel, emb[0].bytesWritten], ["ew_fill_kernel", 100 * 32 * 4]);
+  // the chunked WKV-6 du: column sums over B*NC partial rows, a full grid at the record shape
+  const w = callLaunches("mn_wkv6_chunked_backward", { B: 32, T: 1024, H: 12, N: 64 });
+  const du = w.filter((l) => l.kernel.startsWith("col_sums_kernel"));
+  assert.equal(du.length, 2);
+  assert.ok(du[0].blocks >= 132, `du stage 1: ${du[0].blocks} blocks`);
 });

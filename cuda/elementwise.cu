@@ -24,8 +24,9 @@ __global__ void relu2_forward_kernel(float* out, const float* inp, int64_t n) {
   EW_GRID_STRIDE(i, n) out[i] = relu2_fwd(inp[i]);
 }
 
-__global__ void relu2_backward_kernel(float* dinp, const float* dout, const float* inp, int64_t n) {
-  EW_GRID_STRIDE(i, n) dinp[i] += relu2_grad(inp[i], dout[i]);
+__global__ void relu2_backward_kernel(float* dinp, const float* dout, const float* inp, int64_t n,
+                                      int acc) {
+  EW_GRID_STRIDE(i, n) MN_GRAD_STORE(dinp[i], relu2_grad(inp[i], dout[i]), acc);
 }
 
 __global__ void axpby_forward_kernel(float* out, const float* x, const float* y, const float* a,
@@ -38,13 +39,15 @@ __global__ void axpby_forward_kernel(float* out, const float* x, const float* y,
 // fused pass with the scalar gradients, so both round the same way.
 __host__ __device__ inline float axpby_dx(float a, float dout) { return a * dout; }
 
+// dx == dy: the two stores run in order in one thread, so dy's bit decides whether dx's term stays.
 __global__ void axpby_backward_dxdy_kernel(float* dx, float* dy, const float* dout, const float* a,
-                                           const float* b, int64_t n) {
+                                           const float* b, int64_t n, int acc) {
   const float av = dx ? a[0] : 0.0f, bv = dy ? b[0] : 0.0f;
+  const int ax = MN_ACC_BIT(acc, 0), ay = MN_ACC_BIT(acc, 1);
   EW_GRID_STRIDE(i, n) {
     float g = dout[i];
-    if (dx) dx[i] += axpby_dx(av, g);
-    if (dy) dy[i] += axpby_dx(bv, g);
+    if (dx) MN_GRAD_STORE(dx[i], axpby_dx(av, g), ax);
+    if (dy) MN_GRAD_STORE(dy[i], axpby_dx(bv, g), ay);
   }
 }
 
@@ -80,7 +83,9 @@ struct Dot2Term {  // sum(dout * x) and sum(dout * y) with one read of dout: da 
 // All four gradients in one pass over dout (the model's case: the blocks' lambdas): dx, dy
 // elementwise, da, db summed. Each element is read and written by one thread (in-place safe).
 // kSame: dx == dy (x and y are one tensor, as in the first block where x is x0): the element gets
-// both contributions in the order of the unfused kernel, (dx + a g) + b g, with one store.
+// both contributions in the order of the unfused kernel, (dx + a g) + b g, with one store (dx's bit
+// clear: a g + b g; dy's bit clear: b g alone, as the unfused kernel's second store).
+// ax, ay: the dx, dy bits of `accumulate`; an overwritten gradient is not loaded.
 template <bool kSame>
 struct AxpbyAllTerm {
   float* dx;
@@ -91,6 +96,7 @@ struct AxpbyAllTerm {
   const float* a;
   const float* b;
   float av, bv;
+  int ax, ay;
   struct Load {
     float g, x, y, dx, dy;
   };
@@ -99,15 +105,15 @@ struct AxpbyAllTerm {
     bv = b[0];
   }
   __device__ Load load(int64_t i) const {
-    return Load{dout[i], x[i], y[i], dx[i], kSame ? 0.0f : dy[i]};
+    return Load{dout[i], x[i], y[i], ax ? dx[i] : 0.0f, (kSame || !ay) ? 0.0f : dy[i]};
   }
   __device__ void use(int64_t i, const Load& l, float* acc) const {
-    const float tx = l.dx + axpby_dx(av, l.g);
+    const float tx = ax ? l.dx + axpby_dx(av, l.g) : axpby_dx(av, l.g);
     if (kSame) {
-      dx[i] = tx + axpby_dx(bv, l.g);
+      dx[i] = ay ? tx + axpby_dx(bv, l.g) : axpby_dx(bv, l.g);
     } else {
       dx[i] = tx;
-      dy[i] = l.dy + axpby_dx(bv, l.g);
+      dy[i] = ay ? l.dy + axpby_dx(bv, l.g) : axpby_dx(bv, l.g);
     }
     acc[0] += dot_term(l.g, l.x);
     acc[1] += dot_term(l.g, l.y);
@@ -152,11 +158,13 @@ MN_API int mn_relu2_forward(float* out, float* inp, int64_t n, void* stream) {
   return EW_LAUNCH(fn, relu2_forward_kernel, n, out, (const float*)inp, n);
 }
 
-MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, void* stream) {
+MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, int accumulate,
+                             void* stream) {
   const char* fn = "relu2_backward";
   EW_REQUIRE_PTRS(fn, dinp && dout && inp);
   EW_REQUIRE_N(fn, n);
-  return EW_LAUNCH(fn, relu2_backward_kernel, n, dinp, (const float*)dout, (const float*)inp, n);
+  return EW_LAUNCH(fn, relu2_backward_kernel, n, dinp, (const float*)dout, (const float*)inp, n,
+                   MN_ACC_BIT(accumulate, 0));
 }
 
 MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, int64_t n,
@@ -169,7 +177,8 @@ MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, 
 }
 
 MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* dout, float* x,
-                             float* y, float* a, float* b, int64_t n, void* stream) {
+                             float* y, float* a, float* b, int64_t n, int accumulate,
+                             void* stream) {
   const char* fn = "axpby_backward";
   EW_REQUIRE_PTRS(fn, dout);
   MN_REQUIRE(!dx || a, "%s: dx given but a is NULL", fn);
@@ -183,23 +192,26 @@ MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* 
       return rc;
   }
   const char* name = "axpby_backward_dadb";
+  const int ax = MN_ACC_BIT(accumulate, 0), ay = MN_ACC_BIT(accumulate, 1);
+  const int aa = MN_ACC_BIT(accumulate, 2), ab = MN_ACC_BIT(accumulate, 3);
+  const int ada = aa | ab << 1;  // full_sums's mask: bit k for its out_k
   if (dx && dy && da && db && dx == dy)
-    return mn_reduce::full_sums<2>("axpby_backward_fused",
-                                   AxpbyAllTerm<true>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
-                                   db, n, 1, part, stream);
+    return mn_reduce::full_sums<2>(
+        "axpby_backward_fused", AxpbyAllTerm<true>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f, ax, ay},
+        da, db, n, ada, part, stream);
   if (dx && dy && da && db)
-    return mn_reduce::full_sums<2>("axpby_backward_fused",
-                                   AxpbyAllTerm<false>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f}, da,
-                                   db, n, 1, part, stream);
+    return mn_reduce::full_sums<2>(
+        "axpby_backward_fused", AxpbyAllTerm<false>{dx, dy, dout, x, y, a, b, 0.0f, 0.0f, ax, ay},
+        da, db, n, ada, part, stream);
   if (dx || dy) {
     int rc = EW_LAUNCH("axpby_backward_dxdy", axpby_backward_dxdy_kernel, n, dx, dy,
-                       (const float*)dout, (const float*)a, (const float*)b, n);
+                       (const float*)dout, (const float*)a, (const float*)b, n, ax | ay << 1);
     if (rc) return rc;
   }
   if (da && db)
-    return mn_reduce::full_sums<2>(name, Dot2Term{dout, x, y}, da, db, n, 1, part, stream);
-  if (da) return mn_reduce::full_sums<1>(name, DotTerm{dout, x}, da, nullptr, n, 1, part, stream);
-  if (db) return mn_reduce::full_sums<1>(name, DotTerm{dout, y}, db, nullptr, n, 1, part, stream);
+    return mn_reduce::full_sums<2>(name, Dot2Term{dout, x, y}, da, db, n, ada, part, stream);
+  if (da) return mn_reduce::full_sums<1>(name, DotTerm{dout, x}, da, nullptr, n, aa, part, stream);
+  if (db) return mn_reduce::full_sums<1>(name, DotTerm{dout, y}, db, nullptr, n, ab, part, stream);
   return 0;
 }
 

@@ -66,8 +66,8 @@ checkKernel({
     return withTensors(be, { x: { data: x, shape: [n] }, dout: { data: dout, shape: [n] } }, {
       dinp: { shape: [n], init },
     }, (t) => {
-      be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, be.stream);
-      be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, be.stream);
+      be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, -1, be.stream);
+      be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, -1, be.stream);
     });
   },
 });
@@ -145,6 +145,7 @@ checkKernel({
             t.a.ptr,
             t.b.ptr,
             t.x.n,
+            -1,
             be.stream,
           );
         }
@@ -248,7 +249,7 @@ Deno.test("relu2: cpu matches float64 forward and finite-difference gradient (ac
     dinp: { shape: [n], init },
   }, (t) => {
     be.k.mn_relu2_forward(t.out.ptr, t.x.ptr, t.x.n, be.stream);
-    be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, be.stream);
+    be.k.mn_relu2_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.x.n, -1, be.stream);
   });
   compare("forward", r.out, relu2(f64(x)), TOL_F32);
   compare("dinp", sub(r.dinp, init), numericalGrad(relu2, f64(x), dout), TOL_GRAD);
@@ -258,7 +259,7 @@ Deno.test("relu2: cpu matches float64 forward and finite-difference gradient (ac
     d: { data: new Float32Array([5, 5]), shape: [2] },
   }, {
     dinp: { shape: [2], init: new Float32Array([1, 1]) },
-  }, (t) => be.k.mn_relu2_backward(t.dinp.ptr, t.d.ptr, t.x.ptr, 2n, be.stream));
+  }, (t) => be.k.mn_relu2_backward(t.dinp.ptr, t.d.ptr, t.x.ptr, 2n, -1, be.stream));
   compare("kink", z.dinp, [1, 1], EXACT);
 });
 
@@ -296,6 +297,7 @@ Deno.test("axpby: cpu matches float64 forward and finite-difference gradients (a
       t.a.ptr,
       t.b.ptr,
       t.x.n,
+      -1,
       be.stream,
     );
   });
@@ -358,9 +360,12 @@ Deno.test("elementwise: NULL pointers and non-positive sizes are clear errors", 
           () => k.mn_relu2_forward(a.ptr, b.ptr, 0n, st),
           /mn_relu2_forward .*relu2_forward: n = 0 must be > 0/,
         ],
-        [() => k.mn_relu2_backward(a.ptr, b.ptr, null, 4n, st), /mn_relu2_backward .*NULL pointer/],
         [
-          () => k.mn_relu2_backward(a.ptr, b.ptr, b.ptr, -2n, st),
+          () => k.mn_relu2_backward(a.ptr, b.ptr, null, 4n, -1, st),
+          /mn_relu2_backward .*NULL pointer/,
+        ],
+        [
+          () => k.mn_relu2_backward(a.ptr, b.ptr, b.ptr, -2n, -1, st),
           /mn_relu2_backward .*n = -2 must be > 0/,
         ],
         [
@@ -373,27 +378,92 @@ Deno.test("elementwise: NULL pointers and non-positive sizes are clear errors", 
         ],
         [
           () =>
-            k.mn_axpby_backward(a.ptr, null, null, null, null, a.ptr, b.ptr, s.ptr, s.ptr, 4n, st),
+            k.mn_axpby_backward(
+              a.ptr,
+              null,
+              null,
+              null,
+              null,
+              a.ptr,
+              b.ptr,
+              s.ptr,
+              s.ptr,
+              4n,
+              -1,
+              st,
+            ),
           /mn_axpby_backward .*NULL pointer/,
         ],
         [
           () =>
-            k.mn_axpby_backward(a.ptr, null, null, null, b.ptr, a.ptr, b.ptr, null, s.ptr, 4n, st),
+            k.mn_axpby_backward(
+              a.ptr,
+              null,
+              null,
+              null,
+              b.ptr,
+              a.ptr,
+              b.ptr,
+              null,
+              s.ptr,
+              4n,
+              -1,
+              st,
+            ),
           /mn_axpby_backward .*dx given but a is NULL/,
         ],
         [
           () =>
-            k.mn_axpby_backward(null, a.ptr, null, null, b.ptr, a.ptr, b.ptr, s.ptr, null, 4n, st),
+            k.mn_axpby_backward(
+              null,
+              a.ptr,
+              null,
+              null,
+              b.ptr,
+              a.ptr,
+              b.ptr,
+              s.ptr,
+              null,
+              4n,
+              -1,
+              st,
+            ),
           /dy given but b is NULL/,
         ],
         [
           () =>
-            k.mn_axpby_backward(null, null, s.ptr, null, b.ptr, null, b.ptr, s.ptr, s.ptr, 4n, st),
+            k.mn_axpby_backward(
+              null,
+              null,
+              s.ptr,
+              null,
+              b.ptr,
+              null,
+              b.ptr,
+              s.ptr,
+              s.ptr,
+              4n,
+              -1,
+              st,
+            ),
           /da given but x is NULL/,
         ],
         [
           () =>
-            k.mn_axpby_backward(null, null, null, s.ptr, b.ptr, a.ptr, null, s.ptr, s.ptr, 4n, st),
+            k.mn_axpby_backward(
+              null,
+              null,
+              null,
+              s.ptr,
+              b.ptr,
+              a.ptr,
+              null,
+              s.ptr,
+              s.ptr,
+              4n,
+              -1,
+              st,
+            ),
           /db given but y is NULL/,
         ],
         [
@@ -409,6 +479,7 @@ Deno.test("elementwise: NULL pointers and non-positive sizes are clear errors", 
               s.ptr,
               s.ptr,
               -1n,
+              -1,
               st,
             ),
           /mn_axpby_backward .*n = -1/,
@@ -426,7 +497,7 @@ Deno.test("elementwise: NULL pointers and non-positive sizes are clear errors", 
       ];
       for (const [fn, re] of cases) assert.throws(fn, re, `${name}: ${re}`);
       // all four gradients NULL is a valid no-op
-      k.mn_axpby_backward(null, null, null, null, b.ptr, null, null, null, null, 4n, st);
+      k.mn_axpby_backward(null, null, null, null, b.ptr, null, null, null, null, 4n, -1, st);
     } finally {
       for (const t of [a, b, s]) be.free(t);
     }
@@ -464,6 +535,7 @@ Deno.test({
           t.ab.ptr,
           b,
           t.x.n,
+          -1,
           be.stream,
         );
         be.sync();

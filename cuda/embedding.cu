@@ -260,11 +260,16 @@ MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int
 }
 
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
-                                 void* stream) {
+                                 int accumulate, void* stream) {
   if (int rc = embedding_check("embedding_backward", dwte, idx, dout, N, C, V)) return rc;
   MN_REQUIRE(V < 2147483647, "embedding_backward: V = %d is too large", V);
   MN_REQUIRE(C <= 65535 * 32, "embedding_backward: C = %d is too large (at most %d)", C,
              65535 * 32);
+  // Rows of ids that do not occur get no segment, so overwriting means zeroing all of dwte first
+  // (dwte is a parameter gradient: in training it always accumulates).
+  if (!MN_ACC_BIT(accumulate, 0)) {
+    if (int rc = mn_fill(dwte, 0.0f, (int64_t)V * C, stream)) return rc;
+  }
   const int tiles = (int)(((int64_t)N + kSortTile - 1) / kSortTile);
   int bits = 0;
   while (bits < 31 && (V >> bits) != 0) bits++;  // keys lie in [0, V]

@@ -80,8 +80,8 @@ checkKernel({
         dwte: { shape: [V, C], init },
       },
       (t) => {
-        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, be.stream);
-        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, be.stream);
+        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, -1, be.stream);
+        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, -1, be.stream);
       },
     );
   },
@@ -113,7 +113,7 @@ Deno.test("embedding: cpu forward is the gather; backward matches float64 finite
       { out: { shape: [N, C] }, dwte: { shape: [V, C], init } },
       (t) => {
         be.k.mn_embedding_forward(t.out.ptr, t.idx.ptr, t.wte.ptr, N, C, V, be.stream);
-        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, be.stream);
+        be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, -1, be.stream);
       },
     );
     compare("forward vs float64", r.out, gather64(f64(wte), idx, C), EXACT);
@@ -156,7 +156,7 @@ Deno.test("embedding: NULL pointers, bad shapes and (cpu) bad ids are clear erro
       );
       expectError(
         be,
-        () => be.k.mn_embedding_backward(w.ptr, null, a.ptr, 2, 3, 3, be.stream),
+        () => be.k.mn_embedding_backward(w.ptr, null, a.ptr, 2, 3, 3, -1, be.stream),
         /mn_embedding_backward .*embedding_backward: NULL pointer/,
       );
       expectError(
@@ -166,7 +166,7 @@ Deno.test("embedding: NULL pointers, bad shapes and (cpu) bad ids are clear erro
       );
       expectError(
         be,
-        () => be.k.mn_embedding_backward(w.ptr, idx.ptr, a.ptr, 2, -1, 3, be.stream),
+        () => be.k.mn_embedding_backward(w.ptr, idx.ptr, a.ptr, 2, -1, 3, -1, be.stream),
         /mn_embedding_backward .*bad shape N = 2, C = -1/,
       );
       expectError(
@@ -183,7 +183,7 @@ Deno.test("embedding: NULL pointers, bad shapes and (cpu) bad ids are clear erro
         );
         expectError(
           be,
-          () => be.k.mn_embedding_backward(w.ptr, idx.ptr, a.ptr, 2, 3, 2, be.stream),
+          () => be.k.mn_embedding_backward(w.ptr, idx.ptr, a.ptr, 2, 3, 2, -1, be.stream),
           /embedding_backward: idx\[1\] = 2 is outside \[0, 2\)/,
         );
       }
@@ -208,7 +208,7 @@ Deno.test("embedding: emu stays in bounds on a bad id (NaN row forward, dropped 
     { out: { shape: [4, 2] }, dwte: { shape: [2, 2], init: new Float32Array(4) } },
     (t) => {
       be.k.mn_embedding_forward(t.out.ptr, t.idx.ptr, t.wte.ptr, 4, 2, 2, be.stream);
-      be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, 4, 2, 2, be.stream);
+      be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, 4, 2, 2, -1, be.stream);
     },
   );
   compare("forward", r.out, [3, 4, NaN, NaN, NaN, NaN, 1, 2], EXACT);
@@ -256,7 +256,7 @@ for (const name of VARIANT ? [] : ["cpu", "emu", "cuda"] as const) {
               dwte: { shape: [V, C], init },
             },
             (t) =>
-              be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, be.stream),
+              be.k.mn_embedding_backward(t.dwte.ptr, t.idx.ptr, t.dout.ptr, N, C, V, -1, be.stream),
           )
             .dwte;
         const got = run();

@@ -12,8 +12,17 @@
  * - Tensors are dense row-major. Shapes in comments: [N, C] means N rows of C elements.
  * - mn_bf16 is the bit pattern of a bfloat16 (same as __nv_bfloat16 / torch.bfloat16).
  * - Element counts are int64_t `n`; byte counts are int64_t `bytes`. Never mix them.
- * - BACKWARD KERNELS ACCUMULATE: every gradient output is `+=`, never `=`, so that a tensor used
- *   twice and gradient accumulation over micro-steps both just work. Zero grads before a step.
+ * - BACKWARD `accumulate`: every backward entry point takes `int accumulate` just before `stream`,
+ *   a bitmask over its gradient outputs (the `d...` pointers, parameter gradients included) in
+ *   signature order: bit i set = the i-th is added into (`+=`, the old behaviour: a tensor used
+ *   twice, parameter gradients over micro-steps); bit clear = it is overwritten WITHOUT being read
+ *   (its old contents may be garbage or NaN; kernels store `acc ? old + v : v`, never `old*0 + v`).
+ *   -1 accumulates everything. An overwritten output gets every element written, including the
+ *   ones whose gradient is 0 (time_shift's last step; embedding_backward zero-fills dwte first).
+ *   Bits of NULL outputs are ignored. Two outputs that alias (e.g. axpby's dx == dy): the first's
+ *   bit decides, the later one's must be set (its contribution is added to the first's).
+ *   The autograd tape (cuda/autograd.ts) overwrites an activation gradient on its first write, so
+ *   no gradient buffer is zero-filled before backward.
  * - Reductions are deterministic (no float atomics): same inputs, same bits, every run. Sums over
  *   rows or elements (the parameter gradients dv/dweight/dbias/du, axpby's da/db, sum_squares) run
  *   over a full grid in two stages (cuda/reduce.cuh): blocks over row tiles (or element chunks)
@@ -109,34 +118,36 @@ MN_API int mn_transpose(float* out, float* x, int R, int C, void* stream);
 MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int C, int V,
                                 void* stream);
 /* dwte[idx[i], :] += dout[i, :], deterministic: every element is the fp32 running sum over i in
- * increasing order, bit for bit on every backend. cuda/emu: a stable radix sort of the ids, then
+ * increasing order, bit for bit on every backend. Bit 0 of accumulate clear: dwte is zeroed first
+ * (rows no id selects get no term). cuda/emu: a stable radix sort of the ids, then
  * one warp per (id, 32 columns) (library scratch: 5 N + 16 ceil(N / 1024) + 2 ints). */
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
-                                 void* stream);
+                                 int accumulate, void* stream);
 
 /* ---- norms (norm.cu): rows of C elements, fp32 statistics ---------------------------------- */
 /* LayerNorm with weight and bias [C]; mean, rstd [N] saved for backward */
 MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
                                 float* bias, int N, int C, float eps, void* stream);
-MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
-                                 float* inp, float* weight, float* mean, float* rstd, int N, int C,
-                                 void* stream);
+MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
+                                 float* weight, float* mean, float* rstd, int N, int C,
+                                 int accumulate, void* stream);
 /* RMSNorm without weight, as F.rms_norm(x, (C,), eps): out = x * rsqrt(mean(x^2) + eps) */
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps,
                               void* stream);
 MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd, int N, int C,
-                               void* stream);
+                               int accumulate, void* stream);
 
 /* ---- elementwise (elementwise.cu) ---------------------------------------------------------- */
 MN_API int mn_relu2_forward(float* out, float* inp, int64_t n, void* stream); /* relu(x)^2 */
-MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, void* stream);
+MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, int accumulate,
+                             void* stream);
 /* out = a[0]*x + b[0]*y with a, b scalars in device memory (the blocks' learned lambdas) */
 MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, int64_t n,
                             void* stream);
 /* dx += a*dout; dy += b*dout; da += sum(dout*x); db += sum(dout*y). dx/dy/da/db may be NULL;
  * dx may be dy and da may be db (x, y one tensor; a, b one scalar): both contributions added. */
 MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* dout, float* x,
-                             float* y, float* a, float* b, int64_t n, void* stream);
+                             float* y, float* a, float* b, int64_t n, int accumulate, void* stream);
 MN_API int mn_add(float* out, float* x, float* y, int64_t n, void* stream);     /* out = x + y */
 MN_API int mn_axpy(float* y, float alpha, float* x, int64_t n, void* stream);   /* y += alpha*x */
 MN_API int mn_scale(float* out, float* x, float alpha, int64_t n, void* stream); /* out = alpha*x */
@@ -195,46 +206,50 @@ MN_API int mn_scale_by_inv_norm(float* out, float* x, float* sumsq, float eps, i
 MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* stream);
 /* dx += dout * f'(x); `out` is the forward's output (some ops use it), x the forward's input */
 MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
-                             void* stream);
+                             int accumulate, void* stream);
 /* out = x * y */
 MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream);
+/* dx += dout*y; dy += dout*x; either may be NULL; dx may be dy (x * x): both added, in order */
 MN_API int mn_mul_backward(float* dx, float* dy, float* dout, float* x, float* y, int64_t n,
-                           void* stream); /* dx += dout*y; dy += dout*x; either may be NULL */
+                           int accumulate, void* stream);
 /* out = x + (y - x) * g */
 MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, void* stream);
 MN_API int mn_lerp_backward(float* dx, float* dy, float* dg, float* dout, float* x, float* y,
-                            float* g, int64_t n, void* stream); /* any grad may be NULL */
+                            float* g, int64_t n, int accumulate,
+                            void* stream); /* any grad may be NULL */
 /* out[i,c] = x[i,c] + v[c] */
 MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream);
 /* dx += dout (dx may be NULL); dv[c] += sum_i dout[i,c] (deterministic) */
 MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C,
-                                      void* stream);
+                                      int accumulate, void* stream);
 /* out[i,c] = x[i,c] * v[c] */
 MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream);
 /* dx += dout*v; dv[c] += sum_i dout[i,c]*x[i,c]; either may be NULL */
 MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* x, float* v, int N,
-                                      int C, void* stream);
+                                      int C, int accumulate, void* stream);
 /* token shift: out[b,t,:] = x[b,t-1,:] (zeros at t = 0); x, out [B,T,C] */
 MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void* stream);
-MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, void* stream);
+MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, int accumulate,
+                                  void* stream);
 /* rows of D: out = x / max(||x||_2, eps) (F.normalize); x, out [N, D] */
 MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void* stream);
 MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps,
-                              void* stream);
+                              int accumulate, void* stream);
 /* GroupNorm over G groups of D channels per row (nn.GroupNorm(G, G*D) on [N, G*D]), affine
  * weight/bias [G*D]; mean, rstd [N, G] saved for backward */
 MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, float* weight,
                                 float* bias, int N, int G, int D, float eps, void* stream);
 MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float* dout, float* x,
                                  float* weight, float* mean, float* rstd, int N, int G, int D,
-                                 void* stream);
+                                 int accumulate, void* stream);
 /* RWKV-7 bonus: out[i,h,:] = (sum_j r[i,h,j] k[i,h,j] u[h,j]) * v[i,h,:]; r,k,v,out [N,H,D],
- * u [H,D] (time_faaaa). Backward accumulates dr, dk, dv [N,H,D] and du [H,D] (deterministic). */
+ * u [H,D] (time_faaaa). Backward adds into (or overwrites) dr, dk, dv [N,H,D] and du [H,D]
+ * (deterministic). */
 MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, float* u, int N, int H,
                                   int D, void* stream);
 MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, float* dout,
                                    float* r, float* k, float* v, float* u, int N, int H, int D,
-                                   void* stream);
+                                   int accumulate, void* stream);
 
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
@@ -244,17 +259,19 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
  * s_ckpt [B,H,T/16,N,N] fp32, written by forward: s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j] (the
  *   state at the END of chunk c, stored transposed: key index j first). Same in both structures.
  * sa [B,T,H,N] fp32, written by mn_wkv7_forward: sa_t = S_{t-1} a_t.
- * Gradients dr, dw, dk, dv, da, db [B,T,H,N] fp32, ACCUMULATED (+=); dy [B,T,H,N] fp32.
+ * Gradients dr, dw, dk, dv, da, db [B,T,H,N] fp32, += or = by `accumulate`; dy [B,T,H,N] fp32.
  * Backstepping structure (the original --fast_cuda): backward inverts the recurrence,
  *   S_{t-1} = (S_t - v_t k_t^T - sa_t b_t^T) diag(1/d_t), reloading S from s_ckpt every 16 steps
  *   (errors grow by up to 1/d per step within a chunk: meant for d in (0.545, 1) as the model has). */
 MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w, mn_bf16* k,
                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
                            void* stream);
+/* (mn_wkv7_backward: a mask that adds into some of the six gradients and overwrites others zero-fills
+ * the overwritten ones first: the kernel's flag is compile-time, so N = 128 keeps its registers) */
 MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            void* stream);
+                            int accumulate, void* stream);
 /* Reference structure (the original's default wkv7g): the same forward (no sa); backward RECOMPUTES
  * each 16-step chunk forward from its checkpoint (no inversion of the recurrence): slowest, most
  * accurate, any d in (0, 1). ws: scratch [B,H,17,N,N] fp32 (the 17 states S_{16c-1} .. S_{16c+15}
@@ -265,7 +282,7 @@ MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_
 MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                              float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                              mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                             void* stream);
+                             int accumulate, void* stream);
 /* The recompute structure with fp32 inputs r, w, k, v, a, b (otherwise exactly mn_wkv7g_*): an
  * exact-fp32 path for tests (finite differences of a whole model need unrounded inputs). */
 MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
@@ -273,7 +290,7 @@ MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, flo
 MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, float* r, float* w, float* k, float* v, float* a,
                                  float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                 void* stream);
+                                 int accumulate, void* stream);
 
 /* ---- causal attention (attention.cu): FlashAttention-2 style, CUDA cores, fp32 accumulation ----
  * q, k, v [B,T,H,D] bf16 (the layout after the q/k/v linears: heads not transposed); D in
@@ -281,21 +298,21 @@ MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, flo
  * keys 0..t.  out[b,t,h,:] = sum_{j<=t} softmax_j(scale q_t.k_j) v_j, [B,T,H,D] fp32 (written);
  * lse [B,H,T] fp32 (written) = log sum_{j<=t} exp(scale q_t.k_j), saved for backward.
  * Backward: dout, out [B,T,H,D] fp32 and lse from the forward; dq, dk, dv [B,T,H,D] fp32,
- * ACCUMULATED (+=), deterministic (no atomics). ws: scratch [B,H,T] fp32, contents undefined
+ * += or = by `accumulate`, deterministic (no atomics). ws: scratch [B,H,T] fp32, contents undefined
  * afterwards (cuda/emu keep Delta = rowsum(dout * out) there; the cpu backend, which recomputes
  * everything from q, k, v in double, does not touch it). B, H <= 65535. */
 MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
                                 int T, int H, int D, void* stream);
 MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                  float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
-                                 int T, int H, int D, void* stream);
+                                 int T, int H, int D, int accumulate, void* stream);
 /* The same with fp32 q, k, v (otherwise exactly mn_attention_*): an exact-fp32 path for tests
  * (finite differences of a whole model need unrounded inputs). */
 MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
                                     int T, int H, int D, void* stream);
 MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
                                      float* lse, float* q, float* k, float* v, float* ws, int B,
-                                     int T, int H, int D, void* stream);
+                                     int T, int H, int D, int accumulate, void* stream);
 
 /* ---- WKV-6 (wkv6.cu): the RWKV-6 state recurrence, per (batch, head) ------------------------
  * r, k, v, w [B,T,H,N] bf16; decay d = exp(-exp(w)) (no clamp); u [H,N] fp32 (time_faaaa, the
@@ -304,31 +321,32 @@ MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dou
  *   y_t = S_{t-1} r_t + v_t * sum_j r_t[j] u[j] k_t[j];   S_t = S_{t-1} diag(d_t) + v_t k_t^T.
  * y [B,T,H,N] fp32 (written). N in {16, 32, 64, 128}; any T > 0 (no chunking).
  * Backward: dr, dk, dv, dw [B,T,H,N] fp32 and du [H,N] fp32 (summed over batch and time), all
- * ACCUMULATED (+=); dy [B,T,H,N] fp32. Deterministic: du goes through per-(b,h) partials in ws and
- * an ordered sum over b. ws: fp32 scratch of B*H*N*(T+1) elements, [B,T,H,N] (the per-step terms
+ * += or = by `accumulate`; dy [B,T,H,N] fp32. Deterministic: du goes through per-(b,h) partials in
+ * ws and an ordered sum over b. ws: fp32 scratch of B*H*N*(T+1) elements, [B,T,H,N] (the per-step terms
  * c_t[i] = r_t[i] (S_{t-1}^T dy_t)[i] of dw, written by a forward scan, read by the reverse one)
  * followed by [B,H,N] (du partials); contents undefined afterwards; the cpu backend ignores it. */
 MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u,
                            int B, int T, int H, int N, void* stream);
 MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                             mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                            int B, int T, int H, int N, void* stream);
+                            int B, int T, int H, int N, int accumulate, void* stream);
 /* The same with fp32 r, k, v, w (no rounding of the inputs): for gradient checks by finite
  * differences, which bf16 rounding would swamp. */
 MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
                                int T, int H, int N, void* stream);
 MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
-                                float* r, float* k, float* v, float* w, float* u, float* ws,
-                                int B, int T, int H, int N, void* stream);
+                                float* r, float* k, float* v, float* w, float* u, float* ws, int B,
+                                int T, int H, int N, int accumulate, void* stream);
 
 /* ---- rotary (rotary.cu): the GPT-2 record's Rotary + apply_rotary_emb, per head --------------
  * x, out [B,T,H,D] fp32, D even, half-split: x1 = x[..., :D/2], x2 = x[..., D/2:]. For position t
  * and i < D/2: inv_freq_i = 1 / 10000^((2i)/D), f = t * inv_freq_i (fp32, as torch computes it),
  * c = bf16(cos f), s = bf16(sin f) (the original caches cos/sin as bfloat16).
  * Forward (written): y1 = x1 c + x2 s, y2 = -x1 s + x2 c; out may alias x.
- * Backward: dx1 += dy1 c - dy2 s, dx2 += dy1 s + dy2 c (ACCUMULATED; dx must not alias dout). */
+ * Backward: dx1 += dy1 c - dy2 s, dx2 += dy1 s + dy2 c (+= or = by `accumulate`; dx must not alias dout). */
 MN_API int mn_rotary_forward(float* out, float* x, int B, int T, int H, int D, void* stream);
-MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, void* stream);
+MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, int accumulate,
+                              void* stream);
 
 /* ---- tensor-core wrappers (mma.cu): ABI self-test of cuda/mma.cuh ----------------------------
  * D [M,N] fp32 (written) = A [M,K] bf16 @ B [K,N] bf16 + C [M,N] fp32, all row-major, with
@@ -348,7 +366,7 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
  * Exactly the semantics, shapes and saved buffers of mn_wkv7_forward / mn_wkv7_backward above:
  * r, w, k, v, a, b [B,T,H,N] bf16; y [B,T,H,N] fp32 (written); s_ckpt [B,H,T/16,N,N] fp32 (written,
  * s_ckpt[b][h][c][j][i] = S_{16c+15}[i][j]); sa [B,T,H,N] fp32 (written, sa_t = S_{t-1} a_t);
- * dr, dw, dk, dv, da, db [B,T,H,N] fp32 ACCUMULATED (+=); dy [B,T,H,N] fp32. No workspace.
+ * dr, dw, dk, dv, da, db [B,T,H,N] fp32 += or = by `accumulate`; dy [B,T,H,N] fp32. No workspace.
  * T % 16 == 0; N in {16, 32, 64, 128}. Each 16-step chunk is solved in closed form: 16x16 and
  * 16xN products as bf16 mma.sync with fp32 accumulation (operands, including the state, rounded
  * to bf16: normwise relative error ~5e-3 against the exact recurrence, up to ~3e-2 for dw with
@@ -365,11 +383,11 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
 MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, void* stream);
+                                 int H, int N, int accumulate, void* stream);
 
 /* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
  * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,
- * y [B,T,H,N] fp32 written; dr, dk, dv, dw [B,T,H,N] and du [H,N] fp32 ACCUMULATED, du summed over
+ * y [B,T,H,N] fp32 written; dr, dk, dv, dw [B,T,H,N] and du [H,N] fp32 (+= or = by `accumulate`), du summed over
  * batch and time, deterministic), computed in the manner of flash-linear-attention's chunk_rwkv6
  * (which the original's --fla_cuda calls; the differences, rounding only, are listed in
  * wkv6_chunked.cu): T in chunks of 16 steps (the last one may be shorter: any T > 0), pairwise
@@ -390,12 +408,12 @@ MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16*
 MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, float* du,
                                     float* dy, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w,
                                     float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                    void* stream);
+                                    int accumulate, void* stream);
 
 /* ---- causal attention on tensor cores (attention_tc.cu): FlashAttention-2 structure ------------
  * Exactly the semantics, layouts and workspace contract of mn_attention_forward/backward above:
  * q, k, v [B,T,H,D] bf16; out [B,T,H,D] fp32 (written); lse [B,H,T] fp32 (written); dout, out,
- * lse from the forward; dq, dk, dv [B,T,H,D] fp32 ACCUMULATED (+=), deterministic (no atomics);
+ * lse from the forward; dq, dk, dv [B,T,H,D] fp32 += or = by `accumulate`, deterministic (no atomics);
  * ws scratch [B,H,T] fp32 (Delta on cuda/emu, from the bf16-rounded dout; the cpu backend, the
  * double-precision reference of mn_attention_*, does not touch it). Every product runs as
  * mma.m16n8k16 with bf16 operands and fp32 accumulation: P, dS and dout are rounded to bf16 as
@@ -406,6 +424,6 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
                                    int B, int T, int H, int D, void* stream);
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
-                                    int B, int T, int H, int D, void* stream);
+                                    int B, int T, int H, int D, int accumulate, void* stream);
 
 #endif /* MN_KERNELS_H */

@@ -95,10 +95,10 @@ __global__ void unary_forward_kernel(float* out, const float* x, int op, int64_t
 }
 
 __global__ void unary_backward_kernel(float* dx, const float* dout, const float* x,
-                                      const float* out, int op, int64_t n) {
+                                      const float* out, int op, int64_t n, int acc) {
   GRID_STRIDE(i, n) {
     float xi = x ? x[i] : 0.0f, yi = out ? out[i] : 0.0f;
-    dx[i] += dout[i] * unary_df(op, xi, yi);
+    MN_GRAD_STORE(dx[i], dout[i] * unary_df(op, xi, yi), acc);
   }
 }
 
@@ -107,11 +107,12 @@ __global__ void mul_forward_kernel(float* out, const float* x, const float* y, i
 }
 
 __global__ void mul_backward_kernel(float* dx, float* dy, const float* dout, const float* x,
-                                    const float* y, int64_t n) {
+                                    const float* y, int64_t n, int acc) {
+  const int ax = MN_ACC_BIT(acc, 0), ay = MN_ACC_BIT(acc, 1);
   GRID_STRIDE(i, n) {
     float d = dout[i];
-    if (dx) dx[i] += d * y[i];
-    if (dy) dy[i] += d * x[i];
+    if (dx) MN_GRAD_STORE(dx[i], d * y[i], ax);
+    if (dy) MN_GRAD_STORE(dy[i], d * x[i], ay);
   }
 }
 
@@ -121,12 +122,14 @@ __global__ void lerp_forward_kernel(float* out, const float* x, const float* y, 
 }
 
 __global__ void lerp_backward_kernel(float* dx, float* dy, float* dg, const float* dout,
-                                     const float* x, const float* y, const float* g, int64_t n) {
+                                     const float* x, const float* y, const float* g, int64_t n,
+                                     int acc) {
+  const int ax = MN_ACC_BIT(acc, 0), ay = MN_ACC_BIT(acc, 1), ag = MN_ACC_BIT(acc, 2);
   GRID_STRIDE(i, n) {
     float d = dout[i], gi = g[i];
-    if (dx) dx[i] += d * (1.0f - gi);
-    if (dy) dy[i] += d * gi;
-    if (dg) dg[i] += d * (y[i] - x[i]);
+    if (dx) MN_GRAD_STORE(dx[i], d * (1.0f - gi), ax);
+    if (dy) MN_GRAD_STORE(dy[i], d * gi, ay);
+    if (dg) MN_GRAD_STORE(dg[i], d * (y[i] - x[i]), ag);
   }
 }
 
@@ -140,12 +143,13 @@ __global__ void row_vector_forward_kernel(float* out, const float* x, const floa
 // dx[i,c] += dout[i,c] * (kMul ? v[c] : 1) alone (mul_row_vector_backward with dv NULL).
 template <bool kMul>
 __global__ void row_vector_dx_kernel(float* __restrict__ dx, const float* __restrict__ dout,
-                                     const float* __restrict__ v, int C, int64_t n) {
-  GRID_STRIDE(i, n) dx[i] += rowvec_dx(dout[i], kMul ? v[i % C] : 1.0f);
+                                     const float* __restrict__ v, int C, int64_t n, int acc) {
+  GRID_STRIDE(i, n) MN_GRAD_STORE(dx[i], rowvec_dx(dout[i], kMul ? v[i % C] : 1.0f), acc);
 }
 
 // Column-sum term of the row-vector backwards: dv[c] += sum_i dout[i,c] * (kMul ? x[i,c] : 1),
-// with dx[i,c] += dout[i,c] * (kMul ? v[c] : 1) fused in when kDx (dout is read once).
+// with dx[i,c] += dout[i,c] * (kMul ? v[c] : 1) fused in when kDx (dout is read once); dx_acc
+// clear: dx is stored, not loaded.
 template <bool kMul, bool kDx>
 struct RowVecTerm {
   float* dx;
@@ -154,6 +158,7 @@ struct RowVecTerm {
   const float* v;
   int C;
   float vc;
+  int dx_acc;
   struct Load {
     float d, x, dx;
   };
@@ -163,11 +168,11 @@ struct RowVecTerm {
     Load l;
     l.d = dout[e];
     l.x = kMul ? x[e] : 1.0f;
-    l.dx = kDx ? dx[e] : 0.0f;
+    l.dx = kDx && dx_acc ? dx[e] : 0.0f;
     return l;
   }
   __device__ void use(int64_t i, int c, const Load& l, float* acc) const {
-    if (kDx) dx[i * C + c] = l.dx + rowvec_dx(l.d, vc);
+    if (kDx) dx[i * C + c] = dx_acc ? l.dx + rowvec_dx(l.d, vc) : rowvec_dx(l.d, vc);
     acc[0] += rowvec_dv(l.d, l.x);
   }
 };
@@ -177,11 +182,13 @@ __global__ void time_shift_forward_kernel(float* out, const float* x, int T, int
   GRID_STRIDE(i, n) out[i] = (i % TC) < C ? 0.0f : x[i - C];
 }
 
-__global__ void time_shift_backward_kernel(float* dx, const float* dout, int T, int C,
-                                           int64_t n) {
+// The last step's x feeds no output: its gradient is 0 (stored when overwriting).
+__global__ void time_shift_backward_kernel(float* dx, const float* dout, int T, int C, int64_t n,
+                                           int acc) {
   int64_t TC = (int64_t)T * C;
   GRID_STRIDE(i, n) {
-    if ((i % TC) < TC - C) dx[i] += dout[i + C];
+    if ((i % TC) < TC - C) MN_GRAD_STORE(dx[i], dout[i + C], acc);
+    else if (!acc) dx[i] = 0.0f;
   }
 }
 
@@ -203,7 +210,7 @@ __global__ void l2norm_forward_kernel(float* out, const float* x, int64_t rows, 
 // With n = ||x||: where n >= eps (torch's clamp_min passes the gradient where self >= min),
 // dx = dout / n - x (x . dout) / n^3; below eps the denominator is the constant eps: dx = dout/eps.
 __global__ void l2norm_backward_kernel(float* dx, const float* dout, const float* x, int64_t rows,
-                                       int D, float eps) {
+                                       int D, float eps, int acc) {
   int lane = threadIdx.x % 32;
   WARP_ROWS(row, rows) {
     const float* xr = x + row * D;
@@ -218,10 +225,10 @@ __global__ void l2norm_backward_kernel(float* dx, const float* dout, const float
     if (nrm >= eps) {
       float inv = 1.0f / nrm;
       float coef = dot * inv * inv * inv;
-      for (int j = lane; j < D; j += 32) dx[row * D + j] += gr[j] * inv - xr[j] * coef;
+      for (int j = lane; j < D; j += 32) MN_GRAD_STORE(dx[row * D + j], gr[j] * inv - xr[j] * coef, acc);
     } else {
       float inv = 1.0f / eps;
-      for (int j = lane; j < D; j += 32) dx[row * D + j] += gr[j] * inv;
+      for (int j = lane; j < D; j += 32) MN_GRAD_STORE(dx[row * D + j], gr[j] * inv, acc);
     }
   }
 }
@@ -252,7 +259,8 @@ __global__ void groupnorm_forward_kernel(float* out, float* mean, float* rstd, c
 // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), dxhat = dout * weight.
 __global__ void groupnorm_backward_dx_kernel(float* dx, const float* dout, const float* x,
                                              const float* weight, const float* mean,
-                                             const float* rstd, int64_t rows, int G, int D) {
+                                             const float* rstd, int64_t rows, int G, int D,
+                                             int acc) {
   int lane = threadIdx.x % 32;
   WARP_ROWS(row, rows) {
     const float* xr = x + row * D;
@@ -269,7 +277,7 @@ __global__ void groupnorm_backward_dx_kernel(float* dx, const float* dout, const
     s2 = warp_sum(s2) / D;
     for (int j = lane; j < D; j += 32) {
       float xh = norm_xhat(xr[j], m, rs);
-      dx[row * D + j] += rs * (gr[j] * weight[c0 + j] - s1 - xh * s2);
+      MN_GRAD_STORE(dx[row * D + j], rs * (gr[j] * weight[c0 + j] - s1 - xh * s2), acc);
     }
   }
 }
@@ -315,7 +323,8 @@ __global__ void bonus_forward_kernel(float* out, const float* r, const float* k,
 __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float* ds_out,
                                           const float* dout, const float* r, const float* k,
                                           const float* v, const float* u, int64_t rows, int H,
-                                          int D) {
+                                          int D, int acc) {
+  const int ar = MN_ACC_BIT(acc, 0), ak = MN_ACC_BIT(acc, 1), av = MN_ACC_BIT(acc, 2);
   int lane = threadIdx.x % 32;
   WARP_ROWS(row, rows) {
     const int64_t b = row * D;
@@ -328,9 +337,9 @@ __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float
     s = warp_sum(s);
     ds = warp_sum(ds);
     for (int j = lane; j < D; j += 32) {
-      dv[b + j] += s * dout[b + j];
-      dr[b + j] += ds * k[b + j] * ur[j];
-      dk[b + j] += ds * r[b + j] * ur[j];
+      MN_GRAD_STORE(dv[b + j], s * dout[b + j], av);
+      MN_GRAD_STORE(dr[b + j], ds * k[b + j] * ur[j], ar);
+      MN_GRAD_STORE(dk[b + j], ds * r[b + j] * ur[j], ak);
     }
     if (lane == 0) ds_out[row] = ds;
   }
@@ -371,20 +380,22 @@ int row_vector_forward(const char* name, float* out, float* x, float* v, int N, 
 // dx fused in, or dx alone by an elementwise pass.
 template <bool kMul>
 int row_vector_backward(const char* name, float* dx, float* dv, const float* dout,
-                        const float* x, const float* v, int N, int C, void* stream) {
+                        const float* x, const float* v, int N, int C, int accumulate,
+                        void* stream) {
+  const int ax = MN_ACC_BIT(accumulate, 0), av = MN_ACC_BIT(accumulate, 1);
   if (!dv) {
     const int64_t n = (int64_t)N * C;
     return mn_launch(name, row_vector_dx_kernel<kMul>, mn_blocks_for(n, kThreads), kThreads, 0,
-                     stream, dx, dout, v, C, n);
+                     stream, dx, dout, v, C, n, ax);
   }
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
   if (dx)
-    return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, true>{dx, dout, x, v, C, 1.0f}, dv,
-                                  nullptr, N, C, part, stream);
-  return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, false>{nullptr, dout, x, v, C, 1.0f}, dv,
-                                nullptr, N, C, part, stream);
+    return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, true>{dx, dout, x, v, C, 1.0f, ax}, dv,
+                                  nullptr, N, C, av, part, stream);
+  return mn_reduce::col_sums<1>(name, RowVecTerm<kMul, false>{nullptr, dout, x, v, C, 1.0f, 0},
+                                dv, nullptr, N, C, av, part, stream);
 }
 
 }  // namespace
@@ -401,7 +412,7 @@ MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* strea
 }
 
 MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
-                             void* stream) {
+                             int accumulate, void* stream) {
   MN_REQUIRE(unary_op_valid(op), "unary_backward: unknown op code %d (see MN_OP_* in kernels.h)",
              op);
   MN_REQUIRE(n >= 0, "unary_backward: n = %lld", (long long)n);
@@ -411,7 +422,8 @@ MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int o
              op);
   if (n == 0) return 0;
   return mn_launch("unary_backward", unary_backward_kernel, mn_blocks_for(n, kThreads), kThreads,
-                   0, stream, dx, (const float*)dout, (const float*)x, (const float*)out, op, n);
+                   0, stream, dx, (const float*)dout, (const float*)x, (const float*)out, op, n,
+                   MN_ACC_BIT(accumulate, 0));
 }
 
 MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream) {
@@ -422,11 +434,12 @@ MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* strea
 }
 
 MN_API int mn_mul_backward(float* dx, float* dy, float* dout, float* x, float* y, int64_t n,
-                           void* stream) {
+                           int accumulate, void* stream) {
   MN_REQUIRE(n >= 0, "mul_backward: n = %lld", (long long)n);
   if (n == 0 || (!dx && !dy)) return 0;
   return mn_launch("mul_backward", mul_backward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
-                   stream, dx, dy, (const float*)dout, (const float*)x, (const float*)y, n);
+                   stream, dx, dy, (const float*)dout, (const float*)x, (const float*)y, n,
+                   accumulate);
 }
 
 MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, void* stream) {
@@ -437,12 +450,12 @@ MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, 
 }
 
 MN_API int mn_lerp_backward(float* dx, float* dy, float* dg, float* dout, float* x, float* y,
-                            float* g, int64_t n, void* stream) {
+                            float* g, int64_t n, int accumulate, void* stream) {
   MN_REQUIRE(n >= 0, "lerp_backward: n = %lld", (long long)n);
   if (n == 0 || (!dx && !dy && !dg)) return 0;
   return mn_launch("lerp_backward", lerp_backward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
                    stream, dx, dy, dg, (const float*)dout, (const float*)x, (const float*)y,
-                   (const float*)g, n);
+                   (const float*)g, n, accumulate);
 }
 
 MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream) {
@@ -450,11 +463,11 @@ MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int 
 }
 
 MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C,
-                                      void* stream) {
+                                      int accumulate, void* stream) {
   MN_REQUIRE(N > 0 && C > 0, "add_row_vector_backward: bad shape N = %d, C = %d", N, C);
   MN_REQUIRE(dv, "add_row_vector_backward: dv is required (only dx may be NULL)");
   return row_vector_backward<false>("add_row_vector_backward", dx, dv, dout, nullptr, nullptr, N,
-                                    C, stream);
+                                    C, accumulate, stream);
 }
 
 MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int C, void* stream) {
@@ -462,12 +475,13 @@ MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int 
 }
 
 MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* x, float* v, int N,
-                                      int C, void* stream) {
+                                      int C, int accumulate, void* stream) {
   MN_REQUIRE(N > 0 && C > 0, "mul_row_vector_backward: bad shape N = %d, C = %d", N, C);
   if (!dx && !dv) return 0;
   MN_REQUIRE(dout && (!dx || v) && (!dv || x),
              "mul_row_vector_backward: dout, v (for dx) and x (for dv) are required");
-  return row_vector_backward<true>("mul_row_vector_backward", dx, dv, dout, x, v, N, C, stream);
+  return row_vector_backward<true>("mul_row_vector_backward", dx, dv, dout, x, v, N, C,
+                                   accumulate, stream);
 }
 
 MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void* stream) {
@@ -478,13 +492,14 @@ MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void
                    kThreads, 0, stream, out, (const float*)x, T, C, n);
 }
 
-MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, void* stream) {
+MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, int accumulate,
+                                  void* stream) {
   MN_REQUIRE(B > 0 && T > 0 && C > 0, "time_shift_backward: bad shape [%d, %d, %d]", B, T, C);
   MN_REQUIRE(dx && dout, "time_shift_backward: dx and dout are required");
   MN_REQUIRE(dx != dout, "time_shift_backward: in-place is not supported");
   int64_t n = (int64_t)B * T * C;
   return mn_launch("time_shift_backward", time_shift_backward_kernel, mn_blocks_for(n, kThreads),
-                   kThreads, 0, stream, dx, (const float*)dout, T, C, n);
+                   kThreads, 0, stream, dx, (const float*)dout, T, C, n, MN_ACC_BIT(accumulate, 0));
 }
 
 MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void* stream) {
@@ -495,12 +510,13 @@ MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void
 }
 
 MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps,
-                              void* stream) {
+                              int accumulate, void* stream) {
   MN_REQUIRE(N > 0 && D > 0, "l2norm_backward: bad shape N = %d, D = %d", N, D);
   MN_REQUIRE(eps >= 0.0f, "l2norm_backward: eps = %g must be >= 0", (double)eps);
   MN_REQUIRE(dx && dout, "l2norm_backward: dx and dout are required");
   return mn_launch("l2norm_backward", l2norm_backward_kernel, warp_row_blocks(N), kThreads, 0,
-                   stream, dx, (const float*)dout, (const float*)x, (int64_t)N, D, eps);
+                   stream, dx, (const float*)dout, (const float*)x, (int64_t)N, D, eps,
+                   MN_ACC_BIT(accumulate, 0));
 }
 
 MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, float* weight,
@@ -518,7 +534,7 @@ MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, 
 
 MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float* dout, float* x,
                                  float* weight, float* mean, float* rstd, int N, int G, int D,
-                                 void* stream) {
+                                 int accumulate, void* stream) {
   MN_REQUIRE(N > 0 && G > 0 && D > 0, "groupnorm_backward: bad shape N = %d, G = %d, D = %d", N,
              G, D);
   MN_REQUIRE((int64_t)G * D <= 2147483647, "groupnorm_backward: G*D = %lld channels is too many",
@@ -527,7 +543,8 @@ MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float*
   int64_t rows = (int64_t)N * G;
   int rc = mn_launch("groupnorm_backward_dx", groupnorm_backward_dx_kernel, warp_row_blocks(rows),
                      kThreads, 0, stream, dx, (const float*)dout, (const float*)x,
-                     (const float*)weight, (const float*)mean, (const float*)rstd, rows, G, D);
+                     (const float*)weight, (const float*)mean, (const float*)rstd, rows, G, D,
+                     MN_ACC_BIT(accumulate, 0));
   if (rc) return rc;
   const int C = G * D;
   float* part = nullptr;
@@ -537,7 +554,7 @@ MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float*
       "groupnorm_backward_params",
       GroupNormParamTerm{(const float*)dout, (const float*)x, (const float*)mean,
                          (const float*)rstd, G, D, 0},
-      dweight, dbias, N, C, part, stream);
+      dweight, dbias, N, C, accumulate >> 1 & 3, part, stream);
 }
 
 MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, float* u, int N, int H,
@@ -552,7 +569,7 @@ MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, floa
 
 MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, float* dout,
                                    float* r, float* k, float* v, float* u, int N, int H, int D,
-                                   void* stream) {
+                                   int accumulate, void* stream) {
   MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_bonus_backward: bad shape N = %d, H = %d, D = %d", N,
              H, D);
   MN_REQUIRE(D <= kBonusMaxD, "rwkv7_bonus_backward: head size D = %d > %d is not supported", D,
@@ -570,9 +587,9 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
   float* part = ds + rows;
   int rc = mn_launch("rwkv7_bonus_backward_rkv", bonus_backward_rkv_kernel, warp_row_blocks(rows),
                      kThreads, 0, stream, dr, dk, dv, ds, (const float*)dout, (const float*)r,
-                     (const float*)k, (const float*)v, (const float*)u, rows, H, D);
+                     (const float*)k, (const float*)v, (const float*)u, rows, H, D, accumulate);
   if (rc) return rc;
   return mn_reduce::col_sums<1>("rwkv7_bonus_backward_u",
                                 BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
-                                nullptr, N, C, part, stream);
+                                nullptr, N, C, MN_ACC_BIT(accumulate, 3), part, stream);
 }

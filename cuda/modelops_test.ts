@@ -189,7 +189,7 @@ const SPECS: Spec[] = [
       },
       forward: (be, p, c) => be.k.mn_unary_forward(p.out, p.x, op, big(c.n), be.stream),
       backward: (be, p, c) =>
-        be.k.mn_unary_backward(p.dx, p.dout, p.x, p.out, op, big(c.n), be.stream),
+        be.k.mn_unary_backward(p.dx, p.dout, p.x, p.out, op, big(c.n), -1, be.stream),
       ref: ({ x }) => ({ out: x.map(f) }),
     };
   }),
@@ -202,7 +202,8 @@ const SPECS: Spec[] = [
     grads: ["x", "y"],
     nullable: ["x", "y"],
     forward: (be, p, c) => be.k.mn_mul_forward(p.out, p.x, p.y, big(c.n), be.stream),
-    backward: (be, p, c) => be.k.mn_mul_backward(p.dx, p.dy, p.dout, p.x, p.y, big(c.n), be.stream),
+    backward: (be, p, c) =>
+      be.k.mn_mul_backward(p.dx, p.dy, p.dout, p.x, p.y, big(c.n), -1, be.stream),
     ref: ({ x, y }) => ({ out: x.map((xi, i) => xi * y[i]) }),
   },
   {
@@ -216,7 +217,7 @@ const SPECS: Spec[] = [
     draw: (name, n, rng) => (name === "g" ? rng.uniform(n, 0, 1) : rng.normal(n)),
     forward: (be, p, c) => be.k.mn_lerp_forward(p.out, p.x, p.y, p.g, big(c.n), be.stream),
     backward: (be, p, c) =>
-      be.k.mn_lerp_backward(p.dx, p.dy, p.dg, p.dout, p.x, p.y, p.g, big(c.n), be.stream),
+      be.k.mn_lerp_backward(p.dx, p.dy, p.dg, p.dout, p.x, p.y, p.g, big(c.n), -1, be.stream),
     ref: ({ x, y, g }) => ({ out: x.map((xi, i) => xi + (y[i] - xi) * g[i]) }),
   },
   rowVectorSpec({
@@ -224,7 +225,7 @@ const SPECS: Spec[] = [
     nullable: ["x"],
     forward: (be, p, { N, C }) => be.k.mn_add_row_vector_forward(p.out, p.x, p.v, N, C, be.stream),
     backward: (be, p, { N, C }) =>
-      be.k.mn_add_row_vector_backward(p.dx, p.dv, p.dout, N, C, be.stream),
+      be.k.mn_add_row_vector_backward(p.dx, p.dv, p.dout, N, C, -1, be.stream),
     ref: ({ x, v }, { C }) => ({ out: x.map((xi, i) => xi + v[i % C]) }),
   }),
   rowVectorSpec({
@@ -232,7 +233,7 @@ const SPECS: Spec[] = [
     nullable: ["x", "v"],
     forward: (be, p, { N, C }) => be.k.mn_mul_row_vector_forward(p.out, p.x, p.v, N, C, be.stream),
     backward: (be, p, { N, C }) =>
-      be.k.mn_mul_row_vector_backward(p.dx, p.dv, p.dout, p.x, p.v, N, C, be.stream),
+      be.k.mn_mul_row_vector_backward(p.dx, p.dv, p.dout, p.x, p.v, N, C, -1, be.stream),
     ref: ({ x, v }, { C }) => ({ out: x.map((xi, i) => xi * v[i % C]) }),
   }),
   {
@@ -247,7 +248,8 @@ const SPECS: Spec[] = [
     outputs: ({ B, T, C }) => ({ out: [B, T, C] }),
     grads: ["x"],
     forward: (be, p, { B, T, C }) => be.k.mn_time_shift_forward(p.out, p.x, B, T, C, be.stream),
-    backward: (be, p, { B, T, C }) => be.k.mn_time_shift_backward(p.dx, p.dout, B, T, C, be.stream),
+    backward: (be, p, { B, T, C }) =>
+      be.k.mn_time_shift_backward(p.dx, p.dout, B, T, C, -1, be.stream),
     ref: ({ x }, { T, C }) => ({
       out: fill(x.length, (i) => (Math.floor(i / C) % T === 0 ? 0 : x[i - C])),
     }),
@@ -268,7 +270,7 @@ const SPECS: Spec[] = [
     grads: ["x"],
     forward: (be, p, { N, D }) => be.k.mn_l2norm_forward(p.out, p.x, N, D, L2_EPS, be.stream),
     backward: (be, p, { N, D }) =>
-      be.k.mn_l2norm_backward(p.dx, p.dout, p.x, N, D, L2_EPS, be.stream),
+      be.k.mn_l2norm_backward(p.dx, p.dout, p.x, N, D, L2_EPS, -1, be.stream),
     ref: ({ x }, { N, D }) => ({ out: l2normRef(x, N, D) }),
     tol: { out: SUM, dx: SUM },
   },
@@ -312,6 +314,7 @@ const SPECS: Spec[] = [
         N,
         G,
         D,
+        -1,
         be.stream,
       ),
     ref: groupnormRef,
@@ -340,6 +343,7 @@ const SPECS: Spec[] = [
         N,
         H,
         D,
+        -1,
         be.stream,
       ),
     ref: (a, c) => ({ out: bonusRef(a, c) }),
@@ -490,6 +494,7 @@ Deno.test("unary EXP_MIN0: gradient passes at x == 0 (torch.clamp(max=0) masks x
         t.out.ptr,
         opCode("EXP_MIN0"),
         6n,
+        -1,
         be.stream,
       );
     });
@@ -524,7 +529,7 @@ Deno.test("l2norm: rows with ||x|| < eps are divided by eps, with gradient dout 
       dx: { shape: [3, D], init: new Float32Array(3 * D) },
     }, (t) => {
       be.k.mn_l2norm_forward(t.out.ptr, t.x.ptr, 3, D, eps, be.stream);
-      be.k.mn_l2norm_backward(t.dx.ptr, t.dout.ptr, t.x.ptr, 3, D, eps, be.stream);
+      be.k.mn_l2norm_backward(t.dx.ptr, t.dout.ptr, t.x.ptr, 3, D, eps, -1, be.stream);
     });
     compare(`${name} l2norm out`, r.out, out, TOL_F32);
     compare(`${name} l2norm dx`, r.dx, dx, TOL_F32);
@@ -538,17 +543,21 @@ Deno.test("modelops: bad op codes, sizes and arguments are refused with a clear 
     ["op 0", (k) => k.mn_unary_forward(n, n, 0, 4n, S), /unary_forward: unknown op code 0/],
     [
       "op 99",
-      (k) => k.mn_unary_backward(n, n, n, n, 99, 4n, S),
+      (k) => k.mn_unary_backward(n, n, n, n, 99, 4n, -1, S),
       /unary_backward: unknown op code 99/,
     ],
     ["n < 0", (k) => k.mn_unary_forward(n, n, tanh, -1n, S), /unary_forward: n = -1/],
     [
       "tanh without out",
-      (k) => k.mn_unary_backward(n, n, n, n, tanh, 4n, S),
+      (k) => k.mn_unary_backward(n, n, n, n, tanh, 4n, -1, S),
       /required|needs the forward output/,
     ],
     ["mul n < 0", (k) => k.mn_mul_forward(n, n, n, -5n, S), /mul_forward: n = -5/],
-    ["lerp n < 0", (k) => k.mn_lerp_backward(n, n, n, n, n, n, n, -2n, S), /lerp_backward: n = -2/],
+    [
+      "lerp n < 0",
+      (k) => k.mn_lerp_backward(n, n, n, n, n, n, n, -2n, -1, S),
+      /lerp_backward: n = -2/,
+    ],
     [
       "row N = 0",
       (k) => k.mn_add_row_vector_forward(n, n, n, 0, 4, S),
@@ -556,7 +565,7 @@ Deno.test("modelops: bad op codes, sizes and arguments are refused with a clear 
     ],
     [
       "row C < 0",
-      (k) => k.mn_mul_row_vector_backward(n, n, n, n, n, 3, -1, S),
+      (k) => k.mn_mul_row_vector_backward(n, n, n, n, n, 3, -1, -1, S),
       /mul_row_vector_backward: bad shape/,
     ],
     [
@@ -574,7 +583,11 @@ Deno.test("modelops: bad op codes, sizes and arguments are refused with a clear 
       (k) => k.mn_l2norm_forward(n, n, 4, 0, 1e-12, S),
       /l2norm_forward: bad shape N = 4, D = 0/,
     ],
-    ["l2norm eps < 0", (k) => k.mn_l2norm_backward(n, n, n, 4, 4, -1, S), /eps = -1 must be >= 0/],
+    [
+      "l2norm eps < 0",
+      (k) => k.mn_l2norm_backward(n, n, n, 4, 4, -1, -1, S),
+      /eps = -1 must be >= 0/,
+    ],
     [
       "groupnorm G = 0",
       (k) => k.mn_groupnorm_forward(n, n, n, n, n, n, 2, 0, 16, 1e-5, S),
@@ -592,7 +605,7 @@ Deno.test("modelops: bad op codes, sizes and arguments are refused with a clear 
     ],
     [
       "bonus D too big",
-      (k) => k.mn_rwkv7_bonus_backward(n, n, n, n, n, n, n, n, n, 2, 2, 2000, S),
+      (k) => k.mn_rwkv7_bonus_backward(n, n, n, n, n, n, n, n, n, 2, 2, 2000, -1, S),
       /D = 2000 > 1024/,
     ],
   ];

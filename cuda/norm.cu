@@ -46,7 +46,7 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd
 __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
                                                const float* weight, const float* mean,
-                                               const float* rstd, int C) {
+                                               const float* rstd, int C, int acc) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float* x = inp + row * C;
@@ -64,7 +64,7 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float g = dy[c] * weight[c];
     float xhat = ln_xhat(x[c], m, r);
-    dx[c] += r * (g - mg - xhat * mgx);
+    MN_GRAD_STORE(dx[c], r * (g - mg - xhat * mgx), acc);
   }
 }
 
@@ -105,7 +105,7 @@ __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp
 
 // y = x * r, r = (mean(x^2) + eps)^-1/2:  dx += r * (dy - x * r^2 * mean(dy * x))
 __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const float* inp,
-                                        const float* rstd, int C) {
+                                        const float* rstd, int C, int acc) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float* x = inp + row * C;
@@ -115,7 +115,7 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
   float s = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) s += dy[c] * x[c];
   const float k = mn_block_sum(s, scratch) / C * r * r;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * (dy[c] - x[c] * k);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) MN_GRAD_STORE(dx[c], r * (dy[c] - x[c] * k), acc);
 }
 
 #define NORM_SHAPE_CHECK(fn, N, C) \
@@ -133,14 +133,15 @@ MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp
 
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
                                  float* inp, float* weight, float* mean, float* rstd, int N, int C,
-                                 void* stream) {
+                                 int accumulate, void* stream) {
   const char* fn = "layernorm_backward";
   MN_REQUIRE(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
              "%s: NULL pointer argument", fn);
   NORM_SHAPE_CHECK(fn, N, C);
   int rc = mn_launch("layernorm_backward_dinp", layernorm_backward_dinp_kernel, N, norm_threads(C),
                      0, stream, dinp, (const float*)dout, (const float*)inp,
-                     (const float*)weight, (const float*)mean, (const float*)rstd, C);
+                     (const float*)weight, (const float*)mean, (const float*)rstd, C,
+                     MN_ACC_BIT(accumulate, 0));
   if (rc) return rc;
   float* part = nullptr;
   if ((rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream)))
@@ -148,7 +149,7 @@ MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, floa
   return mn_reduce::col_sums<2>("layernorm_backward_params",
                                 LayerNormParamTerm{(const float*)dout, (const float*)inp,
                                                    (const float*)mean, (const float*)rstd, C},
-                                dweight, dbias, N, C, part, stream);
+                                dweight, dbias, N, C, accumulate >> 1 & 3, part, stream);
 }
 
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps,
@@ -162,10 +163,11 @@ MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C,
 }
 
 MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd, int N, int C,
-                               void* stream) {
+                               int accumulate, void* stream) {
   const char* fn = "rmsnorm_backward";
   MN_REQUIRE(dinp && dout && inp && rstd, "%s: NULL pointer argument", fn);
   NORM_SHAPE_CHECK(fn, N, C);
   return mn_launch(fn, rmsnorm_backward_kernel, N, norm_threads(C), 0, stream, dinp,
-                   (const float*)dout, (const float*)inp, (const float*)rstd, C);
+                   (const float*)dout, (const float*)inp, (const float*)rstd, C,
+                   MN_ACC_BIT(accumulate, 0));
 }

@@ -84,12 +84,13 @@ const lnBackward = (be: Backend, t: Named, N: number, C: number) =>
     t.rstd.ptr,
     N,
     C,
+    -1,
     be.stream,
   );
 const rmsForward = (be: Backend, t: Named, N: number, C: number) =>
   be.k.mn_rmsnorm_forward(t.out.ptr, t.rstd.ptr, t.x.ptr, N, C, EPS, be.stream);
 const rmsBackward = (be: Backend, t: Named, N: number, C: number) =>
-  be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, be.stream);
+  be.k.mn_rmsnorm_backward(t.dinp.ptr, t.dout.ptr, t.x.ptr, t.rstd.ptr, N, C, -1, be.stream);
 
 // ---- independent float64 forwards (the definitions, as torch states them)
 function layernorm64(
@@ -315,6 +316,7 @@ Deno.test("norms: NULL pointers, non-positive sizes and a bad eps are clear erro
               s.ptr,
               2,
               4,
+              -1,
               st,
             ),
           /mn_layernorm_backward .*NULL pointer/,
@@ -332,6 +334,7 @@ Deno.test("norms: NULL pointers, non-positive sizes and a bad eps are clear erro
               s.ptr,
               2,
               -4,
+              -1,
               st,
             ),
           /mn_layernorm_backward .*bad shape N = 2, C = -4/,
@@ -349,11 +352,11 @@ Deno.test("norms: NULL pointers, non-positive sizes and a bad eps are clear erro
           /mn_rmsnorm_forward .*eps = nan must be >= 0/,
         ],
         [
-          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, null, 2, 4, st),
+          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, null, 2, 4, -1, st),
           /mn_rmsnorm_backward .*NULL pointer/,
         ],
         [
-          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, s.ptr, -1, 4, st),
+          () => k.mn_rmsnorm_backward(a.ptr, b.ptr, b.ptr, s.ptr, -1, 4, -1, st),
           /mn_rmsnorm_backward .*bad shape N = -1/,
         ],
       ];

@@ -8,7 +8,8 @@
 //     loaded before any is added, so 4 loads per operand are in flight), the 8 row lanes are added
 //     in lane order, and the block writes its partial row to scratch [tiles][K][C];
 //   stage 2 is the same kernel over the partials ([tiles, K*C] as one tile): the tiles are summed
-//     in tile order and added to out_k[c].
+//     in tile order and added to out_k[c] (or stored there: bit k of `accumulate` clear, the
+//     backward convention of kernels.h).
 //   With one tile (small N), stage 1 adds straight into out and there is no stage 2.
 // Full sums, out_k = sum_i term_k(i) over n elements: stage 1, `blocks` blocks of 256 threads, block
 //   b owns the contiguous chunk [b * chunk, (b + 1) * chunk), thread t sums elements t, t + 256, ...
@@ -67,11 +68,12 @@ inline int64_t col_scratch_floats(int64_t N, int64_t C, int K) {
 }
 
 // Stage 1 (and, with PartialsTerm, stage 2) of the column sums. part != NULL: block (x, y) writes
-// its sums to part[(y * K + k) * C + c]; part == NULL: adds them to out_k[c] (out1 unused if K=1).
+// its sums to part[(y * K + k) * C + c]; part == NULL: adds them to out_k[c] when bit k of
+// `accumulate` is set, else stores them (out_k not read) (out1 unused if K=1).
 template <int K, class Term>
 __global__ void __launch_bounds__(kCols* kLanes)
     col_sums_kernel(Term term, float* part, float* out0, float* out1, int64_t N, int C,
-                    int64_t tile_rows) {
+                    int64_t tile_rows, int accumulate) {
   __shared__ float red[K][kLanes][kCols];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * kCols + tx;
@@ -109,7 +111,7 @@ __global__ void __launch_bounds__(kCols* kLanes)
         part[((int64_t)blockIdx.y * K + k) * C + c] = s;
       } else {
         float* out = k == 0 ? out0 : out1;
-        out[c] += s;
+        MN_GRAD_STORE(out[c], s, MN_ACC_BIT(accumulate, k));
       }
     }
   }
@@ -136,23 +138,24 @@ struct PartialsTerm {
   }
 };
 
-// out_k[c] += sum over the N rows of term_k(i, c), k < K (out1 may be NULL when K == 1).
-// part: scratch of col_scratch_floats(N, C, K) floats (NULL when that is 0).
+// out_k[c] (+= when bit k of accumulate is set, else =) sum over the N rows of term_k(i, c), k < K
+// (out1 may be NULL when K == 1). part: scratch of col_scratch_floats(N, C, K) floats (NULL when
+// that is 0).
 template <int K, class Term>
 int col_sums(const char* name, Term term, float* out0, float* out1, int64_t N, int C,
-             float* part, void* stream) {
+             int accumulate, float* part, void* stream) {
   static_assert(K == 1 || K == 2, "one or two outputs");
   const ColPlan p = col_plan(N, C);
   const dim3 block(kCols, kLanes);
   if (p.tiles == 1)
     return mn_launch(name, col_sums_kernel<K, Term>, dim3(p.col_blocks, 1), block, 0, stream,
-                     term, (float*)nullptr, out0, out1, N, C, p.tile_rows);
+                     term, (float*)nullptr, out0, out1, N, C, p.tile_rows, accumulate);
   int rc = mn_launch(name, col_sums_kernel<K, Term>, dim3(p.col_blocks, p.tiles), block, 0,
-                     stream, term, part, out0, out1, N, C, p.tile_rows);
+                     stream, term, part, out0, out1, N, C, p.tile_rows, accumulate);
   if (rc) return rc;
   return mn_launch("column_sums_finish", col_sums_kernel<K, PartialsTerm<K>>,
                    dim3(p.col_blocks, 1), block, 0, stream, PartialsTerm<K>{part, C},
-                   (float*)nullptr, out0, out1, (int64_t)p.tiles, C, (int64_t)p.tiles);
+                   (float*)nullptr, out0, out1, (int64_t)p.tiles, C, (int64_t)p.tiles, accumulate);
 }
 
 // ---- full sums ----
@@ -179,7 +182,7 @@ inline int64_t full_scratch_floats(int64_t n, int K) {
 }
 
 // Block b sums term(i) over i in its chunk; part != NULL: part[b * K + k] = sum; else out_k[0] =
-// sum, or += sum when `accumulate`.
+// sum, or += sum when bit k of `accumulate` is set. out0 == out1: stored in order k = 0, 1.
 template <int K, class Term>
 __global__ void __launch_bounds__(kFullThreads)
     full_sums_kernel(Term term, float* part, float* out0, float* out1, int64_t n, int64_t chunk,
@@ -210,7 +213,7 @@ __global__ void __launch_bounds__(kFullThreads)
     if (threadIdx.x == 0) {
       float* out = k == 0 ? out0 : out1;
       if (part) part[(int64_t)blockIdx.x * K + k] = s;
-      else if (out) out[0] = accumulate ? out[0] + s : s;
+      else if (out) MN_GRAD_STORE(out[0], s, MN_ACC_BIT(accumulate, k));
     }
   }
 }
@@ -234,7 +237,8 @@ struct FullPartialsTerm {
   }
 };
 
-// out_k[0] (=, or += when accumulate) sum of term_k(i) over i < n; a NULL out_k is skipped.
+// out_k[0] (=, or += when bit k of accumulate is set) sum of term_k(i) over i < n; a NULL out_k is
+// skipped.
 // part: scratch of full_scratch_floats(n, K) floats (NULL when that is 0).
 template <int K, class Term>
 int full_sums(const char* name, Term term, float* out0, float* out1, int64_t n, int accumulate,

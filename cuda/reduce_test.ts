@@ -81,8 +81,8 @@ function rowVector(mul: boolean, { N, C }: Rows, want: ("dx" | "dv")[]): Call {
     if (want.includes("dv")) grads.dv = [init.dv, [C]];
     return runWith(be, { dout: [dout, [N, C]], x: [x, [N, C]], v: [v, [C]] }, grads, (p) => {
       const dx = p.dx ?? null, dv = p.dv ?? null;
-      if (mul) be.k.mn_mul_row_vector_backward(dx, dv, p.dout, p.x, p.v, N, C, be.stream);
-      else be.k.mn_add_row_vector_backward(dx, dv, p.dout, N, C, be.stream);
+      if (mul) be.k.mn_mul_row_vector_backward(dx, dv, p.dout, p.x, p.v, N, C, -1, be.stream);
+      else be.k.mn_add_row_vector_backward(dx, dv, p.dout, N, C, -1, be.stream);
     });
   };
 }
@@ -115,6 +115,7 @@ function axpby(n: number, want: ("dx" | "dy" | "da" | "db")[]): Call {
           p.a,
           p.b,
           BigInt(n),
+          -1,
           be.stream,
         ),
     );
@@ -142,6 +143,7 @@ function axpbyAliased(n: number): Call {
           p.a,
           p.a,
           BigInt(n),
+          -1,
           be.stream,
         ),
     );
@@ -207,6 +209,7 @@ function layernorm({ N, C }: Rows): Call {
         p.rstd,
         N,
         C,
+        -1,
         be.stream,
       ));
   };
@@ -259,6 +262,7 @@ function groupnorm({ N, C }: Rows): Call {
         N,
         G,
         D,
+        -1,
         be.stream,
       ));
   };
@@ -294,6 +298,7 @@ function bonus({ N, C }: Rows): Call {
         N,
         H,
         D,
+        -1,
         be.stream,
       ));
   };

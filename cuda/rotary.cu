@@ -16,7 +16,8 @@ __host__ __device__ inline void rotary_cos_sin(int t, int i, int D, float* c, fl
 //   forward:  y1 = x1 c + x2 s,  y2 = -x1 s + x2 c
 //   backward: dx1 += dy1 c - dy2 s,  dx2 += dy1 s + dy2 c  (the transpose of the rotation)
 template <bool BACKWARD>
-__global__ void rotary_kernel(float* out, const float* in, int64_t pairs, int T, int H, int D) {
+__global__ void rotary_kernel(float* out, const float* in, int64_t pairs, int T, int H, int D,
+                              int acc) {
   const int half = D / 2;
   for (int64_t p = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; p < pairs;
        p += (int64_t)gridDim.x * blockDim.x) {
@@ -28,8 +29,8 @@ __global__ void rotary_kernel(float* out, const float* in, int64_t pairs, int T,
     int64_t o = row * D + i;
     float a = in[o], b = in[o + half];
     if (BACKWARD) {
-      out[o] += a * c - b * s;
-      out[o + half] += a * s + b * c;
+      MN_GRAD_STORE(out[o], a * c - b * s, acc);
+      MN_GRAD_STORE(out[o + half], a * s + b * c, acc);
     } else {
       out[o] = a * c + b * s;
       out[o + half] = -a * s + b * c;
@@ -48,12 +49,13 @@ MN_API int mn_rotary_forward(float* out, float* x, int B, int T, int H, int D, v
   if (int rc = rotary_check("rotary_forward", B, T, H, D)) return rc;
   int64_t pairs = (int64_t)B * T * H * (D / 2);
   return mn_launch("rotary_forward", rotary_kernel<false>, mn_blocks_for(pairs, 256), 256, 0,
-                   stream, out, (const float*)x, pairs, T, H, D);
+                   stream, out, (const float*)x, pairs, T, H, D, 0);
 }
 
-MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, void* stream) {
+MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, int accumulate,
+                              void* stream) {
   if (int rc = rotary_check("rotary_backward", B, T, H, D)) return rc;
   int64_t pairs = (int64_t)B * T * H * (D / 2);
   return mn_launch("rotary_backward", rotary_kernel<true>, mn_blocks_for(pairs, 256), 256, 0,
-                   stream, dx, (const float*)dout, pairs, T, H, D);
+                   stream, dx, (const float*)dout, pairs, T, H, D, MN_ACC_BIT(accumulate, 0));
 }

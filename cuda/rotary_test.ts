@@ -104,8 +104,8 @@ function run(be: Backend, sh: Shape, x: Float32Array, dy: Float32Array, init: Fl
     { y: { shape: shp }, dx: { shape: shp, init } },
     (t) => {
       be.k.mn_rotary_forward(t.y.ptr, t.x.ptr, B, T, H, D, null);
-      be.k.mn_rotary_backward(t.dx.ptr, t.dy.ptr, B, T, H, D, null);
-      be.k.mn_rotary_backward(t.dx.ptr, t.dy.ptr, B, T, H, D, null); // accumulates twice
+      be.k.mn_rotary_backward(t.dx.ptr, t.dy.ptr, B, T, H, D, -1, null);
+      be.k.mn_rotary_backward(t.dx.ptr, t.dy.ptr, B, T, H, D, -1, null); // accumulates twice
     },
   ) as Record<string, Float32Array>;
 }
@@ -177,7 +177,7 @@ Deno.test("rotary: invalid arguments are one-line errors", () => {
         /D=3 must be even/,
       );
       assert.throws(
-        () => b.k.mn_rotary_backward(t.ptr, t.ptr, 1, 0, 2, 2, null),
+        () => b.k.mn_rotary_backward(t.ptr, t.ptr, 1, 0, 2, 2, -1, null),
         /must be positive/,
       );
     } finally {

@@ -108,7 +108,7 @@ template <int N, typename TI>
 __global__ void __launch_bounds__(N)
     wkv6_backward_scan_kernel(float* dr, float* cbuf, float* dupart, const float* dy_,
                               const TI* r_, const TI* k_, const TI* v_, const TI* w_,
-                              const float* u_, int T, int H) {
+                              const float* u_, int T, int H, int acc) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float v[N], dy[N];
   const float ui = u_[(int64_t)h * N + i];
@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(N)
     __syncthreads();
     const float vdy = wkv6_dot_shared<N>(v, dy);
     const float q = wkv6_dot<N>(sc, dy);  // (S_{t-1}^T dy_t)[i]
-    dr[ind] += q + ui * ki * vdy;
+    MN_GRAD_STORE(dr[ind], q + ui * ki * vdy, acc);
     cbuf[ind] = ri * q;
     gu += ri * ki * vdy;
     wkv6_decay_add1<N>(sc, di, ki, v);
@@ -137,14 +137,18 @@ __global__ void __launch_bounds__(N)
 
 // Backward, reverse scan for dk and dw. Thread i owns column i of G (key channel i):
 // gc[j] = G_t[j][i]. Reads c_t from cbuf (written by wkv6_backward_scan_kernel).
-template <int N, typename TI>
+// At N = 128 the state column fills the registers and runtime flags made ptxas spill: there kAcc
+// fixes them at compile time (dk and dw both added into, or both overwritten; the launcher
+// zero-fills one of them when their bits differ). Smaller N read the bits of `acc` at run time.
+template <int N, typename TI, bool kAcc>
 __global__ void __launch_bounds__(N)
     wkv6_backward_dkdw_kernel(float* dk, float* dw, const float* cbuf, const float* dy_,
                               const TI* r_, const TI* k_, const TI* v_, const TI* w_,
-                              const float* u_, int T, int H) {
+                              const float* u_, int T, int H, int acc) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float v[N], dy[N];
   const float ui = u_[(int64_t)h * N + i];
+  const int ak = N == 128 ? kAcc : MN_ACC_BIT(acc, 0), aw = N == 128 ? kAcc : MN_ACC_BIT(acc, 1);
   float gc[N];
 #pragma unroll
   for (int j = 0; j < N; j++) gc[j] = 0.0f;
@@ -161,9 +165,9 @@ __global__ void __launch_bounds__(N)
     __syncthreads();
     const float vdy = wkv6_dot_shared<N>(v, dy);
     const float gv = wkv6_dot<N>(gc, v);  // (G_t^T v_t)[i]
-    dk[ind] += gv + ui * ri * vdy;
+    MN_GRAD_STORE(dk[ind], gv + ui * ri * vdy, ak);
     D += c_next - ki * gv;  // D_t = D_{t+1} + c_{t+1} - e_t
-    dw[ind] += D * wkv6_dlogdecay_dw(wi);
+    MN_GRAD_STORE(dw[ind], D * wkv6_dlogdecay_dw(wi), aw);
     c_next = ci;
     wkv6_decay_add1<N>(gc, di, ri, dy);  // G_{t-1} = G_t diag(d_t) + dy_t r_t^T, column i
   }
@@ -176,7 +180,7 @@ __global__ void __launch_bounds__(N)
 template <int N, typename TI>
 __global__ void __launch_bounds__(N, 1)
     wkv6_backward_dv_kernel(float* dv, const float* dy_, const TI* r_, const TI* k_,
-                            const TI* w_, const float* u_, int T, int H) {
+                            const TI* w_, const float* u_, int T, int H, int acc) {
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x;
   __shared__ float r[N], k[N], d[N], ruk[N];
   const float ui = u_[(int64_t)h * N + i];
@@ -197,19 +201,19 @@ __global__ void __launch_bounds__(N, 1)
     float bonus = 0.0f;
 #pragma unroll
     for (int j = 0; j < N; j++) bonus += ruk[j];
-    dv[ind] += wkv6_dot<N>(gr, k) + dyi * bonus;
+    MN_GRAD_STORE(dv[ind], wkv6_dot<N>(gr, k) + dyi * bonus, acc);
     wkv6_decay_add<N>(gr, d, dyi, r);  // G_{t-1} = G_t diag(d_t) + dy_t r_t^T, row i
   }
 }
 
-// du[h][i] += sum_{b = 0..B-1} dupart[b][h][i], in order of b. grid (H), block N.
+// du[h][i] (+)= sum_{b = 0..B-1} dupart[b][h][i], in order of b. grid (H), block N.
 template <int N>
 __global__ void __launch_bounds__(N)
-    wkv6_du_reduce_kernel(float* du, const float* dupart, int B, int H) {
+    wkv6_du_reduce_kernel(float* du, const float* dupart, int B, int H, int acc) {
   const int h = blockIdx.x, i = threadIdx.x;
-  float acc = 0.0f;
-  for (int b = 0; b < B; b++) acc += dupart[((int64_t)b * H + h) * N + i];
-  du[(int64_t)h * N + i] += acc;
+  float sum = 0.0f;
+  for (int b = 0; b < B; b++) sum += dupart[((int64_t)b * H + h) * N + i];
+  MN_GRAD_STORE(du[(int64_t)h * N + i], sum, acc);
 }
 
 // ---- host side ----------------------------------------------------------------------------------
@@ -232,24 +236,36 @@ int wkv6_forward_launch(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, fl
 template <int N, typename TI>
 int wkv6_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du, float* dy, TI* r,
                          TI* k, TI* v, TI* w, float* u, float* ws, int B, int T, int H,
-                         void* stream) {
+                         int accumulate, void* stream) {
   const TI *r_ = r, *k_ = k, *v_ = v, *w_ = w;
   float* cbuf = ws;                             // [B,T,H,N]
   float* dupart = ws + (int64_t)B * T * H * N;  // [B,H,N]
   const dim3 grid(H, B), block(N);
   if (int rc = mn_launch("wkv6_backward_scan", wkv6_backward_scan_kernel<N, TI>, grid, block, 0,
                          stream, dr, cbuf, dupart, (const float*)dy, r_, k_, v_, w_,
-                         (const float*)u, T, H))
+                         (const float*)u, T, H, MN_ACC_BIT(accumulate, 0)))
     return rc;
-  if (int rc = mn_launch("wkv6_backward_dkdw", wkv6_backward_dkdw_kernel<N, TI>, grid, block, 0,
-                         stream, dk, dw, (const float*)cbuf, (const float*)dy, r_, k_, v_, w_,
-                         (const float*)u, T, H))
+  // dk, dw: bits 1 and 3; at N = 128, when they differ the overwritten one is zeroed and both are
+  // added into (see the kernel)
+  int ak = MN_ACC_BIT(accumulate, 1), aw = MN_ACC_BIT(accumulate, 3);
+  if (N == 128 && ak != aw) {
+    if (int rc = mn_fill(ak ? dw : dk, 0.0f, (int64_t)B * T * H * N, stream)) return rc;
+    ak = aw = 1;
+  }
+  auto dkdw = wkv6_backward_dkdw_kernel<N, TI, true>;
+  if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
+    if (!ak) dkdw = wkv6_backward_dkdw_kernel<N, TI, false>;
+  }
+  if (int rc = mn_launch("wkv6_backward_dkdw", dkdw, grid, block, 0, stream, dk, dw,
+                         (const float*)cbuf, (const float*)dy, r_, k_, v_, w_, (const float*)u, T,
+                         H, ak | aw << 1))
     return rc;
   if (int rc = mn_launch("wkv6_backward_dv", wkv6_backward_dv_kernel<N, TI>, grid, block, 0,
-                         stream, dv, (const float*)dy, r_, k_, w_, (const float*)u, T, H))
+                         stream, dv, (const float*)dy, r_, k_, w_, (const float*)u, T, H,
+                         MN_ACC_BIT(accumulate, 2)))
     return rc;
   return mn_launch("wkv6_du_reduce", wkv6_du_reduce_kernel<N>, dim3(H), block, 0, stream, du,
-                   (const float*)dupart, B, H);
+                   (const float*)dupart, B, H, MN_ACC_BIT(accumulate, 4));
 }
 
 template <typename TI>
@@ -268,12 +284,13 @@ int wkv6_forward_common(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, fl
 template <typename TI>
 int wkv6_backward_common(const char* fn, float* dr, float* dk, float* dv, float* dw, float* du,
                          float* dy, TI* r, TI* k, TI* v, TI* w, float* u, float* ws, int B, int T,
-                         int H, int N, void* stream) {
+                         int H, int N, int accumulate, void* stream) {
   if (int rc = wkv6_check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && ws,
              "%s: NULL tensor argument", fn);
 #define MN_WKV6_BWD(NN) \
-  return wkv6_backward_launch<NN>(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, stream)
+  return wkv6_backward_launch<NN>(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, accumulate, \
+                                  stream)
   switch (N) {
     case 16: MN_WKV6_BWD(16);
     case 32: MN_WKV6_BWD(32);
@@ -293,9 +310,9 @@ MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16
 
 MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                             mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                            int B, int T, int H, int N, void* stream) {
+                            int B, int T, int H, int N, int accumulate, void* stream) {
   return wkv6_backward_common("wkv6_backward", dr, dk, dv, dw, du, dy, (bf16*)r, (bf16*)k,
-                              (bf16*)v, (bf16*)w, u, ws, B, T, H, N, stream);
+                              (bf16*)v, (bf16*)w, u, ws, B, T, H, N, accumulate, stream);
 }
 
 MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
@@ -305,7 +322,7 @@ MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w,
 
 MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                                 float* r, float* k, float* v, float* w, float* u, float* ws,
-                                int B, int T, int H, int N, void* stream) {
+                                int B, int T, int H, int N, int accumulate, void* stream) {
   return wkv6_backward_common("wkv6_backward_f32", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T,
-                              H, N, stream);
+                              H, N, accumulate, stream);
 }

@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include "reduce.cuh"
 #include "entry_checks.h"
 // Chunked WKV-6 (the --fla_cuda variant): the RWKV-6 recurrence of cuda/wkv6.cu, evaluated the way
 // flash-linear-attention's chunk_rwkv6 does it: T is cut into chunks of WKV6C_CHUNK = 16 steps
@@ -264,8 +265,10 @@ __global__ void __launch_bounds__(N, N == 16 ? 1 : 0)
     wkv6c_grads_kernel(float* dr, float* dk, float* dv, float* dw, float* dupart,
                        const float* dy_, const bf16* r_, const bf16* k_, const bf16* v_,
                        const bf16* w_, const float* u_, const float* s_ckpt,
-                       const float* ds_ckpt, int T, int H, int NC) {
+                       const float* ds_ckpt, int T, int H, int NC, int acc) {
   constexpr int CH = WKV6C_CHUNK;
+  const int ar = MN_ACC_BIT(acc, 0), ak = MN_ACC_BIT(acc, 1), av = MN_ACC_BIT(acc, 2);
+  const int aw = MN_ACC_BIT(acc, 3);
   const int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, x = threadIdx.x;
   const int t0 = c * CH, L = wkv6c_length(T, t0);
   // [step][channel], zero beyond L; vk is v until step 4, then k_t[j] exp(gl - g_t[j]) (see there)
@@ -329,11 +332,12 @@ __global__ void __launch_bounds__(N, N == 16 ? 1 : 0)
     for (int s = t + 1; s < L; s++) dkt += vd[s][t] * r[s][x] * expf(g[s - 1][x] - gt);
     const float bon = vd[t][t];
     const int64_t ind = wkv6c_index(b, t0 + t, h, x, T, H, N);
-    dr[ind] += drt + ux * k[t][x] * bon;
-    dk[ind] += dkt + ux * r[t][x] * bon;
+    MN_GRAD_STORE(dr[ind], drt + ux * k[t][x] * bon, ar);
+    MN_GRAD_STORE(dk[ind], dkt + ux * r[t][x] * bon, ak);
     du_acc += r[t][x] * k[t][x] * bon;
-    dw[ind] += wkv6c_dlogd(P, glx, sdy, gv, vd, r, k, g, t, L, x) *
-               wkv6c_log_decay(wkv6c_in(w_, ind));  // d(log d)/dw = -exp(w) = log d
+    const float dwt = wkv6c_dlogd(P, glx, sdy, gv, vd, r, k, g, t, L, x) *
+                      wkv6c_log_decay(wkv6c_in(w_, ind));  // d(log d)/dw = -exp(w) = log d
+    MN_GRAD_STORE(dw[ind], dwt, aw);
   }
   dupart[(((int64_t)b * H + h) * NC + c) * N + x] = du_acc;
 
@@ -356,20 +360,28 @@ __global__ void __launch_bounds__(N, N == 16 ? 1 : 0)
     if (t >= L) continue;
     float acc = dvi[t];
     for (int s = t; s < L; s++) acc += dy[s][x] * A[s][t];
-    dv[wkv6c_index(b, t0 + t, h, x, T, H, N)] += acc;
+    MN_GRAD_STORE(dv[wkv6c_index(b, t0 + t, h, x, T, H, N)], acc, av);
   }
 }
 
-// du[h][x] += sum_b sum_c dupart[b][h][c][x], in order. grid (H), block N.
-template <int N>
-__global__ void __launch_bounds__(N)
-    wkv6c_du_kernel(float* du, const float* dupart, int B, int H, int NC) {
-  const int h = blockIdx.x, x = threadIdx.x;
-  float acc = 0.0f;
-  for (int b = 0; b < B; b++)
-    for (int c = 0; c < NC; c++) acc += dupart[(((int64_t)b * H + h) * NC + c) * N + x];
-  du[(int64_t)h * N + x] += acc;
-}
+// Column-sum term (reduce.cuh) of du[h][x] = sum over (b, c) of dupart[b][h][c][x]: row i = (b, c)
+// = (i / NC, i % NC) of B*NC rows, column h*N + x of H*N. One block per head summing all B*NC
+// partials serially had 12 blocks at the record shape; the two-stage column sums spread the rows
+// over a full grid and add them in a fixed order.
+struct Wkv6cDuTerm {
+  const float* dupart;
+  int H, N, NC;
+  int64_t col_off;  // (h * NC) * N + x for the column of begin()
+  struct Load {
+    float p;
+  };
+  __device__ void begin(int col) { col_off = (int64_t)(col / N) * NC * N + col % N; }
+  __device__ Load load(int64_t i, int) const {
+    const int64_t b = i / NC, c = i % NC;
+    return Load{dupart[(b * H * NC + c) * N + col_off]};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* acc) const { acc[0] += l.p; }
+};
 
 // ---- host side ----------------------------------------------------------------------------------
 // Elements of ws for the backward: ds_ckpt [B,H,NC,N,N], then dupart [B,H,NC,N].
@@ -393,7 +405,7 @@ int wkv6c_forward_launch(float* y, float* s_ckpt, bf16* r, bf16* k, bf16* v, bf1
 template <int N>
 int wkv6c_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                           bf16* r, bf16* k, bf16* v, bf16* w, float* u, float* s_ckpt, float* ws,
-                          int B, int T, int H, void* stream) {
+                          int B, int T, int H, int accumulate, void* stream) {
   const int NC = wkv6c_chunks(T);
   float* ds_ckpt = ws;                                      // [B,H,NC,N,N]
   float* dupart = ds_ckpt + (int64_t)B * H * NC * N * N;  // [B,H,NC,N]
@@ -404,10 +416,15 @@ int wkv6c_backward_launch(float* dr, float* dk, float* dv, float* dw, float* du,
   if (int rc = mn_launch("wkv6_chunked_grads", wkv6c_grads_kernel<N>, dim3(NC, H, B), dim3(N), 0,
                          stream, dr, dk, dv, dw, dupart, (const float*)dy, (const bf16*)r,
                          (const bf16*)k, (const bf16*)v, (const bf16*)w, (const float*)u,
-                         (const float*)s_ckpt, (const float*)ds_ckpt, T, H, NC))
+                         (const float*)s_ckpt, (const float*)ds_ckpt, T, H, NC, accumulate))
     return rc;
-  return mn_launch("wkv6_chunked_du", wkv6c_du_kernel<N>, dim3(H), dim3(N), 0, stream, du,
-                   (const float*)dupart, B, H, NC);
+  const int64_t rows = (int64_t)B * NC;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(rows, H * N, 1),
+                                         stream))
+    return rc;
+  return mn_reduce::col_sums<1>("wkv6_chunked_du", Wkv6cDuTerm{dupart, H, N, NC, 0}, du, nullptr,
+                                rows, H * N, MN_ACC_BIT(accumulate, 4), part, stream);
 }
 
 }  // namespace
@@ -443,7 +460,7 @@ MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16*
 MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, float* du,
                                     float* dy, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w,
                                     float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                    void* stream) {
+                                    int accumulate, void* stream) {
   const char* fn = "wkv6_chunked_backward";
   if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && s_ckpt && ws,
@@ -451,7 +468,7 @@ MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, 
   if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
 #define MN_WKV6C_BWD(NN)                                                                       \
   return wkv6c_backward_launch<NN>(dr, dk, dv, dw, du, dy, (bf16*)r, (bf16*)k, (bf16*)v,       \
-                                   (bf16*)w, u, s_ckpt, ws, B, T, H, stream)
+                                   (bf16*)w, u, s_ckpt, ws, B, T, H, accumulate, stream)
   switch (N) {
     case 16: MN_WKV6C_BWD(16);
     case 32: MN_WKV6C_BWD(32);

@@ -145,7 +145,27 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
         [
           "wkv6_chunked_backward",
           (B, T, H, N) =>
-            be.k.mn_wkv6_chunked_backward(g, g, g, g, g, g, i, i, i, i, g, g, ws, B, T, H, N, null),
+            be.k.mn_wkv6_chunked_backward(
+              g,
+              g,
+              g,
+              g,
+              g,
+              g,
+              i,
+              i,
+              i,
+              i,
+              g,
+              g,
+              ws,
+              B,
+              T,
+              H,
+              N,
+              -1,
+              null,
+            ),
         ],
       ], errorFrom);
       assert.throws(
@@ -154,9 +174,30 @@ Deno.test("wkv6_chunked: sizes follow the documented formula; bad arguments give
       );
       const g6 = [g, g, g, g, g, g] as const, i4 = [i, i, i, i] as const;
       assert.throws(
-        () => be.k.mn_wkv6_chunked_backward(...g6, ...i4, g, g, null, 1, 16, 1, 16, null),
+        () => be.k.mn_wkv6_chunked_backward(...g6, ...i4, g, g, null, 1, 16, 1, 16, -1, null),
         /wkv6_chunked_backward: NULL/,
       );
     });
+  }
+});
+
+// ---- c) du: column sums over the B*NC per-chunk partials (reduce.cuh) ------------------------
+// One row tile (1 and 7 partial rows) and the two-stage path (65 and 129 rows: 2 and 3 tiles of 64,
+// the last holding a single row); the column sums themselves run at 65,537 rows in
+// cuda/reduce_test.ts. du also comes out bit-identical from a second call (fixed order).
+Deno.test("wkv6_chunked: du over B*NC = 1, 7, 65, 129 partial rows vs the double reference (emu)", () => {
+  for (const [B, NC] of [[1, 1], [7, 1], [5, 13], [3, 43]]) {
+    const s: Shape = { B, T: 16 * NC - 5, H: 2, N: 16 }; // a ragged last chunk
+    const rng = new Rng(SEED + 300 + B);
+    const x = makeInputs(rng, s, "model");
+    const want = runChunked(backend("cpu"), s, x, zeroGrads(s));
+    const got = runChunked(backend("emu"), s, x, zeroGrads(s));
+    const again = runChunked(backend("emu"), s, x, zeroGrads(s));
+    const e = relErr(got.du, want.du);
+    assert.ok(
+      e <= REL.main,
+      `B*NC = ${B * NC}: du normwise error ${e.toExponential(2)} (seed ${SEED})`,
+    );
+    assert.deepEqual(again.du, got.du, `B*NC = ${B * NC}: du differs between two calls`);
   }
 });

@@ -326,7 +326,7 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
         [
           "wkv6_backward",
           (B, T, H, N) =>
-            be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, null),
+            be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, ws, B, T, H, N, -1, null),
         ],
       ], errorFrom);
       assert.throws(
@@ -334,11 +334,11 @@ Deno.test("wkv6: bad arguments give clear errors (cpu, emu)", () => {
         /wkv6_forward: NULL/,
       );
       assert.throws(
-        () => be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, null, 1, 16, 1, 16, null),
+        () => be.k.mn_wkv6_backward(g, g, g, g, g, g, i, i, i, i, g, null, 1, 16, 1, 16, -1, null),
         /wkv6_backward: NULL/,
       );
       assert.throws(
-        () => be.k.mn_wkv6_backward(g, g, g, g, null, g, i, i, i, i, g, ws, 1, 16, 1, 16, null),
+        () => be.k.mn_wkv6_backward(g, g, g, g, null, g, i, i, i, i, g, ws, 1, 16, 1, 16, -1, null),
         /wkv6_backward: NULL/,
       );
     });

@@ -114,7 +114,7 @@ template <int NS, int P, bool BACKSTEP>
 __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float (&gcol)[NS],
                                       const Wkv7Stage& s, const Wkv7Own& o, int i, int p,
                                       int64_t ind, float* dw, float* dk, float* dv, float* da,
-                                      float* db) {
+                                      float* db, int acc) {
   float dd = 0.0f, dki = 0.0f, dbi = 0.0f, dvi = 0.0f, dsai = 0.0f;
   const float inv_d = BACKSTEP ? 1.0f / o.d : 0.0f;
 #pragma unroll
@@ -142,11 +142,11 @@ __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float 
     gcol[jj] = gcol[jj] * o.d + o.a * s.dsa[j];
   }
   if (p == 0) {
-    dw[ind] += dd * wkv7_ddecay_dw(o.w, o.d);
-    dk[ind] += dki;
-    dv[ind] += dvi;
-    da[ind] += dai;
-    db[ind] += dbi;
+    MN_GRAD_STORE(dw[ind], dd * wkv7_ddecay_dw(o.w, o.d), MN_ACC_BIT(acc, 1));
+    MN_GRAD_STORE(dk[ind], dki, MN_ACC_BIT(acc, 2));
+    MN_GRAD_STORE(dv[ind], dvi, MN_ACC_BIT(acc, 3));
+    MN_GRAD_STORE(da[ind], dai, MN_ACC_BIT(acc, 4));
+    MN_GRAD_STORE(db[ind], dbi, MN_ACC_BIT(acc, 5));
   }
 }
 
@@ -219,12 +219,17 @@ __global__ void __launch_bounds__(N)
 }
 
 // Backstepping backward. grid (H, B), block N*P (lane p of row i is thread i*P + p).
-template <int N>
+// At N = 128 the state slices fill the registers and a runtime accumulate mask made ptxas spill:
+// there kAcc fixes it at compile time (all six added into, or all overwritten; the launcher
+// zero-fills the overwritten ones of a mixed mask). Smaller N take the mask `acc_in` at run time
+// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead).
+template <int N, bool kAcc>
 __global__ void __launch_bounds__(N * wkv7_lanes(N))
     wkv7_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
-                         const float* sa_, int T, int H) {
+                         const float* sa_, int T, int H, int acc_in) {
+  const int acc = N == 128 ? (kAcc ? -1 : 0) : acc_in;
   constexpr int P = wkv7_lanes(N), NS = N / P;
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x / P, p = threadIdx.x % P;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
@@ -248,10 +253,10 @@ __global__ void __launch_bounds__(N * wkv7_lanes(N))
       for (int jj = 0; jj < NS; jj++) sc[jj] = src[jj * P];
     }
     const float dri = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, dy, p));  // (S_t^T dy)[i]
-    if (p == 0) dr[ind] += dri;
+    if (p == 0) MN_GRAD_STORE(dr[ind], dri, MN_ACC_BIT(acc, 0));
     wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
     // backsteps sc to S_{t-1}, then the gradients of step t
-    wkv7_grad_step<NS, P, true>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db);
+    wkv7_grad_step<NS, P, true>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
   }
 }
 
@@ -263,7 +268,7 @@ __global__ void __launch_bounds__(N * wkv7_lanes(N))
     wkv7g_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                           const float* dy_, const TI* r_, const TI* w_, const TI* k_,
                           const TI* v_, const TI* a_, const TI* b_, const float* s_ckpt,
-                          float* ws, int T, int H) {
+                          float* ws, int T, int H, int acc) {
   constexpr int P = wkv7_lanes(N), NS = N / P;
   const int h = blockIdx.x, bb = blockIdx.y, i = threadIdx.x / P, p = threadIdx.x % P;
   __shared__ float r[N], d[N], k[N], v[N], a[N], b[N], dy[N], sa[N], dsa[N];
@@ -327,12 +332,12 @@ __global__ void __launch_bounds__(N * wkv7_lanes(N))
 #pragma unroll
       for (int jj = 0; jj < NS; jj++) sc[jj] = cur[(int64_t)jj * P * N];  // S_t[j][i]
       const float dri = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, dy, p));
-      if (p == 0) dr[ind] += dri;
+      if (p == 0) MN_GRAD_STORE(dr[ind], dri, MN_ACC_BIT(acc, 0));
       wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
       const float* prev = states + (int64_t)m * N * N + (int64_t)p * N + i;
 #pragma unroll
       for (int jj = 0; jj < NS; jj++) sc[jj] = prev[(int64_t)jj * P * N];  // S_{t-1}[j][i]
-      wkv7_grad_step<NS, P, false>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db);
+      wkv7_grad_step<NS, P, false>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
     }
   }
 }
@@ -363,22 +368,37 @@ int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, co
 template <int N>
 int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
-                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, void* stream) {
+                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
+                         void* stream) {
   const dim3 block(N * wkv7_lanes(N));  // P lanes per row
-  return mn_launch("wkv7_backward", wkv7_backward_kernel<N>, dim3(H, B), block, 0, stream, dr, dw,
-                   dk, dv, da, db, (const float*)dy, (const bf16*)r, (const bf16*)w,
-                   (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b,
-                   (const float*)s_ckpt, (const float*)sa, T, H);
+  int mask = accumulate & 63;
+  if (N == 128 && mask != 0 && mask != 63) {  // mixed: zero the overwritten ones, add into all
+    float* grads[6] = {dr, dw, dk, dv, da, db};
+    for (int i = 0; i < 6; i++) {
+      if (MN_ACC_BIT(mask, i)) continue;
+      if (int rc = mn_fill(grads[i], 0.0f, (int64_t)B * T * H * N, stream)) return rc;
+    }
+    mask = 63;
+  }
+  auto kernel = wkv7_backward_kernel<N, true>;
+  if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
+    if (!mask) kernel = wkv7_backward_kernel<N, false>;
+  }
+  return mn_launch("wkv7_backward", kernel, dim3(H, B), block, 0, stream, dr, dw, dk, dv, da, db,
+                   (const float*)dy, (const bf16*)r, (const bf16*)w, (const bf16*)k,
+                   (const bf16*)v, (const bf16*)a, (const bf16*)b, (const float*)s_ckpt,
+                   (const float*)sa, T, H, mask);
 }
 
 template <int N, typename TI>
 int wkv7g_backward_launch(const char* name, float* dr, float* dw, float* dk, float* dv, float* da,
                           float* db, float* dy, const TI* r, const TI* w, const TI* k, const TI* v,
                           const TI* a, const TI* b, float* s_ckpt, float* ws, int B, int T, int H,
-                          void* stream) {
+                          int accumulate, void* stream) {
   const dim3 block(N * wkv7_lanes(N));  // P lanes per row
   return mn_launch(name, wkv7g_backward_kernel<N, TI>, dim3(H, B), block, 0, stream, dr, dw, dk, dv,
-                   da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H);
+                   da, db, (const float*)dy, r, w, k, v, a, b, (const float*)s_ckpt, ws, T, H,
+                   accumulate);
 }
 
 // TA: the ABI input type (mn_bf16 or float).
@@ -402,14 +422,15 @@ int wkv7_forward_common(const char* name, float* y, float* s_ckpt, float* sa, TA
 template <typename TA>
 int wkv7g_backward_common(const char* name, float* dr, float* dw, float* dk, float* dv, float* da,
                           float* db, float* dy, TA* r, TA* w, TA* k, TA* v, TA* a, TA* b,
-                          float* s_ckpt, float* ws, int B, int T, int H, int N, void* stream) {
+                          float* s_ckpt, float* ws, int B, int T, int H, int N, int accumulate,
+                          void* stream) {
   if (int rc = wkv7_check(name, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && ws,
              "%s: NULL tensor argument", name);
 #define MN_WKV7G_BWD(NN)                                                                       \
   return wkv7g_backward_launch<NN>(name, dr, dw, dk, dv, da, db, dy, dev_input(r), dev_input(w), \
                                    dev_input(k), dev_input(v), dev_input(a), dev_input(b),     \
-                                   s_ckpt, ws, B, T, H, stream)
+                                   s_ckpt, ws, B, T, H, accumulate, stream)
   switch (N) {
     case 16: MN_WKV7G_BWD(16);
     case 32: MN_WKV7G_BWD(32);
@@ -432,13 +453,13 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
 MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            void* stream) {
+                            int accumulate, void* stream) {
   if (int rc = wkv7_check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_backward: NULL tensor argument");
 #define MN_WKV7_BWD(NN)                                                                          \
   return wkv7_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, \
-                                  H, stream)
+                                  H, accumulate, stream)
   switch (N) {
     case 16: MN_WKV7_BWD(16);
     case 32: MN_WKV7_BWD(32);
@@ -458,9 +479,9 @@ MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_
 MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                              float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                              mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                             void* stream) {
+                             int accumulate, void* stream) {
   return wkv7g_backward_common("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b,
-                               s_ckpt, ws, B, T, H, N, stream);
+                               s_ckpt, ws, B, T, H, N, accumulate, stream);
 }
 
 MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
@@ -472,7 +493,7 @@ MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, flo
 MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, float* r, float* w, float* k, float* v, float* a,
                                  float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                 void* stream) {
+                                 int accumulate, void* stream) {
   return wkv7g_backward_common("wkv7g_backward_f32", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b,
-                               s_ckpt, ws, B, T, H, N, stream);
+                               s_ckpt, ws, B, T, H, N, accumulate, stream);
 }

@@ -363,11 +363,11 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
         ["wkv7g_forward", (B, T, H, N) => be.k.mn_wkv7g_forward(y, ck, ...i6, B, T, H, N, null)],
         [
           "wkv7_backward",
-          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, -1, null),
         ],
         [
           "wkv7g_backward",
-          (B, T, H, N) => be.k.mn_wkv7g_backward(...g7, ...i6, ck, sa, B, T, H, N, null),
+          (B, T, H, N) => be.k.mn_wkv7g_backward(...g7, ...i6, ck, sa, B, T, H, N, -1, null),
         ],
       ]);
       assert.throws(
@@ -385,11 +385,11 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
       );
       assert.throws(
         // six gradients, dy and the six fp32 inputs
-        () => be.k.mn_wkv7g_backward_f32(...g7, ...g7.slice(1), ck, sa, 1, 16, 1, 48, null),
+        () => be.k.mn_wkv7g_backward_f32(...g7, ...g7.slice(1), ck, sa, 1, 16, 1, 48, -1, null),
         /wkv7g_backward_f32: head size N = 48/,
       );
       assert.throws(
-        () => be.k.mn_wkv7g_backward(...g7, ...i6, ck, null, 1, 16, 1, 16, null),
+        () => be.k.mn_wkv7g_backward(...g7, ...i6, ck, null, 1, 16, 1, 16, -1, null),
         /NULL/,
       );
     });

@@ -337,9 +337,11 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
     wind_backward_kernel(float* dr_, float* dw_, float* dk_, float* dv_, float* da_, float* db_,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
-                         const float* sa_, int T, int H) {
+                         const float* sa_, int T, int H, int acc) {
   using D = WindDims<N>;
   constexpr int LDC = D::LDC, LDS = D::LDS, LDT = D::LDT, NT = N / 16, WARPS = D::WARPS;
+  const int ar = MN_ACC_BIT(acc, 0), aw = MN_ACC_BIT(acc, 1), ak = MN_ACC_BIT(acc, 2);
+  const int av = MN_ACC_BIT(acc, 3), aa = MN_ACC_BIT(acc, 4), ab = MN_ACC_BIT(acc, 5);
   MN_DYNAMIC_SHARED(unsigned char, smem);
   bf16* hp = (bf16*)smem;
   const ChunkMats m = chunk_mats(hp, D::CM);  // 10 x [16][LDC]
@@ -495,7 +497,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(L[q] - 0.5f * L15[q]) + y[q] * expf(L[q]);
         gl[q] = in(r_, i) * g;
-        dr_[i] += g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i);
+        MN_GRAD_STORE(dr_[i], g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i), ar);
       }
       // k: dKc = dAK^T Ac + dQK^T Rc, dKe = V G
       zero8(x);
@@ -517,7 +519,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= kq * gc;
         }
-        dk_[i] += g;
+        MN_GRAD_STORE(dk_[i], g, ak);
       }
       // a: dAc = dAB Bc + dAK Kc, dAs = dZ S0
       zero8(x);
@@ -531,7 +533,8 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(Lx[q] - 0.5f * L15[q]) + y[q] * expf(Lx[q]);
         glx[q] = in(a_, i) * g;
-        da_[i] += t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g;
+        MN_GRAD_STORE(da_[i], t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g,
+                      aa);
       }
       // b: dBc = dAB^T Ac + dQB^T Rc, dBe = U G
       zero8(x);
@@ -553,7 +556,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= bq * gc;
         }
-        db_[i] += g;
+        MN_GRAD_STORE(db_[i], g, ab);
       }
       // v: dV = QK^T dY + AK^T dZ + Ke G^T
       zero8(x);
@@ -561,7 +564,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<true, false>(x, AK, LDT, dZ + j0, LDC, CH);
       mm_acc<false, true, KU>(x, m.ke, LDC, Gs + j0 * LDS, LDS, N);
 #pragma unroll
-      for (int q = 0; q < 8; q++) dv_[at(q)] += x[q];
+      for (int q = 0; q < 8; q++) MN_GRAD_STORE(dv_[at(q)], x[q], av);
 
       store_tile(gl, gL + j0, N);
       store_tile(glx, gLx + j0, N);
@@ -604,7 +607,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         sL += gL[t * N + j];
         const int64_t ind = ind0 + t * tstride + j;
         const float ell = wind_log_decay(mn_bf16_to_f32(w_[ind]));
-        dw_[ind] += (sL + sLx + gl15) * ell;
+        MN_GRAD_STORE(dw_[ind], (sL + sLx + gl15) * ell, aw);
         sLx += gLx[t * N + j];
       }
     }
@@ -624,12 +627,13 @@ int wind_forward_launch(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16*
 template <int N>
 int wind_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                          float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
-                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, void* stream) {
+                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
+                         void* stream) {
   using D = WindDims<N>;
   return mn_launch("wkv7_wind_backward", wind_backward_kernel<N>, dim3(H, B), dim3(D::THREADS),
                    D::BWD_SMEM, stream, dr, dw, dk, dv, da, db, (const float*)dy, (const bf16*)r,
                    (const bf16*)w, (const bf16*)k, (const bf16*)v, (const bf16*)a,
-                   (const bf16*)b, (const float*)s_ckpt, (const float*)sa, T, H);
+                   (const bf16*)b, (const float*)s_ckpt, (const float*)sa, T, H, accumulate);
 }
 
 }  // namespace
@@ -651,13 +655,13 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
 MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, void* stream) {
+                                 int H, int N, int accumulate, void* stream) {
   if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
 #define MN_WIND_BWD(NN)                                                                          \
   return wind_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, \
-                                  H, stream)
+                                  H, accumulate, stream)
   switch (N) {
     case 16: MN_WIND_BWD(16);
     case 32: MN_WIND_BWD(32);

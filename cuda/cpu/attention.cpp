@@ -83,10 +83,15 @@ int forward_impl(float* out, float* lse, const TI* q, const TI* k, const TI* v, 
 
 template <typename TI>
 int backward_impl(float* dq, float* dk, float* dv, float* dout, float* out, float* lse,
-                  const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D) {
+                  const TI* q, const TI* k, const TI* v, float* ws, int B, int T, int H, int D,
+                  int accumulate) {
   if (int rc = mn_check_attention_shape("attention_backward", B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
              "attention_backward: NULL tensor argument");
+  const int64_t n = (int64_t)B * T * H * D;
+  cpu_clear_unless(accumulate, 0, dq, n);
+  cpu_clear_unless(accumulate, 1, dk, n);
+  cpu_clear_unless(accumulate, 2, dv, n);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, D))
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
@@ -134,8 +139,8 @@ MN_API int mn_attention_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, 
 
 MN_API int mn_attention_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                  float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
-                                 int T, int H, int D, void*) {
-  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D);
+                                 int T, int H, int D, int accumulate, void*) {
+  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D, accumulate);
 }
 
 MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, float* v, int B,
@@ -145,6 +150,6 @@ MN_API int mn_attention_forward_f32(float* out, float* lse, float* q, float* k, 
 
 MN_API int mn_attention_backward_f32(float* dq, float* dk, float* dv, float* dout, float* out,
                                      float* lse, float* q, float* k, float* v, float* ws, int B,
-                                     int T, int H, int D, void*) {
-  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D);
+                                     int T, int H, int D, int accumulate, void*) {
+  return backward_impl(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D, accumulate);
 }

@@ -12,9 +12,10 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
-                                    int B, int T, int H, int D, void* stream) {
+                                    int B, int T, int H, int D, int accumulate, void* stream) {
   if (int rc = mn_check_attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
                                                 H, D))
     return rc;
-  return mn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D, stream);
+  return mn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D, accumulate,
+                               stream);
 }

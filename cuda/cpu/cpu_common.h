@@ -7,6 +7,14 @@
 
 #include "../kernels.h"
 #include "../mn_error.h"
+#include "../grad_acc.h"
+
+// The references compute every gradient with `+=`; an output to be overwritten (its bit of
+// `accumulate` clear, kernels.h) is zeroed first: the same values, and the old contents (maybe NaN)
+// are never read.
+inline void cpu_clear_unless(int accumulate, int bit, float* p, int64_t n) {
+  if (p && !MN_ACC_BIT(accumulate, bit)) std::memset(p, 0, (size_t)n * sizeof(float));
+}
 
 // bfloat16 <-> float by bit manipulation: round to nearest even, NaN stays NaN.
 inline float bf16_to_f32(mn_bf16 h) {

@@ -20,9 +20,11 @@ MN_API int mn_relu2_forward(float* out, float* inp, int64_t n, void*) {
 }
 
 // d/dx relu(x)^2 = 2 relu(x) (0 at x = 0, as torch's relu backward)
-MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, void*) {
+MN_API int mn_relu2_backward(float* dinp, float* dout, float* inp, int64_t n, int accumulate,
+                             void*) {
   CHECK_PTRS("relu2_backward", dinp && dout && inp);
   CHECK_N("relu2_backward", n);
+  cpu_clear_unless(accumulate, 0, dinp, n);
   PAR_FOR
   for (int64_t i = 0; i < n; i++) dinp[i] += 2.0f * std::max(inp[i], 0.0f) * dout[i];
   return 0;
@@ -38,7 +40,7 @@ MN_API int mn_axpby_forward(float* out, float* x, float* y, float* a, float* b, 
 }
 
 MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* dout, float* x,
-                             float* y, float* a, float* b, int64_t n, void*) {
+                             float* y, float* a, float* b, int64_t n, int accumulate, void*) {
   const char* fn = "axpby_backward";
   CHECK_PTRS(fn, dout);
   MN_REQUIRE(!dx || a, "%s: dx given but a is NULL", fn);
@@ -46,6 +48,10 @@ MN_API int mn_axpby_backward(float* dx, float* dy, float* da, float* db, float* 
   MN_REQUIRE(!da || x, "%s: da given but x is NULL", fn);
   MN_REQUIRE(!db || y, "%s: db given but y is NULL", fn);
   CHECK_N(fn, n);
+  cpu_clear_unless(accumulate, 0, dx, n);
+  if (dy != dx) cpu_clear_unless(accumulate, 1, dy, n);
+  cpu_clear_unless(accumulate, 2, da, 1);
+  if (db != da) cpu_clear_unless(accumulate, 3, db, 1);
   if (dx) {
     const float av = *a;
     for (int64_t i = 0; i < n; i++) dx[i] += av * dout[i];

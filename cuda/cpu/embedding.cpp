@@ -25,8 +25,9 @@ MN_API int mn_embedding_forward(float* out, int32_t* idx, float* wte, int N, int
 }
 
 MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, int C, int V,
-                                 void*) {
+                                 int accumulate, void*) {
   if (int rc = check_args("embedding_backward", dwte, idx, dout, N, C, V)) return rc;
+  cpu_clear_unless(accumulate, 0, dwte, (int64_t)V * C);
   // rows in increasing order; each element of dwte is a plain fp32 running sum
   for (int i = 0; i < N; i++) {
     float* dst = dwte + (int64_t)idx[i] * C;

@@ -53,10 +53,11 @@ MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void*) {
 }
 
 MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
-                             void*) {
+                             int accumulate, void*) {
   MN_REQUIRE(known_op(op), "unary_backward: unknown op code %d (see MN_OP_* in kernels.h)", op);
   MN_REQUIRE(n >= 0, "unary_backward: n = %lld", (long long)n);
   MN_REQUIRE(dx && dout, "unary_backward: dx and dout are required");
+  cpu_clear_unless(accumulate, 0, dx, n);
   bool need_x = op == MN_OP_RWKV7_DECAY || op == MN_OP_EXP_MIN0;
   bool need_out = op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_EXP_MIN0;
   MN_REQUIRE(x || !need_x, "unary_backward: op %d needs the forward input x", op);
@@ -74,8 +75,10 @@ MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void*) {
 }
 
 MN_API int mn_mul_backward(float* dx, float* dy, float* dout, float* x, float* y, int64_t n,
-                           void*) {
+                           int accumulate, void*) {
   MN_REQUIRE(n >= 0, "mul_backward: n = %lld", (long long)n);
+  cpu_clear_unless(accumulate, 0, dx, n);
+  if (dy != dx) cpu_clear_unless(accumulate, 1, dy, n);
   for (int64_t i = 0; i < n; i++) {
     if (dx) dx[i] += dout[i] * y[i];
     if (dy) dy[i] += dout[i] * x[i];
@@ -90,8 +93,11 @@ MN_API int mn_lerp_forward(float* out, float* x, float* y, float* g, int64_t n, 
 }
 
 MN_API int mn_lerp_backward(float* dx, float* dy, float* dg, float* dout, float* x, float* y,
-                            float* g, int64_t n, void*) {
+                            float* g, int64_t n, int accumulate, void*) {
   MN_REQUIRE(n >= 0, "lerp_backward: n = %lld", (long long)n);
+  cpu_clear_unless(accumulate, 0, dx, n);
+  if (dy != dx) cpu_clear_unless(accumulate, 1, dy, n);
+  if (dg != dx && dg != dy) cpu_clear_unless(accumulate, 2, dg, n);
   for (int64_t i = 0; i < n; i++) {
     if (dx) dx[i] += dout[i] * (1.0f - g[i]);
     if (dy) dy[i] += dout[i] * g[i];
@@ -107,9 +113,12 @@ MN_API int mn_add_row_vector_forward(float* out, float* x, float* v, int N, int 
   return 0;
 }
 
-MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C, void*) {
+MN_API int mn_add_row_vector_backward(float* dx, float* dv, float* dout, int N, int C,
+                                      int accumulate, void*) {
   MN_REQUIRE(N > 0 && C > 0, "add_row_vector_backward: bad shape N = %d, C = %d", N, C);
   MN_REQUIRE(dv, "add_row_vector_backward: dv is required (only dx may be NULL)");
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)N * C);
+  cpu_clear_unless(accumulate, 1, dv, C);
   for (int c = 0; c < C; c++) {
     double s = 0;
     for (int i = 0; i < N; i++) {
@@ -130,8 +139,10 @@ MN_API int mn_mul_row_vector_forward(float* out, float* x, float* v, int N, int 
 }
 
 MN_API int mn_mul_row_vector_backward(float* dx, float* dv, float* dout, float* x, float* v, int N,
-                                      int C, void*) {
+                                      int C, int accumulate, void*) {
   MN_REQUIRE(N > 0 && C > 0, "mul_row_vector_backward: bad shape N = %d, C = %d", N, C);
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)N * C);
+  cpu_clear_unless(accumulate, 1, dv, C);
   for (int c = 0; c < C; c++) {
     double s = 0;
     for (int i = 0; i < N; i++) {
@@ -156,10 +167,12 @@ MN_API int mn_time_shift_forward(float* out, float* x, int B, int T, int C, void
   return 0;
 }
 
-MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, void*) {
+MN_API int mn_time_shift_backward(float* dx, float* dout, int B, int T, int C, int accumulate,
+                                  void*) {
   MN_REQUIRE(B > 0 && T > 0 && C > 0, "time_shift_backward: bad shape [%d, %d, %d]", B, T, C);
   MN_REQUIRE(dx && dout, "time_shift_backward: dx and dout are required");
   MN_REQUIRE(dx != dout, "time_shift_backward: in-place is not supported");
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)B * T * C);
   // out[b,t] = x[b,t-1]  =>  dx[b,t] += dout[b,t+1] for t + 1 < T
   for (int b = 0; b < B; b++)
     for (int t = 0; t + 1 < T; t++) {
@@ -184,10 +197,12 @@ MN_API int mn_l2norm_forward(float* out, float* x, int N, int D, float eps, void
   return 0;
 }
 
-MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps, void*) {
+MN_API int mn_l2norm_backward(float* dx, float* dout, float* x, int N, int D, float eps,
+                              int accumulate, void*) {
   MN_REQUIRE(N > 0 && D > 0, "l2norm_backward: bad shape N = %d, D = %d", N, D);
   MN_REQUIRE(eps >= 0.0f, "l2norm_backward: eps = %g must be >= 0", (double)eps);
   MN_REQUIRE(dx && dout, "l2norm_backward: dx and dout are required");
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)N * D);
 #pragma omp parallel for if ((int64_t)N * D > 100000)
   for (int i = 0; i < N; i++) {
     const float* xr = x + (int64_t)i * D;
@@ -236,13 +251,16 @@ MN_API int mn_groupnorm_forward(float* out, float* mean, float* rstd, float* x, 
 
 MN_API int mn_groupnorm_backward(float* dx, float* dweight, float* dbias, float* dout, float* x,
                                  float* weight, float* mean, float* rstd, int N, int G, int D,
-                                 void*) {
+                                 int accumulate, void*) {
   MN_REQUIRE(N > 0 && G > 0 && D > 0, "groupnorm_backward: bad shape N = %d, G = %d, D = %d", N,
              G, D);
   MN_REQUIRE((int64_t)G * D <= 2147483647, "groupnorm_backward: G*D = %lld channels is too many",
              (long long)G * D);
   MN_REQUIRE(dx && dweight && dbias, "groupnorm_backward: dx, dweight and dbias are required");
   const int64_t C = (int64_t)G * D;
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)N * C);
+  cpu_clear_unless(accumulate, 1, dweight, C);
+  cpu_clear_unless(accumulate, 2, dbias, C);
   // parameter gradients: column sums over rows, rows in order
   for (int64_t c = 0; c < C; c++) {
     const int64_t g = c / D;
@@ -291,11 +309,15 @@ MN_API int mn_rwkv7_bonus_forward(float* out, float* r, float* k, float* v, floa
 
 MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, float* dout,
                                    float* r, float* k, float* v, float* u, int N, int H, int D,
-                                   void*) {
+                                   int accumulate, void*) {
   MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_bonus_backward: bad shape N = %d, H = %d, D = %d", N,
              H, D);
   MN_REQUIRE(D <= 1024, "rwkv7_bonus_backward: head size D = %d > 1024 is not supported", D);
   MN_REQUIRE(dr && dk && dv && du, "rwkv7_bonus_backward: dr, dk, dv and du are required");
+  cpu_clear_unless(accumulate, 0, dr, (int64_t)N * H * D);
+  cpu_clear_unless(accumulate, 1, dk, (int64_t)N * H * D);
+  cpu_clear_unless(accumulate, 2, dv, (int64_t)N * H * D);
+  cpu_clear_unless(accumulate, 3, du, (int64_t)H * D);
   for (int h = 0; h < H; h++) {
     std::vector<double> du_acc(D, 0.0);
     for (int i = 0; i < N; i++) {

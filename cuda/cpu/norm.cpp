@@ -37,11 +37,14 @@ MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp
 //   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  dw = sum_i dout * xhat,  db = sum_i dout
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
                                  float* inp, float* weight, float* mean, float* rstd, int N, int C,
-                                 void*) {
+                                 int accumulate, void*) {
   const char* fn = "layernorm_backward";
   MN_REQUIRE(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
              "%s: NULL pointer argument", fn);
   if (int rc = check_shape(fn, N, C)) return rc;
+  cpu_clear_unless(accumulate, 0, dinp, (int64_t)N * C);
+  cpu_clear_unless(accumulate, 1, dweight, C);
+  cpu_clear_unless(accumulate, 2, dbias, C);
 #pragma omp parallel for if ((int64_t)N * C > 100000)
   for (int i = 0; i < N; i++) {
     const float* x = inp + (int64_t)i * C;
@@ -97,10 +100,11 @@ MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C,
 
 // y_c = x_c * r(x), dr/dx_k = -r^3 x_k / C, so dx_k = r * dy_k - r^3 x_k / C * sum_c dy_c x_c
 MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd, int N, int C,
-                               void*) {
+                               int accumulate, void*) {
   const char* fn = "rmsnorm_backward";
   MN_REQUIRE(dinp && dout && inp && rstd, "%s: NULL pointer argument", fn);
   if (int rc = check_shape(fn, N, C)) return rc;
+  cpu_clear_unless(accumulate, 0, dinp, (int64_t)N * C);
 #pragma omp parallel for if ((int64_t)N * C > 100000)
   for (int i = 0; i < N; i++) {
     const float* x = inp + (int64_t)i * C;

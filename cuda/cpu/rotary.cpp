@@ -59,8 +59,10 @@ MN_API int mn_rotary_forward(float* out, float* x, int B, int T, int H, int D, v
   return 0;
 }
 
-MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, void*) {
+MN_API int mn_rotary_backward(float* dx, float* dout, int B, int T, int H, int D, int accumulate,
+                              void*) {
   if (int rc = rotary_args("rotary_backward", B, T, H, D)) return rc;
+  cpu_clear_unless(accumulate, 0, dx, (int64_t)B * T * H * D);
   rotary_apply(dx, dout, B, T, H, D, true);
   return 0;
 }

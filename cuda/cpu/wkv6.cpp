@@ -102,10 +102,16 @@ int wkv6_forward_common(const char* fn, float* y, TI* r, TI* k, TI* v, TI* w, fl
 template <typename TI>
 int wkv6_backward_common(const char* fn, float* dr, float* dk, float* dv, float* dw, float* du,
                          float* dy, TI* r, TI* k, TI* v, TI* w, float* u, float* ws, int B, int T,
-                         int H, int N) {
+                         int H, int N, int accumulate) {
   if (int rc = check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && ws,
              "%s: NULL tensor argument", fn);
+  const int64_t n = (int64_t)B * T * H * N;
+  cpu_clear_unless(accumulate, 0, dr, n);
+  cpu_clear_unless(accumulate, 1, dk, n);
+  cpu_clear_unless(accumulate, 2, dv, n);
+  cpu_clear_unless(accumulate, 3, dw, n);
+  cpu_clear_unless(accumulate, 4, du, (int64_t)H * N);
   // du partials per (b, h) in double, summed over b in order at the end (deterministic).
   std::vector<double> dupart((size_t)B * H * N, 0.0);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
@@ -168,9 +174,9 @@ MN_API int mn_wkv6_forward(float* y, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16
 
 MN_API int mn_wkv6_backward(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                             mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w, float* u, float* ws,
-                            int B, int T, int H, int N, void*) {
+                            int B, int T, int H, int N, int accumulate, void*) {
   return wkv6_backward_common("wkv6_backward", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H,
-                              N);
+                              N, accumulate);
 }
 
 MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w, float* u, int B,
@@ -180,7 +186,7 @@ MN_API int mn_wkv6_forward_f32(float* y, float* r, float* k, float* v, float* w,
 
 MN_API int mn_wkv6_backward_f32(float* dr, float* dk, float* dv, float* dw, float* du, float* dy,
                                 float* r, float* k, float* v, float* w, float* u, float* ws,
-                                int B, int T, int H, int N, void*) {
+                                int B, int T, int H, int N, int accumulate, void*) {
   return wkv6_backward_common("wkv6_backward_f32", dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T,
-                              H, N);
+                              H, N, accumulate);
 }

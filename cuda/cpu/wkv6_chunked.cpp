@@ -63,11 +63,12 @@ MN_API int mn_wkv6_chunked_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16*
 MN_API int mn_wkv6_chunked_backward(float* dr, float* dk, float* dv, float* dw, float* du,
                                     float* dy, mn_bf16* r, mn_bf16* k, mn_bf16* v, mn_bf16* w,
                                     float* u, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                    void* stream) {
+                                    int accumulate, void* stream) {
   const char* fn = "wkv6_chunked_backward";
   if (int rc = mn_check_wkv6_chunked_shape(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dk && dv && dw && du && dy && r && k && v && w && u && s_ckpt && ws,
              "%s: NULL tensor argument", fn);
   if (int rc = mn_check_wkv6_chunked_count(fn, T)) return rc;
-  return mn_wkv6_backward(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, N, stream);
+  return mn_wkv6_backward(dr, dk, dv, dw, du, dy, r, k, v, w, u, ws, B, T, H, N, accumulate,
+                          stream);
 }

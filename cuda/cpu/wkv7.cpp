@@ -210,10 +210,12 @@ void head_backward(const Head& hd, const float* dy, float* dr, float* dw, float*
 template <typename TI>
 int backward(const char* fn, float* dr, float* dw, float* dk, float* dv, float* da, float* db,
              const float* dy, const TI* r, const TI* w, const TI* k, const TI* v, const TI* a,
-             const TI* b, int B, int T, int H, int N) {
+             const TI* b, int B, int T, int H, int N, int accumulate) {
   if (int rc = check(fn, B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b,
              "%s: NULL tensor argument", fn);
+  float* grads[6] = {dr, dw, dk, dv, da, db};
+  for (int i = 0; i < 6; i++) cpu_clear_unless(accumulate, i, grads[i], (int64_t)B * T * H * N);
 #pragma omp parallel for collapse(2) schedule(dynamic) if (parallel_worth_it(B, T, H, N))
   for (int bb = 0; bb < B; bb++)
     for (int h = 0; h < H; h++) {
@@ -237,10 +239,11 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
 MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            void*) {
+                            int accumulate, void*) {
   if (int rc = check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && sa, "wkv7_backward: NULL tensor argument");
-  return backward("wkv7_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N);
+  return backward("wkv7_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N,
+                  accumulate);
 }
 
 MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,
@@ -251,10 +254,11 @@ MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_
 MN_API int mn_wkv7g_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                              float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                              mn_bf16* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                             void*) {
+                             int accumulate, void*) {
   if (int rc = check("wkv7g_backward", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && ws, "wkv7g_backward: NULL tensor argument");
-  return backward("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N);
+  return backward("wkv7g_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N,
+                  accumulate);
 }
 
 MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, float* k, float* v,
@@ -265,9 +269,9 @@ MN_API int mn_wkv7g_forward_f32(float* y, float* s_ckpt, float* r, float* w, flo
 MN_API int mn_wkv7g_backward_f32(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, float* r, float* w, float* k, float* v, float* a,
                                  float* b, float* s_ckpt, float* ws, int B, int T, int H, int N,
-                                 void*) {
+                                 int accumulate, void*) {
   if (int rc = check("wkv7g_backward_f32", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && ws, "wkv7g_backward_f32: NULL tensor argument");
   return backward<float>("wkv7g_backward_f32", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T,
-                         H, N);
+                         H, N, accumulate);
 }

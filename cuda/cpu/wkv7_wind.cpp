@@ -18,10 +18,10 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
 MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, void* stream) {
+                                 int H, int N, int accumulate, void* stream) {
   if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
   return mn_wkv7_backward(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, H, N,
-                          stream);
+                          accumulate, stream);
 }

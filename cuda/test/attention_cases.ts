@@ -67,6 +67,7 @@ export function runAttention(
   x: Inputs | InputsF32,
   init: Float32Array[],
   impl: Impl = "cc",
+  acc = -1, // the backward's accumulate mask (kernels.h)
 ): Record<string, Float32Array> {
   const { B, T, H, D } = s, shp = [B, T, H, D];
   const dtype = impl === "cc_f32" ? "f32" : "bf16";
@@ -107,6 +108,7 @@ export function runAttention(
         T,
         H,
         D,
+        acc,
         be.stream,
       );
     },
@@ -187,14 +189,14 @@ export function checkAttentionArguments(
     const f = t.f.ptr, i = t.i.ptr;
     checkShapeErrors(name, "D", cases, [
       [fwdName, (B, T, H, D) => fwd(f, f, i, i, i, B, T, H, D, null)],
-      [bwdName, (B, T, H, D) => bwd(f, f, f, f, f, f, i, i, i, f, B, T, H, D, null)],
+      [bwdName, (B, T, H, D) => bwd(f, f, f, f, f, f, i, i, i, f, B, T, H, D, -1, null)],
     ], match);
     assert.throws(
       () => fwd(f, null, i, i, i, 1, 16, 1, 16, null),
       new RegExp(`${fwdName}: NULL tensor argument`),
     );
     assert.throws(
-      () => bwd(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, null),
+      () => bwd(f, f, f, f, f, f, i, i, i, null, 1, 16, 1, 16, -1, null),
       new RegExp(`${bwdName}: NULL tensor argument`),
     );
     more?.(f, i);

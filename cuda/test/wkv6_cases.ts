@@ -81,6 +81,7 @@ export function runWkv6(
   s: Shape,
   x: Inputs | InputsF32,
   gradInit: Float32Array[],
+  acc = -1, // the backward's accumulate mask (kernels.h)
 ): Record<string, Float32Array> {
   const { B, T, H, N } = s, shp = [B, T, H, N];
   const dtype = impl === "wkv6_f32" ? "f32" : "bf16";
@@ -113,6 +114,7 @@ export function runWkv6(
         T,
         H,
         N,
+        acc,
         be.stream,
       );
     } else {
@@ -120,7 +122,7 @@ export function runWkv6(
         ? [be.k.mn_wkv6_forward_f32, be.k.mn_wkv6_backward_f32]
         : [be.k.mn_wkv6_forward, be.k.mn_wkv6_backward];
       fwd(t.y.ptr, ...ins, B, T, H, N, be.stream);
-      bwd(...grads, t.dy.ptr, ...ins, t.ws.ptr, B, T, H, N, be.stream);
+      bwd(...grads, t.dy.ptr, ...ins, t.ws.ptr, B, T, H, N, acc, be.stream);
     }
   }) as Record<string, Float32Array>;
   delete out.ws;

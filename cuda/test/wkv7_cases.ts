@@ -98,6 +98,7 @@ export function runWkv7(
   s: Shape,
   x: Inputs | InputsF32,
   gradInit: Float32Array[],
+  acc = -1, // the backward's accumulate mask (kernels.h)
 ): Record<string, Float32Array> {
   const { B, T, H, N } = s, shp = [B, T, H, N];
   const dtype = impl === "wkv7g_f32" ? "f32" : "bf16";
@@ -121,14 +122,14 @@ export function runWkv7(
         ? [be.k.mn_wkv7g_forward_f32, be.k.mn_wkv7g_backward_f32]
         : [be.k.mn_wkv7g_forward, be.k.mn_wkv7g_backward];
       fwd(t.y.ptr, t.s_ckpt.ptr, ...ins, B, T, H, N, be.stream);
-      bwd(...grads, t.dy.ptr, ...ins, t.s_ckpt.ptr, t.scratch.ptr, B, T, H, N, be.stream);
+      bwd(...grads, t.dy.ptr, ...ins, t.s_ckpt.ptr, t.scratch.ptr, B, T, H, N, acc, be.stream);
     } else {
       const [fwd, bwd] = impl === "wind"
         ? [be.k.mn_wkv7_wind_forward, be.k.mn_wkv7_wind_backward]
         : [be.k.mn_wkv7_forward, be.k.mn_wkv7_backward];
       const sa = (impl === "wind" ? t.sa : t.scratch).ptr;
       fwd(t.y.ptr, t.s_ckpt.ptr, sa, ...ins, B, T, H, N, be.stream);
-      bwd(...grads, t.dy.ptr, ...ins, t.s_ckpt.ptr, sa, B, T, H, N, be.stream);
+      bwd(...grads, t.dy.ptr, ...ins, t.s_ckpt.ptr, sa, B, T, H, N, acc, be.stream);
     }
   }) as Record<string, Float32Array>;
   if (impl === "wkv7") out.sa = out.scratch;
