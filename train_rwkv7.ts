@@ -53,6 +53,8 @@ const FLAGS = {
 const BOOL_FLAGS = {
   fast_cuda: "backstepping WKV-7 kernel (the original's --fast_cuda)",
   wind_cuda: "tensor-core WKV-7 kernel (the original's --wind_cuda)",
+  unfused:
+    "time mixing from the generic tape ops (timeMixUnfused: the composition to edit) instead of the fused kernels",
   help: "print the flags",
 } as const;
 
@@ -98,6 +100,7 @@ export function parseFlags(argv: string[]) {
     bsz: num("bsz"),
     fast_cuda: Boolean(values.fast_cuda),
     wind_cuda: Boolean(values.wind_cuda),
+    unfused: Boolean(values.unfused),
     random_seed: num("random_seed"),
     backend: str("backend"),
     input_bin: str("input_bin"),
@@ -319,6 +322,8 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
   return specs;
 }
 
+const MAA = ["time_maa_rg", "time_maa_wa", "time_maa_k", "time_maa_v"];
+
 export class Model {
   readonly params: Param[] = [];
   readonly byName = new Map<string, Param>();
@@ -386,20 +391,26 @@ export class Model {
     return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
   }
 
+  /** The token shift and the five mixes: xrg, xwa, xk, xv (fused kernels; see mixesUnfused). */
+  mixes(g: Graph, x: Var, P: (n: string) => Var): Var[] {
+    const xxx = g.rwkv7MixX(x, P("time_maa_x"));
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    return g.rwkv7Mix4(x, m, MAA.map(P));
+  }
+  /** mixes from the generic tape ops, one kernel each (--unfused) */
+  mixesUnfused(g: Graph, x: Var, P: (n: string) => Var): Var[] {
+    const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x
+    const xxx = g.add(x, g.mulRow(xx, P("time_maa_x")));
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    return m.map((mi, i) => g.add(x, g.mul(xx, g.addRow(mi, P(MAA[i])))));
+  }
+
   /** RWKV7.forward of the original: returns (output, v1) */
   timeMix(g: Graph, layer: number, x: Var, v1: Var | null): [Var, Var] {
     const H = this.a.n_embd / this.a.headsz;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
     const lora = (inp: Var, w1: string, w2: string) => g.matmul(g.matmul(inp, P(w1)), P(w2));
-    const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x
-    const xxx = g.add(x, g.mulRow(xx, P("time_maa_x")));
-    const [mrg, mwa, mk, mv] = g.blockMatmul(
-      g.tanh(g.matmul(xxx, P("time_maa_w1"))),
-      P("time_maa_w2"),
-    );
-    const mix = (m: Var, base: string) => g.add(x, g.mul(xx, g.addRow(m, P(base))));
-    const xrg = mix(mrg, "time_maa_rg"), xwa = mix(mwa, "time_maa_wa");
-    const xk = mix(mk, "time_maa_k"), xv = mix(mv, "time_maa_v");
+    const [xrg, xwa, xk, xv] = this.a.unfused ? this.mixesUnfused(g, x, P) : this.mixes(g, x, P);
 
     const r = g.matmul(xrg, P("receptance.weight"), true);
     const decay = g.matmul(g.tanh(g.matmul(xwa, P("time_decay_w1"))), P("time_decay_w2"));

@@ -570,9 +570,11 @@ export class Graph {
     else this.k.mn_gemm_bf16(...args, 0, batch, this.s); // 0: fp32 C
   }
 
-  /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
+  /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow; a value
+   * a fused op produced in bf16 is its own operand) */
   bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
+    if (v.t.dtype === "bf16") return v.t;
     const t = this.out(v.shape, "bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, v.t.ptr, v.t.n, this.s);
     return t;
@@ -736,6 +738,144 @@ export class Graph {
       });
     }
     return outs;
+  }
+
+  /** Dtype of a fused op's matmul-operand outputs: bf16 (the operand itself, no cast kernel) when
+   * the graph runs bf16, else fp32. Such a bf16 value may only feed matmuls (and other ops that
+   * take their inputs through operand()). */
+  private operandDtype(): Dtype {
+    return this.precision === "f32" ? "f32" : "bf16";
+  }
+
+  /**
+   * RWKV-7 fused token shift + first mix (mn_rwkv7_mix_x_*): x + (shift(x) - x) * maa, the
+   * original's xxx; x [B,T,C] fp32, maa [C] (time_maa_x, any shape of C elements). The output is a
+   * matmul operand (see operandDtype). Same math as
+   * add(x, mulRow(axpby(1, timeShift(x), -1, x), maa)).
+   */
+  rwkv7MixX(x: Var, maa: Var): Var {
+    const [B, T, C] = x.shape;
+    if (maa.t.numel !== C) throw new Error(`rwkv7MixX: maa has ${maa.t.numel} elements, not ${C}`);
+    const dt = this.operandDtype();
+    const out = this.out(x.shape, "mix_x", dt);
+    this.k.mn_rwkv7_mix_x_forward(
+      out.ptr,
+      x.t.ptr,
+      maa.t.ptr,
+      dt === "bf16" ? 1 : 0,
+      B,
+      T,
+      C,
+      this.s,
+    );
+    return this.node(out, [x, maa], (y) => {
+      if (!maa.requiresGrad) throw new Error("rwkv7MixX: maa must be a trainable parameter");
+      this.k.mn_rwkv7_mix_x_backward(
+        this.grad(x) ?? this.scratchGrad(x),
+        this.grad(maa),
+        y.g.ptr,
+        x.t.ptr,
+        maa.t.ptr,
+        B,
+        T,
+        C,
+        -1,
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * RWKV-7 fused mixes after the maa LoRA (mn_rwkv7_mix4_*): out_j = x + xx * (m_j + maa_j), xx =
+   * shift(x) - x, for the four (m, maa) pairs rg, wa, k, v: the original's xrg, xwa, xk, xv.
+   * x, m_j [B,T,C] fp32; maa_j [C]. Outputs are matmul operands (see operandDtype). Same math as
+   * add(x, mul(xx, addRow(m_j, maa_j))).
+   */
+  rwkv7Mix4(x: Var, m: Var[], maa: Var[]): Var[] {
+    const [B, T, C] = x.shape;
+    if (m.length !== 4 || maa.length !== 4) throw new Error("rwkv7Mix4: four m and four maa");
+    m.forEach((mj) => sameShape("rwkv7Mix4", x.shape, mj.shape));
+    for (const p of maa) {
+      if (p.t.numel !== C) throw new Error(`rwkv7Mix4: maa has ${p.t.numel} elements, not ${C}`);
+    }
+    const dt = this.operandDtype();
+    const outs = [0, 1, 2, 3].map(() => this.out(x.shape, "mix4", dt));
+    this.k.mn_rwkv7_mix4_forward(
+      ...outs.map((o) => o.ptr) as [
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+      ],
+      x.t.ptr,
+      ...m.map((v) => v.t.ptr) as [
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+      ],
+      ...maa.map((v) => v.t.ptr) as [
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+        Deno.PointerValue,
+      ],
+      dt === "bf16" ? 1 : 0,
+      B,
+      T,
+      C,
+      this.s,
+    );
+    const ys = outs.map((o) => new Var(o, this.needs(x, ...m, ...maa)));
+    if (!ys[0].requiresGrad) return ys;
+    // One backward for the four outputs, run when the tape reaches the first of them (the last
+    // in reverse order): by then every consumer of every output has added its gradient.
+    this.record(() => {
+      if (ys.some((y) => y.g)) {
+        if (maa.some((p) => !p.requiresGrad)) {
+          throw new Error("rwkv7Mix4: maa must be trainable parameters");
+        }
+        const dout = ys.map((y) => y.g ? y.g.ptr : this.grad(y));
+        const grad = (v: Var) => this.grad(v) ?? this.scratchGrad(v);
+        this.k.mn_rwkv7_mix4_backward(
+          grad(x),
+          grad(m[0]),
+          grad(m[1]),
+          grad(m[2]),
+          grad(m[3]),
+          this.grad(maa[0]),
+          this.grad(maa[1]),
+          this.grad(maa[2]),
+          this.grad(maa[3]),
+          dout[0],
+          dout[1],
+          dout[2],
+          dout[3],
+          x.t.ptr,
+          m[0].t.ptr,
+          m[1].t.ptr,
+          m[2].t.ptr,
+          m[3].t.ptr,
+          maa[0].t.ptr,
+          maa[1].t.ptr,
+          maa[2].t.ptr,
+          maa[3].t.ptr,
+          B,
+          T,
+          C,
+          -1,
+          this.s,
+        );
+      }
+      ys.forEach((y) => this.dropGrad(y));
+    });
+    return ys;
+  }
+
+  /** A throw-away gradient buffer for an input that needs none, for kernels whose gradient
+   * outputs are all required (taken from the pool and handed back after this step). */
+  private scratchGrad(v: Var): Deno.PointerValue {
+    return this.out(v.shape, "unused.grad").ptr;
   }
 
   /** RWKV-7 bonus: (sum_j r k u) * v per head; r,k,v [..., H*D], u [H, D] */

@@ -208,6 +208,34 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
                                    float* r, float* k, float* v, float* u, int N, int H, int D,
                                    void* stream);
 
+/* ---- fused RWKV-7 time-mixing chains (rwkv7_fused.cu): the fast path of train_rwkv7.ts, each the
+ * same math as its composition of the ops above --------------------------------------------------
+ * x [B,T,C] fp32; xx = shift(x) - x (shift: token t-1 of the same sequence, zeros at t = 0).
+ * Forward outputs are fp32, or bf16 (the next matmul's operand) when out_bf16 != 0.
+ * `accumulate` (backward only, before `stream`): bit i refers to the i-th gradient output in
+ * signature order; set = add into it, clear = overwrite it without reading it (it may hold NaN).
+ * Parameter-vector gradients are column sums that only add: their bits must be set. */
+/* out = x + xx * maa, maa [C] (time_maa_x) */
+MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
+                                  int C, void* stream);
+/* gradient outputs: dx [B,T,C] (bit 0), dmaa [C] (bit 1, must be set) */
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
+                                   int B, int T, int C, int accumulate, void* stream);
+/* out_j = x + xx * (m_j + maa_j) for j = rg, wa, k, v (xrg, xwa, xk, xv of the original);
+ * m_j [B,T,C] (the maa LoRA's outputs), maa_j [C] */
+MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
+                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
+                                 int T, int C, void* stream);
+/* gradient outputs: dx (bit 0), dm_rg..dm_v [B,T,C] (bits 1-4), dmaa_rg..dmaa_v [C] (bits 5-8,
+ * must be set); dout_j [B,T,C] fp32 */
+MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+                                  float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
+                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
+                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
+                                  int T, int C, int accumulate, void* stream);
+
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
  * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;

@@ -5,6 +5,7 @@
 // in a fixed order), so they are deterministic without float atomics. Every backward accumulates.
 #include "common.cuh"
 #include "reduce.cuh"
+#include "rwkv7_math.cuh"
 
 namespace {
 
@@ -15,15 +16,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBonusMaxD = 1024;
 
 // ---- per-element math, the same on host and device ----
-
-// torch.nn.functional.softplus with beta = 1, threshold = 20: z itself above the threshold.
-__host__ __device__ inline float softplus_f(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
-// d softplus(z) / dz, as torch's softplus_backward: 1 above the threshold, else e^z / (e^z + 1).
-__host__ __device__ inline float softplus_df(float z) {
-  if (z > 20.0f) return 1.0f;
-  float e = expf(z);
-  return e / (e + 1.0f);
-}
 
 __host__ __device__ inline bool unary_op_valid(int op) {
   return op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_RWKV7_DECAY ||
@@ -39,22 +31,20 @@ __host__ __device__ inline bool unary_bwd_needs_out(int op) {
 __host__ __device__ inline float unary_f(int op, float x) {
   switch (op) {
     case MN_OP_TANH: return tanhf(x);
-    case MN_OP_SIGMOID: return 1.0f / (1.0f + expf(-x));
-    case MN_OP_RWKV7_DECAY: return -softplus_f(-x) - 0.5f;
-    case MN_OP_EXP_MIN0: return expf(fminf(x, 0.0f));
+    case MN_OP_SIGMOID: return sigmoid_f(x);
+    case MN_OP_RWKV7_DECAY: return rwkv7_decay_f(x);
+    case MN_OP_EXP_MIN0: return exp_min0_f(x);
     default: return -x;  // MN_OP_NEG (op codes are validated on the host)
   }
 }
 
 // f'(x), from the forward's input x and/or output y (as torch: tanh/sigmoid/exp use the result).
-// EXP_MIN0: torch.clamp(max=0) passes the gradient where x <= 0 (its mask is `self <= max`), so at
-// x == 0 the gradient is dout * exp(0) = dout; it is 0 only where x > 0.
 __host__ __device__ inline float unary_df(int op, float x, float y) {
   switch (op) {
     case MN_OP_TANH: return 1.0f - y * y;
-    case MN_OP_SIGMOID: return y * (1.0f - y);
-    case MN_OP_RWKV7_DECAY: return softplus_df(-x);  // d/dx [-softplus(-x)] = softplus'(-x)
-    case MN_OP_EXP_MIN0: return x <= 0.0f ? y : 0.0f;
+    case MN_OP_SIGMOID: return sigmoid_dy(y);
+    case MN_OP_RWKV7_DECAY: return rwkv7_decay_df(x);
+    case MN_OP_EXP_MIN0: return exp_min0_df(x, y);
     default: return -1.0f;
   }
 }
