@@ -125,6 +125,8 @@ export class GradAccumulator {
 /** A value in the graph: a tensor, and its gradient once backward asks for it. */
 export class Var {
   g: Tensor | null = null;
+  /** A bf16 copy of t its producer wrote alongside (the matmul/WKV operand), or null. */
+  bf16: Tensor | null = null;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
@@ -213,6 +215,22 @@ export class Graph {
       this.k.mn_memset(v.g.ptr, 0, BigInt(v.g.nbytes), this.s);
     }
     return v.g.ptr;
+  }
+  /**
+   * v's gradient for a kernel that follows the accumulate convention (kernels.h): [pointer, add].
+   * On first use the buffer comes from the pool unzeroed and the kernel overwrites it (add false:
+   * no memset, no read); later, add true. An input that needs no gradient gets a throw-away
+   * buffer (for kernels whose gradient outputs are all required).
+   */
+  gradSink(v: Var): [Deno.PointerValue, boolean] {
+    if (!v.requiresGrad) return [this.out(v.shape, "unused.grad").ptr, false];
+    if (v.g) return [v.g.ptr, true];
+    v.g = this.pool.take(v.shape, "f32", "grad");
+    return [v.g.ptr, false];
+  }
+  /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
+  static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
+    return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
   }
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool. */
   dropGrad(v: Var) {
@@ -575,6 +593,7 @@ export class Graph {
   bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
     if (v.t.dtype === "bf16") return v.t;
+    if (v.bf16) return v.bf16;
     const t = this.out(v.shape, "bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, v.t.ptr, v.t.n, this.s);
     return t;
@@ -758,28 +777,19 @@ export class Graph {
     if (maa.t.numel !== C) throw new Error(`rwkv7MixX: maa has ${maa.t.numel} elements, not ${C}`);
     const dt = this.operandDtype();
     const out = this.out(x.shape, "mix_x", dt);
-    this.k.mn_rwkv7_mix_x_forward(
-      out.ptr,
-      x.t.ptr,
-      maa.t.ptr,
-      dt === "bf16" ? 1 : 0,
-      B,
-      T,
-      C,
-      this.s,
-    );
+    const bf16 = dt === "bf16" ? 1 : 0;
+    this.k.mn_rwkv7_mix_x_forward(out.ptr, x.t.ptr, maa.t.ptr, bf16, B, T, C, this.s);
     return this.node(out, [x, maa], (y) => {
-      if (!maa.requiresGrad) throw new Error("rwkv7MixX: maa must be a trainable parameter");
+      const sinks = [this.gradSink(x), this.paramSink(maa, "rwkv7MixX")];
       this.k.mn_rwkv7_mix_x_backward(
-        this.grad(x) ?? this.scratchGrad(x),
-        this.grad(maa),
+        ...sinks.map(([p]) => p),
         y.g.ptr,
         x.t.ptr,
         maa.t.ptr,
         B,
         T,
         C,
-        -1,
+        Graph.accumulateBits(sinks),
         this.s,
       );
     });
@@ -800,82 +810,121 @@ export class Graph {
     }
     const dt = this.operandDtype();
     const outs = [0, 1, 2, 3].map(() => this.out(x.shape, "mix4", dt));
+    const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
     this.k.mn_rwkv7_mix4_forward(
-      ...outs.map((o) => o.ptr) as [
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-      ],
+      ...outs.map((o) => o.ptr),
       x.t.ptr,
-      ...m.map((v) => v.t.ptr) as [
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-      ],
-      ...maa.map((v) => v.t.ptr) as [
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-        Deno.PointerValue,
-      ],
+      ...ptrs(m),
+      ...ptrs(maa),
       dt === "bf16" ? 1 : 0,
       B,
       T,
       C,
       this.s,
     );
-    const ys = outs.map((o) => new Var(o, this.needs(x, ...m, ...maa)));
+    return this.multiNode(outs, [x, ...m, ...maa], (dout) => {
+      const sinks = [
+        this.gradSink(x),
+        ...m.map((v) => this.gradSink(v)),
+        ...maa.map((p) => this.paramSink(p, "rwkv7Mix4")),
+      ];
+      this.k.mn_rwkv7_mix4_backward(
+        ...sinks.map(([p]) => p),
+        ...dout,
+        x.t.ptr,
+        ...ptrs(m),
+        ...ptrs(maa),
+        B,
+        T,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * The chain between RWKV-7's projections and its WKV call, fused (mn_rwkv7_wkv_inputs_*): from
+   * dec (the decay LoRA), k0 (key), kkk, aaa, mam, mkm (LoRA outputs), all [B,T,C] fp32, and the
+   * parameter vectors time_decay, time_aaaaa, time_misc_a, time_misc_k [C], returns WKV's inputs
+   * w, k, a = -kk, b = kk * sigmoid(aaa + time_aaaaa) (see kernels.h). w, a, b are WKV operands
+   * (operandDtype); k is fp32 (the bonus reads it) with a bf16 copy for WKV on the bf16 path.
+   * Same math as wkvInputsUnfused in train_rwkv7.ts.
+   */
+  rwkv7WkvInputs(
+    ins: { dec: Var; k0: Var; kkk: Var; aaa: Var; mam: Var; mkm: Var },
+    params: Var[],
+    H: number,
+    eps = 1e-12,
+  ): { w: Var; k: Var; a: Var; b: Var } {
+    const acts = [ins.dec, ins.k0, ins.kkk, ins.aaa, ins.mam, ins.mkm];
+    acts.forEach((v) => sameShape("rwkv7WkvInputs", ins.k0.shape, v.shape));
+    const [N, C] = rowsCols(ins.k0);
+    if (params.length !== 4 || params.some((p) => p.t.numel !== C)) {
+      throw new Error(`rwkv7WkvInputs: four parameter vectors of ${C} elements`);
+    }
+    if (C % H) throw new Error(`rwkv7WkvInputs: ${C} channels do not split into ${H} heads`);
+    const dt = this.operandDtype(), shape = ins.k0.shape;
+    const w = this.out(shape, "wkv.w", dt), a = this.out(shape, "wkv.a", dt);
+    const b = this.out(shape, "wkv.b", dt), k = this.out(shape, "wkv.k");
+    const kb = dt === "bf16" ? this.out(shape, "wkv.k.bf16", "bf16") : null;
+    const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
+    this.k.mn_rwkv7_wkv_inputs_forward(
+      w.ptr,
+      k.ptr,
+      kb ? kb.ptr : null,
+      a.ptr,
+      b.ptr,
+      ...ptrs(acts),
+      ...ptrs(params),
+      dt === "bf16" ? 1 : 0,
+      N,
+      H,
+      C / H,
+      eps,
+      this.s,
+    );
+    const [vw, vk, va, vb] = this.multiNode([w, k, a, b], [...acts, ...params], (dout) => {
+      const sinks = [
+        ...acts.map((v) => this.gradSink(v)),
+        ...params.map((p) => this.paramSink(p, "rwkv7WkvInputs")),
+      ];
+      this.k.mn_rwkv7_wkv_inputs_backward(
+        ...sinks.map(([p]) => p),
+        ...dout,
+        ...ptrs(acts),
+        ...ptrs(params),
+        N,
+        H,
+        C / H,
+        eps,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+    vk.bf16 = kb;
+    return { w: vw, k: vk, a: va, b: vb };
+  }
+
+  /**
+   * Wraps the outputs of one op with several: one backward, recorded after the forward, so it runs
+   * when the tape reaches the op (every consumer of every output has added its gradient by then),
+   * given the output gradients (zeros for an output nobody used); then frees them.
+   */
+  multiNode(outs: Tensor[], inputs: Var[], bwd: (dout: Deno.PointerValue[]) => void): Var[] {
+    const ys = outs.map((o) => new Var(o, this.needs(...inputs)));
     if (!ys[0].requiresGrad) return ys;
-    // One backward for the four outputs, run when the tape reaches the first of them (the last
-    // in reverse order): by then every consumer of every output has added its gradient.
     this.record(() => {
-      if (ys.some((y) => y.g)) {
-        if (maa.some((p) => !p.requiresGrad)) {
-          throw new Error("rwkv7Mix4: maa must be trainable parameters");
-        }
-        const dout = ys.map((y) => y.g ? y.g.ptr : this.grad(y));
-        const grad = (v: Var) => this.grad(v) ?? this.scratchGrad(v);
-        this.k.mn_rwkv7_mix4_backward(
-          grad(x),
-          grad(m[0]),
-          grad(m[1]),
-          grad(m[2]),
-          grad(m[3]),
-          this.grad(maa[0]),
-          this.grad(maa[1]),
-          this.grad(maa[2]),
-          this.grad(maa[3]),
-          dout[0],
-          dout[1],
-          dout[2],
-          dout[3],
-          x.t.ptr,
-          m[0].t.ptr,
-          m[1].t.ptr,
-          m[2].t.ptr,
-          m[3].t.ptr,
-          maa[0].t.ptr,
-          maa[1].t.ptr,
-          maa[2].t.ptr,
-          maa[3].t.ptr,
-          B,
-          T,
-          C,
-          -1,
-          this.s,
-        );
-      }
+      if (ys.some((y) => y.g)) bwd(ys.map((y) => this.grad(y)));
       ys.forEach((y) => this.dropGrad(y));
     });
     return ys;
   }
 
-  /** A throw-away gradient buffer for an input that needs none, for kernels whose gradient
-   * outputs are all required (taken from the pool and handed back after this step). */
-  private scratchGrad(v: Var): Deno.PointerValue {
-    return this.out(v.shape, "unused.grad").ptr;
+  /** A parameter vector's gradient sink (the fused kernels' column sums only add). */
+  private paramSink(p: Var, op: string): [Deno.PointerValue, boolean] {
+    if (!p.requiresGrad || !p.g) throw new Error(`${op}: ${p.shape} must be a trainable parameter`);
+    return [p.g.ptr, true];
   }
 
   /** RWKV-7 bonus: (sum_j r k u) * v per head; r,k,v [..., H*D], u [H, D] */

@@ -792,6 +792,47 @@ const rwkv7Mix4Backward: Cost = (a) => {
   ];
 };
 
+// rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
+// inputs (k0, kkk twice: the norm pass, then the elements; the head's second read is an L1/L2 hit)
+// and the four parameter vectors; writes w, a, b (fp32 or bf16), k fp32 and its bf16 copy.
+const rwkv7WkvInputsForward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const written = 3 * n * out + n * F32 + (has(a, "k_bf16") ? n * BF16 : 0);
+  return [
+    launch(
+      "wkv_inputs_forward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      6 * n * F32 + 4 * H * D * F32,
+      written,
+      60 * n,
+    ),
+  ];
+};
+// rwkv7_wkv_inputs_backward: wkv_inputs_backward_kernel (warp per (row, head)) reads the four
+// output gradients and six inputs, the gradients whose bits are set, and writes six gradients plus
+// a scratch copy of each parameter term whose output accumulates (bits 0, 3, 4, 5); then two
+// col_sums<2, Sum2Term> read the four terms (outputs or copies) for the parameter vectors.
+const rwkv7WkvInputsBackward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
+  let accRead = 0, copies = 0;
+  for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
+  for (const bit of [0, 3, 4, 5]) copies += accBit(a, bit) ? 1 : 0;
+  return [
+    launch(
+      "wkv_inputs_backward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      10 * act + 4 * C * F32 + accRead,
+      (6 + copies) * act,
+      120 * N * C,
+    ),
+    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
+    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
+  ];
+};
+
 // ---- WKV-7 (wkv7.cu) ----------------------------------------------------------------------------
 // grid (H, B); forward block N (thread = row of S), backward block N*P with P = N >= 64 ? N/32 : 1
 // lanes per row; t walked in order: T serial steps. Inputs r, w, k, v, a, b [B,T,H,N] in `inBytes`.
@@ -1305,6 +1346,8 @@ const TABLE: Record<string, Cost> = {
   mn_rwkv7_mix_x_backward: rwkv7MixXBackward,
   mn_rwkv7_mix4_forward: rwkv7Mix4Forward,
   mn_rwkv7_mix4_backward: rwkv7Mix4Backward,
+  mn_rwkv7_wkv_inputs_forward: rwkv7WkvInputsForward,
+  mn_rwkv7_wkv_inputs_backward: rwkv7WkvInputsBackward,
   // wkv7.cu
   mn_wkv7_forward: (a) => wkv7Forward(a, BF16, true),
   mn_wkv7_backward: wkv7Backward,

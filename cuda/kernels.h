@@ -236,6 +236,31 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
                                   float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
                                   int T, int C, int accumulate, void* stream);
 
+/* The chain between the projections and the WKV call, per row of C = H*D channels (heads of D):
+ *   w = -softplus(-(dec + time_decay)) - 0.5;  kk = F.normalize(k0 + kkk) over each head (eps);
+ *   a = sigmoid(aaa + time_aaaaa);  ma = sigmoid(mam + time_misc_a);  mk = sigmoid(mkm + time_misc_k);
+ *   k = lerp(k0 * a, k0, ma) * exp(min(w * mk, 0));  WKV's inputs w, k, a_out = -kk, b_out = kk * a.
+ * dec, k0, kkk, aaa, mam, mkm [N, C] fp32; the four parameter vectors [C]. k is written fp32 (the
+ * bonus reads it) and, when k_bf16 is non-NULL, also as bf16; w, a_out, b_out fp32 or bf16. */
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void* stream);
+/* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5), then the four parameter
+ * vectors' [C] (bits 6-9, must be set); dw, dk, da, db [N, C]: the gradients of the outputs.
+ * With bit 0, 3, 4 or 5 set, that term's column sum reads a scratch copy (N*C floats of library
+ * scratch each); with them clear, the gradient outputs themselves. */
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void* stream);
+
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
  * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;

@@ -107,7 +107,7 @@ __global__ void mul_backward_kernel(float* dx, float* dy, const float* dout, con
 
 __global__ void lerp_forward_kernel(float* out, const float* x, const float* y, const float* g,
                                     int64_t n) {
-  GRID_STRIDE(i, n) out[i] = x[i] + (y[i] - x[i]) * g[i];
+  GRID_STRIDE(i, n) out[i] = lerp_f(x[i], y[i], g[i]);
 }
 
 __global__ void lerp_backward_kernel(float* dx, float* dy, float* dg, const float* dout,

@@ -167,6 +167,130 @@ struct Mix4TailTerm {
   }
 };
 
+
+// ---- (b) between the projections and the WKV call ----
+
+constexpr int kWarps = kThreads / 32;
+
+__device__ inline float warp_total(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The six [N, C] inputs and four [C] parameter vectors of the chain (rwkv7_math.cuh wkv_inputs_f).
+struct WkvIn {
+  const float* dec;
+  const float* k0;
+  const float* kkk;
+  const float* aaa;
+  const float* mam;
+  const float* mkm;
+  const float* td;
+  const float* ta;
+  const float* tma;
+  const float* tmk;
+};
+// Element e (channel c) of the chain, given the head's inverse norm.
+__device__ inline WkvInputsFwd wkv_at(const WkvIn& in, int64_t e, int c, float inv) {
+  return wkv_inputs_f(in.dec[e] + in.td[c], in.k0[e], in.k0[e] + in.kkk[e], inv,
+                      in.aaa[e] + in.ta[c], in.mam[e] + in.tma[c], in.mkm[e] + in.tmk[c]);
+}
+// One warp per (row, head) of D channels: the l2norm of kk is a sum over the head.
+// 1 / max(||k + kkk||, eps) over the head at `base` (F.normalize), and ||.|| itself.
+__device__ inline float head_norm(const WkvIn& in, int64_t base, int D, int lane) {
+  float ss = 0.0f;
+  for (int j = lane; j < D; j += 32) {
+    const float s = in.k0[base + j] + in.kkk[base + j];
+    ss += s * s;
+  }
+  return sqrtf(warp_total(ss));
+}
+
+template <class Out>
+__global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a, Out* b, WkvIn in,
+                                          int64_t rows, int H, int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
+       row += (int64_t)gridDim.x * kWarps) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float inv = 1.0f / fmaxf(head_norm(in, base, D, lane), eps);
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const WkvInputsFwd f = wkv_at(in, e, c0 + j, inv);
+      store(w + e, f.w);
+      k[e] = f.k;
+      if (k_bf16) k_bf16[e] = mn_f32_to_bf16(f.k);
+      store(a + e, -f.kk);
+      store(b + e, f.kk * f.a);
+    }
+  }
+}
+
+// Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5), and where the
+// column sums read the four parameter-vector terms from: the gradient output itself when it was
+// overwritten, else a scratch copy of the term (sum[i] non-NULL: written here).
+struct WkvGrads {
+  float* g[6];
+  float* sum[4];  // terms of ddec, daaa, dmam, dmkm for dtd, dta, dtma, dtmk
+  const float* dw;
+  const float* dk;
+  const float* da;
+  const float* db;
+};
+
+// l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else dkk / eps.
+__global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64_t rows, int H,
+                                           int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
+       row += (int64_t)gridDim.x * kWarps) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float nrm = head_norm(in, base, D, lane);
+    const float inv = 1.0f / fmaxf(nrm, eps);
+    float dot = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const float a = sigmoid_f(in.aaa[e] + in.ta[c0 + j]);
+      dot += (in.k0[e] + in.kkk[e]) * (-gr.da[e] + gr.db[e] * a);
+    }
+    dot = warp_total(dot);
+    const float coef = dot * inv * inv * inv;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const int c = c0 + j;
+      const WkvInputsFwd f = wkv_at(in, e, c, inv);
+      const WkvInputsBwd d = wkv_inputs_df(f, in.dec[e] + in.td[c], in.k0[e], gr.dw[e], gr.dk[e],
+                                           gr.da[e], gr.db[e]);
+      const float ds = nrm >= eps ? d.dkk * inv - (in.k0[e] + in.kkk[e]) * coef : d.dkk / eps;
+      const float v[6] = {d.ddec, d.dk0 + ds, ds, d.daaa, d.dmam, d.dmkm};
+#pragma unroll
+      for (int i = 0; i < 6; i++) put_grad(gr.g[i], e, (acc >> i) & 1, v[i]);
+      const float t[4] = {d.ddec, d.daaa, d.dmam, d.dmkm};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        if (gr.sum[i]) gr.sum[i][e] = t[i];
+    }
+  }
+}
+
+// Column sums of two [N, C] terms (the parameter-vector gradients of the chain).
+struct Sum2Term {
+  const float* a;
+  const float* b;
+  int C;
+  struct Load {
+    float a, b;
+  };
+  __device__ void begin(int) {}
+  __device__ Load load(int64_t i, int c) const { return Load{a[i * C + c], b[i * C + c]}; }
+  __device__ void use(int64_t, int, const Load& l, float* s) const {
+    s[0] += l.a;
+    s[1] += l.b;
+  }
+};
+
 }  // namespace
 
 // ---- entry points ----
@@ -250,4 +374,85 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
       "rwkv7_mix4_backward_tail",
       Mix4TailTerm{(const float*)dout_k, (const float*)dout_v, (const float*)x, T, C}, dmaa_k,
       dmaa_v, N, C, part, stream);
+}
+
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_wkv_inputs_forward: bad shape N = %d, H = %d, D = %d",
+             N, H, D);
+  MN_REQUIRE(w && k && a && b && dec && k0 && kkk && aaa && mam && mkm && time_decay &&
+                 time_aaaaa && time_misc_a && time_misc_k,
+             "rwkv7_wkv_inputs_forward: every pointer but k_bf16 is required");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_forward: eps = %g must be >= 0", (double)eps);
+  const int64_t rows = (int64_t)N * H;
+  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<bf16>, blocks, kThreads,
+                     0, stream, (bf16*)w, k, (bf16*)k_bf16, (bf16*)a, (bf16*)b, in, rows, H, D,
+                     eps);
+  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float>, blocks, kThreads, 0,
+                   stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in, rows, H, D, eps);
+}
+
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_wkv_inputs_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(ddec && dk0 && dkkk && daaa && dmam && dmkm && dtime_decay && dtime_aaaaa &&
+                 dtime_misc_a && dtime_misc_k && dw && dk && da && db && dec && k0 && kkk &&
+                 aaa && mam && mkm && time_decay && time_aaaaa && time_misc_a && time_misc_k,
+             "rwkv7_wkv_inputs_backward: every pointer is required");
+  MN_REQUIRE((accumulate & 0x3c0) == 0x3c0,
+             "rwkv7_wkv_inputs_backward: the parameter-vector gradients accumulate (bits 6..9 "
+             "must be set)");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_backward: eps = %g must be >= 0", (double)eps);
+  MN_REQUIRE((int64_t)H * D <= 2147483647, "rwkv7_wkv_inputs_backward: H*D = %lld is too many",
+             (long long)H * D);
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H, act = (int64_t)N * C;
+  // The column sums read each term from its gradient output when that was overwritten (it holds
+  // the term alone), else from a scratch copy (an accumulated output holds old + term).
+  float* outs[4] = {ddec, daaa, dmam, dmkm};
+  const int bits[4] = {0, 3, 4, 5};
+  int copies = 0;
+  for (int i = 0; i < 4; i++) copies += (accumulate >> bits[i]) & 1;
+  const int64_t part_floats = mn_reduce::col_scratch_floats(N, C, 2);
+  float* scratch = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&scratch, part_floats + copies * act, stream)) return rc;
+  float* part = scratch;
+  float* next_copy = scratch + part_floats;
+  WkvGrads gr{{ddec, dk0, dkkk, daaa, dmam, dmkm}, {}, dw, dk, da, db};
+  const float* src[4];
+  for (int i = 0; i < 4; i++) {
+    if ((accumulate >> bits[i]) & 1) {
+      gr.sum[i] = next_copy;
+      next_copy += act;
+    } else {
+      gr.sum[i] = nullptr;
+    }
+    src[i] = gr.sum[i] ? gr.sum[i] : outs[i];
+  }
+  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, gr, in, accumulate, rows, H,
+                     D, eps);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
+                                   Sum2Term{src[0], src[1], C}, dtime_decay, dtime_aaaaa, N, C,
+                                   part, stream)))
+    return rc;
+  return mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
+                                Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, part,
+                                stream);
 }

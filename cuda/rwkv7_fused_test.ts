@@ -15,6 +15,7 @@ import {
   checkKernel,
   compare,
   EXACT,
+  f64,
   Rng,
   SEED,
   type Tol,
@@ -275,6 +276,211 @@ Deno.test("rwkv7 fused mixes: accumulate bits (clear = overwrite without reading
     assert.throws(() => mix4Backward(be, c, d, 0x0ff), /dmaa gradients accumulate/);
     // ordered sums: the same bits twice
     const again = mix4Backward(be, c, d);
+    for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});
+
+// ---- (b) the chain between the projections and the WKV call ----
+type HCfg = { N: number; H: number; D: number };
+const HSHAPES: HCfg[] = [
+  { N: 1, H: 1, D: 16 },
+  { N: 5, H: 3, D: 33 }, // a head size that is not a multiple of the warp
+  { N: 16, H: 2, D: 64 },
+  { N: 300, H: 2, D: 32 }, // several row tiles in the column sums
+];
+const hLabel = (c: HCfg) => `[${c.N},${c.H},${c.D}]`;
+const ACTS = ["dec", "k0", "kkk", "aaa", "mam", "mkm"] as const;
+const PVEC = ["time_decay", "time_aaaaa", "time_misc_a", "time_misc_k"] as const;
+const OUTS = ["w", "k", "a", "b"] as const;
+const EPS = 1e-12;
+
+function drawChain(c: HCfg, rng: Rng) {
+  const n = c.N * c.H * c.D, C = c.H * c.D;
+  const act = Object.fromEntries(ACTS.map((k) => [k, rng.normal(n)])) as Record<
+    string,
+    Float32Array
+  >;
+  // dec spans the softplus threshold; some w*mk > 0 (exp(min(., 0)) = 1, no gradient there)
+  act.dec = rng.normal(n, 4);
+  const par = Object.fromEntries(PVEC.map((k) => [k, rng.normal(C, 0.5)])) as Record<
+    string,
+    Float32Array
+  >;
+  const dout = Object.fromEntries(OUTS.map((k) => [k, rng.normal(n)])) as Record<
+    string,
+    Float32Array
+  >;
+  const prior = Object.fromEntries(
+    [...ACTS, ...PVEC].map((k) => [k, rng.normal(k.startsWith("time") ? C : n)]),
+  );
+  return { act, par, dout, prior };
+}
+type Chain = ReturnType<typeof drawChain>;
+
+function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean) {
+  const { N, H, D } = c, shape = [N, H * D], dt = bf16 ? "bf16" as const : "f32" as const;
+  const ins = Object.fromEntries([
+    ...ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...PVEC.map((k) => [k, f32In(d.par[k], [H * D])]),
+  ]);
+  const outs: Record<string, { shape: number[]; dtype?: "bf16" | "f32" }> = {
+    w: { shape, dtype: dt },
+    k: { shape },
+    a: { shape, dtype: dt },
+    b: { shape, dtype: dt },
+  };
+  if (bf16) outs.k_bf16 = { shape, dtype: "bf16" };
+  return withTensors(be, ins, outs, (t) => {
+    be.k.mn_rwkv7_wkv_inputs_forward(
+      t.w.ptr,
+      t.k.ptr,
+      bf16 ? t.k_bf16.ptr : null,
+      t.a.ptr,
+      t.b.ptr,
+      ...ACTS.map((k) => t[k].ptr),
+      ...PVEC.map((k) => t[k].ptr),
+      bf16 ? 1 : 0,
+      N,
+      H,
+      D,
+      EPS,
+      be.stream,
+    );
+  });
+}
+
+function chainBackward(be: Backend, c: HCfg, d: Chain, accumulate = ALL) {
+  const { N, H, D } = c, C = H * D, shape = [N, C];
+  const ins = Object.fromEntries([
+    ...OUTS.map((k) => ["d" + k, f32In(d.dout[k], shape)]),
+    ...ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...PVEC.map((k) => [k, f32In(d.par[k], [C])]),
+  ]);
+  const outs = Object.fromEntries([...ACTS, ...PVEC].map((k, i) => [
+    "d" + k,
+    { shape: i < 6 ? shape : [C], init: (accumulate >> i) & 1 ? d.prior[k] : undefined },
+  ]));
+  return withTensors(be, ins, outs, (t) => {
+    be.k.mn_rwkv7_wkv_inputs_backward(
+      ...[...ACTS, ...PVEC].map((k) => t["d" + k].ptr),
+      ...OUTS.map((k) => t["d" + k].ptr),
+      ...ACTS.map((k) => t[k].ptr),
+      ...PVEC.map((k) => t[k].ptr),
+      N,
+      H,
+      D,
+      EPS,
+      accumulate,
+      be.stream,
+    );
+  });
+}
+
+/** float64 forward of the chain (kernels.h), for the reference values and finite differences */
+function chainRef(
+  c: HCfg,
+  act: Record<string, ArrayLike<number>>,
+  par: Record<string, ArrayLike<number>>,
+) {
+  const { N, H, D } = c, C = H * D, n = N * C;
+  const sig = (x: number) => 1 / (1 + Math.exp(-x));
+  const sp = (z: number) => (z > 20 ? z : Math.log1p(Math.exp(z)));
+  const r = Object.fromEntries(OUTS.map((k) => [k, new Float64Array(n)]));
+  for (let row = 0; row < N * H; row++) {
+    let ss = 0;
+    for (let j = 0; j < D; j++) ss += (act.k0[row * D + j] + act.kkk[row * D + j]) ** 2;
+    const denom = Math.max(Math.sqrt(ss), EPS);
+    for (let j = 0; j < D; j++) {
+      const e = row * D + j, ch = (row % H) * D + j;
+      const w = -sp(-(act.dec[e] + par.time_decay[ch])) - 0.5;
+      const kk = (act.k0[e] + act.kkk[e]) / denom;
+      const a = sig(act.aaa[e] + par.time_aaaaa[ch]);
+      const ma = sig(act.mam[e] + par.time_misc_a[ch]);
+      const mk = sig(act.mkm[e] + par.time_misc_k[ch]);
+      const ka = act.k0[e] * a;
+      r.w[e] = w;
+      r.k[e] = (ka + (act.k0[e] - ka) * ma) * Math.exp(Math.min(w * mk, 0));
+      r.a[e] = -kk;
+      r.b[e] = kk * a;
+    }
+  }
+  return r;
+}
+
+checkKernel({
+  name: "rwkv7_wkv_inputs_forward (fp32 out)",
+  configs: HSHAPES,
+  label: hLabel,
+  // the head's norm is a float sum in another order: a few ulp in kk, then through the chain
+  tol: { w: TOL_F32, k: TOL_F32, a: TOL_F32, b: TOL_F32 },
+  run: (be, c, rng) => chainForward(be, c, drawChain(c, rng), false),
+});
+checkKernel({
+  name: "rwkv7_wkv_inputs_forward (bf16 out)",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: { w: TOL_BF16, k: TOL_F32, a: TOL_BF16, b: TOL_BF16, k_bf16: TOL_BF16 },
+  run: (be, c, rng) => chainForward(be, c, drawChain(c, rng), true),
+});
+checkKernel({
+  name: "rwkv7_wkv_inputs_backward",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: Object.fromEntries(
+    [...ACTS, ...PVEC].map((k) => ["d" + k, k.startsWith("time") ? SUM : TOL_F32]),
+  ),
+  run: (be, c, rng) => chainBackward(be, c, drawChain(c, rng)),
+});
+
+Deno.test("rwkv7_wkv_inputs: cpu forward matches float64, backward matches float64 central differences", () => {
+  const be = backend("cpu");
+  const c: HCfg = { N: 3, H: 2, D: 8 };
+  const d = drawChain(c, new Rng(SEED));
+  // keep w*mk away from the clamp's kink and dec away from the softplus threshold
+  d.act.dec = d.act.dec.map((v) => Math.max(-3, Math.min(3, v)));
+  const want = chainRef(c, d.act, d.par);
+  const fwd = chainForward(be, c, d, false);
+  for (const k of OUTS) compare(`forward ${k}`, fwd[k], want[k], TOL_F32);
+  const got = chainBackward(be, c, d);
+  // L = sum_out dout . out: dL/dinput by central differences on the float64 forward
+  const loss = (act: Record<string, ArrayLike<number>>, par: Record<string, ArrayLike<number>>) => {
+    const o = chainRef(c, act, par);
+    return OUTS.reduce((s, k) => s + o[k].reduce((t, v, i) => t + v * d.dout[k][i], 0), 0);
+  };
+  const h = 1e-6;
+  for (const name of [...ACTS, ...PVEC]) {
+    const isPar = name.startsWith("time");
+    const base = f64((isPar ? d.par : d.act)[name]);
+    const fd = base.map((_, i) => {
+      const at = (x: number) => {
+        const v = base.slice();
+        v[i] = x;
+        return isPar ? loss(d.act, { ...d.par, [name]: v }) : loss({ ...d.act, [name]: v }, d.par);
+      };
+      return (at(base[i] + h) - at(base[i] - h)) / (2 * h);
+    });
+    const want = fd.map((v, i) => v + d.prior[name][i]);
+    compare(`d${name} vs central differences`, got["d" + name], want, { atol: 2e-5, rtol: 2e-5 });
+  }
+});
+
+Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite; set terms summed from scratch copies)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const c = HSHAPES[2], d = drawChain(c, new Rng(SEED));
+    const add = chainBackward(be, c, d); // every bit set: the column sums read scratch copies
+    const over = chainBackward(be, c, d, 0x3c0); // activations overwritten (NaN before)
+    for (const [i, k] of ACTS.entries()) {
+      const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
+      compare(`${name} d${k}: overwrite = accumulate - prior`, over["d" + k], want, TOL_F32);
+      assert.ok(Number.isFinite(over["d" + k][0]), `${name} d${k} (bit ${i}) written`);
+    }
+    // the parameter sums do not depend on where their terms were read from
+    for (const k of PVEC) {
+      compare(`${name} d${k} from copies = from outputs`, add["d" + k], over["d" + k], EXACT);
+    }
+    assert.throws(() => chainBackward(be, c, d, 0x1ff), /parameter-vector gradients accumulate/);
+    const again = chainBackward(be, c, d);
     for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
   }
 });

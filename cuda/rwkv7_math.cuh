@@ -26,3 +26,51 @@ __host__ __device__ inline float exp_min0_df(float x, float y) { return x <= 0.0
 // The token-shift mixes: x + xx * coef with xx = shift(x) - x and coef = time_maa_x (the first
 // mix) or m + time_maa_i (the four after the LoRA): add(x, mul(xx, coef)) of the composition.
 __host__ __device__ inline float mix_f(float x, float xx, float coef) { return x + xx * coef; }
+
+// torch.lerp(x, y, g) as the composition computes it: x + (y - x) * g
+__host__ __device__ inline float lerp_f(float x, float y, float g) { return x + (y - x) * g; }
+
+// The chain between the projections and the WKV call, one element (channel c of a row), given the
+// head's 1 / max(||k + kkk||, eps) (F.normalize of kk over the head):
+//   w = decay(dec + time_decay); kk = (k + kkk) * inv; a = sigmoid(aaa + time_aaaaa);
+//   ma = sigmoid(mam + time_misc_a); mk = sigmoid(mkm + time_misc_k);
+//   k' = lerp(k * a, k, ma) * exp(min(w * mk, 0)); WKV's a = -kk and b = kk * a.
+// The inputs after the bias add (dec + time_decay, ...) are what both directions take.
+struct WkvInputsFwd {
+  float w, kk, a, ma, mk, k1, e, k;
+};
+__host__ __device__ inline WkvInputsFwd wkv_inputs_f(float dec, float k0, float s, float inv,
+                                                     float aaa, float mam, float mkm) {
+  WkvInputsFwd f;
+  f.w = rwkv7_decay_f(dec);
+  f.kk = s * inv;
+  f.a = sigmoid_f(aaa);
+  f.ma = sigmoid_f(mam);
+  f.mk = sigmoid_f(mkm);
+  f.k1 = lerp_f(k0 * f.a, k0, f.ma);
+  f.e = exp_min0_f(f.w * f.mk);
+  f.k = f.k1 * f.e;
+  return f;
+}
+// Its backward for one element, all but kk's normalisation: from the gradients of WKV's w, k, a
+// (= -kk), b (= kk * a), the gradients of dec, aaa, mam, mkm (before their bias adds) and of k
+// along its two direct paths (k0); dkk is the gradient that reaches kk, for the head's l2norm
+// backward.
+struct WkvInputsBwd {
+  float ddec, dk0, dkk, daaa, dmam, dmkm;
+};
+__host__ __device__ inline WkvInputsBwd wkv_inputs_df(const WkvInputsFwd& f, float dec, float k0,
+                                                      float dw, float dk, float da, float db) {
+  WkvInputsBwd g;
+  const float dk1 = dk * f.e;
+  const float dz = dk * f.k1 * exp_min0_df(f.w * f.mk, f.e);  // through exp(min(w mk, 0))
+  const float ka = k0 * f.a;
+  const float dka = dk1 * (1.0f - f.ma);  // lerp's d/dx
+  g.dkk = -da + db * f.a;
+  g.ddec = (dw + dz * f.mk) * rwkv7_decay_df(dec);
+  g.dk0 = dka * f.a + dk1 * f.ma;
+  g.daaa = (db * f.kk + dka * k0) * sigmoid_dy(f.a);
+  g.dmam = dk1 * (k0 - ka) * sigmoid_dy(f.ma);
+  g.dmkm = dz * f.w * sigmoid_dy(f.mk);
+  return g;
+}

@@ -123,3 +123,152 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
     for (int c = 0; c < C; c++) dmaa[j][c] += (float)s[j * C + c];
   return 0;
 }
+
+// ---- between the projections and the WKV call ----
+namespace {
+
+float sig(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float softplus_torch(float z) { return z > 20.0f ? z : std::log1p(std::exp(z)); }
+
+// One element's forward values, from its inputs after the bias adds.
+struct Elem {
+  float w, kk, a, ma, mk, ka, k1, z, e, k;
+};
+Elem elem(float dec, float k0, float s, float inv, float aaa, float mam, float mkm) {
+  Elem f;
+  f.w = -softplus_torch(-dec) - 0.5f;
+  f.kk = s * inv;
+  f.a = sig(aaa);
+  f.ma = sig(mam);
+  f.mk = sig(mkm);
+  f.ka = k0 * f.a;
+  f.k1 = f.ka + (k0 - f.ka) * f.ma;
+  f.z = f.w * f.mk;
+  f.e = std::exp(f.z < 0.0f ? f.z : 0.0f);
+  f.k = f.k1 * f.e;
+  return f;
+}
+
+struct Inputs {
+  const float *dec, *k0, *kkk, *aaa, *mam, *mkm, *td, *ta, *tma, *tmk;
+  Elem at(int64_t e, int64_t c, float inv) const {
+    return elem(dec[e] + td[c], k0[e], k0[e] + kkk[e], inv, aaa[e] + ta[c], mam[e] + tma[c],
+                mkm[e] + tmk[c]);
+  }
+  // ||k0 + kkk|| over the D channels at e0, in double
+  double norm(int64_t e0, int D) const {
+    double ss = 0.0;
+    for (int j = 0; j < D; j++) {
+      double s = (double)k0[e0 + j] + kkk[e0 + j];
+      ss += s * s;
+    }
+    return std::sqrt(ss);
+  }
+};
+
+}  // namespace
+
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void*) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_wkv_inputs_forward: bad shape N = %d, H = %d, D = %d",
+             N, H, D);
+  MN_REQUIRE(w && k && a && b && dec && k0 && kkk && aaa && mam && mkm && time_decay &&
+                 time_aaaaa && time_misc_a && time_misc_k,
+             "rwkv7_wkv_inputs_forward: every pointer but k_bf16 is required");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_forward: eps = %g must be >= 0", (double)eps);
+  const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const int64_t rows = (int64_t)N * H;
+#pragma omp parallel for if (rows * D > 100000)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t e0 = r * D, c0 = (r % H) * D;
+    const double n = in.norm(e0, D);
+    const float inv = (float)(1.0 / (n > eps ? n : (double)eps));
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const Elem f = in.at(e, c0 + j, inv);
+      write_out(w, out_bf16, e, f.w);
+      k[e] = f.k;
+      if (k_bf16) k_bf16[e] = f32_to_bf16(f.k);
+      write_out(a, out_bf16, e, -f.kk);
+      write_out(b, out_bf16, e, f.kk * f.a);
+    }
+  }
+  return 0;
+}
+
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void*) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_wkv_inputs_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(ddec && dk0 && dkkk && daaa && dmam && dmkm && dtime_decay && dtime_aaaaa &&
+                 dtime_misc_a && dtime_misc_k && dw && dk && da && db && dec && k0 && kkk &&
+                 aaa && mam && mkm && time_decay && time_aaaaa && time_misc_a && time_misc_k,
+             "rwkv7_wkv_inputs_backward: every pointer is required");
+  MN_REQUIRE((accumulate & 0x3c0) == 0x3c0,
+             "rwkv7_wkv_inputs_backward: the parameter-vector gradients accumulate (bits 6..9 "
+             "must be set)");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_backward: eps = %g must be >= 0", (double)eps);
+  const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  // per-row terms of the four parameter vectors, summed over rows in double afterwards
+  std::vector<float> terms(4 * (size_t)N * C);
+  std::vector<double> dkk(D);
+#pragma omp parallel for if (rows * D > 100000) firstprivate(dkk)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t e0 = r * D, c0 = (r % H) * D;
+    const double n = in.norm(e0, D);
+    const float inv = (float)(1.0 / (n > eps ? n : (double)eps));
+    // gradient reaching kk: from WKV's a = -kk and b = kk * sigmoid(aaa)
+    double dot = 0.0;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const float ag = sig(aaa[e] + time_aaaaa[c0 + j]);
+      dkk[j] = -(double)da[e] + (double)db[e] * ag;
+      dot += ((double)k0[e] + kkk[e]) * dkk[j];
+    }
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j, c = c0 + j;
+      const Elem f = in.at(e, c, inv);
+      // k = k1 * e, e = exp(min(z, 0)) (gradient through where z <= 0), k1 = ka + (k0 - ka) ma
+      const double dk1 = (double)dk[e] * f.e;
+      const double dz = f.z <= 0.0f ? (double)dk[e] * f.k1 * f.e : 0.0;
+      const double dka = dk1 * (1.0 - f.ma);
+      const double s = (double)k0[e] + kkk[e];
+      // F.normalize's backward: clamp_min passes the gradient where the norm >= eps
+      const double ds = n >= eps ? dkk[j] / n - s * dot / (n * n * n) : dkk[j] / eps;
+      const double sp = -(double)(dec[e] + time_decay[c]);  // d(-softplus(-x))/dx = softplus'(-x)
+      const double dsp = sp > 20.0 ? 1.0 : 1.0 / (1.0 + std::exp(-sp));
+      const double vdec = ((double)dw[e] + dz * f.mk) * dsp;
+      const double vaaa = ((double)db[e] * f.kk + dka * k0[e]) * f.a * (1.0 - f.a);
+      const double vmam = dk1 * ((double)k0[e] - f.ka) * f.ma * (1.0 - f.ma);
+      const double vmkm = dz * f.w * f.mk * (1.0 - f.mk);
+      grad_out(ddec, e, accumulate, 0, (float)vdec);
+      grad_out(dk0, e, accumulate, 1, (float)(dka * f.a + dk1 * f.ma + ds));
+      grad_out(dkkk, e, accumulate, 2, (float)ds);
+      grad_out(daaa, e, accumulate, 3, (float)vaaa);
+      grad_out(dmam, e, accumulate, 4, (float)vmam);
+      grad_out(dmkm, e, accumulate, 5, (float)vmkm);
+      const int64_t row = r / H;
+      const float t4[4] = {(float)vdec, (float)vaaa, (float)vmam, (float)vmkm};
+      for (int i = 0; i < 4; i++) terms[((size_t)i * N + row) * C + c] = t4[i];
+    }
+  }
+  float* outs[4] = {dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k};
+  for (int i = 0; i < 4; i++)
+    for (int64_t c = 0; c < C; c++) {
+      double sum = 0.0;
+      for (int64_t row = 0; row < N; row++) sum += terms[((size_t)i * N + row) * C + c];
+      outs[i][c] += (float)sum;
+    }
+  return 0;
+}
