@@ -452,9 +452,12 @@ export class Model {
     // --wind_cuda wins over --fast_cuda, as in the original
     const kernel = this.a.wind_cuda ? "wind" : this.a.fast_cuda ? "fast" : "ref";
     let y = g.wkv7(r, w, k, v, a, b, H, kernel);
-    y = g.groupnorm(y, P("ln_x.weight"), P("ln_x.bias"), H, 64e-5);
-    y = g.add(y, g.rwkv7Bonus(r, k, v, P("time_faaaa"), H));
-    return [g.matmul(g.mul(y, gate), P("output.weight"), true), v1!];
+    const [lnw, lnb, u] = [P("ln_x.weight"), P("ln_x.bias"), P("time_faaaa")];
+    if (this.a.unfused) {
+      y = g.groupnorm(y, lnw, lnb, H, 64e-5);
+      y = g.mul(g.add(y, g.rwkv7Bonus(r, k, v, u, H)), gate);
+    } else y = g.rwkv7GnBonusGate(y, lnw, lnb, r, k, v, u, gate, H, 64e-5);
+    return [g.matmul(y, P("output.weight"), true), v1!];
   }
 }
 

@@ -120,29 +120,29 @@ for (const check of BACKEND_CHECKS) {
 }
 
 /** The fused time-mixing kernels (the default) against their generic-op composition (--unfused),
- * the same weights and batch on cpu: forward and backward differ only in summation order (and,
- * on the bf16 path, a bf16 gradient operand that rounds the other way). Bounds on the loss and on
- * every gradient tensor's normwise relative difference, from seeds 1-12 (tools as in
- * BACKEND_CHECKS; figures in brackets: worst, median). */
+ * the same weights and batch on cpu: they differ only in rounding order, and on the bf16 path in
+ * the bf16 operands that then round the other way (the fused GroupNorm + bonus + gate product is
+ * rounded to bf16 from a differently rounded fp32 value now and then, and a flipped operand
+ * spreads). Bounds on the loss and on every gradient tensor's normwise relative difference from
+ * seeds 1-30 on cpu (2026-12-04), figures in brackets: worst, median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
-  // [tensors 6.1e-7, 5.2e-7; scalars 1.4e-6, 5.6e-7; loss 8.3e-9, 2.4e-9]
+  // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
   {
     label: "f32",
     flags: TINY,
     precision: "f32" as const,
     tol: 2e-6,
-    smallTol: 3e-6,
+    smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // [tensors 5.5e-4 (seed 1; seed 4 2.2e-4: a bf16 dy operand rounds the other way), 1.1e-7;
-  // scalars 3.2e-7, 1.4e-7; loss 0 (the bf16 operands come out the same)]
+  // [tensors 3.0e-3 (seed 15), 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6 (seed 15)]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 2e-3,
-    smallTol: 3e-6,
-    lossTol: 1e-7,
+    tol: 8e-3,
+    smallTol: 1e-3,
+    lossTol: 3e-6,
   },
 ];
 /** the fused entry points the default path must call once per layer, and --unfused never */
@@ -153,6 +153,8 @@ const FUSED_ENTRIES = [
   "mn_rwkv7_mix4_backward",
   "mn_rwkv7_wkv_inputs_forward",
   "mn_rwkv7_wkv_inputs_backward",
+  "mn_rwkv7_gn_bonus_gate_forward",
+  "mn_rwkv7_gn_bonus_gate_backward",
 ];
 for (const check of FUSED_CHECKS) {
   Deno.test(`train_rwkv7: fused time mixing = --unfused composition (cpu, ${check.label})`, () => {

@@ -907,6 +907,70 @@ export class Graph {
   }
 
   /**
+   * RWKV-7 after the WKV call, fused (mn_rwkv7_gn_bonus_gate_*): (GroupNorm(y) + bonus) * gate,
+   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v, gate
+   * [B,T,C] fp32. The result is the output projection's operand (operandDtype). Same math as
+   * mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
+   */
+  rwkv7GnBonusGate(
+    y: Var,
+    weight: Var,
+    bias: Var,
+    r: Var,
+    k: Var,
+    v: Var,
+    u: Var,
+    gate: Var,
+    H: number,
+    eps: number,
+  ): Var {
+    const acts = [r, k, v, gate];
+    acts.forEach((x) => sameShape("rwkv7GnBonusGate", y.shape, x.shape));
+    const [N, C] = rowsCols(y);
+    if (C % H) throw new Error(`rwkv7GnBonusGate: ${C} channels do not split into ${H} heads`);
+    for (const p of [weight, bias, u]) {
+      if (p.t.numel !== C) throw new Error(`rwkv7GnBonusGate: ${p.t.numel} elements, not ${C}`);
+    }
+    const D = C / H, dt = this.operandDtype();
+    const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
+    const out = this.out(y.shape, "gn_bonus_gate", dt);
+    const ptrs = (vs: Var[]) => vs.map((x) => x.t.ptr);
+    this.k.mn_rwkv7_gn_bonus_gate_forward(
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      ...ptrs([y, weight, bias, r, k, v, u, gate]),
+      dt === "bf16" ? 1 : 0,
+      N,
+      H,
+      D,
+      eps,
+      this.s,
+    );
+    return this.node(out, [y, weight, bias, r, k, v, u, gate], (z) => {
+      const sinks = [
+        ...[y, r, k, v, gate].map((x) => this.gradSink(x)),
+        ...[weight, bias, u].map((p) => this.paramSink(p, "rwkv7GnBonusGate")),
+      ];
+      this.k.mn_rwkv7_gn_bonus_gate_backward(
+        ...sinks.map(([p]) => p),
+        z.g.ptr,
+        y.t.ptr,
+        weight.t.ptr,
+        bias.t.ptr,
+        mean.ptr,
+        rstd.ptr,
+        ...ptrs([r, k, v, u, gate]),
+        N,
+        H,
+        D,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
    * Wraps the outputs of one op with several: one backward, recorded after the forward, so it runs
    * when the tape reaches the op (every consumer of every output has added its gradient by then),
    * given the output gradients (zeros for an output nobody used); then frees them.

@@ -261,6 +261,23 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
                                         float* time_misc_k, int N, int H, int D, float eps,
                                         int accumulate, void* stream);
 
+/* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
+ * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head
+ * (mn_rwkv7_bonus_forward); y, r, k, v, gate [N, C] fp32, u [H, D]; out fp32 or bf16 (the
+ * output projection's operand). */
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void* stream);
+/* gradient outputs: dy, dr, dk, dv, dgate [N, C] (bits 0-4), dweight, dbias [C], du [H, D]
+ * (bits 5-7, must be set); dout [N, C]. Scratch: N*H floats (as rwkv7_bonus_backward). */
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void* stream);
+
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
  * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;

@@ -60,11 +60,6 @@ __device__ inline float warp_sum(float v) {
 __host__ __device__ inline float rowvec_dx(float dout, float v) { return dout * v; }
 __host__ __device__ inline float rowvec_dv(float dout, float x) { return dout * x; }
 
-// Normalised value of a norm: (x - mean) * rstd. GroupNorm's forward, dx and parameter-gradient
-// kernels all use it, so dweight sees the same xhat the forward produced.
-__host__ __device__ inline float norm_xhat(float x, float mean, float rstd) {
-  return (x - mean) * rstd;
-}
 
 // One row's term of the bonus gradient du[h, j]: ds * r[j] * k[j], ds = dout . v of that row.
 __host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }

@@ -291,6 +291,141 @@ struct Sum2Term {
   }
 };
 
+// ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
+
+// The inputs of the chain after WKV: y (WKV's output), GroupNorm's affine weight/bias [C], the
+// bonus's r, k, v [N, C] and u [H, D] (time_faaaa), the gate [N, C].
+struct GnIn {
+  const float* y;
+  const float* weight;
+  const float* bias;
+  const float* r;
+  const float* k;
+  const float* v;
+  const float* u;
+  const float* gate;
+};
+// sum_j r k u over the head at `base` (channels c0 ..): the bonus's per-(row, head) scalar
+__device__ inline float bonus_scalar(const GnIn& in, int64_t base, int c0, int D, int lane) {
+  float s = 0.0f;
+  for (int j = lane; j < D; j += 32) s += in.r[base + j] * in.k[base + j] * in.u[c0 + j];
+  return warp_total(s);
+}
+
+template <class Out>
+__global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn in,
+                                             int64_t rows, int H, int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
+       row += (int64_t)gridDim.x * kWarps) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float* yr = in.y + base;
+    float sum = 0.0f;
+    for (int j = lane; j < D; j += 32) sum += yr[j];
+    const float m = warp_total(sum) / D;
+    float sq = 0.0f;
+    for (int j = lane; j < D; j += 32) sq += (yr[j] - m) * (yr[j] - m);
+    const float rs = rsqrtf(warp_total(sq) / D + eps);  // biased variance, as nn.GroupNorm
+    const float s = bonus_scalar(in, base, c0, D, lane);
+    for (int j = lane; j < D; j += 32) {
+      const int c = c0 + j;
+      const float gn = norm_xhat(yr[j], m, rs) * in.weight[c] + in.bias[c];
+      store(out + base + j, (gn + s * in.v[base + j]) * in.gate[base + j]);
+    }
+    if (lane == 0) {
+      mean[row] = m;
+      rstd[row] = rs;
+    }
+  }
+}
+
+// Per (row, head): dgate = dout * (gn + bonus); with dz = dout * gate the gradient of gn + bonus,
+// the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel);
+// ds[row] is kept for du's column sums.
+__global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv,
+                                              float* dgate, float* ds_out, const float* dout,
+                                              const float* mean, const float* rstd, GnIn in,
+                                              int acc, int64_t rows, int H, int D) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
+       row += (int64_t)gridDim.x * kWarps) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float m = mean[row], rs = rstd[row];
+    const float s = bonus_scalar(in, base, c0, D, lane);
+    float ds = 0.0f, s1 = 0.0f, s2 = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const float dz = dout[e] * in.gate[e];
+      const float dxh = dz * in.weight[c0 + j];
+      ds += dz * in.v[e];
+      s1 += dxh;
+      s2 += dxh * norm_xhat(in.y[e], m, rs);
+    }
+    ds = warp_total(ds);
+    s1 = warp_total(s1) / D;
+    s2 = warp_total(s2) / D;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const int c = c0 + j;
+      const float xh = norm_xhat(in.y[e], m, rs);
+      const float z = xh * in.weight[c] + in.bias[c] + s * in.v[e];
+      const float dz = dout[e] * in.gate[e];
+      put_grad(dy, e, acc & 1, rs * (dz * in.weight[c] - s1 - xh * s2));
+      put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
+      put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
+      put_grad(dv, e, (acc >> 3) & 1, s * dz);
+      put_grad(dgate, e, (acc >> 4) & 1, dout[e] * z);
+    }
+    if (lane == 0) ds_out[row] = ds;
+  }
+}
+
+// Column sums of GroupNorm's parameter gradients through the gate: dweight += dz xhat, dbias += dz
+// with dz = dout * gate, recomputed here rather than stored.
+struct GnGateParamTerm {
+  const float* dout;
+  const float* gate;
+  const float* y;
+  const float* mean;
+  const float* rstd;
+  int H, D;
+  int h;
+  struct Load {
+    float d, g, y, m, r;
+  };
+  __device__ void begin(int c) { h = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)H * D) + c, r = i * H + h;
+    return Load{dout[e], gate[e], y[e], mean[r], rstd[r]};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    const float dz = l.d * l.g;
+    acc[0] += dz * norm_xhat(l.y, l.m, l.r);
+    acc[1] += dz;
+  }
+};
+// du[h, j] += sum_i ds[i, h] r k (as the bonus backward's BonusDuTerm)
+struct GnBonusDuTerm {
+  const float* ds;
+  const float* r;
+  const float* k;
+  int H, D;
+  int h;
+  struct Load {
+    float ds, r, k;
+  };
+  __device__ void begin(int c) { h = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)H * D) + c;
+    return Load{ds[i * H + h], r[e], k[e]};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    acc[0] += l.ds * l.r * l.k;
+  }
+};
+
 }  // namespace
 
 // ---- entry points ----
@@ -455,4 +590,64 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
   return mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
                                 Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, part,
                                 stream);
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_gn_bonus_gate_forward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(out && mean && rstd && y && weight && bias && r && k && v && u && gate,
+             "rwkv7_gn_bonus_gate_forward: every pointer is required");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_gn_bonus_gate_forward: eps = %g must be >= 0", (double)eps);
+  const int64_t rows = (int64_t)N * H;
+  const GnIn in{y, weight, bias, r, k, v, u, gate};
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<bf16>, blocks,
+                     kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
+  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<float>, blocks,
+                   kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void* stream) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_gn_bonus_gate_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(dy && dr && dk && dv && dgate && dweight && dbias && du && dout && y && weight &&
+                 bias && mean && rstd && r && k && v && u && gate,
+             "rwkv7_gn_bonus_gate_backward: every pointer is required");
+  MN_REQUIRE((accumulate & 0xe0) == 0xe0,
+             "rwkv7_gn_bonus_gate_backward: dweight, dbias and du accumulate (bits 5..7 must be "
+             "set)");
+  MN_REQUIRE((int64_t)H * D <= 2147483647, "rwkv7_gn_bonus_gate_backward: H*D = %lld is too many",
+             (long long)H * D);
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H;
+  // scratch: ds [N, H], then the column sums' partials
+  float* ds = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&ds, rows + mn_reduce::col_scratch_floats(N, C, 2),
+                                         stream))
+    return rc;
+  float* part = ds + rows;
+  const GnIn in{y, weight, bias, r, k, v, u, gate};
+  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
+                     (const float*)dout, (const float*)mean, (const float*)rstd, in, accumulate,
+                     rows, H, D);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv7_gn_bonus_gate_backward_norm",
+                                   GnGateParamTerm{(const float*)dout, (const float*)gate,
+                                                   (const float*)y, (const float*)mean,
+                                                   (const float*)rstd, H, D, 0},
+                                   dweight, dbias, N, C, part, stream)))
+    return rc;
+  return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
+                                GnBonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
+                                nullptr, N, C, part, stream);
 }

@@ -484,3 +484,166 @@ Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite; set terms summe
     for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
   }
 });
+
+// ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
+const GN_ACTS = ["y", "r", "k", "v", "gate"] as const;
+const GN_PARS = ["weight", "bias", "u"] as const;
+const GN_EPS = 64e-5;
+
+function drawGn(c: HCfg, rng: Rng) {
+  const n = c.N * c.H * c.D, C = c.H * c.D;
+  const act = Object.fromEntries(GN_ACTS.map((k) => [k, rng.normal(n)])) as Record<
+    string,
+    Float32Array
+  >;
+  act.y = act.y.map((v, i) => v + (i % 7) * 0.3); // a per-group mean for the norm to remove
+  const par = Object.fromEntries(GN_PARS.map((k) => [k, rng.normal(C, 0.5)])) as Record<
+    string,
+    Float32Array
+  >;
+  const prior = Object.fromEntries(
+    [...GN_ACTS, ...GN_PARS].map((k, i) => [k, rng.normal(i < 5 ? n : C)]),
+  );
+  return { act, par, dout: rng.normal(n), prior };
+}
+type GnDraw = ReturnType<typeof drawGn>;
+
+function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
+  const { N, H, D } = c, shape = [N, H * D];
+  const ins = Object.fromEntries([
+    ...GN_ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...GN_PARS.map((k) => [k, f32In(d.par[k], [H * D])]),
+  ]);
+  const outs = {
+    out: { shape, dtype: bf16 ? "bf16" as const : "f32" as const },
+    mean: { shape: [N, H] },
+    rstd: { shape: [N, H] },
+  };
+  return withTensors(be, ins, outs, (t) => {
+    be.k.mn_rwkv7_gn_bonus_gate_forward(
+      t.out.ptr,
+      t.mean.ptr,
+      t.rstd.ptr,
+      ...["y", "weight", "bias", "r", "k", "v", "u", "gate"].map((k) => t[k].ptr),
+      bf16 ? 1 : 0,
+      N,
+      H,
+      D,
+      GN_EPS,
+      be.stream,
+    );
+  });
+}
+
+function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
+  const { N, H, D } = c, C = H * D, shape = [N, C];
+  const stats = gnForward(backend("cpu"), c, d, false); // saved mean, rstd (the same on every backend input)
+  const ins = Object.fromEntries([
+    ...GN_ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...GN_PARS.map((k) => [k, f32In(d.par[k], [C])]),
+    ["dout", f32In(d.dout, shape)],
+    ["mean", f32In(stats.mean as Float32Array, [N, H])],
+    ["rstd", f32In(stats.rstd as Float32Array, [N, H])],
+  ]);
+  const outs = Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k, i) => [
+    "d" + k,
+    { shape: i < 5 ? shape : [C], init: (accumulate >> i) & 1 ? d.prior[k] : undefined },
+  ]));
+  return withTensors(be, ins, outs, (t) => {
+    be.k.mn_rwkv7_gn_bonus_gate_backward(
+      ...[...GN_ACTS, ...GN_PARS].map((k) => t["d" + k].ptr),
+      ...["dout", "y", "weight", "bias", "mean", "rstd", "r", "k", "v", "u", "gate"].map((k) =>
+        t[k].ptr
+      ),
+      N,
+      H,
+      D,
+      accumulate,
+      be.stream,
+    );
+  });
+}
+
+/** float64 forward: (GroupNorm(y) + (sum r k u) v) * gate */
+function gnRef(
+  c: HCfg,
+  act: Record<string, ArrayLike<number>>,
+  par: Record<string, ArrayLike<number>>,
+) {
+  const { N, H, D } = c, out = new Float64Array(N * H * D);
+  for (let row = 0; row < N * H; row++) {
+    const e0 = row * D, c0 = (row % H) * D;
+    let m = 0, s = 0;
+    for (let j = 0; j < D; j++) m += act.y[e0 + j] / D;
+    let v2 = 0;
+    for (let j = 0; j < D; j++) v2 += (act.y[e0 + j] - m) ** 2 / D;
+    for (let j = 0; j < D; j++) s += act.r[e0 + j] * act.k[e0 + j] * par.u[c0 + j];
+    const rs = 1 / Math.sqrt(v2 + GN_EPS);
+    for (let j = 0; j < D; j++) {
+      const e = e0 + j, ch = c0 + j;
+      const gn = (act.y[e] - m) * rs * par.weight[ch] + par.bias[ch];
+      out[e] = (gn + s * act.v[e]) * act.gate[e];
+    }
+  }
+  return out;
+}
+
+for (const bf16 of [false, true]) {
+  checkKernel({
+    name: `rwkv7_gn_bonus_gate_forward (${bf16 ? "bf16" : "fp32"} out)`,
+    configs: HSHAPES,
+    label: hLabel,
+    // mean/rstd and the bonus scalar are float sums over the head in another order
+    tol: { out: bf16 ? TOL_BF16 : SUM, mean: SUM, rstd: SUM },
+    run: (be, c, rng) => gnForward(be, c, drawGn(c, rng), bf16),
+  });
+}
+checkKernel({
+  name: "rwkv7_gn_bonus_gate_backward",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, SUM])),
+  run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng)),
+});
+
+Deno.test("rwkv7_gn_bonus_gate: cpu forward matches float64, backward matches float64 central differences", () => {
+  const be = backend("cpu");
+  const c: HCfg = { N: 3, H: 2, D: 8 };
+  const d = drawGn(c, new Rng(SEED));
+  compare("forward", gnForward(be, c, d, false).out, gnRef(c, d.act, d.par), SUM);
+  const got = gnBackward(be, c, d);
+  const loss = (act: Record<string, ArrayLike<number>>, par: Record<string, ArrayLike<number>>) =>
+    gnRef(c, act, par).reduce((s, v, i) => s + v * d.dout[i], 0);
+  const h = 1e-6;
+  for (const name of [...GN_ACTS, ...GN_PARS]) {
+    const isPar = (GN_PARS as readonly string[]).includes(name);
+    const base = f64((isPar ? d.par : d.act)[name]);
+    const fd = base.map((_, i) => {
+      const at = (x: number) => {
+        const v = base.slice();
+        v[i] = x;
+        return isPar ? loss(d.act, { ...d.par, [name]: v }) : loss({ ...d.act, [name]: v }, d.par);
+      };
+      return (at(base[i] + h) - at(base[i] - h)) / (2 * h);
+    });
+    const want = fd.map((v, i) => v + d.prior[name][i]);
+    compare(`d${name} vs central differences`, got["d" + name], want, { atol: 5e-5, rtol: 2e-5 });
+  }
+});
+
+Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bits must be set)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const c = HSHAPES[2], d = drawGn(c, new Rng(SEED));
+    const add = gnBackward(be, c, d);
+    const over = gnBackward(be, c, d, 0xe0);
+    for (const k of GN_ACTS) {
+      const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
+      compare(`${name} d${k}: overwrite = accumulate - prior`, over["d" + k], want, TOL_F32);
+    }
+    for (const k of GN_PARS) compare(`${name} d${k}`, add["d" + k], over["d" + k], EXACT);
+    assert.throws(() => gnBackward(be, c, d, 0x7f), /accumulate \(bits 5..7 must be set\)/);
+    const again = gnBackward(be, c, d);
+    for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});

@@ -27,6 +27,13 @@ __host__ __device__ inline float exp_min0_df(float x, float y) { return x <= 0.0
 // mix) or m + time_maa_i (the four after the LoRA): add(x, mul(xx, coef)) of the composition.
 __host__ __device__ inline float mix_f(float x, float xx, float coef) { return x + xx * coef; }
 
+// Normalised value of a norm: (x - mean) * rstd. GroupNorm's forward, dx and parameter-gradient
+// kernels (modelops.cu and the fused GroupNorm + bonus + gate) all use it, so dweight sees the
+// same xhat the forward produced.
+__host__ __device__ inline float norm_xhat(float x, float mean, float rstd) {
+  return (x - mean) * rstd;
+}
+
 // torch.lerp(x, y, g) as the composition computes it: x + (y - x) * g
 __host__ __device__ inline float lerp_f(float x, float y, float g) { return x + (y - x) * g; }
 

@@ -272,3 +272,101 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
     }
   return 0;
 }
+
+// ---- after the WKV call: GroupNorm + bonus, times the gate ----
+namespace {
+
+struct GnRow {
+  double mean, rstd, s;  // GroupNorm statistics and the bonus scalar sum_j r k u of one (row, head)
+};
+GnRow gn_row(const float* y, const float* r, const float* k, const float* u, int64_t e0,
+             int64_t c0, int D, float eps) {
+  double m = 0.0, sq = 0.0, s = 0.0;
+  for (int j = 0; j < D; j++) m += y[e0 + j];
+  m /= D;
+  for (int j = 0; j < D; j++) sq += (y[e0 + j] - m) * (y[e0 + j] - m);
+  for (int j = 0; j < D; j++) s += (double)r[e0 + j] * k[e0 + j] * u[c0 + j];
+  return GnRow{m, 1.0 / std::sqrt(sq / D + eps), s};
+}
+
+}  // namespace
+
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void*) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_gn_bonus_gate_forward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(out && mean && rstd && y && weight && bias && r && k && v && u && gate,
+             "rwkv7_gn_bonus_gate_forward: every pointer is required");
+  MN_REQUIRE(eps >= 0.0f, "rwkv7_gn_bonus_gate_forward: eps = %g must be >= 0", (double)eps);
+  const int64_t rows = (int64_t)N * H;
+#pragma omp parallel for if (rows * D > 100000)
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    const GnRow g = gn_row(y, r, k, u, e0, c0, D, eps);
+    const float m = (float)g.mean, rs = (float)g.rstd, s = (float)g.s;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const float gn = (y[e] - m) * rs * weight[c0 + j] + bias[c0 + j];
+      write_out(out, out_bf16, e, (gn + s * v[e]) * gate[e]);
+    }
+    mean[row] = m;
+    rstd[row] = rs;
+  }
+  return 0;
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void*) {
+  MN_REQUIRE(N > 0 && H > 0 && D > 0,
+             "rwkv7_gn_bonus_gate_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
+  MN_REQUIRE(dy && dr && dk && dv && dgate && dweight && dbias && du && dout && y && weight &&
+                 bias && mean && rstd && r && k && v && u && gate,
+             "rwkv7_gn_bonus_gate_backward: every pointer is required");
+  MN_REQUIRE((accumulate & 0xe0) == 0xe0,
+             "rwkv7_gn_bonus_gate_backward: dweight, dbias and du accumulate (bits 5..7 must be "
+             "set)");
+  const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    double s = 0.0;  // the bonus scalar, from the inputs (the forward did not keep it)
+    for (int j = 0; j < D; j++) s += (double)r[e0 + j] * k[e0 + j] * u[c0 + j];
+    const double m = mean[row], rs = rstd[row];
+    // z = gn + s v is multiplied by the gate: its gradient is dz = dout * gate
+    double ds = 0.0, s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      ds += dz * v[e];
+      s1 += dz * weight[c0 + j];
+      s2 += dz * weight[c0 + j] * xh;
+    }
+    s1 /= D;
+    s2 /= D;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j, c = c0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double z = xh * weight[c] + bias[c] + s * v[e];
+      grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
+      grad_out(dr, e, accumulate, 1, (float)(ds * k[e] * u[c]));
+      grad_out(dk, e, accumulate, 2, (float)(ds * r[e] * u[c]));
+      grad_out(dv, e, accumulate, 3, (float)(s * dz));
+      grad_out(dgate, e, accumulate, 4, (float)(dout[e] * z));
+      sw[c] += dz * xh;
+      sb[c] += dz;
+      su[c] += ds * r[e] * k[e];
+    }
+  }
+  for (int64_t c = 0; c < C; c++) {
+    dweight[c] += (float)sw[c];
+    dbias[c] += (float)sb[c];
+    du[c] += (float)su[c];
+  }
+  return 0;
+}
