@@ -853,7 +853,7 @@ const rwkv7GnBonusGateForward: Cost = (a) => {
 // rwkv7_gn_bonus_gate_backward: gn_bonus_gate_backward_kernel (warp per (row, head)) reads dout, y,
 // r, k, v, gate, mean, rstd and the gradients whose bits are set, writes dy, dr, dk, dv, dgate and
 // ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout, gate, y, mean, rstd: dweight,
-// dbias) and col_sums<1, GnBonusDuTerm> (ds, r, k: du).
+// dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
 const rwkv7GnBonusGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
@@ -869,7 +869,7 @@ const rwkv7GnBonusGateBackward: Cost = (a) => {
       40 * N * C,
     ),
     ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
-    ...colSums("GnBonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
+    ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
   ];
 };
 

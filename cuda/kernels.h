@@ -238,8 +238,9 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
 
 /* The chain between the projections and the WKV call, per row of C = H*D channels (heads of D):
  *   w = -softplus(-(dec + time_decay)) - 0.5;  kk = F.normalize(k0 + kkk) over each head (eps);
- *   a = sigmoid(aaa + time_aaaaa);  ma = sigmoid(mam + time_misc_a);  mk = sigmoid(mkm + time_misc_k);
- *   k = lerp(k0 * a, k0, ma) * exp(min(w * mk, 0));  WKV's inputs w, k, a_out = -kk, b_out = kk * a.
+ *   a = sigmoid(aaa + time_aaaaa);  ma = sigmoid(mam + time_misc_a);
+ *   mk = sigmoid(mkm + time_misc_k);  k = lerp(k0 * a, k0, ma) * exp(min(w * mk, 0));
+ *   WKV's inputs: w, k, a_out = -kk, b_out = kk * a.
  * dec, k0, kkk, aaa, mam, mkm [N, C] fp32; the four parameter vectors [C]. k is written fp32 (the
  * bonus reads it) and, when k_bf16 is non-NULL, also as bf16; w, a_out, b_out fp32 or bf16. */
 MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,

@@ -61,8 +61,6 @@ __host__ __device__ inline float rowvec_dx(float dout, float v) { return dout * 
 __host__ __device__ inline float rowvec_dv(float dout, float x) { return dout * x; }
 
 
-// One row's term of the bonus gradient du[h, j]: ds * r[j] * k[j], ds = dout . v of that row.
-__host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }
 
 #define GRID_STRIDE(i, n)                                                     \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
@@ -320,27 +318,6 @@ __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float
     if (lane == 0) ds_out[row] = ds;
   }
 }
-
-// Column-sum term of du over the C = H*D columns of [N, H*D]: du[h,j] += sum_i ds[i,h] r k, with
-// ds [N, H] from bonus_backward_rkv_kernel.
-struct BonusDuTerm {
-  const float* ds;
-  const float* r;
-  const float* k;
-  int H, D;
-  int h;
-  struct Load {
-    float ds, r, k;
-  };
-  __device__ void begin(int c) { h = c / D; }
-  __device__ Load load(int64_t i, int c) const {
-    const int64_t e = i * ((int64_t)H * D) + c;
-    return Load{ds[i * H + h], r[e], k[e]};
-  }
-  __device__ void use(int64_t, int, const Load& l, float* acc) const {
-    acc[0] += bonus_du_term(l.ds, l.r, l.k);
-  }
-};
 
 inline unsigned warp_row_blocks(int64_t rows) { return mn_blocks_for(rows, kWarps); }
 

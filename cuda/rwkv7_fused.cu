@@ -10,6 +10,7 @@
 // gradient pointer, clear = overwrite it without reading (it may hold NaN). The column sums only
 // add, so the parameter-vector gradients' bits must be set.
 #include "common.cuh"
+#include "entry_checks.h"
 #include "reduce.cuh"
 #include "rwkv7_math.cuh"
 
@@ -172,6 +173,12 @@ struct Mix4TailTerm {
 
 constexpr int kWarps = kThreads / 32;
 
+// One warp per (row, head) of D channels (rows = N*H); every lane of a warp takes the same rows,
+// so the warp shuffles inside are full.
+#define HEAD_ROWS(row, rows)                                                             \
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < (rows); \
+       row += (int64_t)gridDim.x * kWarps)
+
 __device__ inline float warp_total(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -210,8 +217,7 @@ template <class Out>
 __global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a, Out* b, WkvIn in,
                                           int64_t rows, int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
-  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
-       row += (int64_t)gridDim.x * kWarps) {
+  HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
     const int c0 = (int)(row % H) * D;
     const float inv = 1.0f / fmaxf(head_norm(in, base, D, lane), eps);
@@ -239,12 +245,12 @@ struct WkvGrads {
   const float* db;
 };
 
-// l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else dkk / eps.
+// l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else
+// dkk / eps.
 __global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64_t rows, int H,
                                            int D, float eps) {
   const int lane = threadIdx.x % 32;
-  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
-       row += (int64_t)gridDim.x * kWarps) {
+  HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
     const int c0 = (int)(row % H) * D;
     const float nrm = head_norm(in, base, D, lane);
@@ -316,8 +322,7 @@ template <class Out>
 __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn in,
                                              int64_t rows, int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
-  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
-       row += (int64_t)gridDim.x * kWarps) {
+  HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
     const int c0 = (int)(row % H) * D;
     const float* yr = in.y + base;
@@ -348,8 +353,7 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
                                               const float* mean, const float* rstd, GnIn in,
                                               int acc, int64_t rows, int H, int D) {
   const int lane = threadIdx.x % 32;
-  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < rows;
-       row += (int64_t)gridDim.x * kWarps) {
+  HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
     const int c0 = (int)(row % H) * D;
     const float m = mean[row], rs = rstd[row];
@@ -406,25 +410,6 @@ struct GnGateParamTerm {
     acc[1] += dz;
   }
 };
-// du[h, j] += sum_i ds[i, h] r k (as the bonus backward's BonusDuTerm)
-struct GnBonusDuTerm {
-  const float* ds;
-  const float* r;
-  const float* k;
-  int H, D;
-  int h;
-  struct Load {
-    float ds, r, k;
-  };
-  __device__ void begin(int c) { h = c / D; }
-  __device__ Load load(int64_t i, int c) const {
-    const int64_t e = i * ((int64_t)H * D) + c;
-    return Load{ds[i * H + h], r[e], k[e]};
-  }
-  __device__ void use(int64_t, int, const Load& l, float* acc) const {
-    acc[0] += l.ds * l.r * l.k;
-  }
-};
 
 }  // namespace
 
@@ -432,8 +417,9 @@ struct GnBonusDuTerm {
 
 MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
                                   int C, void* stream) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix_x_forward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(out && x && maa, "rwkv7_mix_x_forward: out, x and maa are required");
+  if (int rc =
+          mn_check_rwkv7_fused("rwkv7_mix_x_forward", B, T, C, C, {out, x, maa}, 0, 0, 0.0f))
+    return rc;
   MN_REQUIRE(out != (void*)x, "rwkv7_mix_x_forward: in-place is not supported");
   const int64_t n = (int64_t)B * T * C;
   if (out_bf16)
@@ -446,12 +432,10 @@ MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16,
 
 MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
                                    int B, int T, int C, int accumulate, void* stream) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix_x_backward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(dx && dmaa && dout && x && maa,
-             "rwkv7_mix_x_backward: dx, dmaa, dout, x and maa are required");
-  MN_REQUIRE(accumulate & 2, "rwkv7_mix_x_backward: dmaa accumulates (bit 1 must be set)");
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
+                                     {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
+    return rc;
   const int64_t N = (int64_t)B * T;
-  MN_REQUIRE(N <= 2147483647, "rwkv7_mix_x_backward: %lld rows is too many", (long long)N);
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
@@ -466,10 +450,11 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
                                  float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
                                  float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
                                  int T, int C, void* stream) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix4_forward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(out_rg && out_wa && out_k && out_v && x && m_rg && m_wa && m_k && m_v && maa_rg &&
-                 maa_wa && maa_k && maa_v,
-             "rwkv7_mix4_forward: every pointer is required");
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
+                                     {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
+                                      maa_wa, maa_k, maa_v},
+                                     0, 0, 0.0f))
+    return rc;
   const int64_t n = (int64_t)B * T * C;
   const Mix4Args a{{m_rg, m_wa, m_k, m_v}, {maa_rg, maa_wa, maa_k, maa_v}};
   if (out_bf16)
@@ -487,15 +472,13 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
                                   float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
                                   float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
                                   int T, int C, int accumulate, void* stream) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix4_backward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(dx && dm_rg && dm_wa && dm_k && dm_v && dmaa_rg && dmaa_wa && dmaa_k && dmaa_v &&
-                 dout_rg && dout_wa && dout_k && dout_v && x && m_rg && m_wa && m_k && m_v &&
-                 maa_rg && maa_wa && maa_k && maa_v,
-             "rwkv7_mix4_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0x1e0) == 0x1e0,
-             "rwkv7_mix4_backward: the dmaa gradients accumulate (bits 5..8 must be set)");
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
+                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
+                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
+                                     accumulate, 0x1e0, 0.0f))
+    return rc;
   const int64_t N = (int64_t)B * T;
-  MN_REQUIRE(N <= 2147483647, "rwkv7_mix4_backward: %lld rows is too many", (long long)N);
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
     return rc;
@@ -516,12 +499,11 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
                                        float* mkm, float* time_decay, float* time_aaaaa,
                                        float* time_misc_a, float* time_misc_k, int out_bf16, int N,
                                        int H, int D, float eps, void* stream) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_wkv_inputs_forward: bad shape N = %d, H = %d, D = %d",
-             N, H, D);
-  MN_REQUIRE(w && k && a && b && dec && k0 && kkk && aaa && mam && mkm && time_decay &&
-                 time_aaaaa && time_misc_a && time_misc_k,
-             "rwkv7_wkv_inputs_forward: every pointer but k_bf16 is required");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_forward: eps = %g must be >= 0", (double)eps);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
+                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
+                                      time_aaaaa, time_misc_a, time_misc_k},
+                                     0, 0, eps))
+    return rc;
   const int64_t rows = (int64_t)N * H;
   const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
   const unsigned blocks = mn_blocks_for(rows, kWarps);
@@ -529,8 +511,9 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
     return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<bf16>, blocks, kThreads,
                      0, stream, (bf16*)w, k, (bf16*)k_bf16, (bf16*)a, (bf16*)b, in, rows, H, D,
                      eps);
-  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float>, blocks, kThreads, 0,
-                   stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in, rows, H, D, eps);
+  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float>, blocks, kThreads,
+                   0, stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in, rows, H, D,
+                   eps);
 }
 
 MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
@@ -542,18 +525,12 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
                                         float* time_aaaaa, float* time_misc_a,
                                         float* time_misc_k, int N, int H, int D, float eps,
                                         int accumulate, void* stream) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_wkv_inputs_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(ddec && dk0 && dkkk && daaa && dmam && dmkm && dtime_decay && dtime_aaaaa &&
-                 dtime_misc_a && dtime_misc_k && dw && dk && da && db && dec && k0 && kkk &&
-                 aaa && mam && mkm && time_decay && time_aaaaa && time_misc_a && time_misc_k,
-             "rwkv7_wkv_inputs_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0x3c0) == 0x3c0,
-             "rwkv7_wkv_inputs_backward: the parameter-vector gradients accumulate (bits 6..9 "
-             "must be set)");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_backward: eps = %g must be >= 0", (double)eps);
-  MN_REQUIRE((int64_t)H * D <= 2147483647, "rwkv7_wkv_inputs_backward: H*D = %lld is too many",
-             (long long)H * D);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
+                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
+                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
+                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
+                                     accumulate, 0x3c0, eps))
+    return rc;
   const int C = H * D;
   const int64_t rows = (int64_t)N * H, act = (int64_t)N * C;
   // The column sums read each term from its gradient output when that was overwritten (it holds
@@ -596,11 +573,10 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
                                           float* weight, float* bias, float* r, float* k, float* v,
                                           float* u, float* gate, int out_bf16, int N, int H, int D,
                                           float eps, void* stream) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_gn_bonus_gate_forward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(out && mean && rstd && y && weight && bias && r && k && v && u && gate,
-             "rwkv7_gn_bonus_gate_forward: every pointer is required");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_gn_bonus_gate_forward: eps = %g must be >= 0", (double)eps);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
+                                     eps))
+    return rc;
   const int64_t rows = (int64_t)N * H;
   const GnIn in{y, weight, bias, r, k, v, u, gate};
   const unsigned blocks = mn_blocks_for(rows, kWarps);
@@ -617,16 +593,11 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                            float* mean, float* rstd, float* r, float* k, float* v,
                                            float* u, float* gate, int N, int H, int D,
                                            int accumulate, void* stream) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_gn_bonus_gate_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(dy && dr && dk && dv && dgate && dweight && dbias && du && dout && y && weight &&
-                 bias && mean && rstd && r && k && v && u && gate,
-             "rwkv7_gn_bonus_gate_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0xe0) == 0xe0,
-             "rwkv7_gn_bonus_gate_backward: dweight, dbias and du accumulate (bits 5..7 must be "
-             "set)");
-  MN_REQUIRE((int64_t)H * D <= 2147483647, "rwkv7_gn_bonus_gate_backward: H*D = %lld is too many",
-             (long long)H * D);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
+                                      bias, mean, rstd, r, k, v, u, gate},
+                                     accumulate, 0xe0, 0.0f))
+    return rc;
   const int C = H * D;
   const int64_t rows = (int64_t)N * H;
   // scratch: ds [N, H], then the column sums' partials
@@ -648,6 +619,6 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                    dweight, dbias, N, C, part, stream)))
     return rc;
   return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
-                                GnBonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
+                                BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
                                 nullptr, N, C, part, stream);
 }

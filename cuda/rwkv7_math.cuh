@@ -3,6 +3,7 @@
 // path and the composition a hacker edits round each value the same way.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 // torch.nn.functional.softplus with beta = 1, threshold = 20: z itself above the threshold.
 __host__ __device__ inline float softplus_f(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
@@ -81,3 +82,28 @@ __host__ __device__ inline WkvInputsBwd wkv_inputs_df(const WkvInputsFwd& f, flo
   g.dmkm = dz * f.w * sigmoid_dy(f.mk);
   return g;
 }
+
+// One row's term of the bonus gradient du[h, j]: ds * r[j] * k[j], ds = dout . v of that row.
+__host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }
+
+// Column-sum term (reduce.cuh) of du over the C = H*D columns of [N, H*D]: du[h,j] += sum_i
+// ds[i,h] r k, with ds [N, H] from a bonus backward (modelops.cu's, or the fused GroupNorm + bonus
+// + gate's).
+struct BonusDuTerm {
+  const float* ds;
+  const float* r;
+  const float* k;
+  int H, D;
+  int h;
+  struct Load {
+    float ds, r, k;
+  };
+  __device__ void begin(int c) { h = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)H * D) + c;
+    return Load{ds[i * H + h], r[e], k[e]};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    acc[0] += bonus_du_term(l.ds, l.r, l.k);
+  }
+};

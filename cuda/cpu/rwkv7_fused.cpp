@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "../entry_checks.h"
 
 namespace {
 
@@ -25,8 +26,9 @@ inline void grad_out(float* g, int64_t e, int accumulate, int bit, float v) {
 
 MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
                                   int C, void*) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix_x_forward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(out && x && maa, "rwkv7_mix_x_forward: out, x and maa are required");
+  if (int rc =
+          mn_check_rwkv7_fused("rwkv7_mix_x_forward", B, T, C, C, {out, x, maa}, 0, 0, 0.0f))
+    return rc;
   MN_REQUIRE(out != (void*)x, "rwkv7_mix_x_forward: in-place is not supported");
   const int64_t N = (int64_t)B * T;
 #pragma omp parallel for if (N * C > 100000)
@@ -40,10 +42,9 @@ MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16,
 
 MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
                                    int B, int T, int C, int accumulate, void*) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix_x_backward: bad shape [%d, %d, %d]", B, T, C);
-  MN_REQUIRE(dx && dmaa && dout && x && maa,
-             "rwkv7_mix_x_backward: dx, dmaa, dout, x and maa are required");
-  MN_REQUIRE(accumulate & 2, "rwkv7_mix_x_backward: dmaa accumulates (bit 1 must be set)");
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
+                                     {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
+    return rc;
   const int64_t N = (int64_t)B * T;
   // out[t] = x[t] (1 - maa) + x[t-1] maa: x[t] reaches out[t] and out[t+1]
   std::vector<double> s(C, 0.0);
@@ -65,20 +66,22 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
                                  float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
                                  float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
                                  int T, int C, void*) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix4_forward: bad shape [%d, %d, %d]", B, T, C);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
+                                     {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
+                                      maa_wa, maa_k, maa_v},
+                                     0, 0, 0.0f))
+    return rc;
   void* outs[4] = {out_rg, out_wa, out_k, out_v};
   const float* m[4] = {m_rg, m_wa, m_k, m_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
-  for (int j = 0; j < 4; j++)
-    MN_REQUIRE(outs[j] && m[j] && maa[j], "rwkv7_mix4_forward: every pointer is required");
-  MN_REQUIRE(x, "rwkv7_mix4_forward: every pointer is required");
   const int64_t N = (int64_t)B * T;
 #pragma omp parallel for if (N * C > 100000)
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
       const int64_t e = i * C + c;
       float xx = token_diff(x, i, c, T, C);
-      for (int j = 0; j < 4; j++) write_out(outs[j], out_bf16, e, x[e] + xx * (m[j][e] + maa[j][c]));
+      for (int j = 0; j < 4; j++)
+        write_out(outs[j], out_bf16, e, x[e] + xx * (m[j][e] + maa[j][c]));
     }
   return 0;
 }
@@ -89,18 +92,17 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
                                   float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
                                   float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
                                   int T, int C, int accumulate, void*) {
-  MN_REQUIRE(B > 0 && T > 0 && C > 0, "rwkv7_mix4_backward: bad shape [%d, %d, %d]", B, T, C);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
+                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
+                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
+                                     accumulate, 0x1e0, 0.0f))
+    return rc;
   float* dm[4] = {dm_rg, dm_wa, dm_k, dm_v};
   float* dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
   const float* dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
   const float* m[4] = {m_rg, m_wa, m_k, m_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
-  for (int j = 0; j < 4; j++)
-    MN_REQUIRE(dm[j] && dmaa[j] && dout[j] && m[j] && maa[j],
-               "rwkv7_mix4_backward: every pointer is required");
-  MN_REQUIRE(dx && x, "rwkv7_mix4_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0x1e0) == 0x1e0,
-             "rwkv7_mix4_backward: the dmaa gradients accumulate (bits 5..8 must be set)");
   const int64_t N = (int64_t)B * T;
   std::vector<double> s(4 * (size_t)C, 0.0);
   for (int64_t i = 0; i < N; i++) {
@@ -173,12 +175,11 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
                                        float* mkm, float* time_decay, float* time_aaaaa,
                                        float* time_misc_a, float* time_misc_k, int out_bf16, int N,
                                        int H, int D, float eps, void*) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0, "rwkv7_wkv_inputs_forward: bad shape N = %d, H = %d, D = %d",
-             N, H, D);
-  MN_REQUIRE(w && k && a && b && dec && k0 && kkk && aaa && mam && mkm && time_decay &&
-                 time_aaaaa && time_misc_a && time_misc_k,
-             "rwkv7_wkv_inputs_forward: every pointer but k_bf16 is required");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_forward: eps = %g must be >= 0", (double)eps);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
+                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
+                                      time_aaaaa, time_misc_a, time_misc_k},
+                                     0, 0, eps))
+    return rc;
   const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
   const int64_t rows = (int64_t)N * H;
 #pragma omp parallel for if (rows * D > 100000)
@@ -208,16 +209,12 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
                                         float* time_aaaaa, float* time_misc_a,
                                         float* time_misc_k, int N, int H, int D, float eps,
                                         int accumulate, void*) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_wkv_inputs_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(ddec && dk0 && dkkk && daaa && dmam && dmkm && dtime_decay && dtime_aaaaa &&
-                 dtime_misc_a && dtime_misc_k && dw && dk && da && db && dec && k0 && kkk &&
-                 aaa && mam && mkm && time_decay && time_aaaaa && time_misc_a && time_misc_k,
-             "rwkv7_wkv_inputs_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0x3c0) == 0x3c0,
-             "rwkv7_wkv_inputs_backward: the parameter-vector gradients accumulate (bits 6..9 "
-             "must be set)");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_wkv_inputs_backward: eps = %g must be >= 0", (double)eps);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
+                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
+                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
+                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
+                                     accumulate, 0x3c0, eps))
+    return rc;
   const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   // per-row terms of the four parameter vectors, summed over rows in double afterwards
@@ -295,11 +292,10 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
                                           float* weight, float* bias, float* r, float* k, float* v,
                                           float* u, float* gate, int out_bf16, int N, int H, int D,
                                           float eps, void*) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_gn_bonus_gate_forward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(out && mean && rstd && y && weight && bias && r && k && v && u && gate,
-             "rwkv7_gn_bonus_gate_forward: every pointer is required");
-  MN_REQUIRE(eps >= 0.0f, "rwkv7_gn_bonus_gate_forward: eps = %g must be >= 0", (double)eps);
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
+                                     eps))
+    return rc;
   const int64_t rows = (int64_t)N * H;
 #pragma omp parallel for if (rows * D > 100000)
   for (int64_t row = 0; row < rows; row++) {
@@ -323,14 +319,11 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                            float* mean, float* rstd, float* r, float* k, float* v,
                                            float* u, float* gate, int N, int H, int D,
                                            int accumulate, void*) {
-  MN_REQUIRE(N > 0 && H > 0 && D > 0,
-             "rwkv7_gn_bonus_gate_backward: bad shape N = %d, H = %d, D = %d", N, H, D);
-  MN_REQUIRE(dy && dr && dk && dv && dgate && dweight && dbias && du && dout && y && weight &&
-                 bias && mean && rstd && r && k && v && u && gate,
-             "rwkv7_gn_bonus_gate_backward: every pointer is required");
-  MN_REQUIRE((accumulate & 0xe0) == 0xe0,
-             "rwkv7_gn_bonus_gate_backward: dweight, dbias and du accumulate (bits 5..7 must be "
-             "set)");
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
+                                      bias, mean, rstd, r, k, v, u, gate},
+                                     accumulate, 0xe0, 0.0f))
+    return rc;
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
   for (int64_t row = 0; row < rows; row++) {
