@@ -280,6 +280,34 @@ Deno.test("rwkv7 fused mixes: accumulate bits (clear = overwrite without reading
   }
 });
 
+type Vals = Record<string, ArrayLike<number>>;
+/** Each backward gradient `got["d" + name]` (accumulated onto d.prior[name]) against float64
+ * central differences of `loss(act, par)`, one input element at a time. */
+function checkCentralDifferences(
+  got: Record<string, ArrayLike<number>>,
+  d: { act: Vals; par: Vals; prior: Vals },
+  acts: readonly string[],
+  pars: readonly string[],
+  loss: (act: Vals, par: Vals) => number,
+  tol: Tol,
+) {
+  const h = 1e-6;
+  for (const name of [...acts, ...pars]) {
+    const isPar = pars.includes(name);
+    const base = f64((isPar ? d.par : d.act)[name]);
+    const fd = base.map((_, i) => {
+      const at = (x: number) => {
+        const v = base.slice();
+        v[i] = x;
+        return isPar ? loss(d.act, { ...d.par, [name]: v }) : loss({ ...d.act, [name]: v }, d.par);
+      };
+      return (at(base[i] + h) - at(base[i] - h)) / (2 * h);
+    });
+    const want = fd.map((v, i) => v + d.prior[name][i]);
+    compare(`d${name} vs central differences`, got["d" + name], want, tol);
+  }
+}
+
 // ---- (b) the chain between the projections and the WKV call ----
 type HCfg = { N: number; H: number; D: number };
 const HSHAPES: HCfg[] = [
@@ -443,25 +471,11 @@ Deno.test("rwkv7_wkv_inputs: cpu forward matches float64, backward matches float
   for (const k of OUTS) compare(`forward ${k}`, fwd[k], want[k], TOL_F32);
   const got = chainBackward(be, c, d);
   // L = sum_out dout . out: dL/dinput by central differences on the float64 forward
-  const loss = (act: Record<string, ArrayLike<number>>, par: Record<string, ArrayLike<number>>) => {
+  const loss = (act: Vals, par: Vals) => {
     const o = chainRef(c, act, par);
     return OUTS.reduce((s, k) => s + o[k].reduce((t, v, i) => t + v * d.dout[k][i], 0), 0);
   };
-  const h = 1e-6;
-  for (const name of [...ACTS, ...PVEC]) {
-    const isPar = name.startsWith("time");
-    const base = f64((isPar ? d.par : d.act)[name]);
-    const fd = base.map((_, i) => {
-      const at = (x: number) => {
-        const v = base.slice();
-        v[i] = x;
-        return isPar ? loss(d.act, { ...d.par, [name]: v }) : loss({ ...d.act, [name]: v }, d.par);
-      };
-      return (at(base[i] + h) - at(base[i] - h)) / (2 * h);
-    });
-    const want = fd.map((v, i) => v + d.prior[name][i]);
-    compare(`d${name} vs central differences`, got["d" + name], want, { atol: 2e-5, rtol: 2e-5 });
-  }
+  checkCentralDifferences(got, d, ACTS, PVEC, loss, { atol: 2e-5, rtol: 2e-5 });
 });
 
 Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite; set terms summed from scratch copies)", () => {
@@ -612,23 +626,9 @@ Deno.test("rwkv7_gn_bonus_gate: cpu forward matches float64, backward matches fl
   const d = drawGn(c, new Rng(SEED));
   compare("forward", gnForward(be, c, d, false).out, gnRef(c, d.act, d.par), SUM);
   const got = gnBackward(be, c, d);
-  const loss = (act: Record<string, ArrayLike<number>>, par: Record<string, ArrayLike<number>>) =>
+  const loss = (act: Vals, par: Vals) =>
     gnRef(c, act, par).reduce((s, v, i) => s + v * d.dout[i], 0);
-  const h = 1e-6;
-  for (const name of [...GN_ACTS, ...GN_PARS]) {
-    const isPar = (GN_PARS as readonly string[]).includes(name);
-    const base = f64((isPar ? d.par : d.act)[name]);
-    const fd = base.map((_, i) => {
-      const at = (x: number) => {
-        const v = base.slice();
-        v[i] = x;
-        return isPar ? loss(d.act, { ...d.par, [name]: v }) : loss({ ...d.act, [name]: v }, d.par);
-      };
-      return (at(base[i] + h) - at(base[i] - h)) / (2 * h);
-    });
-    const want = fd.map((v, i) => v + d.prior[name][i]);
-    compare(`d${name} vs central differences`, got["d" + name], want, { atol: 5e-5, rtol: 2e-5 });
-  }
+  checkCentralDifferences(got, d, GN_ACTS, GN_PARS, loss, { atol: 5e-5, rtol: 2e-5 });
 });
 
 Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bits must be set)", () => {
