@@ -60,6 +60,8 @@ const FLAGS = {
 const BOOL_FLAGS = {
   fast_cuda: "backstepping WKV-7 kernel (the original's --fast_cuda)",
   wind_cuda: "tensor-core WKV-7 kernel (the original's --wind_cuda)",
+  unfused:
+    "time mixing from the generic tape ops (timeMixUnfused: the composition to edit) instead of the fused kernels",
   help: "print the flags",
   cuda_graph:
     "cuda: capture the training step once after warm-up into a CUDA graph and replay it (off " +
@@ -109,6 +111,7 @@ export function parseFlags(argv: string[]) {
     bsz: num("bsz"),
     fast_cuda: Boolean(values.fast_cuda),
     wind_cuda: Boolean(values.wind_cuda),
+    unfused: Boolean(values.unfused),
     random_seed: num("random_seed"),
     backend: str("backend"),
     input_bin: str("input_bin"),
@@ -330,6 +333,12 @@ export function modelSpecs(a: Args, rng: Rng): ParamSpec[] {
   return specs;
 }
 
+const MAA = ["time_maa_rg", "time_maa_wa", "time_maa_k", "time_maa_v"];
+/** the WKV-input chain's parameter vectors, in Graph.rwkv7WkvInputs's order */
+const WKV_CHAIN_PARAMS = ["time_decay", "time_aaaaa", "time_misc_a", "time_misc_k"];
+/** the chain's [B,T,C] inputs: the decay LoRA, key, and the kkk, aaa, ma, mk LoRAs */
+type WkvChainInputs = { dec: Var; k0: Var; kkk: Var; aaa: Var; mam: Var; mkm: Var };
+
 export class Model {
   readonly params: Param[] = [];
   readonly byName = new Map<string, Param>();
@@ -397,44 +406,69 @@ export class Model {
     return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
   }
 
+  /** The token shift and the five mixes: xrg, xwa, xk, xv (fused kernels; see mixesUnfused). */
+  mixes(g: Graph, x: Var, P: (n: string) => Var): Var[] {
+    const xxx = g.rwkv7MixX(x, P("time_maa_x"));
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    return g.rwkv7Mix4(x, m, MAA.map(P));
+  }
+  /** mixes from the generic tape ops, one kernel each (--unfused) */
+  mixesUnfused(g: Graph, x: Var, P: (n: string) => Var): Var[] {
+    const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x
+    const xxx = g.add(x, g.mulRow(xx, P("time_maa_x")));
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    return m.map((mi, i) => g.add(x, g.mul(xx, g.addRow(mi, P(MAA[i])))));
+  }
+
+  /** WKV's w, k, a, b from the projections by the generic tape ops, one kernel each (--unfused;
+   * Graph.rwkv7WkvInputs computes the same fused) */
+  wkvInputsUnfused(g: Graph, ins: WkvChainInputs, P: (n: string) => Var) {
+    const w = g.unary(g.addRow(ins.dec, P("time_decay")), "RWKV7_DECAY"); // -softplus(-(..)) - 0.5
+    const kk = g.l2norm(g.add(ins.k0, ins.kkk), this.a.headsz);
+    const aa = g.sigmoid(g.addRow(ins.aaa, P("time_aaaaa")));
+    const ma = g.sigmoid(g.addRow(ins.mam, P("time_misc_a")));
+    let k = g.lerp(g.mul(ins.k0, aa), ins.k0, ma); // k*ma + k*a*(1-ma)
+    const mk = g.sigmoid(g.addRow(ins.mkm, P("time_misc_k")));
+    k = g.mul(k, g.unary(g.mul(w, mk), "EXP_MIN0")); // k * clamp(w*mk, max=0).exp()
+    return { w, k, a: g.unary(kk, "NEG"), b: g.mul(kk, aa) };
+  }
+
   /** RWKV7.forward of the original: returns (output, v1) */
   timeMix(g: Graph, layer: number, x: Var, v1: Var | null): [Var, Var] {
     const H = this.a.n_embd / this.a.headsz;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
     const lora = (inp: Var, w1: string, w2: string) => g.matmul(g.matmul(inp, P(w1)), P(w2));
-    const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x
-    const xxx = g.add(x, g.mulRow(xx, P("time_maa_x")));
-    const [mrg, mwa, mk, mv] = g.blockMatmul(
-      g.tanh(g.matmul(xxx, P("time_maa_w1"))),
-      P("time_maa_w2"),
-    );
-    const mix = (m: Var, base: string) => g.add(x, g.mul(xx, g.addRow(m, P(base))));
-    const xrg = mix(mrg, "time_maa_rg"), xwa = mix(mwa, "time_maa_wa");
-    const xk = mix(mk, "time_maa_k"), xv = mix(mv, "time_maa_v");
+    const [xrg, xwa, xk, xv] = this.a.unfused ? this.mixesUnfused(g, x, P) : this.mixes(g, x, P);
 
     const r = g.matmul(xrg, P("receptance.weight"), true);
-    const decay = g.matmul(g.tanh(g.matmul(xwa, P("time_decay_w1"))), P("time_decay_w2"));
-    const w = g.unary(g.addRow(decay, P("time_decay")), "RWKV7_DECAY"); // -softplus(-(..)) - 0.5
-    let k = g.matmul(xk, P("key.weight"), true);
+    const k0 = g.matmul(xk, P("key.weight"), true);
     let v = g.matmul(xv, P("value.weight"), true);
     if (layer === 0) v1 = v;
     else v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
     const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
-
-    let kk = g.add(k, g.matmul(g.tanh(g.matmul(xk, P("time_kkk_w1"))), P("time_kkk_w2")));
-    kk = g.l2norm(kk, this.a.headsz);
-    const aa = g.sigmoid(g.addRow(lora(xwa, "time_aaa_w1", "time_aaa_w2"), P("time_aaaaa")));
-    const ma = g.sigmoid(g.addRow(lora(xwa, "ma_w1", "ma_w2"), P("time_misc_a")));
-    k = g.lerp(g.mul(k, aa), k, ma); // k*ma + k*a*(1-ma)
-    const mkk = g.sigmoid(g.addRow(lora(xk, "mk_w1", "mk_w2"), P("time_misc_k")));
-    k = g.mul(k, g.unary(g.mul(w, mkk), "EXP_MIN0")); // k * clamp(w*mk, max=0).exp()
+    const tanhLora = (inp: Var, w1: string, w2: string) =>
+      g.matmul(g.tanh(g.matmul(inp, P(w1))), P(w2));
+    const ins: WkvChainInputs = {
+      dec: tanhLora(xwa, "time_decay_w1", "time_decay_w2"),
+      k0,
+      kkk: tanhLora(xk, "time_kkk_w1", "time_kkk_w2"),
+      aaa: lora(xwa, "time_aaa_w1", "time_aaa_w2"),
+      mam: lora(xwa, "ma_w1", "ma_w2"),
+      mkm: lora(xk, "mk_w1", "mk_w2"),
+    };
+    const { w, k, a, b } = this.a.unfused
+      ? this.wkvInputsUnfused(g, ins, P)
+      : g.rwkv7WkvInputs(ins, WKV_CHAIN_PARAMS.map(P), H);
 
     // --wind_cuda wins over --fast_cuda, as in the original
     const kernel = this.a.wind_cuda ? "wind" : this.a.fast_cuda ? "fast" : "ref";
-    let y = g.wkv7(r, w, k, v, g.unary(kk, "NEG"), g.mul(kk, aa), H, kernel);
-    y = g.groupnorm(y, P("ln_x.weight"), P("ln_x.bias"), H, 64e-5);
-    y = g.add(y, g.rwkv7Bonus(r, k, v, P("time_faaaa"), H));
-    return [g.matmul(g.mul(y, gate), P("output.weight"), true), v1!];
+    let y = g.wkv7(r, w, k, v, a, b, H, kernel);
+    const [lnw, lnb, u] = [P("ln_x.weight"), P("ln_x.bias"), P("time_faaaa")];
+    if (this.a.unfused) {
+      y = g.groupnorm(y, lnw, lnb, H, 64e-5);
+      y = g.mul(g.add(y, g.rwkv7Bonus(r, k, v, u, H)), gate);
+    } else y = g.rwkv7GnBonusGate(y, lnw, lnb, r, k, v, u, gate, H, 64e-5);
+    return [g.matmul(y, P("output.weight"), true), v1!];
   }
 }
 

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import {
   type BackendCheck,
+  backendDifference,
   BROWN,
   checkDumpGrads,
   checkFlagErrors,
@@ -15,9 +16,13 @@ import {
   norm,
   PRECISION_FLAG_CASES,
   runTrainer,
+  SMALL_TENSOR,
+  tinyLossAndGrads,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
+import type { Backend, BackendName } from "./cuda/backend.ts";
 import * as trainer from "./train_rwkv7.ts";
+import { SEED } from "./cuda/test/harness.ts";
 
 const TINY = [
   "--n_layer",
@@ -112,6 +117,82 @@ for (const check of BACKEND_CHECKS) {
       },
     });
   }
+}
+
+/** The fused time-mixing kernels (the default) against their generic-op composition (--unfused),
+ * the same weights and batch on cpu: they differ only in rounding order, and on the bf16 path in
+ * the bf16 operands that then round the other way (the fused GroupNorm + bonus + gate product is
+ * rounded to bf16 from a differently rounded fp32 value now and then, and a flipped operand
+ * spreads). Bounds on the loss and on every gradient tensor's normwise relative difference from
+ * seeds 1-30 on cpu (2026-12-04), figures in brackets: worst, median; each bound >= 2x the worst. */
+export const FUSED_CHECKS = [
+  // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
+  {
+    label: "f32",
+    flags: TINY,
+    precision: "f32" as const,
+    tol: 2e-6,
+    smallTol: 1.5e-5,
+    lossTol: 1e-7,
+  },
+  // [tensors 3.0e-3 (seed 15), 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6 (seed 15)]
+  {
+    label: "bf16, --fast_cuda",
+    flags: [...TINY, "--fast_cuda"],
+    precision: "bf16" as const,
+    tol: 8e-3,
+    smallTol: 1e-3,
+    lossTol: 3e-6,
+  },
+];
+/** the fused entry points the default path must call once per layer, and --unfused never */
+const FUSED_ENTRIES = [
+  "mn_rwkv7_mix_x_forward",
+  "mn_rwkv7_mix_x_backward",
+  "mn_rwkv7_mix4_forward",
+  "mn_rwkv7_mix4_backward",
+  "mn_rwkv7_wkv_inputs_forward",
+  "mn_rwkv7_wkv_inputs_backward",
+  "mn_rwkv7_gn_bonus_gate_forward",
+  "mn_rwkv7_gn_bonus_gate_backward",
+];
+for (const check of FUSED_CHECKS) {
+  Deno.test(`train_rwkv7: fused time mixing = --unfused composition (cpu, ${check.label})`, () => {
+    const counted = (want: number) => (_: BackendName, be: Backend) => {
+      const calls = new Map<string, number>();
+      for (const f of FUSED_ENTRIES) {
+        const inner = be.k[f];
+        calls.set(f, 0);
+        be.k[f] = (...args) => (calls.set(f, calls.get(f)! + 1), inner(...args));
+      }
+      return () => calls.forEach((n, f) => assert.equal(n, want, `${f} calls`));
+    };
+    const [fused, unfused] = [
+      tinyLossAndGrads(trainer, check.flags, "cpu", SEED, check.precision, counted(2)),
+      tinyLossAndGrads(
+        trainer,
+        [...check.flags, "--unfused"],
+        "cpu",
+        SEED,
+        check.precision,
+        counted(0),
+      ),
+    ];
+    const d = backendDifference(unfused, fused);
+    const replay = `replay with MN_TEST_SEED=${SEED}`;
+    assert.ok(d.loss <= check.lossTol, `loss: relative difference ${d.loss} (${replay})`);
+    for (const [name, rel] of d.perTensor) {
+      const small = unfused.grads.get(name)!.length <= SMALL_TENSOR;
+      const bound = small ? check.smallTol : check.tol;
+      assert.ok(
+        rel <= bound,
+        `${name}: normwise relative difference ${rel} > ${bound} (${replay})`,
+      );
+    }
+    console.log(
+      `  worst gradient difference ${d.worst.toExponential(2)} (${d.worstName}; seed ${SEED})`,
+    );
+  });
 }
 
 Deno.test("train_rwkv7: a short cpu run on the Brown corpus lowers the val loss", () => {

@@ -150,6 +150,8 @@ export class Var {
   g: Tensor | null = null;
   /** the parameter whose gradient `g` is part of, for a view of one (scalarOf); else `param` */
   gradOf: Param | null = null;
+  /** A bf16 copy of t its producer wrote alongside (the matmul/WKV operand), or null. */
+  bf16: Tensor | null = null;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
@@ -317,6 +319,21 @@ export class Graph {
     } else {
       this.k.mn_memcpy_d2d(this.takeGrad(x).ptr, y.g.ptr, BigInt(y.g.nbytes), this.s);
     }
+  }
+  /**
+   * v's gradient for a kernel that follows the accumulate convention (kernels.h): [pointer, add].
+   * On first use the buffer comes from the pool unzeroed and the kernel overwrites it (add false:
+   * no memset, no read); later, add true. An input that needs no gradient gets a throw-away
+   * buffer (for kernels whose gradient outputs are all required).
+   */
+  gradSink(v: Var): [Deno.PointerValue, boolean] {
+    if (!v.requiresGrad) return [this.out(v.shape, "unused.grad").ptr, false];
+    if (v.g) return [v.g.ptr, true];
+    return [this.takeGrad(v).ptr, false];
+  }
+  /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
+  static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
+    return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
   }
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool. */
   dropGrad(v: Var) {
@@ -695,9 +712,12 @@ export class Graph {
     else this.k.mn_gemm_bf16(...args, 0, batch, this.s); // 0: fp32 C
   }
 
-  /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
+  /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow; a value
+   * a fused op produced in bf16 is its own operand) */
   bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
+    if (v.t.dtype === "bf16") return v.t;
+    if (v.bf16) return v.bf16;
     const t = this.out(v.shape, "bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, v.t.ptr, v.t.n, this.s);
     return t;
@@ -875,6 +895,238 @@ export class Graph {
       for (const yi of outs) this.dropGrad(yi);
     }, [x, w]);
     return outs;
+  }
+
+  /** Dtype of a fused op's matmul-operand outputs: bf16 (the operand itself, no cast kernel) when
+   * the graph runs bf16, else fp32. Such a bf16 value may only feed matmuls (and other ops that
+   * take their inputs through operand()). */
+  private operandDtype(): Dtype {
+    return this.precision === "f32" ? "f32" : "bf16";
+  }
+
+  /**
+   * RWKV-7 fused token shift + first mix (mn_rwkv7_mix_x_*): x + (shift(x) - x) * maa, the
+   * original's xxx; x [B,T,C] fp32, maa [C] (time_maa_x, any shape of C elements). The output is a
+   * matmul operand (see operandDtype). Same math as
+   * add(x, mulRow(axpby(1, timeShift(x), -1, x), maa)).
+   */
+  rwkv7MixX(x: Var, maa: Var): Var {
+    const [B, T, C] = x.shape;
+    if (maa.t.numel !== C) throw new Error(`rwkv7MixX: maa has ${maa.t.numel} elements, not ${C}`);
+    const dt = this.operandDtype();
+    const out = this.out(x.shape, "mix_x", dt);
+    const bf16 = dt === "bf16" ? 1 : 0;
+    this.k.mn_rwkv7_mix_x_forward(out.ptr, x.t.ptr, maa.t.ptr, bf16, B, T, C, this.s);
+    return this.node(out, [x, maa], (y) => {
+      const sinks = [this.gradSink(x), this.paramSink(maa, "rwkv7MixX")];
+      this.k.mn_rwkv7_mix_x_backward(
+        ...sinks.map(([p]) => p),
+        y.g.ptr,
+        x.t.ptr,
+        maa.t.ptr,
+        B,
+        T,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * RWKV-7 fused mixes after the maa LoRA (mn_rwkv7_mix4_*): out_j = x + xx * (m_j + maa_j), xx =
+   * shift(x) - x, for the four (m, maa) pairs rg, wa, k, v: the original's xrg, xwa, xk, xv.
+   * x, m_j [B,T,C] fp32; maa_j [C]. Outputs are matmul operands (see operandDtype). Same math as
+   * add(x, mul(xx, addRow(m_j, maa_j))).
+   */
+  rwkv7Mix4(x: Var, m: Var[], maa: Var[]): Var[] {
+    const [B, T, C] = x.shape;
+    if (m.length !== 4 || maa.length !== 4) throw new Error("rwkv7Mix4: four m and four maa");
+    m.forEach((mj) => sameShape("rwkv7Mix4", x.shape, mj.shape));
+    for (const p of maa) {
+      if (p.t.numel !== C) throw new Error(`rwkv7Mix4: maa has ${p.t.numel} elements, not ${C}`);
+    }
+    const dt = this.operandDtype();
+    const outs = [0, 1, 2, 3].map(() => this.out(x.shape, "mix4", dt));
+    const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
+    this.k.mn_rwkv7_mix4_forward(
+      ...outs.map((o) => o.ptr),
+      x.t.ptr,
+      ...ptrs(m),
+      ...ptrs(maa),
+      dt === "bf16" ? 1 : 0,
+      B,
+      T,
+      C,
+      this.s,
+    );
+    return this.multiNode(outs, [x, ...m, ...maa], (dout) => {
+      const sinks = [
+        this.gradSink(x),
+        ...m.map((v) => this.gradSink(v)),
+        ...maa.map((p) => this.paramSink(p, "rwkv7Mix4")),
+      ];
+      this.k.mn_rwkv7_mix4_backward(
+        ...sinks.map(([p]) => p),
+        ...dout,
+        x.t.ptr,
+        ...ptrs(m),
+        ...ptrs(maa),
+        B,
+        T,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * The chain between RWKV-7's projections and its WKV call, fused (mn_rwkv7_wkv_inputs_*): from
+   * dec (the decay LoRA), k0 (key), kkk, aaa, mam, mkm (LoRA outputs), all [B,T,C] fp32, and the
+   * parameter vectors time_decay, time_aaaaa, time_misc_a, time_misc_k [C], returns WKV's inputs
+   * w, k, a = -kk, b = kk * sigmoid(aaa + time_aaaaa) (see kernels.h). w, a, b are WKV operands
+   * (operandDtype); k is fp32 (the bonus reads it) with a bf16 copy for WKV on the bf16 path.
+   * Same math as wkvInputsUnfused in train_rwkv7.ts.
+   */
+  rwkv7WkvInputs(
+    ins: { dec: Var; k0: Var; kkk: Var; aaa: Var; mam: Var; mkm: Var },
+    params: Var[],
+    H: number,
+    eps = 1e-12,
+  ): { w: Var; k: Var; a: Var; b: Var } {
+    const acts = [ins.dec, ins.k0, ins.kkk, ins.aaa, ins.mam, ins.mkm];
+    acts.forEach((v) => sameShape("rwkv7WkvInputs", ins.k0.shape, v.shape));
+    const [N, C] = rowsCols(ins.k0);
+    if (params.length !== 4 || params.some((p) => p.t.numel !== C)) {
+      throw new Error(`rwkv7WkvInputs: four parameter vectors of ${C} elements`);
+    }
+    if (C % H) throw new Error(`rwkv7WkvInputs: ${C} channels do not split into ${H} heads`);
+    const dt = this.operandDtype(), shape = ins.k0.shape;
+    const w = this.out(shape, "wkv.w", dt), a = this.out(shape, "wkv.a", dt);
+    const b = this.out(shape, "wkv.b", dt), k = this.out(shape, "wkv.k");
+    const kb = dt === "bf16" ? this.out(shape, "wkv.k.bf16", "bf16") : null;
+    const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
+    this.k.mn_rwkv7_wkv_inputs_forward(
+      w.ptr,
+      k.ptr,
+      kb ? kb.ptr : null,
+      a.ptr,
+      b.ptr,
+      ...ptrs(acts),
+      ...ptrs(params),
+      dt === "bf16" ? 1 : 0,
+      N,
+      H,
+      C / H,
+      eps,
+      this.s,
+    );
+    const [vw, vk, va, vb] = this.multiNode([w, k, a, b], [...acts, ...params], (dout) => {
+      const sinks = [
+        ...acts.map((v) => this.gradSink(v)),
+        ...params.map((p) => this.paramSink(p, "rwkv7WkvInputs")),
+      ];
+      this.k.mn_rwkv7_wkv_inputs_backward(
+        ...sinks.map(([p]) => p),
+        ...dout,
+        ...ptrs(acts),
+        ...ptrs(params),
+        N,
+        H,
+        C / H,
+        eps,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+    vk.bf16 = kb;
+    return { w: vw, k: vk, a: va, b: vb };
+  }
+
+  /**
+   * RWKV-7 after the WKV call, fused (mn_rwkv7_gn_bonus_gate_*): (GroupNorm(y) + bonus) * gate,
+   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v, gate
+   * [B,T,C] fp32. The result is the output projection's operand (operandDtype). Same math as
+   * mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
+   */
+  rwkv7GnBonusGate(
+    y: Var,
+    weight: Var,
+    bias: Var,
+    r: Var,
+    k: Var,
+    v: Var,
+    u: Var,
+    gate: Var,
+    H: number,
+    eps: number,
+  ): Var {
+    const acts = [r, k, v, gate];
+    acts.forEach((x) => sameShape("rwkv7GnBonusGate", y.shape, x.shape));
+    const [N, C] = rowsCols(y);
+    if (C % H) throw new Error(`rwkv7GnBonusGate: ${C} channels do not split into ${H} heads`);
+    for (const p of [weight, bias, u]) {
+      if (p.t.numel !== C) throw new Error(`rwkv7GnBonusGate: ${p.t.numel} elements, not ${C}`);
+    }
+    const D = C / H, dt = this.operandDtype();
+    const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
+    const out = this.out(y.shape, "gn_bonus_gate", dt);
+    const ptrs = (vs: Var[]) => vs.map((x) => x.t.ptr);
+    this.k.mn_rwkv7_gn_bonus_gate_forward(
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      ...ptrs([y, weight, bias, r, k, v, u, gate]),
+      dt === "bf16" ? 1 : 0,
+      N,
+      H,
+      D,
+      eps,
+      this.s,
+    );
+    return this.node(out, [y, weight, bias, r, k, v, u, gate], (z) => {
+      const sinks = [
+        ...[y, r, k, v, gate].map((x) => this.gradSink(x)),
+        ...[weight, bias, u].map((p) => this.paramSink(p, "rwkv7GnBonusGate")),
+      ];
+      this.k.mn_rwkv7_gn_bonus_gate_backward(
+        ...sinks.map(([p]) => p),
+        z.g.ptr,
+        y.t.ptr,
+        weight.t.ptr,
+        bias.t.ptr,
+        mean.ptr,
+        rstd.ptr,
+        ...ptrs([r, k, v, u, gate]),
+        N,
+        H,
+        D,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * Wraps the outputs of one op with several: one backward, recorded after the forward, so it runs
+   * when the tape reaches the op (every consumer of every output has added its gradient by then),
+   * given the output gradients (zeros for an output nobody used); then frees them.
+   */
+  multiNode(outs: Tensor[], inputs: Var[], bwd: (dout: Deno.PointerValue[]) => void): Var[] {
+    const ys = outs.map((o) => new Var(o, this.needs(...inputs)));
+    if (!ys[0].requiresGrad) return ys;
+    this.record(() => {
+      if (ys.some((y) => y.g)) bwd(ys.map((y) => this.grad(y)));
+      ys.forEach((y) => this.dropGrad(y));
+    }, inputs);
+    return ys;
+  }
+
+  /** A parameter vector's gradient sink (the fused kernels' column sums only add). */
+  private paramSink(p: Var, op: string): [Deno.PointerValue, boolean] {
+    if (!p.requiresGrad || !p.g) throw new Error(`${op}: ${p.shape} must be a trainable parameter`);
+    return [p.g.ptr, true];
   }
 
   /** RWKV-7 bonus: (sum_j r k u) * v per head; r,k,v [..., H*D], u [H, D] */

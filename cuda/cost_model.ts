@@ -809,6 +809,123 @@ const rwkv7BonusBackward: Cost = (a) => {
   ];
 };
 
+// ---- fused RWKV-7 time mixing (rwkv7_fused.cu) ---------------------------------------------------
+// Forwards are grid-stride elementwise kernels (mn_blocks_for(B*T*C, 256) x 256) writing fp32 or
+// bf16 (out_bf16); x's previous row (the token shift) is the row another block just read: L2, so
+// x counts once. Backwards are reduce.cuh column sums whose stage 1 also writes the elementwise
+// gradients; a gradient is read only where its accumulate bit is set. dout's next row (the next
+// token's xx) is likewise an L2 hit.
+const accBit = (a: Record<string, number>, bit: number) =>
+  ((need(a, "accumulate") >> bit) & 1) === 1;
+const rwkv7MixXForward: Cost = (a) => {
+  const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
+  const out = need(a, "out_bf16") ? BF16 : F32;
+  return [elementwise("mix_x_forward_kernel", n, n * F32 + C * F32, n * out, 3)];
+};
+// col_sums<1, MixXTerm>: reads dout, x (and dx with bit 0); writes dx; dmaa += sum dout * xx
+const rwkv7MixXBackward: Cost = (a) => {
+  const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
+  return colSums("MixXTerm", 1, N, C, 2 * act + (accBit(a, 0) ? act : 0), act, 7 * N * C);
+};
+const rwkv7Mix4Forward: Cost = (a) => {
+  const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
+  const out = need(a, "out_bf16") ? BF16 : F32;
+  return [elementwise("mix4_forward_kernel", n, 5 * n * F32 + 4 * C * F32, 4 * n * out, 13)];
+};
+// col_sums<2, Mix4Term>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
+// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, Mix4TailTerm>: reads dout_k, dout_v, x
+// again; sums dmaa_k, dmaa_v (reduce.cuh's column sums carry two outputs).
+const rwkv7Mix4Backward: Cost = (a) => {
+  const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
+  let accRead = 0;
+  for (let bit = 0; bit < 5; bit++) accRead += accBit(a, bit) ? act : 0;
+  return [
+    ...colSums("Mix4Term", 2, N, C, 9 * act + accRead, 5 * act, 30 * N * C),
+    ...colSums("Mix4TailTerm", 2, N, C, 3 * act, 0, 5 * N * C),
+  ];
+};
+
+// rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
+// inputs (k0, kkk twice: the norm pass, then the elements; the head's second read is an L1/L2 hit)
+// and the four parameter vectors; writes w, a, b (fp32 or bf16), k fp32 and its bf16 copy.
+const rwkv7WkvInputsForward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const written = 3 * n * out + n * F32 + (has(a, "k_bf16") ? n * BF16 : 0);
+  return [
+    launch(
+      "wkv_inputs_forward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      6 * n * F32 + 4 * H * D * F32,
+      written,
+      60 * n,
+    ),
+  ];
+};
+// rwkv7_wkv_inputs_backward: wkv_inputs_backward_kernel (warp per (row, head)) reads the four
+// output gradients and six inputs, the gradients whose bits are set, and writes six gradients plus
+// a scratch copy of each parameter term whose output accumulates (bits 0, 3, 4, 5); then two
+// col_sums<2, Sum2Term> read the four terms (outputs or copies) for the parameter vectors.
+const rwkv7WkvInputsBackward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
+  let accRead = 0, copies = 0;
+  for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
+  for (const bit of [0, 3, 4, 5]) copies += accBit(a, bit) ? 1 : 0;
+  return [
+    launch(
+      "wkv_inputs_backward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      10 * act + 4 * C * F32 + accRead,
+      (6 + copies) * act,
+      120 * N * C,
+    ),
+    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
+    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
+  ];
+};
+
+// rwkv7_gn_bonus_gate_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads y (twice
+// for the statistics: the head's second pass hits L1/L2), r, k, v, gate and weight, bias, u; writes
+// out (fp32 or bf16) and mean, rstd [N, H].
+const rwkv7GnBonusGateForward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  return [
+    launch(
+      "gn_bonus_gate_forward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      5 * n * F32 + 3 * H * D * F32,
+      n * out + 2 * N * H * F32,
+      14 * n,
+    ),
+  ];
+};
+// rwkv7_gn_bonus_gate_backward: gn_bonus_gate_backward_kernel (warp per (row, head)) reads dout, y,
+// r, k, v, gate, mean, rstd and the gradients whose bits are set, writes dy, dr, dk, dv, dgate and
+// ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout, gate, y, mean, rstd: dweight,
+// dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
+const rwkv7GnBonusGateBackward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
+  const stats = 2 * N * H * F32;
+  let accRead = 0;
+  for (let bit = 0; bit < 5; bit++) accRead += accBit(a, bit) ? act : 0;
+  return [
+    launch(
+      "gn_bonus_gate_backward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      6 * act + stats + 3 * C * F32 + accRead,
+      5 * act + N * H * F32,
+      40 * N * C,
+    ),
+    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
+    ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
+  ];
+};
+
 // ---- WKV-7 (wkv7.cu) ----------------------------------------------------------------------------
 // grid (H, B); forward block N (thread = row of S), backward block N*P with P = N >= 64 ? N/32 : 1
 // lanes per row; t walked in order: T serial steps. Inputs r, w, k, v, a, b [B,T,H,N] in `inBytes`.
@@ -1343,6 +1460,15 @@ const TABLE: Record<string, Cost> = {
   mn_groupnorm_backward: groupnormBackward,
   mn_rwkv7_bonus_forward: rwkv7BonusForward,
   mn_rwkv7_bonus_backward: rwkv7BonusBackward,
+  // rwkv7_fused.cu
+  mn_rwkv7_mix_x_forward: rwkv7MixXForward,
+  mn_rwkv7_mix_x_backward: rwkv7MixXBackward,
+  mn_rwkv7_mix4_forward: rwkv7Mix4Forward,
+  mn_rwkv7_mix4_backward: rwkv7Mix4Backward,
+  mn_rwkv7_wkv_inputs_forward: rwkv7WkvInputsForward,
+  mn_rwkv7_wkv_inputs_backward: rwkv7WkvInputsBackward,
+  mn_rwkv7_gn_bonus_gate_forward: rwkv7GnBonusGateForward,
+  mn_rwkv7_gn_bonus_gate_backward: rwkv7GnBonusGateBackward,
   // wkv7.cu
   mn_wkv7_forward: (a) => wkv7Forward(a, BF16, true),
   mn_wkv7_backward: wkv7Backward,

@@ -57,6 +57,7 @@ const SMALL: Record<string, number> = {
   softcap: 30,
   dloss: 1,
   value: 0,
+  out_bf16: 1,
   accumulate: -1,
 };
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels.h"
 #include "mn_error.h"
@@ -100,5 +101,22 @@ inline int mn_check_scale_by_inv_norm(float* out, float* x, float* sumsq, float 
   MN_REQUIRE(eps > 0.0f, "scale_by_inv_norm: eps = %g must be > 0", eps);
   MN_REQUIRE(sumsq < x || sumsq >= x + n, "scale_by_inv_norm: sumsq must not lie inside x");
   MN_REQUIRE(sumsq < out || sumsq >= out + n, "scale_by_inv_norm: sumsq must not lie inside out");
+  return 0;
+}
+
+// The fused RWKV-7 time-mixing entry points (rwkv7_fused.cu, cpu/rwkv7_fused.cpp): dims a, b, c
+// > 0 ([B, T, C] or [N, H, D]); `cols` columns per row fit an int (the column sums' index);
+// every tensor pointer given; the parameter-vector gradients, whose column sums only add, have
+// their accumulate bits (param_bits; 0 for a forward) set; eps >= 0.
+inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t cols,
+                                std::initializer_list<const void*> tensors, int accumulate,
+                                int param_bits, float eps) {
+  MN_REQUIRE(a > 0 && b > 0 && c > 0, "%s: bad shape %d x %d x %d", fn, a, b, c);
+  MN_REQUIRE(cols <= 2147483647, "%s: %lld columns is too many", fn, (long long)cols);
+  for (const void* t : tensors) MN_REQUIRE(t, "%s: every tensor pointer is required", fn);
+  MN_REQUIRE((accumulate & param_bits) == param_bits,
+             "%s: the parameter-vector gradients accumulate (bits 0x%x must be set)", fn,
+             param_bits);
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   return 0;
 }

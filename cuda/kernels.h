@@ -251,6 +251,77 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
                                    float* r, float* k, float* v, float* u, int N, int H, int D,
                                    int accumulate, void* stream);
 
+/* ---- fused RWKV-7 time-mixing chains (rwkv7_fused.cu): the fast path of train_rwkv7.ts, each the
+ * same math as its composition of the ops above --------------------------------------------------
+ * x [B,T,C] fp32; xx = shift(x) - x (shift: token t-1 of the same sequence, zeros at t = 0).
+ * Forward outputs are fp32, or bf16 (the next matmul's operand) when out_bf16 != 0.
+ * `accumulate` (backward only, before `stream`): bit i refers to the i-th gradient output in
+ * signature order; set = add into it, clear = overwrite it without reading it (it may hold NaN).
+ * Parameter-vector gradients are column sums that only add: their bits must be set. */
+/* out = x + xx * maa, maa [C] (time_maa_x) */
+MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
+                                  int C, void* stream);
+/* gradient outputs: dx [B,T,C] (bit 0), dmaa [C] (bit 1, must be set) */
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
+                                   int B, int T, int C, int accumulate, void* stream);
+/* out_j = x + xx * (m_j + maa_j) for j = rg, wa, k, v (xrg, xwa, xk, xv of the original);
+ * m_j [B,T,C] (the maa LoRA's outputs), maa_j [C] */
+MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
+                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
+                                 int T, int C, void* stream);
+/* gradient outputs: dx (bit 0), dm_rg..dm_v [B,T,C] (bits 1-4), dmaa_rg..dmaa_v [C] (bits 5-8,
+ * must be set); dout_j [B,T,C] fp32 */
+MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+                                  float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
+                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
+                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
+                                  int T, int C, int accumulate, void* stream);
+
+/* The chain between the projections and the WKV call, per row of C = H*D channels (heads of D):
+ *   w = -softplus(-(dec + time_decay)) - 0.5;  kk = F.normalize(k0 + kkk) over each head (eps);
+ *   a = sigmoid(aaa + time_aaaaa);  ma = sigmoid(mam + time_misc_a);
+ *   mk = sigmoid(mkm + time_misc_k);  k = lerp(k0 * a, k0, ma) * exp(min(w * mk, 0));
+ *   WKV's inputs: w, k, a_out = -kk, b_out = kk * a.
+ * dec, k0, kkk, aaa, mam, mkm [N, C] fp32; the four parameter vectors [C]. k is written fp32 (the
+ * bonus reads it) and, when k_bf16 is non-NULL, also as bf16; w, a_out, b_out fp32 or bf16. */
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void* stream);
+/* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5), then the four parameter
+ * vectors' [C] (bits 6-9, must be set); dw, dk, da, db [N, C]: the gradients of the outputs.
+ * With bit 0, 3, 4 or 5 set, that term's column sum reads a scratch copy (N*C floats of library
+ * scratch each); with them clear, the gradient outputs themselves. */
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void* stream);
+
+/* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
+ * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head
+ * (mn_rwkv7_bonus_forward); y, r, k, v, gate [N, C] fp32, u [H, D]; out fp32 or bf16 (the
+ * output projection's operand). */
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void* stream);
+/* gradient outputs: dy, dr, dk, dv, dgate [N, C] (bits 0-4), dweight, dbias [C], du [H, D]
+ * (bits 5-7, must be set); dout [N, C]. Scratch: N*H floats (as rwkv7_bonus_backward). */
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void* stream);
+
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
  * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;

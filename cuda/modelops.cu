@@ -5,6 +5,7 @@
 // in a fixed order), so they are deterministic without float atomics. Every backward accumulates.
 #include "common.cuh"
 #include "reduce.cuh"
+#include "rwkv7_math.cuh"
 
 namespace {
 
@@ -15,15 +16,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kBonusMaxD = 1024;
 
 // ---- per-element math, the same on host and device ----
-
-// torch.nn.functional.softplus with beta = 1, threshold = 20: z itself above the threshold.
-__host__ __device__ inline float softplus_f(float z) { return z > 20.0f ? z : log1pf(expf(z)); }
-// d softplus(z) / dz, as torch's softplus_backward: 1 above the threshold, else e^z / (e^z + 1).
-__host__ __device__ inline float softplus_df(float z) {
-  if (z > 20.0f) return 1.0f;
-  float e = expf(z);
-  return e / (e + 1.0f);
-}
 
 __host__ __device__ inline bool unary_op_valid(int op) {
   return op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_RWKV7_DECAY ||
@@ -39,22 +31,20 @@ __host__ __device__ inline bool unary_bwd_needs_out(int op) {
 __host__ __device__ inline float unary_f(int op, float x) {
   switch (op) {
     case MN_OP_TANH: return tanhf(x);
-    case MN_OP_SIGMOID: return 1.0f / (1.0f + expf(-x));
-    case MN_OP_RWKV7_DECAY: return -softplus_f(-x) - 0.5f;
-    case MN_OP_EXP_MIN0: return expf(fminf(x, 0.0f));
+    case MN_OP_SIGMOID: return sigmoid_f(x);
+    case MN_OP_RWKV7_DECAY: return rwkv7_decay_f(x);
+    case MN_OP_EXP_MIN0: return exp_min0_f(x);
     default: return -x;  // MN_OP_NEG (op codes are validated on the host)
   }
 }
 
 // f'(x), from the forward's input x and/or output y (as torch: tanh/sigmoid/exp use the result).
-// EXP_MIN0: torch.clamp(max=0) passes the gradient where x <= 0 (its mask is `self <= max`), so at
-// x == 0 the gradient is dout * exp(0) = dout; it is 0 only where x > 0.
 __host__ __device__ inline float unary_df(int op, float x, float y) {
   switch (op) {
     case MN_OP_TANH: return 1.0f - y * y;
-    case MN_OP_SIGMOID: return y * (1.0f - y);
-    case MN_OP_RWKV7_DECAY: return softplus_df(-x);  // d/dx [-softplus(-x)] = softplus'(-x)
-    case MN_OP_EXP_MIN0: return x <= 0.0f ? y : 0.0f;
+    case MN_OP_SIGMOID: return sigmoid_dy(y);
+    case MN_OP_RWKV7_DECAY: return rwkv7_decay_df(x);
+    case MN_OP_EXP_MIN0: return exp_min0_df(x, y);
     default: return -1.0f;
   }
 }
@@ -70,14 +60,7 @@ __device__ inline float warp_sum(float v) {
 __host__ __device__ inline float rowvec_dx(float dout, float v) { return dout * v; }
 __host__ __device__ inline float rowvec_dv(float dout, float x) { return dout * x; }
 
-// Normalised value of a norm: (x - mean) * rstd. GroupNorm's forward, dx and parameter-gradient
-// kernels all use it, so dweight sees the same xhat the forward produced.
-__host__ __device__ inline float norm_xhat(float x, float mean, float rstd) {
-  return (x - mean) * rstd;
-}
 
-// One row's term of the bonus gradient du[h, j]: ds * r[j] * k[j], ds = dout . v of that row.
-__host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }
 
 #define GRID_STRIDE(i, n)                                                     \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
@@ -118,7 +101,7 @@ __global__ void mul_backward_kernel(float* dx, float* dy, const float* dout, con
 
 __global__ void lerp_forward_kernel(float* out, const float* x, const float* y, const float* g,
                                     int64_t n) {
-  GRID_STRIDE(i, n) out[i] = x[i] + (y[i] - x[i]) * g[i];
+  GRID_STRIDE(i, n) out[i] = lerp_f(x[i], y[i], g[i]);
 }
 
 __global__ void lerp_backward_kernel(float* dx, float* dy, float* dg, const float* dout,
@@ -344,27 +327,6 @@ __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float
     if (lane == 0) ds_out[row] = ds;
   }
 }
-
-// Column-sum term of du over the C = H*D columns of [N, H*D]: du[h,j] += sum_i ds[i,h] r k, with
-// ds [N, H] from bonus_backward_rkv_kernel.
-struct BonusDuTerm {
-  const float* ds;
-  const float* r;
-  const float* k;
-  int H, D;
-  int h;
-  struct Load {
-    float ds, r, k;
-  };
-  __device__ void begin(int c) { h = c / D; }
-  __device__ Load load(int64_t i, int c) const {
-    const int64_t e = i * ((int64_t)H * D) + c;
-    return Load{ds[i * H + h], r[e], k[e]};
-  }
-  __device__ void use(int64_t, int, const Load& l, float* acc) const {
-    acc[0] += bonus_du_term(l.ds, l.r, l.k);
-  }
-};
 
 inline unsigned warp_row_blocks(int64_t rows) { return mn_blocks_for(rows, kWarps); }
 

@@ -1,0 +1,365 @@
+// Fused RWKV-7 time-mixing chains, cpu reference: plain loops from the math of kernels.h, sums
+// over rows in double. Written independently of rwkv7_fused.cu (emu-vs-cpu compares the two).
+#include <vector>
+
+#include "cpu_common.h"
+#include "../entry_checks.h"
+
+namespace {
+
+// x[b, t-1, c] - x[b, t, c] with a zero token before t = 0; row = b*T + t
+inline float token_diff(const float* x, int64_t row, int64_t c, int T, int C) {
+  float prev = row % T == 0 ? 0.0f : x[(row - 1) * C + c];
+  return prev - x[row * C + c];
+}
+
+inline void write_out(void* out, bool bf16, int64_t e, float v) {
+  if (bf16) ((mn_bf16*)out)[e] = f32_to_bf16(v);
+  else ((float*)out)[e] = v;
+}
+
+inline void grad_out(float* g, int64_t e, int accumulate, int bit, float v) {
+  g[e] = (accumulate >> bit) & 1 ? g[e] + v : v;
+}
+
+}  // namespace
+
+MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
+                                  int C, void*) {
+  if (int rc =
+          mn_check_rwkv7_fused("rwkv7_mix_x_forward", B, T, C, C, {out, x, maa}, 0, 0, 0.0f))
+    return rc;
+  MN_REQUIRE(out != (void*)x, "rwkv7_mix_x_forward: in-place is not supported");
+  const int64_t N = (int64_t)B * T;
+#pragma omp parallel for if (N * C > 100000)
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) {
+      float xi = x[i * C + c];
+      write_out(out, out_bf16, i * C + c, xi + token_diff(x, i, c, T, C) * maa[c]);
+    }
+  return 0;
+}
+
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
+                                   int B, int T, int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
+                                     {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
+    return rc;
+  const int64_t N = (int64_t)B * T;
+  // out[t] = x[t] (1 - maa) + x[t-1] maa: x[t] reaches out[t] and out[t+1]
+  std::vector<double> s(C, 0.0);
+  for (int64_t i = 0; i < N; i++) {
+    bool last = (i + 1) % T == 0;
+    for (int64_t c = 0; c < C; c++) {
+      float g = dout[i * C + c];
+      float next = last ? 0.0f : dout[(i + 1) * C + c];
+      double v = (double)g * (1.0 - (double)maa[c]) + (double)next * maa[c];
+      grad_out(dx, i * C + c, accumulate, 0, (float)v);
+      s[c] += (double)g * token_diff(x, i, c, T, C);
+    }
+  }
+  for (int c = 0; c < C; c++) dmaa[c] += (float)s[c];
+  return 0;
+}
+
+MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
+                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
+                                 int T, int C, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
+                                     {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
+                                      maa_wa, maa_k, maa_v},
+                                     0, 0, 0.0f))
+    return rc;
+  void* outs[4] = {out_rg, out_wa, out_k, out_v};
+  const float* m[4] = {m_rg, m_wa, m_k, m_v};
+  const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
+  const int64_t N = (int64_t)B * T;
+#pragma omp parallel for if (N * C > 100000)
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      float xx = token_diff(x, i, c, T, C);
+      for (int j = 0; j < 4; j++)
+        write_out(outs[j], out_bf16, e, x[e] + xx * (m[j][e] + maa[j][c]));
+    }
+  return 0;
+}
+
+MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+                                  float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
+                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
+                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
+                                  int T, int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
+                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
+                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
+                                     accumulate, 0x1e0, 0.0f))
+    return rc;
+  float* dm[4] = {dm_rg, dm_wa, dm_k, dm_v};
+  float* dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
+  const float* dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  const float* m[4] = {m_rg, m_wa, m_k, m_v};
+  const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
+  const int64_t N = (int64_t)B * T;
+  std::vector<double> s(4 * (size_t)C, 0.0);
+  for (int64_t i = 0; i < N; i++) {
+    bool last = (i + 1) % T == 0;
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      float xx = token_diff(x, i, c, T, C);
+      double v = 0.0;
+      for (int j = 0; j < 4; j++) {
+        double coef = (double)m[j][e] + maa[j][c];
+        v += (double)dout[j][e] * (1.0 - coef);
+        if (!last) v += (double)dout[j][e + C] * ((double)m[j][e + C] + maa[j][c]);
+        grad_out(dm[j], e, accumulate, 1 + j, dout[j][e] * xx);
+        s[j * C + c] += (double)dout[j][e] * xx;
+      }
+      grad_out(dx, e, accumulate, 0, (float)v);
+    }
+  }
+  for (int j = 0; j < 4; j++)
+    for (int c = 0; c < C; c++) dmaa[j][c] += (float)s[j * C + c];
+  return 0;
+}
+
+// ---- between the projections and the WKV call ----
+namespace {
+
+float sig(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float softplus_torch(float z) { return z > 20.0f ? z : std::log1p(std::exp(z)); }
+
+// One element's forward values, from its inputs after the bias adds.
+struct Elem {
+  float w, kk, a, ma, mk, ka, k1, z, e, k;
+};
+Elem elem(float dec, float k0, float s, float inv, float aaa, float mam, float mkm) {
+  Elem f;
+  f.w = -softplus_torch(-dec) - 0.5f;
+  f.kk = s * inv;
+  f.a = sig(aaa);
+  f.ma = sig(mam);
+  f.mk = sig(mkm);
+  f.ka = k0 * f.a;
+  f.k1 = f.ka + (k0 - f.ka) * f.ma;
+  f.z = f.w * f.mk;
+  f.e = std::exp(f.z < 0.0f ? f.z : 0.0f);
+  f.k = f.k1 * f.e;
+  return f;
+}
+
+struct Inputs {
+  const float *dec, *k0, *kkk, *aaa, *mam, *mkm, *td, *ta, *tma, *tmk;
+  Elem at(int64_t e, int64_t c, float inv) const {
+    return elem(dec[e] + td[c], k0[e], k0[e] + kkk[e], inv, aaa[e] + ta[c], mam[e] + tma[c],
+                mkm[e] + tmk[c]);
+  }
+  // ||k0 + kkk|| over the D channels at e0, in double
+  double norm(int64_t e0, int D) const {
+    double ss = 0.0;
+    for (int j = 0; j < D; j++) {
+      double s = (double)k0[e0 + j] + kkk[e0 + j];
+      ss += s * s;
+    }
+    return std::sqrt(ss);
+  }
+};
+
+}  // namespace
+
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
+                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
+                                      time_aaaaa, time_misc_a, time_misc_k},
+                                     0, 0, eps))
+    return rc;
+  const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const int64_t rows = (int64_t)N * H;
+#pragma omp parallel for if (rows * D > 100000)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t e0 = r * D, c0 = (r % H) * D;
+    const double n = in.norm(e0, D);
+    const float inv = (float)(1.0 / (n > eps ? n : (double)eps));
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const Elem f = in.at(e, c0 + j, inv);
+      write_out(w, out_bf16, e, f.w);
+      k[e] = f.k;
+      if (k_bf16) k_bf16[e] = f32_to_bf16(f.k);
+      write_out(a, out_bf16, e, -f.kk);
+      write_out(b, out_bf16, e, f.kk * f.a);
+    }
+  }
+  return 0;
+}
+
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
+                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
+                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
+                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
+                                     accumulate, 0x3c0, eps))
+    return rc;
+  const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  // per-row terms of the four parameter vectors, summed over rows in double afterwards
+  std::vector<float> terms(4 * (size_t)N * C);
+  std::vector<double> dkk(D);
+#pragma omp parallel for if (rows * D > 100000) firstprivate(dkk)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t e0 = r * D, c0 = (r % H) * D;
+    const double n = in.norm(e0, D);
+    const float inv = (float)(1.0 / (n > eps ? n : (double)eps));
+    // gradient reaching kk: from WKV's a = -kk and b = kk * sigmoid(aaa)
+    double dot = 0.0;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const float ag = sig(aaa[e] + time_aaaaa[c0 + j]);
+      dkk[j] = -(double)da[e] + (double)db[e] * ag;
+      dot += ((double)k0[e] + kkk[e]) * dkk[j];
+    }
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j, c = c0 + j;
+      const Elem f = in.at(e, c, inv);
+      // k = k1 * e, e = exp(min(z, 0)) (gradient through where z <= 0), k1 = ka + (k0 - ka) ma
+      const double dk1 = (double)dk[e] * f.e;
+      const double dz = f.z <= 0.0f ? (double)dk[e] * f.k1 * f.e : 0.0;
+      const double dka = dk1 * (1.0 - f.ma);
+      const double s = (double)k0[e] + kkk[e];
+      // F.normalize's backward: clamp_min passes the gradient where the norm >= eps
+      const double ds = n >= eps ? dkk[j] / n - s * dot / (n * n * n) : dkk[j] / eps;
+      const double sp = -(double)(dec[e] + time_decay[c]);  // d(-softplus(-x))/dx = softplus'(-x)
+      const double dsp = sp > 20.0 ? 1.0 : 1.0 / (1.0 + std::exp(-sp));
+      const double vdec = ((double)dw[e] + dz * f.mk) * dsp;
+      const double vaaa = ((double)db[e] * f.kk + dka * k0[e]) * f.a * (1.0 - f.a);
+      const double vmam = dk1 * ((double)k0[e] - f.ka) * f.ma * (1.0 - f.ma);
+      const double vmkm = dz * f.w * f.mk * (1.0 - f.mk);
+      grad_out(ddec, e, accumulate, 0, (float)vdec);
+      grad_out(dk0, e, accumulate, 1, (float)(dka * f.a + dk1 * f.ma + ds));
+      grad_out(dkkk, e, accumulate, 2, (float)ds);
+      grad_out(daaa, e, accumulate, 3, (float)vaaa);
+      grad_out(dmam, e, accumulate, 4, (float)vmam);
+      grad_out(dmkm, e, accumulate, 5, (float)vmkm);
+      const int64_t row = r / H;
+      const float t4[4] = {(float)vdec, (float)vaaa, (float)vmam, (float)vmkm};
+      for (int i = 0; i < 4; i++) terms[((size_t)i * N + row) * C + c] = t4[i];
+    }
+  }
+  float* outs[4] = {dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k};
+  for (int i = 0; i < 4; i++)
+    for (int64_t c = 0; c < C; c++) {
+      double sum = 0.0;
+      for (int64_t row = 0; row < N; row++) sum += terms[((size_t)i * N + row) * C + c];
+      outs[i][c] += (float)sum;
+    }
+  return 0;
+}
+
+// ---- after the WKV call: GroupNorm + bonus, times the gate ----
+namespace {
+
+struct GnRow {
+  double mean, rstd, s;  // GroupNorm statistics and the bonus scalar sum_j r k u of one (row, head)
+};
+GnRow gn_row(const float* y, const float* r, const float* k, const float* u, int64_t e0,
+             int64_t c0, int D, float eps) {
+  double m = 0.0, sq = 0.0, s = 0.0;
+  for (int j = 0; j < D; j++) m += y[e0 + j];
+  m /= D;
+  for (int j = 0; j < D; j++) sq += (y[e0 + j] - m) * (y[e0 + j] - m);
+  for (int j = 0; j < D; j++) s += (double)r[e0 + j] * k[e0 + j] * u[c0 + j];
+  return GnRow{m, 1.0 / std::sqrt(sq / D + eps), s};
+}
+
+}  // namespace
+
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
+                                     eps))
+    return rc;
+  const int64_t rows = (int64_t)N * H;
+#pragma omp parallel for if (rows * D > 100000)
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    const GnRow g = gn_row(y, r, k, u, e0, c0, D, eps);
+    const float m = (float)g.mean, rs = (float)g.rstd, s = (float)g.s;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const float gn = (y[e] - m) * rs * weight[c0 + j] + bias[c0 + j];
+      write_out(out, out_bf16, e, (gn + s * v[e]) * gate[e]);
+    }
+    mean[row] = m;
+    rstd[row] = rs;
+  }
+  return 0;
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
+                                      bias, mean, rstd, r, k, v, u, gate},
+                                     accumulate, 0xe0, 0.0f))
+    return rc;
+  const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    double s = 0.0;  // the bonus scalar, from the inputs (the forward did not keep it)
+    for (int j = 0; j < D; j++) s += (double)r[e0 + j] * k[e0 + j] * u[c0 + j];
+    const double m = mean[row], rs = rstd[row];
+    // z = gn + s v is multiplied by the gate: its gradient is dz = dout * gate
+    double ds = 0.0, s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      ds += dz * v[e];
+      s1 += dz * weight[c0 + j];
+      s2 += dz * weight[c0 + j] * xh;
+    }
+    s1 /= D;
+    s2 /= D;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j, c = c0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double z = xh * weight[c] + bias[c] + s * v[e];
+      grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
+      grad_out(dr, e, accumulate, 1, (float)(ds * k[e] * u[c]));
+      grad_out(dk, e, accumulate, 2, (float)(ds * r[e] * u[c]));
+      grad_out(dv, e, accumulate, 3, (float)(s * dz));
+      grad_out(dgate, e, accumulate, 4, (float)(dout[e] * z));
+      sw[c] += dz * xh;
+      sb[c] += dz;
+      su[c] += ds * r[e] * k[e];
+    }
+  }
+  for (int64_t c = 0; c < C; c++) {
+    dweight[c] += (float)sw[c];
+    dbias[c] += (float)sb[c];
+    du[c] += (float)su[c];
+  }
+  return 0;
+}

@@ -1,0 +1,624 @@
+// Fused RWKV-7 time-mixing chains: what torch.compile turns into one generated kernel each, here
+// written by hand, with the generic tape ops (modelops.cu) left as the composition a record
+// hacker edits. Forward kernels write the operand the next matmul reads (bf16 when the trainer runs
+// bf16) instead of an fp32 value plus a cast; backward kernels recompute the cheap intermediates
+// (xx = shift(x) - x) from the saved input instead of keeping them. Parameter-vector gradients are
+// reduce.cuh's two-stage column sums (deterministic, no float atomics), with the elementwise
+// gradients written by the same pass that reads dout for the sums.
+//
+// Gradient outputs follow the `accumulate` convention of kernels.h: bit i set = add into the i-th
+// gradient pointer, clear = overwrite it without reading (it may hold NaN). The column sums only
+// add, so the parameter-vector gradients' bits must be set.
+#include "common.cuh"
+#include "entry_checks.h"
+#include "reduce.cuh"
+#include "rwkv7_math.cuh"
+
+namespace {
+
+constexpr int kThreads = 256;
+
+#define GRID_STRIDE(i, n)                                                     \
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
+       i += (int64_t)gridDim.x * blockDim.x)
+
+__device__ inline void store(float* p, float v) { *p = v; }
+__device__ inline void store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
+
+// (acc ? old + v : v) into p[e], reading p only when adding (an overwritten gradient may be NaN).
+__device__ inline void put_grad(float* p, int64_t e, bool acc, float v) {
+  p[e] = acc ? p[e] + v : v;
+}
+
+// xx[i, c] of x [B*T, C]: the previous token's value minus this one's (the token before t = 0 of a
+// sequence is zero). Row i is token i % T of its sequence.
+__device__ inline float shift_diff(const float* x, int64_t i, int c, int T, int C) {
+  const int64_t e = i * C + c;
+  const float prev = i % T ? x[e - C] : 0.0f;
+  return prev - x[e];
+}
+
+// ---- (a) token shift and the five mixes ----
+
+// xxx = x + xx * maa[c]
+template <class Out>
+__global__ void mix_x_forward_kernel(Out* out, const float* x, const float* maa, int T, int C,
+                                     int64_t n) {
+  GRID_STRIDE(e, n) {
+    const int64_t i = e / C;
+    const int c = (int)(e % C);
+    store(out + e, mix_f(x[e], shift_diff(x, i, c, T, C), maa[c]));
+  }
+}
+
+// out_j = x + xx * (m_j + maa_j), j < 4 (the original's xrg, xwa, xk, xv)
+struct Mix4Args {
+  const float* m[4];
+  const float* maa[4];
+};
+template <class Out>
+__global__ void mix4_forward_kernel(Out* o0, Out* o1, Out* o2, Out* o3, const float* x,
+                                    Mix4Args a, int T, int C, int64_t n) {
+  GRID_STRIDE(e, n) {
+    const int64_t i = e / C;
+    const int c = (int)(e % C);
+    const float xe = x[e], xx = shift_diff(x, i, c, T, C);
+    Out* o[4] = {o0, o1, o2, o3};
+#pragma unroll
+    for (int j = 0; j < 4; j++) store(o[j] + e, mix_f(xe, xx, a.m[j][e] + a.maa[j][c]));
+  }
+}
+
+// Backward of xxx = x + xx * maa: token t's dx gets dout[t] (1 - maa) from its own mix and
+// dout[t+1] maa from the next token's xx; dmaa[c] += sum_i dout xx. dx is written here, in the
+// column-sum pass that reads dout anyway.
+struct MixXTerm {
+  float* dx;
+  const float* dout;
+  const float* x;
+  const float* maa;
+  int T, C;
+  bool acc_dx;
+  float p;
+  struct Load {
+    float d, dn, xx, old;
+  };
+  __device__ void begin(int c) { p = maa[c]; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    Load l;
+    l.d = dout[e];
+    l.dn = (i + 1) % T ? dout[e + C] : 0.0f;
+    l.xx = shift_diff(x, i, c, T, C);
+    l.old = acc_dx ? dx[e] : 0.0f;
+    return l;
+  }
+  __device__ void use(int64_t i, int c, const Load& l, float* acc) const {
+    const float v = l.d * (1.0f - p) + l.dn * p;
+    dx[i * C + c] = acc_dx ? l.old + v : v;
+    acc[0] += l.d * l.xx;
+  }
+};
+
+// Backward of the four mixes, pass 1: dx (all four mixes, own token and next token's xx),
+// dm_j = dout_j xx, and the sums of dmaa_0, dmaa_1. Pass 2 (Mix4TailTerm) sums dmaa_2, dmaa_3:
+// reduce.cuh's column sums carry two outputs.
+struct Mix4Grads {
+  float* dm[4];
+  const float* dout[4];
+};
+struct Mix4Term {
+  float* dx;
+  Mix4Grads g;
+  Mix4Args a;
+  const float* x;
+  int T, C;
+  int acc;  // the accumulate bits: 0 dx, 1..4 dm_j
+  float p[4];
+  struct Load {
+    float d[4], m[4], dn[4], mn[4], xx;
+  };
+  __device__ void begin(int c) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) p[j] = a.maa[j][c];
+  }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    const bool next = (i + 1) % T != 0;
+    Load l;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      l.d[j] = g.dout[j][e];
+      l.m[j] = a.m[j][e];
+      l.dn[j] = next ? g.dout[j][e + C] : 0.0f;
+      l.mn[j] = next ? a.m[j][e + C] : 0.0f;
+    }
+    l.xx = shift_diff(x, i, c, T, C);
+    return l;
+  }
+  __device__ void use(int64_t i, int c, const Load& l, float* s) const {
+    const int64_t e = i * C + c;
+    float v = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      v += l.d[j] * (1.0f - (l.m[j] + p[j])) + l.dn[j] * (l.mn[j] + p[j]);
+      put_grad(g.dm[j], e, (acc >> (1 + j)) & 1, l.d[j] * l.xx);
+    }
+    put_grad(dx, e, acc & 1, v);
+    s[0] += l.d[0] * l.xx;
+    s[1] += l.d[1] * l.xx;
+  }
+};
+struct Mix4TailTerm {
+  const float* d2;
+  const float* d3;
+  const float* x;
+  int T, C;
+  struct Load {
+    float d2, d3, xx;
+  };
+  __device__ void begin(int) {}
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    return Load{d2[e], d3[e], shift_diff(x, i, c, T, C)};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* s) const {
+    s[0] += l.d2 * l.xx;
+    s[1] += l.d3 * l.xx;
+  }
+};
+
+
+// ---- (b) between the projections and the WKV call ----
+
+constexpr int kWarps = kThreads / 32;
+
+// One warp per (row, head) of D channels (rows = N*H); every lane of a warp takes the same rows,
+// so the warp shuffles inside are full.
+#define HEAD_ROWS(row, rows)                                                             \
+  for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < (rows); \
+       row += (int64_t)gridDim.x * kWarps)
+
+__device__ inline float warp_total(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The six [N, C] inputs and four [C] parameter vectors of the chain (rwkv7_math.cuh wkv_inputs_f).
+struct WkvIn {
+  const float* dec;
+  const float* k0;
+  const float* kkk;
+  const float* aaa;
+  const float* mam;
+  const float* mkm;
+  const float* td;
+  const float* ta;
+  const float* tma;
+  const float* tmk;
+};
+// Element e (channel c) of the chain, given the head's inverse norm.
+__device__ inline WkvInputsFwd wkv_at(const WkvIn& in, int64_t e, int c, float inv) {
+  return wkv_inputs_f(in.dec[e] + in.td[c], in.k0[e], in.k0[e] + in.kkk[e], inv,
+                      in.aaa[e] + in.ta[c], in.mam[e] + in.tma[c], in.mkm[e] + in.tmk[c]);
+}
+// One warp per (row, head) of D channels: the l2norm of kk is a sum over the head.
+// 1 / max(||k + kkk||, eps) over the head at `base` (F.normalize), and ||.|| itself.
+__device__ inline float head_norm(const WkvIn& in, int64_t base, int D, int lane) {
+  float ss = 0.0f;
+  for (int j = lane; j < D; j += 32) {
+    const float s = in.k0[base + j] + in.kkk[base + j];
+    ss += s * s;
+  }
+  return sqrtf(warp_total(ss));
+}
+
+template <class Out>
+__global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a, Out* b, WkvIn in,
+                                          int64_t rows, int H, int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  HEAD_ROWS(row, rows) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float inv = 1.0f / fmaxf(head_norm(in, base, D, lane), eps);
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const WkvInputsFwd f = wkv_at(in, e, c0 + j, inv);
+      store(w + e, f.w);
+      k[e] = f.k;
+      if (k_bf16) k_bf16[e] = mn_f32_to_bf16(f.k);
+      store(a + e, -f.kk);
+      store(b + e, f.kk * f.a);
+    }
+  }
+}
+
+// Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5), and where the
+// column sums read the four parameter-vector terms from: the gradient output itself when it was
+// overwritten, else a scratch copy of the term (sum[i] non-NULL: written here).
+struct WkvGrads {
+  float* g[6];
+  float* sum[4];  // terms of ddec, daaa, dmam, dmkm for dtd, dta, dtma, dtmk
+  const float* dw;
+  const float* dk;
+  const float* da;
+  const float* db;
+};
+
+// l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else
+// dkk / eps.
+__global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64_t rows, int H,
+                                           int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  HEAD_ROWS(row, rows) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float nrm = head_norm(in, base, D, lane);
+    const float inv = 1.0f / fmaxf(nrm, eps);
+    float dot = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const float a = sigmoid_f(in.aaa[e] + in.ta[c0 + j]);
+      dot += (in.k0[e] + in.kkk[e]) * (-gr.da[e] + gr.db[e] * a);
+    }
+    dot = warp_total(dot);
+    const float coef = dot * inv * inv * inv;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const int c = c0 + j;
+      const WkvInputsFwd f = wkv_at(in, e, c, inv);
+      const WkvInputsBwd d = wkv_inputs_df(f, in.dec[e] + in.td[c], in.k0[e], gr.dw[e], gr.dk[e],
+                                           gr.da[e], gr.db[e]);
+      const float ds = nrm >= eps ? d.dkk * inv - (in.k0[e] + in.kkk[e]) * coef : d.dkk / eps;
+      const float v[6] = {d.ddec, d.dk0 + ds, ds, d.daaa, d.dmam, d.dmkm};
+#pragma unroll
+      for (int i = 0; i < 6; i++) put_grad(gr.g[i], e, (acc >> i) & 1, v[i]);
+      const float t[4] = {d.ddec, d.daaa, d.dmam, d.dmkm};
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+        if (gr.sum[i]) gr.sum[i][e] = t[i];
+    }
+  }
+}
+
+// Column sums of two [N, C] terms (the parameter-vector gradients of the chain).
+struct Sum2Term {
+  const float* a;
+  const float* b;
+  int C;
+  struct Load {
+    float a, b;
+  };
+  __device__ void begin(int) {}
+  __device__ Load load(int64_t i, int c) const { return Load{a[i * C + c], b[i * C + c]}; }
+  __device__ void use(int64_t, int, const Load& l, float* s) const {
+    s[0] += l.a;
+    s[1] += l.b;
+  }
+};
+
+// ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
+
+// The inputs of the chain after WKV: y (WKV's output), GroupNorm's affine weight/bias [C], the
+// bonus's r, k, v [N, C] and u [H, D] (time_faaaa), the gate [N, C].
+struct GnIn {
+  const float* y;
+  const float* weight;
+  const float* bias;
+  const float* r;
+  const float* k;
+  const float* v;
+  const float* u;
+  const float* gate;
+};
+// sum_j r k u over the head at `base` (channels c0 ..): the bonus's per-(row, head) scalar
+__device__ inline float bonus_scalar(const GnIn& in, int64_t base, int c0, int D, int lane) {
+  float s = 0.0f;
+  for (int j = lane; j < D; j += 32) s += in.r[base + j] * in.k[base + j] * in.u[c0 + j];
+  return warp_total(s);
+}
+
+template <class Out>
+__global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn in,
+                                             int64_t rows, int H, int D, float eps) {
+  const int lane = threadIdx.x % 32;
+  HEAD_ROWS(row, rows) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float* yr = in.y + base;
+    float sum = 0.0f;
+    for (int j = lane; j < D; j += 32) sum += yr[j];
+    const float m = warp_total(sum) / D;
+    float sq = 0.0f;
+    for (int j = lane; j < D; j += 32) sq += (yr[j] - m) * (yr[j] - m);
+    const float rs = rsqrtf(warp_total(sq) / D + eps);  // biased variance, as nn.GroupNorm
+    const float s = bonus_scalar(in, base, c0, D, lane);
+    for (int j = lane; j < D; j += 32) {
+      const int c = c0 + j;
+      const float gn = norm_xhat(yr[j], m, rs) * in.weight[c] + in.bias[c];
+      store(out + base + j, (gn + s * in.v[base + j]) * in.gate[base + j]);
+    }
+    if (lane == 0) {
+      mean[row] = m;
+      rstd[row] = rs;
+    }
+  }
+}
+
+// Per (row, head): dgate = dout * (gn + bonus); with dz = dout * gate the gradient of gn + bonus,
+// the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel);
+// ds[row] is kept for du's column sums.
+__global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv,
+                                              float* dgate, float* ds_out, const float* dout,
+                                              const float* mean, const float* rstd, GnIn in,
+                                              int acc, int64_t rows, int H, int D) {
+  const int lane = threadIdx.x % 32;
+  HEAD_ROWS(row, rows) {
+    const int64_t base = row * D;
+    const int c0 = (int)(row % H) * D;
+    const float m = mean[row], rs = rstd[row];
+    const float s = bonus_scalar(in, base, c0, D, lane);
+    float ds = 0.0f, s1 = 0.0f, s2 = 0.0f;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const float dz = dout[e] * in.gate[e];
+      const float dxh = dz * in.weight[c0 + j];
+      ds += dz * in.v[e];
+      s1 += dxh;
+      s2 += dxh * norm_xhat(in.y[e], m, rs);
+    }
+    ds = warp_total(ds);
+    s1 = warp_total(s1) / D;
+    s2 = warp_total(s2) / D;
+    for (int j = lane; j < D; j += 32) {
+      const int64_t e = base + j;
+      const int c = c0 + j;
+      const float xh = norm_xhat(in.y[e], m, rs);
+      const float z = xh * in.weight[c] + in.bias[c] + s * in.v[e];
+      const float dz = dout[e] * in.gate[e];
+      put_grad(dy, e, acc & 1, rs * (dz * in.weight[c] - s1 - xh * s2));
+      put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
+      put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
+      put_grad(dv, e, (acc >> 3) & 1, s * dz);
+      put_grad(dgate, e, (acc >> 4) & 1, dout[e] * z);
+    }
+    if (lane == 0) ds_out[row] = ds;
+  }
+}
+
+// Column sums of GroupNorm's parameter gradients through the gate: dweight += dz xhat, dbias += dz
+// with dz = dout * gate, recomputed here rather than stored.
+struct GnGateParamTerm {
+  const float* dout;
+  const float* gate;
+  const float* y;
+  const float* mean;
+  const float* rstd;
+  int H, D;
+  int h;
+  struct Load {
+    float d, g, y, m, r;
+  };
+  __device__ void begin(int c) { h = c / D; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * ((int64_t)H * D) + c, r = i * H + h;
+    return Load{dout[e], gate[e], y[e], mean[r], rstd[r]};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* acc) const {
+    const float dz = l.d * l.g;
+    acc[0] += dz * norm_xhat(l.y, l.m, l.r);
+    acc[1] += dz;
+  }
+};
+
+}  // namespace
+
+// ---- entry points ----
+
+MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
+                                  int C, void* stream) {
+  if (int rc =
+          mn_check_rwkv7_fused("rwkv7_mix_x_forward", B, T, C, C, {out, x, maa}, 0, 0, 0.0f))
+    return rc;
+  MN_REQUIRE(out != (void*)x, "rwkv7_mix_x_forward: in-place is not supported");
+  const int64_t n = (int64_t)B * T * C;
+  if (out_bf16)
+    return mn_launch("rwkv7_mix_x_forward", mix_x_forward_kernel<bf16>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, (bf16*)out,
+                     (const float*)x, (const float*)maa, T, C, n);
+  return mn_launch("rwkv7_mix_x_forward", mix_x_forward_kernel<float>, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, (float*)out, (const float*)x, (const float*)maa, T, C, n);
+}
+
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
+                                   int B, int T, int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
+                                     {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
+    return rc;
+  const int64_t N = (int64_t)B * T;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
+    return rc;
+  return mn_reduce::col_sums<1>(
+      "rwkv7_mix_x_backward",
+      MixXTerm{dx, (const float*)dout, (const float*)x, (const float*)maa, T, C,
+               (accumulate & 1) != 0, 0.0f},
+      dmaa, nullptr, N, C, part, stream);
+}
+
+MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
+                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
+                                 int T, int C, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
+                                     {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
+                                      maa_wa, maa_k, maa_v},
+                                     0, 0, 0.0f))
+    return rc;
+  const int64_t n = (int64_t)B * T * C;
+  const Mix4Args a{{m_rg, m_wa, m_k, m_v}, {maa_rg, maa_wa, maa_k, maa_v}};
+  if (out_bf16)
+    return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<bf16>, mn_blocks_for(n, kThreads),
+                     kThreads, 0, stream, (bf16*)out_rg, (bf16*)out_wa, (bf16*)out_k,
+                     (bf16*)out_v, (const float*)x, a, T, C, n);
+  return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<float>, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, (float*)out_rg, (float*)out_wa, (float*)out_k,
+                   (float*)out_v, (const float*)x, a, T, C, n);
+}
+
+MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+                                  float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
+                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
+                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
+                                  int T, int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
+                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
+                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
+                                     accumulate, 0x1e0, 0.0f))
+    return rc;
+  const int64_t N = (int64_t)B * T;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+    return rc;
+  const Mix4Args a{{m_rg, m_wa, m_k, m_v}, {maa_rg, maa_wa, maa_k, maa_v}};
+  const Mix4Grads g{{dm_rg, dm_wa, dm_k, dm_v}, {dout_rg, dout_wa, dout_k, dout_v}};
+  int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
+                                  Mix4Term{dx, g, a, (const float*)x, T, C, accumulate, {}},
+                                  dmaa_rg, dmaa_wa, N, C, part, stream);
+  if (rc) return rc;
+  return mn_reduce::col_sums<2>(
+      "rwkv7_mix4_backward_tail",
+      Mix4TailTerm{(const float*)dout_k, (const float*)dout_v, (const float*)x, T, C}, dmaa_k,
+      dmaa_v, N, C, part, stream);
+}
+
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
+                                       float* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
+                                       int H, int D, float eps, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
+                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
+                                      time_aaaaa, time_misc_a, time_misc_k},
+                                     0, 0, eps))
+    return rc;
+  const int64_t rows = (int64_t)N * H;
+  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<bf16>, blocks, kThreads,
+                     0, stream, (bf16*)w, k, (bf16*)k_bf16, (bf16*)a, (bf16*)b, in, rows, H, D,
+                     eps);
+  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float>, blocks, kThreads,
+                   0, stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in, rows, H, D,
+                   eps);
+}
+
+MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
+                                        float* dmam, float* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
+                                        float* mam, float* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int N, int H, int D, float eps,
+                                        int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
+                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
+                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
+                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
+                                     accumulate, 0x3c0, eps))
+    return rc;
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H, act = (int64_t)N * C;
+  // The column sums read each term from its gradient output when that was overwritten (it holds
+  // the term alone), else from a scratch copy (an accumulated output holds old + term).
+  float* outs[4] = {ddec, daaa, dmam, dmkm};
+  const int bits[4] = {0, 3, 4, 5};
+  int copies = 0;
+  for (int i = 0; i < 4; i++) copies += (accumulate >> bits[i]) & 1;
+  const int64_t part_floats = mn_reduce::col_scratch_floats(N, C, 2);
+  float* scratch = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&scratch, part_floats + copies * act, stream)) return rc;
+  float* part = scratch;
+  float* next_copy = scratch + part_floats;
+  WkvGrads gr{{ddec, dk0, dkkk, daaa, dmam, dmkm}, {}, dw, dk, da, db};
+  const float* src[4];
+  for (int i = 0; i < 4; i++) {
+    if ((accumulate >> bits[i]) & 1) {
+      gr.sum[i] = next_copy;
+      next_copy += act;
+    } else {
+      gr.sum[i] = nullptr;
+    }
+    src[i] = gr.sum[i] ? gr.sum[i] : outs[i];
+  }
+  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, gr, in, accumulate, rows, H,
+                     D, eps);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
+                                   Sum2Term{src[0], src[1], C}, dtime_decay, dtime_aaaaa, N, C,
+                                   part, stream)))
+    return rc;
+  return mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
+                                Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, part,
+                                stream);
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
+                                          float* weight, float* bias, float* r, float* k, float* v,
+                                          float* u, float* gate, int out_bf16, int N, int H, int D,
+                                          float eps, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
+                                     eps))
+    return rc;
+  const int64_t rows = (int64_t)N * H;
+  const GnIn in{y, weight, bias, r, k, v, u, gate};
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<bf16>, blocks,
+                     kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
+  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<float>, blocks,
+                   kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+}
+
+MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
+                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           float* dout, float* y, float* weight, float* bias,
+                                           float* mean, float* rstd, float* r, float* k, float* v,
+                                           float* u, float* gate, int N, int H, int D,
+                                           int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
+                                      bias, mean, rstd, r, k, v, u, gate},
+                                     accumulate, 0xe0, 0.0f))
+    return rc;
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H;
+  // scratch: ds [N, H], then the column sums' partials
+  float* ds = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&ds, rows + mn_reduce::col_scratch_floats(N, C, 2),
+                                         stream))
+    return rc;
+  float* part = ds + rows;
+  const GnIn in{y, weight, bias, r, k, v, u, gate};
+  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
+                     (const float*)dout, (const float*)mean, (const float*)rstd, in, accumulate,
+                     rows, H, D);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv7_gn_bonus_gate_backward_norm",
+                                   GnGateParamTerm{(const float*)dout, (const float*)gate,
+                                                   (const float*)y, (const float*)mean,
+                                                   (const float*)rstd, H, D, 0},
+                                   dweight, dbias, N, C, part, stream)))
+    return rc;
+  return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
+                                BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
+                                nullptr, N, C, part, stream);
+}
