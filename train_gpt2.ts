@@ -9,6 +9,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
+import { mixRmsnorm } from "./cuda/fused_ops.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -59,6 +60,8 @@ const BOOL_FLAGS = {
   cuda_core_attention:
     "attention on CUDA cores (mn_attention_*, fp32 products) instead of tensor " +
     "cores (mn_attention_tc_*, bf16 P and dS): the yardstick for speed and accuracy",
+  unfused: "the blocks as compositions of generic tape ops (one kernel each) instead of the " +
+    "fused kernels (cuda/fused_ops.ts): the same math, the form to edit when changing the model",
 } as const;
 
 function usage(): string {
@@ -96,6 +99,7 @@ export function parseFlags(argv: string[]) {
   return {
     help: Boolean(values.help),
     cuda_core_attention: Boolean(values.cuda_core_attention),
+    unfused: Boolean(values.unfused),
     input_bin: str("input_bin"),
     input_val_bin: str("input_val_bin"),
     bsz: num("bsz"),
@@ -327,11 +331,18 @@ export class Model {
     for (let l = 0; l < a.n_layer; l++) { // Block.forward
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
-      x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
-      const [att, v] = this.attn(g, l, g.rmsnorm(x), v1);
+      let normed: Var;
+      if (a.unfused) {
+        x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
+        normed = g.rmsnorm(x);
+      } else [x, normed] = mixRmsnorm(g, x, x0, lambdas); // the same, one kernel each way
+      const [att, v] = this.attn(g, l, normed, v1);
       v1 = v;
-      x = g.add(x, att);
-      const h = g.matmul(g.rmsnorm(x), P(b + "mlp.c_fc.weight"), true);
+      if (a.unfused) {
+        x = g.add(x, att);
+        normed = g.rmsnorm(x);
+      } else [x, normed] = mixRmsnorm(g, x, att, null); // x + att, then its norm
+      const h = g.matmul(normed, P(b + "mlp.c_fc.weight"), true);
       x = g.add(x, g.matmul(g.relu2(h), P(b + "mlp.c_proj.weight"), true));
     }
     x = g.rmsnorm(x);

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import type { BackendName } from "./cuda/backend.ts";
 import {
   type BackendCheck,
+  backendDifference,
   BROWN,
   checkDumpGrads,
   checkFlagErrors,
@@ -19,8 +20,11 @@ import {
   norm,
   PRECISION_FLAG_CASES,
   runTrainer,
+  SMALL_TENSOR,
+  tinyLossAndGrads,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
+import { SEED } from "./cuda/test/harness.ts";
 import * as trainer from "./train_gpt2.ts";
 import { parseFlags } from "./train_gpt2.ts";
 
@@ -114,6 +118,47 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
     fn() {
       versusCpu(other, BACKEND_CHECKS[1]);
     },
+  });
+}
+
+// The fused blocks (default) against --unfused, the same model of generic tape ops, on one backend
+// and the same weights and batch. Bounds from a sweep of seeds 1-20 x OpenBLAS default/Haswell
+// kernels (2026-12-04; worst figure in brackets, margin >= 2x):
+// - emu, bf16 (the kernels the GPU runs): every element is rounded as the unfused ops round it, so
+//   the loss and every gradient tensor are bit-identical; only the lambdas' two sums over a whole
+//   activation run in another fp32 order [3.4e-7, seeds 1-2: the emulator is slow].
+// - cpu, f32 path: the reference's fused kernel keeps g in double where the unfused one rounds it
+//   to fp32 between the rmsnorm and the axpby backward [tensors 2.5e-7, lambdas 6.4e-6].
+// - cpu, bf16: those last-bit differences flip bf16 roundings of the gradients' matmul operands,
+//   which spread through the layers [tensors 4.4e-4 (Haswell), lambdas 1.1e-5]; the forward is the
+//   same computation, so the loss is equal [0 in all 40 runs].
+export const FUSED_CHECKS: {
+  be: "cpu" | "emu";
+  precision: "bf16" | "f32";
+  tol: number;
+  smallTol: number;
+  lossTol: number;
+}[] = [
+  { be: "emu", precision: "bf16", tol: 0, smallTol: 2e-5, lossTol: 0 },
+  { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 0 },
+  { be: "cpu", precision: "bf16", tol: 1e-3, smallTol: 3e-5, lossTol: 0 },
+];
+for (const c of FUSED_CHECKS) {
+  Deno.test(`train_gpt2: fused blocks match --unfused (${c.be}, ${c.precision})`, () => {
+    const [fused, unfused] = [TINY, [...TINY, "--unfused"]].map((flags) =>
+      tinyLossAndGrads(trainer, flags, c.be, SEED, c.precision)
+    );
+    const d = backendDifference(unfused, fused);
+    const replay = `replay with MN_TEST_SEED=${SEED}`;
+    assert.ok(d.loss <= c.lossTol, `loss: relative difference ${d.loss} (${replay})`);
+    for (const [name, rel] of d.perTensor) {
+      const bound = unfused.grads.get(name)!.length <= SMALL_TENSOR ? c.smallTol : c.tol;
+      assert.ok(
+        rel <= bound,
+        `${name}: normwise relative difference ${rel} > ${bound} (${replay})`,
+      );
+    }
+    console.log(`  worst gradient difference ${d.worst.toExponential(2)} (${d.worstName})`);
   });
 }
 

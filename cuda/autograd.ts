@@ -573,6 +573,7 @@ export class Graph {
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow) */
   bf16Of(v: Var): Tensor {
     if (v.param) return v.param.bf16();
+    if (v.t.dtype === "bf16") return v.t; // a fused op already wrote the operand in bf16
     const t = this.out(v.shape, "bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, v.t.ptr, v.t.n, this.s);
     return t;

@@ -453,6 +453,64 @@ const rmsnormBackward: Cost = (a) => {
   ];
 };
 
+// ---- GPT-2 fused chains (gpt2_fused.cu) ---------------------------------------------------------
+// mix_rmsnorm_forward_kernel: N blocks x norm_threads(C); reads x, y (once if one tensor) and ab;
+// writes x_out, rstd and whichever of out_f32 / out_bf16 is given.
+const mixRmsnormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), n = N * C;
+  const xy = typeof a.x === "number" && a.x === a.y ? 1 : 2;
+  const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+  return [
+    launch(
+      "mix_rmsnorm_forward_kernel",
+      N,
+      normThreads(C),
+      xy * n * F32 + 2 * F32,
+      n * (F32 + outs) + N * F32,
+      8 * n,
+    ),
+  ];
+};
+// mix_rmsnorm_backward_kernel: min(N, 1024) blocks over row chunks (gpt2_fused.cu mix_plan);
+// reads dnorm, x_out, rstd, dx_out (if given), x and y (if dab; once if one tensor), dx / dy where
+// their accumulate bit is set; writes dx, dy (one tensor: once) and, with dab and more than one
+// block, 2 partials per block that one full_sums_kernel<2,FullPartialsTerm> block adds into dab.
+const mixRmsnormBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), n = N * C;
+  const acc = need(a, "accumulate");
+  const dab = has(a, "dab"), dx = has(a, "dx"), dy = has(a, "dy");
+  const same = dx && typeof a.dx === "number" && a.dx === a.dy;
+  const rows = Math.ceil(N / Math.min(N, 1024)), blocks = Math.ceil(N / rows);
+  const xy = !dab ? 0 : typeof a.x === "number" && a.x === a.y ? 1 : 2;
+  const grads = same ? 1 : (dx ? 1 : 0) + (dy ? 1 : 0);
+  const gradsRead = same ? (acc & 1 ? 1 : 0) : (dx && acc & 1 ? 1 : 0) + (dy && acc & 2 ? 1 : 0);
+  const read = (2 + (has(a, "dx_out") ? 1 : 0) + xy + gradsRead) * n * F32 + N * F32 + 2 * F32;
+  const part = dab && blocks > 1 ? 2 * blocks * F32 : 0;
+  const out: Launch[] = [
+    launch(
+      "mix_rmsnorm_backward_kernel",
+      blocks,
+      normThreads(C),
+      read,
+      grads * n * F32 + part + (dab && !part ? 2 * F32 : 0),
+      (dab ? 12 : 8) * n,
+    ),
+  ];
+  if (part) {
+    out.push(
+      launch(
+        "full_sums_kernel<2,FullPartialsTerm>",
+        1,
+        FULL_THREADS,
+        part + (acc & 4 ? 2 * F32 : 0),
+        2 * F32,
+        2 * blocks,
+      ),
+    );
+  }
+  return out;
+};
+
 // ---- elementwise (elementwise.cu) ---------------------------------------------------------------
 // EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby's da, db and
 // sum_squares) are reduce.cuh's two-stage full sums (see fullSums).
@@ -1297,6 +1355,9 @@ const TABLE: Record<string, Cost> = {
   // attention_tc.cu
   mn_attention_tc_forward: attentionTcForward,
   mn_attention_tc_backward: attentionTcBackward,
+  // gpt2_fused.cu
+  mn_mix_rmsnorm_forward: mixRmsnormForward,
+  mn_mix_rmsnorm_backward: mixRmsnormBackward,
 };
 
 /** The ABI functions this table covers; a test checks it equals every function of kernels.h. */

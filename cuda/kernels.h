@@ -380,4 +380,26 @@ MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, void* stream);
 
+/* ---- GPT-2 fused chains (gpt2_fused.cu): what torch.compile fuses in the record's blocks -------
+ * GRADIENT OUTPUTS OF THESE BACKWARDS follow `accumulate` (the argument before `stream`): bit i is
+ * the i-th gradient-output pointer in signature order; set = add into it, clear = overwrite it
+ * without reading it (its old contents may be NaN). Parameter gradients are always accumulated by
+ * the callers (bit set).
+ *
+ * Mix + RMSNorm: x_out = a*x + b*y with a = ab[0], b = ab[1] in device memory (the blocks'
+ * lambdas, or a constant [1, 1] for a residual add), then F.rms_norm(x_out, (C,), eps): rstd [N],
+ * the normed rows written as fp32 (out_f32) and/or as the bf16 operand of the next matmul
+ * (out_bf16); either may be NULL, not both. x, y, x_out [N, C] fp32; x may be y. Every value is
+ * rounded as mn_axpby_forward then mn_rmsnorm_forward (then mn_cast_f32_to_bf16) would round it. */
+MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
+                                  float* x, float* y, float* ab, int N, int C, float eps,
+                                  void* stream);
+/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0.
+ * dx (bit 0) gets a*g, dy (bit 1) b*g, dab[0..1] (bit 2) sum(g*x) and sum(g*y) over all N*C
+ * elements (deterministic two-stage sum). dab may be NULL (constant ab: not reduced); dx or dy
+ * may be NULL. dx == dy (x and y one tensor): both contributions, (dx + a*g) + b*g, under bit 0. */
+MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
+                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
+                                   int C, int accumulate, void* stream);
+
 #endif /* MN_KERNELS_H */

@@ -1,0 +1,77 @@
+// Tape ops over the fused kernels of the record models (cuda/gpt2_fused.cu): the fast path of the
+// trainers. Each is the composition of generic Graph ops it replaces (same rounding of every
+// element), launched as one forward and one backward kernel; the generic ops stay in
+// cuda/autograd.ts for anyone who changes a model.
+import type { Tensor } from "./backend.ts";
+import { type Graph, Var } from "./autograd.ts";
+
+const ONES = new WeakMap<Graph, Tensor>();
+/** the coefficients [1, 1] in device memory (a plain residual add), one per graph */
+function ones(g: Graph): Tensor {
+  let t = ONES.get(g);
+  if (!t) ONES.set(g, t = g.be.upload(new Float32Array([1, 1]), [2], "f32", "const [1,1]"));
+  return t;
+}
+
+/**
+ * x_out = ab[0]*x + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null: x + y),
+ * then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out, normed]: x_out fp32 (the
+ * residual stream), normed the next matmul's operand, bf16 in the graph's bf16 precision (fp32
+ * gradient), fp32 in "f32". x may be y (both contributions reach it).
+ */
+export function mixRmsnorm(
+  g: Graph,
+  x: Var,
+  y: Var,
+  ab: Var | null,
+  eps = 1.1920928955078125e-7,
+): [Var, Var] {
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  if (y.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and y ${y.t} differ`);
+  if (ab && ab.t.numel !== 2) throw new Error(`mixRmsnorm: ab has ${ab.t.numel} elements, not 2`);
+  const f32 = g.precision === "f32";
+  const abT = ab ? ab.t : ones(g);
+  const xo = g.out(x.shape, "mix"); // [N, C] fp32
+  const normed = g.out(x.shape, "mix.rmsnorm", f32 ? "f32" : "bf16"); // [N, C]
+  const rstd = g.out([N], "mix.rstd"); // [N] fp32
+  g.k.mn_mix_rmsnorm_forward(
+    xo.ptr,
+    f32 ? normed.ptr : null,
+    f32 ? null : normed.ptr,
+    rstd.ptr,
+    x.t.ptr,
+    y.t.ptr,
+    abT.ptr,
+    N,
+    C,
+    eps,
+    g.s,
+  );
+  const needs = g.needs(x, y, ab);
+  const xv = new Var(xo, needs), nv = new Var(normed, needs);
+  if (needs) {
+    g.record(() => {
+      if (xv.g || nv.g) {
+        g.k.mn_mix_rmsnorm_backward(
+          g.grad(x),
+          g.grad(y),
+          ab ? g.grad(ab) : null,
+          xv.g ? xv.g.ptr : null,
+          g.grad(nv), // zeros if only x_out was used (never in the model)
+          xo.ptr,
+          rstd.ptr,
+          x.t.ptr,
+          y.t.ptr,
+          abT.ptr,
+          N,
+          C,
+          -1, // accumulate every gradient (the tape's convention)
+          g.s,
+        );
+      }
+      g.dropGrad(xv);
+      g.dropGrad(nv);
+    });
+  }
+  return [xv, nv];
+}
