@@ -9,7 +9,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { mixRmsnorm } from "./cuda/fused_ops.ts";
+import { mixRmsnorm, qkRmsnormRotary, valueMix } from "./cuda/fused_ops.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -357,10 +357,16 @@ export class Model {
     const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
     let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
     if (v1 === null) v1 = v; // the first block: later blocks mix in its v
-    // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
-    v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
-    q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
-    k = rotary(g, g.rmsnorm(k));
+    if (a.unfused) {
+      // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
+      v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
+      q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
+      k = rotary(g, g.rmsnorm(k));
+    } else { // the same, each one kernel that writes the attention's bf16 operand
+      v = valueMix(g, v, v1, P("lamb"));
+      q = qkRmsnormRotary(g, q);
+      k = qkRmsnormRotary(g, k);
+    }
     const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
     return [g.matmul(y, P("c_proj.weight"), true), v1];
   }

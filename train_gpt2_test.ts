@@ -127,8 +127,8 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
 // - emu, bf16 (the kernels the GPU runs): every element is rounded as the unfused ops round it, so
 //   the loss and every gradient tensor are bit-identical; only the lambdas' two sums over a whole
 //   activation run in another fp32 order [3.4e-7, seeds 1-2: the emulator is slow].
-// - cpu, f32 path: the reference's fused kernel keeps g in double where the unfused one rounds it
-//   to fp32 between the rmsnorm and the axpby backward [tensors 2.5e-7, lambdas 6.4e-6].
+// - cpu, f32 path: the reference's fused kernels keep g in double where the unfused ones round it
+//   to fp32 between the rmsnorm and the axpby backward [tensors 2.5e-7, lambdas and lamb 6.4e-6].
 // - cpu, bf16: those last-bit differences flip bf16 roundings of the gradients' matmul operands,
 //   which spread through the layers [tensors 4.4e-4 (Haswell), lambdas 1.1e-5]; the forward is the
 //   same computation, so the loss is equal [0 in all 40 runs].

@@ -511,6 +511,63 @@ const mixRmsnormBackward: Cost = (a) => {
   return out;
 };
 
+// qk_rmsnorm_rotary_{forward,backward}_kernel: one block of norm_threads(D) per head row (B*T*H);
+// forward reads x, writes the fp32 and/or bf16 output and rstd; backward reads dout, x, rstd and
+// dx where bit 0 is set, writes dx. The cos/sin entries are recomputed (powf, cosf, sinf).
+const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
+  const rows = need(a, "B") * need(a, "T") * need(a, "H"), D = need(a, "D"), n = rows * D;
+  if (!backward) {
+    const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+    return [
+      launch(
+        "qk_rmsnorm_rotary_forward_kernel",
+        rows,
+        normThreads(D),
+        n * F32,
+        n * outs + rows * F32,
+        (6 + 3 * EXP) * n,
+      ),
+    ];
+  }
+  const accRead = need(a, "accumulate") & 1 ? 1 : 0;
+  return [
+    launch(
+      "qk_rmsnorm_rotary_backward_kernel",
+      rows,
+      normThreads(D),
+      (2 + accRead) * n * F32 + rows * F32,
+      n * F32,
+      (10 + 3 * EXP) * n,
+    ),
+  ];
+};
+// value_mix_forward_kernel: elementwise over n; reads v, v1 (once if one tensor), lamb.
+const valueMixForward: Cost = (a) => {
+  const n = need(a, "n");
+  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+  return [elementwise("value_mix_forward_kernel", n, vv * n * F32 + F32, n * outs, 4)];
+};
+// mn_value_mix_backward: full_sums<1, ValueMixTerm> (dlamb, += under bit 2): reads dout, v, v1
+// (once if one tensor), dv and dv1 where their bits are set (dv == dv1: once); writes dv, dv1.
+const valueMixBackward: Cost = (a) => {
+  const n = need(a, "n"), acc = need(a, "accumulate");
+  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const dv = has(a, "dv"), dv1 = has(a, "dv1");
+  const same = dv && typeof a.dv === "number" && a.dv === a.dv1;
+  const written = same ? 1 : (dv ? 1 : 0) + (dv1 ? 1 : 0);
+  const read = (dv && acc & 1 ? 1 : 0) + (!same && dv1 && acc & 2 ? 1 : 0);
+  return fullSums(
+    "ValueMixTerm",
+    1,
+    n,
+    (1 + vv + read) * n * F32 + F32,
+    written * n * F32,
+    8 * n,
+    (acc & 4) !== 0,
+  );
+};
+
 // ---- elementwise (elementwise.cu) ---------------------------------------------------------------
 // EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby's da, db and
 // sum_squares) are reduce.cuh's two-stage full sums (see fullSums).
@@ -1358,6 +1415,10 @@ const TABLE: Record<string, Cost> = {
   // gpt2_fused.cu
   mn_mix_rmsnorm_forward: mixRmsnormForward,
   mn_mix_rmsnorm_backward: mixRmsnormBackward,
+  mn_qk_rmsnorm_rotary_forward: qkRmsnormRotary(false),
+  mn_qk_rmsnorm_rotary_backward: qkRmsnormRotary(true),
+  mn_value_mix_forward: valueMixForward,
+  mn_value_mix_backward: valueMixBackward,
 };
 
 /** The ABI functions this table covers; a test checks it equals every function of kernels.h. */

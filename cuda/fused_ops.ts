@@ -75,3 +75,59 @@ export function mixRmsnorm(
   }
   return [xv, nv];
 }
+
+/** The operand a fused op writes: bf16 in the graph's bf16 precision, fp32 in "f32". */
+function operandOut(g: Graph, shape: readonly number[], label: string): Tensor {
+  return g.out(shape, label, g.precision === "f32" ? "f32" : "bf16");
+}
+const f32Ptr = (t: Tensor) => (t.dtype === "f32" ? t.ptr : null);
+const bf16Ptr = (t: Tensor) => (t.dtype === "bf16" ? t.ptr : null);
+
+/**
+ * rotary(F.rms_norm(x)) per head row of x [B,T,H,D] (the record's QK norm, then the rotary
+ * embedding), written as the attention's operand (bf16, or fp32 on the "f32" path).
+ */
+export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): Var {
+  const [B, T, H, D] = x.shape;
+  const out = operandOut(g, x.shape, "qk.rotary"); // [B,T,H,D]
+  const rstd = g.out([B * T * H], "qk.rstd"); // [B*T*H] fp32
+  g.k.mn_qk_rmsnorm_rotary_forward(
+    f32Ptr(out),
+    bf16Ptr(out),
+    rstd.ptr,
+    x.t.ptr,
+    B,
+    T,
+    H,
+    D,
+    eps,
+    g.s,
+  );
+  return g.node(out, [x], (y) => {
+    g.k.mn_qk_rmsnorm_rotary_backward(g.grad(x), y.g.ptr, x.t.ptr, rstd.ptr, B, T, H, D, -1, g.s);
+  });
+}
+
+/**
+ * The value residual v + lamb * (v1 - v) (lamb a 1-element parameter), written as the attention's
+ * operand; v1 may be v (the first block).
+ */
+export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
+  if (v1.t.numel !== v.t.numel) throw new Error(`valueMix: v ${v.t} and v1 ${v1.t} differ`);
+  const out = operandOut(g, v.shape, "value_mix"); // v's shape
+  g.k.mn_value_mix_forward(f32Ptr(out), bf16Ptr(out), v.t.ptr, v1.t.ptr, lamb.t.ptr, v.t.n, g.s);
+  return g.node(out, [v, v1, lamb], (y) => {
+    g.k.mn_value_mix_backward(
+      g.grad(v),
+      g.grad(v1),
+      g.grad(lamb),
+      y.g.ptr,
+      v.t.ptr,
+      v1.t.ptr,
+      lamb.t.ptr,
+      v.t.n,
+      -1,
+      g.s,
+    );
+  });
+}

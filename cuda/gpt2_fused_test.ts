@@ -270,3 +270,273 @@ for (const tgt of targets()) {
     },
   });
 }
+
+// ---- QK-RMSNorm + rotary
+interface QkCfg {
+  B: number;
+  T: number;
+  H: number;
+  D: number;
+}
+// D: the smallest even, the model's head sizes (a part of a warp, one warp, two, four)
+const QK_ALL: QkCfg[] = [
+  { B: 1, T: 3, H: 1, D: 2 },
+  { B: 2, T: 5, H: 3, D: 16 },
+  { B: 1, T: 7, H: 2, D: 64 },
+  { B: 2, T: 9, H: 2, D: 128 },
+];
+const qkConfigs = VARIANT ? QK_ALL.filter((c) => c.B * c.T * c.H * c.D <= 2000) : QK_ALL;
+const qkLabel = ({ B, T, H, D }: QkCfg) => `[${B},${T},${H},${D}]`;
+const qkN = ({ B, T, H, D }: QkCfg) => B * T * H * D;
+const qkForward = (be: Backend, t: Named, { B, T, H, D }: QkCfg) =>
+  be.k.mn_qk_rmsnorm_rotary_forward(
+    t.out_f32.ptr,
+    t.out_bf16.ptr,
+    t.rstd.ptr,
+    t.x.ptr,
+    B,
+    T,
+    H,
+    D,
+    EPS,
+    be.stream,
+  );
+const qkBackward = (be: Backend, t: Named, { B, T, H, D }: QkCfg, acc: number) =>
+  be.k.mn_qk_rmsnorm_rotary_backward(
+    t.dx.ptr,
+    t.dout.ptr,
+    t.x.ptr,
+    t.rstd.ptr,
+    B,
+    T,
+    H,
+    D,
+    acc,
+    be.stream,
+  );
+const qkOutputs = (c: QkCfg) => ({
+  out_f32: { shape: [qkN(c)] },
+  out_bf16: { shape: [qkN(c)], dtype: "bf16" as const },
+  rstd: { shape: [c.B * c.T * c.H] },
+});
+/** head rows with their own offset and scale */
+const qkInput = (rng: Rng, c: QkCfg) => rowsOf(rng, c.B * c.T * c.H, c.D);
+
+checkKernel({
+  name: "qk_rmsnorm_rotary_forward",
+  configs: qkConfigs,
+  label: qkLabel,
+  tol: { out_f32: TOL_F32, out_bf16: TOL_BF16, rstd: TOL_F32 },
+  run(be, c, rng) {
+    const x = qkInput(rng, c);
+    return withTensors(
+      be,
+      { x: { data: x, shape: [qkN(c)] } },
+      qkOutputs(c),
+      (t) => qkForward(be, t, c),
+    );
+  },
+});
+for (const acc of [-1, 0]) {
+  checkKernel({
+    name: `qk_rmsnorm_rotary_backward (accumulate ${acc === -1 ? "all" : "none, output poisoned"})`,
+    configs: qkConfigs,
+    label: qkLabel,
+    tol: TOL_DX,
+    run(be, c, rng) {
+      const x = qkInput(rng, c), dout = rng.normal(qkN(c)), init = rng.normal(qkN(c));
+      const ref = backend("cpu");
+      const saved = withTensors(
+        ref,
+        { x: { data: x, shape: [qkN(c)] } },
+        qkOutputs(c),
+        (t) => qkForward(ref, t, c),
+      );
+      return withTensors(
+        be,
+        {
+          x: { data: x, shape: [qkN(c)] },
+          dout: { data: dout, shape: [qkN(c)] },
+          rstd: { data: saved.rstd, shape: [c.B * c.T * c.H] },
+        },
+        { dx: acc === -1 ? { shape: [qkN(c)], init } : { shape: [qkN(c)] } },
+        (t) => qkBackward(be, t, c, acc),
+      );
+    },
+  });
+}
+
+// ---- value residual
+interface VCfg {
+  n: number;
+  kind: "mix" | "same" | "nodv1";
+}
+// n: one element, ragged, more than one full-sum block (4096 elements each at least)
+const V_ALL: VCfg[] = [1, 999, 9000].flatMap((n) =>
+  (["mix", "same", "nodv1"] as const).map((kind) => ({ n, kind }))
+);
+const vConfigs = VARIANT ? V_ALL.filter((c) => c.n <= 2000) : V_ALL;
+const vLabel = ({ n, kind }: VCfg) => `[${n}] ${kind}`;
+const v1Ptr = (t: Named, c: VCfg) => (c.kind === "same" ? t.v.ptr : t.v1.ptr);
+const vForward = (be: Backend, t: Named, c: VCfg) =>
+  be.k.mn_value_mix_forward(
+    t.out_f32.ptr,
+    t.out_bf16.ptr,
+    t.v.ptr,
+    v1Ptr(t, c),
+    t.lamb.ptr,
+    BigInt(c.n),
+    be.stream,
+  );
+const vBackward = (be: Backend, t: Named, c: VCfg, acc: number) =>
+  be.k.mn_value_mix_backward(
+    t.dv.ptr,
+    c.kind === "same" ? t.dv.ptr : c.kind === "nodv1" ? null : t.dv1.ptr,
+    t.dlamb.ptr,
+    t.dout.ptr,
+    t.v.ptr,
+    v1Ptr(t, c),
+    t.lamb.ptr,
+    BigInt(c.n),
+    acc,
+    be.stream,
+  );
+const vInputs = (rng: Rng, n: number) => ({
+  v: { data: rng.normal(n), shape: [n] },
+  v1: { data: rng.normal(n), shape: [n] },
+  lamb: { data: new Float32Array([rng.next()]), shape: [1] },
+  dout: { data: rng.normal(n), shape: [n] },
+});
+checkKernel({
+  name: "value_mix_forward",
+  configs: vConfigs,
+  label: vLabel,
+  tol: { out_f32: TOL_F32, out_bf16: TOL_BF16 },
+  run(be, c, rng) {
+    return withTensors(be, vInputs(rng, c.n), {
+      out_f32: { shape: [c.n] },
+      out_bf16: { shape: [c.n], dtype: "bf16" },
+    }, (t) => vForward(be, t, c));
+  },
+});
+for (const acc of [-1, 0]) {
+  checkKernel({
+    name: `value_mix_backward (accumulate ${acc === -1 ? "all" : "none, outputs poisoned"})`,
+    configs: vConfigs,
+    label: vLabel,
+    // dlamb: up to 9000 products of O(1) in fp32 order against double (1e-6 sqrt(n) absolute)
+    tol: { dv: TOL_F32, dv1: TOL_F32, dlamb: { atol: 1e-4, rtol: 1e-5 } },
+    run(be, c, rng) {
+      const inp = vInputs(rng, c.n);
+      const out = (shape: number[]) =>
+        acc === -1 ? { shape, init: rng.normal(shape[0]) } : { shape };
+      const res: Record<string, ArrayLike<number>> = withTensors(be, inp, {
+        dv: out([c.n]),
+        dv1: out([c.n]),
+        dlamb: out([1]),
+      }, (t) => vBackward(be, t, c, acc));
+      if (c.kind !== "mix") delete res.dv1; // dv1 is dv, or not given
+      return res;
+    },
+  });
+}
+
+// fused == the unfused kernels, on emu (and cuda): bit for bit but the scalar sum
+for (const tgt of targets()) {
+  if (tgt.name === "cpu") continue;
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `qk_rmsnorm_rotary and value_mix: fused == unfused generic kernels (${tname})`,
+    ignore: !tgt.run,
+    fn() {
+      const be = backend(tgt.name, tgt.variant), k = be.k, s = be.stream;
+      qkConfigs.forEach((c, ci) => {
+        const rng = new Rng(2000 + ci);
+        const { B, T, H, D } = c, n = qkN(c), rows = B * T * H;
+        const x = qkInput(rng, c), dout = rng.normal(n);
+        const ins = { x: { data: x, shape: [n] }, dout: { data: dout, shape: [n] } };
+        const outs = { ...qkOutputs(c), dx: { shape: [n], init: new Float32Array(n) } };
+        const fused = withTensors(be, ins, outs, (t) => {
+          qkForward(be, t, c);
+          qkBackward(be, t, c, -1);
+        });
+        const unfused = withTensors(be, ins, {
+          ...outs,
+          normed: { shape: [n] },
+          dnormed: { shape: [n], init: new Float32Array(n) },
+        }, (t) => {
+          k.mn_rmsnorm_forward(t.normed.ptr, t.rstd.ptr, t.x.ptr, rows, D, EPS, s);
+          k.mn_rotary_forward(t.out_f32.ptr, t.normed.ptr, B, T, H, D, s);
+          k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, BigInt(n), s);
+          k.mn_rotary_backward(t.dnormed.ptr, t.dout.ptr, B, T, H, D, s);
+          k.mn_rmsnorm_backward(t.dx.ptr, t.dnormed.ptr, t.x.ptr, t.rstd.ptr, rows, D, s);
+        });
+        for (const key of ["out_f32", "out_bf16", "rstd", "dx"]) {
+          compare(
+            `${qkLabel(c)} ${key} fused vs unfused (${tname})`,
+            fused[key],
+            unfused[key],
+            EXACT,
+          );
+        }
+      });
+      vConfigs.forEach((c, ci) => {
+        const rng = new Rng(3000 + ci);
+        const ins = vInputs(rng, c.n), n = BigInt(c.n);
+        const zeros = () => ({ shape: [c.n], init: new Float32Array(c.n) });
+        const outs = {
+          out_f32: { shape: [c.n] },
+          out_bf16: { shape: [c.n], dtype: "bf16" as const },
+          dv: zeros(),
+          dv1: zeros(),
+          dlamb: { shape: [1], init: new Float32Array(1) },
+        };
+        const fused = withTensors(be, ins, outs, (t) => {
+          vForward(be, t, c);
+          vBackward(be, t, c, -1);
+        });
+        const unfused = withTensors(be, ins, {
+          ...outs,
+          diff: { shape: [c.n] },
+          ddiff: zeros(),
+          one: { shape: [1], init: new Float32Array([1]) },
+          minus: { shape: [1], init: new Float32Array([-1]) },
+        }, (t) => {
+          const v1 = v1Ptr(t, c);
+          const dv1 = c.kind === "same" ? t.dv.ptr : c.kind === "nodv1" ? null : t.dv1.ptr;
+          k.mn_axpby_forward(t.diff.ptr, v1, t.v.ptr, t.one.ptr, t.minus.ptr, n, s);
+          k.mn_axpby_forward(t.out_f32.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s);
+          k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, n, s);
+          // the tape's order: the outer axpby's backward, then the inner one's
+          const args = [t.dout.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s] as const;
+          k.mn_axpby_backward(t.dv.ptr, t.ddiff.ptr, null, t.dlamb.ptr, ...args);
+          k.mn_axpby_backward(
+            dv1,
+            t.dv.ptr,
+            null,
+            null,
+            t.ddiff.ptr,
+            v1,
+            t.v.ptr,
+            t.one.ptr,
+            t.minus.ptr,
+            n,
+            s,
+          );
+        });
+        for (const key of ["out_f32", "out_bf16", "dv", "dv1"]) {
+          compare(
+            `${vLabel(c)} ${key} fused vs unfused (${tname})`,
+            fused[key],
+            unfused[key],
+            EXACT,
+          );
+        }
+        compare(`${vLabel(c)} dlamb fused vs unfused (${tname})`, fused.dlamb, unfused.dlamb, {
+          atol: 1e-4,
+          rtol: 1e-5,
+        });
+      });
+    },
+  });
+}

@@ -1,5 +1,7 @@
 // GPT-2 fused chains, reference: the definitions (axpby, then F.rms_norm), row statistics and the
 // scalar gradients' sums in double.
+#include <vector>
+
 #include "cpu_common.h"
 
 static int check_shape(const char* fn, int N, int C) {
@@ -72,5 +74,74 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
     dab[0] = (float)((acc_ab ? (double)dab[0] : 0.0) + sa);
     dab[1] = (float)((acc_ab ? (double)dab[1] : 0.0) + sb);
   }
+  return 0;
+}
+
+// QK-RMSNorm + rotary: the composition of this backend's own rmsnorm and rotary references.
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
+                                        int B, int T, int H, int D, float eps, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_forward";
+  MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
+             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  const int64_t n = (int64_t)B * T * H * D;
+  std::vector<float> normed(n), rotated(n);
+  if (int rc = mn_rmsnorm_forward(normed.data(), rstd, x, B * T * H, D, eps, stream)) return rc;
+  if (int rc = mn_rotary_forward(rotated.data(), normed.data(), B, T, H, D, stream)) return rc;
+  for (int64_t i = 0; i < n; i++) {
+    if (out_f32) out_f32[i] = rotated[i];
+    if (out_bf16) out_bf16[i] = f32_to_bf16(rotated[i]);
+  }
+  return 0;
+}
+
+MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
+                                         int T, int H, int D, int accumulate, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_backward";
+  MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
+             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  const int64_t n = (int64_t)B * T * H * D;
+  std::vector<float> dnormed(n, 0.0f);
+  if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, stream)) return rc;
+  if (!(accumulate & 1)) std::memset(dx, 0, n * sizeof(float));  // overwrite: never read
+  return mn_rmsnorm_backward(dx, dnormed.data(), x, rstd, B * T * H, D, stream);
+}
+
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
+                                float* lamb, int64_t n, void*) {
+  const char* fn = "value_mix_forward";
+  MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  const float l = lamb[0];
+  for (int64_t i = 0; i < n; i++) {
+    const float o = v[i] + l * (v1[i] - v[i]);
+    if (out_f32) out_f32[i] = o;
+    if (out_bf16) out_bf16[i] = f32_to_bf16(o);
+  }
+  return 0;
+}
+
+MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
+                                 float* v1, float* lamb, int64_t n, int accumulate, void*) {
+  const char* fn = "value_mix_backward";
+  MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  const double l = lamb[0];
+  const bool same = dv && dv == dv1;
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const double g = dout[i];
+    if (same) {
+      dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + g);
+    } else {
+      if (dv) dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + (1 - l) * g);
+      if (dv1) dv1[i] = (float)(((accumulate & 2) ? (double)dv1[i] : 0.0) + l * g);
+    }
+    s += g * ((double)v1[i] - v[i]);
+  }
+  dlamb[0] = (float)(((accumulate & 4) ? (double)dlamb[0] : 0.0) + s);
   return 0;
 }
