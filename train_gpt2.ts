@@ -9,7 +9,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { mixRmsnorm, qkRmsnormRotary, valueMix } from "./cuda/fused_ops.ts";
+import { mixRmsnorm, qkRmsnormRotary, relu2Operand, valueMix } from "./cuda/fused_ops.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -343,7 +343,8 @@ export class Model {
         normed = g.rmsnorm(x);
       } else [x, normed] = mixRmsnorm(g, x, att, null); // x + att, then its norm
       const h = g.matmul(normed, P(b + "mlp.c_fc.weight"), true);
-      x = g.add(x, g.matmul(g.relu2(h), P(b + "mlp.c_proj.weight"), true));
+      const r = a.unfused ? g.relu2(h) : relu2Operand(g, h); // the fused one writes bf16
+      x = g.add(x, g.matmul(r, P(b + "mlp.c_proj.weight"), true));
     }
     x = g.rmsnorm(x);
     return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);

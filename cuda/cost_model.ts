@@ -1419,6 +1419,10 @@ const TABLE: Record<string, Cost> = {
   mn_qk_rmsnorm_rotary_backward: qkRmsnormRotary(true),
   mn_value_mix_forward: valueMixForward,
   mn_value_mix_backward: valueMixBackward,
+  mn_relu2_forward_bf16: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_forward_bf16_kernel", n, n * F32, n * BF16, 2)];
+  },
 };
 
 /** The ABI functions this table covers; a test checks it equals every function of kernels.h. */

@@ -131,3 +131,11 @@ export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
     );
   });
 }
+
+/** relu(x)^2 as the next matmul's operand: bf16 in one pass (the generic relu2 on the "f32" path) */
+export function relu2Operand(g: Graph, x: Var): Var {
+  if (g.precision === "f32") return g.relu2(x);
+  const out = g.out(x.shape, "relu2", "bf16");
+  g.k.mn_relu2_forward_bf16(out.ptr, x.t.ptr, x.t.n, g.s);
+  return g.node(out, [x], (y) => g.k.mn_relu2_backward(g.grad(x), y.g.ptr, x.t.ptr, x.t.n, g.s));
+}

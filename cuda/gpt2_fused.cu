@@ -326,3 +326,21 @@ MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dou
   return mn_reduce::full_sums<1>(fn, ValueMixTerm<false>{dv, dv1, dout, v, v1, lamb, accumulate, 0.0f},
                                  dlamb, nullptr, n, acc, part, stream);
 }
+
+// ---- ReLU^2 into the c_proj operand ----
+// relu(x)^2 as elementwise.cu's relu2_fwd rounds it (0 for x <= 0)
+__host__ __device__ inline float relu2_value(float x) { return x > 0.0f ? x * x : 0.0f; }
+
+__global__ void relu2_forward_bf16_kernel(bf16* out, const float* inp, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = mn_f32_to_bf16(relu2_value(inp[i]));
+}
+
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream) {
+  const char* fn = "relu2_forward_bf16";
+  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  return mn_launch(fn, relu2_forward_bf16_kernel, mn_blocks_for(n, 256), 256, 0, stream,
+                   (bf16*)out, (const float*)inp, n);
+}

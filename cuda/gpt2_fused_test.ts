@@ -540,3 +540,33 @@ for (const tgt of targets()) {
     },
   });
 }
+
+// ---- ReLU^2 into bf16: the cast of mn_relu2_forward's output, bit for bit, on every backend
+// (one rounding of the same fp32 square); n over the grid-stride loop's ragged end
+function relu2Check(be: Backend, name: string) {
+  for (const n of [1, 1000]) {
+    const x = new Rng(4000 + n).normal(n);
+    x[0] = 0; // the kink: 0
+    const r = withTensors(be, { x: { data: x, shape: [n] } }, {
+      fused: { shape: [n], dtype: "bf16" },
+      f32: { shape: [n] },
+      cast: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      be.k.mn_relu2_forward_bf16(t.fused.ptr, t.x.ptr, BigInt(n), be.stream);
+      be.k.mn_relu2_forward(t.f32.ptr, t.x.ptr, BigInt(n), be.stream);
+      be.k.mn_cast_f32_to_bf16(t.cast.ptr, t.f32.ptr, BigInt(n), be.stream);
+    });
+    compare(`relu2_forward_bf16 [${n}] (${name})`, r.fused, r.cast, EXACT);
+  }
+}
+Deno.test("relu2_forward_bf16: equals relu2_forward then the cast (cpu)", () => {
+  relu2Check(backend("cpu"), "cpu");
+});
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `relu2_forward_bf16: equals relu2_forward then the cast (${tname})`,
+    ignore: !tgt.run,
+    fn: () => relu2Check(backend(tgt.name, tgt.variant), tname),
+  });
+}

@@ -417,5 +417,8 @@ MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, flo
                                 float* lamb, int64_t n, void* stream);
 MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
                                  float* v1, float* lamb, int64_t n, int accumulate, void* stream);
+/* relu(x)^2 written as the bf16 operand of the next matmul (mn_relu2_forward then the cast, in one
+ * pass); its backward is mn_relu2_backward on the fp32 input. */
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream);
 
 #endif /* MN_KERNELS_H */

@@ -145,3 +145,14 @@ MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dou
   dlamb[0] = (float)(((accumulate & 4) ? (double)dlamb[0] : 0.0) + s);
   return 0;
 }
+
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
+  const char* fn = "relu2_forward_bf16";
+  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  for (int64_t i = 0; i < n; i++) {
+    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    out[i] = f32_to_bf16(r * r);
+  }
+  return 0;
+}
