@@ -139,3 +139,25 @@ export function relu2Operand(g: Graph, x: Var): Var {
   g.k.mn_relu2_forward_bf16(out.ptr, x.t.ptr, x.t.n, g.s);
   return g.node(out, [x], (y) => g.k.mn_relu2_backward(g.grad(x), y.g.ptr, x.t.ptr, x.t.n, g.s));
 }
+
+/**
+ * x with another shape (same elements and memory). Its backward hands the gradient buffer to x
+ * when x has none yet (x used only through this view, as the attention's q, k, v and output): no
+ * copy and no zeroed buffer, where the generic view adds it into x's gradient.
+ */
+export function reshape(g: Graph, x: Var, shape: number[]): Var {
+  const y = new Var(x.t.view(shape), g.needs(x));
+  if (y.requiresGrad) {
+    g.record(() => {
+      if (!y.g) return;
+      if (!x.g && !x.param) {
+        x.g = y.g.view(x.shape);
+        y.g = null; // now x's: returned to the pool by x's producer, not here
+      } else {
+        g.k.mn_axpy(g.grad(x), 1, y.g.ptr, x.t.n, g.s);
+        g.dropGrad(y);
+      }
+    });
+  }
+  return y;
+}
