@@ -9,7 +9,14 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { mixRmsnorm, qkRmsnormRotary, relu2Operand, reshape, valueMix } from "./cuda/fused_ops.ts";
+import {
+  lmHeadLossBf16,
+  mixRmsnorm,
+  qkRmsnormRotary,
+  relu2Operand,
+  reshape,
+  valueMix,
+} from "./cuda/fused_ops.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -347,7 +354,8 @@ export class Model {
       x = g.add(x, g.matmul(r, P(b + "mlp.c_proj.weight"), true));
     }
     x = g.rmsnorm(x);
-    return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale); // bf16 logits
   }
 
   /** CausalSelfAttention.forward: returns (y, v1) */

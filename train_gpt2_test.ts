@@ -121,17 +121,19 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
   });
 }
 
-// The fused blocks (default) against --unfused, the same model of generic tape ops, on one backend
+// The fused path (default) against --unfused, the same model of generic tape ops, on one backend
 // and the same weights and batch. Bounds from a sweep of seeds 1-20 x OpenBLAS default/Haswell
-// kernels (2026-12-04; worst figure in brackets, margin >= 2x):
-// - emu, bf16 (the kernels the GPU runs): every element is rounded as the unfused ops round it, so
-//   the loss and every gradient tensor are bit-identical; only the lambdas' two sums over a whole
-//   activation run in another fp32 order [3.4e-7, seeds 1-2: the emulator is slow].
-// - cpu, f32 path: the reference's fused kernels keep g in double where the unfused ones round it
-//   to fp32 between the rmsnorm and the axpby backward [tensors 2.5e-7, lambdas and lamb 6.4e-6].
-// - cpu, bf16: those last-bit differences flip bf16 roundings of the gradients' matmul operands,
-//   which spread through the layers [tensors 4.4e-4 (Haswell), lambdas 1.1e-5]; the forward is the
-//   same computation, so the loss is equal [0 in all 40 runs].
+// kernels on cpu (2026-12-04; worst figure and median in brackets, margin >= 2x):
+// - bf16 (cpu, and emu: the kernels the GPU runs): the fused lm head keeps the logits and dlogits
+//   in bf16 as the original does (the unfused one in fp32), which moves the loss and, through the
+//   bf16 roundings of every gradient operand after it, the gradients [loss: worst 2.9e-5; tensors:
+//   worst 3.4e-3, median 2.9e-3; lambdas and lamb (sums over a whole activation, with
+//   cancellation): worst 4.8e-2, median 2.0e-3; emu seeds 1-3: tensors 4.8e-3, lambdas 2.4e-2,
+//   loss 1.8e-5]. Everything else is rounded as the unfused ops
+//   round it (bit-identical on emu before the bf16 logits, cuda/gpt2_fused_test.ts per kernel).
+// - f32 path (cpu): the lm head is Graph.lmHeadLoss on both; the reference's fused kernels keep g in
+//   double where the unfused ones round it to fp32 between the rmsnorm and the axpby backward
+//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0].
 export const FUSED_CHECKS: {
   be: "cpu" | "emu";
   precision: "bf16" | "f32";
@@ -139,9 +141,9 @@ export const FUSED_CHECKS: {
   smallTol: number;
   lossTol: number;
 }[] = [
-  { be: "emu", precision: "bf16", tol: 0, smallTol: 2e-5, lossTol: 0 },
-  { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 0 },
-  { be: "cpu", precision: "bf16", tol: 1e-3, smallTol: 3e-5, lossTol: 0 },
+  { be: "emu", precision: "bf16", tol: 1e-2, smallTol: 1e-1, lossTol: 1e-4 },
+  { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 1e-6 },
+  { be: "cpu", precision: "bf16", tol: 1e-2, smallTol: 1e-1, lossTol: 1e-4 },
 ];
 for (const c of FUSED_CHECKS) {
   Deno.test(`train_gpt2: fused blocks match --unfused (${c.be}, ${c.precision})`, () => {

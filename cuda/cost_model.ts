@@ -650,10 +650,11 @@ const sumSquares: Cost = (a) => {
 // per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so it reads DRAM again.
 // FLOPs per logit (estimates): pass 1 z (capped: a tanh) and one exp with the compare and add of
 // the online update; pass 2 z, exp, dz (capped: another exp and a division) and the products.
-const softcapCrossentropy: Cost = (a) => {
+// mn_softcap_crossentropy_bf16: the same kernel on bf16 logits and dlogits (elem = BF16).
+const softcapCrossentropy = (elem: number): Cost => (a) => {
   const N = need(a, "N"), V = need(a, "V");
   const grad = has(a, "dlogits");
-  const row = V * F32;
+  const row = V * elem;
   const passes = grad ? 2 : 1;
   const inFlight = Math.min(N, 8 * SMS) * row;
   const logitReads = inFlight > L2_BYTES ? passes * N * row : N * row;
@@ -664,7 +665,7 @@ const softcapCrossentropy: Cost = (a) => {
       "softcap_crossentropy_kernel",
       N,
       256,
-      logitReads + 2 * N * F32, // + targets, x[target]
+      logitReads + N * F32 + N * elem, // + targets, x[target]
       N * F32 + (grad ? N * row : 0),
       N * V * perElem,
     ),
@@ -1353,7 +1354,8 @@ const TABLE: Record<string, Cost> = {
   mn_fill: fill,
   mn_sum_squares: sumSquares,
   // crossentropy.cu
-  mn_softcap_crossentropy: softcapCrossentropy,
+  mn_softcap_crossentropy: softcapCrossentropy(F32),
+  mn_softcap_crossentropy_bf16: softcapCrossentropy(BF16),
   // adam.cu
   mn_adam_step: adamStep,
   mn_adam_multi_step: adamMultiStep,

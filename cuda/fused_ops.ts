@@ -161,3 +161,60 @@ export function reshape(g: Graph, x: Var, shape: number[]): Var {
   }
   return y;
 }
+
+/**
+ * Graph.lmHeadLoss with bf16 logits, as the original's bf16 model computes them: the head's GEMM
+ * writes bf16 logits, the softcapped cross-entropy reads them and writes bf16 dlogits in place,
+ * which both backward GEMMs read as their operand (no fp32 logits, no cast). The "f32" path is
+ * Graph.lmHeadLoss. Returns the per-row losses [N] (device).
+ */
+export function lmHeadLossBf16(
+  g: Graph,
+  x: Var,
+  W: Var,
+  targets: Tensor,
+  softcap: number,
+  lossScale = 1,
+  chunkRows = 8192,
+): Tensor {
+  if (g.precision === "f32") return g.lmHeadLoss(x, W, targets, softcap, lossScale, chunkRows);
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  const [V, WC] = W.shape;
+  if (WC !== C) throw new Error(`lmHeadLossBf16: head is [${V},${WC}], x rows have ${C}`);
+  if (targets.numel !== N) {
+    throw new Error(`lmHeadLossBf16: ${targets.numel} targets for ${N} rows`);
+  }
+  const losses = g.out([N], "losses"); // [N] fp32
+  const xb = g.operand(x), wb = g.operand(W);
+  const train = g.needs(x, W);
+  const rows = Math.min(chunkRows, N);
+  const logits = g.out([rows, V], "logits.bf16", "bf16"); // [rows, V] bf16; then dlogits
+  if (train && x.requiresGrad) g.grad(x);
+  if (train && W.requiresGrad) g.grad(W);
+  const rowOff = (t: Tensor, r: number, width: number) =>
+    Deno.UnsafePointer.offset(t.ptr!, r * width * (t.dtype === "bf16" ? 2 : 4));
+  for (let r0 = 0; r0 < N; r0 += rows) {
+    const n = Math.min(rows, N - r0);
+    const xr = rowOff(xb, r0, C), lp = logits.ptr;
+    g.k.mn_gemm_bf16(0, 1, n, V, C, 1, xr, C, 0n, wb.ptr, C, 0n, 0, lp, V, 0n, 1, 1, g.s);
+    const tgt = Deno.UnsafePointer.offset(targets.ptr!, r0 * 4);
+    const loss = rowOff(losses, r0, 1);
+    g.k.mn_softcap_crossentropy_bf16(
+      loss,
+      train ? lp : null,
+      lp,
+      tgt,
+      n,
+      V,
+      softcap,
+      lossScale / N,
+      g.s,
+    );
+    if (!train) continue;
+    if (x.requiresGrad) {
+      g.gemm(0, 0, n, C, V, 1, lp, V, 0n, wb.ptr, C, 0n, 1, rowOff(x.g!, r0, C), C, 0n);
+    }
+    if (W.requiresGrad) g.gemm(1, 0, V, C, n, 1, lp, V, 0n, xr, C, 0n, 1, W.g!.ptr, C, 0n);
+  }
+  return losses;
+}

@@ -1,6 +1,6 @@
 // The GPT-2 fused chains (gpt2_fused.cu): emu (and cuda) against the cpu reference, and the fused
 // kernels against the unfused composition of generic kernels they replace, on the same backend.
-import type { Backend, Tensor } from "./backend.ts";
+import { type Backend, f32ToBf16, type Tensor } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -568,5 +568,118 @@ for (const tgt of targets()) {
     name: `relu2_forward_bf16: equals relu2_forward then the cast (${tname})`,
     ignore: !tgt.run,
     fn: () => relu2Check(backend(tgt.name, tgt.variant), tname),
+  });
+}
+
+// ---- softcapped cross-entropy on bf16 logits: on every backend exactly the fp32 kernel on the
+// widened logits with its dlogits cast (the math is fp32 either way), and emu against cpu
+interface CeCfg {
+  N: number;
+  V: number;
+  softcap: number;
+}
+// V: under one 256-thread pass, ragged over several; softcap 30 (the model's) and off
+const CE_ALL: CeCfg[] = [
+  { N: 1, V: 7, softcap: 30 },
+  { N: 3, V: 300, softcap: 30 },
+  { N: 5, V: 1000, softcap: 0 },
+];
+const ceConfigs = VARIANT ? CE_ALL.filter((c) => c.N * c.V <= 2000) : CE_ALL;
+const ceLabel = ({ N, V, softcap }: CeCfg) => `[${N},${V}] softcap ${softcap}`;
+/** logits of O(10) (beyond the cap's linear range) rounded to bf16, and targets in range */
+function ceCase(rng: Rng, { N, V }: CeCfg) {
+  const x = f32ToBf16(rng.normal(N * V).map((v) => 20 * v)); // bf16 bit patterns
+  const targets = Int32Array.from({ length: N }, () => Math.floor(rng.next() * V));
+  return { x, targets };
+}
+const ceRun = (be: Backend, c: CeCfg, rng: Rng) => {
+  const { x, targets } = ceCase(rng, c);
+  return withTensors(
+    be,
+    {
+      logits: { data: x, shape: [c.N * c.V], dtype: "bf16" },
+      targets: { data: targets, shape: [c.N], dtype: "i32" },
+    },
+    { losses: { shape: [c.N] }, dlogits: { shape: [c.N * c.V], dtype: "bf16" } },
+    (t) =>
+      be.k.mn_softcap_crossentropy_bf16(
+        t.losses.ptr,
+        t.dlogits.ptr,
+        t.logits.ptr,
+        t.targets.ptr,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        be.stream,
+      ),
+  );
+};
+checkKernel({
+  name: "softcap_crossentropy_bf16",
+  configs: ceConfigs,
+  label: ceLabel,
+  // the fp32 kernel's emu-vs-cpu bounds (crossentropy_test.ts scale), then one bf16 rounding
+  tol: { losses: { atol: 1e-5, rtol: 1e-5 }, dlogits: TOL_BF16 },
+  run: ceRun,
+});
+function ceMatchesF32(be: Backend, name: string) {
+  ceConfigs.forEach((c, ci) => {
+    const { x, targets } = ceCase(new Rng(5000 + ci), c);
+    const n = c.N * c.V;
+    const r = withTensors(be, {
+      logits: { data: x, shape: [n], dtype: "bf16" },
+      targets: { data: targets, shape: [c.N], dtype: "i32" },
+    }, {
+      losses: { shape: [c.N] },
+      dlogits: { shape: [n], dtype: "bf16" },
+      wide: { shape: [n] },
+      losses32: { shape: [c.N] },
+      cast: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      const k = be.k, s = be.stream, tg = t.targets.ptr;
+      // in place, as the lm head runs it
+      k.mn_softcap_crossentropy_bf16(
+        t.losses.ptr,
+        t.logits.ptr,
+        t.logits.ptr,
+        tg,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        s,
+      );
+      k.mn_memcpy_d2d(t.dlogits.ptr, t.logits.ptr, BigInt(2 * n), s);
+      // the reference pair on the widened logits (uploaded again: the buffer now holds dlogits)
+      const again = be.upload(x, [n], "bf16");
+      k.mn_cast_bf16_to_f32(t.wide.ptr, again.ptr, BigInt(n), s);
+      be.free(again);
+      k.mn_softcap_crossentropy(
+        t.losses32.ptr,
+        t.wide.ptr,
+        t.wide.ptr,
+        tg,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        s,
+      );
+      k.mn_cast_f32_to_bf16(t.cast.ptr, t.wide.ptr, BigInt(n), s);
+    });
+    compare(`${ceLabel(c)} losses (${name})`, r.losses, r.losses32, EXACT);
+    compare(`${ceLabel(c)} dlogits (${name})`, r.dlogits, r.cast, EXACT);
+  });
+}
+Deno.test("softcap_crossentropy_bf16: the fp32 kernel on widened logits, then the cast (cpu)", () => {
+  ceMatchesF32(backend("cpu"), "cpu");
+});
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `softcap_crossentropy_bf16: the fp32 kernel on widened logits, then the cast (${tname})`,
+    ignore: !tgt.run,
+    fn: () => ceMatchesF32(backend(tgt.name, tgt.variant), tname),
   });
 }

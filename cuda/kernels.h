@@ -130,6 +130,11 @@ MN_API int mn_sum_squares(float* out, float* x, int64_t n, void* stream);
  * logits, dlogits [N, V]; targets [N] int32; losses [N]; softcap <= 0 disables the cap. */
 MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits, int32_t* targets,
                                    int N, int V, float softcap, float dloss, void* stream);
+/* The same on bf16 logits (widened to fp32) writing bf16 dlogits (one rounding), the operand of
+ * the lm head's backward matmuls: the GPT-2 record's bf16 logits. dlogits may alias logits. */
+MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
+                                        int32_t* targets, int N, int V, float softcap, float dloss,
+                                        void* stream);
 
 /* ---- optimizer (adam.cu) ------------------------------------------------------------------- */
 /* torch.optim.Adam step number `step` (1-based), bias-corrected, weight_decay added to the

@@ -156,3 +156,21 @@ MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
   }
   return 0;
 }
+
+// bf16 cross-entropy: the fp32 reference on the widened logits, its gradient rounded once.
+MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
+                                        int32_t* targets, int N, int V, float softcap, float dloss,
+                                        void* stream) {
+  MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy_bf16: bad shape N=%d V=%d", N, V);
+  MN_REQUIRE(losses && logits && targets,
+             "softcap_crossentropy_bf16: NULL losses, logits or targets");
+  const int64_t n = (int64_t)N * V;
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(logits[i]);
+  if (int rc = mn_softcap_crossentropy(losses, dlogits ? x.data() : nullptr, x.data(), targets, N,
+                                       V, softcap, dloss, stream))
+    return rc;
+  if (dlogits)
+    for (int64_t i = 0; i < n; i++) dlogits[i] = f32_to_bf16(x[i]);
+  return 0;
+}
