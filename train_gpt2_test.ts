@@ -60,23 +60,28 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // later layers. [tensors: worst 2.2e-3, median 1.4e-3; the blocks' lambdas and lamb (each a
   // sum over a whole [B,T,C] activation, with cancellation, so heavy-tailed): worst 1.0e-2
   // (seed 3 with the Haswell kernels; 2.4e-3 with the default ones), median 4e-4; loss 2.4e-6]
+  // Since the fused path's bf16 logits (issue 15d) the two backends' GEMM sums, in different
+  // orders, can also round a logit the other way: re-swept over seeds 1-6 x 2 BLAS (2026-12-04):
+  // tensors 2.1e-3, lambdas 5.1e-3, loss 1.1e-5 (was 2.4e-6), so the loss bound 1e-5 -> 3e-5.
   {
     label: "bf16 mode, --cuda_core_attention",
     flags: [...TINY, "--cuda_core_attention"],
     tol: 5e-3,
     smallTol: 3e-2,
-    lossTol: 1e-5,
+    lossTol: 3e-5,
   },
   // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core kernels
   // also round P, dS and dout to bf16 (cuda/attention_tc_test.ts: up to ~5e-3 normwise per
   // attention gradient), which adds to the bf16 operand flips above and spreads through the
   // layers; a broken tensor-core kernel gives O(1). [tensors: worst 6.7e-3, median 6.0e-3;
   // lambdas and lamb: worst 3.0e-2, median 6.7e-3; loss 5.1e-5]
+  // With bf16 logits (re-swept as above): tensors 6.6e-3, lambdas 5.8e-2 (was 3.0e-2), loss
+  // 2.8e-5, so the lambdas' bound 1e-1 -> 1.5e-1.
   {
     label: "bf16 mode, tensor-core attention",
     flags: TINY,
     tol: 2e-2,
-    smallTol: 1e-1,
+    smallTol: 1.5e-1,
     lossTol: 2e-4,
   },
 ];
