@@ -17,6 +17,14 @@ import {
   TrainStep,
 } from "./cuda/step.ts";
 import {
+  lmHeadLossBf16,
+  mixRmsnorm,
+  qkRmsnormRotary,
+  relu2Operand,
+  reshape,
+  valueMix,
+} from "./cuda/fused_ops.ts";
+import {
   loadStateByName,
   readSafetensors,
   type StTensor,
@@ -69,6 +77,8 @@ const BOOL_FLAGS = {
   cuda_core_attention:
     "attention on CUDA cores (mn_attention_*, fp32 products) instead of tensor " +
     "cores (mn_attention_tc_*, bf16 P and dS): the yardstick for speed and accuracy",
+  unfused: "the blocks as compositions of generic tape ops (one kernel each) instead of the " +
+    "fused kernels (cuda/fused_ops.ts): the same math, the form to edit when changing the model",
 } as const;
 
 function usage(): string {
@@ -107,6 +117,7 @@ export function parseFlags(argv: string[]) {
     help: Boolean(values.help),
     cuda_graph: Boolean(values.cuda_graph),
     cuda_core_attention: Boolean(values.cuda_core_attention),
+    unfused: Boolean(values.unfused),
     input_bin: str("input_bin"),
     input_val_bin: str("input_val_bin"),
     bsz: num("bsz"),
@@ -340,15 +351,24 @@ export class Model {
     for (let l = 0; l < a.n_layer; l++) { // Block.forward
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
-      x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
-      const [att, v] = this.attn(g, l, g.rmsnorm(x), v1);
+      let normed: Var;
+      if (a.unfused) {
+        x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
+        normed = g.rmsnorm(x);
+      } else [x, normed] = mixRmsnorm(g, x, x0, lambdas); // the same, one kernel each way
+      const [att, v] = this.attn(g, l, normed, v1);
       v1 = v;
-      x = g.add(x, att);
-      const h = g.matmul(g.rmsnorm(x), P(b + "mlp.c_fc.weight"), true);
-      x = g.add(x, g.matmul(g.relu2(h), P(b + "mlp.c_proj.weight"), true));
+      if (a.unfused) {
+        x = g.add(x, att);
+        normed = g.rmsnorm(x);
+      } else [x, normed] = mixRmsnorm(g, x, att, null); // x + att, then its norm
+      const h = g.matmul(normed, P(b + "mlp.c_fc.weight"), true);
+      const r = a.unfused ? g.relu2(h) : relu2Operand(g, h); // the fused one writes bf16
+      x = g.add(x, g.matmul(r, P(b + "mlp.c_proj.weight"), true));
     }
     x = g.rmsnorm(x);
-    return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale); // bf16 logits
   }
 
   /** CausalSelfAttention.forward: returns (y, v1) */
@@ -356,14 +376,21 @@ export class Model {
     const a = this.a, B = a.device_bsz, T = a.sequence_length;
     const H = a.n_head, D = a.n_embd / a.n_head;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
-    const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
+    const as = (v: Var, shape: number[]) => (a.unfused ? view : reshape)(g, v, shape);
+    const heads = (w: string) => as(g.matmul(x, P(w), true), [B, T, H, D]);
     let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
     if (v1 === null) v1 = v; // the first block: later blocks mix in its v
-    // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
-    v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
-    q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
-    k = rotary(g, g.rmsnorm(k));
-    const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
+    if (a.unfused) {
+      // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
+      v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
+      q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
+      k = rotary(g, g.rmsnorm(k));
+    } else { // the same, each one kernel that writes the attention's bf16 operand
+      v = valueMix(g, v, v1, P("lamb"));
+      q = qkRmsnormRotary(g, q);
+      k = qkRmsnormRotary(g, k);
+    }
+    const y = as(attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
     return [g.matmul(y, P("c_proj.weight"), true), v1];
   }
 }

@@ -113,6 +113,14 @@ export const RECORD_RUNS: RunSpec[] = [
   },
   { name: "rwkv7 (wkv7g)", script: "train_rwkv7.ts", flags: [], deviceBsz: 32, bsz: 512, world: 8 },
   { name: "gpt2", script: "train_gpt2.ts", flags: [], deviceBsz: 64, bsz: 512, world: 8 },
+  {
+    name: "gpt2 --unfused",
+    script: "train_gpt2.ts",
+    flags: ["--unfused"],
+    deviceBsz: 64,
+    bsz: 512,
+    world: 8,
+  },
   { name: "rwkv6", script: "train_rwkv6.ts", flags: [], deviceBsz: 32, bsz: 512, world: 8 },
   {
     name: "rwkv6 --fla_cuda",

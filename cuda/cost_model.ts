@@ -479,6 +479,121 @@ const rmsnormBackward: Cost = (a) => {
   return [launch("rmsnorm_backward_kernel", N, normThreads(C), read, act, 7 * N * C)];
 };
 
+// ---- GPT-2 fused chains (gpt2_fused.cu) ---------------------------------------------------------
+// mix_rmsnorm_forward_kernel: N blocks x norm_threads(C); reads x, y (once if one tensor) and ab;
+// writes x_out, rstd and whichever of out_f32 / out_bf16 is given.
+const mixRmsnormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), n = N * C;
+  const xy = typeof a.x === "number" && a.x === a.y ? 1 : 2;
+  const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+  return [
+    launch(
+      "mix_rmsnorm_forward_kernel",
+      N,
+      normThreads(C),
+      xy * n * F32 + 2 * F32,
+      n * (F32 + outs) + N * F32,
+      8 * n,
+    ),
+  ];
+};
+// mix_rmsnorm_backward_kernel: min(N, 1024) blocks over row chunks (gpt2_fused.cu mix_plan);
+// reads dnorm, x_out, rstd, dx_out (if given), x and y (if dab; once if one tensor), dx / dy where
+// their accumulate bit is set; writes dx, dy (one tensor: once) and, with dab and more than one
+// block, 2 partials per block that one full_sums_kernel<2,FullPartialsTerm> block adds into dab.
+const mixRmsnormBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), n = N * C;
+  const acc = need(a, "accumulate");
+  const dab = has(a, "dab"), dx = has(a, "dx"), dy = has(a, "dy");
+  const same = dx && typeof a.dx === "number" && a.dx === a.dy;
+  const rows = Math.ceil(N / Math.min(N, 1024)), blocks = Math.ceil(N / rows);
+  const xy = !dab ? 0 : typeof a.x === "number" && a.x === a.y ? 1 : 2;
+  const grads = same ? 1 : (dx ? 1 : 0) + (dy ? 1 : 0);
+  const gradsRead = same ? (acc & 1 ? 1 : 0) : (dx && acc & 1 ? 1 : 0) + (dy && acc & 2 ? 1 : 0);
+  const read = (2 + (has(a, "dx_out") ? 1 : 0) + xy + gradsRead) * n * F32 + N * F32 + 2 * F32;
+  const part = dab && blocks > 1 ? 2 * blocks * F32 : 0;
+  const out: Launch[] = [
+    launch(
+      "mix_rmsnorm_backward_kernel",
+      blocks,
+      normThreads(C),
+      read,
+      grads * n * F32 + part + (dab && !part ? 2 * F32 : 0),
+      (dab ? 12 : 8) * n,
+    ),
+  ];
+  if (part) {
+    out.push(
+      launch(
+        "full_sums_kernel<2,FullPartialsTerm>",
+        1,
+        FULL_THREADS,
+        part + (acc & 4 ? 2 * F32 : 0),
+        2 * F32,
+        2 * blocks,
+      ),
+    );
+  }
+  return out;
+};
+
+// qk_rmsnorm_rotary_{forward,backward}_kernel: one block of norm_threads(D) per head row (B*T*H);
+// forward reads x, writes the fp32 and/or bf16 output and rstd; backward reads dout, x, rstd and
+// dx where bit 0 is set, writes dx. The cos/sin entries are recomputed (powf, cosf, sinf).
+const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
+  const rows = need(a, "B") * need(a, "T") * need(a, "H"), D = need(a, "D"), n = rows * D;
+  if (!backward) {
+    const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+    return [
+      launch(
+        "qk_rmsnorm_rotary_forward_kernel",
+        rows,
+        normThreads(D),
+        n * F32,
+        n * outs + rows * F32,
+        (6 + 3 * EXP) * n,
+      ),
+    ];
+  }
+  const accRead = need(a, "accumulate") & 1 ? 1 : 0;
+  return [
+    launch(
+      "qk_rmsnorm_rotary_backward_kernel",
+      rows,
+      normThreads(D),
+      (2 + accRead) * n * F32 + rows * F32,
+      n * F32,
+      (10 + 3 * EXP) * n,
+    ),
+  ];
+};
+// value_mix_forward_kernel: elementwise over n; reads v, v1 (once if one tensor), lamb.
+const valueMixForward: Cost = (a) => {
+  const n = need(a, "n");
+  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
+  return [elementwise("value_mix_forward_kernel", n, vv * n * F32 + F32, n * outs, 4)];
+};
+// mn_value_mix_backward: full_sums<1, ValueMixTerm> (dlamb, += under bit 2): reads dout, v, v1
+// (once if one tensor), dv and dv1 where their bits are set (dv == dv1: once); writes dv, dv1.
+const valueMixBackward: Cost = (a) => {
+  const n = need(a, "n"), acc = need(a, "accumulate");
+  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const dv = has(a, "dv"), dv1 = has(a, "dv1");
+  const same = dv && typeof a.dv === "number" && a.dv === a.dv1;
+  const written = same ? 1 : (dv ? 1 : 0) + (dv1 ? 1 : 0);
+  const read = (dv && acc & 1 ? 1 : 0) + (!same && dv1 && acc & 2 ? 1 : 0);
+  return fullSums(
+    "ValueMixTerm",
+    1,
+    n,
+    (1 + vv + read) * n * F32 + F32,
+    written * n * F32,
+    8 * n,
+    acc & 4 ? 1 : 0,
+  );
+};
+
 // ---- elementwise (elementwise.cu) ---------------------------------------------------------------
 // EW_LAUNCH: mn_blocks_for(n, 256) x 256 grid-stride. The full reductions (axpby's da, db and
 // sum_squares) are reduce.cuh's two-stage full sums (see fullSums).
@@ -570,10 +685,11 @@ const sumSquares: Cost = (a) => {
 // per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so it reads DRAM again.
 // FLOPs per logit (estimates): pass 1 z (capped: a tanh) and one exp with the compare and add of
 // the online update; pass 2 z, exp, dz (capped: another exp and a division) and the products.
-const softcapCrossentropy: Cost = (a) => {
+// mn_softcap_crossentropy_bf16: the same kernel on bf16 logits and dlogits (elem = BF16).
+const softcapCrossentropy = (elem: number): Cost => (a) => {
   const N = need(a, "N"), V = need(a, "V");
   const grad = has(a, "dlogits");
-  const row = V * F32;
+  const row = V * elem;
   const passes = grad ? 2 : 1;
   const inFlight = Math.min(N, 8 * SMS) * row;
   const logitReads = inFlight > L2_BYTES ? passes * N * row : N * row;
@@ -584,7 +700,7 @@ const softcapCrossentropy: Cost = (a) => {
       "softcap_crossentropy_kernel",
       N,
       256,
-      logitReads + 2 * N * F32, // + targets, x[target]
+      logitReads + N * F32 + N * elem, // + targets, x[target]
       N * F32 + (grad ? N * row : 0),
       N * V * perElem,
     ),
@@ -1432,7 +1548,8 @@ const TABLE: Record<string, Cost> = {
   mn_fill: fill,
   mn_sum_squares: sumSquares,
   // crossentropy.cu
-  mn_softcap_crossentropy: softcapCrossentropy,
+  mn_softcap_crossentropy: softcapCrossentropy(F32),
+  mn_softcap_crossentropy_bf16: softcapCrossentropy(BF16),
   // adam.cu
   mn_adam_step: adamStep,
   mn_adam_multi_step: adamMultiStep,
@@ -1502,6 +1619,17 @@ const TABLE: Record<string, Cost> = {
   // attention_tc.cu
   mn_attention_tc_forward: attentionTcForward,
   mn_attention_tc_backward: attentionTcBackward,
+  // gpt2_fused.cu
+  mn_mix_rmsnorm_forward: mixRmsnormForward,
+  mn_mix_rmsnorm_backward: mixRmsnormBackward,
+  mn_qk_rmsnorm_rotary_forward: qkRmsnormRotary(false),
+  mn_qk_rmsnorm_rotary_backward: qkRmsnormRotary(true),
+  mn_value_mix_forward: valueMixForward,
+  mn_value_mix_backward: valueMixBackward,
+  mn_relu2_forward_bf16: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_forward_bf16_kernel", n, n * F32, n * BF16, 2)];
+  },
 };
 
 /** The ABI functions this table covers; a test checks it equals every function of kernels.h. */

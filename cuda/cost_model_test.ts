@@ -28,6 +28,7 @@ const SMALL: Record<string, number> = {
   K: 64,
   R: 32,
   n: 4096,
+  accumulate: -1,
   count: 3,
   total_n: 4096,
   bytes: 1024,
@@ -58,7 +59,6 @@ const SMALL: Record<string, number> = {
   dloss: 1,
   value: 0,
   out_bf16: 1,
-  accumulate: -1,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {
@@ -310,6 +310,35 @@ Deno.test("cost model: the row-vector backwards at N = 32768, C = 768", () => {
   const one = callLaunches("mn_add_row_vector_backward", { dx: 0, dv: 2, dout: 3, N: 64, C });
   assert.deepEqual(one.map((x) => [x.blocks, x.bytesRead, x.bytesWritten]), [
     [24, 64 * 768 * 4 + 3072, 3072],
+  ]);
+});
+
+Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C = 768", () => {
+  const act = ROWS * C * 4; // 100,663,296 bytes of one fp32 activation
+  // forward: one block of 256 per row; reads x, y and ab; writes x_out, the bf16 normed rows and
+  // rstd [N]: 1.5 act + 131,072
+  const fwd = { x: 1, y: 2, out_f32: 0, out_bf16: 3, N: ROWS, C };
+  const [f] = callLaunches("mn_mix_rmsnorm_forward", fwd);
+  assert.deepEqual([f.kernel, f.blocks, f.threads, f.bytesRead, f.bytesWritten], [
+    "mix_rmsnorm_forward_kernel",
+    32768,
+    256,
+    2 * act + 8,
+    1.5 * act + 131072,
+  ]);
+  // backward, every gradient accumulated: 1024 blocks of 32 rows read dnorm, x_out, dx_out, x, y,
+  // dx, dy (7 act), rstd and ab; write dx, dy and 1024 x 2 partials; one finishing block reads
+  // the partials and dab, writes dab
+  const bwd = { dx: 4, dy: 5, dab: 6, dx_out: 7, x: 1, y: 2, N: ROWS, C, accumulate: -1 };
+  const b = callLaunches("mn_mix_rmsnorm_backward", bwd);
+  assert.deepEqual(b.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
+    ["mix_rmsnorm_backward_kernel", 1024, 7 * act + 131072 + 8, 2 * act + 8192],
+    ["full_sums_kernel<2,FullPartialsTerm>", 1, 8192 + 8, 8],
+  ]);
+  // the residual add (no dab: x, y not read) with dx and dy overwritten (accumulate 0: not read)
+  const res = callLaunches("mn_mix_rmsnorm_backward", { ...bwd, dab: 0, accumulate: 0 });
+  assert.deepEqual(res.map((l) => [l.blocks, l.bytesRead, l.bytesWritten]), [
+    [1024, 3 * act + 131072 + 8, 2 * act],
   ]);
 });
 

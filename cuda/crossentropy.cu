@@ -63,19 +63,28 @@ __device__ inline SoftmaxStat block_softmax_merge(SoftmaxStat v, SoftmaxStat* sm
   return all;
 }
 
+// Logits and dlogits fp32, or bf16 (the GPT-2 lm head's, as the original's bf16 model): the math is
+// fp32 either way, a bf16 logit widened on load and the gradient rounded once on store.
+__device__ inline float ce_load(const float* p, int64_t i) { return p[i]; }
+__device__ inline float ce_load(const bf16* p, int64_t i) { return mn_bf16_to_f32(p[i]); }
+__device__ inline void ce_store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ inline void ce_store(bf16* p, int64_t i, float v) { p[i] = mn_f32_to_bf16(v); }
+
+template <typename T>
 __global__ void __launch_bounds__(CE_THREADS)
-    softcap_crossentropy_kernel(float* losses, float* dlogits, const float* logits,
+    softcap_crossentropy_kernel(float* losses, T* dlogits, const T* logits,
                                 const int32_t* targets, int V, float softcap, float dloss) {
   __shared__ SoftmaxStat sm[32];
   const int64_t row = blockIdx.x;
-  const float* x = logits + row * V;
+  const T* x = logits + row * V;
   const int target = targets[row];
   const bool valid = target >= 0 && target < V;
   // Read before the first barrier: no thread writes dlogits (possibly = logits) before that.
-  const float z_target = valid ? ce_z(x[target], softcap) : 0.0f;
+  const float z_target = valid ? ce_z(ce_load(x, target), softcap) : 0.0f;
 
   SoftmaxStat st{-INFINITY, 0.0f};
-  for (int i = threadIdx.x; i < V; i += blockDim.x) st = softmax_add(st, ce_z(x[i], softcap));
+  for (int i = threadIdx.x; i < V; i += blockDim.x)
+    st = softmax_add(st, ce_z(ce_load(x, i), softcap));
   st = block_softmax_merge(st, sm);
   const float m = st.m, s = st.s;
 
@@ -83,11 +92,12 @@ __global__ void __launch_bounds__(CE_THREADS)
   const float lse = m + logf(s);
   if (threadIdx.x == 0) losses[row] = valid ? lse - z_target : nan;
   if (!dlogits) return;
-  float* d = dlogits + row * V;
+  T* d = dlogits + row * V;
   const float inv_s = 1.0f / s;
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    float p = expf(ce_z(x[i], softcap) - m) * inv_s;
-    d[i] = valid ? dloss * (p - (i == target ? 1.0f : 0.0f)) * ce_dz(x[i], softcap) : nan;
+    const float xi = ce_load(x, i);
+    float p = expf(ce_z(xi, softcap) - m) * inv_s;
+    ce_store(d, i, valid ? dloss * (p - (i == target ? 1.0f : 0.0f)) * ce_dz(xi, softcap) : nan);
   }
 }
 
@@ -96,7 +106,19 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
   MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy: bad shape N=%d V=%d", N, V);
   MN_REQUIRE(losses && logits && targets, "softcap_crossentropy: NULL losses, logits or targets");
   MN_REQUIRE(softcap == softcap && dloss == dloss, "softcap_crossentropy: NaN softcap or dloss");
-  return mn_launch("softcap_crossentropy", softcap_crossentropy_kernel, dim3(N), dim3(CE_THREADS),
-                   0, stream, losses, dlogits, (const float*)logits, (const int32_t*)targets, V,
-                   softcap, dloss);
+  return mn_launch("softcap_crossentropy", softcap_crossentropy_kernel<float>, dim3(N),
+                   dim3(CE_THREADS), 0, stream, losses, dlogits, (const float*)logits,
+                   (const int32_t*)targets, V, softcap, dloss);
+}
+
+MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
+                                        int32_t* targets, int N, int V, float softcap, float dloss,
+                                        void* stream) {
+  MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy_bf16: bad shape N=%d V=%d", N, V);
+  MN_REQUIRE(losses && logits && targets,
+             "softcap_crossentropy_bf16: NULL losses, logits or targets");
+  MN_REQUIRE(softcap == softcap && dloss == dloss, "softcap_crossentropy_bf16: NaN softcap or dloss");
+  return mn_launch("softcap_crossentropy_bf16", softcap_crossentropy_kernel<bf16>, dim3(N),
+                   dim3(CE_THREADS), 0, stream, losses, (bf16*)dlogits, (const bf16*)logits,
+                   (const int32_t*)targets, V, softcap, dloss);
 }

@@ -162,6 +162,11 @@ MN_API int mn_sum_squares(float* out, float* x, int64_t n, void* stream);
  * logits, dlogits [N, V]; targets [N] int32; losses [N]; softcap <= 0 disables the cap. */
 MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits, int32_t* targets,
                                    int N, int V, float softcap, float dloss, void* stream);
+/* The same on bf16 logits (widened to fp32) writing bf16 dlogits (one rounding), the operand of
+ * the lm head's backward matmuls: the GPT-2 record's bf16 logits. dlogits may alias logits. */
+MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
+                                        int32_t* targets, int N, int V, float softcap, float dloss,
+                                        void* stream);
 
 /* ---- optimizer (adam.cu) ------------------------------------------------------------------- */
 /* torch.optim.Adam step number `step` (1-based), bias-corrected, weight_decay added to the
@@ -496,5 +501,46 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, int accumulate, void* stream);
+
+/* ---- GPT-2 fused chains (gpt2_fused.cu): what torch.compile fuses in the record's blocks -------
+ * GRADIENT OUTPUTS OF THESE BACKWARDS follow `accumulate` (the argument before `stream`): bit i is
+ * the i-th gradient-output pointer in signature order; set = add into it, clear = overwrite it
+ * without reading it (its old contents may be NaN). Parameter gradients are always accumulated by
+ * the callers (bit set).
+ *
+ * Mix + RMSNorm: x_out = a*x + b*y with a = ab[0], b = ab[1] in device memory (the blocks'
+ * lambdas, or a constant [1, 1] for a residual add), then F.rms_norm(x_out, (C,), eps): rstd [N],
+ * the normed rows written as fp32 (out_f32) and/or as the bf16 operand of the next matmul
+ * (out_bf16); either may be NULL, not both. x, y, x_out [N, C] fp32; x may be y. Every value is
+ * rounded as mn_axpby_forward then mn_rmsnorm_forward (then mn_cast_f32_to_bf16) would round it. */
+MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
+                                  float* x, float* y, float* ab, int N, int C, float eps,
+                                  void* stream);
+/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0.
+ * dx (bit 0) gets a*g, dy (bit 1) b*g, dab[0..1] (bit 2) sum(g*x) and sum(g*y) over all N*C
+ * elements (deterministic two-stage sum). dab may be NULL (constant ab: not reduced); dx or dy
+ * may be NULL. dx == dy (x and y one tensor): both contributions, (dx + a*g) + b*g, under bit 0. */
+MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
+                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
+                                   int C, int accumulate, void* stream);
+/* QK-RMSNorm + rotary: per head row of x [B,T,H,D] fp32, F.rms_norm over D (rstd [B*T*H]) then
+ * mn_rotary_forward's rotation; written fp32 (out_f32) and/or as the bf16 attention operand
+ * (out_bf16), either may be NULL, not both; rounded as rmsnorm then rotary (then the cast) round.
+ * Backward: dx (bit 0) gets the rmsnorm backward of R^T dout at x, rstd. D even, <= 1024. */
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
+                                        int B, int T, int H, int D, float eps, void* stream);
+MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
+                                         int T, int H, int D, int accumulate, void* stream);
+/* Value residual: out = v + lamb[0] * (v1 - v) over n elements (fp32 and/or bf16 out, as above),
+ * rounded as axpby(1, v, lamb, axpby(1, v1, -1, v)). Backward: dv (bit 0) gets dout - lamb dout,
+ * dv1 (bit 1) lamb dout, dlamb[0] (bit 2) sum(dout * (v1 - v)) (deterministic two-stage sum).
+ * dv or dv1 may be NULL; dv == dv1 (v1 is v): both contributions, under bit 0. */
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
+                                float* lamb, int64_t n, void* stream);
+MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
+                                 float* v1, float* lamb, int64_t n, int accumulate, void* stream);
+/* relu(x)^2 written as the bf16 operand of the next matmul (mn_relu2_forward then the cast, in one
+ * pass); its backward is mn_relu2_backward on the fp32 input. */
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream);
 
 #endif /* MN_KERNELS_H */

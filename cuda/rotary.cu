@@ -1,16 +1,7 @@
 // Rotary position embedding (the 11/08/24 modded-nanogpt Rotary + apply_rotary_emb) on fp32
 // [B,T,H,D] activations, half-split convention, cos/sin rounded to bf16 as the original caches them.
 #include "common.cuh"
-
-// The original's table entry for position t and frequency i (0 <= i < D/2), computed in fp32 as
-// torch does: inv_freq = 1 / (base ** ((2i) / D)), freq = t * inv_freq, then cos/sin -> bf16.
-__host__ __device__ inline void rotary_cos_sin(int t, int i, int D, float* c, float* s) {
-  float expo = (float)(2 * i) / (float)D;
-  float inv_freq = 1.0f / powf(10000.0f, expo);
-  float freq = (float)t * inv_freq;
-  *c = mn_bf16_to_f32(mn_f32_to_bf16(cosf(freq)));
-  *s = mn_bf16_to_f32(mn_f32_to_bf16(sinf(freq)));
-}
+#include "rotary.cuh"
 
 // One thread per (row, i) pair: x1 = x[row, i], x2 = x[row, i + D/2].
 //   forward:  y1 = x1 c + x2 s,  y2 = -x1 s + x2 c

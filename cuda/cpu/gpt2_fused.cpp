@@ -1,0 +1,176 @@
+// GPT-2 fused chains, reference: the definitions (axpby, then F.rms_norm), row statistics and the
+// scalar gradients' sums in double.
+#include <vector>
+
+#include "cpu_common.h"
+
+static int check_shape(const char* fn, int N, int C) {
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
+  return 0;
+}
+
+MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
+                                  float* x, float* y, float* ab, int N, int C, float eps, void*) {
+  const char* fn = "mix_rmsnorm_forward";
+  MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  const float a = ab[0], b = ab[1];
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int i = 0; i < N; i++) {
+    const int64_t o = (int64_t)i * C;
+    double ms = 0;
+    for (int c = 0; c < C; c++) {
+      x_out[o + c] = a * x[o + c] + b * y[o + c];  // fp32, as the residual stream is stored
+      ms += (double)x_out[o + c] * x_out[o + c];
+    }
+    const double rs = 1.0 / std::sqrt(ms / C + (double)eps);
+    for (int c = 0; c < C; c++) {
+      const float v = (float)(x_out[o + c] * rs);
+      if (out_f32) out_f32[o + c] = v;
+      if (out_bf16) out_bf16[o + c] = f32_to_bf16(v);
+    }
+    rstd[i] = (float)rs;
+  }
+  return 0;
+}
+
+// g = dx_out + r dnorm - r^3 x_out / C * sum_c dnorm_c x_out_c (the rmsnorm backward), then the
+// axpby backward of g.
+MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
+                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
+                                   int C, int accumulate, void*) {
+  const char* fn = "mix_rmsnorm_backward";
+  MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
+  if (int rc = check_shape(fn, N, C)) return rc;
+  const double a = ab[0], b = ab[1];
+  const bool acc_x = accumulate & 1, acc_y = accumulate & 2, acc_ab = accumulate & 4;
+  const bool same = dx && dx == dy;
+  double sa = 0, sb = 0;
+  for (int i = 0; i < N; i++) {
+    const int64_t o = (int64_t)i * C;
+    const double r = rstd[i];
+    double dot = 0;
+    for (int c = 0; c < C; c++) dot += (double)dnorm[o + c] * x_out[o + c];
+    for (int c = 0; c < C; c++) {
+      const int64_t e = o + c;
+      const double g = (dx_out ? (double)dx_out[e] : 0.0) + r * dnorm[e] -
+                       r * r * r * x_out[e] * dot / C;
+      if (same) {
+        dx[e] = (float)((acc_x ? (double)dx[e] : 0.0) + (a + b) * g);
+      } else {
+        if (dx) dx[e] = (float)((acc_x ? (double)dx[e] : 0.0) + a * g);
+        if (dy) dy[e] = (float)((acc_y ? (double)dy[e] : 0.0) + b * g);
+      }
+      if (dab) {
+        sa += g * x[e];
+        sb += g * y[e];
+      }
+    }
+  }
+  if (dab) {
+    dab[0] = (float)((acc_ab ? (double)dab[0] : 0.0) + sa);
+    dab[1] = (float)((acc_ab ? (double)dab[1] : 0.0) + sb);
+  }
+  return 0;
+}
+
+// QK-RMSNorm + rotary: the composition of this backend's own rmsnorm and rotary references.
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
+                                        int B, int T, int H, int D, float eps, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_forward";
+  MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
+             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  const int64_t n = (int64_t)B * T * H * D;
+  std::vector<float> normed(n), rotated(n);
+  if (int rc = mn_rmsnorm_forward(normed.data(), rstd, x, B * T * H, D, eps, stream)) return rc;
+  if (int rc = mn_rotary_forward(rotated.data(), normed.data(), B, T, H, D, stream)) return rc;
+  for (int64_t i = 0; i < n; i++) {
+    if (out_f32) out_f32[i] = rotated[i];
+    if (out_bf16) out_bf16[i] = f32_to_bf16(rotated[i]);
+  }
+  return 0;
+}
+
+MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
+                                         int T, int H, int D, int accumulate, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_backward";
+  MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
+             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  const int64_t n = (int64_t)B * T * H * D;
+  std::vector<float> dnormed(n, 0.0f);
+  if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, stream)) return rc;
+  if (!(accumulate & 1)) std::memset(dx, 0, n * sizeof(float));  // overwrite: never read
+  return mn_rmsnorm_backward(dx, dnormed.data(), x, rstd, B * T * H, D, stream);
+}
+
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
+                                float* lamb, int64_t n, void*) {
+  const char* fn = "value_mix_forward";
+  MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  const float l = lamb[0];
+  for (int64_t i = 0; i < n; i++) {
+    const float o = v[i] + l * (v1[i] - v[i]);
+    if (out_f32) out_f32[i] = o;
+    if (out_bf16) out_bf16[i] = f32_to_bf16(o);
+  }
+  return 0;
+}
+
+MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
+                                 float* v1, float* lamb, int64_t n, int accumulate, void*) {
+  const char* fn = "value_mix_backward";
+  MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  const double l = lamb[0];
+  const bool same = dv && dv == dv1;
+  double s = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const double g = dout[i];
+    if (same) {
+      dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + g);
+    } else {
+      if (dv) dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + (1 - l) * g);
+      if (dv1) dv1[i] = (float)(((accumulate & 2) ? (double)dv1[i] : 0.0) + l * g);
+    }
+    s += g * ((double)v1[i] - v[i]);
+  }
+  dlamb[0] = (float)(((accumulate & 4) ? (double)dlamb[0] : 0.0) + s);
+  return 0;
+}
+
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
+  const char* fn = "relu2_forward_bf16";
+  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  for (int64_t i = 0; i < n; i++) {
+    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
+    out[i] = f32_to_bf16(r * r);
+  }
+  return 0;
+}
+
+// bf16 cross-entropy: the fp32 reference on the widened logits, its gradient rounded once.
+MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
+                                        int32_t* targets, int N, int V, float softcap, float dloss,
+                                        void* stream) {
+  MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy_bf16: bad shape N=%d V=%d", N, V);
+  MN_REQUIRE(losses && logits && targets,
+             "softcap_crossentropy_bf16: NULL losses, logits or targets");
+  const int64_t n = (int64_t)N * V;
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(logits[i]);
+  if (int rc = mn_softcap_crossentropy(losses, dlogits ? x.data() : nullptr, x.data(), targets, N,
+                                       V, softcap, dloss, stream))
+    return rc;
+  if (dlogits)
+    for (int64_t i = 0; i < n; i++) dlogits[i] = f32_to_bf16(x[i]);
+  return 0;
+}

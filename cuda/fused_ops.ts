@@ -1,0 +1,226 @@
+// Tape ops over the fused kernels of the record models (cuda/gpt2_fused.cu): the fast path of the
+// trainers. Each is the composition of generic Graph ops it replaces (same rounding of every
+// element), launched as one forward and one backward kernel; the generic ops stay in
+// cuda/autograd.ts for anyone who changes a model.
+import type { Tensor } from "./backend.ts";
+import { type Graph, Var } from "./autograd.ts";
+
+const ONES = new WeakMap<Graph, Tensor>();
+/** the coefficients [1, 1] in device memory (a plain residual add), one per graph */
+function ones(g: Graph): Tensor {
+  let t = ONES.get(g);
+  if (!t) ONES.set(g, t = g.be.upload(new Float32Array([1, 1]), [2], "f32", "const [1,1]"));
+  return t;
+}
+
+/**
+ * x_out = ab[0]*x + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null: x + y),
+ * then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out, normed]: x_out fp32 (the
+ * residual stream), normed the next matmul's operand, bf16 in the graph's bf16 precision (fp32
+ * gradient), fp32 in "f32". x may be y (both contributions reach it).
+ */
+export function mixRmsnorm(
+  g: Graph,
+  x: Var,
+  y: Var,
+  ab: Var | null,
+  eps = 1.1920928955078125e-7,
+): [Var, Var] {
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  if (y.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and y ${y.t} differ`);
+  if (ab && ab.t.numel !== 2) throw new Error(`mixRmsnorm: ab has ${ab.t.numel} elements, not 2`);
+  const f32 = g.precision === "f32";
+  const abT = ab ? ab.t : ones(g);
+  const xo = g.out(x.shape, "mix"); // [N, C] fp32
+  const normed = g.out(x.shape, "mix.rmsnorm", f32 ? "f32" : "bf16"); // [N, C]
+  const rstd = g.out([N], "mix.rstd"); // [N] fp32
+  g.k.mn_mix_rmsnorm_forward(
+    xo.ptr,
+    f32 ? normed.ptr : null,
+    f32 ? null : normed.ptr,
+    rstd.ptr,
+    x.t.ptr,
+    y.t.ptr,
+    abT.ptr,
+    N,
+    C,
+    eps,
+    g.s,
+  );
+  const needs = g.needs(x, y, ab);
+  const xv = new Var(xo, needs), nv = new Var(normed, needs);
+  if (needs) {
+    g.record(() => {
+      if (xv.g || nv.g) {
+        // x may be y: then the kernel writes dx before dy (in order), so the first may overwrite
+        const [[dx, dy, dab], acc] = g.gradsInOrder(x, y, ab);
+        g.k.mn_mix_rmsnorm_backward(
+          dx,
+          dy,
+          dab,
+          xv.g ? xv.g.ptr : null,
+          g.grad(nv), // zeros if only x_out was used (never in the model)
+          xo.ptr,
+          rstd.ptr,
+          x.t.ptr,
+          y.t.ptr,
+          abT.ptr,
+          N,
+          C,
+          acc,
+          g.s,
+        );
+      }
+      g.dropGrad(xv);
+      g.dropGrad(nv);
+    }, [x, y, ab]);
+  }
+  return [xv, nv];
+}
+
+/** The operand a fused op writes: bf16 in the graph's bf16 precision, fp32 in "f32". */
+function operandOut(g: Graph, shape: readonly number[], label: string): Tensor {
+  return g.out(shape, label, g.precision === "f32" ? "f32" : "bf16");
+}
+const f32Ptr = (t: Tensor) => (t.dtype === "f32" ? t.ptr : null);
+const bf16Ptr = (t: Tensor) => (t.dtype === "bf16" ? t.ptr : null);
+
+/**
+ * rotary(F.rms_norm(x)) per head row of x [B,T,H,D] (the record's QK norm, then the rotary
+ * embedding), written as the attention's operand (bf16, or fp32 on the "f32" path).
+ */
+export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): Var {
+  const [B, T, H, D] = x.shape;
+  const out = operandOut(g, x.shape, "qk.rotary"); // [B,T,H,D]
+  const rstd = g.out([B * T * H], "qk.rstd"); // [B*T*H] fp32
+  g.k.mn_qk_rmsnorm_rotary_forward(
+    f32Ptr(out),
+    bf16Ptr(out),
+    rstd.ptr,
+    x.t.ptr,
+    B,
+    T,
+    H,
+    D,
+    eps,
+    g.s,
+  );
+  return g.node(out, [x], (y) => {
+    const [[dx], acc] = g.grads(x);
+    g.k.mn_qk_rmsnorm_rotary_backward(dx, y.g.ptr, x.t.ptr, rstd.ptr, B, T, H, D, acc, g.s);
+  });
+}
+
+/**
+ * The value residual v + lamb * (v1 - v) (lamb a 1-element parameter), written as the attention's
+ * operand; v1 may be v (the first block).
+ */
+export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
+  if (v1.t.numel !== v.t.numel) throw new Error(`valueMix: v ${v.t} and v1 ${v1.t} differ`);
+  const out = operandOut(g, v.shape, "value_mix"); // v's shape
+  g.k.mn_value_mix_forward(f32Ptr(out), bf16Ptr(out), v.t.ptr, v1.t.ptr, lamb.t.ptr, v.t.n, g.s);
+  return g.node(out, [v, v1, lamb], (y) => {
+    // v1 may be v (the first block): the kernel writes dv before dv1, so the first may overwrite
+    const [[dv, dv1, dlamb], acc] = g.gradsInOrder(v, v1, lamb);
+    g.k.mn_value_mix_backward(
+      dv,
+      dv1,
+      dlamb,
+      y.g.ptr,
+      v.t.ptr,
+      v1.t.ptr,
+      lamb.t.ptr,
+      v.t.n,
+      acc,
+      g.s,
+    );
+  });
+}
+
+/** relu(x)^2 as the next matmul's operand: bf16 in one pass (the generic relu2 on the "f32" path) */
+export function relu2Operand(g: Graph, x: Var): Var {
+  if (g.precision === "f32") return g.relu2(x);
+  const out = g.out(x.shape, "relu2", "bf16");
+  g.k.mn_relu2_forward_bf16(out.ptr, x.t.ptr, x.t.n, g.s);
+  return g.node(out, [x], (y) => {
+    const [[dx], acc] = g.grads(x);
+    g.k.mn_relu2_backward(dx, y.g.ptr, x.t.ptr, x.t.n, acc, g.s);
+  });
+}
+
+/**
+ * x with another shape (same elements and memory). Its backward hands the gradient buffer to x
+ * when x has none yet (x used only through this view, as the attention's q, k, v and output): no
+ * copy and no zeroed buffer, where the generic view adds it into x's gradient.
+ */
+export function reshape(g: Graph, x: Var, shape: number[]): Var {
+  const y = new Var(x.t.view(shape), g.needs(x));
+  if (y.requiresGrad) {
+    g.record(() => {
+      if (y.g) g.passGrad(x, y as Var & { g: Tensor });
+      g.dropGrad(y);
+    }, [x]);
+  }
+  return y;
+}
+
+/**
+ * Graph.lmHeadLoss with bf16 logits, as the original's bf16 model computes them: the head's GEMM
+ * writes bf16 logits, the softcapped cross-entropy reads them and writes bf16 dlogits in place,
+ * which both backward GEMMs read as their operand (no fp32 logits, no cast). The "f32" path is
+ * Graph.lmHeadLoss. Returns the per-row losses [N] (device).
+ */
+export function lmHeadLossBf16(
+  g: Graph,
+  x: Var,
+  W: Var,
+  targets: Tensor,
+  softcap: number,
+  lossScale = 1,
+  chunkRows = 8192,
+): Tensor {
+  if (g.precision === "f32") return g.lmHeadLoss(x, W, targets, softcap, lossScale, chunkRows);
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  const [V, WC] = W.shape;
+  if (WC !== C) throw new Error(`lmHeadLossBf16: head is [${V},${WC}], x rows have ${C}`);
+  if (targets.numel !== N) {
+    throw new Error(`lmHeadLossBf16: ${targets.numel} targets for ${N} rows`);
+  }
+  const losses = g.out([N], "losses"); // [N] fp32
+  const xb = g.operand(x), wb = g.operand(W);
+  const train = g.needs(x, W);
+  const rows = Math.min(chunkRows, N);
+  const logits = g.out([rows, V], "logits.bf16", "bf16"); // [rows, V] bf16; then dlogits
+  // the row chunks of dx tile it (each may overwrite its rows); dW sums over the chunks, so only
+  // the first chunk may overwrite it
+  const [, acc] = train ? g.grads(x, W) : [null, 3];
+  const betaX = acc & 1, betaW = (acc >> 1) & 1;
+  const rowOff = (t: Tensor, r: number, width: number) =>
+    Deno.UnsafePointer.offset(t.ptr!, r * width * (t.dtype === "bf16" ? 2 : 4));
+  for (let r0 = 0; r0 < N; r0 += rows) {
+    const n = Math.min(rows, N - r0);
+    const xr = rowOff(xb, r0, C), lp = logits.ptr;
+    g.k.mn_gemm_bf16(0, 1, n, V, C, 1, xr, C, 0n, wb.ptr, C, 0n, 0, lp, V, 0n, 1, 1, g.s);
+    const tgt = Deno.UnsafePointer.offset(targets.ptr!, r0 * 4);
+    const loss = rowOff(losses, r0, 1);
+    g.k.mn_softcap_crossentropy_bf16(
+      loss,
+      train ? lp : null,
+      lp,
+      tgt,
+      n,
+      V,
+      softcap,
+      lossScale / N,
+      g.s,
+    );
+    if (!train) continue;
+    if (x.requiresGrad) {
+      g.gemm(0, 0, n, C, V, 1, lp, V, 0n, wb.ptr, C, 0n, betaX, rowOff(x.g!, r0, C), C, 0n);
+    }
+    if (W.requiresGrad) {
+      g.gemm(1, 0, V, C, n, 1, lp, V, 0n, xr, C, 0n, r0 === 0 ? betaW : 1, W.g!.ptr, C, 0n);
+    }
+  }
+  return losses;
+}

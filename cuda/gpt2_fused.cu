@@ -1,0 +1,346 @@
+// The GPT-2 record's pointwise chains fused the way torch.compile fuses them (kernels.h, "GPT-2
+// fused chains"): each reads its inputs once and writes only what later kernels or the backward
+// read. The unfused composition of generic ops (axpby / add, rmsnorm, cast) stays in the tape for
+// hackers; these kernels round every value as that composition does, so the fast path and the
+// generic path agree to the order of the scalar gradients' sums.
+//
+// Mix + RMSNorm. Forward: one block per row (the rmsnorm's block sum in the same thread order as
+// rmsnorm_forward_kernel). Backward: a full grid of `blocks` blocks over contiguous row chunks
+// (sized from N only); each row's dot(dnorm, x_out) is a block sum, then every element's g is
+// formed once and feeds dx, dy and the per-thread partials of sum(g*x), sum(g*y); the block's
+// partials go to library scratch and reduce.cuh's full-sum kernel adds them in block order. No
+// float atomics, so the scalar gradients are bit-identical from run to run.
+//
+// QK-RMSNorm + rotary: one block per head row of D elements (rmsnorm_forward_kernel's launch and
+// block sum), each thread its element c and, for the rotation, its partner c +- D/2 read again from
+// the same row (an L1 hit). Value mix: elementwise forward; the backward is a reduce.cuh full sum
+// whose term also writes dv and dv1.
+#include "common.cuh"
+#include "reduce.cuh"
+#include "rotary.cuh"
+
+// x_out = a*x + b*y, written as mn_axpby_forward writes it (the residual the next ops read).
+__host__ __device__ inline float mix_value(float a, float x, float b, float y) {
+  return a * x + b * y;
+}
+// rmsnorm's contribution to the gradient of its input: r * (dnorm - x * k), k = mean(dnorm*x) r^2
+// (rmsnorm_backward_kernel's expression), added to the gradient x_out already has.
+__host__ __device__ inline float mix_rms_grad(float dxo, float r, float dn, float xo, float k) {
+  return dxo + r * (dn - xo * k);
+}
+
+static inline int mix_threads(int C) {  // norm.cu's norm_threads: the same block sums
+  int t = 32 * ((C + 31) / 32);
+  return t > 256 ? 256 : t;
+}
+
+__global__ void mix_rmsnorm_forward_kernel(float* x_out, float* out_f32, bf16* out_bf16,
+                                           float* rstd, const float* x, const float* y,
+                                           const float* ab, int C, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const float a = ab[0], b = ab[1];
+  const float* xr = x + row * C;
+  const float* yr = y + row * C;
+  float* xo = x_out + row * C;
+  float s = 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float v = mix_value(a, xr[c], b, yr[c]);
+    xo[c] = v;
+    s += v * v;
+  }
+  const float r = rsqrtf(mn_block_sum(s, scratch) / C + eps);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const float o = xo[c] * r;  // this thread's own store above
+    if (out_f32) out_f32[row * C + c] = o;
+    if (out_bf16) out_bf16[row * C + c] = mn_f32_to_bf16(o);
+  }
+  if (threadIdx.x == 0) rstd[row] = r;
+}
+
+// Rows per block of the backward: up to 1024 blocks (one wave of 256-thread blocks on 132 SMs),
+// from N alone, so the partials' order never depends on the device.
+struct MixPlan {
+  int blocks;
+  int rows;
+};
+static inline MixPlan mix_plan(int N) {
+  const int want = N < 1024 ? N : 1024;
+  const int rows = (N + want - 1) / want;
+  return MixPlan{(N + rows - 1) / rows, rows};
+}
+
+// part != NULL: block b writes its two partial sums to part[2b], part[2b + 1]; part == NULL (one
+// block): they go straight to dab under bit 2. kSame: dx == dy.
+template <bool kSame>
+__global__ void mix_rmsnorm_backward_kernel(float* dx, float* dy, float* dab, float* part,
+                                            const float* dx_out, const float* dnorm,
+                                            const float* x_out, const float* rstd,
+                                            const float* x, const float* y, const float* ab,
+                                            int N, int C, int rows, int accumulate) {
+  __shared__ float scratch[32];
+  const float a = ab[0], b = ab[1];
+  const bool acc_x = accumulate & 1, acc_y = accumulate & 2;
+  float s0 = 0.0f, s1 = 0.0f;
+  const int i0 = blockIdx.x * rows;
+  const int i1 = i0 + rows < N ? i0 + rows : N;
+  for (int i = i0; i < i1; i++) {
+    const int64_t o = (int64_t)i * C;
+    const float r = rstd[i];
+    float d = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) d += dnorm[o + c] * x_out[o + c];
+    const float k = mn_block_sum(d, scratch) / C * r * r;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      const int64_t e = o + c;
+      const float g = mix_rms_grad(dx_out ? dx_out[e] : 0.0f, r, dnorm[e], x_out[e], k);
+      if (kSame) {
+        const float t = acc_x ? dx[e] + a * g : a * g;
+        dx[e] = t + b * g;
+      } else {
+        if (dx) dx[e] = acc_x ? dx[e] + a * g : a * g;
+        if (dy) dy[e] = acc_y ? dy[e] + b * g : b * g;
+      }
+      if (dab) {
+        s0 += g * x[e];
+        s1 += g * y[e];
+      }
+    }
+  }
+  if (!dab) return;
+  const float t0 = mn_block_sum(s0, scratch);
+  const float t1 = mn_block_sum(s1, scratch);
+  if (threadIdx.x == 0) {
+    if (part) {
+      part[2 * (int64_t)blockIdx.x] = t0;
+      part[2 * (int64_t)blockIdx.x + 1] = t1;
+    } else {
+      const bool acc = accumulate & 4;
+      dab[0] = acc ? dab[0] + t0 : t0;
+      dab[1] = acc ? dab[1] + t1 : t1;
+    }
+  }
+}
+
+#define MIX_SHAPE_CHECK(fn, N, C) \
+  MN_REQUIRE((N) > 0 && (C) > 0, "%s: bad shape N = %d, C = %d", fn, (int)(N), (int)(C))
+
+MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
+                                  float* x, float* y, float* ab, int N, int C, float eps,
+                                  void* stream) {
+  const char* fn = "mix_rmsnorm_forward";
+  MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MIX_SHAPE_CHECK(fn, N, C);
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  return mn_launch(fn, mix_rmsnorm_forward_kernel, N, mix_threads(C), 0, stream, x_out, out_f32,
+                   (bf16*)out_bf16, rstd, (const float*)x, (const float*)y, (const float*)ab, C,
+                   eps);
+}
+
+MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
+                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
+                                   int C, int accumulate, void* stream) {
+  const char* fn = "mix_rmsnorm_backward";
+  MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
+  MIX_SHAPE_CHECK(fn, N, C);
+  const MixPlan p = mix_plan(N);
+  float* part = nullptr;
+  if (dab && p.blocks > 1) {
+    if (int rc = mn_reduce::scratch_floats(&part, 2 * (int64_t)p.blocks, stream)) return rc;
+  }
+  const bool same = dx && dx == dy;
+  int rc = mn_launch(fn, same ? mix_rmsnorm_backward_kernel<true> : mix_rmsnorm_backward_kernel<false>,
+                     p.blocks, mix_threads(C), 0, stream, dx, dy, dab, part,
+                     (const float*)dx_out, (const float*)dnorm, (const float*)x_out,
+                     (const float*)rstd, (const float*)x, (const float*)y, (const float*)ab, N, C,
+                     p.rows, accumulate);
+  if (rc || !part) return rc;
+  // the blocks' partials in block order (at most 1024: one block of the full-sum kernel)
+  return mn_reduce::full_sums<2>("mix_rmsnorm_backward_dab", mn_reduce::FullPartialsTerm<2>{part},
+                                 dab, dab + 1, p.blocks, (accumulate & 4) ? 1 : 0, nullptr, stream);
+}
+
+// ---- QK-RMSNorm + rotary ----
+// y = x * r, then the rotation of rotary_kernel: first half y1 c + y2 s, second half -y1 s + y2 c.
+__host__ __device__ inline float rot_first(float a, float b, float c, float s) { return a * c + b * s; }
+__host__ __device__ inline float rot_second(float a, float b, float c, float s) {
+  return -a * s + b * c;
+}
+// the transpose (rotary_kernel<true>): first half d1 c - d2 s, second half d1 s + d2 c
+__host__ __device__ inline float rot_back_first(float a, float b, float c, float s) {
+  return a * c - b * s;
+}
+__host__ __device__ inline float rot_back_second(float a, float b, float c, float s) {
+  return a * s + b * c;
+}
+
+// Row = (b, t, h) flattened; t = (row / H) % T. Thread c (< D) owns element c.
+__global__ void qk_rmsnorm_rotary_forward_kernel(float* out_f32, bf16* out_bf16, float* rstd,
+                                                 const float* x, int T, int H, int D, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const float* xr = x + row * D;
+  const int c = threadIdx.x, half = D / 2;
+  const float v = c < D ? xr[c] : 0.0f;
+  const float r = rsqrtf(mn_block_sum(v * v, scratch) / D + eps);
+  if (threadIdx.x == 0) rstd[row] = r;
+  if (c >= D) return;
+  const int i = c < half ? c : c - half;
+  float cs, sn;
+  rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
+  const float y1 = xr[i] * r, y2 = xr[i + half] * r;
+  const float o = c < half ? rot_first(y1, y2, cs, sn) : rot_second(y1, y2, cs, sn);
+  if (out_f32) out_f32[row * D + c] = o;
+  if (out_bf16) out_bf16[row * D + c] = mn_f32_to_bf16(o);
+}
+
+// dy = R^T dout (the gradient of the normed row), then rmsnorm's backward with the saved rstd.
+__global__ void qk_rmsnorm_rotary_backward_kernel(float* dx, const float* dout, const float* x,
+                                                  const float* rstd, int T, int H, int D,
+                                                  int accumulate) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const int c = threadIdx.x, half = D / 2;
+  const float r = rstd[row];
+  float dy = 0.0f, xv = 0.0f;
+  if (c < D) {
+    const int i = c < half ? c : c - half;
+    float cs, sn;
+    rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
+    const float d1 = dout[row * D + i], d2 = dout[row * D + i + half];
+    dy = c < half ? rot_back_first(d1, d2, cs, sn) : rot_back_second(d1, d2, cs, sn);
+    xv = x[row * D + c];
+  }
+  const float k = mn_block_sum(dy * xv, scratch) / D * r * r;
+  if (c >= D) return;
+  const float g = mix_rms_grad(0.0f, r, dy, xv, k);
+  dx[row * D + c] = (accumulate & 1) ? dx[row * D + c] + g : g;
+}
+
+static int qk_check(const char* fn, int B, int T, int H, int D) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0, "%s: B=%d T=%d H=%d D=%d must be positive", fn, B,
+             T, H, D);
+  MN_REQUIRE(D % 2 == 0 && D <= 1024, "%s: head dim D=%d must be even and <= 1024", fn, D);
+  return 0;
+}
+
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
+                                        int B, int T, int H, int D, float eps, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_forward";
+  MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  if (int rc = qk_check(fn, B, T, H, D)) return rc;
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  const int64_t rows = (int64_t)B * T * H;
+  MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
+  return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel, (unsigned)rows, mix_threads(D), 0, stream,
+                   out_f32, (bf16*)out_bf16, rstd, (const float*)x, T, H, D, eps);
+}
+
+MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
+                                         int T, int H, int D, int accumulate, void* stream) {
+  const char* fn = "qk_rmsnorm_rotary_backward";
+  MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
+  if (int rc = qk_check(fn, B, T, H, D)) return rc;
+  const int64_t rows = (int64_t)B * T * H;
+  MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
+  return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel, (unsigned)rows, mix_threads(D), 0, stream,
+                   dx, (const float*)dout, (const float*)x, (const float*)rstd, T, H, D,
+                   accumulate);
+}
+
+// ---- value residual: out = v + lamb * (v1 - v), as axpby(1, v, lamb, axpby(1, v1, -1, v)) ----
+__host__ __device__ inline float vmix_diff(float v, float v1) { return 1.0f * v1 + -1.0f * v; }
+__host__ __device__ inline float vmix_value(float v, float v1, float lamb) {
+  return 1.0f * v + lamb * vmix_diff(v, v1);
+}
+
+__global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const float* v,
+                                         const float* v1, const float* lamb, int64_t n) {
+  const float l = lamb[0];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float o = vmix_value(v[i], v1[i], l);
+    if (out_f32) out_f32[i] = o;
+    if (out_bf16) out_bf16[i] = mn_f32_to_bf16(o);
+  }
+}
+
+// dv gets g, then -(lamb g) (the outer axpby's, then the inner's); dv1 gets lamb g; dlamb sums
+// g (v1 - v). kSame: dv == dv1 (v1 is v, the first block): ((dv + g) + lamb g) - lamb g, the
+// unfused order.
+template <bool kSame>
+struct ValueMixTerm {
+  float* dv;
+  float* dv1;
+  const float* dout;
+  const float* v;
+  const float* v1;
+  const float* lamb_at;  // device scalar, read once per thread by begin()
+  int accumulate;
+  float lamb;
+  struct Load {
+    float g, v, v1, dv, dv1;
+  };
+  __device__ void begin() { lamb = lamb_at[0]; }
+  __device__ Load load(int64_t i) const {
+    const bool a0 = accumulate & 1, a1 = accumulate & 2;
+    return Load{dout[i], v[i], v1[i], dv && a0 ? dv[i] : 0.0f, !kSame && dv1 && a1 ? dv1[i] : 0.0f};
+  }
+  __device__ void use(int64_t i, const Load& l, float* acc) const {
+    const float dt = lamb * l.g;  // the gradient of (v1 - v), stored fp32 by the unfused op
+    if (kSame) {
+      dv[i] = ((l.dv + l.g) + dt) + -1.0f * dt;
+    } else {
+      if (dv) dv[i] = (l.dv + l.g) + -1.0f * dt;
+      if (dv1) dv1[i] = l.dv1 + dt;
+    }
+    acc[0] += l.g * vmix_diff(l.v, l.v1);
+  }
+};
+
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
+                                float* lamb, int64_t n, void* stream) {
+  const char* fn = "value_mix_forward";
+  MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  return mn_launch(fn, value_mix_forward_kernel, mn_blocks_for(n, 256), 256, 0, stream, out_f32,
+                   (bf16*)out_bf16, (const float*)v, (const float*)v1, (const float*)lamb, n);
+}
+
+MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
+                                 float* v1, float* lamb, int64_t n, int accumulate,
+                                 void* stream) {
+  const char* fn = "value_mix_backward";
+  MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 1), stream))
+    return rc;
+  const int acc = (accumulate & 4) ? 1 : 0;
+  if (dv && dv == dv1)
+    return mn_reduce::full_sums<1>(fn, ValueMixTerm<true>{dv, dv1, dout, v, v1, lamb, accumulate, 0.0f},
+                                   dlamb, nullptr, n, acc, part, stream);
+  return mn_reduce::full_sums<1>(fn, ValueMixTerm<false>{dv, dv1, dout, v, v1, lamb, accumulate, 0.0f},
+                                 dlamb, nullptr, n, acc, part, stream);
+}
+
+// ---- ReLU^2 into the c_proj operand ----
+// relu(x)^2 as elementwise.cu's relu2_fwd rounds it (0 for x <= 0)
+__host__ __device__ inline float relu2_value(float x) { return x > 0.0f ? x * x : 0.0f; }
+
+__global__ void relu2_forward_bf16_kernel(bf16* out, const float* inp, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = mn_f32_to_bf16(relu2_value(inp[i]));
+}
+
+MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream) {
+  const char* fn = "relu2_forward_bf16";
+  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  return mn_launch(fn, relu2_forward_bf16_kernel, mn_blocks_for(n, 256), 256, 0, stream,
+                   (bf16*)out, (const float*)inp, n);
+}

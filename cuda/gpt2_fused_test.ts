@@ -1,0 +1,696 @@
+// The GPT-2 fused chains (gpt2_fused.cu): emu (and cuda) against the cpu reference, and the fused
+// kernels against the unfused composition of generic kernels they replace, on the same backend.
+import { type Backend, f32ToBf16, type Tensor } from "./backend.ts";
+import {
+  backend,
+  checkKernel,
+  compare,
+  EXACT,
+  Rng,
+  targetName,
+  targets,
+  type Tol,
+  TOL_BF16,
+  TOL_F32,
+  VARIANT,
+  withTensors,
+} from "./test/harness.ts";
+
+interface Cfg {
+  N: number;
+  C: number;
+  kind: Kind;
+}
+// mix: the blocks' lambdas (x and y distinct); same: the first block, where x and y are one tensor
+// (x0 = x); residual: x + att, constant [1, 1], no scalar gradients; nodxo: no gradient reached
+// x_out from later ops (dx_out NULL).
+type Kind = "mix" | "same" | "residual" | "nodxo";
+const KINDS: Kind[] = ["mix", "same", "residual", "nodxo"];
+// C: one element, less than a warp, ragged, the GPT width, over one 256-thread pass; N: one row
+// up to more rows than the backward's 1024 blocks (several rows per block, a short last block).
+const SHAPES: [number, number][] = [[1, 1], [3, 17], [5, 768], [64, 1000], [2100, 33]];
+const shapes = VARIANT ? SHAPES.filter(([N, C]) => N * C <= 2000) : SHAPES;
+// the emulator runs one thread per CUDA thread: the largest shape (2100 blocks) in one kind only
+const configs: Cfg[] = shapes.flatMap(([N, C]) =>
+  (N > 1000 ? ["mix" as Kind] : KINDS).map((kind) => ({ N, C, kind }))
+);
+const label = ({ N, C, kind }: Cfg) => `[${N},${C}] ${kind}`;
+const EPS = 1.1920928955078125e-7; // the tape's rmsnorm eps
+
+/** rows with a per-row offset and scale, so the rms differs from row to row */
+function rowsOf(rng: Rng, N: number, C: number): Float32Array {
+  const x = rng.normal(N * C);
+  for (let i = 0; i < N; i++) {
+    const off = 2 * (rng.next() - 0.5), sc = 0.5 + 2 * rng.next();
+    for (let c = 0; c < C; c++) x[i * C + c] = off + sc * x[i * C + c];
+  }
+  return x;
+}
+const abOf = (rng: Rng, kind: Kind) =>
+  kind === "residual" ? new Float32Array([1, 1]) : new Float32Array([
+    0.5 + rng.next(),
+    rng.next() - 0.5,
+  ]);
+
+type Named = Record<string, Tensor>;
+const yPtr = (t: Named, kind: Kind) => (kind === "same" ? t.x.ptr : t.y.ptr);
+function forward(be: Backend, t: Named, { N, C, kind }: Cfg) {
+  be.k.mn_mix_rmsnorm_forward(
+    t.x_out.ptr,
+    t.out_f32.ptr,
+    t.out_bf16.ptr,
+    t.rstd.ptr,
+    t.x.ptr,
+    yPtr(t, kind),
+    t.ab.ptr,
+    N,
+    C,
+    EPS,
+    be.stream,
+  );
+}
+function backward(be: Backend, t: Named, { N, C, kind }: Cfg, accumulate: number) {
+  be.k.mn_mix_rmsnorm_backward(
+    t.dx.ptr,
+    kind === "same" ? t.dx.ptr : t.dy.ptr,
+    kind === "residual" ? null : t.dab.ptr,
+    kind === "nodxo" ? null : t.dx_out.ptr,
+    t.dnorm.ptr,
+    t.x_out.ptr,
+    t.rstd.ptr,
+    t.x.ptr,
+    yPtr(t, kind),
+    t.ab.ptr,
+    N,
+    C,
+    accumulate,
+    be.stream,
+  );
+}
+
+interface Inputs {
+  x: Float32Array;
+  y: Float32Array;
+  ab: Float32Array;
+}
+function inputsOf(rng: Rng, { N, C, kind }: Cfg): Inputs {
+  return { x: rowsOf(rng, N, C), y: rowsOf(rng, N, C), ab: abOf(rng, kind) };
+}
+const upload = (inp: Inputs, N: number, C: number) => ({
+  x: { data: inp.x, shape: [N, C] },
+  y: { data: inp.y, shape: [N, C] },
+  ab: { data: inp.ab, shape: [2] },
+});
+
+// Forward: x_out is one fp32 multiply-add per element on both (nvcc may contract it to an fma:
+// one rounding less); the statistics are fp32 block sums against double sums.
+checkKernel({
+  name: "mix_rmsnorm_forward",
+  configs,
+  label,
+  tol: { x_out: TOL_F32, out_f32: TOL_F32, out_bf16: TOL_BF16, rstd: TOL_F32 },
+  run(be, cfg, rng) {
+    const { N, C } = cfg;
+    return withTensors(be, upload(inputsOf(rng, cfg), N, C), {
+      x_out: { shape: [N, C] },
+      out_f32: { shape: [N, C] },
+      out_bf16: { shape: [N, C], dtype: "bf16" },
+      rstd: { shape: [N] },
+    }, (t) => forward(be, t, cfg));
+  },
+});
+
+/** the saved forward values (the cpu's, as norm_test does) and the upstream gradients */
+function backwardCase(rng: Rng, cfg: Cfg) {
+  const { N, C } = cfg;
+  const inp = inputsOf(rng, cfg);
+  const ref = backend("cpu");
+  const saved = withTensors(ref, upload(inp, N, C), {
+    x_out: { shape: [N, C] },
+    out_f32: { shape: [N, C] },
+    out_bf16: { shape: [N, C], dtype: "bf16" },
+    rstd: { shape: [N] },
+  }, (t) => forward(ref, t, cfg));
+  return {
+    inputs: {
+      ...upload(inp, N, C),
+      x_out: { data: saved.x_out, shape: [N, C] },
+      rstd: { data: saved.rstd, shape: [N] },
+      dx_out: { data: rng.normal(N * C), shape: [N, C] },
+      dnorm: { data: rng.normal(N * C), shape: [N, C] },
+    },
+    init: { dx: rng.normal(N * C), dy: rng.normal(N * C), dab: rng.normal(2) },
+  };
+}
+
+// The scalar gradients sum N*C terms of O(1) in another order than the double reference (measured
+// max |error| 3.1e-5 at [2100,33] = 69,300 terms whose sums are ~200: ~1.5e-7 relative); bound
+// 1e-5 relative to the sum plus 1e-6 * sqrt(N*C) absolute, margin > 4x at every shape.
+const tolDab = ({ N, C }: Cfg): Tol => ({ atol: 1e-6 * Math.sqrt(N * C), rtol: 1e-5 });
+const TOL_DAB = tolDab({ N: 2100, C: 33, kind: "mix" }); // the largest shape's
+// dx, dy: one row sum of C terms and a cancellation r (dnorm - x_out k), O(1): a few fp32 ulps.
+const TOL_DX: Tol = { atol: 2e-5, rtol: 2e-5 };
+for (const acc of [-1, 0]) {
+  checkKernel({
+    name: `mix_rmsnorm_backward (accumulate ${acc === -1 ? "all" : "none, outputs poisoned"})`,
+    configs,
+    label,
+    tol: { dx: TOL_DX, dy: TOL_DX, dab: TOL_DAB },
+    run(be, cfg, rng) {
+      const { N, C } = cfg;
+      const c = backwardCase(rng, cfg);
+      // accumulate 0: no init, so the outputs start as NaN (harness poison) and must be written
+      // without being read
+      const out = (name: "dx" | "dy" | "dab", shape: number[]) =>
+        acc === -1 ? { shape, init: c.init[name] } : { shape };
+      const res: Record<string, ArrayLike<number>> = withTensors(be, c.inputs, {
+        dx: out("dx", [N, C]),
+        dy: out("dy", [N, C]),
+        dab: out("dab", [2]),
+      }, (t) => backward(be, t, cfg, acc));
+      // what this kind leaves alone (dy is dx; constant ab) is not compared
+      if (cfg.kind === "same") delete res.dy;
+      if (cfg.kind === "residual") delete res.dab;
+      return res;
+    },
+  });
+}
+
+/**
+ * How close a fused kernel's output must be to the unfused kernels': bit-identical on emu (g++
+ * rounds every operation as written). nvcc contracts multiply-adds into FMAs kernel by kernel, so
+ * on cuda the two may differ by an fp32 rounding (and a bf16 output by the one bf16 step that can
+ * then flip); a wrong kernel is off by O(1).
+ */
+function sameAs(target: string, key: string): Tol {
+  if (target !== "cuda") return EXACT;
+  return key.endsWith("bf16") ? TOL_BF16 : { atol: 1e-6, rtol: 1e-5 };
+}
+
+// ---- fused vs the unfused composition it replaces, on one backend (emu; cuda with a GPU):
+// forward axpby (or add) -> rmsnorm -> cast; backward rmsnorm_backward into dx_out, then
+// axpby_backward (or two axpys). Every element is rounded the same way, so the outputs are
+// bit-identical; only the scalar gradients' sums run in another order.
+for (const tgt of targets()) {
+  if (tgt.name === "cpu") continue;
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `mix_rmsnorm: fused == unfused generic kernels (${tname})`,
+    ignore: !tgt.run,
+    fn() {
+      const be = backend(tgt.name, tgt.variant);
+      configs.filter((c) => c.N <= 1000).forEach((cfg, ci) => {
+        const { N, C, kind } = cfg;
+        const rng = new Rng(1000 + ci);
+        const inp = inputsOf(rng, cfg);
+        const dxo = rng.normal(N * C), dn = rng.normal(N * C);
+        const n = BigInt(N * C);
+        const fused = withTensors(be, {
+          ...upload(inp, N, C),
+          dx_out: { data: dxo, shape: [N, C] },
+          dnorm: { data: dn, shape: [N, C] },
+        }, {
+          x_out: { shape: [N, C] },
+          out_f32: { shape: [N, C] },
+          out_bf16: { shape: [N, C], dtype: "bf16" },
+          rstd: { shape: [N] },
+          dx: { shape: [N, C], init: new Float32Array(N * C) },
+          dy: { shape: [N, C], init: new Float32Array(N * C) },
+          dab: { shape: [2], init: new Float32Array(2) },
+        }, (t) => {
+          forward(be, t, cfg);
+          backward(be, t, cfg, -1);
+        });
+        const unfused = withTensors(be, {
+          ...upload(inp, N, C),
+          dnorm: { data: dn, shape: [N, C] },
+        }, {
+          x_out: { shape: [N, C] },
+          out_f32: { shape: [N, C] },
+          out_bf16: { shape: [N, C], dtype: "bf16" },
+          rstd: { shape: [N] },
+          dx_out: { shape: [N, C], init: kind === "nodxo" ? new Float32Array(N * C) : dxo },
+          dx: { shape: [N, C], init: new Float32Array(N * C) },
+          dy: { shape: [N, C], init: new Float32Array(N * C) },
+          dab: { shape: [2], init: new Float32Array(2) },
+        }, (t) => {
+          const k = be.k, s = be.stream, y = yPtr(t, kind);
+          const b = Deno.UnsafePointer.offset(t.ab.ptr!, 4);
+          if (kind === "residual") k.mn_add(t.x_out.ptr, t.x.ptr, y, n, s);
+          else k.mn_axpby_forward(t.x_out.ptr, t.x.ptr, y, t.ab.ptr, b, n, s);
+          k.mn_rmsnorm_forward(t.out_f32.ptr, t.rstd.ptr, t.x_out.ptr, N, C, EPS, s);
+          k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, n, s);
+          k.mn_rmsnorm_backward(t.dx_out.ptr, t.dnorm.ptr, t.x_out.ptr, t.rstd.ptr, N, C, s);
+          const dy = kind === "same" ? t.dx.ptr : t.dy.ptr;
+          if (kind === "residual") {
+            k.mn_axpy(t.dx.ptr, 1, t.dx_out.ptr, n, s);
+            k.mn_axpy(dy, 1, t.dx_out.ptr, n, s);
+          } else {
+            const db = Deno.UnsafePointer.offset(t.dab.ptr!, 4);
+            k.mn_axpby_backward(
+              t.dx.ptr,
+              dy,
+              t.dab.ptr,
+              db,
+              t.dx_out.ptr,
+              t.x.ptr,
+              y,
+              t.ab.ptr,
+              b,
+              n,
+              s,
+            );
+          }
+        });
+        for (const key of ["x_out", "out_f32", "out_bf16", "rstd", "dx", "dy"]) {
+          compare(
+            `${label(cfg)} ${key} fused vs unfused (${tname})`,
+            fused[key],
+            unfused[key],
+            sameAs(tgt.name, key),
+          );
+        }
+        // two fp32 orders of the same N*C terms
+        compare(
+          `${label(cfg)} dab fused vs unfused (${tname})`,
+          fused.dab,
+          unfused.dab,
+          tolDab(cfg),
+        );
+      });
+    },
+  });
+}
+
+// ---- QK-RMSNorm + rotary
+interface QkCfg {
+  B: number;
+  T: number;
+  H: number;
+  D: number;
+}
+// D: the smallest even, the model's head sizes (a part of a warp, one warp, two, four)
+const QK_ALL: QkCfg[] = [
+  { B: 1, T: 3, H: 1, D: 2 },
+  { B: 2, T: 5, H: 3, D: 16 },
+  { B: 1, T: 7, H: 2, D: 64 },
+  { B: 2, T: 9, H: 2, D: 128 },
+];
+const qkConfigs = VARIANT ? QK_ALL.filter((c) => c.B * c.T * c.H * c.D <= 2000) : QK_ALL;
+const qkLabel = ({ B, T, H, D }: QkCfg) => `[${B},${T},${H},${D}]`;
+const qkN = ({ B, T, H, D }: QkCfg) => B * T * H * D;
+const qkForward = (be: Backend, t: Named, { B, T, H, D }: QkCfg) =>
+  be.k.mn_qk_rmsnorm_rotary_forward(
+    t.out_f32.ptr,
+    t.out_bf16.ptr,
+    t.rstd.ptr,
+    t.x.ptr,
+    B,
+    T,
+    H,
+    D,
+    EPS,
+    be.stream,
+  );
+const qkBackward = (be: Backend, t: Named, { B, T, H, D }: QkCfg, acc: number) =>
+  be.k.mn_qk_rmsnorm_rotary_backward(
+    t.dx.ptr,
+    t.dout.ptr,
+    t.x.ptr,
+    t.rstd.ptr,
+    B,
+    T,
+    H,
+    D,
+    acc,
+    be.stream,
+  );
+const qkOutputs = (c: QkCfg) => ({
+  out_f32: { shape: [qkN(c)] },
+  out_bf16: { shape: [qkN(c)], dtype: "bf16" as const },
+  rstd: { shape: [c.B * c.T * c.H] },
+});
+/** head rows with their own offset and scale */
+const qkInput = (rng: Rng, c: QkCfg) => rowsOf(rng, c.B * c.T * c.H, c.D);
+
+checkKernel({
+  name: "qk_rmsnorm_rotary_forward",
+  configs: qkConfigs,
+  label: qkLabel,
+  tol: { out_f32: TOL_F32, out_bf16: TOL_BF16, rstd: TOL_F32 },
+  run(be, c, rng) {
+    const x = qkInput(rng, c);
+    return withTensors(
+      be,
+      { x: { data: x, shape: [qkN(c)] } },
+      qkOutputs(c),
+      (t) => qkForward(be, t, c),
+    );
+  },
+});
+for (const acc of [-1, 0]) {
+  checkKernel({
+    name: `qk_rmsnorm_rotary_backward (accumulate ${acc === -1 ? "all" : "none, output poisoned"})`,
+    configs: qkConfigs,
+    label: qkLabel,
+    tol: TOL_DX,
+    run(be, c, rng) {
+      const x = qkInput(rng, c), dout = rng.normal(qkN(c)), init = rng.normal(qkN(c));
+      const ref = backend("cpu");
+      const saved = withTensors(
+        ref,
+        { x: { data: x, shape: [qkN(c)] } },
+        qkOutputs(c),
+        (t) => qkForward(ref, t, c),
+      );
+      return withTensors(
+        be,
+        {
+          x: { data: x, shape: [qkN(c)] },
+          dout: { data: dout, shape: [qkN(c)] },
+          rstd: { data: saved.rstd, shape: [c.B * c.T * c.H] },
+        },
+        { dx: acc === -1 ? { shape: [qkN(c)], init } : { shape: [qkN(c)] } },
+        (t) => qkBackward(be, t, c, acc),
+      );
+    },
+  });
+}
+
+// ---- value residual
+interface VCfg {
+  n: number;
+  kind: "mix" | "same" | "nodv1";
+}
+// n: one element, ragged, more than one full-sum block (4096 elements each at least)
+const V_ALL: VCfg[] = [1, 999, 9000].flatMap((n) =>
+  (["mix", "same", "nodv1"] as const).map((kind) => ({ n, kind }))
+);
+const vConfigs = VARIANT ? V_ALL.filter((c) => c.n <= 2000) : V_ALL;
+const vLabel = ({ n, kind }: VCfg) => `[${n}] ${kind}`;
+const v1Ptr = (t: Named, c: VCfg) => (c.kind === "same" ? t.v.ptr : t.v1.ptr);
+const vForward = (be: Backend, t: Named, c: VCfg) =>
+  be.k.mn_value_mix_forward(
+    t.out_f32.ptr,
+    t.out_bf16.ptr,
+    t.v.ptr,
+    v1Ptr(t, c),
+    t.lamb.ptr,
+    BigInt(c.n),
+    be.stream,
+  );
+const vBackward = (be: Backend, t: Named, c: VCfg, acc: number) =>
+  be.k.mn_value_mix_backward(
+    t.dv.ptr,
+    c.kind === "same" ? t.dv.ptr : c.kind === "nodv1" ? null : t.dv1.ptr,
+    t.dlamb.ptr,
+    t.dout.ptr,
+    t.v.ptr,
+    v1Ptr(t, c),
+    t.lamb.ptr,
+    BigInt(c.n),
+    acc,
+    be.stream,
+  );
+const vInputs = (rng: Rng, n: number) => ({
+  v: { data: rng.normal(n), shape: [n] },
+  v1: { data: rng.normal(n), shape: [n] },
+  lamb: { data: new Float32Array([rng.next()]), shape: [1] },
+  dout: { data: rng.normal(n), shape: [n] },
+});
+checkKernel({
+  name: "value_mix_forward",
+  configs: vConfigs,
+  label: vLabel,
+  tol: { out_f32: TOL_F32, out_bf16: TOL_BF16 },
+  run(be, c, rng) {
+    return withTensors(be, vInputs(rng, c.n), {
+      out_f32: { shape: [c.n] },
+      out_bf16: { shape: [c.n], dtype: "bf16" },
+    }, (t) => vForward(be, t, c));
+  },
+});
+for (const acc of [-1, 0]) {
+  checkKernel({
+    name: `value_mix_backward (accumulate ${acc === -1 ? "all" : "none, outputs poisoned"})`,
+    configs: vConfigs,
+    label: vLabel,
+    // dlamb: up to 9000 products of O(1) in fp32 order against double (1e-6 sqrt(n) absolute)
+    tol: { dv: TOL_F32, dv1: TOL_F32, dlamb: { atol: 1e-4, rtol: 1e-5 } },
+    run(be, c, rng) {
+      const inp = vInputs(rng, c.n);
+      const out = (shape: number[]) =>
+        acc === -1 ? { shape, init: rng.normal(shape[0]) } : { shape };
+      const res: Record<string, ArrayLike<number>> = withTensors(be, inp, {
+        dv: out([c.n]),
+        dv1: out([c.n]),
+        dlamb: out([1]),
+      }, (t) => vBackward(be, t, c, acc));
+      if (c.kind !== "mix") delete res.dv1; // dv1 is dv, or not given
+      return res;
+    },
+  });
+}
+
+// fused == the unfused kernels, on emu (and cuda): bit for bit but the scalar sum
+for (const tgt of targets()) {
+  if (tgt.name === "cpu") continue;
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `qk_rmsnorm_rotary and value_mix: fused == unfused generic kernels (${tname})`,
+    ignore: !tgt.run,
+    fn() {
+      const be = backend(tgt.name, tgt.variant), k = be.k, s = be.stream;
+      qkConfigs.forEach((c, ci) => {
+        const rng = new Rng(2000 + ci);
+        const { B, T, H, D } = c, n = qkN(c), rows = B * T * H;
+        const x = qkInput(rng, c), dout = rng.normal(n);
+        const ins = { x: { data: x, shape: [n] }, dout: { data: dout, shape: [n] } };
+        const outs = { ...qkOutputs(c), dx: { shape: [n], init: new Float32Array(n) } };
+        const fused = withTensors(be, ins, outs, (t) => {
+          qkForward(be, t, c);
+          qkBackward(be, t, c, -1);
+        });
+        const unfused = withTensors(be, ins, {
+          ...outs,
+          normed: { shape: [n] },
+          dnormed: { shape: [n], init: new Float32Array(n) },
+        }, (t) => {
+          k.mn_rmsnorm_forward(t.normed.ptr, t.rstd.ptr, t.x.ptr, rows, D, EPS, s);
+          k.mn_rotary_forward(t.out_f32.ptr, t.normed.ptr, B, T, H, D, s);
+          k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, BigInt(n), s);
+          k.mn_rotary_backward(t.dnormed.ptr, t.dout.ptr, B, T, H, D, s);
+          k.mn_rmsnorm_backward(t.dx.ptr, t.dnormed.ptr, t.x.ptr, t.rstd.ptr, rows, D, s);
+        });
+        for (const key of ["out_f32", "out_bf16", "rstd", "dx"]) {
+          compare(
+            `${qkLabel(c)} ${key} fused vs unfused (${tname})`,
+            fused[key],
+            unfused[key],
+            sameAs(tgt.name, key),
+          );
+        }
+      });
+      vConfigs.forEach((c, ci) => {
+        const rng = new Rng(3000 + ci);
+        const ins = vInputs(rng, c.n), n = BigInt(c.n);
+        const zeros = () => ({ shape: [c.n], init: new Float32Array(c.n) });
+        const outs = {
+          out_f32: { shape: [c.n] },
+          out_bf16: { shape: [c.n], dtype: "bf16" as const },
+          dv: zeros(),
+          dv1: zeros(),
+          dlamb: { shape: [1], init: new Float32Array(1) },
+        };
+        const fused = withTensors(be, ins, outs, (t) => {
+          vForward(be, t, c);
+          vBackward(be, t, c, -1);
+        });
+        const unfused = withTensors(be, ins, {
+          ...outs,
+          diff: { shape: [c.n] },
+          ddiff: zeros(),
+          one: { shape: [1], init: new Float32Array([1]) },
+          minus: { shape: [1], init: new Float32Array([-1]) },
+        }, (t) => {
+          const v1 = v1Ptr(t, c);
+          const dv1 = c.kind === "same" ? t.dv.ptr : c.kind === "nodv1" ? null : t.dv1.ptr;
+          k.mn_axpby_forward(t.diff.ptr, v1, t.v.ptr, t.one.ptr, t.minus.ptr, n, s);
+          k.mn_axpby_forward(t.out_f32.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s);
+          k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, n, s);
+          // the tape's order: the outer axpby's backward, then the inner one's
+          const args = [t.dout.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s] as const;
+          k.mn_axpby_backward(t.dv.ptr, t.ddiff.ptr, null, t.dlamb.ptr, ...args);
+          k.mn_axpby_backward(
+            dv1,
+            t.dv.ptr,
+            null,
+            null,
+            t.ddiff.ptr,
+            v1,
+            t.v.ptr,
+            t.one.ptr,
+            t.minus.ptr,
+            n,
+            s,
+          );
+        });
+        for (const key of ["out_f32", "out_bf16", "dv", "dv1"]) {
+          compare(
+            `${vLabel(c)} ${key} fused vs unfused (${tname})`,
+            fused[key],
+            unfused[key],
+            sameAs(tgt.name, key),
+          );
+        }
+        compare(`${vLabel(c)} dlamb fused vs unfused (${tname})`, fused.dlamb, unfused.dlamb, {
+          atol: 1e-4,
+          rtol: 1e-5,
+        });
+      });
+    },
+  });
+}
+
+// ---- ReLU^2 into bf16: the cast of mn_relu2_forward's output, bit for bit, on every backend
+// (one rounding of the same fp32 square); n over the grid-stride loop's ragged end
+function relu2Check(be: Backend, name: string) {
+  for (const n of [1, 1000]) {
+    const x = new Rng(4000 + n).normal(n);
+    x[0] = 0; // the kink: 0
+    const r = withTensors(be, { x: { data: x, shape: [n] } }, {
+      fused: { shape: [n], dtype: "bf16" },
+      f32: { shape: [n] },
+      cast: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      be.k.mn_relu2_forward_bf16(t.fused.ptr, t.x.ptr, BigInt(n), be.stream);
+      be.k.mn_relu2_forward(t.f32.ptr, t.x.ptr, BigInt(n), be.stream);
+      be.k.mn_cast_f32_to_bf16(t.cast.ptr, t.f32.ptr, BigInt(n), be.stream);
+    });
+    compare(`relu2_forward_bf16 [${n}] (${name})`, r.fused, r.cast, EXACT);
+  }
+}
+Deno.test("relu2_forward_bf16: equals relu2_forward then the cast (cpu)", () => {
+  relu2Check(backend("cpu"), "cpu");
+});
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `relu2_forward_bf16: equals relu2_forward then the cast (${tname})`,
+    ignore: !tgt.run,
+    fn: () => relu2Check(backend(tgt.name, tgt.variant), tname),
+  });
+}
+
+// ---- softcapped cross-entropy on bf16 logits: on every backend exactly the fp32 kernel on the
+// widened logits with its dlogits cast (the math is fp32 either way), and emu against cpu
+interface CeCfg {
+  N: number;
+  V: number;
+  softcap: number;
+}
+// V: under one 256-thread pass, ragged over several; softcap 30 (the model's) and off
+const CE_ALL: CeCfg[] = [
+  { N: 1, V: 7, softcap: 30 },
+  { N: 3, V: 300, softcap: 30 },
+  { N: 5, V: 1000, softcap: 0 },
+];
+const ceConfigs = VARIANT ? CE_ALL.filter((c) => c.N * c.V <= 2000) : CE_ALL;
+const ceLabel = ({ N, V, softcap }: CeCfg) => `[${N},${V}] softcap ${softcap}`;
+/** logits of O(10) (beyond the cap's linear range) rounded to bf16, and targets in range */
+function ceCase(rng: Rng, { N, V }: CeCfg) {
+  const x = f32ToBf16(rng.normal(N * V).map((v) => 20 * v)); // bf16 bit patterns
+  const targets = Int32Array.from({ length: N }, () => Math.floor(rng.next() * V));
+  return { x, targets };
+}
+const ceRun = (be: Backend, c: CeCfg, rng: Rng) => {
+  const { x, targets } = ceCase(rng, c);
+  return withTensors(
+    be,
+    {
+      logits: { data: x, shape: [c.N * c.V], dtype: "bf16" },
+      targets: { data: targets, shape: [c.N], dtype: "i32" },
+    },
+    { losses: { shape: [c.N] }, dlogits: { shape: [c.N * c.V], dtype: "bf16" } },
+    (t) =>
+      be.k.mn_softcap_crossentropy_bf16(
+        t.losses.ptr,
+        t.dlogits.ptr,
+        t.logits.ptr,
+        t.targets.ptr,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        be.stream,
+      ),
+  );
+};
+checkKernel({
+  name: "softcap_crossentropy_bf16",
+  configs: ceConfigs,
+  label: ceLabel,
+  // the fp32 kernel's emu-vs-cpu bounds (crossentropy_test.ts scale), then one bf16 rounding
+  tol: { losses: { atol: 1e-5, rtol: 1e-5 }, dlogits: TOL_BF16 },
+  run: ceRun,
+});
+function ceMatchesF32(be: Backend, name: string) {
+  ceConfigs.forEach((c, ci) => {
+    const { x, targets } = ceCase(new Rng(5000 + ci), c);
+    const n = c.N * c.V;
+    const r = withTensors(be, {
+      logits: { data: x, shape: [n], dtype: "bf16" },
+      targets: { data: targets, shape: [c.N], dtype: "i32" },
+    }, {
+      losses: { shape: [c.N] },
+      dlogits: { shape: [n], dtype: "bf16" },
+      wide: { shape: [n] },
+      losses32: { shape: [c.N] },
+      cast: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      const k = be.k, s = be.stream, tg = t.targets.ptr;
+      // in place, as the lm head runs it
+      k.mn_softcap_crossentropy_bf16(
+        t.losses.ptr,
+        t.logits.ptr,
+        t.logits.ptr,
+        tg,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        s,
+      );
+      k.mn_memcpy_d2d(t.dlogits.ptr, t.logits.ptr, BigInt(2 * n), s);
+      // the reference pair on the widened logits (uploaded again: the buffer now holds dlogits)
+      const again = be.upload(x, [n], "bf16");
+      k.mn_cast_bf16_to_f32(t.wide.ptr, again.ptr, BigInt(n), s);
+      be.free(again);
+      k.mn_softcap_crossentropy(
+        t.losses32.ptr,
+        t.wide.ptr,
+        t.wide.ptr,
+        tg,
+        c.N,
+        c.V,
+        c.softcap,
+        0.25,
+        s,
+      );
+      k.mn_cast_f32_to_bf16(t.cast.ptr, t.wide.ptr, BigInt(n), s);
+    });
+    compare(`${ceLabel(c)} losses (${name})`, r.losses, r.losses32, EXACT);
+    compare(`${ceLabel(c)} dlogits (${name})`, r.dlogits, r.cast, EXACT);
+  });
+}
+Deno.test("softcap_crossentropy_bf16: the fp32 kernel on widened logits, then the cast (cpu)", () => {
+  ceMatchesF32(backend("cpu"), "cpu");
+});
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `softcap_crossentropy_bf16: the fp32 kernel on widened logits, then the cast (${tname})`,
+    ignore: !tgt.run,
+    fn: () => ceMatchesF32(backend(tgt.name, tgt.variant), tname),
+  });
+}
