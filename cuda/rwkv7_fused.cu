@@ -439,11 +439,13 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
+  // parameter-vector gradients always add (their accumulate bits are required set): col_sums'
+  // own mask is 1 (one output) or 3 (two) throughout this file
   return mn_reduce::col_sums<1>(
       "rwkv7_mix_x_backward",
       MixXTerm{dx, (const float*)dout, (const float*)x, (const float*)maa, T, C,
                (accumulate & 1) != 0, 0.0f},
-      dmaa, nullptr, N, C, part, stream);
+      dmaa, nullptr, N, C, 1, part, stream);
 }
 
 MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
@@ -486,12 +488,12 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
   const Mix4Grads g{{dm_rg, dm_wa, dm_k, dm_v}, {dout_rg, dout_wa, dout_k, dout_v}};
   int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
                                   Mix4Term{dx, g, a, (const float*)x, T, C, accumulate, {}},
-                                  dmaa_rg, dmaa_wa, N, C, part, stream);
+                                  dmaa_rg, dmaa_wa, N, C, 3, part, stream);
   if (rc) return rc;
   return mn_reduce::col_sums<2>(
       "rwkv7_mix4_backward_tail",
       Mix4TailTerm{(const float*)dout_k, (const float*)dout_v, (const float*)x, T, C}, dmaa_k,
-      dmaa_v, N, C, part, stream);
+      dmaa_v, N, C, 3, part, stream);
 }
 
 MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
@@ -562,10 +564,10 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
   if (rc) return rc;
   if ((rc = mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
                                    Sum2Term{src[0], src[1], C}, dtime_decay, dtime_aaaaa, N, C,
-                                   part, stream)))
+                                   3, part, stream)))
     return rc;
   return mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
-                                Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, part,
+                                Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, 3, part,
                                 stream);
 }
 
@@ -616,9 +618,9 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                    GnGateParamTerm{(const float*)dout, (const float*)gate,
                                                    (const float*)y, (const float*)mean,
                                                    (const float*)rstd, H, D, 0},
-                                   dweight, dbias, N, C, part, stream)))
+                                   dweight, dbias, N, C, 3, part, stream)))
     return rc;
   return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
                                 BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
-                                nullptr, N, C, part, stream);
+                                nullptr, N, C, 1, part, stream);
 }

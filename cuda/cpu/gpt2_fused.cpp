@@ -103,10 +103,9 @@ MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float
   MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
              "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
   const int64_t n = (int64_t)B * T * H * D;
-  std::vector<float> dnormed(n, 0.0f);
-  if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, stream)) return rc;
-  if (!(accumulate & 1)) std::memset(dx, 0, n * sizeof(float));  // overwrite: never read
-  return mn_rmsnorm_backward(dx, dnormed.data(), x, rstd, B * T * H, D, stream);
+  std::vector<float> dnormed(n);
+  if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, 0, stream)) return rc;
+  return mn_rmsnorm_backward(dx, dnormed.data(), x, rstd, B * T * H, D, accumulate & 1, stream);
 }
 
 MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
