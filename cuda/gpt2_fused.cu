@@ -158,7 +158,7 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
   if (rc || !part) return rc;
   // the blocks' partials in block order (at most 1024: one block of the full-sum kernel)
   return mn_reduce::full_sums<2>("mix_rmsnorm_backward_dab", mn_reduce::FullPartialsTerm<2>{part},
-                                 dab, dab + 1, p.blocks, (accumulate & 4) ? 1 : 0, nullptr, stream);
+                                 dab, dab + 1, p.blocks, (accumulate & 4) ? 3 : 0, nullptr, stream);
 }
 
 // ---- QK-RMSNorm + rotary ----

@@ -240,7 +240,7 @@ for (const tgt of targets()) {
           else k.mn_axpby_forward(t.x_out.ptr, t.x.ptr, y, t.ab.ptr, b, n, s);
           k.mn_rmsnorm_forward(t.out_f32.ptr, t.rstd.ptr, t.x_out.ptr, N, C, EPS, s);
           k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, n, s);
-          k.mn_rmsnorm_backward(t.dx_out.ptr, t.dnorm.ptr, t.x_out.ptr, t.rstd.ptr, N, C, s);
+          k.mn_rmsnorm_backward(t.dx_out.ptr, t.dnorm.ptr, t.x_out.ptr, t.rstd.ptr, N, C, -1, s);
           const dy = kind === "same" ? t.dx.ptr : t.dy.ptr;
           if (kind === "residual") {
             k.mn_axpy(t.dx.ptr, 1, t.dx_out.ptr, n, s);
@@ -258,6 +258,7 @@ for (const tgt of targets()) {
               t.ab.ptr,
               b,
               n,
+              -1,
               s,
             );
           }
@@ -479,8 +480,8 @@ for (const tgt of targets()) {
           k.mn_rmsnorm_forward(t.normed.ptr, t.rstd.ptr, t.x.ptr, rows, D, EPS, s);
           k.mn_rotary_forward(t.out_f32.ptr, t.normed.ptr, B, T, H, D, s);
           k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, BigInt(n), s);
-          k.mn_rotary_backward(t.dnormed.ptr, t.dout.ptr, B, T, H, D, s);
-          k.mn_rmsnorm_backward(t.dx.ptr, t.dnormed.ptr, t.x.ptr, t.rstd.ptr, rows, D, s);
+          k.mn_rotary_backward(t.dnormed.ptr, t.dout.ptr, B, T, H, D, -1, s);
+          k.mn_rmsnorm_backward(t.dx.ptr, t.dnormed.ptr, t.x.ptr, t.rstd.ptr, rows, D, -1, s);
         });
         for (const key of ["out_f32", "out_bf16", "rstd", "dx"]) {
           compare(
@@ -519,7 +520,7 @@ for (const tgt of targets()) {
           k.mn_axpby_forward(t.out_f32.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s);
           k.mn_cast_f32_to_bf16(t.out_bf16.ptr, t.out_f32.ptr, n, s);
           // the tape's order: the outer axpby's backward, then the inner one's
-          const args = [t.dout.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, s] as const;
+          const args = [t.dout.ptr, t.v.ptr, t.diff.ptr, t.one.ptr, t.lamb.ptr, n, -1, s] as const;
           k.mn_axpby_backward(t.dv.ptr, t.ddiff.ptr, null, t.dlamb.ptr, ...args);
           k.mn_axpby_backward(
             dv1,
@@ -532,6 +533,7 @@ for (const tgt of targets()) {
             t.one.ptr,
             t.minus.ptr,
             n,
+            -1,
             s,
           );
         });
