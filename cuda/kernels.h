@@ -36,7 +36,9 @@
  *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
  *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12) and ~5 N ints for
  *   embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the stream, so the first call of
- *   a bigger shape synchronizes once; no call may be captured into a CUDA graph.
+ *   a bigger shape synchronizes once. Under CUDA graph capture a call that would grow it fails the
+ *   capture (a sync is illegal there); --cuda_graph's warm-up steps grow it to the step's needs
+ *   first, so the captured calls find it large enough and only reuse it.
  */
 #ifndef MN_KERNELS_H
 #define MN_KERNELS_H
