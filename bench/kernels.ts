@@ -228,6 +228,25 @@ const reductionCases: Case[] = [
   },
 ];
 
+const crossEntropyCase: Case = {
+  name: `softcap cross-entropy ${S.logitRows}x${S.V}`,
+  bytes: 3 * S.logitRows * S.V * F, // logits read twice (statistics, gradient), dlogits written
+  run: (be, t) => {
+    const lg = t([S.logitRows, S.V]), loss = t([S.logitRows]), tg = t([S.logitRows], "i32");
+    return () =>
+      be.k.mn_softcap_crossentropy(
+        loss.ptr,
+        lg.ptr,
+        lg.ptr,
+        tg.ptr,
+        S.logitRows,
+        S.V,
+        30,
+        1,
+        be.stream,
+      );
+  },
+};
 const cases: Case[] = size === "record" ? [] : [
   {
     name: `gemm_bf16 ${S.N}x${S.C}x${4 * S.C}`,
@@ -308,24 +327,7 @@ const cases: Case[] = size === "record" ? [] : [
       };
     },
   },
-  {
-    name: `softcap cross-entropy ${S.logitRows}x${S.V}`,
-    run: (be, t) => {
-      const lg = t([S.logitRows, S.V]), loss = t([S.logitRows]), tg = t([S.logitRows], "i32");
-      return () =>
-        be.k.mn_softcap_crossentropy(
-          loss.ptr,
-          lg.ptr,
-          lg.ptr,
-          tg.ptr,
-          S.logitRows,
-          S.V,
-          30,
-          1,
-          be.stream,
-        );
-    },
-  },
+  crossEntropyCase,
   // the three WKV-7 structures at the record's per-GPU batch (device_bsz 32 x T 1024, 12 heads of 64)
   ...(["wkv7g (default)", "backstepping (--fast_cuda)", "wind (--wind_cuda)"] as const).map(
     (kind): Case => ({
@@ -520,27 +522,7 @@ const overwriteCases: Case[] = [
   },
 ];
 if (size === "record") cases.push(...overwriteCases);
-if (size === "record") {
-  cases.push({
-    name: `softcap cross-entropy ${S.logitRows}x${S.V}`,
-    bytes: 3 * S.logitRows * S.V * F, // logits read twice (statistics, gradient), dlogits written
-    run: (be, t) => {
-      const lg = t([S.logitRows, S.V]), loss = t([S.logitRows]), tg = t([S.logitRows], "i32");
-      return () =>
-        be.k.mn_softcap_crossentropy(
-          loss.ptr,
-          lg.ptr,
-          lg.ptr,
-          tg.ptr,
-          S.logitRows,
-          S.V,
-          30,
-          1,
-          be.stream,
-        );
-    },
-  });
-}
+if (size === "record") cases.push(crossEntropyCase);
 
 const backends: BackendName[] = ["cpu"];
 if (size === "small") backends.push("emu");
