@@ -41,11 +41,6 @@ __device__ inline int64_t att_row(int b, int t, int h, int T, int H, int D) {
   return (((int64_t)b * T + t) * H + h) * D;
 }
 
-__device__ inline float att_warp_sum(float x) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-
 // Stages rows t0 .. t0+rows-1 of head h of a [B,T,H,D] tensor into dst (row stride ld), as fp32;
 // rows at or past T are zero. Called by the whole block (no barrier inside).
 template <int D, typename TI>
@@ -226,7 +221,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
   const float* o = out + row * D;
   float acc = 0.0f;
   for (int d = lane; d < D; d += 32) acc += a[d] * o[d];
-  acc = att_warp_sum(acc);
+  acc = mn_warp_sum(acc);
   const int h = (int)(row % H), t = (int)((row / H) % T), b = (int)(row / ((int64_t)H * T));
   if (lane == 0) delta[((int64_t)b * H + h) * T + t] = acc;
 }

@@ -48,10 +48,16 @@ inline unsigned mn_blocks_for(int64_t n, int threads) {
 __host__ __device__ inline float mn_bf16_to_f32(bf16 x) { return __bfloat162float(x); }
 __host__ __device__ inline bf16 mn_f32_to_bf16(float x) { return __float2bfloat16_rn(x); }
 
+// Sum over the 32 lanes of a warp (all active); every lane gets it, in one fixed butterfly order.
+__device__ inline float mn_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Block-wide sum for blockDim.x a multiple of 32 (<= 1024); every thread gets the result.
 // `scratch` is __shared__ float[32]. Fixed order, so deterministic.
 __device__ inline float mn_block_sum(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = mn_warp_sum(v);
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = (blockDim.x + 31) / 32;
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;

@@ -13,6 +13,7 @@
 // NaN loss and, when dlogits is given, a NaN gradient row: the failure shows in the loss instead of
 // training silently on a wrong class. The cpu build rejects it with an error instead.
 #include "common.cuh"
+#include "entry_checks.h"
 
 constexpr int CE_THREADS = 256;
 
@@ -114,10 +115,8 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
 MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
                                         int32_t* targets, int N, int V, float softcap, float dloss,
                                         void* stream) {
-  MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy_bf16: bad shape N=%d V=%d", N, V);
-  MN_REQUIRE(losses && logits && targets,
-             "softcap_crossentropy_bf16: NULL losses, logits or targets");
-  MN_REQUIRE(softcap == softcap && dloss == dloss, "softcap_crossentropy_bf16: NaN softcap or dloss");
+  if (int rc = mn_check_softcap_crossentropy_bf16(losses, logits, targets, N, V, softcap, dloss))
+    return rc;
   return mn_launch("softcap_crossentropy_bf16", softcap_crossentropy_kernel<bf16>, dim3(N),
                    dim3(CE_THREADS), 0, stream, losses, (bf16*)dlogits, (const bf16*)logits,
                    (const int32_t*)targets, V, softcap, dloss);

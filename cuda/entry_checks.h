@@ -120,3 +120,24 @@ inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t col
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   return 0;
 }
+
+// GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
+inline int mn_check_rows(const char* fn, int N, int C) {
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
+  return 0;
+}
+inline int mn_check_qk_heads(const char* fn, int B, int T, int H, int D) {
+  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0, "%s: B=%d T=%d H=%d D=%d must be positive", fn, B,
+             T, H, D);
+  MN_REQUIRE(D % 2 == 0 && D <= 1024, "%s: head dim D=%d must be even and <= 1024", fn, D);
+  return 0;
+}
+// softcapped cross-entropy on bf16 logits (crossentropy.cu)
+inline int mn_check_softcap_crossentropy_bf16(float* losses, mn_bf16* logits, int32_t* targets,
+                                               int N, int V, float softcap, float dloss) {
+  const char* fn = "softcap_crossentropy_bf16";
+  MN_REQUIRE(N > 0 && V > 0, "%s: bad shape N=%d V=%d", fn, N, V);
+  MN_REQUIRE(losses && logits && targets, "%s: NULL losses, logits or targets", fn);
+  MN_REQUIRE(softcap == softcap && dloss == dloss, "%s: NaN softcap or dloss", fn);
+  return 0;
+}

@@ -16,6 +16,7 @@
 // the same row (an L1 hit). Value mix: elementwise forward; the backward is a reduce.cuh full sum
 // whose term also writes dv and dv1.
 #include "common.cuh"
+#include "entry_checks.h"
 #include "reduce.cuh"
 #include "rotary.cuh"
 
@@ -121,16 +122,13 @@ __global__ void mix_rmsnorm_backward_kernel(float* dx, float* dy, float* dab, fl
   }
 }
 
-#define MIX_SHAPE_CHECK(fn, N, C) \
-  MN_REQUIRE((N) > 0 && (C) > 0, "%s: bad shape N = %d, C = %d", fn, (int)(N), (int)(C))
-
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
                                   float* x, float* y, float* ab, int N, int C, float eps,
                                   void* stream) {
   const char* fn = "mix_rmsnorm_forward";
   MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  MIX_SHAPE_CHECK(fn, N, C);
+  if (int rc = mn_check_rows(fn, N, C)) return rc;
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   return mn_launch(fn, mix_rmsnorm_forward_kernel, N, mix_threads(C), 0, stream, x_out, out_f32,
                    (bf16*)out_bf16, rstd, (const float*)x, (const float*)y, (const float*)ab, C,
@@ -143,7 +141,7 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
   const char* fn = "mix_rmsnorm_backward";
   MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
   MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
-  MIX_SHAPE_CHECK(fn, N, C);
+  if (int rc = mn_check_rows(fn, N, C)) return rc;
   const MixPlan p = mix_plan(N);
   float* part = nullptr;
   if (dab && p.blocks > 1) {
@@ -218,19 +216,12 @@ __global__ void qk_rmsnorm_rotary_backward_kernel(float* dx, const float* dout, 
   dx[row * D + c] = (accumulate & 1) ? dx[row * D + c] + g : g;
 }
 
-static int qk_check(const char* fn, int B, int T, int H, int D) {
-  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0, "%s: B=%d T=%d H=%d D=%d must be positive", fn, B,
-             T, H, D);
-  MN_REQUIRE(D % 2 == 0 && D <= 1024, "%s: head dim D=%d must be even and <= 1024", fn, D);
-  return 0;
-}
-
 MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
                                         int B, int T, int H, int D, float eps, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  if (int rc = qk_check(fn, B, T, H, D)) return rc;
+  if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
@@ -242,7 +233,7 @@ MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float
                                          int T, int H, int D, int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
-  if (int rc = qk_check(fn, B, T, H, D)) return rc;
+  if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
   return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel, (unsigned)rows, mix_threads(D), 0, stream,

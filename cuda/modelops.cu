@@ -49,11 +49,6 @@ __host__ __device__ inline float unary_df(int op, float x, float y) {
   }
 }
 
-__device__ inline float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Row-vector ops, out = x * v (mul) or x + v (add, where v and x below are exactly 1):
 // d out / d x contributes dout * v, d out / d v contributes dout * x. Used by the fused dx+dv term
 // and the dx-only kernel alike, so both round the same way.
@@ -185,7 +180,7 @@ __global__ void l2norm_forward_kernel(float* out, const float* x, int64_t rows, 
     const float* xr = x + row * D;
     float ss = 0.0f;
     for (int j = lane; j < D; j += 32) ss += xr[j] * xr[j];
-    float inv = 1.0f / fmaxf(sqrtf(warp_sum(ss)), eps);
+    float inv = 1.0f / fmaxf(sqrtf(mn_warp_sum(ss)), eps);
     for (int j = lane; j < D; j += 32) out[row * D + j] = xr[j] * inv;
   }
 }
@@ -203,8 +198,8 @@ __global__ void l2norm_backward_kernel(float* dx, const float* dout, const float
       ss += xr[j] * xr[j];
       dot += xr[j] * gr[j];
     }
-    float nrm = sqrtf(warp_sum(ss));
-    dot = warp_sum(dot);
+    float nrm = sqrtf(mn_warp_sum(ss));
+    dot = mn_warp_sum(dot);
     if (nrm >= eps) {
       float inv = 1.0f / nrm;
       float coef = dot * inv * inv * inv;
@@ -226,10 +221,10 @@ __global__ void groupnorm_forward_kernel(float* out, float* mean, float* rstd, c
     const int c0 = (int)(row % G) * D;
     float s = 0.0f;
     for (int j = lane; j < D; j += 32) s += xr[j];
-    float m = warp_sum(s) / D;
+    float m = mn_warp_sum(s) / D;
     float sq = 0.0f;
     for (int j = lane; j < D; j += 32) sq += (xr[j] - m) * (xr[j] - m);
-    float rs = rsqrtf(warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
+    float rs = rsqrtf(mn_warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
     for (int j = lane; j < D; j += 32)
       out[row * D + j] = norm_xhat(xr[j], m, rs) * weight[c0 + j] + bias[c0 + j];
     if (lane == 0) {
@@ -256,8 +251,8 @@ __global__ void groupnorm_backward_dx_kernel(float* dx, const float* dout, const
       s1 += dxh;
       s2 += dxh * norm_xhat(xr[j], m, rs);
     }
-    s1 = warp_sum(s1) / D;
-    s2 = warp_sum(s2) / D;
+    s1 = mn_warp_sum(s1) / D;
+    s2 = mn_warp_sum(s2) / D;
     for (int j = lane; j < D; j += 32) {
       float xh = norm_xhat(xr[j], m, rs);
       MN_GRAD_STORE(dx[row * D + j], rs * (gr[j] * weight[c0 + j] - s1 - xh * s2), acc);
@@ -297,7 +292,7 @@ __global__ void bonus_forward_kernel(float* out, const float* r, const float* k,
     const float* ur = u + (int64_t)(row % H) * D;
     float s = 0.0f;
     for (int j = lane; j < D; j += 32) s += r[b + j] * k[b + j] * ur[j];
-    s = warp_sum(s);
+    s = mn_warp_sum(s);
     for (int j = lane; j < D; j += 32) out[b + j] = s * v[b + j];
   }
 }
@@ -317,8 +312,8 @@ __global__ void bonus_backward_rkv_kernel(float* dr, float* dk, float* dv, float
       s += r[b + j] * k[b + j] * ur[j];
       ds += dout[b + j] * v[b + j];
     }
-    s = warp_sum(s);
-    ds = warp_sum(ds);
+    s = mn_warp_sum(s);
+    ds = mn_warp_sum(ds);
     for (int j = lane; j < D; j += 32) {
       MN_GRAD_STORE(dv[b + j], s * dout[b + j], av);
       MN_GRAD_STORE(dr[b + j], ds * k[b + j] * ur[j], ar);

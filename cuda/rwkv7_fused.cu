@@ -179,11 +179,6 @@ constexpr int kWarps = kThreads / 32;
   for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < (rows); \
        row += (int64_t)gridDim.x * kWarps)
 
-__device__ inline float warp_total(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The six [N, C] inputs and four [C] parameter vectors of the chain (rwkv7_math.cuh wkv_inputs_f).
 struct WkvIn {
   const float* dec;
@@ -210,7 +205,7 @@ __device__ inline float head_norm(const WkvIn& in, int64_t base, int D, int lane
     const float s = in.k0[base + j] + in.kkk[base + j];
     ss += s * s;
   }
-  return sqrtf(warp_total(ss));
+  return sqrtf(mn_warp_sum(ss));
 }
 
 template <class Out>
@@ -261,7 +256,7 @@ __global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64
       const float a = sigmoid_f(in.aaa[e] + in.ta[c0 + j]);
       dot += (in.k0[e] + in.kkk[e]) * (-gr.da[e] + gr.db[e] * a);
     }
-    dot = warp_total(dot);
+    dot = mn_warp_sum(dot);
     const float coef = dot * inv * inv * inv;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
@@ -315,7 +310,7 @@ struct GnIn {
 __device__ inline float bonus_scalar(const GnIn& in, int64_t base, int c0, int D, int lane) {
   float s = 0.0f;
   for (int j = lane; j < D; j += 32) s += in.r[base + j] * in.k[base + j] * in.u[c0 + j];
-  return warp_total(s);
+  return mn_warp_sum(s);
 }
 
 template <class Out>
@@ -328,10 +323,10 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
     const float* yr = in.y + base;
     float sum = 0.0f;
     for (int j = lane; j < D; j += 32) sum += yr[j];
-    const float m = warp_total(sum) / D;
+    const float m = mn_warp_sum(sum) / D;
     float sq = 0.0f;
     for (int j = lane; j < D; j += 32) sq += (yr[j] - m) * (yr[j] - m);
-    const float rs = rsqrtf(warp_total(sq) / D + eps);  // biased variance, as nn.GroupNorm
+    const float rs = rsqrtf(mn_warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
     const float s = bonus_scalar(in, base, c0, D, lane);
     for (int j = lane; j < D; j += 32) {
       const int c = c0 + j;
@@ -367,9 +362,9 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
       s1 += dxh;
       s2 += dxh * norm_xhat(in.y[e], m, rs);
     }
-    ds = warp_total(ds);
-    s1 = warp_total(s1) / D;
-    s2 = warp_total(s2) / D;
+    ds = mn_warp_sum(ds);
+    s1 = mn_warp_sum(s1) / D;
+    s2 = mn_warp_sum(s2) / D;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
       const int c = c0 + j;

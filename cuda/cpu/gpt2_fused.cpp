@@ -3,18 +3,14 @@
 #include <vector>
 
 #include "cpu_common.h"
-
-static int check_shape(const char* fn, int N, int C) {
-  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
-  return 0;
-}
+#include "../entry_checks.h"
 
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
                                   float* x, float* y, float* ab, int N, int C, float eps, void*) {
   const char* fn = "mix_rmsnorm_forward";
   MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  if (int rc = check_shape(fn, N, C)) return rc;
+  if (int rc = mn_check_rows(fn, N, C)) return rc;
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   const float a = ab[0], b = ab[1];
 #pragma omp parallel for if ((int64_t)N * C > 100000)
@@ -44,7 +40,7 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
   const char* fn = "mix_rmsnorm_backward";
   MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
   MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
-  if (int rc = check_shape(fn, N, C)) return rc;
+  if (int rc = mn_check_rows(fn, N, C)) return rc;
   const double a = ab[0], b = ab[1];
   const bool acc_x = accumulate & 1, acc_y = accumulate & 2, acc_ab = accumulate & 4;
   const bool same = dx && dx == dy;
@@ -83,8 +79,7 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
-             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
   std::vector<float> normed(n), rotated(n);
   if (int rc = mn_rmsnorm_forward(normed.data(), rstd, x, B * T * H, D, eps, stream)) return rc;
@@ -100,8 +95,7 @@ MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float
                                          int T, int H, int D, int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0 && D % 2 == 0 && D <= 1024,
-             "%s: B=%d T=%d H=%d D=%d: positive, D even and <= 1024", fn, B, T, H, D);
+  if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
   std::vector<float> dnormed(n);
   if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, 0, stream)) return rc;
@@ -160,9 +154,8 @@ MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
 MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
                                         int32_t* targets, int N, int V, float softcap, float dloss,
                                         void* stream) {
-  MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy_bf16: bad shape N=%d V=%d", N, V);
-  MN_REQUIRE(losses && logits && targets,
-             "softcap_crossentropy_bf16: NULL losses, logits or targets");
+  if (int rc = mn_check_softcap_crossentropy_bf16(losses, logits, targets, N, V, softcap, dloss))
+    return rc;
   const int64_t n = (int64_t)N * V;
   std::vector<float> x(n);
   for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(logits[i]);
