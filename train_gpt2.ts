@@ -21,7 +21,6 @@ import {
   mixRmsnorm,
   qkRmsnormRotary,
   relu2Operand,
-  reshape,
   valueMix,
 } from "./cuda/fused_ops.ts";
 import {
@@ -376,8 +375,7 @@ export class Model {
     const a = this.a, B = a.device_bsz, T = a.sequence_length;
     const H = a.n_head, D = a.n_embd / a.n_head;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
-    const as = (v: Var, shape: number[]) => (a.unfused ? view : reshape)(g, v, shape);
-    const heads = (w: string) => as(g.matmul(x, P(w), true), [B, T, H, D]);
+    const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
     let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
     if (v1 === null) v1 = v; // the first block: later blocks mix in its v
     if (a.unfused) {
@@ -390,7 +388,7 @@ export class Model {
       q = qkRmsnormRotary(g, q);
       k = qkRmsnormRotary(g, k);
     }
-    const y = as(attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
+    const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
     return [g.matmul(y, P("c_proj.weight"), true), v1];
   }
 }

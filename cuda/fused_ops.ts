@@ -149,22 +149,6 @@ export function relu2Operand(g: Graph, x: Var): Var {
 }
 
 /**
- * x with another shape (same elements and memory). Its backward hands the gradient buffer to x
- * when x has none yet (x used only through this view, as the attention's q, k, v and output): no
- * copy and no zeroed buffer, where the generic view adds it into x's gradient.
- */
-export function reshape(g: Graph, x: Var, shape: number[]): Var {
-  const y = new Var(x.t.view(shape), g.needs(x));
-  if (y.requiresGrad) {
-    g.record(() => {
-      if (y.g) g.passGrad(x, y as Var & { g: Tensor });
-      g.dropGrad(y);
-    }, [x]);
-  }
-  return y;
-}
-
-/**
  * Graph.lmHeadLoss with bf16 logits, as the original's bf16 model computes them: the head's GEMM
  * writes bf16 logits, the softcapped cross-entropy reads them and writes bf16 dlogits in place,
  * which both backward GEMMs read as their operand (no fp32 logits, no cast). The "f32" path is
