@@ -215,6 +215,10 @@ export class Graph {
   /** each parameter's first recorded use in this forward: the tape index of that entry */
   private firstUses = new Map<Param, number>();
   private live: Tensor[] = []; // this step's activations, returned to the pool by release()
+  /** while backward runs: what the running closure took with out() (its scratch: a bf16 copy of
+   * an upstream gradient, a kernel's workspace), back to the pool as soon as the closure returns
+   * (later launches on the same stream reuse it only after this closure's kernels) */
+  private temps: Tensor[] | null = null;
   private pool: Pool;
   private consts = new Map<number, Tensor>();
   /** gradient buffers this graph took from its pool (only those may be handed on by passGrad) */
@@ -234,7 +238,7 @@ export class Graph {
   // the result with node(out, inputs, backward), take input gradients with grad()) ----
   out(shape: readonly number[], label: string, dtype: Dtype = "f32"): Tensor {
     const t = this.pool.take(shape, dtype, label);
-    this.live.push(t);
+    (this.temps ?? this.live).push(t);
     return t;
   }
   needs(...vs: (Var | null | undefined)[]): boolean {
@@ -371,9 +375,16 @@ export class Graph {
    * "every entry >= i has run". */
   backward(progress?: (done: number) => void) {
     progress?.(this.tape.length);
-    for (let i = this.tape.length - 1; i >= 0; i--) {
-      this.tape[i]();
-      progress?.(i);
+    this.temps = [];
+    try {
+      for (let i = this.tape.length - 1; i >= 0; i--) {
+        this.tape[i]();
+        for (const t of this.temps) this.pool.give(t);
+        this.temps.length = 0;
+        progress?.(i);
+      }
+    } finally {
+      this.temps = null;
     }
     this.tape = [];
     this.firstUses.clear();
