@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
+import { lmHeadLossBf16 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -61,7 +62,7 @@ const BOOL_FLAGS = {
   fast_cuda: "backstepping WKV-7 kernel (the original's --fast_cuda)",
   wind_cuda: "tensor-core WKV-7 kernel (the original's --wind_cuda)",
   unfused:
-    "time mixing from the generic tape ops (timeMixUnfused: the composition to edit) instead of the fused kernels",
+    "time mixing and the loss head from the generic tape ops (the composition to edit) instead of the fused kernels",
   help: "print the flags",
   cuda_graph:
     "cuda: capture the training step once after warm-up into a CUDA graph and replay it (off " +
@@ -403,7 +404,9 @@ export class Model {
       );
     }
     x = g.rmsnorm(x);
-    return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    // the original's lm_head runs under autocast: bf16 logits, softcapped, then .float()
+    if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale);
   }
 
   /** The token shift and the five mixes: xrg, xwa, xk, xv (fused kernels; see mixesUnfused). */

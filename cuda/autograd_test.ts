@@ -44,6 +44,32 @@ Deno.test("autograd: after the first step, a step allocates nothing (buffers com
   assert.equal(be.bytesInUse, after1);
 });
 
+Deno.test("autograd: a backward closure's scratch (bf16 upstream gradients) is reused by the next one", () => {
+  // a chain of L matmuls of the same shape: each backward casts its upstream gradient to a bf16
+  // scratch; one such buffer serves all L (it went back to the pool when its closure returned)
+  const allocated = (L: number) => {
+    const be = backend("cpu");
+    const g = new Graph(be);
+    const ps = Array.from(
+      { length: L },
+      (_, i) => new Param(be, `w${i}`, be.upload(new Float32Array(64).fill(0.01), [8, 8])),
+    );
+    let h = g.input(be.upload(new Float32Array(8 * 8).fill(1), [8, 8]));
+    for (const p of ps) h = g.matmul(h, g.param(p), true);
+    g.grad(h);
+    const before = be.bytesInUse;
+    g.backward();
+    const grew = be.bytesInUse - before;
+    g.release();
+    return grew;
+  };
+  const one = allocated(1), six = allocated(6);
+  assert.ok(one > 0);
+  // six matmuls: one activation gradient (8x8 fp32) more than one matmul (the chain's gradients
+  // take turns in two buffers) and no more scratch: without the reuse it would be 5 x 8x8 bf16 more
+  assert.equal(six - one, 8 * 8 * 4);
+});
+
 Deno.test("autograd: a value used twice gets the sum of both gradients (accumulating kernels)", () => {
   const be = backend("cpu");
   const g = new Graph(be);
