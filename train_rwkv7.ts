@@ -62,7 +62,7 @@ const BOOL_FLAGS = {
   fast_cuda: "backstepping WKV-7 kernel (the original's --fast_cuda)",
   wind_cuda: "tensor-core WKV-7 kernel (the original's --wind_cuda)",
   unfused:
-    "time mixing and the loss head from the generic tape ops (the composition to edit) instead of the fused kernels",
+    "time mixing from the generic tape ops (the composition to edit) instead of the fused kernels",
   help: "print the flags",
   cuda_graph:
     "cuda: capture the training step once after warm-up into a CUDA graph and replay it (off " +
@@ -405,7 +405,7 @@ export class Model {
     }
     x = g.rmsnorm(x);
     // the original's lm_head runs under autocast: bf16 logits, softcapped, then .float()
-    if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
+    // (g.lmHeadLoss is the fp32-logits composition)
     return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale);
   }
 
@@ -447,7 +447,9 @@ export class Model {
     const k0 = g.matmul(xk, P("key.weight"), true);
     let v = g.matmul(xv, P("value.weight"), true);
     if (layer === 0) v1 = v;
-    else v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
+    else if (this.a.unfused) {
+      v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
+    } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"));
     const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
     const tanhLora = (inp: Var, w1: string, w2: string) =>
       g.matmul(g.tanh(g.matmul(inp, P(w1))), P(w2));

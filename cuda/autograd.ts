@@ -1056,6 +1056,45 @@ export class Graph {
   }
 
   /**
+   * RWKV-7's value residual, fused (mn_rwkv7_value_mix_*): lerp(v, v1, sigmoid(mv + time_misc_v))
+   * for the layers after the first; v (this layer's value), v1 (the first layer's), mv (the LoRA's
+   * output) [B,T,C] fp32, tmv [C]. The output is fp32 (the bonus reads it) with WKV's bf16 operand
+   * alongside on the bf16 path. Same math as lerp(v, v1, sigmoid(addRow(mv, tmv))).
+   */
+  rwkv7ValueMix(v: Var, v1: Var, mv: Var, tmv: Var): Var {
+    const [N, C] = rowsCols(v);
+    sameShape("rwkv7ValueMix", v.shape, v1.shape);
+    sameShape("rwkv7ValueMix", v.shape, mv.shape);
+    if (tmv.t.numel !== C) {
+      throw new Error(`rwkv7ValueMix: tmv has ${tmv.t.numel} elements, not ${C}`);
+    }
+    if (v === v1) throw new Error("rwkv7ValueMix: v and v1 are one value (use lerp)");
+    const out = this.out(v.shape, "value_mix"); // [B,T,C] fp32
+    const ob = this.precision === "f32" ? null : this.out(v.shape, "value_mix.bf16", "bf16");
+    const p = [v, v1, mv, tmv].map((x) => x.t.ptr);
+    this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, N, C, this.s);
+    const y = this.node(out, [v, v1, mv, tmv], (y) => {
+      const sinks = [
+        this.gradSink(v),
+        this.gradSink(v1),
+        this.gradSink(mv),
+        this.paramSink(tmv, "rwkv7ValueMix"),
+      ];
+      this.k.mn_rwkv7_value_mix_backward(
+        ...sinks.map(([q]) => q),
+        y.g.ptr,
+        ...p,
+        N,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+    y.bf16 = ob;
+    return y;
+  }
+
+  /**
    * RWKV-7 after the WKV call, fused (mn_rwkv7_gn_bonus_gate_*): (GroupNorm(y) + bonus) * gate,
    * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v, gate
    * [B,T,C] fp32. The result is the output projection's operand (operandDtype). Same math as

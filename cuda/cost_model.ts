@@ -961,6 +961,21 @@ const rwkv7Mix4Backward: Cost = (a) => {
   ];
 };
 
+// rwkv7_value_mix_forward: reads v, v1, mv (and time_misc_v); writes out fp32 (+ bf16 copy)
+const rwkv7ValueMixForward: Cost = (a) => {
+  const n = need(a, "N") * need(a, "C"), C = need(a, "C");
+  const out = n * F32 + (has(a, "out_bf16") ? n * BF16 : 0);
+  return [elementwise("value_mix_forward_kernel", n, 3 * n * F32 + C * F32, out, 8)];
+};
+// col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (and dv, dv1, dmv where their bits are set);
+// writes dv, dv1, dmv; dtime_misc_v += sum dmv
+const rwkv7ValueMixBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), act = N * C * F32;
+  let accRead = 0;
+  for (let bit = 0; bit < 3; bit++) accRead += accBit(a, bit) ? act : 0;
+  return colSums("ValueMixTerm", 1, N, C, 4 * act + accRead, 3 * act, 14 * N * C);
+};
+
 // rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
 // inputs (k0, kkk twice: the norm pass, then the elements; the head's second read is an L1/L2 hit)
 // and the four parameter vectors; writes w, a, b (fp32 or bf16), k fp32 and its bf16 copy.
@@ -1586,6 +1601,8 @@ const TABLE: Record<string, Cost> = {
   mn_rwkv7_wkv_inputs_backward: rwkv7WkvInputsBackward,
   mn_rwkv7_gn_bonus_gate_forward: rwkv7GnBonusGateForward,
   mn_rwkv7_gn_bonus_gate_backward: rwkv7GnBonusGateBackward,
+  mn_rwkv7_value_mix_forward: rwkv7ValueMixForward,
+  mn_rwkv7_value_mix_backward: rwkv7ValueMixBackward,
   // wkv7.cu
   mn_wkv7_forward: (a) => wkv7Forward(a, BF16, true),
   mn_wkv7_backward: wkv7Backward,

@@ -328,6 +328,18 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                            float* mean, float* rstd, float* r, float* k, float* v,
                                            float* u, float* gate, int N, int H, int D,
                                            int accumulate, void* stream);
+/* The value residual of the layers after the first: out = lerp(v, v1, sigmoid(mv + time_misc_v))
+ * per row of C channels; v (this layer's value), v1 (the first layer's), mv (the LoRA's output)
+ * [N, C] fp32, time_misc_v [C]. out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL,
+ * also WKV's bf16 operand. */
+MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
+                                      float* mv, float* time_misc_v, int N, int C, void* stream);
+/* gradient outputs: dv, dv1, dmv [N, C] (bits 0-2; distinct buffers), dtime_misc_v [C] (bit 3,
+ * must be set); dout [N, C] */
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, float* mv,
+                                       float* time_misc_v, int N, int C, int accumulate,
+                                       void* stream);
 
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column

@@ -361,6 +361,7 @@ const OWN_OVERWRITE_TESTS: Record<string, string[]> = {
     "mn_rwkv7_mix4_backward",
     "mn_rwkv7_wkv_inputs_backward",
     "mn_rwkv7_gn_bonus_gate_backward",
+    "mn_rwkv7_value_mix_backward",
   ],
   "./gpt2_fused_test.ts": [
     "mn_mix_rmsnorm_backward",

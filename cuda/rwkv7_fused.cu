@@ -406,6 +406,57 @@ struct GnGateParamTerm {
   }
 };
 
+// ---- (d) the value residual of layers after the first ----
+
+// out = lerp(v, v1, sigmoid(mv + time_misc_v[c])) as fp32 (the bonus reads it) and, when out_bf16
+// is non-NULL, also as WKV's bf16 operand
+__global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float* v,
+                                         const float* v1, const float* mv, const float* tmv, int C,
+                                         int64_t n) {
+  GRID_STRIDE(e, n) {
+    const float o = lerp_f(v[e], v1[e], sigmoid_f(mv[e] + tmv[e % C]));
+    out[e] = o;
+    if (out_bf16) out_bf16[e] = mn_f32_to_bf16(o);
+  }
+}
+
+// Its backward, in the column-sum pass over dout: dv = dout (1 - g), dv1 = dout g,
+// dmv = dout (v1 - v) g (1 - g), dtime_misc_v[c] += sum_i dmv, with g recomputed from mv.
+struct ValueMixTerm {
+  float* dv;
+  float* dv1;
+  float* dmv;
+  const float* dout;
+  const float* v;
+  const float* v1;
+  const float* mv;
+  const float* tmv;
+  int C;
+  int acc;  // bits 0 dv, 1 dv1, 2 dmv
+  float bias;
+  struct Load {
+    float d, v, v1, mv, old[3];
+  };
+  __device__ void begin(int c) { bias = tmv[c]; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    Load l{dout[e], v[e], v1[e], mv[e], {0.0f, 0.0f, 0.0f}};
+    if (acc & 1) l.old[0] = dv[e];
+    if (acc & 2) l.old[1] = dv1[e];
+    if (acc & 4) l.old[2] = dmv[e];
+    return l;
+  }
+  __device__ void use(int64_t i, int c, const Load& l, float* sums) const {
+    const int64_t e = i * C + c;
+    const float g = sigmoid_f(l.mv + bias);
+    const float dg = l.d * (l.v1 - l.v) * sigmoid_dy(g);
+    dv[e] = l.old[0] + l.d * (1.0f - g);
+    dv1[e] = l.old[1] + l.d * g;
+    dmv[e] = l.old[2] + dg;
+    sums[0] += dg;
+  }
+};
+
 }  // namespace
 
 // ---- entry points ----
@@ -618,4 +669,36 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
   return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
                                 BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
                                 nullptr, N, C, 1, part, stream);
+}
+
+MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
+                                      float* mv, float* time_misc_v, int N, int C, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_forward", N, C, 1, C,
+                                     {out, v, v1, mv, time_misc_v}, 0, 0, 0.0f))
+    return rc;
+  const int64_t n = (int64_t)N * C;
+  return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel,
+                   mn_blocks_for(n, kThreads), kThreads, 0, stream, out, (bf16*)out_bf16,
+                   (const float*)v, (const float*)v1, (const float*)mv,
+                   (const float*)time_misc_v, C, n);
+}
+
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, float* mv,
+                                       float* time_misc_v, int N, int C, int accumulate,
+                                       void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
+                                     {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
+                                     accumulate, 0x8, 0.0f))
+    return rc;
+  MN_REQUIRE(dv != dv1 && dv != dmv && dv1 != dmv,
+             "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
+    return rc;
+  return mn_reduce::col_sums<1>(
+      "rwkv7_value_mix_backward",
+      ValueMixTerm{dv, dv1, dmv, (const float*)dout, (const float*)v, (const float*)v1,
+                   (const float*)mv, (const float*)time_misc_v, C, accumulate & 7, 0.0f},
+      dtime_misc_v, nullptr, N, C, 1, part, stream);
 }

@@ -647,3 +647,139 @@ Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bi
     for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
   }
 });
+
+// ---- (d) the value residual: lerp(v, v1, sigmoid(mv + time_misc_v)) ----
+type VCfg = { N: number; C: number };
+const VSHAPES: VCfg[] = [{ N: 1, C: 5 }, { N: 7, C: 33 }, { N: 300, C: 40 }]; // 300: row tiles
+const vLabel = (c: VCfg) => `[${c.N},${c.C}]`;
+const V_ACTS = ["v", "v1", "mv"] as const;
+const V_PARS = ["tmv"] as const;
+
+function drawValue(c: VCfg, rng: Rng) {
+  const n = c.N * c.C;
+  const act: Vals = { v: rng.normal(n), v1: rng.normal(n), mv: rng.normal(n, 2) };
+  const par: Vals = { tmv: rng.normal(c.C, 0.5) };
+  const prior: Vals = {
+    v: rng.normal(n),
+    v1: rng.normal(n),
+    mv: rng.normal(n),
+    tmv: rng.normal(c.C),
+  };
+  return { act, par, prior, dout: rng.normal(n) };
+}
+type ValueDraw = ReturnType<typeof drawValue>;
+
+function valueRef(c: VCfg, act: Vals, par: Vals): Float64Array {
+  return Float64Array.from({ length: c.N * c.C }, (_, e) => {
+    const g = 1 / (1 + Math.exp(-(act.mv[e] + par.tmv[e % c.C])));
+    return act.v[e] + (act.v1[e] - act.v[e]) * g;
+  });
+}
+
+function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
+  const shape = [c.N, c.C];
+  const outs: Record<string, { shape: number[]; dtype?: "bf16" | "f32" }> = { out: { shape } };
+  if (bf16) outs.out_bf16 = { shape, dtype: "bf16" };
+  return withTensors(
+    be,
+    {
+      ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+      tmv: f32In(d.par.tmv as Float32Array, [c.C]),
+    },
+    outs,
+    (t) => {
+      const rc = be.k.mn_rwkv7_value_mix_forward(
+        t.out.ptr,
+        bf16 ? t.out_bf16.ptr : null,
+        ...V_ACTS.map((k) => t[k].ptr),
+        t.tmv.ptr,
+        c.N,
+        c.C,
+        be.stream,
+      );
+      assert.equal(rc, 0, be.lastError());
+    },
+  );
+}
+
+function valueBackward(be: Backend, c: VCfg, d: ValueDraw, accumulate = ALL) {
+  const shape = [c.N, c.C];
+  const ins = {
+    dout: f32In(d.dout, shape),
+    ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+    tmv: f32In(d.par.tmv as Float32Array, [c.C]),
+  };
+  const outs = Object.fromEntries([...V_ACTS, ...V_PARS].map((k, i) => [
+    "d" + k,
+    {
+      shape: i < 3 ? shape : [c.C],
+      init: (accumulate >> i) & 1 ? d.prior[k] as Float32Array : undefined,
+    },
+  ]));
+  return withTensors(be, ins, outs, (t) => {
+    const rc = be.k.mn_rwkv7_value_mix_backward(
+      ...[...V_ACTS, ...V_PARS].map((k) => t["d" + k].ptr),
+      t.dout.ptr,
+      ...V_ACTS.map((k) => t[k].ptr),
+      t.tmv.ptr,
+      c.N,
+      c.C,
+      accumulate,
+      be.stream,
+    );
+    if (rc) throw new Error(be.lastError());
+  });
+}
+
+for (const bf16 of [false, true]) {
+  checkKernel({
+    name: `rwkv7_value_mix_forward (${bf16 ? "with" : "no"} bf16 copy)`,
+    configs: VSHAPES,
+    label: vLabel,
+    tol: bf16 ? { out: TOL_F32, out_bf16: TOL_BF16 } : { out: TOL_F32 },
+    run: (be, c, rng) => valueForward(be, c, drawValue(c, rng), bf16),
+  });
+}
+checkKernel({
+  name: "rwkv7_value_mix_backward",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_F32, dtmv: SUM },
+  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng)),
+});
+
+Deno.test("rwkv7_value_mix: cpu forward matches float64, backward matches float64 central differences", () => {
+  const be = backend("cpu");
+  const c: VCfg = { N: 4, C: 6 };
+  const d = drawValue(c, new Rng(SEED));
+  const want = valueRef(c, d.act, d.par);
+  compare("forward", valueForward(be, c, d, false).out, want, TOL_F32);
+  compare("forward bf16 copy", valueForward(be, c, d, true).out_bf16, want, TOL_BF16);
+  const got = valueBackward(be, c, d);
+  const loss = (act: Vals, par: Vals) =>
+    valueRef(c, act, par).reduce((s, v, i) => s + v * d.dout[i], 0);
+  checkCentralDifferences(got, d, V_ACTS, V_PARS, loss, { atol: 2e-5, rtol: 2e-5 });
+});
+
+Deno.test("rwkv7_value_mix: accumulate bits (clear = overwrite a NaN-poisoned gradient; dtmv must add)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    const c = VSHAPES[2], d = drawValue(c, new Rng(SEED));
+    const add = valueBackward(be, c, d);
+    const over = valueBackward(be, c, d, 0x8);
+    const zeros = { ...d, prior: { ...d.prior } };
+    for (const k of V_ACTS) zeros.prior[k] = new Float32Array(c.N * c.C);
+    const addToZero = valueBackward(be, c, zeros);
+    for (const k of V_ACTS) {
+      compare(`${name} overwritten d${k}`, over["d" + k], addToZero["d" + k], EXACT);
+      assert.ok(
+        add["d" + k].some((v, i) => v !== over["d" + k][i]),
+        `${name} d${k}: += and = differ`,
+      );
+    }
+    compare(`${name} dtmv`, add.dtmv, over.dtmv, EXACT);
+    assert.throws(() => valueBackward(be, c, d, 0x7), /parameter-vector gradients accumulate/);
+    const again = valueBackward(be, c, d);
+    for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});
