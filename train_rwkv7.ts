@@ -412,7 +412,8 @@ export class Model {
   /** The token shift and the five mixes: xrg, xwa, xk, xv (fused kernels; see mixesUnfused). */
   mixes(g: Graph, x: Var, P: (n: string) => Var): Var[] {
     const xxx = g.rwkv7MixX(x, P("time_maa_x"));
-    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    // the LoRA's outputs in bf16 (autocast's bmm), read and differentiated by the fused mixes
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"), true);
     return g.rwkv7Mix4(x, m, MAA.map(P));
   }
   /** mixes from the generic tape ops, one kernel each (--unfused) */

@@ -123,8 +123,12 @@ for (const check of BACKEND_CHECKS) {
  * the same weights and batch on cpu: they differ only in rounding order, and on the bf16 path in
  * the bf16 operands that then round the other way (the fused GroupNorm + bonus + gate product is
  * rounded to bf16 from a differently rounded fp32 value now and then, and a flipped operand
- * spreads). Bounds on the loss and on every gradient tensor's normwise relative difference from
- * seeds 1-30 on cpu (2026-12-04), figures in brackets: worst, median; each bound >= 2x the worst. */
+ * spreads), and in the maa LoRA's outputs m_j and their gradients, which the fused path keeps in
+ * bf16 as the original's autocast does (the composition's generic ops read fp32): most of the
+ * bf16 bounds below. The kernels themselves are checked exactly against the fp32 ones on bf16-
+ * rounded inputs in cuda/rwkv7_fused_test.ts. Bounds on the loss and on every gradient tensor's
+ * normwise relative difference from seeds 1-30 on cpu (2026-12-05), figures in brackets: worst,
+ * median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
   {
@@ -135,14 +139,14 @@ export const FUSED_CHECKS = [
     smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // [tensors 3.0e-3 (seed 15), 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6 (seed 15)]
+  // [tensors 9.3e-3, 8.0e-3; scalars 4.2e-2, 4.9e-3; loss 6.1e-5, 1.8e-5]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 8e-3,
-    smallTol: 1e-3,
-    lossTol: 3e-6,
+    tol: 2e-2,
+    smallTol: 1e-1,
+    lossTol: 1.5e-4,
   },
 ];
 /** the fused entry points the default path must call once per layer (the value residual: once

@@ -152,6 +152,12 @@ export class Var {
   gradOf: Param | null = null;
   /** A bf16 copy of t its producer wrote alongside (the matmul/WKV operand), or null. */
   bf16: Tensor | null = null;
+  /** backward closures recorded with this value as an input: the writers of its gradient */
+  uses = 0;
+  /** Its producer's backward reads the gradient only as a bf16 GEMM operand (a matmul output):
+   * a sole consumer that can may write the gradient in bf16 (Graph.gradSinksBf16), as autocast's
+   * gradient of a bf16 output is, and no cast runs. */
+  bf16Grad = false;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
@@ -197,6 +203,13 @@ function sameShape(what: string, a: readonly number[], b: readonly number[]) {
   if (a.length !== b.length || a.some((d, i) => d !== b[i])) {
     throw new Error(`${what}: shapes [${a.join(",")}] and [${b.join(",")}] differ`);
   }
+}
+/** A gradient an fp32 kernel may add into: a bf16 one (gradSinksBf16) had a single writer. */
+function fp32Grad(g: Tensor): Tensor {
+  if (g.dtype !== "f32") {
+    throw new Error(`gradient ${g} is bf16: it has one writer (gradSinksBf16)`);
+  }
+  return g;
 }
 function rowsCols(v: Var): [number, number] {
   const C = v.shape[v.shape.length - 1];
@@ -247,6 +260,7 @@ export class Graph {
   /** Records a backward closure; `inputs`: the values whose gradients it adds to (for firstUse). */
   record(fn: () => void, inputs: readonly (Var | null)[]) {
     for (const v of inputs) {
+      if (v) v.uses++;
       const p = v?.gradOf;
       if (p && !this.firstUses.has(p)) this.firstUses.set(p, this.tape.length);
     }
@@ -289,6 +303,7 @@ export class Graph {
     return this.gradsOf(vs, true);
   }
   private gradsOf(vs: (Var | null)[], inOrder: boolean): [Deno.PointerValue[], number] {
+    for (const v of vs) if (v?.g) fp32Grad(v.g);
     let acc = 0;
     const ptrs = vs.map((v, i) => {
       if (!v || !v.requiresGrad) return null;
@@ -310,6 +325,7 @@ export class Graph {
    */
   passGrad(x: Var, y: Var & { g: Tensor }, adopt = true) {
     if (!x.requiresGrad) return;
+    if (y.g.dtype !== "f32") throw new Error(`passGrad: ${y.g} is not an fp32 gradient`);
     if (y.g.numel !== x.t.numel) {
       throw new Error(`passGrad: ${y.g} does not fit the gradient of ${x.t}`);
     }
@@ -332,8 +348,24 @@ export class Graph {
    */
   gradSink(v: Var): [Deno.PointerValue, boolean] {
     if (!v.requiresGrad) return [this.out(v.shape, "unused.grad").ptr, false];
-    if (v.g) return [v.g.ptr, true];
+    if (v.g) return [fp32Grad(v.g).ptr, true];
     return [this.takeGrad(v).ptr, false];
+  }
+  /**
+   * bf16 gradient buffers for vs, to be overwritten by one backward call, when every v may take
+   * one: its producer reads the gradient only as a bf16 GEMM operand (bf16Grad), this call is its
+   * only writer (one recorded use, no gradient yet) and the graph runs bf16. Else null: the
+   * caller writes fp32 gradients (gradSink) and the producer casts.
+   */
+  gradSinksBf16(vs: readonly Var[]): [Deno.PointerValue, boolean][] | null {
+    if (this.precision !== "bf16") return null;
+    if (!vs.every((v) => v.requiresGrad && v.bf16Grad && v.uses === 1 && !v.g)) return null;
+    return vs.map((v) => {
+      const t = this.pool.take(v.shape, "bf16", "grad.bf16");
+      this.pooledGrads.add(t);
+      v.g = t;
+      return [t.ptr, false];
+    });
   }
   /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
@@ -693,12 +725,13 @@ export class Graph {
   }
   /** an upstream gradient as a matmul operand */
   gradOperand(g: Tensor): Tensor {
-    if (this.precision === "f32") return g;
+    if (this.precision === "f32" || g.dtype === "bf16") return g;
     const t = this.out(g.shape, "dy.bf16", "bf16");
     this.k.mn_cast_f32_to_bf16(t.ptr, g.ptr, g.n, this.s);
     return t;
   }
-  /** fp32 C = alpha op(A) op(B) + beta C with A, B in this graph's precision (see mn_gemm_bf16) */
+  /** C = alpha op(A) op(B) + beta C with A, B in this graph's precision (see mn_gemm_bf16); C
+   * fp32, or bf16 with cBf16 on the bf16 path */
   gemm(
     ta: number,
     tb: number,
@@ -717,10 +750,11 @@ export class Graph {
     ldc: number,
     sC: bigint,
     batch = 1,
+    cBf16 = false,
   ) {
     const args = [ta, tb, M, N, K, alpha, A, lda, sA, B, ldb, sB, beta, C, ldc, sC] as const;
     if (this.precision === "f32") this.k.mn_gemm_f32(...args, batch, this.s);
-    else this.k.mn_gemm_bf16(...args, 0, batch, this.s); // 0: fp32 C
+    else this.k.mn_gemm_bf16(...args, cBf16 ? 1 : 0, batch, this.s);
   }
 
   /** bf16 copy of an activation for a matmul operand (a parameter uses its cached shadow; a value
@@ -755,7 +789,7 @@ export class Graph {
     const out = this.out([...a.shape.slice(0, -1), M], "matmul");
     const ldb = transB ? K : M;
     this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
-    return this.node(out, [a, b], (y) => {
+    const y = this.node(out, [a, b], (y) => {
       const dy = this.gradOperand(y.g);
       const [[da, db], acc] = this.grads(a, b);
       const [betaA, betaB] = [acc & 1, (acc >> 1) & 1]; // 0: cuBLAS does not read C
@@ -804,13 +838,16 @@ export class Graph {
           );}
       }
     });
+    y.bf16Grad = true;
+    return y;
   }
 
   /**
    * The RWKV-7 mix LoRA's bmm: x [N, nb*D] viewed as nb blocks of D columns, w [nb, D, C];
-   * returns nb values [N, C]: out_i = x[:, iD:(i+1)D] @ w[i].
+   * returns nb values [N, C]: out_i = x[:, iD:(i+1)D] @ w[i]. fp32 outputs, or with outBf16 (on
+   * the bf16 path) bf16 ones as autocast's: then only ops that read bf16 may take them (rwkv7Mix4).
    */
-  blockMatmul(x: Var, w: Var): Var[] {
+  blockMatmul(x: Var, w: Var, outBf16 = false): Var[] {
     const [N, XC] = rowsCols(x);
     const [nb, D, C] = w.shape;
     if (XC !== nb * D) throw new Error(`blockMatmul: x has ${XC} columns, w needs ${nb}x${D}`);
@@ -818,7 +855,8 @@ export class Graph {
     const outs: Var[] = [];
     const off = (t: Tensor, elems: number) =>
       Deno.UnsafePointer.offset(t.ptr, elems * DTYPE_BYTES[t.dtype]);
-    const all = this.out([nb, N, C], "blockMatmul");
+    const cBf16 = outBf16 && this.precision === "bf16";
+    const all = this.out([nb, N, C], "blockMatmul", cBf16 ? "bf16" : "f32");
     this.gemm(
       0,
       0,
@@ -837,9 +875,12 @@ export class Graph {
       C,
       BigInt(N * C),
       nb,
+      cBf16,
     );
     for (let i = 0; i < nb; i++) {
-      outs.push(new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w)));
+      const yi = new Var(all.rows(i, 1).view([...x.shape.slice(0, -1), C]), this.needs(x, w));
+      yi.bf16Grad = true;
+      outs.push(yi);
     }
     if (!this.needs(x, w)) return outs;
     // One closure for all nb outputs (recorded together, so their gradients are complete together):
@@ -947,8 +988,9 @@ export class Graph {
   /**
    * RWKV-7 fused mixes after the maa LoRA (mn_rwkv7_mix4_*): out_j = x + xx * (m_j + maa_j), xx =
    * shift(x) - x, for the four (m, maa) pairs rg, wa, k, v: the original's xrg, xwa, xk, xv.
-   * x, m_j [B,T,C] fp32; maa_j [C]. Outputs are matmul operands (see operandDtype). Same math as
-   * add(x, mul(xx, addRow(m_j, maa_j))).
+   * x [B,T,C] fp32; m_j [B,T,C] fp32, or bf16 (blockMatmul's outBf16: then their gradients are
+   * written bf16 where gradSinksBf16 allows); maa_j [C]. Outputs are matmul operands (see
+   * operandDtype). Same math as add(x, mul(xx, addRow(m_j, maa_j))).
    */
   rwkv7Mix4(x: Var, m: Var[], maa: Var[]): Var[] {
     const [B, T, C] = x.shape;
@@ -958,6 +1000,10 @@ export class Graph {
       if (p.t.numel !== C) throw new Error(`rwkv7Mix4: maa has ${p.t.numel} elements, not ${C}`);
     }
     const dt = this.operandDtype();
+    const mBf16 = m[0].t.dtype === "bf16";
+    if (m.some((mj) => (mj.t.dtype === "bf16") !== mBf16 || mj.t.dtype === "i32")) {
+      throw new Error("rwkv7Mix4: the four m must be all fp32 or all bf16");
+    }
     const outs = [0, 1, 2, 3].map(() => this.out(x.shape, "mix4", dt));
     const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
     this.k.mn_rwkv7_mix4_forward(
@@ -966,15 +1012,17 @@ export class Graph {
       ...ptrs(m),
       ...ptrs(maa),
       dt === "bf16" ? 1 : 0,
+      mBf16 ? 1 : 0,
       B,
       T,
       C,
       this.s,
     );
     return this.multiNode(outs, [x, ...m, ...maa], (dout) => {
+      const dmBf16 = this.gradSinksBf16(m); // the LoRA's gradients as its bf16 GEMM operands
       const sinks = [
         this.gradSink(x),
-        ...m.map((v) => this.gradSink(v)),
+        ...(dmBf16 ?? m.map((v) => this.gradSink(v))),
         ...maa.map((p) => this.paramSink(p, "rwkv7Mix4")),
       ];
       this.k.mn_rwkv7_mix4_backward(
@@ -983,6 +1031,8 @@ export class Graph {
         x.t.ptr,
         ...ptrs(m),
         ...ptrs(maa),
+        mBf16 ? 1 : 0,
+        dmBf16 ? 1 : 0,
         B,
         T,
         C,

@@ -1,6 +1,6 @@
 // The tape's own behaviour: shape errors from TypeScript, buffer reuse, gradients through fan-out.
 import assert from "node:assert/strict";
-import { GradAccumulator, Graph, Param } from "./autograd.ts";
+import { GradAccumulator, Graph, Param, type Var } from "./autograd.ts";
 import { backend, Rng } from "./test/harness.ts";
 
 Deno.test("autograd: mismatched shapes passed from TypeScript are clear errors, not crashes", () => {
@@ -161,4 +161,55 @@ Deno.test("autograd: first writes overwrite stale pool buffers (same bits on a s
     });
     assert.equal(g.gradMemsets, 0, `${name}: activation gradients zeroed`);
   }
+});
+
+Deno.test("autograd: a matmul output's sole consumer writes its gradient in bf16; a second consumer keeps it fp32", () => {
+  // blockMatmul (bf16 outputs) -> rwkv7Mix4: the four dm_j are written bf16 by the mix kernel and
+  // read by the LoRA's backward GEMMs as they are (no casts), and are the same bits as the fp32
+  // gradients cast (bf16Grad cleared: the old path). With m_0 also read by a matmul, its gradient
+  // has two writers: fp32 for all four, cast as before.
+  const [B, T, C, D] = [1, 4, 8, 2];
+  const run = (bf16Grad: boolean, secondUse: boolean) => {
+    const be = backend("cpu");
+    const rng = new Rng(7);
+    const param = (name: string, shape: number[], scale = 0.5) =>
+      new Param(be, name, be.upload(rng.normal(shape.reduce((a, b) => a * b, 1), scale), shape));
+    const [w, hp, xp, q] = [
+      param("w", [4, D, C]),
+      param("h", [B, T, 4 * D]),
+      param("x", [B, T, C]),
+      param("q", [C, 3]),
+    ];
+    const maa = [0, 1, 2, 3].map((i) => param(`maa${i}`, [C]));
+    let casts = 0;
+    const inner = be.k.mn_cast_f32_to_bf16;
+    be.k.mn_cast_f32_to_bf16 = (...a) => (casts++, inner(...a));
+    const g = new Graph(be);
+    const m = g.blockMatmul(g.param(hp), g.param(w), true); // 4 x [B, T, C] bf16
+    for (const v of m) v.bf16Grad = bf16Grad;
+    // recorded first, so its backward runs after the mix's: the mix is not the last writer
+    const extra = secondUse ? g.matmul(m[0], g.param(q)) : null;
+    const outs = g.rwkv7Mix4(g.param(xp), m, maa.map((p) => g.param(p)));
+    const ones = (v: Var) =>
+      be.k.mn_memcpy_d2d(
+        g.grad(v),
+        be.upload(new Float32Array(v.t.numel).fill(1)).ptr,
+        BigInt(v.t.numel * 4),
+        be.stream,
+      );
+    for (const o of outs) ones(o);
+    if (extra) ones(extra);
+    const before = casts;
+    g.backward();
+    const got = { w: be.download(w.grad), h: be.download(hp.grad), casts: casts - before };
+    g.release();
+    return got;
+  };
+  const sole = run(true, false), old = run(false, false);
+  assert.deepEqual(sole.w, old.w);
+  assert.deepEqual(sole.h, old.h);
+  assert.equal(old.casts - sole.casts, 4); // the four dm_j casts are gone
+  const two = run(true, true), twoOld = run(false, true);
+  assert.deepEqual(two.w, twoOld.w);
+  assert.equal(two.casts, twoOld.casts); // no bf16 gradient: cast as before
 });

@@ -59,6 +59,8 @@ const SMALL: Record<string, number> = {
   dloss: 1,
   value: 0,
   out_bf16: 1,
+  m_bf16: 1,
+  dm_bf16: 1,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {

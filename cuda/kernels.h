@@ -272,19 +272,22 @@ MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16,
 MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
                                    int B, int T, int C, int accumulate, void* stream);
 /* out_j = x + xx * (m_j + maa_j) for j = rg, wa, k, v (xrg, xwa, xk, xv of the original);
- * m_j [B,T,C] (the maa LoRA's outputs), maa_j [C] */
+ * m_j [B,T,C] (the maa LoRA's outputs: fp32, or bf16 when m_bf16 != 0), maa_j [C] */
 MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
-                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
-                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
-                                 int T, int C, void* stream);
+                                 void* m_rg, void* m_wa, void* m_k, void* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16,
+                                 int m_bf16, int B, int T, int C, void* stream);
 /* gradient outputs: dx (bit 0), dm_rg..dm_v [B,T,C] (bits 1-4), dmaa_rg..dmaa_v [C] (bits 5-8,
- * must be set); dout_j [B,T,C] fp32 */
-MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+ * must be set); dout_j [B,T,C] fp32; m_j as in the forward. dm_bf16 != 0: the dm_j are written
+ * as bf16 (the LoRA's backward GEMM operand, as autocast's bf16 gradient of a bf16 output), and
+ * only overwritten (bits 1-4 must be clear). */
+MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
                                   float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
-                                  int T, int C, int accumulate, void* stream);
+                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
+                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
+                                  void* stream);
 
 /* The chain between the projections and the WKV call, per row of C = H*D channels (heads of D):
  *   w = -softplus(-(dec + time_decay)) - 0.5;  kk = F.normalize(k0 + kkk) over each head (eps);

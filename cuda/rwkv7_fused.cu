@@ -24,6 +24,8 @@ constexpr int kThreads = 256;
 
 __device__ inline void store(float* p, float v) { *p = v; }
 __device__ inline void store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
+__device__ inline float ld(const float* p) { return *p; }
+__device__ inline float ld(const bf16* p) { return mn_bf16_to_f32(*p); }
 
 // (acc ? old + v : v) into p[e], reading p only when adding (an overwritten gradient may be NaN).
 __device__ inline void put_grad(float* p, int64_t e, bool acc, float v) {
@@ -51,21 +53,22 @@ __global__ void mix_x_forward_kernel(Out* out, const float* x, const float* maa,
   }
 }
 
-// out_j = x + xx * (m_j + maa_j), j < 4 (the original's xrg, xwa, xk, xv)
+// out_j = x + xx * (m_j + maa_j), j < 4 (the original's xrg, xwa, xk, xv); m_j fp32 or bf16 (M)
+template <class M>
 struct Mix4Args {
-  const float* m[4];
+  const M* m[4];
   const float* maa[4];
 };
-template <class Out>
+template <class Out, class M>
 __global__ void mix4_forward_kernel(Out* o0, Out* o1, Out* o2, Out* o3, const float* x,
-                                    Mix4Args a, int T, int C, int64_t n) {
+                                    Mix4Args<M> a, int T, int C, int64_t n) {
   GRID_STRIDE(e, n) {
     const int64_t i = e / C;
     const int c = (int)(e % C);
     const float xe = x[e], xx = shift_diff(x, i, c, T, C);
     Out* o[4] = {o0, o1, o2, o3};
 #pragma unroll
-    for (int j = 0; j < 4; j++) store(o[j] + e, mix_f(xe, xx, a.m[j][e] + a.maa[j][c]));
+    for (int j = 0; j < 4; j++) store(o[j] + e, mix_f(xe, xx, ld(a.m[j] + e) + a.maa[j][c]));
   }
 }
 
@@ -102,15 +105,20 @@ struct MixXTerm {
 
 // Backward of the four mixes, pass 1: dx (all four mixes, own token and next token's xx),
 // dm_j = dout_j xx, and the sums of dmaa_0, dmaa_1. Pass 2 (Mix4TailTerm) sums dmaa_2, dmaa_3:
-// reduce.cuh's column sums carry two outputs.
+// reduce.cuh's column sums carry two outputs. M: the dtype of m_j; DM: of dm_j (bf16 dm_j are
+// overwritten: their accumulate bits are clear).
+template <class DM>
 struct Mix4Grads {
-  float* dm[4];
+  DM* dm[4];
   const float* dout[4];
 };
+__device__ inline void put_dm(float* p, int64_t e, bool acc, float v) { put_grad(p, e, acc, v); }
+__device__ inline void put_dm(bf16* p, int64_t e, bool, float v) { p[e] = mn_f32_to_bf16(v); }
+template <class M, class DM>
 struct Mix4Term {
   float* dx;
-  Mix4Grads g;
-  Mix4Args a;
+  Mix4Grads<DM> g;
+  Mix4Args<M> a;
   const float* x;
   int T, C;
   int acc;  // the accumulate bits: 0 dx, 1..4 dm_j
@@ -129,9 +137,9 @@ struct Mix4Term {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       l.d[j] = g.dout[j][e];
-      l.m[j] = a.m[j][e];
+      l.m[j] = ld(a.m[j] + e);
       l.dn[j] = next ? g.dout[j][e + C] : 0.0f;
-      l.mn[j] = next ? a.m[j][e + C] : 0.0f;
+      l.mn[j] = next ? ld(a.m[j] + e + C) : 0.0f;
     }
     l.xx = shift_diff(x, i, c, T, C);
     return l;
@@ -142,7 +150,7 @@ struct Mix4Term {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       v += l.d[j] * (1.0f - (l.m[j] + p[j])) + l.dn[j] * (l.mn[j] + p[j]);
-      put_grad(g.dm[j], e, (acc >> (1 + j)) & 1, l.d[j] * l.xx);
+      put_dm(g.dm[j], e, (acc >> (1 + j)) & 1, l.d[j] * l.xx);
     }
     put_grad(dx, e, acc & 1, v);
     s[0] += l.d[0] * l.xx;
@@ -494,52 +502,94 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
       dmaa, nullptr, N, C, 1, part, stream);
 }
 
+namespace {
+template <class M>
+int mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, const float* x,
+                 const Mix4Args<M>& a, bool out_bf16, int T, int64_t C, int64_t n, void* stream) {
+  if (out_bf16)
+    return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<bf16, M>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, (bf16*)out_rg,
+                     (bf16*)out_wa, (bf16*)out_k, (bf16*)out_v, x, a, T, (int)C, n);
+  return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<float, M>, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, (float*)out_rg, (float*)out_wa, (float*)out_k,
+                   (float*)out_v, x, a, T, (int)C, n);
+}
+template <class M, class DM>
+int mix4_backward(float* dx, DM* const dm[4], float* const dmaa[4], float* const dout[4],
+                  const float* x, const Mix4Args<M>& a, int T, int C, int64_t N, int accumulate,
+                  float* part, void* stream) {
+  const Mix4Grads<DM> g{{dm[0], dm[1], dm[2], dm[3]}, {dout[0], dout[1], dout[2], dout[3]}};
+  int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
+                                  Mix4Term<M, DM>{dx, g, a, x, T, C, accumulate, {}}, dmaa[0],
+                                  dmaa[1], N, C, 3, part, stream);
+  if (rc) return rc;
+  return mn_reduce::col_sums<2>("rwkv7_mix4_backward_tail",
+                                Mix4TailTerm{dout[2], dout[3], x, T, C}, dmaa[2], dmaa[3], N, C, 3,
+                                part, stream);
+}
+}  // namespace
+
 MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
-                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
-                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
-                                 int T, int C, void* stream) {
+                                 void* m_rg, void* m_wa, void* m_k, void* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16,
+                                 int m_bf16, int B, int T, int C, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
                                      {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
                                       maa_wa, maa_k, maa_v},
                                      0, 0, 0.0f))
     return rc;
   const int64_t n = (int64_t)B * T * C;
-  const Mix4Args a{{m_rg, m_wa, m_k, m_v}, {maa_rg, maa_wa, maa_k, maa_v}};
-  if (out_bf16)
-    return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<bf16>, mn_blocks_for(n, kThreads),
-                     kThreads, 0, stream, (bf16*)out_rg, (bf16*)out_wa, (bf16*)out_k,
-                     (bf16*)out_v, (const float*)x, a, T, C, n);
-  return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<float>, mn_blocks_for(n, kThreads),
-                   kThreads, 0, stream, (float*)out_rg, (float*)out_wa, (float*)out_k,
-                   (float*)out_v, (const float*)x, a, T, C, n);
+  const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
+  if (m_bf16)
+    return mix4_forward(out_rg, out_wa, out_k, out_v, x,
+                        Mix4Args<bf16>{{(const bf16*)m_rg, (const bf16*)m_wa, (const bf16*)m_k,
+                                        (const bf16*)m_v},
+                                       {maa[0], maa[1], maa[2], maa[3]}},
+                        out_bf16, T, C, n, stream);
+  return mix4_forward(out_rg, out_wa, out_k, out_v, x,
+                      Mix4Args<float>{{(const float*)m_rg, (const float*)m_wa,
+                                       (const float*)m_k, (const float*)m_v},
+                                      {maa[0], maa[1], maa[2], maa[3]}},
+                      out_bf16, T, C, n, stream);
 }
 
-MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
                                   float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
-                                  int T, int C, int accumulate, void* stream) {
+                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
+                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
+                                  void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
                                      {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
                                       dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
                                       m_v, maa_rg, maa_wa, maa_k, maa_v},
                                      accumulate, 0x1e0, 0.0f))
     return rc;
+  MN_REQUIRE(!dm_bf16 || !(accumulate & 0x1e),
+             "rwkv7_mix4_backward: bf16 dm_j are overwritten (accumulate bits 1-4 must be clear)");
   const int64_t N = (int64_t)B * T;
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
     return rc;
-  const Mix4Args a{{m_rg, m_wa, m_k, m_v}, {maa_rg, maa_wa, maa_k, maa_v}};
-  const Mix4Grads g{{dm_rg, dm_wa, dm_k, dm_v}, {dout_rg, dout_wa, dout_k, dout_v}};
-  int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
-                                  Mix4Term{dx, g, a, (const float*)x, T, C, accumulate, {}},
-                                  dmaa_rg, dmaa_wa, N, C, 3, part, stream);
-  if (rc) return rc;
-  return mn_reduce::col_sums<2>(
-      "rwkv7_mix4_backward_tail",
-      Mix4TailTerm{(const float*)dout_k, (const float*)dout_v, (const float*)x, T, C}, dmaa_k,
-      dmaa_v, N, C, 3, part, stream);
+  float* const dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
+  float* const dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
+  void* const dmv[4] = {dm_rg, dm_wa, dm_k, dm_v};
+  void* const mv[4] = {m_rg, m_wa, m_k, m_v};
+  const Mix4Args<float> af{{(const float*)mv[0], (const float*)mv[1], (const float*)mv[2],
+                            (const float*)mv[3]},
+                           {maa[0], maa[1], maa[2], maa[3]}};
+  const Mix4Args<bf16> ab{{(const bf16*)mv[0], (const bf16*)mv[1], (const bf16*)mv[2],
+                           (const bf16*)mv[3]},
+                          {maa[0], maa[1], maa[2], maa[3]}};
+  float* const dmf[4] = {(float*)dmv[0], (float*)dmv[1], (float*)dmv[2], (float*)dmv[3]};
+  bf16* const dmb[4] = {(bf16*)dmv[0], (bf16*)dmv[1], (bf16*)dmv[2], (bf16*)dmv[3]};
+  if (m_bf16 && dm_bf16)
+    return mix4_backward(dx, dmb, dmaa, dout, x, ab, T, C, N, accumulate, part, stream);
+  if (m_bf16) return mix4_backward(dx, dmf, dmaa, dout, x, ab, T, C, N, accumulate, part, stream);
+  if (dm_bf16) return mix4_backward(dx, dmb, dmaa, dout, x, af, T, C, N, accumulate, part, stream);
+  return mix4_backward(dx, dmf, dmaa, dout, x, af, T, C, N, accumulate, part, stream);
 }
 
 MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,

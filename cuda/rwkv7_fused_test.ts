@@ -9,7 +9,7 @@
 // That the fused ops equal the generic ops' composition inside the model is train_rwkv7_test.ts's
 // fused-vs-unfused check.
 import assert from "node:assert/strict";
-import type { Backend } from "./backend.ts";
+import { type Backend, bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -104,11 +104,16 @@ function mixXBackward(be: Backend, c: Cfg, d: Draw, accumulate = ALL) {
   );
 }
 
-function mix4Forward(be: Backend, c: Cfg, d: Draw, bf16: boolean) {
+/** m_j as a kernel input: fp32, or its bf16 rounding (the LoRA's bf16 output) */
+const mIn = (m: Float32Array, shape: number[], bf16: boolean) =>
+  bf16 ? { data: f32ToBf16(m), shape, dtype: "bf16" as const } : f32In(m, shape);
+type In = { data: Float32Array | Uint16Array; shape: number[]; dtype?: "bf16" };
+
+function mix4Forward(be: Backend, c: Cfg, d: Draw, bf16: boolean, mBf16 = false) {
   const { B, T, C } = c, act = [B, T, C];
-  const ins: Record<string, { data: Float32Array; shape: number[] }> = { x: f32In(d.x, act) };
+  const ins: Record<string, In> = { x: f32In(d.x, act) };
   J.forEach((j, i) => {
-    ins["m_" + j] = f32In(d.m[i], act);
+    ins["m_" + j] = mIn(d.m[i], act, mBf16);
     ins["maa_" + j] = f32In(d.maa[i], [C]);
   });
   const outs = Object.fromEntries(
@@ -121,6 +126,7 @@ function mix4Forward(be: Backend, c: Cfg, d: Draw, bf16: boolean) {
       ...J.map((j) => t["m_" + j].ptr) as Ptr4,
       ...J.map((j) => t["maa_" + j].ptr) as Ptr4,
       bf16 ? 1 : 0,
+      mBf16 ? 1 : 0,
       B,
       T,
       C,
@@ -131,17 +137,28 @@ function mix4Forward(be: Backend, c: Cfg, d: Draw, bf16: boolean) {
 }
 type Ptr4 = [Deno.PointerValue, Deno.PointerValue, Deno.PointerValue, Deno.PointerValue];
 
-function mix4Backward(be: Backend, c: Cfg, d: Draw, accumulate = ALL) {
+/** mBf16: bf16 m_j inputs; dmBf16: bf16 dm_j outputs (overwritten) */
+function mix4Backward(
+  be: Backend,
+  c: Cfg,
+  d: Draw,
+  accumulate = ALL,
+  mBf16 = false,
+  dmBf16 = false,
+) {
   const { B, T, C } = c, act = [B, T, C];
-  const ins: Record<string, { data: Float32Array; shape: number[] }> = { x: f32In(d.x, act) };
-  const outs: Record<string, { shape: number[]; init?: Float32Array }> = {
+  const ins: Record<string, In> = { x: f32In(d.x, act) };
+  const outs: Record<string, { shape: number[]; init?: Float32Array; dtype?: "bf16" }> = {
     dx: { shape: act, init: accumulate & 1 ? d.gx0 : undefined },
   };
   J.forEach((j, i) => {
-    ins["m_" + j] = f32In(d.m[i], act);
+    ins["m_" + j] = mIn(d.m[i], act, mBf16);
     ins["maa_" + j] = f32In(d.maa[i], [C]);
     ins["dout_" + j] = f32In(d.dout[i], act);
-    outs["dm_" + j] = { shape: act, init: (accumulate >> (1 + i)) & 1 ? d.g0[i] : undefined };
+    outs["dm_" + j] = dmBf16 ? { shape: act, dtype: "bf16" } : {
+      shape: act,
+      init: (accumulate >> (1 + i)) & 1 ? d.g0[i] : undefined,
+    };
     outs["dmaa_" + j] = { shape: [C], init: d.gp0[i] };
   });
   return withTensors(be, ins, outs, (t) => {
@@ -154,6 +171,8 @@ function mix4Backward(be: Backend, c: Cfg, d: Draw, accumulate = ALL) {
       t.x.ptr,
       ...p("m_"),
       ...p("maa_"),
+      mBf16 ? 1 : 0,
+      dmBf16 ? 1 : 0,
       B,
       T,
       C,
@@ -217,6 +236,24 @@ for (const bf16 of [false, true]) {
   });
 }
 checkKernel({
+  name: "rwkv7_mix4_forward (bf16 m in, bf16 out)",
+  configs: SHAPES,
+  label,
+  tol: Object.fromEntries(J.map((j) => ["out_" + j, TOL_BF16])),
+  run: (be, c, rng) => mix4Forward(be, c, draw(c, rng), true, true),
+});
+checkKernel({
+  name: "rwkv7_mix4_backward (bf16 m in, bf16 dm out)",
+  configs: SHAPES,
+  label,
+  tol: Object.fromEntries(
+    ["dx", ...J.flatMap((j) => ["dm_" + j, "dmaa_" + j])].map((
+      k,
+    ) => [k, k.startsWith("dm_") ? TOL_BF16 : tolOf(k)]),
+  ),
+  run: (be, c, rng) => mix4Backward(be, c, draw(c, rng), 0x1e1, true, true),
+});
+checkKernel({
   name: "rwkv7_mix_x_backward",
   configs: SHAPES,
   label,
@@ -254,6 +291,28 @@ Deno.test("rwkv7 fused mixes: cpu forward and backward match a float64 reference
       compare(`${label(c)} bf16 out_${j}`, b["out_" + j], want4["out_" + j], TOL_BF16);
     }
   });
+});
+
+Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of SHAPES) {
+      const d = draw(c, new Rng(SEED));
+      const dr = { ...d, m: d.m.map(round) }; // what a bf16 m holds
+      const want = mix4Forward(be, c, dr, true), got = mix4Forward(be, c, d, true, true);
+      for (const j of J) {
+        compare(`${name} ${label(c)} out_${j}`, got["out_" + j], want["out_" + j], EXACT);
+      }
+      const bw = mix4Backward(be, c, dr, 0x1e0), bg = mix4Backward(be, c, d, 0x1e0, true, true);
+      for (const k of Object.keys(bw)) {
+        const w = k.startsWith("dm_") ? round(bw[k] as Float32Array) : bw[k];
+        compare(`${name} ${label(c)} ${k}`, bg[k], w, EXACT);
+      }
+      // bf16 dm_j are only overwritten
+      assert.throws(() => mix4Backward(be, c, d, ALL, true, true), /bf16 dm_j are overwritten/);
+    }
+  }
 });
 
 Deno.test("rwkv7 fused mixes: accumulate bits (clear = overwrite without reading; dmaa must add)", () => {

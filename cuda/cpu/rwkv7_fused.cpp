@@ -23,6 +23,11 @@ inline void grad_out(float* g, int64_t e, int accumulate, int bit, float v) {
   g[e] = (accumulate >> bit) & 1 ? g[e] + v : v;
 }
 
+// element e of an fp32 or bf16 tensor
+inline float read_in(const void* t, bool bf16, int64_t e) {
+  return bf16 ? bf16_to_f32(((const mn_bf16*)t)[e]) : ((const float*)t)[e];
+}
+
 }  // namespace
 
 MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
@@ -64,16 +69,16 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
 }
 
 MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
-                                 float* m_rg, float* m_wa, float* m_k, float* m_v, float* maa_rg,
-                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16, int B,
-                                 int T, int C, void*) {
+                                 void* m_rg, void* m_wa, void* m_k, void* m_v, float* maa_rg,
+                                 float* maa_wa, float* maa_k, float* maa_v, int out_bf16,
+                                 int m_bf16, int B, int T, int C, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_forward", B, T, C, C,
                                      {out_rg, out_wa, out_k, out_v, x, m_rg, m_wa, m_k, m_v, maa_rg,
                                       maa_wa, maa_k, maa_v},
                                      0, 0, 0.0f))
     return rc;
   void* outs[4] = {out_rg, out_wa, out_k, out_v};
-  const float* m[4] = {m_rg, m_wa, m_k, m_v};
+  const void* m[4] = {m_rg, m_wa, m_k, m_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   const int64_t N = (int64_t)B * T;
 #pragma omp parallel for if (N * C > 100000)
@@ -82,27 +87,30 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
       const int64_t e = i * C + c;
       float xx = token_diff(x, i, c, T, C);
       for (int j = 0; j < 4; j++)
-        write_out(outs[j], out_bf16, e, x[e] + xx * (m[j][e] + maa[j][c]));
+        write_out(outs[j], out_bf16, e, x[e] + xx * (read_in(m[j], m_bf16, e) + maa[j][c]));
     }
   return 0;
 }
 
-MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* dm_k, float* dm_v,
+MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
                                   float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, float* m_rg, float* m_wa, float* m_k, float* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v, int B,
-                                  int T, int C, int accumulate, void*) {
+                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
+                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
+                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
+                                  void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
                                      {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
                                       dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
                                       m_v, maa_rg, maa_wa, maa_k, maa_v},
                                      accumulate, 0x1e0, 0.0f))
     return rc;
-  float* dm[4] = {dm_rg, dm_wa, dm_k, dm_v};
+  MN_REQUIRE(!dm_bf16 || !(accumulate & 0x1e),
+             "rwkv7_mix4_backward: bf16 dm_j are overwritten (accumulate bits 1-4 must be clear)");
+  void* dm[4] = {dm_rg, dm_wa, dm_k, dm_v};
   float* dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
   const float* dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
-  const float* m[4] = {m_rg, m_wa, m_k, m_v};
+  const void* m[4] = {m_rg, m_wa, m_k, m_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   const int64_t N = (int64_t)B * T;
   std::vector<double> s(4 * (size_t)C, 0.0);
@@ -113,10 +121,11 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, float* dm_rg, float* dm_wa, float* 
       float xx = token_diff(x, i, c, T, C);
       double v = 0.0;
       for (int j = 0; j < 4; j++) {
-        double coef = (double)m[j][e] + maa[j][c];
+        double coef = (double)read_in(m[j], m_bf16, e) + maa[j][c];
         v += (double)dout[j][e] * (1.0 - coef);
-        if (!last) v += (double)dout[j][e + C] * ((double)m[j][e + C] + maa[j][c]);
-        grad_out(dm[j], e, accumulate, 1 + j, dout[j][e] * xx);
+        if (!last) v += (double)dout[j][e + C] * ((double)read_in(m[j], m_bf16, e + C) + maa[j][c]);
+        if (dm_bf16) ((mn_bf16*)dm[j])[e] = f32_to_bf16(dout[j][e] * xx);
+        else grad_out((float*)dm[j], e, accumulate, 1 + j, dout[j][e] * xx);
         s[j * C + c] += (double)dout[j][e] * xx;
       }
       grad_out(dx, e, accumulate, 0, (float)v);
