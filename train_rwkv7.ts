@@ -441,11 +441,15 @@ export class Model {
   timeMix(g: Graph, layer: number, x: Var, v1: Var | null): [Var, Var] {
     const H = this.a.n_embd / this.a.headsz;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
-    const lora = (inp: Var, w1: string, w2: string) => g.matmul(g.matmul(inp, P(w1)), P(w2));
+    // bf: the projections feeding the fused WKV-input chain write bf16 (autocast's outputs),
+    // which it reads, and it writes their gradients in bf16; the generic ops read fp32
+    const bf = !this.a.unfused;
+    const lora = (inp: Var, w1: string, w2: string, outBf16 = false) =>
+      g.matmul(g.matmul(inp, P(w1)), P(w2), false, outBf16);
     const [xrg, xwa, xk, xv] = this.a.unfused ? this.mixesUnfused(g, x, P) : this.mixes(g, x, P);
 
     const r = g.matmul(xrg, P("receptance.weight"), true);
-    const k0 = g.matmul(xk, P("key.weight"), true);
+    const k0 = g.matmul(xk, P("key.weight"), true, bf);
     let v = g.matmul(xv, P("value.weight"), true);
     if (layer === 0) v1 = v;
     else if (this.a.unfused) {
@@ -453,14 +457,14 @@ export class Model {
     } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"));
     const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
     const tanhLora = (inp: Var, w1: string, w2: string) =>
-      g.matmul(g.tanh(g.matmul(inp, P(w1))), P(w2));
+      g.matmul(g.tanh(g.matmul(inp, P(w1))), P(w2), false, bf);
     const ins: WkvChainInputs = {
       dec: tanhLora(xwa, "time_decay_w1", "time_decay_w2"),
       k0,
       kkk: tanhLora(xk, "time_kkk_w1", "time_kkk_w2"),
-      aaa: lora(xwa, "time_aaa_w1", "time_aaa_w2"),
-      mam: lora(xwa, "ma_w1", "ma_w2"),
-      mkm: lora(xk, "mk_w1", "mk_w2"),
+      aaa: lora(xwa, "time_aaa_w1", "time_aaa_w2", bf),
+      mam: lora(xwa, "ma_w1", "ma_w2", bf),
+      mkm: lora(xk, "mk_w1", "mk_w2", bf),
     };
     const { w, k, a, b } = this.a.unfused
       ? this.wkvInputsUnfused(g, ins, P)

@@ -770,9 +770,11 @@ export class Graph {
 
   /**
    * y = a @ b (transB: a @ b^T, i.e. nn.Linear with b [out, in]). a [..., K]; b [K, M] or [M, K].
-   * bf16 operands, fp32 accumulation and fp32 output (autocast's matmul, kept in fp32 after).
+   * bf16 operands, fp32 accumulation and fp32 output (autocast's matmul, kept in fp32 after), or
+   * with outBf16 (on the bf16 path) a bf16 output as autocast's: then only ops that read bf16 may
+   * take it (matmul, the fused RWKV-7 ops that say so).
    */
-  matmul(a: Var, b: Var, transB = false): Var {
+  matmul(a: Var, b: Var, transB = false, outBf16 = false): Var {
     const [N, K] = rowsCols(a);
     if (b.shape.length !== 2) {
       throw new Error(`matmul: weight must be 2-D, got [${b.shape.join(",")}]`);
@@ -786,9 +788,11 @@ export class Graph {
       );
     }
     const ab = this.operand(a), bb = this.operand(b);
-    const out = this.out([...a.shape.slice(0, -1), M], "matmul");
+    const cBf16 = outBf16 && this.precision === "bf16";
+    const out = this.out([...a.shape.slice(0, -1), M], "matmul", cBf16 ? "bf16" : "f32");
     const ldb = transB ? K : M;
-    this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
+    const [aP, bP, oP] = [ab.ptr, bb.ptr, out.ptr];
+    this.gemm(0, transB ? 1 : 0, N, M, K, 1, aP, K, 0n, bP, ldb, 0n, 0, oP, M, 0n, 1, cBf16);
     const y = this.node(out, [a, b], (y) => {
       const dy = this.gradOperand(y.g);
       const [[da, db], acc] = this.grads(a, b);
@@ -1063,6 +1067,10 @@ export class Graph {
       throw new Error(`rwkv7WkvInputs: four parameter vectors of ${C} elements`);
     }
     if (C % H) throw new Error(`rwkv7WkvInputs: ${C} channels do not split into ${H} heads`);
+    const inBf16 = acts[0].t.dtype === "bf16";
+    if (acts.some((v) => v.t.dtype !== acts[0].t.dtype || v.t.dtype === "i32")) {
+      throw new Error("rwkv7WkvInputs: the six inputs must be all fp32 or all bf16");
+    }
     const dt = this.operandDtype(), shape = ins.k0.shape;
     const w = this.out(shape, "wkv.w", dt), a = this.out(shape, "wkv.a", dt);
     const b = this.out(shape, "wkv.b", dt), k = this.out(shape, "wkv.k");
@@ -1077,6 +1085,7 @@ export class Graph {
       ...ptrs(acts),
       ...ptrs(params),
       dt === "bf16" ? 1 : 0,
+      inBf16 ? 1 : 0,
       N,
       H,
       C / H,
@@ -1084,8 +1093,9 @@ export class Graph {
       this.s,
     );
     const [vw, vk, va, vb] = this.multiNode([w, k, a, b], [...acts, ...params], (dout) => {
+      const gradBf16 = this.gradSinksBf16(acts); // the projections' bf16 GEMM operands
       const sinks = [
-        ...acts.map((v) => this.gradSink(v)),
+        ...(gradBf16 ?? acts.map((v) => this.gradSink(v))),
         ...params.map((p) => this.paramSink(p, "rwkv7WkvInputs")),
       ];
       this.k.mn_rwkv7_wkv_inputs_backward(
@@ -1093,6 +1103,8 @@ export class Graph {
         ...dout,
         ...ptrs(acts),
         ...ptrs(params),
+        inBf16 ? 1 : 0,
+        gradBf16 ? 1 : 0,
         N,
         H,
         C / H,

@@ -985,13 +985,14 @@ const rwkv7ValueMixBackward: Cost = (a) => {
 const rwkv7WkvInputsForward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const inB = need(a, "in_bf16") ? BF16 : F32;
   const written = 3 * n * out + n * F32 + (has(a, "k_bf16") ? n * BF16 : 0);
   return [
     launch(
       "wkv_inputs_forward_kernel",
       warpRowBlocks(N * H),
       256,
-      6 * n * F32 + 4 * H * D * F32,
+      6 * n * inB + 4 * H * D * F32,
       written,
       60 * n,
     ),
@@ -999,20 +1000,22 @@ const rwkv7WkvInputsForward: Cost = (a) => {
 };
 // rwkv7_wkv_inputs_backward: wkv_inputs_backward_kernel (warp per (row, head)) reads the four
 // output gradients and six inputs, the gradients whose bits are set, and writes six gradients plus
-// a scratch copy of each parameter term whose output accumulates (bits 0, 3, 4, 5); then two
-// col_sums<2, Sum2Term> read the four terms (outputs or copies) for the parameter vectors.
+// a scratch copy of each parameter term whose output accumulates (bits 0, 3, 4, 5) or is bf16;
+// then two col_sums<2, Sum2Term> read the four terms (outputs or copies) for the parameter vectors.
 const rwkv7WkvInputsBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
+  const inputs = 6 * N * C * (need(a, "in_bf16") ? BF16 : F32);
+  const gradBf16 = need(a, "grad_bf16") !== 0, grad = N * C * (gradBf16 ? BF16 : F32);
   let accRead = 0, copies = 0;
   for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
-  for (const bit of [0, 3, 4, 5]) copies += accBit(a, bit) ? 1 : 0;
+  for (const bit of [0, 3, 4, 5]) copies += gradBf16 || accBit(a, bit) ? 1 : 0;
   return [
     launch(
       "wkv_inputs_backward_kernel",
       warpRowBlocks(N * H),
       256,
-      10 * act + 4 * C * F32 + accRead,
-      (6 + copies) * act,
+      4 * act + inputs + 4 * C * F32 + accRead,
+      6 * grad + copies * act,
       120 * N * C,
     ),
     ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),

@@ -61,6 +61,8 @@ const SMALL: Record<string, number> = {
   out_bf16: 1,
   m_bf16: 1,
   dm_bf16: 1,
+  in_bf16: 1,
+  grad_bf16: 1,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {

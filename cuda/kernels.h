@@ -294,26 +294,29 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_
  *   a = sigmoid(aaa + time_aaaaa);  ma = sigmoid(mam + time_misc_a);
  *   mk = sigmoid(mkm + time_misc_k);  k = lerp(k0 * a, k0, ma) * exp(min(w * mk, 0));
  *   WKV's inputs: w, k, a_out = -kk, b_out = kk * a.
- * dec, k0, kkk, aaa, mam, mkm [N, C] fp32; the four parameter vectors [C]. k is written fp32 (the
- * bonus reads it) and, when k_bf16 is non-NULL, also as bf16; w, a_out, b_out fp32 or bf16. */
+ * dec, k0, kkk, aaa, mam, mkm [N, C]: fp32, or bf16 (the projections' autocast outputs) when
+ * in_bf16 != 0; the four parameter vectors [C]. k is written fp32 (the bonus reads it) and, when
+ * k_bf16 is non-NULL, also as bf16; w, a_out, b_out fp32 or bf16. */
 MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
-                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
-                                       float* mkm, float* time_decay, float* time_aaaaa,
-                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
-                                       int H, int D, float eps, void* stream);
-/* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5), then the four parameter
- * vectors' [C] (bits 6-9, must be set); dw, dk, da, db [N, C]: the gradients of the outputs.
- * With bit 0, 3, 4 or 5 set, that term's column sum reads a scratch copy (N*C floats of library
- * scratch each); with them clear, the gradient outputs themselves. */
-MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
-                                        float* dmam, float* dmkm, float* dtime_decay,
+                                       void* dec, void* k0, void* kkk, void* aaa, void* mam,
+                                       void* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16,
+                                       int in_bf16, int N, int H, int D, float eps, void* stream);
+/* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5; bf16 when grad_bf16 != 0,
+ * then only overwritten: bits 0-5 clear), then the four parameter vectors' [C] (bits 6-9, must
+ * be set); dw, dk, da, db [N, C] fp32: the gradients of the outputs; the six inputs as in the
+ * forward (in_bf16). The column sums read the four parameter terms from their fp32 gradient
+ * outputs when those were overwritten, else (bit 0, 3, 4 or 5 set, or bf16 gradients) from a
+ * scratch copy (N*C floats of library scratch each). */
+MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
+                                        void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,
                                         float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
-                                        float* mam, float* mkm, float* time_decay,
+                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        void* mam, void* mkm, float* time_decay,
                                         float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int N, int H, int D, float eps,
-                                        int accumulate, void* stream);
+                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
+                                        int H, int D, float eps, int accumulate, void* stream);
 
 /* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
  * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head

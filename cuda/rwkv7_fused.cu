@@ -187,38 +187,44 @@ constexpr int kWarps = kThreads / 32;
   for (int64_t row = blockIdx.x * (int64_t)kWarps + threadIdx.x / 32; row < (rows); \
        row += (int64_t)gridDim.x * kWarps)
 
-// The six [N, C] inputs and four [C] parameter vectors of the chain (rwkv7_math.cuh wkv_inputs_f).
+// The six [N, C] inputs (fp32, or bf16: the projections' autocast outputs) and four [C] parameter
+// vectors of the chain (rwkv7_math.cuh wkv_inputs_f).
+template <class A>
 struct WkvIn {
-  const float* dec;
-  const float* k0;
-  const float* kkk;
-  const float* aaa;
-  const float* mam;
-  const float* mkm;
+  const A* dec;
+  const A* k0;
+  const A* kkk;
+  const A* aaa;
+  const A* mam;
+  const A* mkm;
   const float* td;
   const float* ta;
   const float* tma;
   const float* tmk;
 };
 // Element e (channel c) of the chain, given the head's inverse norm.
-__device__ inline WkvInputsFwd wkv_at(const WkvIn& in, int64_t e, int c, float inv) {
-  return wkv_inputs_f(in.dec[e] + in.td[c], in.k0[e], in.k0[e] + in.kkk[e], inv,
-                      in.aaa[e] + in.ta[c], in.mam[e] + in.tma[c], in.mkm[e] + in.tmk[c]);
+template <class A>
+__device__ inline WkvInputsFwd wkv_at(const WkvIn<A>& in, int64_t e, int c, float inv) {
+  const float k0 = ld(in.k0 + e);
+  return wkv_inputs_f(ld(in.dec + e) + in.td[c], k0, k0 + ld(in.kkk + e), inv,
+                      ld(in.aaa + e) + in.ta[c], ld(in.mam + e) + in.tma[c],
+                      ld(in.mkm + e) + in.tmk[c]);
 }
 // One warp per (row, head) of D channels: the l2norm of kk is a sum over the head.
 // 1 / max(||k + kkk||, eps) over the head at `base` (F.normalize), and ||.|| itself.
-__device__ inline float head_norm(const WkvIn& in, int64_t base, int D, int lane) {
+template <class A>
+__device__ inline float head_norm(const WkvIn<A>& in, int64_t base, int D, int lane) {
   float ss = 0.0f;
   for (int j = lane; j < D; j += 32) {
-    const float s = in.k0[base + j] + in.kkk[base + j];
+    const float s = ld(in.k0 + base + j) + ld(in.kkk + base + j);
     ss += s * s;
   }
   return sqrtf(mn_warp_sum(ss));
 }
 
-template <class Out>
-__global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a, Out* b, WkvIn in,
-                                          int64_t rows, int H, int D, float eps) {
+template <class Out, class A>
+__global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a, Out* b,
+                                          WkvIn<A> in, int64_t rows, int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
   HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
@@ -236,11 +242,13 @@ __global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a
   }
 }
 
-// Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5), and where the
-// column sums read the four parameter-vector terms from: the gradient output itself when it was
-// overwritten, else a scratch copy of the term (sum[i] non-NULL: written here).
+// Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5; fp32, or bf16 and
+// overwritten), and where the column sums read the four parameter-vector terms from: the gradient
+// output itself when it was overwritten in fp32, else a scratch copy of the term (sum[i]
+// non-NULL: written here).
+template <class G>
 struct WkvGrads {
-  float* g[6];
+  G* g[6];
   float* sum[4];  // terms of ddec, daaa, dmam, dmkm for dtd, dta, dtma, dtmk
   const float* dw;
   const float* dk;
@@ -250,8 +258,9 @@ struct WkvGrads {
 
 // l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else
 // dkk / eps.
-__global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64_t rows, int H,
-                                           int D, float eps) {
+template <class A, class G>
+__global__ void wkv_inputs_backward_kernel(WkvGrads<G> gr, WkvIn<A> in, int acc, int64_t rows,
+                                           int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
   HEAD_ROWS(row, rows) {
     const int64_t base = row * D;
@@ -261,8 +270,8 @@ __global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64
     float dot = 0.0f;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
-      const float a = sigmoid_f(in.aaa[e] + in.ta[c0 + j]);
-      dot += (in.k0[e] + in.kkk[e]) * (-gr.da[e] + gr.db[e] * a);
+      const float a = sigmoid_f(ld(in.aaa + e) + in.ta[c0 + j]);
+      dot += (ld(in.k0 + e) + ld(in.kkk + e)) * (-gr.da[e] + gr.db[e] * a);
     }
     dot = mn_warp_sum(dot);
     const float coef = dot * inv * inv * inv;
@@ -270,12 +279,13 @@ __global__ void wkv_inputs_backward_kernel(WkvGrads gr, WkvIn in, int acc, int64
       const int64_t e = base + j;
       const int c = c0 + j;
       const WkvInputsFwd f = wkv_at(in, e, c, inv);
-      const WkvInputsBwd d = wkv_inputs_df(f, in.dec[e] + in.td[c], in.k0[e], gr.dw[e], gr.dk[e],
+      const float k0 = ld(in.k0 + e);
+      const WkvInputsBwd d = wkv_inputs_df(f, ld(in.dec + e) + in.td[c], k0, gr.dw[e], gr.dk[e],
                                            gr.da[e], gr.db[e]);
-      const float ds = nrm >= eps ? d.dkk * inv - (in.k0[e] + in.kkk[e]) * coef : d.dkk / eps;
+      const float ds = nrm >= eps ? d.dkk * inv - (k0 + ld(in.kkk + e)) * coef : d.dkk / eps;
       const float v[6] = {d.ddec, d.dk0 + ds, ds, d.daaa, d.dmam, d.dmkm};
 #pragma unroll
-      for (int i = 0; i < 6; i++) put_grad(gr.g[i], e, (acc >> i) & 1, v[i]);
+      for (int i = 0; i < 6; i++) put_dm(gr.g[i], e, (acc >> i) & 1, v[i]);
       const float t[4] = {d.ddec, d.daaa, d.dmam, d.dmkm};
 #pragma unroll
       for (int i = 0; i < 4; i++)
@@ -592,71 +602,117 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_
   return mix4_backward(dx, dmf, dmaa, dout, x, af, T, C, N, accumulate, part, stream);
 }
 
+namespace {
+template <class A>
+int wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b, const WkvIn<A>& in,
+                       bool out_bf16, int64_t rows, int H, int D, float eps, void* stream) {
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<bf16, A>, blocks,
+                     kThreads, 0, stream, (bf16*)w, k, (bf16*)k_bf16, (bf16*)a, (bf16*)b, in, rows,
+                     H, D, eps);
+  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float, A>, blocks,
+                   kThreads, 0, stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in,
+                   rows, H, D, eps);
+}
+template <class A>
+WkvIn<A> wkv_in(void* const act[6], float* const par[4]) {
+  return WkvIn<A>{(const A*)act[0], (const A*)act[1], (const A*)act[2], (const A*)act[3],
+                  (const A*)act[4], (const A*)act[5], par[0], par[1], par[2], par[3]};
+}
+template <class A, class G>
+int wkv_inputs_backward_launch(const WkvGrads<G>& gr, const WkvIn<A>& in, int acc, int64_t rows,
+                               int H, int D, float eps, void* stream) {
+  return mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel<A, G>,
+                   mn_blocks_for(rows, kWarps), kThreads, 0, stream, gr, in, acc, rows, H, D, eps);
+}
+template <class G>
+WkvGrads<G> wkv_grads(void* const g[6], float* const dout[4]) {
+  return WkvGrads<G>{{(G*)g[0], (G*)g[1], (G*)g[2], (G*)g[3], (G*)g[4], (G*)g[5]},
+                     {},
+                     dout[0],
+                     dout[1],
+                     dout[2],
+                     dout[3]};
+}
+}  // namespace
+
 MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
-                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
-                                       float* mkm, float* time_decay, float* time_aaaaa,
-                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
-                                       int H, int D, float eps, void* stream) {
+                                       void* dec, void* k0, void* kkk, void* aaa, void* mam,
+                                       void* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16,
+                                       int in_bf16, int N, int H, int D, float eps, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
                                      {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
                                       time_aaaaa, time_misc_a, time_misc_k},
                                      0, 0, eps))
     return rc;
   const int64_t rows = (int64_t)N * H;
-  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
-  const unsigned blocks = mn_blocks_for(rows, kWarps);
-  if (out_bf16)
-    return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<bf16>, blocks, kThreads,
-                     0, stream, (bf16*)w, k, (bf16*)k_bf16, (bf16*)a, (bf16*)b, in, rows, H, D,
-                     eps);
-  return mn_launch("rwkv7_wkv_inputs_forward", wkv_inputs_forward_kernel<float>, blocks, kThreads,
-                   0, stream, (float*)w, k, (bf16*)k_bf16, (float*)a, (float*)b, in, rows, H, D,
-                   eps);
+  void* const act[6] = {dec, k0, kkk, aaa, mam, mkm};
+  float* const par[4] = {time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  if (in_bf16)
+    return wkv_inputs_forward(w, k, k_bf16, a, b, wkv_in<bf16>(act, par), out_bf16, rows, H, D, eps,
+                              stream);
+  return wkv_inputs_forward(w, k, k_bf16, a, b, wkv_in<float>(act, par), out_bf16, rows, H, D, eps,
+                            stream);
 }
 
-MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
-                                        float* dmam, float* dmkm, float* dtime_decay,
+MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
+                                        void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,
                                         float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
-                                        float* mam, float* mkm, float* time_decay,
+                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        void* mam, void* mkm, float* time_decay,
                                         float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int N, int H, int D, float eps,
-                                        int accumulate, void* stream) {
+                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
+                                        int H, int D, float eps, int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
                                      {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
                                       dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
                                       mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
                                      accumulate, 0x3c0, eps))
     return rc;
+  MN_REQUIRE(!grad_bf16 || !(accumulate & 0x3f),
+             "rwkv7_wkv_inputs_backward: bf16 gradients are overwritten (bits 0-5 must be clear)");
   const int C = H * D;
   const int64_t rows = (int64_t)N * H, act = (int64_t)N * C;
-  // The column sums read each term from its gradient output when that was overwritten (it holds
-  // the term alone), else from a scratch copy (an accumulated output holds old + term).
-  float* outs[4] = {ddec, daaa, dmam, dmkm};
+  // The column sums read each term from its gradient output when that was overwritten in fp32
+  // (it holds the term alone), else from a scratch copy (an accumulated output holds old + term;
+  // a bf16 one the term rounded).
+  float* outs[4] = {(float*)ddec, (float*)daaa, (float*)dmam, (float*)dmkm};
   const int bits[4] = {0, 3, 4, 5};
+  const auto copied = [&](int i) { return grad_bf16 || ((accumulate >> bits[i]) & 1); };
   int copies = 0;
-  for (int i = 0; i < 4; i++) copies += (accumulate >> bits[i]) & 1;
+  for (int i = 0; i < 4; i++) copies += copied(i);
   const int64_t part_floats = mn_reduce::col_scratch_floats(N, C, 2);
   float* scratch = nullptr;
   if (int rc = mn_reduce::scratch_floats(&scratch, part_floats + copies * act, stream)) return rc;
   float* part = scratch;
   float* next_copy = scratch + part_floats;
-  WkvGrads gr{{ddec, dk0, dkkk, daaa, dmam, dmkm}, {}, dw, dk, da, db};
+  void* const g6[6] = {ddec, dk0, dkkk, daaa, dmam, dmkm};
+  float* const d4[4] = {dw, dk, da, db};
+  float* sum[4];
   const float* src[4];
   for (int i = 0; i < 4; i++) {
-    if ((accumulate >> bits[i]) & 1) {
-      gr.sum[i] = next_copy;
+    if (copied(i)) {
+      sum[i] = next_copy;
       next_copy += act;
     } else {
-      gr.sum[i] = nullptr;
+      sum[i] = nullptr;
     }
-    src[i] = gr.sum[i] ? gr.sum[i] : outs[i];
+    src[i] = sum[i] ? sum[i] : outs[i];
   }
-  const WkvIn in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
-  int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, gr, in, accumulate, rows, H,
-                     D, eps);
+  void* const act6[6] = {dec, k0, kkk, aaa, mam, mkm};
+  float* const par[4] = {time_decay, time_aaaaa, time_misc_a, time_misc_k};
+  const auto launch = [&](auto gr, auto in) {
+    for (int i = 0; i < 4; i++) gr.sum[i] = sum[i];
+    return wkv_inputs_backward_launch(gr, in, accumulate, rows, H, D, eps, stream);
+  };
+  int rc;
+  if (in_bf16 && grad_bf16) rc = launch(wkv_grads<bf16>(g6, d4), wkv_in<bf16>(act6, par));
+  else if (in_bf16) rc = launch(wkv_grads<float>(g6, d4), wkv_in<bf16>(act6, par));
+  else if (grad_bf16) rc = launch(wkv_grads<bf16>(g6, d4), wkv_in<float>(act6, par));
+  else rc = launch(wkv_grads<float>(g6, d4), wkv_in<float>(act6, par));
   if (rc) return rc;
   if ((rc = mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
                                    Sum2Term{src[0], src[1], C}, dtime_decay, dtime_aaaaa, N, C,

@@ -404,10 +404,11 @@ function drawChain(c: HCfg, rng: Rng) {
 }
 type Chain = ReturnType<typeof drawChain>;
 
-function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean) {
+/** inBf16: the six inputs as bf16 (their values rounded) */
+function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean, inBf16 = false) {
   const { N, H, D } = c, shape = [N, H * D], dt = bf16 ? "bf16" as const : "f32" as const;
   const ins = Object.fromEntries([
-    ...ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...ACTS.map((k) => [k, mIn(d.act[k], shape, inBf16)]),
     ...PVEC.map((k) => [k, f32In(d.par[k], [H * D])]),
   ]);
   const outs: Record<string, { shape: number[]; dtype?: "bf16" | "f32" }> = {
@@ -427,6 +428,7 @@ function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean) {
       ...ACTS.map((k) => t[k].ptr),
       ...PVEC.map((k) => t[k].ptr),
       bf16 ? 1 : 0,
+      inBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -436,16 +438,26 @@ function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean) {
   });
 }
 
-function chainBackward(be: Backend, c: HCfg, d: Chain, accumulate = ALL) {
+/** inBf16: bf16 inputs; gradBf16: the six activation gradients written bf16 (overwritten) */
+function chainBackward(
+  be: Backend,
+  c: HCfg,
+  d: Chain,
+  accumulate = ALL,
+  inBf16 = false,
+  gradBf16 = false,
+) {
   const { N, H, D } = c, C = H * D, shape = [N, C];
   const ins = Object.fromEntries([
     ...OUTS.map((k) => ["d" + k, f32In(d.dout[k], shape)]),
-    ...ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...ACTS.map((k) => [k, mIn(d.act[k], shape, inBf16)]),
     ...PVEC.map((k) => [k, f32In(d.par[k], [C])]),
   ]);
   const outs = Object.fromEntries([...ACTS, ...PVEC].map((k, i) => [
     "d" + k,
-    { shape: i < 6 ? shape : [C], init: (accumulate >> i) & 1 ? d.prior[k] : undefined },
+    i < 6 && gradBf16
+      ? { shape, dtype: "bf16" as const }
+      : { shape: i < 6 ? shape : [C], init: (accumulate >> i) & 1 ? d.prior[k] : undefined },
   ]));
   return withTensors(be, ins, outs, (t) => {
     be.k.mn_rwkv7_wkv_inputs_backward(
@@ -453,6 +465,8 @@ function chainBackward(be: Backend, c: HCfg, d: Chain, accumulate = ALL) {
       ...OUTS.map((k) => t["d" + k].ptr),
       ...ACTS.map((k) => t[k].ptr),
       ...PVEC.map((k) => t[k].ptr),
+      inBf16 ? 1 : 0,
+      gradBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -555,6 +569,36 @@ Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite; set terms summe
     assert.throws(() => chainBackward(be, c, d, 0x1ff), /parameter-vector gradients accumulate/);
     const again = chainBackward(be, c, d);
     for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});
+
+Deno.test("rwkv7_wkv_inputs: bf16 inputs read as their values, bf16 gradients the fp32 ones rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of HSHAPES) {
+      const d = drawChain(c, new Rng(SEED));
+      const act = Object.fromEntries(ACTS.map((k) => [k, round(d.act[k])]));
+      const dr = { ...d, act }; // what bf16 inputs hold
+      const want = chainForward(be, c, dr, true), got = chainForward(be, c, d, true, true);
+      for (const k of Object.keys(want)) {
+        compare(`${name} ${hLabel(c)} ${k}`, got[k], want[k], EXACT);
+      }
+      const bw = chainBackward(be, c, dr, 0x3c0), bg = chainBackward(be, c, d, 0x3c0, true, true);
+      for (const k of Object.keys(bw)) {
+        const isAct = (ACTS as readonly string[]).includes(k.slice(1));
+        compare(
+          `${name} ${hLabel(c)} ${k}`,
+          bg[k],
+          isAct ? round(bw[k] as Float32Array) : bw[k],
+          EXACT,
+        );
+      }
+      assert.throws(
+        () => chainBackward(be, c, d, ALL, true, true),
+        /bf16 gradients are overwritten/,
+      );
+    }
   }
 });
 

@@ -180,16 +180,28 @@ struct Inputs {
 
 }  // namespace
 
-MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
-                                       float* dec, float* k0, float* kkk, float* aaa, float* mam,
-                                       float* mkm, float* time_decay, float* time_aaaaa,
-                                       float* time_misc_a, float* time_misc_k, int out_bf16, int N,
-                                       int H, int D, float eps, void*) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
-                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
-                                      time_aaaaa, time_misc_a, time_misc_k},
-                                     0, 0, eps))
-    return rc;
+namespace {
+// bf16 activations as the fp32 values they hold (the fp32 code below then reads them)
+struct Widened {
+  std::vector<float> v[6];
+  float* p[6];
+  Widened(void* const act[6], bool bf16, int64_t n) {
+    for (int i = 0; i < 6; i++) {
+      if (!bf16) {
+        p[i] = (float*)act[i];
+        continue;
+      }
+      v[i].resize(n);
+      for (int64_t e = 0; e < n; e++) v[i][e] = bf16_to_f32(((const mn_bf16*)act[i])[e]);
+      p[i] = v[i].data();
+    }
+  }
+};
+
+int wkv_inputs_forward_f32(void* w, float* k, mn_bf16* k_bf16, void* a, void* b, float* dec,
+                           float* k0, float* kkk, float* aaa, float* mam, float* mkm,
+                           float* time_decay, float* time_aaaaa, float* time_misc_a,
+                           float* time_misc_k, int out_bf16, int N, int H, int D, float eps) {
   const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
   const int64_t rows = (int64_t)N * H;
 #pragma omp parallel for if (rows * D > 100000)
@@ -209,22 +221,33 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
   }
   return 0;
 }
+}  // namespace
 
-MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, float* daaa,
-                                        float* dmam, float* dmkm, float* dtime_decay,
-                                        float* dtime_aaaaa, float* dtime_misc_a,
-                                        float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, float* dec, float* k0, float* kkk, float* aaa,
-                                        float* mam, float* mkm, float* time_decay,
-                                        float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int N, int H, int D, float eps,
-                                        int accumulate, void*) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
-                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
-                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
-                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
-                                     accumulate, 0x3c0, eps))
+MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void* a, void* b,
+                                       void* dec, void* k0, void* kkk, void* aaa, void* mam,
+                                       void* mkm, float* time_decay, float* time_aaaaa,
+                                       float* time_misc_a, float* time_misc_k, int out_bf16,
+                                       int in_bf16, int N, int H, int D, float eps, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_forward", N, H, D, (int64_t)H * D,
+                                     {w, k, a, b, dec, k0, kkk, aaa, mam, mkm, time_decay,
+                                      time_aaaaa, time_misc_a, time_misc_k},
+                                     0, 0, eps))
     return rc;
+  void* const act[6] = {dec, k0, kkk, aaa, mam, mkm};
+  const Widened x(act, in_bf16, (int64_t)N * H * D);
+  return wkv_inputs_forward_f32(w, k, k_bf16, a, b, x.p[0], x.p[1], x.p[2], x.p[3], x.p[4], x.p[5],
+                                time_decay, time_aaaaa, time_misc_a, time_misc_k, out_bf16, N, H,
+                                D, eps);
+}
+
+namespace {
+int wkv_inputs_backward_f32(float* ddec, float* dk0, float* dkkk, float* daaa, float* dmam,
+                            float* dmkm, float* dtime_decay, float* dtime_aaaaa,
+                            float* dtime_misc_a, float* dtime_misc_k, float* dw, float* dk,
+                            float* da, float* db, float* dec, float* k0, float* kkk, float* aaa,
+                            float* mam, float* mkm, float* time_decay, float* time_aaaaa,
+                            float* time_misc_a, float* time_misc_k, int N, int H, int D, float eps,
+                            int accumulate) {
   const Inputs in{dec, k0, kkk, aaa, mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k};
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   // per-row terms of the four parameter vectors, summed over rows in double afterwards
@@ -277,6 +300,42 @@ MN_API int mn_rwkv7_wkv_inputs_backward(float* ddec, float* dk0, float* dkkk, fl
       for (int64_t row = 0; row < N; row++) sum += terms[((size_t)i * N + row) * C + c];
       outs[i][c] += (float)sum;
     }
+  return 0;
+}
+}  // namespace
+
+MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
+                                        void* dmam, void* dmkm, float* dtime_decay,
+                                        float* dtime_aaaaa, float* dtime_misc_a,
+                                        float* dtime_misc_k, float* dw, float* dk, float* da,
+                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        void* mam, void* mkm, float* time_decay,
+                                        float* time_aaaaa, float* time_misc_a,
+                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
+                                        int H, int D, float eps, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
+                                     {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
+                                      dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
+                                      mam, mkm, time_decay, time_aaaaa, time_misc_a, time_misc_k},
+                                     accumulate, 0x3c0, eps))
+    return rc;
+  MN_REQUIRE(!grad_bf16 || !(accumulate & 0x3f),
+             "rwkv7_wkv_inputs_backward: bf16 gradients are overwritten (bits 0-5 must be clear)");
+  const int64_t n = (int64_t)N * H * D;
+  void* const act[6] = {dec, k0, kkk, aaa, mam, mkm};
+  void* const grads[6] = {ddec, dk0, dkkk, daaa, dmam, dmkm};
+  const Widened x(act, in_bf16, n);
+  // bf16 gradients: the fp32 ones (overwritten) rounded once
+  std::vector<float> tmp(grad_bf16 ? 6 * (size_t)n : 0);
+  float* g[6];
+  for (int i = 0; i < 6; i++) g[i] = grad_bf16 ? tmp.data() + i * n : (float*)grads[i];
+  int rc = wkv_inputs_backward_f32(g[0], g[1], g[2], g[3], g[4], g[5], dtime_decay, dtime_aaaaa,
+                                   dtime_misc_a, dtime_misc_k, dw, dk, da, db, x.p[0], x.p[1],
+                                   x.p[2], x.p[3], x.p[4], x.p[5], time_decay, time_aaaaa,
+                                   time_misc_a, time_misc_k, N, H, D, eps, accumulate);
+  if (rc || !grad_bf16) return rc;
+  for (int i = 0; i < 6; i++)
+    for (int64_t e = 0; e < n; e++) ((mn_bf16*)grads[i])[e] = f32_to_bf16(g[i][e]);
   return 0;
 }
 
