@@ -177,9 +177,23 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // really takes the chunked kernel on emu is checked against fp64 at the top), the same bf16
   // reason. T = 32: two chunks. [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.2e-3; loss 7.5e-5]
   { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2, lossTol: 3e-4 },
+  // The generic-op composition with fp32 logits (--unfused; before the fused kernels, the only
+  // path, measured as the first entry: [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.3e-3; loss
+  // 7.5e-5]).
+  { label: "bf16, --unfused", flags: [...TINY, "--unfused"], tol: 3e-2, lossTol: 3e-4 },
 ];
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
   checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
+});
+// The same on the generic-op composition (--unfused), FD_CHECK's bound (measured on it before the
+// fused kernels existed).
+Deno.test("train_rwkv6: --unfused gradients match central finite differences (cpu, fp32 path)", () => {
+  checkGradientsByFiniteDifferences(
+    trainer,
+    [...FD_CHECK.flags, "--unfused"],
+    FD_CHECK.h,
+    FD_CHECK.tol,
+  );
 });
 
 for (const { other, ignore } of KERNEL_BACKENDS) {
@@ -202,6 +216,19 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
     ignore,
     fn() {
       const check = BACKEND_CHECKS[1];
+      compareBackends(trainer, check.flags, check.tol, {
+        other,
+        smallTol: check.smallTol,
+        lossTol: check.lossTol,
+      });
+    },
+  });
+
+  Deno.test({
+    name: `train_rwkv6: --unfused on ${other} matches cpu, loss and gradients (bf16)`,
+    ignore,
+    fn() {
+      const check = BACKEND_CHECKS[2];
       compareBackends(trainer, check.flags, check.tol, {
         other,
         smallTol: check.smallTol,
