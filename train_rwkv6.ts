@@ -455,9 +455,10 @@ export class Model {
     const maa = ["time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g"].map(P);
     const [xw, xk, xv, xr, xg] = g.rwkv6Mix5(x, m, maa);
 
-    const r = g.matmul(xr, P("receptance.weight"), true);
+    // r and v feed only WKV-6: written as its bf16 operands (what autocast's nn.Linear returns)
+    const r = g.matmul(xr, P("receptance.weight"), true, true);
     const k = g.matmul(xk, P("key.weight"), true);
-    const v = g.matmul(xv, P("value.weight"), true);
+    const v = g.matmul(xv, P("value.weight"), true, true);
     const gate = g.matmul(g.tanh(g.matmul(xg, P("gate_w1"))), P("gate_w2"));
     const ww = g.matmul(g.tanh(g.matmul(xw, P("time_decay_w1"))), P("time_decay_w2"));
     // w = time_decay + ww; kw = k * clamp(w, max=0).exp(): WKV-6's bf16 operands

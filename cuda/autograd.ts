@@ -737,8 +737,12 @@ export class Graph {
   /**
    * y = a @ b (transB: a @ b^T, i.e. nn.Linear with b [out, in]). a [..., K]; b [K, M] or [M, K].
    * bf16 operands, fp32 accumulation and fp32 output (autocast's matmul, kept in fp32 after).
+   * operandOut: the output is written as an operand instead (operandDtype: bf16 on the bf16 path,
+   * the value autocast's matmul itself returns), for a result that only feeds ops taking bf16
+   * operands (RWKV-6's r and v, read by WKV-6 only): no fp32 output and no cast. Its gradient is
+   * fp32 as any other's.
    */
-  matmul(a: Var, b: Var, transB = false): Var {
+  matmul(a: Var, b: Var, transB = false, operandOut = false): Var {
     const [N, K] = rowsCols(a);
     if (b.shape.length !== 2) {
       throw new Error(`matmul: weight must be 2-D, got [${b.shape.join(",")}]`);
@@ -752,9 +756,35 @@ export class Graph {
       );
     }
     const ab = this.operand(a), bb = this.operand(b);
-    const out = this.out([...a.shape.slice(0, -1), M], "matmul");
+    const bf16Out = operandOut && this.operandDtype() === "bf16";
+    const out = this.out([...a.shape.slice(0, -1), M], "matmul", bf16Out ? "bf16" : "f32");
     const ldb = transB ? K : M;
-    this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
+    if (bf16Out) {
+      const tb = transB ? 1 : 0;
+      this.k.mn_gemm_bf16(
+        0,
+        tb,
+        N,
+        M,
+        K,
+        1,
+        ab.ptr,
+        K,
+        0n,
+        bb.ptr,
+        ldb,
+        0n,
+        0,
+        out.ptr,
+        M,
+        0n,
+        1,
+        1,
+        this.s,
+      );
+    } else {
+      this.gemm(0, transB ? 1 : 0, N, M, K, 1, ab.ptr, K, 0n, bb.ptr, ldb, 0n, 0, out.ptr, M, 0n);
+    }
     return this.node(out, [a, b], (y) => {
       const dy = this.gradOperand(y.g);
       const [[da, db], acc] = this.grads(a, b);
