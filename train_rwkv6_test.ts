@@ -1,6 +1,6 @@
 // train_rwkv6.ts: the WKV-6 graph op (bf16 path) against an fp64 reference, whole-model gradients
-// by finite differences (fp32 path), emu = cpu on the whole model (bf16), a Brown training run,
-// resume, --dump_grads, errors.
+// by finite differences (fp32 path), emu = cpu on the whole model (bf16), the fused time mixing =
+// --unfused, a Brown training run, 2 ranks = 1 process, resume, --dump_grads, errors.
 import assert from "node:assert/strict";
 import { Backend, type BackendName } from "./cuda/backend.ts";
 import { Graph, Param } from "./cuda/autograd.ts";
@@ -383,6 +383,64 @@ Deno.test("train_rwkv6: a --fla_cuda smoke run (cpu, 10 steps) trains through th
   assert.equal(v.length, 2, r.stdout);
   console.log(`  val loss ${v.join(" -> ")}`);
   assert.ok(v[1] < v[0], `val loss did not fall: ${v.join(", ")}`);
+});
+
+Deno.test("train_rwkv6: 2 ranks (tcp collective, bucketed all-reduce) train bit-identically to 1 process with gradient accumulation (cpu)", async () => {
+  // As launcher_test.ts's RWKV-7 check: the same batches and per-batch gradients, summed in the
+  // same order (micro-steps whole, in order; ranks in rank order), so weights and optimizer state
+  // after 4 steps must be the same bits; the val losses (4 decimals) sum in another order: one unit
+  // in the last printed place. Fused path (the default) and --unfused.
+  ensureBrown();
+  const common = [
+    ...BROWN,
+    ...["--backend", "cpu", "--n_layer", "2", "--n_embd", "64", "--headsz", "16"],
+    ...["--sequence_length", "32", "--device_bsz", "2", "--random_seed", "3"],
+    ...["--warmdown_iters", "1", "--num_iterations", "4", "--val_loss_every", "1"],
+    ...["--val_tokens", "1152", "--bsz", "4"],
+  ];
+  const run = (world: number, extra: string[]) => {
+    const port = String(20000 + Math.floor(Math.random() * 30000));
+    return Promise.all(Array.from({ length: world }, (_, r) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "train_rwkv6.ts", ...common, ...extra],
+        cwd: new URL(".", import.meta.url).pathname,
+        env: { RANK: String(r), WORLD_SIZE: String(world), MASTER_PORT: port },
+        stdout: "piped",
+        stderr: "piped",
+      }).output().then((o) => {
+        assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+        return new TextDecoder().decode(o.stdout);
+      })));
+  };
+  const vals = (out: string) => [...out.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
+  const state = (dir: string, suffix: string) => {
+    const r = [...Deno.readDirSync(dir)].find((e) => e.isDirectory)!.name;
+    return readSafetensors(`${dir}/${r}/state_step000004${suffix}`).tensors;
+  };
+  for (const flags of [[], ["--unfused"]]) {
+    const d1 = Deno.makeTempDirSync(), d2 = Deno.makeTempDirSync();
+    const [one] = await run(1, [...flags, "--log_dir", d1]);
+    const [two] = await run(2, [...flags, "--log_dir", d2, "--bucket_cap_mb", "0.25"]);
+    const v1 = vals(one), v2 = vals(two);
+    assert.equal(v1.length, 5);
+    v1.forEach((x, i) =>
+      assert.ok(Math.abs(x - v2[i]) <= 1e-4 + 1e-9, `val loss ${i}: ${x}, ${v2[i]}`)
+    );
+    let compared = 0;
+    for (const suffix of [".safetensors", ".opt.safetensors"]) {
+      const w1 = state(d1, suffix), w2 = state(d2, suffix);
+      assert.deepEqual([...w2.keys()], [...w1.keys()]);
+      for (const [name, t] of w1) {
+        const a = t.data as Float32Array, b = w2.get(name)!.data as Float32Array;
+        const diff = a.findIndex((x, i) => !Object.is(x, b[i]));
+        assert.equal(diff, -1, `${flags.join(" ")} ${name}${suffix}: element ${diff} differs`);
+        compared += a.length;
+      }
+    }
+    console.log(`  ${flags.join(" ") || "fused"}: ${compared} elements bit-identical`);
+    Deno.removeSync(d1, { recursive: true });
+    Deno.removeSync(d2, { recursive: true });
+  }
 });
 
 Deno.test("train_rwkv6: --resume continues bit-for-bit (cpu)", () => {
