@@ -946,18 +946,18 @@ const rwkv7MixXBackward: Cost = (a) => {
 const rwkv7Mix4Forward: Cost = (a) => {
   const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
   const out = need(a, "out_bf16") ? BF16 : F32;
-  return [elementwise("mix4_forward_kernel", n, 5 * n * F32 + 4 * C * F32, 4 * n * out, 13)];
+  return [elementwise("mixn_forward_kernel", n, 5 * n * F32 + 4 * C * F32, 4 * n * out, 13)];
 };
-// col_sums<2, Mix4Term>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
-// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, Mix4TailTerm>: reads dout_k, dout_v, x
+// col_sums<2, MixNTerm<4>>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
+// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, MixTailTerm<2>>: reads dout_k, dout_v, x
 // again; sums dmaa_k, dmaa_v (reduce.cuh's column sums carry two outputs).
 const rwkv7Mix4Backward: Cost = (a) => {
   const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
   let accRead = 0;
   for (let bit = 0; bit < 5; bit++) accRead += accBit(a, bit) ? act : 0;
   return [
-    ...colSums("Mix4Term", 2, N, C, 9 * act + accRead, 5 * act, 30 * N * C),
-    ...colSums("Mix4TailTerm", 2, N, C, 3 * act, 0, 5 * N * C),
+    ...colSums("MixNTerm<4>", 2, N, C, 9 * act + accRead, 5 * act, 30 * N * C),
+    ...colSums("MixTailTerm<2>", 2, N, C, 3 * act, 0, 5 * N * C),
   ];
 };
 
