@@ -293,7 +293,8 @@ function wkv6Grads(g: Graph, xs: Var[]): [Deno.PointerValue[], number] {
 
 /**
  * WKV-6 as a graph op (the original's WKV_6 autograd.Function): r, k, v, w [B,T,C] cast to bf16
- * (its .bfloat16() calls), u [H,N] rounded to bf16 too (gradient straight through) but passed as
+ * (its .bfloat16() calls; a value its producer wrote in bf16, as the fused path's are, is its own
+ * operand), u [H,N] rounded to bf16 too (gradient straight through) but passed as
  * fp32. Output y [B,T,C] fp32; backward writes all five gradients (grads' mask). In the graph's "f32"
  * precision (gradient checks) nothing is rounded: the kernel's fp32-input entry points.
  * chunked (--fla_cuda): mn_wkv6_chunked_* instead, the same function evaluated in 16-step chunks
