@@ -167,19 +167,21 @@ for (
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): h = 2.5e-3,
  * not train_rwkv7's 1e-2, as the loss is strongly curved along key.weight (its init is 10x smaller
  * than the other projections'; plain central differences at h = 2.5e-3 failed seed 8 by their
- * O(h^2) term). fp32 loss noise ~(5/3) 1e-6 / h. [worst 24% of this bound, seeds 1-40 x 2 BLAS] */
+ * O(h^2) term). fp32 loss noise ~(5/3) 1e-6 / h. [the fused time mixing (2026-12-05): worst 20%
+ * of this bound, seeds 1-12 x 2 BLAS; the composition, now --unfused: 24%, seeds 1-40 x 2 BLAS] */
 export const FD_CHECK = { flags: TINY, h: 2.5e-3, tol: { abs: 4e-4, rel: 3e-3 } };
 export const BACKEND_CHECKS: BackendCheck[] = [
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
-  // [seeds 1-12 x 2 BLAS: worst 1.1e-2 (time_faaaa), median 4.3e-3; loss 7.5e-5]
+  // [fused time mixing, bf16 logits (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2
+  // (time_faaaa), median 4.5e-3; loss 1.3e-4]
   { label: "bf16", flags: TINY, tol: 3e-2, lossTol: 3e-4 },
   // The same model and batch through mn_wkv6_chunked_* (cpu: the double reference; that the op
   // really takes the chunked kernel on emu is checked against fp64 at the top), the same bf16
-  // reason. T = 32: two chunks. [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.2e-3; loss 7.5e-5]
+  // reason. T = 32: two chunks. [fused (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2, median
+  // 4.6e-3; loss 1.3e-4]
   { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2, lossTol: 3e-4 },
-  // The generic-op composition with fp32 logits (--unfused; before the fused kernels, the only
-  // path, measured as the first entry: [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.3e-3; loss
-  // 7.5e-5]).
+  // The generic-op composition with fp32 logits (--unfused). [seeds 1-12 x 2 BLAS: worst 1.1e-2,
+  // median 4.3e-3; loss 7.5e-5]
   { label: "bf16, --unfused", flags: [...TINY, "--unfused"], tol: 3e-2, lossTol: 3e-4 },
 ];
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
