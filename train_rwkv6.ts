@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
+import { lmHeadLossBf16 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -60,6 +61,8 @@ const FLAGS = {
 const BOOL_FLAGS = {
   fla_cuda:
     "our chunked WKV-6 kernel (cuda/wkv6_chunked.cu) in place of flash-linear-attention's chunk_rwkv6, which the original's --fla_cuda calls: the same function, evaluated in 16-step chunks",
+  unfused:
+    "time mixing from the generic tape ops (timeMixUnfused: the composition to edit) instead of the fused kernels",
   help: "print the flags",
   cuda_graph:
     "cuda: capture the training step once after warm-up into a CUDA graph and replay it (off " +
@@ -108,6 +111,7 @@ export function parseFlags(argv: string[]) {
     device_bsz: num("device_bsz"),
     bsz: num("bsz"),
     fla_cuda: Boolean(values.fla_cuda),
+    unfused: Boolean(values.unfused),
     random_seed: num("random_seed"),
     backend: str("backend"),
     input_bin: str("input_bin"),
@@ -289,7 +293,8 @@ function wkv6Grads(g: Graph, xs: Var[]): [Deno.PointerValue[], number] {
 
 /**
  * WKV-6 as a graph op (the original's WKV_6 autograd.Function): r, k, v, w [B,T,C] cast to bf16
- * (its .bfloat16() calls), u [H,N] rounded to bf16 too (gradient straight through) but passed as
+ * (its .bfloat16() calls; a value its producer wrote in bf16, as the fused path's are, is its own
+ * operand), u [H,N] rounded to bf16 too (gradient straight through) but passed as
  * fp32. Output y [B,T,C] fp32; backward writes all five gradients (grads' mask). In the graph's "f32"
  * precision (gradient checks) nothing is rounded: the kernel's fp32-input entry points.
  * chunked (--fla_cuda): mn_wkv6_chunked_* instead, the same function evaluated in 16-step chunks
@@ -433,11 +438,39 @@ export class Model {
       );
     }
     x = g.layernorm(x, P("ln_out.weight"), P("ln_out.bias"));
-    return g.lmHeadLoss(x, wte, targets, 0, lossScale); // no softcap; fp32 logits
+    // no softcap. The original's lm_head runs under autocast: bf16 logits, then .float() for the
+    // cross-entropy; --unfused keeps the generic op's fp32 logits
+    if (a.unfused) return g.lmHeadLoss(x, wte, targets, 0, lossScale);
+    return lmHeadLossBf16(g, x, wte, targets, 0, lossScale);
   }
 
-  /** RWKV6.forward of the original */
+  /** RWKV6.forward of the original, from the fused kernels (timeMixUnfused: the same math from
+   * the generic tape ops, --unfused) */
   timeMix(g: Graph, layer: number, x: Var): Var {
+    if (this.a.unfused) return this.timeMixUnfused(g, layer, x);
+    const H = this.a.n_embd / this.a.headsz;
+    const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
+    // token shift + the first mix, then the five mixes: bf16 matmul operands on the bf16 path
+    const xxx = g.rwkv7MixX(x, P("time_maa_x")); // RWKV-7's first mix is the same math
+    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"));
+    const maa = ["time_maa_w", "time_maa_k", "time_maa_v", "time_maa_r", "time_maa_g"].map(P);
+    const [xw, xk, xv, xr, xg] = g.rwkv6Mix5(x, m, maa);
+
+    // r and v feed only WKV-6: written as its bf16 operands (what autocast's nn.Linear returns)
+    const r = g.matmul(xr, P("receptance.weight"), true, true);
+    const k = g.matmul(xk, P("key.weight"), true);
+    const v = g.matmul(xv, P("value.weight"), true, true);
+    const gate = g.matmul(g.tanh(g.matmul(xg, P("gate_w1"))), P("gate_w2"));
+    const ww = g.matmul(g.tanh(g.matmul(xw, P("time_decay_w1"))), P("time_decay_w2"));
+    // w = time_decay + ww; kw = k * clamp(w, max=0).exp(): WKV-6's bf16 operands
+    const { w, kw } = g.rwkv6DecayK(ww, k, P("time_decay"));
+    const y = wkv6(g, r, kw, v, w, P("time_faaaa"), H, this.a.fla_cuda);
+    const yg = g.rwkv6GnGate(y, P("ln_x.weight"), P("ln_x.bias"), gate, H, 64e-5);
+    return g.matmul(yg, P("output.weight"), true);
+  }
+
+  /** timeMix from the generic tape ops, one kernel each (--unfused): the composition to edit */
+  timeMixUnfused(g: Graph, layer: number, x: Var): Var {
     const H = this.a.n_embd / this.a.headsz;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
     const xx = g.axpby(1, g.timeShift(x), -1, x); // time_shift(x) - x

@@ -1,12 +1,13 @@
 // train_rwkv6.ts: the WKV-6 graph op (bf16 path) against an fp64 reference, whole-model gradients
-// by finite differences (fp32 path), emu = cpu on the whole model (bf16), a Brown training run,
-// resume, --dump_grads, errors.
+// by finite differences (fp32 path), emu = cpu on the whole model (bf16), the fused time mixing =
+// --unfused, a Brown training run, 2 ranks = 1 process, resume, --dump_grads, errors.
 import assert from "node:assert/strict";
-import { Backend } from "./cuda/backend.ts";
+import { Backend, type BackendName } from "./cuda/backend.ts";
 import { Graph, Param } from "./cuda/autograd.ts";
 import { readSafetensors, writeSafetensors } from "./cuda/safetensors.ts";
 import {
   type BackendCheck,
+  backendDifference,
   BROWN,
   checkDumpGrads,
   checkFlagErrors,
@@ -19,8 +20,10 @@ import {
   norm,
   PRECISION_FLAG_CASES,
   runTrainer,
+  tinyLossAndGrads,
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
+import { SEED } from "./cuda/test/harness.ts";
 import * as trainer from "./train_rwkv6.ts";
 import { parseFlags, Rng, wkv6 } from "./train_rwkv6.ts";
 
@@ -164,19 +167,35 @@ for (
 /** FD (Richardson-extrapolated central differences at h and h/2, see the harness): h = 2.5e-3,
  * not train_rwkv7's 1e-2, as the loss is strongly curved along key.weight (its init is 10x smaller
  * than the other projections'; plain central differences at h = 2.5e-3 failed seed 8 by their
- * O(h^2) term). fp32 loss noise ~(5/3) 1e-6 / h. [worst 24% of this bound, seeds 1-40 x 2 BLAS] */
+ * O(h^2) term). fp32 loss noise ~(5/3) 1e-6 / h. [the fused time mixing (2026-12-05): worst 20%
+ * of this bound, seeds 1-12 x 2 BLAS; the composition, now --unfused: 24%, seeds 1-40 x 2 BLAS] */
 export const FD_CHECK = { flags: TINY, h: 2.5e-3, tol: { abs: 4e-4, rel: 3e-3 } };
 export const BACKEND_CHECKS: BackendCheck[] = [
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
-  // [seeds 1-12 x 2 BLAS: worst 1.1e-2 (time_faaaa), median 4.3e-3; loss 7.5e-5]
+  // [fused time mixing, bf16 logits (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2
+  // (time_faaaa), median 4.5e-3; loss 1.3e-4]
   { label: "bf16", flags: TINY, tol: 3e-2, lossTol: 3e-4 },
   // The same model and batch through mn_wkv6_chunked_* (cpu: the double reference; that the op
   // really takes the chunked kernel on emu is checked against fp64 at the top), the same bf16
-  // reason. T = 32: two chunks. [seeds 1-12 x 2 BLAS: worst 1.1e-2, median 4.2e-3; loss 7.5e-5]
+  // reason. T = 32: two chunks. [fused (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2, median
+  // 4.6e-3; loss 1.3e-4]
   { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2, lossTol: 3e-4 },
+  // The generic-op composition with fp32 logits (--unfused). [seeds 1-12 x 2 BLAS: worst 1.1e-2,
+  // median 4.3e-3; loss 7.5e-5]
+  { label: "bf16, --unfused", flags: [...TINY, "--unfused"], tol: 3e-2, lossTol: 3e-4 },
 ];
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
   checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
+});
+// The same on the generic-op composition (--unfused), FD_CHECK's bound (measured on it before the
+// fused kernels existed).
+Deno.test("train_rwkv6: --unfused gradients match central finite differences (cpu, fp32 path)", () => {
+  checkGradientsByFiniteDifferences(
+    trainer,
+    [...FD_CHECK.flags, "--unfused"],
+    FD_CHECK.h,
+    FD_CHECK.tol,
+  );
 });
 
 for (const { other, ignore } of KERNEL_BACKENDS) {
@@ -205,6 +224,90 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
         lossTol: check.lossTol,
       });
     },
+  });
+
+  Deno.test({
+    name: `train_rwkv6: --unfused on ${other} matches cpu, loss and gradients (bf16)`,
+    ignore,
+    fn() {
+      const check = BACKEND_CHECKS[2];
+      compareBackends(trainer, check.flags, check.tol, {
+        other,
+        smallTol: check.smallTol,
+        lossTol: check.lossTol,
+      });
+    },
+  });
+}
+
+/** The fused time-mixing kernels and bf16 logits (the default) against the generic-op composition
+ * with fp32 logits (--unfused), the same weights and batch on cpu: on the f32 path (where both
+ * take fp32 logits) they differ only in rounding order; on the bf16 path also in the logits' bf16
+ * rounding (most of the difference) and in bf16 operands that round the other way now and then (a
+ * flipped operand spreads). Bounds on the loss and on every gradient tensor's normwise relative
+ * difference from seeds 1-30 on cpu (2026-12-05), figures in brackets: worst, median; each bound
+ * >= 2x the worst. */
+export const FUSED_CHECKS = [
+  // [tensors 2.8e-6, 1.2e-6; loss 1.2e-8, 3.5e-9]
+  { label: "f32", flags: TINY, precision: "f32" as const, tol: 6e-6, lossTol: 3e-8 },
+  // [tensors 7.8e-3, 6.1e-3; loss 4.8e-5, 1.4e-5]
+  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 2e-2, lossTol: 1e-4 },
+];
+/** the fused entry points the default path must call once per layer, and --unfused never */
+const FUSED_ENTRIES = [
+  "mn_rwkv7_mix_x_forward",
+  "mn_rwkv7_mix_x_backward",
+  "mn_rwkv6_mix5_forward",
+  "mn_rwkv6_mix5_backward",
+  "mn_rwkv6_decay_k_forward",
+  "mn_rwkv6_decay_k_backward",
+  "mn_rwkv6_gn_gate_forward",
+  "mn_rwkv6_gn_gate_backward",
+];
+for (const check of FUSED_CHECKS) {
+  Deno.test(`train_rwkv6: fused time mixing = --unfused composition (cpu, ${check.label})`, () => {
+    const counted = (want: number) => (_: BackendName, be: Backend) => {
+      const calls = new Map<string, number>();
+      for (const f of FUSED_ENTRIES) {
+        const inner = be.k[f];
+        calls.set(f, 0);
+        be.k[f] = (...args) => (calls.set(f, calls.get(f)! + 1), inner(...args));
+      }
+      // the bf16 logits' cross-entropy: the default's bf16 path only
+      const ce = "mn_softcap_crossentropy_bf16", inner = be.k[ce];
+      let ceCalls = 0;
+      be.k[ce] = (...args) => (ceCalls++, inner(...args));
+      return () => {
+        calls.forEach((n, f) => assert.equal(n, want, `${f} calls`));
+        const bf16Logits = want > 0 && check.precision === "bf16";
+        assert.equal(ceCalls > 0, bf16Logits, `${ce} calls: ${ceCalls}`);
+      };
+    };
+    const [fused, unfused] = [
+      tinyLossAndGrads(trainer, check.flags, "cpu", SEED, check.precision, counted(2)),
+      tinyLossAndGrads(
+        trainer,
+        [...check.flags, "--unfused"],
+        "cpu",
+        SEED,
+        check.precision,
+        counted(0),
+      ),
+    ];
+    const d = backendDifference(unfused, fused);
+    const replay = `replay with MN_TEST_SEED=${SEED}`;
+    assert.ok(d.loss <= check.lossTol, `loss: relative difference ${d.loss} (${replay})`);
+    for (const [name, rel] of d.perTensor) {
+      assert.ok(
+        rel <= check.tol,
+        `${name}: normwise relative difference ${rel} > ${check.tol} (${replay})`,
+      );
+    }
+    console.log(
+      `  worst gradient difference ${d.worst.toExponential(2)} (${d.worstName}; loss ${
+        d.loss.toExponential(2)
+      }; seed ${SEED})`,
+    );
   });
 }
 
@@ -282,6 +385,64 @@ Deno.test("train_rwkv6: a --fla_cuda smoke run (cpu, 10 steps) trains through th
   assert.equal(v.length, 2, r.stdout);
   console.log(`  val loss ${v.join(" -> ")}`);
   assert.ok(v[1] < v[0], `val loss did not fall: ${v.join(", ")}`);
+});
+
+Deno.test("train_rwkv6: 2 ranks (tcp collective, bucketed all-reduce) train bit-identically to 1 process with gradient accumulation (cpu)", async () => {
+  // As launcher_test.ts's RWKV-7 check: the same batches and per-batch gradients, summed in the
+  // same order (micro-steps whole, in order; ranks in rank order), so weights and optimizer state
+  // after 4 steps must be the same bits; the val losses (4 decimals) sum in another order: one unit
+  // in the last printed place. Fused path (the default) and --unfused.
+  ensureBrown();
+  const common = [
+    ...BROWN,
+    ...["--backend", "cpu", "--n_layer", "2", "--n_embd", "64", "--headsz", "16"],
+    ...["--sequence_length", "32", "--device_bsz", "2", "--random_seed", "3"],
+    ...["--warmdown_iters", "1", "--num_iterations", "4", "--val_loss_every", "1"],
+    ...["--val_tokens", "1152", "--bsz", "4"],
+  ];
+  const run = (world: number, extra: string[]) => {
+    const port = String(20000 + Math.floor(Math.random() * 30000));
+    return Promise.all(Array.from({ length: world }, (_, r) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "train_rwkv6.ts", ...common, ...extra],
+        cwd: new URL(".", import.meta.url).pathname,
+        env: { RANK: String(r), WORLD_SIZE: String(world), MASTER_PORT: port },
+        stdout: "piped",
+        stderr: "piped",
+      }).output().then((o) => {
+        assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+        return new TextDecoder().decode(o.stdout);
+      })));
+  };
+  const vals = (out: string) => [...out.matchAll(/val_loss:([\d.]+)/g)].map((m) => Number(m[1]));
+  const state = (dir: string, suffix: string) => {
+    const r = [...Deno.readDirSync(dir)].find((e) => e.isDirectory)!.name;
+    return readSafetensors(`${dir}/${r}/state_step000004${suffix}`).tensors;
+  };
+  for (const flags of [[], ["--unfused"]]) {
+    const d1 = Deno.makeTempDirSync(), d2 = Deno.makeTempDirSync();
+    const [one] = await run(1, [...flags, "--log_dir", d1]);
+    const [two] = await run(2, [...flags, "--log_dir", d2, "--bucket_cap_mb", "0.25"]);
+    const v1 = vals(one), v2 = vals(two);
+    assert.equal(v1.length, 5);
+    v1.forEach((x, i) =>
+      assert.ok(Math.abs(x - v2[i]) <= 1e-4 + 1e-9, `val loss ${i}: ${x}, ${v2[i]}`)
+    );
+    let compared = 0;
+    for (const suffix of [".safetensors", ".opt.safetensors"]) {
+      const w1 = state(d1, suffix), w2 = state(d2, suffix);
+      assert.deepEqual([...w2.keys()], [...w1.keys()]);
+      for (const [name, t] of w1) {
+        const a = t.data as Float32Array, b = w2.get(name)!.data as Float32Array;
+        const diff = a.findIndex((x, i) => !Object.is(x, b[i]));
+        assert.equal(diff, -1, `${flags.join(" ")} ${name}${suffix}: element ${diff} differs`);
+        compared += a.length;
+      }
+    }
+    console.log(`  ${flags.join(" ") || "fused"}: ${compared} elements bit-identical`);
+    Deno.removeSync(d1, { recursive: true });
+    Deno.removeSync(d2, { recursive: true });
+  }
 });
 
 Deno.test("train_rwkv6: --resume continues bit-for-bit (cpu)", () => {

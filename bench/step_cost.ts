@@ -130,6 +130,14 @@ export const RECORD_RUNS: RunSpec[] = [
     bsz: 512,
     world: 8,
   },
+  {
+    name: "rwkv6 --unfused",
+    script: "train_rwkv6.ts",
+    flags: ["--unfused"],
+    deviceBsz: 32,
+    bsz: 512,
+    world: 8,
+  },
 ];
 
 // What was measured on a GPU (README "Measured on a GPU"): one micro-step of 32 x 1024 on one H200.

@@ -1221,6 +1221,171 @@ export class Graph {
   }
 
   /**
+   * RWKV-6 fused mixes after the maa LoRA (mn_rwkv6_mix5_*): out_j = x + xx * (m_j + maa_j), xx =
+   * shift(x) - x, for the five (m, maa) pairs w, k, v, r, g: the original's xw, xk, xv, xr, xg
+   * (rwkv7Mix4's math with five pairs; RWKV-6's first mix xxx is rwkv7MixX). x, m_j [B,T,C] fp32;
+   * maa_j [C]. Outputs are matmul operands (see operandDtype). Same math as
+   * add(x, mul(xx, addRow(m_j, maa_j))).
+   */
+  rwkv6Mix5(x: Var, m: Var[], maa: Var[]): Var[] {
+    const [B, T, C] = x.shape;
+    if (m.length !== 5 || maa.length !== 5) throw new Error("rwkv6Mix5: five m and five maa");
+    m.forEach((mj) => sameShape("rwkv6Mix5", x.shape, mj.shape));
+    for (const p of maa) {
+      if (p.t.numel !== C) throw new Error(`rwkv6Mix5: maa has ${p.t.numel} elements, not ${C}`);
+    }
+    const dt = this.operandDtype();
+    const outs = [0, 1, 2, 3, 4].map(() => this.out(x.shape, "mix5", dt));
+    const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);
+    type P5 = [
+      Deno.PointerValue,
+      Deno.PointerValue,
+      Deno.PointerValue,
+      Deno.PointerValue,
+      Deno.PointerValue,
+    ];
+    this.k.mn_rwkv6_mix5_forward(
+      ...outs.map((o) => o.ptr) as P5,
+      x.t.ptr,
+      ...ptrs(m) as P5,
+      ...ptrs(maa) as P5,
+      dt === "bf16" ? 1 : 0,
+      B,
+      T,
+      C,
+      this.s,
+    );
+    return this.multiNode(outs, [x, ...m, ...maa], (dout) => {
+      const sinks = [
+        this.gradSink(x),
+        ...m.map((v) => this.gradSink(v)),
+        ...maa.map((p) => this.paramSink(p, "rwkv6Mix5")),
+      ];
+      const sp = sinks.map(([p]) => p);
+      this.k.mn_rwkv6_mix5_backward(
+        sp[0],
+        ...sp.slice(1, 6) as P5,
+        ...sp.slice(6, 11) as P5,
+        ...dout as P5,
+        x.t.ptr,
+        ...ptrs(m) as P5,
+        ...ptrs(maa) as P5,
+        B,
+        T,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
+   * RWKV-6's decay and key chain before WKV-6, fused (mn_rwkv6_decay_k_*): w = ww + time_decay,
+   * kw = k * exp(min(w, 0)); ww (the decay LoRA), k [..., C] fp32, timeDecay [C]. w and kw are
+   * WKV-6's operands (operandDtype: the bf16 the original's .bfloat16() makes). Same math as
+   * w = addRow(ww, timeDecay); kw = mul(k, unary(w, "EXP_MIN0")).
+   */
+  rwkv6DecayK(ww: Var, k: Var, timeDecay: Var): { w: Var; kw: Var } {
+    sameShape("rwkv6DecayK", ww.shape, k.shape);
+    const [N, C] = rowsCols(ww);
+    if (timeDecay.t.numel !== C) {
+      throw new Error(`rwkv6DecayK: time_decay has ${timeDecay.t.numel} elements, not ${C}`);
+    }
+    const dt = this.operandDtype();
+    const w = this.out(ww.shape, "decay.w", dt), kw = this.out(ww.shape, "decay.kw", dt);
+    this.k.mn_rwkv6_decay_k_forward(
+      w.ptr,
+      kw.ptr,
+      ww.t.ptr,
+      k.t.ptr,
+      timeDecay.t.ptr,
+      dt === "bf16" ? 1 : 0,
+      N,
+      C,
+      this.s,
+    );
+    const [vw, vkw] = this.multiNode([w, kw], [ww, k, timeDecay], ([dw, dkw]) => {
+      const sinks = [
+        this.gradSink(ww),
+        this.gradSink(k),
+        this.paramSink(timeDecay, "rwkv6DecayK"),
+      ];
+      this.k.mn_rwkv6_decay_k_backward(
+        ...sinks.map(([p]) => p) as [Deno.PointerValue, Deno.PointerValue, Deno.PointerValue],
+        dw,
+        dkw,
+        ww.t.ptr,
+        k.t.ptr,
+        timeDecay.t.ptr,
+        N,
+        C,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+    return { w: vw, kw: vkw };
+  }
+
+  /**
+   * RWKV-6 after the WKV call, fused (mn_rwkv6_gn_gate_*): GroupNorm(y) * gate, GroupNorm over H
+   * heads (weight, bias, eps); y, gate [..., C] fp32. The result is the output projection's
+   * operand (operandDtype). Same math as mul(groupnorm(y, weight, bias, H, eps), gate).
+   */
+  rwkv6GnGate(y: Var, weight: Var, bias: Var, gate: Var, H: number, eps: number): Var {
+    sameShape("rwkv6GnGate", y.shape, gate.shape);
+    const [N, C] = rowsCols(y);
+    if (C % H) throw new Error(`rwkv6GnGate: ${C} channels do not split into ${H} heads`);
+    for (const p of [weight, bias]) {
+      if (p.t.numel !== C) throw new Error(`rwkv6GnGate: ${p.t.numel} elements, not ${C}`);
+    }
+    const D = C / H, dt = this.operandDtype();
+    const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
+    const out = this.out(y.shape, "gn_gate", dt);
+    this.k.mn_rwkv6_gn_gate_forward(
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      y.t.ptr,
+      weight.t.ptr,
+      bias.t.ptr,
+      gate.t.ptr,
+      dt === "bf16" ? 1 : 0,
+      N,
+      H,
+      D,
+      eps,
+      this.s,
+    );
+    return this.node(out, [y, weight, bias, gate], (z) => {
+      const sinks = [
+        this.gradSink(y),
+        this.gradSink(gate),
+        this.paramSink(weight, "rwkv6GnGate"),
+        this.paramSink(bias, "rwkv6GnGate"),
+      ];
+      const [dy, dgate, dweight, dbias] = sinks.map(([p]) => p);
+      this.k.mn_rwkv6_gn_gate_backward(
+        dy,
+        dgate,
+        dweight,
+        dbias,
+        z.g.ptr,
+        y.t.ptr,
+        weight.t.ptr,
+        bias.t.ptr,
+        mean.ptr,
+        rstd.ptr,
+        gate.t.ptr,
+        N,
+        H,
+        D,
+        Graph.accumulateBits(sinks),
+        this.s,
+      );
+    });
+  }
+
+  /**
    * Wraps the outputs of one op with several: one backward, recorded after the forward, so it runs
    * when the tape reaches the op (every consumer of every output has added its gradient by then),
    * given the output gradients (zeros for an output nobody used); then frees them.

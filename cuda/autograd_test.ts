@@ -213,3 +213,33 @@ Deno.test("autograd: a matmul output's sole consumer writes its gradient in bf16
   assert.deepEqual(two.w, twoOld.w);
   assert.equal(two.casts, twoOld.casts); // no bf16 gradient: cast as before
 });
+
+Deno.test("autograd: matmul's operandOut writes the bf16 operand the cast of its fp32 output is, same gradients (cpu, emu)", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name), rng = new Rng(7);
+    const xs = rng.normal(6 * 40), ws = rng.normal(24 * 40, 0.2), dys = rng.normal(6 * 24);
+    const run = (operandOut: boolean) => {
+      const g = new Graph(be);
+      const x = new Param(be, "x", be.upload(xs, [2, 3, 40]));
+      const w = new Param(be, "w", be.upload(ws, [24, 40]));
+      const y = g.matmul(g.param(x), g.param(w), true, operandOut);
+      assert.equal(y.t.dtype, operandOut ? "bf16" : "f32");
+      const yb = be.download(g.bf16Of(y)); // the operand a consumer reads: the cast or y itself
+      y.g = be.upload(dys, [2, 3, 24]);
+      g.backward();
+      const r = { yb, dx: be.download(x.grad), dw: be.download(w.grad) };
+      g.release();
+      return r;
+    };
+    const [plain, fused] = [run(false), run(true)];
+    assert.deepEqual(fused.yb, plain.yb, `${name}: bf16 output`);
+    assert.deepEqual(fused.dx, plain.dx, `${name}: dx`);
+    assert.deepEqual(fused.dw, plain.dw, `${name}: dw`);
+    // the "f32" path: an fp32 output
+    const g = new Graph(be);
+    g.precision = "f32";
+    const a = g.input(be.upload(xs, [6, 40])), b = g.input(be.upload(ws, [24, 40]));
+    assert.equal(g.matmul(a, b, true, true).t.dtype, "f32");
+    g.release();
+  }
+});

@@ -947,10 +947,10 @@ const rwkv7Mix4Forward: Cost = (a) => {
   const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
   const out = need(a, "out_bf16") ? BF16 : F32, m = need(a, "m_bf16") ? BF16 : F32;
   const read = n * F32 + 4 * n * m + 4 * C * F32;
-  return [elementwise("mix4_forward_kernel", n, read, 4 * n * out, 13)];
+  return [elementwise("mixn_forward_kernel", n, read, 4 * n * out, 13)];
 };
-// col_sums<2, Mix4Term>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
-// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, Mix4TailTerm>: reads dout_k, dout_v, x
+// col_sums<2, MixNTerm<4>>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
+// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, MixTailTerm<2>>: reads dout_k, dout_v, x
 // again; sums dmaa_k, dmaa_v (reduce.cuh's column sums carry two outputs).
 const rwkv7Mix4Backward: Cost = (a) => {
   const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
@@ -959,8 +959,8 @@ const rwkv7Mix4Backward: Cost = (a) => {
   let accRead = accBit(a, 0) ? act : 0;
   for (let bit = 1; bit < 5; bit++) accRead += accBit(a, bit) ? dm : 0;
   return [
-    ...colSums("Mix4Term", 2, N, C, 5 * act + 4 * m + accRead, act + 4 * dm, 30 * N * C),
-    ...colSums("Mix4TailTerm", 2, N, C, 3 * act, 0, 5 * N * C),
+    ...colSums("MixNTerm<4>", 2, N, C, 5 * act + 4 * m + accRead, act + 4 * dm, 30 * N * C),
+    ...colSums("MixTailTerm<2>", 2, N, C, 3 * act, 0, 5 * N * C),
   ];
 };
 
@@ -1060,6 +1060,73 @@ const rwkv7GnBonusGateBackward: Cost = (a) => {
     ),
     ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
     ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
+  ];
+};
+
+// ---- fused RWKV-6 time mixing (rwkv7_fused.cu, beside RWKV-7's) --------------------------------
+// mix5: the mix4 kernels with five pairs. col_sums<2, MixNTerm<5>>: reads dout_j, m_j (j < 5), x,
+// and dx, dm_j where their bits are set; writes dx, dm_j; sums dmaa_w, dmaa_k. Then
+// col_sums<2, MixTailTerm<2>> (dout_v, dout_r, x) and col_sums<1, MixTailTerm<1>> (dout_g, x).
+const rwkv6Mix5Forward: Cost = (a) => {
+  const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
+  const out = need(a, "out_bf16") ? BF16 : F32;
+  return [elementwise("mixn_forward_kernel", n, 6 * n * F32 + 5 * C * F32, 5 * n * out, 16)];
+};
+const rwkv6Mix5Backward: Cost = (a) => {
+  const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
+  let accRead = 0;
+  for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
+  return [
+    ...colSums("MixNTerm<5>", 2, N, C, 11 * act + accRead, 6 * act, 37 * N * C),
+    ...colSums("MixTailTerm<2>", 2, N, C, 3 * act, 0, 5 * N * C),
+    ...colSums("MixTailTerm<1>", 1, N, C, 2 * act, 0, 3 * N * C),
+  ];
+};
+// decay_k_forward: elementwise over N*C, reads ww, k (and time_decay), writes w, kw (fp32 or bf16)
+const rwkv6DecayKForward: Cost = (a) => {
+  const n = need(a, "N") * need(a, "C"), C = need(a, "C");
+  const out = need(a, "out_bf16") ? BF16 : F32;
+  return [elementwise("decay_k_forward_kernel", n, 2 * n * F32 + C * F32, 2 * n * out, 4)];
+};
+// col_sums<1, DecayKTerm>: reads dw, dkw, ww, k (and dww, dk where their bits are set); writes
+// dww, dk; dtime_decay += sum dww
+const rwkv6DecayKBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), act = N * C * F32;
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0);
+  return colSums("DecayKTerm", 1, N, C, 4 * act + accRead, 2 * act, 8 * N * C);
+};
+// rwkv6_gn_gate_forward: gn_bonus_gate_forward_kernel<false>: reads y (twice, the second pass an
+// L1/L2 hit), gate, weight, bias; writes out and mean, rstd [N, H]
+const rwkv6GnGateForward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
+  const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  return [
+    launch(
+      "gn_bonus_gate_forward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      2 * n * F32 + 2 * H * D * F32,
+      n * out + 2 * N * H * F32,
+      10 * n,
+    ),
+  ];
+};
+// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate, mean, rstd and
+// the gradients whose bits are set, writes dy, dgate; then col_sums<2, GnGateParamTerm>
+const rwkv6GnGateBackward: Cost = (a) => {
+  const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
+  const stats = 2 * N * H * F32;
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0);
+  return [
+    launch(
+      "gn_bonus_gate_backward_kernel",
+      warpRowBlocks(N * H),
+      256,
+      3 * act + stats + 2 * C * F32 + accRead,
+      2 * act,
+      20 * N * C,
+    ),
+    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
   ];
 };
 
@@ -1609,6 +1676,12 @@ const TABLE: Record<string, Cost> = {
   mn_rwkv7_gn_bonus_gate_backward: rwkv7GnBonusGateBackward,
   mn_rwkv7_value_mix_forward: rwkv7ValueMixForward,
   mn_rwkv7_value_mix_backward: rwkv7ValueMixBackward,
+  mn_rwkv6_mix5_forward: rwkv6Mix5Forward,
+  mn_rwkv6_mix5_backward: rwkv6Mix5Backward,
+  mn_rwkv6_decay_k_forward: rwkv6DecayKForward,
+  mn_rwkv6_decay_k_backward: rwkv6DecayKBackward,
+  mn_rwkv6_gn_gate_forward: rwkv6GnGateForward,
+  mn_rwkv6_gn_gate_backward: rwkv6GnGateBackward,
   // wkv7.cu
   mn_wkv7_forward: (a) => wkv7Forward(a, BF16, true),
   mn_wkv7_backward: wkv7Backward,

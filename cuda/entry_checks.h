@@ -104,10 +104,10 @@ inline int mn_check_scale_by_inv_norm(float* out, float* x, float* sumsq, float 
   return 0;
 }
 
-// The fused RWKV-7 time-mixing entry points (rwkv7_fused.cu, cpu/rwkv7_fused.cpp): dims a, b, c
-// > 0 ([B, T, C] or [N, H, D]); `cols` columns per row fit an int (the column sums' index);
-// every tensor pointer given; the parameter-vector gradients, whose column sums only add, have
-// their accumulate bits (param_bits; 0 for a forward) set; eps >= 0.
+// The fused RWKV-7 and RWKV-6 time-mixing entry points (rwkv7_fused.cu, cpu/rwkv7_fused.cpp):
+// dims a, b, c > 0 ([B, T, C], [N, H, D] or [N, C, 1]); `cols` columns per row fit an int (the
+// column sums' index); every tensor pointer given; the parameter-vector gradients, whose column
+// sums only add, have their accumulate bits (param_bits; 0 for a forward) set; eps >= 0.
 inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t cols,
                                 std::initializer_list<const void*> tensors, int accumulate,
                                 int param_bits, float eps) {

@@ -347,6 +347,48 @@ MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float*
                                        float* time_misc_v, int N, int C, int accumulate,
                                        void* stream);
 
+/* ---- fused RWKV-6 time-mixing chains (rwkv7_fused.cu, beside RWKV-7's: the same per-element
+ * math, rwkv7_math.cuh): the fast path of train_rwkv6.ts. Conventions as the RWKV-7 block above
+ * (out_bf16, accumulate; parameter-vector gradients must have their bits set). RWKV-6's first mix
+ * (xxx = x + xx * time_maa_x) is mn_rwkv7_mix_x_*. --------------------------------------------
+ * out_j = x + xx * (m_j + maa_j) for j = w, k, v, r, g (xw, xk, xv, xr, xg of the original);
+ * m_j [B,T,C] (the maa LoRA's outputs), maa_j [C] */
+MN_API int mn_rwkv6_mix5_forward(void* out_w, void* out_k, void* out_v, void* out_r, void* out_g,
+                                 float* x, float* m_w, float* m_k, float* m_v, float* m_r,
+                                 float* m_g, float* maa_w, float* maa_k, float* maa_v,
+                                 float* maa_r, float* maa_g, int out_bf16, int B, int T, int C,
+                                 void* stream);
+/* gradient outputs: dx (bit 0), dm_w..dm_g [B,T,C] (bits 1-5), dmaa_w..dmaa_g [C] (bits 6-10,
+ * must be set); dout_j [B,T,C] fp32 */
+MN_API int mn_rwkv6_mix5_backward(float* dx, float* dm_w, float* dm_k, float* dm_v, float* dm_r,
+                                  float* dm_g, float* dmaa_w, float* dmaa_k, float* dmaa_v,
+                                  float* dmaa_r, float* dmaa_g, float* dout_w, float* dout_k,
+                                  float* dout_v, float* dout_r, float* dout_g, float* x, float* m_w,
+                                  float* m_k, float* m_v, float* m_r, float* m_g, float* maa_w,
+                                  float* maa_k, float* maa_v, float* maa_r, float* maa_g, int B,
+                                  int T, int C, int accumulate, void* stream);
+/* The decay and key chain before WKV-6, per row of C channels: w = ww + time_decay;
+ * kw = k * exp(min(w, 0)). ww (the decay LoRA's output), k [N, C] fp32, time_decay [C]; w and kw
+ * (WKV-6's w and k) fp32 or bf16. */
+MN_API int mn_rwkv6_decay_k_forward(void* w, void* kw, float* ww, float* k, float* time_decay,
+                                    int out_bf16, int N, int C, void* stream);
+/* gradient outputs: dww, dk [N, C] (bits 0-1), dtime_decay [C] (bit 2, must be set); dw, dkw
+ * [N, C]: the gradients of w and kw. w is recomputed from ww and time_decay. */
+MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, float* dw,
+                                     float* dkw, float* ww, float* k, float* time_decay, int N,
+                                     int C, int accumulate, void* stream);
+/* After the WKV call: out = GroupNorm(y) * gate per row of C = H*D, GroupNorm over the H heads of
+ * D (weight, bias [C], eps; mean, rstd [N, H] saved); y, gate [N, C] fp32; out fp32 or bf16 (the
+ * output projection's operand). mn_rwkv7_gn_bonus_gate_* without the bonus. */
+MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
+                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
+                                    float eps, void* stream);
+/* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set) */
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+                                     float* dout, float* y, float* weight, float* bias,
+                                     float* mean, float* rstd, float* gate, int N, int H, int D,
+                                     int accumulate, void* stream);
+
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column
  * j = key channel), S_{-1} = 0:  sa_t = S_{t-1} a_t;  S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T;

@@ -363,6 +363,11 @@ const OWN_OVERWRITE_TESTS: Record<string, string[]> = {
     "mn_rwkv7_gn_bonus_gate_backward",
     "mn_rwkv7_value_mix_backward",
   ],
+  "./rwkv6_fused_test.ts": [
+    "mn_rwkv6_mix5_backward",
+    "mn_rwkv6_decay_k_backward",
+    "mn_rwkv6_gn_gate_backward",
+  ],
   "./gpt2_fused_test.ts": [
     "mn_mix_rmsnorm_backward",
     "mn_qk_rmsnorm_rotary_backward",

@@ -1,4 +1,4 @@
-// Fused RWKV-7 time-mixing chains: what torch.compile turns into one generated kernel each, here
+// Fused RWKV-7 (and RWKV-6) time-mixing chains: what torch.compile turns into one generated kernel each, here
 // written by hand, with the generic tape ops (modelops.cu) left as the composition a record
 // hacker edits. Forward kernels write the operand the next matmul reads (bf16 when the trainer runs
 // bf16) instead of an fp32 value plus a cast; backward kernels recompute the cheap intermediates
@@ -53,22 +53,26 @@ __global__ void mix_x_forward_kernel(Out* out, const float* x, const float* maa,
   }
 }
 
-// out_j = x + xx * (m_j + maa_j), j < 4 (the original's xrg, xwa, xk, xv); m_j fp32 or bf16 (M)
-template <class M>
-struct Mix4Args {
-  const M* m[4];
-  const float* maa[4];
+// out_j = x + xx * (m_j + maa_j), j < J: RWKV-7's four (xrg, xwa, xk, xv), RWKV-6's five (xw,
+// xk, xv, xr, xg); m_j fp32 or bf16 (M: RWKV-7's LoRA outputs in bf16)
+template <int J, class M = float>
+struct MixArgs {
+  const M* m[J];
+  const float* maa[J];
 };
-template <class Out, class M>
-__global__ void mix4_forward_kernel(Out* o0, Out* o1, Out* o2, Out* o3, const float* x,
-                                    Mix4Args<M> a, int T, int C, int64_t n) {
+template <class Out, int J>
+struct MixOuts {
+  Out* o[J];
+};
+template <int J, class Out, class M = float>
+__global__ void mixn_forward_kernel(MixOuts<Out, J> o, const float* x, MixArgs<J, M> a, int T,
+                                    int C, int64_t n) {
   GRID_STRIDE(e, n) {
     const int64_t i = e / C;
     const int c = (int)(e % C);
     const float xe = x[e], xx = shift_diff(x, i, c, T, C);
-    Out* o[4] = {o0, o1, o2, o3};
 #pragma unroll
-    for (int j = 0; j < 4; j++) store(o[j] + e, mix_f(xe, xx, ld(a.m[j] + e) + a.maa[j][c]));
+    for (int j = 0; j < J; j++) store(o.o[j] + e, mix_f(xe, xx, ld(a.m[j] + e) + a.maa[j][c]));
   }
 }
 
@@ -103,39 +107,39 @@ struct MixXTerm {
   }
 };
 
-// Backward of the four mixes, pass 1: dx (all four mixes, own token and next token's xx),
-// dm_j = dout_j xx, and the sums of dmaa_0, dmaa_1. Pass 2 (Mix4TailTerm) sums dmaa_2, dmaa_3:
-// reduce.cuh's column sums carry two outputs. M: the dtype of m_j; DM: of dm_j (bf16 dm_j are
-// overwritten: their accumulate bits are clear).
-template <class DM>
-struct Mix4Grads {
-  DM* dm[4];
-  const float* dout[4];
+// Backward of the J mixes, pass 1: dx (all J mixes, own token and next token's xx),
+// dm_j = dout_j xx, and the sums of dmaa_0, dmaa_1. Later passes (MixTailTerm) sum dmaa_2, dmaa_3
+// (and dmaa_4): reduce.cuh's column sums carry two outputs. M: the dtype of m_j; DM: of dm_j (bf16
+// dm_j are overwritten: their accumulate bits are clear).
+template <int J, class DM = float>
+struct MixGrads {
+  DM* dm[J];
+  const float* dout[J];
 };
 __device__ inline void put_dm(float* p, int64_t e, bool acc, float v) { put_grad(p, e, acc, v); }
 __device__ inline void put_dm(bf16* p, int64_t e, bool, float v) { p[e] = mn_f32_to_bf16(v); }
-template <class M, class DM>
-struct Mix4Term {
+template <int J, class M = float, class DM = float>
+struct MixNTerm {
   float* dx;
-  Mix4Grads<DM> g;
-  Mix4Args<M> a;
+  MixGrads<J, DM> g;
+  MixArgs<J, M> a;
   const float* x;
   int T, C;
-  int acc;  // the accumulate bits: 0 dx, 1..4 dm_j
-  float p[4];
+  int acc;  // the accumulate bits: 0 dx, 1..J dm_j
+  float p[J];
   struct Load {
-    float d[4], m[4], dn[4], mn[4], xx;
+    float d[J], m[J], dn[J], mn[J], xx;
   };
   __device__ void begin(int c) {
 #pragma unroll
-    for (int j = 0; j < 4; j++) p[j] = a.maa[j][c];
+    for (int j = 0; j < J; j++) p[j] = a.maa[j][c];
   }
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
     const bool next = (i + 1) % T != 0;
     Load l;
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < J; j++) {
       l.d[j] = g.dout[j][e];
       l.m[j] = ld(a.m[j] + e);
       l.dn[j] = next ? g.dout[j][e + C] : 0.0f;
@@ -148,7 +152,7 @@ struct Mix4Term {
     const int64_t e = i * C + c;
     float v = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < J; j++) {
       v += l.d[j] * (1.0f - (l.m[j] + p[j])) + l.dn[j] * (l.mn[j] + p[j]);
       put_dm(g.dm[j], e, (acc >> (1 + j)) & 1, l.d[j] * l.xx);
     }
@@ -157,22 +161,27 @@ struct Mix4Term {
     s[1] += l.d[1] * l.xx;
   }
 };
-struct Mix4TailTerm {
-  const float* d2;
-  const float* d3;
+// sum_i dout_k xx for K = 1 or 2 mixes (d[1] unused when K = 1)
+template <int K>
+struct MixTailTerm {
+  const float* d[2];
   const float* x;
   int T, C;
   struct Load {
-    float d2, d3, xx;
+    float d[K], xx;
   };
   __device__ void begin(int) {}
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
-    return Load{d2[e], d3[e], shift_diff(x, i, c, T, C)};
+    Load l;
+#pragma unroll
+    for (int k = 0; k < K; k++) l.d[k] = d[k][e];
+    l.xx = shift_diff(x, i, c, T, C);
+    return l;
   }
   __device__ void use(int64_t, int, const Load& l, float* s) const {
-    s[0] += l.d2 * l.xx;
-    s[1] += l.d3 * l.xx;
+#pragma unroll
+    for (int k = 0; k < K; k++) s[k] += l.d[k] * l.xx;
   }
 };
 
@@ -331,7 +340,8 @@ __device__ inline float bonus_scalar(const GnIn& in, int64_t base, int c0, int D
   return mn_warp_sum(s);
 }
 
-template <class Out>
+// kBonus false: RWKV-6's GroupNorm(y) * gate (r, k, v, u unread)
+template <bool kBonus, class Out>
 __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn in,
                                              int64_t rows, int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
@@ -345,11 +355,12 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
     float sq = 0.0f;
     for (int j = lane; j < D; j += 32) sq += (yr[j] - m) * (yr[j] - m);
     const float rs = rsqrtf(mn_warp_sum(sq) / D + eps);  // biased variance, as nn.GroupNorm
-    const float s = bonus_scalar(in, base, c0, D, lane);
+    const float s = kBonus ? bonus_scalar(in, base, c0, D, lane) : 0.0f;
     for (int j = lane; j < D; j += 32) {
       const int c = c0 + j;
       const float gn = norm_xhat(yr[j], m, rs) * in.weight[c] + in.bias[c];
-      store(out + base + j, (gn + s * in.v[base + j]) * in.gate[base + j]);
+      const float z = kBonus ? gn + s * in.v[base + j] : gn;
+      store(out + base + j, z * in.gate[base + j]);
     }
     if (lane == 0) {
       mean[row] = m;
@@ -360,7 +371,8 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
 
 // Per (row, head): dgate = dout * (gn + bonus); with dz = dout * gate the gradient of gn + bonus,
 // the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel);
-// ds[row] is kept for du's column sums.
+// ds[row] is kept for du's column sums. kBonus false: no bonus (dr, dk, dv, ds_out unused).
+template <bool kBonus>
 __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv,
                                               float* dgate, float* ds_out, const float* dout,
                                               const float* mean, const float* rstd, GnIn in,
@@ -370,32 +382,37 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
     const int64_t base = row * D;
     const int c0 = (int)(row % H) * D;
     const float m = mean[row], rs = rstd[row];
-    const float s = bonus_scalar(in, base, c0, D, lane);
+    const float s = kBonus ? bonus_scalar(in, base, c0, D, lane) : 0.0f;
     float ds = 0.0f, s1 = 0.0f, s2 = 0.0f;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
       const float dz = dout[e] * in.gate[e];
       const float dxh = dz * in.weight[c0 + j];
-      ds += dz * in.v[e];
+      if (kBonus) ds += dz * in.v[e];
       s1 += dxh;
       s2 += dxh * norm_xhat(in.y[e], m, rs);
     }
-    ds = mn_warp_sum(ds);
+    if (kBonus) ds = mn_warp_sum(ds);
     s1 = mn_warp_sum(s1) / D;
     s2 = mn_warp_sum(s2) / D;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
       const int c = c0 + j;
       const float xh = norm_xhat(in.y[e], m, rs);
-      const float z = xh * in.weight[c] + in.bias[c] + s * in.v[e];
+      const float gn = xh * in.weight[c] + in.bias[c];
+      const float z = kBonus ? gn + s * in.v[e] : gn;
       const float dz = dout[e] * in.gate[e];
       put_grad(dy, e, acc & 1, rs * (dz * in.weight[c] - s1 - xh * s2));
-      put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
-      put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
-      put_grad(dv, e, (acc >> 3) & 1, s * dz);
-      put_grad(dgate, e, (acc >> 4) & 1, dout[e] * z);
+      if (kBonus) {
+        put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
+        put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
+        put_grad(dv, e, (acc >> 3) & 1, s * dz);
+        put_grad(dgate, e, (acc >> 4) & 1, dout[e] * z);
+      } else {
+        put_grad(dgate, e, (acc >> 1) & 1, dout[e] * z);
+      }
     }
-    if (lane == 0) ds_out[row] = ds;
+    if (kBonus && lane == 0) ds_out[row] = ds;
   }
 }
 
@@ -475,6 +492,58 @@ struct ValueMixTerm {
   }
 };
 
+// ---- RWKV-6: the decay and key chain before WKV-6 ----
+
+// w = ww + time_decay[c]; kw = k * exp(min(w, 0)) (the composition's addRow, unary EXP_MIN0, mul)
+template <class Out>
+__global__ void decay_k_forward_kernel(Out* w, Out* kw, const float* ww, const float* k,
+                                       const float* td, int C, int64_t n) {
+  GRID_STRIDE(e, n) {
+    const float we = ww[e] + td[e % C];
+    store(w + e, we);
+    store(kw + e, k[e] * exp_min0_f(we));
+  }
+}
+
+// Backward, in the column-sum pass over dtime_decay: w recomputed, e = exp(min(w, 0));
+// dww = dw + (dkw k) exp_min0'(w), dk = dkw e; dtime_decay += sum_i dww.
+struct DecayKTerm {
+  float* dww;
+  float* dk;
+  const float* dw;
+  const float* dkw;
+  const float* ww;
+  const float* k;
+  const float* td;
+  int C;
+  int acc;  // bits: 0 dww, 1 dk
+  float t;
+  struct Load {
+    float dw, dkw, ww, k, oww, ok;
+  };
+  __device__ void begin(int c) { t = td[c]; }
+  __device__ Load load(int64_t i, int c) const {
+    const int64_t e = i * C + c;
+    Load l;
+    l.dw = dw[e];
+    l.dkw = dkw[e];
+    l.ww = ww[e];
+    l.k = k[e];
+    l.oww = acc & 1 ? dww[e] : 0.0f;
+    l.ok = acc & 2 ? dk[e] : 0.0f;
+    return l;
+  }
+  __device__ void use(int64_t i, int c, const Load& l, float* s) const {
+    const int64_t e = i * C + c;
+    const float we = l.ww + t, ex = exp_min0_f(we);
+    const float g = l.dw + l.dkw * l.k * exp_min0_df(we, ex);
+    dww[e] = acc & 1 ? l.oww + g : g;
+    const float gk = l.dkw * ex;
+    dk[e] = acc & 2 ? l.ok + gk : gk;
+    s[0] += g;
+  }
+};
+
 }  // namespace
 
 // ---- entry points ----
@@ -515,27 +584,29 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
 namespace {
 template <class M>
 int mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, const float* x,
-                 const Mix4Args<M>& a, bool out_bf16, int T, int64_t C, int64_t n, void* stream) {
+                 const MixArgs<4, M>& a, bool out_bf16, int T, int64_t C, int64_t n, void* stream) {
   if (out_bf16)
-    return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<bf16, M>,
-                     mn_blocks_for(n, kThreads), kThreads, 0, stream, (bf16*)out_rg,
-                     (bf16*)out_wa, (bf16*)out_k, (bf16*)out_v, x, a, T, (int)C, n);
-  return mn_launch("rwkv7_mix4_forward", mix4_forward_kernel<float, M>, mn_blocks_for(n, kThreads),
-                   kThreads, 0, stream, (float*)out_rg, (float*)out_wa, (float*)out_k,
-                   (float*)out_v, x, a, T, (int)C, n);
+    return mn_launch("rwkv7_mix4_forward", mixn_forward_kernel<4, bf16, M>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream,
+                     MixOuts<bf16, 4>{{(bf16*)out_rg, (bf16*)out_wa, (bf16*)out_k, (bf16*)out_v}},
+                     x, a, T, (int)C, n);
+  return mn_launch("rwkv7_mix4_forward", mixn_forward_kernel<4, float, M>,
+                   mn_blocks_for(n, kThreads), kThreads, 0, stream,
+                   MixOuts<float, 4>{{(float*)out_rg, (float*)out_wa, (float*)out_k, (float*)out_v}},
+                   x, a, T, (int)C, n);
 }
 template <class M, class DM>
 int mix4_backward(float* dx, DM* const dm[4], float* const dmaa[4], float* const dout[4],
-                  const float* x, const Mix4Args<M>& a, int T, int C, int64_t N, int accumulate,
+                  const float* x, const MixArgs<4, M>& a, int T, int C, int64_t N, int accumulate,
                   float* part, void* stream) {
-  const Mix4Grads<DM> g{{dm[0], dm[1], dm[2], dm[3]}, {dout[0], dout[1], dout[2], dout[3]}};
+  const MixGrads<4, DM> g{{dm[0], dm[1], dm[2], dm[3]}, {dout[0], dout[1], dout[2], dout[3]}};
   int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
-                                  Mix4Term<M, DM>{dx, g, a, x, T, C, accumulate, {}}, dmaa[0],
+                                  MixNTerm<4, M, DM>{dx, g, a, x, T, C, accumulate, {}}, dmaa[0],
                                   dmaa[1], N, C, 3, part, stream);
   if (rc) return rc;
   return mn_reduce::col_sums<2>("rwkv7_mix4_backward_tail",
-                                Mix4TailTerm{dout[2], dout[3], x, T, C}, dmaa[2], dmaa[3], N, C, 3,
-                                part, stream);
+                                MixTailTerm<2>{{dout[2], dout[3]}, x, T, C}, dmaa[2], dmaa[3], N,
+                                C, 3, part, stream);
 }
 }  // namespace
 
@@ -552,12 +623,12 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   if (m_bf16)
     return mix4_forward(out_rg, out_wa, out_k, out_v, x,
-                        Mix4Args<bf16>{{(const bf16*)m_rg, (const bf16*)m_wa, (const bf16*)m_k,
+                        MixArgs<4, bf16>{{(const bf16*)m_rg, (const bf16*)m_wa, (const bf16*)m_k,
                                         (const bf16*)m_v},
                                        {maa[0], maa[1], maa[2], maa[3]}},
                         out_bf16, T, C, n, stream);
   return mix4_forward(out_rg, out_wa, out_k, out_v, x,
-                      Mix4Args<float>{{(const float*)m_rg, (const float*)m_wa,
+                      MixArgs<4, float>{{(const float*)m_rg, (const float*)m_wa,
                                        (const float*)m_k, (const float*)m_v},
                                       {maa[0], maa[1], maa[2], maa[3]}},
                       out_bf16, T, C, n, stream);
@@ -587,10 +658,10 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   void* const dmv[4] = {dm_rg, dm_wa, dm_k, dm_v};
   void* const mv[4] = {m_rg, m_wa, m_k, m_v};
-  const Mix4Args<float> af{{(const float*)mv[0], (const float*)mv[1], (const float*)mv[2],
+  const MixArgs<4, float> af{{(const float*)mv[0], (const float*)mv[1], (const float*)mv[2],
                             (const float*)mv[3]},
                            {maa[0], maa[1], maa[2], maa[3]}};
-  const Mix4Args<bf16> ab{{(const bf16*)mv[0], (const bf16*)mv[1], (const bf16*)mv[2],
+  const MixArgs<4, bf16> ab{{(const bf16*)mv[0], (const bf16*)mv[1], (const bf16*)mv[2],
                            (const bf16*)mv[3]},
                           {maa[0], maa[1], maa[2], maa[3]}};
   float* const dmf[4] = {(float*)dmv[0], (float*)dmv[1], (float*)dmv[2], (float*)dmv[3]};
@@ -735,9 +806,9 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
   const GnIn in{y, weight, bias, r, k, v, u, gate};
   const unsigned blocks = mn_blocks_for(rows, kWarps);
   if (out_bf16)
-    return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<bf16>, blocks,
+    return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<true, bf16>, blocks,
                      kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
-  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<float>, blocks,
+  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<true, float>, blocks,
                    kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
 }
 
@@ -761,7 +832,7 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
     return rc;
   float* part = ds + rows;
   const GnIn in{y, weight, bias, r, k, v, u, gate};
-  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel,
+  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel<true>,
                      mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
                      (const float*)dout, (const float*)mean, (const float*)rstd, in, accumulate,
                      rows, H, D);
@@ -807,4 +878,139 @@ MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float*
       ValueMixTerm{dv, dv1, dmv, (const float*)dout, (const float*)v, (const float*)v1,
                    (const float*)mv, (const float*)time_misc_v, C, accumulate & 7, 0.0f},
       dtime_misc_v, nullptr, N, C, 1, part, stream);
+}
+
+// ---- RWKV-6 ----
+
+MN_API int mn_rwkv6_mix5_forward(void* out_w, void* out_k, void* out_v, void* out_r, void* out_g,
+                                 float* x, float* m_w, float* m_k, float* m_v, float* m_r,
+                                 float* m_g, float* maa_w, float* maa_k, float* maa_v,
+                                 float* maa_r, float* maa_g, int out_bf16, int B, int T, int C,
+                                 void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_mix5_forward", B, T, C, C,
+                                     {out_w, out_k, out_v, out_r, out_g, x, m_w, m_k, m_v, m_r, m_g,
+                                      maa_w, maa_k, maa_v, maa_r, maa_g},
+                                     0, 0, 0.0f))
+    return rc;
+  const int64_t n = (int64_t)B * T * C;
+  const MixArgs<5> a{{m_w, m_k, m_v, m_r, m_g}, {maa_w, maa_k, maa_v, maa_r, maa_g}};
+  void* o[5] = {out_w, out_k, out_v, out_r, out_g};
+  if (out_bf16)
+    return mn_launch("rwkv6_mix5_forward", mixn_forward_kernel<5, bf16>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream,
+                     MixOuts<bf16, 5>{{(bf16*)o[0], (bf16*)o[1], (bf16*)o[2], (bf16*)o[3],
+                                       (bf16*)o[4]}},
+                     (const float*)x, a, T, C, n);
+  return mn_launch("rwkv6_mix5_forward", mixn_forward_kernel<5, float>,
+                   mn_blocks_for(n, kThreads), kThreads, 0, stream,
+                   MixOuts<float, 5>{{(float*)o[0], (float*)o[1], (float*)o[2], (float*)o[3],
+                                      (float*)o[4]}},
+                   (const float*)x, a, T, C, n);
+}
+
+MN_API int mn_rwkv6_mix5_backward(float* dx, float* dm_w, float* dm_k, float* dm_v, float* dm_r,
+                                  float* dm_g, float* dmaa_w, float* dmaa_k, float* dmaa_v,
+                                  float* dmaa_r, float* dmaa_g, float* dout_w, float* dout_k,
+                                  float* dout_v, float* dout_r, float* dout_g, float* x, float* m_w,
+                                  float* m_k, float* m_v, float* m_r, float* m_g, float* maa_w,
+                                  float* maa_k, float* maa_v, float* maa_r, float* maa_g, int B,
+                                  int T, int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused(
+          "rwkv6_mix5_backward", B, T, C, C,
+          {dx, dm_w, dm_k, dm_v, dm_r, dm_g, dmaa_w, dmaa_k, dmaa_v, dmaa_r, dmaa_g, dout_w, dout_k,
+           dout_v, dout_r, dout_g, x, m_w, m_k, m_v, m_r, m_g, maa_w, maa_k, maa_v, maa_r, maa_g},
+          accumulate, 0x7c0, 0.0f))
+    return rc;
+  const int64_t N = (int64_t)B * T;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+    return rc;
+  const MixArgs<5> a{{m_w, m_k, m_v, m_r, m_g}, {maa_w, maa_k, maa_v, maa_r, maa_g}};
+  const MixGrads<5> g{{dm_w, dm_k, dm_v, dm_r, dm_g}, {dout_w, dout_k, dout_v, dout_r, dout_g}};
+  int rc = mn_reduce::col_sums<2>("rwkv6_mix5_backward",
+                                  MixNTerm<5>{dx, g, a, (const float*)x, T, C, accumulate, {}},
+                                  dmaa_w, dmaa_k, N, C, 3, part, stream);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv6_mix5_backward_tail",
+                                   MixTailTerm<2>{{dout_v, dout_r}, (const float*)x, T, C},
+                                   dmaa_v, dmaa_r, N, C, 3, part, stream)))
+    return rc;
+  return mn_reduce::col_sums<1>("rwkv6_mix5_backward_tail",
+                                MixTailTerm<1>{{dout_g, nullptr}, (const float*)x, T, C}, dmaa_g,
+                                nullptr, N, C, 1, part, stream);
+}
+
+MN_API int mn_rwkv6_decay_k_forward(void* w, void* kw, float* ww, float* k, float* time_decay,
+                                    int out_bf16, int N, int C, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_decay_k_forward", N, C, 1, C,
+                                     {w, kw, ww, k, time_decay}, 0, 0, 0.0f))
+    return rc;
+  const int64_t n = (int64_t)N * C;
+  if (out_bf16)
+    return mn_launch("rwkv6_decay_k_forward", decay_k_forward_kernel<bf16>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, (bf16*)w, (bf16*)kw,
+                     (const float*)ww, (const float*)k, (const float*)time_decay, C, n);
+  return mn_launch("rwkv6_decay_k_forward", decay_k_forward_kernel<float>,
+                   mn_blocks_for(n, kThreads), kThreads, 0, stream, (float*)w, (float*)kw,
+                   (const float*)ww, (const float*)k, (const float*)time_decay, C, n);
+}
+
+MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, float* dw,
+                                     float* dkw, float* ww, float* k, float* time_decay, int N,
+                                     int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_decay_k_backward", N, C, 1, C,
+                                     {dww, dk, dtime_decay, dw, dkw, ww, k, time_decay},
+                                     accumulate, 0x4, 0.0f))
+    return rc;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
+    return rc;
+  return mn_reduce::col_sums<1>(
+      "rwkv6_decay_k_backward",
+      DecayKTerm{dww, dk, (const float*)dw, (const float*)dkw, (const float*)ww, (const float*)k,
+                 (const float*)time_decay, C, accumulate, 0.0f},
+      dtime_decay, nullptr, N, C, 1, part, stream);
+}
+
+MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
+                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
+                                    float eps, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
+    return rc;
+  const int64_t rows = (int64_t)N * H;
+  const GnIn in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
+  const unsigned blocks = mn_blocks_for(rows, kWarps);
+  if (out_bf16)
+    return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, bf16>, blocks,
+                     kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
+  return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, float>, blocks,
+                   kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+}
+
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+                                     float* dout, float* y, float* weight, float* bias,
+                                     float* mean, float* rstd, float* gate, int N, int H, int D,
+                                     int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
+                                      gate},
+                                     accumulate, 0xc, 0.0f))
+    return rc;
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H;
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+    return rc;
+  const GnIn in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
+  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false>,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
+                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, (const float*)dout,
+                     (const float*)mean, (const float*)rstd, in, accumulate, rows, H, D);
+  if (rc) return rc;
+  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
+                                GnGateParamTerm{(const float*)dout, (const float*)gate,
+                                                (const float*)y, (const float*)mean,
+                                                (const float*)rstd, H, D, 0},
+                                dweight, dbias, N, C, 3, part, stream);
 }

@@ -473,3 +473,177 @@ MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float*
   for (int c = 0; c < C; c++) dtime_misc_v[c] += (float)s[c];
   return 0;
 }
+
+// ---- RWKV-6: the five mixes, the decay and key chain, GroupNorm times the gate ----
+
+MN_API int mn_rwkv6_mix5_forward(void* out_w, void* out_k, void* out_v, void* out_r, void* out_g,
+                                 float* x, float* m_w, float* m_k, float* m_v, float* m_r,
+                                 float* m_g, float* maa_w, float* maa_k, float* maa_v,
+                                 float* maa_r, float* maa_g, int out_bf16, int B, int T, int C,
+                                 void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_mix5_forward", B, T, C, C,
+                                     {out_w, out_k, out_v, out_r, out_g, x, m_w, m_k, m_v, m_r, m_g,
+                                      maa_w, maa_k, maa_v, maa_r, maa_g},
+                                     0, 0, 0.0f))
+    return rc;
+  void* outs[5] = {out_w, out_k, out_v, out_r, out_g};
+  const float* m[5] = {m_w, m_k, m_v, m_r, m_g};
+  const float* maa[5] = {maa_w, maa_k, maa_v, maa_r, maa_g};
+  const int64_t N = (int64_t)B * T;
+#pragma omp parallel for if (N * C > 100000)
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      float xx = token_diff(x, i, c, T, C);
+      for (int j = 0; j < 5; j++)
+        write_out(outs[j], out_bf16, e, x[e] + xx * (m[j][e] + maa[j][c]));
+    }
+  return 0;
+}
+
+MN_API int mn_rwkv6_mix5_backward(float* dx, float* dm_w, float* dm_k, float* dm_v, float* dm_r,
+                                  float* dm_g, float* dmaa_w, float* dmaa_k, float* dmaa_v,
+                                  float* dmaa_r, float* dmaa_g, float* dout_w, float* dout_k,
+                                  float* dout_v, float* dout_r, float* dout_g, float* x, float* m_w,
+                                  float* m_k, float* m_v, float* m_r, float* m_g, float* maa_w,
+                                  float* maa_k, float* maa_v, float* maa_r, float* maa_g, int B,
+                                  int T, int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused(
+          "rwkv6_mix5_backward", B, T, C, C,
+          {dx, dm_w, dm_k, dm_v, dm_r, dm_g, dmaa_w, dmaa_k, dmaa_v, dmaa_r, dmaa_g, dout_w, dout_k,
+           dout_v, dout_r, dout_g, x, m_w, m_k, m_v, m_r, m_g, maa_w, maa_k, maa_v, maa_r, maa_g},
+          accumulate, 0x7c0, 0.0f))
+    return rc;
+  float* dm[5] = {dm_w, dm_k, dm_v, dm_r, dm_g};
+  float* dmaa[5] = {dmaa_w, dmaa_k, dmaa_v, dmaa_r, dmaa_g};
+  const float* dout[5] = {dout_w, dout_k, dout_v, dout_r, dout_g};
+  const float* m[5] = {m_w, m_k, m_v, m_r, m_g};
+  const float* maa[5] = {maa_w, maa_k, maa_v, maa_r, maa_g};
+  const int64_t N = (int64_t)B * T;
+  // out_j[t] = x[t] (1 - coef_j[t]) + x[t-1] coef_j[t]: x[t] reaches out_j[t] and out_j[t+1]
+  std::vector<double> s(5 * (size_t)C, 0.0);
+  for (int64_t i = 0; i < N; i++) {
+    bool last = (i + 1) % T == 0;
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      float xx = token_diff(x, i, c, T, C);
+      double v = 0.0;
+      for (int j = 0; j < 5; j++) {
+        double coef = (double)m[j][e] + maa[j][c];
+        v += (double)dout[j][e] * (1.0 - coef);
+        if (!last) v += (double)dout[j][e + C] * ((double)m[j][e + C] + maa[j][c]);
+        grad_out(dm[j], e, accumulate, 1 + j, dout[j][e] * xx);
+        s[j * C + c] += (double)dout[j][e] * xx;
+      }
+      grad_out(dx, e, accumulate, 0, (float)v);
+    }
+  }
+  for (int j = 0; j < 5; j++)
+    for (int c = 0; c < C; c++) dmaa[j][c] += (float)s[j * C + c];
+  return 0;
+}
+
+MN_API int mn_rwkv6_decay_k_forward(void* w, void* kw, float* ww, float* k, float* time_decay,
+                                    int out_bf16, int N, int C, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_decay_k_forward", N, C, 1, C,
+                                     {w, kw, ww, k, time_decay}, 0, 0, 0.0f))
+    return rc;
+#pragma omp parallel for if ((int64_t)N * C > 100000)
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      const float we = ww[e] + time_decay[c];
+      write_out(w, out_bf16, e, we);
+      write_out(kw, out_bf16, e, k[e] * std::exp(we < 0.0f ? we : 0.0f));
+    }
+  return 0;
+}
+
+MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, float* dw,
+                                     float* dkw, float* ww, float* k, float* time_decay, int N,
+                                     int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_decay_k_backward", N, C, 1, C,
+                                     {dww, dk, dtime_decay, dw, dkw, ww, k, time_decay},
+                                     accumulate, 0x4, 0.0f))
+    return rc;
+  std::vector<double> s(C, 0.0);
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t c = 0; c < C; c++) {
+      const int64_t e = i * C + c;
+      const float we = ww[e] + time_decay[c];
+      const double ex = std::exp(we < 0.0f ? (double)we : 0.0);
+      // clamp(max=0) passes the gradient where w <= 0
+      const double g = (double)dw[e] + (we <= 0.0f ? (double)dkw[e] * k[e] * ex : 0.0);
+      grad_out(dww, e, accumulate, 0, (float)g);
+      grad_out(dk, e, accumulate, 1, (float)(dkw[e] * ex));
+      s[c] += g;
+    }
+  for (int c = 0; c < C; c++) dtime_decay[c] += (float)s[c];
+  return 0;
+}
+
+MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
+                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
+                                    float eps, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
+                                     {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
+    return rc;
+  const int64_t rows = (int64_t)N * H;
+#pragma omp parallel for if (rows * D > 100000)
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    double m = 0.0, sq = 0.0;
+    for (int j = 0; j < D; j++) m += y[e0 + j];
+    m /= D;
+    for (int j = 0; j < D; j++) sq += (y[e0 + j] - m) * (y[e0 + j] - m);
+    const float mf = (float)m, rs = (float)(1.0 / std::sqrt(sq / D + eps));
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const float gn = (y[e] - mf) * rs * weight[c0 + j] + bias[c0 + j];
+      write_out(out, out_bf16, e, gn * gate[e]);
+    }
+    mean[row] = mf;
+    rstd[row] = rs;
+  }
+  return 0;
+}
+
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+                                     float* dout, float* y, float* weight, float* bias,
+                                     float* mean, float* rstd, float* gate, int N, int H, int D,
+                                     int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
+                                     {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
+                                      gate},
+                                     accumulate, 0xc, 0.0f))
+    return rc;
+  const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  std::vector<double> sw(C, 0.0), sb(C, 0.0);
+  for (int64_t row = 0; row < rows; row++) {
+    const int64_t e0 = row * D, c0 = (row % H) * D;
+    const double m = mean[row], rs = rstd[row];
+    // GroupNorm's output gn is multiplied by the gate: its gradient is dz = dout * gate
+    double s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      s1 += dz * weight[c0 + j];
+      s2 += dz * weight[c0 + j] * xh;
+    }
+    s1 /= D;
+    s2 /= D;
+    for (int j = 0; j < D; j++) {
+      const int64_t e = e0 + j, c = c0 + j;
+      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
+      grad_out(dgate, e, accumulate, 1, (float)(dout[e] * (xh * weight[c] + bias[c])));
+      sw[c] += dz * xh;
+      sb[c] += dz;
+    }
+  }
+  for (int64_t c = 0; c < C; c++) {
+    dweight[c] += (float)sw[c];
+    dbias[c] += (float)sb[c];
+  }
+  return 0;
+}
