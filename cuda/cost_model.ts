@@ -1630,6 +1630,15 @@ const TABLE: Record<string, Cost> = {
     const n = need(a, "n");
     return [elementwise("relu2_forward_bf16_kernel", n, n * F32, n * BF16, 2)];
   },
+  mn_relu2_forward_bf16io: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_forward_bf16io_kernel", n, n * BF16, n * BF16, 2)];
+  },
+  // accumulate must be 0 (a bf16 dinp is only overwritten)
+  mn_relu2_backward_bf16io: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_backward_bf16io_kernel", n, 2 * n * BF16, n * BF16, 3)];
+  },
 };
 
 /** The ABI functions this table covers; a test checks it equals every function of kernels.h. */
