@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
+import { mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -423,14 +424,8 @@ export class Model {
       const b = `transformer.h.${l}.`;
       x = g.add(x, this.timeMix(g, l, g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias"))));
       const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
-      x = g.add(
-        x,
-        g.matmul(
-          g.relu2(g.matmul(h, P(b + "mlp.c_fc.weight"), true)),
-          P(b + "mlp.c_proj.weight"),
-          true,
-        ),
-      );
+      // bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+      x = g.add(x, mlpRelu2(g, h, P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")));
     }
     x = g.layernorm(x, P("ln_out.weight"), P("ln_out.bias"));
     return g.lmHeadLoss(x, wte, targets, 0, lossScale); // no softcap; fp32 logits

@@ -8,6 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
+import { mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -393,14 +394,12 @@ export class Model {
       v1 = v;
       x = g.add(x, att);
       const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
-      x = g.add(
-        x,
-        g.matmul(
-          g.relu2(g.matmul(h, P(b + "mlp.c_fc.weight"), true)),
-          P(b + "mlp.c_proj.weight"),
-          true,
-        ),
-      );
+      const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
+      // fused: bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+      const mlp = this.a.unfused
+        ? g.matmul(g.relu2(g.matmul(h, fc, true)), proj, true)
+        : mlpRelu2(g, h, fc, proj);
+      x = g.add(x, mlp);
     }
     x = g.rmsnorm(x);
     return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
