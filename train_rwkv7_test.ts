@@ -119,12 +119,15 @@ for (const check of BACKEND_CHECKS) {
   }
 }
 
-/** The fused time-mixing kernels (the default) against their generic-op composition (--unfused),
- * the same weights and batch on cpu: they differ only in rounding order, and on the bf16 path in
- * the bf16 operands that then round the other way (the fused GroupNorm + bonus + gate product is
- * rounded to bf16 from a differently rounded fp32 value now and then, and a flipped operand
- * spreads). Bounds on the loss and on every gradient tensor's normwise relative difference from
- * seeds 1-30 on cpu (2026-12-04), figures in brackets: worst, median; each bound >= 2x the worst. */
+/** The fused time-mixing kernels and MLP (the default) against their generic-op composition
+ * (--unfused), the same weights and batch on cpu: they differ only in rounding order, and on the
+ * bf16 path in the bf16 values that then round the other way: the fused GroupNorm + bonus + gate
+ * product is rounded to bf16 from a differently rounded fp32 value now and then (a flipped operand
+ * spreads), and the fused MLP keeps its pre-activation u, relu^2 and their gradients in bf16 as the
+ * original's autocast does, where the unfused one keeps u and dA in fp32: on bf16 the check
+ * compares two roundings of the model. Bounds on the loss and on every gradient tensor's normwise
+ * relative difference from seeds on cpu (tools/fused_sweep.ts), figures in brackets: worst (seed),
+ * median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
   {
@@ -135,14 +138,16 @@ export const FUSED_CHECKS = [
     smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // [tensors 3.0e-3 (seed 15), 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6 (seed 15)]
+  // seeds 1-60 x OpenBLAS default/Haswell (2026-12-05) [tensors 1.18e-2 (9), 9.5e-3; scalars
+  // 5.5e-2 (24), 6.0e-3; loss 6.0e-5 (33), 2.1e-5]. Before the bf16 MLP (seeds 1-30, 2026-12-04):
+  // [tensors 3.0e-3, 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 8e-3,
-    smallTol: 1e-3,
-    lossTol: 3e-6,
+    tol: 2.5e-2,
+    smallTol: 1.2e-1,
+    lossTol: 1.2e-4,
   },
 ];
 /** the fused entry points the default path must call once per layer, and --unfused never */
@@ -156,26 +161,33 @@ const FUSED_ENTRIES = [
   "mn_rwkv7_gn_bonus_gate_forward",
   "mn_rwkv7_gn_bonus_gate_backward",
 ];
+/** the fused MLP's kernels (mlpRelu2): once per layer on the default bf16 path, never on "f32"
+ * (the generic ops) or --unfused */
+const MLP_ENTRIES = ["mn_relu2_forward_bf16io", "mn_relu2_backward_bf16io"];
 for (const check of FUSED_CHECKS) {
-  Deno.test(`train_rwkv7: fused time mixing = --unfused composition (cpu, ${check.label})`, () => {
-    const counted = (want: number) => (_: BackendName, be: Backend) => {
+  Deno.test(`train_rwkv7: fused time mixing and MLP = --unfused composition (cpu, ${check.label})`, () => {
+    const counted = (want: number, mlp: number) => (_: BackendName, be: Backend) => {
       const calls = new Map<string, number>();
-      for (const f of FUSED_ENTRIES) {
+      for (const f of [...FUSED_ENTRIES, ...MLP_ENTRIES]) {
         const inner = be.k[f];
         calls.set(f, 0);
         be.k[f] = (...args) => (calls.set(f, calls.get(f)! + 1), inner(...args));
       }
-      return () => calls.forEach((n, f) => assert.equal(n, want, `${f} calls`));
+      return () =>
+        calls.forEach((n, f) =>
+          assert.equal(n, MLP_ENTRIES.includes(f) ? mlp : want, `${f} calls`)
+        );
     };
+    const mlp = check.precision === "bf16" ? 2 : 0;
     const [fused, unfused] = [
-      tinyLossAndGrads(trainer, check.flags, "cpu", SEED, check.precision, counted(2)),
+      tinyLossAndGrads(trainer, check.flags, "cpu", SEED, check.precision, counted(2, mlp)),
       tinyLossAndGrads(
         trainer,
         [...check.flags, "--unfused"],
         "cpu",
         SEED,
         check.precision,
-        counted(0),
+        counted(0, 0),
       ),
     ];
     const d = backendDifference(unfused, fused);
