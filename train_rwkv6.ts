@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { mlpRelu2 } from "./cuda/fused_ops.ts";
+import { layernormOperand, mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -423,8 +423,9 @@ export class Model {
     for (let l = 0; l < a.n_layer; l++) {
       const b = `transformer.h.${l}.`;
       x = g.add(x, this.timeMix(g, l, g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias"))));
-      const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
-      // bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+      // ln2 written as the bf16 operand only; bf16 pre-activation, relu^2 and their gradients
+      // (the generic ops on "f32")
+      const h = layernormOperand(g, x, P(b + "ln2.weight"), P(b + "ln2.bias"));
       x = g.add(x, mlpRelu2(g, h, P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")));
     }
     x = g.layernorm(x, P("ln_out.weight"), P("ln_out.bias"));

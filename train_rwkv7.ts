@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { mlpRelu2 } from "./cuda/fused_ops.ts";
+import { layernormOperand, mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -393,12 +393,13 @@ export class Model {
       );
       v1 = v;
       x = g.add(x, att);
-      const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
+      const [ln2w, ln2b] = [P(b + "ln2.weight"), P(b + "ln2.bias")];
       const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
-      // fused: bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+      // fused: ln2 written as the bf16 operand only; bf16 pre-activation, relu^2 and their
+      // gradients (the generic ops on "f32")
       const mlp = this.a.unfused
-        ? g.matmul(g.relu2(g.matmul(h, fc, true)), proj, true)
-        : mlpRelu2(g, h, fc, proj);
+        ? g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true)
+        : mlpRelu2(g, layernormOperand(g, x, ln2w, ln2b), fc, proj);
       x = g.add(x, mlp);
     }
     x = g.rmsnorm(x);

@@ -121,6 +121,15 @@ inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t col
   return 0;
 }
 
+// LayerNorm's forward (norm.cu), fp32 or bf16 out
+inline int mn_check_layernorm_forward(const char* fn, const void* out, float* mean, float* rstd,
+                                      float* inp, float* weight, float* bias, int N, int C,
+                                      float eps) {
+  MN_REQUIRE(out && mean && rstd && inp && weight && bias, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  return 0;
+}
 // GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
 inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);

@@ -199,6 +199,48 @@ export function lmHeadLossBf16(
 }
 
 /**
+ * nn.LayerNorm over the last dimension (Graph.layernorm; w, b [C]) written only as the next
+ * matmul's operand: bf16, in one pass (the fp32 output is not needed: the backward reads x, mean
+ * and rstd). Bit for bit Graph.layernorm then the operand's cast. The "f32" path is
+ * Graph.layernorm.
+ */
+export function layernormOperand(g: Graph, x: Var, w: Var, b: Var, eps = 1e-5): Var {
+  if (g.precision === "f32") return g.layernorm(x, w, b, eps);
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  const mean = g.out([N], "ln.mean"), rstd = g.out([N], "ln.rstd"); // [N] fp32
+  const out = g.out(x.shape, "layernorm.bf16", "bf16"); // x's shape, bf16
+  g.k.mn_layernorm_forward_bf16(
+    out.ptr,
+    mean.ptr,
+    rstd.ptr,
+    x.t.ptr,
+    w.t.ptr,
+    b.t.ptr,
+    N,
+    C,
+    eps,
+    g.s,
+  );
+  return g.node(out, [x, w, b], (y) => {
+    const [[dx, dw, db], acc] = g.grads(x, w, b);
+    g.k.mn_layernorm_backward(
+      dx,
+      dw,
+      db,
+      y.g.ptr,
+      x.t.ptr,
+      w.t.ptr,
+      mean.ptr,
+      rstd.ptr,
+      N,
+      C,
+      acc,
+      g.s,
+    );
+  });
+}
+
+/**
  * The MLP of the record models, x -> c_proj(relu(c_fc(x))^2) (nn.Linear weights Wfc [Hd, C],
  * Wproj [C, Hd], no biases), in bf16 as autocast runs it: the c_fc GEMM writes the pre-activation
  * u [N, Hd] in bf16, one kernel writes a = relu(u)^2 in bf16 (c_proj's operand), the c_proj GEMM

@@ -130,6 +130,11 @@ MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, 
 /* LayerNorm with weight and bias [C]; mean, rstd [N] saved for backward */
 MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
                                 float* bias, int N, int C, float eps, void* stream);
+/* The same with out written in bf16 only (the next matmul's operand: mn_layernorm_forward then the
+ * cast, in one pass); mn_layernorm_backward reads inp, mean and rstd, not out. */
+MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, float* inp,
+                                     float* weight, float* bias, int N, int C, float eps,
+                                     void* stream);
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);
