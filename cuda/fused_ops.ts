@@ -240,6 +240,22 @@ export function layernormOperand(g: Graph, x: Var, w: Var, b: Var, eps = 1e-5): 
   });
 }
 
+/** C [M, N] = A [M, K] @ op(B) written in bf16 (mn_gemm_bf16 with a bf16 C; fp32 accumulation) */
+function gemmToBf16(
+  g: Graph,
+  tb: number,
+  M: number,
+  N: number,
+  K: number,
+  A: Deno.PointerValue,
+  lda: number,
+  B: Deno.PointerValue,
+  ldb: number,
+  C: Deno.PointerValue,
+) {
+  g.k.mn_gemm_bf16(0, tb, M, N, K, 1, A, lda, 0n, B, ldb, 0n, 0, C, N, 0n, 1, 1, g.s);
+}
+
 /**
  * The MLP of the record models, x -> c_proj(relu(c_fc(x))^2) (nn.Linear weights Wfc [Hd, C],
  * Wproj [C, Hd], no biases), in bf16 as autocast runs it: the c_fc GEMM writes the pre-activation
@@ -261,7 +277,7 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
   const rows = x.shape.slice(0, -1);
   const xb = g.operand(x), wfc = g.operand(Wfc), wproj = g.operand(Wproj);
   const u = g.out([...rows, Hd], "mlp.fc.bf16", "bf16"); // [N, Hd] bf16
-  g.k.mn_gemm_bf16(0, 1, N, Hd, C, 1, xb.ptr, C, 0n, wfc.ptr, C, 0n, 0, u.ptr, Hd, 0n, 1, 1, g.s);
+  gemmToBf16(g, 1, N, Hd, C, xb.ptr, C, wfc.ptr, C, u.ptr); // u = x @ Wfc^T
   const a = g.out([...rows, Hd], "mlp.relu2.bf16", "bf16"); // [N, Hd] bf16
   g.k.mn_relu2_forward_bf16io(a.ptr, u.ptr, u.n, g.s);
   const out = g.out([...rows, pC], "mlp.proj"); // [N, C] fp32
@@ -270,27 +286,7 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
     const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
     const [[dx, dWfc, dWproj], acc] = g.grads(x, Wfc, Wproj);
     const d = g.out(u.shape, "mlp.dA.bf16", "bf16"); // dA, then du in place
-    g.k.mn_gemm_bf16(
-      0,
-      0,
-      N,
-      Hd,
-      pC,
-      1,
-      dy.ptr,
-      pC,
-      0n,
-      wproj.ptr,
-      Hd,
-      0n,
-      0,
-      d.ptr,
-      Hd,
-      0n,
-      1,
-      1,
-      g.s,
-    );
+    gemmToBf16(g, 0, N, Hd, pC, dy.ptr, pC, wproj.ptr, Hd, d.ptr); // dA = dy @ Wproj
     if (Wproj.requiresGrad) {
       g.gemm(1, 0, pC, Hd, N, 1, dy.ptr, pC, 0n, a.ptr, Hd, 0n, (acc >> 2) & 1, dWproj, Hd, 0n);
     }
