@@ -66,12 +66,14 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
     wkvKernel: "mn_wkv7g_backward_f32",
   },
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
-  // [tensors: worst 5.7e-3, median 3.3e-3; lambdas: 7.8e-3, median 9.7e-4; loss 1.8e-5]
+  // [tensors: worst 5.7e-3, median 3.3e-3; lambdas: 7.8e-3, median 9.7e-4; loss 1.8e-5]. With the
+  // bf16 MLP (more bf16 roundings: u, dA), seeds 1-24 default BLAS (2026-12-05): [tensors: worst
+  // 7.4e-3 (seed 8), median 3.5e-3; lambdas 1.1e-2 (18); loss 1.8e-5]: tol 1.5e-2 -> 2e-2.
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16",
-    tol: 1.5e-2,
+    tol: 2e-2,
     smallTol: 3e-2,
     lossTol: 1e-4,
     wkvKernel: "mn_wkv7_backward",
