@@ -19,8 +19,8 @@ import {
 import {
   lmHeadLossBf16,
   mixRmsnorm,
+  mlpRelu2,
   qkRmsnormRotary,
-  relu2Operand,
   valueMix,
 } from "./cuda/fused_ops.ts";
 import {
@@ -361,9 +361,12 @@ export class Model {
         x = g.add(x, att);
         normed = g.rmsnorm(x);
       } else [x, normed] = mixRmsnorm(g, x, att, null); // x + att, then its norm
-      const h = g.matmul(normed, P(b + "mlp.c_fc.weight"), true);
-      const r = a.unfused ? g.relu2(h) : relu2Operand(g, h); // the fused one writes bf16
-      x = g.add(x, g.matmul(r, P(b + "mlp.c_proj.weight"), true));
+      const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
+      // fused: bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+      const mlp = a.unfused
+        ? g.matmul(g.relu2(g.matmul(normed, fc, true)), proj, true)
+        : mlpRelu2(g, normed, fc, proj);
+      x = g.add(x, mlp);
     }
     x = g.rmsnorm(x);
     if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);

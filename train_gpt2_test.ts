@@ -28,7 +28,7 @@ import { SEED } from "./cuda/test/harness.ts";
 import * as trainer from "./train_gpt2.ts";
 import { parseFlags } from "./train_gpt2.ts";
 
-const TINY = [
+export const TINY = [
   "--n_layer",
   "2",
   "--n_embd",
@@ -130,28 +130,35 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
 }
 
 // The fused path (default) against --unfused, the same model of generic tape ops, on one backend
-// and the same weights and batch. Bounds from a sweep of seeds 1-20 x OpenBLAS default/Haswell
-// kernels on cpu (2026-12-04; worst figure and median in brackets, margin >= 2x):
-// - bf16 (cpu, and emu: the kernels the GPU runs): the fused lm head keeps the logits and dlogits
-//   in bf16 as the original does (the unfused one in fp32), which moves the loss and, through the
-//   bf16 roundings of every gradient operand after it, the gradients [loss: worst 2.9e-5; tensors:
-//   worst 3.4e-3, median 2.9e-3; lambdas and lamb (sums over a whole activation, with
-//   cancellation): worst 4.8e-2, median 2.0e-3; emu seeds 1-3: tensors 4.8e-3, lambdas 2.4e-2,
-//   loss 1.8e-5]. Everything else is rounded as the unfused ops
-//   round it (bit-identical on emu before the bf16 logits, cuda/gpt2_fused_test.ts per kernel).
+// and the same weights and batch. Bounds from sweeps (tools/fused_sweep.ts; worst figure, its seed,
+// and the median in brackets; margin >= 2x):
+// - bf16 (cpu, and emu: the kernels the GPU runs): the fused path keeps the lm head's logits and
+//   dlogits in bf16 and the MLP's pre-activation u, relu^2 and their gradients in bf16 as the
+//   original's autocast does (the unfused one: fp32 logits, u and dA), which moves the loss and,
+//   through the bf16 roundings of every gradient operand after it, the gradients. Seeds 1-100 x
+//   OpenBLAS default/Haswell kernels on cpu (2026-12-05): [loss: worst 6.6e-5 (67), median 1.8e-5;
+//   tensors: worst 8.8e-3 (31), median 7.4e-3]; emu seeds 1-6: [loss 5.4e-5 (5); tensors 8.0e-3
+//   (6); scalars 0.29 relative (3), 1.2e-4 absolute (4)]. The scalar gradients (lambdas, lamb:
+//   sums over a whole activation) cancel: seed 25's h.1 lamb gradient is -1.25e-4 where a lambda's
+//   is ~1e-2; there the fused and unfused ones differ by 0.50 relative (the fused one is 0.51 from
+//   the f32 path's, the unfused one 4.7e-3; with the generic MLP on the fused path, 0.067). So a
+//   small tensor passes within smallTol relative (worst seen 0.50, median 9e-3) or within
+//   smallAtol absolute of the unfused gradient [worst 4.1e-4 (84), median 1.1e-4]: a zeroed or
+//   wrong-signed scalar gradient (|g| ~ 1e-2) still fails.
 // - f32 path (cpu): the lm head is Graph.lmHeadLoss on both; the reference's fused kernels keep g in
 //   double where the unfused ones round it to fp32 between the rmsnorm and the axpby backward
-//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0].
+//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0]; the MLP is the generic ops on both.
 export const FUSED_CHECKS: {
   be: "cpu" | "emu";
   precision: "bf16" | "f32";
   tol: number;
   smallTol: number;
+  smallAtol?: number;
   lossTol: number;
 }[] = [
-  { be: "emu", precision: "bf16", tol: 1e-2, smallTol: 1e-1, lossTol: 1e-4 },
+  { be: "emu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
   { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 1e-6 },
-  { be: "cpu", precision: "bf16", tol: 1e-2, smallTol: 1e-1, lossTol: 1e-4 },
+  { be: "cpu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
 ];
 for (const c of FUSED_CHECKS) {
   Deno.test(`train_gpt2: fused blocks match --unfused (${c.be}, ${c.precision})`, () => {
@@ -162,10 +169,20 @@ for (const c of FUSED_CHECKS) {
     const replay = `replay with MN_TEST_SEED=${SEED}`;
     assert.ok(d.loss <= c.lossTol, `loss: relative difference ${d.loss} (${replay})`);
     for (const [name, rel] of d.perTensor) {
-      const bound = unfused.grads.get(name)!.length <= SMALL_TENSOR ? c.smallTol : c.tol;
+      const want = unfused.grads.get(name)!, got = fused.grads.get(name)!;
+      if (want.length <= SMALL_TENSOR) {
+        const abs = Math.max(...want.map((v, i) => Math.abs(v - got[i])));
+        assert.ok(
+          rel <= c.smallTol || abs <= (c.smallAtol ?? 0),
+          `${name}: relative difference ${rel} > ${c.smallTol}, absolute ${abs} > ${
+            c.smallAtol ?? 0
+          } (${replay})`,
+        );
+        continue;
+      }
       assert.ok(
-        rel <= bound,
-        `${name}: normwise relative difference ${rel} > ${bound} (${replay})`,
+        rel <= c.tol,
+        `${name}: normwise relative difference ${rel} > ${c.tol} (${replay})`,
       );
     }
     console.log(`  worst gradient difference ${d.worst.toExponential(2)} (${d.worstName})`);

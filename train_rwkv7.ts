@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { lmHeadLossBf16 } from "./cuda/fused_ops.ts";
+import { layernormOperand, lmHeadLossBf16, mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -393,15 +393,14 @@ export class Model {
       );
       v1 = v;
       x = g.add(x, att);
-      const h = g.layernorm(x, P(b + "ln2.weight"), P(b + "ln2.bias"));
-      x = g.add(
-        x,
-        g.matmul(
-          g.relu2(g.matmul(h, P(b + "mlp.c_fc.weight"), true)),
-          P(b + "mlp.c_proj.weight"),
-          true,
-        ),
-      );
+      const [ln2w, ln2b] = [P(b + "ln2.weight"), P(b + "ln2.bias")];
+      const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
+      // fused: ln2 written as the bf16 operand only; bf16 pre-activation, relu^2 and their
+      // gradients (the generic ops on "f32")
+      const mlp = this.a.unfused
+        ? g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true)
+        : mlpRelu2(g, layernormOperand(g, x, ln2w, ln2b), fc, proj);
+      x = g.add(x, mlp);
     }
     x = g.rmsnorm(x);
     // the original's lm_head runs under autocast: bf16 logits, softcapped, then .float()

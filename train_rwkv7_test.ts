@@ -66,12 +66,14 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
     wkvKernel: "mn_wkv7g_backward_f32",
   },
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
-  // [tensors: worst 5.7e-3, median 3.3e-3; lambdas: 7.8e-3, median 9.7e-4; loss 1.8e-5]
+  // [tensors: worst 5.7e-3, median 3.3e-3; lambdas: 7.8e-3, median 9.7e-4; loss 1.8e-5]. With the
+  // bf16 MLP (more bf16 roundings: u, dA), seeds 1-24 default BLAS (2026-12-05): [tensors: worst
+  // 7.4e-3 (seed 8), median 3.5e-3; lambdas 1.1e-2 (18); loss 1.8e-5]: tol 1.5e-2 -> 2e-2.
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16",
-    tol: 1.5e-2,
+    tol: 2e-2,
     smallTol: 3e-2,
     lossTol: 1e-4,
     wkvKernel: "mn_wkv7_backward",
@@ -119,15 +121,17 @@ for (const check of BACKEND_CHECKS) {
   }
 }
 
-/** The fused time-mixing kernels (the default) against their generic-op composition (--unfused),
- * the same weights and batch on cpu: they differ only in rounding order, and on the bf16 path in
- * the bf16 operands that then round the other way (the fused GroupNorm + bonus + gate product is
- * rounded to bf16 from a differently rounded fp32 value now and then, and a flipped operand
- * spreads), and in the maa LoRA's outputs m_j and their gradients, which the fused path keeps in
- * bf16 as the original's autocast does (the composition's generic ops read fp32): most of the
- * bf16 bounds below. The kernels themselves are checked exactly against the fp32 ones on bf16-
- * rounded inputs in cuda/rwkv7_fused_test.ts. Bounds on the loss and on every gradient tensor's
- * normwise relative difference from seeds 1-30 on cpu (2026-12-05), figures in brackets: worst,
+/** The fused time-mixing kernels and MLP (the default) against their generic-op composition
+ * (--unfused), the same weights and batch on cpu: they differ only in rounding order, and on the
+ * bf16 path in the bf16 values that then round the other way: the fused GroupNorm + bonus + gate
+ * product is rounded to bf16 from a differently rounded fp32 value now and then (a flipped operand
+ * spreads), and the fused path keeps in bf16, as the original's autocast does, what the generic
+ * ops keep in fp32: the MLP's pre-activation u, relu^2 and their gradients, the maa LoRA's outputs
+ * m_j, the projections feeding the WKV-input chain, and those values' gradients. On bf16 the check
+ * compares two roundings of the model; the fused kernels themselves are checked exactly against the
+ * fp32 ones on bf16-rounded inputs (cuda/rwkv7_fused_test.ts, cuda/mlp_relu2_test.ts). Bounds on
+ * the loss and on every gradient tensor's normwise relative difference from seeds on cpu
+ * (tools/fused_sweep.ts), figures in brackets: worst (seed),
  * median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
@@ -139,18 +143,21 @@ export const FUSED_CHECKS = [
     smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // [tensors 9.3e-3, 8.0e-3; scalars 4.2e-2, 4.9e-3; loss 6.1e-5, 1.8e-5]
+  // seeds 1-60 x OpenBLAS default/Haswell (2026-12-05) [tensors 1.18e-2 (9), 9.5e-3; scalars
+  // 5.5e-2 (24), 6.0e-3; loss 6.0e-5 (33), 2.1e-5]. Before the bf16 MLP (seeds 1-30, 2026-12-04):
+  // [tensors 3.0e-3, 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 2e-2,
-    smallTol: 1e-1,
-    lossTol: 1.5e-4,
+    tol: 2.5e-2,
+    smallTol: 1.2e-1,
+    lossTol: 1.2e-4,
   },
 ];
-/** the fused entry points the default path must call once per layer (the value residual: once
- * per layer after the first; TINY has 2), and --unfused never */
+/** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the
+ * value residual once per layer after the first, the MLP's only on bf16 (mlpRelu2 is the generic
+ * ops on "f32"); --unfused never */
 const FUSED_ENTRIES: Record<string, number> = {
   mn_rwkv7_mix_x_forward: 2,
   mn_rwkv7_mix_x_backward: 2,
@@ -162,9 +169,12 @@ const FUSED_ENTRIES: Record<string, number> = {
   mn_rwkv7_gn_bonus_gate_backward: 2,
   mn_rwkv7_value_mix_forward: 1,
   mn_rwkv7_value_mix_backward: 1,
+  mn_relu2_forward_bf16io: 2,
+  mn_relu2_backward_bf16io: 2,
 };
+const MLP_ENTRIES = ["mn_relu2_forward_bf16io", "mn_relu2_backward_bf16io"];
 for (const check of FUSED_CHECKS) {
-  Deno.test(`train_rwkv7: fused time mixing = --unfused composition (cpu, ${check.label})`, () => {
+  Deno.test(`train_rwkv7: fused time mixing and MLP = --unfused composition (cpu, ${check.label})`, () => {
     const counted = (fused: boolean) => (_: BackendName, be: Backend) => {
       const calls = new Map<string, number>();
       for (const f of Object.keys(FUSED_ENTRIES) as (keyof typeof be.k)[]) {
@@ -176,7 +186,10 @@ for (const check of FUSED_CHECKS) {
         ) => (calls.set(f, calls.get(f)! + 1), inner(...args));
       }
       return () =>
-        calls.forEach((n, f) => assert.equal(n, fused ? FUSED_ENTRIES[f] : 0, `${f} calls`));
+        calls.forEach((n, f) => {
+          const mlpOff = MLP_ENTRIES.includes(f) && check.precision !== "bf16";
+          assert.equal(n, fused && !mlpOff ? FUSED_ENTRIES[f] : 0, `${f} calls`);
+        });
     };
     const [fused, unfused] = [
       tinyLossAndGrads(trainer, check.flags, "cpu", SEED, check.precision, counted(true)),

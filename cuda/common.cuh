@@ -47,6 +47,12 @@ inline unsigned mn_blocks_for(int64_t n, int threads) {
 // ---- per-element math, the same on host and device ----
 __host__ __device__ inline float mn_bf16_to_f32(bf16 x) { return __bfloat162float(x); }
 __host__ __device__ inline bf16 mn_f32_to_bf16(float x) { return __float2bfloat16_rn(x); }
+// relu(x)^2 and its gradient 2 relu(x) dout (0 at x = 0, as torch's relu backward): the fp32
+// relu2 kernels (elementwise.cu) and the bf16 ones of the MLP (gpt2_fused.cu)
+__host__ __device__ inline float mn_relu2_fwd(float x) { return x > 0.0f ? x * x : 0.0f; }
+__host__ __device__ inline float mn_relu2_grad(float x, float dout) {
+  return x > 0.0f ? 2.0f * x * dout : 0.0f;
+}
 
 // Sum over the 32 lanes of a warp (all active); every lane gets it, in one fixed butterfly order.
 __device__ inline float mn_warp_sum(float v) {

@@ -415,8 +415,9 @@ const embeddingBackward: Cost = (a) => {
 // norm_threads(C): 32*ceil(C/32), at most 256
 const normThreads = (C: number) => Math.min(32 * cdiv(C, 32), 256);
 
-// layernorm_forward_kernel: one block per row (N blocks), three passes over the row (in L1).
-const layernormForward: Cost = (a) => {
+// layernorm_forward_kernel: one block per row (N blocks), three passes over the row (in L1); out
+// fp32 or (mn_layernorm_forward_bf16) bf16.
+const layernormForward = (outBytes: number): Cost => (a) => {
   const N = need(a, "N"), C = need(a, "C");
   return [
     launch(
@@ -424,7 +425,7 @@ const layernormForward: Cost = (a) => {
       N,
       normThreads(C),
       N * C * F32 + 2 * C * F32,
-      N * C * F32 + 2 * N * F32,
+      N * C * outBytes + 2 * N * F32,
       8 * N * C,
     ),
   ];
@@ -1621,7 +1622,8 @@ const TABLE: Record<string, Cost> = {
   mn_embedding_forward: embeddingForward,
   mn_embedding_backward: embeddingBackward,
   // norm.cu
-  mn_layernorm_forward: layernormForward,
+  mn_layernorm_forward: layernormForward(F32),
+  mn_layernorm_forward_bf16: layernormForward(BF16),
   mn_layernorm_backward: layernormBackward,
   mn_rmsnorm_forward: rmsnormForward,
   mn_rmsnorm_backward: rmsnormBackward,
@@ -1725,6 +1727,15 @@ const TABLE: Record<string, Cost> = {
   mn_relu2_forward_bf16: (a) => {
     const n = need(a, "n");
     return [elementwise("relu2_forward_bf16_kernel", n, n * F32, n * BF16, 2)];
+  },
+  mn_relu2_forward_bf16io: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_forward_bf16io_kernel", n, n * BF16, n * BF16, 2)];
+  },
+  // accumulate must be 0 (a bf16 dinp is only overwritten)
+  mn_relu2_backward_bf16io: (a) => {
+    const n = need(a, "n");
+    return [elementwise("relu2_backward_bf16io_kernel", n, 2 * n * BF16, n * BF16, 3)];
   },
 };
 

@@ -9,11 +9,6 @@
 #include "common.cuh"
 #include "reduce.cuh"
 
-__host__ __device__ inline float relu2_fwd(float x) { return x > 0.0f ? x * x : 0.0f; }
-__host__ __device__ inline float relu2_grad(float x, float dout) {
-  return x > 0.0f ? 2.0f * x * dout : 0.0f;
-}
-
 #define EW_GRID_STRIDE(i, n)                                               \
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < (n); \
        i += (int64_t)gridDim.x * blockDim.x)
@@ -21,12 +16,12 @@ __host__ __device__ inline float relu2_grad(float x, float dout) {
 constexpr int EW_THREADS = 256;
 
 __global__ void relu2_forward_kernel(float* out, const float* inp, int64_t n) {
-  EW_GRID_STRIDE(i, n) out[i] = relu2_fwd(inp[i]);
+  EW_GRID_STRIDE(i, n) out[i] = mn_relu2_fwd(inp[i]);
 }
 
 __global__ void relu2_backward_kernel(float* dinp, const float* dout, const float* inp, int64_t n,
                                       int acc) {
-  EW_GRID_STRIDE(i, n) MN_GRAD_STORE(dinp[i], relu2_grad(inp[i], dout[i]), acc);
+  EW_GRID_STRIDE(i, n) MN_GRAD_STORE(dinp[i], mn_relu2_grad(inp[i], dout[i]), acc);
 }
 
 __global__ void axpby_forward_kernel(float* out, const float* x, const float* y, const float* a,

@@ -121,6 +121,15 @@ inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t col
   return 0;
 }
 
+// LayerNorm's forward (norm.cu), fp32 or bf16 out
+inline int mn_check_layernorm_forward(const char* fn, const void* out, float* mean, float* rstd,
+                                      float* inp, float* weight, float* bias, int N, int C,
+                                      float eps) {
+  MN_REQUIRE(out && mean && rstd && inp && weight && bias, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  return 0;
+}
 // GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
 inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
@@ -130,6 +139,22 @@ inline int mn_check_qk_heads(const char* fn, int B, int T, int H, int D) {
   MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0, "%s: B=%d T=%d H=%d D=%d must be positive", fn, B,
              T, H, D);
   MN_REQUIRE(D % 2 == 0 && D <= 1024, "%s: head dim D=%d must be even and <= 1024", fn, D);
+  return 0;
+}
+// one pass over n elements (the bf16 relu^2 kernels of the MLP, gpt2_fused.cu); ptrs_ok: every
+// pointer argument is non-NULL
+inline int mn_check_elementwise(const char* fn, bool ptrs_ok, int64_t n) {
+  MN_REQUIRE(ptrs_ok, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  return 0;
+}
+// a bf16 gradient is only ever overwritten (no bf16 sum to add to)
+inline int mn_check_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, int64_t n,
+                                          int accumulate) {
+  const char* fn = "relu2_backward_bf16io";
+  if (int rc = mn_check_elementwise(fn, dinp && dout && inp, n)) return rc;
+  MN_REQUIRE(accumulate == 0, "%s: accumulate = %d; a bf16 dinp is only overwritten (0)", fn,
+             accumulate);
   return 0;
 }
 // softcapped cross-entropy on bf16 logits (crossentropy.cu)

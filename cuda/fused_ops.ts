@@ -137,17 +137,6 @@ export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
   });
 }
 
-/** relu(x)^2 as the next matmul's operand: bf16 in one pass (the generic relu2 on the "f32" path) */
-export function relu2Operand(g: Graph, x: Var): Var {
-  if (g.precision === "f32") return g.relu2(x);
-  const out = g.out(x.shape, "relu2", "bf16");
-  g.k.mn_relu2_forward_bf16(out.ptr, x.t.ptr, x.t.n, g.s);
-  return g.node(out, [x], (y) => {
-    const [[dx], acc] = g.grads(x);
-    g.k.mn_relu2_backward(dx, y.g.ptr, x.t.ptr, x.t.n, acc, g.s);
-  });
-}
-
 /**
  * Graph.lmHeadLoss with bf16 logits, as the original's bf16 model computes them: the head's GEMM
  * writes bf16 logits, the softcapped cross-entropy reads them and writes bf16 dlogits in place,
@@ -207,4 +196,106 @@ export function lmHeadLossBf16(
     }
   }
   return losses;
+}
+
+/**
+ * nn.LayerNorm over the last dimension (Graph.layernorm; w, b [C]) written only as the next
+ * matmul's operand: bf16, in one pass (the fp32 output is not needed: the backward reads x, mean
+ * and rstd). Bit for bit Graph.layernorm then the operand's cast. The "f32" path is
+ * Graph.layernorm.
+ */
+export function layernormOperand(g: Graph, x: Var, w: Var, b: Var, eps = 1e-5): Var {
+  if (g.precision === "f32") return g.layernorm(x, w, b, eps);
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  const mean = g.out([N], "ln.mean"), rstd = g.out([N], "ln.rstd"); // [N] fp32
+  const out = g.out(x.shape, "layernorm.bf16", "bf16"); // x's shape, bf16
+  g.k.mn_layernorm_forward_bf16(
+    out.ptr,
+    mean.ptr,
+    rstd.ptr,
+    x.t.ptr,
+    w.t.ptr,
+    b.t.ptr,
+    N,
+    C,
+    eps,
+    g.s,
+  );
+  return g.node(out, [x, w, b], (y) => {
+    const [[dx, dw, db], acc] = g.grads(x, w, b);
+    g.k.mn_layernorm_backward(
+      dx,
+      dw,
+      db,
+      y.g.ptr,
+      x.t.ptr,
+      w.t.ptr,
+      mean.ptr,
+      rstd.ptr,
+      N,
+      C,
+      acc,
+      g.s,
+    );
+  });
+}
+
+/** C [M, N] = A [M, K] @ op(B) written in bf16 (mn_gemm_bf16 with a bf16 C; fp32 accumulation) */
+function gemmToBf16(
+  g: Graph,
+  tb: number,
+  M: number,
+  N: number,
+  K: number,
+  A: Deno.PointerValue,
+  lda: number,
+  B: Deno.PointerValue,
+  ldb: number,
+  C: Deno.PointerValue,
+) {
+  g.k.mn_gemm_bf16(0, tb, M, N, K, 1, A, lda, 0n, B, ldb, 0n, 0, C, N, 0n, 1, 1, g.s);
+}
+
+/**
+ * The MLP of the record models, x -> c_proj(relu(c_fc(x))^2) (nn.Linear weights Wfc [Hd, C],
+ * Wproj [C, Hd], no biases), in bf16 as autocast runs it: the c_fc GEMM writes the pre-activation
+ * u [N, Hd] in bf16, one kernel writes a = relu(u)^2 in bf16 (c_proj's operand), the c_proj GEMM
+ * writes the fp32 output [N, C]. Saved for backward: x's bf16 operand, u and a (bf16; nothing fp32
+ * of [N, Hd]). Backward: the fp32 dy cast once to bf16; dA = dy @ Wproj in bf16; dWproj (+)=
+ * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc and dWfc (+)= du^T x (fp32). The
+ * "f32" path is the generic matmul, relu2, matmul.
+ */
+export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
+  if (g.precision === "f32") return g.matmul(g.relu2(g.matmul(x, Wfc, true)), Wproj, true);
+  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
+  const [Hd, fcC] = Wfc.shape, [pC, pHd] = Wproj.shape;
+  if (Wfc.shape.length !== 2 || fcC !== C || Wproj.shape.length !== 2 || pHd !== Hd) {
+    throw new Error(
+      `mlpRelu2: x [${x.shape}], c_fc [${Wfc.shape}], c_proj [${Wproj.shape}] do not chain`,
+    );
+  }
+  const rows = x.shape.slice(0, -1);
+  const xb = g.operand(x), wfc = g.operand(Wfc), wproj = g.operand(Wproj);
+  const u = g.out([...rows, Hd], "mlp.fc.bf16", "bf16"); // [N, Hd] bf16
+  gemmToBf16(g, 1, N, Hd, C, xb.ptr, C, wfc.ptr, C, u.ptr); // u = x @ Wfc^T
+  const a = g.out([...rows, Hd], "mlp.relu2.bf16", "bf16"); // [N, Hd] bf16
+  g.k.mn_relu2_forward_bf16io(a.ptr, u.ptr, u.n, g.s);
+  const out = g.out([...rows, pC], "mlp.proj"); // [N, C] fp32
+  g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n);
+  return g.node(out, [x, Wfc, Wproj], (y) => {
+    const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
+    const [[dx, dWfc, dWproj], acc] = g.grads(x, Wfc, Wproj);
+    const d = g.out(u.shape, "mlp.dA.bf16", "bf16"); // dA, then du in place
+    gemmToBf16(g, 0, N, Hd, pC, dy.ptr, pC, wproj.ptr, Hd, d.ptr); // dA = dy @ Wproj
+    if (Wproj.requiresGrad) {
+      g.gemm(1, 0, pC, Hd, N, 1, dy.ptr, pC, 0n, a.ptr, Hd, 0n, (acc >> 2) & 1, dWproj, Hd, 0n);
+    }
+    g.k.mn_relu2_backward_bf16io(d.ptr, d.ptr, u.ptr, u.n, 0, g.s);
+    if (x.requiresGrad) {
+      g.gemm(0, 0, N, C, Hd, 1, d.ptr, Hd, 0n, wfc.ptr, C, 0n, acc & 1, dx, C, 0n);
+    }
+    if (Wfc.requiresGrad) {
+      g.gemm(1, 0, Hd, C, N, 1, d.ptr, Hd, 0n, xb.ptr, C, 0n, (acc >> 1) & 1, dWfc, C, 0n);
+    }
+  });
 }

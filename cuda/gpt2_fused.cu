@@ -318,20 +318,47 @@ MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dou
                                  dlamb, nullptr, n, acc, part, stream);
 }
 
-// ---- ReLU^2 into the c_proj operand ----
-// relu(x)^2 as elementwise.cu's relu2_fwd rounds it (0 for x <= 0)
-__host__ __device__ inline float relu2_value(float x) { return x > 0.0f ? x * x : 0.0f; }
-
+// ---- ReLU^2 of the MLP (c_fc -> relu(x)^2 -> c_proj) in bf16 ----
+// The per-element math is common.cuh's mn_relu2_fwd / mn_relu2_grad (elementwise.cu's fp32
+// kernels use the same), evaluated in fp32 and rounded once to bf16.
 __global__ void relu2_forward_bf16_kernel(bf16* out, const float* inp, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = mn_f32_to_bf16(relu2_value(inp[i]));
+    out[i] = mn_f32_to_bf16(mn_relu2_fwd(inp[i]));
 }
 
 MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream) {
   const char* fn = "relu2_forward_bf16";
-  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_elementwise(fn, out && inp, n)) return rc;
   return mn_launch(fn, relu2_forward_bf16_kernel, mn_blocks_for(n, 256), 256, 0, stream,
                    (bf16*)out, (const float*)inp, n);
+}
+
+__global__ void relu2_forward_bf16io_kernel(bf16* out, const bf16* inp, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = mn_f32_to_bf16(mn_relu2_fwd(mn_bf16_to_f32(inp[i])));
+}
+
+MN_API int mn_relu2_forward_bf16io(mn_bf16* out, mn_bf16* inp, int64_t n, void* stream) {
+  const char* fn = "relu2_forward_bf16io";
+  if (int rc = mn_check_elementwise(fn, out && inp, n)) return rc;
+  return mn_launch(fn, relu2_forward_bf16io_kernel, mn_blocks_for(n, 256), 256, 0, stream,
+                   (bf16*)out, (const bf16*)inp, n);
+}
+
+// dinp may be dout (in place): each element is read, then written, by one thread
+__global__ void relu2_backward_bf16io_kernel(bf16* dinp, const bf16* dout, const bf16* inp,
+                                             int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    dinp[i] = mn_f32_to_bf16(mn_relu2_grad(mn_bf16_to_f32(inp[i]), mn_bf16_to_f32(dout[i])));
+}
+
+MN_API int mn_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, int64_t n,
+                                    int accumulate, void* stream) {
+  const char* fn = "relu2_backward_bf16io";
+  if (int rc = mn_check_relu2_backward_bf16io(dinp, dout, inp, n, accumulate)) return rc;
+  return mn_launch(fn, relu2_backward_bf16io_kernel, mn_blocks_for(n, 256), 256, 0, stream,
+                   (bf16*)dinp, (const bf16*)dout, (const bf16*)inp, n);
 }

@@ -1,6 +1,7 @@
 // The GPT-2 fused chains (gpt2_fused.cu): emu (and cuda) against the cpu reference, and the fused
 // kernels against the unfused composition of generic kernels they replace, on the same backend.
-import { type Backend, f32ToBf16, type Tensor } from "./backend.ts";
+import assert from "node:assert/strict";
+import { type Backend, bf16ToF32, f32ToBf16, type Tensor } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -581,6 +582,63 @@ for (const tgt of targets()) {
     name: `relu2_forward_bf16: equals relu2_forward then the cast (${tname})`,
     ignore: !tgt.run,
     fn: () => relu2Check(backend(tgt.name, tgt.variant), tname),
+  });
+}
+
+// ---- the MLP's relu^2 on bf16 (mn_relu2_forward_bf16io / mn_relu2_backward_bf16io): a product
+// of bf16 values is exact in fp32, so relu(u)^2 and 2 relu(u) dA have one rounding, to bf16, and
+// every backend must give exactly the float64 answer rounded once (the cpu reference and emu are
+// each checked against it, so also bit for bit against each other). n: one element, odd sizes
+// over one and several 256-thread blocks. Outputs start NaN-poisoned (accumulate 0 overwrites).
+const bf16Round = (x: ArrayLike<number>) => bf16ToF32(f32ToBf16(Float32Array.from(x)));
+function relu2Bf16ioCheck(be: Backend, name: string) {
+  for (const n of [1, 1001, 4099]) {
+    const rng = new Rng(4100 + n);
+    const u = f32ToBf16(rng.normal(n)), dA = f32ToBf16(rng.normal(n));
+    if (n > 3) u[1] = 0x8000, u[2] = 0, u[3] = 0xbf80; // -0, +0 (the kink), -1
+    const uf = bf16ToF32(u), df = bf16ToF32(dA);
+    const wantA = bf16Round(uf.map((x) => (x > 0 ? x * x : 0)));
+    const wantDu = bf16Round(uf.map((x, i) => (x > 0 ? 2 * x * df[i] : 0)));
+    const r = withTensors(be, {
+      u: { data: u, shape: [n], dtype: "bf16" },
+      dA: { data: dA, shape: [n], dtype: "bf16" },
+    }, {
+      a: { shape: [n], dtype: "bf16" },
+      du: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      be.k.mn_relu2_forward_bf16io(t.a.ptr, t.u.ptr, BigInt(n), be.stream);
+      be.k.mn_relu2_backward_bf16io(t.du.ptr, t.dA.ptr, t.u.ptr, BigInt(n), 0, be.stream);
+      // in place (the tape's use): du over dA
+      be.k.mn_relu2_backward_bf16io(t.dA.ptr, t.dA.ptr, t.u.ptr, BigInt(n), 0, be.stream);
+    });
+    compare(`relu2_forward_bf16io [${n}] (${name})`, r.a, wantA, EXACT);
+    compare(`relu2_backward_bf16io [${n}] (${name})`, r.du, wantDu, EXACT);
+    const inPlace = withTensors(be, { u: { data: u, shape: [n], dtype: "bf16" } }, {
+      d: { shape: [n], dtype: "bf16", init: dA },
+    }, (t) => be.k.mn_relu2_backward_bf16io(t.d.ptr, t.d.ptr, t.u.ptr, BigInt(n), 0, be.stream));
+    compare(`relu2_backward_bf16io in place [${n}] (${name})`, inPlace.d, wantDu, EXACT);
+  }
+  // a bf16 gradient has no sum to add to: any accumulate bit is an error, as are n and NULLs
+  withTensors(be, {}, { x: { shape: [4], dtype: "bf16" } }, (t) => {
+    const k = be.k, p = t.x.ptr, st = be.stream;
+    const cases: [() => unknown, RegExp][] = [
+      [() => k.mn_relu2_backward_bf16io(p, p, p, 4n, 1, st), /accumulate = 1/],
+      [() => k.mn_relu2_backward_bf16io(p, p, p, 4n, -1, st), /accumulate = -1/],
+      [() => k.mn_relu2_backward_bf16io(p, null, p, 4n, 0, st), /NULL pointer/],
+      [() => k.mn_relu2_backward_bf16io(p, p, p, 0n, 0, st), /n = 0/],
+      [() => k.mn_relu2_forward_bf16io(null, p, 4n, st), /NULL pointer/],
+      [() => k.mn_relu2_forward_bf16io(p, p, -2n, st), /n = -2/],
+    ];
+    for (const [fn, re] of cases) assert.throws(fn, re, `${name}: ${re}`);
+  });
+}
+Deno.test("relu2 bf16io: exact on cpu", () => relu2Bf16ioCheck(backend("cpu"), "cpu"));
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `relu2 bf16io: exact (${tname})`,
+    ignore: !tgt.run,
+    fn: () => relu2Bf16ioCheck(backend(tgt.name, tgt.variant), tname),
   });
 }
 

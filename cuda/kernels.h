@@ -130,6 +130,11 @@ MN_API int mn_embedding_backward(float* dwte, int32_t* idx, float* dout, int N, 
 /* LayerNorm with weight and bias [C]; mean, rstd [N] saved for backward */
 MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
                                 float* bias, int N, int C, float eps, void* stream);
+/* The same with out written in bf16 only (the next matmul's operand: mn_layernorm_forward then the
+ * cast, in one pass); mn_layernorm_backward reads inp, mean and rstd, not out. */
+MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, float* inp,
+                                     float* weight, float* bias, int N, int C, float eps,
+                                     void* stream);
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);
@@ -604,5 +609,12 @@ MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dou
 /* relu(x)^2 written as the bf16 operand of the next matmul (mn_relu2_forward then the cast, in one
  * pass); its backward is mn_relu2_backward on the fp32 input. */
 MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream);
+/* The MLP's relu^2 on its bf16 pre-activation (the c_fc GEMM's bf16 output): out = relu(inp)^2
+ * and dinp = 2 relu(inp) dout, each evaluated in fp32 and rounded once to bf16 (what autocast's
+ * bf16 relu().square() and its backward give, to one rounding). dinp may be dout (in place).
+ * dinp is bf16, so there is no sum to add to: accumulate must be 0 (else an error). */
+MN_API int mn_relu2_forward_bf16io(mn_bf16* out, mn_bf16* inp, int64_t n, void* stream);
+MN_API int mn_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, int64_t n,
+                                    int accumulate, void* stream);
 
 #endif /* MN_KERNELS_H */

@@ -5,6 +5,7 @@
 // dweight/dbias: reduce.cuh's two-stage column sums (a full grid of row tiles writes partials to
 // library scratch, a second pass adds them in tile order), so the result is deterministic.
 #include "common.cuh"
+#include "entry_checks.h"
 #include "reduce.cuh"
 
 // xhat = (x - mean) * rstd: the forward, dinp and the parameter gradients all use this one
@@ -19,13 +20,17 @@ static inline int norm_threads(int C) {
   return t > 256 ? 256 : t;
 }
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp,
-                                         const float* weight, const float* bias, int C,
-                                         float eps) {
+__device__ inline void ln_store(float* p, float v) { *p = v; }
+__device__ inline void ln_store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
+
+// T: float, or bf16 (the next matmul's operand, rounded once from the same fp32 value)
+template <typename T>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int C, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float* x = inp + row * C;
-  float* y = out + row * C;
+  T* y = out + row * C;
   float s = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) s += x[c];
   const float m = mn_block_sum(s, scratch) / C;
@@ -36,7 +41,7 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   }
   const float r = rsqrtf(mn_block_sum(v, scratch) / C + eps);
   for (int c = threadIdx.x; c < C; c += blockDim.x)
-    y[c] = ln_xhat(x[c], m, r) * weight[c] + bias[c];
+    ln_store(&y[c], ln_xhat(x[c], m, r) * weight[c] + bias[c]);
   if (threadIdx.x == 0) {
     mean[row] = m;
     rstd[row] = r;
@@ -124,11 +129,21 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
 MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
                                 float* bias, int N, int C, float eps, void* stream) {
   const char* fn = "layernorm_forward";
-  MN_REQUIRE(out && mean && rstd && inp && weight && bias, "%s: NULL pointer argument", fn);
-  NORM_SHAPE_CHECK(fn, N, C);
-  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
-  return mn_launch(fn, layernorm_forward_kernel, N, norm_threads(C), 0, stream, out, mean, rstd,
-                   (const float*)inp, (const float*)weight, (const float*)bias, C, eps);
+  if (int rc = mn_check_layernorm_forward(fn, out, mean, rstd, inp, weight, bias, N, C, eps))
+    return rc;
+  return mn_launch(fn, layernorm_forward_kernel<float>, N, norm_threads(C), 0, stream, out, mean,
+                   rstd, (const float*)inp, (const float*)weight, (const float*)bias, C, eps);
+}
+
+MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, float* inp,
+                                     float* weight, float* bias, int N, int C, float eps,
+                                     void* stream) {
+  const char* fn = "layernorm_forward_bf16";
+  if (int rc = mn_check_layernorm_forward(fn, out, mean, rstd, inp, weight, bias, N, C, eps))
+    return rc;
+  return mn_launch(fn, layernorm_forward_kernel<bf16>, N, norm_threads(C), 0, stream, (bf16*)out,
+                   mean, rstd, (const float*)inp, (const float*)weight, (const float*)bias, C,
+                   eps);
 }
 
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,

@@ -142,6 +142,60 @@ checkKernel({
   },
 });
 
+// The bf16-out forward (the next matmul's operand): on every backend exactly that backend's fp32
+// forward then the cast (one rounding of the same fp32 value), mean and rstd bit for bit; its
+// argument checks are the fp32 forward's.
+function layernormBf16Check(be: Backend, name: string) {
+  for (const { N, C } of configs) {
+    const rng = new Rng(5000 + N * C);
+    const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C);
+    const r = withTensors(be, lnInputs(x, w, b, N, C), {
+      ...lnOutputs(N, C),
+      cast: { shape: [N, C], dtype: "bf16" },
+      bf16: { shape: [N, C], dtype: "bf16" },
+      mean2: { shape: [N] },
+      rstd2: { shape: [N] },
+    }, (t) => {
+      lnForward(be, t, N, C);
+      be.k.mn_cast_f32_to_bf16(t.cast.ptr, t.out.ptr, BigInt(N * C), be.stream);
+      be.k.mn_layernorm_forward_bf16(
+        t.bf16.ptr,
+        t.mean2.ptr,
+        t.rstd2.ptr,
+        t.x.ptr,
+        t.w.ptr,
+        t.b.ptr,
+        N,
+        C,
+        EPS,
+        be.stream,
+      );
+    });
+    const l = `layernorm_forward_bf16 [${N},${C}] (${name})`;
+    compare(`${l} out`, r.bf16, r.cast, EXACT);
+    compare(`${l} mean`, r.mean2, r.mean, EXACT);
+    compare(`${l} rstd`, r.rstd2, r.rstd, EXACT);
+  }
+  withTensors(be, {}, { a: { shape: [8], dtype: "bf16" }, s: { shape: [8] } }, (t) => {
+    const k = be.k, a = t.a.ptr, f = t.s.ptr, st = be.stream;
+    const cases: [() => unknown, RegExp][] = [
+      [() => k.mn_layernorm_forward_bf16(a, f, null, f, f, f, 2, 4, EPS, st), /NULL pointer/],
+      [() => k.mn_layernorm_forward_bf16(a, f, f, f, f, f, 0, 4, EPS, st), /bad shape N = 0/],
+      [() => k.mn_layernorm_forward_bf16(a, f, f, f, f, f, 2, 4, -1, st), /eps = -1 must/],
+    ];
+    for (const [fn, re] of cases) {
+      assert.throws(fn, new RegExp("layernorm_forward_bf16: .*" + re.source), `${name}: ${re}`);
+    }
+  });
+}
+for (const name of ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `layernorm_forward_bf16: the fp32 forward then the cast, bit for bit (${name})`,
+    ignore: name === "cuda" && !HAS_GPU,
+    fn: () => layernormBf16Check(backend(name, name === "emu" ? VARIANT : ""), name),
+  });
+}
+
 // Backward: statistics come from the cpu's forward on both backends (the same saved mean/rstd,
 // as in training). Grads start non-zero and backward runs twice (+= semantics). dweight/dbias sum
 // up to 2 x 64 rows of O(1..10) terms in another fp32 order than the double reference (measured

@@ -139,13 +139,30 @@ MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dou
   return 0;
 }
 
+// relu(x)^2 and 2 relu(x) dout in fp32, rounded once to bf16
+static inline float relu2_ref(float x) {
+  const float r = x > 0.0f ? x : 0.0f;
+  return r * r;
+}
+
 MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
-  const char* fn = "relu2_forward_bf16";
-  MN_REQUIRE(out && inp, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_elementwise("relu2_forward_bf16", out && inp, n)) return rc;
+  for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(relu2_ref(inp[i]));
+  return 0;
+}
+
+MN_API int mn_relu2_forward_bf16io(mn_bf16* out, mn_bf16* inp, int64_t n, void*) {
+  if (int rc = mn_check_elementwise("relu2_forward_bf16io", out && inp, n)) return rc;
+  for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(relu2_ref(bf16_to_f32(inp[i])));
+  return 0;
+}
+
+MN_API int mn_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, int64_t n,
+                                    int accumulate, void*) {
+  if (int rc = mn_check_relu2_backward_bf16io(dinp, dout, inp, n, accumulate)) return rc;
   for (int64_t i = 0; i < n; i++) {
-    const float r = inp[i] > 0.0f ? inp[i] : 0.0f;
-    out[i] = f32_to_bf16(r * r);
+    const float x = bf16_to_f32(inp[i]);
+    dinp[i] = f32_to_bf16(2.0f * (x > 0.0f ? x : 0.0f) * bf16_to_f32(dout[i]));
   }
   return 0;
 }

@@ -3,18 +3,19 @@
 //              y = (x - mu) * rstd * w + b
 //   RMSNorm:   rstd = 1/sqrt(mean(x^2) + eps), y = x * rstd
 #include "cpu_common.h"
+#include "../entry_checks.h"
 
 static int check_shape(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
   return 0;
 }
 
-MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
-                                float* bias, int N, int C, float eps, void*) {
-  const char* fn = "layernorm_forward";
-  MN_REQUIRE(out && mean && rstd && inp && weight && bias, "%s: NULL pointer argument", fn);
-  if (int rc = check_shape(fn, N, C)) return rc;
-  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+// out: float or mn_bf16 (rounded once from the fp32 value the fp32 forward writes)
+template <typename T>
+static int layernorm_forward(const char* fn, T* out, float* mean, float* rstd, float* inp,
+                             float* weight, float* bias, int N, int C, float eps) {
+  if (int rc = mn_check_layernorm_forward(fn, out, mean, rstd, inp, weight, bias, N, C, eps))
+    return rc;
 #pragma omp parallel for if ((int64_t)N * C > 100000)
   for (int i = 0; i < N; i++) {
     const float* x = inp + (int64_t)i * C;
@@ -25,12 +26,27 @@ MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp
     for (int c = 0; c < C; c++) var += (x[c] - mu) * (x[c] - mu);
     var /= C;
     double rs = 1.0 / std::sqrt(var + (double)eps);
-    float* y = out + (int64_t)i * C;
-    for (int c = 0; c < C; c++) y[c] = (float)((x[c] - mu) * rs * weight[c] + bias[c]);
+    T* y = out + (int64_t)i * C;
+    for (int c = 0; c < C; c++) {
+      const float v = (float)((x[c] - mu) * rs * weight[c] + bias[c]);
+      if constexpr (sizeof(T) == 2) y[c] = f32_to_bf16(v);
+      else y[c] = v;
+    }
     mean[i] = (float)mu;
     rstd[i] = (float)rs;
   }
   return 0;
+}
+
+MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp, float* weight,
+                                float* bias, int N, int C, float eps, void*) {
+  return layernorm_forward("layernorm_forward", out, mean, rstd, inp, weight, bias, N, C, eps);
+}
+
+MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, float* inp,
+                                     float* weight, float* bias, int N, int C, float eps, void*) {
+  return layernorm_forward("layernorm_forward_bf16", out, mean, rstd, inp, weight, bias, N, C,
+                           eps);
 }
 
 // With xhat = (x - mean) * rstd and g = dout * w (the gradient reaching xhat):

@@ -1,0 +1,189 @@
+// The fused MLP tape op mlpRelu2 (cuda/fused_ops.ts: c_fc -> relu^2 -> c_proj with bf16 u, a and
+// their gradients) against the generic composition matmul, relu2, matmul on the graph's bf16
+// precision, on cpu and emu; and the tape's first-write convention through it: the input's
+// gradient overwritten when the op is its first writer, added to when another op wrote it first,
+// the parameters' gradients added to what they hold; a second step (stale pool buffers) gives the
+// same bits, with no activation-gradient memset. And layernormOperand (ln2's bf16-only output)
+// into it: the same bits as Graph.layernorm.
+import assert from "node:assert/strict";
+import { Graph, Param, type Var } from "./autograd.ts";
+import type { Backend } from "./backend.ts";
+import { layernormOperand, mlpRelu2 } from "./fused_ops.ts";
+import { backend, maxAbs, maxAbsDiff, Rng, SEED } from "./test/harness.ts";
+
+const N = 74, C = 24, Hd = 84; // rows [2, 37]; hidden 3.5 C (the RWKV MLP)
+/** which op writes x's gradient first in backward: the MLP (overwrite) or a tanh of x (then the
+ * MLP adds) */
+type Order = "mlp-first" | "tanh-first";
+
+interface Result {
+  out: Float32Array;
+  dX: Float32Array;
+  dWfc: Float32Array;
+  dWproj: Float32Array;
+  memsets: number;
+}
+
+/** One step: x = tanh(X); s = mlp(x) + tanh(x) with upstream gradient dy; X, Wfc, Wproj's
+ * gradients start at g0 (added to). Run twice on one graph: the second from stale pool buffers. */
+function run(
+  be: Backend,
+  fused: boolean,
+  order: Order,
+  seed: number,
+): { steps: Result[]; g0: Float32Array[] } {
+  const rng = new Rng(seed);
+  const up = (a: Float32Array, shape: number[]) => be.upload(a, shape);
+  const X = new Param(be, "X", up(rng.normal(N * C), [2, 37, C]));
+  const s = 1 / Math.sqrt(C);
+  const Wfc = new Param(be, "Wfc", up(rng.uniform(Hd * C, -s, s), [Hd, C]));
+  const Wproj = new Param(be, "Wproj", up(rng.uniform(C * Hd, -s, s), [C, Hd]));
+  const dy = up(rng.normal(N * C), [2, 37, C]);
+  const g0 = [X, Wfc, Wproj].map((p) => rng.uniform(p.numel, -0.5, 0.5));
+  const g = new Graph(be); // precision bf16
+  const mlp = (x: Var) =>
+    fused
+      ? mlpRelu2(g, x, g.param(Wfc), g.param(Wproj))
+      : g.matmul(g.relu2(g.matmul(x, g.param(Wfc), true)), g.param(Wproj), true);
+  const step = (): Result => {
+    [X, Wfc, Wproj].forEach((p, i) => be.write(p.grad, g0[i]));
+    const x = g.tanh(g.param(X));
+    let m: Var, t: Var;
+    // the op recorded last runs its backward first
+    if (order === "mlp-first") t = g.tanh(x), m = mlp(x);
+    else m = mlp(x), t = g.tanh(x);
+    const out = g.add(m, t);
+    be.k.mn_memcpy_d2d(g.grad(out), dy.ptr, BigInt(dy.nbytes), be.stream);
+    const o = be.downloadF32(m.t);
+    g.backward();
+    g.release();
+    return {
+      out: o,
+      dX: be.downloadF32(X.grad),
+      dWfc: be.downloadF32(Wfc.grad),
+      dWproj: be.downloadF32(Wproj.grad),
+      memsets: g.gradMemsets,
+    };
+  };
+  try {
+    return { steps: [step(), step()], g0 };
+  } finally {
+    for (const p of [X, Wfc, Wproj]) {
+      be.free(p.data);
+      be.free(p.grad);
+    }
+    be.free(dy);
+  }
+}
+
+// max |fused - generic| / max |generic's change| per output (MN_MLP_SWEEP: seeds 1000..1299 on
+// cpu, 1000..1059 on emu, both orders): worst 0.0079 (out), 0.0025 (dX), 0.0068 (dWfc), 0.0092
+// (dWproj). The fused path rounds u, dA and du to bf16 where the generic one keeps them fp32, so
+// a few bf16 ulps (2^-8 = 0.0039 relative) is the scale. Bound 0.03: over three times the worst.
+// An op that overwrote a gradient it should add to loses g0 or the tanh's term (|g0| ~ the
+// change), one that added to a stale buffer changes the second step: both fail.
+const REL = 0.03;
+const KEYS = ["out", "dX", "dWfc", "dWproj"] as const;
+
+function check(be: Backend, name: string, order: Order, seed: number) {
+  const fused = run(be, true, order, seed), generic = run(be, false, order, seed);
+  const [f1, f2] = fused.steps, [u1] = generic.steps;
+  const errs: Record<string, number> = {};
+  KEYS.forEach((k, i) => {
+    // the scale: what this step added (the gradients start at g0), or the output itself
+    const g0 = i ? generic.g0[i - 1] : null;
+    const change = g0 ? u1[k].map((v, j) => v - g0[j]) : u1[k];
+    errs[k] = maxAbsDiff(f1[k], u1[k]) / maxAbs(change);
+    if (!(errs[k] <= REL)) {
+      throw new Error(`${name} ${order} ${k}: fused vs generic ${errs[k]} > ${REL} (seed ${seed})`);
+    }
+    assert.deepEqual(f2[k], f1[k], `${name} ${order} ${k}: the second step differs (seed ${seed})`);
+  });
+  assert.equal(f1.memsets, 1, `${name}: memsets besides the test's own (the output gradient)`);
+  assert.equal(f2.memsets, 2, `${name}: memsets on the second step`);
+  return errs;
+}
+
+const SWEEP = Number(Deno.env.get("MN_MLP_SWEEP") ?? 0); // > 0: print the worst of that many seeds
+for (const name of ["cpu", "emu"] as const) {
+  for (const order of ["mlp-first", "tanh-first"] as Order[]) {
+    Deno.test(`mlpRelu2: fused vs generic bf16 MLP, first write and accumulate (${name}, ${order})`, () => {
+      const be = backend(name);
+      if (!SWEEP) return void check(be, name, order, SEED);
+      const worst: Record<string, number> = {};
+      for (let s = 0; s < SWEEP; s++) {
+        const e = check(be, name, order, SEED + s);
+        for (const k of KEYS) worst[k] = Math.max(worst[k] ?? 0, e[k]);
+      }
+      console.log(name, order, JSON.stringify(worst));
+    });
+  }
+}
+
+// emu against the cpu reference on the fused path (their GEMMs sum in different orders, so a bf16
+// rounding of u, a, dA or du may differ by one ulp): the same bound
+Deno.test("mlpRelu2: emu vs cpu", () => {
+  const worst: Record<string, number> = {};
+  for (let s = 0; s < Math.max(SWEEP, 1); s++) {
+    const c = run(backend("cpu"), true, "mlp-first", SEED + s).steps[0];
+    const e = run(backend("emu"), true, "mlp-first", SEED + s).steps[0];
+    for (const k of KEYS) {
+      const err = maxAbsDiff(e[k], c[k]) / maxAbs(c[k]);
+      assert.ok(err <= REL, `${k}: emu vs cpu ${err} > ${REL} (seed ${SEED + s})`);
+      worst[k] = Math.max(worst[k] ?? 0, err);
+    }
+  }
+  if (SWEEP) console.log("emu vs cpu", JSON.stringify(worst));
+});
+
+// the f32 path is the generic composition (finite-difference checks run on it): the same bits
+Deno.test("mlpRelu2: precision f32 is matmul, relu2, matmul", () => {
+  const be = backend("cpu"), rng = new Rng(SEED);
+  const X = be.upload(rng.normal(N * C), [N, C]);
+  const Wfc = new Param(be, "Wfc", be.upload(rng.normal(Hd * C), [Hd, C]));
+  const Wproj = new Param(be, "Wproj", be.upload(rng.normal(C * Hd), [C, Hd]));
+  const g = new Graph(be);
+  g.precision = "f32";
+  const x = g.input(X), a = g.param(Wfc), b = g.param(Wproj);
+  const fused = be.downloadF32(mlpRelu2(g, x, a, b).t);
+  const generic = be.downloadF32(g.matmul(g.relu2(g.matmul(x, a, true)), b, true).t);
+  assert.deepEqual(fused, generic);
+  g.release();
+});
+
+// layernormOperand (the RWKV trainers' ln2 before the MLP): the operand Graph.layernorm then the
+// cast gives, bit for bit, so the MLP's output and every gradient (x, w, b, Wfc, Wproj) are the
+// same bits as through Graph.layernorm; and it keeps no fp32 [N, C] output.
+for (const name of ["cpu", "emu"] as const) {
+  Deno.test(`layernormOperand: same bits as Graph.layernorm into the fused MLP (${name})`, () => {
+    const be = backend(name), rng = new Rng(SEED);
+    const mk = (n: string, shape: number[], a: Float32Array) =>
+      new Param(be, n, be.upload(a, shape));
+    const X = mk("X", [N, C], rng.normal(N * C));
+    const w = mk("w", [C], rng.uniform(C, 0.5, 1.5)), b = mk("b", [C], rng.uniform(C, -0.2, 0.2));
+    const s = 1 / Math.sqrt(C);
+    const Wfc = mk("Wfc", [Hd, C], rng.uniform(Hd * C, -s, s));
+    const Wproj = mk("Wproj", [C, Hd], rng.uniform(C * Hd, -s, s));
+    const dy = be.upload(rng.normal(N * C), [N, C]);
+    const params = [X, w, b, Wfc, Wproj];
+    const run = (fused: boolean) => {
+      const g = new Graph(be);
+      for (const p of params) p.zeroGrad();
+      const x = g.tanh(g.param(X)); // an activation: its gradient is first written by layernorm
+      const [pw, pb] = [g.param(w), g.param(b)];
+      const h = fused ? layernormOperand(g, x, pw, pb) : g.layernorm(x, pw, pb);
+      assert.equal(h.t.dtype, fused ? "bf16" : "f32");
+      const y = mlpRelu2(g, h, g.param(Wfc), g.param(Wproj));
+      be.k.mn_memcpy_d2d(g.grad(y), dy.ptr, BigInt(dy.nbytes), be.stream);
+      const out = be.downloadF32(y.t);
+      g.backward();
+      g.release();
+      return [out, ...params.map((p) => be.downloadF32(p.grad))];
+    };
+    const [f, u] = [run(true), run(false)];
+    f.forEach((v, i) => {
+      assert.ok(v.some((e) => e !== 0), `${name}: output ${i} is all zero`);
+      assert.deepEqual(v, u[i], `${name}: output ${i} (0: y, then X, w, b, Wfc, Wproj grads)`);
+    });
+  });
+}
