@@ -240,18 +240,21 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
   });
 }
 
-/** The fused time-mixing kernels and bf16 logits (the default) against the generic-op composition
- * with fp32 logits (--unfused), the same weights and batch on cpu: on the f32 path (where both
- * take fp32 logits) they differ only in rounding order; on the bf16 path also in the logits' bf16
- * rounding (most of the difference) and in bf16 operands that round the other way now and then (a
- * flipped operand spreads). Bounds on the loss and on every gradient tensor's normwise relative
- * difference from seeds 1-30 on cpu (2026-12-05), figures in brackets: worst, median; each bound
- * >= 2x the worst. */
+/** The fused time-mixing kernels, MLP and bf16 logits (the default) against the generic-op
+ * composition with fp32 logits (--unfused), the same weights and batch on cpu: on the f32 path
+ * (where both take fp32 logits and the generic MLP) they differ only in rounding order; on the bf16
+ * path also in what the fused path keeps in bf16 as the original's autocast does and the generic
+ * ops in fp32: the logits, the MLP's pre-activation, relu^2 and their gradients (most of the
+ * difference: two roundings of the model are compared), and in bf16 operands that round the other
+ * way now and then (a flipped operand spreads). Bounds on the loss and on every gradient tensor's
+ * normwise relative difference from seeds on cpu (tools/fused_sweep.ts rwkv6), figures in brackets:
+ * worst (seed), median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
-  // [tensors 2.8e-6, 1.2e-6; loss 1.2e-8, 3.5e-9]
+  // seeds 1-30 (2026-12-05) [tensors 2.8e-6, 1.2e-6; loss 1.2e-8, 3.5e-9]
   { label: "f32", flags: TINY, precision: "f32" as const, tol: 6e-6, lossTol: 3e-8 },
-  // [tensors 7.8e-3, 6.1e-3; loss 4.8e-5, 1.4e-5]
-  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 2e-2, lossTol: 1e-4 },
+  // seeds 1-30 x OpenBLAS default/Haswell, with the bf16 MLP (2026-12-05) [tensors 8.2e-2 (18:
+  // time_faaaa), 2.4e-2; loss 2.04e-4 (17), 7.2e-5]; before it [tensors 7.8e-3; loss 4.8e-5]
+  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 0.17, lossTol: 4.5e-4 },
 ];
 /** the fused entry points the default path must call once per layer, and --unfused never */
 const FUSED_ENTRIES = [

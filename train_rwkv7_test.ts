@@ -143,16 +143,17 @@ export const FUSED_CHECKS = [
     smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // seeds 1-60 x OpenBLAS default/Haswell (2026-12-05) [tensors 1.18e-2 (9), 9.5e-3; scalars
-  // 5.5e-2 (24), 6.0e-3; loss 6.0e-5 (33), 2.1e-5]. Before the bf16 MLP (seeds 1-30, 2026-12-04):
-  // [tensors 3.0e-3, 4.1e-5; scalars 3.1e-4, 4.7e-7; loss 1.0e-6]
+  // seeds 1-30 x OpenBLAS default/Haswell (2026-12-05, every bf16 value of the fused path in)
+  // [tensors 1.20e-2 (11), 1.05e-2; scalars 7.14e-2 (19), 6.6e-3; loss 6.57e-5 (21), 1.75e-5].
+  // Before the bf16 MLP and LoRA outputs (seeds 1-30, 2026-12-04): [tensors 3.0e-3, 4.1e-5;
+  // scalars 3.1e-4, 4.7e-7; loss 1.0e-6]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
     tol: 2.5e-2,
-    smallTol: 1.2e-1,
-    lossTol: 1.2e-4,
+    smallTol: 0.15,
+    lossTol: 1.5e-4,
   },
 ];
 /** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the

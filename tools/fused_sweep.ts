@@ -1,9 +1,9 @@
-// Seed sweep of the trainers' fused-vs---unfused checks (FUSED_CHECKS of train_gpt2_test.ts and
-// train_rwkv7_test.ts), to set their bounds from data: per check, the worst normwise relative
+// Seed sweep of the trainers' fused-vs---unfused checks (FUSED_CHECKS of train_gpt2_test.ts,
+// train_rwkv7_test.ts and train_rwkv6_test.ts), to set their bounds from data: per check, the worst normwise relative
 // gradient difference over the large tensors and the small ones (<= SMALL_TENSOR elements), and
 // the loss difference, with the seed of each worst and the median of the per-seed worst.
 //
-//   deno run -A tools/fused_sweep.ts gpt2|rwkv7 [--seeds 1-20] [--be cpu|emu] [--precision bf16]
+//   deno run -A tools/fused_sweep.ts gpt2|rwkv7|rwkv6 [--seeds 1-20] [--be cpu|emu] [--precision bf16]
 import { parseArgs } from "node:util";
 import { backendDifference, SMALL_TENSOR, tinyLossAndGrads } from "../cuda/test/trainer_harness.ts";
 
@@ -28,7 +28,11 @@ if (which === "gpt2") {
   trainer = await import("../train_rwkv7.ts");
   const t = await import("../train_rwkv7_test.ts");
   checks = t.FUSED_CHECKS.map((c) => ({ be: "cpu", precision: c.precision, flags: c.flags }));
-} else throw new Error("usage: fused_sweep.ts gpt2|rwkv7 [--seeds a-b] [--be cpu|emu]");
+} else if (which === "rwkv6") {
+  trainer = await import("../train_rwkv6.ts");
+  const t = await import("../train_rwkv6_test.ts");
+  checks = t.FUSED_CHECKS.map((c) => ({ be: "cpu", precision: c.precision, flags: c.flags }));
+} else throw new Error("usage: fused_sweep.ts gpt2|rwkv7|rwkv6 [--seeds a-b] [--be cpu|emu]");
 for (const c of checks) {
   if (c.precision !== values.precision || (values.be && c.be !== values.be)) continue;
   const rows: {
