@@ -204,6 +204,17 @@ function sameShape(what: string, a: readonly number[], b: readonly number[]) {
     throw new Error(`${what}: shapes [${a.join(",")}] and [${b.join(",")}] differ`);
   }
 }
+/** The mixes' arguments: `count` values m_j shaped as x and as many parameter vectors of C */
+function checkMixes(op: string, x: Var, m: Var[], maa: Var[], count: number) {
+  if (m.length !== count || maa.length !== count) {
+    throw new Error(`${op}: ${count} m and ${count} maa, got ${m.length} and ${maa.length}`);
+  }
+  m.forEach((mj) => sameShape(op, x.shape, mj.shape));
+  const C = x.shape[x.shape.length - 1];
+  for (const p of maa) {
+    if (p.t.numel !== C) throw new Error(`${op}: maa has ${p.t.numel} elements, not ${C}`);
+  }
+}
 /** A gradient an fp32 kernel may add into: a bf16 one (gradSinksBf16) had a single writer. */
 function fp32Grad(g: Tensor): Tensor {
   if (g.dtype !== "f32") {
@@ -617,12 +628,16 @@ export class Graph {
     );
   }
 
-  /** nn.LayerNorm over the last dimension */
-  layernorm(x: Var, w: Var, b: Var, eps = 1e-5): Var {
+  /** nn.LayerNorm over the last dimension; with outBf16 (on the bf16 path) written only as the
+   * next matmul's bf16 operand (mn_layernorm_forward_bf16: the backward reads x, mean and rstd,
+   * not the output), bit for bit the fp32 output's cast */
+  layernorm(x: Var, w: Var, b: Var, eps = 1e-5, outBf16 = false): Var {
     const [N, C] = rowsCols(x);
-    const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd");
-    const out = this.out(x.shape, "layernorm");
-    this.k.mn_layernorm_forward(
+    const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd"); // [N] fp32
+    const bf16 = outBf16 && this.precision === "bf16";
+    const out = this.out(x.shape, "layernorm", bf16 ? "bf16" : "f32");
+    const fwd = bf16 ? this.k.mn_layernorm_forward_bf16 : this.k.mn_layernorm_forward;
+    fwd(
       out.ptr,
       mean.ptr,
       rstd.ptr,
@@ -998,11 +1013,7 @@ export class Graph {
    */
   rwkv7Mix4(x: Var, m: Var[], maa: Var[]): Var[] {
     const [B, T, C] = x.shape;
-    if (m.length !== 4 || maa.length !== 4) throw new Error("rwkv7Mix4: four m and four maa");
-    m.forEach((mj) => sameShape("rwkv7Mix4", x.shape, mj.shape));
-    for (const p of maa) {
-      if (p.t.numel !== C) throw new Error(`rwkv7Mix4: maa has ${p.t.numel} elements, not ${C}`);
-    }
+    checkMixes("rwkv7Mix4", x, m, maa, 4);
     const dt = this.operandDtype();
     const mBf16 = m[0].t.dtype === "bf16";
     if (m.some((mj) => (mj.t.dtype === "bf16") !== mBf16 || mj.t.dtype === "i32")) {
@@ -1229,11 +1240,7 @@ export class Graph {
    */
   rwkv6Mix5(x: Var, m: Var[], maa: Var[]): Var[] {
     const [B, T, C] = x.shape;
-    if (m.length !== 5 || maa.length !== 5) throw new Error("rwkv6Mix5: five m and five maa");
-    m.forEach((mj) => sameShape("rwkv6Mix5", x.shape, mj.shape));
-    for (const p of maa) {
-      if (p.t.numel !== C) throw new Error(`rwkv6Mix5: maa has ${p.t.numel} elements, not ${C}`);
-    }
+    checkMixes("rwkv6Mix5", x, m, maa, 5);
     const dt = this.operandDtype();
     const outs = [0, 1, 2, 3, 4].map(() => this.out(x.shape, "mix5", dt));
     const ptrs = (vs: Var[]) => vs.map((v) => v.t.ptr);

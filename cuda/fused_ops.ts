@@ -198,46 +198,10 @@ export function lmHeadLossBf16(
   return losses;
 }
 
-/**
- * nn.LayerNorm over the last dimension (Graph.layernorm; w, b [C]) written only as the next
- * matmul's operand: bf16, in one pass (the fp32 output is not needed: the backward reads x, mean
- * and rstd). Bit for bit Graph.layernorm then the operand's cast. The "f32" path is
- * Graph.layernorm.
- */
+/** nn.LayerNorm (w, b [C]) written only as the next matmul's bf16 operand: Graph.layernorm with
+ * outBf16 (the "f32" path: fp32) */
 export function layernormOperand(g: Graph, x: Var, w: Var, b: Var, eps = 1e-5): Var {
-  if (g.precision === "f32") return g.layernorm(x, w, b, eps);
-  const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
-  const mean = g.out([N], "ln.mean"), rstd = g.out([N], "ln.rstd"); // [N] fp32
-  const out = g.out(x.shape, "layernorm.bf16", "bf16"); // x's shape, bf16
-  g.k.mn_layernorm_forward_bf16(
-    out.ptr,
-    mean.ptr,
-    rstd.ptr,
-    x.t.ptr,
-    w.t.ptr,
-    b.t.ptr,
-    N,
-    C,
-    eps,
-    g.s,
-  );
-  return g.node(out, [x, w, b], (y) => {
-    const [[dx, dw, db], acc] = g.grads(x, w, b);
-    g.k.mn_layernorm_backward(
-      dx,
-      dw,
-      db,
-      y.g.ptr,
-      x.t.ptr,
-      w.t.ptr,
-      mean.ptr,
-      rstd.ptr,
-      N,
-      C,
-      acc,
-      g.s,
-    );
-  });
+  return g.layernorm(x, w, b, eps, true);
 }
 
 /** C [M, N] = A [M, K] @ op(B) written in bf16 (mn_gemm_bf16 with a bf16 C; fp32 accumulation) */
