@@ -247,6 +247,10 @@ export class Graph {
   private consts = new Map<number, Tensor>();
   /** gradient buffers this graph took from its pool (only those may be handed on by passGrad) */
   private pooledGrads = new WeakSet<Tensor>();
+  /** A gradient buffer handed to several values at once (add's backward: the identity to both
+   * inputs) is shared until all but one holder have dropped it or copied it before writing:
+   * each holder's view of it maps to one record, `holders` counting the views still held. */
+  private sharedGrads = new WeakMap<Tensor, { holders: number }>();
   /** memsets of activation gradients so far (the fallbacks of grad() and grads(); 0 in the models) */
   gradMemsets = 0;
   readonly k: Backend["k"];
@@ -282,7 +286,8 @@ export class Graph {
    * the whole gradient use grads() instead. */
   grad(v: Var): Deno.PointerValue {
     if (!v.requiresGrad) return null;
-    if (!v.g) {
+    if (v.g) this.ownGrad(v);
+    else {
       this.takeGrad(v);
       this.be.mark(GRAD_MEMSET_MARK);
       this.k.mn_memset(v.g!.ptr, 0, BigInt(v.g!.nbytes), this.s);
@@ -314,7 +319,11 @@ export class Graph {
     return this.gradsOf(vs, true);
   }
   private gradsOf(vs: (Var | null)[], inOrder: boolean): [Deno.PointerValue[], number] {
-    for (const v of vs) if (v?.g) fp32Grad(v.g);
+    for (const v of vs) {
+      if (!v?.g) continue;
+      fp32Grad(v.g);
+      if (v.requiresGrad) this.ownGrad(v); // an add: v's own buffer
+    }
     let acc = 0;
     const ptrs = vs.map((v, i) => {
       if (!v || !v.requiresGrad) return null;
@@ -341,7 +350,7 @@ export class Graph {
       throw new Error(`passGrad: ${y.g} does not fit the gradient of ${x.t}`);
     }
     if (x.g) {
-      this.k.mn_axpy(x.g.ptr, 1, y.g.ptr, x.t.n, this.s);
+      this.k.mn_axpy(this.ownGrad(x).ptr, 1, y.g.ptr, x.t.n, this.s);
     } else if (adopt && this.pooledGrads.has(y.g)) {
       const t = y.g.view(x.shape, "grad");
       this.pooledGrads.add(t);
@@ -359,7 +368,7 @@ export class Graph {
    */
   gradSink(v: Var): [Deno.PointerValue, boolean] {
     if (!v.requiresGrad) return [this.out(v.shape, "unused.grad").ptr, false];
-    if (v.g) return [fp32Grad(v.g).ptr, true];
+    if (v.g) return [fp32Grad(this.ownGrad(v)).ptr, true];
     return [this.takeGrad(v).ptr, false];
   }
   /**
@@ -382,10 +391,48 @@ export class Graph {
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
     return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
   }
-  /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool. */
+  /**
+   * Hands y.g to every x in xs (an identity backward with several inputs, none holding a gradient
+   * yet) without a copy: they share the buffer until a writer adds into one of them (ownGrad
+   * copies first while another holder remains). In a residual block x + f(x) the branch's
+   * producer reads its gradient before anything adds into x's (x's other consumers were recorded
+   * before the branch existed), so the copy add() used to make is not needed at all. false (nothing
+   * done) when y.g is not this graph's to hand on.
+   */
+  shareGrad(xs: Var[], y: Var & { g: Tensor }): boolean {
+    if (!this.pooledGrads.has(y.g) || y.g.dtype !== "f32") return false;
+    if (xs.some((x) => !x.requiresGrad || x.g || x.t.numel !== y.g.numel)) return false;
+    const rec = this.sharedGrads.get(y.g) ?? { holders: 1 };
+    rec.holders += xs.length - 1; // y's hold passes to the first
+    for (const x of xs) {
+      const t = y.g.view(x.shape, "grad");
+      this.pooledGrads.add(t);
+      this.sharedGrads.set(t, rec);
+      x.g = t;
+    }
+    y.g = null as unknown as Tensor;
+    return true;
+  }
+  /** v's gradient buffer for a writer that adds into it: if shared with another holder, v gets
+   * its own copy first (the others keep theirs). */
+  private ownGrad(v: Var): Tensor {
+    const g = v.g!;
+    const rec = this.sharedGrads.get(g);
+    if (!rec) return g;
+    this.sharedGrads.delete(g);
+    if (rec.holders === 1) return g;
+    rec.holders--;
+    const own = this.takeGrad(v);
+    this.k.mn_memcpy_d2d(own.ptr, g.ptr, BigInt(g.nbytes), this.s);
+    return own;
+  }
+  /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool,
+   * once no other value shares it. */
   dropGrad(v: Var) {
     if (v.g && !v.param) {
-      this.pool.give(v.g);
+      const rec = this.sharedGrads.get(v.g);
+      if (rec) this.sharedGrads.delete(v.g);
+      if (!rec || --rec.holders === 0) this.pool.give(v.g);
       v.g = null;
     }
   }
@@ -495,6 +542,7 @@ export class Graph {
         else this.k.mn_scale(da, y.g.ptr, 2, a.t.n, this.s);
         return;
       }
+      if (this.shareGrad([a, b], y)) return;
       // the identity to both: a new gradient takes y.g over, so the one to hand it is the last
       const first = !a.g && b.g ? b : a, second = first === a ? b : a;
       this.passGrad(first, y, !second.requiresGrad);

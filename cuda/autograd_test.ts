@@ -83,6 +83,51 @@ Deno.test("autograd: a value used twice gets the sum of both gradients (accumula
   g.release();
 });
 
+Deno.test("autograd: add hands its gradient to both inputs uncopied; a later writer into one copies it first", () => {
+  // z = (a + b) + c, a = tanh(pa), b = tanh(pb), c = a * pc recorded between b and a + b:
+  // backward shares dz among a + b and c, then among a and b; c's backward then adds into a's
+  // gradient while b's producer has yet to read the shared values, so a must get its own copy
+  // first (else b's gradient would carry pc too)
+  const n = 5, rng = new Rng(3);
+  const build = (be: ReturnType<typeof backend>, withC: boolean) => {
+    const g = new Graph(be);
+    const ps = ["pa", "pb", "pc"].map((name) =>
+      new Param(be, name, be.upload(rng.uniform(n), [n]))
+    );
+    const [a, b] = [g.tanh(g.param(ps[0])), g.tanh(g.param(ps[1]))];
+    const c = withC ? g.mul(a, g.param(ps[2])) : null;
+    const y = g.add(a, b);
+    const z = c ? g.add(y, c) : y;
+    g.grad(z); // zeros, then ones written below
+    be.k.mn_fill(g.grad(z), 1, n, be.stream);
+    return { g, ps };
+  };
+  const be = backend("cpu");
+  const { g, ps } = build(be, true);
+  g.backward();
+  const [pa, pb, pc] = ps.map((p) => be.downloadF32(p.data));
+  const [ga, gb, gc] = ps.map((p) => be.downloadF32(p.grad));
+  g.release();
+  for (let i = 0; i < n; i++) {
+    const [ta, tb] = [Math.tanh(pa[i]), Math.tanh(pb[i])];
+    assert.ok(Math.abs(ga[i] - (1 + pc[i]) * (1 - ta * ta)) < 1e-6, `pa.grad[${i}]`);
+    assert.ok(Math.abs(gb[i] - (1 - tb * tb)) < 1e-6, `pb.grad[${i}]`);
+    assert.ok(Math.abs(gc[i] - ta) < 1e-6, `pc.grad[${i}]`);
+  }
+  // the copies backward makes (dry backend: calls recorded, not run): none when nothing writes
+  // into a shared gradient, one when c's backward does
+  for (const [withC, copies] of [[false, 0], [true, 1]] as const) {
+    const dry = backend("dry");
+    const { g } = build(dry, withC);
+    const before = dry.trace!.events.length;
+    g.backward();
+    const memcpy = dry.trace!.functions.indexOf("mn_memcpy_d2d");
+    const made = dry.trace!.events.slice(before).filter((e) => "c" in e && e.c === memcpy);
+    assert.equal(made.length, copies, `copies with c: ${withC}`);
+    g.release();
+  }
+});
+
 Deno.test("autograd: GradAccumulator adds each later micro-step's whole gradient to p.grad, in order", () => {
   // An embedding backward sums many rows into one token's gradient: letting micro-step 2 add into
   // micro-step 1's sums rounds differently from computing it alone and adding it once (PyTorch's
