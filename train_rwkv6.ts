@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { layernormOperand, lmHeadLossBf16, mlpRelu2 } from "./cuda/fused_ops.ts";
+import { lmHeadLossBf16, mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -426,14 +426,20 @@ export class Model {
     let x = g.axpby(a.emb_scale, emb, 0, emb); // x * emb_scale
     for (let l = 0; l < a.n_layer; l++) {
       const b = `transformer.h.${l}.`;
-      x = g.add(x, this.timeMix(g, l, g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias"))));
+      const att = this.timeMix(g, l, g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias")));
       const [ln2w, ln2b] = [P(b + "ln2.weight"), P(b + "ln2.bias")];
       const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
-      // fused: ln2 written as the bf16 operand only; bf16 pre-activation, relu^2 and their
-      // gradients (the generic ops on "f32")
-      const mlp = a.unfused
-        ? g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true)
-        : mlpRelu2(g, layernormOperand(g, x, ln2w, ln2b), fc, proj);
+      let mlp: Var;
+      if (a.unfused) {
+        x = g.add(x, att);
+        mlp = g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true);
+      } else {
+        // the residual add and ln2 in one kernel (att is bf16, ln2 written as the bf16 operand
+        // only); bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+        const [sum, h] = g.addLayernorm(x, att, ln2w, ln2b);
+        x = sum;
+        mlp = mlpRelu2(g, h, fc, proj);
+      }
       x = g.add(x, mlp);
     }
     x = g.layernorm(x, P("ln_out.weight"), P("ln_out.bias"));
@@ -465,7 +471,8 @@ export class Model {
     const { w, kw } = g.rwkv6DecayK(ww, k, P("time_decay"));
     const y = wkv6(g, r, kw, v, w, P("time_faaaa"), H, this.a.fla_cuda);
     const yg = g.rwkv6GnGate(y, P("ln_x.weight"), P("ln_x.bias"), gate, H, 64e-5);
-    return g.matmul(yg, P("output.weight"), true);
+    // bf16 as autocast's projection (read by the residual add + ln2 kernel)
+    return g.matmul(yg, P("output.weight"), true, true);
   }
 
   /** timeMix from the generic tape ops, one kernel each (--unfused): the composition to edit */

@@ -8,7 +8,7 @@ import { dirname } from "node:path";
 import { Backend, type Tensor } from "./cuda/backend.ts";
 import { GradAccumulator, Graph, Param, type Var } from "./cuda/autograd.ts";
 import { type Collective, openCollective } from "./cuda/collectives.ts";
-import { layernormOperand, lmHeadLossBf16, mlpRelu2 } from "./cuda/fused_ops.ts";
+import { lmHeadLossBf16, mlpRelu2 } from "./cuda/fused_ops.ts";
 import {
   gradBuckets,
   type InputSlot,
@@ -392,14 +392,19 @@ export class Model {
         v1,
       );
       v1 = v;
-      x = g.add(x, att);
       const [ln2w, ln2b] = [P(b + "ln2.weight"), P(b + "ln2.bias")];
       const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
-      // fused: ln2 written as the bf16 operand only; bf16 pre-activation, relu^2 and their
-      // gradients (the generic ops on "f32")
-      const mlp = this.a.unfused
-        ? g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true)
-        : mlpRelu2(g, layernormOperand(g, x, ln2w, ln2b), fc, proj);
+      let mlp: Var;
+      if (this.a.unfused) {
+        x = g.add(x, att);
+        mlp = g.matmul(g.relu2(g.matmul(g.layernorm(x, ln2w, ln2b), fc, true)), proj, true);
+      } else {
+        // the residual add and ln2 in one kernel (att is bf16, ln2 written as the bf16 operand
+        // only); bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
+        const [sum, h] = g.addLayernorm(x, att, ln2w, ln2b);
+        x = sum;
+        mlp = mlpRelu2(g, h, fc, proj);
+      }
       x = g.add(x, mlp);
     }
     x = g.rmsnorm(x);
@@ -477,7 +482,8 @@ export class Model {
       y = g.groupnorm(y, lnw, lnb, H, 64e-5);
       y = g.mul(g.add(y, g.rwkv7Bonus(r, k, v, u, H)), gate);
     } else y = g.rwkv7GnBonusGate(y, lnw, lnb, r, k, v, u, gate, H, 64e-5);
-    return [g.matmul(y, P("output.weight"), true), v1!];
+    // fused: bf16 as autocast's projection (read by the residual add + ln2 kernel)
+    return [g.matmul(y, P("output.weight"), true, bf), v1!];
   }
 }
 

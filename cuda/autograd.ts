@@ -535,19 +535,20 @@ export class Graph {
     sameShape("add", a.shape, b.shape);
     const out = this.out(a.shape, "add");
     this.k.mn_add(out.ptr, a.t.ptr, b.t.ptr, a.t.n, this.s);
-    return this.node(out, [a, b], (y) => {
-      if (a === b) {
-        const [[da], acc] = this.grads(a);
-        if (acc) this.k.mn_axpy(da, 2, y.g.ptr, a.t.n, this.s);
-        else this.k.mn_scale(da, y.g.ptr, 2, a.t.n, this.s);
-        return;
-      }
-      if (this.shareGrad([a, b], y)) return;
-      // the identity to both: a new gradient takes y.g over, so the one to hand it is the last
-      const first = !a.g && b.g ? b : a, second = first === a ? b : a;
-      this.passGrad(first, y, !second.requiresGrad);
-      this.passGrad(second, y);
-    });
+    return this.node(out, [a, b], (y) => this.addBackward(a, b, y));
+  }
+  private addBackward(a: Var, b: Var, y: Var & { g: Tensor }) {
+    if (a === b) {
+      const [[da], acc] = this.grads(a);
+      if (acc) this.k.mn_axpy(da, 2, y.g.ptr, a.t.n, this.s);
+      else this.k.mn_scale(da, y.g.ptr, 2, a.t.n, this.s);
+      return;
+    }
+    if (this.shareGrad([a, b], y)) return;
+    // the identity to both: a new gradient takes y.g over, so the one to hand it is the last
+    const first = !a.g && b.g ? b : a, second = first === a ? b : a;
+    this.passGrad(first, y, !second.requiresGrad);
+    this.passGrad(second, y);
   }
 
   /** alpha*x + beta*y with scalars that are either numbers (constants) or 1-element Vars. */
@@ -685,11 +686,36 @@ export class Graph {
     const bf16 = outBf16 && this.precision === "bf16";
     const out = this.out(x.shape, "layernorm", bf16 ? "bf16" : "f32");
     const fwd = bf16 ? this.k.mn_layernorm_forward_bf16 : this.k.mn_layernorm_forward;
-    fwd(
+    fwd(out.ptr, mean.ptr, rstd.ptr, x.t.ptr, w.t.ptr, b.t.ptr, N, C, eps, this.s);
+    return this.layernormNode(out, mean, rstd, x, w, b);
+  }
+  /**
+   * x + y, then LayerNorm of the sum written as the next matmul's operand (RWKV's x = x + att;
+   * ln2(x)) in one kernel: returns [sum fp32, LayerNorm(sum)]. y may be a bf16 matmul output
+   * (autocast's projection). On the bf16 path mn_add_layernorm_forward reads x and y once (the
+   * separate add and LayerNorm read the sum again); the backward is add's and LayerNorm's. The
+   * "f32" path: add and layernorm(..., outBf16), the same values in fp32.
+   */
+  addLayernorm(x: Var, y: Var, w: Var, b: Var, eps = 1e-5): [Var, Var] {
+    if (this.precision === "f32") {
+      const sum = this.add(x, y);
+      return [sum, this.layernorm(sum, w, b, eps, true)];
+    }
+    sameShape("addLayernorm", x.shape, y.shape);
+    if (x.t.dtype !== "f32") throw new Error(`addLayernorm: x ${x.t} must be fp32`);
+    const [N, C] = rowsCols(x);
+    const sumT = this.out(x.shape, "add"); // [N, C] fp32: the residual stream
+    const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd"); // [N] fp32
+    const out = this.out(x.shape, "layernorm", "bf16"); // [N, C] bf16: the next matmul's operand
+    const branchBf16 = y.t.dtype === "bf16" ? 1 : 0;
+    this.k.mn_add_layernorm_forward(
+      sumT.ptr,
       out.ptr,
       mean.ptr,
       rstd.ptr,
       x.t.ptr,
+      y.t.ptr,
+      branchBf16,
       w.t.ptr,
       b.t.ptr,
       N,
@@ -697,6 +723,12 @@ export class Graph {
       eps,
       this.s,
     );
+    const sum = this.node(sumT, [x, y], (z) => this.addBackward(x, y, z));
+    return [sum, this.layernormNode(out, mean, rstd, sum, w, b)];
+  }
+  /** LayerNorm's output out of x, with its saved statistics, as a tape value (its backward) */
+  private layernormNode(out: Tensor, mean: Tensor, rstd: Tensor, x: Var, w: Var, b: Var): Var {
+    const [N, C] = rowsCols(x);
     return this.node(out, [x, w, b], (y) => {
       const [[dx, dw, db], acc] = this.grads(x, w, b);
       this.k.mn_layernorm_backward(

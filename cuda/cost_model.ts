@@ -430,6 +430,22 @@ const layernormForward = (outBytes: number): Cost => (a) => {
     ),
   ];
 };
+// add_layernorm_forward_kernel: N blocks of normThreads(C); reads inp and branch (fp32 or bf16),
+// writes sum (fp32) and out (bf16); the row of sum it reads back stays in cache
+const addLayernormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  const branch = need(a, "branch_bf16") ? BF16 : F32;
+  return [
+    launch(
+      "add_layernorm_forward_kernel",
+      N,
+      normThreads(C),
+      N * C * (F32 + branch) + 2 * C * F32,
+      N * C * (F32 + BF16) + 2 * N * F32,
+      9 * N * C,
+    ),
+  ];
+};
 // layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp += or =), then dweight, dbias by
 // reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
 // reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
@@ -1624,6 +1640,7 @@ const TABLE: Record<string, Cost> = {
   // norm.cu
   mn_layernorm_forward: layernormForward(F32),
   mn_layernorm_forward_bf16: layernormForward(BF16),
+  mn_add_layernorm_forward: addLayernormForward,
   mn_layernorm_backward: layernormBackward,
   mn_rmsnorm_forward: rmsnormForward,
   mn_rmsnorm_backward: rmsnormBackward,

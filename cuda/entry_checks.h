@@ -130,6 +130,15 @@ inline int mn_check_layernorm_forward(const char* fn, const void* out, float* me
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   return 0;
 }
+inline int mn_check_add_layernorm_forward(const char* fn, float* sum, const void* out, float* mean,
+                                          float* rstd, float* inp, const void* branch,
+                                          float* weight, float* bias, int N, int C, float eps) {
+  MN_REQUIRE(sum && branch, "%s: NULL pointer argument", fn);
+  MN_REQUIRE((const void*)sum != (const void*)out && (const void*)sum != branch &&
+                 (const void*)inp != (const void*)out,
+             "%s: sum must not alias out or branch, nor inp out", fn);
+  return mn_check_layernorm_forward(fn, out, mean, rstd, inp, weight, bias, N, C, eps);
+}
 // GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
 inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);

@@ -198,12 +198,6 @@ export function lmHeadLossBf16(
   return losses;
 }
 
-/** nn.LayerNorm (w, b [C]) written only as the next matmul's bf16 operand: Graph.layernorm with
- * outBf16 (the "f32" path: fp32) */
-export function layernormOperand(g: Graph, x: Var, w: Var, b: Var, eps = 1e-5): Var {
-  return g.layernorm(x, w, b, eps, true);
-}
-
 /** C [M, N] = A [M, K] @ op(B) written in bf16 (mn_gemm_bf16 with a bf16 C; fp32 accumulation) */
 function gemmToBf16(
   g: Graph,

@@ -135,6 +135,13 @@ MN_API int mn_layernorm_forward(float* out, float* mean, float* rstd, float* inp
 MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, float* inp,
                                      float* weight, float* bias, int N, int C, float eps,
                                      void* stream);
+/* The residual add and the LayerNorm after it, in one pass: sum = inp + branch [N, C] fp32 (branch
+ * fp32, or bf16 with branch_bf16: an output projection autocast wrote in bf16), out = LayerNorm(sum)
+ * in bf16 as mn_layernorm_forward_bf16 writes it (mn_add then that, bit for bit); the backward is
+ * mn_layernorm_backward on sum. sum must not alias out or branch. */
+MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float* rstd, float* inp,
+                                    void* branch, int branch_bf16, float* weight, float* bias,
+                                    int N, int C, float eps, void* stream);
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);

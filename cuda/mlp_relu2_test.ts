@@ -3,12 +3,12 @@
 // precision, on cpu and emu; and the tape's first-write convention through it: the input's
 // gradient overwritten when the op is its first writer, added to when another op wrote it first,
 // the parameters' gradients added to what they hold; a second step (stale pool buffers) gives the
-// same bits, with no activation-gradient memset. And layernormOperand (ln2's bf16-only output)
-// into it: the same bits as Graph.layernorm.
+// same bits, with no activation-gradient memset. And ln2's bf16-only output (Graph.layernorm's
+// outBf16, Graph.addLayernorm) into it: the same bits as Graph.layernorm.
 import assert from "node:assert/strict";
 import { Graph, Param, type Var } from "./autograd.ts";
 import type { Backend } from "./backend.ts";
-import { layernormOperand, mlpRelu2 } from "./fused_ops.ts";
+import { mlpRelu2 } from "./fused_ops.ts";
 import { backend, maxAbs, maxAbsDiff, Rng, SEED } from "./test/harness.ts";
 
 const N = 74, C = 24, Hd = 84; // rows [2, 37]; hidden 3.5 C (the RWKV MLP)
@@ -151,39 +151,53 @@ Deno.test("mlpRelu2: precision f32 is matmul, relu2, matmul", () => {
   g.release();
 });
 
-// layernormOperand (the RWKV trainers' ln2 before the MLP): the operand Graph.layernorm then the
-// cast gives, bit for bit, so the MLP's output and every gradient (x, w, b, Wfc, Wproj) are the
-// same bits as through Graph.layernorm; and it keeps no fp32 [N, C] output.
+// The RWKV trainers' ln2 before the MLP: Graph.layernorm's bf16 operand output (outBf16) and the
+// residual add + ln2 kernel (Graph.addLayernorm) give the operand Graph.layernorm then the cast
+// gives, bit for bit, so the block's output s + mlp(ln2(s)), s = x + y, and every gradient (X, Y,
+// w, b, Wfc, Wproj; s's from both of its uses) are the same bits as through add and
+// Graph.layernorm; and neither keeps an fp32 [N, C] LayerNorm output.
 for (const name of ["cpu", "emu"] as const) {
-  Deno.test(`layernormOperand: same bits as Graph.layernorm into the fused MLP (${name})`, () => {
+  Deno.test(`addLayernorm, layernorm's outBf16: same bits as add + Graph.layernorm into the fused MLP (${name})`, () => {
     const be = backend(name), rng = new Rng(SEED);
     const mk = (n: string, shape: number[], a: Float32Array) =>
       new Param(be, n, be.upload(a, shape));
-    const X = mk("X", [N, C], rng.normal(N * C));
+    const X = mk("X", [N, C], rng.normal(N * C)), Y = mk("Y", [N, C], rng.normal(N * C));
     const w = mk("w", [C], rng.uniform(C, 0.5, 1.5)), b = mk("b", [C], rng.uniform(C, -0.2, 0.2));
     const s = 1 / Math.sqrt(C);
     const Wfc = mk("Wfc", [Hd, C], rng.uniform(Hd * C, -s, s));
     const Wproj = mk("Wproj", [C, Hd], rng.uniform(C * Hd, -s, s));
     const dy = be.upload(rng.normal(N * C), [N, C]);
-    const params = [X, w, b, Wfc, Wproj];
-    const run = (fused: boolean) => {
+    const params = [X, Y, w, b, Wfc, Wproj];
+    const run = (mode: "generic" | "operand" | "addLayernorm") => {
       const g = new Graph(be);
       for (const p of params) p.zeroGrad();
-      const x = g.tanh(g.param(X)); // an activation: its gradient is first written by layernorm
+      // activations: their gradients are first written by the add
+      const [x, y] = [g.tanh(g.param(X)), g.tanh(g.param(Y))];
       const [pw, pb] = [g.param(w), g.param(b)];
-      const h = fused ? layernormOperand(g, x, pw, pb) : g.layernorm(x, pw, pb);
-      assert.equal(h.t.dtype, fused ? "bf16" : "f32");
-      const y = mlpRelu2(g, h, g.param(Wfc), g.param(Wproj));
-      be.k.mn_memcpy_d2d(g.grad(y), dy.ptr, BigInt(dy.nbytes), be.stream);
-      const out = be.downloadF32(y.t);
+      let sum: Var, h: Var;
+      if (mode === "addLayernorm") [sum, h] = g.addLayernorm(x, y, pw, pb);
+      else {
+        sum = g.add(x, y);
+        h = g.layernorm(sum, pw, pb, 1e-5, mode === "operand");
+      }
+      assert.equal(h.t.dtype, mode === "generic" ? "f32" : "bf16");
+      const out = g.add(sum, mlpRelu2(g, h, g.param(Wfc), g.param(Wproj)));
+      be.k.mn_memcpy_d2d(g.grad(out), dy.ptr, BigInt(dy.nbytes), be.stream);
+      const o = be.downloadF32(out.t);
       g.backward();
       g.release();
-      return [out, ...params.map((p) => be.downloadF32(p.grad))];
+      return [o, ...params.map((p) => be.downloadF32(p.grad))];
     };
-    const [f, u] = [run(true), run(false)];
-    f.forEach((v, i) => {
-      assert.ok(v.some((e) => e !== 0), `${name}: output ${i} is all zero`);
-      assert.deepEqual(v, u[i], `${name}: output ${i} (0: y, then X, w, b, Wfc, Wproj grads)`);
-    });
+    const u = run("generic");
+    for (const mode of ["operand", "addLayernorm"] as const) {
+      run(mode).forEach((v, i) => {
+        assert.ok(v.some((e) => e !== 0), `${name} ${mode}: output ${i} is all zero`);
+        assert.deepEqual(
+          v,
+          u[i],
+          `${name} ${mode}: output ${i} (0: out, then X, Y, w, b, Wfc, Wproj grads)`,
+        );
+      });
+    }
   });
 }

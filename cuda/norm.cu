@@ -23,14 +23,11 @@ static inline int norm_threads(int C) {
 __device__ inline void ln_store(float* p, float v) { *p = v; }
 __device__ inline void ln_store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
 
-// T: float, or bf16 (the next matmul's operand, rounded once from the same fp32 value)
+// One row of LayerNorm, run by the whole block (callers: one block per row). x may be what this
+// thread itself just wrote (add_layernorm_forward_kernel): each thread reads only its own columns.
 template <typename T>
-__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const float* inp,
-                                         const float* weight, const float* bias, int C, float eps) {
-  __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
-  const float* x = inp + row * C;
-  T* y = out + row * C;
+__device__ void layernorm_row(T* y, float* mean, float* rstd, const float* x, const float* weight,
+                              const float* bias, int C, float eps, float* scratch) {
   float s = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) s += x[c];
   const float m = mn_block_sum(s, scratch) / C;
@@ -43,9 +40,39 @@ __global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const
   for (int c = threadIdx.x; c < C; c += blockDim.x)
     ln_store(&y[c], ln_xhat(x[c], m, r) * weight[c] + bias[c]);
   if (threadIdx.x == 0) {
-    mean[row] = m;
-    rstd[row] = r;
+    *mean = m;
+    *rstd = r;
   }
+}
+
+// T: float, or bf16 (the next matmul's operand, rounded once from the same fp32 value)
+template <typename T>
+__global__ void layernorm_forward_kernel(T* out, float* mean, float* rstd, const float* inp,
+                                         const float* weight, const float* bias, int C, float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  layernorm_row(out + row * C, mean + row, rstd + row, inp + row * C, weight, bias, C, eps,
+                scratch);
+}
+
+__device__ inline float ln_load(const float* p) { return *p; }
+__device__ inline float ln_load(const bf16* p) { return mn_bf16_to_f32(*p); }
+
+// The residual add and the LayerNorm after it (RWKV's x = x + att; ln2(x)): sum = inp + branch in
+// fp32, out = LayerNorm(sum) as the next matmul's bf16 operand. The row of sum is read back from
+// cache, so DRAM sees inp and branch once: mn_add then mn_layernorm_forward_bf16 read sum again.
+// B: float, or bf16 (a branch autocast's matmul wrote in bf16).
+template <typename B>
+__global__ void add_layernorm_forward_kernel(float* sum, bf16* out, float* mean, float* rstd,
+                                             const float* inp, const B* branch,
+                                             const float* weight, const float* bias, int C,
+                                             float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  float* x = sum + row * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    x[c] = inp[row * C + c] + ln_load(&branch[row * C + c]);
+  layernorm_row(out + row * C, mean + row, rstd + row, x, weight, bias, C, eps, scratch);
 }
 
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd
@@ -144,6 +171,22 @@ MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, flo
   return mn_launch(fn, layernorm_forward_kernel<bf16>, N, norm_threads(C), 0, stream, (bf16*)out,
                    mean, rstd, (const float*)inp, (const float*)weight, (const float*)bias, C,
                    eps);
+}
+
+MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float* rstd, float* inp,
+                                    void* branch, int branch_bf16, float* weight, float* bias,
+                                    int N, int C, float eps, void* stream) {
+  const char* fn = "add_layernorm_forward";
+  if (int rc = mn_check_add_layernorm_forward(fn, sum, out, mean, rstd, inp, branch, weight, bias,
+                                              N, C, eps))
+    return rc;
+  if (branch_bf16)
+    return mn_launch(fn, add_layernorm_forward_kernel<bf16>, N, norm_threads(C), 0, stream, sum,
+                     (bf16*)out, mean, rstd, (const float*)inp, (const bf16*)branch,
+                     (const float*)weight, (const float*)bias, C, eps);
+  return mn_launch(fn, add_layernorm_forward_kernel<float>, N, norm_threads(C), 0, stream, sum,
+                   (bf16*)out, mean, rstd, (const float*)inp, (const float*)branch,
+                   (const float*)weight, (const float*)bias, C, eps);
 }
 
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,

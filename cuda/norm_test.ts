@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Backend, Tensor } from "./backend.ts";
+import { type Backend, f32ToBf16, type Tensor } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -193,6 +193,95 @@ for (const name of ["cpu", "emu", "cuda"] as const) {
     name: `layernorm_forward_bf16: the fp32 forward then the cast, bit for bit (${name})`,
     ignore: name === "cuda" && !HAS_GPU,
     fn: () => layernormBf16Check(backend(name, name === "emu" ? VARIANT : ""), name),
+  });
+}
+
+// The residual add + LayerNorm: on every backend exactly mn_add (of the branch as fp32: a bf16
+// branch cast up first, exact) then mn_layernorm_forward_bf16 on the sum, bit for bit, with an
+// fp32 and a bf16 branch; so emu vs cpu is those kernels' own checks. Then its argument checks.
+function addLayernormCheck(be: Backend, name: string) {
+  for (const { N, C } of configs) {
+    for (const branchBf16 of [0, 1]) {
+      const rng = new Rng(7000 + N * C + branchBf16);
+      const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C), y = rowsOf(rng, N, C);
+      const r = withTensors(be, {
+        ...lnInputs(x, w, b, N, C),
+        y: branchBf16
+          ? { data: f32ToBf16(y), shape: [N, C], dtype: "bf16" as const }
+          : { data: y, shape: [N, C] },
+      }, {
+        yf: { shape: [N, C] },
+        sum: { shape: [N, C] },
+        sum2: { shape: [N, C] },
+        out: { shape: [N, C], dtype: "bf16" },
+        out2: { shape: [N, C], dtype: "bf16" },
+        mean: { shape: [N] },
+        rstd: { shape: [N] },
+        mean2: { shape: [N] },
+        rstd2: { shape: [N] },
+      }, (t) => {
+        const k = be.k, st = be.stream;
+        k.mn_add_layernorm_forward(
+          t.sum.ptr,
+          t.out.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          t.x.ptr,
+          t.y.ptr,
+          branchBf16,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          st,
+        );
+        if (branchBf16) k.mn_cast_bf16_to_f32(t.yf.ptr, t.y.ptr, BigInt(N * C), st);
+        else k.mn_memcpy_d2d(t.yf.ptr, t.y.ptr, BigInt(4 * N * C), st);
+        k.mn_add(t.sum2.ptr, t.x.ptr, t.yf.ptr, BigInt(N * C), st);
+        k.mn_layernorm_forward_bf16(
+          t.out2.ptr,
+          t.mean2.ptr,
+          t.rstd2.ptr,
+          t.sum2.ptr,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          st,
+        );
+      });
+      const l = `add_layernorm_forward [${N},${C}] branch ${branchBf16 ? "bf16" : "f32"} (${name})`;
+      compare(`${l} sum`, r.sum, r.sum2, EXACT);
+      compare(`${l} out`, r.out, r.out2, EXACT);
+      compare(`${l} mean`, r.mean, r.mean2, EXACT);
+      compare(`${l} rstd`, r.rstd, r.rstd2, EXACT);
+    }
+  }
+  withTensors(
+    be,
+    {},
+    { a: { shape: [8], dtype: "bf16" }, s: { shape: [8] }, u: { shape: [8] } },
+    (t) => {
+      const k = be.k, a = t.a.ptr, f = t.s.ptr, u = t.u.ptr, st = be.stream;
+      const cases: [() => unknown, RegExp][] = [
+        [() => k.mn_add_layernorm_forward(u, a, f, f, f, null, 0, f, f, 2, 4, EPS, st), /NULL/],
+        [() => k.mn_add_layernorm_forward(u, a, f, f, f, u, 0, f, f, 2, 4, EPS, st), /alias/],
+        [() => k.mn_add_layernorm_forward(u, a, f, f, f, f, 0, f, f, 0, 4, EPS, st), /bad shape/],
+        [() => k.mn_add_layernorm_forward(u, a, f, f, f, f, 0, f, f, 2, 4, -1, st), /eps = -1/],
+      ];
+      for (const [fn, re] of cases) {
+        assert.throws(fn, new RegExp("add_layernorm_forward: .*" + re.source), `${name}: ${re}`);
+      }
+    },
+  );
+}
+for (const name of ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `add_layernorm_forward: mn_add then layernorm_forward_bf16, bit for bit (${name})`,
+    ignore: name === "cuda" && !HAS_GPU,
+    fn: () => addLayernormCheck(backend(name, name === "emu" ? VARIANT : ""), name),
   });
 }
 

@@ -49,6 +49,22 @@ MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, flo
                            eps);
 }
 
+MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float* rstd, float* inp,
+                                    void* branch, int branch_bf16, float* weight, float* bias,
+                                    int N, int C, float eps, void*) {
+  const char* fn = "add_layernorm_forward";
+  if (int rc = mn_check_add_layernorm_forward(fn, sum, out, mean, rstd, inp, branch, weight, bias,
+                                              N, C, eps))
+    return rc;
+  const int64_t n = (int64_t)N * C;
+#pragma omp parallel for if (n > 100000)
+  for (int64_t i = 0; i < n; i++) {
+    const float b = branch_bf16 ? bf16_to_f32(((const mn_bf16*)branch)[i]) : ((float*)branch)[i];
+    sum[i] = inp[i] + b;
+  }
+  return layernorm_forward(fn, out, mean, rstd, sum, weight, bias, N, C, eps);
+}
+
 // With xhat = (x - mean) * rstd and g = dout * w (the gradient reaching xhat):
 //   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  dw = sum_i dout * xhat,  db = sum_i dout
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
