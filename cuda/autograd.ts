@@ -890,7 +890,11 @@ export class Graph {
     this.gemm(0, transB ? 1 : 0, N, M, K, 1, aP, K, 0n, bP, ldb, 0n, 0, oP, M, 0n, 1, cBf16);
     const y = this.node(out, [a, b], (y) => {
       const dy = this.gradOperand(y.g);
-      const [[da, db], acc] = this.grads(a, b);
+      // a's gradient straight in bf16 when a's producer reads it only as a bf16 operand and this
+      // is its one writer (a matmul output feeding only this matmul: a LoRA's hidden layer):
+      // the GEMM rounds its fp32 result once, as the cast it replaces did
+      const aBf16 = a.requiresGrad && this.gradSinksBf16([a]) !== null;
+      const [[da, db], acc] = this.grads(aBf16 ? null : a, b);
       const [betaA, betaB] = [acc & 1, (acc >> 1) & 1]; // 0: cuBLAS does not read C
       // da[N,K] (+)= dy[N,M] @ op(b)^T
       if (a.requiresGrad) {
@@ -908,9 +912,11 @@ export class Graph {
           ldb,
           0n,
           betaA,
-          da,
+          aBf16 ? a.g!.ptr : da,
           K,
           0n,
+          1,
+          aBf16,
         );
       }
       // db (+)= a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed

@@ -55,7 +55,10 @@ Deno.test("autograd: a backward closure's scratch (bf16 upstream gradients) is r
       (_, i) => new Param(be, `w${i}`, be.upload(new Float32Array(64).fill(0.01), [8, 8])),
     );
     let h = g.input(be.upload(new Float32Array(8 * 8).fill(1), [8, 8]));
-    for (const p of ps) h = g.matmul(h, g.param(p), true);
+    for (const p of ps) {
+      h = g.matmul(h, g.param(p), true);
+      h.bf16Grad = false; // fp32 gradients and their casts (else each is written in bf16)
+    }
     g.grad(h);
     const before = be.bytesInUse;
     g.backward();
@@ -257,6 +260,51 @@ Deno.test("autograd: a matmul output's sole consumer writes its gradient in bf16
   const two = run(true, true), twoOld = run(false, true);
   assert.deepEqual(two.w, twoOld.w);
   assert.equal(two.casts, twoOld.casts); // no bf16 gradient: cast as before
+});
+
+Deno.test("autograd: a matmul writes the gradient of a matmul output it alone reads in bf16, same bits, no cast (cpu, emu)", () => {
+  // (x @ w1) @ w2, a LoRA without activation: the outer matmul's backward writes d(x @ w1) in
+  // bf16 (one rounding of the GEMM's fp32 result, as the cast was) and the inner one reads it as
+  // its operand; with the inner output's bf16Grad cleared (the old path) the same parameter
+  // gradients come from an fp32 gradient and one cast more. Also read by an add, the inner
+  // output's gradient has two writers and stays fp32.
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name), rng = new Rng(11);
+    const [N, C, D] = [6, 40, 8];
+    const X = new Param(be, "x", be.upload(rng.normal(N * C), [N, C]));
+    const W1 = new Param(be, "w1", be.upload(rng.normal(C * D, 0.3), [C, D]));
+    const W2 = new Param(be, "w2", be.upload(rng.normal(D * D, 0.3), [D, D]));
+    const dy = be.upload(rng.normal(N * D), [N, D]);
+    const run = (bf16Grad: boolean, addToo: boolean) => {
+      let casts = 0;
+      const inner = be.k.mn_cast_f32_to_bf16;
+      be.k.mn_cast_f32_to_bf16 = (...a) => (casts++, inner(...a));
+      try {
+        const g = new Graph(be);
+        for (const p of [X, W1, W2]) p.zeroGrad();
+        const h = g.matmul(g.param(X), g.param(W1));
+        h.bf16Grad = bf16Grad;
+        const y0 = g.matmul(h, g.param(W2));
+        const y = addToo ? g.add(y0, h) : y0;
+        be.k.mn_memcpy_d2d(g.grad(y), dy.ptr, BigInt(dy.nbytes), be.stream);
+        const before = casts;
+        g.backward();
+        g.release();
+        return { grads: [X, W1, W2].map((p) => be.downloadF32(p.grad)), casts: casts - before };
+      } finally {
+        be.k.mn_cast_f32_to_bf16 = inner;
+      }
+    };
+    const [now, old] = [run(true, false), run(false, false)];
+    now.grads.forEach((v, i) => {
+      assert.ok(v.some((e) => e !== 0), `${name}: gradient ${i} is all zero`);
+      assert.deepEqual(v, old.grads[i], `${name}: gradient ${i} (x, w1, w2)`);
+    });
+    assert.equal(old.casts - now.casts, 1, `${name}: d(x @ w1)'s cast`);
+    const [two, twoOld] = [run(true, true), run(false, true)];
+    assert.equal(two.casts, twoOld.casts, `${name}: two writers: fp32 and the cast`);
+    two.grads.forEach((v, i) => assert.deepEqual(v, twoOld.grads[i], `${name}: two writers ${i}`));
+  }
 });
 
 Deno.test("autograd: matmul's operandOut writes the bf16 operand the cast of its fp32 output is, same gradients (cpu, emu)", () => {
