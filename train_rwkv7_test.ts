@@ -162,7 +162,10 @@ export const FUSED_CHECKS = [
 ];
 /** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the
  * value residual once per layer after the first, the MLP's only on bf16 (mlpRelu2 is the generic
- * ops on "f32"); --unfused never */
+ * ops on "f32"), and the column copies of the two Graph.matmulShared per layer (the LoRA first
+ * layers on xwa and xk: 3 + 2 weights, each copied into the concatenated weight, out of the
+ * output, into the gathered gradient and out of the weight gradient: 20 per layer); --unfused
+ * never */
 const FUSED_ENTRIES: Record<string, number> = {
   mn_rwkv7_mix_x_forward: 2,
   mn_rwkv7_mix_x_backward: 2,
@@ -176,6 +179,7 @@ const FUSED_ENTRIES: Record<string, number> = {
   mn_rwkv7_value_mix_backward: 1,
   mn_relu2_forward_bf16io: 2,
   mn_relu2_backward_bf16io: 2,
+  mn_copy_columns: 40,
 };
 const MLP_ENTRIES = ["mn_relu2_forward_bf16io", "mn_relu2_backward_bf16io"];
 for (const check of FUSED_CHECKS) {
