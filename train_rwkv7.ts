@@ -460,10 +460,12 @@ export class Model {
     } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"));
     const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
     if (!this.a.unfused) {
-      const shared = (inp: Var, names: string[]) =>
-        g.matmulShared(inp, names.map(P)).forEach((h, i) => first.set(names[i], h));
-      shared(xwa, ["time_decay_w1", "time_aaa_w1", "ma_w1"]);
-      shared(xk, ["time_kkk_w1", "mk_w1"]);
+      // the tanh LoRAs' hidden values fp32 (tanh reads fp32), the linear ones' the bf16 operand
+      // of their second layer (autocast's output, what that matmul would cast them to)
+      const shared = (inp: Var, names: string[], outBf16: boolean[]) =>
+        g.matmulShared(inp, names.map(P), outBf16).forEach((h, i) => first.set(names[i], h));
+      shared(xwa, ["time_decay_w1", "time_aaa_w1", "ma_w1"], [false, true, true]);
+      shared(xk, ["time_kkk_w1", "mk_w1"], [false, true]);
     }
     const tanhLora = (inp: Var, w1name: string, w2: string) =>
       g.matmul(g.tanh(w1(inp, w1name)), P(w2), false, bf);

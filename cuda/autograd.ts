@@ -973,11 +973,13 @@ export class Graph {
    * as ONE GEMM over the concatenated weights [K, sum D_j], so that x is read once each way and dx
    * is written by one GEMM instead of one per weight (each after the first a read and write of the
    * fp32 dx to add into it). Returns the y_j [..., D_j], fp32 and contiguous, each the values
-   * matmul(x, w_j) gives (every output column is the same dot product over K); their gradients go
-   * back as one [N, sum D_j] operand in the GEMM precision, gathered by mn_copy_columns, which is
-   * also the cast the separate matmuls would run on each.
+   * matmul(x, w_j) gives (every output column is the same dot product over K); with outBf16[j]
+   * (on the bf16 path) y_j is bf16 as autocast's, the operand the next matmul would cast it to,
+   * so only ops that read bf16 may take it. Their gradients go back as one [N, sum D_j] operand in
+   * the GEMM precision, gathered by mn_copy_columns, which is also the cast the separate matmuls
+   * would run on each.
    */
-  matmulShared(x: Var, ws: Var[]): Var[] {
+  matmulShared(x: Var, ws: Var[], outBf16: readonly boolean[] = []): Var[] {
     const [N, K] = rowsCols(x);
     if (!ws.length) throw new Error("matmulShared: no weights");
     for (const w of ws) {
@@ -1030,7 +1032,8 @@ export class Graph {
     this.gemm(0, 0, N, S, K, 1, xb.ptr, K, 0n, wcat.ptr, S, 0n, 0, all.ptr, S, 0n);
     const lead = x.shape.slice(0, -1);
     const ys = widths.map((D, j) => {
-      const o = this.out([...lead, D], "matmulShared"); // [..., D_j] fp32
+      const bf16 = outBf16[j] && this.precision === "bf16";
+      const o = this.out([...lead, D], "matmulShared", bf16 ? "bf16" : "f32"); // [..., D_j]
       copy(o, 0, D, all, at[j], S, N, D, 0);
       const y = new Var(o, this.needs(x, ...ws));
       y.bf16Grad = true; // read only into the gathered GEMM operand below

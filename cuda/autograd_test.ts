@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { GradAccumulator, Graph, Param, type Var } from "./autograd.ts";
 import { bf16ToF32, f32ToBf16 } from "./backend.ts";
-import { backend, compare, Rng } from "./test/harness.ts";
+import { backend, compare, Rng, TOL_BF16 } from "./test/harness.ts";
 
 Deno.test("autograd: mismatched shapes passed from TypeScript are clear errors, not crashes", () => {
   const be = backend("cpu");
@@ -249,11 +249,18 @@ Deno.test("autograd: matmul's operandOut writes the bf16 operand the cast of its
 // input's gradient (through tanh, so it is an activation gradient from the pool) and each
 // weight's. The input has a second consumer recorded before the op ("first write": the op's dx
 // GEMM overwrites the stale pool buffer) or after it ("added": it adds); parameter gradients start
-// nonzero (they add); one output may get no gradient, or a bf16 one (a gradSinksBf16 writer). The
-// step runs twice on one graph: stale pool buffers must not change a bit.
+// nonzero (they add); one output may get no gradient, or a bf16 one (a gradSinksBf16 writer), and
+// two may be bf16 outputs (outBf16). The step runs twice on one graph: stale pool buffers must not
+// change a bit.
 Deno.test("autograd: matmulShared (one GEMM over concatenated weights) equals separate matmuls (cpu, emu; bf16, f32)", () => {
   const [B, T, K] = [2, 9, 24], widths = [8, 3, 5];
-  const variants = ["first write", "added", "unused output", "bf16 gradient"] as const;
+  const variants = [
+    "first write",
+    "added",
+    "unused output",
+    "bf16 gradient",
+    "bf16 outputs",
+  ] as const;
   for (const name of ["cpu", "emu"] as const) {
     for (const precision of ["bf16", "f32"] as const) {
       for (const variant of variants) {
@@ -287,7 +294,15 @@ Deno.test("autograd: matmulShared (one GEMM over concatenated weights) equals se
             const before = variant === "added" ? null : other();
             const g0 = gemms;
             const wv = ws.map((p) => g.param(p));
-            const ys = shared ? g.matmulShared(x, wv) : wv.map((w) => g.matmul(x, w));
+            // "bf16 outputs": y_1, y_2 bf16 on the bf16 path (matmul's outBf16 the reference)
+            const ob = widths.map((_, j) => variant === "bf16 outputs" && j > 0);
+            const ys = shared
+              ? g.matmulShared(x, wv, ob)
+              : wv.map((w, j) => g.matmul(x, w, false, ob[j]));
+            ys.forEach((y, j) => {
+              const dt = ob[j] && precision === "bf16" ? "bf16" : "f32";
+              assert.equal(y.t.dtype, dt, `${name} ${precision} ${variant}: y${j}`);
+            });
             const fwdGemms = gemms - g0;
             const after = variant === "added" ? other() : null;
             (before ?? after)!.g = up(dq, [B, T, 4]);
@@ -330,7 +345,10 @@ Deno.test("autograd: matmulShared (one GEMM over concatenated weights) equals se
         // an unused output's gradient is a zeroed block (one counted memset, each step)
         assert.equal(got.memsets, variant === "unused output" ? 2 : 0, `${what}: memsets`);
         const tol = { atol: 1e-5, rtol: 1e-5 }; // fp32 sums in another order (dx: over 16 columns)
-        want.ys.forEach((y, j) => compare(`${what}: y${j}`, got.ys[j], y, tol));
+        // a bf16 output: the same rounding of fp32 sums that may differ in the last bit
+        const tolY = (j: number) =>
+          variant === "bf16 outputs" && j > 0 && precision === "bf16" ? TOL_BF16 : tol;
+        want.ys.forEach((y, j) => compare(`${what}: y${j}`, got.ys[j], y, tolY(j)));
         want.grads.forEach((gw, i) => {
           compare(`${what}: ${params[i].name}.grad`, got.grads[i], gw, tol);
           const unused = variant === "unused output" && params[i] === ws[1]; // adds zeros
