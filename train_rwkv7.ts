@@ -448,8 +448,12 @@ export class Model {
     // bf: the projections feeding the fused WKV-input chain write bf16 (autocast's outputs),
     // which it reads, and it writes their gradients in bf16; the generic ops read fp32
     const bf = !this.a.unfused;
-    const lora = (inp: Var, w1: string, w2: string, outBf16 = false) =>
-      g.matmul(g.matmul(inp, P(w1)), P(w2), false, outBf16);
+    // the LoRAs' first layers: fused, those that read one input are one GEMM each way
+    // (Graph.matmulShared, below); else, and under --unfused, one matmul each
+    const first = new Map<string, Var>();
+    const w1 = (inp: Var, name: string) => first.get(name) ?? g.matmul(inp, P(name));
+    const lora = (inp: Var, w1name: string, w2: string, outBf16 = false) =>
+      g.matmul(w1(inp, w1name), P(w2), false, outBf16);
     const [xrg, xwa, xk, xv] = this.a.unfused ? this.mixesUnfused(g, x, P) : this.mixes(g, x, P);
 
     const r = g.matmul(xrg, P("receptance.weight"), true);
@@ -460,8 +464,16 @@ export class Model {
       v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
     } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"));
     const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
-    const tanhLora = (inp: Var, w1: string, w2: string) =>
-      g.matmul(g.tanh(g.matmul(inp, P(w1))), P(w2), false, bf);
+    if (!this.a.unfused) {
+      // the tanh LoRAs' hidden values fp32 (tanh reads fp32), the linear ones' the bf16 operand
+      // of their second layer (autocast's output, what that matmul would cast them to)
+      const shared = (inp: Var, names: string[], outBf16: boolean[]) =>
+        g.matmulShared(inp, names.map(P), outBf16).forEach((h, i) => first.set(names[i], h));
+      shared(xwa, ["time_decay_w1", "time_aaa_w1", "ma_w1"], [false, true, true]);
+      shared(xk, ["time_kkk_w1", "mk_w1"], [false, true]);
+    }
+    const tanhLora = (inp: Var, w1name: string, w2: string) =>
+      g.matmul(g.tanh(w1(inp, w1name)), P(w2), false, bf);
     const ins: WkvChainInputs = {
       dec: tanhLora(xwa, "time_decay_w1", "time_decay_w2"),
       k0,

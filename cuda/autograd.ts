@@ -1054,6 +1054,110 @@ export class Graph {
     return outs;
   }
 
+  /**
+   * y_j = x @ w_j for weights w_j [K, D_j] that read the same input x [..., K] (LoRA first layers),
+   * as ONE GEMM over the concatenated weights [K, sum D_j], so that x is read once each way and dx
+   * is written by one GEMM instead of one per weight (each after the first a read and write of the
+   * fp32 dx to add into it). Returns the y_j [..., D_j], fp32 and contiguous, each the values
+   * matmul(x, w_j) gives (every output column is the same dot product over K); with outBf16[j]
+   * (on the bf16 path) y_j is bf16 as autocast's, the operand the next matmul would cast it to,
+   * so only ops that read bf16 may take it. Their gradients go back as one [N, sum D_j] operand in
+   * the GEMM precision, gathered by mn_copy_columns, which is also the cast the separate matmuls
+   * would run on each.
+   */
+  matmulShared(x: Var, ws: Var[], outBf16: readonly boolean[] = []): Var[] {
+    const [N, K] = rowsCols(x);
+    if (!ws.length) throw new Error("matmulShared: no weights");
+    for (const w of ws) {
+      if (w.shape.length !== 2 || w.shape[0] !== K) {
+        throw new Error(
+          `matmulShared: [${x.shape.join(",")}] @ [${
+            w.shape.join(",")
+          }]: weights must be [${K}, D]`,
+        );
+      }
+    }
+    const widths = ws.map((w) => w.shape[1]);
+    const S = widths.reduce((a, b) => a + b, 0);
+    const at = widths.map((_, j) => widths.slice(0, j).reduce((a, b) => a + b, 0));
+    const dt = this.operandDtype(); // the GEMM precision
+    const isBf16 = (t: Tensor) => (t.dtype === "bf16" ? 1 : 0);
+    const col = (t: Tensor, elems: number) =>
+      Deno.UnsafePointer.offset(t.ptr as Deno.PointerObject, elems * DTYPE_BYTES[t.dtype]);
+    // dst[:, off:off+cols] (+)= src, row strides ldDst, ldSrc
+    const copy = (
+      dst: Tensor,
+      off: number,
+      ldDst: number,
+      src: Tensor,
+      srcOff: number,
+      ldSrc: number,
+      rows: number,
+      cols: number,
+      acc: number,
+    ) =>
+      this.k.mn_copy_columns(
+        col(dst, off),
+        ldDst,
+        isBf16(dst),
+        col(src, srcOff),
+        ldSrc,
+        isBf16(src),
+        rows,
+        cols,
+        acc,
+        this.s,
+      );
+    const xb = this.operand(x);
+    // [K, S] in the GEMM precision: the weights side by side, kept for the backward's dx GEMM
+    const wcat = this.out([K, S], "matmulShared.w", dt);
+    ws.forEach((w, j) => copy(wcat, at[j], S, this.operand(w), 0, widths[j], K, widths[j], 0));
+    // [N, S] fp32, split into the outputs at once and back to the pool (later launches on the
+    // stream reuse it only after the copies)
+    const all = this.pool.take([N, S], "f32", "matmulShared.y");
+    this.gemm(0, 0, N, S, K, 1, xb.ptr, K, 0n, wcat.ptr, S, 0n, 0, all.ptr, S, 0n);
+    const lead = x.shape.slice(0, -1);
+    const ys = widths.map((D, j) => {
+      const bf16 = outBf16[j] && this.precision === "bf16";
+      const o = this.out([...lead, D], "matmulShared", bf16 ? "bf16" : "f32"); // [..., D_j]
+      copy(o, 0, D, all, at[j], S, N, D, 0);
+      const y = new Var(o, this.needs(x, ...ws));
+      y.bf16Grad = true; // read only into the gathered GEMM operand below
+      return y;
+    });
+    this.pool.give(all);
+    if (!this.needs(x, ...ws)) return ys;
+    // One closure for all outputs, so their gradients are complete together; an output nobody
+    // used gets a zero gradient (grad(): a counted memset; the models use every output).
+    this.record(() => {
+      if (ys.some((y) => y.g)) {
+        // [N, S] in the GEMM precision, scratch of this closure
+        const dy = this.out([N, S], "matmulShared.dy", dt);
+        ys.forEach((y, j) => {
+          if (!y.g) this.grad(y);
+          copy(dy, at[j], S, y.g!, 0, widths[j], N, widths[j], 0);
+        });
+        if (x.requiresGrad) {
+          // dx [N, K] (+)= dy @ wcat^T
+          const [[dx], acc] = this.grads(x);
+          this.gemm(0, 1, N, K, S, 1, dy.ptr, S, 0n, wcat.ptr, S, 0n, acc & 1, dx, K, 0n);
+        }
+        if (ws.some((w) => w.requiresGrad)) {
+          // [K, S] fp32 scratch: x^T @ dy, each weight's gradient a block of its columns
+          const dw = this.out([K, S], "matmulShared.dw");
+          this.gemm(1, 0, K, S, N, 1, xb.ptr, K, 0n, dy.ptr, S, 0n, 0, dw.ptr, S, 0n);
+          ws.forEach((w, j) => {
+            if (!w.requiresGrad) return;
+            const [, acc] = this.grads(w); // a weight given twice: the second adds
+            copy(w.g!, 0, widths[j], dw, at[j], S, K, widths[j], acc & 1);
+          });
+        }
+      }
+      ys.forEach((y) => this.dropGrad(y));
+    }, [x, ...ws]);
+    return ys;
+  }
+
   /** Dtype of a fused op's matmul-operand outputs: bf16 (the operand itself, no cast kernel) when
    * the graph runs bf16, else fp32. Such a bf16 value may only feed matmuls (and other ops that
    * take their inputs through operand()). */

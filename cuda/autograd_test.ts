@@ -1,7 +1,8 @@
 // The tape's own behaviour: shape errors from TypeScript, buffer reuse, gradients through fan-out.
 import assert from "node:assert/strict";
 import { GradAccumulator, Graph, Param, type Var } from "./autograd.ts";
-import { backend, Rng } from "./test/harness.ts";
+import { bf16ToF32, f32ToBf16 } from "./backend.ts";
+import { backend, compare, Rng, TOL_BF16 } from "./test/harness.ts";
 
 Deno.test("autograd: mismatched shapes passed from TypeScript are clear errors, not crashes", () => {
   const be = backend("cpu");
@@ -334,5 +335,127 @@ Deno.test("autograd: matmul's operandOut writes the bf16 operand the cast of its
     const a = g.input(be.upload(xs, [6, 40])), b = g.input(be.upload(ws, [24, 40]));
     assert.equal(g.matmul(a, b, true, true).t.dtype, "f32");
     g.release();
+  }
+});
+
+// Graph.matmulShared against one Graph.matmul per weight on the same values: outputs, the
+// input's gradient (through tanh, so it is an activation gradient from the pool) and each
+// weight's. The input has a second consumer recorded before the op ("first write": the op's dx
+// GEMM overwrites the stale pool buffer) or after it ("added": it adds); parameter gradients start
+// nonzero (they add); one output may get no gradient, or a bf16 one (a gradSinksBf16 writer), and
+// two may be bf16 outputs (outBf16). The step runs twice on one graph: stale pool buffers must not
+// change a bit.
+Deno.test("autograd: matmulShared (one GEMM over concatenated weights) equals separate matmuls (cpu, emu; bf16, f32)", () => {
+  const [B, T, K] = [2, 9, 24], widths = [8, 3, 5];
+  const variants = [
+    "first write",
+    "added",
+    "unused output",
+    "bf16 gradient",
+    "bf16 outputs",
+  ] as const;
+  for (const name of ["cpu", "emu"] as const) {
+    for (const precision of ["bf16", "f32"] as const) {
+      for (const variant of variants) {
+        if (variant === "bf16 gradient" && precision === "f32") continue; // bf16 path only
+        const be = backend(name), rng = new Rng(11);
+        const up = (a: Float32Array | Uint16Array, shape: number[], dt?: "bf16") =>
+          be.upload(a, shape, dt);
+        const param = (n: string, shape: number[], std: number) =>
+          new Param(be, n, up(rng.normal(shape.reduce((a, b) => a * b), std), shape));
+        const xp = param("x", [B, T, K], 1), q = param("q", [K, 4], 0.3);
+        const ws = widths.map((D, j) => param(`w${j}`, [K, D], 0.3));
+        const params = [xp, q, ...ws];
+        const gInit = params.map((p) => rng.normal(p.numel));
+        const dys = widths.map((D) => rng.normal(B * T * D));
+        const dq = rng.normal(B * T * 4);
+        const run = (shared: boolean) => {
+          const g = new Graph(be);
+          g.precision = precision;
+          let gemms = 0;
+          const k = be.k as Record<string, unknown>;
+          const saved = ["mn_gemm_bf16", "mn_gemm_f32"].map((f) => [f, k[f]] as const);
+          for (const [f, inner] of saved) {
+            k[f] = (...a: unknown[]) => (gemms++, (inner as (...a: unknown[]) => number)(...a));
+          }
+          const step = () => {
+            params.forEach((p, i) =>
+              be.k.mn_memcpy_h2d(p.grad.ptr, gInit[i], BigInt(p.grad.nbytes), be.stream)
+            );
+            const x = g.tanh(g.param(xp));
+            const other = () => g.matmul(x, g.param(q));
+            const before = variant === "added" ? null : other();
+            const g0 = gemms;
+            const wv = ws.map((p) => g.param(p));
+            // "bf16 outputs": y_1, y_2 bf16 on the bf16 path (matmul's outBf16 the reference)
+            const ob = widths.map((_, j) => variant === "bf16 outputs" && j > 0);
+            const ys = shared
+              ? g.matmulShared(x, wv, ob)
+              : wv.map((w, j) => g.matmul(x, w, false, ob[j]));
+            ys.forEach((y, j) => {
+              const dt = ob[j] && precision === "bf16" ? "bf16" : "f32";
+              assert.equal(y.t.dtype, dt, `${name} ${precision} ${variant}: y${j}`);
+            });
+            const fwdGemms = gemms - g0;
+            const after = variant === "added" ? other() : null;
+            (before ?? after)!.g = up(dq, [B, T, 4]);
+            ys.forEach((y, j) => {
+              if (variant === "unused output" && j === 1) return;
+              const d = dys[j];
+              if (variant === "bf16 gradient" && j === 0) {
+                y.g = shared
+                  ? up(f32ToBf16(d), y.shape.slice(), "bf16")
+                  : up(bf16ToF32(f32ToBf16(d)), y.shape.slice());
+              } else y.g = up(d, y.shape.slice());
+            });
+            const ys0 = ys.map((y) => be.downloadF32(y.t));
+            const g1 = gemms;
+            g.backward();
+            const bwdGemms = gemms - g1;
+            const out = {
+              ys: ys0,
+              grads: params.map((p) => be.downloadF32(p.grad)),
+              fwdGemms,
+              bwdGemms,
+            };
+            g.release();
+            return out;
+          };
+          const first = step(), second = step();
+          assert.deepEqual(
+            second,
+            first,
+            `${name} ${precision} ${variant}: a second step on stale buffers`,
+          );
+          for (const [f, inner] of saved) k[f] = inner;
+          return { ...first, memsets: g.gradMemsets };
+        };
+        const want = run(false), got = run(true);
+        const what = `${name} ${precision} ${variant}`;
+        assert.equal(got.fwdGemms, 1, `${what}: forward GEMMs`);
+        assert.equal(got.bwdGemms, 2 + 2, `${what}: backward GEMMs (dx, dW; and q's matmul)`);
+        assert.equal(want.bwdGemms, 2 * widths.length - (variant === "unused output" ? 2 : 0) + 2);
+        // an unused output's gradient is a zeroed block (one counted memset, each step)
+        assert.equal(got.memsets, variant === "unused output" ? 2 : 0, `${what}: memsets`);
+        const tol = { atol: 1e-5, rtol: 1e-5 }; // fp32 sums in another order (dx: over 16 columns)
+        // a bf16 output: the same rounding of fp32 sums that may differ in the last bit
+        const tolY = (j: number) =>
+          variant === "bf16 outputs" && j > 0 && precision === "bf16" ? TOL_BF16 : tol;
+        want.ys.forEach((y, j) => compare(`${what}: y${j}`, got.ys[j], y, tolY(j)));
+        want.grads.forEach((gw, i) => {
+          compare(`${what}: ${params[i].name}.grad`, got.grads[i], gw, tol);
+          const unused = variant === "unused output" && params[i] === ws[1]; // adds zeros
+          assert.equal(
+            gw.some((v, k) => v !== gInit[i][k]),
+            !unused,
+            `${what}: ${params[i].name} got a gradient`,
+          );
+        });
+        for (const p of params) {
+          be.free(p.data);
+          be.free(p.grad);
+        }
+      }
+    }
   }
 });

@@ -321,6 +321,17 @@ const castBf16ToF32: Cost = (a) => {
   return n <= 0 ? [] : [elementwise("cast_bf16_to_f32_kernel", n, n * BF16, n * F32, 1)];
 };
 
+// copy_columns_kernel<D, S>: mn_blocks_for(rows * cols, 256) x 256 over the block; reads src
+// (and an accumulated fp32 dst), writes dst; an empty block: no launch
+const copyColumns: Cost = (a) => {
+  const n = need(a, "rows") * need(a, "cols");
+  const src = need(a, "src_bf16") ? BF16 : F32, dst = need(a, "dst_bf16") ? BF16 : F32;
+  const added = need(a, "dst_bf16") ? 0 : acc(a, 0);
+  return n <= 0
+    ? []
+    : [elementwise("copy_columns_kernel", n, n * (src + added * dst), n * dst, added)];
+};
+
 // ---- layout (transpose.cu) ----------------------------------------------------------------------
 // transpose_kernel: grid (ceil(C/32), ceil(R/32)), block (32, 8)
 const transpose: Cost = (a) => {
@@ -1632,6 +1643,7 @@ const TABLE: Record<string, Cost> = {
   // cast.cu
   mn_cast_f32_to_bf16: castF32ToBf16,
   mn_cast_bf16_to_f32: castBf16ToF32,
+  mn_copy_columns: copyColumns,
   // transpose.cu
   mn_transpose: transpose,
   // embedding.cu

@@ -63,6 +63,12 @@ const SMALL: Record<string, number> = {
   dm_bf16: 1,
   in_bf16: 1,
   grad_bf16: 1,
+  rows: 64,
+  cols: 16,
+  ld_dst: 96,
+  ld_src: 16,
+  dst_bf16: 0,
+  src_bf16: 0,
 };
 
 function argsFor(params: { type: string; name: string }[]): Record<string, number> {
@@ -158,6 +164,31 @@ Deno.test("cost model: mn_add at 32768 x 768", () => {
   assert.equal(l.threads, 256);
   assert.equal(l.bytesRead, 201326592);
   assert.equal(l.bytesWritten, 100663296);
+});
+
+Deno.test("cost model: mn_copy_columns, matmulShared's blocks at 32768 rows", () => {
+  // cast.cu copy_columns_launch: mn_blocks_for(rows * cols, 256) x 256 over the block only.
+  // The decay LoRA's gradient gathered into the bf16 [N, 96] operand: 32768 x 64 = 2,097,152
+  // elements -> 8192 blocks; reads 4 bytes, writes 2 per element (the row stride is free).
+  const gather = { dst: 1, ld_dst: 96, dst_bf16: 1, src: 2, ld_src: 64, src_bf16: 0 };
+  const [l] = callLaunches("mn_copy_columns", { ...gather, rows: ROWS, cols: 64, accumulate: 0 });
+  assert.equal(l.kernel, "copy_columns_kernel");
+  assert.equal(l.blocks, 8192);
+  assert.equal(l.bytesRead, 8388608);
+  assert.equal(l.bytesWritten, 4194304);
+  // a weight's block of dW [768, 96] added into its fp32 gradient [768, 16]: dst read as well
+  const add = { dst: 1, ld_dst: 16, dst_bf16: 0, src: 2, ld_src: 96, src_bf16: 0 };
+  const [a] = callLaunches("mn_copy_columns", { ...add, rows: C, cols: 16, accumulate: 1 });
+  assert.equal(a.blocks, 48);
+  assert.equal(a.bytesRead, 2 * C * 16 * 4);
+  assert.equal(a.bytesWritten, C * 16 * 4);
+  // overwritten (bit clear): written only; an empty block launches nothing
+  const [o] = callLaunches("mn_copy_columns", { ...add, rows: C, cols: 16, accumulate: 0 });
+  assert.equal(o.bytesRead, C * 16 * 4);
+  assert.deepEqual(
+    callLaunches("mn_copy_columns", { ...add, rows: 0, cols: 16, accumulate: 0 }),
+    [],
+  );
 });
 
 Deno.test("cost model: mn_gemm_bf16, the qkv linear 768 -> 2304 at 32768 rows", () => {

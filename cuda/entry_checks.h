@@ -7,6 +7,7 @@
 #include <initializer_list>
 
 #include "kernels.h"
+#include "grad_acc.h"
 #include "mn_error.h"
 
 inline bool mn_aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
@@ -173,5 +174,21 @@ inline int mn_check_softcap_crossentropy_bf16(float* losses, mn_bf16* logits, in
   MN_REQUIRE(N > 0 && V > 0, "%s: bad shape N=%d V=%d", fn, N, V);
   MN_REQUIRE(losses && logits && targets, "%s: NULL losses, logits or targets", fn);
   MN_REQUIRE(softcap == softcap && dloss == dloss, "%s: NaN softcap or dloss", fn);
+  return 0;
+}
+
+// mn_copy_columns (cast.cu): a rows x cols block between matrices with row strides
+inline int mn_check_copy_columns(void* dst, int ld_dst, int dst_bf16, void* src, int ld_src,
+                                 int src_bf16, int rows, int cols, int accumulate) {
+  MN_REQUIRE(rows >= 0 && cols >= 0, "copy_columns: bad block [%d, %d]", rows, cols);
+  MN_REQUIRE(ld_dst >= cols && ld_src >= cols,
+             "copy_columns: row strides ld_dst = %d, ld_src = %d below cols = %d", ld_dst, ld_src,
+             cols);
+  MN_REQUIRE((dst_bf16 == 0 || dst_bf16 == 1) && (src_bf16 == 0 || src_bf16 == 1),
+             "copy_columns: dst_bf16 = %d, src_bf16 = %d must be 0 or 1", dst_bf16, src_bf16);
+  MN_REQUIRE(!(MN_ACC_BIT(accumulate, 0) && dst_bf16),
+             "copy_columns: accumulating into a bf16 dst would round twice");
+  MN_REQUIRE((rows == 0 || cols == 0) || (dst && src), "copy_columns: NULL tensor argument");
+  MN_REQUIRE(dst != src || rows == 0 || cols == 0, "copy_columns: dst and src are the same");
   return 0;
 }

@@ -110,6 +110,15 @@ MN_API int mn_gemm_f32(int trans_a, int trans_b, int M, int N, int K, float alph
 /* ---- cast (cast.cu) ------------------------------------------------------------------------ */
 MN_API int mn_cast_f32_to_bf16(mn_bf16* out, float* inp, int64_t n, void* stream); /* RNE */
 MN_API int mn_cast_bf16_to_f32(float* out, mn_bf16* inp, int64_t n, void* stream);
+/* A block of columns between two row-major matrices: dst[r, c] (+)= src[r, c] for r < rows,
+ * c < cols, dst's rows ld_dst elements apart and src's ld_src (>= cols; pass the pointers at the
+ * block's first element). Graph.matmulShared's concatenated weight operand, its output split into
+ * one matrix per weight, its gathered output gradients and its parameter gradients' blocks.
+ * dst_bf16 / src_bf16: 1 = bf16, 0 = fp32; a bf16 dst is rounded once (RNE), so bf16 -> bf16 and
+ * fp32 -> fp32 are exact copies. accumulate bit 0 set: added into dst (fp32 dst only; one fp32
+ * add per element), clear: dst overwritten without being read. dst and src must not overlap. */
+MN_API int mn_copy_columns(void* dst, int ld_dst, int dst_bf16, void* src, int ld_src,
+                           int src_bf16, int rows, int cols, int accumulate, void* stream);
 
 /* ---- layout (transpose.cu) ----------------------------------------------------------------- */
 /* out[C, R] = x[R, C]^T, fp32 (Muon works on the wide orientation of tall matrices) */
