@@ -165,7 +165,7 @@ async function sweep() {
         large: { rel: 0, name: "", seed: 0, coretype: "", perSeed: [] as number[] },
         small: { rel: 0, name: "", seed: 0, coretype: "", perSeed: [] as number[] },
       };
-      let loss = 0;
+      let loss = 0, smallAbs = 0; // and the small tensors' largest absolute difference
       for (const seed of seeds) {
         const emu = tinyLossAndGrads(mod, check.flags, "emu", seed, check.precision);
         const seedWorst = { large: 0, small: 0 };
@@ -174,8 +174,12 @@ async function sweep() {
           const d = backendDifference(cpu, emu);
           loss = Math.max(loss, d.loss);
           for (const [name, rel] of d.perTensor) {
-            const c = cpu.grads.get(name)!.length <= SMALL_TENSOR ? "small" : "large";
+            const want = cpu.grads.get(name)!, got = emu.grads.get(name)!;
+            const c = want.length <= SMALL_TENSOR ? "small" : "large";
             seedWorst[c] = Math.max(seedWorst[c], rel);
+            if (c === "small") {
+              want.forEach((v, i) => smallAbs = Math.max(smallAbs, Math.abs(v - got[i])));
+            }
             if (rel > worst[c].rel) Object.assign(worst[c], { rel, name, seed, coretype: ct });
           }
         });
@@ -192,7 +196,11 @@ async function sweep() {
           `bound ${bound} = ${(bound / w.rel).toFixed(1)}x`;
       });
       console.log(
-        `${trainer} emu vs cpu (${check.label}): ${parts.join("; ")}; loss worst ${fmt(loss)}, ` +
+        `${trainer} emu vs cpu (${check.label}): ${parts.join("; ")}` +
+          (worst.small.name
+            ? ` (absolute ${fmt(smallAbs)}, smallAtol ${check.smallAtol ?? 0})`
+            : "") +
+          `; loss worst ${fmt(loss)}, ` +
           `bound ${lossTol} = ${(lossTol / loss).toFixed(0)}x`,
       );
     }

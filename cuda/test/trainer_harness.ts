@@ -235,9 +235,32 @@ export interface BackendCheck {
    * scalars (GPT-2's lambdas, lamb) each sum a whole activation, with cancellation, so the same
    * operand flips move them relatively more */
   smallTol?: number;
+  /** ... or, as an alternative, the bound on such a tensor's largest absolute difference: a
+   * scalar gradient that nearly cancels for the drawn seed (a lambda's ~1e-4 where it is usually
+   * ~5e-3) keeps its absolute error, so its relative one blows up; a zeroed or wrong-signed one
+   * still fails (default 0: relative only) */
+  smallAtol?: number;
   /** relative bound on the loss (default tol) */
   lossTol?: number;
   precision?: "bf16" | "f32";
+}
+
+/** Asserts a gradient tensor of at most SMALL_TENSOR elements within smallTol normwise relative
+ * (rel) or within smallAtol absolute of want (see BackendCheck.smallAtol). */
+export function assertSmallTensor(
+  name: string,
+  want: Float32Array,
+  got: Float32Array,
+  rel: number,
+  smallTol: number,
+  smallAtol: number,
+  replay: string,
+) {
+  const abs = Math.max(...want.map((v, i) => Math.abs(v - got[i])));
+  assert.ok(
+    rel <= smallTol || abs <= smallAtol,
+    `${name}: relative difference ${rel} > ${smallTol}, absolute ${abs} > ${smallAtol} (${replay})`,
+  );
 }
 
 /** A gradient tensor this small gets BackendCheck.smallTol. */
@@ -297,8 +320,9 @@ export function compareBackends<A extends TrainerArgs, S>(
     other?: BackendName;
     precision?: "bf16" | "f32";
     lossTol?: number;
-    /** see BackendCheck.smallTol */
+    /** see BackendCheck.smallTol, smallAtol */
     smallTol?: number;
+    smallAtol?: number;
     seed?: number;
     /** called on each backend before the forward; the function it returns, after the backward */
     instrument?: (name: BackendName, be: Backend) => () => void;
@@ -316,8 +340,13 @@ export function compareBackends<A extends TrainerArgs, S>(
     `loss cpu ${cpu.loss} ${otherName} ${other.loss}: relative difference ${d.loss} > ${lossTol} (${replay})`,
   );
   for (const [name, rel] of d.perTensor) {
-    const bound = cpu.grads.get(name)!.length <= SMALL_TENSOR ? opts.smallTol ?? tol : tol;
-    assert.ok(rel <= bound, `${name}: normwise relative difference ${rel} > ${bound} (${replay})`);
+    const want = cpu.grads.get(name)!;
+    if (want.length <= SMALL_TENSOR) {
+      const [smallTol, smallAtol] = [opts.smallTol ?? tol, opts.smallAtol ?? 0];
+      assertSmallTensor(name, want, other.grads.get(name)!, rel, smallTol, smallAtol, replay);
+    } else {
+      assert.ok(rel <= tol, `${name}: normwise relative difference ${rel} > ${tol} (${replay})`);
+    }
   }
   console.log(
     `  loss cpu ${cpu.loss.toFixed(6)} ${otherName} ${
