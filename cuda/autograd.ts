@@ -1169,9 +1169,10 @@ export class Graph {
 
   /**
    * RWKV-7 after the WKV call, fused (mn_rwkv7_gn_bonus_gate_*): (GroupNorm(y) + bonus) * gate,
-   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v, gate
-   * [B,T,C] fp32. The result is the output projection's operand (operandDtype). Same math as
-   * mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
+   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v
+   * [B,T,C] fp32; gate fp32, or bf16 (matmul's outBf16: then its gradient is written bf16 where
+   * gradSinksBf16 allows). The result is the output projection's operand (operandDtype). Same math
+   * as mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
    */
   rwkv7GnBonusGate(
     y: Var,
@@ -1192,6 +1193,11 @@ export class Graph {
     for (const p of [weight, bias, u]) {
       if (p.t.numel !== C) throw new Error(`rwkv7GnBonusGate: ${p.t.numel} elements, not ${C}`);
     }
+    if ([y, r, k, v].some((x) => x.t.dtype !== "f32")) {
+      throw new Error("rwkv7GnBonusGate: y, r, k, v must be fp32 (only the gate may be bf16)");
+    }
+    const gateBf16 = gate.t.dtype === "bf16";
+    if (!gateBf16 && gate.t.dtype !== "f32") throw new Error("rwkv7GnBonusGate: gate fp32 or bf16");
     const D = C / H, dt = this.operandDtype();
     const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
     const out = this.out(y.shape, "gn_bonus_gate", dt);
@@ -1202,6 +1208,7 @@ export class Graph {
       rstd.ptr,
       ...ptrs([y, weight, bias, r, k, v, u, gate]),
       dt === "bf16" ? 1 : 0,
+      gateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -1209,8 +1216,10 @@ export class Graph {
       this.s,
     );
     return this.node(out, [y, weight, bias, r, k, v, u, gate], (z) => {
+      const dgateBf16 = this.gradSinksBf16([gate]); // the gate LoRA's bf16 GEMM operand
       const sinks = [
-        ...[y, r, k, v, gate].map((x) => this.gradSink(x)),
+        ...[y, r, k, v].map((x) => this.gradSink(x)),
+        ...(dgateBf16 ?? [this.gradSink(gate)]),
         ...[weight, bias, u].map((p) => this.paramSink(p, "rwkv7GnBonusGate")),
       ];
       this.k.mn_rwkv7_gn_bonus_gate_backward(
@@ -1222,6 +1231,8 @@ export class Graph {
         mean.ptr,
         rstd.ptr,
         ...ptrs([r, k, v, u, gate]),
+        gateBf16 ? 1 : 0,
+        dgateBf16 ? 1 : 0,
         N,
         H,
         D,

@@ -1025,41 +1025,44 @@ const rwkv7WkvInputsBackward: Cost = (a) => {
 };
 
 // rwkv7_gn_bonus_gate_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads y (twice
-// for the statistics: the head's second pass hits L1/L2), r, k, v, gate and weight, bias, u; writes
-// out (fp32 or bf16) and mean, rstd [N, H].
+// for the statistics: the head's second pass hits L1/L2), r, k, v, gate (fp32 or bf16) and weight,
+// bias, u; writes out (fp32 or bf16) and mean, rstd [N, H].
 const rwkv7GnBonusGateForward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const gate = n * (need(a, "gate_bf16") ? BF16 : F32);
   return [
     launch(
       "gn_bonus_gate_forward_kernel",
       warpRowBlocks(N * H),
       256,
-      5 * n * F32 + 3 * H * D * F32,
+      4 * n * F32 + gate + 3 * H * D * F32,
       n * out + 2 * N * H * F32,
       14 * n,
     ),
   ];
 };
 // rwkv7_gn_bonus_gate_backward: gn_bonus_gate_backward_kernel (warp per (row, head)) reads dout, y,
-// r, k, v, gate, mean, rstd and the gradients whose bits are set, writes dy, dr, dk, dv, dgate and
-// ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout, gate, y, mean, rstd: dweight,
-// dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
+// r, k, v, gate (fp32 or bf16), mean, rstd and the gradients whose bits are set, writes dy, dr, dk,
+// dv, dgate (fp32 or bf16) and ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout,
+// gate, y, mean, rstd: dweight, dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
 const rwkv7GnBonusGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
-  let accRead = 0;
-  for (let bit = 0; bit < 5; bit++) accRead += accBit(a, bit) ? act : 0;
+  const gate = N * C * (need(a, "gate_bf16") ? BF16 : F32);
+  const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
+  let accRead = accBit(a, 4) ? dgate : 0;
+  for (let bit = 0; bit < 4; bit++) accRead += accBit(a, bit) ? act : 0;
   return [
     launch(
       "gn_bonus_gate_backward_kernel",
       warpRowBlocks(N * H),
       256,
-      6 * act + stats + 3 * C * F32 + accRead,
-      5 * act + N * H * F32,
+      5 * act + gate + stats + 3 * C * F32 + accRead,
+      4 * act + dgate + N * H * F32,
       40 * N * C,
     ),
-    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
+    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
     ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
   ];
 };

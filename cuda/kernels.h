@@ -325,20 +325,23 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
 
 /* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
  * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head
- * (mn_rwkv7_bonus_forward); y, r, k, v, gate [N, C] fp32, u [H, D]; out fp32 or bf16 (the
- * output projection's operand). */
+ * (mn_rwkv7_bonus_forward); y, r, k, v [N, C] fp32, u [H, D]; gate [N, C] fp32, or bf16 (the gate
+ * LoRA's autocast output) when gate_bf16 != 0; out fp32 or bf16 (the output projection's
+ * operand). */
 MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
                                           float* weight, float* bias, float* r, float* k, float* v,
-                                          float* u, float* gate, int out_bf16, int N, int H, int D,
-                                          float eps, void* stream);
+                                          float* u, void* gate, int out_bf16, int gate_bf16, int N,
+                                          int H, int D, float eps, void* stream);
 /* gradient outputs: dy, dr, dk, dv, dgate [N, C] (bits 0-4), dweight, dbias [C], du [H, D]
- * (bits 5-7, must be set); dout [N, C]. Scratch: N*H floats (as rwkv7_bonus_backward). */
+ * (bits 5-7, must be set); dout [N, C]; gate as in the forward (gate_bf16). dgate_bf16 != 0:
+ * dgate is written as bf16 (the gate LoRA's backward GEMM operand) and only overwritten (bit 4
+ * must be clear). Scratch: N*H floats (as rwkv7_bonus_backward). */
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
-                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
                                            float* mean, float* rstd, float* r, float* k, float* v,
-                                           float* u, float* gate, int N, int H, int D,
-                                           int accumulate, void* stream);
+                                           float* u, void* gate, int gate_bf16, int dgate_bf16,
+                                           int N, int H, int D, int accumulate, void* stream);
 /* The value residual of the layers after the first: out = lerp(v, v1, sigmoid(mv + time_misc_v))
  * per row of C channels; v (this layer's value), v1 (the first layer's), mv (the LoRA's output)
  * [N, C] fp32, time_misc_v [C]. out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL,

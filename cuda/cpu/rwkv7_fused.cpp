@@ -359,8 +359,8 @@ GnRow gn_row(const float* y, const float* r, const float* k, const float* u, int
 
 MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
                                           float* weight, float* bias, float* r, float* k, float* v,
-                                          float* u, float* gate, int out_bf16, int N, int H, int D,
-                                          float eps, void*) {
+                                          float* u, void* gate, int out_bf16, int gate_bf16, int N,
+                                          int H, int D, float eps, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
                                      eps))
@@ -374,7 +374,7 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
       const float gn = (y[e] - m) * rs * weight[c0 + j] + bias[c0 + j];
-      write_out(out, out_bf16, e, (gn + s * v[e]) * gate[e]);
+      write_out(out, out_bf16, e, (gn + s * v[e]) * read_in(gate, gate_bf16, e));
     }
     mean[row] = m;
     rstd[row] = rs;
@@ -383,17 +383,21 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
 }
 
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
-                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
                                            float* mean, float* rstd, float* r, float* k, float* v,
-                                           float* u, float* gate, int N, int H, int D,
-                                           int accumulate, void*) {
+                                           float* u, void* gate, int gate_bf16, int dgate_bf16,
+                                           int N, int H, int D, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
                                       bias, mean, rstd, r, k, v, u, gate},
                                      accumulate, 0xe0, 0.0f))
     return rc;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x10),
+             "rwkv7_gn_bonus_gate_backward: a bf16 dgate is overwritten (accumulate bit 4 must be "
+             "clear)");
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
   for (int64_t row = 0; row < rows; row++) {
     const int64_t e0 = row * D, c0 = (row % H) * D;
@@ -404,7 +408,7 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
     double ds = 0.0, s1 = 0.0, s2 = 0.0;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       ds += dz * v[e];
       s1 += dz * weight[c0 + j];
       s2 += dz * weight[c0 + j] * xh;
@@ -413,13 +417,15 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
     s2 /= D;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j, c = c0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       const double z = xh * weight[c] + bias[c] + s * v[e];
       grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
       grad_out(dr, e, accumulate, 1, (float)(ds * k[e] * u[c]));
       grad_out(dk, e, accumulate, 2, (float)(ds * r[e] * u[c]));
       grad_out(dv, e, accumulate, 3, (float)(s * dz));
-      grad_out(dgate, e, accumulate, 4, (float)(dout[e] * z));
+      // a bf16 dgate: the fp32 one (overwritten) rounded once
+      if (dgate_bf16) ((mn_bf16*)dgate)[e] = f32_to_bf16((float)(dout[e] * z));
+      else grad_out((float*)dgate, e, accumulate, 4, (float)(dout[e] * z));
       sw[c] += dz * xh;
       sb[c] += dz;
       su[c] += ds * r[e] * k[e];
