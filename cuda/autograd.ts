@@ -1130,9 +1130,10 @@ export class Graph {
 
   /**
    * RWKV-7's value residual, fused (mn_rwkv7_value_mix_*): lerp(v, v1, sigmoid(mv + time_misc_v))
-   * for the layers after the first; v (this layer's value), v1 (the first layer's), mv (the LoRA's
-   * output) [B,T,C] fp32, tmv [C]. The output is fp32 (the bonus reads it) with WKV's bf16 operand
-   * alongside on the bf16 path. Same math as lerp(v, v1, sigmoid(addRow(mv, tmv))).
+   * for the layers after the first; v (this layer's value), v1 (the first layer's) [B,T,C] fp32,
+   * mv (the LoRA's output) fp32, or bf16 (matmul's outBf16: then its gradient is written bf16
+   * where gradSinksBf16 allows), tmv [C]. The output is fp32 (the bonus reads it) with WKV's bf16
+   * operand alongside on the bf16 path. Same math as lerp(v, v1, sigmoid(addRow(mv, tmv))).
    */
   rwkv7ValueMix(v: Var, v1: Var, mv: Var, tmv: Var): Var {
     const [N, C] = rowsCols(v);
@@ -1142,21 +1143,30 @@ export class Graph {
       throw new Error(`rwkv7ValueMix: tmv has ${tmv.t.numel} elements, not ${C}`);
     }
     if (v === v1) throw new Error("rwkv7ValueMix: v and v1 are one value (use lerp)");
+    if (v.t.dtype !== "f32" || v1.t.dtype !== "f32") {
+      throw new Error("rwkv7ValueMix: v and v1 must be fp32 (only mv may be bf16)");
+    }
+    const mvBf16 = mv.t.dtype === "bf16";
+    if (!mvBf16 && mv.t.dtype !== "f32") throw new Error("rwkv7ValueMix: mv fp32 or bf16");
     const out = this.out(v.shape, "value_mix"); // [B,T,C] fp32
     const ob = this.precision === "f32" ? null : this.out(v.shape, "value_mix.bf16", "bf16");
     const p = [v, v1, mv, tmv].map((x) => x.t.ptr);
-    this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, N, C, this.s);
+    const mvFlag = mvBf16 ? 1 : 0;
+    this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, mvFlag, N, C, this.s);
     const y = this.node(out, [v, v1, mv, tmv], (y) => {
+      const dmvBf16 = this.gradSinksBf16([mv]); // the LoRA's bf16 GEMM operand
       const sinks = [
         this.gradSink(v),
         this.gradSink(v1),
-        this.gradSink(mv),
+        ...(dmvBf16 ?? [this.gradSink(mv)]),
         this.paramSink(tmv, "rwkv7ValueMix"),
       ];
       this.k.mn_rwkv7_value_mix_backward(
         ...sinks.map(([q]) => q),
         y.g.ptr,
         ...p,
+        mvFlag,
+        dmvBf16 ? 1 : 0,
         N,
         C,
         Graph.accumulateBits(sinks),

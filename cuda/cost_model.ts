@@ -965,19 +965,22 @@ const rwkv7Mix4Backward: Cost = (a) => {
   ];
 };
 
-// rwkv7_value_mix_forward: reads v, v1, mv (and time_misc_v); writes out fp32 (+ bf16 copy)
+// rwkv7_value_mix_forward: reads v, v1, mv (fp32 or bf16) and time_misc_v; writes out fp32 (+ bf16
+// copy)
 const rwkv7ValueMixForward: Cost = (a) => {
   const n = need(a, "N") * need(a, "C"), C = need(a, "C");
+  const mv = n * (need(a, "mv_bf16") ? BF16 : F32);
   const out = n * F32 + (has(a, "out_bf16") ? n * BF16 : 0);
-  return [elementwise("value_mix_forward_kernel", n, 3 * n * F32 + C * F32, out, 8)];
+  return [elementwise("value_mix_forward_kernel", n, 2 * n * F32 + mv + C * F32, out, 8)];
 };
-// col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (and dv, dv1, dmv where their bits are set);
-// writes dv, dv1, dmv; dtime_misc_v += sum dmv
+// col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (fp32 or bf16), and dv, dv1, dmv where their
+// bits are set; writes dv, dv1, dmv (fp32 or bf16); dtime_misc_v += sum dmv
 const rwkv7ValueMixBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), act = N * C * F32;
-  let accRead = 0;
-  for (let bit = 0; bit < 3; bit++) accRead += accBit(a, bit) ? act : 0;
-  return colSums("ValueMixTerm", 1, N, C, 4 * act + accRead, 3 * act, 14 * N * C);
+  const mv = N * C * (need(a, "mv_bf16") ? BF16 : F32);
+  const dmv = N * C * (need(a, "dmv_bf16") ? BF16 : F32);
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0) + (accBit(a, 2) ? dmv : 0);
+  return colSums("ValueMixTerm", 1, N, C, 3 * act + mv + accRead, 2 * act + dmv, 14 * N * C);
 };
 
 // rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six

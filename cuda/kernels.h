@@ -343,17 +343,19 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                            float* u, void* gate, int gate_bf16, int dgate_bf16,
                                            int N, int H, int D, int accumulate, void* stream);
 /* The value residual of the layers after the first: out = lerp(v, v1, sigmoid(mv + time_misc_v))
- * per row of C channels; v (this layer's value), v1 (the first layer's), mv (the LoRA's output)
- * [N, C] fp32, time_misc_v [C]. out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL,
- * also WKV's bf16 operand. */
+ * per row of C channels; v (this layer's value), v1 (the first layer's) [N, C] fp32; mv (the
+ * LoRA's output) [N, C] fp32, or bf16 (its autocast output) when mv_bf16 != 0; time_misc_v [C].
+ * out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL, also WKV's bf16 operand. */
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void* stream);
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void* stream);
 /* gradient outputs: dv, dv1, dmv [N, C] (bits 0-2; distinct buffers), dtime_misc_v [C] (bit 3,
- * must be set); dout [N, C] */
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate,
-                                       void* stream);
+ * must be set); dout [N, C]; mv as in the forward (mv_bf16). dmv_bf16 != 0: dmv is written as
+ * bf16 (the LoRA's backward GEMM operand) and only overwritten (bit 2 must be clear). */
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void* stream);
 
 /* ---- fused RWKV-6 time-mixing chains (rwkv7_fused.cu, beside RWKV-7's: the same per-element
  * math, rwkv7_math.cuh): the fast path of train_rwkv6.ts. Conventions as the RWKV-7 block above

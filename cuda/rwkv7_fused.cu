@@ -449,12 +449,13 @@ struct GnGateParamTerm {
 // ---- (d) the value residual of layers after the first ----
 
 // out = lerp(v, v1, sigmoid(mv + time_misc_v[c])) as fp32 (the bonus reads it) and, when out_bf16
-// is non-NULL, also as WKV's bf16 operand
+// is non-NULL, also as WKV's bf16 operand; mv fp32 or bf16 (M: the LoRA's autocast output)
+template <class M>
 __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float* v,
-                                         const float* v1, const float* mv, const float* tmv, int C,
+                                         const float* v1, const M* mv, const float* tmv, int C,
                                          int64_t n) {
   GRID_STRIDE(e, n) {
-    const float o = lerp_f(v[e], v1[e], sigmoid_f(mv[e] + tmv[e % C]));
+    const float o = lerp_f(v[e], v1[e], sigmoid_f(ld(mv + e) + tmv[e % C]));
     out[e] = o;
     if (out_bf16) out_bf16[e] = mn_f32_to_bf16(o);
   }
@@ -462,14 +463,16 @@ __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float
 
 // Its backward, in the column-sum pass over dout: dv = dout (1 - g), dv1 = dout g,
 // dmv = dout (v1 - v) g (1 - g), dtime_misc_v[c] += sum_i dmv, with g recomputed from mv.
+// M: mv's dtype; DM: dmv's (bf16: overwritten, its accumulate bit clear, so old[2] is 0).
+template <class M, class DM>
 struct ValueMixTerm {
   float* dv;
   float* dv1;
-  float* dmv;
+  DM* dmv;
   const float* dout;
   const float* v;
   const float* v1;
-  const float* mv;
+  const M* mv;
   const float* tmv;
   int C;
   int acc;  // bits 0 dv, 1 dv1, 2 dmv
@@ -480,10 +483,10 @@ struct ValueMixTerm {
   __device__ void begin(int c) { bias = tmv[c]; }
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
-    Load l{dout[e], v[e], v1[e], mv[e], {0.0f, 0.0f, 0.0f}};
+    Load l{dout[e], v[e], v1[e], ld(mv + e), {0.0f, 0.0f, 0.0f}};
     if (acc & 1) l.old[0] = dv[e];
     if (acc & 2) l.old[1] = dv1[e];
-    if (acc & 4) l.old[2] = dmv[e];
+    if (acc & 4) l.old[2] = ld(dmv + e);
     return l;
   }
   __device__ void use(int64_t i, int c, const Load& l, float* sums) const {
@@ -492,7 +495,7 @@ struct ValueMixTerm {
     const float dg = l.d * (l.v1 - l.v) * sigmoid_dy(g);
     dv[e] = l.old[0] + l.d * (1.0f - g);
     dv1[e] = l.old[1] + l.d * g;
-    dmv[e] = l.old[2] + dg;
+    store(dmv + e, l.old[2] + dg);
     sums[0] += dg;
   }
 };
@@ -888,35 +891,61 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
 }
 
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void* stream) {
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_forward", N, C, 1, C,
                                      {out, v, v1, mv, time_misc_v}, 0, 0, 0.0f))
     return rc;
   const int64_t n = (int64_t)N * C;
-  return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel,
+  if (mv_bf16)
+    return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel<bf16>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, out, (bf16*)out_bf16,
+                     (const float*)v, (const float*)v1, (const bf16*)mv,
+                     (const float*)time_misc_v, C, n);
+  return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel<float>,
                    mn_blocks_for(n, kThreads), kThreads, 0, stream, out, (bf16*)out_bf16,
                    (const float*)v, (const float*)v1, (const float*)mv,
                    (const float*)time_misc_v, C, n);
 }
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate,
-                                       void* stream) {
+namespace {
+template <class M, class DM>
+int value_mix_backward(float* dv, float* dv1, DM* dmv, float* dtime_misc_v, const float* dout,
+                       const float* v, const float* v1, const M* mv, const float* tmv, int N,
+                       int C, int accumulate, float* part, void* stream) {
+  return mn_reduce::col_sums<1>(
+      "rwkv7_value_mix_backward",
+      ValueMixTerm<M, DM>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
+      dtime_misc_v, nullptr, N, C, 1, part, stream);
+}
+}  // namespace
+
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
                                      {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
                                      accumulate, 0x8, 0.0f))
     return rc;
-  MN_REQUIRE(dv != dv1 && dv != dmv && dv1 != dmv,
+  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
              "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
+  MN_REQUIRE(!dmv_bf16 || !(accumulate & 0x4),
+             "rwkv7_value_mix_backward: a bf16 dmv is overwritten (accumulate bit 2 must be "
+             "clear)");
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
-  return mn_reduce::col_sums<1>(
-      "rwkv7_value_mix_backward",
-      ValueMixTerm{dv, dv1, dmv, (const float*)dout, (const float*)v, (const float*)v1,
-                   (const float*)mv, (const float*)time_misc_v, C, accumulate & 7, 0.0f},
-      dtime_misc_v, nullptr, N, C, 1, part, stream);
+  const float *dout_c = dout, *v_c = v, *v1_c = v1, *tmv_c = time_misc_v;
+  const auto run = [&](auto* m) {
+    if (dmv_bf16)
+      return value_mix_backward(dv, dv1, (bf16*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
+                                C, accumulate, part, stream);
+    return value_mix_backward(dv, dv1, (float*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
+                              C, accumulate, part, stream);
+  };
+  if (mv_bf16) return run((const bf16*)mv);
+  return run((const float*)mv);
 }
 
 // ---- RWKV-6 ----

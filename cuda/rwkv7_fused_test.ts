@@ -840,14 +840,18 @@ function valueRef(c: VCfg, act: Vals, par: Vals): Float64Array {
   });
 }
 
-function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
+/** v, v1, mv as kernel inputs: fp32, mv bf16 (its LoRA's output) with mvBf16 */
+const valueActs = (d: ValueDraw, shape: number[], mvBf16: boolean) =>
+  V_ACTS.map((k) => [k, mIn(d.act[k] as Float32Array, shape, k === "mv" && mvBf16)]);
+
+function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean, mvBf16 = false) {
   const shape = [c.N, c.C];
   const outs: Record<string, { shape: number[]; dtype?: "bf16" | "f32" }> = { out: { shape } };
   if (bf16) outs.out_bf16 = { shape, dtype: "bf16" };
   return withTensors(
     be,
     {
-      ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+      ...Object.fromEntries(valueActs(d, shape, mvBf16)),
       tmv: f32In(d.par.tmv as Float32Array, [c.C]),
     },
     outs,
@@ -857,6 +861,7 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
         bf16 ? t.out_bf16.ptr : null,
         ...V_ACTS.map((k) => t[k].ptr),
         t.tmv.ptr,
+        mvBf16 ? 1 : 0,
         c.N,
         c.C,
         be.stream,
@@ -866,16 +871,24 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
   );
 }
 
-function valueBackward(be: Backend, c: VCfg, d: ValueDraw, accumulate = ALL) {
+/** mvBf16: a bf16 mv input; dmvBf16: a bf16 dmv output (overwritten) */
+function valueBackward(
+  be: Backend,
+  c: VCfg,
+  d: ValueDraw,
+  accumulate = ALL,
+  mvBf16 = false,
+  dmvBf16 = false,
+) {
   const shape = [c.N, c.C];
   const ins = {
     dout: f32In(d.dout, shape),
-    ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+    ...Object.fromEntries(valueActs(d, shape, mvBf16)),
     tmv: f32In(d.par.tmv as Float32Array, [c.C]),
   };
   const outs = Object.fromEntries([...V_ACTS, ...V_PARS].map((k, i) => [
     "d" + k,
-    {
+    k === "mv" && dmvBf16 ? { shape, dtype: "bf16" as const } : {
       shape: i < 3 ? shape : [c.C],
       init: (accumulate >> i) & 1 ? d.prior[k] as Float32Array : undefined,
     },
@@ -886,6 +899,8 @@ function valueBackward(be: Backend, c: VCfg, d: ValueDraw, accumulate = ALL) {
       t.dout.ptr,
       ...V_ACTS.map((k) => t[k].ptr),
       t.tmv.ptr,
+      mvBf16 ? 1 : 0,
+      dmvBf16 ? 1 : 0,
       c.N,
       c.C,
       accumulate,
@@ -910,6 +925,44 @@ checkKernel({
   label: vLabel,
   tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_F32, dtmv: SUM },
   run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng)),
+});
+checkKernel({
+  name: "rwkv7_value_mix_forward (bf16 mv in, with bf16 copy)",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { out: TOL_F32, out_bf16: TOL_BF16 },
+  run: (be, c, rng) => valueForward(be, c, drawValue(c, rng), true, true),
+});
+checkKernel({
+  name: "rwkv7_value_mix_backward (bf16 mv in, bf16 dmv out)",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_BF16, dtmv: SUM },
+  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0x8, true, true),
+});
+
+Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv the fp32 one rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of VSHAPES) {
+      const d = drawValue(c, new Rng(SEED));
+      const dr = { ...d, act: { ...d.act, mv: round(d.act.mv as Float32Array) } }; // a bf16 mv
+      const want = valueForward(be, c, dr, true), got = valueForward(be, c, d, true, true);
+      for (const k of Object.keys(want)) {
+        compare(`${name} ${vLabel(c)} ${k}`, got[k], want[k], EXACT);
+      }
+      // fp32 dmv from a bf16 mv (its gradient has another writer), and a bf16 dmv
+      for (const dmvBf16 of [false, true]) {
+        const bw = valueBackward(be, c, dr, 0x8), bg = valueBackward(be, c, d, 0x8, true, dmvBf16);
+        for (const k of Object.keys(bw)) {
+          const w = k === "dmv" && dmvBf16 ? round(bw[k] as Float32Array) : bw[k];
+          compare(`${name} ${vLabel(c)} ${k}`, bg[k], w, EXACT);
+        }
+      }
+      assert.throws(() => valueBackward(be, c, d, ALL, true, true), /bf16 dmv is overwritten/);
+    }
+  }
 });
 
 Deno.test("rwkv7_value_mix: cpu forward matches float64, backward matches float64 central differences", () => {

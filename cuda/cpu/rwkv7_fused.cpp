@@ -440,7 +440,8 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
 }
 
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void*) {
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_forward", N, C, 1, C,
                                      {out, v, v1, mv, time_misc_v}, 0, 0, 0.0f))
     return rc;
@@ -448,7 +449,7 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
       const int64_t e = i * C + c;
-      const float g = 1.0f / (1.0f + std::exp(-(mv[e] + time_misc_v[c])));
+      const float g = 1.0f / (1.0f + std::exp(-(read_in(mv, mv_bf16, e) + time_misc_v[c])));
       const float o = v[e] + (v1[e] - v[e]) * g;
       out[e] = o;
       if (out_bf16) out_bf16[e] = f32_to_bf16(o);
@@ -456,24 +457,31 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
   return 0;
 }
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate, void*) {
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
                                      {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
                                      accumulate, 0x8, 0.0f))
     return rc;
-  MN_REQUIRE(dv != dv1 && dv != dmv && dv1 != dmv,
+  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
              "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
+  MN_REQUIRE(!dmv_bf16 || !(accumulate & 0x4),
+             "rwkv7_value_mix_backward: a bf16 dmv is overwritten (accumulate bit 2 must be "
+             "clear)");
   std::vector<double> s(C, 0.0);
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
       const int64_t e = i * C + c;
-      const double g = 1.0 / (1.0 + std::exp(-((double)mv[e] + time_misc_v[c])));
+      const double m = read_in(mv, mv_bf16, e);
+      const double g = 1.0 / (1.0 + std::exp(-(m + time_misc_v[c])));
       const double d = dout[e], dg = d * ((double)v1[e] - v[e]) * g * (1.0 - g);
       grad_out(dv, e, accumulate, 0, (float)(d * (1.0 - g)));
       grad_out(dv1, e, accumulate, 1, (float)(d * g));
-      grad_out(dmv, e, accumulate, 2, (float)dg);
+      // a bf16 dmv: the fp32 one (overwritten) rounded once
+      if (dmv_bf16) ((mn_bf16*)dmv)[e] = f32_to_bf16((float)dg);
+      else grad_out((float*)dmv, e, accumulate, 2, (float)dg);
       s[c] += dg;
     }
   for (int c = 0; c < C; c++) dtime_misc_v[c] += (float)s[c];
