@@ -131,12 +131,12 @@ for (const check of BACKEND_CHECKS) {
  * product is rounded to bf16 from a differently rounded fp32 value now and then (a flipped operand
  * spreads), and the fused path keeps in bf16, as the original's autocast does, what the generic
  * ops keep in fp32: the MLP's pre-activation u, relu^2 and their gradients, the maa LoRA's outputs
- * m_j, the projections feeding the WKV-input chain, and those values' gradients. On bf16 the check
- * compares two roundings of the model; the fused kernels themselves are checked exactly against the
- * fp32 ones on bf16-rounded inputs (cuda/rwkv7_fused_test.ts, cuda/mlp_relu2_test.ts). Bounds on
- * the loss and on every gradient tensor's normwise relative difference from seeds on cpu
- * (tools/fused_sweep.ts), figures in brackets: worst (seed),
- * median; each bound >= 2x the worst. */
+ * m_j, the projections feeding the WKV-input chain, the gate, the value residual's mv, and those
+ * values' gradients. On bf16 the check compares two roundings of the model; the fused kernels
+ * themselves are checked exactly against the fp32 ones on bf16-rounded inputs
+ * (cuda/rwkv7_fused_test.ts, cuda/mlp_relu2_test.ts). Bounds on the loss and on every gradient
+ * tensor's normwise relative difference from seeds on cpu (tools/fused_sweep.ts), figures in
+ * brackets: worst (seed), median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]
   {
@@ -147,17 +147,20 @@ export const FUSED_CHECKS = [
     smallTol: 1.5e-5,
     lossTol: 1e-7,
   },
-  // seeds 1-30 x OpenBLAS default/Haswell (2026-12-05, every bf16 value of the fused path in)
-  // [tensors 1.20e-2 (11), 1.05e-2; scalars 7.14e-2 (19), 6.6e-3; loss 6.57e-5 (21), 1.75e-5].
-  // Before the bf16 MLP and LoRA outputs (seeds 1-30, 2026-12-04): [tensors 3.0e-3, 4.1e-5;
-  // scalars 3.1e-4, 4.7e-7; loss 1.0e-6]
+  // seeds 1-30 x OpenBLAS default/Haswell (the same figures on this cpu; 2026-12-05, with the gate
+  // and the value residual's mv also bf16): [tensors 1.25e-2 (11), 1.08e-2; scalars 8.44e-2 (29),
+  // 5.9e-3; loss 8.49e-5 (18), 2.3e-5]: scalars 0.15 -> 0.17 and loss 1.5e-4 -> 1.7e-4 to keep 2x
+  // (they were 1.8x). Before those two (every other bf16 value of the fused path in): [tensors
+  // 1.20e-2 (11), 1.05e-2; scalars 7.14e-2 (19), 6.6e-3; loss 6.57e-5 (21), 1.75e-5]. Before the
+  // bf16 MLP and LoRA outputs (seeds 1-30, 2026-12-04): [tensors 3.0e-3, 4.1e-5; scalars 3.1e-4,
+  // 4.7e-7; loss 1.0e-6]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
     tol: 2.5e-2,
-    smallTol: 0.15,
-    lossTol: 1.5e-4,
+    smallTol: 0.17,
+    lossTol: 1.7e-4,
   },
 ];
 /** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the
