@@ -1356,7 +1356,8 @@ export class Graph {
 
   /**
    * RWKV-6 after the WKV call, fused (mn_rwkv6_gn_gate_*): GroupNorm(y) * gate, GroupNorm over H
-   * heads (weight, bias, eps); y, gate [..., C] fp32. The result is the output projection's
+   * heads (weight, bias, eps); y [..., C] fp32; gate fp32, or bf16 (matmul's outBf16: then its
+   * gradient is written bf16 where gradSinksBf16 allows). The result is the output projection's
    * operand (operandDtype). Same math as mul(groupnorm(y, weight, bias, H, eps), gate).
    */
   rwkv6GnGate(y: Var, weight: Var, bias: Var, gate: Var, H: number, eps: number): Var {
@@ -1366,6 +1367,9 @@ export class Graph {
     for (const p of [weight, bias]) {
       if (p.t.numel !== C) throw new Error(`rwkv6GnGate: ${p.t.numel} elements, not ${C}`);
     }
+    if (y.t.dtype !== "f32") throw new Error("rwkv6GnGate: y must be fp32");
+    const gateBf16 = gate.t.dtype === "bf16";
+    if (!gateBf16 && gate.t.dtype !== "f32") throw new Error("rwkv6GnGate: gate fp32 or bf16");
     const D = C / H, dt = this.operandDtype();
     const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
     const out = this.out(y.shape, "gn_gate", dt);
@@ -1378,6 +1382,7 @@ export class Graph {
       bias.t.ptr,
       gate.t.ptr,
       dt === "bf16" ? 1 : 0,
+      gateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -1385,9 +1390,10 @@ export class Graph {
       this.s,
     );
     return this.node(out, [y, weight, bias, gate], (z) => {
+      const dgateBf16 = this.gradSinksBf16([gate]); // the gate LoRA's bf16 GEMM operand
       const sinks = [
         this.gradSink(y),
-        this.gradSink(gate),
+        ...(dgateBf16 ?? [this.gradSink(gate)]),
         this.paramSink(weight, "rwkv6GnGate"),
         this.paramSink(bias, "rwkv6GnGate"),
       ];
@@ -1404,6 +1410,8 @@ export class Graph {
         mean.ptr,
         rstd.ptr,
         gate.t.ptr,
+        gateBf16 ? 1 : 0,
+        dgateBf16 ? 1 : 0,
         N,
         H,
         D,

@@ -1103,37 +1103,41 @@ const rwkv6DecayKBackward: Cost = (a) => {
   return colSums("DecayKTerm", 1, N, C, 4 * act + accRead, 2 * act, 8 * N * C);
 };
 // rwkv6_gn_gate_forward: gn_bonus_gate_forward_kernel<false>: reads y (twice, the second pass an
-// L1/L2 hit), gate, weight, bias; writes out and mean, rstd [N, H]
+// L1/L2 hit), gate (fp32 or bf16), weight, bias; writes out and mean, rstd [N, H]
 const rwkv6GnGateForward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const gate = n * (need(a, "gate_bf16") ? BF16 : F32);
   return [
     launch(
       "gn_bonus_gate_forward_kernel",
       warpRowBlocks(N * H),
       256,
-      2 * n * F32 + 2 * H * D * F32,
+      n * F32 + gate + 2 * H * D * F32,
       n * out + 2 * N * H * F32,
       10 * n,
     ),
   ];
 };
-// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate, mean, rstd and
-// the gradients whose bits are set, writes dy, dgate; then col_sums<2, GnGateParamTerm>
+// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate (fp32 or bf16),
+// mean, rstd and the gradients whose bits are set, writes dy, dgate (fp32 or bf16); then
+// col_sums<2, GnGateParamTerm>
 const rwkv6GnGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
-  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0);
+  const gate = N * C * (need(a, "gate_bf16") ? BF16 : F32);
+  const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? dgate : 0);
   return [
     launch(
       "gn_bonus_gate_backward_kernel",
       warpRowBlocks(N * H),
       256,
-      3 * act + stats + 2 * C * F32 + accRead,
-      2 * act,
+      2 * act + gate + stats + 2 * C * F32 + accRead,
+      act + dgate,
       20 * N * C,
     ),
-    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
+    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
   ];
 };
 

@@ -388,16 +388,20 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
                                      float* dkw, float* ww, float* k, float* time_decay, int N,
                                      int C, int accumulate, void* stream);
 /* After the WKV call: out = GroupNorm(y) * gate per row of C = H*D, GroupNorm over the H heads of
- * D (weight, bias [C], eps; mean, rstd [N, H] saved); y, gate [N, C] fp32; out fp32 or bf16 (the
- * output projection's operand). mn_rwkv7_gn_bonus_gate_* without the bonus. */
+ * D (weight, bias [C], eps; mean, rstd [N, H] saved); y [N, C] fp32; gate [N, C] fp32, or bf16
+ * (the gate LoRA's autocast output) when gate_bf16 != 0; out fp32 or bf16 (the output
+ * projection's operand). mn_rwkv7_gn_bonus_gate_* without the bonus. */
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void* stream);
-/* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set) */
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void* stream);
+/* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set);
+ * gate as in the forward (gate_bf16). dgate_bf16 != 0: dgate is written as bf16 (the gate LoRA's
+ * backward GEMM operand) and only overwritten (bit 1 must be clear). */
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void* stream);
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate,
+                                     void* stream);
 
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column

@@ -1040,45 +1040,70 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
       dtime_decay, nullptr, N, C, 1, part, stream);
 }
 
+namespace {
+template <class Out, class G>
+int gn_gate_forward(Out* out, float* mean, float* rstd, const GnIn<G>& in, int64_t rows, int H,
+                    int D, float eps, void* stream) {
+  return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, Out, G>,
+                   mn_blocks_for(rows, kWarps), kThreads, 0, stream, out, mean, rstd, in, rows, H,
+                   D, eps);
+}
+template <class G, class DG>
+int gn_gate_backward(float* dy, DG* dgate, float* dweight, float* dbias, const float* dout,
+                     const float* mean, const float* rstd, const GnIn<G>& in, int N, int H, int D,
+                     int acc, float* part, void* stream) {
+  const int64_t rows = (int64_t)N * H;
+  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false, G, DG>,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
+                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, dout, mean, rstd,
+                     in, acc, rows, H, D);
+  if (rc) return rc;
+  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
+                                GnGateParamTerm<G>{dout, in.gate, in.y, mean, rstd, H, D, 0},
+                                dweight, dbias, N, H * D, 3, part, stream);
+}
+}  // namespace
+
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void* stream) {
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
     return rc;
   const int64_t rows = (int64_t)N * H;
-  const GnIn<float> in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
-  const unsigned blocks = mn_blocks_for(rows, kWarps);
-  if (out_bf16)
-    return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, bf16, float>,
-                     blocks, kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
-  return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, float, float>,
-                   blocks, kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+  const auto run = [&](auto in) {
+    if (out_bf16) return gn_gate_forward((bf16*)out, mean, rstd, in, rows, H, D, eps, stream);
+    return gn_gate_forward((float*)out, mean, rstd, in, rows, H, D, eps, stream);
+  };
+  if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
+  return run(gn_in<float>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
 }
 
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void* stream) {
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate,
+                                     void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
                                       gate},
                                      accumulate, 0xc, 0.0f))
     return rc;
-  const int C = H * D;
-  const int64_t rows = (int64_t)N * H;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x2),
+             "rwkv6_gn_gate_backward: a bf16 dgate is overwritten (accumulate bit 1 must be "
+             "clear)");
   float* part = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, H * D, 2),
+                                         stream))
     return rc;
-  const GnIn<float> in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
-  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false, float, float>,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
-                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, (const float*)dout,
-                     (const float*)mean, (const float*)rstd, in, accumulate, rows, H, D);
-  if (rc) return rc;
-  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
-                                GnGateParamTerm<float>{(const float*)dout, (const float*)gate,
-                                                       (const float*)y, (const float*)mean,
-                                                       (const float*)rstd, H, D, 0},
-                                dweight, dbias, N, C, 3, part, stream);
+  const float *dout_c = dout, *mean_c = mean, *rstd_c = rstd;
+  const auto run = [&](auto in) {
+    if (dgate_bf16)
+      return gn_gate_backward(dy, (bf16*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H,
+                              D, accumulate, part, stream);
+    return gn_gate_backward(dy, (float*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H, D,
+                            accumulate, part, stream);
+  };
+  if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
+  return run(gn_in<float>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
 }

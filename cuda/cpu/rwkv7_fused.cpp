@@ -597,8 +597,8 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
 }
 
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void*) {
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
     return rc;
@@ -614,7 +614,7 @@ MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* 
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
       const float gn = (y[e] - mf) * rs * weight[c0 + j] + bias[c0 + j];
-      write_out(out, out_bf16, e, gn * gate[e]);
+      write_out(out, out_bf16, e, gn * read_in(gate, gate_bf16, e));
     }
     mean[row] = mf;
     rstd[row] = rs;
@@ -622,15 +622,19 @@ MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* 
   return 0;
 }
 
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void*) {
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
                                       gate},
                                      accumulate, 0xc, 0.0f))
     return rc;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x2),
+             "rwkv6_gn_gate_backward: a bf16 dgate is overwritten (accumulate bit 1 must be "
+             "clear)");
+  const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   std::vector<double> sw(C, 0.0), sb(C, 0.0);
   for (int64_t row = 0; row < rows; row++) {
@@ -640,7 +644,7 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, fl
     double s1 = 0.0, s2 = 0.0;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       s1 += dz * weight[c0 + j];
       s2 += dz * weight[c0 + j] * xh;
     }
@@ -648,9 +652,12 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, fl
     s2 /= D;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j, c = c0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
-      grad_out(dgate, e, accumulate, 1, (float)(dout[e] * (xh * weight[c] + bias[c])));
+      const float dg = (float)(dout[e] * (xh * weight[c] + bias[c]));
+      // a bf16 dgate: the fp32 one (overwritten) rounded once
+      if (dgate_bf16) ((mn_bf16*)dgate)[e] = f32_to_bf16(dg);
+      else grad_out((float*)dgate, e, accumulate, 1, dg);
       sw[c] += dz * xh;
       sb[c] += dz;
     }
