@@ -70,7 +70,8 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // bf16 MLP (more bf16 roundings: u, dA), seeds 1-24 default BLAS (2026-12-05): [tensors: worst
   // 7.4e-3 (seed 8), median 3.5e-3; lambdas 1.1e-2 (18); loss 1.8e-5]: tol 1.5e-2 -> 2e-2. With
   // the bf16 LoRA outputs and gradients too, seeds 1-6: [tensors 5.0e-3; lambdas 1.5e-3; loss
-  // 6.4e-6].
+  // 6.4e-6]. With the gate and mv in bf16 too, seeds 1-14: [tensors 5.1e-3; lambdas 2.5e-3; loss
+  // 2.5e-5].
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
@@ -85,13 +86,15 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // through the model. [tensors: worst 1.1e-2, median 9.9e-3; lambdas: 2.0e-2, median 4.1e-3;
   // loss 3.1e-5]. With the bf16 MLP, LoRA outputs and their gradients, seeds 1-6 default BLAS
   // (tools/tolerance_sweep.ts, 2026-12-05): [tensors 1.13e-2, median 1.11e-2; lambdas 1.21e-2;
-  // loss 7.1e-5 (seed 3)]: loss 1.5e-4 -> 2.5e-4
+  // loss 7.1e-5 (seed 3)]: loss 1.5e-4 -> 2.5e-4. With the gate and mv in bf16 too, seeds 1-14
+  // default BLAS: [tensors 1.34e-2 (11), median 1.14e-2; lambdas 4.58e-2 (seed 4; the next worst
+  // 1.10e-2), median 5e-3; loss 5.3e-5]: lambdas 6e-2 -> 0.1 for 2x
   {
     label: "bf16, --wind_cuda",
     flags: [...TINY, "--wind_cuda"],
     precision: "bf16",
     tol: 3e-2,
-    smallTol: 6e-2,
+    smallTol: 0.1,
     lossTol: 2.5e-4,
     wkvKernel: "mn_wkv7_wind_backward",
   },
