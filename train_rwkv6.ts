@@ -465,7 +465,8 @@ export class Model {
     const r = g.matmul(xr, P("receptance.weight"), true, true);
     const k = g.matmul(xk, P("key.weight"), true);
     const v = g.matmul(xv, P("value.weight"), true, true);
-    const gate = g.matmul(g.tanh(g.matmul(xg, P("gate_w1"))), P("gate_w2"));
+    // bf16 as well: the fused GroupNorm * gate reads it and writes its gradient in bf16
+    const gate = g.matmul(g.tanh(g.matmul(xg, P("gate_w1"))), P("gate_w2"), false, true);
     const ww = g.matmul(g.tanh(g.matmul(xw, P("time_decay_w1"))), P("time_decay_w2"));
     // w = time_decay + ww; kw = k * clamp(w, max=0).exp(): WKV-6's bf16 operands
     const { w, kw } = g.rwkv6DecayK(ww, k, P("time_decay"));

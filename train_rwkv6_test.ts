@@ -244,17 +244,19 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
  * composition with fp32 logits (--unfused), the same weights and batch on cpu: on the f32 path
  * (where both take fp32 logits and the generic MLP) they differ only in rounding order; on the bf16
  * path also in what the fused path keeps in bf16 as the original's autocast does and the generic
- * ops in fp32: the logits, the MLP's pre-activation, relu^2 and their gradients (most of the
- * difference: two roundings of the model are compared), and in bf16 operands that round the other
- * way now and then (a flipped operand spreads). Bounds on the loss and on every gradient tensor's
- * normwise relative difference from seeds on cpu (tools/fused_sweep.ts rwkv6), figures in brackets:
- * worst (seed), median; each bound >= 2x the worst. */
+ * ops in fp32: the logits, the MLP's pre-activation, relu^2, the gate and their gradients (most of
+ * the difference: two roundings of the model are compared), and in bf16 operands that round the
+ * other way now and then (a flipped operand spreads). Bounds on the loss and on every gradient
+ * tensor's normwise relative difference from seeds on cpu (tools/fused_sweep.ts rwkv6), figures in
+ * brackets: worst (seed), median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // seeds 1-30 (2026-12-05) [tensors 2.8e-6, 1.2e-6; loss 1.2e-8, 3.5e-9]
   { label: "f32", flags: TINY, precision: "f32" as const, tol: 6e-6, lossTol: 3e-8 },
-  // seeds 1-30 x OpenBLAS default/Haswell, with the bf16 MLP (2026-12-05) [tensors 8.2e-2 (18:
-  // time_faaaa), 2.4e-2; loss 2.04e-4 (17), 7.2e-5]; before it [tensors 7.8e-3; loss 4.8e-5]
-  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 0.17, lossTol: 4.5e-4 },
+  // seeds 1-30 x OpenBLAS default/Haswell (the same figures), with the gate also bf16
+  // (2026-12-05) [tensors 8.06e-2 (18: time_faaaa), 2.5e-2; loss 2.88e-4 (27), 6.5e-5]: loss
+  // 4.5e-4 -> 6e-4 to keep 2x (it was 1.6x). Before it, with the bf16 MLP [tensors 8.2e-2 (18:
+  // time_faaaa), 2.4e-2; loss 2.04e-4 (17), 7.2e-5]; before that [tensors 7.8e-3; loss 4.8e-5]
+  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 0.17, lossTol: 6e-4 },
 ];
 /** the fused entry points the default path must call once per layer, and --unfused never */
 const FUSED_ENTRIES = [

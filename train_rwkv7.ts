@@ -462,8 +462,9 @@ export class Model {
     if (layer === 0) v1 = v;
     else if (this.a.unfused) {
       v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
-    } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"));
-    const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"));
+    } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2", bf), P("time_misc_v"));
+    // bf16 as well: the fused GroupNorm + bonus + gate reads it and writes its gradient in bf16
+    const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"), false, bf);
     if (!this.a.unfused) {
       // the tanh LoRAs' hidden values fp32 (tanh reads fp32), the linear ones' the bf16 operand
       // of their second layer (autocast's output, what that matmul would cast them to)

@@ -74,7 +74,8 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // bf16 MLP (more bf16 roundings: u, dA), seeds 1-24 default BLAS (2026-12-05): [tensors: worst
   // 7.4e-3 (seed 8), median 3.5e-3; lambdas 1.1e-2 (18); loss 1.8e-5]: tol 1.5e-2 -> 2e-2. With
   // the bf16 LoRA outputs and gradients too, seeds 1-6: [tensors 5.0e-3; lambdas 1.5e-3; loss
-  // 6.4e-6].
+  // 6.4e-6]. With the gate and mv in bf16 too, seeds 1-14: [tensors 5.1e-3; lambdas 2.5e-3; loss
+  // 2.5e-5].
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
@@ -89,13 +90,15 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // through the model. [tensors: worst 1.1e-2, median 9.9e-3; lambdas: 2.0e-2, median 4.1e-3;
   // loss 3.1e-5]. With the bf16 MLP, LoRA outputs and their gradients, seeds 1-6 default BLAS
   // (tools/tolerance_sweep.ts, 2026-12-05): [tensors 1.13e-2, median 1.11e-2; lambdas 1.21e-2;
-  // loss 7.1e-5 (seed 3)]: loss 1.5e-4 -> 2.5e-4
+  // loss 7.1e-5 (seed 3)]: loss 1.5e-4 -> 2.5e-4. With the gate and mv in bf16 too, seeds 1-14
+  // default BLAS: [tensors 1.34e-2 (11), median 1.14e-2; lambdas 4.58e-2 (seed 4; the next worst
+  // 1.10e-2), median 5e-3; loss 5.3e-5]: lambdas 6e-2 -> 0.1 for 2x
   {
     label: "bf16, --wind_cuda",
     flags: [...TINY, "--wind_cuda"],
     precision: "bf16",
     tol: 3e-2,
-    smallTol: 6e-2,
+    smallTol: 0.1,
     lossTol: 2.5e-4,
     wkvKernel: "mn_wkv7_wind_backward",
   },
@@ -135,12 +138,12 @@ for (const check of BACKEND_CHECKS) {
  * product is rounded to bf16 from a differently rounded fp32 value now and then (a flipped operand
  * spreads), and the fused path keeps in bf16, as the original's autocast does, what the generic
  * ops keep in fp32: the MLP's pre-activation u, relu^2 and their gradients, the maa LoRA's outputs
- * m_j, the projections feeding the WKV-input chain, and those values' gradients. On bf16 the check
- * compares two roundings of the model; the fused kernels themselves are checked exactly against the
- * fp32 ones on bf16-rounded inputs (cuda/rwkv7_fused_test.ts, cuda/mlp_relu2_test.ts). Bounds on
- * the loss and on every gradient tensor's normwise relative difference from seeds on cpu
- * (tools/fused_sweep.ts), figures in brackets: worst (seed),
- * median; each bound >= 2x the worst. */
+ * m_j, the projections feeding the WKV-input chain, the gate, the value residual's mv, and those
+ * values' gradients. On bf16 the check compares two roundings of the model; the fused kernels
+ * themselves are checked exactly against the fp32 ones on bf16-rounded inputs
+ * (cuda/rwkv7_fused_test.ts, cuda/mlp_relu2_test.ts). Bounds on the loss and on every gradient
+ * tensor's normwise relative difference from seeds on cpu (tools/fused_sweep.ts), figures in
+ * brackets: worst (seed), median; each bound >= 2x the worst. */
 export const FUSED_CHECKS = [
   // [tensors 6.8e-7, 5.5e-7; scalars 5.9e-6, 4.4e-7; loss 7.1e-9]; with Graph.matmulShared (the
   // LoRA first layers' dx summed in one GEMM), seeds 1-30: [tensors 7.2e-7 (1), 5.6e-7; scalars
@@ -157,21 +160,23 @@ export const FUSED_CHECKS = [
     smallAtol: 1e-7,
     lossTol: 1e-7,
   },
-  // seeds 1-30 x OpenBLAS default/Haswell (2026-12-05, every bf16 value of the fused path in)
-  // [tensors 1.20e-2 (11), 1.05e-2; scalars 7.14e-2 (19), 6.6e-3; loss 6.57e-5 (21), 1.75e-5].
-  // Before the bf16 MLP and LoRA outputs (seeds 1-30, 2026-12-04): [tensors 3.0e-3, 4.1e-5;
-  // scalars 3.1e-4, 4.7e-7; loss 1.0e-6]. With Graph.matmulShared (seeds 1-30, OPENBLAS_CORETYPE
-  // default and Haswell alike): the same worst figures, tensors' median 1.04e-2
+  // seeds 1-30 x OpenBLAS default/Haswell (the same figures on this cpu; 2026-12-05, with the gate
+  // and the value residual's mv also bf16): [tensors 1.25e-2 (11), 1.08e-2; scalars 8.44e-2 (29),
+  // 5.9e-3; loss 8.49e-5 (18), 2.3e-5]: scalars 0.15 -> 0.17 and loss 1.5e-4 -> 1.7e-4 to keep 2x
+  // (they were 1.8x). Before those two (every other bf16 value of the fused path in): [tensors
+  // 1.20e-2 (11), 1.05e-2; scalars 7.14e-2 (19), 6.6e-3; loss 6.57e-5 (21), 1.75e-5]. Before the
+  // bf16 MLP and LoRA outputs (seeds 1-30, 2026-12-04): [tensors 3.0e-3, 4.1e-5; scalars 3.1e-4,
+  // 4.7e-7; loss 1.0e-6]
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
     tol: 2.5e-2,
-    smallTol: 0.15,
+    smallTol: 0.17,
     // scalars' largest absolute difference, seeds 1-30: 2.77e-4 (28), median 1.2e-4 (seed
     // 1880265446: h.0's lambdas -1.3e-4, 0.60 apart relatively, 7.7e-5 absolutely)
     smallAtol: 1e-3,
-    lossTol: 1.5e-4,
+    lossTol: 1.7e-4,
   },
 ];
 /** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the

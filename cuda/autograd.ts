@@ -1320,9 +1320,10 @@ export class Graph {
 
   /**
    * RWKV-7's value residual, fused (mn_rwkv7_value_mix_*): lerp(v, v1, sigmoid(mv + time_misc_v))
-   * for the layers after the first; v (this layer's value), v1 (the first layer's), mv (the LoRA's
-   * output) [B,T,C] fp32, tmv [C]. The output is fp32 (the bonus reads it) with WKV's bf16 operand
-   * alongside on the bf16 path. Same math as lerp(v, v1, sigmoid(addRow(mv, tmv))).
+   * for the layers after the first; v (this layer's value), v1 (the first layer's) [B,T,C] fp32,
+   * mv (the LoRA's output) fp32, or bf16 (matmul's outBf16: then its gradient is written bf16
+   * where gradSinksBf16 allows), tmv [C]. The output is fp32 (the bonus reads it) with WKV's bf16
+   * operand alongside on the bf16 path. Same math as lerp(v, v1, sigmoid(addRow(mv, tmv))).
    */
   rwkv7ValueMix(v: Var, v1: Var, mv: Var, tmv: Var): Var {
     const [N, C] = rowsCols(v);
@@ -1332,21 +1333,30 @@ export class Graph {
       throw new Error(`rwkv7ValueMix: tmv has ${tmv.t.numel} elements, not ${C}`);
     }
     if (v === v1) throw new Error("rwkv7ValueMix: v and v1 are one value (use lerp)");
+    if (v.t.dtype !== "f32" || v1.t.dtype !== "f32") {
+      throw new Error("rwkv7ValueMix: v and v1 must be fp32 (only mv may be bf16)");
+    }
+    const mvBf16 = mv.t.dtype === "bf16";
+    if (!mvBf16 && mv.t.dtype !== "f32") throw new Error("rwkv7ValueMix: mv fp32 or bf16");
     const out = this.out(v.shape, "value_mix"); // [B,T,C] fp32
     const ob = this.precision === "f32" ? null : this.out(v.shape, "value_mix.bf16", "bf16");
     const p = [v, v1, mv, tmv].map((x) => x.t.ptr);
-    this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, N, C, this.s);
+    const mvFlag = mvBf16 ? 1 : 0;
+    this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, mvFlag, N, C, this.s);
     const y = this.node(out, [v, v1, mv, tmv], (y) => {
+      const dmvBf16 = this.gradSinksBf16([mv]); // the LoRA's bf16 GEMM operand
       const sinks = [
         this.gradSink(v),
         this.gradSink(v1),
-        this.gradSink(mv),
+        ...(dmvBf16 ?? [this.gradSink(mv)]),
         this.paramSink(tmv, "rwkv7ValueMix"),
       ];
       this.k.mn_rwkv7_value_mix_backward(
         ...sinks.map(([q]) => q),
         y.g.ptr,
         ...p,
+        mvFlag,
+        dmvBf16 ? 1 : 0,
         N,
         C,
         Graph.accumulateBits(sinks),
@@ -1359,9 +1369,10 @@ export class Graph {
 
   /**
    * RWKV-7 after the WKV call, fused (mn_rwkv7_gn_bonus_gate_*): (GroupNorm(y) + bonus) * gate,
-   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v, gate
-   * [B,T,C] fp32. The result is the output projection's operand (operandDtype). Same math as
-   * mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
+   * GroupNorm over H heads (weight, bias, eps), bonus = rwkv7Bonus(r, k, v, u, H); y, r, k, v
+   * [B,T,C] fp32; gate fp32, or bf16 (matmul's outBf16: then its gradient is written bf16 where
+   * gradSinksBf16 allows). The result is the output projection's operand (operandDtype). Same math
+   * as mul(add(groupnorm(y, ..), rwkv7Bonus(r, k, v, u, H)), gate).
    */
   rwkv7GnBonusGate(
     y: Var,
@@ -1382,6 +1393,11 @@ export class Graph {
     for (const p of [weight, bias, u]) {
       if (p.t.numel !== C) throw new Error(`rwkv7GnBonusGate: ${p.t.numel} elements, not ${C}`);
     }
+    if ([y, r, k, v].some((x) => x.t.dtype !== "f32")) {
+      throw new Error("rwkv7GnBonusGate: y, r, k, v must be fp32 (only the gate may be bf16)");
+    }
+    const gateBf16 = gate.t.dtype === "bf16";
+    if (!gateBf16 && gate.t.dtype !== "f32") throw new Error("rwkv7GnBonusGate: gate fp32 or bf16");
     const D = C / H, dt = this.operandDtype();
     const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
     const out = this.out(y.shape, "gn_bonus_gate", dt);
@@ -1392,6 +1408,7 @@ export class Graph {
       rstd.ptr,
       ...ptrs([y, weight, bias, r, k, v, u, gate]),
       dt === "bf16" ? 1 : 0,
+      gateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -1399,8 +1416,10 @@ export class Graph {
       this.s,
     );
     return this.node(out, [y, weight, bias, r, k, v, u, gate], (z) => {
+      const dgateBf16 = this.gradSinksBf16([gate]); // the gate LoRA's bf16 GEMM operand
       const sinks = [
-        ...[y, r, k, v, gate].map((x) => this.gradSink(x)),
+        ...[y, r, k, v].map((x) => this.gradSink(x)),
+        ...(dgateBf16 ?? [this.gradSink(gate)]),
         ...[weight, bias, u].map((p) => this.paramSink(p, "rwkv7GnBonusGate")),
       ];
       this.k.mn_rwkv7_gn_bonus_gate_backward(
@@ -1412,6 +1431,8 @@ export class Graph {
         mean.ptr,
         rstd.ptr,
         ...ptrs([r, k, v, u, gate]),
+        gateBf16 ? 1 : 0,
+        dgateBf16 ? 1 : 0,
         N,
         H,
         D,
@@ -1525,7 +1546,8 @@ export class Graph {
 
   /**
    * RWKV-6 after the WKV call, fused (mn_rwkv6_gn_gate_*): GroupNorm(y) * gate, GroupNorm over H
-   * heads (weight, bias, eps); y, gate [..., C] fp32. The result is the output projection's
+   * heads (weight, bias, eps); y [..., C] fp32; gate fp32, or bf16 (matmul's outBf16: then its
+   * gradient is written bf16 where gradSinksBf16 allows). The result is the output projection's
    * operand (operandDtype). Same math as mul(groupnorm(y, weight, bias, H, eps), gate).
    */
   rwkv6GnGate(y: Var, weight: Var, bias: Var, gate: Var, H: number, eps: number): Var {
@@ -1535,6 +1557,9 @@ export class Graph {
     for (const p of [weight, bias]) {
       if (p.t.numel !== C) throw new Error(`rwkv6GnGate: ${p.t.numel} elements, not ${C}`);
     }
+    if (y.t.dtype !== "f32") throw new Error("rwkv6GnGate: y must be fp32");
+    const gateBf16 = gate.t.dtype === "bf16";
+    if (!gateBf16 && gate.t.dtype !== "f32") throw new Error("rwkv6GnGate: gate fp32 or bf16");
     const D = C / H, dt = this.operandDtype();
     const mean = this.out([N, H], "gn.mean"), rstd = this.out([N, H], "gn.rstd");
     const out = this.out(y.shape, "gn_gate", dt);
@@ -1547,6 +1572,7 @@ export class Graph {
       bias.t.ptr,
       gate.t.ptr,
       dt === "bf16" ? 1 : 0,
+      gateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -1554,9 +1580,10 @@ export class Graph {
       this.s,
     );
     return this.node(out, [y, weight, bias, gate], (z) => {
+      const dgateBf16 = this.gradSinksBf16([gate]); // the gate LoRA's bf16 GEMM operand
       const sinks = [
         this.gradSink(y),
-        this.gradSink(gate),
+        ...(dgateBf16 ?? [this.gradSink(gate)]),
         this.paramSink(weight, "rwkv6GnGate"),
         this.paramSink(bias, "rwkv6GnGate"),
       ];
@@ -1573,6 +1600,8 @@ export class Graph {
         mean.ptr,
         rstd.ptr,
         gate.t.ptr,
+        gateBf16 ? 1 : 0,
+        dgateBf16 ? 1 : 0,
         N,
         H,
         D,

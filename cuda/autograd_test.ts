@@ -308,6 +308,64 @@ Deno.test("autograd: a matmul writes the gradient of a matmul output it alone re
   }
 });
 
+Deno.test("autograd: the gate and the value residual's mv, bf16 matmul outputs with one fused consumer, get bf16 gradients (no cast, same bits)", () => {
+  // matmul(outBf16) -> rwkv7GnBonusGate's gate, rwkv7ValueMix's mv, rwkv6GnGate's gate: the fused
+  // backward writes the gradient in bf16 and the GEMM's backward reads it as it is; the weight
+  // and input gradients are the bits of the fp32 gradient's cast (bf16Grad cleared: the old path)
+  const [N, K, C, H] = [8, 6, 8, 2];
+  type P = Record<string, Var>;
+  const consumers: Record<string, (g: Graph, p: P, z: Var) => Var> = {
+    rwkv7GnBonusGate: (g, p, z) =>
+      g.rwkv7GnBonusGate(p.y, p.wt, p.bs, p.r, p.k, p.v, p.u, z, H, 64e-5),
+    rwkv7ValueMix: (g, p, z) => g.rwkv7ValueMix(p.v, p.v1, z, p.t),
+    rwkv6GnGate: (g, p, z) => g.rwkv6GnGate(p.y, p.wt, p.bs, z, H, 64e-5),
+  };
+  for (const name of ["cpu", "emu"] as const) {
+    for (const [op, consume] of Object.entries(consumers)) {
+      const run = (bf16Grad: boolean) => {
+        const be = backend(name), rng = new Rng(7);
+        const param = (n: string, shape: number[], scale = 0.5) =>
+          new Param(be, n, be.upload(rng.normal(shape.reduce((a, b) => a * b, 1), scale), shape));
+        const ps = {
+          h: param("h", [N, K]),
+          wz: param("wz", [K, C]),
+          ...Object.fromEntries(["y", "r", "k", "v", "v1"].map((n) => [n, param(n, [N, C])])),
+          ...Object.fromEntries(["wt", "bs", "u", "t"].map((n) => [n, param(n, [C])])),
+        };
+        let casts = 0;
+        const inner = be.k.mn_cast_f32_to_bf16;
+        be.k.mn_cast_f32_to_bf16 = (...a) => (casts++, inner(...a));
+        const g = new Graph(be);
+        const p = Object.fromEntries(Object.entries(ps).map(([n, q]) => [n, g.param(q)]));
+        const z = g.matmul(p.h, p.wz, false, true);
+        assert.equal(z.t.dtype, "bf16");
+        z.bf16Grad = bf16Grad;
+        const out = consume(g, p, z);
+        be.k.mn_memcpy_d2d(
+          g.grad(out),
+          be.upload(rng.normal(out.t.numel)).ptr,
+          BigInt(out.t.numel * 4),
+          be.stream,
+        );
+        const before = casts;
+        g.backward();
+        const got = {
+          wz: be.download(ps.wz.grad),
+          h: be.download(ps.h.grad),
+          casts: casts - before,
+        };
+        g.release();
+        return got;
+      };
+      const sole = run(true), old = run(false);
+      assert.ok(Array.from(sole.wz).some((x) => x !== 0), `${name} ${op}: a gradient reached wz`);
+      assert.deepEqual(sole.wz, old.wz, `${name} ${op}: wz`);
+      assert.deepEqual(sole.h, old.h, `${name} ${op}: h`);
+      assert.equal(old.casts - sole.casts, 1, `${name} ${op}: the gradient's cast is gone`);
+    }
+  }
+});
+
 Deno.test("autograd: matmul's operandOut writes the bf16 operand the cast of its fp32 output is, same gradients (cpu, emu)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name), rng = new Rng(7);

@@ -992,19 +992,22 @@ const rwkv7Mix4Backward: Cost = (a) => {
   ];
 };
 
-// rwkv7_value_mix_forward: reads v, v1, mv (and time_misc_v); writes out fp32 (+ bf16 copy)
+// rwkv7_value_mix_forward: reads v, v1, mv (fp32 or bf16) and time_misc_v; writes out fp32 (+ bf16
+// copy)
 const rwkv7ValueMixForward: Cost = (a) => {
   const n = need(a, "N") * need(a, "C"), C = need(a, "C");
+  const mv = n * (need(a, "mv_bf16") ? BF16 : F32);
   const out = n * F32 + (has(a, "out_bf16") ? n * BF16 : 0);
-  return [elementwise("value_mix_forward_kernel", n, 3 * n * F32 + C * F32, out, 8)];
+  return [elementwise("value_mix_forward_kernel", n, 2 * n * F32 + mv + C * F32, out, 8)];
 };
-// col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (and dv, dv1, dmv where their bits are set);
-// writes dv, dv1, dmv; dtime_misc_v += sum dmv
+// col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (fp32 or bf16), and dv, dv1, dmv where their
+// bits are set; writes dv, dv1, dmv (fp32 or bf16); dtime_misc_v += sum dmv
 const rwkv7ValueMixBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), act = N * C * F32;
-  let accRead = 0;
-  for (let bit = 0; bit < 3; bit++) accRead += accBit(a, bit) ? act : 0;
-  return colSums("ValueMixTerm", 1, N, C, 4 * act + accRead, 3 * act, 14 * N * C);
+  const mv = N * C * (need(a, "mv_bf16") ? BF16 : F32);
+  const dmv = N * C * (need(a, "dmv_bf16") ? BF16 : F32);
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0) + (accBit(a, 2) ? dmv : 0);
+  return colSums("ValueMixTerm", 1, N, C, 3 * act + mv + accRead, 2 * act + dmv, 14 * N * C);
 };
 
 // rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
@@ -1052,41 +1055,44 @@ const rwkv7WkvInputsBackward: Cost = (a) => {
 };
 
 // rwkv7_gn_bonus_gate_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads y (twice
-// for the statistics: the head's second pass hits L1/L2), r, k, v, gate and weight, bias, u; writes
-// out (fp32 or bf16) and mean, rstd [N, H].
+// for the statistics: the head's second pass hits L1/L2), r, k, v, gate (fp32 or bf16) and weight,
+// bias, u; writes out (fp32 or bf16) and mean, rstd [N, H].
 const rwkv7GnBonusGateForward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const gate = n * (need(a, "gate_bf16") ? BF16 : F32);
   return [
     launch(
       "gn_bonus_gate_forward_kernel",
       warpRowBlocks(N * H),
       256,
-      5 * n * F32 + 3 * H * D * F32,
+      4 * n * F32 + gate + 3 * H * D * F32,
       n * out + 2 * N * H * F32,
       14 * n,
     ),
   ];
 };
 // rwkv7_gn_bonus_gate_backward: gn_bonus_gate_backward_kernel (warp per (row, head)) reads dout, y,
-// r, k, v, gate, mean, rstd and the gradients whose bits are set, writes dy, dr, dk, dv, dgate and
-// ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout, gate, y, mean, rstd: dweight,
-// dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
+// r, k, v, gate (fp32 or bf16), mean, rstd and the gradients whose bits are set, writes dy, dr, dk,
+// dv, dgate (fp32 or bf16) and ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout,
+// gate, y, mean, rstd: dweight, dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
 const rwkv7GnBonusGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
-  let accRead = 0;
-  for (let bit = 0; bit < 5; bit++) accRead += accBit(a, bit) ? act : 0;
+  const gate = N * C * (need(a, "gate_bf16") ? BF16 : F32);
+  const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
+  let accRead = accBit(a, 4) ? dgate : 0;
+  for (let bit = 0; bit < 4; bit++) accRead += accBit(a, bit) ? act : 0;
   return [
     launch(
       "gn_bonus_gate_backward_kernel",
       warpRowBlocks(N * H),
       256,
-      6 * act + stats + 3 * C * F32 + accRead,
-      5 * act + N * H * F32,
+      5 * act + gate + stats + 3 * C * F32 + accRead,
+      4 * act + dgate + N * H * F32,
       40 * N * C,
     ),
-    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
+    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
     ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
   ];
 };
@@ -1124,37 +1130,41 @@ const rwkv6DecayKBackward: Cost = (a) => {
   return colSums("DecayKTerm", 1, N, C, 4 * act + accRead, 2 * act, 8 * N * C);
 };
 // rwkv6_gn_gate_forward: gn_bonus_gate_forward_kernel<false>: reads y (twice, the second pass an
-// L1/L2 hit), gate, weight, bias; writes out and mean, rstd [N, H]
+// L1/L2 hit), gate (fp32 or bf16), weight, bias; writes out and mean, rstd [N, H]
 const rwkv6GnGateForward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D");
   const n = N * H * D, out = need(a, "out_bf16") ? BF16 : F32;
+  const gate = n * (need(a, "gate_bf16") ? BF16 : F32);
   return [
     launch(
       "gn_bonus_gate_forward_kernel",
       warpRowBlocks(N * H),
       256,
-      2 * n * F32 + 2 * H * D * F32,
+      n * F32 + gate + 2 * H * D * F32,
       n * out + 2 * N * H * F32,
       10 * n,
     ),
   ];
 };
-// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate, mean, rstd and
-// the gradients whose bits are set, writes dy, dgate; then col_sums<2, GnGateParamTerm>
+// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate (fp32 or bf16),
+// mean, rstd and the gradients whose bits are set, writes dy, dgate (fp32 or bf16); then
+// col_sums<2, GnGateParamTerm>
 const rwkv6GnGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
-  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0);
+  const gate = N * C * (need(a, "gate_bf16") ? BF16 : F32);
+  const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
+  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? dgate : 0);
   return [
     launch(
       "gn_bonus_gate_backward_kernel",
       warpRowBlocks(N * H),
       256,
-      3 * act + stats + 2 * C * F32 + accRead,
-      2 * act,
+      2 * act + gate + stats + 2 * C * F32 + accRead,
+      act + dgate,
       20 * N * C,
     ),
-    ...colSums("GnGateParamTerm", 2, N, C, 3 * act + stats, 0, 6 * N * C),
+    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
   ];
 };
 

@@ -341,32 +341,37 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
 
 /* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
  * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head
- * (mn_rwkv7_bonus_forward); y, r, k, v, gate [N, C] fp32, u [H, D]; out fp32 or bf16 (the
- * output projection's operand). */
+ * (mn_rwkv7_bonus_forward); y, r, k, v [N, C] fp32, u [H, D]; gate [N, C] fp32, or bf16 (the gate
+ * LoRA's autocast output) when gate_bf16 != 0; out fp32 or bf16 (the output projection's
+ * operand). */
 MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
                                           float* weight, float* bias, float* r, float* k, float* v,
-                                          float* u, float* gate, int out_bf16, int N, int H, int D,
-                                          float eps, void* stream);
+                                          float* u, void* gate, int out_bf16, int gate_bf16, int N,
+                                          int H, int D, float eps, void* stream);
 /* gradient outputs: dy, dr, dk, dv, dgate [N, C] (bits 0-4), dweight, dbias [C], du [H, D]
- * (bits 5-7, must be set); dout [N, C]. Scratch: N*H floats (as rwkv7_bonus_backward). */
+ * (bits 5-7, must be set); dout [N, C]; gate as in the forward (gate_bf16). dgate_bf16 != 0:
+ * dgate is written as bf16 (the gate LoRA's backward GEMM operand) and only overwritten (bit 4
+ * must be clear). Scratch: N*H floats (as rwkv7_bonus_backward). */
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
-                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
                                            float* mean, float* rstd, float* r, float* k, float* v,
-                                           float* u, float* gate, int N, int H, int D,
-                                           int accumulate, void* stream);
+                                           float* u, void* gate, int gate_bf16, int dgate_bf16,
+                                           int N, int H, int D, int accumulate, void* stream);
 /* The value residual of the layers after the first: out = lerp(v, v1, sigmoid(mv + time_misc_v))
- * per row of C channels; v (this layer's value), v1 (the first layer's), mv (the LoRA's output)
- * [N, C] fp32, time_misc_v [C]. out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL,
- * also WKV's bf16 operand. */
+ * per row of C channels; v (this layer's value), v1 (the first layer's) [N, C] fp32; mv (the
+ * LoRA's output) [N, C] fp32, or bf16 (its autocast output) when mv_bf16 != 0; time_misc_v [C].
+ * out is fp32 (the bonus reads it) and, when out_bf16 is non-NULL, also WKV's bf16 operand. */
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void* stream);
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void* stream);
 /* gradient outputs: dv, dv1, dmv [N, C] (bits 0-2; distinct buffers), dtime_misc_v [C] (bit 3,
- * must be set); dout [N, C] */
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate,
-                                       void* stream);
+ * must be set); dout [N, C]; mv as in the forward (mv_bf16). dmv_bf16 != 0: dmv is written as
+ * bf16 (the LoRA's backward GEMM operand) and only overwritten (bit 2 must be clear). */
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void* stream);
 
 /* ---- fused RWKV-6 time-mixing chains (rwkv7_fused.cu, beside RWKV-7's: the same per-element
  * math, rwkv7_math.cuh): the fast path of train_rwkv6.ts. Conventions as the RWKV-7 block above
@@ -399,16 +404,20 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
                                      float* dkw, float* ww, float* k, float* time_decay, int N,
                                      int C, int accumulate, void* stream);
 /* After the WKV call: out = GroupNorm(y) * gate per row of C = H*D, GroupNorm over the H heads of
- * D (weight, bias [C], eps; mean, rstd [N, H] saved); y, gate [N, C] fp32; out fp32 or bf16 (the
- * output projection's operand). mn_rwkv7_gn_bonus_gate_* without the bonus. */
+ * D (weight, bias [C], eps; mean, rstd [N, H] saved); y [N, C] fp32; gate [N, C] fp32, or bf16
+ * (the gate LoRA's autocast output) when gate_bf16 != 0; out fp32 or bf16 (the output
+ * projection's operand). mn_rwkv7_gn_bonus_gate_* without the bonus. */
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void* stream);
-/* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set) */
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void* stream);
+/* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set);
+ * gate as in the forward (gate_bf16). dgate_bf16 != 0: dgate is written as bf16 (the gate LoRA's
+ * backward GEMM operand) and only overwritten (bit 1 must be clear). */
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void* stream);
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate,
+                                     void* stream);
 
 /* ---- WKV-7 (wkv7.cu): the RWKV-7 state recurrence, per (batch, head) ------------------------
  * r, w, k, v, a, b [B,T,H,N] bf16; decay d = exp(-exp(w)); S [N,N] (row i = value channel, column

@@ -9,7 +9,7 @@
 //     generic tape ops it replaces (train_rwkv6.ts's timeMixUnfused), values and gradients.
 // That the whole fused model equals --unfused is train_rwkv6_test.ts's check.
 import assert from "node:assert/strict";
-import type { Backend } from "./backend.ts";
+import { type Backend, bf16ToF32, f32ToBf16 } from "./backend.ts";
 import { Graph, Param, type Var } from "./autograd.ts";
 import {
   backend,
@@ -266,7 +266,11 @@ function drawGn(c: HCfg, rng: Rng) {
 }
 type GnDraw = ReturnType<typeof drawGn>;
 
-function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
+/** the gate as a kernel input: fp32, or bf16 (its LoRA's output) with gateBf16 */
+const gateIn = (gate: Float32Array, shape: number[], gateBf16: boolean) =>
+  gateBf16 ? { data: f32ToBf16(gate), shape, dtype: "bf16" as const } : f32In(gate, shape);
+
+function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean, gateBf16 = false) {
   const { N, H, D } = c, C = H * D;
   return withTensors(
     be,
@@ -274,7 +278,7 @@ function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
       y: f32In(d.y, [N, C]),
       weight: f32In(d.weight, [C]),
       bias: f32In(d.bias, [C]),
-      gate: f32In(d.gate, [N, C]),
+      gate: gateIn(d.gate, [N, C], gateBf16),
     },
     {
       out: { shape: [N, C], dtype: bf16 ? "bf16" : "f32" },
@@ -291,6 +295,7 @@ function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
         t.bias.ptr,
         t.gate.ptr,
         bf16 ? 1 : 0,
+        gateBf16 ? 1 : 0,
         N,
         H,
         D,
@@ -302,8 +307,16 @@ function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
   );
 }
 
-/** the backward, given the statistics of the forward on the same backend */
-function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
+/** the backward, given the statistics of the forward on the same backend (they do not read the
+ * gate); gateBf16: a bf16 gate input, dgateBf16: a bf16 dgate output (overwritten) */
+function gnBackward(
+  be: Backend,
+  c: HCfg,
+  d: GnDraw,
+  accumulate = ALL,
+  gateBf16 = false,
+  dgateBf16 = false,
+) {
   const { N, H, D } = c, C = H * D;
   const st = gnForward(be, c, d, false);
   return withTensors(
@@ -312,14 +325,16 @@ function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
       y: f32In(d.y, [N, C]),
       weight: f32In(d.weight, [C]),
       bias: f32In(d.bias, [C]),
-      gate: f32In(d.gate, [N, C]),
+      gate: gateIn(d.gate, [N, C], gateBf16),
       dout: f32In(d.dout, [N, C]),
       mean: f32In(st.mean as Float32Array, [N, H]),
       rstd: f32In(st.rstd as Float32Array, [N, H]),
     },
     {
       dy: { shape: [N, C], init: accumulate & 1 ? d.g0[0] : undefined },
-      dgate: { shape: [N, C], init: accumulate & 2 ? d.g0[1] : undefined },
+      dgate: dgateBf16
+        ? { shape: [N, C], dtype: "bf16" as const }
+        : { shape: [N, C], init: accumulate & 2 ? d.g0[1] : undefined },
       dweight: { shape: [C], init: d.gp0[0] },
       dbias: { shape: [C], init: d.gp0[1] },
     },
@@ -336,6 +351,8 @@ function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
         t.mean.ptr,
         t.rstd.ptr,
         t.gate.ptr,
+        gateBf16 ? 1 : 0,
+        dgateBf16 ? 1 : 0,
         N,
         H,
         D,
@@ -422,6 +439,46 @@ checkKernel({
   // dy: a difference of per-head sums (fp32 on emu, double on cpu) times rstd ~ 1/2: ~10 ulps
   tol: { dy: { atol: 3e-5, rtol: 3e-5 }, dgate: TOL_F32, dweight: SUM, dbias: SUM },
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng)),
+});
+checkKernel({
+  name: "rwkv6_gn_gate_forward (bf16 gate in, bf16 out)",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: { out: TOL_BF16, mean: TOL_F32, rstd: TOL_F32 },
+  run: (be, c, rng) => gnForward(be, c, drawGn(c, rng), true, true),
+});
+checkKernel({
+  name: "rwkv6_gn_gate_backward (bf16 gate in, bf16 dgate out)",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: { dy: { atol: 3e-5, rtol: 3e-5 }, dgate: TOL_BF16, dweight: SUM, dbias: SUM },
+  run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng), 0xc, true, true),
+});
+
+Deno.test("rwkv6_gn_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of HSHAPES) {
+      const d = drawGn(c, new Rng(SEED));
+      const dr = { ...d, gate: round(d.gate) }; // what a bf16 gate holds
+      for (const bf16 of [false, true]) {
+        const want = gnForward(be, c, dr, bf16), got = gnForward(be, c, d, bf16, true);
+        for (const k of Object.keys(want)) {
+          compare(`${name} ${hLabel(c)} ${bf16 ? "bf16" : "fp32"} ${k}`, got[k], want[k], EXACT);
+        }
+      }
+      // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
+      for (const dgateBf16 of [false, true]) {
+        const bw = gnBackward(be, c, dr, 0xc), bg = gnBackward(be, c, d, 0xc, true, dgateBf16);
+        for (const k of Object.keys(bw)) {
+          const w = k === "dgate" && dgateBf16 ? round(bw[k] as Float32Array) : bw[k];
+          compare(`${name} ${hLabel(c)} ${k}`, bg[k], w, EXACT);
+        }
+      }
+      assert.throws(() => gnBackward(be, c, d, ALL, true, true), /bf16 dgate is overwritten/);
+    }
+  }
 });
 
 // ---- cpu vs float64 ----

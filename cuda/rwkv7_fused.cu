@@ -322,7 +322,9 @@ struct Sum2Term {
 // ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
 
 // The inputs of the chain after WKV: y (WKV's output), GroupNorm's affine weight/bias [C], the
-// bonus's r, k, v [N, C] and u [H, D] (time_faaaa), the gate [N, C].
+// bonus's r, k, v [N, C] and u [H, D] (time_faaaa), the gate [N, C] (fp32, or bf16: G, the gate
+// LoRA's autocast output).
+template <class G = float>
 struct GnIn {
   const float* y;
   const float* weight;
@@ -331,18 +333,19 @@ struct GnIn {
   const float* k;
   const float* v;
   const float* u;
-  const float* gate;
+  const G* gate;
 };
 // sum_j r k u over the head at `base` (channels c0 ..): the bonus's per-(row, head) scalar
-__device__ inline float bonus_scalar(const GnIn& in, int64_t base, int c0, int D, int lane) {
+template <class G>
+__device__ inline float bonus_scalar(const GnIn<G>& in, int64_t base, int c0, int D, int lane) {
   float s = 0.0f;
   for (int j = lane; j < D; j += 32) s += in.r[base + j] * in.k[base + j] * in.u[c0 + j];
   return mn_warp_sum(s);
 }
 
 // kBonus false: RWKV-6's GroupNorm(y) * gate (r, k, v, u unread)
-template <bool kBonus, class Out>
-__global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn in,
+template <bool kBonus, class Out, class G>
+__global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd, GnIn<G> in,
                                              int64_t rows, int H, int D, float eps) {
   const int lane = threadIdx.x % 32;
   HEAD_ROWS(row, rows) {
@@ -360,7 +363,7 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
       const int c = c0 + j;
       const float gn = norm_xhat(yr[j], m, rs) * in.weight[c] + in.bias[c];
       const float z = kBonus ? gn + s * in.v[base + j] : gn;
-      store(out + base + j, z * in.gate[base + j]);
+      store(out + base + j, z * ld(in.gate + base + j));
     }
     if (lane == 0) {
       mean[row] = m;
@@ -372,10 +375,11 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
 // Per (row, head): dgate = dout * (gn + bonus); with dz = dout * gate the gradient of gn + bonus,
 // the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel);
 // ds[row] is kept for du's column sums. kBonus false: no bonus (dr, dk, dv, ds_out unused).
-template <bool kBonus>
+// G: the gate's dtype; DG: dgate's (bf16: overwritten, its accumulate bit clear).
+template <bool kBonus, class G, class DG>
 __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv,
-                                              float* dgate, float* ds_out, const float* dout,
-                                              const float* mean, const float* rstd, GnIn in,
+                                              DG* dgate, float* ds_out, const float* dout,
+                                              const float* mean, const float* rstd, GnIn<G> in,
                                               int acc, int64_t rows, int H, int D) {
   const int lane = threadIdx.x % 32;
   HEAD_ROWS(row, rows) {
@@ -386,7 +390,7 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
     float ds = 0.0f, s1 = 0.0f, s2 = 0.0f;
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
-      const float dz = dout[e] * in.gate[e];
+      const float dz = dout[e] * ld(in.gate + e);
       const float dxh = dz * in.weight[c0 + j];
       if (kBonus) ds += dz * in.v[e];
       s1 += dxh;
@@ -401,15 +405,15 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
       const float xh = norm_xhat(in.y[e], m, rs);
       const float gn = xh * in.weight[c] + in.bias[c];
       const float z = kBonus ? gn + s * in.v[e] : gn;
-      const float dz = dout[e] * in.gate[e];
+      const float dz = dout[e] * ld(in.gate + e);
       put_grad(dy, e, acc & 1, rs * (dz * in.weight[c] - s1 - xh * s2));
       if (kBonus) {
         put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
         put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
         put_grad(dv, e, (acc >> 3) & 1, s * dz);
-        put_grad(dgate, e, (acc >> 4) & 1, dout[e] * z);
+        put_dm(dgate, e, (acc >> 4) & 1, dout[e] * z);
       } else {
-        put_grad(dgate, e, (acc >> 1) & 1, dout[e] * z);
+        put_dm(dgate, e, (acc >> 1) & 1, dout[e] * z);
       }
     }
     if (kBonus && lane == 0) ds_out[row] = ds;
@@ -418,9 +422,10 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
 
 // Column sums of GroupNorm's parameter gradients through the gate: dweight += dz xhat, dbias += dz
 // with dz = dout * gate, recomputed here rather than stored.
+template <class G = float>
 struct GnGateParamTerm {
   const float* dout;
-  const float* gate;
+  const G* gate;
   const float* y;
   const float* mean;
   const float* rstd;
@@ -432,7 +437,7 @@ struct GnGateParamTerm {
   __device__ void begin(int c) { h = c / D; }
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * ((int64_t)H * D) + c, r = i * H + h;
-    return Load{dout[e], gate[e], y[e], mean[r], rstd[r]};
+    return Load{dout[e], ld(gate + e), y[e], mean[r], rstd[r]};
   }
   __device__ void use(int64_t, int, const Load& l, float* acc) const {
     const float dz = l.d * l.g;
@@ -444,12 +449,13 @@ struct GnGateParamTerm {
 // ---- (d) the value residual of layers after the first ----
 
 // out = lerp(v, v1, sigmoid(mv + time_misc_v[c])) as fp32 (the bonus reads it) and, when out_bf16
-// is non-NULL, also as WKV's bf16 operand
+// is non-NULL, also as WKV's bf16 operand; mv fp32 or bf16 (M: the LoRA's autocast output)
+template <class M>
 __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float* v,
-                                         const float* v1, const float* mv, const float* tmv, int C,
+                                         const float* v1, const M* mv, const float* tmv, int C,
                                          int64_t n) {
   GRID_STRIDE(e, n) {
-    const float o = lerp_f(v[e], v1[e], sigmoid_f(mv[e] + tmv[e % C]));
+    const float o = lerp_f(v[e], v1[e], sigmoid_f(ld(mv + e) + tmv[e % C]));
     out[e] = o;
     if (out_bf16) out_bf16[e] = mn_f32_to_bf16(o);
   }
@@ -457,14 +463,16 @@ __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float
 
 // Its backward, in the column-sum pass over dout: dv = dout (1 - g), dv1 = dout g,
 // dmv = dout (v1 - v) g (1 - g), dtime_misc_v[c] += sum_i dmv, with g recomputed from mv.
+// M: mv's dtype; DM: dmv's (bf16: overwritten, its accumulate bit clear, so old[2] is 0).
+template <class M, class DM>
 struct ValueMixTerm {
   float* dv;
   float* dv1;
-  float* dmv;
+  DM* dmv;
   const float* dout;
   const float* v;
   const float* v1;
-  const float* mv;
+  const M* mv;
   const float* tmv;
   int C;
   int acc;  // bits 0 dv, 1 dv1, 2 dmv
@@ -475,10 +483,10 @@ struct ValueMixTerm {
   __device__ void begin(int c) { bias = tmv[c]; }
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
-    Load l{dout[e], v[e], v1[e], mv[e], {0.0f, 0.0f, 0.0f}};
+    Load l{dout[e], v[e], v1[e], ld(mv + e), {0.0f, 0.0f, 0.0f}};
     if (acc & 1) l.old[0] = dv[e];
     if (acc & 2) l.old[1] = dv1[e];
-    if (acc & 4) l.old[2] = dmv[e];
+    if (acc & 4) l.old[2] = ld(dmv + e);
     return l;
   }
   __device__ void use(int64_t i, int c, const Load& l, float* sums) const {
@@ -487,7 +495,7 @@ struct ValueMixTerm {
     const float dg = l.d * (l.v1 - l.v) * sigmoid_dy(g);
     dv[e] = l.old[0] + l.d * (1.0f - g);
     dv1[e] = l.old[1] + l.d * g;
-    dmv[e] = l.old[2] + dg;
+    store(dmv + e, l.old[2] + dg);
     sums[0] += dg;
   }
 };
@@ -794,35 +802,74 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
                                 stream);
 }
 
+namespace {
+template <class Out, class G>
+int gn_bonus_gate_forward(Out* out, float* mean, float* rstd, const GnIn<G>& in, int64_t rows,
+                          int H, int D, float eps, void* stream) {
+  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<true, Out, G>,
+                   mn_blocks_for(rows, kWarps), kThreads, 0, stream, out, mean, rstd, in, rows, H,
+                   D, eps);
+}
+template <class G>
+GnIn<G> gn_in(float* y, float* weight, float* bias, float* r, float* k, float* v, float* u,
+              void* gate) {
+  return GnIn<G>{y, weight, bias, r, k, v, u, (const G*)gate};
+}
+// The backward's three launches for a gate of dtype G and a dgate of DG.
+template <class G, class DG>
+int gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv, DG* dgate, float* dweight,
+                           float* dbias, float* du, const float* dout, const float* mean,
+                           const float* rstd, const GnIn<G>& in, int N, int H, int D, int acc,
+                           float* ds, float* part, void* stream) {
+  const int C = H * D;
+  const int64_t rows = (int64_t)N * H;
+  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel<true, G, DG>,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
+                     dout, mean, rstd, in, acc, rows, H, D);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums<2>("rwkv7_gn_bonus_gate_backward_norm",
+                                   GnGateParamTerm<G>{dout, in.gate, in.y, mean, rstd, H, D, 0},
+                                   dweight, dbias, N, C, 3, part, stream)))
+    return rc;
+  return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
+                                BonusDuTerm{ds, in.r, in.k, H, D, 0}, du, nullptr, N, C, 1, part,
+                                stream);
+}
+}  // namespace
+
 MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
                                           float* weight, float* bias, float* r, float* k, float* v,
-                                          float* u, float* gate, int out_bf16, int N, int H, int D,
-                                          float eps, void* stream) {
+                                          float* u, void* gate, int out_bf16, int gate_bf16, int N,
+                                          int H, int D, float eps, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
                                      eps))
     return rc;
   const int64_t rows = (int64_t)N * H;
-  const GnIn in{y, weight, bias, r, k, v, u, gate};
-  const unsigned blocks = mn_blocks_for(rows, kWarps);
-  if (out_bf16)
-    return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<true, bf16>, blocks,
-                     kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
-  return mn_launch("rwkv7_gn_bonus_gate_forward", gn_bonus_gate_forward_kernel<true, float>, blocks,
-                   kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+  if (gate_bf16) {
+    const GnIn<bf16> in = gn_in<bf16>(y, weight, bias, r, k, v, u, gate);
+    if (out_bf16) return gn_bonus_gate_forward((bf16*)out, mean, rstd, in, rows, H, D, eps, stream);
+    return gn_bonus_gate_forward((float*)out, mean, rstd, in, rows, H, D, eps, stream);
+  }
+  const GnIn<float> in = gn_in<float>(y, weight, bias, r, k, v, u, gate);
+  if (out_bf16) return gn_bonus_gate_forward((bf16*)out, mean, rstd, in, rows, H, D, eps, stream);
+  return gn_bonus_gate_forward((float*)out, mean, rstd, in, rows, H, D, eps, stream);
 }
 
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
-                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
                                            float* mean, float* rstd, float* r, float* k, float* v,
-                                           float* u, float* gate, int N, int H, int D,
-                                           int accumulate, void* stream) {
+                                           float* u, void* gate, int gate_bf16, int dgate_bf16,
+                                           int N, int H, int D, int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
                                       bias, mean, rstd, r, k, v, u, gate},
                                      accumulate, 0xe0, 0.0f))
     return rc;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x10),
+             "rwkv7_gn_bonus_gate_backward: a bf16 dgate is overwritten (accumulate bit 4 must be "
+             "clear)");
   const int C = H * D;
   const int64_t rows = (int64_t)N * H;
   // scratch: ds [N, H], then the column sums' partials
@@ -831,53 +878,74 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                          stream))
     return rc;
   float* part = ds + rows;
-  const GnIn in{y, weight, bias, r, k, v, u, gate};
-  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel<true>,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
-                     (const float*)dout, (const float*)mean, (const float*)rstd, in, accumulate,
-                     rows, H, D);
-  if (rc) return rc;
-  if ((rc = mn_reduce::col_sums<2>("rwkv7_gn_bonus_gate_backward_norm",
-                                   GnGateParamTerm{(const float*)dout, (const float*)gate,
-                                                   (const float*)y, (const float*)mean,
-                                                   (const float*)rstd, H, D, 0},
-                                   dweight, dbias, N, C, 3, part, stream)))
-    return rc;
-  return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
-                                BonusDuTerm{ds, (const float*)r, (const float*)k, H, D, 0}, du,
-                                nullptr, N, C, 1, part, stream);
+  const float *dout_c = dout, *mean_c = mean, *rstd_c = rstd;
+  const auto run = [&](auto in) {
+    if (dgate_bf16)
+      return gn_bonus_gate_backward(dy, dr, dk, dv, (bf16*)dgate, dweight, dbias, du, dout_c,
+                                    mean_c, rstd_c, in, N, H, D, accumulate, ds, part, stream);
+    return gn_bonus_gate_backward(dy, dr, dk, dv, (float*)dgate, dweight, dbias, du, dout_c,
+                                  mean_c, rstd_c, in, N, H, D, accumulate, ds, part, stream);
+  };
+  if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, r, k, v, u, gate));
+  return run(gn_in<float>(y, weight, bias, r, k, v, u, gate));
 }
 
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void* stream) {
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_forward", N, C, 1, C,
                                      {out, v, v1, mv, time_misc_v}, 0, 0, 0.0f))
     return rc;
   const int64_t n = (int64_t)N * C;
-  return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel,
+  if (mv_bf16)
+    return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel<bf16>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, out, (bf16*)out_bf16,
+                     (const float*)v, (const float*)v1, (const bf16*)mv,
+                     (const float*)time_misc_v, C, n);
+  return mn_launch("rwkv7_value_mix_forward", value_mix_forward_kernel<float>,
                    mn_blocks_for(n, kThreads), kThreads, 0, stream, out, (bf16*)out_bf16,
                    (const float*)v, (const float*)v1, (const float*)mv,
                    (const float*)time_misc_v, C, n);
 }
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate,
-                                       void* stream) {
+namespace {
+template <class M, class DM>
+int value_mix_backward(float* dv, float* dv1, DM* dmv, float* dtime_misc_v, const float* dout,
+                       const float* v, const float* v1, const M* mv, const float* tmv, int N,
+                       int C, int accumulate, float* part, void* stream) {
+  return mn_reduce::col_sums<1>(
+      "rwkv7_value_mix_backward",
+      ValueMixTerm<M, DM>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
+      dtime_misc_v, nullptr, N, C, 1, part, stream);
+}
+}  // namespace
+
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
                                      {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
                                      accumulate, 0x8, 0.0f))
     return rc;
-  MN_REQUIRE(dv != dv1 && dv != dmv && dv1 != dmv,
+  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
              "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
+  MN_REQUIRE(!dmv_bf16 || !(accumulate & 0x4),
+             "rwkv7_value_mix_backward: a bf16 dmv is overwritten (accumulate bit 2 must be "
+             "clear)");
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
-  return mn_reduce::col_sums<1>(
-      "rwkv7_value_mix_backward",
-      ValueMixTerm{dv, dv1, dmv, (const float*)dout, (const float*)v, (const float*)v1,
-                   (const float*)mv, (const float*)time_misc_v, C, accumulate & 7, 0.0f},
-      dtime_misc_v, nullptr, N, C, 1, part, stream);
+  const float *dout_c = dout, *v_c = v, *v1_c = v1, *tmv_c = time_misc_v;
+  const auto run = [&](auto* m) {
+    if (dmv_bf16)
+      return value_mix_backward(dv, dv1, (bf16*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
+                                C, accumulate, part, stream);
+    return value_mix_backward(dv, dv1, (float*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
+                              C, accumulate, part, stream);
+  };
+  if (mv_bf16) return run((const bf16*)mv);
+  return run((const float*)mv);
 }
 
 // ---- RWKV-6 ----
@@ -972,45 +1040,70 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
       dtime_decay, nullptr, N, C, 1, part, stream);
 }
 
+namespace {
+template <class Out, class G>
+int gn_gate_forward(Out* out, float* mean, float* rstd, const GnIn<G>& in, int64_t rows, int H,
+                    int D, float eps, void* stream) {
+  return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, Out, G>,
+                   mn_blocks_for(rows, kWarps), kThreads, 0, stream, out, mean, rstd, in, rows, H,
+                   D, eps);
+}
+template <class G, class DG>
+int gn_gate_backward(float* dy, DG* dgate, float* dweight, float* dbias, const float* dout,
+                     const float* mean, const float* rstd, const GnIn<G>& in, int N, int H, int D,
+                     int acc, float* part, void* stream) {
+  const int64_t rows = (int64_t)N * H;
+  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false, G, DG>,
+                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
+                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, dout, mean, rstd,
+                     in, acc, rows, H, D);
+  if (rc) return rc;
+  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
+                                GnGateParamTerm<G>{dout, in.gate, in.y, mean, rstd, H, D, 0},
+                                dweight, dbias, N, H * D, 3, part, stream);
+}
+}  // namespace
+
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void* stream) {
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
     return rc;
   const int64_t rows = (int64_t)N * H;
-  const GnIn in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
-  const unsigned blocks = mn_blocks_for(rows, kWarps);
-  if (out_bf16)
-    return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, bf16>, blocks,
-                     kThreads, 0, stream, (bf16*)out, mean, rstd, in, rows, H, D, eps);
-  return mn_launch("rwkv6_gn_gate_forward", gn_bonus_gate_forward_kernel<false, float>, blocks,
-                   kThreads, 0, stream, (float*)out, mean, rstd, in, rows, H, D, eps);
+  const auto run = [&](auto in) {
+    if (out_bf16) return gn_gate_forward((bf16*)out, mean, rstd, in, rows, H, D, eps, stream);
+    return gn_gate_forward((float*)out, mean, rstd, in, rows, H, D, eps, stream);
+  };
+  if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
+  return run(gn_in<float>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
 }
 
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void* stream) {
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate,
+                                     void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
                                       gate},
                                      accumulate, 0xc, 0.0f))
     return rc;
-  const int C = H * D;
-  const int64_t rows = (int64_t)N * H;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x2),
+             "rwkv6_gn_gate_backward: a bf16 dgate is overwritten (accumulate bit 1 must be "
+             "clear)");
   float* part = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, H * D, 2),
+                                         stream))
     return rc;
-  const GnIn in{y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate};
-  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false>,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
-                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, (const float*)dout,
-                     (const float*)mean, (const float*)rstd, in, accumulate, rows, H, D);
-  if (rc) return rc;
-  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
-                                GnGateParamTerm{(const float*)dout, (const float*)gate,
-                                                (const float*)y, (const float*)mean,
-                                                (const float*)rstd, H, D, 0},
-                                dweight, dbias, N, C, 3, part, stream);
+  const float *dout_c = dout, *mean_c = mean, *rstd_c = rstd;
+  const auto run = [&](auto in) {
+    if (dgate_bf16)
+      return gn_gate_backward(dy, (bf16*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H,
+                              D, accumulate, part, stream);
+    return gn_gate_backward(dy, (float*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H, D,
+                            accumulate, part, stream);
+  };
+  if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
+  return run(gn_in<float>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
 }

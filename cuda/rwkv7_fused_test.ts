@@ -625,10 +625,14 @@ function drawGn(c: HCfg, rng: Rng) {
 }
 type GnDraw = ReturnType<typeof drawGn>;
 
-function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
+/** the [N, C] inputs: fp32, the gate bf16 (its LoRA's output) with gateBf16 */
+const gnActs = (d: GnDraw, shape: number[], gateBf16: boolean) =>
+  GN_ACTS.map((k) => [k, k === "gate" ? mIn(d.act[k], shape, gateBf16) : f32In(d.act[k], shape)]);
+
+function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean, gateBf16 = false) {
   const { N, H, D } = c, shape = [N, H * D];
   const ins = Object.fromEntries([
-    ...GN_ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...gnActs(d, shape, gateBf16),
     ...GN_PARS.map((k) => [k, f32In(d.par[k], [H * D])]),
   ]);
   const outs = {
@@ -643,6 +647,7 @@ function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
       t.rstd.ptr,
       ...["y", "weight", "bias", "r", "k", "v", "u", "gate"].map((k) => t[k].ptr),
       bf16 ? 1 : 0,
+      gateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -652,11 +657,20 @@ function gnForward(be: Backend, c: HCfg, d: GnDraw, bf16: boolean) {
   });
 }
 
-function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
+/** gateBf16: a bf16 gate input; dgateBf16: a bf16 dgate output (overwritten) */
+function gnBackward(
+  be: Backend,
+  c: HCfg,
+  d: GnDraw,
+  accumulate = ALL,
+  gateBf16 = false,
+  dgateBf16 = false,
+) {
   const { N, H, D } = c, C = H * D, shape = [N, C];
-  const stats = gnForward(backend("cpu"), c, d, false); // saved mean, rstd (the same on every backend input)
+  // saved mean, rstd (the same on every backend input; the statistics do not read the gate)
+  const stats = gnForward(backend("cpu"), c, d, false);
   const ins = Object.fromEntries([
-    ...GN_ACTS.map((k) => [k, f32In(d.act[k], shape)]),
+    ...gnActs(d, shape, gateBf16),
     ...GN_PARS.map((k) => [k, f32In(d.par[k], [C])]),
     ["dout", f32In(d.dout, shape)],
     ["mean", f32In(stats.mean as Float32Array, [N, H])],
@@ -664,7 +678,10 @@ function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
   ]);
   const outs = Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k, i) => [
     "d" + k,
-    { shape: i < 5 ? shape : [C], init: (accumulate >> i) & 1 ? d.prior[k] : undefined },
+    k === "gate" && dgateBf16 ? { shape, dtype: "bf16" as const } : {
+      shape: i < 5 ? shape : [C],
+      init: (accumulate >> i) & 1 ? d.prior[k] : undefined,
+    },
   ]));
   return withTensors(be, ins, outs, (t) => {
     be.k.mn_rwkv7_gn_bonus_gate_backward(
@@ -672,6 +689,8 @@ function gnBackward(be: Backend, c: HCfg, d: GnDraw, accumulate = ALL) {
       ...["dout", "y", "weight", "bias", "mean", "rstd", "r", "k", "v", "u", "gate"].map((k) =>
         t[k].ptr
       ),
+      gateBf16 ? 1 : 0,
+      dgateBf16 ? 1 : 0,
       N,
       H,
       D,
@@ -722,6 +741,22 @@ checkKernel({
   tol: Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, SUM])),
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng)),
 });
+checkKernel({
+  name: "rwkv7_gn_bonus_gate_forward (bf16 gate in, bf16 out)",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: { out: TOL_BF16, mean: SUM, rstd: SUM },
+  run: (be, c, rng) => gnForward(be, c, drawGn(c, rng), true, true),
+});
+checkKernel({
+  name: "rwkv7_gn_bonus_gate_backward (bf16 gate in, bf16 dgate out)",
+  configs: HSHAPES,
+  label: hLabel,
+  tol: Object.fromEntries(
+    [...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, k === "gate" ? TOL_BF16 : SUM]),
+  ),
+  run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng), 0xe0, true, true),
+});
 
 Deno.test("rwkv7_gn_bonus_gate: cpu forward matches float64, backward matches float64 central differences", () => {
   const be = backend("cpu");
@@ -748,6 +783,32 @@ Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bi
     assert.throws(() => gnBackward(be, c, d, 0x7f), /parameter-vector gradients accumulate/);
     const again = gnBackward(be, c, d);
     for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});
+
+Deno.test("rwkv7_gn_bonus_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of HSHAPES) {
+      const d = drawGn(c, new Rng(SEED));
+      const dr = { ...d, act: { ...d.act, gate: round(d.act.gate) } }; // what a bf16 gate holds
+      for (const bf16 of [false, true]) {
+        const want = gnForward(be, c, dr, bf16), got = gnForward(be, c, d, bf16, true);
+        for (const k of Object.keys(want)) {
+          compare(`${name} ${hLabel(c)} ${bf16 ? "bf16" : "fp32"} ${k}`, got[k], want[k], EXACT);
+        }
+      }
+      // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
+      for (const dgateBf16 of [false, true]) {
+        const bw = gnBackward(be, c, dr, 0xe0), bg = gnBackward(be, c, d, 0xe0, true, dgateBf16);
+        for (const k of Object.keys(bw)) {
+          const w = k === "dgate" && dgateBf16 ? round(bw[k] as Float32Array) : bw[k];
+          compare(`${name} ${hLabel(c)} ${k}`, bg[k], w, EXACT);
+        }
+      }
+      assert.throws(() => gnBackward(be, c, d, ALL, true, true), /bf16 dgate is overwritten/);
+    }
   }
 });
 
@@ -779,14 +840,18 @@ function valueRef(c: VCfg, act: Vals, par: Vals): Float64Array {
   });
 }
 
-function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
+/** v, v1, mv as kernel inputs: fp32, mv bf16 (its LoRA's output) with mvBf16 */
+const valueActs = (d: ValueDraw, shape: number[], mvBf16: boolean) =>
+  V_ACTS.map((k) => [k, mIn(d.act[k] as Float32Array, shape, k === "mv" && mvBf16)]);
+
+function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean, mvBf16 = false) {
   const shape = [c.N, c.C];
   const outs: Record<string, { shape: number[]; dtype?: "bf16" | "f32" }> = { out: { shape } };
   if (bf16) outs.out_bf16 = { shape, dtype: "bf16" };
   return withTensors(
     be,
     {
-      ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+      ...Object.fromEntries(valueActs(d, shape, mvBf16)),
       tmv: f32In(d.par.tmv as Float32Array, [c.C]),
     },
     outs,
@@ -796,6 +861,7 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
         bf16 ? t.out_bf16.ptr : null,
         ...V_ACTS.map((k) => t[k].ptr),
         t.tmv.ptr,
+        mvBf16 ? 1 : 0,
         c.N,
         c.C,
         be.stream,
@@ -805,16 +871,24 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean) {
   );
 }
 
-function valueBackward(be: Backend, c: VCfg, d: ValueDraw, accumulate = ALL) {
+/** mvBf16: a bf16 mv input; dmvBf16: a bf16 dmv output (overwritten) */
+function valueBackward(
+  be: Backend,
+  c: VCfg,
+  d: ValueDraw,
+  accumulate = ALL,
+  mvBf16 = false,
+  dmvBf16 = false,
+) {
   const shape = [c.N, c.C];
   const ins = {
     dout: f32In(d.dout, shape),
-    ...Object.fromEntries(V_ACTS.map((k) => [k, f32In(d.act[k] as Float32Array, shape)])),
+    ...Object.fromEntries(valueActs(d, shape, mvBf16)),
     tmv: f32In(d.par.tmv as Float32Array, [c.C]),
   };
   const outs = Object.fromEntries([...V_ACTS, ...V_PARS].map((k, i) => [
     "d" + k,
-    {
+    k === "mv" && dmvBf16 ? { shape, dtype: "bf16" as const } : {
       shape: i < 3 ? shape : [c.C],
       init: (accumulate >> i) & 1 ? d.prior[k] as Float32Array : undefined,
     },
@@ -825,6 +899,8 @@ function valueBackward(be: Backend, c: VCfg, d: ValueDraw, accumulate = ALL) {
       t.dout.ptr,
       ...V_ACTS.map((k) => t[k].ptr),
       t.tmv.ptr,
+      mvBf16 ? 1 : 0,
+      dmvBf16 ? 1 : 0,
       c.N,
       c.C,
       accumulate,
@@ -849,6 +925,44 @@ checkKernel({
   label: vLabel,
   tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_F32, dtmv: SUM },
   run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng)),
+});
+checkKernel({
+  name: "rwkv7_value_mix_forward (bf16 mv in, with bf16 copy)",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { out: TOL_F32, out_bf16: TOL_BF16 },
+  run: (be, c, rng) => valueForward(be, c, drawValue(c, rng), true, true),
+});
+checkKernel({
+  name: "rwkv7_value_mix_backward (bf16 mv in, bf16 dmv out)",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_BF16, dtmv: SUM },
+  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0x8, true, true),
+});
+
+Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv the fp32 one rounded once", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const c of VSHAPES) {
+      const d = drawValue(c, new Rng(SEED));
+      const dr = { ...d, act: { ...d.act, mv: round(d.act.mv as Float32Array) } }; // a bf16 mv
+      const want = valueForward(be, c, dr, true), got = valueForward(be, c, d, true, true);
+      for (const k of Object.keys(want)) {
+        compare(`${name} ${vLabel(c)} ${k}`, got[k], want[k], EXACT);
+      }
+      // fp32 dmv from a bf16 mv (its gradient has another writer), and a bf16 dmv
+      for (const dmvBf16 of [false, true]) {
+        const bw = valueBackward(be, c, dr, 0x8), bg = valueBackward(be, c, d, 0x8, true, dmvBf16);
+        for (const k of Object.keys(bw)) {
+          const w = k === "dmv" && dmvBf16 ? round(bw[k] as Float32Array) : bw[k];
+          compare(`${name} ${vLabel(c)} ${k}`, bg[k], w, EXACT);
+        }
+      }
+      assert.throws(() => valueBackward(be, c, d, ALL, true, true), /bf16 dmv is overwritten/);
+    }
+  }
 });
 
 Deno.test("rwkv7_value_mix: cpu forward matches float64, backward matches float64 central differences", () => {

@@ -359,8 +359,8 @@ GnRow gn_row(const float* y, const float* r, const float* k, const float* u, int
 
 MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, float* y,
                                           float* weight, float* bias, float* r, float* k, float* v,
-                                          float* u, float* gate, int out_bf16, int N, int H, int D,
-                                          float eps, void*) {
+                                          float* u, void* gate, int out_bf16, int gate_bf16, int N,
+                                          int H, int D, float eps, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, r, k, v, u, gate}, 0, 0,
                                      eps))
@@ -374,7 +374,7 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
       const float gn = (y[e] - m) * rs * weight[c0 + j] + bias[c0 + j];
-      write_out(out, out_bf16, e, (gn + s * v[e]) * gate[e]);
+      write_out(out, out_bf16, e, (gn + s * v[e]) * read_in(gate, gate_bf16, e));
     }
     mean[row] = m;
     rstd[row] = rs;
@@ -383,17 +383,21 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
 }
 
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
-                                           float* dgate, float* dweight, float* dbias, float* du,
+                                           void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
                                            float* mean, float* rstd, float* r, float* k, float* v,
-                                           float* u, float* gate, int N, int H, int D,
-                                           int accumulate, void*) {
+                                           float* u, void* gate, int gate_bf16, int dgate_bf16,
+                                           int N, int H, int D, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_gn_bonus_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dr, dk, dv, dgate, dweight, dbias, du, dout, y, weight,
                                       bias, mean, rstd, r, k, v, u, gate},
                                      accumulate, 0xe0, 0.0f))
     return rc;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x10),
+             "rwkv7_gn_bonus_gate_backward: a bf16 dgate is overwritten (accumulate bit 4 must be "
+             "clear)");
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
+  const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
   for (int64_t row = 0; row < rows; row++) {
     const int64_t e0 = row * D, c0 = (row % H) * D;
@@ -404,7 +408,7 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
     double ds = 0.0, s1 = 0.0, s2 = 0.0;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       ds += dz * v[e];
       s1 += dz * weight[c0 + j];
       s2 += dz * weight[c0 + j] * xh;
@@ -413,13 +417,15 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
     s2 /= D;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j, c = c0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       const double z = xh * weight[c] + bias[c] + s * v[e];
       grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
       grad_out(dr, e, accumulate, 1, (float)(ds * k[e] * u[c]));
       grad_out(dk, e, accumulate, 2, (float)(ds * r[e] * u[c]));
       grad_out(dv, e, accumulate, 3, (float)(s * dz));
-      grad_out(dgate, e, accumulate, 4, (float)(dout[e] * z));
+      // a bf16 dgate: the fp32 one (overwritten) rounded once
+      if (dgate_bf16) ((mn_bf16*)dgate)[e] = f32_to_bf16((float)(dout[e] * z));
+      else grad_out((float*)dgate, e, accumulate, 4, (float)(dout[e] * z));
       sw[c] += dz * xh;
       sb[c] += dz;
       su[c] += ds * r[e] * k[e];
@@ -434,7 +440,8 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
 }
 
 MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, float* v1,
-                                      float* mv, float* time_misc_v, int N, int C, void*) {
+                                      void* mv, float* time_misc_v, int mv_bf16, int N, int C,
+                                      void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_forward", N, C, 1, C,
                                      {out, v, v1, mv, time_misc_v}, 0, 0, 0.0f))
     return rc;
@@ -442,7 +449,7 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
       const int64_t e = i * C + c;
-      const float g = 1.0f / (1.0f + std::exp(-(mv[e] + time_misc_v[c])));
+      const float g = 1.0f / (1.0f + std::exp(-(read_in(mv, mv_bf16, e) + time_misc_v[c])));
       const float o = v[e] + (v1[e] - v[e]) * g;
       out[e] = o;
       if (out_bf16) out_bf16[e] = f32_to_bf16(o);
@@ -450,24 +457,31 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
   return 0;
 }
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, float* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, float* mv,
-                                       float* time_misc_v, int N, int C, int accumulate, void*) {
+MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                       float* dout, float* v, float* v1, void* mv,
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
+                                       int C, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
                                      {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
                                      accumulate, 0x8, 0.0f))
     return rc;
-  MN_REQUIRE(dv != dv1 && dv != dmv && dv1 != dmv,
+  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
              "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
+  MN_REQUIRE(!dmv_bf16 || !(accumulate & 0x4),
+             "rwkv7_value_mix_backward: a bf16 dmv is overwritten (accumulate bit 2 must be "
+             "clear)");
   std::vector<double> s(C, 0.0);
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
       const int64_t e = i * C + c;
-      const double g = 1.0 / (1.0 + std::exp(-((double)mv[e] + time_misc_v[c])));
+      const double m = read_in(mv, mv_bf16, e);
+      const double g = 1.0 / (1.0 + std::exp(-(m + time_misc_v[c])));
       const double d = dout[e], dg = d * ((double)v1[e] - v[e]) * g * (1.0 - g);
       grad_out(dv, e, accumulate, 0, (float)(d * (1.0 - g)));
       grad_out(dv1, e, accumulate, 1, (float)(d * g));
-      grad_out(dmv, e, accumulate, 2, (float)dg);
+      // a bf16 dmv: the fp32 one (overwritten) rounded once
+      if (dmv_bf16) ((mn_bf16*)dmv)[e] = f32_to_bf16((float)dg);
+      else grad_out((float*)dmv, e, accumulate, 2, (float)dg);
       s[c] += dg;
     }
   for (int c = 0; c < C; c++) dtime_misc_v[c] += (float)s[c];
@@ -583,8 +597,8 @@ MN_API int mn_rwkv6_decay_k_backward(float* dww, float* dk, float* dtime_decay, 
 }
 
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
-                                    float* bias, float* gate, int out_bf16, int N, int H, int D,
-                                    float eps, void*) {
+                                    float* bias, void* gate, int out_bf16, int gate_bf16, int N,
+                                    int H, int D, float eps, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_forward", N, H, D, (int64_t)H * D,
                                      {out, mean, rstd, y, weight, bias, gate}, 0, 0, eps))
     return rc;
@@ -600,7 +614,7 @@ MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* 
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
       const float gn = (y[e] - mf) * rs * weight[c0 + j] + bias[c0 + j];
-      write_out(out, out_bf16, e, gn * gate[e]);
+      write_out(out, out_bf16, e, gn * read_in(gate, gate_bf16, e));
     }
     mean[row] = mf;
     rstd[row] = rs;
@@ -608,15 +622,19 @@ MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* 
   return 0;
 }
 
-MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, float* dbias,
+MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
-                                     float* mean, float* rstd, float* gate, int N, int H, int D,
-                                     int accumulate, void*) {
+                                     float* mean, float* rstd, void* gate, int gate_bf16,
+                                     int dgate_bf16, int N, int H, int D, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv6_gn_gate_backward", N, H, D, (int64_t)H * D,
                                      {dy, dgate, dweight, dbias, dout, y, weight, bias, mean, rstd,
                                       gate},
                                      accumulate, 0xc, 0.0f))
     return rc;
+  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x2),
+             "rwkv6_gn_gate_backward: a bf16 dgate is overwritten (accumulate bit 1 must be "
+             "clear)");
+  const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   std::vector<double> sw(C, 0.0), sb(C, 0.0);
   for (int64_t row = 0; row < rows; row++) {
@@ -626,7 +644,7 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, fl
     double s1 = 0.0, s2 = 0.0;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       s1 += dz * weight[c0 + j];
       s2 += dz * weight[c0 + j] * xh;
     }
@@ -634,9 +652,12 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, float* dgate, float* dweight, fl
     s2 /= D;
     for (int j = 0; j < D; j++) {
       const int64_t e = e0 + j, c = c0 + j;
-      const double dz = (double)dout[e] * gate[e], xh = (y[e] - m) * rs;
+      const double dz = dout[e] * gate_at(e), xh = (y[e] - m) * rs;
       grad_out(dy, e, accumulate, 0, (float)(rs * (dz * weight[c] - s1 - xh * s2)));
-      grad_out(dgate, e, accumulate, 1, (float)(dout[e] * (xh * weight[c] + bias[c])));
+      const float dg = (float)(dout[e] * (xh * weight[c] + bias[c]));
+      // a bf16 dgate: the fp32 one (overwritten) rounded once
+      if (dgate_bf16) ((mn_bf16*)dgate)[e] = f32_to_bf16(dg);
+      else grad_out((float*)dgate, e, accumulate, 1, dg);
       sw[c] += dz * xh;
       sb[c] += dz;
     }
