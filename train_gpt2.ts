@@ -286,11 +286,10 @@ function attention(g: Graph, q: Var, k: Var, v: Var, cudaCore: boolean): Var {
   const [qi, ki, vi] = [q, k, v].map((x) => (f32 ? x.t : g.bf16Of(x)));
   const out = g.out(q.shape, "attention");
   const lse = g.out([B, H, T], "attention.lse");
+  if (!f32 && !cudaCore) return attentionBf16(g, q, k, v, qi, ki, vi);
   const [fwd, bwd] = f32
     ? [g.k.mn_attention_forward_f32, g.k.mn_attention_backward_f32]
-    : cudaCore
-    ? [g.k.mn_attention_forward, g.k.mn_attention_backward]
-    : [g.k.mn_attention_tc_forward, g.k.mn_attention_tc_backward];
+    : [g.k.mn_attention_forward, g.k.mn_attention_backward];
   fwd(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
   return g.node(out, [q, k, v], (y) => {
     const ws = g.out([B, H, T], "attention.ws");
@@ -299,11 +298,30 @@ function attention(g: Graph, q: Var, k: Var, v: Var, cudaCore: boolean): Var {
     bwd(...args, qi.ptr, ki.ptr, vi.ptr, ws.ptr, B, T, H, D, acc, g.s);
   });
 }
+/** The tensor-core attention with bf16 out and dout, as autocast's: out is c_proj's operand (no
+ * cast), and c_proj's backward writes dout in bf16 (the attention's only writer: bf16Grad). */
+function attentionBf16(g: Graph, q: Var, k: Var, v: Var, qi: Tensor, ki: Tensor, vi: Tensor) {
+  const [B, T, H, D] = q.shape;
+  const out = g.out(q.shape, "attention", "bf16"); // [B, T, H, D] bf16
+  const lse = g.out([B, H, T], "attention.lse"); // [B, H, T] fp32
+  g.k.mn_attention_tc_forward_bf16(out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr, B, T, H, D, g.s);
+  const y = g.node(out, [q, k, v], (y) => {
+    const ws = g.out([B, H, T], "attention.ws");
+    const dout = g.gradOperand(y.g); // bf16 already unless it had other writers
+    const [[dq, dk, dv], acc] = g.grads(q, k, v);
+    const args = [dq, dk, dv, dout.ptr, out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr] as const;
+    g.k.mn_attention_tc_backward_bf16(...args, ws.ptr, B, T, H, D, acc, g.s);
+  });
+  y.bf16Grad = true;
+  return y;
+}
 
 /** the same Var with another shape (same element count and memory) */
 function view(g: Graph, x: Var, shape: number[]): Var {
   const t = x.t.view(shape);
-  return g.node(t, [x], (y) => g.passGrad(x, y));
+  const y = g.node(t, [x], (y) => g.passGrad(x, y));
+  y.bf16Grad = x.bf16Grad; // its gradient is x's
+  return y;
 }
 
 export class Model {

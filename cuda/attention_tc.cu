@@ -74,6 +74,19 @@ __device__ inline uint32_t tc_pack(float lo, float hi) {
   return (uint32_t)tc_bits(mn_f32_to_bf16(lo)) | ((uint32_t)tc_bits(mn_f32_to_bf16(hi)) << 16);
 }
 
+// Two adjacent output elements, fp32 or as a bf16 pair (one 4-byte store either way per pair)
+__device__ inline void tc_store2(float* p, float lo, float hi) {
+  *reinterpret_cast<float2*>(p) = make_float2(lo, hi);
+}
+__device__ inline void tc_store2(bf16* p, float lo, float hi) {
+  *reinterpret_cast<uint32_t*>(p) = tc_pack(lo, hi);
+}
+// An element of dout as the mma operand rounds it (a bf16 dout already is), and of out
+__device__ inline float tc_rounded(float x) { return mn_bf16_to_f32(mn_f32_to_bf16(x)); }
+__device__ inline float tc_rounded(bf16 x) { return mn_bf16_to_f32(x); }
+__device__ inline float tc_value(float x) { return x; }
+__device__ inline float tc_value(bf16 x) { return mn_bf16_to_f32(x); }
+
 // ---- fragments ----------------------------------------------------------------------------------
 // A operand: the 16x16 block at (r0, c0) of a row-major bf16 tile with row stride LD.
 // ldmatrix matrix j = the 8x8 block at (rows 8 (j % 2), cols 8 (j / 2)): regs a0..a3 in order.
@@ -133,8 +146,8 @@ __device__ inline void tc_stage(bf16* dst, const bf16* src, int b, int t0, int r
 
 // The same for an fp32 tensor (dout), rounded to bf16: 4 elements per step.
 template <int D>
-__device__ inline void tc_stage_f32(bf16* dst, const float* src, int b, int t0, int rows, int T,
-                                    int H, int h) {
+__device__ inline void tc_stage(bf16* dst, const float* src, int b, int t0, int rows, int T, int H,
+                                int h) {
   constexpr int CH = D / 4;
   for (int i = threadIdx.x; i < rows * CH; i += blockDim.x) {
     const int r = i / CH, c = i % CH, t = t0 + r;
@@ -153,10 +166,11 @@ __device__ inline int tc_visible_blocks(int last_row, int k0) {
 }
 
 // ---- forward ----------------------------------------------------------------------------------
-template <int D>
+// O: float, or bf16 (the output projection's operand, rounded once from the same fp32 value)
+template <int D, typename O>
 __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
-    attention_tc_forward_kernel(float* out, float* lse, const bf16* q, const bf16* k,
-                                const bf16* v, int T, int H, float scale_log2) {
+    attention_tc_forward_kernel(O* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+                                int T, int H, float scale_log2) {
   constexpr int LD = D + 8, KS = D / 16, NT = TC_BC / 8, DT = D / 8;
   MN_DYNAMIC_SHARED(uint4, smem);
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // [BR][LD]
@@ -268,11 +282,9 @@ __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     const int row = wr0 + g + 8 * r;
     if (row >= T) continue;
     const float inv = 1.f / l[r];
-    float* orow = out + tc_row(b, row, h, T, H, D);
+    O* orow = out + tc_row(b, row, h, T, H, D);
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++)
-      *reinterpret_cast<float2*>(orow + 8 * dt + 2 * tig) =
-          make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+    for (int dt = 0; dt < DT; dt++) tc_store2(orow + 8 * dt + 2 * tig, o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
     if (tig == 0) lse[((int64_t)b * H + h) * T + row] = (m[r] + log2f(l[r])) * TC_LN2;
   }
 }
@@ -280,17 +292,16 @@ __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 // ---- backward ---------------------------------------------------------------------------------
 // Delta[b,h,t] = sum_d bf16(dout[b,t,h,d]) out[b,t,h,d], summed in fp32; one warp per (b, t, h)
 // row.
-template <int D>
+template <int D, typename O>
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_tc_delta_kernel(float* delta, const float* dout, const float* out, int B, int T,
-                              int H) {
+    attention_tc_delta_kernel(float* delta, const O* dout, const O* out, int B, int T, int H) {
   const int64_t row = (int64_t)blockIdx.x * TC_WARPS + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= (int64_t)B * T * H) return;  // whole warps leave together
-  const float* a = dout + row * D;
-  const float* o = out + row * D;
+  const O* a = dout + row * D;
+  const O* o = out + row * D;
   float acc = 0.f;
-  for (int d = lane; d < D; d += 32) acc += mn_bf16_to_f32(mn_f32_to_bf16(a[d])) * o[d];
+  for (int d = lane; d < D; d += 32) acc += tc_rounded(a[d]) * tc_value(o[d]);
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
   const int h = (int)(row % H), t = (int)((row / H) % T), b = (int)(row / ((int64_t)H * T));
   if (lane == 0) delta[((int64_t)b * H + h) * T + t] = acc;
@@ -298,9 +309,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 
 // dK, dV: grid (ceil(T/64), H, B). Warp w owns keys kw0 = k0 + 16 w .. +15 (the M side: S^T, P^T,
 // dP^T, dS^T have keys as rows, queries as columns) and their dK, dV rows.
-template <int D>
+template <int D, typename O>
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_tc_backward_dkv_kernel(float* dk, float* dv, const float* dout, const float* lse,
+    attention_tc_backward_dkv_kernel(float* dk, float* dv, const O* dout, const float* lse,
                                      const float* delta, const bf16* q, const bf16* k,
                                      const bf16* v, int T, int H, float scale, float scale_log2,
                                      int acc) {
@@ -329,7 +340,7 @@ __global__ void __launch_bounds__(TC_THREADS)
   for (int q0 = (k0 / BQ) * BQ; q0 < T; q0 += BQ) {
     __syncthreads();  // the previous query tile is no longer read
     tc_stage<D>(sQ, q, b, q0, BQ, T, H, h);
-    tc_stage_f32<D>(sdO, dout, b, q0, BQ, T, H, h);
+    tc_stage<D>(sdO, dout, b, q0, BQ, T, H, h);
     for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
       const int t = q0 + r;
       const int64_t i = ((int64_t)b * H + h) * T + t;
@@ -415,9 +426,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 }
 
 // dQ: grid (ceil(T/64), H, B). Warp w owns query rows wr0 = q0 + 16 w .. +15 and their dQ rows.
-template <int D>
+template <int D, typename O>
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_tc_backward_dq_kernel(float* dq, const float* dout, const float* lse,
+    attention_tc_backward_dq_kernel(float* dq, const O* dout, const float* lse,
                                     const float* delta, const bf16* q, const bf16* k,
                                     const bf16* v, int T, int H, float scale, float scale_log2,
                                     int acc) {
@@ -433,7 +444,7 @@ __global__ void __launch_bounds__(TC_THREADS)
   const int wr0 = q0 + 16 * warp;
 
   tc_stage<D>(sQ, q, b, q0, TC_BR, T, H, h);
-  tc_stage_f32<D>(sdO, dout, b, q0, TC_BR, T, H, h);
+  tc_stage<D>(sdO, dout, b, q0, TC_BR, T, H, h);
   float L[2], Dl[2];  // lse log2(e) and Delta of rows g, g + 8 (0 past T)
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -538,66 +549,98 @@ constexpr size_t tc_dq_smem() {
 
 inline unsigned tc_tiles(int T, int rows) { return (unsigned)((T + rows - 1) / rows); }
 
-template <int D>
-int tc_forward(float* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
-               int H, void* stream) {
+template <int D, typename O>
+int tc_forward(const char* fn, O* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+               int B, int T, int H, void* stream) {
   const float scale_log2 = TC_LOG2E / sqrtf((float)D);
-  return mn_launch("attention_tc_forward", attention_tc_forward_kernel<D>,
+  return mn_launch(fn, attention_tc_forward_kernel<D, O>,
                    dim3(tc_tiles(T, TC_BR), H, B), dim3(TC_THREADS), tc_fwd_smem<D>(), stream,
                    out, lse, q, k, v, T, H, scale_log2);
 }
 
-template <int D>
-int tc_backward(float* dq, float* dk, float* dv, const float* dout, const float* out,
-                const float* lse, const bf16* q, const bf16* k, const bf16* v, float* ws, int B,
-                int T, int H, int accumulate, void* stream) {
+template <int D, typename O>
+int tc_backward(float* dq, float* dk, float* dv, const O* dout, const O* out, const float* lse,
+                const bf16* q, const bf16* k, const bf16* v, float* ws, int B, int T, int H,
+                int accumulate, void* stream) {
   const float scale = 1.0f / sqrtf((float)D), scale_log2 = TC_LOG2E * scale;
   const int64_t rows = (int64_t)B * T * H;
-  if (int rc = mn_launch("attention_tc_backward_delta", attention_tc_delta_kernel<D>,
+  if (int rc = mn_launch("attention_tc_backward_delta", attention_tc_delta_kernel<D, O>,
                          dim3((unsigned)((rows + TC_WARPS - 1) / TC_WARPS)), dim3(TC_THREADS), 0,
                          stream, ws, dout, out, B, T, H))
     return rc;
-  if (int rc = mn_launch("attention_tc_backward_dkv", attention_tc_backward_dkv_kernel<D>,
+  if (int rc = mn_launch("attention_tc_backward_dkv", attention_tc_backward_dkv_kernel<D, O>,
                          dim3(tc_tiles(T, TC_BC), H, B), dim3(TC_THREADS), tc_dkv_smem<D>(),
                          stream, dk, dv, dout, lse, (const float*)ws, q, k, v, T, H, scale,
                          scale_log2, accumulate >> 1 & 3))
     return rc;
-  return mn_launch("attention_tc_backward_dq", attention_tc_backward_dq_kernel<D>,
+  return mn_launch("attention_tc_backward_dq", attention_tc_backward_dq_kernel<D, O>,
                    dim3(tc_tiles(T, TC_BR), H, B), dim3(TC_THREADS), tc_dq_smem<D>(), stream, dq,
                    dout, lse, (const float*)ws, q, k, v, T, H, scale, scale_log2,
                    MN_ACC_BIT(accumulate, 0));
+}
+
+
+// One entry point pair per output dtype: out (and dout) fp32, or bf16 (_bf16)
+template <typename O>
+int tc_forward_any(const char* fn, O* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, int B,
+                   int T, int H, int D, void* stream) {
+  const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
+  switch (D) {
+    case 16: return tc_forward<16>(fn, out, lse, bq, bk, bv, B, T, H, stream);
+    case 32: return tc_forward<32>(fn, out, lse, bq, bk, bv, B, T, H, stream);
+    case 64: return tc_forward<64>(fn, out, lse, bq, bk, bv, B, T, H, stream);
+    default: return tc_forward<128>(fn, out, lse, bq, bk, bv, B, T, H, stream);
+  }
+}
+template <typename O>
+int tc_backward_any(float* dq, float* dk, float* dv, const O* dout, const O* out, float* lse,
+                    mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B, int T, int H, int D,
+                    int acc, void* stream) {
+  const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
+  switch (D) {
+    case 16: return tc_backward<16>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, acc, stream);
+    case 32: return tc_backward<32>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, acc, stream);
+    case 64: return tc_backward<64>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, acc, stream);
+    default:
+      return tc_backward<128>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, acc, stream);
+  }
 }
 
 }  // namespace
 
 MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v,
                                    int B, int T, int H, int D, void* stream) {
-  if (int rc = mn_check_attention_tc_forward(out, lse, q, k, v, B, T, H, D)) return rc;
-  const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
-  switch (D) {
-    case 16: return tc_forward<16>(out, lse, bq, bk, bv, B, T, H, stream);
-    case 32: return tc_forward<32>(out, lse, bq, bk, bv, B, T, H, stream);
-    case 64: return tc_forward<64>(out, lse, bq, bk, bv, B, T, H, stream);
-    default: return tc_forward<128>(out, lse, bq, bk, bv, B, T, H, stream);
-  }
+  if (int rc = mn_check_attention_tc_forward("attention_tc_forward", out, lse, q, k, v, B, T, H,
+                                             D))
+    return rc;
+  return tc_forward_any("attention_tc_forward", out, lse, q, k, v, B, T, H, D, stream);
+}
+
+MN_API int mn_attention_tc_forward_bf16(mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                        mn_bf16* v, int B, int T, int H, int D, void* stream) {
+  if (int rc = mn_check_attention_tc_forward("attention_tc_forward_bf16", out, lse, q, k, v, B, T,
+                                             H, D))
+    return rc;
+  return tc_forward_any("attention_tc_forward_bf16", (bf16*)out, lse, q, k, v, B, T, H, D, stream);
 }
 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, int accumulate, void* stream) {
-  if (int rc = mn_check_attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
-                                                H, D))
+  if (int rc = mn_check_attention_tc_backward("attention_tc_backward", dq, dk, dv, dout, out, lse,
+                                              q, k, v, ws, B, T, H, D))
     return rc;
-  const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
-  switch (D) {
-    case 16:
-      return tc_backward<16>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
-    case 32:
-      return tc_backward<32>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
-    case 64:
-      return tc_backward<64>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate, stream);
-    default:
-      return tc_backward<128>(dq, dk, dv, dout, out, lse, bq, bk, bv, ws, B, T, H, accumulate,
-                              stream);
-  }
+  return tc_backward_any(dq, dk, dv, (const float*)dout, (const float*)out, lse, q, k, v, ws, B, T,
+                         H, D, accumulate, stream);
+}
+
+MN_API int mn_attention_tc_backward_bf16(float* dq, float* dk, float* dv, mn_bf16* dout,
+                                         mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                         mn_bf16* v, float* ws, int B, int T, int H, int D,
+                                         int accumulate, void* stream) {
+  if (int rc = mn_check_attention_tc_backward("attention_tc_backward_bf16", dq, dk, dv, dout, out,
+                                              lse, q, k, v, ws, B, T, H, D))
+    return rc;
+  return tc_backward_any(dq, dk, dv, (const bf16*)dout, (const bf16*)out, lse, q, k, v, ws, B, T,
+                         H, D, accumulate, stream);
 }

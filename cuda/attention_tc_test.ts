@@ -17,7 +17,7 @@
 // (iii) the sub-matrices of the n-major B loader (K in Q K^T) swapped: each failed the first
 // shape, with gradient errors of 3 to 5 against bounds of 0.04 to 0.06.
 import assert from "node:assert/strict";
-import { f32ToBf16 } from "./backend.ts";
+import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   checkAttentionAccumulates,
   checkAttentionArguments,
@@ -35,6 +35,7 @@ import {
   compare,
   fmtErrors,
   forShapesAndKinds,
+  HAS_GPU,
   relErr,
   Rng,
   SEED,
@@ -42,6 +43,7 @@ import {
   testAccumulates,
   testTargets,
   VARIANT,
+  withTensors,
 } from "./test/harness.ts";
 
 // ---- a) emu (and cuda) vs cpu ---------------------------------------------------------------------
@@ -86,6 +88,98 @@ testTargets((tname) => `attention_tc forward+backward: ${tname} vs cpu`, (ref, b
   });
   console.log(`attention_tc ${tname} vs cpu, worst normwise error:`, fmtErrors(worst));
 });
+
+// ---- a') bf16 out and dout (mn_attention_tc_*_bf16) ----------------------------------------------
+// On each backend the bf16 entry points are the fp32 ones on the rounded values, bit for bit: the
+// forward's out is the fp32 out rounded once (lse unchanged), and the backward with bf16 dout and
+// out gives the fp32 backward's gradients for dout, out holding those bf16 values (the fp32 kernel
+// rounds dout to bf16 for its products anyway; Delta then reads the same numbers). So emu vs cpu
+// for them is a) above. Gradients start at `init` (+=), as there.
+function bf16EntryPoints(name: "cpu" | "emu" | "cuda") {
+  const be = backend(name, name === "emu" ? VARIANT : "");
+  const shapes = VARIANT ? SHAPES : SHAPES.filter((s) => s.T <= 100);
+  forShapesAndKinds(shapes, ["normal"], (s, _kind, rng) => {
+    const { B, T, H, D } = s, shp = [B, T, H, D], n = numel(s);
+    const x = makeInputs(rng, s);
+    const init = GRADS.map(() => rng.normal(n, 0.1));
+    const doutBf16 = f32ToBf16(x.dout);
+    const grads = (tag: string) =>
+      Object.fromEntries(GRADS.map((g, i) => [g + tag, { shape: shp, init: init[i] }]));
+    const r = withTensors(be, {
+      q: { data: x.q, shape: shp, dtype: "bf16" },
+      k: { data: x.k, shape: shp, dtype: "bf16" },
+      v: { data: x.v, shape: shp, dtype: "bf16" },
+      dout16: { data: doutBf16, shape: shp, dtype: "bf16" },
+    }, {
+      out: { shape: shp },
+      out16: { shape: shp, dtype: "bf16" },
+      out16f: { shape: shp }, // out16's values in fp32
+      dout16f: { shape: shp },
+      lse: { shape: [B, H, T] },
+      lse16: { shape: [B, H, T] },
+      ws: { shape: [B, H, T] },
+      ...grads(""),
+      ...grads("16"),
+    }, (t) => {
+      const k = be.k, st = be.stream, [q, kk, v] = [t.q.ptr, t.k.ptr, t.v.ptr];
+      k.mn_attention_tc_forward(t.out.ptr, t.lse.ptr, q, kk, v, B, T, H, D, st);
+      k.mn_attention_tc_forward_bf16(t.out16.ptr, t.lse16.ptr, q, kk, v, B, T, H, D, st);
+      k.mn_cast_bf16_to_f32(t.out16f.ptr, t.out16.ptr, BigInt(n), st);
+      k.mn_cast_bf16_to_f32(t.dout16f.ptr, t.dout16.ptr, BigInt(n), st);
+      const [dq, dk, dv] = [t.dq.ptr, t.dk.ptr, t.dv.ptr];
+      k.mn_attention_tc_backward(
+        dq,
+        dk,
+        dv,
+        t.dout16f.ptr,
+        t.out16f.ptr,
+        t.lse.ptr,
+        q,
+        kk,
+        v,
+        t.ws.ptr,
+        B,
+        T,
+        H,
+        D,
+        7,
+        st,
+      );
+      const [dq16, dk16, dv16] = [t.dq16.ptr, t.dk16.ptr, t.dv16.ptr];
+      k.mn_attention_tc_backward_bf16(
+        dq16,
+        dk16,
+        dv16,
+        t.dout16.ptr,
+        t.out16.ptr,
+        t.lse.ptr,
+        q,
+        kk,
+        v,
+        t.ws.ptr,
+        B,
+        T,
+        H,
+        D,
+        7,
+        st,
+      );
+    });
+    const l = `attention_tc_*_bf16 [${B},${T},${H},${D}] (${name})`;
+    const exact = { atol: 0, rtol: 0 };
+    compare(`${l} out`, r.out16, bf16ToF32(f32ToBf16(r.out as Float32Array)), exact);
+    compare(`${l} lse`, r.lse16, r.lse, exact);
+    for (const g of GRADS) compare(`${l} ${g}`, r[g + "16"], r[g], exact);
+    assert.ok(relErr(r.dv16 as Float32Array, init[2]) > 0, `${l}: dv unchanged`); // dq, dk vanish at T = 1
+  });
+}
+for (const name of ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `attention_tc: the bf16 entry points are the fp32 ones on rounded values (${name})`,
+    ignore: name === "cuda" && !HAS_GPU,
+    fn: () => bf16EntryPoints(name),
+  });
+}
 
 // ---- b) accumulation and determinism ----------------------------------------------------------
 testAccumulates("attention_tc", ["emu", "cuda"], (name) => {

@@ -345,10 +345,10 @@ export class Graph {
    */
   passGrad(x: Var, y: Var & { g: Tensor }, adopt = true) {
     if (!x.requiresGrad) return;
-    if (y.g.dtype !== "f32") throw new Error(`passGrad: ${y.g} is not an fp32 gradient`);
     if (y.g.numel !== x.t.numel) {
       throw new Error(`passGrad: ${y.g} does not fit the gradient of ${x.t}`);
     }
+    if (y.g.dtype === "bf16") return this.passGradBf16(x, y as Var & { g: Tensor });
     if (x.g) {
       this.k.mn_axpy(this.ownGrad(x).ptr, 1, y.g.ptr, x.t.n, this.s);
     } else if (adopt && this.pooledGrads.has(y.g)) {
@@ -390,6 +390,21 @@ export class Graph {
   /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
     return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
+  }
+  /** passGrad of a bf16 gradient (a view of a value whose gradient may be bf16): x takes it over
+   * when it may have a bf16 gradient itself (gradSinksBf16's conditions), else x's fp32 gradient
+   * gets its values. */
+  private passGradBf16(x: Var, y: Var & { g: Tensor }) {
+    if (!x.g && x.bf16Grad && x.uses === 1 && this.pooledGrads.has(y.g)) {
+      const t = y.g.view(x.shape, "grad.bf16");
+      this.pooledGrads.add(t);
+      x.g = t;
+      y.g = null as unknown as Tensor; // handed on
+      return;
+    }
+    const t = x.g ? this.out(x.shape, "grad.f32") : this.takeGrad(x);
+    this.k.mn_cast_bf16_to_f32(t.ptr, y.g.ptr, y.g.n, this.s);
+    if (t !== x.g) this.k.mn_axpy(this.ownGrad(x).ptr, 1, t.ptr, x.t.n, this.s);
   }
   /**
    * Hands y.g to every x in xs (an identity backward with several inputs, none holding a gradient

@@ -1568,7 +1568,8 @@ function attnTcPairs(T: number) {
   const nb = cdiv(T, 16);
   return nb * (nb + 1) / 2;
 }
-const attentionTcForward: Cost = (a) => {
+// outBytes: out (forward) and dout, out (backward) are fp32, or bf16 in the _bf16 entry points
+const attentionTcForward = (outBytes: number): Cost => (a) => {
   const s = attnShape(a);
   const pairs = s.B * s.H * attnTcPairs(s.T);
   const mm = 2 * 16 * 16 * s.D; // one 16x16xD product
@@ -1578,26 +1579,27 @@ const attentionTcForward: Cost = (a) => {
       cdiv(s.T, 64) * s.H * s.B,
       128,
       3 * s.elems * BF16,
-      s.elems * F32 + s.rows * F32,
+      s.elems * outBytes + s.rows * F32,
       pairs * 256 * (EXP + 4),
       pairs * 2 * mm,
       cdiv(s.T, 64),
     ),
   ];
 };
-const attentionTcBackward: Cost = (a) => {
+const attentionTcBackward = (outBytes: number): Cost => (a) => {
   const s = attnShape(a);
   const pairs = s.B * s.H * attnTcPairs(s.T);
   const mm = 2 * 16 * 16 * s.D;
   const qkv = 3 * s.elems * BF16, act = s.elems * F32, vec = s.rows * F32;
+  const io = s.elems * outBytes; // dout, out
   const grid = cdiv(s.T, 64) * s.H * s.B;
   return [
-    launch("attention_tc_delta_kernel", cdiv(s.rows, 4), 128, 2 * act, vec, 3 * s.elems),
+    launch("attention_tc_delta_kernel", cdiv(s.rows, 4), 128, 2 * io, vec, 3 * s.elems),
     launch(
       "attention_tc_backward_dkv_kernel",
       grid,
       128,
-      qkv + act + 2 * vec + (acc(a, 1) + acc(a, 2)) * act, // q, k, v; dout; lse, Delta; dk, dv
+      qkv + io + 2 * vec + (acc(a, 1) + acc(a, 2)) * act, // q, k, v; dout; lse, Delta; dk, dv
       2 * act,
       pairs * 256 * (EXP + 4),
       pairs * 4 * mm,
@@ -1607,7 +1609,7 @@ const attentionTcBackward: Cost = (a) => {
       "attention_tc_backward_dq_kernel",
       grid,
       128,
-      qkv + act + 2 * vec + acc(a, 0) * act, // q, k, v; dout; lse, Delta; dq (+=)
+      qkv + io + 2 * vec + acc(a, 0) * act, // q, k, v; dout; lse, Delta; dq (+=)
       act,
       pairs * 256 * (EXP + 4),
       pairs * 3 * mm,
@@ -1754,8 +1756,10 @@ const TABLE: Record<string, Cost> = {
   mn_wkv6_chunked_forward: wkv6ChunkedForward,
   mn_wkv6_chunked_backward: wkv6ChunkedBackward,
   // attention_tc.cu
-  mn_attention_tc_forward: attentionTcForward,
-  mn_attention_tc_backward: attentionTcBackward,
+  mn_attention_tc_forward: attentionTcForward(F32),
+  mn_attention_tc_backward: attentionTcBackward(F32),
+  mn_attention_tc_forward_bf16: attentionTcForward(BF16),
+  mn_attention_tc_backward_bf16: attentionTcBackward(BF16),
   // gpt2_fused.cu
   mn_mix_rmsnorm_forward: mixRmsnormForward,
   mn_mix_rmsnorm_backward: mixRmsnormBackward,

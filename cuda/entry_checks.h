@@ -23,23 +23,24 @@ inline int mn_check_attention_shape(const char* fn, int B, int T, int H, int D) 
 }
 
 // the tensor-core kernels load q, k, v, out and dout with 16-byte vector loads
-inline int mn_check_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k,
-                                         mn_bf16* v, int B, int T, int H, int D) {
-  if (int rc = mn_check_attention_shape("attention_tc_forward", B, T, H, D)) return rc;
-  MN_REQUIRE(out && lse && q && k && v, "attention_tc_forward: NULL tensor argument");
+inline int mn_check_attention_tc_forward(const char* fn, const void* out, float* lse, mn_bf16* q,
+                                         mn_bf16* k, mn_bf16* v, int B, int T, int H, int D) {
+  if (int rc = mn_check_attention_shape(fn, B, T, H, D)) return rc;
+  MN_REQUIRE(out && lse && q && k && v, "%s: NULL tensor argument", fn);
   MN_REQUIRE(mn_aligned16(out) && mn_aligned16(q) && mn_aligned16(k) && mn_aligned16(v),
-             "attention_tc_forward: out, q, k, v must be 16-byte aligned");
+             "%s: out, q, k, v must be 16-byte aligned", fn);
   return 0;
 }
-inline int mn_check_attention_tc_backward(float* dq, float* dk, float* dv, float* dout,
-                                          float* out, float* lse, mn_bf16* q, mn_bf16* k,
-                                          mn_bf16* v, float* ws, int B, int T, int H, int D) {
-  if (int rc = mn_check_attention_shape("attention_tc_backward", B, T, H, D)) return rc;
+inline int mn_check_attention_tc_backward(const char* fn, float* dq, float* dk, float* dv,
+                                          const void* dout, const void* out, float* lse,
+                                          mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
+                                          int T, int H, int D) {
+  if (int rc = mn_check_attention_shape(fn, B, T, H, D)) return rc;
   MN_REQUIRE(dq && dk && dv && dout && out && lse && q && k && v && ws,
-             "attention_tc_backward: NULL tensor argument");
+             "%s: NULL tensor argument", fn);
   MN_REQUIRE(mn_aligned16(dq) && mn_aligned16(dk) && mn_aligned16(dv) && mn_aligned16(dout) &&
                  mn_aligned16(q) && mn_aligned16(k) && mn_aligned16(v),
-             "attention_tc_backward: dq, dk, dv, dout, q, k, v must be 16-byte aligned");
+             "%s: dq, dk, dv, dout, q, k, v must be 16-byte aligned", fn);
   return 0;
 }
 

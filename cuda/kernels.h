@@ -593,6 +593,16 @@ MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, int accumulate, void* stream);
+/* The same with out (forward) and dout, out (backward) in bf16, as autocast's attention gives and
+ * takes them: out is the fp32 result rounded once (the output projection's operand, no cast), dout
+ * is what the dP and P^T dO products round it to anyway; only Delta = rowsum(dout * out) sees out's
+ * rounding. */
+MN_API int mn_attention_tc_forward_bf16(mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                        mn_bf16* v, int B, int T, int H, int D, void* stream);
+MN_API int mn_attention_tc_backward_bf16(float* dq, float* dk, float* dv, mn_bf16* dout,
+                                         mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                         mn_bf16* v, float* ws, int B, int T, int H, int D,
+                                         int accumulate, void* stream);
 
 /* ---- GPT-2 fused chains (gpt2_fused.cu): what torch.compile fuses in the record's blocks -------
  * GRADIENT OUTPUTS OF THESE BACKWARDS follow `accumulate` (the argument before `stream`): bit i is

@@ -4,18 +4,49 @@
 #include "../entry_checks.h"
 #include "cpu_common.h"
 
+#include <vector>
+
 MN_API int mn_attention_tc_forward(float* out, float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v,
                                    int B, int T, int H, int D, void* stream) {
-  if (int rc = mn_check_attention_tc_forward(out, lse, q, k, v, B, T, H, D)) return rc;
+  if (int rc = mn_check_attention_tc_forward("attention_tc_forward", out, lse, q, k, v, B, T, H,
+                                             D))
+    return rc;
   return mn_attention_forward(out, lse, q, k, v, B, T, H, D, stream);
+}
+
+// bf16 out: the reference's fp32 out rounded once
+MN_API int mn_attention_tc_forward_bf16(mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                        mn_bf16* v, int B, int T, int H, int D, void* stream) {
+  if (int rc = mn_check_attention_tc_forward("attention_tc_forward_bf16", out, lse, q, k, v, B, T,
+                                             H, D))
+    return rc;
+  std::vector<float> o((size_t)B * T * H * D);
+  if (int rc = mn_attention_forward(o.data(), lse, q, k, v, B, T, H, D, stream)) return rc;
+  for (size_t i = 0; i < o.size(); i++) out[i] = f32_to_bf16(o[i]);
+  return 0;
 }
 
 MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout, float* out,
                                     float* lse, mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws,
                                     int B, int T, int H, int D, int accumulate, void* stream) {
-  if (int rc = mn_check_attention_tc_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
-                                                H, D))
+  if (int rc = mn_check_attention_tc_backward("attention_tc_backward", dq, dk, dv, dout, out, lse,
+                                              q, k, v, ws, B, T, H, D))
     return rc;
   return mn_attention_backward(dq, dk, dv, dout, out, lse, q, k, v, ws, B, T, H, D, accumulate,
                                stream);
+}
+
+// bf16 dout and out: the reference backward on their fp32 values
+MN_API int mn_attention_tc_backward_bf16(float* dq, float* dk, float* dv, mn_bf16* dout,
+                                         mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
+                                         mn_bf16* v, float* ws, int B, int T, int H, int D,
+                                         int accumulate, void* stream) {
+  if (int rc = mn_check_attention_tc_backward("attention_tc_backward_bf16", dq, dk, dv, dout, out,
+                                              lse, q, k, v, ws, B, T, H, D))
+    return rc;
+  const size_t n = (size_t)B * T * H * D;
+  std::vector<float> d(n), o(n);
+  for (size_t i = 0; i < n; i++) d[i] = bf16_to_f32(dout[i]), o[i] = bf16_to_f32(out[i]);
+  return mn_attention_backward(dq, dk, dv, d.data(), o.data(), lse, q, k, v, ws, B, T, H, D,
+                               accumulate, stream);
 }
