@@ -289,11 +289,12 @@ for (const [impl, WS] of wkv6Impls) {
   });
 }
 const AS: att.Shape = { B: 1, T: 40, H: 2, D: 32 };
-for (const impl of ["cc", "cc_f32", "tc"] as const) {
+for (const impl of ["cc", "cc_f32", "tc", "tc_bf16"] as const) {
   const fn = {
     cc: "mn_attention_backward",
     cc_f32: "mn_attention_backward_f32",
     tc: "mn_attention_tc_backward",
+    tc_bf16: "mn_attention_tc_backward_bf16",
   }[impl];
   CASES.push({
     fn,

@@ -40,7 +40,9 @@ export type InputsF32 = { q: Float32Array; k: Float32Array; v: Float32Array; dou
 export const GRADS = ["dq", "dk", "dv"] as const;
 /** "cc": the CUDA-core mn_attention_*; "cc_f32": its fp32-input mn_attention_*_f32; "tc": the
  * tensor-core mn_attention_tc_* */
-export type Impl = "cc" | "cc_f32" | "tc";
+/** cc: CUDA cores; cc_f32: their fp32-input variant; tc: tensor cores; tc_bf16: tensor cores
+ * with bf16 out and dout (the dout given is rounded to bf16; out comes back as its fp32 values) */
+export type Impl = "cc" | "cc_f32" | "tc" | "tc_bf16";
 
 export const numel = ({ B, T, H, D }: Shape) => B * T * H * D;
 export const label = (s: Shape, kind?: string) =>
@@ -71,14 +73,17 @@ export function runAttention(
 ): Record<string, Float32Array> {
   const { B, T, H, D } = s, shp = [B, T, H, D];
   const dtype = impl === "cc_f32" ? "f32" : "bf16";
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
-    out: { shape: shp },
+  const io = impl === "tc_bf16" ? "bf16" : "f32";
+  const outputs: Record<string, { shape: number[]; dtype?: "bf16"; init?: Float32Array }> = {
+    out: { shape: shp, dtype: io === "bf16" ? "bf16" : undefined },
     lse: { shape: [B, H, T] },
     ws: { shape: [B, H, T] },
   };
   GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: init[i] }));
   const [fwd, bwd] = impl === "tc"
     ? [be.k.mn_attention_tc_forward, be.k.mn_attention_tc_backward]
+    : impl === "tc_bf16"
+    ? [be.k.mn_attention_tc_forward_bf16, be.k.mn_attention_tc_backward_bf16]
     : impl === "cc_f32"
     ? [be.k.mn_attention_forward_f32, be.k.mn_attention_backward_f32]
     : [be.k.mn_attention_forward, be.k.mn_attention_backward];
@@ -88,7 +93,9 @@ export function runAttention(
       q: { data: x.q, shape: shp, dtype },
       k: { data: x.k, shape: shp, dtype },
       v: { data: x.v, shape: shp, dtype },
-      dout: { data: x.dout, shape: shp },
+      dout: io === "bf16"
+        ? { data: f32ToBf16(x.dout), shape: shp, dtype: "bf16" }
+        : { data: x.dout, shape: shp },
     },
     outputs,
     (t) => {
