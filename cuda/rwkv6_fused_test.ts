@@ -9,8 +9,9 @@
 //     generic tape ops it replaces (train_rwkv6.ts's timeMixUnfused), values and gradients.
 // That the whole fused model equals --unfused is train_rwkv6_test.ts's check.
 import assert from "node:assert/strict";
-import { type Backend, bf16ToF32, f32ToBf16 } from "./backend.ts";
+import { type Backend, f32ToBf16 } from "./backend.ts";
 import { Graph, Param, type Var } from "./autograd.ts";
+import { checkBf16Gate } from "./test/gate_bf16_cases.ts";
 import {
   backend,
   checkKernel,
@@ -456,29 +457,15 @@ checkKernel({
 });
 
 Deno.test("rwkv6_gn_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
-  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    for (const c of HSHAPES) {
-      const d = drawGn(c, new Rng(SEED));
-      const dr = { ...d, gate: round(d.gate) }; // what a bf16 gate holds
-      for (const bf16 of [false, true]) {
-        const want = gnForward(be, c, dr, bf16), got = gnForward(be, c, d, bf16, true);
-        for (const k of Object.keys(want)) {
-          compare(`${name} ${hLabel(c)} ${bf16 ? "bf16" : "fp32"} ${k}`, got[k], want[k], EXACT);
-        }
-      }
-      // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
-      for (const dgateBf16 of [false, true]) {
-        const bw = gnBackward(be, c, dr, 0xc), bg = gnBackward(be, c, d, 0xc, true, dgateBf16);
-        for (const k of Object.keys(bw)) {
-          const w = k === "dgate" && dgateBf16 ? round(bw[k] as Float32Array) : bw[k];
-          compare(`${name} ${hLabel(c)} ${k}`, bg[k], w, EXACT);
-        }
-      }
-      assert.throws(() => gnBackward(be, c, d, ALL, true, true), /bf16 dgate is overwritten/);
-    }
-  }
+  checkBf16Gate({
+    shapes: HSHAPES,
+    label: hLabel,
+    draw: drawGn,
+    rounded: (d, round) => ({ ...d, gate: round(d.gate) }),
+    forward: gnForward,
+    backward: gnBackward,
+    acc: 0xc,
+  });
 });
 
 // ---- cpu vs float64 ----

@@ -10,6 +10,7 @@
 // fused-vs-unfused check.
 import assert from "node:assert/strict";
 import { type Backend, bf16ToF32, f32ToBf16 } from "./backend.ts";
+import { checkBf16Gate } from "./test/gate_bf16_cases.ts";
 import {
   backend,
   checkKernel,
@@ -787,29 +788,15 @@ Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bi
 });
 
 Deno.test("rwkv7_gn_bonus_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
-  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    for (const c of HSHAPES) {
-      const d = drawGn(c, new Rng(SEED));
-      const dr = { ...d, act: { ...d.act, gate: round(d.act.gate) } }; // what a bf16 gate holds
-      for (const bf16 of [false, true]) {
-        const want = gnForward(be, c, dr, bf16), got = gnForward(be, c, d, bf16, true);
-        for (const k of Object.keys(want)) {
-          compare(`${name} ${hLabel(c)} ${bf16 ? "bf16" : "fp32"} ${k}`, got[k], want[k], EXACT);
-        }
-      }
-      // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
-      for (const dgateBf16 of [false, true]) {
-        const bw = gnBackward(be, c, dr, 0xe0), bg = gnBackward(be, c, d, 0xe0, true, dgateBf16);
-        for (const k of Object.keys(bw)) {
-          const w = k === "dgate" && dgateBf16 ? round(bw[k] as Float32Array) : bw[k];
-          compare(`${name} ${hLabel(c)} ${k}`, bg[k], w, EXACT);
-        }
-      }
-      assert.throws(() => gnBackward(be, c, d, ALL, true, true), /bf16 dgate is overwritten/);
-    }
-  }
+  checkBf16Gate({
+    shapes: HSHAPES,
+    label: hLabel,
+    draw: drawGn,
+    rounded: (d, round) => ({ ...d, act: { ...d.act, gate: round(d.act.gate) } }),
+    forward: gnForward,
+    backward: gnBackward,
+    acc: 0xe0,
+  });
 });
 
 // ---- (d) the value residual: lerp(v, v1, sigmoid(mv + time_misc_v)) ----
