@@ -158,6 +158,25 @@ __device__ inline void tc_stage(bf16* dst, const float* src, int b, int t0, int 
   }
 }
 
+// dout into its bf16 tile: the fp32 one rounded (above), or a bf16 one copied 4 elements per
+// step like it (16-byte copies of it made ptxas spill the bf16 dQ kernel at D = 64)
+template <int D>
+__device__ inline void tc_stage_dout(bf16* dst, const float* src, int b, int t0, int rows, int T,
+                                     int H, int h) {
+  tc_stage<D>(dst, src, b, t0, rows, T, H, h);
+}
+template <int D>
+__device__ inline void tc_stage_dout(bf16* dst, const bf16* src, int b, int t0, int rows, int T,
+                                     int H, int h) {
+  constexpr int CH = D / 4;
+  for (int i = threadIdx.x; i < rows * CH; i += blockDim.x) {
+    const int r = i / CH, c = i % CH, t = t0 + r;
+    uint2 x = make_uint2(0u, 0u);
+    if (t < T) x = *reinterpret_cast<const uint2*>(src + tc_row(b, t, h, T, H, D) + 4 * c);
+    *reinterpret_cast<uint2*>(dst + r * (D + 8) + 4 * c) = x;
+  }
+}
+
 // 16-row blocks 0 .. n-1 of a 64-key tile starting at k0 that rows up to `last_row` can see.
 __device__ inline int tc_visible_blocks(int last_row, int k0) {
   if (last_row < k0) return 0;
@@ -340,7 +359,7 @@ __global__ void __launch_bounds__(TC_THREADS)
   for (int q0 = (k0 / BQ) * BQ; q0 < T; q0 += BQ) {
     __syncthreads();  // the previous query tile is no longer read
     tc_stage<D>(sQ, q, b, q0, BQ, T, H, h);
-    tc_stage<D>(sdO, dout, b, q0, BQ, T, H, h);
+    tc_stage_dout<D>(sdO, dout, b, q0, BQ, T, H, h);
     for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
       const int t = q0 + r;
       const int64_t i = ((int64_t)b * H + h) * T + t;
@@ -444,7 +463,7 @@ __global__ void __launch_bounds__(TC_THREADS)
   const int wr0 = q0 + 16 * warp;
 
   tc_stage<D>(sQ, q, b, q0, TC_BR, T, H, h);
-  tc_stage<D>(sdO, dout, b, q0, TC_BR, T, H, h);
+  tc_stage_dout<D>(sdO, dout, b, q0, TC_BR, T, H, h);
   float L[2], Dl[2];  // lse log2(e) and Delta of rows g, g + 8 (0 past T)
 #pragma unroll
   for (int r = 0; r < 2; r++) {
