@@ -110,6 +110,14 @@ inline int mn_check_scale_by_inv_norm(float* out, float* x, float* sumsq, float 
 // dims a, b, c > 0 ([B, T, C], [N, H, D] or [N, C, 1]); `cols` columns per row fit an int (the
 // column sums' index); every tensor pointer given; the parameter-vector gradients, whose column
 // sums only add, have their accumulate bits (param_bits; 0 for a forward) set; eps >= 0.
+// A bf16 gradient output (a matmul output's gradient with this kernel as its one writer) is only
+// overwritten: adding into it would round twice. Shared by the fused RWKV backwards.
+inline int mn_check_bf16_grad_overwritten(const char* fn, const char* grad, int bf16,
+                                          int accumulate, int bit) {
+  MN_REQUIRE(!bf16 || !(accumulate >> bit & 1),
+             "%s: a bf16 %s is overwritten (accumulate bit %d must be clear)", fn, grad, bit);
+  return 0;
+}
 inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t cols,
                                 std::initializer_list<const void*> tensors, int accumulate,
                                 int param_bits, float eps) {

@@ -393,9 +393,9 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
                                       bias, mean, rstd, r, k, v, u, gate},
                                      accumulate, 0xe0, 0.0f))
     return rc;
-  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x10),
-             "rwkv7_gn_bonus_gate_backward: a bf16 dgate is overwritten (accumulate bit 4 must be "
-             "clear)");
+  if (int rc = mn_check_bf16_grad_overwritten("rwkv7_gn_bonus_gate_backward", "dgate", dgate_bf16,
+                                              accumulate, 4))
+    return rc;
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   std::vector<double> sw(C, 0.0), sb(C, 0.0), su(C, 0.0);
@@ -467,9 +467,9 @@ MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* 
     return rc;
   MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
              "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
-  MN_REQUIRE(!dmv_bf16 || !(accumulate & 0x4),
-             "rwkv7_value_mix_backward: a bf16 dmv is overwritten (accumulate bit 2 must be "
-             "clear)");
+  if (int rc = mn_check_bf16_grad_overwritten("rwkv7_value_mix_backward", "dmv", dmv_bf16,
+                                              accumulate, 2))
+    return rc;
   std::vector<double> s(C, 0.0);
   for (int64_t i = 0; i < N; i++)
     for (int64_t c = 0; c < C; c++) {
@@ -631,9 +631,9 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, flo
                                       gate},
                                      accumulate, 0xc, 0.0f))
     return rc;
-  MN_REQUIRE(!dgate_bf16 || !(accumulate & 0x2),
-             "rwkv6_gn_gate_backward: a bf16 dgate is overwritten (accumulate bit 1 must be "
-             "clear)");
+  if (int rc = mn_check_bf16_grad_overwritten("rwkv6_gn_gate_backward", "dgate", dgate_bf16,
+                                              accumulate, 1))
+    return rc;
   const auto gate_at = [&](int64_t e) { return (double)read_in(gate, gate_bf16, e); };
   const int64_t rows = (int64_t)N * H, C = (int64_t)H * D;
   std::vector<double> sw(C, 0.0), sb(C, 0.0);
