@@ -396,7 +396,9 @@ export class Model {
     const a = this.a, B = a.device_bsz, T = a.sequence_length;
     const H = a.n_head, D = a.n_embd / a.n_head;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
-    const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
+    // fused: q, k, v are the projections' bf16 outputs (autocast's), read by the fused norm/mix
+    // kernels, which write their gradients in bf16; the generic ops read fp32
+    const heads = (w: string) => view(g, g.matmul(x, P(w), true, !a.unfused), [B, T, H, D]);
     let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
     if (v1 === null) v1 = v; // the first block: later blocks mix in its v
     if (a.unfused) {

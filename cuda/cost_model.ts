@@ -566,10 +566,12 @@ const mixRmsnormBackward: Cost = (a) => {
 };
 
 // qk_rmsnorm_rotary_{forward,backward}_kernel: one block of norm_threads(D) per head row (B*T*H);
-// forward reads x, writes the fp32 and/or bf16 output and rstd; backward reads dout, x, rstd and
-// dx where bit 0 is set, writes dx. The cos/sin entries are recomputed (powf, cosf, sinf).
+// forward reads x (fp32, or bf16 under x_bf16), writes the fp32 and/or bf16 output and rstd;
+// backward reads dout, x, rstd and dx where bit 0 is set, writes dx (bf16 under dx_bf16). The
+// cos/sin entries are recomputed (powf, cosf, sinf).
 const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
   const rows = need(a, "B") * need(a, "T") * need(a, "H"), D = need(a, "D"), n = rows * D;
+  const x = a.x_bf16 ? BF16 : F32;
   if (!backward) {
     const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
     return [
@@ -577,46 +579,50 @@ const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
         "qk_rmsnorm_rotary_forward_kernel",
         rows,
         normThreads(D),
-        n * F32,
+        n * x,
         n * outs + rows * F32,
         (6 + 3 * EXP) * n,
       ),
     ];
   }
-  const accRead = need(a, "accumulate") & 1 ? 1 : 0;
+  const dx = a.dx_bf16 ? BF16 : F32;
+  const accRead = need(a, "accumulate") & 1 ? dx : 0;
   return [
     launch(
       "qk_rmsnorm_rotary_backward_kernel",
       rows,
       normThreads(D),
-      (2 + accRead) * n * F32 + rows * F32,
-      n * F32,
+      (F32 + x + accRead) * n + rows * F32,
+      n * dx,
       (10 + 3 * EXP) * n,
     ),
   ];
 };
-// value_mix_forward_kernel: elementwise over n; reads v, v1 (once if one tensor), lamb.
+// value_mix_forward_kernel: elementwise over n; reads v, v1 (once if one tensor; fp32, or bf16
+// under v_bf16), lamb.
 const valueMixForward: Cost = (a) => {
   const n = need(a, "n");
-  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const vv = (typeof a.v === "number" && a.v === a.v1 ? 1 : 2) * (a.v_bf16 ? BF16 : F32);
   const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
-  return [elementwise("value_mix_forward_kernel", n, vv * n * F32 + F32, n * outs, 4)];
+  return [elementwise("value_mix_forward_kernel", n, vv * n + F32, n * outs, 4)];
 };
 // mn_value_mix_backward: full_sums<1, ValueMixTerm> (dlamb, += under bit 2): reads dout, v, v1
-// (once if one tensor), dv and dv1 where their bits are set (dv == dv1: once); writes dv, dv1.
+// (once if one tensor), dv and dv1 where their bits are set (dv == dv1: once); writes dv (bf16
+// under dv_bf16), dv1.
 const valueMixBackward: Cost = (a) => {
   const n = need(a, "n"), acc = need(a, "accumulate");
-  const vv = typeof a.v === "number" && a.v === a.v1 ? 1 : 2;
+  const vv = (typeof a.v === "number" && a.v === a.v1 ? 1 : 2) * (a.v_bf16 ? BF16 : F32);
   const dv = has(a, "dv"), dv1 = has(a, "dv1");
+  const dvElem = a.dv_bf16 ? BF16 : F32;
   const same = dv && typeof a.dv === "number" && a.dv === a.dv1;
-  const written = same ? 1 : (dv ? 1 : 0) + (dv1 ? 1 : 0);
-  const read = (dv && acc & 1 ? 1 : 0) + (!same && dv1 && acc & 2 ? 1 : 0);
+  const dvBytes = dv ? dvElem : 0, dv1Bytes = !same && dv1 ? F32 : 0;
+  const read = (dv && acc & 1 ? dvElem : 0) + (!same && dv1 && acc & 2 ? F32 : 0);
   return fullSums(
     "ValueMixTerm",
     1,
     n,
-    (1 + vv + read) * n * F32 + F32,
-    written * n * F32,
+    (F32 + vv + read) * n + F32,
+    (dvBytes + dv1Bytes) * n,
     8 * n,
     acc & 4 ? 1 : 0,
   );

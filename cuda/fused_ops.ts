@@ -85,19 +85,26 @@ function operandOut(g: Graph, shape: readonly number[], label: string): Tensor {
 const f32Ptr = (t: Tensor) => (t.dtype === "f32" ? t.ptr : null);
 const bf16Ptr = (t: Tensor) => (t.dtype === "bf16" ? t.ptr : null);
 
+/** 1 when t is bf16 (the ABI's dtype flags) */
+const isBf16 = (t: Tensor) => (t.dtype === "bf16" ? 1 : 0);
+
 /**
  * rotary(F.rms_norm(x)) per head row of x [B,T,H,D] (the record's QK norm, then the rotary
- * embedding), written as the attention's operand (bf16, or fp32 on the "f32" path).
+ * embedding), written as the attention's operand (bf16, or fp32 on the "f32" path). x may be the
+ * projection's bf16 output (autocast's q, k): then its gradient is written bf16 when x may take one
+ * (Graph.gradSinksBf16), the operand the projection's backward GEMMs read, and no cast runs.
  */
 export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): Var {
   const [B, T, H, D] = x.shape;
   const out = operandOut(g, x.shape, "qk.rotary"); // [B,T,H,D]
   const rstd = g.out([B * T * H], "qk.rstd"); // [B*T*H] fp32
+  const xb = isBf16(x.t);
   g.k.mn_qk_rmsnorm_rotary_forward(
     f32Ptr(out),
     bf16Ptr(out),
     rstd.ptr,
     x.t.ptr,
+    xb,
     B,
     T,
     H,
@@ -106,30 +113,49 @@ export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): 
     g.s,
   );
   return g.node(out, [x], (y) => {
-    const [[dx], acc] = g.grads(x);
-    g.k.mn_qk_rmsnorm_rotary_backward(dx, y.g.ptr, x.t.ptr, rstd.ptr, B, T, H, D, acc, g.s);
+    const sink = g.gradSinksBf16([x]);
+    const [[dx], acc] = sink ? [[sink[0][0]], 0] : g.grads(x);
+    const db = sink ? 1 : 0;
+    g.k.mn_qk_rmsnorm_rotary_backward(dx, y.g.ptr, x.t.ptr, rstd.ptr, xb, db, B, T, H, D, acc, g.s);
   });
 }
 
 /**
  * The value residual v + lamb * (v1 - v) (lamb a 1-element parameter), written as the attention's
- * operand; v1 may be v (the first block).
+ * operand; v1 may be v (the first block). v and v1 both fp32 or both bf16 (the projections'
+ * autocast outputs); v's gradient is bf16 when v may take one (a later block's own v), as in
+ * qkRmsnormRotary.
  */
 export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
-  if (v1.t.numel !== v.t.numel) throw new Error(`valueMix: v ${v.t} and v1 ${v1.t} differ`);
+  if (v1.t.numel !== v.t.numel || v1.t.dtype !== v.t.dtype) {
+    throw new Error(`valueMix: v ${v.t} and v1 ${v1.t} differ`);
+  }
   const out = operandOut(g, v.shape, "value_mix"); // v's shape
-  g.k.mn_value_mix_forward(f32Ptr(out), bf16Ptr(out), v.t.ptr, v1.t.ptr, lamb.t.ptr, v.t.n, g.s);
+  const vb = isBf16(v.t);
+  g.k.mn_value_mix_forward(
+    f32Ptr(out),
+    bf16Ptr(out),
+    v.t.ptr,
+    v1.t.ptr,
+    lamb.t.ptr,
+    vb,
+    v.t.n,
+    g.s,
+  );
   return g.node(out, [v, v1, lamb], (y) => {
+    const sink = v !== v1 ? g.gradSinksBf16([v]) : null;
     // v1 may be v (the first block): the kernel writes dv before dv1, so the first may overwrite
-    const [[dv, dv1, dlamb], acc] = g.gradsInOrder(v, v1, lamb);
+    const [[dv, dv1, dlamb], acc] = g.gradsInOrder(sink ? null : v, v1, lamb);
     g.k.mn_value_mix_backward(
-      dv,
+      sink ? sink[0][0] : dv,
       dv1,
       dlamb,
       y.g.ptr,
       v.t.ptr,
       v1.t.ptr,
       lamb.t.ptr,
+      vb,
+      sink ? 1 : 0,
       v.t.n,
       acc,
       g.s,

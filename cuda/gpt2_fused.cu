@@ -173,28 +173,37 @@ __host__ __device__ inline float rot_back_second(float a, float b, float c, floa
   return a * s + b * c;
 }
 
-// Row = (b, t, h) flattened; t = (row / H) % T. Thread c (< D) owns element c.
+// Row = (b, t, h) flattened; t = (row / H) % T. Thread c (< D) owns element c. TX: the input's
+// storage (fp32, or the bf16 autocast output of the projection), read as its values.
+__device__ inline float qk_load(const float* p) { return *p; }
+__device__ inline float qk_load(const bf16* p) { return mn_bf16_to_f32(*p); }
+__device__ inline void qk_store(float* p, float v) { *p = v; }
+__device__ inline void qk_store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
+
+template <typename TX>
 __global__ void qk_rmsnorm_rotary_forward_kernel(float* out_f32, bf16* out_bf16, float* rstd,
-                                                 const float* x, int T, int H, int D, float eps) {
+                                                 const TX* x, int T, int H, int D, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * D;
+  const TX* xr = x + row * D;
   const int c = threadIdx.x, half = D / 2;
-  const float v = c < D ? xr[c] : 0.0f;
+  const float v = c < D ? qk_load(xr + c) : 0.0f;
   const float r = rsqrtf(mn_block_sum(v * v, scratch) / D + eps);
   if (threadIdx.x == 0) rstd[row] = r;
   if (c >= D) return;
   const int i = c < half ? c : c - half;
   float cs, sn;
   rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
-  const float y1 = xr[i] * r, y2 = xr[i + half] * r;
+  const float y1 = qk_load(xr + i) * r, y2 = qk_load(xr + i + half) * r;
   const float o = c < half ? rot_first(y1, y2, cs, sn) : rot_second(y1, y2, cs, sn);
   if (out_f32) out_f32[row * D + c] = o;
   if (out_bf16) out_bf16[row * D + c] = mn_f32_to_bf16(o);
 }
 
 // dy = R^T dout (the gradient of the normed row), then rmsnorm's backward with the saved rstd.
-__global__ void qk_rmsnorm_rotary_backward_kernel(float* dx, const float* dout, const float* x,
+// TD bf16: dx is the projection's bf16 GEMM operand, rounded once (only overwritten).
+template <typename TX, typename TD>
+__global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const float* dout, const TX* x,
                                                   const float* rstd, int T, int H, int D,
                                                   int accumulate) {
   __shared__ float scratch[32];
@@ -208,16 +217,17 @@ __global__ void qk_rmsnorm_rotary_backward_kernel(float* dx, const float* dout, 
     rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
     const float d1 = dout[row * D + i], d2 = dout[row * D + i + half];
     dy = c < half ? rot_back_first(d1, d2, cs, sn) : rot_back_second(d1, d2, cs, sn);
-    xv = x[row * D + c];
+    xv = qk_load(x + row * D + c);
   }
   const float k = mn_block_sum(dy * xv, scratch) / D * r * r;
   if (c >= D) return;
   const float g = mix_rms_grad(0.0f, r, dy, xv, k);
-  dx[row * D + c] = (accumulate & 1) ? dx[row * D + c] + g : g;
+  qk_store(dx + row * D + c, (accumulate & 1) ? qk_load(dx + row * D + c) + g : g);
 }
 
-MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
-                                        int B, int T, int H, int D, float eps, void* stream) {
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
+                                        int x_bf16, int B, int T, int H, int D, float eps,
+                                        void* stream) {
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
@@ -225,20 +235,35 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
-  return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel, (unsigned)rows, mix_threads(D), 0, stream,
-                   out_f32, (bf16*)out_bf16, rstd, (const float*)x, T, H, D, eps);
+  if (x_bf16)
+    return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<bf16>, (unsigned)rows, mix_threads(D), 0,
+                     stream, out_f32, (bf16*)out_bf16, rstd, (const bf16*)x, T, H, D, eps);
+  return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<float>, (unsigned)rows, mix_threads(D), 0,
+                   stream, out_f32, (bf16*)out_bf16, rstd, (const float*)x, T, H, D, eps);
 }
 
-MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
-                                         int T, int H, int D, int accumulate, void* stream) {
+MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, float* dout, void* x, float* rstd, int x_bf16,
+                                         int dx_bf16, int B, int T, int H, int D, int accumulate,
+                                         void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
-  return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel, (unsigned)rows, mix_threads(D), 0, stream,
-                   dx, (const float*)dout, (const float*)x, (const float*)rstd, T, H, D,
-                   accumulate);
+  const unsigned grid = (unsigned)rows, threads = mix_threads(D);
+  const float* d = dout;
+  if (x_bf16 && dx_bf16)
+    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<bf16, bf16>, grid, threads, 0, stream,
+                     (bf16*)dx, d, (const bf16*)x, (const float*)rstd, T, H, D, accumulate);
+  if (x_bf16)
+    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<bf16, float>, grid, threads, 0, stream,
+                     (float*)dx, d, (const bf16*)x, (const float*)rstd, T, H, D, accumulate);
+  if (dx_bf16)
+    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<float, bf16>, grid, threads, 0, stream,
+                     (bf16*)dx, d, (const float*)x, (const float*)rstd, T, H, D, accumulate);
+  return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<float, float>, grid, threads, 0, stream,
+                   (float*)dx, d, (const float*)x, (const float*)rstd, T, H, D, accumulate);
 }
 
 // ---- value residual: out = v + lamb * (v1 - v), as axpby(1, v, lamb, axpby(1, v1, -1, v)) ----
@@ -247,12 +272,13 @@ __host__ __device__ inline float vmix_value(float v, float v1, float lamb) {
   return 1.0f * v + lamb * vmix_diff(v, v1);
 }
 
-__global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const float* v,
-                                         const float* v1, const float* lamb, int64_t n) {
+template <typename TV>
+__global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const TV* v,
+                                         const TV* v1, const float* lamb, int64_t n) {
   const float l = lamb[0];
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const float o = vmix_value(v[i], v1[i], l);
+    const float o = vmix_value(qk_load(v + i), qk_load(v1 + i), l);
     if (out_f32) out_f32[i] = o;
     if (out_bf16) out_bf16[i] = mn_f32_to_bf16(o);
   }
@@ -260,14 +286,15 @@ __global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const f
 
 // dv gets g, then -(lamb g) (the outer axpby's, then the inner's); dv1 gets lamb g; dlamb sums
 // g (v1 - v). kSame: dv == dv1 (v1 is v, the first block): ((dv + g) + lamb g) - lamb g, the
-// unfused order.
-template <bool kSame>
+// unfused order. TV: v and v1's storage; TD bf16: dv is the projection's bf16 GEMM operand,
+// rounded once (only overwritten; never kSame: dv1 gathers every block's share in fp32).
+template <bool kSame, typename TV, typename TD>
 struct ValueMixTerm {
-  float* dv;
+  TD* dv;
   float* dv1;
   const float* dout;
-  const float* v;
-  const float* v1;
+  const TV* v;
+  const TV* v1;
   const float* lamb_at;  // device scalar, read once per thread by begin()
   int accumulate;
   float lamb;
@@ -277,45 +304,74 @@ struct ValueMixTerm {
   __device__ void begin() { lamb = lamb_at[0]; }
   __device__ Load load(int64_t i) const {
     const bool a0 = accumulate & 1, a1 = accumulate & 2;
-    return Load{dout[i], v[i], v1[i], dv && a0 ? dv[i] : 0.0f, !kSame && dv1 && a1 ? dv1[i] : 0.0f};
+    return Load{dout[i], qk_load(v + i), qk_load(v1 + i), dv && a0 ? qk_load(dv + i) : 0.0f,
+                !kSame && dv1 && a1 ? dv1[i] : 0.0f};
   }
   __device__ void use(int64_t i, const Load& l, float* acc) const {
     const float dt = lamb * l.g;  // the gradient of (v1 - v), stored fp32 by the unfused op
     if (kSame) {
-      dv[i] = ((l.dv + l.g) + dt) + -1.0f * dt;
+      qk_store(dv + i, ((l.dv + l.g) + dt) + -1.0f * dt);
     } else {
-      if (dv) dv[i] = (l.dv + l.g) + -1.0f * dt;
+      if (dv) qk_store(dv + i, (l.dv + l.g) + -1.0f * dt);
       if (dv1) dv1[i] = l.dv1 + dt;
     }
     acc[0] += l.g * vmix_diff(l.v, l.v1);
   }
 };
 
-MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
-                                float* lamb, int64_t n, void* stream) {
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
+                                int v_bf16, int64_t n, void* stream) {
   const char* fn = "value_mix_forward";
   MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
-  return mn_launch(fn, value_mix_forward_kernel, mn_blocks_for(n, 256), 256, 0, stream, out_f32,
-                   (bf16*)out_bf16, (const float*)v, (const float*)v1, (const float*)lamb, n);
+  if (v_bf16)
+    return mn_launch(fn, value_mix_forward_kernel<bf16>, mn_blocks_for(n, 256), 256, 0, stream,
+                     out_f32, (bf16*)out_bf16, (const bf16*)v, (const bf16*)v1,
+                     (const float*)lamb, n);
+  return mn_launch(fn, value_mix_forward_kernel<float>, mn_blocks_for(n, 256), 256, 0, stream,
+                   out_f32, (bf16*)out_bf16, (const float*)v, (const float*)v1, (const float*)lamb,
+                   n);
 }
 
-MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
-                                 float* v1, float* lamb, int64_t n, int accumulate,
+template <typename TV, typename TD>
+static int value_mix_backward_as(const char* fn, void* dv, float* dv1, float* dlamb, float* dout,
+                                 void* v, void* v1, float* lamb, int64_t n, int accumulate,
+                                 float* part, void* stream) {
+  const int acc = (accumulate & 4) ? 1 : 0;
+  const TV *vt = (const TV*)v, *v1t = (const TV*)v1;
+  if (dv && dv == dv1)
+    return mn_reduce::full_sums<1>(
+        fn, ValueMixTerm<true, TV, TD>{(TD*)dv, dv1, dout, vt, v1t, lamb, accumulate, 0.0f}, dlamb,
+        nullptr, n, acc, part, stream);
+  return mn_reduce::full_sums<1>(
+      fn, ValueMixTerm<false, TV, TD>{(TD*)dv, dv1, dout, vt, v1t, lamb, accumulate, 0.0f}, dlamb,
+      nullptr, n, acc, part, stream);
+}
+
+MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout, void* v, void* v1,
+                                 float* lamb, int v_bf16, int dv_bf16, int64_t n, int accumulate,
                                  void* stream) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dv", dv_bf16, accumulate, 0)) return rc;
+  MN_REQUIRE(!dv_bf16 || !dv || (void*)dv != (void*)dv1,
+             "%s: a bf16 dv cannot be dv1 (v1 is v: its gradient sums in fp32)", fn);
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 1), stream))
     return rc;
-  const int acc = (accumulate & 4) ? 1 : 0;
-  if (dv && dv == dv1)
-    return mn_reduce::full_sums<1>(fn, ValueMixTerm<true>{dv, dv1, dout, v, v1, lamb, accumulate, 0.0f},
-                                   dlamb, nullptr, n, acc, part, stream);
-  return mn_reduce::full_sums<1>(fn, ValueMixTerm<false>{dv, dv1, dout, v, v1, lamb, accumulate, 0.0f},
-                                 dlamb, nullptr, n, acc, part, stream);
+  if (v_bf16 && dv_bf16)
+    return value_mix_backward_as<bf16, bf16>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
+                                             part, stream);
+  if (v_bf16)
+    return value_mix_backward_as<bf16, float>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
+                                              part, stream);
+  if (dv_bf16)
+    return value_mix_backward_as<float, bf16>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
+                                              part, stream);
+  return value_mix_backward_as<float, float>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
+                                             part, stream);
 }
 
 // ---- ReLU^2 of the MLP (c_fc -> relu(x)^2 -> c_proj) in bf16 ----

@@ -54,6 +54,8 @@ const abOf = (rng: Rng, kind: Kind) =>
   ]);
 
 type Named = Record<string, Tensor>;
+/** the ABI's dtype flag of a tensor */
+const isBf16 = (t: Tensor) => (t.dtype === "bf16" ? 1 : 0);
 const yPtr = (t: Named, kind: Kind) => (kind === "same" ? t.x.ptr : t.y.ptr);
 function forward(be: Backend, t: Named, { N, C, kind }: Cfg) {
   be.k.mn_mix_rmsnorm_forward(
@@ -307,6 +309,7 @@ const qkForward = (be: Backend, t: Named, { B, T, H, D }: QkCfg) =>
     t.out_bf16.ptr,
     t.rstd.ptr,
     t.x.ptr,
+    isBf16(t.x),
     B,
     T,
     H,
@@ -320,6 +323,8 @@ const qkBackward = (be: Backend, t: Named, { B, T, H, D }: QkCfg, acc: number) =
     t.dout.ptr,
     t.x.ptr,
     t.rstd.ptr,
+    isBf16(t.x),
+    isBf16(t.dx),
     B,
     T,
     H,
@@ -398,6 +403,7 @@ const vForward = (be: Backend, t: Named, c: VCfg) =>
     t.v.ptr,
     v1Ptr(t, c),
     t.lamb.ptr,
+    isBf16(t.v),
     BigInt(c.n),
     be.stream,
   );
@@ -410,6 +416,8 @@ const vBackward = (be: Backend, t: Named, c: VCfg, acc: number) =>
     t.v.ptr,
     v1Ptr(t, c),
     t.lamb.ptr,
+    isBf16(t.v),
+    isBf16(t.dv),
     BigInt(c.n),
     acc,
     be.stream,
@@ -450,6 +458,93 @@ for (const acc of [-1, 0]) {
       }, (t) => vBackward(be, t, c, acc));
       if (c.kind !== "mix") delete res.dv1; // dv1 is dv, or not given
       return res;
+    },
+  });
+}
+
+// The projections' bf16 outputs (autocast's q, k, v) as inputs, bf16 gradients as outputs: a bf16
+// input gives the fp32 kernel's results on its values bit for bit, a bf16 gradient is the fp32 one
+// rounded once, and refuses to be added into (it has one writer).
+for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ...targets()]) {
+  const tname = tgt.name === "cpu" ? "cpu" : targetName(tgt);
+  Deno.test({
+    name:
+      `qk_rmsnorm_rotary and value_mix: bf16 inputs read as their values, bf16 gradients rounded once (${tname})`,
+    ignore: !tgt.run,
+    fn() {
+      const be = backend(tgt.name, tgt.variant);
+      const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+      const as = (data: Float32Array, bf16: boolean) => ({
+        data: bf16 ? f32ToBf16(data) : data,
+        shape: [data.length],
+        dtype: bf16 ? "bf16" as const : "f32" as const,
+      });
+      const grad = (n: number, bf16: boolean, init?: Float32Array) => ({
+        shape: [n],
+        dtype: bf16 ? "bf16" as const : "f32" as const,
+        init: init && bf16 ? f32ToBf16(init) : init,
+      });
+      const same = (l: string, got: Record<string, ArrayLike<number>>, want: typeof got) => {
+        for (const key of Object.keys(want)) compare(`${l} ${key}`, got[key], want[key], EXACT);
+      };
+      qkConfigs.forEach((c, ci) => {
+        const rng = new Rng(4000 + ci), n = qkN(c), l = `${qkLabel(c)} (${tname})`;
+        const x = round(qkInput(rng, c)), dout = rng.normal(n), init = rng.normal(n);
+        const fwd = (bf16: boolean) =>
+          withTensors(be, { x: as(x, bf16) }, qkOutputs(c), (t) => qkForward(be, t, c));
+        const want = fwd(false);
+        same(`${l} forward`, fwd(true), want);
+        const bwd = (xBf16: boolean, dxBf16: boolean, acc: number) =>
+          withTensors(
+            be,
+            {
+              x: as(x, xBf16),
+              dout: as(dout, false),
+              rstd: as(want.rstd as Float32Array, false),
+            },
+            { dx: grad(n, dxBf16, acc ? init : undefined) },
+            (t) => qkBackward(be, t, c, acc),
+          );
+        same(`${l} fp32 dx from bf16 x`, bwd(true, false, -1), bwd(false, false, -1));
+        const dx = round(bwd(false, false, 0).dx as Float32Array);
+        same(`${l} bf16 dx`, bwd(true, true, 0), { dx });
+        assert.throws(() => bwd(true, true, 1), /bf16 dx is overwritten/);
+      });
+      vConfigs.forEach((c, ci) => {
+        const rng = new Rng(5000 + ci), l = `${vLabel(c)} (${tname})`;
+        const inp = vInputs(rng, c.n);
+        const v = round(inp.v.data), v1 = round(inp.v1.data), init = rng.normal(c.n);
+        const ins = (bf16: boolean) => ({
+          v: as(v, bf16),
+          v1: as(v1, bf16),
+          lamb: inp.lamb,
+          dout: inp.dout,
+        });
+        const fwd = (bf16: boolean) =>
+          withTensors(be, ins(bf16), {
+            out_f32: { shape: [c.n] },
+            out_bf16: { shape: [c.n], dtype: "bf16" },
+          }, (t) => vForward(be, t, c));
+        same(`${l} forward`, fwd(true), fwd(false));
+        // dv1 and dlamb add (bits 1, 2); dv adds under bit 0
+        const bwd = (vBf16: boolean, dvBf16: boolean, acc: number) => {
+          const r: Record<string, ArrayLike<number>> = withTensors(be, ins(vBf16), {
+            dv: grad(c.n, dvBf16, acc & 1 ? init : undefined),
+            dv1: grad(c.n, false, init),
+            dlamb: { shape: [1], init: new Float32Array([0.25]) },
+          }, (t) => vBackward(be, t, c, acc));
+          if (c.kind !== "mix") delete r.dv1;
+          return r;
+        };
+        same(`${l} fp32 dv from bf16 v`, bwd(true, false, 7), bwd(false, false, 7));
+        if (c.kind === "same") {
+          assert.throws(() => bwd(true, true, 6), /bf16 dv cannot be dv1/);
+          return;
+        }
+        const want = bwd(false, false, 6);
+        same(`${l} bf16 dv`, bwd(true, true, 6), { ...want, dv: round(want.dv as Float32Array) });
+        assert.throws(() => bwd(true, true, 7), /bf16 dv is overwritten/);
+      });
     },
   });
 }

@@ -74,15 +74,28 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
 }
 
 // QK-RMSNorm + rotary: the composition of this backend's own rmsnorm and rotary references.
-MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, float* x,
-                                        int B, int T, int H, int D, float eps, void* stream) {
+// A bf16 input as its fp32 values (the fp32 definitions below then apply unchanged).
+static std::vector<float> widened(const void* p, int bf16, int64_t n) {
+  std::vector<float> out(n);
+  for (int64_t i = 0; i < n; i++)
+    out[i] = bf16 ? bf16_to_f32(((const mn_bf16*)p)[i]) : ((const float*)p)[i];
+  return out;
+}
+static void round_into(void* out, const std::vector<float>& v) {
+  for (size_t i = 0; i < v.size(); i++) ((mn_bf16*)out)[i] = f32_to_bf16(v[i]);
+}
+
+MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
+                                        int x_bf16, int B, int T, int H, int D, float eps,
+                                        void* stream) {
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
-  std::vector<float> normed(n), rotated(n);
-  if (int rc = mn_rmsnorm_forward(normed.data(), rstd, x, B * T * H, D, eps, stream)) return rc;
+  std::vector<float> xf = widened(x, x_bf16, n), normed(n), rotated(n);
+  if (int rc = mn_rmsnorm_forward(normed.data(), rstd, xf.data(), B * T * H, D, eps, stream))
+    return rc;
   if (int rc = mn_rotary_forward(rotated.data(), normed.data(), B, T, H, D, stream)) return rc;
   for (int64_t i = 0; i < n; i++) {
     if (out_f32) out_f32[i] = rotated[i];
@@ -91,49 +104,67 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
   return 0;
 }
 
-MN_API int mn_qk_rmsnorm_rotary_backward(float* dx, float* dout, float* x, float* rstd, int B,
-                                         int T, int H, int D, int accumulate, void* stream) {
+MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, float* dout, void* x, float* rstd, int x_bf16,
+                                         int dx_bf16, int B, int T, int H, int D, int accumulate,
+                                         void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
-  std::vector<float> dnormed(n);
+  std::vector<float> dnormed(n), xf = widened(x, x_bf16, n), dxf(dx_bf16 ? n : 0);
   if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, 0, stream)) return rc;
-  return mn_rmsnorm_backward(dx, dnormed.data(), x, rstd, B * T * H, D, accumulate & 1, stream);
+  float* d = dx_bf16 ? dxf.data() : (float*)dx;
+  if (int rc = mn_rmsnorm_backward(d, dnormed.data(), xf.data(), rstd, B * T * H, D,
+                                   accumulate & 1, stream))
+    return rc;
+  if (dx_bf16) round_into(dx, dxf);
+  return 0;
 }
 
-MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, float* v, float* v1,
-                                float* lamb, int64_t n, void*) {
+MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
+                                int v_bf16, int64_t n, void*) {
   const char* fn = "value_mix_forward";
   MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  const std::vector<float> vf = widened(v, v_bf16, n), v1f = widened(v1, v_bf16, n);
   const float l = lamb[0];
   for (int64_t i = 0; i < n; i++) {
-    const float o = v[i] + l * (v1[i] - v[i]);
+    const float o = vf[i] + l * (v1f[i] - vf[i]);
     if (out_f32) out_f32[i] = o;
     if (out_bf16) out_bf16[i] = f32_to_bf16(o);
   }
   return 0;
 }
 
-MN_API int mn_value_mix_backward(float* dv, float* dv1, float* dlamb, float* dout, float* v,
-                                 float* v1, float* lamb, int64_t n, int accumulate, void*) {
+MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout, void* v, void* v1,
+                                 float* lamb, int v_bf16, int dv_bf16, int64_t n, int accumulate,
+                                 void*) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dv", dv_bf16, accumulate, 0)) return rc;
+  MN_REQUIRE(!dv_bf16 || !dv || dv != (void*)dv1,
+             "%s: a bf16 dv cannot be dv1 (v1 is v: its gradient sums in fp32)", fn);
+  const std::vector<float> vf = widened(v, v_bf16, n), v1f = widened(v1, v_bf16, n);
   const double l = lamb[0];
-  const bool same = dv && dv == dv1;
+  const bool same = dv && dv == (void*)dv1;
+  float* dvf = (float*)dv;
   double s = 0;
   for (int64_t i = 0; i < n; i++) {
     const double g = dout[i];
     if (same) {
-      dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + g);
+      dvf[i] = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + g);
     } else {
-      if (dv) dv[i] = (float)(((accumulate & 1) ? (double)dv[i] : 0.0) + (1 - l) * g);
+      if (dv) {
+        const float d = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + (1 - l) * g);
+        if (dv_bf16) ((mn_bf16*)dv)[i] = f32_to_bf16(d);
+        else dvf[i] = d;
+      }
       if (dv1) dv1[i] = (float)(((accumulate & 2) ? (double)dv1[i] : 0.0) + l * g);
     }
-    s += g * ((double)v1[i] - v[i]);
+    s += g * ((double)v1f[i] - vf[i]);
   }
   dlamb[0] = (float)(((accumulate & 4) ? (double)dlamb[0] : 0.0) + s);
   return 0;
