@@ -719,14 +719,20 @@ const sumSquares: Cost = (a) => {
 // per SM on 132 SMs; at V = 50304 that is ~210 MB in flight, so it reads DRAM again.
 // FLOPs per logit (estimates): pass 1 z (capped: a tanh) and one exp with the compare and add of
 // the online update; pass 2 z, exp, dz (capped: another exp and a division) and the products.
-// mn_softcap_crossentropy_bf16: the same kernel on bf16 logits and dlogits (elem = BF16).
+// mn_softcap_crossentropy_bf16: the same kernel on bf16 logits and dlogits (elem = BF16). With a
+// gradient and a row of at most CE_STAGE_MAX_BYTES (160 KB) it first copies the row into shared
+// memory and both passes read it there (still 256 threads): one DRAM read of the row, and
+// x[target] comes from the copy. (The kernel also checks the device's per-block shared-memory
+// opt-in; the model assumes an H100/H200, 227 KB.)
+const CE_STAGE_MAX_BYTES = 160 * 1024;
 const softcapCrossentropy = (elem: number): Cost => (a) => {
   const N = need(a, "N"), V = need(a, "V");
   const grad = has(a, "dlogits");
   const row = V * elem;
+  const staged = elem === BF16 && grad && row <= CE_STAGE_MAX_BYTES;
   const passes = grad ? 2 : 1;
   const inFlight = Math.min(N, 8 * SMS) * row;
-  const logitReads = inFlight > L2_BYTES ? passes * N * row : N * row;
+  const logitReads = staged || inFlight <= L2_BYTES ? N * row : passes * N * row;
   const capped = (a.softcap ?? 1) > 0;
   const perElem = (capped ? EXP : 1) + EXP + 2 + (grad ? (capped ? 4 * EXP : 2 * EXP) : 0);
   return [
@@ -734,7 +740,7 @@ const softcapCrossentropy = (elem: number): Cost => (a) => {
       "softcap_crossentropy_kernel",
       N,
       256,
-      logitReads + N * F32 + N * elem, // + targets, x[target]
+      logitReads + N * F32 + (staged ? 0 : N * elem), // + targets, x[target]
       N * F32 + (grad ? N * row : 0),
       N * V * perElem,
     ),

@@ -533,6 +533,25 @@ Deno.test("cost model: mn_softcap_crossentropy, 8192 rows of V = 50304", () => {
   assert.deepEqual([f.bytesRead, f.bytesWritten], [1648427008, 32768]);
 });
 
+Deno.test("cost model: mn_softcap_crossentropy_bf16 reads a staged row once", () => {
+  // crossentropy.cu: bf16 with dlogits and a row of at most 160 KB: the row is copied into shared
+  // memory and both passes read it there (still one block of 256 per row). A row is 100,608 bytes:
+  // 8192 * 100,608 = 824,180,736 read once, + targets (32,768; x[target] comes from the copy):
+  // 824,213,504. Writes losses (32,768) and dlogits (824,180,736).
+  const a = { losses: 1, dlogits: 2, logits: 3, targets: 4, N: 8192, V: 50304, softcap: 30 };
+  const [g] = callLaunches("mn_softcap_crossentropy_bf16", a);
+  assert.deepEqual([g.kernel, g.blocks, g.threads], ["softcap_crossentropy_kernel", 8192, 256]);
+  assert.deepEqual([g.bytesRead, g.bytesWritten], [824213504, 824213504]);
+  // without dlogits: the direct kernel's one pass, + targets and x[target] (16,384)
+  const [f] = callLaunches("mn_softcap_crossentropy_bf16", { ...a, dlogits: 0 });
+  assert.deepEqual([f.bytesRead, f.bytesWritten], [824229888, 32768]);
+  // V = 81921 (163,842-byte rows) is above the limit: the direct kernel reads the rows twice
+  // (1056 * 163,842 = 173 MB in flight > L2): 2 * 8192 * 163,842 + 32,768 + 16,384 read; losses
+  // and 8192 * 163,842 written
+  const [d] = callLaunches("mn_softcap_crossentropy_bf16", { ...a, V: 81921 });
+  assert.deepEqual([d.bytesRead, d.bytesWritten], [2684436480, 1342226432]);
+});
+
 Deno.test("cost model: an overwritten gradient (its accumulate bit clear) is written, not read", () => {
   const n = 1 << 20, act = 4 * n;
   const bytes = (fn: string, a: Record<string, number>) =>

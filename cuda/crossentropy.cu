@@ -9,6 +9,14 @@
 // may be logits itself (the lm head reuses the logits buffer); no thread writes before the block
 // has merged (a barrier), so every read of the first pass sees the logits.
 //
+// bf16 with a gradient (the lm head's call, V = 50304: a 100 KB row) first copies its row into
+// shared memory and runs both passes there: the row is read from DRAM once instead of twice (the
+// ~1000 rows in flight, ~100 MB, are beyond L2, so the second pass of the direct kernel goes back
+// to DRAM). The passes are the direct kernel's, over the same bf16 values in the same
+// per-thread order, so the results are bit for bit the direct kernel's (and the fp32 kernel's on
+// the widened logits). Rows above CE_STAGE_MAX_BYTES, a GPU that cannot give a block that much
+// shared memory, fp32 logits and loss-only calls run the direct kernel.
+//
 // A target outside [0, V) cannot be reported from the GPU without a host sync, so that row gets a
 // NaN loss and, when dlogits is given, a NaN gradient row: the failure shows in the loss instead of
 // training silently on a wrong class. The cpu build rejects it with an error instead.
@@ -16,6 +24,12 @@
 #include "entry_checks.h"
 
 constexpr int CE_THREADS = 256;
+// The largest bf16 row staged in shared memory: 160 KB (V <= 81920), so that the block (with the
+// 16 bytes of alignment slack and the merge scratch) stays under sm_80's 163 KB per-block opt-in
+// (the emulator holds every kernel to it); sm_90 allows 227 KB.
+constexpr size_t CE_STAGE_MAX_BYTES = 160 * 1024;
+// 16-byte loads each thread has in flight while staging a row (see ce_stage_row).
+constexpr int CE_STAGE_DEPTH = 8;
 
 // z = softcap * tanh(x / softcap), or x uncapped.
 __host__ __device__ inline float ce_z(float x, float softcap) {
@@ -71,7 +85,54 @@ __device__ inline float ce_load(const bf16* p, int64_t i) { return mn_bf16_to_f3
 __device__ inline void ce_store(float* p, int64_t i, float v) { p[i] = v; }
 __device__ inline void ce_store(bf16* p, int64_t i, float v) { p[i] = mn_f32_to_bf16(v); }
 
-template <typename T>
+// Shared memory for a staged row of V bf16 logits: the row keeps its offset within 16 bytes (up to
+// 7 elements of slack), so that 16-byte global loads land on 16-byte shared stores.
+inline size_t ce_stage_bytes(int V) { return ((size_t)V + 7 + 7) / 8 * 16; }
+
+// Copies the block's row x[0, V) into dynamic shared memory and returns where element 0 landed;
+// every thread may read all of it on return (a barrier). The bulk moves in 16-byte words, each
+// thread issuing CE_STAGE_DEPTH loads before its first store: 256 threads x 8 x 16 B = 32 KB in
+// flight per block, 64 KB per SM with the two 100 KB blocks an SM holds at V = 50304, above the
+// 20-30 KB that keeps an SM's share of DRAM bandwidth busy (H100 3.35 TB/s, H200 4.8 TB/s over
+// 132 SMs: 25-36 GB/s per SM, x ~0.8 us latency). So the block stays at 256 threads (16 warps per
+// SM for the two passes' math) rather than 512 or 1024: more threads are not needed for the loads,
+// and would change which logits each thread sums, and with it the rounding of the losses, which
+// are bit-identical with the direct and fp32 kernels. The few elements before the first and after
+// the last aligned word are copied singly (never touching bytes outside the row: a neighbouring
+// row may be another block's, being overwritten in place).
+__device__ inline const bf16* ce_stage_row(const bf16* x, int V) {
+  MN_DYNAMIC_SHARED(uint4, stage);
+  const int mis = (int)(((uintptr_t)x >> 1) & 7);  // x's element offset within its 16 bytes
+  bf16* sx = reinterpret_cast<bf16*>(stage) + mis;   // sx[i] holds x[i]
+  const int to_word = (8 - mis) & 7;                 // elements before x's first aligned word
+  const int head = V < to_word ? V : to_word;
+  const int words = (V - head) / 8;
+  const int tail = head + 8 * words;                 // first element after the last whole word
+  const uint4* src = reinterpret_cast<const uint4*>(x + head);
+  uint4* dst = stage + (mis ? 1 : 0);
+  const int tid = threadIdx.x;
+  if (tid < head) sx[tid] = x[tid];
+  if (tid < V - tail) sx[tail + tid] = x[tail + tid];
+  for (int w0 = 0; w0 < words; w0 += CE_STAGE_DEPTH * CE_THREADS) {
+    uint4 v[CE_STAGE_DEPTH];
+#pragma unroll
+    for (int k = 0; k < CE_STAGE_DEPTH; k++) {
+      const int w = w0 + k * CE_THREADS + tid;
+      if (w < words) v[k] = src[w];
+    }
+#pragma unroll
+    for (int k = 0; k < CE_STAGE_DEPTH; k++) {
+      const int w = w0 + k * CE_THREADS + tid;
+      if (w < words) dst[w] = v[k];
+    }
+  }
+  __syncthreads();
+  return sx;
+}
+
+// STAGED (bf16 only): the row is first copied to shared memory (ce_stage_row), and both passes
+// read it there; launched with CE_THREADS threads and ce_stage_bytes(V) of dynamic shared memory.
+template <typename T, bool STAGED>
 __global__ void __launch_bounds__(CE_THREADS)
     softcap_crossentropy_kernel(float* losses, T* dlogits, const T* logits,
                                 const int32_t* targets, int V, float softcap, float dloss) {
@@ -79,8 +140,10 @@ __global__ void __launch_bounds__(CE_THREADS)
   const int64_t row = blockIdx.x;
   const T* x = logits + row * V;
   const int target = targets[row];
+  if constexpr (STAGED) x = ce_stage_row(x, V);
   const bool valid = target >= 0 && target < V;
-  // Read before the first barrier: no thread writes dlogits (possibly = logits) before that.
+  // Read before the first barrier of the passes (or from the staged copy): no thread writes
+  // dlogits (possibly = logits) before that.
   const float z_target = valid ? ce_z(ce_load(x, target), softcap) : 0.0f;
 
   SoftmaxStat st{-INFINITY, 0.0f};
@@ -107,9 +170,25 @@ MN_API int mn_softcap_crossentropy(float* losses, float* dlogits, float* logits,
   MN_REQUIRE(N > 0 && V > 0, "softcap_crossentropy: bad shape N=%d V=%d", N, V);
   MN_REQUIRE(losses && logits && targets, "softcap_crossentropy: NULL losses, logits or targets");
   MN_REQUIRE(softcap == softcap && dloss == dloss, "softcap_crossentropy: NaN softcap or dloss");
-  return mn_launch("softcap_crossentropy", softcap_crossentropy_kernel<float>, dim3(N),
+  return mn_launch("softcap_crossentropy", softcap_crossentropy_kernel<float, false>, dim3(N),
                    dim3(CE_THREADS), 0, stream, losses, dlogits, (const float*)logits,
                    (const int32_t*)targets, V, softcap, dloss);
+}
+
+// Whether a bf16 row of V logits is staged in shared memory: at most CE_STAGE_MAX_BYTES, and (on a
+// GPU) no more than the current device lets one block opt into, so that a smaller part (sm_86/89:
+// 99 KB) runs the direct kernel instead of failing the launch.
+static bool ce_can_stage(int V) {
+  if ((size_t)V * sizeof(bf16) > CE_STAGE_MAX_BYTES) return false;
+#ifdef MN_EMU
+  return true;
+#else
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+    return false;
+  return ce_stage_bytes(V) + 32 * sizeof(SoftmaxStat) <= (size_t)optin;
+#endif
 }
 
 MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
@@ -117,7 +196,11 @@ MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16
                                         void* stream) {
   if (int rc = mn_check_softcap_crossentropy_bf16(losses, logits, targets, N, V, softcap, dloss))
     return rc;
-  return mn_launch("softcap_crossentropy_bf16", softcap_crossentropy_kernel<bf16>, dim3(N),
+  if (dlogits && ce_can_stage(V))
+    return mn_launch("softcap_crossentropy_bf16", softcap_crossentropy_kernel<bf16, true>, dim3(N),
+                     dim3(CE_THREADS), ce_stage_bytes(V), stream, losses, (bf16*)dlogits,
+                     (const bf16*)logits, (const int32_t*)targets, V, softcap, dloss);
+  return mn_launch("softcap_crossentropy_bf16", softcap_crossentropy_kernel<bf16, false>, dim3(N),
                    dim3(CE_THREADS), 0, stream, losses, (bf16*)dlogits, (const bf16*)logits,
                    (const int32_t*)targets, V, softcap, dloss);
 }

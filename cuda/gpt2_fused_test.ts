@@ -744,17 +744,24 @@ interface CeCfg {
   V: number;
   softcap: number;
 }
-// V: under one 256-thread pass, ragged over several; softcap 30 (the model's) and off
+// V: under one 256-thread pass, ragged over several; softcap 30 (the model's) and off. With a
+// gradient the row is staged in shared memory up to V = 81920 (crossentropy.cu
+// CE_STAGE_MAX_BYTES): rows of 300 and 997 start off 16-byte alignment (rows 1 and 2 of 300 at 8
+// and 0 bytes, row 1 of 997 at 10), V = 50304 is the trainers' row, and V = 81921 (the first V
+// above the limit) runs the direct kernel, which reads the logits from global memory twice.
 const CE_ALL: CeCfg[] = [
   { N: 1, V: 7, softcap: 30 },
   { N: 3, V: 300, softcap: 30 },
+  { N: 2, V: 997, softcap: 30 },
   { N: 5, V: 1000, softcap: 0 },
+  { N: 2, V: 50304, softcap: 30 },
+  { N: 2, V: 81921, softcap: 30 },
 ];
 const ceConfigs = VARIANT ? CE_ALL.filter((c) => c.N * c.V <= 2000) : CE_ALL;
 const ceLabel = ({ N, V, softcap }: CeCfg) => `[${N},${V}] softcap ${softcap}`;
-/** logits of O(10) (beyond the cap's linear range) rounded to bf16, and targets in range */
-function ceCase(rng: Rng, { N, V }: CeCfg) {
-  const x = f32ToBf16(rng.normal(N * V).map((v) => 20 * v)); // bf16 bit patterns
+/** logits of O(10) (beyond the cap's linear range; `scale`) rounded to bf16, targets in range */
+function ceCase(rng: Rng, { N, V }: CeCfg, scale = 20) {
+  const x = f32ToBf16(rng.normal(N * V).map((v) => scale * v)); // bf16 bit patterns
   const targets = Int32Array.from({ length: N }, () => Math.floor(rng.next() * V));
   return { x, targets };
 }
@@ -836,6 +843,79 @@ function ceMatchesF32(be: Backend, name: string) {
     });
     compare(`${ceLabel(c)} losses (${name})`, r.losses, r.losses32, EXACT);
     compare(`${ceLabel(c)} dlogits (${name})`, r.dlogits, r.cast, EXACT);
+  });
+}
+// With a gradient the emu/cuda kernel stages the row in shared memory (V <= 81920); loss-only it
+// reads the logits directly: the same bf16 values in the same order, so the same loss bits. A
+// target outside [0, V) gives a NaN loss and gradient row on either path, the other rows untouched.
+// Logits of scale 1 as well: there the sum of exp has many terms of one size, so a change of the
+// summation order changes the loss bits in most rows (at scale 20 a few terms dominate).
+function ceStagedMatchesDirect(be: Backend, name: string) {
+  ceConfigs.flatMap((c) => [{ c, scale: 20 }, { c, scale: 1 }]).forEach(({ c, scale }, ci) => {
+    const { x, targets } = ceCase(new Rng(6000 + ci), c, scale);
+    const bad = targets.slice();
+    bad[c.N - 1] = c.V;
+    const n = c.N * c.V;
+    const r = withTensors(be, {
+      logits: { data: x, shape: [n], dtype: "bf16" },
+      targets: { data: targets, shape: [c.N], dtype: "i32" },
+      bad: { data: bad, shape: [c.N], dtype: "i32" },
+    }, {
+      staged: { shape: [c.N] },
+      direct: { shape: [c.N] },
+      badLosses: { shape: [c.N] },
+      dlogits: { shape: [n], dtype: "bf16" },
+      badDlogits: { shape: [n], dtype: "bf16" },
+    }, (t) => {
+      const k = be.k, s = be.stream, x = t.logits.ptr, N = c.N, V = c.V, cap = c.softcap;
+      k.mn_softcap_crossentropy_bf16(
+        t.staged.ptr,
+        t.dlogits.ptr,
+        x,
+        t.targets.ptr,
+        N,
+        V,
+        cap,
+        1,
+        s,
+      );
+      k.mn_softcap_crossentropy_bf16(t.direct.ptr, null, x, t.targets.ptr, N, V, cap, 1, s);
+      k.mn_softcap_crossentropy_bf16(
+        t.badLosses.ptr,
+        t.badDlogits.ptr,
+        x,
+        t.bad.ptr,
+        N,
+        V,
+        cap,
+        1,
+        s,
+      );
+    });
+    compare(`${ceLabel(c)} staged vs direct losses (${name})`, r.staged, r.direct, EXACT);
+    const last = (c.N - 1) * c.V;
+    assert.ok(Number.isNaN(r.badLosses[c.N - 1]), `${ceLabel(c)}: bad target, loss not NaN`);
+    assert.ok(r.badDlogits.subarray(last).every(Number.isNaN), `${ceLabel(c)}: bad row not NaN`);
+    compare(
+      `${ceLabel(c)} other rows' losses`,
+      r.badLosses.subarray(0, c.N - 1),
+      r.staged.subarray(0, c.N - 1),
+      EXACT,
+    );
+    compare(
+      `${ceLabel(c)} other rows' dlogits`,
+      r.badDlogits.subarray(0, last),
+      r.dlogits.subarray(0, last),
+      EXACT,
+    );
+  });
+}
+for (const tgt of targets()) {
+  const tname = targetName(tgt);
+  Deno.test({
+    name: `softcap_crossentropy_bf16: staged and direct rows give the same losses (${tname})`,
+    ignore: !tgt.run,
+    fn: () => ceStagedMatchesDirect(backend(tgt.name, tgt.variant), tname),
   });
 }
 Deno.test("softcap_crossentropy_bf16: the fp32 kernel on widened logits, then the cast (cpu)", () => {
