@@ -308,9 +308,11 @@ function attentionBf16(g: Graph, q: Var, k: Var, v: Var, qi: Tensor, ki: Tensor,
   const y = g.node(out, [q, k, v], (y) => {
     const ws = g.out([B, H, T], "attention.ws");
     const dout = g.gradOperand(y.g); // bf16 already unless it had other writers
-    const [[dq, dk, dv], acc] = g.grads(q, k, v);
+    // dq, dk, dv in bf16 as autocast's when the fused QK-norm and value mix read them
+    const sinks = g.gradSinksBf16([q, k, v]);
+    const [[dq, dk, dv], acc] = sinks ? [sinks.map((s) => s[0]), 0] : g.grads(q, k, v);
     const args = [dq, dk, dv, dout.ptr, out.ptr, lse.ptr, qi.ptr, ki.ptr, vi.ptr] as const;
-    g.k.mn_attention_tc_backward_bf16(...args, ws.ptr, B, T, H, D, acc, g.s);
+    g.k.mn_attention_tc_backward_bf16(...args, ws.ptr, B, T, H, D, sinks ? 1 : 0, acc, g.s);
   });
   y.bf16Grad = true;
   return y;

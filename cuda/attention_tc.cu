@@ -81,6 +81,17 @@ __device__ inline void tc_store2(float* p, float lo, float hi) {
 __device__ inline void tc_store2(bf16* p, float lo, float hi) {
   *reinterpret_cast<uint32_t*>(p) = tc_pack(lo, hi);
 }
+// A pair of gradient elements: fp32 overwritten or (acc) added to, the old values not loaded when
+// overwritten (they may be NaN); bf16 (the projections' backward GEMM operand, rounded once) only
+// overwritten (the entry point checks)
+__device__ inline void tc_grad2(float* p, float lo, float hi, bool acc) {
+  float2* q = reinterpret_cast<float2*>(p);
+  float2 x = acc ? *q : float2{0.0f, 0.0f};
+  x.x = acc ? x.x + lo : lo;
+  x.y = acc ? x.y + hi : hi;
+  *q = x;
+}
+__device__ inline void tc_grad2(bf16* p, float lo, float hi, bool) { tc_store2(p, lo, hi); }
 // An element of dout as the mma operand rounds it (a bf16 dout already is), and of out
 __device__ inline float tc_rounded(float x) { return mn_bf16_to_f32(mn_f32_to_bf16(x)); }
 __device__ inline float tc_rounded(bf16 x) { return mn_bf16_to_f32(x); }
@@ -328,9 +339,9 @@ __global__ void __launch_bounds__(TC_THREADS)
 
 // dK, dV: grid (ceil(T/64), H, B). Warp w owns keys kw0 = k0 + 16 w .. +15 (the M side: S^T, P^T,
 // dP^T, dS^T have keys as rows, queries as columns) and their dK, dV rows.
-template <int D, typename O>
+template <int D, typename O, typename G>
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_tc_backward_dkv_kernel(float* dk, float* dv, const O* dout, const float* lse,
+    attention_tc_backward_dkv_kernel(G* dk, G* dv, const O* dout, const float* lse,
                                      const float* delta, const bf16* q, const bf16* k,
                                      const bf16* v, int T, int H, float scale, float scale_log2,
                                      int acc) {
@@ -429,25 +440,17 @@ __global__ void __launch_bounds__(TC_THREADS)
     const int64_t base = tc_row(b, key, h, T, H, D);
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) {
-      float2* pk = reinterpret_cast<float2*>(dk + base + 8 * dt + 2 * tig);
-      float2* pv = reinterpret_cast<float2*>(dv + base + 8 * dt + 2 * tig);
-      // overwriting: the old values are not loaded (they may be NaN)
-      const bool ak = MN_ACC_BIT(acc, 0), av = MN_ACC_BIT(acc, 1);
-      float2 xk = ak ? *pk : float2{0.0f, 0.0f}, xv = av ? *pv : float2{0.0f, 0.0f};
-      xk.x = ak ? xk.x + gk[dt][2 * r] * scale : gk[dt][2 * r] * scale;
-      xk.y = ak ? xk.y + gk[dt][2 * r + 1] * scale : gk[dt][2 * r + 1] * scale;
-      xv.x = av ? xv.x + gv[dt][2 * r] : gv[dt][2 * r];
-      xv.y = av ? xv.y + gv[dt][2 * r + 1] : gv[dt][2 * r + 1];
-      *pk = xk;
-      *pv = xv;
+      const int64_t at = base + 8 * dt + 2 * tig;
+      tc_grad2(dk + at, gk[dt][2 * r] * scale, gk[dt][2 * r + 1] * scale, MN_ACC_BIT(acc, 0));
+      tc_grad2(dv + at, gv[dt][2 * r], gv[dt][2 * r + 1], MN_ACC_BIT(acc, 1));
     }
   }
 }
 
 // dQ: grid (ceil(T/64), H, B). Warp w owns query rows wr0 = q0 + 16 w .. +15 and their dQ rows.
-template <int D, typename O>
+template <int D, typename O, typename G>
 __global__ void __launch_bounds__(TC_THREADS)
-    attention_tc_backward_dq_kernel(float* dq, const O* dout, const float* lse,
+    attention_tc_backward_dq_kernel(G* dq, const O* dout, const float* lse,
                                     const float* delta, const bf16* q, const bf16* k,
                                     const bf16* v, int T, int H, float scale, float scale_log2,
                                     int acc) {
@@ -541,13 +544,8 @@ __global__ void __launch_bounds__(TC_THREADS)
     if (row >= T) continue;
     const int64_t base = tc_row(b, row, h, T, H, D);
 #pragma unroll
-    for (int dt = 0; dt < DT; dt++) {
-      float2* p = reinterpret_cast<float2*>(dq + base + 8 * dt + 2 * tig);
-      float2 x = acc ? *p : float2{0.0f, 0.0f};
-      x.x = acc ? x.x + gq[dt][2 * r] * scale : gq[dt][2 * r] * scale;
-      x.y = acc ? x.y + gq[dt][2 * r + 1] * scale : gq[dt][2 * r + 1] * scale;
-      *p = x;
-    }
+    for (int dt = 0; dt < DT; dt++)
+      tc_grad2(dq + base + 8 * dt + 2 * tig, gq[dt][2 * r] * scale, gq[dt][2 * r + 1] * scale, acc);
   }
 }
 
@@ -577,8 +575,8 @@ int tc_forward(const char* fn, O* out, float* lse, const bf16* q, const bf16* k,
                    out, lse, q, k, v, T, H, scale_log2);
 }
 
-template <int D, typename O>
-int tc_backward(float* dq, float* dk, float* dv, const O* dout, const O* out, const float* lse,
+template <int D, typename O, typename G>
+int tc_backward(G* dq, G* dk, G* dv, const O* dout, const O* out, const float* lse,
                 const bf16* q, const bf16* k, const bf16* v, float* ws, int B, int T, int H,
                 int accumulate, void* stream) {
   const float scale = 1.0f / sqrtf((float)D), scale_log2 = TC_LOG2E * scale;
@@ -587,12 +585,12 @@ int tc_backward(float* dq, float* dk, float* dv, const O* dout, const O* out, co
                          dim3((unsigned)((rows + TC_WARPS - 1) / TC_WARPS)), dim3(TC_THREADS), 0,
                          stream, ws, dout, out, B, T, H))
     return rc;
-  if (int rc = mn_launch("attention_tc_backward_dkv", attention_tc_backward_dkv_kernel<D, O>,
+  if (int rc = mn_launch("attention_tc_backward_dkv", attention_tc_backward_dkv_kernel<D, O, G>,
                          dim3(tc_tiles(T, TC_BC), H, B), dim3(TC_THREADS), tc_dkv_smem<D>(),
                          stream, dk, dv, dout, lse, (const float*)ws, q, k, v, T, H, scale,
                          scale_log2, accumulate >> 1 & 3))
     return rc;
-  return mn_launch("attention_tc_backward_dq", attention_tc_backward_dq_kernel<D, O>,
+  return mn_launch("attention_tc_backward_dq", attention_tc_backward_dq_kernel<D, O, G>,
                    dim3(tc_tiles(T, TC_BR), H, B), dim3(TC_THREADS), tc_dq_smem<D>(), stream, dq,
                    dout, lse, (const float*)ws, q, k, v, T, H, scale, scale_log2,
                    MN_ACC_BIT(accumulate, 0));
@@ -611,8 +609,8 @@ int tc_forward_any(const char* fn, O* out, float* lse, mn_bf16* q, mn_bf16* k, m
     default: return tc_forward<128>(fn, out, lse, bq, bk, bv, B, T, H, stream);
   }
 }
-template <typename O>
-int tc_backward_any(float* dq, float* dk, float* dv, const O* dout, const O* out, float* lse,
+template <typename O, typename G>
+int tc_backward_any(G* dq, G* dk, G* dv, const O* dout, const O* out, float* lse,
                     mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B, int T, int H, int D,
                     int acc, void* stream) {
   const bf16 *bq = (const bf16*)q, *bk = (const bf16*)k, *bv = (const bf16*)v;
@@ -653,13 +651,19 @@ MN_API int mn_attention_tc_backward(float* dq, float* dk, float* dv, float* dout
                          H, D, accumulate, stream);
 }
 
-MN_API int mn_attention_tc_backward_bf16(float* dq, float* dk, float* dv, mn_bf16* dout,
+MN_API int mn_attention_tc_backward_bf16(void* dq, void* dk, void* dv, mn_bf16* dout,
                                          mn_bf16* out, float* lse, mn_bf16* q, mn_bf16* k,
                                          mn_bf16* v, float* ws, int B, int T, int H, int D,
-                                         int accumulate, void* stream) {
-  if (int rc = mn_check_attention_tc_backward("attention_tc_backward_bf16", dq, dk, dv, dout, out,
-                                              lse, q, k, v, ws, B, T, H, D))
+                                         int grads_bf16, int accumulate, void* stream) {
+  const char* fn = "attention_tc_backward_bf16";
+  if (int rc = mn_check_attention_tc_backward(fn, dq, dk, dv, dout, out, lse, q, k, v, ws, B, T,
+                                              H, D))
     return rc;
-  return tc_backward_any(dq, dk, dv, (const bf16*)dout, (const bf16*)out, lse, q, k, v, ws, B, T,
-                         H, D, accumulate, stream);
+  if (int rc = mn_check_bf16_grads_overwritten(fn, grads_bf16, accumulate, 7)) return rc;
+  const bf16 *d = (const bf16*)dout, *o = (const bf16*)out;
+  if (grads_bf16)
+    return tc_backward_any((bf16*)dq, (bf16*)dk, (bf16*)dv, d, o, lse, q, k, v, ws, B, T, H, D,
+                           accumulate, stream);
+  return tc_backward_any((float*)dq, (float*)dk, (float*)dv, d, o, lse, q, k, v, ws, B, T, H, D,
+                         accumulate, stream);
 }

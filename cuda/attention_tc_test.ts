@@ -120,6 +120,9 @@ function bf16EntryPoints(name: "cpu" | "emu" | "cuda") {
       ws: { shape: [B, H, T] },
       ...grads(""),
       ...grads("16"),
+      // overwritten (acc 0, NaN-poisoned): fp32, and bf16 (grads_bf16)
+      ...Object.fromEntries(GRADS.map((g) => [g + "0", { shape: shp }])),
+      ...Object.fromEntries(GRADS.map((g) => [g + "b", { shape: shp, dtype: "bf16" as const }])),
     }, (t) => {
       const k = be.k, st = be.stream, [q, kk, v] = [t.q.ptr, t.k.ptr, t.v.ptr];
       k.mn_attention_tc_forward(t.out.ptr, t.lse.ptr, q, kk, v, B, T, H, D, st);
@@ -161,8 +164,26 @@ function bf16EntryPoints(name: "cpu" | "emu" | "cuda") {
         T,
         H,
         D,
+        0,
         7,
         st,
+      );
+      const rest = [t.lse.ptr, q, kk, v, t.ws.ptr, B, T, H, D] as const;
+      k.mn_attention_tc_backward(
+        t.dq0.ptr,
+        t.dk0.ptr,
+        t.dv0.ptr,
+        t.dout16f.ptr,
+        t.out16f.ptr,
+        ...rest,
+        0,
+        st,
+      );
+      const gb = [t.dqb.ptr, t.dkb.ptr, t.dvb.ptr] as const;
+      k.mn_attention_tc_backward_bf16(...gb, t.dout16.ptr, t.out16.ptr, ...rest, 1, 0, st);
+      assert.throws(
+        () => k.mn_attention_tc_backward_bf16(...gb, t.dout16.ptr, t.out16.ptr, ...rest, 1, 4, st),
+        /bf16 gradients are overwritten/,
       );
     });
     const l = `attention_tc_*_bf16 [${B},${T},${H},${D}] (${name})`;
@@ -170,6 +191,15 @@ function bf16EntryPoints(name: "cpu" | "emu" | "cuda") {
     compare(`${l} out`, r.out16, bf16ToF32(f32ToBf16(r.out as Float32Array)), exact);
     compare(`${l} lse`, r.lse16, r.lse, exact);
     for (const g of GRADS) compare(`${l} ${g}`, r[g + "16"], r[g], exact);
+    // bf16 gradients: the fp32 ones rounded once
+    for (const g of GRADS) {
+      compare(
+        `${l} bf16 ${g}`,
+        r[g + "b"],
+        bf16ToF32(f32ToBf16(r[g + "0"] as Float32Array)),
+        exact,
+      );
+    }
     assert.ok(relErr(r.dv16 as Float32Array, init[2]) > 0, `${l}: dv unchanged`); // dq, dk vanish at T = 1
   });
 }

@@ -39,6 +39,18 @@ inline int mn_launch(const char* name, void (*kernel)(KArgs...), dim3 grid, dim3
 #endif
 }
 
+// A kernel over fp32-or-bf16 tensors (the ABI's *_bf16 flags): mn_with_dtype(flag, f) calls f
+// with mn_dtype<bf16> or mn_dtype<float>, whose ::type instantiates the kernel; nested calls give
+// every combination one launch site.
+template <typename T>
+struct mn_dtype {
+  using type = T;
+};
+template <typename F>
+inline int mn_with_dtype(int is_bf16, F&& f) {
+  return is_bf16 ? f(mn_dtype<bf16>{}) : f(mn_dtype<float>{});
+}
+
 inline unsigned mn_blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;
   return (unsigned)(b < 1 ? 1 : (b > 65535LL * 16 ? 65535LL * 16 : b));

@@ -567,8 +567,8 @@ const mixRmsnormBackward: Cost = (a) => {
 
 // qk_rmsnorm_rotary_{forward,backward}_kernel: one block of norm_threads(D) per head row (B*T*H);
 // forward reads x (fp32, or bf16 under x_bf16), writes the fp32 and/or bf16 output and rstd;
-// backward reads dout, x, rstd and dx where bit 0 is set, writes dx (bf16 under dx_bf16). The
-// cos/sin entries are recomputed (powf, cosf, sinf).
+// backward reads dout (bf16 under dout_bf16), x, rstd and dx where bit 0 is set, writes dx (bf16
+// under dx_bf16). The cos/sin entries are recomputed (powf, cosf, sinf).
 const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
   const rows = need(a, "B") * need(a, "T") * need(a, "H"), D = need(a, "D"), n = rows * D;
   const x = a.x_bf16 ? BF16 : F32;
@@ -585,14 +585,14 @@ const qkRmsnormRotary = (backward: boolean): Cost => (a) => {
       ),
     ];
   }
-  const dx = a.dx_bf16 ? BF16 : F32;
+  const dx = a.dx_bf16 ? BF16 : F32, dout = a.dout_bf16 ? BF16 : F32;
   const accRead = need(a, "accumulate") & 1 ? dx : 0;
   return [
     launch(
       "qk_rmsnorm_rotary_backward_kernel",
       rows,
       normThreads(D),
-      (F32 + x + accRead) * n + rows * F32,
+      (dout + x + accRead) * n + rows * F32,
       n * dx,
       (10 + 3 * EXP) * n,
     ),
@@ -621,7 +621,7 @@ const valueMixBackward: Cost = (a) => {
     "ValueMixTerm",
     1,
     n,
-    (F32 + vv + read) * n + F32,
+    ((a.dout_bf16 ? BF16 : F32) + vv + read) * n + F32,
     (dvBytes + dv1Bytes) * n,
     8 * n,
     acc & 4 ? 1 : 0,
@@ -1602,7 +1602,8 @@ const attentionTcBackward = (outBytes: number): Cost => (a) => {
   const s = attnShape(a);
   const pairs = s.B * s.H * attnTcPairs(s.T);
   const mm = 2 * 16 * 16 * s.D;
-  const qkv = 3 * s.elems * BF16, act = s.elems * F32, vec = s.rows * F32;
+  const qkv = 3 * s.elems * BF16, vec = s.rows * F32;
+  const act = s.elems * (a.grads_bf16 ? BF16 : F32); // dq, dk, dv (bf16 only overwritten)
   const io = s.elems * outBytes; // dout, out
   const grid = cdiv(s.T, 64) * s.H * s.B;
   return [

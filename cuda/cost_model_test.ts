@@ -71,6 +71,8 @@ const SMALL: Record<string, number> = {
   dx_bf16: 1,
   v_bf16: 1,
   dv_bf16: 1,
+  dout_bf16: 1,
+  grads_bf16: 1,
   branch_bf16: 1,
   rows: 64,
   cols: 16,

@@ -31,8 +31,9 @@ inline int mn_check_attention_tc_forward(const char* fn, const void* out, float*
              "%s: out, q, k, v must be 16-byte aligned", fn);
   return 0;
 }
-inline int mn_check_attention_tc_backward(const char* fn, float* dq, float* dk, float* dv,
-                                          const void* dout, const void* out, float* lse,
+inline int mn_check_attention_tc_backward(const char* fn, const void* dq, const void* dk,
+                                          const void* dv, const void* dout, const void* out,
+                                          float* lse,
                                           mn_bf16* q, mn_bf16* k, mn_bf16* v, float* ws, int B,
                                           int T, int H, int D) {
   if (int rc = mn_check_attention_shape(fn, B, T, H, D)) return rc;
@@ -112,6 +113,12 @@ inline int mn_check_scale_by_inv_norm(float* out, float* x, float* sumsq, float 
 // sums only add, have their accumulate bits (param_bits; 0 for a forward) set; eps >= 0.
 // A bf16 gradient output (a matmul output's gradient with this kernel as its one writer) is only
 // overwritten: adding into it would round twice. Shared by the fused RWKV backwards.
+// bf16 gradients are written once by their only writer: the bits in `mask` must be clear
+inline int mn_check_bf16_grads_overwritten(const char* fn, int bf16, int accumulate, int mask) {
+  MN_REQUIRE(!bf16 || !(accumulate & mask),
+             "%s: bf16 gradients are overwritten (accumulate bits 0x%x must be clear)", fn, mask);
+  return 0;
+}
 inline int mn_check_bf16_grad_overwritten(const char* fn, const char* grad, int bf16,
                                           int accumulate, int bit) {
   MN_REQUIRE(!bf16 || !(accumulate >> bit & 1),

@@ -112,12 +112,28 @@ export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): 
     eps,
     g.s,
   );
-  return g.node(out, [x], (y) => {
+  const y = g.node(out, [x], (y) => {
     const sink = g.gradSinksBf16([x]);
     const [[dx], acc] = sink ? [[sink[0][0]], 0] : g.grads(x);
-    const db = sink ? 1 : 0;
-    g.k.mn_qk_rmsnorm_rotary_backward(dx, y.g.ptr, x.t.ptr, rstd.ptr, xb, db, B, T, H, D, acc, g.s);
+    const [ob, db] = [isBf16(y.g), sink ? 1 : 0];
+    g.k.mn_qk_rmsnorm_rotary_backward(
+      dx,
+      y.g.ptr,
+      x.t.ptr,
+      rstd.ptr,
+      xb,
+      ob,
+      db,
+      B,
+      T,
+      H,
+      D,
+      acc,
+      g.s,
+    );
   });
+  y.bf16Grad = true; // its gradient may come bf16 (the attention's, as autocast's)
+  return y;
 }
 
 /**
@@ -142,7 +158,7 @@ export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
     v.t.n,
     g.s,
   );
-  return g.node(out, [v, v1, lamb], (y) => {
+  const y = g.node(out, [v, v1, lamb], (y) => {
     const sink = v !== v1 ? g.gradSinksBf16([v]) : null;
     // v1 may be v (the first block): the kernel writes dv before dv1, so the first may overwrite
     const [[dv, dv1, dlamb], acc] = g.gradsInOrder(sink ? null : v, v1, lamb);
@@ -155,12 +171,15 @@ export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
       v1.t.ptr,
       lamb.t.ptr,
       vb,
+      isBf16(y.g),
       sink ? 1 : 0,
       v.t.n,
       acc,
       g.s,
     );
   });
+  y.bf16Grad = true; // as qkRmsnormRotary's
+  return y;
 }
 
 /**

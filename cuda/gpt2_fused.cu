@@ -202,8 +202,8 @@ __global__ void qk_rmsnorm_rotary_forward_kernel(float* out_f32, bf16* out_bf16,
 
 // dy = R^T dout (the gradient of the normed row), then rmsnorm's backward with the saved rstd.
 // TD bf16: dx is the projection's bf16 GEMM operand, rounded once (only overwritten).
-template <typename TX, typename TD>
-__global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const float* dout, const TX* x,
+template <typename TX, typename TO, typename TD>
+__global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const TO* dout, const TX* x,
                                                   const float* rstd, int T, int H, int D,
                                                   int accumulate) {
   __shared__ float scratch[32];
@@ -215,7 +215,7 @@ __global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const float* dout, con
     const int i = c < half ? c : c - half;
     float cs, sn;
     rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
-    const float d1 = dout[row * D + i], d2 = dout[row * D + i + half];
+    const float d1 = qk_load(dout + row * D + i), d2 = qk_load(dout + row * D + i + half);
     dy = c < half ? rot_back_first(d1, d2, cs, sn) : rot_back_second(d1, d2, cs, sn);
     xv = qk_load(x + row * D + c);
   }
@@ -235,35 +235,34 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
-  if (x_bf16)
-    return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<bf16>, (unsigned)rows, mix_threads(D), 0,
-                     stream, out_f32, (bf16*)out_bf16, rstd, (const bf16*)x, T, H, D, eps);
-  return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<float>, (unsigned)rows, mix_threads(D), 0,
-                   stream, out_f32, (bf16*)out_bf16, rstd, (const float*)x, T, H, D, eps);
+  return mn_with_dtype(x_bf16, [&](auto tx) {
+    using TX = typename decltype(tx)::type;
+    return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<TX>, (unsigned)rows, mix_threads(D), 0,
+                     stream, out_f32, (bf16*)out_bf16, rstd, (const TX*)x, T, H, D, eps);
+  });
 }
 
-MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, float* dout, void* x, float* rstd, int x_bf16,
-                                         int dx_bf16, int B, int T, int H, int D, int accumulate,
-                                         void* stream) {
+MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* rstd, int x_bf16,
+                                         int dout_bf16, int dx_bf16, int B, int T, int H, int D,
+                                         int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
-  const unsigned grid = (unsigned)rows, threads = mix_threads(D);
-  const float* d = dout;
-  if (x_bf16 && dx_bf16)
-    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<bf16, bf16>, grid, threads, 0, stream,
-                     (bf16*)dx, d, (const bf16*)x, (const float*)rstd, T, H, D, accumulate);
-  if (x_bf16)
-    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<bf16, float>, grid, threads, 0, stream,
-                     (float*)dx, d, (const bf16*)x, (const float*)rstd, T, H, D, accumulate);
-  if (dx_bf16)
-    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<float, bf16>, grid, threads, 0, stream,
-                     (bf16*)dx, d, (const float*)x, (const float*)rstd, T, H, D, accumulate);
-  return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<float, float>, grid, threads, 0, stream,
-                   (float*)dx, d, (const float*)x, (const float*)rstd, T, H, D, accumulate);
+  return mn_with_dtype(x_bf16, [&](auto tx) {
+    return mn_with_dtype(dout_bf16, [&](auto to) {
+      return mn_with_dtype(dx_bf16, [&](auto td) {
+        using TX = typename decltype(tx)::type;
+        using TO = typename decltype(to)::type;
+        using TD = typename decltype(td)::type;
+        return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<TX, TO, TD>, (unsigned)rows,
+                         mix_threads(D), 0, stream, (TD*)dx, (const TO*)dout, (const TX*)x,
+                         (const float*)rstd, T, H, D, accumulate);
+      });
+    });
+  });
 }
 
 // ---- value residual: out = v + lamb * (v1 - v), as axpby(1, v, lamb, axpby(1, v1, -1, v)) ----
@@ -288,11 +287,11 @@ __global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const T
 // g (v1 - v). kSame: dv == dv1 (v1 is v, the first block): ((dv + g) + lamb g) - lamb g, the
 // unfused order. TV: v and v1's storage; TD bf16: dv is the projection's bf16 GEMM operand,
 // rounded once (only overwritten; never kSame: dv1 gathers every block's share in fp32).
-template <bool kSame, typename TV, typename TD>
+template <bool kSame, typename TV, typename TO, typename TD>
 struct ValueMixTerm {
   TD* dv;
   float* dv1;
-  const float* dout;
+  const TO* dout;
   const TV* v;
   const TV* v1;
   const float* lamb_at;  // device scalar, read once per thread by begin()
@@ -304,7 +303,7 @@ struct ValueMixTerm {
   __device__ void begin() { lamb = lamb_at[0]; }
   __device__ Load load(int64_t i) const {
     const bool a0 = accumulate & 1, a1 = accumulate & 2;
-    return Load{dout[i], qk_load(v + i), qk_load(v1 + i), dv && a0 ? qk_load(dv + i) : 0.0f,
+    return Load{qk_load(dout + i), qk_load(v + i), qk_load(v1 + i), dv && a0 ? qk_load(dv + i) : 0.0f,
                 !kSame && dv1 && a1 ? dv1[i] : 0.0f};
   }
   __device__ void use(int64_t i, const Load& l, float* acc) const {
@@ -325,33 +324,16 @@ MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void
   MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
-  if (v_bf16)
-    return mn_launch(fn, value_mix_forward_kernel<bf16>, mn_blocks_for(n, 256), 256, 0, stream,
-                     out_f32, (bf16*)out_bf16, (const bf16*)v, (const bf16*)v1,
-                     (const float*)lamb, n);
-  return mn_launch(fn, value_mix_forward_kernel<float>, mn_blocks_for(n, 256), 256, 0, stream,
-                   out_f32, (bf16*)out_bf16, (const float*)v, (const float*)v1, (const float*)lamb,
-                   n);
+  return mn_with_dtype(v_bf16, [&](auto tv) {
+    using TV = typename decltype(tv)::type;
+    return mn_launch(fn, value_mix_forward_kernel<TV>, mn_blocks_for(n, 256), 256, 0, stream,
+                     out_f32, (bf16*)out_bf16, (const TV*)v, (const TV*)v1, (const float*)lamb, n);
+  });
 }
 
-template <typename TV, typename TD>
-static int value_mix_backward_as(const char* fn, void* dv, float* dv1, float* dlamb, float* dout,
-                                 void* v, void* v1, float* lamb, int64_t n, int accumulate,
-                                 float* part, void* stream) {
-  const int acc = (accumulate & 4) ? 1 : 0;
-  const TV *vt = (const TV*)v, *v1t = (const TV*)v1;
-  if (dv && dv == dv1)
-    return mn_reduce::full_sums<1>(
-        fn, ValueMixTerm<true, TV, TD>{(TD*)dv, dv1, dout, vt, v1t, lamb, accumulate, 0.0f}, dlamb,
-        nullptr, n, acc, part, stream);
-  return mn_reduce::full_sums<1>(
-      fn, ValueMixTerm<false, TV, TD>{(TD*)dv, dv1, dout, vt, v1t, lamb, accumulate, 0.0f}, dlamb,
-      nullptr, n, acc, part, stream);
-}
-
-MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout, void* v, void* v1,
-                                 float* lamb, int v_bf16, int dv_bf16, int64_t n, int accumulate,
-                                 void* stream) {
+MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,
+                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int64_t n,
+                                 int accumulate, void* stream) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
@@ -361,17 +343,25 @@ MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 1), stream))
     return rc;
-  if (v_bf16 && dv_bf16)
-    return value_mix_backward_as<bf16, bf16>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
-                                             part, stream);
-  if (v_bf16)
-    return value_mix_backward_as<bf16, float>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
-                                              part, stream);
-  if (dv_bf16)
-    return value_mix_backward_as<float, bf16>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
-                                              part, stream);
-  return value_mix_backward_as<float, float>(fn, dv, dv1, dlamb, dout, v, v1, lamb, n, accumulate,
-                                             part, stream);
+  const int acc = (accumulate & 4) ? 1 : 0;
+  return mn_with_dtype(v_bf16, [&](auto tv) {
+    return mn_with_dtype(dout_bf16, [&](auto to) {
+      return mn_with_dtype(dv_bf16, [&](auto td) {
+        using TV = typename decltype(tv)::type;
+        using TO = typename decltype(to)::type;
+        using TD = typename decltype(td)::type;
+        const TV *vt = (const TV*)v, *v1t = (const TV*)v1;
+        const TO* d = (const TO*)dout;
+        if (dv && dv == dv1)
+          return mn_reduce::full_sums<1>(
+              fn, ValueMixTerm<true, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, 0.0f},
+              dlamb, nullptr, n, acc, part, stream);
+        return mn_reduce::full_sums<1>(
+            fn, ValueMixTerm<false, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, 0.0f},
+            dlamb, nullptr, n, acc, part, stream);
+      });
+    });
+  });
 }
 
 // ---- ReLU^2 of the MLP (c_fc -> relu(x)^2 -> c_proj) in bf16 ----

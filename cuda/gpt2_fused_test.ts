@@ -324,6 +324,7 @@ const qkBackward = (be: Backend, t: Named, { B, T, H, D }: QkCfg, acc: number) =
     t.x.ptr,
     t.rstd.ptr,
     isBf16(t.x),
+    isBf16(t.dout),
     isBf16(t.dx),
     B,
     T,
@@ -417,6 +418,7 @@ const vBackward = (be: Backend, t: Named, c: VCfg, acc: number) =>
     v1Ptr(t, c),
     t.lamb.ptr,
     isBf16(t.v),
+    isBf16(t.dout),
     isBf16(t.dv),
     BigInt(c.n),
     acc,
@@ -469,7 +471,7 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
   const tname = tgt.name === "cpu" ? "cpu" : targetName(tgt);
   Deno.test({
     name:
-      `qk_rmsnorm_rotary and value_mix: bf16 inputs read as their values, bf16 gradients rounded once (${tname})`,
+      `qk_rmsnorm_rotary and value_mix: bf16 inputs (x, v, dout) read as their values, bf16 gradients rounded once (${tname})`,
     ignore: !tgt.run,
     fn() {
       const be = backend(tgt.name, tgt.variant);
@@ -489,23 +491,29 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
       };
       qkConfigs.forEach((c, ci) => {
         const rng = new Rng(4000 + ci), n = qkN(c), l = `${qkLabel(c)} (${tname})`;
-        const x = round(qkInput(rng, c)), dout = rng.normal(n), init = rng.normal(n);
+        const x = round(qkInput(rng, c)), dout = round(rng.normal(n)), init = rng.normal(n);
         const fwd = (bf16: boolean) =>
           withTensors(be, { x: as(x, bf16) }, qkOutputs(c), (t) => qkForward(be, t, c));
         const want = fwd(false);
         same(`${l} forward`, fwd(true), want);
-        const bwd = (xBf16: boolean, dxBf16: boolean, acc: number) =>
+        // bf16 x, dout, dx: the projection's output, the attention's gradient, the GEMM operand
+        const bwd = (xBf16: boolean, dxBf16: boolean, acc: number, doutBf16 = xBf16) =>
           withTensors(
             be,
             {
               x: as(x, xBf16),
-              dout: as(dout, false),
+              dout: as(dout, doutBf16),
               rstd: as(want.rstd as Float32Array, false),
             },
             { dx: grad(n, dxBf16, acc ? init : undefined) },
             (t) => qkBackward(be, t, c, acc),
           );
         same(`${l} fp32 dx from bf16 x`, bwd(true, false, -1), bwd(false, false, -1));
+        same(
+          `${l} fp32 dx from bf16 x, fp32 dout`,
+          bwd(true, false, -1, false),
+          bwd(false, false, -1),
+        );
         const dx = round(bwd(false, false, 0).dx as Float32Array);
         same(`${l} bf16 dx`, bwd(true, true, 0), { dx });
         assert.throws(() => bwd(true, true, 1), /bf16 dx is overwritten/);
@@ -514,11 +522,12 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
         const rng = new Rng(5000 + ci), l = `${vLabel(c)} (${tname})`;
         const inp = vInputs(rng, c.n);
         const v = round(inp.v.data), v1 = round(inp.v1.data), init = rng.normal(c.n);
-        const ins = (bf16: boolean) => ({
+        const dout = round(inp.dout.data);
+        const ins = (bf16: boolean, doutBf16 = bf16) => ({
           v: as(v, bf16),
           v1: as(v1, bf16),
           lamb: inp.lamb,
-          dout: inp.dout,
+          dout: as(dout, doutBf16),
         });
         const fwd = (bf16: boolean) =>
           withTensors(be, ins(bf16), {
@@ -527,8 +536,8 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
           }, (t) => vForward(be, t, c));
         same(`${l} forward`, fwd(true), fwd(false));
         // dv1 and dlamb add (bits 1, 2); dv adds under bit 0
-        const bwd = (vBf16: boolean, dvBf16: boolean, acc: number) => {
-          const r: Record<string, ArrayLike<number>> = withTensors(be, ins(vBf16), {
+        const bwd = (vBf16: boolean, dvBf16: boolean, acc: number, doutBf16 = vBf16) => {
+          const r: Record<string, ArrayLike<number>> = withTensors(be, ins(vBf16, doutBf16), {
             dv: grad(c.n, dvBf16, acc & 1 ? init : undefined),
             dv1: grad(c.n, false, init),
             dlamb: { shape: [1], init: new Float32Array([0.25]) },
@@ -537,6 +546,11 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
           return r;
         };
         same(`${l} fp32 dv from bf16 v`, bwd(true, false, 7), bwd(false, false, 7));
+        same(
+          `${l} fp32 dv from bf16 v, fp32 dout`,
+          bwd(true, false, 7, false),
+          bwd(false, false, 7),
+        );
         if (c.kind === "same") {
           assert.throws(() => bwd(true, true, 6), /bf16 dv cannot be dv1/);
           return;

@@ -104,16 +104,17 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
   return 0;
 }
 
-MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, float* dout, void* x, float* rstd, int x_bf16,
-                                         int dx_bf16, int B, int T, int H, int D, int accumulate,
-                                         void* stream) {
+MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* rstd, int x_bf16,
+                                         int dout_bf16, int dx_bf16, int B, int T, int H, int D,
+                                         int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
   std::vector<float> dnormed(n), xf = widened(x, x_bf16, n), dxf(dx_bf16 ? n : 0);
-  if (int rc = mn_rotary_backward(dnormed.data(), dout, B, T, H, D, 0, stream)) return rc;
+  std::vector<float> doutf = widened(dout, dout_bf16, n);
+  if (int rc = mn_rotary_backward(dnormed.data(), doutf.data(), B, T, H, D, 0, stream)) return rc;
   float* d = dx_bf16 ? dxf.data() : (float*)dx;
   if (int rc = mn_rmsnorm_backward(d, dnormed.data(), xf.data(), rstd, B * T * H, D,
                                    accumulate & 1, stream))
@@ -138,9 +139,9 @@ MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void
   return 0;
 }
 
-MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout, void* v, void* v1,
-                                 float* lamb, int v_bf16, int dv_bf16, int64_t n, int accumulate,
-                                 void*) {
+MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,
+                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int64_t n,
+                                 int accumulate, void*) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
@@ -148,12 +149,13 @@ MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, float* dout
   MN_REQUIRE(!dv_bf16 || !dv || dv != (void*)dv1,
              "%s: a bf16 dv cannot be dv1 (v1 is v: its gradient sums in fp32)", fn);
   const std::vector<float> vf = widened(v, v_bf16, n), v1f = widened(v1, v_bf16, n);
+  const std::vector<float> doutf = widened(dout, dout_bf16, n);
   const double l = lamb[0];
   const bool same = dv && dv == (void*)dv1;
   float* dvf = (float*)dv;
   double s = 0;
   for (int64_t i = 0; i < n; i++) {
-    const double g = dout[i];
+    const double g = doutf[i];
     if (same) {
       dvf[i] = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + g);
     } else {

@@ -83,7 +83,11 @@ export function runAttention(
   const [fwd, bwd] = impl === "tc"
     ? [be.k.mn_attention_tc_forward, be.k.mn_attention_tc_backward]
     : impl === "tc_bf16"
-    ? [be.k.mn_attention_tc_forward_bf16, be.k.mn_attention_tc_backward_bf16]
+    ? [
+      be.k.mn_attention_tc_forward_bf16,
+      // fp32 gradients (grads_bf16 = 0), else the fp32 signature
+      (...a: unknown[]) => be.k.mn_attention_tc_backward_bf16(...a.slice(0, -2), 0, ...a.slice(-2)),
+    ]
     : impl === "cc_f32"
     ? [be.k.mn_attention_forward_f32, be.k.mn_attention_backward_f32]
     : [be.k.mn_attention_forward, be.k.mn_attention_backward];
