@@ -16,13 +16,7 @@ import {
   type StepInputs,
   TrainStep,
 } from "./cuda/step.ts";
-import {
-  lmHeadLossBf16,
-  mixRmsnorm,
-  mlpRelu2,
-  qkRmsnormRotary,
-  valueMix,
-} from "./cuda/fused_ops.ts";
+import { type FirstV, lmHeadLossBf16, mixRmsnorm, mlpRelu2, qkvHeads } from "./cuda/fused_ops.ts";
 import {
   loadStateByName,
   readSafetensors,
@@ -366,7 +360,7 @@ export class Model {
     const P = (n: string) => g.param(this.p(n));
     let x = g.rmsnorm(g.embedding(idx, P("transformer.wte.weight"), [B, T]));
     const x0 = x;
-    let v1: Var | null = null;
+    let v1: V1 | null = null;
     for (let l = 0; l < a.n_layer; l++) { // Block.forward
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
@@ -393,30 +387,35 @@ export class Model {
     return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale); // bf16 logits
   }
 
-  /** CausalSelfAttention.forward: returns (y, v1) */
-  attn(g: Graph, layer: number, x: Var, v1: Var | null): [Var, Var] {
+  /** CausalSelfAttention.forward: returns (y, v1); v1 is the first block's v (a FirstV on the
+   * fused path) */
+  attn(g: Graph, layer: number, x: Var, v1: V1 | null): [Var, V1] {
     const a = this.a, B = a.device_bsz, T = a.sequence_length;
     const H = a.n_head, D = a.n_embd / a.n_head;
     const P = (n: string) => g.param(this.p(`transformer.h.${layer}.attn.${n}`));
-    // fused: q, k, v are the projections' bf16 outputs (autocast's), read by the fused norm/mix
-    // kernels, which write their gradients in bf16; the generic ops read fp32
-    const heads = (w: string) => view(g, g.matmul(x, P(w), true, !a.unfused), [B, T, H, D]);
-    let q = heads("c_q.weight"), k = heads("c_k.weight"), v = heads("c_v.weight");
-    if (v1 === null) v1 = v; // the first block: later blocks mix in its v
+    let q: Var, k: Var, v: Var;
     if (a.unfused) {
+      const heads = (w: string) => view(g, g.matmul(x, P(w), true), [B, T, H, D]);
+      [q, k, v] = [heads("c_q.weight"), heads("c_k.weight"), heads("c_v.weight")];
+      const first = (v1 as Var | null) ?? v; // the first block: later blocks mix in its v
       // v = (1 - lamb) * v + lamb * v1, written v + lamb * (v1 - v)
-      v = g.axpby(1, v, P("lamb"), g.axpby(1, v1, -1, v));
+      v = g.axpby(1, v, P("lamb"), g.axpby(1, first, -1, v));
       q = rotary(g, g.rmsnorm(q)); // QK norm over the head dim, then rotary
       k = rotary(g, g.rmsnorm(k));
-    } else { // the same, each one kernel that writes the attention's bf16 operand
-      v = valueMix(g, v, v1, P("lamb"));
-      q = qkRmsnormRotary(g, q);
-      k = qkRmsnormRotary(g, k);
+      v1 = first;
+    } else {
+      // the same: q, k, v as one bf16 GEMM (autocast's outputs), QK norm + rotary and the value
+      // mix each one kernel reading it in place and writing the attention's bf16 operand
+      const ws: [Var, Var, Var] = [P("c_q.weight"), P("c_k.weight"), P("c_v.weight")];
+      [q, k, v, v1] = qkvHeads(g, x, ws, P("lamb"), v1 as FirstV | null, H);
     }
     const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
     return [g.matmul(y, P("c_proj.weight"), true), v1];
   }
 }
+
+/** the first block's v, as the unfused (a Var) and fused (qkvHeads) paths keep it */
+type V1 = Var | FirstV;
 
 // -----------------------------------------------------------------------------
 // optimizers: torch.optim.Adam (fused) and Muon, grouped as the original

@@ -167,6 +167,20 @@ inline int mn_check_qk_heads(const char* fn, int B, int T, int H, int D) {
   MN_REQUIRE(D % 2 == 0 && D <= 1024, "%s: head dim D=%d must be even and <= 1024", fn, D);
   return 0;
 }
+// a row stride (elements between rows) of at least the row's width
+inline int mn_check_row_stride(const char* fn, const char* name, int64_t ld, int64_t width) {
+  MN_REQUIRE(ld >= width, "%s: %s = %lld is less than the row width %lld", fn, name, (long long)ld,
+             (long long)width);
+  return 0;
+}
+// the value mix's n elements as [n / C, C] rows; v, v1 rows ld_v apart, dv rows ld_dv apart
+inline int mn_check_value_mix_rows(const char* fn, int64_t n, int C, int ld_v, int ld_dv) {
+  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  MN_REQUIRE(C > 0 && n % C == 0, "%s: n = %lld is not a whole number of rows of C = %d", fn,
+             (long long)n, C);
+  if (int rc = mn_check_row_stride(fn, "ld_v", ld_v, C)) return rc;
+  return mn_check_row_stride(fn, "ld_dv", ld_dv, C);
+}
 // one pass over n elements (the bf16 relu^2 kernels of the MLP, gpt2_fused.cu); ptrs_ok: every
 // pointer argument is non-NULL
 inline int mn_check_elementwise(const char* fn, bool ptrs_ok, int64_t n) {

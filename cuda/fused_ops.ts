@@ -2,7 +2,7 @@
 // trainers. Each is the composition of generic Graph ops it replaces (same rounding of every
 // element), launched as one forward and one backward kernel; the generic ops stay in
 // cuda/autograd.ts for anyone who changes a model.
-import type { Tensor } from "./backend.ts";
+import { DTYPE_BYTES, Tensor } from "./backend.ts";
 import { type Graph, Var } from "./autograd.ts";
 
 const ONES = new WeakMap<Graph, Tensor>();
@@ -87,99 +87,181 @@ const bf16Ptr = (t: Tensor) => (t.dtype === "bf16" ? t.ptr : null);
 
 /** 1 when t is bf16 (the ABI's dtype flags) */
 const isBf16 = (t: Tensor) => (t.dtype === "bf16" ? 1 : 0);
+/** the address `elems` elements into t (a column block of a row-major matrix) */
+const at = (t: Tensor, elems: number) =>
+  Deno.UnsafePointer.offset(t.ptr as Deno.PointerObject, elems * DTYPE_BYTES[t.dtype]);
+
+/** The first block's v of GPT-2's value residual: a column block of that block's fused q|k|v
+ * output (rows 3C apart), read by every later block's value mix. Its Var's gradient is fp32
+ * [N, C], contiguous (every block adds to it); its tensor is not contiguous: only qkvHeads
+ * reads it. */
+export interface FirstV {
+  v: Var;
+  qkv: Tensor;
+}
 
 /**
- * rotary(F.rms_norm(x)) per head row of x [B,T,H,D] (the record's QK norm, then the rotary
- * embedding), written as the attention's operand (bf16, or fp32 on the "f32" path). x may be the
- * projection's bf16 output (autocast's q, k): then its gradient is written bf16 when x may take one
- * (Graph.gradSinksBf16), the operand the projection's backward GEMMs read, and no cast runs.
+ * The attention's inputs from the normed residual x [B,T,C]: q, k, v = x @ W^T (the three
+ * nn.Linear [C, C] weights as one GEMM over their stacked bf16 operands: x is read once), then
+ * rotary(F.rms_norm(q)), the same of k (the record's QK norm over the head dim D = C/H), and the
+ * value residual v + lamb (v1 - v) with v1 the first block's v (`first`; null in the first block,
+ * which returns its own). q, k, v are autocast's bf16 (fp32 on the "f32" path), read in place by
+ * the norm and mix kernels (rows 3C apart); their gradients land in one [N, 3C] buffer, so the
+ * backward is one dx GEMM (K = 3C) and one dW GEMM instead of three of each. Returns [q, k, v]
+ * ([B,T,H,D] attention operands, whose gradients may come bf16) and the first block's FirstV.
  */
-export function qkRmsnormRotary(g: Graph, x: Var, eps = 1.1920928955078125e-7): Var {
-  const [B, T, H, D] = x.shape;
-  const out = operandOut(g, x.shape, "qk.rotary"); // [B,T,H,D]
-  const rstd = g.out([B * T * H], "qk.rstd"); // [B*T*H] fp32
-  const xb = isBf16(x.t);
-  g.k.mn_qk_rmsnorm_rotary_forward(
-    f32Ptr(out),
-    bf16Ptr(out),
-    rstd.ptr,
-    x.t.ptr,
-    xb,
-    B,
-    T,
-    H,
-    D,
-    eps,
-    g.s,
+export function qkvHeads(
+  g: Graph,
+  x: Var,
+  ws: [Var, Var, Var],
+  lamb: Var,
+  first: FirstV | null,
+  H: number,
+  eps = 1.1920928955078125e-7,
+): [Var, Var, Var, FirstV] {
+  const [B, T, C] = x.shape, N = B * T, D = C / H, S = 3 * C;
+  for (const w of ws) {
+    if (w.shape[0] !== C || w.shape[1] !== C) {
+      throw new Error(`qkvHeads: ${w.t} is not [${C},${C}]`);
+    }
+  }
+  const dt = g.precision === "f32" ? "f32" : "bf16";
+  const xb = g.operand(x); // [N, C]
+  const wcat = g.out([S, C], "qkv.w", dt); // [3C, C]: W_q, W_k, W_v stacked (kept for dx)
+  const wBytes = C * C * DTYPE_BYTES[dt];
+  ws.forEach((w, j) =>
+    g.k.mn_memcpy_d2d(at(wcat, j * C * C), g.operand(w).ptr, BigInt(wBytes), g.s)
   );
-  const y = g.node(out, [x], (y) => {
-    const sink = g.gradSinksBf16([x]);
-    const [[dx], acc] = sink ? [[sink[0][0]], 0] : g.grads(x);
-    const [ob, db] = [isBf16(y.g), sink ? 1 : 0];
-    g.k.mn_qk_rmsnorm_rotary_backward(
-      dx,
-      y.g.ptr,
-      x.t.ptr,
+  const qkv = g.out([N, S], "qkv", dt); // [N, 3C]: q | k | v of each token
+  g.gemm(0, 1, N, S, C, 1, xb.ptr, C, 0n, wcat.ptr, C, 0n, 0, qkv.ptr, S, 0n, 1, dt === "bf16");
+  const qb = isBf16(qkv), shape = [B, T, H, D];
+  const rstds = [0, 1].map((j) => {
+    const out = operandOut(g, shape, j ? "k.rotary" : "q.rotary"); // [B,T,H,D]
+    const rstd = g.out([N * H], "qk.rstd"); // [B*T*H] fp32
+    g.k.mn_qk_rmsnorm_rotary_forward(
+      f32Ptr(out),
+      bf16Ptr(out),
       rstd.ptr,
-      xb,
-      ob,
-      db,
+      at(qkv, j * C),
+      qb,
+      S,
       B,
       T,
       H,
       D,
-      acc,
+      eps,
       g.s,
     );
+    return [out, rstd] as const;
   });
-  y.bf16Grad = true; // its gradient may come bf16 (the attention's, as autocast's)
-  return y;
-}
-
-/**
- * The value residual v + lamb * (v1 - v) (lamb a 1-element parameter), written as the attention's
- * operand; v1 may be v (the first block). v and v1 both fp32 or both bf16 (the projections'
- * autocast outputs); v's gradient is bf16 when v may take one (a later block's own v), as in
- * qkRmsnormRotary.
- */
-export function valueMix(g: Graph, v: Var, v1: Var, lamb: Var): Var {
-  if (v1.t.numel !== v.t.numel || v1.t.dtype !== v.t.dtype) {
-    throw new Error(`valueMix: v ${v.t} and v1 ${v1.t} differ`);
-  }
-  const out = operandOut(g, v.shape, "value_mix"); // v's shape
-  const vb = isBf16(v.t);
+  const needs = g.needs(x, ...ws, lamb);
+  const own: FirstV = first ?? {
+    v: new Var(
+      new Tensor(at(qkv, 2 * C) as Deno.PointerObject, [N, C], dt, "qkv.v (rows 3C apart)"),
+      needs,
+    ),
+    qkv,
+  };
+  const vm = operandOut(g, shape, "value_mix"); // [B,T,H,D]
+  const v1 = at(own.qkv, 2 * C);
   g.k.mn_value_mix_forward(
-    f32Ptr(out),
-    bf16Ptr(out),
-    v.t.ptr,
-    v1.t.ptr,
+    f32Ptr(vm),
+    bf16Ptr(vm),
+    at(qkv, 2 * C),
+    v1,
     lamb.t.ptr,
-    vb,
-    v.t.n,
+    qb,
+    C,
+    S,
+    BigInt(N * C),
     g.s,
   );
-  const y = g.node(out, [v, v1, lamb], (y) => {
-    const sink = v !== v1 ? g.gradSinksBf16([v]) : null;
-    // v1 may be v (the first block): the kernel writes dv before dv1, so the first may overwrite
-    const [[dv, dv1, dlamb], acc] = g.gradsInOrder(sink ? null : v, v1, lamb);
-    g.k.mn_value_mix_backward(
-      sink ? sink[0][0] : dv,
-      dv1,
-      dlamb,
-      y.g.ptr,
-      v.t.ptr,
-      v1.t.ptr,
-      lamb.t.ptr,
-      vb,
-      isBf16(y.g),
-      sink ? 1 : 0,
-      v.t.n,
-      acc,
-      g.s,
-    );
-  });
-  y.bf16Grad = true; // as qkRmsnormRotary's
-  return y;
+  const outs = [rstds[0][0], rstds[1][0], vm].map((t) => new Var(t, needs));
+  outs.forEach((o) => (o.bf16Grad = true)); // the attention may write their gradients in bf16
+  if (!needs) return [outs[0], outs[1], outs[2], own];
+  g.record(() => {
+    const v0 = first ? null : own.v; // the first block: v1 is its own v
+    if (outs.some((o) => o.g) || v0?.g) {
+      const dqkv = g.out([N, S], "qkv.grad", dt); // [N, 3C], overwritten below
+      const db = isBf16(dqkv);
+      outs.forEach((o) => o.g || g.grad(o));
+      [0, 1].forEach((j) => {
+        const dout = outs[j].g!;
+        g.k.mn_qk_rmsnorm_rotary_backward(
+          at(dqkv, j * C),
+          dout.ptr,
+          at(qkv, j * C),
+          rstds[j][1].ptr,
+          qb,
+          isBf16(dout),
+          db,
+          S,
+          B,
+          T,
+          H,
+          D,
+          0,
+          g.s,
+        );
+      });
+      const dout = outs[2].g!;
+      const vmix = (
+        dv: Deno.PointerValue,
+        dv1: Deno.PointerValue,
+        ldDv: number,
+        dvBf16: number,
+        acc: number,
+        dlamb: Deno.PointerValue,
+      ) =>
+        g.k.mn_value_mix_backward(
+          dv,
+          dv1,
+          dlamb,
+          dout.ptr,
+          at(qkv, 2 * C),
+          v1,
+          lamb.t.ptr,
+          qb,
+          isBf16(dout),
+          dvBf16,
+          C,
+          S,
+          ldDv,
+          BigInt(N * C),
+          acc,
+          g.s,
+        );
+      if (first) {
+        // v's gradient straight into its block of dqkv; v1's (fp32) and lamb's added to
+        const [[, dv1, dlamb], acc] = g.grads(null, first.v, lamb);
+        vmix(at(dqkv, 2 * C), dv1, S, db, acc, dlamb);
+      } else {
+        // v1 is v: the later blocks' sum (v0.g) plus this block's, in fp32, then into dqkv
+        const [[dlamb], lacc] = g.grads(lamb);
+        const dv = v0!.g ?? g.out([N, C], "qkv.dv"); // [N, C] fp32
+        vmix(dv.ptr, dv.ptr, C, 0, (v0!.g ? 1 : 0) | (lacc & 1 ? 4 : 0), dlamb);
+        g.k.mn_copy_columns(at(dqkv, 2 * C), S, db, dv.ptr, C, 0, N, C, 0, g.s);
+        g.dropGrad(v0!);
+      }
+      if (x.requiresGrad) {
+        // dx [N, C] (+)= dqkv [N, 3C] @ wcat [3C, C]
+        const [[dx], acc] = g.grads(x);
+        g.gemm(0, 0, N, C, S, 1, dqkv.ptr, S, 0n, wcat.ptr, C, 0n, acc & 1, dx, C, 0n);
+      }
+      if (ws.some((w) => w.requiresGrad)) {
+        // [3C, C] fp32 scratch: dqkv^T @ x, each weight's gradient a block of C rows
+        const dw = g.out([S, C], "qkv.dw");
+        g.gemm(1, 0, S, C, N, 1, dqkv.ptr, S, 0n, xb.ptr, C, 0n, 0, dw.ptr, C, 0n);
+        ws.forEach((w, j) => {
+          if (!w.requiresGrad) return;
+          const [[dW], acc] = g.grads(w);
+          g.k.mn_copy_columns(dW, C, 0, at(dw, j * C * C), C, 0, C, C, acc & 1, g.s);
+        });
+      }
+    }
+    outs.forEach((o) => g.dropGrad(o));
+  }, [x, ...ws, lamb, first?.v ?? null]);
+  return [outs[0], outs[1], outs[2], own];
 }
 
 /**

@@ -180,12 +180,19 @@ __device__ inline float qk_load(const bf16* p) { return mn_bf16_to_f32(*p); }
 __device__ inline void qk_store(float* p, float v) { *p = v; }
 __device__ inline void qk_store(bf16* p, float v) { *p = mn_f32_to_bf16(v); }
 
+// x (and dx) rows of a token are ld_x elements apart (a column block of the fused q|k|v GEMM's
+// output); the head row's D elements are contiguous.
+__device__ inline int64_t qk_at(int64_t row, int H, int D, int ld_x) {
+  return (row / H) * ld_x + (row % H) * D;
+}
+
 template <typename TX>
 __global__ void qk_rmsnorm_rotary_forward_kernel(float* out_f32, bf16* out_bf16, float* rstd,
-                                                 const TX* x, int T, int H, int D, float eps) {
+                                                 const TX* x, int T, int H, int D, int ld_x,
+                                                 float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
-  const TX* xr = x + row * D;
+  const TX* xr = x + qk_at(row, H, D, ld_x);
   const int c = threadIdx.x, half = D / 2;
   const float v = c < D ? qk_load(xr + c) : 0.0f;
   const float r = rsqrtf(mn_block_sum(v * v, scratch) / D + eps);
@@ -204,10 +211,10 @@ __global__ void qk_rmsnorm_rotary_forward_kernel(float* out_f32, bf16* out_bf16,
 // TD bf16: dx is the projection's bf16 GEMM operand, rounded once (only overwritten).
 template <typename TX, typename TO, typename TD>
 __global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const TO* dout, const TX* x,
-                                                  const float* rstd, int T, int H, int D,
+                                                  const float* rstd, int T, int H, int D, int ld_x,
                                                   int accumulate) {
   __shared__ float scratch[32];
-  const int64_t row = blockIdx.x;
+  const int64_t row = blockIdx.x, at = qk_at(row, H, D, ld_x);
   const int c = threadIdx.x, half = D / 2;
   const float r = rstd[row];
   float dy = 0.0f, xv = 0.0f;
@@ -217,38 +224,40 @@ __global__ void qk_rmsnorm_rotary_backward_kernel(TD* dx, const TO* dout, const 
     rotary_cos_sin((int)((row / H) % T), i, D, &cs, &sn);
     const float d1 = qk_load(dout + row * D + i), d2 = qk_load(dout + row * D + i + half);
     dy = c < half ? rot_back_first(d1, d2, cs, sn) : rot_back_second(d1, d2, cs, sn);
-    xv = qk_load(x + row * D + c);
+    xv = qk_load(x + at + c);
   }
   const float k = mn_block_sum(dy * xv, scratch) / D * r * r;
   if (c >= D) return;
   const float g = mix_rms_grad(0.0f, r, dy, xv, k);
-  qk_store(dx + row * D + c, (accumulate & 1) ? qk_load(dx + row * D + c) + g : g);
+  qk_store(dx + at + c, (accumulate & 1) ? qk_load(dx + at + c) + g : g);
 }
 
 MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
-                                        int x_bf16, int B, int T, int H, int D, float eps,
-                                        void* stream) {
+                                        int x_bf16, int ld_x, int B, int T, int H, int D,
+                                        float eps, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  if (int rc = mn_check_row_stride(fn, "ld_x", ld_x, H * D)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
   return mn_with_dtype(x_bf16, [&](auto tx) {
     using TX = typename decltype(tx)::type;
     return mn_launch(fn, qk_rmsnorm_rotary_forward_kernel<TX>, (unsigned)rows, mix_threads(D), 0,
-                     stream, out_f32, (bf16*)out_bf16, rstd, (const TX*)x, T, H, D, eps);
+                     stream, out_f32, (bf16*)out_bf16, rstd, (const TX*)x, T, H, D, ld_x, eps);
   });
 }
 
 MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* rstd, int x_bf16,
-                                         int dout_bf16, int dx_bf16, int B, int T, int H, int D,
-                                         int accumulate, void* stream) {
+                                         int dout_bf16, int dx_bf16, int ld_x, int B, int T, int H,
+                                         int D, int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
+  if (int rc = mn_check_row_stride(fn, "ld_x", ld_x, H * D)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
   return mn_with_dtype(x_bf16, [&](auto tx) {
@@ -259,7 +268,7 @@ MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* r
         using TD = typename decltype(td)::type;
         return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<TX, TO, TD>, (unsigned)rows,
                          mix_threads(D), 0, stream, (TD*)dx, (const TO*)dout, (const TX*)x,
-                         (const float*)rstd, T, H, D, accumulate);
+                         (const float*)rstd, T, H, D, ld_x, accumulate);
       });
     });
   });
@@ -271,13 +280,21 @@ __host__ __device__ inline float vmix_value(float v, float v1, float lamb) {
   return 1.0f * v + lamb * vmix_diff(v, v1);
 }
 
+// Element i of a [n / C, C] tensor whose rows are ld elements apart (v, v1: a column block of
+// the fused q|k|v GEMM's output; dv: of its gradient)
+__host__ __device__ inline int64_t vmix_at(int64_t i, int C, int ld) {
+  return ld == C ? i : (i / C) * ld + i % C;
+}
+
 template <typename TV>
 __global__ void value_mix_forward_kernel(float* out_f32, bf16* out_bf16, const TV* v,
-                                         const TV* v1, const float* lamb, int64_t n) {
+                                         const TV* v1, const float* lamb, int64_t n, int C,
+                                         int ld_v) {
   const float l = lamb[0];
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const float o = vmix_value(qk_load(v + i), qk_load(v1 + i), l);
+    const int64_t at = vmix_at(i, C, ld_v);
+    const float o = vmix_value(qk_load(v + at), qk_load(v1 + at), l);
     if (out_f32) out_f32[i] = o;
     if (out_bf16) out_bf16[i] = mn_f32_to_bf16(o);
   }
@@ -296,6 +313,7 @@ struct ValueMixTerm {
   const TV* v1;
   const float* lamb_at;  // device scalar, read once per thread by begin()
   int accumulate;
+  int C, ld_v, ld_dv;
   float lamb;
   struct Load {
     float g, v, v1, dv, dv1;
@@ -303,15 +321,17 @@ struct ValueMixTerm {
   __device__ void begin() { lamb = lamb_at[0]; }
   __device__ Load load(int64_t i) const {
     const bool a0 = accumulate & 1, a1 = accumulate & 2;
-    return Load{qk_load(dout + i), qk_load(v + i), qk_load(v1 + i), dv && a0 ? qk_load(dv + i) : 0.0f,
-                !kSame && dv1 && a1 ? dv1[i] : 0.0f};
+    const int64_t iv = vmix_at(i, C, ld_v), idv = vmix_at(i, C, ld_dv);
+    return Load{qk_load(dout + i), qk_load(v + iv), qk_load(v1 + iv),
+                dv && a0 ? qk_load(dv + idv) : 0.0f, !kSame && dv1 && a1 ? dv1[i] : 0.0f};
   }
   __device__ void use(int64_t i, const Load& l, float* acc) const {
     const float dt = lamb * l.g;  // the gradient of (v1 - v), stored fp32 by the unfused op
+    const int64_t idv = vmix_at(i, C, ld_dv);
     if (kSame) {
-      qk_store(dv + i, ((l.dv + l.g) + dt) + -1.0f * dt);
+      qk_store(dv + idv, ((l.dv + l.g) + dt) + -1.0f * dt);
     } else {
-      if (dv) qk_store(dv + i, (l.dv + l.g) + -1.0f * dt);
+      if (dv) qk_store(dv + idv, (l.dv + l.g) + -1.0f * dt);
       if (dv1) dv1[i] = l.dv1 + dt;
     }
     acc[0] += l.g * vmix_diff(l.v, l.v1);
@@ -319,24 +339,27 @@ struct ValueMixTerm {
 };
 
 MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
-                                int v_bf16, int64_t n, void* stream) {
+                                int v_bf16, int C, int ld_v, int64_t n, void* stream) {
   const char* fn = "value_mix_forward";
   MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_value_mix_rows(fn, n, C, ld_v, C)) return rc;
   return mn_with_dtype(v_bf16, [&](auto tv) {
     using TV = typename decltype(tv)::type;
     return mn_launch(fn, value_mix_forward_kernel<TV>, mn_blocks_for(n, 256), 256, 0, stream,
-                     out_f32, (bf16*)out_bf16, (const TV*)v, (const TV*)v1, (const float*)lamb, n);
+                     out_f32, (bf16*)out_bf16, (const TV*)v, (const TV*)v1, (const float*)lamb, n,
+                     C, ld_v);
   });
 }
 
 MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,
-                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int64_t n,
-                                 int accumulate, void* stream) {
+                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int C,
+                                 int ld_v, int ld_dv, int64_t n, int accumulate, void* stream) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_value_mix_rows(fn, n, C, ld_v, ld_dv)) return rc;
+  MN_REQUIRE(!dv || dv != (void*)dv1 || ld_dv == C, "%s: dv == dv1 must be contiguous (ld_dv = C)",
+             fn);
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dv", dv_bf16, accumulate, 0)) return rc;
   MN_REQUIRE(!dv_bf16 || !dv || (void*)dv != (void*)dv1,
              "%s: a bf16 dv cannot be dv1 (v1 is v: its gradient sums in fp32)", fn);
@@ -354,10 +377,14 @@ MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout,
         const TO* d = (const TO*)dout;
         if (dv && dv == dv1)
           return mn_reduce::full_sums<1>(
-              fn, ValueMixTerm<true, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, 0.0f},
+              fn,
+              ValueMixTerm<true, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v,
+                                             ld_dv, 0.0f},
               dlamb, nullptr, n, acc, part, stream);
         return mn_reduce::full_sums<1>(
-            fn, ValueMixTerm<false, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, 0.0f},
+            fn,
+            ValueMixTerm<false, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v,
+                                            ld_dv, 0.0f},
             dlamb, nullptr, n, acc, part, stream);
       });
     });

@@ -310,6 +310,7 @@ const qkForward = (be: Backend, t: Named, { B, T, H, D }: QkCfg) =>
     t.rstd.ptr,
     t.x.ptr,
     isBf16(t.x),
+    H * D,
     B,
     T,
     H,
@@ -326,6 +327,7 @@ const qkBackward = (be: Backend, t: Named, { B, T, H, D }: QkCfg, acc: number) =
     isBf16(t.x),
     isBf16(t.dout),
     isBf16(t.dx),
+    H * D,
     B,
     T,
     H,
@@ -405,6 +407,8 @@ const vForward = (be: Backend, t: Named, c: VCfg) =>
     v1Ptr(t, c),
     t.lamb.ptr,
     isBf16(t.v),
+    c.n,
+    c.n,
     BigInt(c.n),
     be.stream,
   );
@@ -420,6 +424,9 @@ const vBackward = (be: Backend, t: Named, c: VCfg, acc: number) =>
     isBf16(t.v),
     isBf16(t.dout),
     isBf16(t.dv),
+    c.n,
+    c.n,
+    c.n,
     BigInt(c.n),
     acc,
     be.stream,
@@ -558,6 +565,151 @@ for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ..
         const want = bwd(false, false, 6);
         same(`${l} bf16 dv`, bwd(true, true, 6), { ...want, dv: round(want.dv as Float32Array) });
         assert.throws(() => bwd(true, true, 7), /bf16 dv is overwritten/);
+      });
+    },
+  });
+}
+
+// Strided q, k, v (column blocks of the fused q|k|v GEMM's [N, 3C] output, rows ld apart) and
+// their strided gradients: the same values as contiguous ones, bit for bit, the columns between
+// the blocks neither read (they hold 1e30) nor written (they keep their sentinel).
+for (const tgt of [{ name: "cpu" as const, variant: "" as const, run: true }, ...targets()]) {
+  const tname = tgt.name === "cpu" ? "cpu" : targetName(tgt);
+  Deno.test({
+    name: `qk_rmsnorm_rotary and value_mix: strided inputs and gradients (${tname})`,
+    ignore: !tgt.run,
+    fn() {
+      const be = backend(tgt.name, tgt.variant), k = be.k, st = be.stream;
+      const SENTINEL = 7;
+      /** rows of C values spread to rows of ld, the gaps filled with `fill` */
+      const spread = (a: Float32Array, C: number, ld: number, fill: number) => {
+        const out = new Float32Array((a.length / C) * ld).fill(fill);
+        for (let r = 0; r < a.length / C; r++) out.set(a.subarray(r * C, r * C + C), r * ld);
+        return out;
+      };
+      const squeeze = (a: ArrayLike<number>, C: number, ld: number) => {
+        const rows = a.length / ld, out = new Float32Array(rows * C);
+        for (let r = 0; r < rows; r++) for (let c = 0; c < C; c++) out[r * C + c] = a[r * ld + c];
+        return out;
+      };
+      const gaps = (l: string, a: ArrayLike<number>, C: number, ld: number) => {
+        for (let i = 0; i < a.length; i++) {
+          if (i % ld >= C) assert.equal(a[i], SENTINEL, `${l}: gap element ${i} written`);
+        }
+      };
+      const bf = (a: Float32Array) => ({ data: f32ToBf16(a), dtype: "bf16" as const });
+      qkConfigs.forEach((c, ci) => {
+        const rng = new Rng(6000 + ci), { B, T, H, D } = c, n = qkN(c), C = H * D, ld = C + 6;
+        const l = `${qkLabel(c)} (${tname})`;
+        const x = qkInput(rng, c), dout = rng.normal(n);
+        const run = (ldx: number, ldArg = ldx) => {
+          const xs = ldx === C ? x : spread(x, C, ldx, 1e30);
+          const dx0 = new Float32Array(xs.length).fill(SENTINEL);
+          return withTensors(be, {
+            x: { ...bf(xs), shape: [xs.length] },
+            dout: { ...bf(dout), shape: [n] },
+          }, {
+            ...qkOutputs(c),
+            dx: { shape: [xs.length], dtype: "bf16", init: f32ToBf16(dx0) },
+          }, (t) => {
+            k.mn_qk_rmsnorm_rotary_forward(
+              t.out_f32.ptr,
+              t.out_bf16.ptr,
+              t.rstd.ptr,
+              t.x.ptr,
+              1,
+              ldArg,
+              B,
+              T,
+              H,
+              D,
+              EPS,
+              st,
+            );
+            k.mn_qk_rmsnorm_rotary_backward(
+              t.dx.ptr,
+              t.dout.ptr,
+              t.x.ptr,
+              t.rstd.ptr,
+              1,
+              1,
+              1,
+              ldArg,
+              B,
+              T,
+              H,
+              D,
+              0,
+              st,
+            );
+          });
+        };
+        const want = run(C), got = run(ld);
+        for (const key of ["out_f32", "out_bf16", "rstd"]) {
+          compare(`${l} strided ${key}`, got[key], want[key], EXACT);
+        }
+        compare(`${l} strided dx`, squeeze(got.dx, C, ld), want.dx, EXACT);
+        gaps(`${l} dx`, got.dx, C, ld);
+        assert.throws(() => run(C, C - 1), /ld_x = \d+ is less than the row width/);
+      });
+      vConfigs.forEach((c, ci) => {
+        if (c.n % 9 !== 0) return; // rows of C = 9
+        const rng = new Rng(7000 + ci), C = 9, ld = 3 * C, l = `${vLabel(c)} (${tname})`;
+        const inp = vInputs(rng, c.n);
+        const run = (ldv: number) => {
+          const sv = (a: Float32Array) => (ldv === C ? a : spread(a, C, ldv, 1e30));
+          const [v, v1] = [sv(inp.v.data), sv(inp.v1.data)];
+          const dv0 = new Float32Array(v.length).fill(SENTINEL);
+          return withTensors(be, {
+            v: { ...bf(v), shape: [v.length] },
+            v1: { ...bf(v1), shape: [v.length] },
+            lamb: inp.lamb,
+            dout: inp.dout,
+          }, {
+            out_bf16: { shape: [c.n], dtype: "bf16" },
+            dv: { shape: [v.length], dtype: "bf16", init: f32ToBf16(dv0) },
+            dv1: { shape: [c.n], init: new Float32Array(c.n) },
+            dlamb: { shape: [1], init: new Float32Array(1) },
+          }, (t) => {
+            const n = BigInt(c.n);
+            k.mn_value_mix_forward(
+              null,
+              t.out_bf16.ptr,
+              t.v.ptr,
+              t.v1.ptr,
+              t.lamb.ptr,
+              1,
+              C,
+              ldv,
+              n,
+              st,
+            );
+            k.mn_value_mix_backward(
+              t.dv.ptr,
+              t.dv1.ptr,
+              t.dlamb.ptr,
+              t.dout.ptr,
+              t.v.ptr,
+              t.v1.ptr,
+              t.lamb.ptr,
+              1,
+              0,
+              1,
+              C,
+              ldv,
+              ldv,
+              n,
+              6,
+              st,
+            );
+          });
+        };
+        const want = run(C), got = run(ld);
+        for (const key of ["out_bf16", "dv1", "dlamb"]) {
+          compare(`${l} strided ${key}`, got[key], want[key], EXACT);
+        }
+        compare(`${l} strided dv`, squeeze(got.dv, C, ld), want.dv, EXACT);
+        gaps(`${l} dv`, got.dv, C, ld);
       });
     },
   });

@@ -628,30 +628,33 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
                                    float* x_out, float* rstd, float* x, float* y, float* ab, int N,
                                    int C, int accumulate, void* stream);
 /* QK-RMSNorm + rotary: per head row of x [B,T,H,D], fp32 or (x_bf16 != 0) bf16 (the projection's
- * autocast output, read as its values), F.rms_norm over D (rstd [B*T*H]) then
+ * autocast output, read as its values), its tokens' rows ld_x >= H*D elements apart (a column
+ * block of the fused q|k|v GEMM's [B*T, 3C] output; dx the same block of its gradient), F.rms_norm over D (rstd [B*T*H]) then
  * mn_rotary_forward's rotation; written fp32 (out_f32) and/or as the bf16 attention operand
  * (out_bf16), either may be NULL, not both; rounded as rmsnorm then rotary (then the cast) round.
  * Backward: dx (bit 0) gets the rmsnorm backward of R^T dout at x, rstd; x as in the forward
  * (x_bf16); dout fp32, or bf16 (dout_bf16 != 0: the attention's bf16 gradient); dx_bf16 != 0: dx is written as bf16 (the projection's backward GEMM operand), the fp32
  * value rounded once, and only overwritten (bit 0 must be clear). D even, <= 1024. */
 MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
-                                        int x_bf16, int B, int T, int H, int D, float eps,
-                                        void* stream);
+                                        int x_bf16, int ld_x, int B, int T, int H, int D,
+                                        float eps, void* stream);
 MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* rstd, int x_bf16,
-                                         int dout_bf16, int dx_bf16, int B, int T, int H, int D,
-                                         int accumulate, void* stream);
+                                         int dout_bf16, int dx_bf16, int ld_x, int B, int T, int H,
+                                         int D, int accumulate, void* stream);
 /* Value residual: out = v + lamb[0] * (v1 - v) over n elements (fp32 and/or bf16 out, as above),
  * rounded as axpby(1, v, lamb, axpby(1, v1, -1, v)); v and v1 fp32, or both bf16 (v_bf16 != 0:
- * the projections' autocast outputs, read as their values). Backward: dv (bit 0) gets
+ * the projections' autocast outputs, read as their values). The n elements are [n / C, C] rows;
+ * v's and v1's rows are ld_v >= C elements apart, dv's ld_dv (column blocks of the fused q|k|v
+ * GEMM's output and gradient); out, dout, dv1 are contiguous. Backward: dv (bit 0) gets
  * dout - lamb dout, dv1 (bit 1) lamb dout, dlamb[0] (bit 2) sum(dout * (v1 - v)) (deterministic
  * two-stage sum). dv or dv1 may be NULL; dv == dv1 (v1 is v): both contributions, under bit 0.
  * dout fp32, or bf16 (dout_bf16 != 0). dv_bf16 != 0: dv is written as bf16 (the projection's backward GEMM operand), the fp32 value
  * rounded once, only overwritten (bit 0 clear), and is not dv1. */
 MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
-                                int v_bf16, int64_t n, void* stream);
+                                int v_bf16, int C, int ld_v, int64_t n, void* stream);
 MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,
-                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int64_t n,
-                                 int accumulate, void* stream);
+                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int C,
+                                 int ld_v, int ld_dv, int64_t n, int accumulate, void* stream);
 /* relu(x)^2 written as the bf16 operand of the next matmul (mn_relu2_forward then the cast, in one
  * pass); its backward is mn_relu2_backward on the fp32 input. */
 MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void* stream);

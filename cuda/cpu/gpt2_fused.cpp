@@ -74,26 +74,36 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_o
 }
 
 // QK-RMSNorm + rotary: the composition of this backend's own rmsnorm and rotary references.
-// A bf16 input as its fp32 values (the fp32 definitions below then apply unchanged).
-static std::vector<float> widened(const void* p, int bf16, int64_t n) {
-  std::vector<float> out(n);
-  for (int64_t i = 0; i < n; i++)
-    out[i] = bf16 ? bf16_to_f32(((const mn_bf16*)p)[i]) : ((const float*)p)[i];
+// A [rows, C] input whose rows are ld elements apart, fp32 or bf16, as contiguous fp32 values (the
+// fp32 definitions below then apply unchanged); scatter writes such a tensor back (bf16: rounded
+// once).
+static std::vector<float> gather(const void* p, int bf16, int64_t rows, int64_t C, int64_t ld) {
+  std::vector<float> out(rows * C);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < C; c++)
+      out[r * C + c] = bf16 ? bf16_to_f32(((const mn_bf16*)p)[r * ld + c])
+                            : ((const float*)p)[r * ld + c];
   return out;
 }
-static void round_into(void* out, const std::vector<float>& v) {
-  for (size_t i = 0; i < v.size(); i++) ((mn_bf16*)out)[i] = f32_to_bf16(v[i]);
+static void scatter(void* p, int bf16, const std::vector<float>& v, int64_t C, int64_t ld) {
+  const int64_t rows = (int64_t)v.size() / C;
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < C; c++) {
+      if (bf16) ((mn_bf16*)p)[r * ld + c] = f32_to_bf16(v[r * C + c]);
+      else ((float*)p)[r * ld + c] = v[r * C + c];
+    }
 }
 
 MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
-                                        int x_bf16, int B, int T, int H, int D, float eps,
-                                        void* stream) {
+                                        int x_bf16, int ld_x, int B, int T, int H, int D,
+                                        float eps, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_forward";
   MN_REQUIRE(rstd && x, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
+  if (int rc = mn_check_row_stride(fn, "ld_x", ld_x, H * D)) return rc;
   const int64_t n = (int64_t)B * T * H * D;
-  std::vector<float> xf = widened(x, x_bf16, n), normed(n), rotated(n);
+  std::vector<float> xf = gather(x, x_bf16, (int64_t)B * T, H * D, ld_x), normed(n), rotated(n);
   if (int rc = mn_rmsnorm_forward(normed.data(), rstd, xf.data(), B * T * H, D, eps, stream))
     return rc;
   if (int rc = mn_rotary_forward(rotated.data(), normed.data(), B, T, H, D, stream)) return rc;
@@ -105,31 +115,34 @@ MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float
 }
 
 MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* rstd, int x_bf16,
-                                         int dout_bf16, int dx_bf16, int B, int T, int H, int D,
-                                         int accumulate, void* stream) {
+                                         int dout_bf16, int dx_bf16, int ld_x, int B, int T, int H,
+                                         int D, int accumulate, void* stream) {
   const char* fn = "qk_rmsnorm_rotary_backward";
   MN_REQUIRE(dx && dout && x && rstd, "%s: NULL pointer argument", fn);
   if (int rc = mn_check_qk_heads(fn, B, T, H, D)) return rc;
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dx", dx_bf16, accumulate, 0)) return rc;
-  const int64_t n = (int64_t)B * T * H * D;
-  std::vector<float> dnormed(n), xf = widened(x, x_bf16, n), dxf(dx_bf16 ? n : 0);
-  std::vector<float> doutf = widened(dout, dout_bf16, n);
+  if (int rc = mn_check_row_stride(fn, "ld_x", ld_x, H * D)) return rc;
+  const int64_t n = (int64_t)B * T * H * D, tokens = (int64_t)B * T, C = H * D;
+  std::vector<float> dnormed(n), xf = gather(x, x_bf16, tokens, C, ld_x);
+  std::vector<float> doutf = gather(dout, dout_bf16, tokens, C, C);
+  // the gradient to add to (fp32 only): gathered, added into, written back
+  std::vector<float> dxf = (accumulate & 1) ? gather(dx, 0, tokens, C, ld_x) : std::vector<float>(n);
   if (int rc = mn_rotary_backward(dnormed.data(), doutf.data(), B, T, H, D, 0, stream)) return rc;
-  float* d = dx_bf16 ? dxf.data() : (float*)dx;
-  if (int rc = mn_rmsnorm_backward(d, dnormed.data(), xf.data(), rstd, B * T * H, D,
+  if (int rc = mn_rmsnorm_backward(dxf.data(), dnormed.data(), xf.data(), rstd, B * T * H, D,
                                    accumulate & 1, stream))
     return rc;
-  if (dx_bf16) round_into(dx, dxf);
+  scatter(dx, dx_bf16, dxf, C, ld_x);
   return 0;
 }
 
 MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
-                                int v_bf16, int64_t n, void*) {
+                                int v_bf16, int C, int ld_v, int64_t n, void*) {
   const char* fn = "value_mix_forward";
   MN_REQUIRE(v && v1 && lamb, "%s: NULL pointer argument", fn);
   MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
-  const std::vector<float> vf = widened(v, v_bf16, n), v1f = widened(v1, v_bf16, n);
+  if (int rc = mn_check_value_mix_rows(fn, n, C, ld_v, C)) return rc;
+  const std::vector<float> vf = gather(v, v_bf16, n / C, C, ld_v);
+  const std::vector<float> v1f = gather(v1, v_bf16, n / C, C, ld_v);
   const float l = lamb[0];
   for (int64_t i = 0; i < n; i++) {
     const float o = vf[i] + l * (v1f[i] - vf[i]);
@@ -140,34 +153,34 @@ MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void
 }
 
 MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,
-                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int64_t n,
-                                 int accumulate, void*) {
+                                 float* lamb, int v_bf16, int dout_bf16, int dv_bf16, int C,
+                                 int ld_v, int ld_dv, int64_t n, int accumulate, void*) {
   const char* fn = "value_mix_backward";
   MN_REQUIRE(dlamb && dout && v && v1 && lamb, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(n > 0, "%s: n = %lld must be > 0", fn, (long long)n);
+  if (int rc = mn_check_value_mix_rows(fn, n, C, ld_v, ld_dv)) return rc;
   if (int rc = mn_check_bf16_grad_overwritten(fn, "dv", dv_bf16, accumulate, 0)) return rc;
   MN_REQUIRE(!dv_bf16 || !dv || dv != (void*)dv1,
              "%s: a bf16 dv cannot be dv1 (v1 is v: its gradient sums in fp32)", fn);
-  const std::vector<float> vf = widened(v, v_bf16, n), v1f = widened(v1, v_bf16, n);
-  const std::vector<float> doutf = widened(dout, dout_bf16, n);
+  MN_REQUIRE(!dv || dv != (void*)dv1 || ld_dv == C, "%s: dv == dv1 must be contiguous (ld_dv = C)",
+             fn);
+  const int64_t rows = n / C;
+  const std::vector<float> vf = gather(v, v_bf16, rows, C, ld_v), v1f = gather(v1, v_bf16, rows, C, ld_v);
+  const std::vector<float> doutf = gather(dout, dout_bf16, rows, C, C);
   const double l = lamb[0];
   const bool same = dv && dv == (void*)dv1;
-  float* dvf = (float*)dv;
+  std::vector<float> dvf = dv && (accumulate & 1) ? gather(dv, 0, rows, C, ld_dv) : std::vector<float>(n);
   double s = 0;
   for (int64_t i = 0; i < n; i++) {
     const double g = doutf[i];
     if (same) {
       dvf[i] = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + g);
     } else {
-      if (dv) {
-        const float d = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + (1 - l) * g);
-        if (dv_bf16) ((mn_bf16*)dv)[i] = f32_to_bf16(d);
-        else dvf[i] = d;
-      }
+      if (dv) dvf[i] = (float)(((accumulate & 1) ? (double)dvf[i] : 0.0) + (1 - l) * g);
       if (dv1) dv1[i] = (float)(((accumulate & 2) ? (double)dv1[i] : 0.0) + l * g);
     }
     s += g * ((double)v1f[i] - vf[i]);
   }
+  if (dv) scatter(dv, dv_bf16, dvf, C, ld_dv);
   dlamb[0] = (float)(((accumulate & 4) ? (double)dlamb[0] : 0.0) + s);
   return 0;
 }
