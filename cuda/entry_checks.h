@@ -179,7 +179,10 @@ inline int mn_check_value_mix_rows(const char* fn, int64_t n, int C, int ld_v, i
   MN_REQUIRE(C > 0 && n % C == 0, "%s: n = %lld is not a whole number of rows of C = %d", fn,
              (long long)n, C);
   if (int rc = mn_check_row_stride(fn, "ld_v", ld_v, C)) return rc;
-  return mn_check_row_stride(fn, "ld_dv", ld_dv, C);
+  if (int rc = mn_check_row_stride(fn, "ld_dv", ld_dv, C)) return rc;
+  MN_REQUIRE((ld_v == C && ld_dv == C) || n <= 0xffffffffLL,
+             "%s: n = %lld is too many elements for strided rows (at most 2^32 - 1)", fn, (long long)n);
+  return 0;
 }
 // one pass over n elements (the bf16 relu^2 kernels of the MLP, gpt2_fused.cu); ptrs_ok: every
 // pointer argument is non-NULL

@@ -281,9 +281,12 @@ __host__ __device__ inline float vmix_value(float v, float v1, float lamb) {
 }
 
 // Element i of a [n / C, C] tensor whose rows are ld elements apart (v, v1: a column block of
-// the fused q|k|v GEMM's output; dv: of its gradient)
+// the fused q|k|v GEMM's output; dv: of its gradient). Strided tensors have n < 2^32 (the entry
+// points check): a 32-bit division, whose registers the unrolled full-sum loads can afford.
 __host__ __device__ inline int64_t vmix_at(int64_t i, int C, int ld) {
-  return ld == C ? i : (i / C) * ld + i % C;
+  if (ld == C) return i;
+  const uint32_t u = (uint32_t)i, c = (uint32_t)C;
+  return (int64_t)(u / c) * ld + (u % c);
 }
 
 template <typename TV>
