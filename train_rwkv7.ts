@@ -381,16 +381,19 @@ export class Model {
     let x = g.rmsnorm(g.embedding(idx, P("transformer.wte.weight"), [B, T]));
     const x0 = x;
     let v1: Var | null = null;
+    // fused: the previous block's MLP output, added to x by the next block's mix + ln1 kernel
+    let mlpOut: Var | null = null;
     for (let l = 0; l < a.n_layer; l++) {
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
-      x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
-      const [att, v] = this.timeMix(
-        g,
-        l,
-        g.layernorm(x, P(b + "ln1.weight"), P(b + "ln1.bias")),
-        v1,
-      );
+      const [l0, l1] = [g.scalarOf(lambdas, 0), g.scalarOf(lambdas, 1)];
+      const [ln1w, ln1b] = [P(b + "ln1.weight"), P(b + "ln1.bias")];
+      let ln1: Var;
+      if (this.a.unfused) {
+        x = g.axpby(l0, x, l1, x0);
+        ln1 = g.layernorm(x, ln1w, ln1b);
+      } else [x, ln1] = g.mixLayernorm(x, mlpOut, l0, x0, l1, ln1w, ln1b);
+      const [att, v] = this.timeMix(g, l, ln1, v1);
       v1 = v;
       const [ln2w, ln2b] = [P(b + "ln2.weight"), P(b + "ln2.bias")];
       const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
@@ -405,8 +408,10 @@ export class Model {
         x = sum;
         mlp = mlpRelu2(g, h, fc, proj);
       }
-      x = g.add(x, mlp);
+      if (this.a.unfused) x = g.add(x, mlp);
+      else mlpOut = mlp;
     }
+    if (mlpOut) x = g.add(x, mlpOut);
     x = g.rmsnorm(x);
     // the original's lm_head runs under autocast: bf16 logits, softcapped, then .float()
     // (g.lmHeadLoss is the fp32-logits composition)

@@ -22,6 +22,7 @@ import {
   valLosses,
 } from "./cuda/test/trainer_harness.ts";
 import type { Backend, BackendName } from "./cuda/backend.ts";
+import { Graph } from "./cuda/autograd.ts";
 import * as trainer from "./train_rwkv7.ts";
 import { SEED } from "./cuda/test/harness.ts";
 
@@ -193,7 +194,8 @@ export const FUSED_CHECKS = [
   },
 ];
 /** the fused entry points the default path calls in a TINY step (2 layers): once per layer, the
- * value residual once per layer after the first, the MLP's only on bf16 (mlpRelu2 is the generic
+ * value residual once per layer after the first (the residual mix + ln1 too: the first's
+ * without a branch), the MLP's only on bf16 (mlpRelu2 is the generic
  * ops on "f32"), and the column copies of the two Graph.matmulShared per layer (the LoRA first
  * layers on xwa and xk: 3 + 2 weights, each copied into the concatenated weight, out of the
  * output, into the gathered gradient and out of the weight gradient: 20 per layer); --unfused
@@ -209,6 +211,7 @@ const FUSED_ENTRIES: Record<string, number> = {
   mn_rwkv7_gn_bonus_gate_backward: 2,
   mn_rwkv7_value_mix_forward: 1,
   mn_rwkv7_value_mix_backward: 1,
+  mn_mix_layernorm_forward: 2,
   mn_relu2_forward_bf16io: 2,
   mn_relu2_backward_bf16io: 2,
   mn_copy_columns: 40,
@@ -260,6 +263,33 @@ for (const check of FUSED_CHECKS) {
     console.log(
       `  worst gradient difference ${d.worst.toExponential(2)} (${d.worstName}; seed ${SEED})`,
     );
+  });
+}
+
+// The residual mix + ln1 kernel (Graph.mixLayernorm) is exact: with it replaced by the
+// composition the trainer used before (the previous block's add, axpby, layernorm) the fused
+// path's loss and every gradient are the same bits, on both precisions.
+for (const precision of ["bf16", "f32"] as const) {
+  Deno.test(`train_rwkv7: Graph.mixLayernorm = add, axpby, layernorm bit for bit (cpu, ${precision})`, () => {
+    const fused = tinyLossAndGrads(trainer, [...TINY, "--fast_cuda"], "cpu", SEED, precision);
+    const proto = Graph.prototype, mix = proto.mixLayernorm;
+    let calls = 0;
+    proto.mixLayernorm = function (x, r, alpha, y, beta, w, b, eps) {
+      calls++;
+      const m = this.axpby(alpha, r ? this.add(x, r) : x, beta, y);
+      return [m, this.layernorm(m, w, b, eps)];
+    };
+    let composed;
+    try {
+      composed = tinyLossAndGrads(trainer, [...TINY, "--fast_cuda"], "cpu", SEED, precision);
+    } finally {
+      proto.mixLayernorm = mix;
+    }
+    assert.equal(calls, 2);
+    assert.equal(fused.loss, composed.loss);
+    for (const [name, want] of composed.grads) {
+      assert.deepEqual(fused.grads.get(name), want, name);
+    }
   });
 }
 

@@ -573,6 +573,10 @@ export class Graph {
     const sb = typeof beta === "number" ? this.input(this.constant(beta)) : beta;
     const out = this.out(x.shape, "axpby");
     this.k.mn_axpby_forward(out.ptr, x.t.ptr, y.t.ptr, sa.t.ptr, sb.t.ptr, x.t.n, this.s);
+    return this.axpbyNode(out, x, sa, y, sb);
+  }
+  /** alpha*x + beta*y's output out as a tape value (its backward reads x, y and the scalars) */
+  private axpbyNode(out: Tensor, x: Var, sa: Var, y: Var, sb: Var): Var {
     return this.node(out, [x, y, sa, sb], (z) => {
       const [[dx, dy, da, db], acc] = this.gradsInOrder(x, y, sa, sb);
       this.k.mn_axpby_backward(
@@ -740,6 +744,57 @@ export class Graph {
     );
     const sum = this.node(sumT, [x, y], (z) => this.addBackward(x, y, z));
     return [sum, this.layernormNode(out, mean, rstd, sum, w, b)];
+  }
+  /**
+   * RWKV-7's residual between blocks, x = alpha*(x + r) + beta*y (r: the previous block's MLP
+   * output, null in the first block; y: x0), and ln1 of it, in one kernel: returns [x fp32,
+   * LayerNorm(x) fp32 (the mixes read fp32)]. The same bits as add, axpby and layernorm, and the
+   * same tape: their nodes in their order, so the backward is theirs. x + r is written only when a
+   * backward may run (axpby's scalar gradient reads it); the separate kernels would read x + r
+   * and the mixed x back from DRAM.
+   */
+  mixLayernorm(
+    x: Var,
+    r: Var | null,
+    alpha: Var,
+    y: Var,
+    beta: Var,
+    w: Var,
+    b: Var,
+    eps = 1e-5,
+  ): [Var, Var] {
+    sameShape("mixLayernorm", x.shape, y.shape);
+    if (r) sameShape("mixLayernorm", x.shape, r.shape);
+    for (const v of [x, r, y]) {
+      if (v && v.t.dtype !== "f32") throw new Error(`mixLayernorm: ${v.t} must be fp32`);
+    }
+    const [N, C] = rowsCols(x);
+    const sumT = r && this.needs(x, r, alpha, y, beta) ? this.out(x.shape, "add") : null; // [N, C] fp32
+    const xo = this.out(x.shape, "axpby"); // [N, C] fp32: the residual stream
+    const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd"); // [N] fp32
+    const out = this.out(x.shape, "layernorm"); // [N, C] fp32: read by the token shift and mixes
+    this.k.mn_mix_layernorm_forward(
+      sumT?.ptr ?? null,
+      xo.ptr,
+      out.ptr,
+      mean.ptr,
+      rstd.ptr,
+      x.t.ptr,
+      r?.t.ptr ?? null,
+      y.t.ptr,
+      alpha.t.ptr,
+      beta.t.ptr,
+      w.t.ptr,
+      b.t.ptr,
+      N,
+      C,
+      eps,
+      this.s,
+    );
+    // no sum: r is null (the axpby reads x), or nothing needs a gradient (no backward runs)
+    const sum = sumT ? this.node(sumT, [x, r], (z) => this.addBackward(x, r!, z)) : x;
+    const mixed = this.axpbyNode(xo, sum, alpha, y, beta);
+    return [mixed, this.layernormNode(out, mean, rstd, mixed, w, b)];
   }
   /** LayerNorm's output out of x, with its saved statistics, as a tape value (its backward) */
   private layernormNode(out: Tensor, mean: Tensor, rstd: Tensor, x: Var, w: Var, b: Var): Var {

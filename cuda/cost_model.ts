@@ -457,6 +457,24 @@ const addLayernormForward: Cost = (a) => {
     ),
   ];
 };
+// mix_layernorm_forward_kernel: N blocks of normThreads(C); reads x, branch (when given) and x0
+// (x == x0, the first block: one tensor, read once), writes sum (when given), x_out and out (fp32);
+// x_out's row it reads back stays in cache
+const mixLayernormForward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C");
+  const x0 = typeof a.x === "number" && a.x === a.x0 ? 0 : 1;
+  const reads = 1 + (has(a, "branch") ? 1 : 0) + x0, writes = 2 + (has(a, "sum") ? 1 : 0);
+  return [
+    launch(
+      "mix_layernorm_forward_kernel",
+      N,
+      normThreads(C),
+      N * C * reads * F32 + 2 * C * F32 + 2 * F32, // + weight, bias; a, b
+      N * C * writes * F32 + 2 * N * F32,
+      11 * N * C,
+    ),
+  ];
+};
 // layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp += or =), then dweight, dbias by
 // reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
 // reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
@@ -1678,6 +1696,7 @@ const TABLE: Record<string, Cost> = {
   mn_layernorm_forward: layernormForward(F32),
   mn_layernorm_forward_bf16: layernormForward(BF16),
   mn_add_layernorm_forward: addLayernormForward,
+  mn_mix_layernorm_forward: mixLayernormForward,
   mn_layernorm_backward: layernormBackward,
   mn_rmsnorm_forward: rmsnormForward,
   mn_rmsnorm_backward: rmsnormBackward,

@@ -156,6 +156,25 @@ inline int mn_check_add_layernorm_forward(const char* fn, float* sum, const void
              "%s: sum must not alias out or branch, nor inp out", fn);
   return mn_check_layernorm_forward(fn, out, mean, rstd, inp, weight, bias, N, C, eps);
 }
+inline int mn_check_mix_layernorm_forward(const char* fn, float* sum, float* x_out, float* out,
+                                          float* mean, float* rstd, float* x, float* branch,
+                                          float* x0, float* a, float* b, float* weight,
+                                          float* bias, int N, int C, float eps) {
+  MN_REQUIRE(x_out && x0 && a && b, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(branch || !sum, "%s: sum given without a branch (s is x itself)", fn);
+  // every thread reads its own columns before it writes them, but x_out is read back (the
+  // statistics) and sum stays what axpby's backward reads: each output its own buffer
+  const float* outs[] = {sum, x_out, out};
+  const float* ins[] = {x, branch, x0};
+  for (int i = 0; i < 3; i++) {
+    if (!outs[i]) continue;
+    for (int j = i + 1; j < 3; j++)
+      MN_REQUIRE(outs[i] != outs[j], "%s: sum, x_out and out must not alias", fn);
+    for (const float* in : ins)
+      MN_REQUIRE(outs[i] != in, "%s: an output must not alias x, branch or x0", fn);
+  }
+  return mn_check_layernorm_forward(fn, out, mean, rstd, x, weight, bias, N, C, eps);
+}
 // GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
 inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);

@@ -151,6 +151,17 @@ MN_API int mn_layernorm_forward_bf16(mn_bf16* out, float* mean, float* rstd, flo
 MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float* rstd, float* inp,
                                     void* branch, int branch_bf16, float* weight, float* bias,
                                     int N, int C, float eps, void* stream);
+/* RWKV-7's residual mix and ln1 in one pass: s = x + branch (branch: the previous block's MLP
+ * output, fp32; NULL: s = x, the first block, where x may be x0), x_out = a[0] * s + b[0] * x0,
+ * out = LayerNorm(x_out) in fp32, mean and rstd [N] as mn_layernorm_forward saves them: mn_add,
+ * mn_axpby_forward then mn_layernorm_forward, bit for bit. sum [N, C] receives s when given
+ * (axpby's scalar gradient reads it); it must be NULL when branch is. The backward is
+ * mn_layernorm_backward on x_out, then mn_axpby_backward (x = s, y = x0). The outputs (sum, x_out,
+ * out) must not alias each other nor x, branch, x0. */
+MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float* mean, float* rstd,
+                                    float* x, float* branch, float* x0, float* a, float* b,
+                                    float* weight, float* bias, int N, int C, float eps,
+                                    void* stream);
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);

@@ -75,6 +75,32 @@ __global__ void add_layernorm_forward_kernel(float* sum, bf16* out, float* mean,
   layernorm_row(out + row * C, mean + row, rstd + row, x, weight, bias, C, eps, scratch);
 }
 
+// RWKV-7's x = l0 * (x + mlp) + l1 * x0; ln1(x) between blocks: DRAM sees x, mlp and x0 read once
+// and each output written once, the row of x_out read back from cache (mn_add, mn_axpby_forward
+// then mn_layernorm_forward read the sum and x_out back from DRAM). Each value is the expression
+// those kernels evaluate (ew_add's x + y, axpby's a * x + b * y: the same fma contraction), so the
+// sums and statistics are theirs.
+__global__ void mix_layernorm_forward_kernel(float* sum, float* x_out, float* out, float* mean,
+                                             float* rstd, const float* x, const float* branch,
+                                             const float* x0, const float* a, const float* b,
+                                             const float* weight, const float* bias, int C,
+                                             float eps) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const float av = a[0], bv = b[0];
+  float* xo = x_out + row * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const int64_t e = row * C + c;
+    float s = x[e];
+    if (branch) {
+      s = s + branch[e];
+      if (sum) sum[e] = s;
+    }
+    xo[c] = av * s + bv * x0[e];
+  }
+  layernorm_row(out + row * C, mean + row, rstd + row, xo, weight, bias, C, eps, scratch);
+}
+
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd
 __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
                                                const float* weight, const float* mean,
@@ -187,6 +213,20 @@ MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float
   return mn_launch(fn, add_layernorm_forward_kernel<float>, N, norm_threads(C), 0, stream, sum,
                    (bf16*)out, mean, rstd, (const float*)inp, (const float*)branch,
                    (const float*)weight, (const float*)bias, C, eps);
+}
+
+MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float* mean, float* rstd,
+                                    float* x, float* branch, float* x0, float* a, float* b,
+                                    float* weight, float* bias, int N, int C, float eps,
+                                    void* stream) {
+  const char* fn = "mix_layernorm_forward";
+  if (int rc = mn_check_mix_layernorm_forward(fn, sum, x_out, out, mean, rstd, x, branch, x0, a, b,
+                                              weight, bias, N, C, eps))
+    return rc;
+  return mn_launch(fn, mix_layernorm_forward_kernel, N, norm_threads(C), 0, stream, sum, x_out,
+                   out, mean, rstd, (const float*)x, (const float*)branch, (const float*)x0,
+                   (const float*)a, (const float*)b, (const float*)weight, (const float*)bias, C,
+                   eps);
 }
 
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { Graph, Param, type Var } from "./autograd.ts";
 import { type Backend, f32ToBf16, type Tensor } from "./backend.ts";
 import {
   backend,
@@ -9,6 +10,7 @@ import {
   HAS_GPU,
   numericalGrad,
   Rng,
+  SEED,
   type Tol,
   TOL_F32,
   VARIANT,
@@ -282,6 +284,163 @@ for (const name of ["cpu", "emu", "cuda"] as const) {
     name: `add_layernorm_forward: mn_add then layernorm_forward_bf16, bit for bit (${name})`,
     ignore: name === "cuda" && !HAS_GPU,
     fn: () => addLayernormCheck(backend(name, name === "emu" ? VARIANT : ""), name),
+  });
+}
+
+// RWKV-7's residual mix + ln1: on every backend exactly mn_add (with a branch), mn_axpby_forward
+// (x0 as y) then mn_layernorm_forward, bit for bit: the first block's case (no branch, x is x0),
+// no branch with x apart from x0, a branch with and without its sum stored. Then its argument
+// checks.
+const MIX_CASES = [
+  { branch: false, sum: false, sameX0: true },
+  { branch: false, sum: false, sameX0: false },
+  { branch: true, sum: true, sameX0: false },
+  { branch: true, sum: false, sameX0: false },
+];
+function mixLayernormCheck(be: Backend, name: string) {
+  for (const { N, C } of configs) {
+    for (const mc of MIX_CASES) {
+      const rng = new Rng(7100 + N * C + (mc.branch ? 1 : 0) + (mc.sameX0 ? 2 : 0));
+      const x = rowsOf(rng, N, C), w = rng.normal(C), b = rng.normal(C);
+      const br = rowsOf(rng, N, C), x0 = rowsOf(rng, N, C);
+      // lambdas away from 0 and 1, so both products round
+      const ab = new Float32Array([0.5 + rng.next(), rng.next() - 0.5]);
+      const r = withTensors(be, {
+        ...lnInputs(x, w, b, N, C),
+        br: { data: br, shape: [N, C] },
+        x0: { data: x0, shape: [N, C] },
+        ab: { data: ab, shape: [2] },
+      }, {
+        sum: { shape: [N, C] },
+        sum2: { shape: [N, C] },
+        xo: { shape: [N, C] },
+        xo2: { shape: [N, C] },
+        ...lnOutputs(N, C),
+        out2: { shape: [N, C] },
+        mean2: { shape: [N] },
+        rstd2: { shape: [N] },
+      }, (t) => {
+        const k = be.k, st = be.stream, n = BigInt(N * C);
+        const x0p = mc.sameX0 ? t.x.ptr : t.x0.ptr;
+        const a = t.ab.rows(0, 1).ptr, bb = t.ab.rows(1, 1).ptr;
+        k.mn_mix_layernorm_forward(
+          mc.sum ? t.sum.ptr : null,
+          t.xo.ptr,
+          t.out.ptr,
+          t.mean.ptr,
+          t.rstd.ptr,
+          t.x.ptr,
+          mc.branch ? t.br.ptr : null,
+          x0p,
+          a,
+          bb,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          st,
+        );
+        if (mc.branch) k.mn_add(t.sum2.ptr, t.x.ptr, t.br.ptr, n, st);
+        const s = mc.branch ? t.sum2.ptr : t.x.ptr;
+        k.mn_axpby_forward(t.xo2.ptr, s, x0p, a, bb, n, st);
+        k.mn_layernorm_forward(
+          t.out2.ptr,
+          t.mean2.ptr,
+          t.rstd2.ptr,
+          t.xo2.ptr,
+          t.w.ptr,
+          t.b.ptr,
+          N,
+          C,
+          EPS,
+          st,
+        );
+      });
+      const l = `mix_layernorm_forward [${N},${C}] ${JSON.stringify(mc)} (${name})`;
+      if (mc.sum) compare(`${l} sum`, r.sum, r.sum2, EXACT);
+      else assert.ok(r.sum.every(Number.isNaN), `${l}: sum written`);
+      compare(`${l} x_out`, r.xo, r.xo2, EXACT);
+      compare(`${l} out`, r.out, r.out2, EXACT);
+      compare(`${l} mean`, r.mean, r.mean2, EXACT);
+      compare(`${l} rstd`, r.rstd, r.rstd2, EXACT);
+    }
+  }
+  withTensors(be, {}, { s: { shape: [8] }, u: { shape: [8] }, v: { shape: [8] } }, (t) => {
+    const k = be.k, f = t.s.ptr, u = t.u.ptr, v = t.v.ptr, st = be.stream;
+    const mix = (sum: Deno.PointerValue, xo: Deno.PointerValue, br: Deno.PointerValue, N = 2) =>
+      k.mn_mix_layernorm_forward(sum, xo, u, f, f, f, br, f, f, f, f, f, N, 4, EPS, st);
+    const cases: [() => unknown, RegExp][] = [
+      [() => mix(null, null, null), /NULL/],
+      [() => mix(v, v, null), /sum given without a branch/],
+      [() => mix(v, v, f), /must not alias/],
+      [() => mix(null, u, f), /must not alias/],
+      [() => mix(null, f, null), /must not alias x, branch or x0/],
+      [() => mix(null, v, null, 0), /bad shape/],
+    ];
+    for (const [fn, re] of cases) {
+      assert.throws(fn, new RegExp("mix_layernorm_forward: .*" + re.source), `${name}: ${re}`);
+    }
+  });
+}
+for (const name of ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `mix_layernorm_forward: mn_add, axpby then layernorm_forward, bit for bit (${name})`,
+    ignore: name === "cuda" && !HAS_GPU,
+    fn: () => mixLayernormCheck(backend(name, name === "emu" ? VARIANT : ""), name),
+  });
+}
+
+// The tape op: Graph.mixLayernorm through two blocks (the first without a branch, x is x0; the
+// second's branch a function of the first's ln1, as the MLP's output is) against add, axpby and
+// layernorm: the residual, both ln1 outputs and every gradient (x0's from all of its uses, the
+// lambdas', the LayerNorms', the branch's) the same bits.
+for (const name of ["cpu", "emu"] as const) {
+  Deno.test(`Graph.mixLayernorm: values and gradients the same bits as add, axpby, layernorm (${name})`, () => {
+    const be = backend(name), rng = new Rng(SEED);
+    const N = 74, C = 40;
+    const mk = (n: string, shape: number[], a: Float32Array) =>
+      new Param(be, n, be.upload(a, shape));
+    const X0 = mk("X0", [N, C], rng.normal(N * C)), R = mk("R", [N, C], rng.normal(N * C));
+    const L = [0, 1].map((l) => mk(`L${l}`, [2], new Float32Array([0.5 + rng.next(), rng.next()])));
+    const W = [0, 1].map((l) => mk(`W${l}`, [C], rng.uniform(C, 0.5, 1.5)));
+    const B = [0, 1].map((l) => mk(`B${l}`, [C], rng.uniform(C, -0.2, 0.2)));
+    const dy = be.upload(rng.normal(N * C), [N, C]);
+    const params = [X0, R, ...L, ...W, ...B];
+    const run = (fused: boolean) => {
+      const g = new Graph(be);
+      for (const p of params) p.zeroGrad();
+      const x0 = g.tanh(g.param(X0));
+      let x = x0, branch: Var | null = null;
+      const outs: Var[] = [];
+      for (let l = 0; l < 2; l++) {
+        const lam = g.param(L[l]), [w, b] = [g.param(W[l]), g.param(B[l])];
+        const [a0, a1] = [g.scalarOf(lam, 0), g.scalarOf(lam, 1)];
+        let h: Var;
+        if (fused) [x, h] = g.mixLayernorm(x, branch, a0, x0, a1, w, b);
+        else {
+          x = g.axpby(a0, branch ? g.add(x, branch) : x, a1, x0);
+          h = g.layernorm(x, w, b);
+        }
+        outs.push(h);
+        branch = g.mul(g.tanh(h), g.param(R));
+      }
+      const out = g.add(g.add(x, branch!), outs[1]);
+      be.k.mn_memcpy_d2d(g.grad(out), dy.ptr, BigInt(dy.nbytes), be.stream);
+      const vals = [out, x, ...outs].map((v) => be.downloadF32(v.t));
+      g.backward();
+      g.release();
+      return [...vals, ...params.map((p) => be.downloadF32(p.grad))];
+    };
+    const want = run(false), got = run(true);
+    got.forEach((v, i) => {
+      assert.ok(v.some((e) => e !== 0), `${name}: output ${i} is all zero`);
+      assert.deepEqual(
+        v,
+        want[i],
+        `${name}: output ${i} (0-3: out, x, ln1 of blocks 0 and 1; then X0, R, L, W, B grads)`,
+      );
+    });
   });
 }
 

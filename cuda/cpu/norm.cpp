@@ -65,6 +65,28 @@ MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float
   return layernorm_forward(fn, out, mean, rstd, sum, weight, bias, N, C, eps);
 }
 
+// mn_add, mn_axpby_forward, mn_layernorm_forward: each value rounded as those write it
+MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float* mean, float* rstd,
+                                    float* x, float* branch, float* x0, float* a, float* b,
+                                    float* weight, float* bias, int N, int C, float eps, void*) {
+  const char* fn = "mix_layernorm_forward";
+  if (int rc = mn_check_mix_layernorm_forward(fn, sum, x_out, out, mean, rstd, x, branch, x0, a, b,
+                                              weight, bias, N, C, eps))
+    return rc;
+  const int64_t n = (int64_t)N * C;
+  const float av = *a, bv = *b;
+#pragma omp parallel for if (n > 100000)
+  for (int64_t i = 0; i < n; i++) {
+    float s = x[i];
+    if (branch) {
+      s = s + branch[i];
+      if (sum) sum[i] = s;
+    }
+    x_out[i] = av * s + bv * x0[i];
+  }
+  return layernorm_forward(fn, out, mean, rstd, x_out, weight, bias, N, C, eps);
+}
+
 // With xhat = (x - mean) * rstd and g = dout * w (the gradient reaching xhat):
 //   dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  dw = sum_i dout * xhat,  db = sum_i dout
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
