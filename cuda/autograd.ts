@@ -799,9 +799,12 @@ export class Graph {
   /** LayerNorm's output out of x, with its saved statistics, as a tape value (its backward) */
   private layernormNode(out: Tensor, mean: Tensor, rstd: Tensor, x: Var, w: Var, b: Var): Var {
     const [N, C] = rowsCols(x);
-    return this.node(out, [x, w, b], (y) => {
+    const y = this.node(out, [x, w, b], (y) => {
       const [[dx, dw, db], acc] = this.grads(x, w, b);
-      this.k.mn_layernorm_backward(
+      const bwd = y.g.dtype === "bf16"
+        ? this.k.mn_layernorm_backward_bf16
+        : this.k.mn_layernorm_backward;
+      bwd(
         dx,
         dw,
         db,
@@ -816,6 +819,9 @@ export class Graph {
         this.s,
       );
     });
+    // a bf16 output (a matmul operand) may get its gradient in bf16 (mn_layernorm_backward_bf16)
+    y.bf16Grad = out.dtype === "bf16";
+    return y;
   }
 
   /** nn.GroupNorm(G, G*D) on rows of x [..., G*D] */

@@ -479,15 +479,15 @@ const mixLayernormForward: Cost = (a) => {
 // reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
 // reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
 // L2), writes 2 partial rows per tile; stage 2 adds them to dweight, dbias (+=).
-const layernormBackward: Cost = (a) => {
+const layernormBackward = (doutElem: number): Cost => (a) => {
   const N = need(a, "N"), C = need(a, "C");
-  const act = N * C * F32;
+  const act = N * C * F32, dout = N * C * doutElem;
   return [
     launch(
       "layernorm_backward_dinp_kernel",
       N,
       normThreads(C),
-      (2 + acc(a, 0)) * act + C * F32 + 2 * N * F32, // dout, inp, dinp (+=); weight; mean, rstd
+      dout + (1 + acc(a, 0)) * act + C * F32 + 2 * N * F32, // dout, inp, dinp (+=); weight; mean, rstd
       act,
       14 * N * C,
     ),
@@ -496,7 +496,7 @@ const layernormBackward: Cost = (a) => {
       2,
       N,
       C,
-      2 * act + 2 * N * F32,
+      dout + act + 2 * N * F32,
       0,
       6 * N * C,
       acc(a, 1) + acc(a, 2),
@@ -1697,7 +1697,8 @@ const TABLE: Record<string, Cost> = {
   mn_layernorm_forward_bf16: layernormForward(BF16),
   mn_add_layernorm_forward: addLayernormForward,
   mn_mix_layernorm_forward: mixLayernormForward,
-  mn_layernorm_backward: layernormBackward,
+  mn_layernorm_backward: layernormBackward(F32),
+  mn_layernorm_backward_bf16: layernormBackward(BF16),
   mn_rmsnorm_forward: rmsnormForward,
   mn_rmsnorm_backward: rmsnormBackward,
   // elementwise.cu

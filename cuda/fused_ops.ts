@@ -369,14 +369,18 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
   g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n);
   return g.node(out, [x, Wfc, Wproj], (y) => {
     const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
-    const [[dx, dWfc, dWproj], acc] = g.grads(x, Wfc, Wproj);
+    // x's gradient in bf16 when x's producer reads it so (a bf16 LayerNorm output: autocast's)
+    const sink = x.requiresGrad ? g.gradSinksBf16([x]) : null;
+    const [[dx, dWfc, dWproj], acc] = g.grads(sink ? null : x, Wfc, Wproj);
     const d = g.out(u.shape, "mlp.dA.bf16", "bf16"); // dA, then du in place
     gemmToBf16(g, 0, N, Hd, pC, dy.ptr, pC, wproj.ptr, Hd, d.ptr); // dA = dy @ Wproj
     if (Wproj.requiresGrad) {
       g.gemm(1, 0, pC, Hd, N, 1, dy.ptr, pC, 0n, a.ptr, Hd, 0n, (acc >> 2) & 1, dWproj, Hd, 0n);
     }
     g.k.mn_relu2_backward_bf16io(d.ptr, d.ptr, u.ptr, u.n, 0, g.s);
-    if (x.requiresGrad) {
+    if (sink) {
+      g.gemm(0, 0, N, C, Hd, 1, d.ptr, Hd, 0n, wfc.ptr, C, 0n, 0, sink[0][0], C, 0n, 1, true);
+    } else if (x.requiresGrad) {
       g.gemm(0, 0, N, C, Hd, 1, d.ptr, Hd, 0n, wfc.ptr, C, 0n, acc & 1, dx, C, 0n);
     }
     if (Wfc.requiresGrad) {

@@ -165,6 +165,12 @@ MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float*
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);
+/* The same with a bf16 dout (the gradient of a bf16 LayerNorm output that the next matmul's
+ * backward GEMM wrote in bf16, as autocast's), read as its values: mn_layernorm_backward on the
+ * widened dout, bit for bit. */
+MN_API int mn_layernorm_backward_bf16(float* dinp, float* dweight, float* dbias, mn_bf16* dout,
+                                      float* inp, float* weight, float* mean, float* rstd, int N,
+                                      int C, int accumulate, void* stream);
 /* RMSNorm without weight, as F.rms_norm(x, (C,), eps): out = x * rsqrt(mean(x^2) + eps) */
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps,
                               void* stream);

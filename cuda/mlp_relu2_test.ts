@@ -153,9 +153,12 @@ Deno.test("mlpRelu2: precision f32 is matmul, relu2, matmul", () => {
 
 // The RWKV trainers' ln2 before the MLP: Graph.layernorm's bf16 operand output (outBf16) and the
 // residual add + ln2 kernel (Graph.addLayernorm) give the operand Graph.layernorm then the cast
-// gives, bit for bit, so the block's output s + mlp(ln2(s)), s = x + y, and every gradient (X, Y,
-// w, b, Wfc, Wproj; s's from both of its uses) are the same bits as through add and
-// Graph.layernorm; and neither keeps an fp32 [N, C] LayerNorm output.
+// gives, bit for bit, so the block's output s + mlp(ln2(s)), s = x + y, and the MLP's weight
+// gradients are the same bits as through add and the fp32 Graph.layernorm; and neither keeps an
+// fp32 [N, C] LayerNorm output. A bf16 LayerNorm output gets its gradient in bf16 (the c_fc
+// backward GEMM rounds it once, as autocast's; mn_layernorm_backward_bf16 reads it), so the
+// gradients before it (X, Y, w, b) are the two bf16 modes' same bits, and the fp32 ones within
+// that rounding.
 for (const name of ["cpu", "emu"] as const) {
   Deno.test(`addLayernorm, layernorm's outBf16: same bits as add + Graph.layernorm into the fused MLP (${name})`, () => {
     const be = backend(name), rng = new Rng(SEED);
@@ -188,15 +191,16 @@ for (const name of ["cpu", "emu"] as const) {
       g.release();
       return [o, ...params.map((p) => be.downloadF32(p.grad))];
     };
-    const u = run("generic");
+    const u = run("generic"), op = run("operand");
     for (const mode of ["operand", "addLayernorm"] as const) {
-      run(mode).forEach((v, i) => {
-        assert.ok(v.some((e) => e !== 0), `${name} ${mode}: output ${i} is all zero`);
-        assert.deepEqual(
-          v,
-          u[i],
-          `${name} ${mode}: output ${i} (0: out, then X, Y, w, b, Wfc, Wproj grads)`,
-        );
+      (mode === "operand" ? op : run(mode)).forEach((v, i) => {
+        const what = `${name} ${mode}: output ${i} (0: out, then X, Y, w, b, Wfc, Wproj grads)`;
+        assert.ok(v.some((e) => e !== 0), `${what} is all zero`);
+        if (i === 0 || i >= 5) return assert.deepEqual(v, u[i], what);
+        assert.deepEqual(v, op[i], `${what}: the bf16 modes differ`);
+        // one bf16 rounding of h's gradient: 2^-9 relative per element, summed over C or N rows
+        const err = maxAbsDiff(v, u[i]) / maxAbs(u[i]);
+        assert.ok(err > 0 && err <= 1e-2, `${what}: ${err} from the fp32 LayerNorm output's`);
       });
     }
   });

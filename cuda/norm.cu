@@ -101,26 +101,28 @@ __global__ void mix_layernorm_forward_kernel(float* sum, float* x_out, float* ou
   layernorm_row(out + row * C, mean + row, rstd + row, xo, weight, bias, C, eps, scratch);
 }
 
-// dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd
-__global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, const float* inp,
+// dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd.
+// D: dout's storage (fp32, or bf16: the gradient a bf16 operand's GEMM wrote), read as its values.
+template <typename D>
+__global__ void layernorm_backward_dinp_kernel(float* dinp, const D* dout, const float* inp,
                                                const float* weight, const float* mean,
                                                const float* rstd, int C, int acc) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float* x = inp + row * C;
-  const float* dy = dout + row * C;
+  const D* dy = dout + row * C;
   float* dx = dinp + row * C;
   const float m = mean[row], r = rstd[row];
   float sg = 0.0f, sgx = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float g = dy[c] * weight[c];
+    float g = ln_load(&dy[c]) * weight[c];
     sg += g;
     sgx += g * ln_xhat(x[c], m, r);
   }
   const float mg = mn_block_sum(sg, scratch) / C;
   const float mgx = mn_block_sum(sgx, scratch) / C;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float g = dy[c] * weight[c];
+    float g = ln_load(&dy[c]) * weight[c];
     float xhat = ln_xhat(x[c], m, r);
     MN_GRAD_STORE(dx[c], r * (g - mg - xhat * mgx), acc);
   }
@@ -128,8 +130,9 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const float* dout, c
 
 // Column-sum terms (reduce.cuh) of dweight[c] += sum_i dout[i,c] * xhat[i,c] and
 // dbias[c] += sum_i dout[i,c].
+template <typename D>
 struct LayerNormParamTerm {
-  const float* dout;
+  const D* dout;
   const float* inp;
   const float* mean;
   const float* rstd;
@@ -140,7 +143,7 @@ struct LayerNormParamTerm {
   __device__ void begin(int) {}
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
-    return Load{dout[e], inp[e], mean[i], rstd[i]};
+    return Load{ln_load(&dout[e]), inp[e], mean[i], rstd[i]};
   }
   __device__ void use(int64_t, int, const Load& l, float* acc) const {
     acc[0] += l.d * ln_xhat(l.x, l.m, l.r);
@@ -229,15 +232,15 @@ MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float*
                    eps);
 }
 
-MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
-                                 float* inp, float* weight, float* mean, float* rstd, int N, int C,
-                                 int accumulate, void* stream) {
-  const char* fn = "layernorm_backward";
+template <typename D>
+static int layernorm_backward(const char* fn, float* dinp, float* dweight, float* dbias,
+                              const D* dout, float* inp, float* weight, float* mean, float* rstd,
+                              int N, int C, int accumulate, void* stream) {
   MN_REQUIRE(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
              "%s: NULL pointer argument", fn);
   NORM_SHAPE_CHECK(fn, N, C);
-  int rc = mn_launch("layernorm_backward_dinp", layernorm_backward_dinp_kernel, N, norm_threads(C),
-                     0, stream, dinp, (const float*)dout, (const float*)inp,
+  int rc = mn_launch("layernorm_backward_dinp", layernorm_backward_dinp_kernel<D>, N,
+                     norm_threads(C), 0, stream, dinp, dout, (const float*)inp,
                      (const float*)weight, (const float*)mean, (const float*)rstd, C,
                      MN_ACC_BIT(accumulate, 0));
   if (rc) return rc;
@@ -245,9 +248,23 @@ MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, floa
   if ((rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream)))
     return rc;
   return mn_reduce::col_sums<2>("layernorm_backward_params",
-                                LayerNormParamTerm{(const float*)dout, (const float*)inp,
-                                                   (const float*)mean, (const float*)rstd, C},
+                                LayerNormParamTerm<D>{dout, (const float*)inp, (const float*)mean,
+                                                      (const float*)rstd, C},
                                 dweight, dbias, N, C, accumulate >> 1 & 3, part, stream);
+}
+
+MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout,
+                                 float* inp, float* weight, float* mean, float* rstd, int N, int C,
+                                 int accumulate, void* stream) {
+  return layernorm_backward("layernorm_backward", dinp, dweight, dbias, (const float*)dout, inp,
+                            weight, mean, rstd, N, C, accumulate, stream);
+}
+
+MN_API int mn_layernorm_backward_bf16(float* dinp, float* dweight, float* dbias, mn_bf16* dout,
+                                      float* inp, float* weight, float* mean, float* rstd, int N,
+                                      int C, int accumulate, void* stream) {
+  return layernorm_backward("layernorm_backward_bf16", dinp, dweight, dbias, (const bf16*)dout,
+                            inp, weight, mean, rstd, N, C, accumulate, stream);
 }
 
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps,

@@ -8,7 +8,7 @@
 // On cpu (the references), emu, and cuda when a GPU is visible.
 import assert from "node:assert/strict";
 import { kernelsHeaderConstants, kernelsHeaderFunctions } from "./abi.ts";
-import { type Backend, bf16ToF32, type Dtype, type HostArray } from "./backend.ts";
+import { type Backend, bf16ToF32, type Dtype, f32ToBf16, type HostArray } from "./backend.ts";
 import { backend, CUDA_RUNS, Rng, SEED, withTensors } from "./test/harness.ts";
 import * as att from "./test/attention_cases.ts";
 import * as w6 from "./test/wkv6_cases.ts";
@@ -191,6 +191,31 @@ const CASES: Case[] = [
     (be, t, acc) => {
       be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
       be.k.mn_layernorm_backward(
+        t.g0,
+        t.g1,
+        t.g2,
+        t.dy,
+        t.x,
+        t.w,
+        t.mean,
+        t.rstd,
+        N,
+        C,
+        acc,
+        be.stream,
+      );
+    },
+  ),
+  simple(
+    "mn_layernorm_backward_bf16",
+    [N * C, C, C],
+    (r) => {
+      const i = normInputs(r, N, C, N);
+      return { ...i, dy: { ...i.dy, data: f32ToBf16(i.dy.data as Float32Array), dtype: "bf16" } };
+    },
+    (be, t, acc) => {
+      be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
+      be.k.mn_layernorm_backward_bf16(
         t.g0,
         t.g1,
         t.g2,

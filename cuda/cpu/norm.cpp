@@ -2,6 +2,8 @@
 //   LayerNorm: mu = mean(x), var = mean((x - mu)^2) (biased, as torch), rstd = 1/sqrt(var + eps),
 //              y = (x - mu) * rstd * w + b
 //   RMSNorm:   rstd = 1/sqrt(mean(x^2) + eps), y = x * rstd
+#include <vector>
+
 #include "cpu_common.h"
 #include "../entry_checks.h"
 
@@ -132,6 +134,18 @@ MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, floa
     dbias[c] += (float)sb;
   }
   return 0;
+}
+
+// bf16 dout: the definition above on its values
+MN_API int mn_layernorm_backward_bf16(float* dinp, float* dweight, float* dbias, mn_bf16* dout,
+                                      float* inp, float* weight, float* mean, float* rstd, int N,
+                                      int C, int accumulate, void* stream) {
+  MN_REQUIRE(dout, "%s: NULL pointer argument", "layernorm_backward_bf16");
+  if (int rc = check_shape("layernorm_backward_bf16", N, C)) return rc;
+  std::vector<float> d((size_t)N * C);
+  for (size_t e = 0; e < d.size(); e++) d[e] = bf16_to_f32(dout[e]);
+  return mn_layernorm_backward(dinp, dweight, dbias, d.data(), inp, weight, mean, rstd, N, C,
+                               accumulate, stream);
 }
 
 MN_API int mn_rmsnorm_forward(float* out, float* rstd, float* inp, int N, int C, float eps, void*) {
