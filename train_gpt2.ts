@@ -410,7 +410,8 @@ export class Model {
       k = qkRmsnormRotary(g, k);
     }
     const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
-    return [g.matmul(y, P("c_proj.weight"), true), v1];
+    // fused: a bf16 output as autocast's (mixRmsnorm reads it, writes its gradient in bf16)
+    return [g.matmul(y, P("c_proj.weight"), true, !a.unfused), v1];
   }
 }
 

@@ -14,57 +14,87 @@ function ones(g: Graph): Tensor {
 }
 
 /**
- * x_out = ab[0]*x + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null: x + y),
- * then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out, normed]: x_out fp32 (the
- * residual stream), normed the next matmul's operand, bf16 in the graph's bf16 precision (fp32
- * gradient), fp32 in "f32". x may be y (both contributions reach it).
+ * x_out = ab[0]*(x + r) + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null:
+ * [1, 1], a residual add; r: null for x alone, or the previous block's MLP output, its residual
+ * add folded in), then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out,
+ * normed]: x_out fp32 (the residual stream), normed the next matmul's operand, bf16 in the graph's
+ * bf16 precision (fp32 gradient), fp32 in "f32". y and r may be bf16 matmul outputs (outBf16):
+ * their gradients are then written in bf16 where Graph.gradSinksBf16 allows (the matmul backward's
+ * operand, no cast). x may be y (both fp32); r is neither.
  */
 export function mixRmsnorm(
   g: Graph,
   x: Var,
   y: Var,
   ab: Var | null,
+  r: Var | null = null,
   eps = 1.1920928955078125e-7,
 ): [Var, Var] {
   const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
-  if (y.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and y ${y.t} differ`);
+  for (const v of [y, r]) {
+    if (v && v.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and ${v.t} differ`);
+  }
   if (ab && ab.t.numel !== 2) throw new Error(`mixRmsnorm: ab has ${ab.t.numel} elements, not 2`);
+  if (r && (r === x || r === y)) throw new Error("mixRmsnorm: r must be distinct from x and y");
+  if (x.t.dtype !== "f32" || (x === y && y.t.dtype !== "f32")) {
+    throw new Error(`mixRmsnorm: x ${x.t} must be fp32`);
+  }
   const f32 = g.precision === "f32";
   const abT = ab ? ab.t : ones(g);
+  const isBf16 = (v: Var | null) => (v?.t.dtype === "bf16" ? 1 : 0);
+  const [rBf16, yBf16] = [isBf16(r), isBf16(y)];
   const xo = g.out(x.shape, "mix"); // [N, C] fp32
   const normed = g.out(x.shape, "mix.rmsnorm", f32 ? "f32" : "bf16"); // [N, C]
   const rstd = g.out([N], "mix.rstd"); // [N] fp32
+  const rP = r ? r.t.ptr : null;
   g.k.mn_mix_rmsnorm_forward(
     xo.ptr,
     f32 ? normed.ptr : null,
     f32 ? null : normed.ptr,
     rstd.ptr,
     x.t.ptr,
+    rP,
     y.t.ptr,
     abT.ptr,
+    rBf16,
+    yBf16,
     N,
     C,
     eps,
     g.s,
   );
-  const needs = g.needs(x, y, ab);
+  const needs = g.needs(x, y, ab, r);
   const xv = new Var(xo, needs), nv = new Var(normed, needs);
   if (needs) {
     g.record(() => {
       if (xv.g || nv.g) {
+        // a matmul output's gradient straight in bf16 when this is its one writer (gradSinksBf16)
+        const drBf16 = r !== null && r.requiresGrad && g.gradSinksBf16([r]) !== null;
+        const dyBf16 = y !== x && y.requiresGrad && g.gradSinksBf16([y]) !== null;
         // x may be y: then the kernel writes dx before dy (in order), so the first may overwrite
-        const [[dx, dy, dab], acc] = g.gradsInOrder(x, y, ab);
+        const [[dx, dr, dy, dab], acc] = g.gradsInOrder(
+          x,
+          drBf16 ? null : r,
+          dyBf16 ? null : y,
+          ab,
+        );
         g.k.mn_mix_rmsnorm_backward(
           dx,
-          dy,
+          drBf16 ? r!.g!.ptr : dr,
+          dyBf16 ? y.g!.ptr : dy,
           dab,
           xv.g ? xv.g.ptr : null,
           g.grad(nv), // zeros if only x_out was used (never in the model)
           xo.ptr,
           rstd.ptr,
           x.t.ptr,
+          rP,
           y.t.ptr,
           abT.ptr,
+          rBf16,
+          yBf16,
+          drBf16 ? 1 : 0,
+          dyBf16 ? 1 : 0,
           N,
           C,
           acc,
@@ -73,7 +103,7 @@ export function mixRmsnorm(
       }
       g.dropGrad(xv);
       g.dropGrad(nv);
-    }, [x, y, ab]);
+    }, [x, r, y, ab]);
   }
   return [xv, nv];
 }
