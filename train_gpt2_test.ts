@@ -152,9 +152,18 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
 //   small tensor passes within smallTol relative (worst seen 0.50, median 9e-3) or within
 //   smallAtol absolute of the unfused gradient [worst 4.1e-4 (84), median 1.1e-4]: a zeroed or
 //   wrong-signed scalar gradient (|g| ~ 1e-2) still fails.
+//   Since the fused path also writes the attention and MLP output projections in bf16 (autocast's
+//   outputs; the unfused ones fp32) and folds the MLP's residual add into the next norm, re-swept
+//   (2026-12-05): cpu seeds 1-100 [loss 9.5e-5 (35), median 2.1e-5; tensors 9.1e-3 (73), median
+//   8.0e-3; scalars 0.51 relative (22), 6.2e-4 absolute (87), median 1.2e-4]; emu seeds 1-6 [loss
+//   2.7e-5 (2); tensors 9.1e-3 (4); scalars 0.33 relative (3), 1.6e-4 absolute (6)]. So lossTol
+//   1.5e-4 -> 2e-4 and smallAtol 1e-3 -> 1.5e-3 (margins 2.1x, 2.4x); a zeroed scalar gradient
+//   still fails.
 // - f32 path (cpu): the lm head is Graph.lmHeadLoss on both; the reference's fused kernels keep g in
 //   double where the unfused ones round it to fp32 between the rmsnorm and the axpby backward
-//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0]; the MLP is the generic ops on both.
+//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0]; the MLP is the generic ops on both. With
+//   the MLP's residual add folded into the next norm (seeds 1-100, 2026-12-05): tensors 2.6e-7,
+//   lambdas and lamb 8.5e-6, loss 0.
 export const FUSED_CHECKS: {
   be: "cpu" | "emu";
   precision: "bf16" | "f32";
@@ -163,9 +172,9 @@ export const FUSED_CHECKS: {
   smallAtol?: number;
   lossTol: number;
 }[] = [
-  { be: "emu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
+  { be: "emu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1.5e-3, lossTol: 2e-4 },
   { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 1e-6 },
-  { be: "cpu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
+  { be: "cpu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1.5e-3, lossTol: 2e-4 },
 ];
 for (const c of FUSED_CHECKS) {
   Deno.test(`train_gpt2: fused blocks match --unfused (${c.be}, ${c.precision})`, () => {

@@ -248,12 +248,14 @@ function gemmToBf16(
  * The MLP of the record models, x -> c_proj(relu(c_fc(x))^2) (nn.Linear weights Wfc [Hd, C],
  * Wproj [C, Hd], no biases), in bf16 as autocast runs it: the c_fc GEMM writes the pre-activation
  * u [N, Hd] in bf16, one kernel writes a = relu(u)^2 in bf16 (c_proj's operand), the c_proj GEMM
- * writes the fp32 output [N, C]. Saved for backward: x's bf16 operand, u and a (bf16; nothing fp32
- * of [N, Hd]). Backward: the fp32 dy cast once to bf16; dA = dy @ Wproj in bf16; dWproj (+)=
+ * writes the fp32 output [N, C], or with outBf16 a bf16 one as autocast's (then only ops that read
+ * bf16 may take it, as Graph.matmul's outBf16). Saved for backward: x's bf16 operand, u and a
+ * (bf16; nothing fp32 of [N, Hd]). Backward: dy as a bf16 operand (an fp32 dy cast once; a bf16
+ * one, which its consumer may write under outBf16, as it is); dA = dy @ Wproj in bf16; dWproj (+)=
  * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc and dWfc (+)= du^T x (fp32). The
  * "f32" path is the generic matmul, relu2, matmul.
  */
-export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
+export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var, outBf16 = false): Var {
   if (g.precision === "f32") return g.matmul(g.relu2(g.matmul(x, Wfc, true)), Wproj, true);
   const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
   const [Hd, fcC] = Wfc.shape, [pC, pHd] = Wproj.shape;
@@ -268,9 +270,9 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
   gemmToBf16(g, 1, N, Hd, C, xb.ptr, C, wfc.ptr, C, u.ptr); // u = x @ Wfc^T
   const a = g.out([...rows, Hd], "mlp.relu2.bf16", "bf16"); // [N, Hd] bf16
   g.k.mn_relu2_forward_bf16io(a.ptr, u.ptr, u.n, g.s);
-  const out = g.out([...rows, pC], "mlp.proj"); // [N, C] fp32
-  g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n);
-  return g.node(out, [x, Wfc, Wproj], (y) => {
+  const out = g.out([...rows, pC], "mlp.proj", outBf16 ? "bf16" : "f32"); // [N, C]
+  g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n, 1, outBf16);
+  const y = g.node(out, [x, Wfc, Wproj], (y) => {
     const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
     const [[dx, dWfc, dWproj], acc] = g.grads(x, Wfc, Wproj);
     const d = g.out(u.shape, "mlp.dA.bf16", "bf16"); // dA, then du in place
@@ -286,4 +288,6 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
       g.gemm(1, 0, Hd, C, N, 1, d.ptr, Hd, 0n, xb.ptr, C, 0n, (acc >> 1) & 1, dWfc, C, 0n);
     }
   });
+  y.bf16Grad = true; // the backward reads dy only as a bf16 GEMM operand
+  return y;
 }
