@@ -36,7 +36,7 @@ export function mixRmsnorm(
   }
   if (ab && ab.t.numel !== 2) throw new Error(`mixRmsnorm: ab has ${ab.t.numel} elements, not 2`);
   if (r && (r === x || r === y)) throw new Error("mixRmsnorm: r must be distinct from x and y");
-  if (x.t.dtype !== "f32" || (x === y && y.t.dtype !== "f32")) {
+  if (x.t.dtype !== "f32") {
     throw new Error(`mixRmsnorm: x ${x.t} must be fp32`);
   }
   const f32 = g.precision === "f32";
