@@ -530,8 +530,8 @@ const mixRmsnormForward: Cost = (a) => {
   ];
 };
 // mix_rmsnorm_backward_kernel: min(N, 1024) blocks over row chunks (gpt2_fused.cu mix_plan);
-// reads dnorm, x_out, rstd, dx_out (if given), x, r and y (if dab; y not again when it is x; r and
-// y in their dtypes), dx / dr / dy where their accumulate bit is set (fp32); writes dx, dr, dy (dx
+// reads dnorm (fp32 or bf16), x_out, rstd, dx_out (if given), x, r and y (if dab; y not again
+// when it is x; r and y in their dtypes), dx / dr / dy where their accumulate bit is set (fp32); writes dx, dr, dy (dx
 // = dy: once; dr, dy bf16 with dr_bf16 / dy_bf16) and, with dab and more than one block, 2
 // partials per block that one full_sums_kernel<2,FullPartialsTerm> block adds into dab.
 const mixRmsnormBackward: Cost = (a) => {
@@ -550,8 +550,8 @@ const mixRmsnormBackward: Cost = (a) => {
   if (dy && !same) outs.push([mixWidth(a, "dy_bf16"), (accm & 4) !== 0 && !a.dy_bf16]);
   const written = outs.reduce((t, [w]) => t + w, 0);
   const readBack = outs.reduce((t, [w, rd]) => t + (rd ? w : 0), 0);
-  const read = (2 + (has(a, "dx_out") ? 1 : 0)) * n * F32 + (inputs + readBack) * n + N * F32 +
-    2 * F32;
+  const read = (1 + (has(a, "dx_out") ? 1 : 0)) * n * F32 +
+    (mixWidth(a, "dnorm_bf16") + inputs + readBack) * n + N * F32 + 2 * F32;
   const part = dab && blocks > 1 ? 2 * blocks * F32 : 0;
   const out: Launch[] = [
     launch(

@@ -72,6 +72,7 @@ const SMALL: Record<string, number> = {
   y_bf16: 1,
   dr_bf16: 1,
   dy_bf16: 1,
+  dnorm_bf16: 1,
   rows: 64,
   cols: 16,
   ld_dst: 96,
@@ -375,7 +376,7 @@ Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C =
   // the partials and dab, writes dab
   const bwd = {
     ...{ dx: 4, dr: 0, dy: 5, dab: 6, dx_out: 7, x: 1, r: 0, y: 2, N: ROWS, C, accumulate: -1 },
-    ...{ r_bf16: 0, y_bf16: 0, dr_bf16: 0, dy_bf16: 0 },
+    ...{ r_bf16: 0, y_bf16: 0, dr_bf16: 0, dy_bf16: 0, dnorm_bf16: 0 },
   };
   const b = callLaunches("mn_mix_rmsnorm_backward", bwd);
   assert.deepEqual(b.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
@@ -402,14 +403,14 @@ Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C =
     [5.5 * act + 131072 + 8, 2.5 * act + 8192],
     [8192 + 8, 8],
   ]);
-  // x + att with att bf16 (y_bf16) and its gradient written bf16: reads dnorm, x_out, dx_out;
-  // writes dx (fp32) and dy (bf16)
+  // x + att with att bf16 (y_bf16) and its gradient written bf16, dnorm bf16 (the MLP's input
+  // gradient): reads dnorm (act/2), x_out, dx_out; writes dx (fp32) and dy (bf16)
   const att = callLaunches("mn_mix_rmsnorm_backward", {
     ...bwd,
-    ...{ dab: 0, y_bf16: 1, dy_bf16: 1, accumulate: 0 },
+    ...{ dab: 0, y_bf16: 1, dy_bf16: 1, dnorm_bf16: 1, accumulate: 0 },
   });
   assert.deepEqual(att.map((l) => [l.bytesRead, l.bytesWritten]), [
-    [3 * act + 131072 + 8, 1.5 * act],
+    [2.5 * act + 131072 + 8, 1.5 * act],
   ]);
 });
 

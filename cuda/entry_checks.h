@@ -167,7 +167,7 @@ inline int mn_check_mix_rmsnorm_forward(const char* fn, float* x_out, float* out
   return 0;
 }
 inline int mn_check_mix_rmsnorm_backward(const char* fn, float* dx, void* dr, void* dy,
-                                         float* dab, float* dnorm, float* x_out, float* rstd,
+                                         float* dab, void* dnorm, float* x_out, float* rstd,
                                          float* x, void* r, void* y, float* ab, int y_bf16,
                                          int dr_bf16, int dy_bf16, int N, int C, int accumulate) {
   MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);

@@ -20,7 +20,8 @@ function ones(g: Graph): Tensor {
  * normed]: x_out fp32 (the residual stream), normed the next matmul's operand, bf16 in the graph's
  * bf16 precision (fp32 gradient), fp32 in "f32". y and r may be bf16 matmul outputs (outBf16):
  * their gradients are then written in bf16 where Graph.gradSinksBf16 allows (the matmul backward's
- * operand, no cast). x may be y (both fp32); r is neither.
+ * operand, no cast). x may be y (both fp32); r is neither. normed's gradient may be bf16 (its
+ * sole consumer's GEMM output: bf16Grad).
  */
 export function mixRmsnorm(
   g: Graph,
@@ -65,6 +66,9 @@ export function mixRmsnorm(
   );
   const needs = g.needs(x, y, ab, r);
   const xv = new Var(xo, needs), nv = new Var(normed, needs);
+  // normed's gradient may be bf16, as autocast's linear writes its input gradient (the kernel
+  // widens it): a sole consumer that can (mlpRelu2, matmul) writes it so, half the bytes
+  nv.bf16Grad = true;
   if (needs) {
     g.record(() => {
       if (xv.g || nv.g) {
@@ -78,13 +82,14 @@ export function mixRmsnorm(
           dyBf16 ? null : y,
           ab,
         );
+        const dnorm = g.grad(nv); // zeros if only x_out was used (never in the model)
         g.k.mn_mix_rmsnorm_backward(
           dx,
           drBf16 ? r!.g!.ptr : dr,
           dyBf16 ? y.g!.ptr : dy,
           dab,
           xv.g ? xv.g.ptr : null,
-          g.grad(nv), // zeros if only x_out was used (never in the model)
+          dnorm,
           xo.ptr,
           rstd.ptr,
           x.t.ptr,
@@ -95,6 +100,7 @@ export function mixRmsnorm(
           yBf16,
           drBf16 ? 1 : 0,
           dyBf16 ? 1 : 0,
+          nv.g!.dtype === "bf16" ? 1 : 0,
           N,
           C,
           acc,
@@ -252,7 +258,8 @@ function gemmToBf16(
  * bf16 may take it, as Graph.matmul's outBf16). Saved for backward: x's bf16 operand, u and a
  * (bf16; nothing fp32 of [N, Hd]). Backward: dy as a bf16 operand (an fp32 dy cast once; a bf16
  * one, which its consumer may write under outBf16, as it is); dA = dy @ Wproj in bf16; dWproj (+)=
- * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc and dWfc (+)= du^T x (fp32). The
+ * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc (fp32, or bf16 where x's
+ * producer takes it: gradSinksBf16) and dWfc (+)= du^T x (fp32). The
  * "f32" path is the generic matmul, relu2, matmul.
  */
 export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var, outBf16 = false): Var {
@@ -274,7 +281,10 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var, outBf16 = false
   g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n, 1, outBf16);
   const y = g.node(out, [x, Wfc, Wproj], (y) => {
     const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
-    const [[dx, dWfc, dWproj], acc] = g.grads(x, Wfc, Wproj);
+    // x's gradient straight from the GEMM in bf16 where x's producer takes one (gradSinksBf16:
+    // mixRmsnorm's normed), as autocast's c_fc writes its input gradient
+    const xBf16 = x.requiresGrad && g.gradSinksBf16([x]) !== null;
+    const [[dx, dWfc, dWproj], acc] = g.grads(xBf16 ? null : x, Wfc, Wproj);
     const d = g.out(u.shape, "mlp.dA.bf16", "bf16"); // dA, then du in place
     gemmToBf16(g, 0, N, Hd, pC, dy.ptr, pC, wproj.ptr, Hd, d.ptr); // dA = dy @ Wproj
     if (Wproj.requiresGrad) {
@@ -282,7 +292,8 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var, outBf16 = false
     }
     g.k.mn_relu2_backward_bf16io(d.ptr, d.ptr, u.ptr, u.n, 0, g.s);
     if (x.requiresGrad) {
-      g.gemm(0, 0, N, C, Hd, 1, d.ptr, Hd, 0n, wfc.ptr, C, 0n, acc & 1, dx, C, 0n);
+      const dxP = xBf16 ? x.g!.ptr : dx;
+      g.gemm(0, 0, N, C, Hd, 1, d.ptr, Hd, 0n, wfc.ptr, C, 0n, acc & 1, dxP, C, 0n, 1, xBf16);
     }
     if (Wfc.requiresGrad) {
       g.gemm(1, 0, Hd, C, N, 1, d.ptr, Hd, 0n, xb.ptr, C, 0n, (acc >> 1) & 1, dWfc, C, 0n);

@@ -97,13 +97,13 @@ struct MixGrads {
   void* dy;
   float* dab;
   float* part;
-  int r_bf16, y_bf16, dr_bf16, dy_bf16;
+  int r_bf16, y_bf16, dr_bf16, dy_bf16, dnorm_bf16;
 };
 
 // part != NULL: block b writes its two partial sums to part[2b], part[2b + 1]; part == NULL (one
 // block): they go straight to dab under bit 3. kSame: dx == dy (x is y, both fp32).
 template <bool kSame>
-__global__ void mix_rmsnorm_backward_kernel(MixGrads G, const float* dx_out, const float* dnorm,
+__global__ void mix_rmsnorm_backward_kernel(MixGrads G, const float* dx_out, const void* dnorm,
                                             const float* x_out, const float* rstd,
                                             const float* x, const void* r, const void* y,
                                             const float* ab, int N, int C, int rows,
@@ -118,11 +118,13 @@ __global__ void mix_rmsnorm_backward_kernel(MixGrads G, const float* dx_out, con
     const int64_t o = (int64_t)i * C;
     const float rs = rstd[i];
     float d = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) d += dnorm[o + c] * x_out[o + c];
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+      d += mix_load(dnorm, G.dnorm_bf16, o + c) * x_out[o + c];
     const float k = mn_block_sum(d, scratch) / C * rs * rs;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
       const int64_t e = o + c;
-      const float g = mix_rms_grad(dx_out ? dx_out[e] : 0.0f, rs, dnorm[e], x_out[e], k);
+      const float dn = mix_load(dnorm, G.dnorm_bf16, e);
+      const float g = mix_rms_grad(dx_out ? dx_out[e] : 0.0f, rs, dn, x_out[e], k);
       if (kSame) {
         const float t = acc_x ? G.dx[e] + a * g : a * g;
         G.dx[e] = t + b * g;
@@ -165,9 +167,10 @@ MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf1
 }
 
 MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
-                                   float* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
                                    void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
-                                   int dy_bf16, int N, int C, int accumulate, void* stream) {
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void* stream) {
   const char* fn = "mix_rmsnorm_backward";
   if (int rc = mn_check_mix_rmsnorm_backward(fn, dx, dr, dy, dab, dnorm, x_out, rstd, x, r, y, ab,
                                              y_bf16, dr_bf16, dy_bf16, N, C, accumulate))
@@ -178,10 +181,10 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, fl
     if (int rc = mn_reduce::scratch_floats(&part, 2 * (int64_t)p.blocks, stream)) return rc;
   }
   const bool same = dx && (void*)dx == dy;
-  const MixGrads G{dx, dr, dy, dab, part, r_bf16, y_bf16, dr_bf16, dy_bf16};
+  const MixGrads G{dx, dr, dy, dab, part, r_bf16, y_bf16, dr_bf16, dy_bf16, dnorm_bf16};
   int rc = mn_launch(fn, same ? mix_rmsnorm_backward_kernel<true> : mix_rmsnorm_backward_kernel<false>,
                      p.blocks, mix_threads(C), 0, stream, G, (const float*)dx_out,
-                     (const float*)dnorm, (const float*)x_out, (const float*)rstd, (const float*)x,
+                     (const void*)dnorm, (const float*)x_out, (const float*)rstd, (const float*)x,
                      (const void*)r, (const void*)y, (const float*)ab, N, C, p.rows, accumulate);
   if (rc || !part) return rc;
   // the blocks' partials in block order (at most 1024: one block of the full-sum kernel)

@@ -25,7 +25,7 @@ interface Cfg {
 // mix: the blocks' lambdas (x and y distinct); same: the first block, where x and y are one tensor
 // (x0 = x); residual: x + att, constant [1, 1], no scalar gradients; nodxo: no gradient reached
 // x_out from later ops (dx_out NULL); att: the residual with att a bf16 matmul output whose
-// gradient is written bf16 (its GEMM operand); fold: mix with the previous block's residual add
+// gradient is written bf16 (its GEMM operand), and dnorm bf16 (the MLP's input gradient); fold: mix with the previous block's residual add
 // folded in (x + r, r fp32: the "f32" path); foldbf16: the same with r the MLP's bf16 output and
 // its gradient written bf16.
 type Kind = "mix" | "same" | "residual" | "nodxo" | "att" | "fold" | "foldbf16";
@@ -33,6 +33,7 @@ const KINDS: Kind[] = ["mix", "same", "residual", "nodxo", "att", "fold", "foldb
 const hasR = (k: Kind) => k === "fold" || k === "foldbf16";
 const rBf16 = (k: Kind) => (k === "foldbf16" ? 1 : 0);
 const yBf16 = (k: Kind) => (k === "att" ? 1 : 0);
+const dnormBf16 = yBf16;
 const constAb = (k: Kind) => k === "residual" || k === "att";
 // C: one element, less than a warp, ragged, the GPT width, over one 256-thread pass; N: one row
 // up to more rows than the backward's 1024 blocks (several rows per block, a short last block).
@@ -101,6 +102,7 @@ function backward(be: Backend, t: Named, { N, C, kind }: Cfg, accumulate: number
     yBf16(kind),
     rBf16(kind),
     yBf16(kind),
+    dnormBf16(kind),
     N,
     C,
     accumulate & ~bf16Bits,
@@ -133,6 +135,13 @@ const upload = (inp: Inputs, { N, C, kind }: Cfg, widened = false) => {
     ab: { data: inp.ab, shape: [2] },
   };
 };
+/** dnorm as the kind stores it (bf16 in att), or widened (the unfused kernels' fp32 input) */
+const operandOf = (v: Float32Array, { N, C, kind }: Cfg, widened = false) =>
+  !dnormBf16(kind)
+    ? { data: v, shape: [N, C] }
+    : widened
+    ? { data: bf16ToF32(f32ToBf16(v)), shape: [N, C] }
+    : { data: f32ToBf16(v), shape: [N, C], dtype: "bf16" as const };
 /** the gradient outputs' dtypes: dr and dy bf16 in the bf16 kinds */
 const gradDtype = (kind: Kind, name: "dr" | "dy") =>
   (name === "dr" ? rBf16(kind) : yBf16(kind)) ? "bf16" as const : "f32" as const;
@@ -172,7 +181,7 @@ function backwardCase(rng: Rng, cfg: Cfg) {
       x_out: { data: saved.x_out, shape: [N, C] },
       rstd: { data: saved.rstd, shape: [N] },
       dx_out: { data: rng.normal(N * C), shape: [N, C] },
-      dnorm: { data: rng.normal(N * C), shape: [N, C] },
+      dnorm: operandOf(rng.normal(N * C), cfg),
     },
     init: {
       dx: rng.normal(N * C),
@@ -241,7 +250,7 @@ function sameAs(target: string, key: string): Tol {
 // ---- fused vs the unfused composition it replaces, on one backend (emu; cuda with a GPU):
 // forward [add x + r] -> axpby (or add) -> rmsnorm -> cast; backward rmsnorm_backward into dx_out,
 // then axpby_backward (or two axpys) [then the add's: its gradient into dx and dr]. A bf16 input
-// (y, r) enters the unfused kernels widened to fp32, and a bf16 gradient is the unfused fp32 one
+// (y, r, dnorm) enters the unfused kernels widened to fp32, and a bf16 gradient is the unfused fp32 one
 // cast. Every element is rounded the same way, so the outputs are bit-identical; only the scalar
 // gradients' sums run in another order.
 for (const tgt of targets()) {
@@ -266,7 +275,7 @@ for (const tgt of targets()) {
         const fused = withTensors(be, {
           ...upload(inp, cfg),
           dx_out: { data: dxo, shape: [N, C] },
-          dnorm: { data: dn, shape: [N, C] },
+          dnorm: operandOf(dn, cfg),
         }, {
           x_out: { shape: [N, C] },
           out_f32: { shape: [N, C] },
@@ -282,7 +291,7 @@ for (const tgt of targets()) {
         });
         const unfused = withTensors(be, {
           ...upload(inp, cfg, true),
-          dnorm: { data: dn, shape: [N, C] },
+          dnorm: operandOf(dn, cfg, true),
         }, {
           s: { shape: [N, C] }, // x + r [N, C] fp32
           x_out: { shape: [N, C] },

@@ -621,7 +621,9 @@ MN_API int mn_attention_tc_backward_bf16(float* dq, float* dk, float* dv, mn_bf1
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
                                   float* x, void* r, void* y, float* ab, int r_bf16, int y_bf16,
                                   int N, int C, float eps, void* stream);
-/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0.
+/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0; dnorm
+ * [N, C] fp32, or bf16 when dnorm_bf16 != 0 (the next linear's input gradient as autocast writes
+ * it, widened exactly).
  * dx (bit 0) and dr (bit 1) get a*g, dy (bit 2) b*g, dab[0..1] (bit 3) sum(g*(x + r)) and
  * sum(g*y) over all N*C elements (deterministic two-stage sum). dab may be NULL (constant ab: not
  * reduced; else x and y are read, and r when given); dx, dr or dy may be NULL. dr_bf16 / dy_bf16
@@ -629,9 +631,10 @@ MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf1
  * overwritten (its bit must be clear). dx == dy (x and y one fp32 tensor): both contributions,
  * (dx + a*g) + b*g, under bit 0; dr is distinct from both. */
 MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
-                                   float* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
                                    void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
-                                   int dy_bf16, int N, int C, int accumulate, void* stream);
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void* stream);
 /* QK-RMSNorm + rotary: per head row of x [B,T,H,D] fp32, F.rms_norm over D (rstd [B*T*H]) then
  * mn_rotary_forward's rotation; written fp32 (out_f32) and/or as the bf16 attention operand
  * (out_bf16), either may be NULL, not both; rounded as rmsnorm then rotary (then the cast) round.

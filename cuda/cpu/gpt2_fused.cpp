@@ -55,9 +55,10 @@ static inline void mix_out(void* p, int is_bf16, bool acc, int64_t i, double v) 
 // g = dx_out + r dnorm - r^3 x_out / C * sum_c dnorm_c x_out_c (the rmsnorm backward), then the
 // axpby backward of g, then the add's (dx and dr both get a*g).
 MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
-                                   float* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
                                    void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
-                                   int dy_bf16, int N, int C, int accumulate, void*) {
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void*) {
   const char* fn = "mix_rmsnorm_backward";
   if (int rc = mn_check_mix_rmsnorm_backward(fn, dx, dr, dy, dab, dnorm, x_out, rstd, x, r, y, ab,
                                              y_bf16, dr_bf16, dy_bf16, N, C, accumulate))
@@ -71,10 +72,10 @@ MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, fl
     const int64_t o = (int64_t)i * C;
     const double rs = rstd[i];
     double dot = 0;
-    for (int c = 0; c < C; c++) dot += (double)dnorm[o + c] * x_out[o + c];
+    for (int c = 0; c < C; c++) dot += (double)mix_in(dnorm, dnorm_bf16, o + c) * x_out[o + c];
     for (int c = 0; c < C; c++) {
       const int64_t e = o + c;
-      const double g = (dx_out ? (double)dx_out[e] : 0.0) + rs * dnorm[e] -
+      const double g = (dx_out ? (double)dx_out[e] : 0.0) + rs * mix_in(dnorm, dnorm_bf16, e) -
                        rs * rs * rs * x_out[e] * dot / C;
       if (same) {
         dx[e] = (float)((acc_x ? (double)dx[e] : 0.0) + (a + b) * g);
