@@ -361,6 +361,9 @@ export class Model {
     let x = g.rmsnorm(g.embedding(idx, P("transformer.wte.weight"), [B, T]));
     const x0 = x;
     let v1: V1 | null = null;
+    // fused: the previous block's MLP output [B,T,C] bf16, its residual add x + mlp left to the
+    // next mixRmsnorm (one pass over the residual stream instead of an add and a mix)
+    let mlp: Var | null = null;
     for (let l = 0; l < a.n_layer; l++) { // Block.forward
       const b = `transformer.h.${l}.`;
       const lambdas = P(b + "lambdas");
@@ -368,7 +371,7 @@ export class Model {
       if (a.unfused) {
         x = g.axpby(g.scalarOf(lambdas, 0), x, g.scalarOf(lambdas, 1), x0);
         normed = g.rmsnorm(x);
-      } else [x, normed] = mixRmsnorm(g, x, x0, lambdas); // the same, one kernel each way
+      } else [x, normed] = mixRmsnorm(g, x, x0, lambdas, mlp); // the same (after x + mlp), fused
       const [att, v] = this.attn(g, l, normed, v1);
       v1 = v;
       if (a.unfused) {
@@ -376,15 +379,16 @@ export class Model {
         normed = g.rmsnorm(x);
       } else [x, normed] = mixRmsnorm(g, x, att, null); // x + att, then its norm
       const [fc, proj] = [P(b + "mlp.c_fc.weight"), P(b + "mlp.c_proj.weight")];
-      // fused: bf16 pre-activation, relu^2 and their gradients (the generic ops on "f32")
-      const mlp = a.unfused
-        ? g.matmul(g.relu2(g.matmul(normed, fc, true)), proj, true)
-        : mlpRelu2(g, normed, fc, proj);
-      x = g.add(x, mlp);
+      if (a.unfused) {
+        x = g.add(x, g.matmul(g.relu2(g.matmul(normed, fc, true)), proj, true));
+      } else mlp = mlpRelu2(g, normed, fc, proj, true); // bf16 u, relu^2, output, gradients
     }
-    x = g.rmsnorm(x);
-    if (a.unfused) return g.lmHeadLoss(x, P("lm_head.weight"), targets, 30, lossScale);
-    return lmHeadLossBf16(g, x, P("lm_head.weight"), targets, 30, lossScale); // bf16 logits
+    if (a.unfused) {
+      return g.lmHeadLoss(g.rmsnorm(x), P("lm_head.weight"), targets, 30, lossScale);
+    }
+    // the last block's x + mlp and the final norm, written as the head's bf16 operand
+    const normed = mlp ? mixRmsnorm(g, x, mlp, null)[1] : g.rmsnorm(x);
+    return lmHeadLossBf16(g, normed, P("lm_head.weight"), targets, 30, lossScale); // bf16 logits
   }
 
   /** CausalSelfAttention.forward: returns (y, v1); v1 is the first block's v (a FirstV on the
@@ -410,7 +414,8 @@ export class Model {
       [q, k, v, v1] = qkvHeads(g, x, ws, P("lamb"), v1 as FirstV | null, H);
     }
     const y = view(g, attention(g, q, k, v, a.cuda_core_attention), [B, T, a.n_embd]);
-    return [g.matmul(y, P("c_proj.weight"), true), v1];
+    // fused: a bf16 output as autocast's (mixRmsnorm reads it, writes its gradient in bf16)
+    return [g.matmul(y, P("c_proj.weight"), true, !a.unfused), v1];
   }
 }
 

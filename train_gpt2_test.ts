@@ -65,7 +65,11 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // that worst rather than 2x the sweep's; a wrong kernel moves the loss by 1e-2 or more]
   // Since the fused path's bf16 logits (issue 15d) the two backends' GEMM sums, in different
   // orders, can also round a logit the other way: re-swept over seeds 1-6 x 2 BLAS (2026-12-04):
-  // tensors 2.1e-3, lambdas 5.1e-3, loss 1.1e-5.
+  // tensors 2.1e-3, lambdas 5.1e-3, loss 1.1e-5. With bf16 attention/MLP projection outputs and
+  // the MLP's residual add folded into the next norm (seeds 1-6 and 25 x 2 BLAS, 2026-12-05):
+  // tensors 2.4e-3, lambdas 1.6e-2 (25's h.1 lamb; 3.6e-5 absolute), loss 9.5e-8. With the MLP's
+  // input gradient in bf16 as well: tensors 2.2e-3, lambdas 2.1e-2 (25's h.1 lamb; 2.8e-5
+  // absolute, within smallAtol 7x), loss 9.5e-8.
   {
     label: "bf16 mode, --cuda_core_attention",
     flags: [...TINY, "--cuda_core_attention"],
@@ -82,12 +86,16 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // layers; a broken tensor-core kernel gives O(1). [tensors: worst 6.7e-3, median 6.0e-3;
   // lambdas and lamb: worst 3.0e-2, median 6.7e-3; loss 5.1e-5]
   // With bf16 logits (re-swept as above): tensors 6.6e-3, lambdas 5.8e-2 (was 3.0e-2), loss
-  // 2.8e-5, so the lambdas' bound 1e-1 -> 1.5e-1.
+  // 2.8e-5, so the lambdas' bound 1e-1 -> 1.5e-1. With bf16 projection outputs and the folded
+  // residual add (as above): tensors 7.3e-3, lambdas 5.5e-2 (seed 25), loss 5.4e-5. With the
+  // MLP's input gradient (dnorm) in bf16, which emu and cpu may round apart where their GEMM sums
+  // differ: tensors 7.5e-3, lambdas 1.04e-1 (seed 3's h.0 lambdas; 8.1e-2 at 25), loss 5.4e-5, so
+  // the lambdas' bound 1.5e-1 -> 2.5e-1 (2.4x).
   {
     label: "bf16 mode, tensor-core attention",
     flags: TINY,
     tol: 2e-2,
-    smallTol: 1.5e-1,
+    smallTol: 2.5e-1,
     // largest absolute difference, seeds 1-3 and 25 (h.1 lamb 0.12 apart relatively there, 2.7e-5
     // absolutely): 4.7e-5 (2026-12-05, with the bf16 attention out and dout)
     smallAtol: 2e-4,
@@ -152,9 +160,20 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
 //   small tensor passes within smallTol relative (worst seen 0.50, median 9e-3) or within
 //   smallAtol absolute of the unfused gradient [worst 4.1e-4 (84), median 1.1e-4]: a zeroed or
 //   wrong-signed scalar gradient (|g| ~ 1e-2) still fails.
+//   Since the fused path also writes the attention and MLP output projections in bf16 (autocast's
+//   outputs; the unfused ones fp32) and folds the MLP's residual add into the next norm, re-swept
+//   (2026-12-05): cpu seeds 1-100 [loss 9.5e-5 (35), median 2.1e-5; tensors 9.1e-3 (73), median
+//   8.0e-3; scalars 0.51 relative (22), 6.2e-4 absolute (87), median 1.2e-4]; emu seeds 1-6 [loss
+//   2.7e-5 (2); tensors 9.1e-3 (4); scalars 0.33 relative (3), 1.6e-4 absolute (6)]. So lossTol
+//   1.5e-4 -> 2e-4 and smallAtol 1e-3 -> 1.5e-3 (margins 2.1x, 2.4x); a zeroed scalar gradient
+//   still fails. With the MLP's input gradient in bf16 too (the c_fc backward's output, read by
+//   the norm's backward): cpu [loss 9.5e-5 (35); tensors 9.0e-3 (73); scalars 0.51 (22), 6.5e-4
+//   absolute (87)]; emu [loss 2.7e-5 (2); tensors 8.9e-3 (4); scalars 0.27 (3), 1.6e-4 (6)].
 // - f32 path (cpu): the lm head is Graph.lmHeadLoss on both; the reference's fused kernels keep g in
 //   double where the unfused ones round it to fp32 between the rmsnorm and the axpby backward
-//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0]; the MLP is the generic ops on both.
+//   [tensors 2.5e-7, lambdas and lamb 6.4e-6, loss 0]; the MLP is the generic ops on both. With
+//   the MLP's residual add folded into the next norm (seeds 1-100, 2026-12-05): tensors 2.6e-7,
+//   lambdas and lamb 8.5e-6, loss 0.
 export const FUSED_CHECKS: {
   be: "cpu" | "emu";
   precision: "bf16" | "f32";
@@ -163,9 +182,9 @@ export const FUSED_CHECKS: {
   smallAtol?: number;
   lossTol: number;
 }[] = [
-  { be: "emu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
+  { be: "emu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1.5e-3, lossTol: 2e-4 },
   { be: "cpu", precision: "f32", tol: 1e-6, smallTol: 2e-5, lossTol: 1e-6 },
-  { be: "cpu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1e-3, lossTol: 1.5e-4 },
+  { be: "cpu", precision: "bf16", tol: 2e-2, smallTol: 1e-1, smallAtol: 1.5e-3, lossTol: 2e-4 },
 ];
 for (const c of FUSED_CHECKS) {
   Deno.test(`train_gpt2: fused blocks match --unfused (${c.be}, ${c.precision})`, () => {

@@ -526,37 +526,50 @@ const rmsnormBackward: Cost = (a) => {
 };
 
 // ---- GPT-2 fused chains (gpt2_fused.cu) ---------------------------------------------------------
-// mix_rmsnorm_forward_kernel: N blocks x norm_threads(C); reads x, y (once if one tensor) and ab;
-// writes x_out, rstd and whichever of out_f32 / out_bf16 is given.
+// mix_rmsnorm_forward_kernel: N blocks x norm_threads(C); reads x, r (if given), y (not again
+// when it is x) and ab, r and y in their dtypes (r_bf16, y_bf16); writes x_out, rstd and whichever
+// of out_f32 / out_bf16 is given.
+const mixWidth = (a: Record<string, number>, flag: string) => (a[flag] ? BF16 : F32);
 const mixRmsnormForward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), n = N * C;
-  const xy = typeof a.x === "number" && a.x === a.y ? 1 : 2;
+  const sameXY = typeof a.x === "number" && a.x === a.y;
+  const inputs = F32 + (has(a, "r") ? mixWidth(a, "r_bf16") : 0) +
+    (sameXY ? 0 : mixWidth(a, "y_bf16"));
   const outs = (has(a, "out_f32") ? F32 : 0) + (has(a, "out_bf16") ? BF16 : 0);
   return [
     launch(
       "mix_rmsnorm_forward_kernel",
       N,
       normThreads(C),
-      xy * n * F32 + 2 * F32,
+      inputs * n + 2 * F32,
       n * (F32 + outs) + N * F32,
-      8 * n,
+      (has(a, "r") ? 9 : 8) * n,
     ),
   ];
 };
 // mix_rmsnorm_backward_kernel: min(N, 1024) blocks over row chunks (gpt2_fused.cu mix_plan);
-// reads dnorm, x_out, rstd, dx_out (if given), x and y (if dab; once if one tensor), dx / dy where
-// their accumulate bit is set; writes dx, dy (one tensor: once) and, with dab and more than one
-// block, 2 partials per block that one full_sums_kernel<2,FullPartialsTerm> block adds into dab.
+// reads dnorm (fp32 or bf16), x_out, rstd, dx_out (if given), x, r and y (if dab; y not again
+// when it is x; r and y in their dtypes), dx / dr / dy where their accumulate bit is set (fp32); writes dx, dr, dy (dx
+// = dy: once; dr, dy bf16 with dr_bf16 / dy_bf16) and, with dab and more than one block, 2
+// partials per block that one full_sums_kernel<2,FullPartialsTerm> block adds into dab.
 const mixRmsnormBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), n = N * C;
-  const acc = need(a, "accumulate");
-  const dab = has(a, "dab"), dx = has(a, "dx"), dy = has(a, "dy");
+  const accm = need(a, "accumulate");
+  const dab = has(a, "dab"), dx = has(a, "dx"), dr = has(a, "dr"), dy = has(a, "dy");
   const same = dx && typeof a.dx === "number" && a.dx === a.dy;
   const rows = Math.ceil(N / Math.min(N, 1024)), blocks = Math.ceil(N / rows);
-  const xy = !dab ? 0 : typeof a.x === "number" && a.x === a.y ? 1 : 2;
-  const grads = same ? 1 : (dx ? 1 : 0) + (dy ? 1 : 0);
-  const gradsRead = same ? (acc & 1 ? 1 : 0) : (dx && acc & 1 ? 1 : 0) + (dy && acc & 2 ? 1 : 0);
-  const read = (2 + (has(a, "dx_out") ? 1 : 0) + xy + gradsRead) * n * F32 + N * F32 + 2 * F32;
+  const sameXY = typeof a.x === "number" && a.x === a.y;
+  const inputs = !dab ? 0 : F32 + (has(a, "r") ? mixWidth(a, "r_bf16") : 0) +
+    (sameXY ? 0 : mixWidth(a, "y_bf16"));
+  // [written bytes per element, read back when accumulated] of each gradient output
+  const outs: [number, boolean][] = [];
+  if (dx) outs.push([F32, (accm & 1) !== 0]);
+  if (dr) outs.push([mixWidth(a, "dr_bf16"), (accm & 2) !== 0 && !a.dr_bf16]);
+  if (dy && !same) outs.push([mixWidth(a, "dy_bf16"), (accm & 4) !== 0 && !a.dy_bf16]);
+  const written = outs.reduce((t, [w]) => t + w, 0);
+  const readBack = outs.reduce((t, [w, rd]) => t + (rd ? w : 0), 0);
+  const read = (1 + (has(a, "dx_out") ? 1 : 0)) * n * F32 +
+    (mixWidth(a, "dnorm_bf16") + inputs + readBack) * n + N * F32 + 2 * F32;
   const part = dab && blocks > 1 ? 2 * blocks * F32 : 0;
   const out: Launch[] = [
     launch(
@@ -564,7 +577,7 @@ const mixRmsnormBackward: Cost = (a) => {
       blocks,
       normThreads(C),
       read,
-      grads * n * F32 + part + (dab && !part ? 2 * F32 : 0),
+      written * n + part + (dab && !part ? 2 * F32 : 0),
       (dab ? 12 : 8) * n,
     ),
   ];
@@ -574,7 +587,7 @@ const mixRmsnormBackward: Cost = (a) => {
         "full_sums_kernel<2,FullPartialsTerm>",
         1,
         FULL_THREADS,
-        part + (acc & 4 ? 2 * F32 : 0),
+        part + (accm & 8 ? 2 * F32 : 0),
         2 * F32,
         2 * blocks,
       ),

@@ -77,6 +77,11 @@ const SMALL: Record<string, number> = {
   ld_v: 96,
   ld_dv: 96,
   branch_bf16: 1,
+  r_bf16: 1,
+  y_bf16: 1,
+  dr_bf16: 1,
+  dy_bf16: 1,
+  dnorm_bf16: 1,
   rows: 64,
   cols: 16,
   ld_dst: 96,
@@ -366,7 +371,7 @@ Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C =
   const act = ROWS * C * 4; // 100,663,296 bytes of one fp32 activation
   // forward: one block of 256 per row; reads x, y and ab; writes x_out, the bf16 normed rows and
   // rstd [N]: 1.5 act + 131,072
-  const fwd = { x: 1, y: 2, out_f32: 0, out_bf16: 3, N: ROWS, C };
+  const fwd = { x: 1, r: 0, y: 2, out_f32: 0, out_bf16: 3, r_bf16: 0, y_bf16: 0, N: ROWS, C };
   const [f] = callLaunches("mn_mix_rmsnorm_forward", fwd);
   assert.deepEqual([f.kernel, f.blocks, f.threads, f.bytesRead, f.bytesWritten], [
     "mix_rmsnorm_forward_kernel",
@@ -378,7 +383,10 @@ Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C =
   // backward, every gradient accumulated: 1024 blocks of 32 rows read dnorm, x_out, dx_out, x, y,
   // dx, dy (7 act), rstd and ab; write dx, dy and 1024 x 2 partials; one finishing block reads
   // the partials and dab, writes dab
-  const bwd = { dx: 4, dy: 5, dab: 6, dx_out: 7, x: 1, y: 2, N: ROWS, C, accumulate: -1 };
+  const bwd = {
+    ...{ dx: 4, dr: 0, dy: 5, dab: 6, dx_out: 7, x: 1, r: 0, y: 2, N: ROWS, C, accumulate: -1 },
+    ...{ r_bf16: 0, y_bf16: 0, dr_bf16: 0, dy_bf16: 0, dnorm_bf16: 0 },
+  };
   const b = callLaunches("mn_mix_rmsnorm_backward", bwd);
   assert.deepEqual(b.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
     ["mix_rmsnorm_backward_kernel", 1024, 7 * act + 131072 + 8, 2 * act + 8192],
@@ -388,6 +396,30 @@ Deno.test("cost model: the GPT-2 mix + RMSNorm (gpt2_fused.cu) at N = 32768, C =
   const res = callLaunches("mn_mix_rmsnorm_backward", { ...bwd, dab: 0, accumulate: 0 });
   assert.deepEqual(res.map((l) => [l.blocks, l.bytesRead, l.bytesWritten]), [
     [1024, 3 * act + 131072 + 8, 2 * act],
+  ]);
+  // the next block's mix with the residual add folded in: x + r (a bf16 MLP output) mixed with
+  // x0; forward reads x, x0 (act each) and r (act/2)
+  const folded = { ...fwd, r: 8, r_bf16: 1 };
+  const [ff] = callLaunches("mn_mix_rmsnorm_forward", folded);
+  assert.deepEqual([ff.bytesRead, ff.bytesWritten], [2.5 * act + 8, 1.5 * act + 131072]);
+  // its backward: dr written bf16 (act/2, overwritten, not read), dx and dy overwritten; dab
+  // reads x, r, y: 2.5 act beside dnorm, x_out, dx_out
+  const fb = callLaunches("mn_mix_rmsnorm_backward", {
+    ...bwd,
+    ...{ dr: 9, r: 8, r_bf16: 1, dr_bf16: 1, accumulate: 8 },
+  });
+  assert.deepEqual(fb.map((l) => [l.bytesRead, l.bytesWritten]), [
+    [5.5 * act + 131072 + 8, 2.5 * act + 8192],
+    [8192 + 8, 8],
+  ]);
+  // x + att with att bf16 (y_bf16) and its gradient written bf16, dnorm bf16 (the MLP's input
+  // gradient): reads dnorm (act/2), x_out, dx_out; writes dx (fp32) and dy (bf16)
+  const att = callLaunches("mn_mix_rmsnorm_backward", {
+    ...bwd,
+    ...{ dab: 0, y_bf16: 1, dy_bf16: 1, dnorm_bf16: 1, accumulate: 0 },
+  });
+  assert.deepEqual(att.map((l) => [l.bytesRead, l.bytesWritten]), [
+    [2.5 * act + 131072 + 8, 1.5 * act],
   ]);
 });
 

@@ -180,6 +180,32 @@ inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);
   return 0;
 }
+// Mix + RMSNorm: r (the folded residual addend) distinct from x and y; x may be y only when both
+// are fp32 (one tensor). A bf16 gradient has one writer: overwritten, never added into.
+inline int mn_check_mix_rmsnorm_forward(const char* fn, float* x_out, float* out_f32,
+                                        mn_bf16* out_bf16, float* rstd, float* x, void* r, void* y,
+                                        float* ab, int N, int C, float eps) {
+  MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
+  MN_REQUIRE(!r || (r != (void*)x && r != y), "%s: r must be distinct from x and y", fn);
+  if (int rc = mn_check_rows(fn, N, C)) return rc;
+  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  return 0;
+}
+inline int mn_check_mix_rmsnorm_backward(const char* fn, float* dx, void* dr, void* dy,
+                                         float* dab, void* dnorm, float* x_out, float* rstd,
+                                         float* x, void* r, void* y, float* ab, int y_bf16,
+                                         int dr_bf16, int dy_bf16, int N, int C, int accumulate) {
+  MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
+  MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
+  MN_REQUIRE(!dr || r, "%s: dr given but r is NULL", fn);
+  MN_REQUIRE(!dr || (dr != (void*)dx && dr != dy), "%s: dr must be distinct from dx and dy", fn);
+  MN_REQUIRE(!dy || dy != (void*)dx || (!y_bf16 && !dy_bf16),
+             "%s: dx == dy (x is y) must be fp32", fn);
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dr", dr && dr_bf16, accumulate, 1)) return rc;
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dy", dy && dy_bf16, accumulate, 2)) return rc;
+  return mn_check_rows(fn, N, C);
+}
 inline int mn_check_qk_heads(const char* fn, int B, int T, int H, int D) {
   MN_REQUIRE(B > 0 && T > 0 && H > 0 && D > 0, "%s: B=%d T=%d H=%d D=%d must be positive", fn, B,
              T, H, D);

@@ -14,57 +14,93 @@ function ones(g: Graph): Tensor {
 }
 
 /**
- * x_out = ab[0]*x + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null: x + y),
- * then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out, normed]: x_out fp32 (the
- * residual stream), normed the next matmul's operand, bf16 in the graph's bf16 precision (fp32
- * gradient), fp32 in "f32". x may be y (both contributions reach it).
+ * x_out = ab[0]*(x + r) + ab[1]*y (ab: a 2-element parameter such as a block's lambdas; null:
+ * [1, 1], a residual add; r: null for x alone, or the previous block's MLP output, its residual
+ * add folded in), then normed = F.rms_norm(x_out) over the last dimension. Returns [x_out,
+ * normed]: x_out fp32 (the residual stream), normed the next matmul's operand, bf16 in the graph's
+ * bf16 precision (fp32 gradient), fp32 in "f32". y and r may be bf16 matmul outputs (outBf16):
+ * their gradients are then written in bf16 where Graph.gradSinksBf16 allows (the matmul backward's
+ * operand, no cast). x may be y (both fp32); r is neither. normed's gradient may be bf16 (its
+ * sole consumer's GEMM output: bf16Grad).
  */
 export function mixRmsnorm(
   g: Graph,
   x: Var,
   y: Var,
   ab: Var | null,
+  r: Var | null = null,
   eps = 1.1920928955078125e-7,
 ): [Var, Var] {
   const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
-  if (y.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and y ${y.t} differ`);
+  for (const v of [y, r]) {
+    if (v && v.t.numel !== x.t.numel) throw new Error(`mixRmsnorm: x ${x.t} and ${v.t} differ`);
+  }
   if (ab && ab.t.numel !== 2) throw new Error(`mixRmsnorm: ab has ${ab.t.numel} elements, not 2`);
+  if (r && (r === x || r === y)) throw new Error("mixRmsnorm: r must be distinct from x and y");
+  if (x.t.dtype !== "f32") {
+    throw new Error(`mixRmsnorm: x ${x.t} must be fp32`);
+  }
   const f32 = g.precision === "f32";
   const abT = ab ? ab.t : ones(g);
+  const isBf16 = (v: Var | null) => (v?.t.dtype === "bf16" ? 1 : 0);
+  const [rBf16, yBf16] = [isBf16(r), isBf16(y)];
   const xo = g.out(x.shape, "mix"); // [N, C] fp32
   const normed = g.out(x.shape, "mix.rmsnorm", f32 ? "f32" : "bf16"); // [N, C]
   const rstd = g.out([N], "mix.rstd"); // [N] fp32
+  const rP = r ? r.t.ptr : null;
   g.k.mn_mix_rmsnorm_forward(
     xo.ptr,
     f32 ? normed.ptr : null,
     f32 ? null : normed.ptr,
     rstd.ptr,
     x.t.ptr,
+    rP,
     y.t.ptr,
     abT.ptr,
+    rBf16,
+    yBf16,
     N,
     C,
     eps,
     g.s,
   );
-  const needs = g.needs(x, y, ab);
+  const needs = g.needs(x, y, ab, r);
   const xv = new Var(xo, needs), nv = new Var(normed, needs);
+  // normed's gradient may be bf16, as autocast's linear writes its input gradient (the kernel
+  // widens it): a sole consumer that can (mlpRelu2, matmul) writes it so, half the bytes
+  nv.bf16Grad = true;
   if (needs) {
     g.record(() => {
       if (xv.g || nv.g) {
+        // a matmul output's gradient straight in bf16 when this is its one writer (gradSinksBf16)
+        const drBf16 = r !== null && r.requiresGrad && g.gradSinksBf16([r]) !== null;
+        const dyBf16 = y !== x && y.requiresGrad && g.gradSinksBf16([y]) !== null;
         // x may be y: then the kernel writes dx before dy (in order), so the first may overwrite
-        const [[dx, dy, dab], acc] = g.gradsInOrder(x, y, ab);
+        const [[dx, dr, dy, dab], acc] = g.gradsInOrder(
+          x,
+          drBf16 ? null : r,
+          dyBf16 ? null : y,
+          ab,
+        );
+        const dnorm = g.grad(nv); // zeros if only x_out was used (never in the model)
         g.k.mn_mix_rmsnorm_backward(
           dx,
-          dy,
+          drBf16 ? r!.g!.ptr : dr,
+          dyBf16 ? y.g!.ptr : dy,
           dab,
           xv.g ? xv.g.ptr : null,
-          g.grad(nv), // zeros if only x_out was used (never in the model)
+          dnorm,
           xo.ptr,
           rstd.ptr,
           x.t.ptr,
+          rP,
           y.t.ptr,
           abT.ptr,
+          rBf16,
+          yBf16,
+          drBf16 ? 1 : 0,
+          dyBf16 ? 1 : 0,
+          nv.g!.dtype === "bf16" ? 1 : 0,
           N,
           C,
           acc,
@@ -73,7 +109,7 @@ export function mixRmsnorm(
       }
       g.dropGrad(xv);
       g.dropGrad(nv);
-    }, [x, y, ab]);
+    }, [x, r, y, ab]);
   }
   return [xv, nv];
 }
@@ -345,12 +381,15 @@ function gemmToBf16(
  * The MLP of the record models, x -> c_proj(relu(c_fc(x))^2) (nn.Linear weights Wfc [Hd, C],
  * Wproj [C, Hd], no biases), in bf16 as autocast runs it: the c_fc GEMM writes the pre-activation
  * u [N, Hd] in bf16, one kernel writes a = relu(u)^2 in bf16 (c_proj's operand), the c_proj GEMM
- * writes the fp32 output [N, C]. Saved for backward: x's bf16 operand, u and a (bf16; nothing fp32
- * of [N, Hd]). Backward: the fp32 dy cast once to bf16; dA = dy @ Wproj in bf16; dWproj (+)=
- * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc and dWfc (+)= du^T x (fp32). The
+ * writes the fp32 output [N, C], or with outBf16 a bf16 one as autocast's (then only ops that read
+ * bf16 may take it, as Graph.matmul's outBf16). Saved for backward: x's bf16 operand, u and a
+ * (bf16; nothing fp32 of [N, Hd]). Backward: dy as a bf16 operand (an fp32 dy cast once; a bf16
+ * one, which its consumer may write under outBf16, as it is); dA = dy @ Wproj in bf16; dWproj (+)=
+ * dy^T a; du = 2 relu(u) dA in bf16 over dA; dx (+)= du @ Wfc (fp32, or bf16 where x's
+ * producer takes it: gradSinksBf16) and dWfc (+)= du^T x (fp32). The
  * "f32" path is the generic matmul, relu2, matmul.
  */
-export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
+export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var, outBf16 = false): Var {
   if (g.precision === "f32") return g.matmul(g.relu2(g.matmul(x, Wfc, true)), Wproj, true);
   const C = x.shape[x.shape.length - 1], N = x.t.numel / C;
   const [Hd, fcC] = Wfc.shape, [pC, pHd] = Wproj.shape;
@@ -365,9 +404,9 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
   gemmToBf16(g, 1, N, Hd, C, xb.ptr, C, wfc.ptr, C, u.ptr); // u = x @ Wfc^T
   const a = g.out([...rows, Hd], "mlp.relu2.bf16", "bf16"); // [N, Hd] bf16
   g.k.mn_relu2_forward_bf16io(a.ptr, u.ptr, u.n, g.s);
-  const out = g.out([...rows, pC], "mlp.proj"); // [N, C] fp32
-  g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n);
-  return g.node(out, [x, Wfc, Wproj], (y) => {
+  const out = g.out([...rows, pC], "mlp.proj", outBf16 ? "bf16" : "f32"); // [N, C]
+  g.gemm(0, 1, N, pC, Hd, 1, a.ptr, Hd, 0n, wproj.ptr, Hd, 0n, 0, out.ptr, pC, 0n, 1, outBf16);
+  const y = g.node(out, [x, Wfc, Wproj], (y) => {
     const dy = g.gradOperand(y.g); // [N, C] bf16, back to the pool when this closure returns
     // x's gradient in bf16 when x's producer reads it so (a bf16 LayerNorm output: autocast's)
     const sink = x.requiresGrad ? g.gradSinksBf16([x]) : null;
@@ -387,4 +426,6 @@ export function mlpRelu2(g: Graph, x: Var, Wfc: Var, Wproj: Var): Var {
       g.gemm(1, 0, Hd, C, N, 1, d.ptr, Hd, 0n, xb.ptr, C, 0n, (acc >> 1) & 1, dWfc, C, 0n);
     }
   });
+  y.bf16Grad = true; // the backward reads dy only as a bf16 GEMM operand
+  return y;
 }

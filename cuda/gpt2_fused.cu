@@ -29,6 +29,25 @@ __host__ __device__ inline float mix_value(float a, float x, float b, float y) {
 __host__ __device__ inline float mix_rms_grad(float dxo, float r, float dn, float xo, float k) {
   return dxo + r * (dn - xo * k);
 }
+// An input that is fp32, or bf16 (an autocast matmul's output; widened exactly); the flag is
+// uniform over the grid, so the branch costs no divergence.
+__device__ inline float mix_load(const void* p, int is_bf16, int64_t i) {
+  return is_bf16 ? mn_bf16_to_f32(((const bf16*)p)[i]) : ((const float*)p)[i];
+}
+// x + r as mn_add rounds it (the residual add folded in), or x alone without r
+__device__ inline float mix_base(const float* x, const void* r, int r_bf16, int64_t i) {
+  return r ? x[i] + mix_load(r, r_bf16, i) : x[i];
+}
+// A gradient output: fp32 (overwritten or added into per its accumulate bit), or bf16 (only
+// overwritten: the entry point checks its bit is clear).
+__device__ inline void mix_store(void* p, int is_bf16, bool acc, int64_t i, float v) {
+  if (is_bf16) {
+    ((bf16*)p)[i] = mn_f32_to_bf16(v);
+  } else {
+    float* q = (float*)p;
+    q[i] = acc ? q[i] + v : v;
+  }
+}
 
 static inline int mix_threads(int C) {  // norm.cu's norm_threads: the same block sums
   int t = 32 * ((C + 31) / 32);
@@ -36,27 +55,27 @@ static inline int mix_threads(int C) {  // norm.cu's norm_threads: the same bloc
 }
 
 __global__ void mix_rmsnorm_forward_kernel(float* x_out, float* out_f32, bf16* out_bf16,
-                                           float* rstd, const float* x, const float* y,
-                                           const float* ab, int C, float eps) {
+                                           float* rstd, const float* x, const void* r,
+                                           const void* y, const float* ab, int r_bf16,
+                                           int y_bf16, int C, float eps) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   const float a = ab[0], b = ab[1];
-  const float* xr = x + row * C;
-  const float* yr = y + row * C;
   float* xo = x_out + row * C;
   float s = 0.0f;
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float v = mix_value(a, xr[c], b, yr[c]);
+    const int64_t e = row * C + c;
+    const float v = mix_value(a, mix_base(x, r, r_bf16, e), b, mix_load(y, y_bf16, e));
     xo[c] = v;
     s += v * v;
   }
-  const float r = rsqrtf(mn_block_sum(s, scratch) / C + eps);
+  const float rs = rsqrtf(mn_block_sum(s, scratch) / C + eps);
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    const float o = xo[c] * r;  // this thread's own store above
+    const float o = xo[c] * rs;  // this thread's own store above
     if (out_f32) out_f32[row * C + c] = o;
     if (out_bf16) out_bf16[row * C + c] = mn_f32_to_bf16(o);
   }
-  if (threadIdx.x == 0) rstd[row] = r;
+  if (threadIdx.x == 0) rstd[row] = rs;
 }
 
 // Rows per block of the backward: up to 1024 blocks (one wave of 256-thread blocks on 132 SMs),
@@ -71,92 +90,106 @@ static inline MixPlan mix_plan(int N) {
   return MixPlan{(N + rows - 1) / rows, rows};
 }
 
+// The backward's pointers and flags (one struct argument: fewer kernel parameters to pass).
+struct MixGrads {
+  float* dx;
+  void* dr;
+  void* dy;
+  float* dab;
+  float* part;
+  int r_bf16, y_bf16, dr_bf16, dy_bf16, dnorm_bf16;
+};
+
 // part != NULL: block b writes its two partial sums to part[2b], part[2b + 1]; part == NULL (one
-// block): they go straight to dab under bit 2. kSame: dx == dy.
+// block): they go straight to dab under bit 3. kSame: dx == dy (x is y, both fp32).
 template <bool kSame>
-__global__ void mix_rmsnorm_backward_kernel(float* dx, float* dy, float* dab, float* part,
-                                            const float* dx_out, const float* dnorm,
+__global__ void mix_rmsnorm_backward_kernel(MixGrads G, const float* dx_out, const void* dnorm,
                                             const float* x_out, const float* rstd,
-                                            const float* x, const float* y, const float* ab,
-                                            int N, int C, int rows, int accumulate) {
+                                            const float* x, const void* r, const void* y,
+                                            const float* ab, int N, int C, int rows,
+                                            int accumulate) {
   __shared__ float scratch[32];
   const float a = ab[0], b = ab[1];
-  const bool acc_x = accumulate & 1, acc_y = accumulate & 2;
+  const bool acc_x = accumulate & 1, acc_r = accumulate & 2, acc_y = accumulate & 4;
   float s0 = 0.0f, s1 = 0.0f;
   const int i0 = blockIdx.x * rows;
   const int i1 = i0 + rows < N ? i0 + rows : N;
   for (int i = i0; i < i1; i++) {
     const int64_t o = (int64_t)i * C;
-    const float r = rstd[i];
+    const float rs = rstd[i];
     float d = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) d += dnorm[o + c] * x_out[o + c];
-    const float k = mn_block_sum(d, scratch) / C * r * r;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+      d += mix_load(dnorm, G.dnorm_bf16, o + c) * x_out[o + c];
+    const float k = mn_block_sum(d, scratch) / C * rs * rs;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
       const int64_t e = o + c;
-      const float g = mix_rms_grad(dx_out ? dx_out[e] : 0.0f, r, dnorm[e], x_out[e], k);
+      const float dn = mix_load(dnorm, G.dnorm_bf16, e);
+      const float g = mix_rms_grad(dx_out ? dx_out[e] : 0.0f, rs, dn, x_out[e], k);
       if (kSame) {
-        const float t = acc_x ? dx[e] + a * g : a * g;
-        dx[e] = t + b * g;
+        const float t = acc_x ? G.dx[e] + a * g : a * g;
+        G.dx[e] = t + b * g;
       } else {
-        if (dx) dx[e] = acc_x ? dx[e] + a * g : a * g;
-        if (dy) dy[e] = acc_y ? dy[e] + b * g : b * g;
+        if (G.dx) G.dx[e] = acc_x ? G.dx[e] + a * g : a * g;
+        if (G.dy) mix_store(G.dy, G.dy_bf16, acc_y, e, b * g);
       }
-      if (dab) {
-        s0 += g * x[e];
-        s1 += g * y[e];
+      if (G.dr) mix_store(G.dr, G.dr_bf16, acc_r, e, a * g);
+      if (G.dab) {
+        s0 += g * mix_base(x, r, G.r_bf16, e);
+        s1 += g * mix_load(y, G.y_bf16, e);
       }
     }
   }
-  if (!dab) return;
+  if (!G.dab) return;
   const float t0 = mn_block_sum(s0, scratch);
   const float t1 = mn_block_sum(s1, scratch);
   if (threadIdx.x == 0) {
-    if (part) {
-      part[2 * (int64_t)blockIdx.x] = t0;
-      part[2 * (int64_t)blockIdx.x + 1] = t1;
+    if (G.part) {
+      G.part[2 * (int64_t)blockIdx.x] = t0;
+      G.part[2 * (int64_t)blockIdx.x + 1] = t1;
     } else {
-      const bool acc = accumulate & 4;
-      dab[0] = acc ? dab[0] + t0 : t0;
-      dab[1] = acc ? dab[1] + t1 : t1;
+      const bool acc = accumulate & 8;
+      G.dab[0] = acc ? G.dab[0] + t0 : t0;
+      G.dab[1] = acc ? G.dab[1] + t1 : t1;
     }
   }
 }
 
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
-                                  float* x, float* y, float* ab, int N, int C, float eps,
-                                  void* stream) {
+                                  float* x, void* r, void* y, float* ab, int r_bf16, int y_bf16,
+                                  int N, int C, float eps, void* stream) {
   const char* fn = "mix_rmsnorm_forward";
-  MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  if (int rc = mn_check_rows(fn, N, C)) return rc;
-  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  if (int rc = mn_check_mix_rmsnorm_forward(fn, x_out, out_f32, out_bf16, rstd, x, r, y, ab, N, C,
+                                            eps))
+    return rc;
   return mn_launch(fn, mix_rmsnorm_forward_kernel, N, mix_threads(C), 0, stream, x_out, out_f32,
-                   (bf16*)out_bf16, rstd, (const float*)x, (const float*)y, (const float*)ab, C,
-                   eps);
+                   (bf16*)out_bf16, rstd, (const float*)x, (const void*)r, (const void*)y,
+                   (const float*)ab, r_bf16, y_bf16, C, eps);
 }
 
-MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
-                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
-                                   int C, int accumulate, void* stream) {
+MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void* stream) {
   const char* fn = "mix_rmsnorm_backward";
-  MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
-  if (int rc = mn_check_rows(fn, N, C)) return rc;
+  if (int rc = mn_check_mix_rmsnorm_backward(fn, dx, dr, dy, dab, dnorm, x_out, rstd, x, r, y, ab,
+                                             y_bf16, dr_bf16, dy_bf16, N, C, accumulate))
+    return rc;
   const MixPlan p = mix_plan(N);
   float* part = nullptr;
   if (dab && p.blocks > 1) {
     if (int rc = mn_reduce::scratch_floats(&part, 2 * (int64_t)p.blocks, stream)) return rc;
   }
-  const bool same = dx && dx == dy;
+  const bool same = dx && (void*)dx == dy;
+  const MixGrads G{dx, dr, dy, dab, part, r_bf16, y_bf16, dr_bf16, dy_bf16, dnorm_bf16};
   int rc = mn_launch(fn, same ? mix_rmsnorm_backward_kernel<true> : mix_rmsnorm_backward_kernel<false>,
-                     p.blocks, mix_threads(C), 0, stream, dx, dy, dab, part,
-                     (const float*)dx_out, (const float*)dnorm, (const float*)x_out,
-                     (const float*)rstd, (const float*)x, (const float*)y, (const float*)ab, N, C,
-                     p.rows, accumulate);
+                     p.blocks, mix_threads(C), 0, stream, G, (const float*)dx_out,
+                     (const void*)dnorm, (const float*)x_out, (const float*)rstd, (const float*)x,
+                     (const void*)r, (const void*)y, (const float*)ab, N, C, p.rows, accumulate);
   if (rc || !part) return rc;
   // the blocks' partials in block order (at most 1024: one block of the full-sum kernel)
   return mn_reduce::full_sums<2>("mix_rmsnorm_backward_dab", mn_reduce::FullPartialsTerm<2>{part},
-                                 dab, dab + 1, p.blocks, (accumulate & 4) ? 3 : 0, nullptr, stream);
+                                 dab, dab + 1, p.blocks, (accumulate & 8) ? 3 : 0, nullptr, stream);
 }
 
 // ---- QK-RMSNorm + rotary ----

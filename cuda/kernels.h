@@ -629,29 +629,40 @@ MN_API int mn_attention_tc_backward_bf16(void* dq, void* dk, void* dv, mn_bf16* 
  * without reading it (its old contents may be NaN). Parameter gradients are always accumulated by
  * the callers (bit set).
  *
- * Mix + RMSNorm: x_out = a*x + b*y with a = ab[0], b = ab[1] in device memory (the blocks'
- * lambdas, or a constant [1, 1] for a residual add), then F.rms_norm(x_out, (C,), eps): rstd [N],
- * the normed rows written as fp32 (out_f32) and/or as the bf16 operand of the next matmul
- * (out_bf16); either may be NULL, not both. x, y, x_out [N, C] fp32; x may be y. Every value is
- * rounded as mn_axpby_forward then mn_rmsnorm_forward (then mn_cast_f32_to_bf16) would round it. */
+ * Mix + RMSNorm: x_out = a*(x + r) + b*y with a = ab[0], b = ab[1] in device memory (the blocks'
+ * lambdas, or a constant [1, 1] for a residual add) and r an addend of x or NULL (x alone: r folds
+ * the previous block's residual add x + mlp in), then F.rms_norm(x_out, (C,), eps): rstd [N], the
+ * normed rows written as fp32 (out_f32) and/or as the bf16 operand of the next matmul (out_bf16);
+ * either may be NULL, not both. x, x_out [N, C] fp32; r, y [N, C] fp32, or bf16 (an autocast
+ * matmul's output, widened exactly) when r_bf16 / y_bf16 != 0. x may be y (both fp32); r is
+ * neither. Every value is rounded as mn_add(x, r), mn_axpby_forward, mn_rmsnorm_forward (then
+ * mn_cast_f32_to_bf16) would round it. */
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
-                                  float* x, float* y, float* ab, int N, int C, float eps,
-                                  void* stream);
-/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0.
- * dx (bit 0) gets a*g, dy (bit 1) b*g, dab[0..1] (bit 2) sum(g*x) and sum(g*y) over all N*C
- * elements (deterministic two-stage sum). dab may be NULL (constant ab: not reduced); dx or dy
- * may be NULL. dx == dy (x and y one tensor): both contributions, (dx + a*g) + b*g, under bit 0. */
-MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
-                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
-                                   int C, int accumulate, void* stream);
+                                  float* x, void* r, void* y, float* ab, int r_bf16, int y_bf16,
+                                  int N, int C, float eps, void* stream);
+/* g = dx_out + (the rmsnorm backward of dnorm at x_out, rstd); dx_out NULL counts as 0; dnorm
+ * [N, C] fp32, or bf16 when dnorm_bf16 != 0 (the next linear's input gradient as autocast writes
+ * it, widened exactly).
+ * dx (bit 0) and dr (bit 1) get a*g, dy (bit 2) b*g, dab[0..1] (bit 3) sum(g*(x + r)) and
+ * sum(g*y) over all N*C elements (deterministic two-stage sum). dab may be NULL (constant ab: not
+ * reduced; else x and y are read, and r when given); dx, dr or dy may be NULL. dr_bf16 / dy_bf16
+ * != 0: that gradient is written as bf16 (its producer's backward GEMM operand) and only
+ * overwritten (its bit must be clear). dx == dy (x and y one fp32 tensor): both contributions,
+ * (dx + a*g) + b*g, under bit 0; dr is distinct from both. */
+MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void* stream);
 /* QK-RMSNorm + rotary: per head row of x [B,T,H,D], fp32 or (x_bf16 != 0) bf16 (the projection's
  * autocast output, read as its values), its tokens' rows ld_x >= H*D elements apart (a column
- * block of the fused q|k|v GEMM's [B*T, 3C] output; dx the same block of its gradient), F.rms_norm over D (rstd [B*T*H]) then
- * mn_rotary_forward's rotation; written fp32 (out_f32) and/or as the bf16 attention operand
- * (out_bf16), either may be NULL, not both; rounded as rmsnorm then rotary (then the cast) round.
- * Backward: dx (bit 0) gets the rmsnorm backward of R^T dout at x, rstd; x as in the forward
- * (x_bf16); dout fp32, or bf16 (dout_bf16 != 0: the attention's bf16 gradient); dx_bf16 != 0: dx is written as bf16 (the projection's backward GEMM operand), the fp32
- * value rounded once, and only overwritten (bit 0 must be clear). D even, <= 1024. */
+ * block of the fused q|k|v GEMM's [B*T, 3C] output; dx the same block of its gradient),
+ * F.rms_norm over D (rstd [B*T*H]) then mn_rotary_forward's rotation; written fp32 (out_f32)
+ * and/or as the bf16 attention operand (out_bf16), either may be NULL, not both; rounded as rmsnorm
+ * then rotary (then the cast) round. Backward: dx (bit 0) gets the rmsnorm backward of R^T dout at
+ * x, rstd; x as in the forward (x_bf16); dout fp32, or bf16 (dout_bf16 != 0: the attention's bf16
+ * gradient); dx_bf16 != 0: dx is written as bf16 (the projection's backward GEMM operand), the
+ * fp32 value rounded once, and only overwritten (bit 0 must be clear). D even, <= 1024. */
 MN_API int mn_qk_rmsnorm_rotary_forward(float* out_f32, mn_bf16* out_bf16, float* rstd, void* x,
                                         int x_bf16, int ld_x, int B, int T, int H, int D,
                                         float eps, void* stream);
@@ -665,8 +676,9 @@ MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* r
  * GEMM's output and gradient); out, dout, dv1 are contiguous. Backward: dv (bit 0) gets
  * dout - lamb dout, dv1 (bit 1) lamb dout, dlamb[0] (bit 2) sum(dout * (v1 - v)) (deterministic
  * two-stage sum). dv or dv1 may be NULL; dv == dv1 (v1 is v): both contributions, under bit 0.
- * dout fp32, or bf16 (dout_bf16 != 0). dv_bf16 != 0: dv is written as bf16 (the projection's backward GEMM operand), the fp32 value
- * rounded once, only overwritten (bit 0 clear), and is not dv1. */
+ * dout fp32, or bf16 (dout_bf16 != 0). dv_bf16 != 0: dv is written as bf16 (the projection's
+ * backward GEMM operand), the fp32 value rounded once, only overwritten (bit 0 clear), and is not
+ * dv1. */
 MN_API int mn_value_mix_forward(float* out_f32, mn_bf16* out_bf16, void* v, void* v1, float* lamb,
                                 int v_bf16, int C, int ld_v, int64_t n, void* stream);
 MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout, void* v, void* v1,

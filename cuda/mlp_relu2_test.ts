@@ -4,11 +4,12 @@
 // gradient overwritten when the op is its first writer, added to when another op wrote it first,
 // the parameters' gradients added to what they hold; a second step (stale pool buffers) gives the
 // same bits, with no activation-gradient memset. And ln2's bf16-only output (Graph.layernorm's
-// outBf16, Graph.addLayernorm) into it: the same bits as Graph.layernorm.
+// outBf16, Graph.addLayernorm) into it: the same bits as Graph.layernorm. And mlpRelu2's bf16
+// output (outBf16, GPT-2's) into mixRmsnorm's residual addend.
 import assert from "node:assert/strict";
 import { Graph, Param, type Var } from "./autograd.ts";
-import type { Backend } from "./backend.ts";
-import { mlpRelu2 } from "./fused_ops.ts";
+import { type Backend, bf16ToF32, f32ToBf16 } from "./backend.ts";
+import { mixRmsnorm, mlpRelu2 } from "./fused_ops.ts";
 import { backend, maxAbs, maxAbsDiff, Rng, SEED } from "./test/harness.ts";
 
 const N = 74, C = 24, Hd = 84; // rows [2, 37]; hidden 3.5 C (the RWKV MLP)
@@ -203,5 +204,79 @@ for (const name of ["cpu", "emu"] as const) {
         assert.ok(err > 0 && err <= 1e-2, `${what}: ${err} from the fp32 LayerNorm output's`);
       });
     }
+  });
+}
+
+// GPT-2's MLP between two mixRmsnorms, its output in bf16 (outBf16) folded into the second as its
+// residual addend r: the output is the fp32 one's cast, bit for bit (the GEMM rounds its fp32 sum
+// once); the second mixRmsnorm writes r's gradient in bf16, the c_proj backward's operand
+// (mlpRelu2 marks its output bf16Grad, in fp32 too), so the backward runs no cast of an [N, C]
+// gradient; the c_fc backward writes the first mixRmsnorm's normed gradient in bf16, which that
+// backward reads (dnorm_bf16); the gradients are the fp32 output's within REL (x_out moves by the
+// output's bf16 rounding), and a second step (stale pool buffers) gives the same bits.
+for (const name of ["cpu", "emu"] as const) {
+  Deno.test(`mlpRelu2 between mixRmsnorms: bf16 output and gradients, no cast (${name})`, () => {
+    const be = backend(name), rng = new Rng(SEED);
+    const mk = (n: string, shape: number[], a: Float32Array) =>
+      new Param(be, n, be.upload(a, shape));
+    const s = 1 / Math.sqrt(C);
+    const X = mk("X", [N, C], rng.normal(N * C)), Z0 = mk("Z0", [N, C], rng.normal(N * C));
+    const ab = mk("ab", [2], rng.uniform(2, 0.5, 1.5));
+    const Wfc = mk("Wfc", [Hd, C], rng.uniform(Hd * C, -s, s));
+    const Wproj = mk("Wproj", [C, Hd], rng.uniform(C * Hd, -s, s));
+    const dn = be.upload(rng.normal(N * C), [N, C]);
+    const params = [X, Z0, ab, Wfc, Wproj];
+    // the casts of [N, C] fp32 tensors (weights' shadows are smaller or larger) a step launches,
+    // and the dnorm_bf16 argument of each mix backward, in launch order
+    let casts = 0;
+    let dnormBf16: number[] = [];
+    type K = Backend["k"];
+    const k = {
+      ...be.k,
+      mn_cast_f32_to_bf16: (...a: Parameters<K["mn_cast_f32_to_bf16"]>) => {
+        if (Number(a[2]) === N * C) casts++;
+        return be.k.mn_cast_f32_to_bf16(...a);
+      },
+      mn_mix_rmsnorm_backward: (...a: Parameters<K["mn_mix_rmsnorm_backward"]>) => {
+        dnormBf16.push(Number(a[16]));
+        return be.k.mn_mix_rmsnorm_backward(...a);
+      },
+    };
+    const counted = Object.create(be, { k: { value: k } }) as Backend;
+    const g = new Graph(counted);
+    const step = (outBf16: boolean) => {
+      for (const p of params) p.zeroGrad();
+      dnormBf16 = [];
+      // x1 = x + x0 and h its norm (the block's x + att), the MLP, then the next block's mix
+      const z0 = g.tanh(g.param(Z0));
+      const [x1, h] = mixRmsnorm(g, g.tanh(g.param(X)), z0, null);
+      const m = mlpRelu2(g, h, g.param(Wfc), g.param(Wproj), outBf16);
+      assert.equal(m.t.dtype, outBf16 ? "bf16" : "f32");
+      const [, normed] = mixRmsnorm(g, x1, z0, g.param(ab), m);
+      const out = be.downloadF32(m.t);
+      be.k.mn_memcpy_d2d(g.grad(normed), dn.ptr, BigInt(dn.nbytes), be.stream);
+      casts = 0;
+      g.backward();
+      g.release();
+      const grads = params.map((p) => be.downloadF32(p.grad));
+      return { out, bwdCasts: casts, dnormBf16, grads };
+    };
+    const f32 = step(false), bf1 = step(true), bf2 = step(true);
+    const bf16Round = (x: Float32Array) => bf16ToF32(f32ToBf16(x));
+    assert.deepEqual(
+      bf1.out,
+      bf16Round(f32.out),
+      `${name}: the bf16 output is the fp32 one's cast`,
+    );
+    for (const r of [f32, bf1]) {
+      assert.equal(r.bwdCasts, 0, `${name}: the output's gradient written in bf16, not cast`);
+      // the second mix's dnorm is the test's fp32 one; the first's, the c_fc backward's bf16
+      assert.deepEqual(r.dnormBf16, [0, 1], `${name}: the mixes' dnorm_bf16`);
+    }
+    bf1.grads.forEach((v, i) => {
+      assert.deepEqual(bf2.grads[i], v, `${name}: ${params[i].name} differs on the second step`);
+      const err = maxAbsDiff(v, f32.grads[i]) / maxAbs(f32.grads[i]);
+      assert.ok(err <= REL, `${name}: ${params[i].name} bf16 vs fp32 output ${err} > ${REL}`);
+    });
   });
 }

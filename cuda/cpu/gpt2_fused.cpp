@@ -5,20 +5,30 @@
 #include "cpu_common.h"
 #include "../entry_checks.h"
 
+// an fp32 or bf16 input (r, y), widened exactly
+static inline float mix_in(const void* p, int is_bf16, int64_t i) {
+  return is_bf16 ? bf16_to_f32(((const mn_bf16*)p)[i]) : ((const float*)p)[i];
+}
+// x + r rounded to fp32 as mn_add stores it, or x alone
+static inline float mix_base(const float* x, const void* r, int r_bf16, int64_t i) {
+  return r ? x[i] + mix_in(r, r_bf16, i) : x[i];
+}
+
 MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf16, float* rstd,
-                                  float* x, float* y, float* ab, int N, int C, float eps, void*) {
+                                  float* x, void* r, void* y, float* ab, int r_bf16, int y_bf16,
+                                  int N, int C, float eps, void*) {
   const char* fn = "mix_rmsnorm_forward";
-  MN_REQUIRE(x_out && rstd && x && y && ab, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(out_f32 || out_bf16, "%s: out_f32 and out_bf16 both NULL", fn);
-  if (int rc = mn_check_rows(fn, N, C)) return rc;
-  MN_REQUIRE(eps >= 0.0f, "%s: eps = %g must be >= 0", fn, (double)eps);
+  if (int rc = mn_check_mix_rmsnorm_forward(fn, x_out, out_f32, out_bf16, rstd, x, r, y, ab, N, C,
+                                            eps))
+    return rc;
   const float a = ab[0], b = ab[1];
 #pragma omp parallel for if ((int64_t)N * C > 100000)
   for (int i = 0; i < N; i++) {
     const int64_t o = (int64_t)i * C;
     double ms = 0;
     for (int c = 0; c < C; c++) {
-      x_out[o + c] = a * x[o + c] + b * y[o + c];  // fp32, as the residual stream is stored
+      const float s = mix_base(x, r, r_bf16, o + c);
+      x_out[o + c] = a * s + b * mix_in(y, y_bf16, o + c);  // fp32, as the residual is stored
       ms += (double)x_out[o + c] * x_out[o + c];
     }
     const double rs = 1.0 / std::sqrt(ms / C + (double)eps);
@@ -32,37 +42,51 @@ MN_API int mn_mix_rmsnorm_forward(float* x_out, float* out_f32, mn_bf16* out_bf1
   return 0;
 }
 
+// a gradient output: fp32 (+= or =), or bf16 (overwritten; the entry check keeps its bit clear)
+static inline void mix_out(void* p, int is_bf16, bool acc, int64_t i, double v) {
+  if (is_bf16) {
+    ((mn_bf16*)p)[i] = f32_to_bf16((float)v);
+  } else {
+    float* q = (float*)p;
+    q[i] = (float)((acc ? (double)q[i] : 0.0) + v);
+  }
+}
+
 // g = dx_out + r dnorm - r^3 x_out / C * sum_c dnorm_c x_out_c (the rmsnorm backward), then the
-// axpby backward of g.
-MN_API int mn_mix_rmsnorm_backward(float* dx, float* dy, float* dab, float* dx_out, float* dnorm,
-                                   float* x_out, float* rstd, float* x, float* y, float* ab, int N,
-                                   int C, int accumulate, void*) {
+// axpby backward of g, then the add's (dx and dr both get a*g).
+MN_API int mn_mix_rmsnorm_backward(float* dx, void* dr, void* dy, float* dab, float* dx_out,
+                                   void* dnorm, float* x_out, float* rstd, float* x, void* r,
+                                   void* y, float* ab, int r_bf16, int y_bf16, int dr_bf16,
+                                   int dy_bf16, int dnorm_bf16, int N, int C, int accumulate,
+                                   void*) {
   const char* fn = "mix_rmsnorm_backward";
-  MN_REQUIRE(dnorm && x_out && rstd && ab, "%s: NULL pointer argument", fn);
-  MN_REQUIRE(!dab || (x && y), "%s: dab given but x or y is NULL", fn);
-  if (int rc = mn_check_rows(fn, N, C)) return rc;
+  if (int rc = mn_check_mix_rmsnorm_backward(fn, dx, dr, dy, dab, dnorm, x_out, rstd, x, r, y, ab,
+                                             y_bf16, dr_bf16, dy_bf16, N, C, accumulate))
+    return rc;
   const double a = ab[0], b = ab[1];
-  const bool acc_x = accumulate & 1, acc_y = accumulate & 2, acc_ab = accumulate & 4;
-  const bool same = dx && dx == dy;
+  const bool acc_x = accumulate & 1, acc_r = accumulate & 2, acc_y = accumulate & 4;
+  const bool acc_ab = accumulate & 8;
+  const bool same = dx && (void*)dx == dy;
   double sa = 0, sb = 0;
   for (int i = 0; i < N; i++) {
     const int64_t o = (int64_t)i * C;
-    const double r = rstd[i];
+    const double rs = rstd[i];
     double dot = 0;
-    for (int c = 0; c < C; c++) dot += (double)dnorm[o + c] * x_out[o + c];
+    for (int c = 0; c < C; c++) dot += (double)mix_in(dnorm, dnorm_bf16, o + c) * x_out[o + c];
     for (int c = 0; c < C; c++) {
       const int64_t e = o + c;
-      const double g = (dx_out ? (double)dx_out[e] : 0.0) + r * dnorm[e] -
-                       r * r * r * x_out[e] * dot / C;
+      const double g = (dx_out ? (double)dx_out[e] : 0.0) + rs * mix_in(dnorm, dnorm_bf16, e) -
+                       rs * rs * rs * x_out[e] * dot / C;
       if (same) {
         dx[e] = (float)((acc_x ? (double)dx[e] : 0.0) + (a + b) * g);
       } else {
         if (dx) dx[e] = (float)((acc_x ? (double)dx[e] : 0.0) + a * g);
-        if (dy) dy[e] = (float)((acc_y ? (double)dy[e] : 0.0) + b * g);
+        if (dy) mix_out(dy, dy_bf16, acc_y, e, b * g);
       }
+      if (dr) mix_out(dr, dr_bf16, acc_r, e, a * g);
       if (dab) {
-        sa += g * x[e];
-        sb += g * y[e];
+        sa += g * mix_base(x, r, r_bf16, e);
+        sb += g * mix_in(y, y_bf16, e);
       }
     }
   }
