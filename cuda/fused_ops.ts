@@ -280,9 +280,11 @@ export function qkvHeads(
         g.dropGrad(v0!);
       }
       if (x.requiresGrad) {
-        // dx [N, C] (+)= dqkv [N, 3C] @ wcat [3C, C]
-        const [[dx], acc] = g.grads(x);
-        g.gemm(0, 0, N, C, S, 1, dqkv.ptr, S, 0n, wcat.ptr, C, 0n, acc & 1, dx, C, 0n);
+        // dx [N, C] (+)= dqkv [N, 3C] @ wcat [3C, C]; in bf16 where x's producer takes it
+        // (mixRmsnorm's normed, read by this op alone), as autocast's projections write it
+        const sink = g.gradSinksBf16([x]);
+        const [[dx], acc] = sink ? [[sink[0][0]], 0] : g.grads(x);
+        g.gemm(0, 0, N, C, S, 1, dqkv.ptr, S, 0n, wcat.ptr, C, 0n, acc & 1, dx, C, 0n, 1, !!sink);
       }
       if (ws.some((w) => w.requiresGrad)) {
         // [3C, C] fp32 scratch: dqkv^T @ x, each weight's gradient a block of C rows
