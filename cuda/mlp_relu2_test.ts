@@ -84,6 +84,7 @@ function run(
 // An op that overwrote a gradient it should add to loses g0 or the tanh's term (|g0| ~ the
 // change), one that added to a stale buffer changes the second step: both fail.
 const REL = 0.03;
+const AB_ATOL = 1.5e-2; // mlpRelu2 between mixRmsnorms: see there
 const KEYS = ["out", "dX", "dWfc", "dWproj"] as const;
 
 function check(be: Backend, name: string, order: Order, seed: number) {
@@ -275,8 +276,15 @@ for (const name of ["cpu", "emu"] as const) {
     }
     bf1.grads.forEach((v, i) => {
       assert.deepEqual(bf2.grads[i], v, `${name}: ${params[i].name} differs on the second step`);
-      const err = maxAbsDiff(v, f32.grads[i]) / maxAbs(f32.grads[i]);
-      assert.ok(err <= REL, `${name}: ${params[i].name} bf16 vs fp32 output ${err} > ${REL}`);
+      const abs = maxAbsDiff(v, f32.grads[i]), err = abs / maxAbs(f32.grads[i]);
+      // ab's two gradients are sums over every element that may nearly cancel: within REL or
+      // AB_ATOL absolute (cpu, seeds 1-150: relative median 9.6e-4, over REL once, seed 15: 0.14
+      // at a gradient of 0.048, 6.9e-3 absolute; no gradient below 0.048, so a zeroed one fails)
+      const ok = err <= REL || (params[i] === ab && abs <= AB_ATOL);
+      assert.ok(
+        ok,
+        `${name}: ${params[i].name} bf16 vs fp32 output ${err} > ${REL} (seed ${SEED})`,
+      );
     });
   });
 }

@@ -184,52 +184,22 @@ const CASES: Case[] = [
         be.stream,
       ),
   ),
-  simple(
-    "mn_layernorm_backward",
-    [N * C, C, C],
-    (r) => normInputs(r, N, C, N),
-    (be, t, acc) => {
-      be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
-      be.k.mn_layernorm_backward(
-        t.g0,
-        t.g1,
-        t.g2,
-        t.dy,
-        t.x,
-        t.w,
-        t.mean,
-        t.rstd,
-        N,
-        C,
-        acc,
-        be.stream,
-      );
-    },
-  ),
-  simple(
-    "mn_layernorm_backward_bf16",
-    [N * C, C, C],
-    (r) => {
-      const i = normInputs(r, N, C, N);
-      return { ...i, dy: { ...i.dy, data: f32ToBf16(i.dy.data as Float32Array), dtype: "bf16" } };
-    },
-    (be, t, acc) => {
-      be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
-      be.k.mn_layernorm_backward_bf16(
-        t.g0,
-        t.g1,
-        t.g2,
-        t.dy,
-        t.x,
-        t.w,
-        t.mean,
-        t.rstd,
-        N,
-        C,
-        acc,
-        be.stream,
-      );
-    },
+  // fp32 and bf16 dout (mn_layernorm_backward_bf16)
+  ...[false, true].map((bf16) =>
+    simple(
+      bf16 ? "mn_layernorm_backward_bf16" : "mn_layernorm_backward",
+      [N * C, C, C],
+      (r) => {
+        const i = normInputs(r, N, C, N);
+        if (!bf16) return i;
+        return { ...i, dy: { ...i.dy, data: f32ToBf16(i.dy.data as Float32Array), dtype: "bf16" } };
+      },
+      (be, t, acc) => {
+        be.k.mn_layernorm_forward(t.out, t.mean, t.rstd, t.x, t.w, t.b, N, C, 1e-5, be.stream);
+        const bwd = bf16 ? be.k.mn_layernorm_backward_bf16 : be.k.mn_layernorm_backward;
+        bwd(t.g0, t.g1, t.g2, t.dy, t.x, t.w, t.mean, t.rstd, N, C, acc, be.stream);
+      },
+    )
   ),
   simple(
     "mn_rmsnorm_backward",
