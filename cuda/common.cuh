@@ -50,6 +50,15 @@ template <typename F>
 inline int mn_with_dtype(int is_bf16, F&& f) {
   return is_bf16 ? f(mn_dtype<bf16>{}) : f(mn_dtype<float>{});
 }
+// three flags at once: f(mn_dtype<A>{}, mn_dtype<B>{}, mn_dtype<C>{})
+template <typename F>
+inline int mn_with_dtypes(int a_bf16, int b_bf16, int c_bf16, F&& f) {
+  return mn_with_dtype(a_bf16, [&](auto a) {
+    return mn_with_dtype(b_bf16, [&](auto b) {
+      return mn_with_dtype(c_bf16, [&](auto c) { return f(a, b, c); });
+    });
+  });
+}
 
 inline unsigned mn_blocks_for(int64_t n, int threads) {
   int64_t b = (n + threads - 1) / threads;

@@ -293,17 +293,13 @@ MN_API int mn_qk_rmsnorm_rotary_backward(void* dx, void* dout, void* x, float* r
   if (int rc = mn_check_row_stride(fn, "ld_x", ld_x, H * D)) return rc;
   const int64_t rows = (int64_t)B * T * H;
   MN_REQUIRE(rows <= 0x7fffffffLL, "%s: %lld rows exceed the grid", fn, (long long)rows);
-  return mn_with_dtype(x_bf16, [&](auto tx) {
-    return mn_with_dtype(dout_bf16, [&](auto to) {
-      return mn_with_dtype(dx_bf16, [&](auto td) {
-        using TX = typename decltype(tx)::type;
-        using TO = typename decltype(to)::type;
-        using TD = typename decltype(td)::type;
-        return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<TX, TO, TD>, (unsigned)rows,
-                         mix_threads(D), 0, stream, (TD*)dx, (const TO*)dout, (const TX*)x,
-                         (const float*)rstd, T, H, D, ld_x, accumulate);
-      });
-    });
+  return mn_with_dtypes(x_bf16, dout_bf16, dx_bf16, [&](auto tx, auto to, auto td) {
+    using TX = typename decltype(tx)::type;
+    using TO = typename decltype(to)::type;
+    using TD = typename decltype(td)::type;
+    return mn_launch(fn, qk_rmsnorm_rotary_backward_kernel<TX, TO, TD>, (unsigned)rows,
+                     mix_threads(D), 0, stream, (TD*)dx, (const TO*)dout, (const TX*)x,
+                     (const float*)rstd, T, H, D, ld_x, accumulate);
   });
 }
 
@@ -403,27 +399,23 @@ MN_API int mn_value_mix_backward(void* dv, float* dv1, float* dlamb, void* dout,
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::full_scratch_floats(n, 1), stream))
     return rc;
   const int acc = (accumulate & 4) ? 1 : 0;
-  return mn_with_dtype(v_bf16, [&](auto tv) {
-    return mn_with_dtype(dout_bf16, [&](auto to) {
-      return mn_with_dtype(dv_bf16, [&](auto td) {
-        using TV = typename decltype(tv)::type;
-        using TO = typename decltype(to)::type;
-        using TD = typename decltype(td)::type;
-        const TV *vt = (const TV*)v, *v1t = (const TV*)v1;
-        const TO* d = (const TO*)dout;
-        if (dv && dv == dv1)
-          return mn_reduce::full_sums<1>(
-              fn,
-              ValueMixTerm<true, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v,
-                                             ld_dv, 0.0f},
-              dlamb, nullptr, n, acc, part, stream);
-        return mn_reduce::full_sums<1>(
-            fn,
-            ValueMixTerm<false, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v,
-                                            ld_dv, 0.0f},
-            dlamb, nullptr, n, acc, part, stream);
-      });
-    });
+  return mn_with_dtypes(v_bf16, dout_bf16, dv_bf16, [&](auto tv, auto to, auto td) {
+    using TV = typename decltype(tv)::type;
+    using TO = typename decltype(to)::type;
+    using TD = typename decltype(td)::type;
+    const TV *vt = (const TV*)v, *v1t = (const TV*)v1;
+    const TO* d = (const TO*)dout;
+    if (dv && dv == dv1)
+      return mn_reduce::full_sums<1>(
+          fn,
+          ValueMixTerm<true, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v, ld_dv,
+                                         0.0f},
+          dlamb, nullptr, n, acc, part, stream);
+    return mn_reduce::full_sums<1>(
+        fn,
+        ValueMixTerm<false, TV, TO, TD>{(TD*)dv, dv1, d, vt, v1t, lamb, accumulate, C, ld_v, ld_dv,
+                                        0.0f},
+        dlamb, nullptr, n, acc, part, stream);
   });
 }
 

@@ -695,42 +695,46 @@ Deno.test({
 // A bf16 dout (the gradient the next matmul's backward GEMM wrote in bf16) is read as its values:
 // mn_layernorm_backward_bf16 = mn_layernorm_backward on the widened dout, bit for bit, adding into
 // the gradients (accumulate all) and overwriting NaN-poisoned ones (none).
-Deno.test("layernorm_backward_bf16: the fp32 backward on the widened dout, bit for bit (cpu, emu)", () => {
-  for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    for (const [N, C] of [[1, 1], [3, 17], [5, 768], [40, 1000]]) {
-      const rng = new Rng(8000 + N);
-      const x = rng.normal(N * C), w = rng.normal(C), b = rng.normal(C);
-      const dout = bf16ToF32(f32ToBf16(rng.normal(N * C))), init = rng.normal(N * C + 2 * C);
-      for (const acc of [-1, 0]) {
-        const run = (bf16: boolean) =>
-          withTensors(be, {
-            x: { data: x, shape: [N, C] },
-            w: { data: w, shape: [C] },
-            b: { data: b, shape: [C] },
-            dout: bf16
-              ? { data: f32ToBf16(dout), shape: [N, C], dtype: "bf16" }
-              : { data: dout, shape: [N, C] },
-          }, {
-            out: { shape: [N, C] },
-            mean: { shape: [N] },
-            rstd: { shape: [N] },
-            dinp: acc ? { shape: [N * C], init: init.slice(0, N * C) } : { shape: [N * C] },
-            dweight: acc ? { shape: [C], init: init.slice(N * C, N * C + C) } : { shape: [C] },
-            dbias: acc ? { shape: [C], init: init.slice(N * C + C) } : { shape: [C] },
-          }, (t) => {
-            lnForward(be, t, N, C);
-            const bwd = bf16 ? be.k.mn_layernorm_backward_bf16 : be.k.mn_layernorm_backward;
-            const p = [t.dinp, t.dweight, t.dbias, t.dout, t.x, t.w, t.mean, t.rstd].map((v) =>
-              v.ptr
-            );
-            bwd(...p, N, C, acc, be.stream);
-          });
-        const want = run(false), got = run(true);
-        for (const k of ["dinp", "dweight", "dbias"]) {
-          compare(`${name} [${N},${C}] acc ${acc} ${k}`, got[k], want[k], EXACT);
-        }
+for (const name of ["cpu", "emu", "cuda"] as const) {
+  Deno.test({
+    name: `layernorm_backward_bf16: the fp32 backward on the widened dout, bit for bit (${name})`,
+    ignore: name === "cuda" && !HAS_GPU,
+    fn: () => lnBackwardBf16(backend(name), name),
+  });
+}
+function lnBackwardBf16(be: Backend, name: string) {
+  for (const [N, C] of [[1, 1], [3, 17], [5, 768], [40, 1000]]) {
+    const rng = new Rng(8000 + N);
+    const x = rng.normal(N * C), w = rng.normal(C), b = rng.normal(C);
+    const dout = bf16ToF32(f32ToBf16(rng.normal(N * C))), init = rng.normal(N * C + 2 * C);
+    for (const acc of [-1, 0]) {
+      const run = (bf16: boolean) =>
+        withTensors(be, {
+          x: { data: x, shape: [N, C] },
+          w: { data: w, shape: [C] },
+          b: { data: b, shape: [C] },
+          dout: bf16
+            ? { data: f32ToBf16(dout), shape: [N, C], dtype: "bf16" }
+            : { data: dout, shape: [N, C] },
+        }, {
+          out: { shape: [N, C] },
+          mean: { shape: [N] },
+          rstd: { shape: [N] },
+          dinp: acc ? { shape: [N * C], init: init.slice(0, N * C) } : { shape: [N * C] },
+          dweight: acc ? { shape: [C], init: init.slice(N * C, N * C + C) } : { shape: [C] },
+          dbias: acc ? { shape: [C], init: init.slice(N * C + C) } : { shape: [C] },
+        }, (t) => {
+          lnForward(be, t, N, C);
+          const bwd = bf16 ? be.k.mn_layernorm_backward_bf16 : be.k.mn_layernorm_backward;
+          const p = [t.dinp, t.dweight, t.dbias, t.dout, t.x, t.w, t.mean, t.rstd].map((v) =>
+            v.ptr
+          );
+          bwd(...p, N, C, acc, be.stream);
+        });
+      const want = run(false), got = run(true);
+      for (const k of ["dinp", "dweight", "dbias"]) {
+        compare(`${name} [${N},${C}] acc ${acc} ${k}`, got[k], want[k], EXACT);
       }
     }
   }
-});
+}
