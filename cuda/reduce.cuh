@@ -43,15 +43,19 @@ constexpr int kMinTileRows = 64;     // rows per tile at least: 8 rows for each 
 constexpr int kMaxTiles = 256;       // bounds the partials (and stage 2's work per column)
 
 struct ColPlan {
-  unsigned col_blocks;  // ceil(C / kCols)
+  unsigned col_blocks;  // blocks per row tile: ceil(C / kCols) for the column sums
   int tiles;            // row tiles (grid.y of stage 1); 1 = no stage 2
   int64_t tile_rows;    // rows per tile, a multiple of kLanes * kUnroll (the last tile may be short)
 };
 
-inline ColPlan col_plan(int64_t N, int64_t C) {
+// Row tiles for a grid of `blocks_per_tile` blocks per row tile: about kTargetBlocks blocks in
+// all, at least kMinTileRows rows a tile, at most kMaxTiles tiles, rows per tile a multiple of
+// kLanes * kUnroll (the last tile may be short). Also the tiling of fused passes that sum their
+// own column terms per row tile (col_sums_finish), e.g. one block per head.
+inline ColPlan row_tile_plan(int64_t N, int64_t blocks_per_tile) {
   ColPlan p;
-  p.col_blocks = (unsigned)((C + kCols - 1) / kCols);
-  int64_t want = (kTargetBlocks + p.col_blocks - 1) / p.col_blocks;
+  p.col_blocks = (unsigned)blocks_per_tile;
+  int64_t want = (kTargetBlocks + blocks_per_tile - 1) / blocks_per_tile;
   int64_t by_rows = (N + kMinTileRows - 1) / kMinTileRows;
   int64_t tiles = std::min<int64_t>(std::min<int64_t>(want, by_rows), kMaxTiles);
   if (tiles < 1) tiles = 1;
@@ -61,19 +65,29 @@ inline ColPlan col_plan(int64_t N, int64_t C) {
   return p;
 }
 
+inline ColPlan col_plan(int64_t N, int64_t C) { return row_tile_plan(N, (C + kCols - 1) / kCols); }
+
 // Scratch floats the column sums of K outputs over [N, C] need (0 with one tile).
 inline int64_t col_scratch_floats(int64_t N, int64_t C, int K) {
   ColPlan p = col_plan(N, C);
   return p.tiles > 1 ? (int64_t)p.tiles * K * C : 0;
 }
 
+constexpr int kMaxSums = 4;  // column sums one pass carries at most
+
+// The outputs of column sums: o[k] for k < K ([C] floats each).
+struct ColOuts {
+  float* o[kMaxSums];
+};
+
 // Stage 1 (and, with PartialsTerm, stage 2) of the column sums. part != NULL: block (x, y) writes
-// its sums to part[(y * K + k) * C + c]; part == NULL: adds them to out_k[c] when bit k of
-// `accumulate` is set, else stores them (out_k not read) (out1 unused if K=1).
+// its sums to part[(y * K + k) * C + c]; part == NULL: adds them to outs.o[k][c] when bit k of
+// `accumulate` is set, else stores them (not read).
 template <int K, class Term>
 __global__ void __launch_bounds__(kCols* kLanes)
-    col_sums_kernel(Term term, float* part, float* out0, float* out1, int64_t N, int C,
-                    int64_t tile_rows, int accumulate) {
+    col_sums_kernel(Term term, float* part, ColOuts outs, int64_t N, int C, int64_t tile_rows,
+                    int accumulate) {
+  static_assert(K >= 1 && K <= kMaxSums, "one to four outputs");
   __shared__ float red[K][kLanes][kCols];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * kCols + tx;
@@ -110,8 +124,7 @@ __global__ void __launch_bounds__(kCols* kLanes)
       if (part) {
         part[((int64_t)blockIdx.y * K + k) * C + c] = s;
       } else {
-        float* out = k == 0 ? out0 : out1;
-        MN_GRAD_STORE(out[c], s, MN_ACC_BIT(accumulate, k));
+        MN_GRAD_STORE(outs.o[k][c], s, MN_ACC_BIT(accumulate, k));
       }
     }
   }
@@ -138,24 +151,41 @@ struct PartialsTerm {
   }
 };
 
-// out_k[c] (+= when bit k of accumulate is set, else =) sum over the N rows of term_k(i, c), k < K
-// (out1 may be NULL when K == 1). part: scratch of col_scratch_floats(N, C, K) floats (NULL when
-// that is 0).
+// Stage 2 alone: outs.o[k][c] (+= when bit k of accumulate is set, else =) the sum over t < tiles,
+// in tile order, of part[(t * K + k) * C + c]. For kernels that compute their own stage-1
+// partials (a fused elementwise pass that also sums its parameter terms per row tile).
+template <int K>
+int col_sums_finish(const float* part, int tiles, ColOuts outs, int C, int accumulate,
+                    void* stream) {
+  const dim3 block(kCols, kLanes);
+  return mn_launch("column_sums_finish", col_sums_kernel<K, PartialsTerm<K>>,
+                   dim3((unsigned)((C + kCols - 1) / kCols), 1), block, 0, stream,
+                   PartialsTerm<K>{part, C}, (float*)nullptr, outs, (int64_t)tiles, C,
+                   (int64_t)tiles, accumulate);
+}
+
+// outs.o[k][c] (+= when bit k of accumulate is set, else =) sum over the N rows of term_k(i, c),
+// k < K. part: scratch of col_scratch_floats(N, C, K) floats (NULL when that is 0).
 template <int K, class Term>
-int col_sums(const char* name, Term term, float* out0, float* out1, int64_t N, int C,
-             int accumulate, float* part, void* stream) {
-  static_assert(K == 1 || K == 2, "one or two outputs");
+int col_sums(const char* name, Term term, ColOuts outs, int64_t N, int C, int accumulate,
+             float* part, void* stream) {
   const ColPlan p = col_plan(N, C);
   const dim3 block(kCols, kLanes);
   if (p.tiles == 1)
     return mn_launch(name, col_sums_kernel<K, Term>, dim3(p.col_blocks, 1), block, 0, stream,
-                     term, (float*)nullptr, out0, out1, N, C, p.tile_rows, accumulate);
+                     term, (float*)nullptr, outs, N, C, p.tile_rows, accumulate);
   int rc = mn_launch(name, col_sums_kernel<K, Term>, dim3(p.col_blocks, p.tiles), block, 0,
-                     stream, term, part, out0, out1, N, C, p.tile_rows, accumulate);
+                     stream, term, part, outs, N, C, p.tile_rows, accumulate);
   if (rc) return rc;
-  return mn_launch("column_sums_finish", col_sums_kernel<K, PartialsTerm<K>>,
-                   dim3(p.col_blocks, 1), block, 0, stream, PartialsTerm<K>{part, C},
-                   (float*)nullptr, out0, out1, (int64_t)p.tiles, C, (int64_t)p.tiles, accumulate);
+  return col_sums_finish<K>(part, p.tiles, outs, C, accumulate, stream);
+}
+// The one- and two-output form (out1 may be NULL when K == 1).
+template <int K, class Term>
+int col_sums(const char* name, Term term, float* out0, float* out1, int64_t N, int C,
+             int accumulate, float* part, void* stream) {
+  static_assert(K == 1 || K == 2, "one or two outputs: pass ColOuts for more");
+  return col_sums<K, Term>(name, term, ColOuts{{out0, out1, nullptr, nullptr}}, N, C, accumulate,
+                           part, stream);
 }
 
 // ---- full sums ----
