@@ -158,6 +158,13 @@ export class Var {
    * a sole consumer that can may write the gradient in bf16 (Graph.gradSinksBf16), as autocast's
    * gradient of a bf16 output is, and no cast runs. */
   bf16Grad = false;
+  /** Its producer's backward can read up to this many bf16 gradient parts in place of an fp32
+   * gradient (rwkv7Mix4: a mixed input feeding two matmuls). */
+  maxGradParts = 0;
+  /** recorded uses that can write a bf16 part (matmul dX GEMMs) */
+  partUses = 0;
+  /** the bf16 parts written so far (Graph.gradPart): the gradient is their sum in fp32 */
+  gradParts: Tensor[] = [];
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
@@ -387,6 +394,36 @@ export class Graph {
       return [t.ptr, false];
     });
   }
+  /**
+   * A bf16 buffer for one more part of v's gradient, to be overwritten by a matmul's dX GEMM, when
+   * v's producer reads its gradient as bf16 parts (maxGradParts) and every recorded use of v is
+   * such a writer, no more of them than the producer reads: autocast's bf16 dX of each consumer,
+   * summed in fp32 by the producer instead of by a GEMM accumulating into an fp32 buffer. Else
+   * null (the writer adds into v's fp32 gradient as usual). Every writer decides alike, so a
+   * value's gradient is all parts or all fp32.
+   */
+  gradPart(v: Var): Tensor | null {
+    if (this.precision !== "bf16" || !v.requiresGrad || v.g) return null;
+    if (v.uses > v.maxGradParts || v.partUses !== v.uses) return null;
+    const t = this.pool.take(v.shape, "bf16", "grad.part");
+    v.gradParts.push(t);
+    return t;
+  }
+  /** v's bf16 gradient parts summed into an fp32 gradient (widened, added in part order: the
+   * float sum a kernel reading the parts computes), for a producer that cannot read parts here. */
+  foldParts(v: Var): Deno.PointerValue {
+    const [first, ...rest] = v.gradParts;
+    const g = this.takeGrad(v);
+    this.k.mn_cast_bf16_to_f32(g.ptr, first.ptr, first.n, this.s);
+    for (const p of rest) {
+      const t = this.out(v.shape, "grad.part.f32");
+      this.k.mn_cast_bf16_to_f32(t.ptr, p.ptr, p.n, this.s);
+      this.k.mn_axpy(g.ptr, 1, t.ptr, g.n, this.s);
+    }
+    for (const p of v.gradParts) this.pool.give(p);
+    v.gradParts = [];
+    return g.ptr;
+  }
   /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
     return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
@@ -444,6 +481,8 @@ export class Graph {
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool,
    * once no other value shares it. */
   dropGrad(v: Var) {
+    for (const t of v.gradParts) this.pool.give(t);
+    v.gradParts = [];
     if (v.g && !v.param) {
       const rec = this.sharedGrads.get(v.g);
       if (rec) this.sharedGrads.delete(v.g);
@@ -969,8 +1008,10 @@ export class Graph {
       // a's gradient straight in bf16 when a's producer reads it only as a bf16 operand and this
       // is its one writer (a matmul output feeding only this matmul: a LoRA's hidden layer):
       // the GEMM rounds its fp32 result once, as the cast it replaces did
-      const aBf16 = a.requiresGrad && this.gradSinksBf16([a]) !== null;
-      const [[da, db], acc] = this.grads(aBf16 ? null : a, b);
+      // or as one bf16 part of a's gradient (gradPart: a feeds several matmuls)
+      const aPart = a.requiresGrad ? this.gradPart(a) : null;
+      const aBf16 = !aPart && a.requiresGrad && this.gradSinksBf16([a]) !== null;
+      const [[da, db], acc] = this.grads(aBf16 || aPart ? null : a, b);
       const [betaA, betaB] = [acc & 1, (acc >> 1) & 1]; // 0: cuBLAS does not read C
       // da[N,K] (+)= dy[N,M] @ op(b)^T
       if (a.requiresGrad) {
@@ -988,11 +1029,11 @@ export class Graph {
           ldb,
           0n,
           betaA,
-          aBf16 ? a.g!.ptr : da,
+          aPart ? aPart.ptr : aBf16 ? a.g!.ptr : da,
           K,
           0n,
           1,
-          aBf16,
+          aBf16 || aPart !== null,
         );
       }
       // db (+)= a^T @ dy  ([K,M]) or dy^T @ a ([M,K]) when b is stored transposed
@@ -1020,6 +1061,7 @@ export class Graph {
       }
     });
     y.bf16Grad = true;
+    a.partUses++;
     return y;
   }
 
@@ -1214,9 +1256,33 @@ export class Graph {
           copy(dy, at[j], S, y.g!, 0, widths[j], N, widths[j], 0);
         });
         if (x.requiresGrad) {
-          // dx [N, K] (+)= dy @ wcat^T
-          const [[dx], acc] = this.grads(x);
-          this.gemm(0, 1, N, K, S, 1, dy.ptr, S, 0n, wcat.ptr, S, 0n, acc & 1, dx, K, 0n);
+          // dx [N, K] (+)= dy @ wcat^T, or one bf16 part of x's gradient (gradPart)
+          const part = this.gradPart(x);
+          if (part) {
+            this.gemm(
+              0,
+              1,
+              N,
+              K,
+              S,
+              1,
+              dy.ptr,
+              S,
+              0n,
+              wcat.ptr,
+              S,
+              0n,
+              0,
+              part.ptr,
+              K,
+              0n,
+              1,
+              true,
+            );
+          } else {
+            const [[dx], acc] = this.grads(x);
+            this.gemm(0, 1, N, K, S, 1, dy.ptr, S, 0n, wcat.ptr, S, 0n, acc & 1, dx, K, 0n);
+          }
         }
         if (ws.some((w) => w.requiresGrad)) {
           // [K, S] fp32 scratch: x^T @ dy, each weight's gradient a block of its columns
@@ -1231,6 +1297,7 @@ export class Graph {
       }
       ys.forEach((y) => this.dropGrad(y));
     }, [x, ...ws]);
+    x.partUses++;
     return ys;
   }
 
@@ -1299,7 +1366,14 @@ export class Graph {
       C,
       this.s,
     );
-    return this.multiNode(outs, [x, ...m, ...maa], (dout) => {
+    const ys = this.multiNode(outs, [x, ...m, ...maa], (dout, ys) => {
+      // the outputs' gradients as bf16 parts (each written by a matmul's dX GEMM), when all four
+      // have them; else all fp32 (parts folded)
+      const parts = ys.every((y) => y.gradParts.length > 0);
+      const d = parts
+        ? ys.map((y) => y.gradParts[0].ptr)
+        : ys.map((y, j) => dout[j] ?? this.foldParts(y));
+      const d2 = ys.map((y) => (parts ? y.gradParts[1]?.ptr ?? null : null));
       const dmBf16 = this.gradSinksBf16(m); // the LoRA's gradients as its bf16 GEMM operands
       const sinks = [
         this.gradSink(x),
@@ -1308,12 +1382,14 @@ export class Graph {
       ];
       this.k.mn_rwkv7_mix4_backward(
         ...sinks.map(([p]) => p),
-        ...dout,
+        ...d,
+        ...d2,
         x.t.ptr,
         ...ptrs(m),
         ...ptrs(maa),
         mBf16 ? 1 : 0,
         dmBf16 ? 1 : 0,
+        parts ? 1 : 0,
         B,
         T,
         C,
@@ -1321,6 +1397,9 @@ export class Graph {
         this.s,
       );
     });
+    // a mixed input's consumers (matmuls) may each write a bf16 part of its gradient
+    if (dt === "bf16") { for (const y of ys) y.maxGradParts = 2; }
+    return ys;
   }
 
   /**
@@ -1692,11 +1771,20 @@ export class Graph {
    * when the tape reaches the op (every consumer of every output has added its gradient by then),
    * given the output gradients (zeros for an output nobody used); then frees them.
    */
-  multiNode(outs: Tensor[], inputs: Var[], bwd: (dout: Deno.PointerValue[]) => void): Var[] {
+  /** Wraps an op's several outputs (one closure: their gradients are complete together). dout:
+   * each output's fp32 gradient (a zero-filled one for an output nobody used), or null for one
+   * held as bf16 parts (maxGradParts; the closure reads ys[i].gradParts). */
+  multiNode(
+    outs: Tensor[],
+    inputs: Var[],
+    bwd: (dout: Deno.PointerValue[], ys: Var[]) => void,
+  ): Var[] {
     const ys = outs.map((o) => new Var(o, this.needs(...inputs)));
     if (!ys[0].requiresGrad) return ys;
     this.record(() => {
-      if (ys.some((y) => y.g)) bwd(ys.map((y) => this.grad(y)));
+      if (ys.some((y) => y.g || y.gradParts.length)) {
+        bwd(ys.map((y) => (y.gradParts.length ? null : this.grad(y))), ys);
+      }
       ys.forEach((y) => this.dropGrad(y));
     }, inputs);
     return ys;

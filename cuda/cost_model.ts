@@ -1020,19 +1020,17 @@ const rwkv7Mix4Forward: Cost = (a) => {
   const read = n * F32 + 4 * n * m + 4 * C * F32;
   return [elementwise("mixn_forward_kernel", n, read, 4 * n * out, 13)];
 };
-// col_sums<2, MixNTerm<4>>: reads dout_j, m_j (j < 4), x, and dx, dm_j where their bits are set;
-// writes dx, dm_j; sums dmaa_rg, dmaa_wa. Then col_sums<2, MixTailTerm<2>>: reads dout_k, dout_v, x
-// again; sums dmaa_k, dmaa_v (reduce.cuh's column sums carry two outputs).
+// col_sums<4, MixNTerm<4>>: reads dout_j (fp32, or bf16 and the second bf16 parts given), m_j
+// (j < 4), x, and dx, dm_j where their bits are set; writes dx, dm_j; sums the four dmaa_j.
 const rwkv7Mix4Backward: Cost = (a) => {
   const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
   const m = N * C * (need(a, "m_bf16") ? BF16 : F32);
   const dm = N * C * (need(a, "dm_bf16") ? BF16 : F32);
+  const parts = ["dout2_rg", "dout2_wa", "dout2_k", "dout2_v"].filter((k) => has(a, k)).length;
+  const dout = need(a, "dout_bf16") ? (4 + parts) * N * C * BF16 : 4 * act;
   let accRead = accBit(a, 0) ? act : 0;
   for (let bit = 1; bit < 5; bit++) accRead += accBit(a, bit) ? dm : 0;
-  return [
-    ...colSums("MixNTerm<4>", 2, N, C, 5 * act + 4 * m + accRead, act + 4 * dm, 30 * N * C),
-    ...colSums("MixTailTerm<2>", 2, N, C, 3 * act, 0, 5 * N * C),
-  ];
+  return colSums("MixNTerm<4>", 4, N, C, act + dout + 4 * m + accRead, act + 4 * dm, 32 * N * C);
 };
 
 // rwkv7_value_mix_forward: reads v, v1, mv (fp32 or bf16) and time_misc_v; writes out fp32 (+ bf16
@@ -1141,9 +1139,9 @@ const rwkv7GnBonusGateBackward: Cost = (a) => {
 };
 
 // ---- fused RWKV-6 time mixing (rwkv7_fused.cu, beside RWKV-7's) --------------------------------
-// mix5: the mix4 kernels with five pairs. col_sums<2, MixNTerm<5>>: reads dout_j, m_j (j < 5), x,
-// and dx, dm_j where their bits are set; writes dx, dm_j; sums dmaa_w, dmaa_k. Then
-// col_sums<2, MixTailTerm<2>> (dout_v, dout_r, x) and col_sums<1, MixTailTerm<1>> (dout_g, x).
+// mix5: the mix4 kernels with five pairs. col_sums<4, MixNTerm<5>>: reads dout_j, m_j (j < 5), x,
+// and dx, dm_j where their bits are set; writes dx, dm_j; sums dmaa_w .. dmaa_r. Then
+// col_sums<1, MixTailTerm> (dout_g, x) for dmaa_g.
 const rwkv6Mix5Forward: Cost = (a) => {
   const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
   const out = need(a, "out_bf16") ? BF16 : F32;
@@ -1154,9 +1152,8 @@ const rwkv6Mix5Backward: Cost = (a) => {
   let accRead = 0;
   for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
   return [
-    ...colSums("MixNTerm<5>", 2, N, C, 11 * act + accRead, 6 * act, 37 * N * C),
-    ...colSums("MixTailTerm<2>", 2, N, C, 3 * act, 0, 5 * N * C),
-    ...colSums("MixTailTerm<1>", 1, N, C, 2 * act, 0, 3 * N * C),
+    ...colSums("MixNTerm<5>", 4, N, C, 11 * act + accRead, 6 * act, 39 * N * C),
+    ...colSums("MixTailTerm", 1, N, C, 2 * act, 0, 3 * N * C),
   ];
 };
 // decay_k_forward: elementwise over N*C, reads ww, k (and time_decay), writes w, kw (fp32 or bf16)

@@ -138,6 +138,28 @@ inline int mn_check_rwkv7_fused(const char* fn, int a, int b, int c, int64_t col
   return 0;
 }
 
+// mn_rwkv7_mix4_backward: every tensor but the optional second parts dout2_j (bf16 dout only);
+// bf16 dm_j are overwritten
+inline int mn_check_rwkv7_mix4_backward(
+    float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v, float* dmaa_rg, float* dmaa_wa,
+    float* dmaa_k, float* dmaa_v, void* dout_rg, void* dout_wa, void* dout_k, void* dout_v,
+    mn_bf16* dout2_rg, mn_bf16* dout2_wa, mn_bf16* dout2_k, mn_bf16* dout2_v, float* x, void* m_rg,
+    void* m_wa, void* m_k, void* m_v, float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
+    int dm_bf16, int dout_bf16, int B, int T, int C, int accumulate) {
+  const char* fn = "rwkv7_mix4_backward";
+  if (int rc = mn_check_rwkv7_fused(fn, B, T, C, C,
+                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
+                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
+                                     accumulate, 0x1e0, 0.0f))
+    return rc;
+  MN_REQUIRE(!dm_bf16 || !(accumulate & 0x1e),
+             "%s: bf16 dm_j are overwritten (accumulate bits 1-4 must be clear)", fn);
+  MN_REQUIRE(dout_bf16 || !(dout2_rg || dout2_wa || dout2_k || dout2_v),
+             "%s: second gradient parts dout2_j are bf16: they need dout_bf16 = 1", fn);
+  return 0;
+}
+
 // LayerNorm's forward (norm.cu), fp32 or bf16 out
 inline int mn_check_layernorm_forward(const char* fn, const void* out, float* mean, float* rstd,
                                       float* inp, float* weight, float* bias, int N, int C,

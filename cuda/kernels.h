@@ -316,16 +316,21 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
                                  float* maa_wa, float* maa_k, float* maa_v, int out_bf16,
                                  int m_bf16, int B, int T, int C, void* stream);
 /* gradient outputs: dx (bit 0), dm_rg..dm_v [B,T,C] (bits 1-4), dmaa_rg..dmaa_v [C] (bits 5-8,
- * must be set); dout_j [B,T,C] fp32; m_j as in the forward. dm_bf16 != 0: the dm_j are written
- * as bf16 (the LoRA's backward GEMM operand, as autocast's bf16 gradient of a bf16 output), and
- * only overwritten (bits 1-4 must be clear). */
+ * must be set); m_j as in the forward. dout_j [B,T,C]: fp32, or with dout_bf16 != 0 bf16 plus an
+ * optional second bf16 part dout2_j (NULL: none; must be NULL for fp32 dout): the gradient of
+ * out_j is dout_j + dout2_j summed in fp32 (a mixed input's two matmul consumers each write their
+ * dX in bf16, as autocast's two bf16 gradients summed in the fp32 input's gradient). dm_bf16 != 0:
+ * the dm_j are written as bf16 (the LoRA's backward GEMM operand, as autocast's bf16 gradient of
+ * a bf16 output), and only overwritten (bits 1-4 must be clear). One pass (the four dmaa_j are
+ * one column sum). */
 MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
-                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
-                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
-                                  void* stream);
+                                  void* dout_rg, void* dout_wa, void* dout_k, void* dout_v,
+                                  mn_bf16* dout2_rg, mn_bf16* dout2_wa, mn_bf16* dout2_k,
+                                  mn_bf16* dout2_v, float* x, void* m_rg, void* m_wa, void* m_k,
+                                  void* m_v, float* maa_rg, float* maa_wa, float* maa_k,
+                                  float* maa_v, int m_bf16, int dm_bf16, int dout_bf16, int B,
+                                  int T, int C, int accumulate, void* stream);
 
 /* The chain between the projections and the WKV call, per row of C = H*D channels (heads of D):
  *   w = -softplus(-(dec + time_decay)) - 0.5;  kk = F.normalize(k0 + kkk) over each head (eps);

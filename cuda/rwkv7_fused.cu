@@ -108,20 +108,29 @@ struct MixXTerm {
 };
 
 // Backward of the J mixes, pass 1: dx (all J mixes, own token and next token's xx),
-// dm_j = dout_j xx, and the sums of dmaa_0, dmaa_1. Later passes (MixTailTerm) sum dmaa_2, dmaa_3
-// (and dmaa_4): reduce.cuh's column sums carry two outputs. M: the dtype of m_j; DM: of dm_j (bf16
-// dm_j are overwritten: their accumulate bits are clear).
-template <int J, class DM = float>
+// dm_j = dout_j xx, and the sums of dmaa_j for j < 4 (reduce.cuh's column sums carry four
+// outputs; RWKV-6's fifth is MixTailTerm's pass). M: the dtype of m_j; DM: of dm_j (bf16 dm_j
+// are overwritten: their accumulate bits are clear); DO: of dout_j: fp32, or bf16 with an
+// optional second bf16 part dout2_j (the bf16 dX of a mixed input's two matmul consumers,
+// autocast's two bf16 gradients summed in fp32).
+template <int J, class DM = float, class DO = float>
 struct MixGrads {
   DM* dm[J];
-  const float* dout[J];
+  const DO* dout[J];
+  const DO* dout2[J];  // NULL: none (always NULL for fp32 dout)
+  __device__ float d(int j, int64_t e) const {
+    float v = ld(dout[j] + e);
+    if (dout2[j]) v += ld(dout2[j] + e);
+    return v;
+  }
 };
 __device__ inline void put_dm(float* p, int64_t e, bool acc, float v) { put_grad(p, e, acc, v); }
 __device__ inline void put_dm(bf16* p, int64_t e, bool, float v) { p[e] = mn_f32_to_bf16(v); }
-template <int J, class M = float, class DM = float>
+template <int J, class M = float, class DM = float, class DO = float>
 struct MixNTerm {
+  static constexpr int K = J < mn_reduce::kMaxSums ? J : mn_reduce::kMaxSums;
   float* dx;
-  MixGrads<J, DM> g;
+  MixGrads<J, DM, DO> g;
   MixArgs<J, M> a;
   const float* x;
   int T, C;
@@ -140,9 +149,9 @@ struct MixNTerm {
     Load l;
 #pragma unroll
     for (int j = 0; j < J; j++) {
-      l.d[j] = g.dout[j][e];
+      l.d[j] = g.d(j, e);
       l.m[j] = ld(a.m[j] + e);
-      l.dn[j] = next ? g.dout[j][e + C] : 0.0f;
+      l.dn[j] = next ? g.d(j, e + C) : 0.0f;
       l.mn[j] = next ? ld(a.m[j] + e + C) : 0.0f;
     }
     l.xx = shift_diff(x, i, c, T, C);
@@ -157,34 +166,24 @@ struct MixNTerm {
       put_dm(g.dm[j], e, (acc >> (1 + j)) & 1, l.d[j] * l.xx);
     }
     put_grad(dx, e, acc & 1, v);
-    s[0] += l.d[0] * l.xx;
-    s[1] += l.d[1] * l.xx;
-  }
-};
-// sum_i dout_k xx for K = 1 or 2 mixes (d[1] unused when K = 1)
-template <int K>
-struct MixTailTerm {
-  const float* d[2];
-  const float* x;
-  int T, C;
-  struct Load {
-    float d[K], xx;
-  };
-  __device__ void begin(int) {}
-  __device__ Load load(int64_t i, int c) const {
-    const int64_t e = i * C + c;
-    Load l;
-#pragma unroll
-    for (int k = 0; k < K; k++) l.d[k] = d[k][e];
-    l.xx = shift_diff(x, i, c, T, C);
-    return l;
-  }
-  __device__ void use(int64_t, int, const Load& l, float* s) const {
 #pragma unroll
     for (int k = 0; k < K; k++) s[k] += l.d[k] * l.xx;
   }
 };
-
+// sum_i dout xx: RWKV-6's fifth mix (pass 1 sums the first four)
+struct MixTailTerm {
+  const float* d;
+  const float* x;
+  int T, C;
+  struct Load {
+    float d, xx;
+  };
+  __device__ void begin(int) {}
+  __device__ Load load(int64_t i, int c) const {
+    return Load{d[i * C + c], shift_diff(x, i, c, T, C)};
+  }
+  __device__ void use(int64_t, int, const Load& l, float* s) const { s[0] += l.d * l.xx; }
+};
 
 // ---- (b) between the projections and the WKV call ----
 
@@ -603,18 +602,17 @@ int mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, const flo
                    MixOuts<float, 4>{{(float*)out_rg, (float*)out_wa, (float*)out_k, (float*)out_v}},
                    x, a, T, (int)C, n);
 }
-template <class M, class DM>
-int mix4_backward(float* dx, DM* const dm[4], float* const dmaa[4], float* const dout[4],
-                  const float* x, const MixArgs<4, M>& a, int T, int C, int64_t N, int accumulate,
-                  float* part, void* stream) {
-  const MixGrads<4, DM> g{{dm[0], dm[1], dm[2], dm[3]}, {dout[0], dout[1], dout[2], dout[3]}};
-  int rc = mn_reduce::col_sums<2>("rwkv7_mix4_backward",
-                                  MixNTerm<4, M, DM>{dx, g, a, x, T, C, accumulate, {}}, dmaa[0],
-                                  dmaa[1], N, C, 3, part, stream);
-  if (rc) return rc;
-  return mn_reduce::col_sums<2>("rwkv7_mix4_backward_tail",
-                                MixTailTerm<2>{{dout[2], dout[3]}, x, T, C}, dmaa[2], dmaa[3], N,
-                                C, 3, part, stream);
+template <class M, class DM, class DO>
+int mix4_backward(float* dx, DM* const dm[4], float* const dmaa[4], const DO* const dout[4],
+                  const DO* const dout2[4], const float* x, const MixArgs<4, M>& a, int T, int C,
+                  int64_t N, int accumulate, float* part, void* stream) {
+  const MixGrads<4, DM, DO> g{{dm[0], dm[1], dm[2], dm[3]},
+                              {dout[0], dout[1], dout[2], dout[3]},
+                              {dout2[0], dout2[1], dout2[2], dout2[3]}};
+  return mn_reduce::col_sums<4>("rwkv7_mix4_backward",
+                                MixNTerm<4, M, DM, DO>{dx, g, a, x, T, C, accumulate, {}},
+                                mn_reduce::ColOuts{{dmaa[0], dmaa[1], dmaa[2], dmaa[3]}}, N, C,
+                                0xf, part, stream);
 }
 }  // namespace
 
@@ -644,41 +642,41 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
 
 MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
-                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
-                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
-                                  void* stream) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
-                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
-                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
-                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
-                                     accumulate, 0x1e0, 0.0f))
+                                  void* dout_rg, void* dout_wa, void* dout_k, void* dout_v,
+                                  mn_bf16* dout2_rg, mn_bf16* dout2_wa, mn_bf16* dout2_k,
+                                  mn_bf16* dout2_v, float* x, void* m_rg, void* m_wa, void* m_k,
+                                  void* m_v, float* maa_rg, float* maa_wa, float* maa_k,
+                                  float* maa_v, int m_bf16, int dm_bf16, int dout_bf16, int B,
+                                  int T, int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_mix4_backward(dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                            dmaa_v, dout_rg, dout_wa, dout_k, dout_v, dout2_rg,
+                                            dout2_wa, dout2_k, dout2_v, x, m_rg, m_wa, m_k, m_v,
+                                            maa_rg, maa_wa, maa_k, maa_v, dm_bf16, dout_bf16, B,
+                                            T, C, accumulate))
     return rc;
-  MN_REQUIRE(!dm_bf16 || !(accumulate & 0x1e),
-             "rwkv7_mix4_backward: bf16 dm_j are overwritten (accumulate bits 1-4 must be clear)");
   const int64_t N = (int64_t)B * T;
   float* part = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 4), stream))
     return rc;
   float* const dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
-  float* const dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  void* const dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  mn_bf16* const dout2[4] = {dout2_rg, dout2_wa, dout2_k, dout2_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   void* const dmv[4] = {dm_rg, dm_wa, dm_k, dm_v};
   void* const mv[4] = {m_rg, m_wa, m_k, m_v};
-  const MixArgs<4, float> af{{(const float*)mv[0], (const float*)mv[1], (const float*)mv[2],
-                            (const float*)mv[3]},
-                           {maa[0], maa[1], maa[2], maa[3]}};
-  const MixArgs<4, bf16> ab{{(const bf16*)mv[0], (const bf16*)mv[1], (const bf16*)mv[2],
-                           (const bf16*)mv[3]},
+  return mn_with_dtypes(m_bf16, dm_bf16, dout_bf16, [&](auto mt, auto dmt, auto dot) {
+    using M = typename decltype(mt)::type;
+    using DM = typename decltype(dmt)::type;
+    using DO = typename decltype(dot)::type;
+    const MixArgs<4, M> a{{(const M*)mv[0], (const M*)mv[1], (const M*)mv[2], (const M*)mv[3]},
                           {maa[0], maa[1], maa[2], maa[3]}};
-  float* const dmf[4] = {(float*)dmv[0], (float*)dmv[1], (float*)dmv[2], (float*)dmv[3]};
-  bf16* const dmb[4] = {(bf16*)dmv[0], (bf16*)dmv[1], (bf16*)dmv[2], (bf16*)dmv[3]};
-  if (m_bf16 && dm_bf16)
-    return mix4_backward(dx, dmb, dmaa, dout, x, ab, T, C, N, accumulate, part, stream);
-  if (m_bf16) return mix4_backward(dx, dmf, dmaa, dout, x, ab, T, C, N, accumulate, part, stream);
-  if (dm_bf16) return mix4_backward(dx, dmb, dmaa, dout, x, af, T, C, N, accumulate, part, stream);
-  return mix4_backward(dx, dmf, dmaa, dout, x, af, T, C, N, accumulate, part, stream);
+    DM* const dm[4] = {(DM*)dmv[0], (DM*)dmv[1], (DM*)dmv[2], (DM*)dmv[3]};
+    const DO* const d[4] = {(const DO*)dout[0], (const DO*)dout[1], (const DO*)dout[2],
+                            (const DO*)dout[3]};
+    const DO* const d2[4] = {(const DO*)dout2[0], (const DO*)dout2[1], (const DO*)dout2[2],
+                             (const DO*)dout2[3]};
+    return mix4_backward(dx, dm, dmaa, d, d2, x, a, T, C, N, accumulate, part, stream);
+  });
 }
 
 namespace {
@@ -991,20 +989,17 @@ MN_API int mn_rwkv6_mix5_backward(float* dx, float* dm_w, float* dm_k, float* dm
     return rc;
   const int64_t N = (int64_t)B * T;
   float* part = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 2), stream))
+  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 4), stream))
     return rc;
   const MixArgs<5> a{{m_w, m_k, m_v, m_r, m_g}, {maa_w, maa_k, maa_v, maa_r, maa_g}};
-  const MixGrads<5> g{{dm_w, dm_k, dm_v, dm_r, dm_g}, {dout_w, dout_k, dout_v, dout_r, dout_g}};
-  int rc = mn_reduce::col_sums<2>("rwkv6_mix5_backward",
-                                  MixNTerm<5>{dx, g, a, (const float*)x, T, C, accumulate, {}},
-                                  dmaa_w, dmaa_k, N, C, 3, part, stream);
+  const MixGrads<5> g{
+      {dm_w, dm_k, dm_v, dm_r, dm_g}, {dout_w, dout_k, dout_v, dout_r, dout_g}, {}};
+  int rc = mn_reduce::col_sums<4>(
+      "rwkv6_mix5_backward", MixNTerm<5>{dx, g, a, (const float*)x, T, C, accumulate, {}},
+      mn_reduce::ColOuts{{dmaa_w, dmaa_k, dmaa_v, dmaa_r}}, N, C, 0xf, part, stream);
   if (rc) return rc;
-  if ((rc = mn_reduce::col_sums<2>("rwkv6_mix5_backward_tail",
-                                   MixTailTerm<2>{{dout_v, dout_r}, (const float*)x, T, C},
-                                   dmaa_v, dmaa_r, N, C, 3, part, stream)))
-    return rc;
   return mn_reduce::col_sums<1>("rwkv6_mix5_backward_tail",
-                                MixTailTerm<1>{{dout_g, nullptr}, (const float*)x, T, C}, dmaa_g,
+                                MixTailTerm{dout_g, (const float*)x, T, C}, dmaa_g,
                                 nullptr, N, C, 1, part, stream);
 }
 

@@ -138,7 +138,26 @@ function mix4Forward(be: Backend, c: Cfg, d: Draw, bf16: boolean, mBf16 = false)
 }
 type Ptr4 = [Deno.PointerValue, Deno.PointerValue, Deno.PointerValue, Deno.PointerValue];
 
-/** mBf16: bf16 m_j inputs; dmBf16: bf16 dm_j outputs (overwritten) */
+/** The bf16 gradient parts of the mixes' outputs: dout_j and a second part (none for "wa", as
+ * xwa's one consumer in the model) */
+const PARTS = (d: Draw) => ({
+  dout: d.dout.map(f32ToBf16),
+  dout2: J.map((j, i) => (j === "wa" ? null : f32ToBf16(d.dout[(i + 1) % 4]))),
+});
+/** The fp32 gradients the parts stand for: their widened values summed in float */
+function partsSummed(d: Draw): Draw {
+  const p = PARTS(d);
+  return {
+    ...d,
+    dout: p.dout.map((a, i) => {
+      const x = bf16ToF32(a), y = p.dout2[i] ? bf16ToF32(p.dout2[i]!) : null;
+      return y ? x.map((v, e) => Math.fround(v + y[e])) : x;
+    }),
+  };
+}
+
+/** mBf16: bf16 m_j inputs; dmBf16: bf16 dm_j outputs (overwritten); parts: the gradients as bf16
+ * parts (PARTS) */
 function mix4Backward(
   be: Backend,
   c: Cfg,
@@ -146,6 +165,7 @@ function mix4Backward(
   accumulate = ALL,
   mBf16 = false,
   dmBf16 = false,
+  parts = false,
 ) {
   const { B, T, C } = c, act = [B, T, C];
   const ins: Record<string, In> = { x: f32In(d.x, act) };
@@ -155,7 +175,11 @@ function mix4Backward(
   J.forEach((j, i) => {
     ins["m_" + j] = mIn(d.m[i], act, mBf16);
     ins["maa_" + j] = f32In(d.maa[i], [C]);
-    ins["dout_" + j] = f32In(d.dout[i], act);
+    if (parts) {
+      const pd = PARTS(d);
+      ins["dout_" + j] = { data: pd.dout[i], shape: act, dtype: "bf16" };
+      if (pd.dout2[i]) ins["dout2_" + j] = { data: pd.dout2[i]!, shape: act, dtype: "bf16" };
+    } else ins["dout_" + j] = f32In(d.dout[i], act);
     outs["dm_" + j] = dmBf16 ? { shape: act, dtype: "bf16" } : {
       shape: act,
       init: (accumulate >> (1 + i)) & 1 ? d.g0[i] : undefined,
@@ -169,11 +193,13 @@ function mix4Backward(
       ...p("dm_"),
       ...p("dmaa_"),
       ...p("dout_"),
+      ...J.map((j) => t["dout2_" + j]?.ptr ?? null) as Ptr4,
       t.x.ptr,
       ...p("m_"),
       ...p("maa_"),
       mBf16 ? 1 : 0,
       dmBf16 ? 1 : 0,
+      parts ? 1 : 0,
       B,
       T,
       C,
@@ -255,6 +281,17 @@ checkKernel({
   run: (be, c, rng) => mix4Backward(be, c, draw(c, rng), 0x1e1, true, true),
 });
 checkKernel({
+  name: "rwkv7_mix4_backward (bf16 gradient parts, bf16 m in, bf16 dm out)",
+  configs: SHAPES,
+  label,
+  tol: Object.fromEntries(
+    ["dx", ...J.flatMap((j) => ["dm_" + j, "dmaa_" + j])].map((
+      k,
+    ) => [k, k.startsWith("dm_") ? TOL_BF16 : tolOf(k)]),
+  ),
+  run: (be, c, rng) => mix4Backward(be, c, draw(c, rng), 0x1e1, true, true, true),
+});
+checkKernel({
   name: "rwkv7_mix_x_backward",
   configs: SHAPES,
   label,
@@ -294,7 +331,7 @@ Deno.test("rwkv7 fused mixes: cpu forward and backward match a float64 reference
   });
 });
 
-Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once", () => {
+Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once, bf16 gradient parts as their float sum", () => {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
@@ -312,6 +349,12 @@ Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 
       }
       // bf16 dm_j are only overwritten
       assert.throws(() => mix4Backward(be, c, d, ALL, true, true), /bf16 dm_j are overwritten/);
+      // bf16 gradient parts: the fp32 backward on their float sums, bit for bit
+      const ps = mix4Backward(be, c, d, 0x1e1, true, true, true);
+      const pf = mix4Backward(be, c, partsSummed(d), 0x1e1, true, true);
+      for (const k of Object.keys(pf)) {
+        compare(`${name} ${label(c)} parts ${k}`, ps[k], pf[k], EXACT);
+      }
     }
   }
 });

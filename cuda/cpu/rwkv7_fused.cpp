@@ -94,22 +94,28 @@ MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* 
 
 MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_k, void* dm_v,
                                   float* dmaa_rg, float* dmaa_wa, float* dmaa_k, float* dmaa_v,
-                                  float* dout_rg, float* dout_wa, float* dout_k, float* dout_v,
-                                  float* x, void* m_rg, void* m_wa, void* m_k, void* m_v,
-                                  float* maa_rg, float* maa_wa, float* maa_k, float* maa_v,
-                                  int m_bf16, int dm_bf16, int B, int T, int C, int accumulate,
-                                  void*) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_mix4_backward", B, T, C, C,
-                                     {dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
-                                      dmaa_v, dout_rg, dout_wa, dout_k, dout_v, x, m_rg, m_wa, m_k,
-                                      m_v, maa_rg, maa_wa, maa_k, maa_v},
-                                     accumulate, 0x1e0, 0.0f))
+                                  void* dout_rg, void* dout_wa, void* dout_k, void* dout_v,
+                                  mn_bf16* dout2_rg, mn_bf16* dout2_wa, mn_bf16* dout2_k,
+                                  mn_bf16* dout2_v, float* x, void* m_rg, void* m_wa, void* m_k,
+                                  void* m_v, float* maa_rg, float* maa_wa, float* maa_k,
+                                  float* maa_v, int m_bf16, int dm_bf16, int dout_bf16, int B,
+                                  int T, int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_mix4_backward(dx, dm_rg, dm_wa, dm_k, dm_v, dmaa_rg, dmaa_wa, dmaa_k,
+                                            dmaa_v, dout_rg, dout_wa, dout_k, dout_v, dout2_rg,
+                                            dout2_wa, dout2_k, dout2_v, x, m_rg, m_wa, m_k, m_v,
+                                            maa_rg, maa_wa, maa_k, maa_v, dm_bf16, dout_bf16, B,
+                                            T, C, accumulate))
     return rc;
-  MN_REQUIRE(!dm_bf16 || !(accumulate & 0x1e),
-             "rwkv7_mix4_backward: bf16 dm_j are overwritten (accumulate bits 1-4 must be clear)");
   void* dm[4] = {dm_rg, dm_wa, dm_k, dm_v};
   float* dmaa[4] = {dmaa_rg, dmaa_wa, dmaa_k, dmaa_v};
-  const float* dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  const void* dout[4] = {dout_rg, dout_wa, dout_k, dout_v};
+  const mn_bf16* dout2[4] = {dout2_rg, dout2_wa, dout2_k, dout2_v};
+  // out_j's gradient: dout_j (+ the second bf16 part), summed in float as the kernel does
+  auto grad = [&](int j, int64_t e) {
+    float d = read_in(dout[j], dout_bf16, e);
+    if (dout2[j]) d += bf16_to_f32(dout2[j][e]);
+    return d;
+  };
   const void* m[4] = {m_rg, m_wa, m_k, m_v};
   const float* maa[4] = {maa_rg, maa_wa, maa_k, maa_v};
   const int64_t N = (int64_t)B * T;
@@ -122,11 +128,12 @@ MN_API int mn_rwkv7_mix4_backward(float* dx, void* dm_rg, void* dm_wa, void* dm_
       double v = 0.0;
       for (int j = 0; j < 4; j++) {
         double coef = (double)read_in(m[j], m_bf16, e) + maa[j][c];
-        v += (double)dout[j][e] * (1.0 - coef);
-        if (!last) v += (double)dout[j][e + C] * ((double)read_in(m[j], m_bf16, e + C) + maa[j][c]);
-        if (dm_bf16) ((mn_bf16*)dm[j])[e] = f32_to_bf16(dout[j][e] * xx);
-        else grad_out((float*)dm[j], e, accumulate, 1 + j, dout[j][e] * xx);
-        s[j * C + c] += (double)dout[j][e] * xx;
+        const float d = grad(j, e);
+        v += (double)d * (1.0 - coef);
+        if (!last) v += (double)grad(j, e + C) * ((double)read_in(m[j], m_bf16, e + C) + maa[j][c]);
+        if (dm_bf16) ((mn_bf16*)dm[j])[e] = f32_to_bf16(d * xx);
+        else grad_out((float*)dm[j], e, accumulate, 1 + j, d * xx);
+        s[j * C + c] += (double)d * xx;
       }
       grad_out(dx, e, accumulate, 0, (float)v);
     }
