@@ -421,8 +421,10 @@ export class Model {
   /** The token shift and the five mixes: xrg, xwa, xk, xv (fused kernels; see mixesUnfused). */
   mixes(g: Graph, x: Var, P: (n: string) => Var): Var[] {
     const xxx = g.rwkv7MixX(x, P("time_maa_x"));
-    // the LoRA's outputs in bf16 (autocast's bmm), read and differentiated by the fused mixes
-    const m = g.blockMatmul(g.tanh(g.matmul(xxx, P("time_maa_w1"))), P("time_maa_w2"), true);
+    // the LoRA's hidden layer and outputs bf16 (autocast's matmul and bmm outputs, tanh on the
+    // hidden one in bf16), the outputs read and differentiated by the fused mixes
+    const h = g.tanh(g.matmul(xxx, P("time_maa_w1"), false, true));
+    const m = g.blockMatmul(h, P("time_maa_w2"), true);
     return g.rwkv7Mix4(x, m, MAA.map(P));
   }
   /** mixes from the generic tape ops, one kernel each (--unfused) */
@@ -456,7 +458,8 @@ export class Model {
     // the LoRAs' first layers: fused, those that read one input are one GEMM each way
     // (Graph.matmulShared, below); else, and under --unfused, one matmul each
     const first = new Map<string, Var>();
-    const w1 = (inp: Var, name: string) => first.get(name) ?? g.matmul(inp, P(name));
+    // (bf16 hidden layers on the fused path: autocast's matmul outputs, tanh/sigmoid in bf16)
+    const w1 = (inp: Var, name: string) => first.get(name) ?? g.matmul(inp, P(name), false, bf);
     const lora = (inp: Var, w1name: string, w2: string, outBf16 = false) =>
       g.matmul(w1(inp, w1name), P(w2), false, outBf16);
     const [xrg, xwa, xk, xv] = this.a.unfused ? this.mixesUnfused(g, x, P) : this.mixes(g, x, P);
@@ -469,14 +472,15 @@ export class Model {
       v = g.lerp(v, v1!, g.sigmoid(g.addRow(lora(xv, "mv_w1", "mv_w2"), P("time_misc_v"))));
     } else v = g.rwkv7ValueMix(v, v1!, lora(xv, "mv_w1", "mv_w2", bf), P("time_misc_v"));
     // bf16 as well: the fused GroupNorm + bonus + gate reads it and writes its gradient in bf16
-    const gate = g.matmul(g.sigmoid(g.matmul(xrg, P("gate_w1"))), P("gate_w2"), false, bf);
+    const gate = g.matmul(g.sigmoid(w1(xrg, "gate_w1")), P("gate_w2"), false, bf);
     if (!this.a.unfused) {
-      // the tanh LoRAs' hidden values fp32 (tanh reads fp32), the linear ones' the bf16 operand
-      // of their second layer (autocast's output, what that matmul would cast them to)
-      const shared = (inp: Var, names: string[], outBf16: boolean[]) =>
-        g.matmulShared(inp, names.map(P), outBf16).forEach((h, i) => first.set(names[i], h));
-      shared(xwa, ["time_decay_w1", "time_aaa_w1", "ma_w1"], [false, true, true]);
-      shared(xk, ["time_kkk_w1", "mk_w1"], [false, true]);
+      // the hidden values bf16: autocast's outputs (tanh reads them in bf16), the operands of
+      // their second layers
+      const shared = (inp: Var, names: string[]) =>
+        g.matmulShared(inp, names.map(P), names.map(() => true))
+          .forEach((h, i) => first.set(names[i], h));
+      shared(xwa, ["time_decay_w1", "time_aaa_w1", "ma_w1"]);
+      shared(xk, ["time_kkk_w1", "mk_w1"]);
     }
     const tanhLora = (inp: Var, w1name: string, w2: string) =>
       g.matmul(g.tanh(w1(inp, w1name)), P(w2), false, bf);

@@ -547,7 +547,8 @@ export class Graph {
     const y = new Var(out, this.needs(...inputs));
     if (y.requiresGrad) {
       this.record(() => {
-        if (y.g) bwd(y as Var & { g: Tensor });
+        // y.g null with bf16 parts: a producer that set maxGradParts reads y.gradParts
+        if (y.g || y.gradParts.length) bwd(y as Var & { g: Tensor });
         this.dropGrad(y);
       }, inputs);
     }
@@ -565,8 +566,24 @@ export class Graph {
     return this.node(out, [x], bwd);
   }
 
+  /** An elementwise activation; a bf16 x (a matmul's autocast output) gives a bf16 output, read
+   * only by ops that take bf16 (a matmul), whose bf16 gradient it reads, writing x's in bf16
+   * where gradSinksBf16 allows. */
   unary(x: Var, op: UnaryOp): Var {
     const code = OP[`MN_OP_${op}`];
+    if (x.t.dtype === "bf16") {
+      const out = this.out(x.shape, op.toLowerCase(), "bf16");
+      this.k.mn_unary_forward_bf16(out.ptr, x.t.ptr, code, x.t.n, this.s);
+      const y = this.node(out, [x], (y) => {
+        const dxBf16 = this.gradSinksBf16([x]);
+        const [[dx], acc] = dxBf16 ? [[dxBf16[0][0]], 0] : this.grads(x);
+        const doutBf16 = y.g.dtype === "bf16" ? 1 : 0;
+        const args = [x.t.ptr, y.t.ptr, code, x.t.n, doutBf16, dxBf16 ? 1 : 0, acc] as const;
+        this.k.mn_unary_backward_bf16(dx, y.g.ptr, ...args, this.s);
+      });
+      y.bf16Grad = true;
+      return y;
+    }
     return this.unaryLike(
       x,
       op.toLowerCase(),
@@ -1321,13 +1338,16 @@ export class Graph {
     const out = this.out(x.shape, "mix_x", dt);
     const bf16 = dt === "bf16" ? 1 : 0;
     this.k.mn_rwkv7_mix_x_forward(out.ptr, x.t.ptr, maa.t.ptr, bf16, B, T, C, this.s);
-    return this.node(out, [x, maa], (y) => {
+    const y = this.node(out, [x, maa], (y) => {
       const sinks = [this.gradSink(x), this.paramSink(maa, "rwkv7MixX")];
+      // its one consumer (the maa LoRA's first layer) may write the gradient as a bf16 part
+      const part = y.gradParts[0];
       this.k.mn_rwkv7_mix_x_backward(
         ...sinks.map(([p]) => p),
-        y.g.ptr,
+        part ? part.ptr : y.g.ptr,
         x.t.ptr,
         maa.t.ptr,
+        part ? 1 : 0,
         B,
         T,
         C,
@@ -1335,6 +1355,8 @@ export class Graph {
         this.s,
       );
     });
+    if (bf16) y.maxGradParts = 1;
+    return y;
   }
 
   /**
@@ -1500,8 +1522,10 @@ export class Graph {
     this.k.mn_rwkv7_value_mix_forward(out.ptr, ob?.ptr ?? null, ...p, mvFlag, N, C, this.s);
     const y = this.node(out, [v, v1, mv, tmv], (y) => {
       const dmvBf16 = this.gradSinksBf16([mv]); // the LoRA's bf16 GEMM operand
+      // v's too, the value projection's (this layer's v feeds only this mix)
+      const dvBf16 = this.gradSinksBf16([v]);
       const sinks = [
-        this.gradSink(v),
+        ...(dvBf16 ?? [this.gradSink(v)]),
         this.gradSink(v1),
         ...(dmvBf16 ?? [this.gradSink(mv)]),
         this.paramSink(tmv, "rwkv7ValueMix"),
@@ -1512,6 +1536,7 @@ export class Graph {
         ...p,
         mvFlag,
         dmvBf16 ? 1 : 0,
+        dvBf16 ? 1 : 0,
         N,
         C,
         Graph.accumulateBits(sinks),
@@ -1846,42 +1871,39 @@ export class Graph {
     } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     return this.node(y, [r, w, k, v, a, b], (out) => {
-      const [g, acc] = this.grads(r, w, k, v, a, b);
-      if (kernel === "fast") {
-        this.k.mn_wkv7_backward(...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, acc, this.s);
-      } else if (kernel === "wind") {
-        const args = [...g, out.g.ptr, ...p, sCk.ptr, sa!.ptr, B, T, H, N, acc] as const;
-        this.k.mn_wkv7_wind_backward(...args, this.s);
-      } else {
-        const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
-        if (f32) {
-          this.k.mn_wkv7g_backward_f32(
-            ...g,
-            out.g.ptr,
-            ...p,
-            sCk.ptr,
-            ws.ptr,
-            B,
-            T,
-            H,
-            N,
-            acc,
-            this.s,
-          );
-        } else {this.k.mn_wkv7g_backward(
-            ...g,
-            out.g.ptr,
-            ...p,
-            sCk.ptr,
-            ws.ptr,
-            B,
-            T,
-            H,
-            N,
-            acc,
-            this.s,
-          );}
+      if (kernel !== "ref") {
+        // w, a, b's gradients straight in bf16 when their producer reads them so (the fused
+        // WKV-input chain) and this is their one writer, as the original's kernel gives them
+        const wab = this.gradSinksBf16([w, a, b]);
+        const [[gr, gw, gk, gv, ga, gb], acc] = this.grads(
+          r,
+          wab ? null : w,
+          k,
+          v,
+          ...(wab ? [null, null] : [a, b]),
+        );
+        const gs = wab ? [gr, wab[0][0], gk, gv, wab[1][0], wab[2][0]] : [gr, gw, gk, gv, ga, gb];
+        const args = [
+          ...gs,
+          out.g.ptr,
+          ...p,
+          sCk.ptr,
+          sa!.ptr,
+          B,
+          T,
+          H,
+          N,
+          wab ? 1 : 0,
+          acc,
+        ] as const;
+        if (kernel === "fast") this.k.mn_wkv7_backward(...args, this.s);
+        else this.k.mn_wkv7_wind_backward(...args, this.s);
+        return;
       }
+      const [g, acc] = this.grads(r, w, k, v, a, b);
+      const ws = this.out([B, H, 17, N, N], "wkv7g.ws"); // per-chunk recomputed states
+      const bwd = f32 ? this.k.mn_wkv7g_backward_f32 : this.k.mn_wkv7g_backward;
+      bwd(...g, out.g.ptr, ...p, sCk.ptr, ws.ptr, B, T, H, N, acc, this.s);
     });
   }
 

@@ -835,6 +835,21 @@ const unaryBackward: Cost = (a) => {
     elementwise("unary_backward_kernel", n, inputs * n * F32, n * F32, UNARY_BWD[op] ?? 4),
   ];
 };
+// the bf16 variants: x, out bf16; dout, dx fp32 or bf16 (a bf16 dx is overwritten, never read)
+const unaryForwardBf16: Cost = (a) => {
+  const n = need(a, "n"), op = need(a, "op");
+  return n <= 0
+    ? []
+    : [elementwise("unary_forward_kernel", n, n * BF16, n * BF16, UNARY_FWD[op] ?? 8)];
+};
+const unaryBackwardBf16: Cost = (a) => {
+  const n = need(a, "n"), op = need(a, "op");
+  if (n <= 0) return [];
+  const dout = need(a, "dout_bf16") ? BF16 : F32, dx = need(a, "dx_bf16") ? BF16 : F32;
+  const xs = (has(a, "x") ? 1 : 0) + (has(a, "out") ? 1 : 0);
+  const read = n * (dout + xs * BF16 + (need(a, "dx_bf16") ? 0 : acc(a, 0) * F32));
+  return [elementwise("unary_backward_kernel", n, read, n * dx, UNARY_BWD[op] ?? 4)];
+};
 const mulForward: Cost = (a) => {
   const n = need(a, "n");
   return n <= 0 ? [] : [elementwise("mul_forward_kernel", n, 2 * n * F32, n * F32, 1)];
@@ -1009,10 +1024,11 @@ const rwkv7MixXForward: Cost = (a) => {
   const out = need(a, "out_bf16") ? BF16 : F32;
   return [elementwise("mix_x_forward_kernel", n, n * F32 + C * F32, n * out, 3)];
 };
-// col_sums<1, MixXTerm>: reads dout, x (and dx with bit 0); writes dx; dmaa += sum dout * xx
+// col_sums<1, MixXTerm>: reads dout (fp32 or bf16), x (and dx with bit 0); writes dx; dmaa += sum dout * xx
 const rwkv7MixXBackward: Cost = (a) => {
   const N = need(a, "B") * need(a, "T"), C = need(a, "C"), act = N * C * F32;
-  return colSums("MixXTerm", 1, N, C, 2 * act + (accBit(a, 0) ? act : 0), act, 7 * N * C);
+  const dout = N * C * (need(a, "dout_bf16") ? BF16 : F32);
+  return colSums("MixXTerm", 1, N, C, act + dout + (accBit(a, 0) ? act : 0), act, 7 * N * C);
 };
 const rwkv7Mix4Forward: Cost = (a) => {
   const n = need(a, "B") * need(a, "T") * need(a, "C"), C = need(a, "C");
@@ -1042,13 +1058,14 @@ const rwkv7ValueMixForward: Cost = (a) => {
   return [elementwise("value_mix_forward_kernel", n, 2 * n * F32 + mv + C * F32, out, 8)];
 };
 // col_sums<1, ValueMixTerm>: reads dout, v, v1, mv (fp32 or bf16), and dv, dv1, dmv where their
-// bits are set; writes dv, dv1, dmv (fp32 or bf16); dtime_misc_v += sum dmv
+// bits are set; writes dv, dmv (fp32 or bf16), dv1; dtime_misc_v += sum dmv
 const rwkv7ValueMixBackward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C"), act = N * C * F32;
   const mv = N * C * (need(a, "mv_bf16") ? BF16 : F32);
   const dmv = N * C * (need(a, "dmv_bf16") ? BF16 : F32);
-  const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? act : 0) + (accBit(a, 2) ? dmv : 0);
-  return colSums("ValueMixTerm", 1, N, C, 3 * act + mv + accRead, 2 * act + dmv, 14 * N * C);
+  const dv = N * C * (need(a, "dv_bf16") ? BF16 : F32);
+  const accRead = (accBit(a, 0) ? dv : 0) + (accBit(a, 1) ? act : 0) + (accBit(a, 2) ? dmv : 0);
+  return colSums("ValueMixTerm", 1, N, C, 3 * act + mv + accRead, dv + act + dmv, 14 * N * C);
 };
 
 // rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
@@ -1241,10 +1258,19 @@ function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean
 // dr, dw, dk, dv, da, db += or = (read only when +=; at N = 128 the flag is compile-time: a mixed
 // mask first zero-fills the overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
 // dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
+/** The six WKV-7 gradients' written bytes: dw, da, db bf16 with dwab_bf16 (then overwritten:
+ * only dr, dk, dv's bits count) */
+function wkv7GradBytes(a: Record<string, number>, elems: number) {
+  const bf = (a.dwab_bf16 ?? 0) !== 0;
+  const fp32Added = bf ? [0, 2, 3].reduce((k, i) => k + acc(a, i), 0) : accCount(a, 6);
+  return { bf, fp32Added, written: elems * (bf ? 3 * F32 + 3 * BF16 : 6 * F32) };
+}
 const wkv7Backward: Cost = (a) => {
   const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
-  const added = accCount(a, 6), mixed = N === 128 && added > 0 && added < 6;
-  const fills = mixed ? 6 - added : 0;
+  const { bf, fp32Added, written } = wkv7GradBytes(a, elems);
+  const fp32 = bf ? 3 : 6;
+  const mixed = N === 128 && fp32Added > 0 && fp32Added < fp32;
+  const fills = mixed ? fp32 - fp32Added : 0;
   const fill = elementwise("ew_fill_kernel", elems, 0, elems * F32, 0);
   return [
     ...Array.from({ length: fills }, () => fill),
@@ -1252,8 +1278,8 @@ const wkv7Backward: Cost = (a) => {
       "wkv7_backward_kernel",
       H * B,
       N * wkv7Lanes(N),
-      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? 6 : added) * elems * F32,
-      6 * elems * F32,
+      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? fp32 : fp32Added) * elems * F32,
+      written,
       B * H * T * N * (32 * N + 3 * EXP),
       0,
       T,
@@ -1511,13 +1537,14 @@ const wkv7WindBackward: Cost = (a) => {
   const { B, H, N, elems, nc } = windShape(a);
   const chunks = B * H * nc;
   const ckptRead = B * H * Math.max(nc - 1, 0) * N * N * F32; // S0 of chunk c = s_ckpt[c-1]
+  const grads = wkv7GradBytes(a, elems);
   return [
     launch(
       "wind_backward_kernel",
       H * B,
       2 * N,
-      6 * elems * BF16 + 2 * elems * F32 + ckptRead + accCount(a, 6) * elems * F32, // + grads +=
-      6 * elems * F32,
+      6 * elems * BF16 + 2 * elems * F32 + ckptRead + grads.fp32Added * elems * F32, // + grads +=
+      grads.written,
       chunks * (2 * N * N + 3000 * N),
       chunks * (256 * N * N + 9728 * N),
       nc,
@@ -1735,6 +1762,8 @@ const TABLE: Record<string, Cost> = {
   // modelops.cu
   mn_unary_forward: unaryForward,
   mn_unary_backward: unaryBackward,
+  mn_unary_forward_bf16: unaryForwardBf16,
+  mn_unary_backward_bf16: unaryBackwardBf16,
   mn_mul_forward: mulForward,
   mn_mul_backward: mulBackward,
   mn_lerp_forward: lerpForward,

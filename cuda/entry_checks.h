@@ -160,6 +160,22 @@ inline int mn_check_rwkv7_mix4_backward(
   return 0;
 }
 
+// mn_rwkv7_value_mix_backward: distinct gradient buffers; bf16 dmv and dv are overwritten
+inline int mn_check_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
+                                             float* dout, float* v, float* v1, void* mv,
+                                             float* time_misc_v, int dmv_bf16, int dv_bf16, int N,
+                                             int C, int accumulate) {
+  const char* fn = "rwkv7_value_mix_backward";
+  if (int rc = mn_check_rwkv7_fused(fn, N, C, 1, C,
+                                     {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
+                                     accumulate, 0x8, 0.0f))
+    return rc;
+  MN_REQUIRE(dv != (void*)dv1 && dv != dmv && (void*)dv1 != dmv,
+             "%s: dv, dv1 and dmv must be distinct buffers", fn);
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "dmv", dmv_bf16, accumulate, 2)) return rc;
+  return mn_check_bf16_grad_overwritten(fn, "dv", dv_bf16, accumulate, 0);
+}
+
 // LayerNorm's forward (norm.cu), fp32 or bf16 out
 inline int mn_check_layernorm_forward(const char* fn, const void* out, float* mean, float* rstd,
                                       float* inp, float* weight, float* bias, int N, int C,

@@ -252,6 +252,15 @@ MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* strea
 /* dx += dout * f'(x); `out` is the forward's output (some ops use it), x the forward's input */
 MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
                              int accumulate, void* stream);
+/* The same on bf16 x and out (an autocast activation: a bf16 matmul output's tanh/sigmoid, computed
+ * in fp32 from the bf16 value and rounded once, as torch does on bf16 tensors). Backward: x, out
+ * the forward's (bf16); dout fp32, or bf16 when dout_bf16 != 0 (the next matmul's bf16 dX); dx
+ * fp32 (+= or = by bit 0 of accumulate), or bf16 when dx_bf16 != 0 (the operand gradient of the
+ * matmul that produced x; overwritten: bit 0 clear), the fp32 value rounded once. */
+MN_API int mn_unary_forward_bf16(mn_bf16* out, mn_bf16* x, int op, int64_t n, void* stream);
+MN_API int mn_unary_backward_bf16(void* dx, void* dout, mn_bf16* x, mn_bf16* out, int op,
+                                  int64_t n, int dout_bf16, int dx_bf16, int accumulate,
+                                  void* stream);
 /* out = x * y */
 MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream);
 /* dx += dout*y; dy += dout*x; either may be NULL; dx may be dy (x * x): both added, in order */
@@ -306,9 +315,11 @@ MN_API int mn_rwkv7_bonus_backward(float* dr, float* dk, float* dv, float* du, f
 /* out = x + xx * maa, maa [C] (time_maa_x) */
 MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16, int B, int T,
                                   int C, void* stream);
-/* gradient outputs: dx [B,T,C] (bit 0), dmaa [C] (bit 1, must be set) */
-MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
-                                   int B, int T, int C, int accumulate, void* stream);
+/* gradient outputs: dx [B,T,C] (bit 0), dmaa [C] (bit 1, must be set); dout [B,T,C] fp32, or
+ * bf16 when dout_bf16 != 0 (the bf16 dX of the maa LoRA's first layer, its one consumer) */
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, void* dout, float* x, float* maa,
+                                   int dout_bf16, int B, int T, int C, int accumulate,
+                                   void* stream);
 /* out_j = x + xx * (m_j + maa_j) for j = rg, wa, k, v (xrg, xwa, xk, xv of the original);
  * m_j [B,T,C] (the maa LoRA's outputs: fp32, or bf16 when m_bf16 != 0), maa_j [C] */
 MN_API int mn_rwkv7_mix4_forward(void* out_rg, void* out_wa, void* out_k, void* out_v, float* x,
@@ -389,11 +400,12 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
                                       void* stream);
 /* gradient outputs: dv, dv1, dmv [N, C] (bits 0-2; distinct buffers), dtime_misc_v [C] (bit 3,
  * must be set); dout [N, C]; mv as in the forward (mv_bf16). dmv_bf16 != 0: dmv is written as
- * bf16 (the LoRA's backward GEMM operand) and only overwritten (bit 2 must be clear). */
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+ * bf16 (the LoRA's backward GEMM operand) and only overwritten (bit 2 must be clear); dv_bf16 != 0
+ * the same for dv (the value projection's operand; bit 0 clear). */
+MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
                                        float* dout, float* v, float* v1, void* mv,
-                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
-                                       int C, int accumulate, void* stream);
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
+                                       int N, int C, int accumulate, void* stream);
 
 /* ---- fused RWKV-6 time-mixing chains (rwkv7_fused.cu, beside RWKV-7's: the same per-element
  * math, rwkv7_math.cuh): the fast path of train_rwkv6.ts. Conventions as the RWKV-7 block above
@@ -457,11 +469,13 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
                            mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T, int H, int N,
                            void* stream);
 /* (mn_wkv7_backward: a mask that adds into some of the six gradients and overwrites others zero-fills
- * the overwritten ones first: the kernel's flag is compile-time, so N = 128 keeps its registers) */
-MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+ * the overwritten ones first: the kernel's flag is compile-time, so N = 128 keeps its registers).
+ * dwab_bf16 != 0: dw, da, db are bf16 (the WKV operands' bf16 gradients, as the original's kernel
+ * gives them), the fp32 values rounded once, and only overwritten (bits 1, 4, 5 must be clear). */
+MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int accumulate, void* stream);
+                            int dwab_bf16, int accumulate, void* stream);
 /* Reference structure (the original's default wkv7g): the same forward (no sa); backward RECOMPUTES
  * each 16-step chunk forward from its checkpoint (no inversion of the recurrence): slowest, most
  * accurate, any d in (0, 1). ws: scratch [B,H,17,N,N] fp32 (the 17 states S_{16c-1} .. S_{16c+15}
@@ -570,10 +584,10 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
 MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
                                 mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
                                 int H, int N, void* stream);
-MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+MN_API int mn_wkv7_wind_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, int accumulate, void* stream);
+                                 int H, int N, int dwab_bf16, int accumulate, void* stream);
 
 /* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
  * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,

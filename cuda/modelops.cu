@@ -4,6 +4,7 @@
 // the bonus) are the two-stage column sums of reduce.cuh (full grid of row tiles, partials summed
 // in a fixed order), so they are deterministic without float atomics. Every backward accumulates.
 #include "common.cuh"
+#include "entry_checks.h"
 #include "reduce.cuh"
 #include "rwkv7_math.cuh"
 
@@ -68,15 +69,19 @@ __host__ __device__ inline float rowvec_dv(float dout, float x) { return dout * 
 
 // ---- elementwise ----
 
-__global__ void unary_forward_kernel(float* out, const float* x, int op, int64_t n) {
-  GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
+// X: the dtype of x and out (bf16: an autocast activation, computed in fp32 and rounded once)
+template <class X>
+__global__ void unary_forward_kernel(X* out, const X* x, int op, int64_t n) {
+  GRID_STRIDE(i, n) mn_put_grad(out[i], unary_f(op, mn_ld(x + i)), 0);
 }
 
-__global__ void unary_backward_kernel(float* dx, const float* dout, const float* x,
-                                      const float* out, int op, int64_t n, int acc) {
+// DO: dout's dtype; DX: dx's (bf16: overwritten, mn_put_grad)
+template <class X, class DO, class DX>
+__global__ void unary_backward_kernel(DX* dx, const DO* dout, const X* x, const X* out, int op,
+                                      int64_t n, int acc) {
   GRID_STRIDE(i, n) {
-    float xi = x ? x[i] : 0.0f, yi = out ? out[i] : 0.0f;
-    MN_GRAD_STORE(dx[i], dout[i] * unary_df(op, xi, yi), acc);
+    float xi = x ? mn_ld(x + i) : 0.0f, yi = out ? mn_ld(out + i) : 0.0f;
+    mn_put_grad(dx[i], mn_ld(dout + i) * unary_df(op, xi, yi), acc);
   }
 }
 
@@ -359,28 +364,59 @@ int row_vector_backward(const char* name, float* dx, float* dv, const float* dou
 
 // ---- entry points ----
 
+namespace {
+int unary_check(const char* fn, int op, int64_t n) {
+  MN_REQUIRE(unary_op_valid(op), "%s: unknown op code %d (see MN_OP_* in kernels.h)", fn, op);
+  MN_REQUIRE(n >= 0, "%s: n = %lld", fn, (long long)n);
+  return 0;
+}
+int unary_backward_check(const char* fn, const void* dx, const void* dout, const void* x,
+                         const void* out, int op, int64_t n) {
+  if (int rc = unary_check(fn, op, n)) return rc;
+  MN_REQUIRE(dx && dout, "%s: dx and dout are required", fn);
+  MN_REQUIRE(x || !unary_bwd_needs_x(op), "%s: op %d needs the forward input x", fn, op);
+  MN_REQUIRE(out || !unary_bwd_needs_out(op), "%s: op %d needs the forward output", fn, op);
+  return 0;
+}
+}  // namespace
+
 MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void* stream) {
-  MN_REQUIRE(unary_op_valid(op), "unary_forward: unknown op code %d (see MN_OP_* in kernels.h)",
-             op);
-  MN_REQUIRE(n >= 0, "unary_forward: n = %lld", (long long)n);
+  if (int rc = unary_check("unary_forward", op, n)) return rc;
   if (n == 0) return 0;
-  return mn_launch("unary_forward", unary_forward_kernel, mn_blocks_for(n, kThreads), kThreads, 0,
-                   stream, out, (const float*)x, op, n);
+  return mn_launch("unary_forward", unary_forward_kernel<float>, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, out, (const float*)x, op, n);
 }
 
 MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int op, int64_t n,
                              int accumulate, void* stream) {
-  MN_REQUIRE(unary_op_valid(op), "unary_backward: unknown op code %d (see MN_OP_* in kernels.h)",
-             op);
-  MN_REQUIRE(n >= 0, "unary_backward: n = %lld", (long long)n);
-  MN_REQUIRE(dx && dout, "unary_backward: dx and dout are required");
-  MN_REQUIRE(x || !unary_bwd_needs_x(op), "unary_backward: op %d needs the forward input x", op);
-  MN_REQUIRE(out || !unary_bwd_needs_out(op), "unary_backward: op %d needs the forward output",
-             op);
+  if (int rc = unary_backward_check("unary_backward", dx, dout, x, out, op, n)) return rc;
   if (n == 0) return 0;
-  return mn_launch("unary_backward", unary_backward_kernel, mn_blocks_for(n, kThreads), kThreads,
-                   0, stream, dx, (const float*)dout, (const float*)x, (const float*)out, op, n,
-                   MN_ACC_BIT(accumulate, 0));
+  return mn_launch("unary_backward", unary_backward_kernel<float, float, float>,
+                   mn_blocks_for(n, kThreads), kThreads, 0, stream, dx, (const float*)dout,
+                   (const float*)x, (const float*)out, op, n, MN_ACC_BIT(accumulate, 0));
+}
+
+MN_API int mn_unary_forward_bf16(mn_bf16* out, mn_bf16* x, int op, int64_t n, void* stream) {
+  if (int rc = unary_check("unary_forward_bf16", op, n)) return rc;
+  if (n == 0) return 0;
+  return mn_launch("unary_forward_bf16", unary_forward_kernel<bf16>, mn_blocks_for(n, kThreads),
+                   kThreads, 0, stream, (bf16*)out, (const bf16*)x, op, n);
+}
+
+MN_API int mn_unary_backward_bf16(void* dx, void* dout, mn_bf16* x, mn_bf16* out, int op,
+                                  int64_t n, int dout_bf16, int dx_bf16, int accumulate,
+                                  void* stream) {
+  if (int rc = unary_backward_check("unary_backward_bf16", dx, dout, x, out, op, n)) return rc;
+  if (int rc = mn_check_bf16_grad_overwritten("unary_backward_bf16", "dx", dx_bf16, accumulate, 0))
+    return rc;
+  if (n == 0) return 0;
+  return mn_with_dtypes(dout_bf16, dx_bf16, 1, [&](auto dot, auto dxt, auto) {
+    using DO = typename decltype(dot)::type;
+    using DX = typename decltype(dxt)::type;
+    return mn_launch("unary_backward_bf16", unary_backward_kernel<bf16, DO, DX>,
+                     mn_blocks_for(n, kThreads), kThreads, 0, stream, (DX*)dx, (const DO*)dout,
+                     (const bf16*)x, (const bf16*)out, op, n, MN_ACC_BIT(accumulate, 0));
+  });
 }
 
 MN_API int mn_mul_forward(float* out, float* x, float* y, int64_t n, void* stream) {

@@ -7,7 +7,7 @@
 // Then torch's edge conventions (clamp's gradient at 0, F.normalize below eps) and bad arguments.
 import assert from "node:assert/strict";
 import { kernelsHeaderConstants, parseHeaderConstants } from "./abi.ts";
-import type { Backend, Tensor } from "./backend.ts";
+import { type Backend, bf16ToF32, f32ToBf16, type Tensor } from "./backend.ts";
 import {
   backend,
   checkKernel,
@@ -17,6 +17,7 @@ import {
   numericalGrad,
   Rng,
   SEED,
+  testTargets,
   type Tol,
   TOL_F32,
   withTensors,
@@ -622,3 +623,81 @@ Deno.test("abi: #define NAME <int> constants are parsed, other defines are not",
   assert.throws(() => parseHeaderConstants("#define A 1\n#define A 2\n"), /A is defined twice/);
   assert.equal(HEADER.MN_OP_TANH, opCode("TANH"));
 });
+
+/** The bf16 unary kernels on `be` against its own fp32 ones on the widened values, bit for bit. */
+function checkUnaryBf16(name: string, be: Backend) {
+  const n = 1000;
+  const rng = new Rng(SEED + 7);
+  const xb = f32ToBf16(rng.normal(n, 2)), doutB = f32ToBf16(rng.normal(n)), dx0 = rng.normal(n);
+  const [x, dout] = [bf16ToF32(xb), bf16ToF32(doutB)]; // the bf16 values, widened
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  const N = BigInt(n);
+  for (const op of ["TANH", "SIGMOID", "RWKV7_DECAY", "EXP_MIN0", "NEG"] as const) {
+    const code = opCode(op);
+    // bf16: out, then dx from a bf16 or fp32 dout into a bf16 (overwritten) or fp32 (+=) dx
+    const b = withTensors(be, {
+      x: { data: xb, shape: [n], dtype: "bf16" },
+      doutB: { data: doutB, shape: [n], dtype: "bf16" },
+      doutF: { data: dout, shape: [n] },
+    }, {
+      out: { shape: [n], dtype: "bf16" },
+      dxBB: { shape: [n], dtype: "bf16" },
+      dxBF: { shape: [n], init: dx0 },
+      dxFF: { shape: [n], init: dx0 },
+    }, (t) => {
+      be.k.mn_unary_forward_bf16(t.out.ptr, t.x.ptr, code, N, be.stream);
+      const bwd = (dx: Tensor, d: Tensor, doutBf16: number, dxBf16: number, acc: number) =>
+        be.k.mn_unary_backward_bf16(
+          dx.ptr,
+          d.ptr,
+          t.x.ptr,
+          t.out.ptr,
+          code,
+          N,
+          doutBf16,
+          dxBf16,
+          acc,
+          be.stream,
+        );
+      assert.equal(bwd(t.dxBB, t.doutB, 1, 1, 0), 0, be.lastError());
+      assert.equal(bwd(t.dxBF, t.doutB, 1, 0, 1), 0, be.lastError());
+      assert.equal(bwd(t.dxFF, t.doutF, 0, 0, 1), 0, be.lastError());
+      assert.throws(
+        () => bwd(t.dxBB, t.doutB, 1, 1, 1),
+        /unary_backward_bf16: a bf16 dx is overwritten/,
+      );
+    });
+    // fp32 kernels on the widened values (out rounded as the bf16 forward stores it)
+    const outR = round(
+      withTensors(
+        be,
+        { x: { data: x, shape: [n] } },
+        { out: { shape: [n] } },
+        (t) => be.k.mn_unary_forward(t.out.ptr, t.x.ptr, code, N, be.stream),
+      ).out as Float32Array,
+    );
+    const f = withTensors(
+      be,
+      {
+        x: { data: x, shape: [n] },
+        out: { data: outR, shape: [n] },
+        dout: { data: dout, shape: [n] },
+      },
+      { dxOver: { shape: [n] }, dxAdd: { shape: [n], init: dx0 } },
+      (t) => {
+        for (const [dx, acc] of [[t.dxOver, 0], [t.dxAdd, 1]] as const) {
+          be.k.mn_unary_backward(dx.ptr, t.dout.ptr, t.x.ptr, t.out.ptr, code, N, acc, be.stream);
+        }
+      },
+    );
+    const what = `${name} ${op}`;
+    compare(`${what} out`, b.out, outR, EXACT);
+    compare(`${what} bf16 dx`, b.dxBB, round(f.dxOver as Float32Array), EXACT);
+    compare(`${what} fp32 dx from bf16 dout`, b.dxBF, f.dxAdd, EXACT);
+    compare(`${what} fp32 dx from fp32 dout`, b.dxFF, f.dxAdd, EXACT);
+  }
+}
+const UNARY_BF16 =
+  "unary bf16: the fp32 op on the bf16 values rounded once; dout bf16 or fp32, dx bf16 (the fp32 one rounded once) or fp32 (+=); bit for bit";
+Deno.test(`${UNARY_BF16} (cpu)`, () => checkUnaryBf16("cpu", backend("cpu")));
+testTargets((t) => `${UNARY_BF16} (${t})`, (_ref, be, tname) => checkUnaryBf16(tname, be));

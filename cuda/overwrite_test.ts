@@ -101,6 +101,24 @@ const CASES: Case[] = [
       },
     )
   ),
+  // the bf16 activations' backward with an fp32 dx (a bf16 dx is only overwritten: its test
+  // refuses the bit), from a bf16 dout
+  ...["TANH", "SIGMOID", "RWKV7_DECAY", "EXP_MIN0", "NEG"].map((op) =>
+    simple(
+      `mn_unary_backward_bf16 ${op}`,
+      [n],
+      (r) => ({
+        x: { data: f32ToBf16(r.uniform(n, -3, 3)), shape: [n], dtype: "bf16" },
+        out: { data: f32ToBf16(r.uniform(n)), shape: [n], dtype: "bf16" },
+        dy: { data: f32ToBf16(r.uniform(n)), shape: [n], dtype: "bf16" },
+      }),
+      (be, t, acc) => {
+        const code = OP[`MN_OP_${op}`];
+        be.k.mn_unary_forward_bf16(t.out, t.x, code, BigInt(n), be.stream);
+        be.k.mn_unary_backward_bf16(t.g0, t.dy, t.x, t.out, code, BigInt(n), 1, 0, acc, be.stream);
+      },
+    )
+  ),
   simple(
     "mn_mul_backward",
     [n, n],

@@ -79,9 +79,10 @@ __global__ void mixn_forward_kernel(MixOuts<Out, J> o, const float* x, MixArgs<J
 // Backward of xxx = x + xx * maa: token t's dx gets dout[t] (1 - maa) from its own mix and
 // dout[t+1] maa from the next token's xx; dmaa[c] += sum_i dout xx. dx is written here, in the
 // column-sum pass that reads dout anyway.
+template <class DO>
 struct MixXTerm {
   float* dx;
-  const float* dout;
+  const DO* dout;
   const float* x;
   const float* maa;
   int T, C;
@@ -94,8 +95,8 @@ struct MixXTerm {
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
     Load l;
-    l.d = dout[e];
-    l.dn = (i + 1) % T ? dout[e + C] : 0.0f;
+    l.d = ld(dout + e);
+    l.dn = (i + 1) % T ? ld(dout + e + C) : 0.0f;
     l.xx = shift_diff(x, i, c, T, C);
     l.old = acc_dx ? dx[e] : 0.0f;
     return l;
@@ -463,9 +464,9 @@ __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float
 // Its backward, in the column-sum pass over dout: dv = dout (1 - g), dv1 = dout g,
 // dmv = dout (v1 - v) g (1 - g), dtime_misc_v[c] += sum_i dmv, with g recomputed from mv.
 // M: mv's dtype; DM: dmv's (bf16: overwritten, its accumulate bit clear, so old[2] is 0).
-template <class M, class DM>
+template <class M, class DM, class DV>
 struct ValueMixTerm {
-  float* dv;
+  DV* dv;  // bf16: overwritten (bit 0 clear), the value projection's backward GEMM operand
   float* dv1;
   DM* dmv;
   const float* dout;
@@ -483,7 +484,7 @@ struct ValueMixTerm {
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
     Load l{dout[e], v[e], v1[e], ld(mv + e), {0.0f, 0.0f, 0.0f}};
-    if (acc & 1) l.old[0] = dv[e];
+    if (acc & 1) l.old[0] = ld(dv + e);
     if (acc & 2) l.old[1] = dv1[e];
     if (acc & 4) l.old[2] = ld(dmv + e);
     return l;
@@ -492,7 +493,7 @@ struct ValueMixTerm {
     const int64_t e = i * C + c;
     const float g = sigmoid_f(l.mv + bias);
     const float dg = l.d * (l.v1 - l.v) * sigmoid_dy(g);
-    dv[e] = l.old[0] + l.d * (1.0f - g);
+    store(dv + e, l.old[0] + l.d * (1.0f - g));
     dv1[e] = l.old[1] + l.d * g;
     store(dmv + e, l.old[2] + dg);
     sums[0] += dg;
@@ -570,8 +571,9 @@ MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16,
                    kThreads, 0, stream, (float*)out, (const float*)x, (const float*)maa, T, C, n);
 }
 
-MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
-                                   int B, int T, int C, int accumulate, void* stream) {
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, void* dout, float* x, float* maa,
+                                   int dout_bf16, int B, int T, int C, int accumulate,
+                                   void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
                                      {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
     return rc;
@@ -580,12 +582,15 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
   // parameter-vector gradients always add (their accumulate bits are required set): col_sums'
-  // own mask is 1 (one output) or 3 (two) throughout this file
-  return mn_reduce::col_sums<1>(
-      "rwkv7_mix_x_backward",
-      MixXTerm{dx, (const float*)dout, (const float*)x, (const float*)maa, T, C,
-               (accumulate & 1) != 0, 0.0f},
-      dmaa, nullptr, N, C, 1, part, stream);
+  // own mask is all ones throughout this file
+  return mn_with_dtype(dout_bf16, [&](auto dt) {
+    using DO = typename decltype(dt)::type;
+    return mn_reduce::col_sums<1>(
+        "rwkv7_mix_x_backward",
+        MixXTerm<DO>{dx, (const DO*)dout, (const float*)x, (const float*)maa, T, C,
+                     (accumulate & 1) != 0, 0.0f},
+        dmaa, nullptr, N, C, 1, part, stream);
+  });
 }
 
 namespace {
@@ -907,43 +912,34 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
 }
 
 namespace {
-template <class M, class DM>
-int value_mix_backward(float* dv, float* dv1, DM* dmv, float* dtime_misc_v, const float* dout,
+template <class M, class DM, class DV>
+int value_mix_backward(DV* dv, float* dv1, DM* dmv, float* dtime_misc_v, const float* dout,
                        const float* v, const float* v1, const M* mv, const float* tmv, int N,
                        int C, int accumulate, float* part, void* stream) {
   return mn_reduce::col_sums<1>(
       "rwkv7_value_mix_backward",
-      ValueMixTerm<M, DM>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
+      ValueMixTerm<M, DM, DV>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
       dtime_misc_v, nullptr, N, C, 1, part, stream);
 }
 }  // namespace
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
                                        float* dout, float* v, float* v1, void* mv,
-                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
-                                       int C, int accumulate, void* stream) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
-                                     {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
-                                     accumulate, 0x8, 0.0f))
-    return rc;
-  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
-             "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
-  if (int rc = mn_check_bf16_grad_overwritten("rwkv7_value_mix_backward", "dmv", dmv_bf16,
-                                              accumulate, 2))
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
+                                       int N, int C, int accumulate, void* stream) {
+  if (int rc = mn_check_rwkv7_value_mix_backward(dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv,
+                                                 time_misc_v, dmv_bf16, dv_bf16, N, C, accumulate))
     return rc;
   float* part = nullptr;
   if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, C, 1), stream))
     return rc;
-  const float *dout_c = dout, *v_c = v, *v1_c = v1, *tmv_c = time_misc_v;
-  const auto run = [&](auto* m) {
-    if (dmv_bf16)
-      return value_mix_backward(dv, dv1, (bf16*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
-                                C, accumulate, part, stream);
-    return value_mix_backward(dv, dv1, (float*)dmv, dtime_misc_v, dout_c, v_c, v1_c, m, tmv_c, N,
-                              C, accumulate, part, stream);
-  };
-  if (mv_bf16) return run((const bf16*)mv);
-  return run((const float*)mv);
+  return mn_with_dtypes(mv_bf16, dmv_bf16, dv_bf16, [&](auto mt, auto dmt, auto dvt) {
+    using M = typename decltype(mt)::type;
+    using DM = typename decltype(dmt)::type;
+    using DV = typename decltype(dvt)::type;
+    return value_mix_backward((DV*)dv, dv1, (DM*)dmv, dtime_misc_v, dout, v, v1, (const M*)mv,
+                              time_misc_v, N, C, accumulate, part, stream);
+  });
 }
 
 // ---- RWKV-6 ----

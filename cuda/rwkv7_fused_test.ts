@@ -78,11 +78,15 @@ function mixXForward(be: Backend, c: Cfg, d: Draw, bf16: boolean) {
   );
 }
 
-function mixXBackward(be: Backend, c: Cfg, d: Draw, accumulate = ALL) {
+/** doutBf16: dout given as its bf16 rounding (the maa LoRA's bf16 dX) */
+function mixXBackward(be: Backend, c: Cfg, d: Draw, accumulate = ALL, doutBf16 = false) {
   const { B, T, C } = c;
+  const dout = doutBf16
+    ? { data: f32ToBf16(d.dout[0]), shape: [B, T, C], dtype: "bf16" as const }
+    : f32In(d.dout[0], [B, T, C]);
   return withTensors(
     be,
-    { x: f32In(d.x, [B, T, C]), maa: f32In(d.maaX, [C]), dout: f32In(d.dout[0], [B, T, C]) },
+    { x: f32In(d.x, [B, T, C]), maa: f32In(d.maaX, [C]), dout },
     {
       dx: { shape: [B, T, C], init: accumulate & 1 ? d.gx0 : undefined },
       dmaa: { shape: [C], init: d.gp0[0] },
@@ -94,6 +98,7 @@ function mixXBackward(be: Backend, c: Cfg, d: Draw, accumulate = ALL) {
         t.dout.ptr,
         t.x.ptr,
         t.maa.ptr,
+        doutBf16 ? 1 : 0,
         B,
         T,
         C,
@@ -291,13 +296,15 @@ checkKernel({
   ),
   run: (be, c, rng) => mix4Backward(be, c, draw(c, rng), 0x1e1, true, true, true),
 });
-checkKernel({
-  name: "rwkv7_mix_x_backward",
-  configs: SHAPES,
-  label,
-  tol: { dx: TOL_F32, dmaa: SUM },
-  run: (be, c, rng) => mixXBackward(be, c, draw(c, rng)),
-});
+for (const doutBf16 of [false, true]) {
+  checkKernel({
+    name: `rwkv7_mix_x_backward${doutBf16 ? " (bf16 dout)" : ""}`,
+    configs: SHAPES,
+    label,
+    tol: { dx: TOL_F32, dmaa: SUM },
+    run: (be, c, rng) => mixXBackward(be, c, draw(c, rng), ALL, doutBf16),
+  });
+}
 checkKernel({
   name: "rwkv7_mix4_backward",
   configs: SHAPES,
@@ -331,7 +338,7 @@ Deno.test("rwkv7 fused mixes: cpu forward and backward match a float64 reference
   });
 });
 
-Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once, bf16 gradient parts as their float sum", () => {
+Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once, bf16 gradient parts (and mix_x's bf16 dout) as their float sum", () => {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
@@ -349,6 +356,12 @@ Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 
       }
       // bf16 dm_j are only overwritten
       assert.throws(() => mix4Backward(be, c, d, ALL, true, true), /bf16 dm_j are overwritten/);
+      // a bf16 dout of mix_x: the fp32 backward on its values, bit for bit
+      const xb = mixXBackward(be, c, d, 2, true);
+      const xf = mixXBackward(be, c, { ...d, dout: d.dout.map(round) }, 2);
+      for (const k of Object.keys(xf)) {
+        compare(`${name} ${label(c)} mix_x ${k}`, xb[k], xf[k], EXACT);
+      }
       // bf16 gradient parts: the fp32 backward on their float sums, bit for bit
       const ps = mix4Backward(be, c, d, 0x1e1, true, true, true);
       const pf = mix4Backward(be, c, partsSummed(d), 0x1e1, true, true);
@@ -901,7 +914,7 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean, mvBf16 
   );
 }
 
-/** mvBf16: a bf16 mv input; dmvBf16: a bf16 dmv output (overwritten) */
+/** mvBf16: a bf16 mv input; dmvBf16, dvBf16: bf16 dmv, dv outputs (overwritten) */
 function valueBackward(
   be: Backend,
   c: VCfg,
@@ -909,6 +922,7 @@ function valueBackward(
   accumulate = ALL,
   mvBf16 = false,
   dmvBf16 = false,
+  dvBf16 = false,
 ) {
   const shape = [c.N, c.C];
   const ins = {
@@ -918,7 +932,7 @@ function valueBackward(
   };
   const outs = Object.fromEntries([...V_ACTS, ...V_PARS].map((k, i) => [
     "d" + k,
-    k === "mv" && dmvBf16 ? { shape, dtype: "bf16" as const } : {
+    (k === "mv" && dmvBf16) || (k === "v" && dvBf16) ? { shape, dtype: "bf16" as const } : {
       shape: i < 3 ? shape : [c.C],
       init: (accumulate >> i) & 1 ? d.prior[k] as Float32Array : undefined,
     },
@@ -931,6 +945,7 @@ function valueBackward(
       t.tmv.ptr,
       mvBf16 ? 1 : 0,
       dmvBf16 ? 1 : 0,
+      dvBf16 ? 1 : 0,
       c.N,
       c.C,
       accumulate,
@@ -970,8 +985,15 @@ checkKernel({
   tol: { dv: TOL_F32, dv1: TOL_F32, dmv: TOL_BF16, dtmv: SUM },
   run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0x8, true, true),
 });
+checkKernel({
+  name: "rwkv7_value_mix_backward (bf16 mv in, bf16 dmv and dv out)",
+  configs: VSHAPES,
+  label: vLabel,
+  tol: { dv: TOL_BF16, dv1: TOL_F32, dmv: TOL_BF16, dtmv: SUM },
+  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0xa, true, true, true),
+});
 
-Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv the fp32 one rounded once", () => {
+Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv (and dv) the fp32 one rounded once", () => {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
@@ -982,15 +1004,22 @@ Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv the fp32 on
       for (const k of Object.keys(want)) {
         compare(`${name} ${vLabel(c)} ${k}`, got[k], want[k], EXACT);
       }
-      // fp32 dmv from a bf16 mv (its gradient has another writer), and a bf16 dmv
-      for (const dmvBf16 of [false, true]) {
-        const bw = valueBackward(be, c, dr, 0x8), bg = valueBackward(be, c, d, 0x8, true, dmvBf16);
+      // fp32 dmv from a bf16 mv (its gradient has another writer), a bf16 dmv, and a bf16 dv too
+      for (const [dmvBf16, dvBf16] of [[false, false], [true, false], [true, true]]) {
+        const bw = valueBackward(be, c, dr, 0x8);
+        const bg = valueBackward(be, c, d, 0x8, true, dmvBf16, dvBf16);
         for (const k of Object.keys(bw)) {
-          const w = k === "dmv" && dmvBf16 ? round(bw[k] as Float32Array) : bw[k];
-          compare(`${name} ${vLabel(c)} ${k}`, bg[k], w, EXACT);
+          const bf = (k === "dmv" && dmvBf16) || (k === "dv" && dvBf16);
+          compare(
+            `${name} ${vLabel(c)} ${k}`,
+            bg[k],
+            bf ? round(bw[k] as Float32Array) : bw[k],
+            EXACT,
+          );
         }
       }
       assert.throws(() => valueBackward(be, c, d, ALL, true, true), /bf16 dmv is overwritten/);
+      assert.throws(() => valueBackward(be, c, d, 0x9, true, true, true), /bf16 dv is overwritten/);
     }
   }
 });

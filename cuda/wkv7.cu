@@ -1,4 +1,5 @@
 #include "common.cuh"
+#include <type_traits>
 // WKV-7, the RWKV-7 state recurrence (see cuda/kernels.h and shared/REFERENCE.md "WKV-7").
 //
 // Per (batch b, head h) a state S in R^{NxN}, S[i][j]: i = value channel, j = key channel,
@@ -110,11 +111,12 @@ __device__ inline void wkv7_add_dy_r(float (&grow)[NS], float (&gcol)[NS], const
 // recurrence, S_{t-1}[j][i] = (S_t - v k^T - sa b^T)[j][i] / d[i], in the same loop (one pass over
 // the staged v, sa: a separate pass lets the compiler keep them in registers, which spills at
 // N=128 on sm_80).
-template <int NS, int P, bool BACKSTEP>
+// G: the element type of dw, da, db (bf16: the WKV operands' bf16 gradients, overwritten).
+template <int NS, int P, bool BACKSTEP, class G = float>
 __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float (&gcol)[NS],
                                       const Wkv7Stage& s, const Wkv7Own& o, int i, int p,
-                                      int64_t ind, float* dw, float* dk, float* dv, float* da,
-                                      float* db, int acc) {
+                                      int64_t ind, G* dw, float* dk, float* dv, G* da, G* db,
+                                      int acc) {
   float dd = 0.0f, dki = 0.0f, dbi = 0.0f, dvi = 0.0f, dsai = 0.0f;
   const float inv_d = BACKSTEP ? 1.0f / o.d : 0.0f;
 #pragma unroll
@@ -142,11 +144,11 @@ __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float 
     gcol[jj] = gcol[jj] * o.d + o.a * s.dsa[j];
   }
   if (p == 0) {
-    MN_GRAD_STORE(dw[ind], dd * wkv7_ddecay_dw(o.w, o.d), MN_ACC_BIT(acc, 1));
+    mn_put_grad(dw[ind], dd * wkv7_ddecay_dw(o.w, o.d), MN_ACC_BIT(acc, 1));
     MN_GRAD_STORE(dk[ind], dki, MN_ACC_BIT(acc, 2));
     MN_GRAD_STORE(dv[ind], dvi, MN_ACC_BIT(acc, 3));
-    MN_GRAD_STORE(da[ind], dai, MN_ACC_BIT(acc, 4));
-    MN_GRAD_STORE(db[ind], dbi, MN_ACC_BIT(acc, 5));
+    mn_put_grad(da[ind], dai, MN_ACC_BIT(acc, 4));
+    mn_put_grad(db[ind], dbi, MN_ACC_BIT(acc, 5));
   }
 }
 
@@ -222,10 +224,11 @@ __global__ void __launch_bounds__(N)
 // At N = 128 the state slices fill the registers and a runtime accumulate mask made ptxas spill:
 // there kAcc fixes it at compile time (all six added into, or all overwritten; the launcher
 // zero-fills the overwritten ones of a mixed mask). Smaller N take the mask `acc_in` at run time
-// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead).
-template <int N, bool kAcc>
+// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead). G: the element type of dw,
+// da, db (bf16: overwritten whatever the mask says).
+template <int N, bool kAcc, class G>
 __global__ void __launch_bounds__(N * wkv7_lanes(N))
-    wkv7_backward_kernel(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+    wkv7_backward_kernel(float* dr, G* dw, float* dk, float* dv, G* da, G* db,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
                          const float* sa_, int T, int H, int acc_in) {
@@ -256,7 +259,7 @@ __global__ void __launch_bounds__(N * wkv7_lanes(N))
     if (p == 0) MN_GRAD_STORE(dr[ind], dri, MN_ACC_BIT(acc, 0));
     wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
     // backsteps sc to S_{t-1}, then the gradients of step t
-    wkv7_grad_step<NS, P, true>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
+    wkv7_grad_step<NS, P, true, G>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
   }
 }
 
@@ -365,24 +368,26 @@ int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, co
                    r, w, k, v, a, b, T, H);
 }
 
-template <int N>
-int wkv7_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
-                         float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
-                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
+template <int N, class G>
+int wkv7_backward_launch(float* dr, G* dw, float* dk, float* dv, G* da, G* db, float* dy,
+                         mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
+                         float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
                          void* stream) {
   const dim3 block(N * wkv7_lanes(N));  // P lanes per row
-  int mask = accumulate & 63;
-  if (N == 128 && mask != 0 && mask != 63) {  // mixed: zero the overwritten ones, add into all
-    float* grads[6] = {dr, dw, dk, dv, da, db};
+  // bf16 dw, da, db are overwritten whatever their bits say: only the fp32 ones' bits count
+  constexpr int kF32Bits = std::is_same_v<G, bf16> ? 0x0d : 63;
+  int mask = accumulate & kF32Bits;
+  if (N == 128 && mask != 0 && mask != kF32Bits) {  // mixed: zero the overwritten, add into all
+    float* grads[6] = {dr, (float*)dw, dk, dv, (float*)da, (float*)db};
     for (int i = 0; i < 6; i++) {
-      if (MN_ACC_BIT(mask, i)) continue;
+      if (MN_ACC_BIT(mask, i) || !MN_ACC_BIT(kF32Bits, i)) continue;
       if (int rc = mn_fill(grads[i], 0.0f, (int64_t)B * T * H * N, stream)) return rc;
     }
     mask = 63;
   }
-  auto kernel = wkv7_backward_kernel<N, true>;
+  auto kernel = wkv7_backward_kernel<N, true, G>;
   if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
-    if (!mask) kernel = wkv7_backward_kernel<N, false>;
+    if (!mask) kernel = wkv7_backward_kernel<N, false, G>;
   }
   return mn_launch("wkv7_backward", kernel, dim3(H, B), block, 0, stream, dr, dw, dk, dv, da, db,
                    (const float*)dy, (const bf16*)r, (const bf16*)w, (const bf16*)k,
@@ -450,23 +455,28 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
   return wkv7_forward_common("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N, stream);
 }
 
-MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int accumulate, void* stream) {
+                            int dwab_bf16, int accumulate, void* stream) {
   if (int rc = wkv7_check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_backward: NULL tensor argument");
+  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
+             "wkv7_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be clear)");
+  return mn_with_dtype(dwab_bf16, [&](auto gt) {
+    using G = typename decltype(gt)::type;
 #define MN_WKV7_BWD(NN)                                                                          \
-  return wkv7_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, \
-                                  H, accumulate, stream)
-  switch (N) {
-    case 16: MN_WKV7_BWD(16);
-    case 32: MN_WKV7_BWD(32);
-    case 64: MN_WKV7_BWD(64);
-    default: MN_WKV7_BWD(128);
-  }
+  return wkv7_backward_launch<NN, G>(dr, (G*)dw, dk, dv, (G*)da, (G*)db, dy, r, w, k, v, a, b,   \
+                                     s_ckpt, sa, B, T, H, accumulate, stream)
+    switch (N) {
+      case 16: MN_WKV7_BWD(16);
+      case 32: MN_WKV7_BWD(32);
+      case 64: MN_WKV7_BWD(64);
+      default: MN_WKV7_BWD(128);
+    }
 #undef MN_WKV7_BWD
+  });
 }
 
 MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,

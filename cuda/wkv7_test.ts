@@ -10,12 +10,14 @@
 // elements can be tiny while their absolute error is set by the tensor's scale).
 import assert from "node:assert/strict";
 import type { Backend } from "./backend.ts";
-import { bf16ToF32 } from "./backend.ts";
+import { bf16ToF32, f32ToBf16 } from "./backend.ts";
 import {
   backend,
   checkAccumulates,
   checkShapeErrors,
+  compare,
   compareRel,
+  EXACT,
   fmtErrors,
   forShapesAndKinds,
   numericalGrad,
@@ -363,7 +365,7 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
         ["wkv7g_forward", (B, T, H, N) => be.k.mn_wkv7g_forward(y, ck, ...i6, B, T, H, N, null)],
         [
           "wkv7_backward",
-          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, -1, null),
+          (B, T, H, N) => be.k.mn_wkv7_backward(...g7, ...i6, ck, sa, B, T, H, N, 0, -1, null),
         ],
         [
           "wkv7g_backward",
@@ -393,5 +395,31 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
         /NULL/,
       );
     });
+  }
+});
+
+Deno.test("wkv7 and wind backward: bf16 dw, da, db are the fp32 ones rounded once, bit for bit; they refuse accumulate bits (cpu, emu)", () => {
+  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
+  // dr, dk, dv add (their other writers), dw, da, db overwritten: the model's mask
+  const acc = 0x0d;
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name);
+    for (const impl of ["wkv7", "wind"] as const) {
+      for (const N of [16, 64, 128]) {
+        const s: Shape = { B: 1, T: 32, H: 2, N };
+        const x = makeInputs(new Rng(SEED + N), s, "model");
+        const init = zeroGrads(s).map((g, i) => g.map((_, e) => ((e * 7 + i) % 5) - 2));
+        const f = runWkv7(be, impl, s, x, init, acc);
+        const b = runWkv7(be, impl, s, x, init, acc, true);
+        for (const g of GRADS) {
+          const want = ["dw", "da", "db"].includes(g) ? round(f[g]) : f[g];
+          compare(`${name} ${impl} N=${N} ${g}`, b[g], want, EXACT);
+        }
+        assert.throws(
+          () => runWkv7(be, impl, s, x, init, -1, true),
+          /bf16 dw, da, db are overwritten/,
+        );
+      }
+    }
   }
 });

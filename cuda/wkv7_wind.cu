@@ -331,10 +331,11 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-// grid (H, B), block 2N threads. Accumulates dr, dw, dk, dv, da, db [B,T,H,N].
-template <int N>
+// grid (H, B), block 2N threads. Accumulates dr, dw, dk, dv, da, db [B,T,H,N]; GT: the element
+// type of dw, da, db (bf16: overwritten, mn_put_grad).
+template <int N, class GT>
 __global__ void __launch_bounds__(WindDims<N>::THREADS)
-    wind_backward_kernel(float* dr_, float* dw_, float* dk_, float* dv_, float* da_, float* db_,
+    wind_backward_kernel(float* dr_, GT* dw_, float* dk_, float* dv_, GT* da_, GT* db_,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
                          const float* sa_, int T, int H, int acc) {
@@ -533,8 +534,8 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(Lx[q] - 0.5f * L15[q]) + y[q] * expf(Lx[q]);
         glx[q] = in(a_, i) * g;
-        MN_GRAD_STORE(da_[i], t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g,
-                      aa);
+        mn_put_grad(da_[i], t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g,
+                    aa);
       }
       // b: dBc = dAB^T Ac + dQB^T Rc, dBe = U G
       zero8(x);
@@ -556,7 +557,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= bq * gc;
         }
-        MN_GRAD_STORE(db_[i], g, ab);
+        mn_put_grad(db_[i], g, ab);
       }
       // v: dV = QK^T dY + AK^T dZ + Ke G^T
       zero8(x);
@@ -607,7 +608,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         sL += gL[t * N + j];
         const int64_t ind = ind0 + t * tstride + j;
         const float ell = wind_log_decay(mn_bf16_to_f32(w_[ind]));
-        MN_GRAD_STORE(dw_[ind], (sL + sLx + gl15) * ell, aw);
+        mn_put_grad(dw_[ind], (sL + sLx + gl15) * ell, aw);
         sLx += gLx[t * N + j];
       }
     }
@@ -624,13 +625,13 @@ int wind_forward_launch(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16*
                    (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b, T, H);
 }
 
-template <int N>
-int wind_backward_launch(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
-                         float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
-                         mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
+template <int N, class G>
+int wind_backward_launch(float* dr, G* dw, float* dk, float* dv, G* da, G* db, float* dy,
+                         mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
+                         float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
                          void* stream) {
   using D = WindDims<N>;
-  return mn_launch("wkv7_wind_backward", wind_backward_kernel<N>, dim3(H, B), dim3(D::THREADS),
+  return mn_launch("wkv7_wind_backward", wind_backward_kernel<N, G>, dim3(H, B), dim3(D::THREADS),
                    D::BWD_SMEM, stream, dr, dw, dk, dv, da, db, (const float*)dy, (const bf16*)r,
                    (const bf16*)w, (const bf16*)k, (const bf16*)v, (const bf16*)a,
                    (const bf16*)b, (const float*)s_ckpt, (const float*)sa, T, H, accumulate);
@@ -652,21 +653,27 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
   }
 }
 
-MN_API int mn_wkv7_wind_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+MN_API int mn_wkv7_wind_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, int accumulate, void* stream) {
+                                 int H, int N, int dwab_bf16, int accumulate, void* stream) {
   if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
-#define MN_WIND_BWD(NN)                                                                          \
-  return wind_backward_launch<NN>(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, \
-                                  H, accumulate, stream)
-  switch (N) {
-    case 16: MN_WIND_BWD(16);
-    case 32: MN_WIND_BWD(32);
-    case 64: MN_WIND_BWD(64);
-    default: MN_WIND_BWD(128);
-  }
+  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
+             "wkv7_wind_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be "
+             "clear)");
+  return mn_with_dtype(dwab_bf16, [&](auto gt) {
+    using G = typename decltype(gt)::type;
+#define MN_WIND_BWD(NN)                                                                      \
+  return wind_backward_launch<NN, G>(dr, (G*)dw, dk, dv, (G*)da, (G*)db, dy, r, w, k, v, a, b, \
+                                     s_ckpt, sa, B, T, H, accumulate, stream)
+    switch (N) {
+      case 16: MN_WIND_BWD(16);
+      case 32: MN_WIND_BWD(32);
+      case 64: MN_WIND_BWD(64);
+      default: MN_WIND_BWD(128);
+    }
 #undef MN_WIND_BWD
+  });
 }

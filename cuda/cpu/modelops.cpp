@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu_common.h"
+#include "../entry_checks.h"
 
 namespace {
 
@@ -65,6 +66,37 @@ MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int o
 #pragma omp parallel for if (n > 100000)
   for (int64_t i = 0; i < n; i++)
     dx[i] += dout[i] * unary_grad(op, need_x ? x[i] : 0.0f, need_out ? out[i] : 0.0f);
+  return 0;
+}
+
+MN_API int mn_unary_forward_bf16(mn_bf16* out, mn_bf16* x, int op, int64_t n, void*) {
+  MN_REQUIRE(known_op(op), "unary_forward_bf16: unknown op code %d (see MN_OP_* in kernels.h)",
+             op);
+  MN_REQUIRE(n >= 0, "unary_forward_bf16: n = %lld", (long long)n);
+  for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(unary(op, bf16_to_f32(x[i])));
+  return 0;
+}
+
+MN_API int mn_unary_backward_bf16(void* dx, void* dout, mn_bf16* x, mn_bf16* out, int op,
+                                  int64_t n, int dout_bf16, int dx_bf16, int accumulate, void*) {
+  MN_REQUIRE(known_op(op), "unary_backward_bf16: unknown op code %d (see MN_OP_* in kernels.h)",
+             op);
+  MN_REQUIRE(n >= 0, "unary_backward_bf16: n = %lld", (long long)n);
+  MN_REQUIRE(dx && dout, "unary_backward_bf16: dx and dout are required");
+  bool need_x = op == MN_OP_RWKV7_DECAY || op == MN_OP_EXP_MIN0;
+  bool need_out = op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_EXP_MIN0;
+  MN_REQUIRE(x || !need_x, "unary_backward_bf16: op %d needs the forward input x", op);
+  MN_REQUIRE(out || !need_out, "unary_backward_bf16: op %d needs the forward output", op);
+  if (int rc = mn_check_bf16_grad_overwritten("unary_backward_bf16", "dx", dx_bf16, accumulate, 0))
+    return rc;
+  for (int64_t i = 0; i < n; i++) {
+    float d = dout_bf16 ? bf16_to_f32(((mn_bf16*)dout)[i]) : ((float*)dout)[i];
+    float g = d * unary_grad(op, need_x ? bf16_to_f32(x[i]) : 0.0f,
+                             need_out ? bf16_to_f32(out[i]) : 0.0f);
+    if (dx_bf16) ((mn_bf16*)dx)[i] = f32_to_bf16(g);
+    else if (accumulate & 1) ((float*)dx)[i] += g;
+    else ((float*)dx)[i] = g;
+  }
   return 0;
 }
 

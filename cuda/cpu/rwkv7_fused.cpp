@@ -46,8 +46,8 @@ MN_API int mn_rwkv7_mix_x_forward(void* out, float* x, float* maa, int out_bf16,
   return 0;
 }
 
-MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x, float* maa,
-                                   int B, int T, int C, int accumulate, void*) {
+MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, void* dout, float* x, float* maa,
+                                   int dout_bf16, int B, int T, int C, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_mix_x_backward", B, T, C, C,
                                      {dx, dmaa, dout, x, maa}, accumulate, 0x2, 0.0f))
     return rc;
@@ -57,8 +57,8 @@ MN_API int mn_rwkv7_mix_x_backward(float* dx, float* dmaa, float* dout, float* x
   for (int64_t i = 0; i < N; i++) {
     bool last = (i + 1) % T == 0;
     for (int64_t c = 0; c < C; c++) {
-      float g = dout[i * C + c];
-      float next = last ? 0.0f : dout[(i + 1) * C + c];
+      float g = read_in(dout, dout_bf16, i * C + c);
+      float next = last ? 0.0f : read_in(dout, dout_bf16, (i + 1) * C + c);
       double v = (double)g * (1.0 - (double)maa[c]) + (double)next * maa[c];
       grad_out(dx, i * C + c, accumulate, 0, (float)v);
       s[c] += (double)g * token_diff(x, i, c, T, C);
@@ -464,18 +464,12 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
   return 0;
 }
 
-MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* dtime_misc_v,
+MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
                                        float* dout, float* v, float* v1, void* mv,
-                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int N,
-                                       int C, int accumulate, void*) {
-  if (int rc = mn_check_rwkv7_fused("rwkv7_value_mix_backward", N, C, 1, C,
-                                     {dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv, time_misc_v},
-                                     accumulate, 0x8, 0.0f))
-    return rc;
-  MN_REQUIRE(dv != dv1 && (void*)dv != dmv && (void*)dv1 != dmv,
-             "rwkv7_value_mix_backward: dv, dv1 and dmv must be distinct buffers");
-  if (int rc = mn_check_bf16_grad_overwritten("rwkv7_value_mix_backward", "dmv", dmv_bf16,
-                                              accumulate, 2))
+                                       float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
+                                       int N, int C, int accumulate, void*) {
+  if (int rc = mn_check_rwkv7_value_mix_backward(dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv,
+                                                 time_misc_v, dmv_bf16, dv_bf16, N, C, accumulate))
     return rc;
   std::vector<double> s(C, 0.0);
   for (int64_t i = 0; i < N; i++)
@@ -484,9 +478,10 @@ MN_API int mn_rwkv7_value_mix_backward(float* dv, float* dv1, void* dmv, float* 
       const double m = read_in(mv, mv_bf16, e);
       const double g = 1.0 / (1.0 + std::exp(-(m + time_misc_v[c])));
       const double d = dout[e], dg = d * ((double)v1[e] - v[e]) * g * (1.0 - g);
-      grad_out(dv, e, accumulate, 0, (float)(d * (1.0 - g)));
+      // a bf16 dv or dmv: the fp32 one (overwritten) rounded once
+      if (dv_bf16) ((mn_bf16*)dv)[e] = f32_to_bf16((float)(d * (1.0 - g)));
+      else grad_out((float*)dv, e, accumulate, 0, (float)(d * (1.0 - g)));
       grad_out(dv1, e, accumulate, 1, (float)(d * g));
-      // a bf16 dmv: the fp32 one (overwritten) rounded once
       if (dmv_bf16) ((mn_bf16*)dmv)[e] = f32_to_bf16((float)dg);
       else grad_out((float*)dmv, e, accumulate, 2, (float)dg);
       s[c] += dg;

@@ -236,14 +236,30 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
   return forward("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N);
 }
 
-MN_API int mn_wkv7_backward(float* dr, float* dw, float* dk, float* dv, float* da, float* db,
+MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int accumulate, void*) {
+                            int dwab_bf16, int accumulate, void*) {
   if (int rc = check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && sa, "wkv7_backward: NULL tensor argument");
-  return backward("wkv7_backward", dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, B, T, H, N,
-                  accumulate);
+  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
+             "wkv7_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be clear)");
+  if (!dwab_bf16)
+    return backward("wkv7_backward", dr, (float*)dw, dk, dv, (float*)da, (float*)db, dy, r, w, k,
+                    v, a, b, B, T, H, N, accumulate);
+  MN_REQUIRE(dw && da && db, "wkv7_backward: NULL tensor argument");
+  // bf16 dw, da, db: the fp32 gradients (overwritten) rounded once
+  const size_t n = (size_t)B * T * H * N;
+  std::vector<float> fw(n), fa(n), fb(n);
+  if (int rc = backward("wkv7_backward", dr, fw.data(), dk, dv, fa.data(), fb.data(), dy, r, w, k,
+                        v, a, b, B, T, H, N, accumulate))
+    return rc;
+  for (size_t e = 0; e < n; e++) {
+    ((mn_bf16*)dw)[e] = f32_to_bf16(fw[e]);
+    ((mn_bf16*)da)[e] = f32_to_bf16(fa[e]);
+    ((mn_bf16*)db)[e] = f32_to_bf16(fb[e]);
+  }
+  return 0;
 }
 
 MN_API int mn_wkv7g_forward(float* y, float* s_ckpt, mn_bf16* r, mn_bf16* w, mn_bf16* k,

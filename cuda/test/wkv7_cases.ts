@@ -99,6 +99,7 @@ export function runWkv7(
   x: Inputs | InputsF32,
   gradInit: Float32Array[],
   acc = -1, // the backward's accumulate mask (kernels.h)
+  dwabBf16 = false, // wkv7, wind: dw, da, db written bf16 (their bits must be clear)
 ): Record<string, Float32Array> {
   const { B, T, H, N } = s, shp = [B, T, H, N];
   const dtype = impl === "wkv7g_f32" ? "f32" : "bf16";
@@ -106,14 +107,17 @@ export function runWkv7(
     dy: { data: x.dy, shape: shp },
   };
   for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp, dtype };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array }> = {
+  const outputs: Record<string, { shape: number[]; init?: Float32Array; dtype?: Dtype }> = {
     y: { shape: shp },
     s_ckpt: { shape: [B, H, T / CHUNK, N, N] },
   };
   // the forward's sa [B,T,H,N] (wkv7, wind), or the recompute backward's ws [B,H,17,N,N]
   if (impl === "wind") outputs.sa = { shape: shp };
   else outputs.scratch = { shape: impl === "wkv7" ? shp : [B, H, CHUNK + 1, N, N] };
-  GRADS.forEach((g, i) => (outputs[g] = { shape: shp, init: gradInit[i] }));
+  GRADS.forEach((g, i) => {
+    const bf16 = dwabBf16 && ["dw", "da", "db"].includes(g);
+    outputs[g] = bf16 ? { shape: shp, dtype: "bf16" } : { shape: shp, init: gradInit[i] };
+  });
   const out = withTensors(be, inputs, outputs, (t) => {
     const ins = [t.r.ptr, t.w.ptr, t.k.ptr, t.v.ptr, t.a.ptr, t.b.ptr] as const;
     const grads = GRADS.map((g) => t[g].ptr);
@@ -129,7 +133,20 @@ export function runWkv7(
         : [be.k.mn_wkv7_forward, be.k.mn_wkv7_backward];
       const sa = (impl === "wind" ? t.sa : t.scratch).ptr;
       fwd(t.y.ptr, t.s_ckpt.ptr, sa, ...ins, B, T, H, N, be.stream);
-      bwd(...grads, t.dy.ptr, ...ins, t.s_ckpt.ptr, sa, B, T, H, N, acc, be.stream);
+      bwd(
+        ...grads,
+        t.dy.ptr,
+        ...ins,
+        t.s_ckpt.ptr,
+        sa,
+        B,
+        T,
+        H,
+        N,
+        dwabBf16 ? 1 : 0,
+        acc,
+        be.stream,
+      );
     }
   }) as Record<string, Float32Array>;
   if (impl === "wkv7") out.sa = out.scratch;
