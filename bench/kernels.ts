@@ -352,7 +352,7 @@ const cases: Case[] = size === "record" ? [] : [
         return () => {
           fwd(y.ptr, s.ptr, sa.ptr, ...ins, ...dims, be.stream);
           // y doubles as dy: any finite values; accumulate 0: the tape's first write of each grad
-          bwd(...g, y.ptr, ...ins, s.ptr, sa.ptr, ...dims, 0, 0, be.stream);
+          bwd(...g, y.ptr, ...ins, s.ptr, sa.ptr, ...dims, 0, 0, 0, be.stream);
         };
       },
     }),

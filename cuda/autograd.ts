@@ -165,6 +165,8 @@ export class Var {
   partUses = 0;
   /** the bf16 parts written so far (Graph.gradPart): the gradient is their sum in fp32 */
   gradParts: Tensor[] = [];
+  /** recorded uses that can write or add into a bf16 gradient (Graph.gradSinkBf16Acc) */
+  bf16Writers = 0;
   constructor(
     readonly t: Tensor,
     readonly requiresGrad: boolean,
@@ -423,6 +425,23 @@ export class Graph {
     for (const p of v.gradParts) this.pool.give(p);
     v.gradParts = [];
     return g.ptr;
+  }
+  /**
+   * Whether v's gradient may be one bf16 buffer that each of its writers overwrites or adds into
+   * (the sum rounded to bf16 at every add, as autograd accumulates a bf16 tensor's gradient): its
+   * producer reads it in bf16 (bf16Grad) and every recorded use can write so (bf16Writers).
+   */
+  bf16AccOk(v: Var): boolean {
+    return this.precision === "bf16" && v.requiresGrad && v.bf16Grad &&
+      v.bf16Writers === v.uses && (!v.g || v.g.dtype === "bf16");
+  }
+  /** v's gradient sink when bf16AccOk(v): [pointer, add], a bf16 buffer from the pool first. */
+  gradSinkBf16Acc(v: Var): [Deno.PointerValue, boolean] {
+    if (v.g) return [v.g.ptr, true];
+    const t = this.pool.take(v.shape, "bf16", "grad.bf16");
+    this.pooledGrads.add(t);
+    v.g = t;
+    return [t.ptr, false];
   }
   /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
@@ -1537,12 +1556,15 @@ export class Graph {
         mvFlag,
         dmvBf16 ? 1 : 0,
         dvBf16 ? 1 : 0,
+        y.g.dtype === "bf16" ? 1 : 0,
         N,
         C,
         Graph.accumulateBits(sinks),
         this.s,
       );
     });
+    // its gradient may be bf16 (the bonus and WKV add into it in bf16: bf16AccOk)
+    y.bf16Grad = this.precision === "bf16";
     y.bf16 = ob;
     return y;
   }
@@ -1870,19 +1892,33 @@ export class Graph {
       this.k.mn_wkv7_wind_forward(y.ptr, sCk.ptr, sa!.ptr, ...p, B, T, H, N, this.s);
     } else if (f32) this.k.mn_wkv7g_forward_f32(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
     else this.k.mn_wkv7g_forward(y.ptr, sCk.ptr, ...p, B, T, H, N, this.s);
+    if (kernel !== "ref" && !f32) { for (const x of [r, k, v]) x.bf16Writers++; }
     return this.node(y, [r, w, k, v, a, b], (out) => {
       if (kernel !== "ref") {
-        // w, a, b's gradients straight in bf16 when their producer reads them so (the fused
-        // WKV-input chain) and this is their one writer, as the original's kernel gives them
+        // in bf16 as the original's kernel gives them: r, k, v's gradients when every writer of
+        // each adds in bf16 (the bonus's too); w, a, b's when their producer reads them so (the
+        // fused WKV-input chain) and this is their one writer
+        const rkv = [r, k, v].every((x) => this.bf16AccOk(x));
         const wab = this.gradSinksBf16([w, a, b]);
-        const [[gr, gw, gk, gv, ga, gb], acc] = this.grads(
-          r,
+        const [rs, ks, vs] = rkv
+          ? [r, k, v].map((x) => this.gradSinkBf16Acc(x))
+          : [null, null, null];
+        const [[gr, gw, gk, gv, ga, gb], acc0] = this.grads(
+          rkv ? null : r,
           wab ? null : w,
-          k,
-          v,
+          rkv ? null : k,
+          rkv ? null : v,
           ...(wab ? [null, null] : [a, b]),
         );
-        const gs = wab ? [gr, wab[0][0], gk, gv, wab[1][0], wab[2][0]] : [gr, gw, gk, gv, ga, gb];
+        const acc = acc0 | (rkv ? Graph.accumulateBits([rs!, [null, false], ks!, vs!]) : 0);
+        const gs = [
+          rkv ? rs![0] : gr,
+          wab ? wab[0][0] : gw,
+          rkv ? ks![0] : gk,
+          rkv ? vs![0] : gv,
+          wab ? wab[1][0] : ga,
+          wab ? wab[2][0] : gb,
+        ];
         const args = [
           ...gs,
           out.g.ptr,
@@ -1893,6 +1929,7 @@ export class Graph {
           T,
           H,
           N,
+          rkv ? 1 : 0,
           wab ? 1 : 0,
           acc,
         ] as const;

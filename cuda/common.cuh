@@ -78,10 +78,12 @@ __host__ __device__ inline float mn_relu2_grad(float x, float dout) {
 // An fp32 or bf16 element as float
 __device__ inline float mn_ld(const float* p) { return *p; }
 __device__ inline float mn_ld(const bf16* p) { return mn_bf16_to_f32(*p); }
-// A gradient element: fp32, added into or overwritten by its accumulate bit (MN_GRAD_STORE), or
-// bf16 (an operand's bf16 gradient, as autocast's; always overwritten).
+// A gradient element, added into or overwritten by its accumulate bit: fp32 (MN_GRAD_STORE), or
+// bf16 (a bf16 value's gradient, as autograd keeps it: the sum rounded to bf16 at every add).
 __device__ inline void mn_put_grad(float& g, float v, int add) { MN_GRAD_STORE(g, v, add); }
-__device__ inline void mn_put_grad(bf16& g, float v, int) { g = mn_f32_to_bf16(v); }
+__device__ inline void mn_put_grad(bf16& g, float v, int add) {
+  g = mn_f32_to_bf16(add ? mn_bf16_to_f32(g) + v : v);
+}
 
 // Sum over the 32 lanes of a warp (all active); every lane gets it, in one fixed butterfly order.
 __device__ inline float mn_warp_sum(float v) {

@@ -1064,8 +1064,17 @@ const rwkv7ValueMixBackward: Cost = (a) => {
   const mv = N * C * (need(a, "mv_bf16") ? BF16 : F32);
   const dmv = N * C * (need(a, "dmv_bf16") ? BF16 : F32);
   const dv = N * C * (need(a, "dv_bf16") ? BF16 : F32);
+  const dout = N * C * (need(a, "dout_bf16") ? BF16 : F32);
   const accRead = (accBit(a, 0) ? dv : 0) + (accBit(a, 1) ? act : 0) + (accBit(a, 2) ? dmv : 0);
-  return colSums("ValueMixTerm", 1, N, C, 3 * act + mv + accRead, dv + act + dmv, 14 * N * C);
+  return colSums(
+    "ValueMixTerm",
+    1,
+    N,
+    C,
+    dout + 2 * act + mv + accRead,
+    dv + act + dmv,
+    14 * N * C,
+  );
 };
 
 // rwkv7_wkv_inputs_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads the six
@@ -1258,19 +1267,24 @@ function wkv7Forward(a: Record<string, number>, inBytes: number, withSa: boolean
 // dr, dw, dk, dv, da, db += or = (read only when +=; at N = 128 the flag is compile-time: a mixed
 // mask first zero-fills the overwritten ones with mn_fill, then adds into all six). Per step and row ~32N FLOPs (backstep 6N, five dot products 10N,
 // dai 2N, G row/column updates 8N, dy r^T 4N, dr 2N); estimate.
-/** The six WKV-7 gradients' written bytes: dw, da, db bf16 with dwab_bf16 (then overwritten:
- * only dr, dk, dv's bits count) */
+/** The six WKV-7 gradients' bytes: dr, dk, dv bf16 with drkv_bf16, dw, da, db with dwab_bf16;
+ * those added into (their bits) are read as well */
 function wkv7GradBytes(a: Record<string, number>, elems: number) {
-  const bf = (a.dwab_bf16 ?? 0) !== 0;
-  const fp32Added = bf ? [0, 2, 3].reduce((k, i) => k + acc(a, i), 0) : accCount(a, 6);
-  return { bf, fp32Added, written: elems * (bf ? 3 * F32 + 3 * BF16 : 6 * F32) };
+  const size = (i: number) =>
+    (([1, 4, 5].includes(i) ? a.dwab_bf16 ?? 0 : a.drkv_bf16 ?? 0) ? BF16 : F32) * elems;
+  let written = 0, added = 0;
+  for (let i = 0; i < 6; i++) {
+    written += size(i);
+    added += acc(a, i) ? size(i) : 0;
+  }
+  return { written, added };
 }
 const wkv7Backward: Cost = (a) => {
   const { B, T, H, N, elems, ckpt } = wkv7Shape(a);
-  const { bf, fp32Added, written } = wkv7GradBytes(a, elems);
-  const fp32 = bf ? 3 : 6;
-  const mixed = N === 128 && fp32Added > 0 && fp32Added < fp32;
-  const fills = mixed ? fp32 - fp32Added : 0;
+  const added = accCount(a, 6), mixed = N === 128 && added > 0 && added < 6;
+  const grads = wkv7GradBytes(a, elems);
+  // N = 128 with a mixed mask: the overwritten ones zero-filled, then all six added into
+  const fills = mixed ? 6 - added : 0;
   const fill = elementwise("ew_fill_kernel", elems, 0, elems * F32, 0);
   return [
     ...Array.from({ length: fills }, () => fill),
@@ -1278,8 +1292,8 @@ const wkv7Backward: Cost = (a) => {
       "wkv7_backward_kernel",
       H * B,
       N * wkv7Lanes(N),
-      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? fp32 : fp32Added) * elems * F32,
-      written,
+      2 * elems * F32 + 6 * elems * BF16 + ckpt + (mixed ? grads.written : grads.added),
+      grads.written,
       B * H * T * N * (32 * N + 3 * EXP),
       0,
       T,
@@ -1543,7 +1557,7 @@ const wkv7WindBackward: Cost = (a) => {
       "wind_backward_kernel",
       H * B,
       2 * N,
-      6 * elems * BF16 + 2 * elems * F32 + ckptRead + grads.fp32Added * elems * F32, // + grads +=
+      6 * elems * BF16 + 2 * elems * F32 + ckptRead + grads.added, // + grads +=
       grads.written,
       chunks * (2 * N * N + 3000 * N),
       chunks * (256 * N * N + 9728 * N),

@@ -83,6 +83,7 @@ const SMALL: Record<string, number> = {
   dy_bf16: 1,
   dnorm_bf16: 1,
   dwab_bf16: 1,
+  drkv_bf16: 1,
   rows: 64,
   cols: 16,
   ld_dst: 96,
@@ -321,14 +322,16 @@ Deno.test("cost model: mn_wkv7_forward at B = 32, T = 1024, H = 12, N = 64", () 
   // 6 accumulated gradients read (603,979,776) and written
   assert.equal(bw.bytesRead, 201326592 + 301989888 + 402653184 + 603979776);
   assert.equal(bw.bytesWritten, 603979776);
-  // the model's call: dr, dk, dv added into (3 * 100,663,296 read), dw, da, db written bf16
-  // (3 * 50,331,648) and the three fp32 ones (3 * 100,663,296)
+  // the model's call: dr, dk, dv added into, dw, da, db written, all six bf16: the three added
+  // read (3 * 50,331,648) and all written (6 * 50,331,648)
   for (const fn of ["mn_wkv7_backward", "mn_wkv7_wind_backward"]) {
-    const [m] = callLaunches(fn, { ...a, accumulate: 0x0d, dwab_bf16: 1 });
-    assert.equal(m.bytesWritten, 301989888 + 150994944, fn);
+    const m = { ...a, accumulate: 0x0d, drkv_bf16: 1, dwab_bf16: 1 };
+    assert.equal(callLaunches(fn, m)[0].bytesWritten, 6 * 50331648, fn);
   }
   const [m] = callLaunches("mn_wkv7_backward", { ...a, accumulate: 0x0d, dwab_bf16: 1 });
+  // dw, da, db bf16 only: dr, dk, dv fp32 added (3 * 100,663,296 read and written)
   assert.equal(m.bytesRead, 201326592 + 301989888 + 402653184 + 301989888);
+  assert.equal(m.bytesWritten, 301989888 + 150994944);
 });
 
 Deno.test("cost model: the row-vector backwards at N = 32768, C = 768", () => {

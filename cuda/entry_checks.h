@@ -162,7 +162,7 @@ inline int mn_check_rwkv7_mix4_backward(
 
 // mn_rwkv7_value_mix_backward: distinct gradient buffers; bf16 dmv and dv are overwritten
 inline int mn_check_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
-                                             float* dout, float* v, float* v1, void* mv,
+                                             void* dout, float* v, float* v1, void* mv,
                                              float* time_misc_v, int dmv_bf16, int dv_bf16, int N,
                                              int C, int accumulate) {
   const char* fn = "rwkv7_value_mix_backward";

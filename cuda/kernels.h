@@ -399,13 +399,14 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
                                       void* mv, float* time_misc_v, int mv_bf16, int N, int C,
                                       void* stream);
 /* gradient outputs: dv, dv1, dmv [N, C] (bits 0-2; distinct buffers), dtime_misc_v [C] (bit 3,
- * must be set); dout [N, C]; mv as in the forward (mv_bf16). dmv_bf16 != 0: dmv is written as
- * bf16 (the LoRA's backward GEMM operand) and only overwritten (bit 2 must be clear); dv_bf16 != 0
- * the same for dv (the value projection's operand; bit 0 clear). */
+ * must be set); dout [N, C] fp32, or bf16 when dout_bf16 != 0 (the mixed v's bf16 gradient); mv
+ * as in the forward (mv_bf16). dmv_bf16 != 0: dmv is written as bf16 (the LoRA's backward GEMM
+ * operand) and only overwritten (bit 2 must be clear); dv_bf16 != 0 the same for dv (the value
+ * projection's operand; bit 0 clear). */
 MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, void* mv,
+                                       void* dout, float* v, float* v1, void* mv,
                                        float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
-                                       int N, int C, int accumulate, void* stream);
+                                       int dout_bf16, int N, int C, int accumulate, void* stream);
 
 /* ---- fused RWKV-6 time-mixing chains (rwkv7_fused.cu, beside RWKV-7's: the same per-element
  * math, rwkv7_math.cuh): the fast path of train_rwkv6.ts. Conventions as the RWKV-7 block above
@@ -470,12 +471,14 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
                            void* stream);
 /* (mn_wkv7_backward: a mask that adds into some of the six gradients and overwrites others zero-fills
  * the overwritten ones first: the kernel's flag is compile-time, so N = 128 keeps its registers).
- * dwab_bf16 != 0: dw, da, db are bf16 (the WKV operands' bf16 gradients, as the original's kernel
- * gives them), the fp32 values rounded once, and only overwritten (bits 1, 4, 5 must be clear). */
-MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+ * drkv_bf16 != 0: dr, dk, dv are bf16; dwab_bf16 != 0: dw, da, db are: the WKV operands' bf16
+ * gradients, as the original's kernel gives them, the fp32 value rounded once, or with the bit
+ * set added into the bf16 value and the sum rounded (a bf16 tensor's gradient accumulated by
+ * autograd). */
+MN_API int mn_wkv7_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int dwab_bf16, int accumulate, void* stream);
+                            int drkv_bf16, int dwab_bf16, int accumulate, void* stream);
 /* Reference structure (the original's default wkv7g): the same forward (no sa); backward RECOMPUTES
  * each 16-step chunk forward from its checkpoint (no inversion of the recurrence): slowest, most
  * accurate, any d in (0, 1). ws: scratch [B,H,17,N,N] fp32 (the 17 states S_{16c-1} .. S_{16c+15}
@@ -584,10 +587,11 @@ MN_API int mn_mma_fragment_map(int* lane_rows, int* lane_cols, int which, void* 
 MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16* w,
                                 mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b, int B, int T,
                                 int H, int N, void* stream);
-MN_API int mn_wkv7_wind_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+MN_API int mn_wkv7_wind_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, int dwab_bf16, int accumulate, void* stream);
+                                 int H, int N, int drkv_bf16, int dwab_bf16, int accumulate,
+                                 void* stream);
 
 /* ---- WKV-6 chunked (wkv6_chunked.cu): the --fla_cuda variant of WKV-6 ----------------------
  * Exactly the semantics of mn_wkv6_forward/backward (same r, k, v, w [B,T,H,N] bf16, u [H,N] fp32,

@@ -464,12 +464,12 @@ __global__ void value_mix_forward_kernel(float* out, bf16* out_bf16, const float
 // Its backward, in the column-sum pass over dout: dv = dout (1 - g), dv1 = dout g,
 // dmv = dout (v1 - v) g (1 - g), dtime_misc_v[c] += sum_i dmv, with g recomputed from mv.
 // M: mv's dtype; DM: dmv's (bf16: overwritten, its accumulate bit clear, so old[2] is 0).
-template <class M, class DM, class DV>
+template <class M, class DM, class DV, class DO>
 struct ValueMixTerm {
   DV* dv;  // bf16: overwritten (bit 0 clear), the value projection's backward GEMM operand
   float* dv1;
   DM* dmv;
-  const float* dout;
+  const DO* dout;  // bf16: the bonus's and WKV's bf16 gradient of the mixed v
   const float* v;
   const float* v1;
   const M* mv;
@@ -483,7 +483,7 @@ struct ValueMixTerm {
   __device__ void begin(int c) { bias = tmv[c]; }
   __device__ Load load(int64_t i, int c) const {
     const int64_t e = i * C + c;
-    Load l{dout[e], v[e], v1[e], ld(mv + e), {0.0f, 0.0f, 0.0f}};
+    Load l{ld(dout + e), v[e], v1[e], ld(mv + e), {0.0f, 0.0f, 0.0f}};
     if (acc & 1) l.old[0] = ld(dv + e);
     if (acc & 2) l.old[1] = dv1[e];
     if (acc & 4) l.old[2] = ld(dmv + e);
@@ -912,21 +912,21 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
 }
 
 namespace {
-template <class M, class DM, class DV>
-int value_mix_backward(DV* dv, float* dv1, DM* dmv, float* dtime_misc_v, const float* dout,
+template <class M, class DM, class DV, class DO>
+int value_mix_backward(DV* dv, float* dv1, DM* dmv, float* dtime_misc_v, const DO* dout,
                        const float* v, const float* v1, const M* mv, const float* tmv, int N,
                        int C, int accumulate, float* part, void* stream) {
   return mn_reduce::col_sums<1>(
       "rwkv7_value_mix_backward",
-      ValueMixTerm<M, DM, DV>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
+      ValueMixTerm<M, DM, DV, DO>{dv, dv1, dmv, dout, v, v1, mv, tmv, C, accumulate & 7, 0.0f},
       dtime_misc_v, nullptr, N, C, 1, part, stream);
 }
 }  // namespace
 
 MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, void* mv,
+                                       void* dout, float* v, float* v1, void* mv,
                                        float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
-                                       int N, int C, int accumulate, void* stream) {
+                                       int dout_bf16, int N, int C, int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_value_mix_backward(dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv,
                                                  time_misc_v, dmv_bf16, dv_bf16, N, C, accumulate))
     return rc;
@@ -937,8 +937,11 @@ MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* d
     using M = typename decltype(mt)::type;
     using DM = typename decltype(dmt)::type;
     using DV = typename decltype(dvt)::type;
-    return value_mix_backward((DV*)dv, dv1, (DM*)dmv, dtime_misc_v, dout, v, v1, (const M*)mv,
-                              time_misc_v, N, C, accumulate, part, stream);
+    return mn_with_dtype(dout_bf16, [&](auto dot) {
+      using DO = typename decltype(dot)::type;
+      return value_mix_backward((DV*)dv, dv1, (DM*)dmv, dtime_misc_v, (const DO*)dout, v, v1,
+                                (const M*)mv, time_misc_v, N, C, accumulate, part, stream);
+    });
   });
 }
 

@@ -914,7 +914,8 @@ function valueForward(be: Backend, c: VCfg, d: ValueDraw, bf16: boolean, mvBf16 
   );
 }
 
-/** mvBf16: a bf16 mv input; dmvBf16, dvBf16: bf16 dmv, dv outputs (overwritten) */
+/** mvBf16: a bf16 mv input; dmvBf16, dvBf16: bf16 dmv, dv outputs (overwritten); doutBf16: dout
+ * given as its bf16 rounding */
 function valueBackward(
   be: Backend,
   c: VCfg,
@@ -923,10 +924,13 @@ function valueBackward(
   mvBf16 = false,
   dmvBf16 = false,
   dvBf16 = false,
+  doutBf16 = false,
 ) {
   const shape = [c.N, c.C];
   const ins = {
-    dout: f32In(d.dout, shape),
+    dout: doutBf16
+      ? { data: f32ToBf16(d.dout), shape, dtype: "bf16" as const }
+      : f32In(d.dout, shape),
     ...Object.fromEntries(valueActs(d, shape, mvBf16)),
     tmv: f32In(d.par.tmv as Float32Array, [c.C]),
   };
@@ -946,6 +950,7 @@ function valueBackward(
       mvBf16 ? 1 : 0,
       dmvBf16 ? 1 : 0,
       dvBf16 ? 1 : 0,
+      doutBf16 ? 1 : 0,
       c.N,
       c.C,
       accumulate,
@@ -986,14 +991,14 @@ checkKernel({
   run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0x8, true, true),
 });
 checkKernel({
-  name: "rwkv7_value_mix_backward (bf16 mv in, bf16 dmv and dv out)",
+  name: "rwkv7_value_mix_backward (bf16 mv and dout in, bf16 dmv and dv out)",
   configs: VSHAPES,
   label: vLabel,
   tol: { dv: TOL_BF16, dv1: TOL_F32, dmv: TOL_BF16, dtmv: SUM },
-  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0xa, true, true, true),
+  run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0xa, true, true, true, true),
 });
 
-Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv (and dv) the fp32 one rounded once", () => {
+Deno.test("rwkv7_value_mix: a bf16 mv (and dout) read as its values, a bf16 dmv (and dv) the fp32 one rounded once", () => {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
@@ -1020,6 +1025,13 @@ Deno.test("rwkv7_value_mix: a bf16 mv read as its values, a bf16 dmv (and dv) th
       }
       assert.throws(() => valueBackward(be, c, d, ALL, true, true), /bf16 dmv is overwritten/);
       assert.throws(() => valueBackward(be, c, d, 0x9, true, true, true), /bf16 dv is overwritten/);
+      // a bf16 dout: the fp32 backward on its values
+      const dd = { ...d, dout: round(d.dout) };
+      const fo = valueBackward(be, c, dd, 0xa, true),
+        bo = valueBackward(be, c, d, 0xa, true, false, false, true);
+      for (const k of Object.keys(fo)) {
+        compare(`${name} ${vLabel(c)} bf16 dout ${k}`, bo[k], fo[k], EXACT);
+      }
     }
   }
 });

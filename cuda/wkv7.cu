@@ -111,11 +111,12 @@ __device__ inline void wkv7_add_dy_r(float (&grow)[NS], float (&gcol)[NS], const
 // recurrence, S_{t-1}[j][i] = (S_t - v k^T - sa b^T)[j][i] / d[i], in the same loop (one pass over
 // the staged v, sa: a separate pass lets the compiler keep them in registers, which spills at
 // N=128 on sm_80).
-// G: the element type of dw, da, db (bf16: the WKV operands' bf16 gradients, overwritten).
-template <int NS, int P, bool BACKSTEP, class G = float>
+// G1: the element type of dk, dv (and dr), G2: of dw, da, db: fp32, or bf16 (the WKV operands'
+// bf16 gradients, as the original's kernel gives them; mn_put_grad).
+template <int NS, int P, bool BACKSTEP, class G1 = float, class G2 = float>
 __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float (&gcol)[NS],
                                       const Wkv7Stage& s, const Wkv7Own& o, int i, int p,
-                                      int64_t ind, G* dw, float* dk, float* dv, G* da, G* db,
+                                      int64_t ind, G2* dw, G1* dk, G1* dv, G2* da, G2* db,
                                       int acc) {
   float dd = 0.0f, dki = 0.0f, dbi = 0.0f, dvi = 0.0f, dsai = 0.0f;
   const float inv_d = BACKSTEP ? 1.0f / o.d : 0.0f;
@@ -145,8 +146,8 @@ __device__ inline void wkv7_grad_step(float (&sc)[NS], float (&grow)[NS], float 
   }
   if (p == 0) {
     mn_put_grad(dw[ind], dd * wkv7_ddecay_dw(o.w, o.d), MN_ACC_BIT(acc, 1));
-    MN_GRAD_STORE(dk[ind], dki, MN_ACC_BIT(acc, 2));
-    MN_GRAD_STORE(dv[ind], dvi, MN_ACC_BIT(acc, 3));
+    mn_put_grad(dk[ind], dki, MN_ACC_BIT(acc, 2));
+    mn_put_grad(dv[ind], dvi, MN_ACC_BIT(acc, 3));
     mn_put_grad(da[ind], dai, MN_ACC_BIT(acc, 4));
     mn_put_grad(db[ind], dbi, MN_ACC_BIT(acc, 5));
   }
@@ -224,11 +225,11 @@ __global__ void __launch_bounds__(N)
 // At N = 128 the state slices fill the registers and a runtime accumulate mask made ptxas spill:
 // there kAcc fixes it at compile time (all six added into, or all overwritten; the launcher
 // zero-fills the overwritten ones of a mixed mask). Smaller N take the mask `acc_in` at run time
-// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead). G: the element type of dw,
-// da, db (bf16: overwritten whatever the mask says).
-template <int N, bool kAcc, class G>
+// (a compile-time flag made ptxas spill at N = 32 on sm_80 instead). G1: the element type of dr,
+// dk, dv; G2: of dw, da, db (wkv7_grad_step).
+template <int N, bool kAcc, class G1, class G2>
 __global__ void __launch_bounds__(N * wkv7_lanes(N))
-    wkv7_backward_kernel(float* dr, G* dw, float* dk, float* dv, G* da, G* db,
+    wkv7_backward_kernel(G1* dr, G2* dw, G1* dk, G1* dv, G2* da, G2* db,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
                          const float* sa_, int T, int H, int acc_in) {
@@ -256,10 +257,10 @@ __global__ void __launch_bounds__(N * wkv7_lanes(N))
       for (int jj = 0; jj < NS; jj++) sc[jj] = src[jj * P];
     }
     const float dri = wkv7_lane_sum<P>(wkv7_slice_dot<NS, P>(sc, dy, p));  // (S_t^T dy)[i]
-    if (p == 0) MN_GRAD_STORE(dr[ind], dri, MN_ACC_BIT(acc, 0));
+    if (p == 0) mn_put_grad(dr[ind], dri, MN_ACC_BIT(acc, 0));
     wkv7_add_dy_r<NS, P>(grow, gcol, st, o, p);
     // backsteps sc to S_{t-1}, then the gradients of step t
-    wkv7_grad_step<NS, P, true, G>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
+    wkv7_grad_step<NS, P, true, G1, G2>(sc, grow, gcol, st, o, i, p, ind, dw, dk, dv, da, db, acc);
   }
 }
 
@@ -368,26 +369,28 @@ int wkv7_forward_launch(const char* name, float* y, float* s_ckpt, float* sa, co
                    r, w, k, v, a, b, T, H);
 }
 
-template <int N, class G>
-int wkv7_backward_launch(float* dr, G* dw, float* dk, float* dv, G* da, G* db, float* dy,
-                         mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
+template <int N, class G1, class G2>
+int wkv7_backward_launch(G1* dr, G2* dw, G1* dk, G1* dv, G2* da, G2* db, float* dy, mn_bf16* r,
+                         mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
                          float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
                          void* stream) {
   const dim3 block(N * wkv7_lanes(N));  // P lanes per row
-  // bf16 dw, da, db are overwritten whatever their bits say: only the fp32 ones' bits count
-  constexpr int kF32Bits = std::is_same_v<G, bf16> ? 0x0d : 63;
-  int mask = accumulate & kF32Bits;
-  if (N == 128 && mask != 0 && mask != kF32Bits) {  // mixed: zero the overwritten, add into all
-    float* grads[6] = {dr, (float*)dw, dk, dv, (float*)da, (float*)db};
+  int mask = accumulate & 63;
+  if (N == 128 && mask != 0 && mask != 63) {  // mixed: zero the overwritten ones, add into all
+    void* grads[6] = {dr, dw, dk, dv, da, db};
+    const bool bf16s[6] = {std::is_same_v<G1, bf16>, std::is_same_v<G2, bf16>,
+                           std::is_same_v<G1, bf16>, std::is_same_v<G1, bf16>,
+                           std::is_same_v<G2, bf16>, std::is_same_v<G2, bf16>};
+    const int64_t n = (int64_t)B * T * H * N;  // even (N >= 16): a bf16 one is n / 2 zero floats
     for (int i = 0; i < 6; i++) {
-      if (MN_ACC_BIT(mask, i) || !MN_ACC_BIT(kF32Bits, i)) continue;
-      if (int rc = mn_fill(grads[i], 0.0f, (int64_t)B * T * H * N, stream)) return rc;
+      if (MN_ACC_BIT(mask, i)) continue;
+      if (int rc = mn_fill((float*)grads[i], 0.0f, bf16s[i] ? n / 2 : n, stream)) return rc;
     }
     mask = 63;
   }
-  auto kernel = wkv7_backward_kernel<N, true, G>;
+  auto kernel = wkv7_backward_kernel<N, true, G1, G2>;
   if constexpr (N == 128) {  // only N = 128 instantiates the overwriting kernel
-    if (!mask) kernel = wkv7_backward_kernel<N, false, G>;
+    if (!mask) kernel = wkv7_backward_kernel<N, false, G1, G2>;
   }
   return mn_launch("wkv7_backward", kernel, dim3(H, B), block, 0, stream, dr, dw, dk, dv, da, db,
                    (const float*)dy, (const bf16*)r, (const bf16*)w, (const bf16*)k,
@@ -455,20 +458,20 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
   return wkv7_forward_common("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N, stream);
 }
 
-MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+MN_API int mn_wkv7_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int dwab_bf16, int accumulate, void* stream) {
+                            int drkv_bf16, int dwab_bf16, int accumulate, void* stream) {
   if (int rc = wkv7_check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_backward: NULL tensor argument");
-  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
-             "wkv7_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be clear)");
-  return mn_with_dtype(dwab_bf16, [&](auto gt) {
-    using G = typename decltype(gt)::type;
-#define MN_WKV7_BWD(NN)                                                                          \
-  return wkv7_backward_launch<NN, G>(dr, (G*)dw, dk, dv, (G*)da, (G*)db, dy, r, w, k, v, a, b,   \
-                                     s_ckpt, sa, B, T, H, accumulate, stream)
+  return mn_with_dtypes(drkv_bf16, dwab_bf16, 0, [&](auto t1, auto t2, auto) {
+    using G1 = typename decltype(t1)::type;
+    using G2 = typename decltype(t2)::type;
+#define MN_WKV7_BWD(NN)                                                                         \
+  return wkv7_backward_launch<NN, G1, G2>((G1*)dr, (G2*)dw, (G1*)dk, (G1*)dv, (G2*)da, (G2*)db, \
+                                          dy, r, w, k, v, a, b, s_ckpt, sa, B, T, H, accumulate, \
+                                          stream)
     switch (N) {
       case 16: MN_WKV7_BWD(16);
       case 32: MN_WKV7_BWD(32);

@@ -331,11 +331,11 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-// grid (H, B), block 2N threads. Accumulates dr, dw, dk, dv, da, db [B,T,H,N]; GT: the element
-// type of dw, da, db (bf16: overwritten, mn_put_grad).
-template <int N, class GT>
+// grid (H, B), block 2N threads. Accumulates dr, dw, dk, dv, da, db [B,T,H,N]; G1: the element
+// type of dr, dk, dv, G2: of dw, da, db (fp32 or bf16, mn_put_grad).
+template <int N, class G1, class G2>
 __global__ void __launch_bounds__(WindDims<N>::THREADS)
-    wind_backward_kernel(float* dr_, GT* dw_, float* dk_, float* dv_, GT* da_, GT* db_,
+    wind_backward_kernel(G1* dr_, G2* dw_, G1* dk_, G1* dv_, G2* da_, G2* db_,
                          const float* dy_, const bf16* r_, const bf16* w_, const bf16* k_,
                          const bf16* v_, const bf16* a_, const bf16* b_, const float* s_ckpt,
                          const float* sa_, int T, int H, int acc) {
@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(L[q] - 0.5f * L15[q]) + y[q] * expf(L[q]);
         gl[q] = in(r_, i) * g;
-        MN_GRAD_STORE(dr_[i], g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i), ar);
+        mn_put_grad(dr_[i], g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i), ar);
       }
       // k: dKc = dAK^T Ac + dQK^T Rc, dKe = V G
       zero8(x);
@@ -520,7 +520,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= kq * gc;
         }
-        MN_GRAD_STORE(dk_[i], g, ak);
+        mn_put_grad(dk_[i], g, ak);
       }
       // a: dAc = dAB Bc + dAK Kc, dAs = dZ S0
       zero8(x);
@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<true, false>(x, AK, LDT, dZ + j0, LDC, CH);
       mm_acc<false, true, KU>(x, m.ke, LDC, Gs + j0 * LDS, LDS, N);
 #pragma unroll
-      for (int q = 0; q < 8; q++) MN_GRAD_STORE(dv_[at(q)], x[q], av);
+      for (int q = 0; q < 8; q++) mn_put_grad(dv_[at(q)], x[q], av);
 
       store_tile(gl, gL + j0, N);
       store_tile(glx, gLx + j0, N);
@@ -625,16 +625,17 @@ int wind_forward_launch(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf16*
                    (const bf16*)k, (const bf16*)v, (const bf16*)a, (const bf16*)b, T, H);
 }
 
-template <int N, class G>
-int wind_backward_launch(float* dr, G* dw, float* dk, float* dv, G* da, G* db, float* dy,
-                         mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
+template <int N, class G1, class G2>
+int wind_backward_launch(G1* dr, G2* dw, G1* dk, G1* dv, G2* da, G2* db, float* dy, mn_bf16* r,
+                         mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a, mn_bf16* b,
                          float* s_ckpt, float* sa, int B, int T, int H, int accumulate,
                          void* stream) {
   using D = WindDims<N>;
-  return mn_launch("wkv7_wind_backward", wind_backward_kernel<N, G>, dim3(H, B), dim3(D::THREADS),
-                   D::BWD_SMEM, stream, dr, dw, dk, dv, da, db, (const float*)dy, (const bf16*)r,
-                   (const bf16*)w, (const bf16*)k, (const bf16*)v, (const bf16*)a,
-                   (const bf16*)b, (const float*)s_ckpt, (const float*)sa, T, H, accumulate);
+  return mn_launch("wkv7_wind_backward", wind_backward_kernel<N, G1, G2>, dim3(H, B),
+                   dim3(D::THREADS), D::BWD_SMEM, stream, dr, dw, dk, dv, da, db,
+                   (const float*)dy, (const bf16*)r, (const bf16*)w, (const bf16*)k,
+                   (const bf16*)v, (const bf16*)a, (const bf16*)b, (const float*)s_ckpt,
+                   (const float*)sa, T, H, accumulate);
 }
 
 }  // namespace
@@ -653,21 +654,21 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
   }
 }
 
-MN_API int mn_wkv7_wind_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+MN_API int mn_wkv7_wind_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, int dwab_bf16, int accumulate, void* stream) {
+                                 int H, int N, int drkv_bf16, int dwab_bf16, int accumulate,
+                                 void* stream) {
   if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
-  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
-             "wkv7_wind_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be "
-             "clear)");
-  return mn_with_dtype(dwab_bf16, [&](auto gt) {
-    using G = typename decltype(gt)::type;
-#define MN_WIND_BWD(NN)                                                                      \
-  return wind_backward_launch<NN, G>(dr, (G*)dw, dk, dv, (G*)da, (G*)db, dy, r, w, k, v, a, b, \
-                                     s_ckpt, sa, B, T, H, accumulate, stream)
+  return mn_with_dtypes(drkv_bf16, dwab_bf16, 0, [&](auto t1, auto t2, auto) {
+    using G1 = typename decltype(t1)::type;
+    using G2 = typename decltype(t2)::type;
+#define MN_WIND_BWD(NN)                                                                         \
+  return wind_backward_launch<NN, G1, G2>((G1*)dr, (G2*)dw, (G1*)dk, (G1*)dv, (G2*)da, (G2*)db, \
+                                          dy, r, w, k, v, a, b, s_ckpt, sa, B, T, H, accumulate, \
+                                          stream)
     switch (N) {
       case 16: MN_WIND_BWD(16);
       case 32: MN_WIND_BWD(32);

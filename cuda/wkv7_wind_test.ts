@@ -175,7 +175,7 @@ Deno.test("wkv7_wind: bad arguments give clear errors (cpu, emu)", () => {
         ],
         [
           "wkv7_wind_backward",
-          (B, T, H, N) => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, f, B, T, H, N, 0, -1, null),
+          (B, T, H, N) => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, f, B, T, H, N, 0, 0, -1, null),
         ],
       ], named);
       assert.throws(
@@ -183,7 +183,7 @@ Deno.test("wkv7_wind: bad arguments give clear errors (cpu, emu)", () => {
         /wkv7_wind_forward: NULL tensor argument/,
       );
       assert.throws(
-        () => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, null, 1, 16, 1, 16, 0, -1, null),
+        () => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, null, 1, 16, 1, 16, 0, 0, -1, null),
         /wkv7_wind_backward: NULL tensor argument/,
       );
     });

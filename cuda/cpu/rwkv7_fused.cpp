@@ -465,9 +465,9 @@ MN_API int mn_rwkv7_value_mix_forward(float* out, mn_bf16* out_bf16, float* v, f
 }
 
 MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* dtime_misc_v,
-                                       float* dout, float* v, float* v1, void* mv,
+                                       void* dout, float* v, float* v1, void* mv,
                                        float* time_misc_v, int mv_bf16, int dmv_bf16, int dv_bf16,
-                                       int N, int C, int accumulate, void*) {
+                                       int dout_bf16, int N, int C, int accumulate, void*) {
   if (int rc = mn_check_rwkv7_value_mix_backward(dv, dv1, dmv, dtime_misc_v, dout, v, v1, mv,
                                                  time_misc_v, dmv_bf16, dv_bf16, N, C, accumulate))
     return rc;
@@ -477,7 +477,7 @@ MN_API int mn_rwkv7_value_mix_backward(void* dv, float* dv1, void* dmv, float* d
       const int64_t e = i * C + c;
       const double m = read_in(mv, mv_bf16, e);
       const double g = 1.0 / (1.0 + std::exp(-(m + time_misc_v[c])));
-      const double d = dout[e], dg = d * ((double)v1[e] - v[e]) * g * (1.0 - g);
+      const double d = read_in(dout, dout_bf16, e), dg = d * ((double)v1[e] - v[e]) * g * (1.0 - g);
       // a bf16 dv or dmv: the fp32 one (overwritten) rounded once
       if (dv_bf16) ((mn_bf16*)dv)[e] = f32_to_bf16((float)(d * (1.0 - g)));
       else grad_out((float*)dv, e, accumulate, 0, (float)(d * (1.0 - g)));

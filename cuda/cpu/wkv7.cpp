@@ -236,28 +236,42 @@ MN_API int mn_wkv7_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, mn_bf
   return forward("wkv7_forward", y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N);
 }
 
-MN_API int mn_wkv7_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+MN_API int mn_wkv7_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                             float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v, mn_bf16* a,
                             mn_bf16* b, float* s_ckpt, float* sa, int B, int T, int H, int N,
-                            int dwab_bf16, int accumulate, void*) {
+                            int drkv_bf16, int dwab_bf16, int accumulate, void*) {
   if (int rc = check("wkv7_backward", B, T, H, N)) return rc;
   MN_REQUIRE(s_ckpt && sa, "wkv7_backward: NULL tensor argument");
-  MN_REQUIRE(!dwab_bf16 || !(accumulate & 0x32),
-             "wkv7_backward: bf16 dw, da, db are overwritten (accumulate bits 1, 4, 5 must be clear)");
-  if (!dwab_bf16)
-    return backward("wkv7_backward", dr, (float*)dw, dk, dv, (float*)da, (float*)db, dy, r, w, k,
-                    v, a, b, B, T, H, N, accumulate);
-  MN_REQUIRE(dw && da && db, "wkv7_backward: NULL tensor argument");
-  // bf16 dw, da, db: the fp32 gradients (overwritten) rounded once
+  void* g[6] = {dr, dw, dk, dv, da, db};
+  if (!drkv_bf16 && !dwab_bf16)
+    return backward("wkv7_backward", (float*)dr, (float*)dw, (float*)dk, (float*)dv, (float*)da,
+                    (float*)db, dy, r, w, k, v, a, b, B, T, H, N, accumulate);
+  for (void* p : g) MN_REQUIRE(p, "wkv7_backward: NULL tensor argument");
+  // bf16 gradients: the fp32 ones computed alone, then rounded (bit clear) or added to the bf16
+  // value with the sum rounded (bit set)
+  const bool bf[6] = {drkv_bf16 != 0, dwab_bf16 != 0, drkv_bf16 != 0,
+                      drkv_bf16 != 0, dwab_bf16 != 0, dwab_bf16 != 0};
   const size_t n = (size_t)B * T * H * N;
-  std::vector<float> fw(n), fa(n), fb(n);
-  if (int rc = backward("wkv7_backward", dr, fw.data(), dk, dv, fa.data(), fb.data(), dy, r, w, k,
-                        v, a, b, B, T, H, N, accumulate))
+  std::vector<std::vector<float>> tmp(6);
+  float* out[6];
+  int acc = accumulate;
+  for (int i = 0; i < 6; i++) {
+    if (bf[i]) {
+      tmp[i].assign(n, 0.0f);
+      out[i] = tmp[i].data();
+      acc &= ~(1 << i);
+    } else {
+      out[i] = (float*)g[i];
+    }
+  }
+  if (int rc = backward("wkv7_backward", out[0], out[1], out[2], out[3], out[4], out[5], dy, r, w,
+                        k, v, a, b, B, T, H, N, acc))
     return rc;
-  for (size_t e = 0; e < n; e++) {
-    ((mn_bf16*)dw)[e] = f32_to_bf16(fw[e]);
-    ((mn_bf16*)da)[e] = f32_to_bf16(fa[e]);
-    ((mn_bf16*)db)[e] = f32_to_bf16(fb[e]);
+  for (int i = 0; i < 6; i++) {
+    if (!bf[i]) continue;
+    mn_bf16* d = (mn_bf16*)g[i];
+    const bool add = (accumulate >> i) & 1;
+    for (size_t e = 0; e < n; e++) d[e] = f32_to_bf16(add ? bf16_to_f32(d[e]) + out[i][e] : out[i][e]);
   }
   return 0;
 }

@@ -15,13 +15,14 @@ MN_API int mn_wkv7_wind_forward(float* y, float* s_ckpt, float* sa, mn_bf16* r, 
   return mn_wkv7_forward(y, s_ckpt, sa, r, w, k, v, a, b, B, T, H, N, stream);
 }
 
-MN_API int mn_wkv7_wind_backward(float* dr, void* dw, float* dk, float* dv, void* da, void* db,
+MN_API int mn_wkv7_wind_backward(void* dr, void* dw, void* dk, void* dv, void* da, void* db,
                                  float* dy, mn_bf16* r, mn_bf16* w, mn_bf16* k, mn_bf16* v,
                                  mn_bf16* a, mn_bf16* b, float* s_ckpt, float* sa, int B, int T,
-                                 int H, int N, int dwab_bf16, int accumulate, void* stream) {
+                                 int H, int N, int drkv_bf16, int dwab_bf16, int accumulate,
+                                 void* stream) {
   if (int rc = mn_check_wkv7_wind_shape("wkv7_wind_backward", B, T, H, N)) return rc;
   MN_REQUIRE(dr && dw && dk && dv && da && db && dy && r && w && k && v && a && b && s_ckpt && sa,
              "wkv7_wind_backward: NULL tensor argument");
   return mn_wkv7_backward(dr, dw, dk, dv, da, db, dy, r, w, k, v, a, b, s_ckpt, sa, B, T, H, N,
-                          dwab_bf16, accumulate, stream);
+                          drkv_bf16, dwab_bf16, accumulate, stream);
 }

@@ -99,7 +99,7 @@ export function runWkv7(
   x: Inputs | InputsF32,
   gradInit: Float32Array[],
   acc = -1, // the backward's accumulate mask (kernels.h)
-  dwabBf16 = false, // wkv7, wind: dw, da, db written bf16 (their bits must be clear)
+  bf16 = { drkv: false, dwab: false }, // wkv7, wind: dr, dk, dv / dw, da, db in bf16
 ): Record<string, Float32Array> {
   const { B, T, H, N } = s, shp = [B, T, H, N];
   const dtype = impl === "wkv7g_f32" ? "f32" : "bf16";
@@ -107,7 +107,7 @@ export function runWkv7(
     dy: { data: x.dy, shape: shp },
   };
   for (const name of INPUTS) inputs[name] = { data: x[name], shape: shp, dtype };
-  const outputs: Record<string, { shape: number[]; init?: Float32Array; dtype?: Dtype }> = {
+  const outputs: Record<string, { shape: number[]; init?: HostArray; dtype?: Dtype }> = {
     y: { shape: shp },
     s_ckpt: { shape: [B, H, T / CHUNK, N, N] },
   };
@@ -115,8 +115,10 @@ export function runWkv7(
   if (impl === "wind") outputs.sa = { shape: shp };
   else outputs.scratch = { shape: impl === "wkv7" ? shp : [B, H, CHUNK + 1, N, N] };
   GRADS.forEach((g, i) => {
-    const bf16 = dwabBf16 && ["dw", "da", "db"].includes(g);
-    outputs[g] = bf16 ? { shape: shp, dtype: "bf16" } : { shape: shp, init: gradInit[i] };
+    const isBf16 = ["dw", "da", "db"].includes(g) ? bf16.dwab : bf16.drkv;
+    outputs[g] = isBf16
+      ? { shape: shp, init: f32ToBf16(gradInit[i]), dtype: "bf16" }
+      : { shape: shp, init: gradInit[i] };
   });
   const out = withTensors(be, inputs, outputs, (t) => {
     const ins = [t.r.ptr, t.w.ptr, t.k.ptr, t.v.ptr, t.a.ptr, t.b.ptr] as const;
@@ -143,7 +145,8 @@ export function runWkv7(
         T,
         H,
         N,
-        dwabBf16 ? 1 : 0,
+        bf16.drkv ? 1 : 0,
+        bf16.dwab ? 1 : 0,
         acc,
         be.stream,
       );
