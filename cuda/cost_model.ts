@@ -127,15 +127,21 @@ const FULL_THREADS = 256; // kFullThreads
 const FULL_MAX_BLOCKS = 1024; // kFullMaxBlocks
 const FULL_MIN_CHUNK = 4096; // kFullMinChunk
 
-/** reduce.cuh col_plan: column blocks, row tiles (grid.y) and rows per tile (a multiple of 32). */
-function colPlan(N: number, C: number) {
-  const colBlocks = cdiv(C, RED_COLS);
-  const want = cdiv(RED_TARGET_BLOCKS, colBlocks);
+/** reduce.cuh row_tile_plan: row tiles and rows per tile (a multiple of 32) for a grid of
+ * `blocksPerTile` blocks per row tile. */
+function rowTilePlan(N: number, blocksPerTile: number) {
+  const want = cdiv(RED_TARGET_BLOCKS, blocksPerTile);
   const byRows = cdiv(N, RED_MIN_TILE_ROWS);
   const tiles0 = Math.max(1, Math.min(want, byRows, RED_MAX_TILES));
   const step = RED_LANES * RED_UNROLL;
   const tileRows = cdiv(cdiv(N, tiles0), step) * step;
-  return { colBlocks, tiles: cdiv(N, tileRows), tileRows };
+  return { tiles: cdiv(N, tileRows), tileRows };
+}
+
+/** reduce.cuh col_plan: column blocks, row tiles (grid.y) and rows per tile (a multiple of 32). */
+function colPlan(N: number, C: number) {
+  const colBlocks = cdiv(C, RED_COLS);
+  return { colBlocks, ...rowTilePlan(N, colBlocks) };
 }
 
 /** reduce.cuh full_plan: blocks and the chunk of elements per block (a multiple of 1024). */
@@ -195,17 +201,24 @@ function colSums(
       0,
       loadRounds(p.tileRows, RED_LANES),
     ),
-    launch(
-      `col_sums_kernel<${K},PartialsTerm>`,
-      p.colBlocks,
-      threads,
-      part + outRead,
-      out,
-      p.tiles * K * C,
-      0,
-      loadRounds(p.tiles, RED_LANES),
-    ),
+    colSumsFinish(K, p.tiles, C, accumulated),
   ];
+}
+
+/** reduce.cuh col_sums_finish<K> (stage 2 alone): the partials [tiles][K][C] summed in tile order
+ * into the K outputs [C], `accumulated` of them added into (read). */
+function colSumsFinish(K: number, tiles: number, C: number, accumulated = K): Launch {
+  const part = tiles * K * C * F32;
+  return launch(
+    `col_sums_kernel<${K},PartialsTerm>`,
+    cdiv(C, RED_COLS),
+    RED_COLS * RED_LANES,
+    part + accumulated * C * F32,
+    K * C * F32,
+    tiles * K * C,
+    0,
+    loadRounds(tiles, RED_LANES),
+  );
 }
 
 /** reduce.cuh full_sums<K, Term> over n elements, like colSums; `accumulated`: how many of the K
@@ -1096,29 +1109,32 @@ const rwkv7WkvInputsForward: Cost = (a) => {
     ),
   ];
 };
-// rwkv7_wkv_inputs_backward: wkv_inputs_backward_kernel (warp per (row, head)) reads the four
-// output gradients and six inputs, the gradients whose bits are set, and writes six gradients plus
-// a scratch copy of each parameter term whose output accumulates (bits 0, 3, 4, 5) or is bf16;
-// then two col_sums<2, Sum2Term> read the four terms (outputs or copies) for the parameter vectors.
+// rwkv7_wkv_inputs_backward: wkv_inputs_backward_kernel, grid (H, tiles) of row_tile_plan(N, H),
+// 256 threads: warp w of block (h, y) takes head h of rows w, w + 8, ... of tile y (one warp per
+// (row, head) at a time). It reads the four output gradients and six inputs, the gradients whose
+// bits are set, writes the six gradients, and sums the four parameter terms per column of the tile
+// (shared memory): several tiles write partials [tiles][4][C] for col_sums_finish<4>, one tile adds
+// into the four parameter gradients (read and written). A warp walks its rows in sequence, two
+// dependent DRAM rounds a row (the head's norm, then the dot product; the third pass over the
+// head's elements hits L1/L2): its serialSteps.
 const rwkv7WkvInputsBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const inputs = 6 * N * C * (need(a, "in_bf16") ? BF16 : F32);
-  const gradBf16 = need(a, "grad_bf16") !== 0, grad = N * C * (gradBf16 ? BF16 : F32);
-  let accRead = 0, copies = 0;
+  const grad = N * C * (need(a, "grad_bf16") ? BF16 : F32);
+  let accRead = 0;
   for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
-  for (const bit of [0, 3, 4, 5]) copies += gradBf16 || accBit(a, bit) ? 1 : 0;
-  return [
-    launch(
-      "wkv_inputs_backward_kernel",
-      warpRowBlocks(N * H),
-      256,
-      4 * act + inputs + 4 * C * F32 + accRead,
-      6 * grad + copies * act,
-      120 * N * C,
-    ),
-    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
-    ...colSums("Sum2Term", 2, N, C, 2 * act, 0, 2 * N * C),
-  ];
+  const p = rowTilePlan(N, H), par = 4 * C * F32;
+  const main = launch(
+    "wkv_inputs_backward_kernel",
+    H * p.tiles,
+    256,
+    4 * act + inputs + 4 * C * F32 + accRead + (p.tiles === 1 ? par : 0),
+    6 * grad + (p.tiles === 1 ? par : p.tiles * par),
+    124 * N * C,
+    0,
+    2 * cdiv(Math.min(p.tileRows, N), 8),
+  );
+  return p.tiles === 1 ? [main] : [main, colSumsFinish(4, p.tiles, C)];
 };
 
 // rwkv7_gn_bonus_gate_forward: warp per (row, head), mn_blocks_for(N*H, 8) x 256; reads y (twice

@@ -522,6 +522,51 @@ Deno.test("cost model: GroupNorm and bonus backwards at N = 32768, H = G = 12, D
   ]);
 });
 
+Deno.test("cost model: mn_rwkv7_wkv_inputs_backward sums its parameter terms in its own pass", () => {
+  // rwkv7_fused.cu: grid (H, tiles) of row_tile_plan(N, H). The trainer's call at the record shape
+  // N = 32768, H = 12, D = 64 (C = 768): bf16 inputs and gradients, bits 0-5 clear. want =
+  // ceil(1024/12) = 86 tiles (< ceil(32768/64) = 512, < 256); tile_rows = ceil(32768/86) = 382
+  // rounded up to 384; tiles = ceil(32768/384) = 86: grid (12, 86) = 1032 blocks of 256; a warp
+  // walks 384/8 = 48 rows, two dependent rounds each: 96 serial steps.
+  // Reads dw, dk, da, db fp32 (4 * 100,663,296) + six bf16 inputs (6 * 50,331,648) + four [C]
+  // parameter vectors (12,288) = 704,655,360; writes six bf16 gradients (301,989,888) + partials
+  // [86][4][768] floats (1,056,768) = 303,046,656. The finish (grid (24, 1)) reads the partials and
+  // the four outputs (12,288), writes the outputs; ceil(86/8) = 11 tile rows a thread: 2 rounds of
+  // 4 and 3 single loads = 5.
+  const rec = callLaunches("mn_rwkv7_wkv_inputs_backward", {
+    N: ROWS,
+    H: 12,
+    D: 64,
+    in_bf16: 1,
+    grad_bf16: 1,
+    accumulate: 0x3c0,
+  });
+  assert.deepEqual(
+    rec.map((l) => [l.kernel, l.blocks, l.threads, l.bytesRead, l.bytesWritten, l.serialSteps]),
+    [
+      ["wkv_inputs_backward_kernel", 1032, 256, 704655360, 303046656, 96],
+      ["col_sums_kernel<4,PartialsTerm>", 24, 256, 1069056, 12288, 5],
+    ],
+  );
+  // One tile (N = 64, H = 2, D = 64, fp32, every bit set): no finish; the kernel reads the four
+  // output gradients (4 * 32,768), six inputs (6 * 32,768), four parameter vectors (4 * 512), the
+  // six accumulated gradients (6 * 32,768) and the four parameter gradients it adds into (2048):
+  // 528,384; writes the six gradients and the four parameter gradients: 198,656. 64/8 = 8 rows a
+  // warp: 16 serial steps.
+  const one = callLaunches("mn_rwkv7_wkv_inputs_backward", {
+    N: 64,
+    H: 2,
+    D: 64,
+    in_bf16: 0,
+    grad_bf16: 0,
+    accumulate: -1,
+  });
+  assert.deepEqual(
+    one.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten, l.serialSteps]),
+    [["wkv_inputs_backward_kernel", 2, 528384, 198656, 16]],
+  );
+});
+
 Deno.test("cost model: mn_embedding_backward at N = 32768, C = 768, V = 50304", () => {
   // embedding.cu: bitlen(50304) = 16 -> 4 radix passes; tiles = 32768/1024 = 32; hist 16 * 32 =
   // 512 ints (2048 bytes). Per pass: sort_count_kernel 32 x 256 (reads the keys, pass 0 idx:

@@ -359,9 +359,9 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
 /* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5; bf16 when grad_bf16 != 0,
  * then only overwritten: bits 0-5 clear), then the four parameter vectors' [C] (bits 6-9, must
  * be set); dw, dk, da, db [N, C] fp32: the gradients of the outputs; the six inputs as in the
- * forward (in_bf16). The column sums read the four parameter terms from their fp32 gradient
- * outputs when those were overwritten, else (bit 0, 3, 4 or 5 set, or bf16 gradients) from a
- * scratch copy (N*C floats of library scratch each). */
+ * forward (in_bf16). The pass that writes the six gradients also sums the four parameter terms
+ * (fp32, whatever the six outputs' bits and dtype) per row tile: library scratch holds only the
+ * tiles' partials (at most 256 * 4 * C floats); shared memory 128 * D bytes a block. */
 MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
                                         void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,

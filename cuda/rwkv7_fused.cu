@@ -252,28 +252,45 @@ __global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a
 }
 
 // Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5; fp32, or bf16 and
-// overwritten), and where the column sums read the four parameter-vector terms from: the gradient
-// output itself when it was overwritten in fp32, else a scratch copy of the term (sum[i]
-// non-NULL: written here).
+// overwritten), the four parameter vectors' (dtd, dta, dtma, dtmk: always added into) and the
+// gradients of the chain's outputs.
 template <class G>
 struct WkvGrads {
   G* g[6];
-  float* sum[4];  // terms of ddec, daaa, dmam, dmkm for dtd, dta, dtma, dtmk
+  mn_reduce::ColOuts par;  // dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k
   const float* dw;
   const float* dk;
   const float* da;
   const float* db;
 };
 
+// Block (h, y) of grid (H, tiles) takes head h of the rows of row tile y (mn_reduce::row_tile_plan
+// over N with H blocks per tile); warp w of it the rows i0 + w, i0 + w + kWarps, ... in order, one
+// (row, head) at a time, as one warp per (row, head) did before: the six elementwise gradients,
+// the head's norm and its dot product are the same per-(row, head) math in the same order.
+// The four parameter terms (ddec, daaa, dmam, dmkm before any accumulation or bf16 rounding) are
+// summed per column in the same pass, instead of being written out and read back: lane l of a
+// warp owns the head's columns j = l, l + 32, ... (every row), so its running sums live in the
+// warp's own slice of shared memory [kWarps][4][D] (any D, no register array sized by D) and no
+// two lanes touch one slot. The block's warps are then added in warp order and the block writes
+// the tile's partial, part[(y * 4 + k) * C + c], for col_sums_finish<4> to add in tile order; with
+// one tile (part NULL) it adds straight into the four outputs.
 // l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else
 // dkk / eps.
 template <class A, class G>
-__global__ void wkv_inputs_backward_kernel(WkvGrads<G> gr, WkvIn<A> in, int acc, int64_t rows,
-                                           int H, int D, float eps) {
-  const int lane = threadIdx.x % 32;
-  HEAD_ROWS(row, rows) {
-    const int64_t base = row * D;
-    const int c0 = (int)(row % H) * D;
+__global__ void __launch_bounds__(kThreads)
+    wkv_inputs_backward_kernel(WkvGrads<G> gr, WkvIn<A> in, float* part, int acc, int64_t N,
+                               int64_t tile_rows, int H, int D, float eps) {
+  MN_DYNAMIC_SHARED(float, sums);  // [kWarps][4][D]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int h = blockIdx.x, C = H * D, c0 = h * D;
+  float* const ws = sums + (int64_t)warp * 4 * D;
+  for (int j = lane; j < D; j += 32)
+    for (int i = 0; i < 4; i++) ws[i * D + j] = 0.0f;
+  const int64_t i0 = (int64_t)blockIdx.y * tile_rows;
+  const int64_t i1 = i0 + tile_rows < N ? i0 + tile_rows : N;
+  for (int64_t r = i0 + warp; r < i1; r += kWarps) {
+    const int64_t base = (r * H + h) * D;
     const float nrm = head_norm(in, base, D, lane);
     const float inv = 1.0f / fmaxf(nrm, eps);
     float dot = 0.0f;
@@ -297,27 +314,22 @@ __global__ void wkv_inputs_backward_kernel(WkvGrads<G> gr, WkvIn<A> in, int acc,
       for (int i = 0; i < 6; i++) put_dm(gr.g[i], e, (acc >> i) & 1, v[i]);
       const float t[4] = {d.ddec, d.daaa, d.dmam, d.dmkm};
 #pragma unroll
-      for (int i = 0; i < 4; i++)
-        if (gr.sum[i]) gr.sum[i][e] = t[i];
+      for (int i = 0; i < 4; i++) ws[i * D + j] += t[i];
+    }
+  }
+  __syncthreads();
+  // the tile's sums: slot (k, j) added over the warps in order 0 .. kWarps-1 (k unrolled: a
+  // runtime index into gr.par.o would put the kernel's argument struct on the stack)
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    for (int j = threadIdx.x; j < D; j += kThreads) {
+      float v = 0.0f;
+      for (int w = 0; w < kWarps; w++) v += sums[(w * 4 + k) * D + j];
+      if (part) part[((int64_t)blockIdx.y * 4 + k) * C + c0 + j] = v;
+      else MN_GRAD_STORE(gr.par.o[k][c0 + j], v, MN_ACC_BIT(acc, 6 + k));
     }
   }
 }
-
-// Column sums of two [N, C] terms (the parameter-vector gradients of the chain).
-struct Sum2Term {
-  const float* a;
-  const float* b;
-  int C;
-  struct Load {
-    float a, b;
-  };
-  __device__ void begin(int) {}
-  __device__ Load load(int64_t i, int c) const { return Load{a[i * C + c], b[i * C + c]}; }
-  __device__ void use(int64_t, int, const Load& l, float* s) const {
-    s[0] += l.a;
-    s[1] += l.b;
-  }
-};
 
 // ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
 
@@ -702,16 +714,24 @@ WkvIn<A> wkv_in(void* const act[6], float* const par[4]) {
   return WkvIn<A>{(const A*)act[0], (const A*)act[1], (const A*)act[2], (const A*)act[3],
                   (const A*)act[4], (const A*)act[5], par[0], par[1], par[2], par[3]};
 }
+// The backward pass over grid (H, tiles), then (several tiles) the tiles' partial parameter sums
+// into the four outputs.
 template <class A, class G>
-int wkv_inputs_backward_launch(const WkvGrads<G>& gr, const WkvIn<A>& in, int acc, int64_t rows,
-                               int H, int D, float eps, void* stream) {
-  return mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel<A, G>,
-                   mn_blocks_for(rows, kWarps), kThreads, 0, stream, gr, in, acc, rows, H, D, eps);
+int wkv_inputs_backward_launch(const WkvGrads<G>& gr, const WkvIn<A>& in, float* part,
+                               const mn_reduce::ColPlan& p, int acc, int64_t N, int H, int D,
+                               float eps, void* stream) {
+  const size_t smem = (size_t)kWarps * 4 * D * sizeof(float);
+  if (int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel<A, G>,
+                         dim3((unsigned)H, (unsigned)p.tiles), kThreads, smem, stream, gr, in,
+                         part, acc, N, p.tile_rows, H, D, eps))
+    return rc;
+  if (p.tiles == 1) return 0;
+  return mn_reduce::col_sums_finish<4>(part, p.tiles, gr.par, H * D, acc >> 6, stream);
 }
 template <class G>
-WkvGrads<G> wkv_grads(void* const g[6], float* const dout[4]) {
+WkvGrads<G> wkv_grads(void* const g[6], float* const dpar[4], float* const dout[4]) {
   return WkvGrads<G>{{(G*)g[0], (G*)g[1], (G*)g[2], (G*)g[3], (G*)g[4], (G*)g[5]},
-                     {},
+                     {{dpar[0], dpar[1], dpar[2], dpar[3]}},
                      dout[0],
                      dout[1],
                      dout[2],
@@ -756,53 +776,27 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
     return rc;
   MN_REQUIRE(!grad_bf16 || !(accumulate & 0x3f),
              "rwkv7_wkv_inputs_backward: bf16 gradients are overwritten (bits 0-5 must be clear)");
-  const int C = H * D;
-  const int64_t rows = (int64_t)N * H, act = (int64_t)N * C;
-  // The column sums read each term from its gradient output when that was overwritten in fp32
-  // (it holds the term alone), else from a scratch copy (an accumulated output holds old + term;
-  // a bf16 one the term rounded).
-  float* outs[4] = {(float*)ddec, (float*)daaa, (float*)dmam, (float*)dmkm};
-  const int bits[4] = {0, 3, 4, 5};
-  const auto copied = [&](int i) { return grad_bf16 || ((accumulate >> bits[i]) & 1); };
-  int copies = 0;
-  for (int i = 0; i < 4; i++) copies += copied(i);
-  const int64_t part_floats = mn_reduce::col_scratch_floats(N, C, 2);
-  float* scratch = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&scratch, part_floats + copies * act, stream)) return rc;
-  float* part = scratch;
-  float* next_copy = scratch + part_floats;
+  // The four parameter terms are summed per row tile by the backward kernel itself (fp32, before
+  // any accumulation or bf16 rounding of the gradient outputs): scratch holds only the tiles'
+  // partials [tiles][4][C].
+  const mn_reduce::ColPlan p = mn_reduce::row_tile_plan(N, H);
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, p.tiles > 1 ? (int64_t)p.tiles * 4 * H * D : 0,
+                                         stream))
+    return rc;
   void* const g6[6] = {ddec, dk0, dkkk, daaa, dmam, dmkm};
+  float* const dpar[4] = {dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k};
   float* const d4[4] = {dw, dk, da, db};
-  float* sum[4];
-  const float* src[4];
-  for (int i = 0; i < 4; i++) {
-    if (copied(i)) {
-      sum[i] = next_copy;
-      next_copy += act;
-    } else {
-      sum[i] = nullptr;
-    }
-    src[i] = sum[i] ? sum[i] : outs[i];
-  }
   void* const act6[6] = {dec, k0, kkk, aaa, mam, mkm};
   float* const par[4] = {time_decay, time_aaaaa, time_misc_a, time_misc_k};
-  const auto launch = [&](auto gr, auto in) {
-    for (int i = 0; i < 4; i++) gr.sum[i] = sum[i];
-    return wkv_inputs_backward_launch(gr, in, accumulate, rows, H, D, eps, stream);
-  };
-  int rc;
-  if (in_bf16 && grad_bf16) rc = launch(wkv_grads<bf16>(g6, d4), wkv_in<bf16>(act6, par));
-  else if (in_bf16) rc = launch(wkv_grads<float>(g6, d4), wkv_in<bf16>(act6, par));
-  else if (grad_bf16) rc = launch(wkv_grads<bf16>(g6, d4), wkv_in<float>(act6, par));
-  else rc = launch(wkv_grads<float>(g6, d4), wkv_in<float>(act6, par));
-  if (rc) return rc;
-  if ((rc = mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
-                                   Sum2Term{src[0], src[1], C}, dtime_decay, dtime_aaaaa, N, C,
-                                   3, part, stream)))
-    return rc;
-  return mn_reduce::col_sums<2>("rwkv7_wkv_inputs_backward_params",
-                                Sum2Term{src[2], src[3], C}, dtime_misc_a, dtime_misc_k, N, C, 3, part,
-                                stream);
+  return mn_with_dtype(in_bf16, [&](auto a) {
+    return mn_with_dtype(grad_bf16, [&](auto g) {
+      using A = typename decltype(a)::type;
+      using G = typename decltype(g)::type;
+      return wkv_inputs_backward_launch(wkv_grads<G>(g6, dpar, d4), wkv_in<A>(act6, par), part,
+                                        p, accumulate, N, H, D, eps, stream);
+    });
+  });
 }
 
 namespace {

@@ -608,24 +608,48 @@ Deno.test("rwkv7_wkv_inputs: cpu forward matches float64, backward matches float
   checkCentralDifferences(got, d, ACTS, PVEC, loss, { atol: 2e-5, rtol: 2e-5 });
 });
 
-Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite; set terms summed from scratch copies)", () => {
+Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite, set = add; parameter sums of the terms alone)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const c = HSHAPES[2], d = drawChain(c, new Rng(SEED));
-    const add = chainBackward(be, c, d); // every bit set: the column sums read scratch copies
-    const over = chainBackward(be, c, d, 0x3c0); // activations overwritten (NaN before)
-    for (const [i, k] of ACTS.entries()) {
-      const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
-      compare(`${name} d${k}: overwrite = accumulate - prior`, over["d" + k], want, TOL_F32);
-      assert.ok(Number.isFinite(over["d" + k][0]), `${name} d${k} (bit ${i}) written`);
+    for (const c of [HSHAPES[2], HSHAPES[3]]) { // one row tile, several
+      const d = drawChain(c, new Rng(SEED));
+      const add = chainBackward(be, c, d); // every bit set: the six outputs hold prior + term
+      const over = chainBackward(be, c, d, 0x3c0); // activations overwritten (NaN before)
+      for (const [i, k] of ACTS.entries()) {
+        const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
+        compare(
+          `${name} ${hLabel(c)} d${k}: overwrite = accumulate - prior`,
+          over["d" + k],
+          want,
+          TOL_F32,
+        );
+        assert.ok(Number.isFinite(over["d" + k][0]), `${name} d${k} (bit ${i}) written`);
+      }
+      // the parameter sums add the terms alone (never an accumulated output's prior), whatever
+      // the six outputs' bits, and add into their own priors (bits 6-9 set)
+      for (const k of PVEC) {
+        compare(
+          `${name} ${hLabel(c)} d${k}: independent of bits 0-5`,
+          add["d" + k],
+          over["d" + k],
+          EXACT,
+        );
+      }
+      const half = chainBackward(be, c, d, 0x3c0 | 0x9); // ddec, daaa accumulate; the rest not
+      for (const k of PVEC) {
+        compare(`${name} ${hLabel(c)} d${k}: mixed bits`, half["d" + k], add["d" + k], EXACT);
+      }
+      const zero = { ...d, prior: { ...d.prior } };
+      for (const k of PVEC) zero.prior[k] = new Float32Array(c.H * c.D);
+      const sums = chainBackward(be, c, zero, 0x3c0);
+      for (const k of PVEC) {
+        const want = sums["d" + k].map((v, j) => v + d.prior[k][j]);
+        compare(`${name} ${hLabel(c)} d${k}: prior + sum`, add["d" + k], want, TOL_F32);
+      }
+      assert.throws(() => chainBackward(be, c, d, 0x1ff), /parameter-vector gradients accumulate/);
+      const again = chainBackward(be, c, d);
+      for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
     }
-    // the parameter sums do not depend on where their terms were read from
-    for (const k of PVEC) {
-      compare(`${name} d${k} from copies = from outputs`, add["d" + k], over["d" + k], EXACT);
-    }
-    assert.throws(() => chainBackward(be, c, d, 0x1ff), /parameter-vector gradients accumulate/);
-    const again = chainBackward(be, c, d);
-    for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
   }
 });
 
@@ -834,7 +858,12 @@ Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bi
     const over = gnBackward(be, c, d, 0xe0);
     for (const k of GN_ACTS) {
       const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
-      compare(`${name} d${k}: overwrite = accumulate - prior`, over["d" + k], want, TOL_F32);
+      compare(
+        `${name} ${hLabel(c)} d${k}: overwrite = accumulate - prior`,
+        over["d" + k],
+        want,
+        TOL_F32,
+      );
     }
     for (const k of GN_PARS) compare(`${name} d${k}`, add["d" + k], over["d" + k], EXACT);
     assert.throws(() => gnBackward(be, c, d, 0x7f), /parameter-vector gradients accumulate/);
