@@ -1155,10 +1155,49 @@ const rwkv7GnBonusGateForward: Cost = (a) => {
     ),
   ];
 };
-// rwkv7_gn_bonus_gate_backward: gn_bonus_gate_backward_kernel (warp per (row, head)) reads dout, y,
-// r, k, v, gate (fp32 or bf16), mean, rstd and the gradients whose bits are set, writes dy, dr, dk,
-// dv, dgate (fp32 or bf16) and ds [N, H] (scratch); then col_sums<2, GnGateParamTerm> (dout,
-// gate, y, mean, rstd: dweight, dbias) and col_sums<1, BonusDuTerm> (ds, r, k: du).
+// The fused GroupNorm (+ bonus) * gate backward (rwkv7_fused.cu gn_backward): one pass,
+// gn_bonus_gate_backward_kernel, grid (H * ceil(D / 128), tiles) x 256 with tiles from
+// row_tile_plan(N, H * ceil(D / 128)); a warp walks its rows of the tile one (row, head) at a time
+// (serialSteps: ceil(tile rows / 8) round trips), reads dout, y, gate (fp32 or bf16), mean, rstd,
+// weight, bias (and r, k, v, u with the bonus) and the gradients whose bits are set, writes the
+// elementwise gradients and sums its K parameter gradients (dweight, dbias, du): partials
+// [tiles][K][C] to scratch, then "column_sums_finish" (col_sums_kernel<K, PartialsTerm>) adds them
+// to the outputs; one tile adds into the outputs itself. Heads over 128 channels: the blocks of one
+// head re-read its statistics' inputs, counted once (L2 hits: they run side by side).
+function gnGateBackward(
+  N: number,
+  H: number,
+  D: number,
+  K: number,
+  read: number,
+  written: number,
+  flops: number,
+): Launch[] {
+  const C = H * D, groups = cdiv(D, 128);
+  const p = rowTilePlan(N, H * groups);
+  const kernel = "gn_bonus_gate_backward_kernel", out = K * C * F32;
+  const steps = cdiv(p.tileRows, 8);
+  if (p.tiles === 1) {
+    return [launch(kernel, H * groups, 256, read + out, written + out, flops, 0, steps)];
+  }
+  const part = p.tiles * K * C * F32;
+  return [
+    launch(kernel, H * groups * p.tiles, 256, read, written + part, flops, 0, steps),
+    launch(
+      `col_sums_kernel<${K},PartialsTerm>`,
+      cdiv(C, RED_COLS),
+      RED_COLS * RED_LANES,
+      part + out,
+      out,
+      p.tiles * K * C,
+      0,
+      loadRounds(p.tiles, RED_LANES),
+    ),
+  ];
+}
+// rwkv7_gn_bonus_gate_backward: reads dout, y, r, k, v, gate, mean, rstd, weight, bias, u (and the
+// gradients whose bits are set), writes dy, dr, dk, dv, dgate (fp32 or bf16); sums dweight, dbias,
+// du (K = 3)
 const rwkv7GnBonusGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
@@ -1166,18 +1205,15 @@ const rwkv7GnBonusGateBackward: Cost = (a) => {
   const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
   let accRead = accBit(a, 4) ? dgate : 0;
   for (let bit = 0; bit < 4; bit++) accRead += accBit(a, bit) ? act : 0;
-  return [
-    launch(
-      "gn_bonus_gate_backward_kernel",
-      warpRowBlocks(N * H),
-      256,
-      5 * act + gate + stats + 3 * C * F32 + accRead,
-      4 * act + dgate + N * H * F32,
-      40 * N * C,
-    ),
-    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
-    ...colSums("BonusDuTerm", 1, N, C, 2 * act + N * H * F32, 0, 3 * N * C),
-  ];
+  return gnGateBackward(
+    N,
+    H,
+    D,
+    3,
+    5 * act + gate + stats + 3 * C * F32 + accRead,
+    4 * act + dgate,
+    46 * N * C,
+  );
 };
 
 // ---- fused RWKV-6 time mixing (rwkv7_fused.cu, beside RWKV-7's) --------------------------------
@@ -1228,26 +1264,24 @@ const rwkv6GnGateForward: Cost = (a) => {
     ),
   ];
 };
-// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> reads dout, y, gate (fp32 or bf16),
-// mean, rstd and the gradients whose bits are set, writes dy, dgate (fp32 or bf16); then
-// col_sums<2, GnGateParamTerm>
+// rwkv6_gn_gate_backward: gn_bonus_gate_backward_kernel<false> (gnGateBackward, K = 2) reads
+// dout, y, gate (fp32 or bf16), mean, rstd, weight, bias and the gradients whose bits are set,
+// writes dy, dgate (fp32 or bf16); sums dweight, dbias
 const rwkv6GnGateBackward: Cost = (a) => {
   const N = need(a, "N"), H = need(a, "H"), D = need(a, "D"), C = H * D, act = N * C * F32;
   const stats = 2 * N * H * F32;
   const gate = N * C * (need(a, "gate_bf16") ? BF16 : F32);
   const dgate = N * C * (need(a, "dgate_bf16") ? BF16 : F32);
   const accRead = (accBit(a, 0) ? act : 0) + (accBit(a, 1) ? dgate : 0);
-  return [
-    launch(
-      "gn_bonus_gate_backward_kernel",
-      warpRowBlocks(N * H),
-      256,
-      2 * act + gate + stats + 2 * C * F32 + accRead,
-      act + dgate,
-      20 * N * C,
-    ),
-    ...colSums("GnGateParamTerm", 2, N, C, 2 * act + gate + stats, 0, 6 * N * C),
-  ];
+  return gnGateBackward(
+    N,
+    H,
+    D,
+    2,
+    2 * act + gate + stats + 2 * C * F32 + accRead,
+    act + dgate,
+    23 * N * C,
+  );
 };
 
 // ---- WKV-7 (wkv7.cu) ----------------------------------------------------------------------------

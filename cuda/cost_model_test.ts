@@ -567,6 +567,44 @@ Deno.test("cost model: mn_rwkv7_wkv_inputs_backward sums its parameter terms in 
   );
 });
 
+Deno.test("cost model: the fused GroupNorm (+ bonus) * gate backwards at N = 32768, H = 12, D = 64", () => {
+  // rwkv7_fused.cu gn_backward: one pass over grid (H * ceil(64 / 128) = 12, tiles), tiles from
+  // row_tile_plan(32768, 12): ceil(1024 / 12) = 86 wanted, ceil(ceil(32768 / 86) / 32) * 32 = 384
+  // rows a tile, 86 tiles: 1032 blocks of 256, a warp's 384 / 8 = 48 rows one round trip each.
+  // act = 32768 * 768 * 4 = 100,663,296; the bf16 gate and dgate 50,331,648 each; mean, rstd
+  // [N, H]: 3,145,728. RWKV-7, activations overwritten (0xe0): reads dout, y, r, k, v (5 act),
+  // the gate, mean, rstd and weight, bias, u (3 * 3,072): 556,803,072; writes dy, dr, dk, dv
+  // (4 act), dgate and the partials [86][3][768] (792,576): 453,777,408. The finish: 24 blocks
+  // over the partials, adding into dweight, dbias, du (read and written, 9,216); a thread's 86 / 8
+  // -> 11 rows: 2 groups of 4 and 3 single loads = 5 round trips.
+  const a = { N: ROWS, H: 12, D: 64, gate_bf16: 1, dgate_bf16: 1 };
+  const r7 = callLaunches("mn_rwkv7_gn_bonus_gate_backward", { ...a, accumulate: 0xe0 });
+  assert.deepEqual(
+    r7.map((l) => [l.kernel, l.blocks, l.threads, l.bytesRead, l.bytesWritten, l.serialSteps]),
+    [
+      ["gn_bonus_gate_backward_kernel", 1032, 256, 556803072, 453777408, 48],
+      ["col_sums_kernel<3,PartialsTerm>", 24, 256, 801792, 9216, 5],
+    ],
+  );
+  // RWKV-6 (0xc): reads dout, y (2 act), the gate, mean, rstd, weight, bias (6,144): 254,810,112;
+  // writes dy, dgate and [86][2][768] partials (528,384): 151,523,328
+  const r6 = callLaunches("mn_rwkv6_gn_gate_backward", { ...a, accumulate: 0xc });
+  assert.deepEqual(r6.map((l) => [l.kernel, l.blocks, l.bytesRead, l.bytesWritten]), [
+    ["gn_bonus_gate_backward_kernel", 1032, 254810112, 151523328],
+    ["col_sums_kernel<2,PartialsTerm>", 24, 528384 + 6144, 6144],
+  ]);
+  // a head over 128 channels: ceil(200 / 128) = 2 blocks per head, 6 per row tile; 100 rows:
+  // min(ceil(1024 / 6), ceil(100 / 64)) = 2 tiles of 64 rows; the finish over 600 columns
+  const wide = callLaunches("mn_rwkv6_gn_gate_backward", {
+    ...a,
+    N: 100,
+    H: 3,
+    D: 200,
+    accumulate: 0xc,
+  });
+  assert.deepEqual(wide.map((l) => l.blocks), [3 * 2 * 2, Math.ceil(600 / 32)]);
+});
+
 Deno.test("cost model: mn_embedding_backward at N = 32768, C = 768, V = 50304", () => {
   // embedding.cu: bitlen(50304) = 16 -> 4 radix passes; tiles = 32768/1024 = 32; hist 16 * 32 =
   // 512 ints (2048 bytes). Per pass: sort_count_kernel 32 x 256 (reads the keys, pass 0 idx:

@@ -34,9 +34,10 @@
  *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
  *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
  *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
- *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12) and ~5 N ints for
- *   embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the stream, so the first call of
- *   a bigger shape synchronizes once. Under CUDA graph capture a call that would grow it fails the
+ *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12), the fused GroupNorm
+ *   backwards' partials (tiles x 3 x C floats, tiles <= ceil(1024 / (H ceil(D / 128))): at most
+ *   ~1.5 MiB plus 12 C bytes) and ~5 N ints for embedding_backward (1.3 MiB at N = 65,536).
+ *   Growing it waits for the stream, so the first call of a bigger shape synchronizes once. Under CUDA graph capture a call that would grow it fails the
  *   capture (a sync is illegal there); --cuda_graph's warm-up steps grow it to the step's needs
  *   first, so the captured calls find it large enough and only reuse it.
  */
@@ -384,7 +385,10 @@ MN_API int mn_rwkv7_gn_bonus_gate_forward(void* out, float* mean, float* rstd, f
 /* gradient outputs: dy, dr, dk, dv, dgate [N, C] (bits 0-4), dweight, dbias [C], du [H, D]
  * (bits 5-7, must be set); dout [N, C]; gate as in the forward (gate_bf16). dgate_bf16 != 0:
  * dgate is written as bf16 (the gate LoRA's backward GEMM operand) and only overwritten (bit 4
- * must be clear). Scratch: N*H floats (as rwkv7_bonus_backward). */
+ * must be clear). One pass reads dout, y, r, k, v, gate once: it writes the elementwise gradients
+ * and sums dweight, dbias, du over row tiles (grid (H * ceil(D / 128), tiles)); a second launch adds
+ * the tiles' partials in order. Scratch: those partials, tiles x 3 x C floats (none with one
+ * tile). */
 MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv,
                                            void* dgate, float* dweight, float* dbias, float* du,
                                            float* dout, float* y, float* weight, float* bias,
@@ -447,7 +451,8 @@ MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* 
                                     int H, int D, float eps, void* stream);
 /* gradient outputs: dy, dgate [N, C] (bits 0-1), dweight, dbias [C] (bits 2-3, must be set);
  * gate as in the forward (gate_bf16). dgate_bf16 != 0: dgate is written as bf16 (the gate LoRA's
- * backward GEMM operand) and only overwritten (bit 1 must be clear). */
+ * backward GEMM operand) and only overwritten (bit 1 must be clear). One pass sums dweight, dbias
+ * as it writes dy, dgate (as mn_rwkv7_gn_bonus_gate_backward; scratch tiles x 2 x C floats). */
 MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, float* dbias,
                                      float* dout, float* y, float* weight, float* bias,
                                      float* mean, float* rstd, void* gate, int gate_bf16,

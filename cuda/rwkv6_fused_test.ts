@@ -246,7 +246,8 @@ const HSHAPES: HCfg[] = [
   { N: 1, H: 1, D: 16 },
   { N: 5, H: 3, D: 33 }, // a head size that is not a multiple of the warp
   { N: 16, H: 2, D: 64 },
-  { N: 300, H: 2, D: 32 }, // several row tiles in the column sums
+  { N: 300, H: 2, D: 32 }, // several row tiles in the column sums, a short last one
+  { N: 130, H: 2, D: 136 }, // a head over 128 channels: two blocks per head; a last tile of 2 rows
 ];
 const hLabel = (c: HCfg) => `[${c.N},${c.H},${c.D}]`;
 const GN_EPS = 64e-5;

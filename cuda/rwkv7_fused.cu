@@ -385,18 +385,52 @@ __global__ void gn_bonus_gate_forward_kernel(Out* out, float* mean, float* rstd,
 }
 
 // Per (row, head): dgate = dout * (gn + bonus); with dz = dout * gate the gradient of gn + bonus,
-// the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel);
-// ds[row] is kept for du's column sums. kBonus false: no bonus (dr, dk, dv, ds_out unused).
+// the bonus's dv, dr, dk (ds = dz . v) and GroupNorm's dx (as groupnorm_backward_dx_kernel). The
+// same pass sums the parameter gradients over its rows (reduce.cuh's stage 1, done here so that
+// dout, gate, y, r, k are read once): dweight += dz xhat, dbias += dz, du += ds r k (column c of
+// each is channel c = h*D + j). kBonus false: RWKV-6's GroupNorm * gate, no bonus (dr, dk, dv
+// unused, no du).
+//   grid (H * gn_col_groups(D), tiles), kThreads: block (x, y) owns head h = x / groups, the
+//   kGnBlockCols columns of that head from jb = (x % groups) * kGnBlockCols, and the rows of row
+//   tile y (mn_reduce::row_tile_plan over H * groups blocks per tile). Warp w takes rows w, w + 8,
+//   ... of the tile in increasing order, one (row, head) at a time (the head-wide sums read the
+//   whole head; the elementwise outputs are written for the block's columns only, so each is
+//   written once); lane l owns columns jb + l, jb + l + 32, ... and adds its rows' terms in row
+//   order. The warps' sums are then added in warp order through shared memory: the partial of
+//   (tile, k, c) goes to part[(y * K + k) * C + c] for mn_reduce::col_sums_finish, or, with one
+//   tile (part NULL), into outs.o[k][c] (bit k of pacc set: +=). Fixed tiling and order: the sums
+//   are the same bits on every run.
 // G: the gate's dtype; DG: dgate's (bf16: overwritten, its accumulate bit clear).
+constexpr int kGnColsPerLane = 4;  // a head of up to 128 channels in one block column
+constexpr int kGnBlockCols = 32 * kGnColsPerLane;
+static_assert(kGnBlockCols <= kThreads, "one thread per column adds the warps' sums");
+__host__ __device__ inline int gn_col_groups(int D) {
+  return (D + kGnBlockCols - 1) / kGnBlockCols;
+}
+
 template <bool kBonus, class G, class DG>
-__global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv,
-                                              DG* dgate, float* ds_out, const float* dout,
-                                              const float* mean, const float* rstd, GnIn<G> in,
-                                              int acc, int64_t rows, int H, int D) {
-  const int lane = threadIdx.x % 32;
-  HEAD_ROWS(row, rows) {
+__global__ void __launch_bounds__(kThreads)
+    gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, float* dv, DG* dgate,
+                                  float* part, mn_reduce::ColOuts outs, const float* dout,
+                                  const float* mean, const float* rstd, GnIn<G> in, int acc,
+                                  int pacc, int64_t N, int H, int D, int64_t tile_rows) {
+  constexpr int K = kBonus ? 3 : 2;  // dweight, dbias (, du)
+  __shared__ float red[K][kWarps][kGnBlockCols];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int groups = gn_col_groups(D);
+  const int h = (int)(blockIdx.x / groups);
+  const int jb = (int)(blockIdx.x % groups) * kGnBlockCols;
+  const int c0 = h * D;
+  const int64_t i0 = (int64_t)blockIdx.y * tile_rows;
+  const int64_t i1 = i0 + tile_rows < N ? i0 + tile_rows : N;
+  float sum[K][kGnColsPerLane];
+#pragma unroll
+  for (int k = 0; k < K; k++)
+#pragma unroll
+    for (int q = 0; q < kGnColsPerLane; q++) sum[k][q] = 0.0f;
+  for (int64_t i = i0 + warp; i < i1; i += kWarps) {
+    const int64_t row = i * H + h;
     const int64_t base = row * D;
-    const int c0 = (int)(row % H) * D;
     const float m = mean[row], rs = rstd[row];
     const float s = kBonus ? bonus_scalar(in, base, c0, D, lane) : 0.0f;
     float ds = 0.0f, s1 = 0.0f, s2 = 0.0f;
@@ -411,7 +445,10 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
     if (kBonus) ds = mn_warp_sum(ds);
     s1 = mn_warp_sum(s1) / D;
     s2 = mn_warp_sum(s2) / D;
-    for (int j = lane; j < D; j += 32) {
+#pragma unroll
+    for (int q = 0; q < kGnColsPerLane; q++) {
+      const int j = jb + q * 32 + lane;
+      if (j >= D) continue;
       const int64_t e = base + j;
       const int c = c0 + j;
       const float xh = norm_xhat(in.y[e], m, rs);
@@ -419,44 +456,42 @@ __global__ void gn_bonus_gate_backward_kernel(float* dy, float* dr, float* dk, f
       const float z = kBonus ? gn + s * in.v[e] : gn;
       const float dz = dout[e] * ld(in.gate + e);
       put_grad(dy, e, acc & 1, rs * (dz * in.weight[c] - s1 - xh * s2));
-      if (kBonus) {
+      if constexpr (kBonus) {
         put_grad(dr, e, (acc >> 1) & 1, ds * in.k[e] * in.u[c]);
         put_grad(dk, e, (acc >> 2) & 1, ds * in.r[e] * in.u[c]);
         put_grad(dv, e, (acc >> 3) & 1, s * dz);
         put_dm(dgate, e, (acc >> 4) & 1, dout[e] * z);
+        sum[2][q] += bonus_du_term(ds, in.r[e], in.k[e]);
       } else {
         put_dm(dgate, e, (acc >> 1) & 1, dout[e] * z);
       }
+      sum[0][q] += dz * xh;
+      sum[1][q] += dz;
     }
-    if (kBonus && lane == 0) ds_out[row] = ds;
+  }
+#pragma unroll
+  for (int k = 0; k < K; k++)
+#pragma unroll
+    for (int q = 0; q < kGnColsPerLane; q++) red[k][warp][q * 32 + lane] = sum[k][q];
+  __syncthreads();
+  // thread jj < kGnBlockCols adds column jb + jj of the K sums (k unrolled: outs stays in
+  // registers)
+  const int jj = threadIdx.x;
+  if (jj < kGnBlockCols && jb + jj < D) {
+    const int C = H * D, c = c0 + jb + jj;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) s += red[k][w][jj];
+      if (part) {
+        part[((int64_t)blockIdx.y * K + k) * C + c] = s;
+      } else {
+        MN_GRAD_STORE(outs.o[k][c], s, MN_ACC_BIT(pacc, k));
+      }
+    }
   }
 }
-
-// Column sums of GroupNorm's parameter gradients through the gate: dweight += dz xhat, dbias += dz
-// with dz = dout * gate, recomputed here rather than stored.
-template <class G = float>
-struct GnGateParamTerm {
-  const float* dout;
-  const G* gate;
-  const float* y;
-  const float* mean;
-  const float* rstd;
-  int H, D;
-  int h;
-  struct Load {
-    float d, g, y, m, r;
-  };
-  __device__ void begin(int c) { h = c / D; }
-  __device__ Load load(int64_t i, int c) const {
-    const int64_t e = i * ((int64_t)H * D) + c, r = i * H + h;
-    return Load{dout[e], ld(gate + e), y[e], mean[r], rstd[r]};
-  }
-  __device__ void use(int64_t, int, const Load& l, float* acc) const {
-    const float dz = l.d * l.g;
-    acc[0] += dz * norm_xhat(l.y, l.m, l.r);
-    acc[1] += dz;
-  }
-};
 
 // ---- (d) the value residual of layers after the first ----
 
@@ -812,25 +847,27 @@ GnIn<G> gn_in(float* y, float* weight, float* bias, float* r, float* k, float* v
               void* gate) {
   return GnIn<G>{y, weight, bias, r, k, v, u, (const G*)gate};
 }
-// The backward's three launches for a gate of dtype G and a dgate of DG.
-template <class G, class DG>
-int gn_bonus_gate_backward(float* dy, float* dr, float* dk, float* dv, DG* dgate, float* dweight,
-                           float* dbias, float* du, const float* dout, const float* mean,
-                           const float* rstd, const GnIn<G>& in, int N, int H, int D, int acc,
-                           float* ds, float* part, void* stream) {
+// The fused backward of GroupNorm (+ bonus) * gate for a gate of dtype G and a dgate of DG: one
+// pass (gn_bonus_gate_backward_kernel, which also sums the K parameter gradients per row tile),
+// then, with several row tiles, col_sums_finish<K> of its partials into outs (pacc: their bits,
+// all set: they add).
+template <bool kBonus, class G, class DG>
+int gn_backward(const char* name, float* dy, float* dr, float* dk, float* dv, DG* dgate,
+                mn_reduce::ColOuts outs, const float* dout, const float* mean, const float* rstd,
+                const GnIn<G>& in, int N, int H, int D, int acc, int pacc, void* stream) {
+  constexpr int K = kBonus ? 3 : 2;
   const int C = H * D;
-  const int64_t rows = (int64_t)N * H;
-  int rc = mn_launch("rwkv7_gn_bonus_gate_backward", gn_bonus_gate_backward_kernel<true, G, DG>,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, dr, dk, dv, dgate, ds,
-                     dout, mean, rstd, in, acc, rows, H, D);
-  if (rc) return rc;
-  if ((rc = mn_reduce::col_sums<2>("rwkv7_gn_bonus_gate_backward_norm",
-                                   GnGateParamTerm<G>{dout, in.gate, in.y, mean, rstd, H, D, 0},
-                                   dweight, dbias, N, C, 3, part, stream)))
-    return rc;
-  return mn_reduce::col_sums<1>("rwkv7_gn_bonus_gate_backward_u",
-                                BonusDuTerm{ds, in.r, in.k, H, D, 0}, du, nullptr, N, C, 1, part,
-                                stream);
+  const int groups = gn_col_groups(D);
+  const mn_reduce::ColPlan p = mn_reduce::row_tile_plan(N, (int64_t)H * groups);
+  float* part = nullptr;
+  if (p.tiles > 1)
+    if (int rc = mn_reduce::scratch_floats(&part, (int64_t)p.tiles * K * C, stream)) return rc;
+  int rc = mn_launch(name, gn_bonus_gate_backward_kernel<kBonus, G, DG>,
+                     dim3((unsigned)(H * groups), (unsigned)p.tiles), kThreads, 0, stream, dy, dr,
+                     dk, dv, dgate, part, outs, dout, mean, rstd, in, acc, pacc, (int64_t)N, H, D,
+                     p.tile_rows);
+  if (rc || p.tiles == 1) return rc;
+  return mn_reduce::col_sums_finish<K>(part, p.tiles, outs, C, pacc, stream);
 }
 }  // namespace
 
@@ -867,21 +904,16 @@ MN_API int mn_rwkv7_gn_bonus_gate_backward(float* dy, float* dr, float* dk, floa
   if (int rc = mn_check_bf16_grad_overwritten("rwkv7_gn_bonus_gate_backward", "dgate", dgate_bf16,
                                               accumulate, 4))
     return rc;
-  const int C = H * D;
-  const int64_t rows = (int64_t)N * H;
-  // scratch: ds [N, H], then the column sums' partials
-  float* ds = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&ds, rows + mn_reduce::col_scratch_floats(N, C, 2),
-                                         stream))
-    return rc;
-  float* part = ds + rows;
+  // dweight, dbias, du are bits 5-7 of the entry's accumulate, 0-2 of the sums'
+  const mn_reduce::ColOuts outs{{dweight, dbias, du, nullptr}};
+  const int pacc = (accumulate >> 5) & 7;
   const float *dout_c = dout, *mean_c = mean, *rstd_c = rstd;
   const auto run = [&](auto in) {
     if (dgate_bf16)
-      return gn_bonus_gate_backward(dy, dr, dk, dv, (bf16*)dgate, dweight, dbias, du, dout_c,
-                                    mean_c, rstd_c, in, N, H, D, accumulate, ds, part, stream);
-    return gn_bonus_gate_backward(dy, dr, dk, dv, (float*)dgate, dweight, dbias, du, dout_c,
-                                  mean_c, rstd_c, in, N, H, D, accumulate, ds, part, stream);
+      return gn_backward<true>("rwkv7_gn_bonus_gate_backward", dy, dr, dk, dv, (bf16*)dgate, outs,
+                               dout_c, mean_c, rstd_c, in, N, H, D, accumulate, pacc, stream);
+    return gn_backward<true>("rwkv7_gn_bonus_gate_backward", dy, dr, dk, dv, (float*)dgate, outs,
+                             dout_c, mean_c, rstd_c, in, N, H, D, accumulate, pacc, stream);
   };
   if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, r, k, v, u, gate));
   return run(gn_in<float>(y, weight, bias, r, k, v, u, gate));
@@ -1036,20 +1068,6 @@ int gn_gate_forward(Out* out, float* mean, float* rstd, const GnIn<G>& in, int64
                    mn_blocks_for(rows, kWarps), kThreads, 0, stream, out, mean, rstd, in, rows, H,
                    D, eps);
 }
-template <class G, class DG>
-int gn_gate_backward(float* dy, DG* dgate, float* dweight, float* dbias, const float* dout,
-                     const float* mean, const float* rstd, const GnIn<G>& in, int N, int H, int D,
-                     int acc, float* part, void* stream) {
-  const int64_t rows = (int64_t)N * H;
-  int rc = mn_launch("rwkv6_gn_gate_backward", gn_bonus_gate_backward_kernel<false, G, DG>,
-                     mn_blocks_for(rows, kWarps), kThreads, 0, stream, dy, (float*)nullptr,
-                     (float*)nullptr, (float*)nullptr, dgate, (float*)nullptr, dout, mean, rstd,
-                     in, acc, rows, H, D);
-  if (rc) return rc;
-  return mn_reduce::col_sums<2>("rwkv6_gn_gate_backward_norm",
-                                GnGateParamTerm<G>{dout, in.gate, in.y, mean, rstd, H, D, 0},
-                                dweight, dbias, N, H * D, 3, part, stream);
-}
 }  // namespace
 
 MN_API int mn_rwkv6_gn_gate_forward(void* out, float* mean, float* rstd, float* y, float* weight,
@@ -1080,17 +1098,17 @@ MN_API int mn_rwkv6_gn_gate_backward(float* dy, void* dgate, float* dweight, flo
   if (int rc = mn_check_bf16_grad_overwritten("rwkv6_gn_gate_backward", "dgate", dgate_bf16,
                                               accumulate, 1))
     return rc;
-  float* part = nullptr;
-  if (int rc = mn_reduce::scratch_floats(&part, mn_reduce::col_scratch_floats(N, H * D, 2),
-                                         stream))
-    return rc;
+  // dweight, dbias are bits 2-3 of the entry's accumulate, 0-1 of the sums'
+  const mn_reduce::ColOuts outs{{dweight, dbias, nullptr, nullptr}};
+  const int acc = accumulate & 3, pacc = (accumulate >> 2) & 3;
   const float *dout_c = dout, *mean_c = mean, *rstd_c = rstd;
+  float* none = nullptr;  // the bonus's dr, dk, dv: not written
   const auto run = [&](auto in) {
     if (dgate_bf16)
-      return gn_gate_backward(dy, (bf16*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H,
-                              D, accumulate, part, stream);
-    return gn_gate_backward(dy, (float*)dgate, dweight, dbias, dout_c, mean_c, rstd_c, in, N, H, D,
-                            accumulate, part, stream);
+      return gn_backward<false>("rwkv6_gn_gate_backward", dy, none, none, none, (bf16*)dgate,
+                                outs, dout_c, mean_c, rstd_c, in, N, H, D, acc, pacc, stream);
+    return gn_backward<false>("rwkv6_gn_gate_backward", dy, none, none, none, (float*)dgate, outs,
+                              dout_c, mean_c, rstd_c, in, N, H, D, acc, pacc, stream);
   };
   if (gate_bf16) return run(gn_in<bf16>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));
   return run(gn_in<float>(y, weight, bias, nullptr, nullptr, nullptr, nullptr, gate));

@@ -687,6 +687,12 @@ Deno.test("rwkv7_wkv_inputs: bf16 inputs read as their values, bf16 gradients th
 const GN_ACTS = ["y", "r", "k", "v", "gate"] as const;
 const GN_PARS = ["weight", "bias", "u"] as const;
 const GN_EPS = 64e-5;
+// the backward sums its parameter gradients per row tile in blocks of up to 128 channels of a head
+// (the forward keeps HSHAPES: its kernel is one warp per (row, head) at any D)
+const GN_SHAPES: HCfg[] = [
+  ...HSHAPES,
+  { N: 130, H: 2, D: 136 }, // a head over 128 channels: two blocks per head; a last tile of 2 rows
+];
 
 function drawGn(c: HCfg, rng: Rng) {
   const n = c.N * c.H * c.D, C = c.H * c.D;
@@ -817,7 +823,7 @@ for (const bf16 of [false, true]) {
 }
 checkKernel({
   name: "rwkv7_gn_bonus_gate_backward",
-  configs: HSHAPES,
+  configs: GN_SHAPES,
   label: hLabel,
   tol: Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, SUM])),
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng)),
@@ -831,7 +837,7 @@ checkKernel({
 });
 checkKernel({
   name: "rwkv7_gn_bonus_gate_backward (bf16 gate in, bf16 dgate out)",
-  configs: HSHAPES,
+  configs: GN_SHAPES,
   label: hLabel,
   tol: Object.fromEntries(
     [...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, k === "gate" ? TOL_BF16 : SUM]),
@@ -853,28 +859,48 @@ Deno.test("rwkv7_gn_bonus_gate: cpu forward matches float64, backward matches fl
 Deno.test("rwkv7_gn_bonus_gate: accumulate bits (clear = overwrite; parameter bits must be set)", () => {
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
-    const c = HSHAPES[2], d = drawGn(c, new Rng(SEED));
-    const add = gnBackward(be, c, d);
-    const over = gnBackward(be, c, d, 0xe0);
-    for (const k of GN_ACTS) {
-      const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
-      compare(
-        `${name} ${hLabel(c)} d${k}: overwrite = accumulate - prior`,
-        over["d" + k],
-        want,
-        TOL_F32,
-      );
+    // one row tile (the sums added into the outputs by the pass itself) and several (partials)
+    for (const c of [GN_SHAPES[2], GN_SHAPES[4]]) {
+      const d = drawGn(c, new Rng(SEED)), at = `${name} ${hLabel(c)}`;
+      const add = gnBackward(be, c, d);
+      const over = gnBackward(be, c, d, 0xe0);
+      for (const k of GN_ACTS) {
+        const want = add["d" + k].map((v, j) => v - d.prior[k][j]);
+        compare(`${at} d${k}: overwrite = accumulate - prior`, over["d" + k], want, TOL_F32);
+      }
+      for (const k of GN_PARS) compare(`${at} d${k}`, add["d" + k], over["d" + k], EXACT);
+      assert.throws(() => gnBackward(be, c, d, 0x7f), /parameter-vector gradients accumulate/);
+      const again = gnBackward(be, c, d);
+      for (const k of Object.keys(add)) compare(`${at} rerun ${k}`, again[k], add[k], EXACT);
     }
-    for (const k of GN_PARS) compare(`${name} d${k}`, add["d" + k], over["d" + k], EXACT);
-    assert.throws(() => gnBackward(be, c, d, 0x7f), /parameter-vector gradients accumulate/);
-    const again = gnBackward(be, c, d);
-    for (const k of Object.keys(add)) compare(`${name} rerun ${k}`, again[k], add[k], EXACT);
+  }
+});
+
+Deno.test("rwkv7_gn_bonus_gate: the elementwise gradients do not depend on the row tiling", () => {
+  // the first 20 rows alone are one row tile; in 300 rows they lie in the first of 5 tiles: the
+  // pass that also sums the parameter gradients must give their elementwise gradients the same bits
+  const be = backend("emu");
+  const c = GN_SHAPES[3], d = drawGn(c, new Rng(SEED));
+  const p: HCfg = { ...c, N: 20 }, n = p.N * p.H * p.D;
+  const head = (a: Record<string, Float32Array>, keys: readonly string[]) =>
+    Object.fromEntries(
+      Object.entries(a).map(([k, v]) => [k, keys.includes(k) ? v.slice(0, n) : v]),
+    );
+  const dp = {
+    ...d,
+    act: head(d.act, GN_ACTS),
+    dout: d.dout.slice(0, n),
+    prior: head(d.prior, GN_ACTS),
+  };
+  const all = gnBackward(be, c, d), part = gnBackward(be, p, dp);
+  for (const k of GN_ACTS) {
+    compare(`d${k} of rows 0-19`, part["d" + k], all["d" + k].slice(0, n), EXACT);
   }
 });
 
 Deno.test("rwkv7_gn_bonus_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
   checkBf16Gate({
-    shapes: HSHAPES,
+    shapes: GN_SHAPES,
     label: hLabel,
     draw: drawGn,
     rounded: (d, round) => ({ ...d, act: { ...d.act, gate: round(d.act.gate) } }),
