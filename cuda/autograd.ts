@@ -443,6 +443,12 @@ export class Graph {
     v.g = t;
     return [t.ptr, false];
   }
+  /** An fp32 copy of v's bf16 gradient (this closure's scratch), for a kernel that reads fp32. */
+  fp32Copy(v: Var): Deno.PointerValue {
+    const t = this.out(v.shape, "grad.f32");
+    this.k.mn_cast_bf16_to_f32(t.ptr, v.g!.ptr, v.g!.n, this.s);
+    return t.ptr;
+  }
   /** The accumulate mask of gradient sinks, bit i for sinks[i]; `always` bits are set too. */
   static accumulateBits(sinks: [Deno.PointerValue, boolean][], always = 0): number {
     return sinks.reduce((m, [, add], i) => (add ? m | (1 << i) : m), always);
@@ -1489,7 +1495,12 @@ export class Graph {
       eps,
       this.s,
     );
-    const [vw, vk, va, vb] = this.multiNode([w, k, a, b], [...acts, ...params], (dout) => {
+    const [vw, vk, va, vb] = this.multiNode([w, k, a, b], [...acts, ...params], (dout, ys) => {
+      // WKV's gradients of w, a, b (and k) may be bf16, as the original's kernel gives them
+      const bf = ys.map((y) => y.g?.dtype === "bf16");
+      const wabBf16 = bf[0] && bf[2] && bf[3];
+      // (w, a, b get theirs together; fp32 if not all three did)
+      if (!wabBf16) [0, 2, 3].forEach((i) => bf[i] && (dout[i] = this.fp32Copy(ys[i])));
       const gradBf16 = this.gradSinksBf16(acts); // the projections' bf16 GEMM operands
       const sinks = [
         ...(gradBf16 ?? acts.map((v) => this.gradSink(v))),
@@ -1502,6 +1513,8 @@ export class Graph {
         ...ptrs(params),
         inBf16 ? 1 : 0,
         gradBf16 ? 1 : 0,
+        wabBf16 ? 1 : 0,
+        bf[1] ? 1 : 0,
         N,
         H,
         C / H,
@@ -1511,6 +1524,9 @@ export class Graph {
       );
     });
     vk.bf16 = kb;
+    // the backward reads bf16 gradients of w, a, b (WKV's, as their one writer: gradSinksBf16)
+    // and of k (where every writer adds in bf16: bf16AccOk)
+    if (dt === "bf16") { for (const y of [vw, vk, va, vb]) y.bf16Grad = true; }
     return { w: vw, k: vk, a: va, b: vb };
   }
 

@@ -1124,11 +1124,13 @@ const rwkv7WkvInputsBackward: Cost = (a) => {
   let accRead = 0;
   for (let bit = 0; bit < 6; bit++) accRead += accBit(a, bit) ? act : 0;
   const p = rowTilePlan(N, H), par = 4 * C * F32;
+  // the outputs' gradients dw, da, db (dwab_bf16) and dk (dk_bf16): fp32 or bf16
+  const douts = N * C * (3 * ((a.dwab_bf16 ?? 0) ? BF16 : F32) + ((a.dk_bf16 ?? 0) ? BF16 : F32));
   const main = launch(
     "wkv_inputs_backward_kernel",
     H * p.tiles,
     256,
-    4 * act + inputs + 4 * C * F32 + accRead + (p.tiles === 1 ? par : 0),
+    douts + inputs + 4 * C * F32 + accRead + (p.tiles === 1 ? par : 0),
     6 * grad + (p.tiles === 1 ? par : p.tiles * par),
     124 * N * C,
     0,

@@ -83,6 +83,7 @@ const SMALL: Record<string, number> = {
   dy_bf16: 1,
   dnorm_bf16: 1,
   dwab_bf16: 1,
+  dk_bf16: 1,
   drkv_bf16: 1,
   rows: 64,
   cols: 16,
@@ -548,6 +549,19 @@ Deno.test("cost model: mn_rwkv7_wkv_inputs_backward sums its parameter terms in 
       ["col_sums_kernel<4,PartialsTerm>", 24, 256, 1069056, 12288, 5],
     ],
   );
+  // The trainer's --fast_cuda call reads WKV's bf16 dw, da, db (3 * 50,331,648 instead of
+  // 3 * 100,663,296) and an fp32 dk
+  const wab = callLaunches("mn_rwkv7_wkv_inputs_backward", {
+    N: ROWS,
+    H: 12,
+    D: 64,
+    in_bf16: 1,
+    grad_bf16: 1,
+    dwab_bf16: 1,
+    dk_bf16: 0,
+    accumulate: 0x3c0,
+  });
+  assert.equal(wab[0].bytesRead, 704655360 - 150994944);
   // One tile (N = 64, H = 2, D = 64, fp32, every bit set): no finish; the kernel reads the four
   // output gradients (4 * 32,768), six inputs (6 * 32,768), four parameter vectors (4 * 512), the
   // six accumulated gradients (6 * 32,768) and the four parameter gradients it adds into (2048):

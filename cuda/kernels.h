@@ -359,19 +359,21 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
                                        int in_bf16, int N, int H, int D, float eps, void* stream);
 /* gradient outputs: ddec, dk0, dkkk, daaa, dmam, dmkm [N, C] (bits 0-5; bf16 when grad_bf16 != 0,
  * then only overwritten: bits 0-5 clear), then the four parameter vectors' [C] (bits 6-9, must
- * be set); dw, dk, da, db [N, C] fp32: the gradients of the outputs; the six inputs as in the
- * forward (in_bf16). The pass that writes the six gradients also sums the four parameter terms
+ * be set); dw, dk, da, db [N, C]: the gradients of the outputs, fp32, or bf16 (WKV's bf16
+ * gradients) for dw, da, db when dwab_bf16 != 0 and dk when dk_bf16 != 0; the six inputs as in
+ * the forward (in_bf16). The pass that writes the six gradients also sums the four parameter terms
  * (fp32, whatever the six outputs' bits and dtype) per row tile: library scratch holds only the
  * tiles' partials (at most 256 * 4 * C floats); shared memory 128 * D bytes a block. */
 MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
                                         void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,
-                                        float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        float* dtime_misc_k, void* dw, void* dk, void* da,
+                                        void* db, void* dec, void* k0, void* kkk, void* aaa,
                                         void* mam, void* mkm, float* time_decay,
                                         float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
-                                        int H, int D, float eps, int accumulate, void* stream);
+                                        float* time_misc_k, int in_bf16, int grad_bf16,
+                                        int dwab_bf16, int dk_bf16, int N, int H, int D, float eps,
+                                        int accumulate, void* stream);
 
 /* After the WKV call: out = (GroupNorm(y) + bonus) * gate per row of C = H*D, GroupNorm over the
  * H heads of D (weight, bias [C], eps; mean, rstd [N, H] saved), bonus = (sum_j r k u) v per head

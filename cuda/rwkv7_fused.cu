@@ -253,15 +253,15 @@ __global__ void wkv_inputs_forward_kernel(Out* w, float* k, bf16* k_bf16, Out* a
 
 // Gradient outputs of the chain: ddec, dk0, dkkk, daaa, dmam, dmkm (bits 0-5; fp32, or bf16 and
 // overwritten), the four parameter vectors' (dtd, dta, dtma, dtmk: always added into) and the
-// gradients of the chain's outputs.
-template <class G>
+// gradients of the chain's outputs: dw, da, db fp32 or bf16 (DW: WKV's bf16 gradients), dk (DK).
+template <class G, class DW = float, class DK = float>
 struct WkvGrads {
   G* g[6];
   mn_reduce::ColOuts par;  // dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k
-  const float* dw;
-  const float* dk;
-  const float* da;
-  const float* db;
+  const DW* dw;
+  const DK* dk;
+  const DW* da;
+  const DW* db;
 };
 
 // Block (h, y) of grid (H, tiles) takes head h of the rows of row tile y (mn_reduce::row_tile_plan
@@ -277,9 +277,9 @@ struct WkvGrads {
 // one tile (part NULL) it adds straight into the four outputs.
 // l2norm backward as mn_l2norm_backward: dkk / n - s (s . dkk) / n^3 where n >= eps, else
 // dkk / eps.
-template <class A, class G>
+template <class A, class G, class DW, class DK>
 __global__ void __launch_bounds__(kThreads)
-    wkv_inputs_backward_kernel(WkvGrads<G> gr, WkvIn<A> in, float* part, int acc, int64_t N,
+    wkv_inputs_backward_kernel(WkvGrads<G, DW, DK> gr, WkvIn<A> in, float* part, int acc, int64_t N,
                                int64_t tile_rows, int H, int D, float eps) {
   MN_DYNAMIC_SHARED(float, sums);  // [kWarps][4][D]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -297,7 +297,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = lane; j < D; j += 32) {
       const int64_t e = base + j;
       const float a = sigmoid_f(ld(in.aaa + e) + in.ta[c0 + j]);
-      dot += (ld(in.k0 + e) + ld(in.kkk + e)) * (-gr.da[e] + gr.db[e] * a);
+      dot += (ld(in.k0 + e) + ld(in.kkk + e)) * (-ld(gr.da + e) + ld(gr.db + e) * a);
     }
     dot = mn_warp_sum(dot);
     const float coef = dot * inv * inv * inv;
@@ -306,8 +306,8 @@ __global__ void __launch_bounds__(kThreads)
       const int c = c0 + j;
       const WkvInputsFwd f = wkv_at(in, e, c, inv);
       const float k0 = ld(in.k0 + e);
-      const WkvInputsBwd d = wkv_inputs_df(f, ld(in.dec + e) + in.td[c], k0, gr.dw[e], gr.dk[e],
-                                           gr.da[e], gr.db[e]);
+      const WkvInputsBwd d = wkv_inputs_df(f, ld(in.dec + e) + in.td[c], k0, ld(gr.dw + e),
+                                           ld(gr.dk + e), ld(gr.da + e), ld(gr.db + e));
       const float ds = nrm >= eps ? d.dkk * inv - (k0 + ld(in.kkk + e)) * coef : d.dkk / eps;
       const float v[6] = {d.ddec, d.dk0 + ds, ds, d.daaa, d.dmam, d.dmkm};
 #pragma unroll
@@ -751,26 +751,17 @@ WkvIn<A> wkv_in(void* const act[6], float* const par[4]) {
 }
 // The backward pass over grid (H, tiles), then (several tiles) the tiles' partial parameter sums
 // into the four outputs.
-template <class A, class G>
-int wkv_inputs_backward_launch(const WkvGrads<G>& gr, const WkvIn<A>& in, float* part,
+template <class A, class G, class DW, class DK>
+int wkv_inputs_backward_launch(const WkvGrads<G, DW, DK>& gr, const WkvIn<A>& in, float* part,
                                const mn_reduce::ColPlan& p, int acc, int64_t N, int H, int D,
                                float eps, void* stream) {
   const size_t smem = (size_t)kWarps * 4 * D * sizeof(float);
-  if (int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel<A, G>,
+  if (int rc = mn_launch("rwkv7_wkv_inputs_backward", wkv_inputs_backward_kernel<A, G, DW, DK>,
                          dim3((unsigned)H, (unsigned)p.tiles), kThreads, smem, stream, gr, in,
                          part, acc, N, p.tile_rows, H, D, eps))
     return rc;
   if (p.tiles == 1) return 0;
   return mn_reduce::col_sums_finish<4>(part, p.tiles, gr.par, H * D, acc >> 6, stream);
-}
-template <class G>
-WkvGrads<G> wkv_grads(void* const g[6], float* const dpar[4], float* const dout[4]) {
-  return WkvGrads<G>{{(G*)g[0], (G*)g[1], (G*)g[2], (G*)g[3], (G*)g[4], (G*)g[5]},
-                     {{dpar[0], dpar[1], dpar[2], dpar[3]}},
-                     dout[0],
-                     dout[1],
-                     dout[2],
-                     dout[3]};
 }
 }  // namespace
 
@@ -797,12 +788,13 @@ MN_API int mn_rwkv7_wkv_inputs_forward(void* w, float* k, mn_bf16* k_bf16, void*
 MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
                                         void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,
-                                        float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        float* dtime_misc_k, void* dw, void* dk, void* da,
+                                        void* db, void* dec, void* k0, void* kkk, void* aaa,
                                         void* mam, void* mkm, float* time_decay,
                                         float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
-                                        int H, int D, float eps, int accumulate, void* stream) {
+                                        float* time_misc_k, int in_bf16, int grad_bf16,
+                                        int dwab_bf16, int dk_bf16, int N, int H, int D, float eps,
+                                        int accumulate, void* stream) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
                                      {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
                                       dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
@@ -821,15 +813,23 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
     return rc;
   void* const g6[6] = {ddec, dk0, dkkk, daaa, dmam, dmkm};
   float* const dpar[4] = {dtime_decay, dtime_aaaaa, dtime_misc_a, dtime_misc_k};
-  float* const d4[4] = {dw, dk, da, db};
   void* const act6[6] = {dec, k0, kkk, aaa, mam, mkm};
   float* const par[4] = {time_decay, time_aaaaa, time_misc_a, time_misc_k};
-  return mn_with_dtype(in_bf16, [&](auto a) {
-    return mn_with_dtype(grad_bf16, [&](auto g) {
+  return mn_with_dtypes(in_bf16, grad_bf16, dwab_bf16, [&](auto a, auto g, auto w) {
+    return mn_with_dtype(dk_bf16, [&](auto k) {
       using A = typename decltype(a)::type;
       using G = typename decltype(g)::type;
-      return wkv_inputs_backward_launch(wkv_grads<G>(g6, dpar, d4), wkv_in<A>(act6, par), part,
-                                        p, accumulate, N, H, D, eps, stream);
+      using DW = typename decltype(w)::type;
+      using DK = typename decltype(k)::type;
+      const WkvGrads<G, DW, DK> gr{
+          {(G*)g6[0], (G*)g6[1], (G*)g6[2], (G*)g6[3], (G*)g6[4], (G*)g6[5]},
+          {{dpar[0], dpar[1], dpar[2], dpar[3]}},
+          (const DW*)dw,
+          (const DK*)dk,
+          (const DW*)da,
+          (const DW*)db};
+      return wkv_inputs_backward_launch(gr, wkv_in<A>(act6, par), part, p, accumulate, N, H, D,
+                                        eps, stream);
     });
   });
 }

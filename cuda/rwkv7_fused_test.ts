@@ -495,7 +495,8 @@ function chainForward(be: Backend, c: HCfg, d: Chain, bf16: boolean, inBf16 = fa
   });
 }
 
-/** inBf16: bf16 inputs; gradBf16: the six activation gradients written bf16 (overwritten) */
+/** inBf16: bf16 inputs; gradBf16: the six activation gradients written bf16 (overwritten);
+ * doutBf16: the outputs' gradients given bf16 (WKV's: dw, da, db, and dk with "all") */
 function chainBackward(
   be: Backend,
   c: HCfg,
@@ -503,10 +504,12 @@ function chainBackward(
   accumulate = ALL,
   inBf16 = false,
   gradBf16 = false,
+  doutBf16: "" | "wab" | "all" = "",
 ) {
   const { N, H, D } = c, C = H * D, shape = [N, C];
+  const doutIn = (k: string) => doutBf16 === "all" || (doutBf16 === "wab" && k !== "k");
   const ins = Object.fromEntries([
-    ...OUTS.map((k) => ["d" + k, f32In(d.dout[k], shape)]),
+    ...OUTS.map((k) => ["d" + k, mIn(d.dout[k], shape, doutIn(k))]),
     ...ACTS.map((k) => [k, mIn(d.act[k], shape, inBf16)]),
     ...PVEC.map((k) => [k, f32In(d.par[k], [C])]),
   ]);
@@ -524,6 +527,8 @@ function chainBackward(
       ...PVEC.map((k) => t[k].ptr),
       inBf16 ? 1 : 0,
       gradBf16 ? 1 : 0,
+      doutBf16 ? 1 : 0,
+      doutBf16 === "all" ? 1 : 0,
       N,
       H,
       D,
@@ -653,7 +658,7 @@ Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite, set = add; para
   }
 });
 
-Deno.test("rwkv7_wkv_inputs: bf16 inputs read as their values, bf16 gradients the fp32 ones rounded once", () => {
+Deno.test("rwkv7_wkv_inputs: bf16 inputs (and bf16 output gradients) read as their values, bf16 gradients the fp32 ones rounded once", () => {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   for (const name of ["cpu", "emu"] as const) {
     const be = backend(name);
@@ -679,6 +684,17 @@ Deno.test("rwkv7_wkv_inputs: bf16 inputs read as their values, bf16 gradients th
         () => chainBackward(be, c, d, ALL, true, true),
         /bf16 gradients are overwritten/,
       );
+      // WKV's bf16 gradients of the outputs: the fp32 kernel on their values
+      for (const which of ["wab", "all"] as const) {
+        const dout = Object.fromEntries(
+          OUTS.map((k) => [k, which === "all" || k !== "k" ? round(d.dout[k]) : d.dout[k]]),
+        );
+        const fw = chainBackward(be, c, { ...d, dout }, 0x3c0, true, true);
+        const fb = chainBackward(be, c, d, 0x3c0, true, true, which);
+        for (const k of Object.keys(fw)) {
+          compare(`${name} ${hLabel(c)} bf16 d${which} ${k}`, fb[k], fw[k], EXACT);
+        }
+      }
     }
   }
 });

@@ -314,12 +314,13 @@ int wkv_inputs_backward_f32(float* ddec, float* dk0, float* dkkk, float* daaa, f
 MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void* daaa,
                                         void* dmam, void* dmkm, float* dtime_decay,
                                         float* dtime_aaaaa, float* dtime_misc_a,
-                                        float* dtime_misc_k, float* dw, float* dk, float* da,
-                                        float* db, void* dec, void* k0, void* kkk, void* aaa,
+                                        float* dtime_misc_k, void* dw, void* dk, void* da,
+                                        void* db, void* dec, void* k0, void* kkk, void* aaa,
                                         void* mam, void* mkm, float* time_decay,
                                         float* time_aaaaa, float* time_misc_a,
-                                        float* time_misc_k, int in_bf16, int grad_bf16, int N,
-                                        int H, int D, float eps, int accumulate, void*) {
+                                        float* time_misc_k, int in_bf16, int grad_bf16,
+                                        int dwab_bf16, int dk_bf16, int N, int H, int D, float eps,
+                                        int accumulate, void*) {
   if (int rc = mn_check_rwkv7_fused("rwkv7_wkv_inputs_backward", N, H, D, (int64_t)H * D,
                                      {ddec, dk0, dkkk, daaa, dmam, dmkm, dtime_decay, dtime_aaaaa,
                                       dtime_misc_a, dtime_misc_k, dw, dk, da, db, dec, k0, kkk, aaa,
@@ -332,12 +333,20 @@ MN_API int mn_rwkv7_wkv_inputs_backward(void* ddec, void* dk0, void* dkkk, void*
   void* const act[6] = {dec, k0, kkk, aaa, mam, mkm};
   void* const grads[6] = {ddec, dk0, dkkk, daaa, dmam, dmkm};
   const Widened x(act, in_bf16, n);
+  // the outputs' gradients (dw, da, db and dk each fp32 or bf16) as their values
+  void* const wab[6] = {dw, da, db, dw, dw, dw};
+  void* const kk[6] = {dk, dk, dk, dk, dk, dk};
+  const Widened dwab(wab, dwab_bf16, dwab_bf16 ? n : 0), dkw(kk, dk_bf16, dk_bf16 ? n : 0);
+  float* const dwf = dwab_bf16 ? dwab.p[0] : (float*)dw;
+  float* const daf = dwab_bf16 ? dwab.p[1] : (float*)da;
+  float* const dbf = dwab_bf16 ? dwab.p[2] : (float*)db;
+  float* const dkf = dk_bf16 ? dkw.p[0] : (float*)dk;
   // bf16 gradients: the fp32 ones (overwritten) rounded once
   std::vector<float> tmp(grad_bf16 ? 6 * (size_t)n : 0);
   float* g[6];
   for (int i = 0; i < 6; i++) g[i] = grad_bf16 ? tmp.data() + i * n : (float*)grads[i];
   int rc = wkv_inputs_backward_f32(g[0], g[1], g[2], g[3], g[4], g[5], dtime_decay, dtime_aaaaa,
-                                   dtime_misc_a, dtime_misc_k, dw, dk, da, db, x.p[0], x.p[1],
+                                   dtime_misc_a, dtime_misc_k, dwf, dkf, daf, dbf, x.p[0], x.p[1],
                                    x.p[2], x.p[3], x.p[4], x.p[5], time_decay, time_aaaaa,
                                    time_misc_a, time_misc_k, N, H, D, eps, accumulate);
   if (rc || !grad_bf16) return rc;
