@@ -87,8 +87,8 @@ __host__ __device__ inline WkvInputsBwd wkv_inputs_df(const WkvInputsFwd& f, flo
 __host__ __device__ inline float bonus_du_term(float ds, float r, float k) { return ds * r * k; }
 
 // Column-sum term (reduce.cuh) of du over the C = H*D columns of [N, H*D]: du[h,j] += sum_i
-// ds[i,h] r k, with ds [N, H] from a bonus backward (modelops.cu's, or the fused GroupNorm + bonus
-// + gate's).
+// ds[i,h] r k, with ds [N, H] from modelops.cu's bonus backward (the fused GroupNorm + bonus + gate
+// backward adds bonus_du_term in its own elementwise pass).
 struct BonusDuTerm {
   const float* ds;
   const float* r;
