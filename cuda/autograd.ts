@@ -231,6 +231,8 @@ function fp32Grad(g: Tensor): Tensor {
   }
   return g;
 }
+/** kernels.h mn_mix_layernorm_backward's widest rows (entry_checks.h kMixLayernormMaxC) */
+const MIX_LAYERNORM_MAX_C = 1024;
 function rowsCols(v: Var): [number, number] {
   const C = v.shape[v.shape.length - 1];
   return [v.t.numel / C, C];
@@ -502,6 +504,17 @@ export class Graph {
     const own = this.takeGrad(v);
     this.k.mn_memcpy_d2d(own.ptr, g.ptr, BigInt(g.nbytes), this.s);
     return own;
+  }
+  /** v's gradient buffer taken from v (v.g = null) for a writer that overwrites it in place and
+   * hands it on: when this graph pooled it and no other value shares it; else null (v keeps it) */
+  private takeOver(v: Var): Tensor | null {
+    const g = v.g;
+    if (!g || v.param || g.dtype !== "f32" || !this.pooledGrads.has(g)) return null;
+    const rec = this.sharedGrads.get(g);
+    if (rec && rec.holders > 1) return null;
+    if (rec) this.sharedGrads.delete(g);
+    v.g = null;
+    return g;
   }
   /** Done with v's gradient (its producer's backward has run): the buffer goes back to the pool,
    * once no other value shares it. */
@@ -829,10 +842,15 @@ export class Graph {
   /**
    * RWKV-7's residual between blocks, x = alpha*(x + r) + beta*y (r: the previous block's MLP
    * output, null in the first block; y: x0), and ln1 of it, in one kernel: returns [x fp32,
-   * LayerNorm(x) fp32 (the mixes read fp32)]. The same bits as add, axpby and layernorm, and the
-   * same tape: their nodes in their order, so the backward is theirs. x + r is written only when a
-   * backward may run (axpby's scalar gradient reads it); the separate kernels would read x + r
-   * and the mixed x back from DRAM.
+   * LayerNorm(x) fp32 (the mixes read fp32)]. The same bits as add, axpby and layernorm; the
+   * separate kernels would read x + r and the mixed x back from DRAM.
+   * Backward, bf16 path: ONE closure for the pair (mn_mix_layernorm_backward: one row pass; it
+   * recomputes x + r, so the forward does not write it), recorded here, so it runs after every
+   * other consumer of both outputs has added to their gradients. Its s-gradient is written over
+   * the mixed x's gradient when that buffer is this op's alone, and r's goes straight to bf16
+   * when r is a matmul output with this as its one writer (no cast). The "f32" path keeps the
+   * tape of add, axpby and layernorm (their nodes in their order, x + r saved for axpby's scalar
+   * gradient), whose results the fused backward matches up to the order of its sums.
    */
   mixLayernorm(
     x: Var,
@@ -850,7 +868,11 @@ export class Graph {
       if (v && v.t.dtype !== "f32") throw new Error(`mixLayernorm: ${v.t} must be fp32`);
     }
     const [N, C] = rowsCols(x);
-    const sumT = r && this.needs(x, r, alpha, y, beta) ? this.out(x.shape, "add") : null; // [N, C] fp32
+    // the fused backward (bf16 path; its kernel takes C <= 1024) recomputes x + r
+    const fusedBwd = this.precision === "bf16" && C <= MIX_LAYERNORM_MAX_C;
+    const sumT = r && !fusedBwd && this.needs(x, r, alpha, y, beta)
+      ? this.out(x.shape, "add") // [N, C] fp32
+      : null;
     const xo = this.out(x.shape, "axpby"); // [N, C] fp32: the residual stream
     const mean = this.out([N], "ln.mean"), rstd = this.out([N], "ln.rstd"); // [N] fp32
     const out = this.out(x.shape, "layernorm"); // [N, C] fp32: read by the token shift and mixes
@@ -872,10 +894,96 @@ export class Graph {
       eps,
       this.s,
     );
+    if (fusedBwd) return this.mixLayernormNode(xo, out, mean, rstd, x, r, alpha, y, beta, w, b);
     // no sum: r is null (the axpby reads x), or nothing needs a gradient (no backward runs)
     const sum = sumT ? this.node(sumT, [x, r], (z) => this.addBackward(x, r!, z)) : x;
     const mixed = this.axpbyNode(xo, sum, alpha, y, beta);
     return [mixed, this.layernormNode(out, mean, rstd, mixed, w, b)];
+  }
+  /** mixLayernorm's two outputs with one backward closure (mn_mix_layernorm_backward) */
+  private mixLayernormNode(
+    xo: Tensor,
+    out: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    x: Var,
+    r: Var | null,
+    alpha: Var,
+    y: Var,
+    beta: Var,
+    w: Var,
+    b: Var,
+  ): [Var, Var] {
+    const [N, C] = rowsCols(x);
+    const needs = this.needs(x, r, alpha, y, beta, w, b);
+    const mixed = new Var(xo, needs), normed = new Var(out, needs);
+    if (!needs) return [mixed, normed];
+    this.record(() => {
+      if (mixed.g || normed.g) {
+        const gIn = mixed.g ? fp32Grad(mixed.g) : null;
+        const dout = normed.g ? fp32Grad(normed.g) : null;
+        // r's gradient in bf16 when r may take one (its producer's GEMM operand): no cast
+        const rBf16 = r !== null && r.requiresGrad && this.gradSinksBf16([r]) !== null;
+        const rF32 = r !== null && r.requiresGrad && !rBf16;
+        // ds: the first block (x is x0, no fp32 r) writes a*g into x0's gradient and dx0 adds
+        // b*g to it (in order); else s = x + r's gradient is a value of its own, handed to x (and
+        // an fp32 r) after the call, written over x_out's gradient when that buffer is this op's
+        // alone (each element is read before it is written)
+        const first = x === y && !rF32;
+        const s = new Var(x.t, true);
+        let ds: Deno.PointerValue = null, dsAdd = false;
+        if (first) {
+          if (x.requiresGrad) [ds, dsAdd] = this.gradSink(x);
+        } else if (x.requiresGrad || rF32) {
+          const own = gIn ? this.takeOver(mixed) : null;
+          ds = (own ? (s.g = own) : this.takeGrad(s)).ptr;
+        }
+        const [dx0, dx0Add] = first
+          ? [ds, true]
+          : y.requiresGrad
+          ? this.gradSink(y)
+          : [null, false];
+        // parameter gradients (a lambda's is its parameter's element) add; a constant's is
+        // thrown away
+        const [dw, dwAdd] = this.gradSink(w), [db, dbAdd] = this.gradSink(b);
+        const [da, daAdd] = this.gradSink(alpha), [dbeta, dbetaAdd] = this.gradSink(beta);
+        const acc = (dsAdd ? 1 : 0) | (dx0Add ? 4 : 0) | (dwAdd ? 8 : 0) | (dbAdd ? 16 : 0) |
+          (daAdd ? 32 : 0) | (dbetaAdd ? 64 : 0);
+        this.k.mn_mix_layernorm_backward(
+          ds,
+          rBf16 ? r!.g!.ptr : null,
+          dx0,
+          dw,
+          db,
+          da,
+          dbeta,
+          dout?.ptr ?? null,
+          gIn?.ptr ?? null,
+          xo.ptr,
+          x.t.ptr,
+          r?.t.ptr ?? null,
+          y.t.ptr,
+          alpha.t.ptr,
+          beta.t.ptr,
+          w.t.ptr,
+          mean.ptr,
+          rstd.ptr,
+          N,
+          C,
+          acc,
+          this.s,
+        );
+        if (s.g) {
+          const sg = s as Var & { g: Tensor };
+          if (rF32) this.addBackward(x, r!, sg);
+          else this.passGrad(x, sg);
+          this.dropGrad(s); // back to the pool unless handed on
+        }
+      }
+      this.dropGrad(mixed);
+      this.dropGrad(normed);
+    }, [x, r, y, alpha, beta, w, b]);
+    return [mixed, normed];
   }
   /** LayerNorm's output out of x, with its saved statistics, as a tape value (its backward) */
   private layernormNode(out: Tensor, mean: Tensor, rstd: Tensor, x: Var, w: Var, b: Var): Var {

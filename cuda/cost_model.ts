@@ -516,6 +516,38 @@ const layernormBackward = (doutElem: number): Cost => (a) => {
     ),
   ];
 };
+// mix_layernorm_backward_kernel<V>: one block of 8 warps per row tile, reduce.cuh
+// row_tile_plan(N, 1) (colPlan's tiling with one block per tile), one warp per row. Reads dout,
+// g_in (each when given), x_out, x, branch (when given), x0 (not again when it is x), ds and dx0
+// where added into (ds not again when it is g_in: the element was just read; dx0 not when it is
+// ds), weight, mean, rstd, a, b; writes ds, ds_bf16 and dx0 (once when dx0 is ds) and 2 (C + 1)
+// partials per tile; then col_sums_finish<2> twice: dweight, dbias over C columns, da, db over 1.
+// Each warp walks its rows of the tile one after another, two dependent load rounds a row.
+const MIX_LN_WARPS = 8;
+const mixLayernormBackward: Cost = (a) => {
+  const N = need(a, "N"), C = need(a, "C"), n = N * C;
+  const p = rowTilePlan(N, 1);
+  const same = (x: string, y: string) => typeof a[x] === "number" && a[x] === a[y];
+  const ds = has(a, "ds"), dsb = has(a, "ds_bf16"), dx0 = has(a, "dx0") && !same("dx0", "ds");
+  const inputs = ["dout", "g_in", "branch"].filter((k) => has(a, k)).length + 2 +
+    (same("x", "x0") ? 0 : 1); // + x_out, x
+  const readBack = (ds && acc(a, 0) && !same("ds", "g_in") ? 1 : 0) + (dx0 && acc(a, 2) ? 1 : 0);
+  const part = p.tiles * 2 * (C + 1) * F32;
+  return [
+    launch(
+      "mix_layernorm_backward_kernel",
+      p.tiles,
+      MIX_LN_WARPS * 32,
+      (inputs + readBack) * n * F32 + C * F32 + 2 * N * F32 + 2 * F32,
+      ((ds ? 1 : 0) + (dx0 ? 1 : 0)) * n * F32 + (dsb ? n * BF16 : 0) + part,
+      24 * n,
+      0,
+      2 * cdiv(p.tileRows, MIX_LN_WARPS),
+    ),
+    colSumsFinish(2, p.tiles, C, acc(a, 3) + acc(a, 4)),
+    colSumsFinish(2, p.tiles, 1, acc(a, 5) + acc(a, 6)),
+  ];
+};
 // rmsnorm_forward_kernel: N blocks x norm_threads(C); writes out and rstd [N]
 const rmsnormForward: Cost = (a) => {
   const N = need(a, "N"), C = need(a, "C");
@@ -1802,6 +1834,7 @@ const TABLE: Record<string, Cost> = {
   mn_mix_layernorm_forward: mixLayernormForward,
   mn_layernorm_backward: layernormBackward(F32),
   mn_layernorm_backward_bf16: layernormBackward(BF16),
+  mn_mix_layernorm_backward: mixLayernormBackward,
   mn_rmsnorm_forward: rmsnormForward,
   mn_rmsnorm_backward: rmsnormBackward,
   // elementwise.cu

@@ -302,6 +302,43 @@ Deno.test("cost model: mn_layernorm_forward and backward at N = 32768, C = 768",
   assert.equal(finish.bytesWritten, 6144);
 });
 
+Deno.test("cost model: mn_mix_layernorm_backward at N = 32768, C = 768", () => {
+  // norm.cu: row_tile_plan(32768, 1): tiles = min(1024, ceil(32768/64) = 512, 256) = 256,
+  // tile_rows = 128 (a multiple of 32), so 256 blocks of 8 warps; a warp walks 128/8 = 16 rows,
+  // two load rounds each: 32 serial steps. As the tape calls it (a later block): ds in place over
+  // g_in, ds_bf16 for the branch, dx0 and the parameter gradients added into (accumulate 0x7c).
+  // Reads dout, g_in, x_out, x, branch, x0 and dx0 (7 * 100,663,296 = 704,643,072) + weight 3072
+  // + mean, rstd 262,144 + a, b 8 = 704,908,296. Writes ds, dx0 (2 * 100,663,296), ds_bf16
+  // (50,331,648) and the partials 256 * 2 * 769 floats (1,574,912): 253,233,152.
+  const a = { N: ROWS, C, ds: 5, g_in: 5, dx0: 6, x: 7, x0: 8, accumulate: 0x7c };
+  const [k, wb, ab] = callLaunches("mn_mix_layernorm_backward", a);
+  assert.equal(k.kernel, "mix_layernorm_backward_kernel");
+  assert.deepEqual([k.blocks, k.threads, k.serialSteps], [256, 256, 32]);
+  assert.equal(k.bytesRead, 704908296);
+  assert.equal(k.bytesWritten, 253233152);
+  // col_sums_finish<2> over C: grid (24, 1), reads [256][2][768] partials (1,572,864) and
+  // dweight, dbias (6144), writes 6144; a thread walks 256/8 = 32 tiles, 4 at a time: 8 rounds.
+  assert.equal(wb.kernel, "col_sums_kernel<2,PartialsTerm>");
+  assert.deepEqual([wb.blocks, wb.threads, wb.serialSteps], [24, 256, 8]);
+  assert.equal(wb.bytesRead, 1572864 + 6144);
+  assert.equal(wb.bytesWritten, 6144);
+  // and over the one column of da, db: [256][2] partials (2048) and da, db (8)
+  assert.deepEqual([ab.blocks, ab.bytesRead, ab.bytesWritten], [1, 2056, 8]);
+  // the first block: no branch, x is x0 and ds is dx0 (its term added after ds's), no g_in,
+  // nothing bf16: dout, x_out, x (3 * 100,663,296) and ds = dx0 read once, written once
+  const [f] = callLaunches("mn_mix_layernorm_backward", {
+    ...a,
+    ds: 6,
+    ds_bf16: 0,
+    g_in: 0,
+    branch: 0,
+    x0: 7,
+    accumulate: 0x7d,
+  });
+  assert.equal(f.bytesRead, 4 * 100663296 + 3072 + 262144 + 8);
+  assert.equal(f.bytesWritten, 100663296 + 1574912);
+});
+
 Deno.test("cost model: mn_wkv7_forward at B = 32, T = 1024, H = 12, N = 64", () => {
   // wkv7.cu: grid (H, B) = 384 blocks of N = 64 threads, t walked in order (1024 steps).
   // B*T*H*N = 25,165,824 elements. Reads r, w, k, v, a, b bf16: 6 * 2 * 25,165,824 = 301,989,888.

@@ -213,6 +213,40 @@ inline int mn_check_mix_layernorm_forward(const char* fn, float* sum, float* x_o
   }
   return mn_check_layernorm_forward(fn, out, mean, rstd, x, weight, bias, N, C, eps);
 }
+// RWKV-7's mix + ln1 backward: one warp per row holding its columns in registers (C <= 1024).
+// ds may be g_in (every element's g_in is read before its ds is written, by the same thread) or
+// dx0 (x is x0: the two stores run in order in one thread, so dx0 adds to ds: its bit must be
+// set); da may be db likewise (bit 6 set). No other output aliases another or an input.
+constexpr int kMixLayernormMaxC = 1024;
+inline int mn_check_mix_layernorm_backward(const char* fn, float* ds, mn_bf16* ds_bf16,
+                                           float* dx0, float* dweight, float* dbias, float* da,
+                                           float* db, float* dout, float* g_in, float* x_out,
+                                           float* x, float* branch, float* x0, float* a,
+                                           float* b, float* weight, float* mean, float* rstd,
+                                           int N, int C, int accumulate) {
+  MN_REQUIRE(dweight && dbias && da && db && x_out && x && x0 && a && b && weight && mean && rstd,
+             "%s: NULL pointer argument", fn);
+  MN_REQUIRE(N > 0 && C > 0 && C <= kMixLayernormMaxC,
+             "%s: bad shape N = %d, C = %d (C must be in [1, %d])", fn, N, C, kMixLayernormMaxC);
+  if (int rc = mn_check_bf16_grad_overwritten(fn, "ds_bf16", ds_bf16 != nullptr, accumulate, 1))
+    return rc;
+  MN_REQUIRE(!ds || ds != dx0 || MN_ACC_BIT(accumulate, 2),
+             "%s: ds == dx0 (x is x0) adds dx0's term to ds: accumulate bit 2 must be set", fn);
+  MN_REQUIRE(da != db || MN_ACC_BIT(accumulate, 6),
+             "%s: da == db adds db's sum to da: accumulate bit 6 must be set", fn);
+  MN_REQUIRE(dweight != dbias, "%s: dweight and dbias must not alias", fn);
+  const float* ins[] = {dout, x_out, x, branch, x0, weight, mean, rstd};
+  const float* outs[] = {ds, dx0, dweight, dbias, da, db};
+  for (const float* o : outs) {
+    for (const float* in : ins)
+      MN_REQUIRE(!o || o != in, "%s: a gradient output aliases an input other than g_in", fn);
+  }
+  MN_REQUIRE(!dx0 || dx0 != g_in, "%s: dx0 must not alias g_in (ds may)", fn);
+  const void* bf = ds_bf16;
+  for (const float* p : {ds, dx0, dout, g_in, x_out, x, branch, x0})
+    MN_REQUIRE(!bf || bf != (const void*)p, "%s: ds_bf16 aliases another tensor", fn);
+  return 0;
+}
 // GPT-2 fused chains (gpt2_fused.cu): rows of C channels; QK heads of D (even: rotary pairs)
 inline int mn_check_rows(const char* fn, int N, int C) {
   MN_REQUIRE(N > 0 && C > 0, "%s: bad shape N = %d, C = %d", fn, N, C);

@@ -33,11 +33,13 @@
  *   on emu a malloc per host thread; cpu needs none. It is NOT one of the caller's mn_malloc
  *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
  *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
- *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats), plus
- *   N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12), the fused GroupNorm
- *   backwards' partials (tiles x 3 x C floats, tiles <= ceil(1024 / (H ceil(D / 128))): at most
- *   ~1.5 MiB plus 12 C bytes) and ~5 N ints for embedding_backward (1.3 MiB at N = 65,536).
- *   Growing it waits for the stream, so the first call of a bigger shape synchronizes once. Under CUDA graph capture a call that would grow it fails the
+ *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats; 256 x 2
+ *   x (C + 1) for mix_layernorm_backward, 1.6 MB at C = 768), plus N*H floats for
+ *   rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12), the fused GroupNorm backwards' partials
+ *   (tiles x 3 x C floats, tiles <= ceil(1024 / (H ceil(D / 128))): at most ~1.5 MiB plus 12 C
+ *   bytes) and ~5 N ints for embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the
+ *   stream, so the first call of a bigger shape synchronizes once. Under CUDA graph capture a call
+ *   that would grow it fails the
  *   capture (a sync is illegal there); --cuda_graph's warm-up steps grow it to the step's needs
  *   first, so the captured calls find it large enough and only reuse it.
  */
@@ -156,13 +158,36 @@ MN_API int mn_add_layernorm_forward(float* sum, mn_bf16* out, float* mean, float
  * output, fp32; NULL: s = x, the first block, where x may be x0), x_out = a[0] * s + b[0] * x0,
  * out = LayerNorm(x_out) in fp32, mean and rstd [N] as mn_layernorm_forward saves them: mn_add,
  * mn_axpby_forward then mn_layernorm_forward, bit for bit. sum [N, C] receives s when given
- * (axpby's scalar gradient reads it); it must be NULL when branch is. The backward is
+ * (the generic backward's axpby scalar gradient reads it; NULL under the fused one, which
+ * recomputes s); it must be NULL when branch is. The backward is mn_mix_layernorm_backward, or
  * mn_layernorm_backward on x_out, then mn_axpby_backward (x = s, y = x0). The outputs (sum, x_out,
  * out) must not alias each other nor x, branch, x0. */
 MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float* mean, float* rstd,
                                     float* x, float* branch, float* x0, float* a, float* b,
                                     float* weight, float* bias, int N, int C, float eps,
                                     void* stream);
+/* Its backward in one row pass (the bf16 path's; mn_layernorm_backward on x_out, then
+ * mn_axpby_backward with x = s, y = x0, up to the order of the sums): per row,
+ *   g = g_in + rstd * (gw - mean_c(gw) - xhat * mean_c(gw * xhat)),  gw = dout * weight,
+ *   xhat = (x_out - mean) * rstd  (LayerNorm's input gradient plus x_out's gradient from its other
+ *   consumers, g_in; NULL counts as 0, as does a NULL dout),
+ * then ds = a[0] * g (s's gradient, shared by x and branch), dx0 += b[0] * g, and the sums
+ * dweight[c] = sum_i dout * xhat, dbias[c] = sum_i dout, da = sum g * s, db = sum g * x0, where
+ * s = x + branch is recomputed as the forward rounded it (branch NULL: s = x), so the forward
+ * needs no saved sum. All fp32; ds_bf16 (NULL = none) receives bf16(a[0] * g), the branch's
+ * gradient as its backward GEMMs' operand, rounded once from this call's term whatever bit 0 says.
+ * accumulate bits: ds 0, ds_bf16 1 (must be clear: only overwritten), dx0 2, dweight 3, dbias 4,
+ * da 5, db 6. ds, ds_bf16 and dx0 may be NULL; dweight, dbias, da, db are required. Aliasing: ds
+ * may be g_in (in place: each element is read before it is written); ds may be dx0 (x is x0: the
+ * terms are stored in order, bit 2 must be set) and da may be db (bit 6 set); nothing else.
+ * Deterministic: one block per row tile (reduce.cuh row_tile_plan(N, 1)), one warp per row,
+ * warp and tile sums in a fixed order, partials in library scratch (tiles x 2 x (C + 1) floats:
+ * 1.6 MB at N = 32768, C = 768), summed in tile order by reduce.cuh's col_sums_finish. C <= 1024. */
+MN_API int mn_mix_layernorm_backward(float* ds, mn_bf16* ds_bf16, float* dx0, float* dweight,
+                                     float* dbias, float* da, float* db, float* dout, float* g_in,
+                                     float* x_out, float* x, float* branch, float* x0, float* a,
+                                     float* b, float* weight, float* mean, float* rstd, int N,
+                                     int C, int accumulate, void* stream);
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);

@@ -286,3 +286,161 @@ MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd
                    (const float*)dout, (const float*)inp, (const float*)rstd, C,
                    MN_ACC_BIT(accumulate, 0));
 }
+
+// ---- RWKV-7's residual mix + ln1, backward (mn_mix_layernorm_backward) ----
+// One block per row tile (reduce.cuh row_tile_plan(N, 1): the tiling depends on N only), one
+// warp per row, lane l holding columns l, l + 32, ... in registers: the row's two LayerNorm sums
+// are warp sums (mn_warp_sum's fixed butterfly), and each lane keeps its columns' dweight/dbias
+// terms over the tile's rows in registers (a column-sum kernel would read dout and x_out again).
+// At the tile's end the warps' partials are added in warp order into scratch, and
+// col_sums_finish adds the tiles in tile order. DRAM sees dout, g_in, x_out, x, branch, x0 (and
+// dx0 when it accumulates) read once and ds, ds_bf16, dx0 written once.
+constexpr int kMixLnWarps = 8;  // rows in flight per block
+
+// LayerNorm's input gradient of one element, rstd * (g - mean(g) - xhat * mean(g * xhat)) with
+// g = dout * weight: layernorm_backward_dinp_kernel's expression.
+__host__ __device__ inline float ln_dinp(float g, float xhat, float mg, float mgx, float r) {
+  return r * (g - mg - xhat * mgx);
+}
+
+// The gradient outputs and flags (one struct argument: fewer kernel parameters to pass).
+struct MixLnGrads {
+  float* ds;
+  bf16* ds_bf16;
+  float* dx0;
+  float* part;  // [tiles][2][C] dweight/dbias partials, then [tiles][2] da/db partials
+  int acc_ds, acc_dx0;
+};
+
+// V: columns per lane (C <= 32 V); the per-lane arrays stay in registers (fully unrolled).
+template <int V>
+__global__ void __launch_bounds__(kMixLnWarps * 32)
+    mix_layernorm_backward_kernel(MixLnGrads G, const float* dout, const float* g_in,
+                                  const float* x_out, const float* x, const float* branch,
+                                  const float* x0, const float* a, const float* b,
+                                  const float* weight, const float* mean, const float* rstd,
+                                  int64_t N, int C, int64_t tile_rows, int tiles) {
+  __shared__ float red[kMixLnWarps][V * 32];
+  __shared__ float red_ab[2][kMixLnWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float av = a[0], bv = b[0];
+  const int64_t i0 = (int64_t)blockIdx.x * tile_rows;
+  const int64_t i1 = i0 + tile_rows < N ? i0 + tile_rows : N;
+  float pw[V], pb[V];  // this lane's columns: sum of dout * xhat, sum of dout
+#pragma unroll
+  for (int j = 0; j < V; j++) pw[j] = pb[j] = 0.0f;
+  float pa = 0.0f, pbb = 0.0f;  // sum of g * s, sum of g * x0
+  for (int64_t i = i0 + warp; i < i1; i += kMixLnWarps) {
+    const int64_t o = i * C;
+    const float m = mean[i], r = rstd[i];
+    float gw[V], xh[V];
+    float sg = 0.0f, sgx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+      const int c = lane + 32 * j;
+      gw[j] = xh[j] = 0.0f;
+      if (c < C) {
+        const float d = dout ? dout[o + c] : 0.0f;
+        xh[j] = ln_xhat(x_out[o + c], m, r);
+        gw[j] = d * weight[c];
+        sg += gw[j];
+        sgx += gw[j] * xh[j];
+        pw[j] += d * xh[j];  // LayerNormParamTerm's terms
+        pb[j] += d;
+      }
+    }
+    const float mg = mn_warp_sum(sg) / C;
+    const float mgx = mn_warp_sum(sgx) / C;
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+      const int c = lane + 32 * j;
+      if (c < C) {
+        const int64_t e = o + c;
+        float g = ln_dinp(gw[j], xh[j], mg, mgx, r);
+        if (g_in) g = g_in[e] + g;  // read before ds (which may be g_in) is written
+        const float s = branch ? x[e] + branch[e] : x[e];  // the forward's x + branch
+        pa += g * s;
+        pbb += g * x0[e];
+        if (G.ds) MN_GRAD_STORE(G.ds[e], av * g, G.acc_ds);
+        if (G.ds_bf16) G.ds_bf16[e] = mn_f32_to_bf16(av * g);
+        // after ds: when ds == dx0 (x is x0) this adds to the term just stored
+        if (G.dx0) MN_GRAD_STORE(G.dx0[e], bv * g, G.acc_dx0);
+      }
+    }
+  }
+  // the tile's partials: warps added in warp order
+#pragma unroll
+  for (int k = 0; k < 2; k++) {
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+      const int c = lane + 32 * j;
+      if (c < C) red[warp][c] = k ? pb[j] : pw[j];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float s = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kMixLnWarps; w++) s += red[w][c];
+      G.part[((int64_t)blockIdx.x * 2 + k) * C + c] = s;
+    }
+    __syncthreads();
+  }
+  pa = mn_warp_sum(pa);
+  pbb = mn_warp_sum(pbb);
+  if (lane == 0) {
+    red_ab[0][warp] = pa;
+    red_ab[1][warp] = pbb;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2) {
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kMixLnWarps; w++) s += red_ab[threadIdx.x][w];
+    G.part[(int64_t)tiles * 2 * C + 2 * (int64_t)blockIdx.x + threadIdx.x] = s;
+  }
+}
+
+template <int V>
+static int mix_layernorm_backward_launch(const char* fn, const MixLnGrads& G, unsigned tiles,
+                                         void* stream, const float* dout, const float* g_in,
+                                         const float* x_out, const float* x, const float* branch,
+                                         const float* x0, const float* a, const float* b,
+                                         const float* weight, const float* mean,
+                                         const float* rstd, int64_t N, int C, int64_t tile_rows) {
+  return mn_launch(fn, mix_layernorm_backward_kernel<V>, tiles, kMixLnWarps * 32, 0, stream, G,
+                   dout, g_in, x_out, x, branch, x0, a, b, weight, mean, rstd, N, C, tile_rows,
+                   (int)tiles);
+}
+
+MN_API int mn_mix_layernorm_backward(float* ds, mn_bf16* ds_bf16, float* dx0, float* dweight,
+                                     float* dbias, float* da, float* db, float* dout, float* g_in,
+                                     float* x_out, float* x, float* branch, float* x0, float* a,
+                                     float* b, float* weight, float* mean, float* rstd, int N,
+                                     int C, int accumulate, void* stream) {
+  const char* fn = "mix_layernorm_backward";
+  if (int rc = mn_check_mix_layernorm_backward(fn, ds, ds_bf16, dx0, dweight, dbias, da, db, dout,
+                                               g_in, x_out, x, branch, x0, a, b, weight, mean,
+                                               rstd, N, C, accumulate))
+    return rc;
+  const mn_reduce::ColPlan p = mn_reduce::row_tile_plan(N, 1);
+  float* part = nullptr;
+  if (int rc = mn_reduce::scratch_floats(&part, (int64_t)p.tiles * 2 * (C + 1), stream)) return rc;
+  const MixLnGrads G{ds, (bf16*)ds_bf16, dx0, part, MN_ACC_BIT(accumulate, 0),
+                     MN_ACC_BIT(accumulate, 2)};
+  // columns per lane: the smallest instantiation that covers C (registers scale with it)
+  const int v = (C + 31) / 32;
+  auto launch = v <= 4    ? mix_layernorm_backward_launch<4>
+                : v <= 8  ? mix_layernorm_backward_launch<8>
+                : v <= 16 ? mix_layernorm_backward_launch<16>
+                : v <= 24 ? mix_layernorm_backward_launch<24>
+                          : mix_layernorm_backward_launch<32>;
+  int rc = launch(fn, G, (unsigned)p.tiles, stream, dout, g_in, x_out, x, branch, x0, a, b,
+                  weight, mean, rstd, N, C, p.tile_rows);
+  if (rc) return rc;
+  if ((rc = mn_reduce::col_sums_finish<2>(part, p.tiles, mn_reduce::ColOuts{{dweight, dbias}}, C,
+                                          accumulate >> 3 & 3, stream)))
+    return rc;
+  return mn_reduce::col_sums_finish<2>(part + (int64_t)p.tiles * 2 * C, p.tiles,
+                                       mn_reduce::ColOuts{{da, db}}, 1, accumulate >> 5 & 3,
+                                       stream);
+}

@@ -391,57 +391,97 @@ for (const name of ["cpu", "emu", "cuda"] as const) {
   });
 }
 
-// The tape op: Graph.mixLayernorm through two blocks (the first without a branch, x is x0; the
-// second's branch a function of the first's ln1, as the MLP's output is) against add, axpby and
-// layernorm: the residual, both ln1 outputs and every gradient (x0's from all of its uses, the
-// lambdas', the LayerNorms', the branch's) the same bits.
+// The tape op: Graph.mixLayernorm through three blocks (the first without a branch, x is x0; the
+// later ones' branch a function of the previous ln1, as the MLP's output is: an elementwise
+// product, or a matmul whose output's gradient may be bf16) against add, axpby and layernorm.
+// "f32": the same tape, so the residual, the ln1 outputs and every gradient (x0's from all of its uses, the
+// lambdas', the LayerNorms', the branch's) are the same bits. "bf16": the values the same bits,
+// the gradients from mn_mix_layernorm_backward (the matmul branch's gradient written in bf16
+// directly rather than cast): on cpu the same bits too (its reference is the composition), on
+// emu within GRAPH_MIX_TOL of the generic ops' (its sums in another order).
+// Measured on emu, seeds 1-6 (two blocks): the largest error 0.17 of this tolerance (X0's
+// gradient, mul branch).
+const GRAPH_MIX_TOL: Tol = { atol: 2e-6, rtol: 2e-5 };
+const BLOCKS = [0, 1, 2];
 for (const name of ["cpu", "emu"] as const) {
-  Deno.test(`Graph.mixLayernorm: values and gradients the same bits as add, axpby, layernorm (${name})`, () => {
-    const be = backend(name), rng = new Rng(SEED);
-    const N = 74, C = 40;
-    const mk = (n: string, shape: number[], a: Float32Array) =>
-      new Param(be, n, be.upload(a, shape));
-    const X0 = mk("X0", [N, C], rng.normal(N * C)), R = mk("R", [N, C], rng.normal(N * C));
-    const L = [0, 1].map((l) => mk(`L${l}`, [2], new Float32Array([0.5 + rng.next(), rng.next()])));
-    const W = [0, 1].map((l) => mk(`W${l}`, [C], rng.uniform(C, 0.5, 1.5)));
-    const B = [0, 1].map((l) => mk(`B${l}`, [C], rng.uniform(C, -0.2, 0.2)));
-    const dy = be.upload(rng.normal(N * C), [N, C]);
-    const params = [X0, R, ...L, ...W, ...B];
-    const run = (fused: boolean) => {
-      const g = new Graph(be);
-      for (const p of params) p.zeroGrad();
-      const x0 = g.tanh(g.param(X0));
-      let x = x0, branch: Var | null = null;
-      const outs: Var[] = [];
-      for (let l = 0; l < 2; l++) {
-        const lam = g.param(L[l]), [w, b] = [g.param(W[l]), g.param(B[l])];
-        const [a0, a1] = [g.scalarOf(lam, 0), g.scalarOf(lam, 1)];
-        let h: Var;
-        if (fused) [x, h] = g.mixLayernorm(x, branch, a0, x0, a1, w, b);
-        else {
-          x = g.axpby(a0, branch ? g.add(x, branch) : x, a1, x0);
-          h = g.layernorm(x, w, b);
+  for (const precision of ["f32", "bf16"] as const) {
+    for (const branchOp of ["mul", "matmul"] as const) {
+      Deno.test(`Graph.mixLayernorm (${precision}, ${branchOp} branch): values and gradients as add, axpby, layernorm (${name})`, () => {
+        const be = backend(name), rng = new Rng(SEED);
+        const N = 74, C = 40;
+        const mk = (n: string, shape: number[], a: Float32Array) =>
+          new Param(be, n, be.upload(a, shape));
+        const X0 = mk("X0", [N, C], rng.normal(N * C));
+        const R = branchOp === "mul"
+          ? mk("R", [N, C], rng.normal(N * C))
+          : mk("R", [C, C], rng.normal(C * C, 0.2));
+        const L = BLOCKS.map((l) =>
+          mk(`L${l}`, [2], new Float32Array([0.5 + rng.next(), rng.next()]))
+        );
+        const W = BLOCKS.map((l) => mk(`W${l}`, [C], rng.uniform(C, 0.5, 1.5)));
+        const B = BLOCKS.map((l) => mk(`B${l}`, [C], rng.uniform(C, -0.2, 0.2)));
+        const dy = be.upload(rng.normal(N * C), [N, C]);
+        const params = [X0, R, ...L, ...W, ...B];
+        const run = (fused: boolean) => {
+          const g = new Graph(be);
+          g.precision = precision;
+          for (const p of params) p.zeroGrad();
+          const x0 = g.tanh(g.param(X0));
+          let x = x0, branch: Var | null = null;
+          const outs: Var[] = [];
+          for (const l of BLOCKS) {
+            const lam = g.param(L[l]), [w, b] = [g.param(W[l]), g.param(B[l])];
+            const [a0, a1] = [g.scalarOf(lam, 0), g.scalarOf(lam, 1)];
+            let h: Var;
+            if (fused) [x, h] = g.mixLayernorm(x, branch, a0, x0, a1, w, b);
+            else {
+              x = g.axpby(a0, branch ? g.add(x, branch) : x, a1, x0);
+              h = g.layernorm(x, w, b);
+            }
+            outs.push(h);
+            branch = branchOp === "mul"
+              ? g.mul(g.tanh(h), g.param(R))
+              : g.matmul(g.tanh(h), g.param(R), true);
+          }
+          const out = g.add(g.add(x, branch!), outs[BLOCKS.length - 1]);
+          be.k.mn_memcpy_d2d(g.grad(out), dy.ptr, BigInt(dy.nbytes), be.stream);
+          const vals = [out, x, ...outs].map((v) => be.downloadF32(v.t));
+          g.backward();
+          g.release();
+          return [...vals, ...params.map((p) => be.downloadF32(p.grad))];
+        };
+        const k = be.k as unknown as Record<string, (...a: unknown[]) => number>;
+        const fusedBwd = k.mn_mix_layernorm_backward;
+        let calls = 0, inPlace = 0;
+        const addr = (p: unknown) => p && Deno.UnsafePointer.value(p as Deno.PointerObject);
+        k.mn_mix_layernorm_backward = (...a) => {
+          calls++;
+          if (a[0] && addr(a[0]) === addr(a[8])) inPlace++; // ds over g_in
+          return fusedBwd(...a);
+        };
+        let want, got;
+        try {
+          want = run(false);
+          assert.equal(calls, 0, "the generic composition calls the fused backward");
+          got = run(true);
+        } finally {
+          k.mn_mix_layernorm_backward = fusedBwd;
         }
-        outs.push(h);
-        branch = g.mul(g.tanh(h), g.param(R));
-      }
-      const out = g.add(g.add(x, branch!), outs[1]);
-      be.k.mn_memcpy_d2d(g.grad(out), dy.ptr, BigInt(dy.nbytes), be.stream);
-      const vals = [out, x, ...outs].map((v) => be.downloadF32(v.t));
-      g.backward();
-      g.release();
-      return [...vals, ...params.map((p) => be.downloadF32(p.grad))];
-    };
-    const want = run(false), got = run(true);
-    got.forEach((v, i) => {
-      assert.ok(v.some((e) => e !== 0), `${name}: output ${i} is all zero`);
-      assert.deepEqual(
-        v,
-        want[i],
-        `${name}: output ${i} (0-3: out, x, ln1 of blocks 0 and 1; then X0, R, L, W, B grads)`,
-      );
-    });
-  });
+        assert.equal(calls, precision === "bf16" ? BLOCKS.length : 0, "fused backward calls");
+        // the later blocks' x_out gradients are theirs alone by then (the first writes x0's)
+        assert.equal(inPlace, precision === "bf16" ? 2 : 0, "ds written over g_in");
+        const what = "(0-4: out, x, ln1 of blocks 0-2; then X0, R, L, W, B grads)";
+        got.forEach((v, i) => {
+          assert.ok(v.some((e) => e !== 0), `${name}: output ${i} is all zero`);
+          // the cpu's fused reference is the composition, bit for bit
+          const tol = precision === "f32" || i < 2 + BLOCKS.length || name === "cpu"
+            ? EXACT
+            : GRAPH_MIX_TOL;
+          compare(`${name} ${precision} output ${i} ${what}`, v, want[i], tol);
+        });
+      });
+    }
+  }
 }
 
 // Backward: statistics come from the cpu's forward on both backends (the same saved mean/rstd,
@@ -478,6 +518,292 @@ checkKernel({
       for (let rep = 0; rep < 2; rep++) lnBackward(be, t, N, C);
     });
   },
+});
+
+// ---- RWKV-7's mix + ln1 backward (mn_mix_layernorm_backward)
+// Three calls per shape, each the way a tape may make it: "inplace" (a branch, ds written over
+// g_in's buffer, its bf16 rounding for the branch, dx0 and the parameter gradients added into),
+// "first" (the first block: no branch, x is x0, so ds == dx0: ds overwrites a NaN-poisoned
+// buffer and dx0's term adds to it, g_in NULL, every parameter gradient overwritten over NaN) and
+// "apart" (a branch, g_in its own input, ds and dx0 overwritten over NaN, no bf16). The saved
+// statistics come from the cpu's forward on every backend, as in training.
+const MIXB_MODES = ["inplace", "first", "apart"] as const;
+type MixbMode = typeof MIXB_MODES[number];
+/** accumulate bits: ds 0, ds_bf16 1, dx0 2, dweight 3, dbias 4, da 5, db 6 */
+const MIXB_ACC: Record<MixbMode, number> = { inplace: 0b1111100, first: 0b100, apart: 0 };
+function mixbInputs(rng: Rng, N: number, C: number) {
+  return {
+    x: rowsOf(rng, N, C),
+    br: rowsOf(rng, N, C),
+    x0: rowsOf(rng, N, C),
+    w: rng.normal(C),
+    b: rng.normal(C),
+    dout: rng.normal(N * C),
+    gin: rng.normal(N * C),
+    // lambdas away from 0 and 1, so both products round
+    ab: new Float32Array([0.5 + rng.next(), rng.next() - 0.5]),
+    init: { dx0: rng.normal(N * C), dw: rng.normal(C), db: rng.normal(C), dab: rng.normal(2) },
+  };
+}
+type MixbIn = ReturnType<typeof mixbInputs>;
+/** the forward's x_out, mean, rstd of mode m on the cpu */
+function mixbStats(m: MixbMode, v: MixbIn, N: number, C: number) {
+  const ref = backend("cpu");
+  return withTensors(
+    ref,
+    {
+      x: { data: v.x, shape: [N, C] },
+      br: { data: v.br, shape: [N, C] },
+      x0: { data: v.x0, shape: [N, C] },
+      ab: { data: v.ab, shape: [2] },
+      w: { data: v.w, shape: [C] },
+      b: { data: v.b, shape: [C] },
+    },
+    { xo: { shape: [N, C] }, out: { shape: [N, C] }, mean: { shape: [N] }, rstd: { shape: [N] } },
+    (t) =>
+      ref.k.mn_mix_layernorm_forward(
+        null,
+        t.xo.ptr,
+        t.out.ptr,
+        t.mean.ptr,
+        t.rstd.ptr,
+        t.x.ptr,
+        m === "first" ? null : t.br.ptr,
+        m === "first" ? t.x.ptr : t.x0.ptr,
+        t.ab.rows(0, 1).ptr,
+        t.ab.rows(1, 1).ptr,
+        t.w.ptr,
+        t.b.ptr,
+        N,
+        C,
+        EPS,
+        ref.stream,
+      ),
+  );
+}
+/** mode m's inputs and gradient buffers on be: ds (fp32; in place: holding g_in), dsb (bf16),
+ * dx0, dw, db [C] and dab [2] (da, db), initialised where m adds into them, else poisoned */
+function withMixb(
+  be: Backend,
+  m: MixbMode,
+  v: MixbIn,
+  N: number,
+  C: number,
+  fn: (t: Named) => void,
+) {
+  const s = mixbStats(m, v, N, C);
+  const acc = m === "inplace";
+  return withTensors(be, {
+    x: { data: v.x, shape: [N, C] },
+    br: { data: v.br, shape: [N, C] },
+    x0: { data: v.x0, shape: [N, C] },
+    ab: { data: v.ab, shape: [2] },
+    w: { data: v.w, shape: [C] },
+    dout: { data: v.dout, shape: [N, C] },
+    gin: { data: v.gin, shape: [N, C] },
+    xo: { data: s.xo, shape: [N, C] },
+    mean: { data: s.mean, shape: [N] },
+    rstd: { data: s.rstd, shape: [N] },
+  }, {
+    ds: { shape: [N, C], init: acc ? v.gin : undefined },
+    dsb: { shape: [N, C], dtype: "bf16" },
+    dx0: { shape: [N, C], init: acc ? v.init.dx0 : undefined },
+    dw: { shape: [C], init: acc ? v.init.dw : undefined },
+    db: { shape: [C], init: acc ? v.init.db : undefined },
+    dab: { shape: [2], init: acc ? v.init.dab : undefined },
+  }, fn);
+}
+const mixbFused = (be: Backend, m: MixbMode, t: Named, N: number, C: number) =>
+  be.k.mn_mix_layernorm_backward(
+    m === "first" ? t.dx0.ptr : t.ds.ptr,
+    m === "inplace" ? t.dsb.ptr : null,
+    t.dx0.ptr,
+    t.dw.ptr,
+    t.db.ptr,
+    t.dab.rows(0, 1).ptr,
+    t.dab.rows(1, 1).ptr,
+    t.dout.ptr,
+    m === "first" ? null : m === "inplace" ? t.ds.ptr : t.gin.ptr,
+    t.xo.ptr,
+    t.x.ptr,
+    m === "first" ? null : t.br.ptr,
+    m === "first" ? t.x.ptr : t.x0.ptr,
+    t.ab.rows(0, 1).ptr,
+    t.ab.rows(1, 1).ptr,
+    t.w.ptr,
+    t.mean.ptr,
+    t.rstd.ptr,
+    N,
+    C,
+    MIXB_ACC[m],
+    be.stream,
+  );
+/** mode m's outputs under names prefixed with the mode ("first": ds is dx0) */
+function mixbOutputs(m: MixbMode, r: Record<string, Float32Array | Int32Array>) {
+  const keys = m === "inplace" ? ["ds", "dsb", "dx0"] : m === "first" ? ["dx0"] : ["ds", "dx0"];
+  const out: Record<string, Float32Array> = {};
+  for (const k of [...keys, "dw", "db", "dab"]) out[`${m}.${k}`] = r[k] as Float32Array;
+  return out;
+}
+
+// emu (cuda) vs cpu. ds, dx0: LayerNorm's dinp (TOL_F32, as layernorm_backward's) plus g_in,
+// times a lambda. dsb: one bf16 rounding of ds, which may round the other way when the two fp32
+// values straddle a rounding boundary: one bf16 ulp, at most 2^-7 relative. dw, db:
+// layernorm_backward's TOL_SUM. dab: sums over all N * C elements of g * s and g * x0 in another
+// fp32 order than the double reference. Measured on emu, seeds 1-12, the largest error over the
+// tolerance: ds 0.033, dx0 0.030, dw 0.14, db 0.093, dab 0.20 (all at [64,1000]), dsb 0.74 (a
+// one-ulp flip).
+const MIXB_TOL_DAB: Tol = { atol: 2e-3, rtol: 2e-5 };
+checkKernel({
+  name: "mix_layernorm_backward",
+  configs,
+  label,
+  tol: Object.fromEntries(MIXB_MODES.flatMap((m) => [
+    [`${m}.ds`, TOL_F32],
+    [`${m}.dsb`, { atol: 1e-6, rtol: 2 ** -7 }],
+    [`${m}.dx0`, TOL_F32],
+    [`${m}.dw`, TOL_SUM],
+    [`${m}.db`, TOL_SUM],
+    [`${m}.dab`, MIXB_TOL_DAB],
+  ])),
+  run(be, { N, C }, rng) {
+    const v = mixbInputs(rng, N, C);
+    const res: Record<string, Float32Array> = {};
+    for (const m of MIXB_MODES) {
+      const r = withMixb(be, m, v, N, C, (t) => mixbFused(be, m, t, N, C));
+      Object.assign(res, mixbOutputs(m, r));
+    }
+    for (const [k, a] of Object.entries(res)) {
+      assert.ok(!a.some(Number.isNaN), `mix_layernorm_backward ${k}: NaN (a poisoned output read)`);
+    }
+    return res;
+  },
+});
+
+// cpu: the fused reference against the composition it replaces, mn_layernorm_backward (its dinp
+// added to g_in) then mn_axpby_backward (x = x + branch from mn_add, y = x0) and the cast of ds:
+// the same products and sums in the same order, so bit for bit.
+Deno.test("mix_layernorm_backward: cpu = layernorm_backward, axpby_backward (and the cast), bit for bit", () => {
+  const be = backend("cpu"), k = be.k, st = be.stream;
+  for (const { N, C } of configs) {
+    const v = mixbInputs(new Rng(SEED + N * C), N, C);
+    for (const m of MIXB_MODES) {
+      const fused = withMixb(be, m, v, N, C, (t) => mixbFused(be, m, t, N, C));
+      const comp = withMixb(be, m, v, N, C, (t) => {
+        const n = BigInt(N * C), acc = MIXB_ACC[m];
+        const sum = be.alloc([N, C]), g = be.alloc([N, C]);
+        try {
+          // x_out's gradient: g_in plus LayerNorm's dinp (in place, "inplace": ds holds g_in)
+          const gin = m === "inplace" ? t.ds : m === "apart" ? t.gin : null;
+          if (gin) k.mn_memcpy_d2d(g.ptr, gin.ptr, BigInt(g.nbytes), st);
+          k.mn_layernorm_backward(
+            g.ptr,
+            t.dw.ptr,
+            t.db.ptr,
+            t.dout.ptr,
+            t.xo.ptr,
+            t.w.ptr,
+            t.mean.ptr,
+            t.rstd.ptr,
+            N,
+            C,
+            (gin ? 1 : 0) | (acc >> 3 & 3) << 1,
+            st,
+          );
+          if (m !== "first") k.mn_add(sum.ptr, t.x.ptr, t.br.ptr, n, st);
+          const first = m === "first";
+          k.mn_axpby_backward(
+            first ? t.dx0.ptr : t.ds.ptr,
+            t.dx0.ptr,
+            t.dab.rows(0, 1).ptr,
+            t.dab.rows(1, 1).ptr,
+            g.ptr,
+            first ? t.x.ptr : sum.ptr,
+            first ? t.x.ptr : t.x0.ptr,
+            t.ab.rows(0, 1).ptr,
+            t.ab.rows(1, 1).ptr,
+            n,
+            (acc & 1) | (acc >> 2 & 1) << 1 | (acc >> 5 & 3) << 2,
+            st,
+          );
+          if (m === "inplace") k.mn_cast_f32_to_bf16(t.dsb.ptr, t.ds.ptr, n, st);
+        } finally {
+          be.free(sum);
+          be.free(g);
+        }
+      });
+      const [a, b] = [mixbOutputs(m, fused), mixbOutputs(m, comp)];
+      for (const key of Object.keys(a)) compare(`[${N},${C}] ${key}`, a[key], b[key], EXACT);
+    }
+  }
+});
+
+Deno.test("mix_layernorm_backward: bad arguments are one-line errors", () => {
+  for (const name of ["cpu", "emu"] as const) {
+    const be = backend(name), k = be.k, st = be.stream;
+    withTensors(be, {}, {
+      p: { shape: [8] },
+      q: { shape: [8] },
+      r: { shape: [8] },
+      u: { shape: [8] },
+      v: { shape: [8] },
+      h: { shape: [8], dtype: "bf16" },
+    }, (t) => {
+      const [p, q, r, u, v, h] = [t.p.ptr, t.q.ptr, t.r.ptr, t.u.ptr, t.v.ptr, t.h.ptr];
+      const [a1, a2] = [t.v.rows(1, 1).ptr, t.v.rows(2, 1).ptr];
+      // ds, ds_bf16, dx0, dweight, dbias, da, db; dout, g_in; inputs (f); C; accumulate
+      const call = (
+        ds: Deno.PointerValue,
+        dsb: Deno.PointerValue,
+        dx0: Deno.PointerValue,
+        dw: Deno.PointerValue,
+        da: Deno.PointerValue,
+        db: Deno.PointerValue,
+        gin: Deno.PointerValue,
+        C: number,
+        acc: number,
+      ) =>
+        k.mn_mix_layernorm_backward(
+          ds,
+          dsb,
+          dx0,
+          dw,
+          u,
+          da,
+          db,
+          p,
+          gin,
+          p,
+          p,
+          p,
+          p,
+          p,
+          p,
+          p,
+          p,
+          p,
+          2,
+          C,
+          acc,
+          st,
+        );
+      const cases: [() => unknown, RegExp][] = [
+        [() => call(q, null, null, null, a1, a2, null, 4, 0), /NULL pointer argument/],
+        [() => call(q, null, null, r, a1, a2, null, 0, 0), /bad shape N = 2, C = 0/],
+        [() => call(q, null, null, r, a1, a2, null, 1025, 0), /C must be in \[1, 1024\]/],
+        [() => call(q, h, null, r, a1, a2, null, 4, 2), /a bf16 ds_bf16 is overwritten/],
+        [() => call(q, null, q, r, a1, a2, null, 4, 0), /ds == dx0 .*bit 2 must be set/],
+        [() => call(q, null, null, r, a1, a1, null, 4, 0), /da == db .*bit 6 must be set/],
+        [() => call(q, null, null, u, a1, a2, null, 4, 0), /dweight and dbias must not alias/],
+        [() => call(p, null, null, r, a1, a2, null, 4, 0), /aliases an input other than g_in/],
+        [() => call(q, null, v, r, a1, a2, v, 4, 0), /dx0 must not alias g_in/],
+        [() => call(q, h, null, r, a1, a2, h, 4, 0), /ds_bf16 aliases another tensor/],
+      ];
+      for (const [fn, re] of cases) {
+        assert.throws(fn, new RegExp("mix_layernorm_backward: .*" + re.source), `${name}: ${re}`);
+      }
+    });
+  }
 });
 
 checkKernel({

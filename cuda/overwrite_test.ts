@@ -219,6 +219,82 @@ const CASES: Case[] = [
       },
     )
   ),
+  // RWKV-7's mix + ln1: ds, ds_bf16 (NULL here: bf16, only overwritten, its bit ignored), dx0,
+  // dweight, dbias, da, db, after the forward with a branch
+  {
+    fn: "mn_mix_layernorm_backward",
+    grads: [N * C, 0, N * C, C, C, 1, 1],
+    run(be, init, acc) {
+      const r = new Rng(SEED);
+      const outs: Record<string, { shape: number[]; init?: Float32Array }> = {
+        xo: { shape: [N * C] },
+        out: { shape: [N * C] },
+        mean: { shape: [N] },
+        rstd: { shape: [N] },
+      };
+      init.forEach((v, i) => i !== 1 && (outs[`g${i}`] = { shape: [v.length], init: v }));
+      const t = withTensors(
+        be,
+        {
+          x: f(r, N * C),
+          br: f(r, N * C),
+          x0: f(r, N * C),
+          w: f(r, C),
+          b: f(r, C),
+          ab: f(r, 2, 0.5, 1.5),
+          dy: f(r, N * C),
+          gin: f(r, N * C),
+        },
+        outs,
+        (t) => {
+          const k = be.k, s = be.stream, [a, b] = [t.ab.rows(0, 1).ptr, t.ab.rows(1, 1).ptr];
+          k.mn_mix_layernorm_forward(
+            null,
+            t.xo.ptr,
+            t.out.ptr,
+            t.mean.ptr,
+            t.rstd.ptr,
+            t.x.ptr,
+            t.br.ptr,
+            t.x0.ptr,
+            a,
+            b,
+            t.w.ptr,
+            t.b.ptr,
+            N,
+            C,
+            1e-5,
+            s,
+          );
+          k.mn_mix_layernorm_backward(
+            t.g0.ptr,
+            null,
+            t.g2.ptr,
+            t.g3.ptr,
+            t.g4.ptr,
+            t.g5.ptr,
+            t.g6.ptr,
+            t.dy.ptr,
+            t.gin.ptr,
+            t.xo.ptr,
+            t.x.ptr,
+            t.br.ptr,
+            t.x0.ptr,
+            a,
+            b,
+            t.w.ptr,
+            t.mean.ptr,
+            t.rstd.ptr,
+            N,
+            C,
+            acc,
+            s,
+          );
+        },
+      );
+      return init.map((_, i) => (i === 1 ? new Float32Array(0) : t[`g${i}`] as Float32Array));
+    },
+  },
   simple(
     "mn_rmsnorm_backward",
     [N * C],

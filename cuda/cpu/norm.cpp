@@ -136,6 +136,61 @@ MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, floa
   return 0;
 }
 
+// mn_layernorm_backward on x_out (its dinp added to g_in), then mn_axpby_backward (x = s, y = x0)
+// on that total g, with s = x + branch recomputed as the forward rounds it. Each element's g_in
+// is read before its ds is written (ds may be g_in), and ds is stored before dx0 adds (ds may be
+// dx0); the sums in double, rounded once: mn_layernorm_backward then mn_axpby_backward, bit for bit.
+MN_API int mn_mix_layernorm_backward(float* ds, mn_bf16* ds_bf16, float* dx0, float* dweight,
+                                     float* dbias, float* da, float* db, float* dout, float* g_in,
+                                     float* x_out, float* x, float* branch, float* x0, float* a,
+                                     float* b, float* weight, float* mean, float* rstd, int N,
+                                     int C, int accumulate, void*) {
+  const char* fn = "mix_layernorm_backward";
+  if (int rc = mn_check_mix_layernorm_backward(fn, ds, ds_bf16, dx0, dweight, dbias, da, db, dout,
+                                               g_in, x_out, x, branch, x0, a, b, weight, mean,
+                                               rstd, N, C, accumulate))
+    return rc;
+  const float av = *a, bv = *b;
+  const bool acc_ds = MN_ACC_BIT(accumulate, 0), acc_dx0 = MN_ACC_BIT(accumulate, 2);
+  std::vector<double> sw(C, 0.0), sb(C, 0.0);
+  double sa = 0, sbb = 0;
+  for (int i = 0; i < N; i++) {
+    const int64_t o = (int64_t)i * C;
+    const double mu = mean[i], rs = rstd[i];
+    double mg = 0, mgx = 0;
+    // mn_layernorm_backward's products, associated as it writes them
+    for (int c = 0; c < C; c++) {
+      const double d = dout ? dout[o + c] : 0.0, g = d * weight[c];
+      mg += g;
+      mgx += g * (x_out[o + c] - mu) * rs;
+      sw[c] += d * (x_out[o + c] - mu) * rs;
+      sb[c] += d;
+    }
+    mg /= C;
+    mgx /= C;
+    for (int c = 0; c < C; c++) {
+      const int64_t e = o + c;
+      const double d = dout ? dout[e] : 0.0;
+      const double xhat = (x_out[e] - mu) * rs;
+      const float dinp = (float)(rs * (d * weight[c] - mg - xhat * mgx));
+      const float g = g_in ? g_in[e] + dinp : dinp;
+      const float s = branch ? x[e] + branch[e] : x[e];
+      sa += (double)g * s;
+      sbb += (double)g * x0[e];
+      if (ds) ds[e] = acc_ds ? ds[e] + av * g : av * g;
+      if (ds_bf16) ds_bf16[e] = f32_to_bf16(av * g);
+      if (dx0) dx0[e] = acc_dx0 ? dx0[e] + bv * g : bv * g;
+    }
+  }
+  for (int c = 0; c < C; c++) {
+    dweight[c] = MN_ACC_BIT(accumulate, 3) ? dweight[c] + (float)sw[c] : (float)sw[c];
+    dbias[c] = MN_ACC_BIT(accumulate, 4) ? dbias[c] + (float)sb[c] : (float)sb[c];
+  }
+  *da = MN_ACC_BIT(accumulate, 5) ? *da + (float)sa : (float)sa;
+  *db = MN_ACC_BIT(accumulate, 6) ? *db + (float)sbb : (float)sbb;
+  return 0;
+}
+
 // bf16 dout: the definition above on its values
 MN_API int mn_layernorm_backward_bf16(float* dinp, float* dweight, float* dbias, mn_bf16* dout,
                                       float* inp, float* weight, float* mean, float* rstd, int N,
