@@ -189,14 +189,13 @@ function colSums(
       ),
     ];
   }
-  const part = p.tiles * K * C * F32;
   return [
     launch(
       kernel,
       p.colBlocks * p.tiles,
       threads,
       read,
-      written + part,
+      written + p.tiles * K * C * F32,
       flops,
       0,
       loadRounds(p.tileRows, RED_LANES),
@@ -488,13 +487,39 @@ const mixLayernormForward: Cost = (a) => {
     ),
   ];
 };
-// layernorm_backward: layernorm_backward_dinp_kernel (N blocks; dinp += or =), then dweight, dbias by
+// layernorm_backward, C <= 768 (LN_MAX_SLOTS column slots of 32 per lane):
+// layernorm_backward_fused_kernel, one block of 8 warps per row tile of row_tile_plan(N, 1), a
+// warp per row at a time (the row held in registers for its second pass): reads dout, inp, dinp
+// (+=), weight, mean, rstd once; writes dinp and one partial pair [2][C] per tile (one tile:
+// dweight, dbias themselves, read too where accumulated); a warp walks ceil(tile_rows / 8) rows, a
+// DRAM round trip each. Then, with tiles > 1, col_sums_finish<2> adds the partials to dweight,
+// dbias (colSumsFinish).
+// Wider rows: layernorm_backward_dinp_kernel (N blocks; dinp += or =), then dweight, dbias by
 // reduce.cuh's column sums col_sums<2, LayerNormParamTerm> over [N, C] (see colSums): stage 1
 // reads dout, inp and mean, rstd [N] (each row's pair re-read by the ceil(C/32) column blocks:
 // L2), writes 2 partial rows per tile; stage 2 adds them to dweight, dbias (+=).
+const LN_MAX_SLOTS = 24; // norm.cu kLnMaxSlots
+const LN_WARPS = 8; // norm.cu kLnWarps
 const layernormBackward = (doutElem: number): Cost => (a) => {
   const N = need(a, "N"), C = need(a, "C");
   const act = N * C * F32, dout = N * C * doutElem;
+  const params = acc(a, 1) + acc(a, 2);
+  if (cdiv(C, 32) <= LN_MAX_SLOTS) {
+    const p = rowTilePlan(N, 1);
+    const one = p.tiles === 1;
+    const fused = launch(
+      "layernorm_backward_fused_kernel",
+      p.tiles,
+      LN_WARPS * 32,
+      // dout, inp, dinp (+=); weight; mean, rstd; with one tile dweight, dbias (+=)
+      dout + (1 + acc(a, 0)) * act + C * F32 + 2 * N * F32 + (one ? params * C * F32 : 0),
+      act + 2 * (one ? 1 : p.tiles) * C * F32,
+      17 * N * C,
+      0,
+      cdiv(Math.min(p.tileRows, N), LN_WARPS),
+    );
+    return one ? [fused] : [fused, colSumsFinish(2, p.tiles, C, params)];
+  }
   return [
     launch(
       "layernorm_backward_dinp_kernel",
@@ -512,7 +537,7 @@ const layernormBackward = (doutElem: number): Cost => (a) => {
       dout + act + 2 * N * F32,
       0,
       6 * N * C,
-      acc(a, 1) + acc(a, 2),
+      params,
     ),
   ];
 };

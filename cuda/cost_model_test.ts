@@ -277,29 +277,44 @@ Deno.test("cost model: mn_layernorm_forward and backward at N = 32768, C = 768",
   assert.deepEqual([f.blocks, f.threads], [32768, 256]);
   assert.equal(f.bytesRead, 100669440);
   assert.equal(f.bytesWritten, 100925440);
-  // Backward: dinp kernel (N blocks x 256), then dweight/dbias by reduce.cuh's two-stage column
-  // sums, col_sums<2, LayerNormParamTerm>. col_plan(32768, 768): col_blocks = ceil(768/32) = 24;
-  // tiles = min(ceil(1024/24) = 43, ceil(32768/64) = 512, 256) = 43; tile_rows = ceil(32768/43) =
-  // 763 rounded up to a multiple of 8*4 = 768, so tiles = ceil(32768/768) = 43: grid (24, 43) =
-  // 1032 blocks of (32, 8). A thread walks rows ty, ty+8, ... of its tile: 768/8 = 96 rows, loaded
-  // 4 at a time = 24 rounds. Stage 1 reads dout, inp (2 * 100,663,296) and mean, rstd (262,144):
-  // 201,588,736; writes the partials [43][2][768] floats = 264,192. Stage 2 ("column_sums_finish",
-  // grid (24, 1)) reads the partials and dweight, dbias (6144): 270,336, writes 6144; its thread
-  // walks ceil(43/8) = 6 tile rows: one round of 4 and 2 single loads = 3.
-  const [dinp, params, finish] = callLaunches("mn_layernorm_backward", { N: ROWS, C });
-  assert.equal(dinp.kernel, "layernorm_backward_dinp_kernel");
-  assert.deepEqual([dinp.blocks, dinp.threads], [32768, 256]);
-  // dout, inp, dinp (3 * 100,663,296) + weight 3072 + mean, rstd 262,144
-  assert.equal(dinp.bytesRead, 3 * 100663296 + 3072 + 262144);
-  assert.equal(dinp.bytesWritten, 100663296);
-  assert.equal(params.kernel, "col_sums_kernel<2,LayerNormParamTerm>");
-  assert.deepEqual([params.blocks, params.threads, params.serialSteps], [1032, 256, 24]);
-  assert.equal(params.bytesRead, 201588736);
-  assert.equal(params.bytesWritten, 264192);
+  // Backward, C = 768 <= 24 * 32: the fused row pass, then col_sums_finish<2>. row_tile_plan(32768,
+  // 1): tiles = min(ceil(1024/1) = 1024, ceil(32768/64) = 512, 256) = 256; tile_rows = 32768/256 =
+  // 128 (a multiple of 8*4): 256 blocks of 8 warps, a warp walks 128/8 = 16 rows. Reads dout, inp,
+  // dinp (+=) (3 * 100,663,296) + weight 3072 + mean, rstd 262,144; writes dinp (100,663,296) + the
+  // partials [256][2][768] floats (1,572,864). Stage 2 ("column_sums_finish", grid (24, 1)) reads
+  // the partials and dweight, dbias (6144): 1,579,008, writes 6144; its thread walks 256/8 = 32
+  // tile rows in 8 rounds of 4. 406,076,416 bytes in all (the unfused 605,047,808 less the column
+  // sums' second read of dout and inp).
+  const [fused, finish] = callLaunches("mn_layernorm_backward", { N: ROWS, C });
+  assert.equal(fused.kernel, "layernorm_backward_fused_kernel");
+  assert.deepEqual([fused.blocks, fused.threads, fused.serialSteps], [256, 256, 16]);
+  assert.equal(fused.bytesRead, 3 * 100663296 + 3072 + 262144);
+  assert.equal(fused.bytesWritten, 100663296 + 1572864);
   assert.equal(finish.kernel, "col_sums_kernel<2,PartialsTerm>");
-  assert.deepEqual([finish.blocks, finish.threads, finish.serialSteps], [24, 256, 3]);
-  assert.equal(finish.bytesRead, 270336);
+  assert.deepEqual([finish.blocks, finish.threads, finish.serialSteps], [24, 256, 8]);
+  assert.equal(finish.bytesRead, 1579008);
   assert.equal(finish.bytesWritten, 6144);
+  const total = [fused, finish].reduce((t, l) => t + l.bytesRead + l.bytesWritten, 0);
+  assert.equal(total, 406076416);
+  // bf16 dout with dinp, dweight overwritten (accumulate = 4: dbias added): dout 50,331,648 read
+  // instead of 100,663,296, dinp not read; stage 2 reads dbias only.
+  const [f16, fin16] = callLaunches("mn_layernorm_backward_bf16", { N: ROWS, C, accumulate: 4 });
+  assert.equal(f16.bytesRead, 50331648 + 100663296 + 3072 + 262144);
+  assert.equal(fin16.bytesRead, 1572864 + 3072);
+  // C = 1000 > 768: the block-per-row dinp kernel and the two-stage column sums, as before.
+  const wide = callLaunches("mn_layernorm_backward", { N: ROWS, C: 1000 });
+  assert.deepEqual(wide.map((l) => l.kernel), [
+    "layernorm_backward_dinp_kernel",
+    "col_sums_kernel<2,LayerNormParamTerm>",
+    "col_sums_kernel<2,PartialsTerm>",
+  ]);
+  // one row tile (N <= 64): the fused kernel writes dweight, dbias itself (reading them: +=)
+  const small = callLaunches("mn_layernorm_backward", { N: 64, C });
+  assert.deepEqual(small.map((l) => [l.kernel, l.blocks, l.serialSteps]), [
+    ["layernorm_backward_fused_kernel", 1, 8],
+  ]);
+  assert.equal(small[0].bytesRead, 3 * 64 * C * 4 + C * 4 + 2 * 64 * 4 + 2 * C * 4);
+  assert.equal(small[0].bytesWritten, 64 * C * 4 + 2 * C * 4);
 });
 
 Deno.test("cost model: mn_mix_layernorm_backward at N = 32768, C = 768", () => {

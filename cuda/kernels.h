@@ -32,12 +32,13 @@
  *   (device, stream), allocated with cudaMalloc on first use and grown (never shrunk) in 1 MiB steps;
  *   on emu a malloc per host thread; cpu needs none. It is NOT one of the caller's mn_malloc
  *   allocations (the trainers' allocator counts and Backend.bytesInUse do not see it; cudaMemGetInfo
- *   does). Size: the largest need of any call so far: at most 0.5 MiB for the reductions at any
- *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats; 256 x 2
- *   x (C + 1) for mix_layernorm_backward, 1.6 MB at C = 768), plus N*H floats for
- *   rwkv7_bonus_backward (3 MiB at N = 65,536, H = 12), the fused GroupNorm backwards' partials
- *   (tiles x 3 x C floats, tiles <= ceil(1024 / (H ceil(D / 128))): at most ~1.5 MiB plus 12 C
- *   bytes) and ~5 N ints for embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the
+ *   does). Size: the largest need of any call so far: at most 0.5 MiB for the column sums at any
+ *   shape (row tiles x 2 x C floats, tiles <= ceil(1024 / ceil(C / 32)); 1024 x 2 floats); the
+ *   fused row passes' partials: layernorm_backward's 1.5 MiB (up to 256 row tiles x 2 x C floats,
+ *   C <= 768), mix_layernorm_backward's 256 x 2 x (C + 1) floats (1.6 MB at C = 768), the fused
+ *   GroupNorm backwards' tiles x 3 x C floats (tiles <= ceil(1024 / (H ceil(D / 128))): at most
+ *   ~1.5 MiB plus 12 C bytes); plus N*H floats for rwkv7_bonus_backward (3 MiB at N = 65,536,
+ *   H = 12) and ~5 N ints for embedding_backward (1.3 MiB at N = 65,536). Growing it waits for the
  *   stream, so the first call of a bigger shape synchronizes once. Under CUDA graph capture a call
  *   that would grow it fails the
  *   capture (a sync is illegal there); --cuda_graph's warm-up steps grow it to the step's needs
@@ -188,6 +189,11 @@ MN_API int mn_mix_layernorm_backward(float* ds, mn_bf16* ds_bf16, float* dx0, fl
                                      float* x_out, float* x, float* branch, float* x0, float* a,
                                      float* b, float* weight, float* mean, float* rstd, int N,
                                      int C, int accumulate, void* stream);
+/* dinp, dweight, dbias (accumulate bits 0, 1, 2) from dout and the forward's inp, mean, rstd. C <=
+ * 768: one pass over the rows writes dinp and sums dout * xhat and dout per row tile into scratch
+ * partials (a warp per row; dinp the same bits as the block-per-row kernel wider rows use), a small
+ * second pass adds the tiles in order to dweight, dbias; C > 768: dinp by a block per row, then
+ * dweight, dbias by the two-stage column sums (dout and inp read again). */
 MN_API int mn_layernorm_backward(float* dinp, float* dweight, float* dbias, float* dout, float* inp,
                                  float* weight, float* mean, float* rstd, int N, int C,
                                  int accumulate, void* stream);

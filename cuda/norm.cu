@@ -1,9 +1,11 @@
 // LayerNorm (torch's: biased variance, affine weight and bias) and RMSNorm without weight
 // (F.rms_norm(x, (C,), eps)) over rows of C elements, fp32 statistics.
 //
-// Forward and dinp: one block per row, block sums by mn_block_sum (fixed order). LayerNorm's
-// dweight/dbias: reduce.cuh's two-stage column sums (a full grid of row tiles writes partials to
-// library scratch, a second pass adds them in tile order), so the result is deterministic.
+// Forward: one block per row, block sums by mn_block_sum (fixed order). LayerNorm's backward: one
+// pass over the rows writes dinp and sums the dweight/dbias terms per row tile (partials in library
+// scratch), reduce.cuh's col_sums_finish adds the tiles in order, so the result is deterministic
+// (layernorm_backward_fused_kernel); rows wider than it keeps in registers take a block per row
+// for dinp and reduce.cuh's column sums for dweight/dbias.
 #include "common.cuh"
 #include "entry_checks.h"
 #include "reduce.cuh"
@@ -102,6 +104,14 @@ __global__ void mix_layernorm_forward_kernel(float* sum, float* x_out, float* ou
 }
 
 // dinp += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dout * weight, xhat = (x - mean) * rstd.
+// One element's term, shared by the backward kernels (LayerNorm's and the mix + ln1 one) so their
+// dinp is the same bits.
+__host__ __device__ inline float ln_dinp(float g, float xhat, float mg, float mgx, float r) {
+  return r * (g - mg - xhat * mgx);
+}
+
+// The rows backward for C > kLnMaxSlots * 32 (wider than the fused kernel keeps in registers):
+// one block of norm_threads(C) per row; thread t owns columns t, t + blockDim, ...
 // D: dout's storage (fp32, or bf16: the gradient a bf16 operand's GEMM wrote), read as its values.
 template <typename D>
 __global__ void layernorm_backward_dinp_kernel(float* dinp, const D* dout, const float* inp,
@@ -124,7 +134,7 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp, const D* dout, const
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float g = ln_load(&dy[c]) * weight[c];
     float xhat = ln_xhat(x[c], m, r);
-    MN_GRAD_STORE(dx[c], r * (g - mg - xhat * mgx), acc);
+    MN_GRAD_STORE(dx[c], ln_dinp(g, xhat, mg, mgx, r), acc);
   }
 }
 
@@ -150,6 +160,97 @@ struct LayerNormParamTerm {
     acc[1] += l.d;
   }
 };
+
+// The fused backward: a block of kLnWarps warps per row tile (mn_reduce::row_tile_plan(N, 1));
+// warp w takes rows i0 + w, i0 + w + 8, ... of its tile one at a time and lane l owns columns
+// l + 32 k, k < J (the row's dout and xhat stay in registers between its sums and dinp). The row
+// sums mean(g), mean(g * xhat) repeat the order of the block-per-row kernel's mn_block_sum over
+// norm_threads(C) threads, so dinp is the same bits: that block's thread w * 32 + l sums columns
+// 32 (w + 8 j) + l, j = 0, 1, ... (C > 256: 8 warps; else j = 0 only), which this lane holds as
+// slots k = w + 8 j; the butterfly of mn_warp_sum over those partials gives "warp w"'s sum, and
+// the sums of warps 0, 1, ... are added in order from 0 (there are min(8, ceil(C / 32)) of them).
+// Each warp adds dout * xhat and dout of its rows (in increasing order) per column in its own
+// shared-memory row pair (in registers too they would not leave 2 blocks of 256 threads per SM:
+// the row itself takes 2 J of them); at the end the block adds its warps' sums in warp order: one
+// partial [2][C] per tile, in part (tiles > 1) or straight into dweight, dbias (one tile). The
+// partials are summed by reduce.cuh's col_sums_finish.
+constexpr int kLnWarps = 8;      // rows in flight per block
+constexpr int kLnThreads = kLnWarps * 32;
+constexpr int kLnRowWarps = 8;   // warps of the row kernel's block: norm_threads(C) <= 256
+constexpr int kLnMaxSlots = 24;  // columns per lane at most: C <= 768 fused (48 KB shared)
+
+template <typename D, int J>
+__global__ void __launch_bounds__(kLnThreads, 2)
+    layernorm_backward_fused_kernel(float* dinp, float* part, float* dweight, float* dbias,
+                                    const D* dout, const float* inp, const float* weight,
+                                    const float* mean, const float* rstd, int64_t N, int C,
+                                    int64_t tile_rows, int accumulate) {
+  static_assert(J % kLnRowWarps == 0, "slots k = w + 8 j: whole rounds of the row kernel's warps");
+  MN_DYNAMIC_SHARED(float, sums);  // [kLnWarps][2][C]: each warp's dweight, dbias terms
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int row_warps = (C + 31) / 32 < kLnRowWarps ? (C + 31) / 32 : kLnRowWarps;
+  const int acc_dx = MN_ACC_BIT(accumulate, 0);
+  const int64_t i0 = (int64_t)blockIdx.x * tile_rows;
+  const int64_t i1 = i0 + tile_rows < N ? i0 + tile_rows : N;
+  float* sw = sums + (int64_t)warp * 2 * C;  // this warp's alone until the __syncthreads below
+  float* sb = sw + C;
+  for (int c = lane; c < C; c += 32) sw[c] = sb[c] = 0.0f;
+  for (int64_t i = i0 + warp; i < i1; i += kLnWarps) {
+    const float* x = inp + i * C;
+    const D* dy = dout + i * C;
+    float* dx = dinp + i * C;
+    const float m = mean[i], r = rstd[i];
+    float d[J], xh[J];
+#pragma unroll
+    for (int k = 0; k < J; k++) {
+      const int c = k * 32 + lane;
+      d[k] = c < C ? ln_load(&dy[c]) : 0.0f;
+      xh[k] = c < C ? ln_xhat(x[c], m, r) : 0.0f;
+    }
+    float tg = 0.0f, tgx = 0.0f;  // mn_block_sum's totals: warps added in order from 0
+#pragma unroll
+    for (int w = 0; w < kLnRowWarps; w++) {
+      if (w >= row_warps) break;
+      float sg = 0.0f, sgx = 0.0f;  // the row kernel's thread w * 32 + lane
+#pragma unroll
+      for (int k = w; k < J; k += kLnRowWarps) {
+        const int c = k * 32 + lane;
+        if (c < C) {
+          float g = d[k] * weight[c];
+          sg += g;
+          sgx += g * xh[k];
+        }
+      }
+      tg += mn_warp_sum(sg);
+      tgx += mn_warp_sum(sgx);
+    }
+    const float mg = tg / C, mgx = tgx / C;
+#pragma unroll
+    for (int k = 0; k < J; k++) {
+      const int c = k * 32 + lane;
+      if (c < C) {
+        MN_GRAD_STORE(dx[c], ln_dinp(d[k] * weight[c], xh[k], mg, mgx, r), acc_dx);
+        sw[c] += d[k] * xh[k];
+        sb[c] += d[k];
+      }
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += kLnThreads) {
+    float vw = sums[c], vb = sums[C + c];
+    for (int w = 1; w < kLnWarps; w++) {
+      vw += sums[(int64_t)w * 2 * C + c];
+      vb += sums[(int64_t)w * 2 * C + C + c];
+    }
+    if (part) {
+      part[((int64_t)blockIdx.x * 2 + 0) * C + c] = vw;
+      part[((int64_t)blockIdx.x * 2 + 1) * C + c] = vb;
+    } else {
+      MN_GRAD_STORE(dweight[c], vw, MN_ACC_BIT(accumulate, 1));
+      MN_GRAD_STORE(dbias[c], vb, MN_ACC_BIT(accumulate, 2));
+    }
+  }
+}
 
 __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, int C,
                                        float eps) {
@@ -232,6 +333,26 @@ MN_API int mn_mix_layernorm_forward(float* sum, float* x_out, float* out, float*
                    eps);
 }
 
+// The fused kernel with J column slots per lane (J * 32 >= C).
+template <typename D, int J>
+static int layernorm_backward_fused(float* dinp, float* dweight, float* dbias, const D* dout,
+                                    float* inp, float* weight, float* mean, float* rstd, int N,
+                                    int C, int accumulate, void* stream) {
+  const mn_reduce::ColPlan p = mn_reduce::row_tile_plan(N, 1);
+  float* part = nullptr;
+  if (p.tiles > 1) {
+    if (int rc = mn_reduce::scratch_floats(&part, (int64_t)p.tiles * 2 * C, stream)) return rc;
+  }
+  int rc = mn_launch("layernorm_backward_fused", layernorm_backward_fused_kernel<D, J>,
+                     (unsigned)p.tiles, kLnThreads, (size_t)kLnWarps * 2 * C * sizeof(float),
+                     stream, dinp, part, dweight, dbias, dout,
+                     (const float*)inp, (const float*)weight, (const float*)mean,
+                     (const float*)rstd, (int64_t)N, C, p.tile_rows, accumulate);
+  if (rc || p.tiles == 1) return rc;
+  return mn_reduce::col_sums_finish<2>(part, p.tiles, mn_reduce::ColOuts{{dweight, dbias}}, C,
+                                       accumulate >> 1 & 3, stream);
+}
+
 template <typename D>
 static int layernorm_backward(const char* fn, float* dinp, float* dweight, float* dbias,
                               const D* dout, float* inp, float* weight, float* mean, float* rstd,
@@ -239,6 +360,17 @@ static int layernorm_backward(const char* fn, float* dinp, float* dweight, float
   MN_REQUIRE(dinp && dweight && dbias && dout && inp && weight && mean && rstd,
              "%s: NULL pointer argument", fn);
   NORM_SHAPE_CHECK(fn, N, C);
+  // the fewest column slots that hold the row: registers per thread grow with them
+  const int slots = (C + 31) / 32;
+  if (slots <= 8)
+    return layernorm_backward_fused<D, 8>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N,
+                                          C, accumulate, stream);
+  if (slots <= 16)
+    return layernorm_backward_fused<D, 16>(dinp, dweight, dbias, dout, inp, weight, mean, rstd, N,
+                                           C, accumulate, stream);
+  if (slots <= kLnMaxSlots)
+    return layernorm_backward_fused<D, kLnMaxSlots>(dinp, dweight, dbias, dout, inp, weight, mean,
+                                                    rstd, N, C, accumulate, stream);
   int rc = mn_launch("layernorm_backward_dinp", layernorm_backward_dinp_kernel<D>, N,
                      norm_threads(C), 0, stream, dinp, dout, (const float*)inp,
                      (const float*)weight, (const float*)mean, (const float*)rstd, C,
@@ -297,11 +429,7 @@ MN_API int mn_rmsnorm_backward(float* dinp, float* dout, float* inp, float* rstd
 // dx0 when it accumulates) read once and ds, ds_bf16, dx0 written once.
 constexpr int kMixLnWarps = 8;  // rows in flight per block
 
-// LayerNorm's input gradient of one element, rstd * (g - mean(g) - xhat * mean(g * xhat)) with
-// g = dout * weight: layernorm_backward_dinp_kernel's expression.
-__host__ __device__ inline float ln_dinp(float g, float xhat, float mg, float mgx, float r) {
-  return r * (g - mg - xhat * mgx);
-}
+// LayerNorm's input gradient of one element: ln_dinp above, the LayerNorm backwards' expression.
 
 // The gradient outputs and flags (one struct argument: fewer kernel parameters to pass).
 struct MixLnGrads {

@@ -13,7 +13,8 @@
 //   blocks); 5,000,011 (977 blocks of 5120 elements: the per-block chunk above its minimum) only
 //   on cuda (emu: ~3 s per call). The norms and the bonus stop at 203 rows: their dx kernels run one block per
 //   row (or per 8 rows) and emu time grows with the block count, while the column sums they share
-//   with the row-vector ops are the same code.
+//   with the row-vector ops are the same code. LayerNorm's fused row pass (C <= 768) tiles by
+//   row_tile_plan(N, 1): 203 rows are 4 tiles of 64 rows, the last one 11, then col_sums_finish.
 // Under the sanitizers (emu 10x slower) only N <= 203 and n <= 4097 run.
 import type { Backend } from "./backend.ts";
 import {
