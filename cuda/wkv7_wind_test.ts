@@ -175,7 +175,8 @@ Deno.test("wkv7_wind: bad arguments give clear errors (cpu, emu)", () => {
         ],
         [
           "wkv7_wind_backward",
-          (B, T, H, N) => be.k.mn_wkv7_wind_backward(...f7, ...i6, f, f, B, T, H, N, 0, 0, -1, null),
+          (B, T, H, N) =>
+            be.k.mn_wkv7_wind_backward(...f7, ...i6, f, f, B, T, H, N, 0, 0, -1, null),
         ],
       ], named);
       assert.throws(
