@@ -3,6 +3,7 @@
 // force-included first and provides the execution model.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #ifndef MN_EMU
@@ -84,6 +85,16 @@ __device__ inline void mn_put_grad(float& g, float v, int add) { MN_GRAD_STORE(g
 __device__ inline void mn_put_grad(bf16& g, float v, int add) {
   g = mn_f32_to_bf16(add ? mn_bf16_to_f32(g) + v : v);
 }
+// The same as a statement, v evaluated inside the select as MN_GRAD_STORE does (the fp32 case is
+// MN_GRAD_STORE itself): the register-tight WKV kernels compile as they did before bf16 gradients.
+#define MN_PUT_GRAD(ref, v, add)                                           \
+  do {                                                                     \
+    if constexpr (std::is_same_v<std::decay_t<decltype(ref)>, float>) {    \
+      MN_GRAD_STORE(ref, v, add);                                          \
+    } else {                                                               \
+      (ref) = mn_f32_to_bf16((add) ? mn_bf16_to_f32(ref) + (v) : (v));     \
+    }                                                                      \
+  } while (0)
 
 // Sum over the 32 lanes of a warp (all active); every lane gets it, in one fixed butterfly order.
 __device__ inline float mn_warp_sum(float v) {

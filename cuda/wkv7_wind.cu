@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
 
 // ---- backward -----------------------------------------------------------------------------------
 // grid (H, B), block 2N threads. Accumulates dr, dw, dk, dv, da, db [B,T,H,N]; G1: the element
-// type of dr, dk, dv, G2: of dw, da, db (fp32 or bf16, mn_put_grad).
+// type of dr, dk, dv, G2: of dw, da, db (fp32 or bf16, MN_PUT_GRAD).
 template <int N, class G1, class G2>
 __global__ void __launch_bounds__(WindDims<N>::THREADS)
     wind_backward_kernel(G1* dr_, G2* dw_, G1* dk_, G1* dv_, G2* da_, G2* db_,
@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(L[q] - 0.5f * L15[q]) + y[q] * expf(L[q]);
         gl[q] = in(r_, i) * g;
-        mn_put_grad(dr_[i], g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i), ar);
+        MN_PUT_GRAD(dr_[i], g + dqb[t] * in(b_, i) + dqk[t] * in(k_, i), ar);
       }
       // k: dKc = dAK^T Ac + dQK^T Rc, dKe = V G
       zero8(x);
@@ -520,7 +520,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= kq * gc;
         }
-        mn_put_grad(dk_[i], g, ak);
+        MN_PUT_GRAD(dk_[i], g, ak);
       }
       // a: dAc = dAB Bc + dAK Kc, dAs = dZ S0
       zero8(x);
@@ -534,7 +534,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         const int64_t i = at(q);
         const float g = x[q] * expf(Lx[q] - 0.5f * L15[q]) + y[q] * expf(Lx[q]);
         glx[q] = in(a_, i) * g;
-        mn_put_grad(da_[i], t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g,
+        MN_PUT_GRAD(da_[i], t ? g + dab[t] * in(b_, i - tstride) + dak[t] * in(k_, i - tstride) : g,
                     aa);
       }
       // b: dBc = dAB^T Ac + dQB^T Rc, dBe = U G
@@ -557,7 +557,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         } else {
           gl[q] -= bq * gc;
         }
-        mn_put_grad(db_[i], g, ab);
+        MN_PUT_GRAD(db_[i], g, ab);
       }
       // v: dV = QK^T dY + AK^T dZ + Ke G^T
       zero8(x);
@@ -565,7 +565,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
       mm_acc<true, false>(x, AK, LDT, dZ + j0, LDC, CH);
       mm_acc<false, true, KU>(x, m.ke, LDC, Gs + j0 * LDS, LDS, N);
 #pragma unroll
-      for (int q = 0; q < 8; q++) mn_put_grad(dv_[at(q)], x[q], av);
+      for (int q = 0; q < 8; q++) MN_PUT_GRAD(dv_[at(q)], x[q], av);
 
       store_tile(gl, gL + j0, N);
       store_tile(glx, gLx + j0, N);
@@ -608,7 +608,7 @@ __global__ void __launch_bounds__(WindDims<N>::THREADS)
         sL += gL[t * N + j];
         const int64_t ind = ind0 + t * tstride + j;
         const float ell = wind_log_decay(mn_bf16_to_f32(w_[ind]));
-        mn_put_grad(dw_[ind], (sL + sLx + gl15) * ell, aw);
+        MN_PUT_GRAD(dw_[ind], (sL + sLx + gl15) * ell, aw);
         sLx += gLx[t * N + j];
       }
     }
