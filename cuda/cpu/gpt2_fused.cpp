@@ -223,6 +223,7 @@ MN_API int mn_relu2_forward_bf16(mn_bf16* out, float* inp, int64_t n, void*) {
 
 MN_API int mn_relu2_forward_bf16io(mn_bf16* out, mn_bf16* inp, int64_t n, void*) {
   if (int rc = mn_check_elementwise("relu2_forward_bf16io", out && inp, n)) return rc;
+#pragma omp parallel for if (n > 100000)
   for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(relu2_ref(bf16_to_f32(inp[i])));
   return 0;
 }
@@ -230,6 +231,7 @@ MN_API int mn_relu2_forward_bf16io(mn_bf16* out, mn_bf16* inp, int64_t n, void*)
 MN_API int mn_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, int64_t n,
                                     int accumulate, void*) {
   if (int rc = mn_check_relu2_backward_bf16io(dinp, dout, inp, n, accumulate)) return rc;
+#pragma omp parallel for if (n > 100000)
   for (int64_t i = 0; i < n; i++) {
     const float x = bf16_to_f32(inp[i]);
     dinp[i] = f32_to_bf16(2.0f * (x > 0.0f ? x : 0.0f) * bf16_to_f32(dout[i]));
@@ -237,27 +239,4 @@ MN_API int mn_relu2_backward_bf16io(mn_bf16* dinp, mn_bf16* dout, mn_bf16* inp, 
   return 0;
 }
 
-// bf16 cross-entropy: the fp32 reference on the widened logits, its gradient rounded once.
-MN_API int mn_softcap_crossentropy_bf16(float* losses, mn_bf16* dlogits, mn_bf16* logits,
-                                        int32_t* targets, int N, int V, float softcap, float dloss,
-                                        void* stream) {
-  if (int rc = mn_check_softcap_crossentropy_bf16(losses, logits, targets, N, V, softcap, dloss))
-    return rc;
-  const int64_t n = (int64_t)N * V;
-  // kept between calls: a fresh N x V buffer each call (100 MB for the CPU demo's 512 rows) cost
-  // more in page faults than the cross-entropy itself
-  // (the OpenMP workers below use the calling thread's buffer through x, not their own)
-  static thread_local std::vector<float> buffer;
-  if ((int64_t)buffer.size() < n) buffer.resize(n);
-  float* x = buffer.data();
-#pragma omp parallel for if (n > 100000)
-  for (int64_t i = 0; i < n; i++) x[i] = bf16_to_f32(logits[i]);
-  if (int rc = mn_softcap_crossentropy(losses, dlogits ? x : nullptr, x, targets, N, V, softcap,
-                                       dloss, stream))
-    return rc;
-  if (dlogits) {
-#pragma omp parallel for if (n > 100000)
-    for (int64_t i = 0; i < n; i++) dlogits[i] = f32_to_bf16(x[i]);
-  }
-  return 0;
-}
+// mn_softcap_crossentropy_bf16: crossentropy.cpp (its table of the capped bf16 values)

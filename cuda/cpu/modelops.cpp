@@ -43,12 +43,15 @@ float unary_grad(int op, float x, float y) {
   return -1.0f;
 }
 
+// Each element is a libm call or two (~10 ns): worth two threads from a few thousand elements on,
+// where the plain elementwise loops wait for 100000.
+constexpr int64_t kUnaryParallel = 8192;
 }  // namespace
 
 MN_API int mn_unary_forward(float* out, float* x, int op, int64_t n, void*) {
   MN_REQUIRE(known_op(op), "unary_forward: unknown op code %d (see MN_OP_* in kernels.h)", op);
   MN_REQUIRE(n >= 0, "unary_forward: n = %lld", (long long)n);
-#pragma omp parallel for if (n > 100000)
+#pragma omp parallel for if (n > kUnaryParallel)
   for (int64_t i = 0; i < n; i++) out[i] = unary(op, x[i]);
   return 0;
 }
@@ -63,7 +66,7 @@ MN_API int mn_unary_backward(float* dx, float* dout, float* x, float* out, int o
   bool need_out = op == MN_OP_TANH || op == MN_OP_SIGMOID || op == MN_OP_EXP_MIN0;
   MN_REQUIRE(x || !need_x, "unary_backward: op %d needs the forward input x", op);
   MN_REQUIRE(out || !need_out, "unary_backward: op %d needs the forward output", op);
-#pragma omp parallel for if (n > 100000)
+#pragma omp parallel for if (n > kUnaryParallel)
   for (int64_t i = 0; i < n; i++)
     dx[i] += dout[i] * unary_grad(op, need_x ? x[i] : 0.0f, need_out ? out[i] : 0.0f);
   return 0;
@@ -73,6 +76,7 @@ MN_API int mn_unary_forward_bf16(mn_bf16* out, mn_bf16* x, int op, int64_t n, vo
   MN_REQUIRE(known_op(op), "unary_forward_bf16: unknown op code %d (see MN_OP_* in kernels.h)",
              op);
   MN_REQUIRE(n >= 0, "unary_forward_bf16: n = %lld", (long long)n);
+#pragma omp parallel for if (n > kUnaryParallel)
   for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(unary(op, bf16_to_f32(x[i])));
   return 0;
 }
@@ -89,6 +93,7 @@ MN_API int mn_unary_backward_bf16(void* dx, void* dout, mn_bf16* x, mn_bf16* out
   MN_REQUIRE(out || !need_out, "unary_backward_bf16: op %d needs the forward output", op);
   if (int rc = mn_check_bf16_grad_overwritten("unary_backward_bf16", "dx", dx_bf16, accumulate, 0))
     return rc;
+#pragma omp parallel for if (n > kUnaryParallel)
   for (int64_t i = 0; i < n; i++) {
     float d = dout_bf16 ? bf16_to_f32(((mn_bf16*)dout)[i]) : ((float*)dout)[i];
     float g = d * unary_grad(op, need_x ? bf16_to_f32(x[i]) : 0.0f,
