@@ -4,6 +4,7 @@
 // mn_adam_multi_step: the same element update over each tensor of a list.
 #include "../entry_checks.h"
 #include "cpu_common.h"
+#include "cpu_math.h"
 
 namespace {
 
@@ -17,11 +18,12 @@ AdamScalars adam_scalars(float lr, float beta1, float beta2, float eps, float we
   return {b1, b2, 1.0 - std::pow(b1, step), 1.0 - std::pow(b2, step), lr, eps, weight_decay};
 }
 
-// One tensor of n elements.
-void adam_tensor(float* param, const float* grad, float* m, float* v, int64_t n,
-                 const AdamScalars& s) {
-#pragma omp parallel for if (n > 100000)
-  for (int64_t i = 0; i < n; i++) {
+// Elements [i0, i1) of one tensor, compiled for the running CPU's widest vectors (double sqrt and
+// division, 8 lanes with AVX-512 where the baseline build has 2).
+MN_HOST_ISA_CLONES
+void adam_range(float* param, const float* grad, float* m, float* v, int64_t i0, int64_t i1,
+                const AdamScalars& s) {
+  for (int64_t i = i0; i < i1; i++) {
     double p = param[i];
     double g = (double)grad[i] + s.wd * p;
     double mi = s.b1 * m[i] + (1.0 - s.b1) * g;
@@ -32,6 +34,15 @@ void adam_tensor(float* param, const float* grad, float* m, float* v, int64_t n,
     double denom = std::sqrt((double)v[i]) / std::sqrt(s.bc2) + s.eps;
     param[i] = (float)(p - s.lr / s.bc1 * (double)m[i] / denom);
   }
+}
+
+// One tensor of n elements.
+void adam_tensor(float* param, const float* grad, float* m, float* v, int64_t n,
+                 const AdamScalars& s) {
+  const int64_t chunk = 8192;
+#pragma omp parallel for if (n > 100000)
+  for (int64_t i0 = 0; i0 < n; i0 += chunk)
+    adam_range(param, grad, m, v, i0, i0 + chunk < n ? i0 + chunk : n, s);
 }
 
 }  // namespace
