@@ -20,6 +20,7 @@ import {
   relErr,
   Rng,
   SEED,
+  testEachBackend,
   type Tol,
   TOL_BF16,
   TOL_F32,
@@ -457,17 +458,20 @@ checkKernel({
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng), 0xc, true, true),
 });
 
-Deno.test("rwkv6_gn_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
-  checkBf16Gate({
-    shapes: HSHAPES,
-    label: hLabel,
-    draw: drawGn,
-    rounded: (d, round) => ({ ...d, gate: round(d.gate) }),
-    forward: gnForward,
-    backward: gnBackward,
-    acc: 0xc,
-  });
-});
+testEachBackend(
+  "rwkv6_gn_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once",
+  (name) => {
+    checkBf16Gate({
+      shapes: HSHAPES,
+      label: hLabel,
+      draw: drawGn,
+      rounded: (d, round) => ({ ...d, gate: round(d.gate) }),
+      forward: gnForward,
+      backward: gnBackward,
+      acc: 0xc,
+    }, name);
+  },
+);
 
 // ---- cpu vs float64 ----
 Deno.test("rwkv6 fused kernels: cpu forward and backward match float64 references", () => {

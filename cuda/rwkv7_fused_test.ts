@@ -19,6 +19,7 @@ import {
   f64,
   Rng,
   SEED,
+  testEachBackend,
   type Tol,
   TOL_BF16,
   TOL_F32,
@@ -338,9 +339,10 @@ Deno.test("rwkv7 fused mixes: cpu forward and backward match a float64 reference
   });
 });
 
-Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once, bf16 gradient parts (and mix_x's bf16 dout) as their float sum", () => {
-  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
+testEachBackend(
+  "rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 ones rounded once, bf16 gradient parts (and mix_x's bf16 dout) as their float sum",
+  (name) => {
+    const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
     const be = backend(name);
     for (const c of SHAPES) {
       const d = draw(c, new Rng(SEED));
@@ -369,8 +371,8 @@ Deno.test("rwkv7 fused mixes: bf16 m_j read as their values, bf16 dm_j the fp32 
         compare(`${name} ${label(c)} parts ${k}`, ps[k], pf[k], EXACT);
       }
     }
-  }
-});
+  },
+);
 
 Deno.test("rwkv7 fused mixes: accumulate bits (clear = overwrite without reading; dmaa must add)", () => {
   for (const name of ["cpu", "emu"] as const) {
@@ -658,9 +660,10 @@ Deno.test("rwkv7_wkv_inputs: accumulate bits (clear = overwrite, set = add; para
   }
 });
 
-Deno.test("rwkv7_wkv_inputs: bf16 inputs (and bf16 output gradients) read as their values, bf16 gradients the fp32 ones rounded once", () => {
-  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
+testEachBackend(
+  "rwkv7_wkv_inputs: bf16 inputs (and bf16 output gradients) read as their values, bf16 gradients the fp32 ones rounded once",
+  (name) => {
+    const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
     const be = backend(name);
     for (const c of HSHAPES) {
       const d = drawChain(c, new Rng(SEED));
@@ -696,8 +699,8 @@ Deno.test("rwkv7_wkv_inputs: bf16 inputs (and bf16 output gradients) read as the
         }
       }
     }
-  }
-});
+  },
+);
 
 // ---- (c) after the WKV call: GroupNorm + bonus, times the gate ----
 const GN_ACTS = ["y", "r", "k", "v", "gate"] as const;
@@ -914,17 +917,20 @@ Deno.test("rwkv7_gn_bonus_gate: the elementwise gradients do not depend on the r
   }
 });
 
-Deno.test("rwkv7_gn_bonus_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once", () => {
-  checkBf16Gate({
-    shapes: GN_SHAPES,
-    label: hLabel,
-    draw: drawGn,
-    rounded: (d, round) => ({ ...d, act: { ...d.act, gate: round(d.act.gate) } }),
-    forward: gnForward,
-    backward: gnBackward,
-    acc: 0xe0,
-  });
-});
+testEachBackend(
+  "rwkv7_gn_bonus_gate: a bf16 gate read as its values, a bf16 dgate the fp32 one rounded once",
+  (name) => {
+    checkBf16Gate({
+      shapes: GN_SHAPES,
+      label: hLabel,
+      draw: drawGn,
+      rounded: (d, round) => ({ ...d, act: { ...d.act, gate: round(d.act.gate) } }),
+      forward: gnForward,
+      backward: gnBackward,
+      acc: 0xe0,
+    }, name);
+  },
+);
 
 // ---- (d) the value residual: lerp(v, v1, sigmoid(mv + time_misc_v)) ----
 type VCfg = { N: number; C: number };
@@ -1069,9 +1075,10 @@ checkKernel({
   run: (be, c, rng) => valueBackward(be, c, drawValue(c, rng), 0xa, true, true, true, true),
 });
 
-Deno.test("rwkv7_value_mix: a bf16 mv (and dout) read as its values, a bf16 dmv (and dv) the fp32 one rounded once", () => {
-  const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
+testEachBackend(
+  "rwkv7_value_mix: a bf16 mv (and dout) read as its values, a bf16 dmv (and dv) the fp32 one rounded once",
+  (name) => {
+    const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
     const be = backend(name);
     for (const c of VSHAPES) {
       const d = drawValue(c, new Rng(SEED));
@@ -1104,8 +1111,8 @@ Deno.test("rwkv7_value_mix: a bf16 mv (and dout) read as its values, a bf16 dmv 
         compare(`${name} ${vLabel(c)} bf16 dout ${k}`, bo[k], fo[k], EXACT);
       }
     }
-  }
-});
+  },
+);
 
 Deno.test("rwkv7_value_mix: cpu forward matches float64, backward matches float64 central differences", () => {
   const be = backend("cpu");

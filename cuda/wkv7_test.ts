@@ -25,6 +25,7 @@ import {
   Rng,
   SEED,
   testAccumulates,
+  testEachBackend,
   testTargets,
   VARIANT,
   withTensors,
@@ -398,31 +399,33 @@ Deno.test("wkv7: bad arguments give clear errors (cpu, emu)", () => {
   }
 });
 
-Deno.test("wkv7 and wind backward: bf16 gradients are the fp32 ones rounded once, or added to the bf16 value and the sum rounded, bit for bit (cpu, emu)", () => {
+function wkv7Bf16GradsExact(name: "cpu" | "emu" | "cuda") {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
   const WAB = ["dw", "da", "db"];
-  for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    // N = 128 (the backstep kernel's compile-time mask; a mixed one zero-fills bf16 too) once
-    const cases = [["wkv7", 16], ["wind", 16], ["wkv7", 64], ["wind", 64], ["wkv7", 128]] as const;
-    for (const [impl, N] of cases) {
-      const s: Shape = { B: 1, T: 16, H: 1, N };
-      const x = makeInputs(new Rng(SEED + N), s, "model");
-      // prior gradients exact in bf16, so the fp32 kernel's sum is the bf16 one's
-      const init = zeroGrads(s).map((g, i) => g.map((_, e) => (((e * 7 + i) % 5) - 2) / 4));
-      // the model's masks: dr, dk, dv added into (their other writers), dw, da, db written;
-      // all added; all written
-      for (const acc of [0x0d, 63, 0]) {
-        const f = runWkv7(be, impl, s, x, init, acc);
-        for (const [drkv, dwab] of [[false, true], [true, true], [true, false]]) {
-          const b = runWkv7(be, impl, s, x, init, acc, { drkv, dwab });
-          for (const g of GRADS) {
-            const bf = WAB.includes(g) ? dwab : drkv;
-            const what = `${name} ${impl} N=${N} acc ${acc} ${g} ${bf ? "bf16" : "fp32"}`;
-            compare(what, b[g], bf ? round(f[g]) : f[g], EXACT);
-          }
+  const be = backend(name);
+  // N = 128 (the backstep kernel's compile-time mask; a mixed one zero-fills bf16 too) once
+  const cases = [["wkv7", 16], ["wind", 16], ["wkv7", 64], ["wind", 64], ["wkv7", 128]] as const;
+  for (const [impl, N] of cases) {
+    const s: Shape = { B: 1, T: 16, H: 1, N };
+    const x = makeInputs(new Rng(SEED + N), s, "model");
+    // prior gradients exact in bf16, so the fp32 kernel's sum is the bf16 one's
+    const init = zeroGrads(s).map((g, i) => g.map((_, e) => (((e * 7 + i) % 5) - 2) / 4));
+    // the model's masks: dr, dk, dv added into (their other writers), dw, da, db written;
+    // all added; all written
+    for (const acc of [0x0d, 63, 0]) {
+      const f = runWkv7(be, impl, s, x, init, acc);
+      for (const [drkv, dwab] of [[false, true], [true, true], [true, false]]) {
+        const b = runWkv7(be, impl, s, x, init, acc, { drkv, dwab });
+        for (const g of GRADS) {
+          const bf = WAB.includes(g) ? dwab : drkv;
+          const what = `${name} ${impl} N=${N} acc ${acc} ${g} ${bf ? "bf16" : "fp32"}`;
+          compare(what, b[g], bf ? round(f[g]) : f[g], EXACT);
         }
       }
     }
   }
-});
+}
+testEachBackend(
+  "wkv7 and wind backward: bf16 gradients are the fp32 ones rounded once, or added to the bf16 value and the sum rounded, bit for bit",
+  wkv7Bf16GradsExact,
+);

@@ -20,32 +20,30 @@ export interface GateCase<C, D> {
   acc: number;
 }
 
-/** On cpu and emu: a bf16 gate gives the fp32 kernel's outputs on the rounded gate bit for bit;
+/** On backend `name`: a bf16 gate gives the fp32 kernel's outputs on the rounded gate bit for bit;
  * from a bf16 gate an fp32 dgate is the fp32 one, a bf16 dgate that rounded once; a bf16 dgate
  * refuses to be added into (it has one writer). */
-export function checkBf16Gate<C, D>(k: GateCase<C, D>) {
+export function checkBf16Gate<C, D>(k: GateCase<C, D>, name: "cpu" | "emu" | "cuda") {
   const round = (a: Float32Array) => bf16ToF32(f32ToBf16(a));
-  for (const name of ["cpu", "emu"] as const) {
-    const be = backend(name);
-    for (const c of k.shapes) {
-      const d = k.draw(c, new Rng(SEED));
-      const dr = k.rounded(d, round); // what a bf16 gate holds
-      for (const bf16 of [false, true]) {
-        const want = k.forward(be, c, dr, bf16), got = k.forward(be, c, d, bf16, true);
-        for (const key of Object.keys(want)) {
-          const l = `${name} ${k.label(c)} ${bf16 ? "bf16" : "fp32"} ${key}`;
-          compare(l, got[key], want[key], EXACT);
-        }
+  const be = backend(name);
+  for (const c of k.shapes) {
+    const d = k.draw(c, new Rng(SEED));
+    const dr = k.rounded(d, round); // what a bf16 gate holds
+    for (const bf16 of [false, true]) {
+      const want = k.forward(be, c, dr, bf16), got = k.forward(be, c, d, bf16, true);
+      for (const key of Object.keys(want)) {
+        const l = `${name} ${k.label(c)} ${bf16 ? "bf16" : "fp32"} ${key}`;
+        compare(l, got[key], want[key], EXACT);
       }
-      // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
-      for (const dgateBf16 of [false, true]) {
-        const bw = k.backward(be, c, dr, k.acc), bg = k.backward(be, c, d, k.acc, true, dgateBf16);
-        for (const key of Object.keys(bw)) {
-          const w = key === "dgate" && dgateBf16 ? round(bw[key] as Float32Array) : bw[key];
-          compare(`${name} ${k.label(c)} ${key}`, bg[key], w, EXACT);
-        }
-      }
-      assert.throws(() => k.backward(be, c, d, -1, true, true), /bf16 dgate is overwritten/);
     }
+    // fp32 dgate from a bf16 gate (its gradient has another writer), and a bf16 dgate
+    for (const dgateBf16 of [false, true]) {
+      const bw = k.backward(be, c, dr, k.acc), bg = k.backward(be, c, d, k.acc, true, dgateBf16);
+      for (const key of Object.keys(bw)) {
+        const w = key === "dgate" && dgateBf16 ? round(bw[key] as Float32Array) : bw[key];
+        compare(`${name} ${k.label(c)} ${key}`, bg[key], w, EXACT);
+      }
+    }
+    assert.throws(() => k.backward(be, c, d, -1, true, true), /bf16 dgate is overwritten/);
   }
 }

@@ -362,6 +362,20 @@ export function checkAccumulates(
   });
 }
 
+/**
+ * Registers `title (<backend>)` for cpu, emu and cuda (cuda ignored without a GPU): checks of one
+ * backend against itself (two of its entry points, or a variant and the plain kernel).
+ */
+export function testEachBackend(title: string, fn: (name: "cpu" | "emu" | "cuda") => void) {
+  for (const name of ["cpu", "emu", "cuda"] as const) {
+    Deno.test({
+      name: `${title} (${name})`,
+      ignore: name === "cuda" && !CUDA_RUNS,
+      fn: () => fn(name),
+    });
+  }
+}
+
 /** Registers `<kernel>: backward accumulates (+=) and is deterministic (<backend>)` per backend
  * in `names` (cuda ignored without a GPU; all ignored when `ignore`); `fn` gets the name. */
 export function testAccumulates(
