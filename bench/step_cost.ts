@@ -6,6 +6,8 @@
 //   deno task cost                         every record config, H100 constants, the table below
 //   deno run -A bench/step_cost.ts [--hw H100|H200|A800] [--only NAME] [--json FILE] [--top N]
 //                                  [--calibrate]   (our measured H200 step times vs the model)
+//                                  [--device_bsz B] (every config at that batch per GPU)
+//                                  [--peak N]  (the N largest allocation sites at the peak)
 //   deno run -A bench/step_cost.ts --measured PROFILE.json[.gz] [--hw H200]
 //       per ABI function: time measured by MN_PROFILE=1 with blocking launches (MN_PROFILE_JSON,
 //       written by bench/gpu_session.sh for a record-batch step) against this model's estimate of
@@ -204,6 +206,7 @@ export function dryTrace(
   spec: RunSpec,
   shards: { train: string; val: string },
   tmp: string,
+  peakSites = false,
 ): TraceFile {
   const trace = `${tmp}/${spec.name.replace(/[^\w]+/g, "_")}.trace.json`;
   const args = [
@@ -237,6 +240,7 @@ export function dryTrace(
       LOCAL_RANK: "0",
       MN_TRACE: trace,
       MN_DRY_STOP_AT: "step 2",
+      ...(peakSites ? { MN_PEAK_SITES: "1" } : {}),
     },
     stdout: "piped",
     stderr: "piped",
@@ -541,6 +545,19 @@ export function formatFamilies(r: StepCost, top: number): string {
   return `${r.name} on ${r.hw}: top ${top} ABI functions by estimated time\n${lines.join("\n")}`;
 }
 
+/** What is allocated at the peak (--peak N): the N largest allocation sites of the tape's buffers
+ * (model file:line, label, dtype; buffers of one site summed over layers), then the rest. */
+export function formatPeakSites(name: string, t: TraceFile, n: number): string {
+  const sites = t.peakSites ?? [];
+  const gb = (b: number) => (b / 1e9).toFixed(2).padStart(6);
+  const shown = sites.slice(0, n), rest = sites.slice(n).reduce((a, [, b]) => a + b, 0);
+  const lines = shown.map(([s, b]) => `  ${gb(b)} GB  ${s}`);
+  if (rest) lines.push(`  ${gb(rest)} GB  (${sites.length - n} more sites)`);
+  return `${name}: peak ${(t.peakBytes / 1e9).toFixed(1)} GB; allocated at the peak:\n${
+    lines.join("\n")
+  }`;
+}
+
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
@@ -549,6 +566,8 @@ if (import.meta.main) {
       only: { type: "string" },
       json: { type: "string" },
       top: { type: "string", default: "8" },
+      peak: { type: "string" },
+      device_bsz: { type: "string" },
       calibrate: { type: "boolean", default: false },
       measured: { type: "string" },
       help: { type: "boolean", default: false },
@@ -557,7 +576,7 @@ if (import.meta.main) {
   });
   if (values.help) {
     console.log(
-      "deno run -A bench/step_cost.ts [--hw H100|H200|A800] [--only NAME] [--json FILE] [--top N] [--calibrate] [--measured PROFILE.json]",
+      "deno run -A bench/step_cost.ts [--hw H100|H200|A800] [--only NAME] [--device_bsz B] [--peak N] [--json FILE] [--top N] [--calibrate] [--measured PROFILE.json]",
     );
     Deno.exit(0);
   }
@@ -567,6 +586,16 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const top = Number(values.top);
+  const peakTop = values.peak === undefined ? 0 : Number(values.peak);
+  if (values.peak !== undefined && !(Number.isInteger(peakTop) && peakTop > 0)) {
+    console.error(`error: --peak ${values.peak}: expected a positive integer (sites to list)`);
+    Deno.exit(2);
+  }
+  const deviceBsz = values.device_bsz === undefined ? 0 : Number(values.device_bsz);
+  if (values.device_bsz !== undefined && !(Number.isInteger(deviceBsz) && deviceBsz > 0)) {
+    console.error(`error: --device_bsz ${values.device_bsz}: expected a positive integer`);
+    Deno.exit(2);
+  }
   if (values.measured) {
     console.log(measuredVsEstimated(values.measured, hw));
     Deno.exit(0);
@@ -590,7 +619,8 @@ if (import.meta.main) {
         );
       }
     } else {
-      const runs = RECORD_RUNS.filter((r) => !values.only || r.name.includes(values.only));
+      const runs = RECORD_RUNS.filter((r) => !values.only || r.name.includes(values.only))
+        .map((r) => deviceBsz ? { ...r, name: `${r.name} B${deviceBsz}`, deviceBsz } : r);
       if (!runs.length) {
         console.error(
           `error: --only ${values.only}: no config matches (${
@@ -600,9 +630,12 @@ if (import.meta.main) {
         Deno.exit(2);
       }
       const rows: StepCost[] = [];
+      const peaks: string[] = [];
       for (const spec of runs) {
         const t0 = performance.now();
-        rows.push(priceStep(spec, dryTrace(spec, shards, tmp), hw));
+        const trace = dryTrace(spec, shards, tmp, peakTop > 0);
+        rows.push(priceStep(spec, trace, hw));
+        if (peakTop) peaks.push(formatPeakSites(spec.name, trace, peakTop));
         console.error(
           `${spec.name}: dry run + pricing ${((performance.now() - t0) / 1e3).toFixed(1)} s`,
         );
@@ -626,6 +659,7 @@ if (import.meta.main) {
           );
         }
       }
+      for (const p of peaks) console.log("\n" + p);
       if (values.json) Deno.writeTextFileSync(values.json, JSON.stringify(rows, null, 1));
     }
   } finally {

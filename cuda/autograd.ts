@@ -16,7 +16,7 @@
 // (not zeroed: its first writer overwrites it) when first needed in backward, or is the incoming
 // gradient itself where the op passes it through (add, views), and goes back to the pool as soon
 // as its producer's backward ran.
-import { type Backend, type Dtype, DTYPE_BYTES, Tensor } from "./backend.ts";
+import { type Backend, type Dtype, DTYPE_BYTES, PEAK_SITES, Tensor } from "./backend.ts";
 import { kernelsHeaderConstants } from "./abi.ts";
 
 /** A trainable tensor: fp32 master weights, fp32 gradient, bf16 shadow copy for matmuls. */
@@ -182,18 +182,69 @@ export class Var {
   }
 }
 
+/** The first stack frame in the model's code (a trainer, not the tape), as "file:line". */
+function modelSite(): string {
+  for (const line of (new Error().stack ?? "").split("\n").slice(1)) {
+    const m = line.match(/([\w.-]+\.ts):(\d+):\d+\)?$/);
+    if (m && !/^(autograd|fused_ops|backend|step)\.ts$/.test(m[1])) return `${m[1]}:${m[2]}`;
+  }
+  return "(the tape's backward)";
+}
+
+/** The tape pools' buffers by site (their live buffers, then their idle ones), largest first:
+ * taken each time a pool grows, so the last one is the pools' part of the peak (the backend adds
+ * the rest: Backend.peakSitesWithRest). */
+function peakBreakdown(pools: Set<Pool>): [string, number][] {
+  const by = new Map<string, number>();
+  let idle = 0;
+  for (const p of pools) idle += p.addSites(by)[1];
+  by.set("(the tape pool's idle buffers)", idle);
+  return [...by].sort((a, b) => b[1] - a[1]);
+}
+
+/** MN_PEAK_SITES: the pools of each backend, whose live buffers make up its peak */
+const peakPools = new Map<Backend, Set<Pool>>();
+
 /** Exact-size buffer pool: a step's buffers are handed back and reused by the next step. */
 class Pool {
   private free = new Map<string, Tensor[]>();
-  constructor(private be: Backend) {}
+  /** MN_PEAK_SITES: address -> where the live buffer was taken ("site label (dtype)"), bytes */
+  private sites = new Map<bigint, [string, number]>();
+  /** the site of the buffer being taken */
+  private pending: [string, number] | null = null;
+  constructor(private be: Backend) {
+    if (!PEAK_SITES) return;
+    let pools = peakPools.get(be);
+    if (!pools) peakPools.set(be, pools = new Set());
+    pools.add(this);
+  }
   take(shape: readonly number[], dtype: Dtype, label: string): Tensor {
     const n = shape.reduce((a, b) => a * b, 1);
     const key = `${n * DTYPE_BYTES[dtype]}`;
     const list = this.free.get(key);
-    const t = list && list.length ? list.pop()! : this.be.alloc([n], dtype, label);
+    if (PEAK_SITES) this.pending = [`${modelSite()} ${label} (${dtype})`, n * DTYPE_BYTES[dtype]];
+    const fresh = !list?.length;
+    const t = fresh ? this.be.alloc([n], dtype, label) : list!.pop()!;
+    if (this.pending) {
+      this.sites.set(BigInt(Deno.UnsafePointer.value(t.ptr)), this.pending);
+      this.pending = null;
+      // the pools grew: what they hold now is their part of the peak
+      if (fresh) this.be.peakSites = peakBreakdown(peakPools.get(this.be)!);
+    }
     return new Tensor(t.ptr, shape, dtype, label);
   }
+  /** adds this pool's live buffers by site into `by`; returns [live, idle] bytes */
+  addSites(by: Map<string, number>): [number, number] {
+    let live = 0, idle = 0;
+    for (const [s, b] of this.sites.values()) {
+      by.set(s, (by.get(s) ?? 0) + b);
+      live += b;
+    }
+    for (const l of this.free.values()) for (const f of l) idle += f.nbytes;
+    return [live, idle];
+  }
   give(t: Tensor) {
+    if (PEAK_SITES) this.sites.delete(BigInt(Deno.UnsafePointer.value(t.ptr)));
     const key = `${t.nbytes}`;
     let list = this.free.get(key);
     if (!list) this.free.set(key, list = []);

@@ -28,6 +28,10 @@ const PROFILE_JSON = Deno.env.get("MN_PROFILE_JSON") ?? "";
 // always records. MN_DRY_STOP_AT=label: a dry run writes its trace and exits at that mark.
 const TRACE_PATH = Deno.env.get("MN_TRACE") ?? "";
 const DRY_STOP_AT = Deno.env.get("MN_DRY_STOP_AT") ?? "";
+// MN_PEAK_SITES=1: the tape's buffer pool records where each of its live buffers was taken (a
+// stack walk per buffer: for dry runs, bench/step_cost.ts --peak), and Backend.peakSites holds
+// them at the moment of the peak; the trace carries them.
+export const PEAK_SITES = Deno.env.get("MN_PEAK_SITES") === "1";
 
 export function libraryPath(name: BackendName, variant: Variant = ""): string {
   const file = variant ? `libmn_${name}_${variant}.so` : `libmn_${name}.so`;
@@ -98,6 +102,9 @@ export class Backend {
   readonly stream: Deno.PointerValue = null;
   bytesInUse = 0;
   peakBytes = 0;
+  /** with MN_PEAK_SITES=1: the tape pools' buffers by allocation site when they last grew
+   * (cuda/autograd.ts); peakSitesWithRest() adds the rest of the peak */
+  peakSites: [string, number][] | null = null;
   /** the device this backend runs on (cuda), from OpenOptions.device or $LOCAL_RANK */
   currentDevice = 0;
   /** per-function call counts and host-side milliseconds, collected when MN_PROFILE=1 (on cuda
@@ -344,15 +351,37 @@ export class Backend {
     if (!this.trace) return;
     this.trace.mark(label, this.bytesInUse, this.peakBytes);
     if (this.name === "dry" && label === DRY_STOP_AT) {
-      this.trace.write(TRACE_PATH || "dry_trace.json", this.name, this.peakBytes);
+      this.trace.write(
+        TRACE_PATH || "dry_trace.json",
+        this.name,
+        this.peakBytes,
+        this.peakSitesWithRest(),
+      );
       Deno.exit(0);
     }
+  }
+
+  /** peakSites and what the rest of the peak was (allocated outside the tape's pools: parameters,
+   * gradients, optimizer state, ...): they sum to peakBytes; null without MN_PEAK_SITES */
+  peakSitesWithRest(): [string, number][] | null {
+    if (!this.peakSites) return null;
+    const pooled = this.peakSites.reduce((a, [, b]) => a + b, 0);
+    const rest: [string, number] = [
+      "(outside the tape: parameters, gradients, optimizer state, ...)",
+      this.peakBytes - pooled,
+    ];
+    return [...this.peakSites, rest].sort((a, b) => b[1] - a[1]);
   }
 
   /** Frees everything still allocated and releases the stream (call before Deno.exit). */
   close() {
     if (this.trace && (TRACE_PATH || this.name === "dry")) {
-      this.trace.write(TRACE_PATH || "dry_trace.json", this.name, this.peakBytes);
+      this.trace.write(
+        TRACE_PATH || "dry_trace.json",
+        this.name,
+        this.peakBytes,
+        this.peakSitesWithRest(),
+      );
     }
     if (PROFILE_JSON && this.profileShapes.size) {
       Deno.writeTextFileSync(PROFILE_JSON + ".tmp", this.profileShapesJson());

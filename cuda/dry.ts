@@ -24,6 +24,8 @@ export interface TraceFile {
   functions: string[];
   events: TraceEvent[];
   peakBytes: number;
+  /** MN_PEAK_SITES=1: what was allocated at the peak, bytes by site (Backend.peakSites) */
+  peakSites?: [string, number][];
 }
 
 export class CallTrace {
@@ -53,13 +55,14 @@ export class CallTrace {
     this.events.push({ coll: op, bytes, dtype });
   }
 
-  toJson(backend: string, peakBytes: number): string {
+  toJson(backend: string, peakBytes: number, peakSites: [string, number][] | null = null): string {
     const t: TraceFile = { backend, functions: this.functions, events: this.events, peakBytes };
+    if (peakSites) t.peakSites = peakSites;
     return JSON.stringify(t);
   }
 
-  write(path: string, backend: string, peakBytes: number) {
-    Deno.writeTextFileSync(path + ".tmp", this.toJson(backend, peakBytes));
+  write(path: string, backend: string, peakBytes: number, peakSites: [string, number][] | null) {
+    Deno.writeTextFileSync(path + ".tmp", this.toJson(backend, peakBytes, peakSites));
     Deno.renameSync(path + ".tmp", path);
   }
 }
