@@ -31,6 +31,21 @@ struct Row {
   double zmax, sum, zt;  // the shift, sum_i exp(z_i - zmax), z of the target
 };
 
+// e[0, n) = exp(z - zmax) for lanes [0, n), added to the lane sums (inlined: vectors stay local)
+static inline __attribute__((always_inline)) void add_exp(double* e, mn_math::vd z, double zmax,
+                                                          int n, mn_math::vd* sum) {
+  using namespace mn_math;
+  vd ei = mn_math::exp(z - zmax);
+  if (n < kLanes) ei = lanes_below(n) ? ei : 0.0;
+  *sum += ei;
+  store(e, ei, n);
+}
+static inline __attribute__((always_inline)) double lane_sum(mn_math::vd sum) {
+  double s = 0.0;
+  for (int l = 0; l < mn_math::kLanes; l++) s += sum[l];
+  return s;
+}
+
 // One row: e_i = exp(z_i - zmax) and dz_i into the caller's scratch; the sum of the e_i.
 MN_HOST_ISA_CLONES
 Row ce_row(const float* x, int V, int t, bool capped, double cap, double* e, double* dz) {
@@ -61,14 +76,9 @@ Row ce_row(const float* x, int V, int t, bool capped, double cap, double* e, dou
       z = cap * mn_math::tanh(y * inv_cap, &dth);
       store(dz + i0, dth, n);
     }
-    vd ei = mn_math::exp(z - zmax);
-    if (n < kLanes) ei = lanes_below(n) ? ei : 0.0;
-    sum += ei;
-    store(e + i0, ei, n);
+    add_exp(e + i0, z, zmax, n, &sum);
   }
-  double s = 0.0;
-  for (int l = 0; l < kLanes; l++) s += sum[l];
-  return {zmax, s, zt};
+  return {zmax, lane_sum(sum), zt};
 }
 
 // z_i = softcap * tanh(x_i / softcap) and dz_i of every bf16 value x_i (indexed by its bits),
@@ -136,14 +146,9 @@ Row ce_row_bf16(const mn_bf16* x, int V, int t, const SoftcapTable* tab, double*
     if (n == kLanes) std::memcpy(&z, e + i0, sizeof z);
     else
       for (int l = 0; l < n; l++) z[l] = e[i0 + l];
-    vd ei = mn_math::exp(z - zmax);
-    if (n < kLanes) ei = lanes_below(n) ? ei : 0.0;
-    sum += ei;
-    store(e + i0, ei, n);
+    add_exp(e + i0, z, zmax, n, &sum);
   }
-  double s = 0.0;
-  for (int l = 0; l < kLanes; l++) s += sum[l];
-  return {zmax, s, zt};
+  return {zmax, lane_sum(sum), zt};
 }
 
 inline void put_grad(float* d, int i, double v) { d[i] = (float)v; }
