@@ -225,7 +225,7 @@ Deno.test("step_cost: record configs (dry runs, rank 0 of 8): peak memory within
   }
 });
 
-Deno.test("step_cost --peak: the allocation sites at the peak add up to the peak and name the model's lines", () => {
+Deno.test("step_cost --peak: the pools' allocation sites fit in the peak (the rest, outside the tape, is not negative) and name the model's lines", () => {
   const tmp = Deno.makeTempDirSync({ prefix: "peak_sites_" });
   try {
     const shards = syntheticShards(`${tmp}/shards`);
@@ -233,8 +233,8 @@ Deno.test("step_cost --peak: the allocation sites at the peak add up to the peak
     const t = dryTrace(spec, shards, tmp, true);
     const sites = t.peakSites ?? [];
     const sum = sites.reduce((a, [, b]) => a + b, 0);
-    assert.equal(sum, t.peakBytes, "the sites (pool, idle, outside) sum to the peak");
-    assert.ok(sites.every(([, b]) => b >= 0), "no negative share");
+    assert.equal(sum, t.peakBytes, "the sites (live, idle, the rest) sum to the peak");
+    assert.ok(sites.length > 10 && sites.every(([, b]) => b >= 0), "no negative share");
     // WKV-7's saved states are the largest activation of the fast kernel (fp32, every 16 steps)
     assert.match(sites[0][0], /^train_rwkv7\.ts:\d+ wkv7\.s \(f32\)$/);
     assert.equal(dryTrace(spec, shards, tmp).peakSites, undefined, "sites only when asked");

@@ -28,9 +28,9 @@ const PROFILE_JSON = Deno.env.get("MN_PROFILE_JSON") ?? "";
 // always records. MN_DRY_STOP_AT=label: a dry run writes its trace and exits at that mark.
 const TRACE_PATH = Deno.env.get("MN_TRACE") ?? "";
 const DRY_STOP_AT = Deno.env.get("MN_DRY_STOP_AT") ?? "";
-// MN_PEAK_SITES=1: the tape's buffer pool records where each of its live buffers was taken (a
-// stack walk per buffer: for dry runs, bench/step_cost.ts --peak), and Backend.peakSites holds
-// them at the moment of the peak; the trace carries them.
+// MN_PEAK_SITES=1: the tape's buffer pools record where each of their live buffers was taken (a
+// stack walk per buffer: for dry runs, bench/step_cost.ts --peak); Backend.peakSites holds them as
+// of the pools' last growth, and the trace carries them with the rest of the peak.
 export const PEAK_SITES = Deno.env.get("MN_PEAK_SITES") === "1";
 
 export function libraryPath(name: BackendName, variant: Variant = ""): string {
