@@ -172,7 +172,10 @@ export const FUSED_CHECKS = [
     smallAtol: 1e-7,
     lossTol: 1e-7,
   },
-  // seeds 1-30 x OpenBLAS default/Haswell (the same figures on this cpu; 2026-12-05, with the gate
+  // seeds 1-30, 2026-12-05 (aa9441d: bf16 LoRA hidden layers and bf16 gradient parts in):
+  // [tensors 1.29e-2 (29), 1.10e-2; scalars 9.03e-2 (24), absolute 2.68e-4 (16); loss 8.27e-5 (8),
+  // 2.5e-5]: tol 2.5e-2 -> 2.6e-2 to keep 2x (it was 1.94x).
+  // Before, seeds 1-30 x OpenBLAS default/Haswell (the same figures on this cpu; with the gate
   // and the value residual's mv also bf16): [tensors 1.25e-2 (11), 1.08e-2; scalars 8.44e-2 (29),
   // 5.9e-3; loss 8.49e-5 (18), 2.3e-5]: scalars 0.15 -> 0.17 and loss 1.5e-4 -> 1.7e-4 to keep 2x
   // (they were 1.8x). Before those two (every other bf16 value of the fused path in): [tensors
@@ -185,7 +188,7 @@ export const FUSED_CHECKS = [
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 2.5e-2,
+    tol: 2.6e-2,
     smallTol: 0.17,
     // scalars' largest absolute difference, seeds 1-30: 2.77e-4 (28), median 1.2e-4 (seed
     // 1880265446: h.0's lambdas -1.3e-4, 0.60 apart relatively, 7.7e-5 absolutely)
