@@ -139,6 +139,7 @@ void combine_row_bf16(mn_bf16* c, const float* p, float beta, int n) {
   else
     for (int i = 0; i < n; i++) c[i] = f32_to_bf16(p[i]);
 }
+// c = p + beta * c in fp32 (beta != 0 here: with beta == 0, sgemm writes an fp32 C directly)
 MN_HOST_ISA_CLONES
 void combine_row_f32(float* c, const float* p, float beta, int n) {
   for (int i = 0; i < n; i++) c[i] = p[i] + beta * c[i];
