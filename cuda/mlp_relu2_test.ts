@@ -84,7 +84,7 @@ function run(
 // An op that overwrote a gradient it should add to loses g0 or the tanh's term (|g0| ~ the
 // change), one that added to a stale buffer changes the second step: both fail.
 const REL = 0.03;
-const AB_ATOL = 1.5e-2; // mlpRelu2 between mixRmsnorms: see there
+const AB_ATOL = 8e-2; // mlpRelu2 between mixRmsnorms: see there
 const KEYS = ["out", "dX", "dWfc", "dWproj"] as const;
 
 function check(be: Backend, name: string, order: Order, seed: number) {
@@ -279,11 +279,17 @@ for (const name of ["cpu", "emu"] as const) {
       const abs = maxAbsDiff(v, f32.grads[i]), err = abs / maxAbs(f32.grads[i]);
       // ab's two gradients are sums over every element that may nearly cancel: within REL or
       // AB_ATOL absolute (cpu, seeds 1-150: relative median 9.6e-4, over REL once, seed 15: 0.14
-      // at a gradient of 0.048, 6.9e-3 absolute; no gradient below 0.048, so a zeroed one fails)
+      // at a gradient of 0.048, 6.9e-3 absolute). The absolute difference (the output's bf16
+      // rounding summed over N x C) does not shrink with the gradient: seeds 1-60 and
+      // 2143512349, 2026-12-05: median 6.3e-3, worst 3.98e-2 (2143512349, at a gradient of
+      // 0.175: relative 0.23), so AB_ATOL is 2x that worst; a zeroed gradient still fails where
+      // the gradient exceeds it (all but a few seeds: median magnitude 8.3)
       const ok = err <= REL || (params[i] === ab && abs <= AB_ATOL);
       assert.ok(
         ok,
-        `${name}: ${params[i].name} bf16 vs fp32 output ${err} > ${REL} (seed ${SEED})`,
+        `${name}: ${params[i].name} bf16 vs fp32 output ${err} > ${REL} (absolute ${abs}, of ${
+          maxAbs(f32.grads[i])
+        }; seed ${SEED})`,
       );
     });
   });
