@@ -17,17 +17,24 @@ import { namedArgs } from "../cuda/dry.ts";
 import { callLaunches } from "../cuda/cost_model.ts";
 import { HARDWARE, priceLaunch } from "./step_cost.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    size: { type: "string", default: "small" },
-    reps: { type: "string", default: "5" },
-    backends: { type: "string" }, // default: cpu, emu (small shapes only), cuda (with a GPU)
-    record: { type: "boolean", default: false }, // = --size record
-    hw: { type: "string", default: "H200" },
-  },
-  strict: true,
-});
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Deno.args,
+    options: {
+      size: { type: "string", default: "small" },
+      reps: { type: "string", default: "5" },
+      backends: { type: "string" }, // default: cpu, emu (small shapes only), cuda (with a GPU)
+      record: { type: "boolean", default: false }, // = --size record
+      hw: { type: "string", default: "H200" },
+    },
+    strict: true,
+  });
+} catch (e) {
+  console.error(`error: ${(e as Error).message.split("\n")[0]}`);
+  Deno.exit(2);
+}
+const { values } = parsed;
 const size = values.record
   ? "record"
   : values.size === "model" || values.size === "record"

@@ -453,11 +453,24 @@ export function readProfile(path: string) {
     const out = new Deno.Command("gzip", { args: ["-dc", path], stdout: "piped" }).outputSync();
     if (out.code !== 0) throw new Error(`${path}: gzip -dc failed`);
     text = new TextDecoder().decode(out.stdout);
-  } else text = Deno.readTextFileSync(path);
-  const p = JSON.parse(text) as {
-    device: string;
-    rows: { call: string; calls: number; ms: number; minMs: number }[];
-  };
+  } else {
+    try {
+      text = Deno.readTextFileSync(path);
+    } catch (e) {
+      throw new Error(`${path}: cannot read the profile (${(e as Error).message})`);
+    }
+  }
+  let p: { device: string; rows: { call: string; calls: number; ms: number; minMs: number }[] };
+  try {
+    p = JSON.parse(text);
+  } catch (e) {
+    throw new Error(
+      `${path}: not a MN_PROFILE_JSON file (${(e as Error).message.replace(/\s+/g, " ")})`,
+    );
+  }
+  if (!Array.isArray(p?.rows)) {
+    throw new Error(`${path}: not a MN_PROFILE_JSON file (no "rows" list)`);
+  }
   const abi = new Map(kernelsHeaderFunctions().map((f) => [f.name, f]));
   return {
     device: p.device,
@@ -559,21 +572,28 @@ export function formatPeakSites(name: string, t: TraceFile, n: number): string {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      hw: { type: "string", default: "H100" },
-      only: { type: "string" },
-      json: { type: "string" },
-      top: { type: "string", default: "8" },
-      peak: { type: "string" },
-      device_bsz: { type: "string" },
-      calibrate: { type: "boolean", default: false },
-      measured: { type: "string" },
-      help: { type: "boolean", default: false },
-    },
-    strict: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      options: {
+        hw: { type: "string", default: "H100" },
+        only: { type: "string" },
+        json: { type: "string" },
+        top: { type: "string", default: "8" },
+        peak: { type: "string" },
+        device_bsz: { type: "string" },
+        calibrate: { type: "boolean", default: false },
+        measured: { type: "string" },
+        help: { type: "boolean", default: false },
+      },
+      strict: true,
+    });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message.split("\n")[0]} (see --help)`);
+    Deno.exit(2);
+  }
+  const { values } = parsed;
   if (values.help) {
     console.log(
       "deno run -A bench/step_cost.ts [--hw H100|H200|A800] [--only NAME] [--device_bsz B] [--peak N] [--json FILE] [--top N] [--calibrate] [--measured PROFILE.json]",
@@ -586,6 +606,10 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   const top = Number(values.top);
+  if (!(Number.isInteger(top) && top > 0)) {
+    console.error(`error: --top ${values.top}: expected a positive integer (families to list)`);
+    Deno.exit(2);
+  }
   const peakTop = values.peak === undefined ? 0 : Number(values.peak);
   if (values.peak !== undefined && !(Number.isInteger(peakTop) && peakTop > 0)) {
     console.error(`error: --peak ${values.peak}: expected a positive integer (sites to list)`);
@@ -597,7 +621,12 @@ if (import.meta.main) {
     Deno.exit(2);
   }
   if (values.measured) {
-    console.log(measuredVsEstimated(values.measured, hw));
+    try {
+      console.log(measuredVsEstimated(values.measured, hw));
+    } catch (e) {
+      console.error(`error: --measured ${(e as Error).message}`);
+      Deno.exit(1);
+    }
     Deno.exit(0);
   }
   const tmp = Deno.makeTempDirSync({ prefix: "step_cost_" });
@@ -626,6 +655,16 @@ if (import.meta.main) {
           `error: --only ${values.only}: no config matches (${
             RECORD_RUNS.map((r) => r.name).join(", ")
           })`,
+        );
+        Deno.exit(2);
+      }
+      // the trainers accumulate bsz / (device_bsz * world) micro-steps: say so before a dry run fails
+      const split = runs.find((r) => r.bsz % (r.deviceBsz * r.world) !== 0);
+      if (split) {
+        console.error(
+          `error: --device_bsz ${split.deviceBsz}: expected a divisor of ${
+            split.bsz / split.world
+          } (the record bsz ${split.bsz} over ${split.world} GPUs)`,
         );
         Deno.exit(2);
       }
@@ -662,6 +701,10 @@ if (import.meta.main) {
       for (const p of peaks) console.log("\n" + p);
       if (values.json) Deno.writeTextFileSync(values.json, JSON.stringify(rows, null, 1));
     }
+  } catch (e) {
+    // a failed dry run or an unreadable trace: its message is the error line, no stack
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exitCode = 1;
   } finally {
     Deno.removeSync(tmp, { recursive: true });
   }

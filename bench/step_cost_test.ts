@@ -242,3 +242,37 @@ Deno.test("step_cost --peak: the pools' allocation sites fit in the peak (the re
     Deno.removeSync(tmp, { recursive: true });
   }
 });
+
+Deno.test("step_cost: bad flags and files end in one error line naming the flag, without a dry run", () => {
+  const bad = Deno.makeTempFileSync({ suffix: ".json" });
+  try {
+    Deno.writeTextFileSync(bad, "not json\n");
+    const cases: [string[], number, RegExp][] = [
+      [["--device_bsz", "48"], 2, /^error: --device_bsz 48: expected a divisor of 64 /],
+      [["--device_bsz=-1"], 2, /^error: --device_bsz -1: expected a positive integer/],
+      [["--device_bsz"], 2, /^error: Option '--device_bsz <value>' argument missing/],
+      [["--bogus"], 2, /^error: Unknown option '--bogus'/],
+      [["--peak", "0"], 2, /^error: --peak 0: expected a positive integer/],
+      [["--top", "x"], 2, /^error: --top x: expected a positive integer/],
+      [["--hw", "V100"], 2, /^error: --hw V100: expected one of H100, /],
+      [["--only", "nosuch"], 2, /^error: --only nosuch: no config matches /],
+      [["--measured", `${bad}.missing`], 1, /^error: --measured .*: cannot read the profile/],
+      [["--measured", bad], 1, /^error: --measured .*: not a MN_PROFILE_JSON file/],
+    ];
+    for (const [args, code, msg] of cases) {
+      const out = new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", "bench/step_cost.ts", ...args],
+        cwd: ROOT,
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).outputSync();
+      const err = new TextDecoder().decode(out.stderr).trim();
+      assert.equal(out.code, code, `${args.join(" ")}: exit ${out.code}: ${err}`);
+      assert.match(err, msg, args.join(" "));
+      assert.equal(err.split("\n").length, 1, `${args.join(" ")}: more than one line: ${err}`);
+    }
+  } finally {
+    Deno.removeSync(bad);
+  }
+});

@@ -267,15 +267,22 @@ Builds the Brown corpus shards (GPT-2 tokens): brown_train_000001.bin, brown_val
   --force         rebuild even when brown.json says the files are current`;
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: {
-      out_dir: { type: "string" },
-      force: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-    strict: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      options: {
+        out_dir: { type: "string" },
+        force: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+    });
+  } catch (e) {
+    console.error(`error: ${(e as Error).message.split("\n")[0]}\n${USAGE}`);
+    Deno.exit(2);
+  }
+  const { values } = parsed;
   if (values.help) {
     console.log(USAGE);
     Deno.exit(0);
