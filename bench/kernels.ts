@@ -50,6 +50,10 @@ if (!hw) {
   Deno.exit(2);
 }
 const reps = Number(values.reps);
+if (!(Number.isInteger(reps) && reps > 0)) {
+  console.error(`error: --reps: '${values.reps}' is not a positive integer`);
+  Deno.exit(2);
+}
 const OP = kernelsHeaderConstants();
 
 const S = size === "record"

@@ -29,10 +29,19 @@ Deno.test("bench/kernels.ts: every case is timed and has the cost model's estima
   assert.ok(new Set(rows.map((r) => r.trim().split(/\s+/).at(-1))).size > 3, text);
 });
 
-Deno.test("bench/kernels.ts: a bad --hw or --size is a one-line error", () => {
-  for (const [flag, v] of [["--hw", "B300"], ["--size", "huge"]]) {
+Deno.test("bench/kernels.ts: a bad --hw, --size, --reps or an unknown flag is a one-line error", () => {
+  for (
+    const [flag, v, what] of [
+      ["--hw", "B300", "is not one of"],
+      ["--size", "huge", "is not one of"],
+      ["--reps", "0", "is not a positive integer"],
+    ]
+  ) {
     const { code, text } = kernels(flag, v, "--backends", "cpu");
     assert.equal(code, 2, text);
-    assert.match(text.trim(), new RegExp(`^error: ${flag}: '${v}' is not one of`));
+    assert.match(text.trim(), new RegExp(`^error: ${flag}: '${v}' ${what}[^\n]*$`));
   }
+  const { code, text } = kernels("--bogus");
+  assert.equal(code, 2, text);
+  assert.match(text.trim(), /^error: Unknown option '--bogus'[^\n]*$/);
 });
