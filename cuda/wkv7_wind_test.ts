@@ -6,7 +6,7 @@
 // scaled inputs, the 16x16 time matrices, sa, dy, dZ and, above all, the state S0 and its gradient
 // G, which enter every output through sums of N products. Accumulation is fp32 and the cpu works in
 // double, so the difference is that rounding: with random signs the sums average it down to a
-// normwise ~1e-3 (measured worst over seeds in REL's comment). Errors are measured normwise:
+// normwise 2e-3..6e-3 (measured over seeds in REL's comment). Errors are measured normwise:
 // max|got - want| <= rel * max|want| per output tensor (single gradient elements can be tiny).
 // A wrong fragment mapping, a wrong sign or a missing term gives errors of order 1e-1..1e0 (the
 // terms are of the outputs' own size), far above these bounds: the mutation check at the end of
@@ -44,11 +44,12 @@ import {
  * "random" with w uniform in [-2.5, 1], i.e. d in (0.066, 0.92), much faster decays than the
  * model's. Rounded to bf16; dy fp32 ~ N(0, 1).
  */
-const makeInputs = (rng: Rng, s: Shape, kind: Kind) => makeWkv7Inputs(rng, s, kind, [-2.5, 1]);
+export const makeInputs = (rng: Rng, s: Shape, kind: Kind) =>
+  makeWkv7Inputs(rng, s, kind, [-2.5, 1]);
 
 /** Forward then backward on `be`; gradients start from `gradInit` (+=). Returns y, s_ckpt, sa and
  * the six gradients. */
-const runWind = (be: Backend, s: Shape, x: Inputs, gradInit: Float32Array[]) =>
+export const runWind = (be: Backend, s: Shape, x: Inputs, gradInit: Float32Array[]) =>
   runWkv7(be, "wind", s, x, gradInit);
 
 // ---- a) emu (and cuda) vs cpu -----------------------------------------------------------------
@@ -56,22 +57,33 @@ const runWind = (be: Backend, s: Shape, x: Inputs, gradInit: Float32Array[]) =>
 // (the state and its gradient cross chunk boundaries), B, H > 1 (indexing).
 // Under the sanitizer builds (MN_TEST_VARIANT) two shapes: one warp, and four (barriers between
 // warps, shared tiles written by one warp and read by others).
-const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 32, H: 1, N: 64 }] : [
-  { B: 1, T: 48, H: 1, N: 16 },
-  { B: 2, T: 32, H: 2, N: 32 },
-  { B: 1, T: 48, H: 1, N: 64 },
-  { B: 1, T: 32, H: 1, N: 128 },
-];
-const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random"];
-// Normwise bounds. Measured worst over 12 seeds on emu (all shapes and kinds above): y 4.8e-3,
-// s_ckpt 3.0e-3, sa 7.1e-3, gradients 8.0e-3 (db; dw of the "model" kind 6e-3), and dw of the
-// "random" kind 2.9e-2: with fast decays the gradient of a log-decay is a small difference of suffix
-// sums of terms of the inputs' size, whose bf16 rounding does not shrink with it (the kernel takes
-// the exactly cancelling unit-decay terms out, which cut this by ~1.4x; the rest is the algorithm's).
-// The bounds leave a factor ~2 for other seeds and the cuda build (same operand rounding, fp32 sums
-// in another order).
-const REL = 1.5e-2;
-const REL_DW_RANDOM = 6e-2;
+export const SHAPES: Shape[] = VARIANT
+  ? [{ B: 1, T: 32, H: 2, N: 16 }, { B: 1, T: 32, H: 1, N: 64 }]
+  : [
+    { B: 1, T: 48, H: 1, N: 16 },
+    { B: 2, T: 32, H: 2, N: 32 },
+    { B: 1, T: 48, H: 1, N: 64 },
+    { B: 1, T: 32, H: 1, N: 128 },
+  ];
+export const KINDS: Kind[] = VARIANT ? ["model"] : ["model", "random"];
+// Normwise bounds, from seeds 1-400 on emu (`deno run -A tools/kernel_sweep.ts wind --seeds 1-400`:
+// every shape and kind above; per seed the worst over the shapes, median / worst): y, s_ckpt, sa
+// 3.9e-3 / 7.1e-3; the gradients 3.5e-3..6.3e-3 / 1.7e-2 (db of the "model" kind at N = 16, seed 123,
+// which failed the former bound 1.5e-2; the next 1.5e-2, dw); dw of the "random" kind 2.3e-2 /
+// 4.8e-2: with fast decays the gradient of a log-decay is a small difference of suffix sums of terms
+// of the inputs' size, whose bf16 rounding does not shrink with it (the kernel takes the exactly
+// cancelling unit-decay terms out, which cut this by ~1.4x; the rest is the algorithm's). The
+// gradients' tail is the problem's conditioning, not the kernel's: at seed 123, flipping every bf16
+// input by one ulp moves the double reference's db by 1.4e-2..1.8e-2, as much as the kernel's
+// operand roundings do (the fp32 backstepping kernel on the same inputs: 2e-7). Each bound is 2x the
+// worst (the cuda build: the same operand rounding, fp32 sums in another order).
+export const REL = { out: 1.5e-2, grad: 3.5e-2, dwRandom: 1e-1 };
+export const bound = (key: string, kind: Kind) =>
+  key === "dw" && kind === "random"
+    ? REL.dwRandom
+    : (GRADS as readonly string[]).includes(key)
+    ? REL.grad
+    : REL.out;
 
 testTargets((tname) => `wkv7_wind forward+backward: ${tname} vs cpu`, (ref, be, tname) => {
   const worst: Record<string, number> = {};
@@ -81,8 +93,7 @@ testTargets((tname) => `wkv7_wind forward+backward: ${tname} vs cpu`, (ref, be, 
     const want = runWind(ref, s, x, init);
     const got = runWind(be, s, x, init);
     // the grads started from `init`: what the call added is compared
-    const rel = (key: string) => key === "dw" && kind === "random" ? REL_DW_RANDOM : REL;
-    compareVsCpu("wind", tname, s, kind, want, got, GRADS, init, rel, worst);
+    compareVsCpu("wind", tname, s, kind, want, got, GRADS, init, (key) => bound(key, kind), worst);
   });
   console.log(`wkv7_wind ${tname} vs cpu, worst normwise relative error:`, fmtErrors(worst));
 });
@@ -106,7 +117,7 @@ Deno.test({
     const errs: Record<string, number> = {};
     for (const key of Object.keys(want)) {
       errs[key] = relErr(got[key], want[key]);
-      compareRel(`wind T=256 ${key} (emu vs cpu)`, got[key], want[key], REL);
+      compareRel(`wind T=256 ${key} (emu vs cpu)`, got[key], want[key], bound(key, "model"));
     }
     console.log(
       `wkv7_wind T=256 N=64 emu (${ms.toFixed(0)} ms fwd+bwd) vs cpu: ${fmtErrors(errs)}`,
@@ -117,8 +128,9 @@ Deno.test({
 // ---- c) the bounds catch real mistakes --------------------------------------------------------
 // What a wrong sign or a wrong fragment mapping does to the outputs, made on the cpu reference:
 // negating b (a sign error in the a b^T term) or exchanging steps 0-7 and 8-15 of every chunk of
-// v (a fragment row offset of 8 off) changes y and every gradient by far more than REL: each
-// check in a) would fail. (The same was confirmed by planting such mutations in wkv7_wind.cu.)
+// v (a fragment row offset of 8 off) changes y and every gradient by 3x its bound or more, so each
+// check in a) would fail (seeds 1-200: the smallest move is dk's under the negated b, 0.156, 4.5x the
+// gradient bound). (The same was confirmed by planting such mutations in wkv7_wind.cu.)
 Deno.test("wkv7_wind: a sign error or a misplaced fragment exceeds the bounds (cpu)", () => {
   const cpu = backend("cpu");
   const s: Shape = { B: 1, T: 32, H: 1, N: 16 };
@@ -141,7 +153,8 @@ Deno.test("wkv7_wind: a sign error or a misplaced fragment exceeds the bounds (c
     for (const key of ["y", ...GRADS]) {
       if (bad.v !== x.v && key === "dv") continue; // dv = G k does not depend on v
       const e = relErr(out[key], ok[key]);
-      assert.ok(e > 5 * REL, `${what}: ${key} moved only ${e.toExponential(2)} (<= 5 x ${REL})`);
+      const b = bound(key, "model");
+      assert.ok(e > 3 * b, `${what}: ${key} moved only ${e.toExponential(2)} (<= 3 x ${b})`);
     }
   }
 });

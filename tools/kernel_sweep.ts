@@ -1,0 +1,116 @@
+// Measures a kernel test's random-input errors over many seeds, the data its bounds are set from
+// (with a stated margin, in the comment beside them). For each seed: the test's shapes and kinds with
+// the inputs it draws (forShapesAndKinds, as `MN_TEST_SEED=seed` would), emu against the cpu
+// reference, and per output the worst normwise relative error over the shapes. Prints per kind and
+// output the median, 99th percentile and worst over the seeds (with the seed and shape), and how
+// often the test's bound was exceeded.
+//
+//   deno run -A tools/kernel_sweep.ts wind [--seeds 1-400]
+//
+// ~5 s a seed on 2 cores. Not a test; the test itself runs one fresh seed each time.
+import { parseArgs } from "node:util";
+import { addedPart, backend, forShapesAndKinds, relErr, SEED } from "../cuda/test/harness.ts";
+import { numel } from "../cuda/test/wkv_cases.ts";
+import { GRADS } from "../cuda/test/wkv7_cases.ts";
+import { bound, KINDS, makeInputs, runWind, SHAPES } from "../cuda/wkv7_wind_test.ts";
+
+interface Sweep {
+  /** per output (named "kind.output"): the normwise error of one shape and kind */
+  errors(seed: number): Map<string, { err: number; shape: number }>;
+  /** the test's bound for "kind.output" */
+  bound(key: string): number;
+}
+
+const SWEEPS: Record<string, () => Sweep> = {
+  wind: () => {
+    const [ref, emu] = [backend("cpu"), backend("emu")];
+    return {
+      errors(seed) {
+        const out = new Map<string, { err: number; shape: number }>();
+        // forShapesAndKinds draws from SEED + seedBase + ...: this seed's inputs, as the test's
+        forShapesAndKinds(SHAPES, KINDS, (s, kind, rng) => {
+          const x = makeInputs(rng, s, kind);
+          const init = GRADS.map(() => rng.normal(numel(s), 0.1));
+          const want = addedPart(runWind(ref, s, x, init), GRADS, init);
+          const got = addedPart(runWind(emu, s, x, init), GRADS, init);
+          for (const key of Object.keys(want)) {
+            const k = `${kind}.${key}`, err = relErr(got[key], want[key]);
+            if (err > (out.get(k)?.err ?? -1)) out.set(k, { err, shape: SHAPES.indexOf(s) });
+          }
+        }, seed - SEED);
+        return out;
+      },
+      bound(key) {
+        const [kind, out] = key.split(".");
+        return bound(out, kind as (typeof KINDS)[number]);
+      },
+    };
+  },
+};
+
+function seedList(spec: string): number[] {
+  const m = /^(\d+)-(\d+)$/.exec(spec);
+  if (m && Number(m[1]) <= Number(m[2])) {
+    return Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i);
+  }
+  const list = spec.split(",").map(Number);
+  if (!list.every(Number.isInteger)) {
+    throw new Error(`--seeds ${spec}: expected a range A-B or a list A,B,C`);
+  }
+  return list;
+}
+
+if (import.meta.main) {
+  let values, positionals;
+  try {
+    ({ values, positionals } = parseArgs({
+      args: Deno.args,
+      options: { seeds: { type: "string", default: "1-100" } },
+      allowPositionals: true,
+      strict: true,
+    }));
+  } catch (e) {
+    console.error(`error: ${(e as Error).message.split("\n")[0]}`);
+    Deno.exit(2);
+  }
+  const make = SWEEPS[positionals[0]];
+  if (positionals.length !== 1 || !make) {
+    console.error(`error: expected one kernel, one of: ${Object.keys(SWEEPS).join(", ")}`);
+    Deno.exit(2);
+  }
+  let seeds: number[];
+  try {
+    seeds = seedList(values.seeds!);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(2);
+  }
+  const sweep = make();
+  const all = new Map<string, { err: number; seed: number; shape: number }[]>();
+  const t0 = performance.now();
+  for (const [i, seed] of seeds.entries()) {
+    for (const [k, e] of sweep.errors(seed)) {
+      if (!all.has(k)) all.set(k, []);
+      all.get(k)!.push({ ...e, seed });
+    }
+    if ((i + 1) % 10 === 0) {
+      const s = (performance.now() - t0) / 1e3;
+      console.error(`${i + 1}/${seeds.length} seeds, ${s.toFixed(0)} s`);
+    }
+  }
+  const fmt = (x: number) => x.toExponential(2);
+  console.log(`${positionals[0]}: seeds ${values.seeds} (${seeds.length}), emu vs cpu`);
+  for (const [k, rows] of [...all].sort(([a], [b]) => a.localeCompare(b))) {
+    rows.sort((a, b) => a.err - b.err);
+    const at = (q: number) => rows[Math.min(rows.length - 1, Math.floor(q * (rows.length - 1)))];
+    const w = rows.at(-1)!, b = sweep.bound(k);
+    const over = rows.filter((r) => r.err > b).length;
+    console.log(
+      `${k.padEnd(16)} median ${fmt(at(0.5).err)}  p99 ${fmt(at(0.99).err)}  worst ${
+        fmt(w.err)
+      } (seed ${w.seed}, shape ${w.shape})  bound ${fmt(b)} (${(b / w.err).toFixed(1)}x)${
+        over ? `  OVER at ${over} seeds` : ""
+      }`,
+    );
+  }
+}
