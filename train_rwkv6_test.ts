@@ -252,13 +252,20 @@ for (const { other, ignore } of KERNEL_BACKENDS) {
 export const FUSED_CHECKS = [
   // seeds 1-30 (2026-12-05) [tensors 2.8e-6, 1.2e-6; loss 1.2e-8, 3.5e-9]
   { label: "f32", flags: TINY, precision: "f32" as const, tol: 6e-6, lossTol: 3e-8 },
-  // seeds 1-30 x OpenBLAS default/Haswell (the same figures), with the gate also bf16
+  // seeds 1-1000 (2026-12-05, `deno run -A tools/fused_sweep.ts rwkv6 --seeds 1-1000`): [tensors
+  // 3.16e-1 (853: h.1's time_faaaa), 2.5e-2, p99 1.0e-1, p99.9 2.0e-1; loss 2.86e-4 (268), 5.9e-5]:
+  // tol 0.17 -> 0.65 to keep 2x (MN_TEST_SEED=853 and 381 failed it). Both bf16 paths have such
+  // seeds, so it is the model's sensitivity to where a bf16 operand rounds (h.1's time-mix and WKV
+  // gradients move together), not a fused kernel: at 853 the fused path is 0.36 from the f32 path
+  // and --unfused 0.05, at 120 and 716 the other way round (0.05 / 0.18, 0.02 / 0.12). The fused
+  // kernels' exactness is the f32 check above and cuda/rwkv6_fused_test.ts.
+  // Before, seeds 1-30 x OpenBLAS default/Haswell (the same figures), with the gate also bf16
   // (2026-12-05) [tensors 8.06e-2 (18: time_faaaa), 2.5e-2; loss 2.88e-4 (27), 6.5e-5]: loss
   // 4.5e-4 -> 6e-4 to keep 2x (it was 1.6x). Before it, with the bf16 MLP [tensors 8.2e-2 (18:
   // time_faaaa), 2.4e-2; loss 2.04e-4 (17), 7.2e-5]; before that [tensors 7.8e-3; loss 4.8e-5]
   // At b944988 (also the add + ln2 kernel and the bf16 output projection), seeds 1-30: [tensors
   // 7.95e-2 (19: time_faaaa), 2.6e-2; loss 1.84e-4 (5), 6.1e-5]
-  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 0.17, lossTol: 6e-4 },
+  { label: "bf16", flags: TINY, precision: "bf16" as const, tol: 0.65, lossTol: 6e-4 },
 ];
 /** the fused entry points the default path must call once per layer, and --unfused never */
 const FUSED_ENTRIES = [

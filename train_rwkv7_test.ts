@@ -172,7 +172,10 @@ export const FUSED_CHECKS = [
     smallAtol: 1e-7,
     lossTol: 1e-7,
   },
-  // seeds 1-30, 2026-12-05 (aa9441d: bf16 LoRA hidden layers and bf16 gradient parts in):
+  // seeds 1-1000 (2026-12-05, tools/fused_sweep.ts): [tensors 1.84e-2 (167: h.1's time_misc_a),
+  // 1.12e-2, p99.9 1.58e-2; scalars' absolute 4.73e-4 (901); loss 9.89e-5 (1000), 2.2e-5]: tol
+  // 2.6e-2 -> 3.7e-2 to keep 2x (it was 1.4x); no seed failed.
+  // Before, seeds 1-30, 2026-12-05 (aa9441d: bf16 LoRA hidden layers and bf16 gradient parts in):
   // [tensors 1.29e-2 (29), 1.10e-2; scalars 9.03e-2 (24), absolute 2.68e-4 (16); loss 8.27e-5 (8),
   // 2.5e-5]: tol 2.5e-2 -> 2.6e-2 to keep 2x (it was 1.94x).
   // Before, seeds 1-30 x OpenBLAS default/Haswell (the same figures on this cpu; with the gate
@@ -188,7 +191,7 @@ export const FUSED_CHECKS = [
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
     precision: "bf16" as const,
-    tol: 2.6e-2,
+    tol: 3.7e-2,
     smallTol: 0.17,
     // scalars' largest absolute difference, seeds 1-30: 2.77e-4 (28), median 1.2e-4 (seed
     // 1880265446: h.0's lambdas -1.3e-4, 0.60 apart relatively, 7.7e-5 absolutely)

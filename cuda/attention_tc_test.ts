@@ -52,29 +52,31 @@ import {
 // skipped 16-row blocks, ragged ends); every head size (D = 16/32: one/two 16-wide k steps; 128
 // at T = 80: the dK/dV kernel's 32-row query tiles, three of them). On a GPU also longer
 // sequences (many tiles, an unbalanced grid).
-const SHAPES: Shape[] = VARIANT ? [{ B: 1, T: 17, H: 1, D: 16 }, { B: 1, T: 1, H: 1, D: 64 }] : [
-  { B: 2, T: 1, H: 2, D: 64 },
-  { B: 1, T: 17, H: 2, D: 64 },
-  { B: 1, T: 64, H: 1, D: 64 },
-  { B: 1, T: 100, H: 1, D: 64 },
-  { B: 1, T: 200, H: 1, D: 64 },
-  { B: 2, T: 17, H: 3, D: 16 },
-  { B: 1, T: 40, H: 1, D: 32 },
-  { B: 1, T: 80, H: 1, D: 128 },
-];
+export const SHAPES: Shape[] = VARIANT
+  ? [{ B: 1, T: 17, H: 1, D: 16 }, { B: 1, T: 1, H: 1, D: 64 }]
+  : [
+    { B: 2, T: 1, H: 2, D: 64 },
+    { B: 1, T: 17, H: 2, D: 64 },
+    { B: 1, T: 64, H: 1, D: 64 },
+    { B: 1, T: 100, H: 1, D: 64 },
+    { B: 1, T: 200, H: 1, D: 64 },
+    { B: 2, T: 17, H: 3, D: 16 },
+    { B: 1, T: 40, H: 1, D: 32 },
+    { B: 1, T: 80, H: 1, D: 128 },
+  ];
 const GPU_SHAPES: Shape[] = [
   { B: 2, T: 300, H: 3, D: 64 },
   { B: 1, T: 1024, H: 2, D: 64 },
   { B: 1, T: 257, H: 2, D: 128 },
 ];
-const KINDS: Kind[] = VARIANT ? ["normal"] : ["normal", "sharp"];
+export const KINDS: Kind[] = VARIANT ? ["normal"] : ["normal", "sharp"];
 // Normwise bounds (see the error model above); worst measured on emu over 40 seeds in brackets:
 // out [1.7e-3], dq/dk/dv [5.0e-3] (against the largest of the three gradients): 3x margins.
 // The CUDA-core kernel's bounds (cuda/attention_test.ts) are 1e-5 / 2e-5 for out / grads: the
 // difference is the bf16 rounding of P, dS and dout, nothing else. lse is fp32 throughout
 // [1.9e-7; 2.0e-6 once when the T = 1 shape had a single lse value]: at T = 1 lse is the score
 // itself, whose fp32 dot-product error scales with sum_i |q_i k_i| rather than |q.k|.
-const REL_TC = { out: 5e-3, lse: 1e-5, grad: 1.5e-2 };
+export const REL_TC = { out: 5e-3, lse: 1e-5, grad: 1.5e-2 };
 
 testTargets((tname) => `attention_tc forward+backward: ${tname} vs cpu`, (ref, be, tname, tgt) => {
   const worst: Record<string, number> = {};

@@ -5,14 +5,24 @@
 // output the median, 99th percentile and worst over the seeds (with the seed and shape), and how
 // often the test's bound was exceeded.
 //
-//   deno run -A tools/kernel_sweep.ts wind [--seeds 1-400]
+//   deno run -A tools/kernel_sweep.ts wind|attention_tc [--seeds 1-400]
 //
 // ~5 s a seed on 2 cores. Not a test; the test itself runs one fresh seed each time.
 import { parseArgs } from "node:util";
-import { addedPart, backend, forShapesAndKinds, relErr, SEED } from "../cuda/test/harness.ts";
+import {
+  addedPart,
+  backend,
+  forShapesAndKinds,
+  maxAbs,
+  maxAbsDiff,
+  relErr,
+  SEED,
+} from "../cuda/test/harness.ts";
 import { numel } from "../cuda/test/wkv_cases.ts";
 import { GRADS } from "../cuda/test/wkv7_cases.ts";
+import * as att from "../cuda/test/attention_cases.ts";
 import { bound, KINDS, makeInputs, runWind, SHAPES } from "../cuda/wkv7_wind_test.ts";
+import * as attTc from "../cuda/attention_tc_test.ts";
 
 interface Sweep {
   /** per output (named "kind.output"): the normwise error of one shape and kind */
@@ -34,8 +44,7 @@ const SWEEPS: Record<string, () => Sweep> = {
           const want = addedPart(runWind(ref, s, x, init), GRADS, init);
           const got = addedPart(runWind(emu, s, x, init), GRADS, init);
           for (const key of Object.keys(want)) {
-            const k = `${kind}.${key}`, err = relErr(got[key], want[key]);
-            if (err > (out.get(k)?.err ?? -1)) out.set(k, { err, shape: SHAPES.indexOf(s) });
+            putWorst(out, `${kind}.${key}`, relErr(got[key], want[key]), SHAPES.indexOf(s));
           }
         }, seed - SEED);
         return out;
@@ -46,7 +55,46 @@ const SWEEPS: Record<string, () => Sweep> = {
       },
     };
   },
+  // the tensor-core attention (cuda/attention_tc_test.ts): out and lse normwise, each gradient
+  // against the largest of the three (as its compareVsCpu)
+  attention_tc: () => {
+    const [ref, emu] = [backend("cpu"), backend("emu")];
+    return {
+      errors(seed) {
+        const out = new Map<string, { err: number; shape: number }>();
+        forShapesAndKinds(attTc.SHAPES, attTc.KINDS, (s, kind, rng) => {
+          const x = att.makeInputs(rng, s, kind);
+          const init = att.GRADS.map(() => rng.normal(att.numel(s), 0.1));
+          const want = addedPart(att.runAttention(ref, s, x, init, "tc"), att.GRADS, init);
+          const got = addedPart(att.runAttention(emu, s, x, init, "tc"), att.GRADS, init);
+          const shape = attTc.SHAPES.indexOf(s);
+          const gscale = Math.max(...att.GRADS.map((g) => maxAbs(want[g])));
+          for (const g of att.GRADS) {
+            putWorst(out, `${kind}.${g}`, maxAbsDiff(got[g], want[g]) / gscale, shape);
+          }
+          for (const k of ["out", "lse"]) {
+            putWorst(out, `${kind}.${k}`, relErr(got[k], want[k]), shape);
+          }
+        }, seed - SEED);
+        return out;
+      },
+      bound(key) {
+        const out = key.split(".")[1];
+        return out === "out" || out === "lse" ? attTc.REL_TC[out] : attTc.REL_TC.grad;
+      },
+    };
+  },
 };
+
+/** keeps the larger error per key */
+function putWorst(
+  out: Map<string, { err: number; shape: number }>,
+  k: string,
+  err: number,
+  shape: number,
+) {
+  if (err > (out.get(k)?.err ?? -1)) out.set(k, { err, shape });
+}
 
 function seedList(spec: string): number[] {
   const m = /^(\d+)-(\d+)$/.exec(spec);
