@@ -173,16 +173,18 @@ export const FD_CHECK = { flags: TINY, h: 2.5e-3, tol: { abs: 4e-4, rel: 3e-3 } 
 export const BACKEND_CHECKS: BackendCheck[] = [
   // bf16: a different fp32 sum can round a bf16 operand the other way, and those flips spread.
   // [fused time mixing, bf16 logits (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2
-  // (time_faaaa), median 4.5e-3; loss 1.3e-4]
-  { label: "bf16", flags: TINY, tol: 3e-2, lossTol: 3e-4 },
+  // (time_faaaa), median 4.5e-3; loss 1.3e-4; seeds 15-114, default BLAS: worst 1.65e-2 (48:
+  // h.1's time_decay), median 3.9e-3; loss 9.1e-5]: tol 3e-2 -> 3.5e-2 to keep 2x (it was 1.8x)
+  { label: "bf16", flags: TINY, tol: 3.5e-2, lossTol: 3e-4 },
   // The same model and batch through mn_wkv6_chunked_* (cpu: the double reference; that the op
   // really takes the chunked kernel on emu is checked against fp64 at the top), the same bf16
   // reason. T = 32: two chunks. [fused (2026-12-05), seeds 1-12 x 2 BLAS: worst 1.2e-2, median
-  // 4.6e-3; loss 1.3e-4]
-  { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3e-2, lossTol: 3e-4 },
+  // 4.6e-3; loss 1.3e-4; seeds 15-114: as "bf16" to three digits]: 3.5e-2 as "bf16"
+  { label: "bf16, --fla_cuda", flags: [...TINY, "--fla_cuda"], tol: 3.5e-2, lossTol: 3e-4 },
   // The generic-op composition with fp32 logits (--unfused). [seeds 1-12 x 2 BLAS: worst 1.1e-2,
-  // median 4.3e-3; loss 7.5e-5]
-  { label: "bf16, --unfused", flags: [...TINY, "--unfused"], tol: 3e-2, lossTol: 3e-4 },
+  // median 4.3e-3; loss 7.5e-5; seeds 15-114, default BLAS: worst 2.41e-2 (69: h.1's time_faaaa),
+  // median 4.0e-3; loss 5.6e-5]: tol 3e-2 -> 5e-2 to keep 2x (it was 1.2x)
+  { label: "bf16, --unfused", flags: [...TINY, "--unfused"], tol: 5e-2, lossTol: 3e-4 },
 ];
 Deno.test("train_rwkv6: every parameter's gradient matches central finite differences (cpu, fp32 path)", () => {
   checkGradientsByFiniteDifferences(trainer, FD_CHECK.flags, FD_CHECK.h, FD_CHECK.tol);
