@@ -629,6 +629,26 @@ if (import.meta.main) {
     }
     Deno.exit(0);
   }
+  const runs = RECORD_RUNS.filter((r) => !values.only || r.name.includes(values.only))
+    .map((r) => deviceBsz ? { ...r, name: `${r.name} B${deviceBsz}`, deviceBsz } : r);
+  if (!runs.length) {
+    console.error(
+      `error: --only ${values.only}: no config matches (${
+        RECORD_RUNS.map((r) => r.name).join(", ")
+      })`,
+    );
+    Deno.exit(2);
+  }
+  // the trainers accumulate bsz / (device_bsz * world) micro-steps: say so before a dry run fails
+  const split = runs.find((r) => r.bsz % (r.deviceBsz * r.world) !== 0);
+  if (split) {
+    console.error(
+      `error: --device_bsz ${split.deviceBsz}: expected a divisor of ${
+        split.bsz / split.world
+      } (the record bsz ${split.bsz} over ${split.world} GPUs)`,
+    );
+    Deno.exit(2);
+  }
   const tmp = Deno.makeTempDirSync({ prefix: "step_cost_" });
   const shards = syntheticShards(`${tmp}/shards`);
   try {
@@ -648,26 +668,6 @@ if (import.meta.main) {
         );
       }
     } else {
-      const runs = RECORD_RUNS.filter((r) => !values.only || r.name.includes(values.only))
-        .map((r) => deviceBsz ? { ...r, name: `${r.name} B${deviceBsz}`, deviceBsz } : r);
-      if (!runs.length) {
-        console.error(
-          `error: --only ${values.only}: no config matches (${
-            RECORD_RUNS.map((r) => r.name).join(", ")
-          })`,
-        );
-        Deno.exit(2);
-      }
-      // the trainers accumulate bsz / (device_bsz * world) micro-steps: say so before a dry run fails
-      const split = runs.find((r) => r.bsz % (r.deviceBsz * r.world) !== 0);
-      if (split) {
-        console.error(
-          `error: --device_bsz ${split.deviceBsz}: expected a divisor of ${
-            split.bsz / split.world
-          } (the record bsz ${split.bsz} over ${split.world} GPUs)`,
-        );
-        Deno.exit(2);
-      }
       const rows: StepCost[] = [];
       const peaks: string[] = [];
       for (const spec of runs) {
