@@ -840,11 +840,17 @@ for (const bf16 of [false, true]) {
     run: (be, c, rng) => gnForward(be, c, drawGn(c, rng), bf16),
   });
 }
+// du sums over the rows terms r k (dbonus . v) whose dot product runs over the head's D channels:
+// |terms| ~ sqrt(D) (~12 at D = 136), and du's elements can cancel to ~0, so its error is absolute:
+// the largest |emu - cpu| over all du elements at [130,2,136], seeds 1-50 and 229831619 (which failed
+// SUM: 5.3e-5 at a du of 0.039), is 9.2e-5, at any element's size; atol 2e-4 is 2.2x that.
+const SUM_DU: Tol = { atol: 2e-4, rtol: 2e-5 };
+const gnGradTol = (k: string) => k === "u" ? SUM_DU : SUM;
 checkKernel({
   name: "rwkv7_gn_bonus_gate_backward",
   configs: GN_SHAPES,
   label: hLabel,
-  tol: Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, SUM])),
+  tol: Object.fromEntries([...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, gnGradTol(k)])),
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng)),
 });
 checkKernel({
@@ -859,7 +865,7 @@ checkKernel({
   configs: GN_SHAPES,
   label: hLabel,
   tol: Object.fromEntries(
-    [...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, k === "gate" ? TOL_BF16 : SUM]),
+    [...GN_ACTS, ...GN_PARS].map((k) => ["d" + k, k === "gate" ? TOL_BF16 : gnGradTol(k)]),
   ),
   run: (be, c, rng) => gnBackward(be, c, drawGn(c, rng), 0xe0, true, true),
 });
