@@ -17,6 +17,7 @@ import {
   maxAbsDiff,
   relErr,
   SEED,
+  seedList,
 } from "../cuda/test/harness.ts";
 import { numel } from "../cuda/test/wkv_cases.ts";
 import { GRADS } from "../cuda/test/wkv7_cases.ts";
@@ -94,18 +95,6 @@ function putWorst(
   shape: number,
 ) {
   if (err > (out.get(k)?.err ?? -1)) out.set(k, { err, shape });
-}
-
-function seedList(spec: string): number[] {
-  const m = /^(\d+)-(\d+)$/.exec(spec);
-  if (m && Number(m[1]) <= Number(m[2])) {
-    return Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i);
-  }
-  const list = spec.split(",").map(Number);
-  if (!list.every(Number.isInteger)) {
-    throw new Error(`--seeds ${spec}: expected a range A-B or a list A,B,C`);
-  }
-  return list;
 }
 
 if (import.meta.main) {

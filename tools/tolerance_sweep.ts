@@ -22,6 +22,7 @@ import {
   tinyLossAndGrads,
   type TrainerModule,
 } from "../cuda/test/trainer_harness.ts";
+import { seedList } from "../cuda/test/harness.ts";
 
 interface FdCheck {
   flags: string[];
@@ -39,14 +40,6 @@ const TRAINERS: Record<string, () => Promise<[AnyTrainer, TestTables]>> = {
   rwkv6: async () => [await import("../train_rwkv6.ts"), await import("../train_rwkv6_test.ts")],
   rwkv7: async () => [await import("../train_rwkv7.ts"), await import("../train_rwkv7_test.ts")],
 };
-
-function seedList(spec: string): number[] {
-  const m = /^(\d+)-(\d+)$/.exec(spec);
-  if (m) {
-    return Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i);
-  }
-  return spec.split(",").map(Number);
-}
 
 // ---- child modes: the cpu side under the core type of this process's environment
 function encode(r: LossAndGrads): Uint8Array {

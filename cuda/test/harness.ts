@@ -434,3 +434,16 @@ export function checkShapeErrors(
 /** An error whose message names the entry point ("<entry>: ") and matches `re`. */
 export const errorFrom = (entry: string, re: RegExp) => (e: unknown) =>
   e instanceof Error && e.message.includes(`${entry}: `) && re.test(e.message);
+
+/** A seed list for the sweep tools (tools/*_sweep.ts): "A-B" (inclusive) or "A,B,C". */
+export function seedList(spec: string): number[] {
+  const m = /^(\d+)-(\d+)$/.exec(spec);
+  if (m && Number(m[1]) <= Number(m[2])) {
+    return Array.from({ length: Number(m[2]) - Number(m[1]) + 1 }, (_, i) => Number(m[1]) + i);
+  }
+  const list = spec.split(",").map(Number);
+  if (!list.every(Number.isInteger)) {
+    throw new Error(`--seeds ${spec}: expected a range A-B or a list A,B,C`);
+  }
+  return list;
+}
