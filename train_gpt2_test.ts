@@ -13,6 +13,7 @@ import {
   checkGradientsByFiniteDifferences,
   checkHelp,
   checkInitFromMismatch,
+  checkMissingWeightsFile,
   checkResume,
   compareBackends,
   ensureBrown,
@@ -282,6 +283,10 @@ Deno.test("train_gpt2: --dump_grads writes every gradient under its PyTorch name
   // the zero-init lm_head passes no gradient back at init (as in PyTorch): every other gradient
   // of the first batch is exactly zero
   for (const s of specs.slice(0, -1)) assert.equal(norm(grad(s.name)), 0, `${s.name} at init`);
+});
+
+Deno.test("train_gpt2: --init_from or --resume of a missing file is a one-line error naming the flag", () => {
+  checkMissingWeightsFile("train_gpt2.ts", TINY);
 });
 
 Deno.test("train_gpt2: --init_from lists missing, unexpected and mis-shaped tensors", () => {

@@ -13,6 +13,7 @@ import {
   checkFlagErrors,
   checkGradientsByFiniteDifferences,
   checkHelp,
+  checkMissingWeightsFile,
   checkResume,
   compareBackends,
   ensureBrown,
@@ -520,6 +521,10 @@ Deno.test("train_rwkv6: invalid flags and combinations are one-line errors", () 
   ];
   checkFlagErrors("train_rwkv6.ts", [...cases, ...PRECISION_FLAG_CASES]);
   checkHelp("train_rwkv6.ts");
+});
+
+Deno.test("train_rwkv6: --init_from or --resume of a missing file is a one-line error naming the flag", () => {
+  checkMissingWeightsFile("train_rwkv6.ts", TINY);
 });
 
 Deno.test("train_rwkv6: checkpoints and --init_from use the PyTorch state_dict names, the tied weight under both", () => {

@@ -864,24 +864,26 @@ function saveCheckpoint(
   writeSafetensors(path, weights, { format: "pt", step: String(step) });
 }
 
-function loadWeights(path: string, model: Model) {
+/** --init_from or --resume: a file's error starts with the flag (Deno's own, like NotFound, do
+ * not name it) */
+function loadWeights(flag: "init_from" | "resume", path: string, model: Model) {
   let file;
   try {
     file = readSafetensors(path);
   } catch (e) {
-    throw new ConfigError((e as Error).message);
+    throw new ConfigError(`--${flag}: ${(e as Error).message}`);
   }
   const expected = model.params.map((p) => ({ name: p.name, shape: [...p.shape] }));
   let tensors;
   try {
     tensors = loadStateByName(expected, file.tensors, path);
   } catch (e) {
-    throw new ConfigError((e as Error).message);
+    throw new ConfigError(`--${flag}: ${(e as Error).message}`);
   }
   for (const p of model.params) {
     const t = tensors.get(p.name)!;
     const data = t.dtype === "F32" ? t.data as Float32Array : null;
-    if (!data) throw new ConfigError(`${path}: ${p.name} is ${t.dtype}, expected F32`);
+    if (!data) throw new ConfigError(`--${flag}: ${path}: ${p.name} is ${t.dtype}, expected F32`);
     model.be.write(p.data, data);
     p.markUpdated();
   }
@@ -919,7 +921,7 @@ function main() {
 
   const trainLoader = new DataLoader(a.input_bin, "input_bin", B, T, rank, world, a.vocab_size);
   const model = new Model(be, a, modelSpecs(a, new Rng(seed)));
-  if (a.init_from) loadWeights(a.init_from, model);
+  if (a.init_from) loadWeights("init_from", a.init_from, model);
   const g = new Graph(be);
   const xT = be.alloc([B * T], "i32", "x"), yT = be.alloc([B * T], "i32", "y");
   const upload = ([x, y]: [Int32Array, Int32Array]) => {
@@ -982,7 +984,7 @@ function main() {
 
   let startStep = 0;
   if (a.resume) {
-    loadWeights(a.resume, model);
+    loadWeights("resume", a.resume, model);
     const optPath = a.resume.replace(/\.safetensors$/, ".opt.safetensors");
     let st;
     try {

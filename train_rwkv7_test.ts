@@ -10,6 +10,7 @@ import {
   checkGradientsByFiniteDifferences,
   checkHelp,
   checkInitFromMismatch,
+  checkMissingWeightsFile,
   checkResume,
   compareBackends,
   ensureBrown,
@@ -366,6 +367,10 @@ Deno.test("train_rwkv7: --dump_grads writes every gradient under its PyTorch nam
     norm(grad("transformer.h.0.attn.time_maa_w2")) === 0,
     "zero-init w1 gives w2 no gradient (as in PyTorch)",
   );
+});
+
+Deno.test("train_rwkv7: --init_from or --resume of a missing file is a one-line error naming the flag", () => {
+  checkMissingWeightsFile("train_rwkv7.ts", TINY);
 });
 
 Deno.test("train_rwkv7: --init_from lists missing, unexpected and mis-shaped tensors", () => {

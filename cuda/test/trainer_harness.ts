@@ -497,7 +497,7 @@ export function checkDumpGrads<A extends TrainerArgs, S extends TrainerSpec[]>(
 
 /**
  * `--init_from` a file that lacks the first parameter, has an unknown tensor and holds
- * `misShaped` transposed: one stderr line naming all three, exit code 2.
+ * `misShaped` transposed: one stderr line naming all three (after the flag), exit code 2.
  */
 export function checkInitFromMismatch<A extends TrainerArgs, S extends TrainerSpec[]>(
   mod: TrainerModule<A, S>,
@@ -538,4 +538,26 @@ export function checkInitFromMismatch<A extends TrainerArgs, S extends TrainerSp
     ),
   );
   assert.equal(r.stderr.trim().split("\n").length, 1, "one line");
+  assert.match(r.stderr, /^error: --init_from: /, "names the flag");
+  Deno.removeSync(dir, { recursive: true });
+}
+
+/** `--init_from` and `--resume` of a file that does not exist: exit code 2 and one line naming the
+ * flag and the path (Deno's NotFound names only the path). */
+export function checkMissingWeightsFile(script: string, flags: string[]) {
+  ensureBrown();
+  const dir = Deno.makeTempDirSync(), missing = `${dir}/missing.safetensors`;
+  for (const flag of ["--init_from", "--resume"]) {
+    const r = runTrainer(script, [
+      ...BROWN,
+      ...flags,
+      ...["--backend", "cpu", flag, missing],
+      ...["--num_iterations", "1", "--warmdown_iters", "0"],
+    ]);
+    assert.equal(r.code, 2, r.stdout + r.stderr);
+    assert.match(r.stderr, /No such file/);
+    assert.ok(r.stderr.startsWith(`error: ${flag}: `) && r.stderr.includes(missing), r.stderr);
+    assert.equal(r.stderr.trim().split("\n").length, 1, `${flag}: one line, got ${r.stderr}`);
+  }
+  Deno.removeSync(dir);
 }
