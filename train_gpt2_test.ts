@@ -96,7 +96,11 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // sums in different orders; seeds 1-20 default, 5-20 Haswell, 2026-12-05): tensors 9.0e-3,
   // lambdas 0.44 relative at seed 3 (h.0's, 2.6e-4 absolute) else 8.1e-2, the largest absolute
   // difference 2.7e-4, loss 5.8e-5: smallAtol 2e-4 -> 6e-4 (2.2x; a scalar gradient is ~1e-2,
-  // so a zeroed or wrong-signed one still fails).
+  // so a zeroed or wrong-signed one still fails). Seeds 21-80 default BLAS (2026-12-05, `deno
+  // run -A tools/tolerance_sweep.ts --seeds 21-80 --only "gpt2 bf16" --no-fd --coretypes
+  // default`): tensors 9.09e-3 (73: h.1's c_q), median 8.0e-3; lambdas and lamb 0.78 relative
+  // (22's h.1 lamb), the largest absolute difference 3.53e-4 (1.7x under 6e-4); loss 7.3e-5:
+  // smallAtol 6e-4 -> 1e-3 (2.8x the worst of seeds 1-80).
   {
     label: "bf16 mode, tensor-core attention",
     flags: TINY,
@@ -104,7 +108,7 @@ export const BACKEND_CHECKS: BackendCheck[] = [
     smallTol: 2.5e-1,
     // largest absolute difference: see above (4.7e-5 over seeds 1-3 and 25 before the bf16 q, k, v
     // and their gradients)
-    smallAtol: 6e-4,
+    smallAtol: 1e-3,
     lossTol: 2e-4,
   },
 ];

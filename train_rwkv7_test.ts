@@ -81,7 +81,11 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // 7.4e-3 (seed 8), median 3.5e-3; lambdas 1.1e-2 (18); loss 1.8e-5]: tol 1.5e-2 -> 2e-2. With
   // the bf16 LoRA outputs and gradients too, seeds 1-6: [tensors 5.0e-3; lambdas 1.5e-3; loss
   // 6.4e-6]. With the gate and mv in bf16 too, seeds 1-14: [tensors 5.1e-3; lambdas 2.5e-3; loss
-  // 2.5e-5].
+  // 2.5e-5]. After the bf16 WKV and LoRA gradients and the fused mix-norm backward (r's gradient
+  // written in bf16), seeds 15-94 default BLAS (2026-12-05, `deno run -A tools/tolerance_sweep.ts
+  // --seeds 15-94 --only "rwkv7 bf16" --no-fd --coretypes default`; no seed failed): [tensors
+  // 7.53e-3 (71), median 3.84e-3; lambdas 1.37e-2 (29), median 4.5e-4, the largest absolute
+  // difference 1.23e-4; loss 4.23e-5]: smallAtol 1e-4 -> 2.5e-4 and lossTol 1e-4 -> 2e-4 (2x).
   {
     label: "bf16, --fast_cuda",
     flags: [...TINY, "--fast_cuda"],
@@ -89,9 +93,9 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
     tol: 2e-2,
     smallTol: 3e-2,
     // lambdas' largest absolute difference, seeds 1-4 and 1880265446 (0.38 apart relatively
-    // there): 3.2e-5
-    smallAtol: 1e-4,
-    lossTol: 1e-4,
+    // there): 3.2e-5; seeds 15-94: 1.23e-4
+    smallAtol: 2.5e-4,
+    lossTol: 2e-4,
     wkvKernel: "mn_wkv7_backward",
   },
   // --wind_cuda: emu's tensor-core kernel rounds every mma operand (the state included) to bf16,
@@ -101,7 +105,10 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
   // (tools/tolerance_sweep.ts, 2026-12-05): [tensors 1.13e-2, median 1.11e-2; lambdas 1.21e-2;
   // loss 7.1e-5 (seed 3)]: loss 1.5e-4 -> 2.5e-4. With the gate and mv in bf16 too, seeds 1-14
   // default BLAS: [tensors 1.34e-2 (11), median 1.14e-2; lambdas 4.58e-2 (seed 4; the next worst
-  // 1.10e-2), median 5e-3; loss 5.3e-5]: lambdas 6e-2 -> 0.1 for 2x
+  // 1.10e-2), median 5e-3; loss 5.3e-5]: lambdas 6e-2 -> 0.1 for 2x. Seeds 15-94 (as for
+  // --fast_cuda above; no seed failed): [tensors 1.41e-2 (51: h.1's ln_x.weight), median 1.13e-2;
+  // lambdas 0.50 relative (76's h.0), median 6.2e-3, the largest absolute difference 3.44e-4 (1.45x
+  // under 5e-4); loss 9.3e-5]: smallAtol 5e-4 -> 1e-3
   {
     label: "bf16, --wind_cuda",
     flags: [...TINY, "--wind_cuda"],
@@ -109,8 +116,8 @@ export const BACKEND_CHECKS: (BackendCheck & { wkvKernel: string })[] = [
     tol: 3e-2,
     smallTol: 0.1,
     // lambdas' largest absolute difference, seeds 1-4 and 1880265446 (2.4 apart relatively
-    // there): 1.3e-4
-    smallAtol: 5e-4,
+    // there): 1.3e-4; seeds 15-94: 3.44e-4
+    smallAtol: 1e-3,
     lossTol: 2.5e-4,
     wkvKernel: "mn_wkv7_wind_backward",
   },

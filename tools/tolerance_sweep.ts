@@ -5,7 +5,8 @@
 //     seed and per OPENBLAS_CORETYPE (the cpu side runs in a child process per core type, since
 //     OpenBLAS picks its kernels once at load; the emu side does not use BLAS and runs once);
 //   - finite differences (cpu only): the worst |FD - analytic| / bound, per seed and core type.
-// Prints one line per check: the worst over everything, where, and its ratio to the test's bound.
+// Prints one line per check: the worst over everything, where, its ratio to the test's bound, and
+// the seeds at which the check itself (compareBackends) would have failed; per seed, on stderr.
 //
 //   deno run -A tools/tolerance_sweep.ts [--seeds 1-20] [--coretypes default,Haswell] [--only TEXT]
 //     [--no-fd]   (--only: checks whose "<trainer> <label>" contains TEXT; "fd": the FD checks)
@@ -159,6 +160,9 @@ async function sweep() {
         small: { rel: 0, name: "", seed: 0, coretype: "", perSeed: [] as number[] },
       };
       let loss = 0, smallAbs = 0; // and the small tensors' largest absolute difference
+      const lossTol = check.lossTol ?? check.tol;
+      const [smallTol, smallAtol] = [check.smallTol ?? check.tol, check.smallAtol ?? 0];
+      const failed: string[] = []; // "seed (what)" where compareBackends would have failed
       for (const seed of seeds) {
         const emu = tinyLossAndGrads(mod, check.flags, "emu", seed, check.precision);
         const seedWorst = { large: 0, small: 0 };
@@ -166,21 +170,28 @@ async function sweep() {
           const cpu = decode(Deno.readFileSync(`${dirs[i]}/${seed}.bin`));
           const d = backendDifference(cpu, emu);
           loss = Math.max(loss, d.loss);
+          const why = d.loss > lossTol ? ["loss"] : [];
           for (const [name, rel] of d.perTensor) {
             const want = cpu.grads.get(name)!, got = emu.grads.get(name)!;
             const c = want.length <= SMALL_TENSOR ? "small" : "large";
             seedWorst[c] = Math.max(seedWorst[c], rel);
-            if (c === "small") {
-              want.forEach((v, i) => smallAbs = Math.max(smallAbs, Math.abs(v - got[i])));
-            }
+            let abs = 0;
+            want.forEach((v, i) => abs = Math.max(abs, Math.abs(v - got[i])));
+            if (c === "small") smallAbs = Math.max(smallAbs, abs);
+            if (c === "small" ? rel > smallTol && abs > smallAtol : rel > check.tol) why.push(name);
             if (rel > worst[c].rel) Object.assign(worst[c], { rel, name, seed, coretype: ct });
           }
+          if (why.length) failed.push(`${seed} (${ct}: ${why.join(", ")})`);
         });
         for (const c of classes) worst[c].perSeed.push(seedWorst[c]);
+        console.error(
+          `${trainer} ${check.label} seed ${seed}: tensors ${fmt(seedWorst.large)}, small ${
+            fmt(seedWorst.small)
+          }`,
+        );
       }
-      const lossTol = check.lossTol ?? check.tol;
       const parts = classes.filter((c) => worst[c].name).map((c) => {
-        const w = worst[c], bound = c === "small" ? check.smallTol ?? check.tol : check.tol;
+        const w = worst[c], bound = c === "small" ? smallTol : check.tol;
         const sorted = [...w.perSeed].sort((a, b) => a - b);
         return `${c === "small" ? `<= ${SMALL_TENSOR} elements` : "tensors"} worst ${fmt(w.rel)} ` +
           `(${w.name}, seed ${w.seed}, ${w.coretype}), median ${
@@ -194,7 +205,8 @@ async function sweep() {
             ? ` (absolute ${fmt(smallAbs)}, smallAtol ${check.smallAtol ?? 0})`
             : "") +
           `; loss worst ${fmt(loss)}, ` +
-          `bound ${lossTol} = ${(lossTol / loss).toFixed(0)}x`,
+          `bound ${lossTol} = ${(lossTol / loss).toFixed(0)}x; ` +
+          (failed.length ? `FAILED at ${failed.join("; ")}` : "the check held at every seed"),
       );
     }
   }
