@@ -70,15 +70,19 @@ export const BACKEND_CHECKS: BackendCheck[] = [
   // the MLP's residual add folded into the next norm (seeds 1-6 and 25 x 2 BLAS, 2026-12-05):
   // tensors 2.4e-3, lambdas 1.6e-2 (25's h.1 lamb; 3.6e-5 absolute), loss 9.5e-8. With the MLP's
   // input gradient in bf16 as well: tensors 2.2e-3, lambdas 2.1e-2 (25's h.1 lamb; 2.8e-5
-  // absolute, within smallAtol 7x), loss 9.5e-8.
+  // absolute, within smallAtol 7x), loss 9.5e-8. With q, k, v as one GEMM and the normed input's
+  // gradient in bf16, seeds 21-230 default BLAS (2026-12-05, tools/tolerance_sweep.ts; no seed
+  // failed): tensors 4.97e-3 (62: h.1's c_q, 1.0x under the 5e-3 this had), median 1.1e-3;
+  // lambdas 0.12 relative (171's h.0), the largest absolute difference 9.4e-5; loss 2.1e-5:
+  // tol 5e-3 -> 1.5e-2 and smallAtol 2e-4 -> 4e-4 (3x, 4x)
   {
     label: "bf16 mode, --cuda_core_attention",
     flags: [...TINY, "--cuda_core_attention"],
-    tol: 5e-3,
+    tol: 1.5e-2,
     smallTol: 3e-2,
     // lambdas' and lamb's largest absolute difference, seeds 1-3 and 25 (whose h.1 lamb gradient
-    // is -2.3e-4, where it is ~1e-2 elsewhere): 4.9e-5 (2026-12-05)
-    smallAtol: 2e-4,
+    // is -2.3e-4, where it is ~1e-2 elsewhere): 4.9e-5 (2026-12-05); seeds 21-230: 9.4e-5
+    smallAtol: 4e-4,
     lossTol: 1e-4,
   },
   // The cpu backend's mn_attention_tc_* is its exact (double) attention; the tensor-core kernels

@@ -5,7 +5,7 @@
 // output the median, 99th percentile and worst over the seeds (with the seed and shape), and how
 // often the test's bound was exceeded.
 //
-//   deno run -A tools/kernel_sweep.ts wind|attention_tc [--seeds 1-400]
+//   deno run -A tools/kernel_sweep.ts wind|attention_tc|mix_layernorm [--seeds 1-400]
 //
 // ~5 s a seed on 2 cores. Not a test; the test itself runs one fresh seed each time.
 import { parseArgs } from "node:util";
@@ -16,6 +16,7 @@ import {
   maxAbs,
   maxAbsDiff,
   relErr,
+  Rng,
   SEED,
   seedList,
 } from "../cuda/test/harness.ts";
@@ -24,6 +25,7 @@ import { GRADS } from "../cuda/test/wkv7_cases.ts";
 import * as att from "../cuda/test/attention_cases.ts";
 import { bound, KINDS, makeInputs, runWind, SHAPES } from "../cuda/wkv7_wind_test.ts";
 import * as attTc from "../cuda/attention_tc_test.ts";
+import { MIX_BF16_REL, MIX_LAMBDA, MIX_LAMBDA_GRADS, runMixLayernorm } from "../cuda/norm_test.ts";
 
 interface Sweep {
   /** per output (named "kind.output"): the normwise error of one shape and kind */
@@ -82,6 +84,37 @@ const SWEEPS: Record<string, () => Sweep> = {
       bound(key) {
         const out = key.split(".")[1];
         return out === "out" || out === "lse" ? attTc.REL_TC[out] : attTc.REL_TC.grad;
+      },
+    };
+  },
+  // Graph.mixLayernorm against add/axpby/layernorm on emu, bf16 (cuda/norm_test.ts), both branch
+  // kinds, as the test measures: per gradient normwise ("op.output"); for the lambdas' the smaller
+  // of normwise / MIX_LAMBDA.rel and absolute / MIX_LAMBDA.atol ("op.lambdas", bound 1)
+  mix_layernorm: () => {
+    const emu = backend("emu");
+    return {
+      errors(seed) {
+        const out = new Map<string, { err: number; shape: number }>();
+        for (const op of ["mul", "matmul"] as const) {
+          const { want, got } = runMixLayernorm(emu, "bf16", op, new Rng(seed));
+          for (let i = 5; i < got.length; i++) {
+            const rel = relErr(got[i], want[i]);
+            if (MIX_LAMBDA_GRADS.includes(i)) {
+              const abs = maxAbsDiff(got[i], want[i]);
+              putWorst(
+                out,
+                `${op}.lambdas`,
+                Math.min(rel / MIX_LAMBDA.rel, abs / MIX_LAMBDA.atol),
+                0,
+              );
+            } else putWorst(out, `${op}.${i}`, rel, 0);
+          }
+        }
+        return out;
+      },
+      bound(key) {
+        const [op, out] = key.split(".") as [keyof typeof MIX_BF16_REL, string];
+        return out === "lambdas" ? 1 : MIX_BF16_REL[op];
       },
     };
   },
